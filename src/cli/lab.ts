@@ -1,0 +1,33 @@
+import type { Command } from 'commander';
+import { ensureLabQemu, patchSeries } from '../lab/qemu-build.js';
+import { ensureGuest } from '../lab/guest.js';
+import { createProgress } from '../util/progress.js';
+import { print } from './output.js';
+
+export function registerLabCommands(program: Command): void {
+  const lab = program.command('lab').description('the lab: a patched QEMU for hosts without KVM, and the demo guest');
+
+  lab
+    .command('build-qemu')
+    .description(
+      "build (or reuse) the lab QEMU: Debian's QEMU 7.2 source plus lockstep's COLO patches, cached per patch set",
+    )
+    .option('--patches <list>', 'comma-separated subset of the patch series (default: all); "none" for an unpatched build')
+    .option('--json', 'print the result as JSON')
+    .action(async (opts: { patches?: string; json?: boolean }) => {
+      const patches = opts.patches === undefined ? patchSeries() : opts.patches === 'none' ? [] : opts.patches.split(',').filter(Boolean);
+      const progress = createProgress(process.stderr, { quiet: opts.json === true });
+      const q = await ensureLabQemu({ patches, onStep: (m) => progress.step(m), onUpdate: (m) => progress.update(m) });
+      print(opts.json, q, () => `lab QEMU ${q.sourceVersion} + [${q.patches.join(', ')}]\n  ${q.binary}`);
+    });
+
+  lab
+    .command('build-guest')
+    .description('build (or reuse) the demo guest: Debian cloud kernel + busybox initramfs with HTTP counter and echo services')
+    .option('--json', 'print the result as JSON')
+    .action(async (opts: { json?: boolean }) => {
+      const progress = createProgress(process.stderr, { quiet: opts.json === true });
+      const g = await ensureGuest({ onProgress: (m) => progress.step(m) });
+      print(opts.json, g, () => `demo guest (kernel ${g.kernelVersion})\n  kernel ${g.kernel}\n  initrd ${g.initrd}`);
+    });
+}

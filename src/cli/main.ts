@@ -1,0 +1,22 @@
+import { Command } from 'commander';
+import { describeError } from '../util/errors.js';
+import { registerLabCommands } from './lab.js';
+import { registerQemuCommands } from './qemu.js';
+
+const program = new Command();
+program
+  .name('lockstep')
+  .description(
+    'Non-stop virtual machines on QEMU COLO: a primary and a secondary VM run in lock-step,\n' +
+      'their network output is compared, and the survivor carries on when a node dies.',
+  )
+  .showHelpAfterError('(run with --help for usage)')
+  .configureHelp({ sortSubcommands: true });
+
+registerLabCommands(program);
+registerQemuCommands(program);
+
+program.parseAsync(process.argv).catch((err: unknown) => {
+  process.stderr.write(`lockstep: ${describeError(err)}\n`);
+  process.exitCode = 1;
+});

@@ -1,0 +1,110 @@
+/**
+ * Entering COLO, as in the documentation's "Startup qemu" steps 3 and 4:
+ * the secondary enables x-colo and exports its replica disk over NBD, then
+ * the primary attaches the replication child to its quorum and migrates
+ * with x-colo. Both then run the guest in COLO mode.
+ */
+import type { QmpClient } from '../qmp/client.js';
+import { IDS } from '../qemu/cmdline.js';
+import { runSteps, type StepRecord } from './steps.js';
+import { waitFor } from '../util/time.js';
+
+const QMP_STEP_MS = 10_000;
+
+export interface SecondaryStartup {
+  nbdHost: string;
+  nbdPort: number;
+}
+
+export interface PrimaryStartup {
+  secondaryHost: string;
+  nbdPort: number;
+  migrationPort: number;
+}
+
+function xColo(qmp: QmpClient) {
+  return qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-colo', state: true }] });
+}
+
+/** Step 3, on the secondary. Must complete before the primary's step 4. */
+export function secondaryEnterColo(qmp: QmpClient, s: SecondaryStartup, onStep?: (n: string) => void): Promise<StepRecord[]> {
+  return runSteps(
+    'secondary start-up',
+    [
+      { name: 'migrate-set-capabilities x-colo', timeoutMs: QMP_STEP_MS, run: () => xColo(qmp) },
+      {
+        name: 'nbd-server-start',
+        timeoutMs: QMP_STEP_MS,
+        run: () => qmp.execute('nbd-server-start', { addr: { type: 'inet', data: { host: s.nbdHost, port: String(s.nbdPort) } } }),
+      },
+      {
+        name: `nbd-server-add ${IDS.secondaryParent}`,
+        timeoutMs: QMP_STEP_MS,
+        run: () => qmp.execute('nbd-server-add', { device: IDS.secondaryParent, writable: true }),
+      },
+    ],
+    onStep,
+  );
+}
+
+/** The drive_add line that creates the primary's replication child (an NBD client to the secondary). */
+export function replicationDriveAdd(secondaryHost: string, nbdPort: number): string {
+  return (
+    `drive_add -n buddy driver=replication,mode=primary,file.driver=nbd,file.host=${secondaryHost},` +
+    `file.port=${nbdPort},file.export=${IDS.secondaryParent},node-name=${IDS.replicationNode}`
+  );
+}
+
+/** Step 4, on the primary. */
+export function primaryEnterColo(qmp: QmpClient, p: PrimaryStartup, onStep?: (n: string) => void): Promise<StepRecord[]> {
+  return runSteps(
+    'primary start-up',
+    [
+      {
+        name: 'drive_add replication child',
+        timeoutMs: QMP_STEP_MS,
+        run: async () => {
+          const out = await qmp.hmp(replicationDriveAdd(p.secondaryHost, p.nbdPort));
+          if (out.trim()) throw new Error(`drive_add: ${out.trim()}`);
+        },
+      },
+      {
+        name: 'x-blockdev-change attach replication child',
+        timeoutMs: QMP_STEP_MS,
+        run: () => qmp.execute('x-blockdev-change', { parent: IDS.disk, node: IDS.replicationNode }),
+      },
+      { name: 'migrate-set-capabilities x-colo', timeoutMs: QMP_STEP_MS, run: () => xColo(qmp) },
+      { name: 'migrate', timeoutMs: QMP_STEP_MS, run: () => qmp.execute('migrate', { uri: `tcp:${p.secondaryHost}:${p.migrationPort}` }) },
+    ],
+    onStep,
+  );
+}
+
+export interface ColoStatus {
+  mode: 'primary' | 'secondary' | 'none';
+  'last-mode': string;
+  reason: string;
+}
+
+export function queryColoStatus(qmp: QmpClient, timeoutMs = 5000): Promise<ColoStatus> {
+  return qmp.execute<ColoStatus>('query-colo-status', undefined, { timeoutMs });
+}
+
+/** Waits until a node reports the given COLO mode and migration status "colo". */
+export async function waitColoMode(qmp: QmpClient, mode: 'primary' | 'secondary', timeoutMs: number): Promise<void> {
+  await waitFor(
+    `${mode} to enter COLO`,
+    async () => {
+      const st = await queryColoStatus(qmp);
+      if (st.mode !== mode) return false;
+      const mig = await qmp.execute<{ status?: string }>('query-migrate');
+      return mig.status === 'colo';
+    },
+    { timeoutMs, intervalMs: 100 },
+  );
+}
+
+/** Idle checkpoint period; QEMU 7.2 also takes a checkpoint at once when it is set. */
+export function setCheckpointDelay(qmp: QmpClient, ms: number): Promise<unknown> {
+  return qmp.execute('migrate-set-parameters', { 'x-checkpoint-delay': ms });
+}

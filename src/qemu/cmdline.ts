@@ -1,0 +1,253 @@
+/**
+ * QEMU command lines for the two COLO roles, following the topology of the
+ * COLO documentation ("Startup qemu", steps 1 and 2) and the block
+ * replication design: quorum over the local disk on both sides, the
+ * replication driver with active/hidden buffers on the secondary, NBD for the
+ * primary's writes, and the COLO proxy (filter-mirror, filter-redirector,
+ * filter-rewriter, colo-compare on an iothread).
+ *
+ * Safety is built in rather than documented: a tap netdev always gets
+ * vnet_hdr=off (with the vnet header on, colo-compare releases primary
+ * packets the secondary never saw and acknowledged writes are lost on
+ * failover), vhost=off (vhost bypasses the filters) and no scripts.
+ */
+import { LockstepError } from '../util/errors.js';
+
+/** Object and chardev ids, as in the COLO documentation (its QMP procedures refer to them). */
+export const IDS = {
+  netdev: 'hn0',
+  nic: 'e0',
+  disk: 'colo-disk0',
+  blockDevice: 'blk0',
+  secondaryParent: 'parent0',
+  secondaryChild: 'childs0',
+  replicationNode: 'replication0',
+  mirrorChardev: 'mirror0',
+  compare1: 'compare1',
+  compare0: 'compare0',
+  compare0Client: 'compare0-0',
+  compareOut: 'compare_out',
+  compareOutClient: 'compare_out0',
+  filterMirror: 'm0',
+  redirectorIn: 'redire0',
+  redirectorOut: 'redire1',
+  iothread: 'iothread1',
+  compare: 'comp0',
+  secRedirectorIn: 'f1',
+  secRedirectorOut: 'f2',
+  rewriter: 'rew0',
+  secChardevIn: 'red0',
+  secChardevOut: 'red1',
+} as const;
+
+export interface HostForward {
+  proto?: 'tcp' | 'udp';
+  hostAddr: string;
+  hostPort: number;
+  guestPort: number;
+}
+
+export type NicSpec =
+  | { mode: 'user'; forwards: HostForward[] }
+  | { mode: 'tap'; ifname: string };
+
+export interface MachineSpec {
+  name: string;
+  accel: 'kvm' | 'tcg';
+  memoryMiB: number;
+  cpus: number;
+  /** Direct kernel boot; otherwise the disk boots. */
+  kernel?: string;
+  initrd?: string;
+  append?: string;
+  /** -L firmware directories (builds without blobs need them). */
+  dataDirs?: string[];
+  serialLog: string;
+  /** QMP unix sockets; lockstep uses one for control and keeps one spare for re-attachment. */
+  qmpSockets: string[];
+  nic: NicSpec;
+}
+
+/** TCP endpoints of the COLO proxy, migration and NBD, as in the documentation's test procedure. */
+export interface ColoEndpoints {
+  /** Where the primary listens for the secondary (mirror0, compare1). */
+  primaryHost: string;
+  /** Where the secondary listens (migration, NBD). */
+  secondaryHost: string;
+  /** Primary-local loopback for the compare/redirect chardev pairs. */
+  primaryLocal: string;
+  mirrorPort: number; // 9003
+  compareSecondaryPort: number; // 9004
+  comparePrimaryPort: number; // 9001
+  compareOutPort: number; // 9005
+  migrationPort: number; // 9998
+  nbdPort: number; // 9999
+  /** Use reconnect-ms (QEMU ≥ 9.2) instead of reconnect (seconds). */
+  reconnectMs: boolean;
+  /** colo-compare's compare_timeout in ms (QEMU default 3000). */
+  compareTimeoutMs?: number;
+}
+
+export interface PrimaryDisk {
+  image: string;
+  format: 'qcow2' | 'raw';
+}
+
+export interface SecondaryDisks {
+  /** The replica of the primary's disk (the NBD export target). */
+  parent: string;
+  parentFormat: 'qcow2' | 'raw';
+  /** Buffers for the secondary's own writes and the hidden copy-on-write data: qcow2, on a RAM disk ideally. */
+  active: string;
+  hidden: string;
+}
+
+/** One -opt value list: key=value pairs joined by commas, commas in values doubled. */
+export function opts(head: string | undefined, kv: Record<string, string | number | boolean | undefined>): string {
+  const parts: string[] = head === undefined ? [] : [head];
+  for (const [k, v] of Object.entries(kv)) {
+    if (v === undefined) continue;
+    const s = typeof v === 'boolean' ? (v ? 'on' : 'off') : String(v);
+    parts.push(`${k}=${s.replaceAll(',', ',,')}`);
+  }
+  return parts.join(',');
+}
+
+function reconnect(e: ColoEndpoints): Record<string, number> {
+  return e.reconnectMs ? { 'reconnect-ms': 1000 } : { reconnect: 1 };
+}
+
+/** The netdev for a role. The only place taps are described: vnet_hdr=off is not optional. */
+export function netdevArg(nic: NicSpec, withForwards: boolean): string {
+  if (nic.mode === 'user') {
+    const fw = withForwards
+      ? nic.forwards.map((f) => `hostfwd=${f.proto ?? 'tcp'}:${f.hostAddr}:${f.hostPort}-:${f.guestPort}`)
+      : [];
+    return [opts('user', { id: IDS.netdev }), ...fw].join(',');
+  }
+  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(nic.ifname)) {
+    throw new LockstepError(`invalid tap interface name "${nic.ifname}"`, { hint: 'up to 15 letters, digits, "_", "." or "-"' });
+  }
+  return opts('tap', { id: IDS.netdev, ifname: nic.ifname, script: 'no', downscript: 'no', vhost: false, vnet_hdr: false });
+}
+
+function common(m: MachineSpec): string[] {
+  const a: string[] = [];
+  a.push('-name', opts(m.name, { 'debug-threads': true }));
+  if (m.accel === 'kvm') a.push('-accel', 'kvm', '-cpu', 'qemu64,kvmclock=on');
+  else a.push('-accel', 'tcg');
+  a.push('-m', String(m.memoryMiB), '-smp', String(m.cpus), '-nodefaults', '-display', 'none');
+  for (const d of m.dataDirs ?? []) a.push('-L', d);
+  a.push('-serial', `file:${m.serialLog}`);
+  for (const s of m.qmpSockets) a.push('-qmp', opts(`unix:${s}`, { server: true, wait: false }));
+  if (m.kernel) {
+    a.push('-kernel', m.kernel);
+    if (m.initrd) a.push('-initrd', m.initrd);
+    a.push('-append', m.append ?? 'console=ttyS0 quiet');
+  }
+  return a;
+}
+
+function nicDevice(): string[] {
+  return ['-device', opts('virtio-net-pci', { id: IDS.nic, netdev: IDS.netdev })];
+}
+
+function socketChardev(id: string, host: string, port: number, extra: Record<string, string | number | boolean>): string[] {
+  return ['-chardev', opts('socket', { id, host, port, ...extra })];
+}
+
+/**
+ * The primary ("Startup qemu", step 1). It starts paused (-S) and blocks in
+ * compare1 (wait=on) until the secondary connects.
+ */
+export function primaryArgs(m: MachineSpec, e: ColoEndpoints, disk: PrimaryDisk): string[] {
+  const a = common(m);
+  a.push('-netdev', netdevArg(m.nic, true), ...nicDevice());
+  a.push(
+    ...socketChardev(IDS.mirrorChardev, e.primaryHost, e.mirrorPort, { server: true, wait: false }),
+    ...socketChardev(IDS.compare1, e.primaryHost, e.compareSecondaryPort, { server: true, wait: true }),
+    ...socketChardev(IDS.compare0, e.primaryLocal, e.comparePrimaryPort, { server: true, wait: false }),
+    ...socketChardev(IDS.compare0Client, e.primaryLocal, e.comparePrimaryPort, {}),
+    ...socketChardev(IDS.compareOut, e.primaryLocal, e.compareOutPort, { server: true, wait: false }),
+    ...socketChardev(IDS.compareOutClient, e.primaryLocal, e.compareOutPort, {}),
+  );
+  a.push(...primaryProxyObjects(e).flatMap((o) => ['-object', o]));
+  a.push(
+    '-drive',
+    opts('if=none', {
+      id: IDS.disk,
+      driver: 'quorum',
+      'read-pattern': 'fifo',
+      'vote-threshold': 1,
+      'children.0.file.filename': disk.image,
+      'children.0.driver': disk.format,
+    }),
+    '-device',
+    opts('virtio-blk-pci', { id: IDS.blockDevice, drive: IDS.disk }),
+    '-S',
+  );
+  return a;
+}
+
+/** The primary's COLO proxy objects, in creation order (also used by resume replication). */
+export function primaryProxyObjects(e: ColoEndpoints): string[] {
+  return [
+    opts('filter-mirror', { id: IDS.filterMirror, netdev: IDS.netdev, queue: 'tx', outdev: IDS.mirrorChardev }),
+    opts('filter-redirector', { netdev: IDS.netdev, id: IDS.redirectorIn, queue: 'rx', indev: IDS.compareOut }),
+    opts('filter-redirector', { netdev: IDS.netdev, id: IDS.redirectorOut, queue: 'rx', outdev: IDS.compare0 }),
+    opts('iothread', { id: IDS.iothread }),
+    opts('colo-compare', {
+      id: IDS.compare,
+      primary_in: IDS.compare0Client,
+      secondary_in: IDS.compare1,
+      outdev: IDS.compareOutClient,
+      iothread: IDS.iothread,
+      compare_timeout: e.compareTimeoutMs,
+    }),
+  ];
+}
+
+/** The secondary ("Startup qemu", step 2): waits for the incoming migration. */
+export function secondaryArgs(m: MachineSpec, e: ColoEndpoints, d: SecondaryDisks): string[] {
+  const a = common(m);
+  // The secondary's own netdev sees no traffic while in COLO; forwards are added at failover.
+  a.push('-netdev', netdevArg(m.nic, false), ...nicDevice());
+  a.push(
+    ...socketChardev(IDS.secChardevIn, e.primaryHost, e.mirrorPort, reconnect(e)),
+    ...socketChardev(IDS.secChardevOut, e.primaryHost, e.compareSecondaryPort, reconnect(e)),
+    '-object', opts('filter-redirector', { id: IDS.secRedirectorIn, netdev: IDS.netdev, queue: 'tx', indev: IDS.secChardevIn }),
+    '-object', opts('filter-redirector', { id: IDS.secRedirectorOut, netdev: IDS.netdev, queue: 'rx', outdev: IDS.secChardevOut }),
+    '-object', opts('filter-rewriter', { id: IDS.rewriter, netdev: IDS.netdev, queue: 'all' }),
+  );
+  a.push(
+    '-drive',
+    opts('if=none', { id: IDS.secondaryParent, 'file.filename': d.parent, driver: d.parentFormat }),
+    '-drive',
+    opts('if=none', {
+      id: IDS.secondaryChild,
+      driver: 'replication',
+      mode: 'secondary',
+      'file.driver': 'qcow2',
+      'top-id': IDS.disk,
+      'file.file.filename': d.active,
+      'file.backing.driver': 'qcow2',
+      'file.backing.file.filename': d.hidden,
+      'file.backing.backing': IDS.secondaryParent,
+    }),
+    '-drive',
+    opts('if=none', { id: IDS.disk, driver: 'quorum', 'read-pattern': 'fifo', 'vote-threshold': 1, 'children.0': IDS.secondaryChild }),
+    '-device',
+    opts('virtio-blk-pci', { id: IDS.blockDevice, drive: IDS.disk }),
+    '-incoming',
+    `tcp:${e.secondaryHost}:${e.migrationPort}`,
+  );
+  return a;
+}
+
+/** A plain, unprotected VM with the same machine and disk (for comparisons). */
+export function plainArgs(m: MachineSpec, disk: PrimaryDisk): string[] {
+  const a = common(m);
+  a.push('-netdev', netdevArg(m.nic, true), ...nicDevice());
+  a.push('-drive', opts('if=none', { id: IDS.disk, file: disk.image, driver: disk.format }), '-device', opts('virtio-blk-pci', { id: IDS.blockDevice, drive: IDS.disk }));
+  return a;
+}
