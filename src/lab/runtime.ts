@@ -1,0 +1,39 @@
+/**
+ * Which QEMU runs the lab's VMs. Where KVM works, the distribution's QEMU
+ * with KVM. Where it does not (KVM guests hang on many nested hosts), the lab
+ * QEMU under TCG: stock 7.2 cannot run COLO under TCG (see patches/qemu-7.2).
+ */
+import { probeKvm, type Accel } from '../qemu/accel.js';
+import { locateQemu } from '../qemu/discover.js';
+import { ensureLabQemu, type BuildOptions } from './qemu-build.js';
+import { ensureGuest, type GuestImage } from './guest.js';
+
+export interface LabRuntime {
+  binary: string;
+  accel: Accel;
+  dataDirs: string[];
+  guest: GuestImage;
+  /** Why this choice, for status output. */
+  reason: string;
+}
+
+export interface RuntimeOptions extends BuildOptions {
+  onProgress?: (msg: string) => void;
+  /** Force TCG with the lab QEMU even where KVM works ($LOCKSTEP_ACCEL=tcg). */
+  forceTcg?: boolean;
+}
+
+export async function labRuntime(opts: RuntimeOptions = {}): Promise<LabRuntime> {
+  const guest = await ensureGuest({ onProgress: opts.onProgress });
+  const forceTcg = opts.forceTcg ?? process.env.LOCKSTEP_ACCEL === 'tcg';
+  if (!forceTcg) {
+    const system = locateQemu();
+    const kvm = await probeKvm({ binary: system.binary, kernel: guest.kernel, initrd: guest.initrd, readyMarker: guest.readyMarker });
+    if (kvm.works) return { binary: system.binary, accel: 'kvm', dataDirs: [], guest, reason: `KVM works (${kvm.reason})` };
+    opts.onProgress?.(`KVM not usable (${kvm.reason}): using the lab QEMU under TCG`);
+    const lab = await ensureLabQemu(opts);
+    return { binary: lab.binary, accel: 'tcg', dataDirs: lab.dataDirs, guest, reason: `KVM not usable: ${kvm.reason}` };
+  }
+  const lab = await ensureLabQemu(opts);
+  return { binary: lab.binary, accel: 'tcg', dataDirs: lab.dataDirs, guest, reason: 'TCG forced' };
+}
