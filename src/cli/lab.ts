@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { ensureLabQemu, patchSeries } from '../lab/qemu-build.js';
 import { ensureGuest } from '../lab/guest.js';
+import { labRuntime } from '../lab/runtime.js';
 import { createProgress } from '../util/progress.js';
 import { print } from './output.js';
 
@@ -18,7 +19,28 @@ export function registerLabCommands(program: Command): void {
       const patches = opts.patches === undefined ? patchSeries() : opts.patches === 'none' ? [] : opts.patches.split(',').filter(Boolean);
       const progress = createProgress(process.stderr, { quiet: opts.json === true });
       const q = await ensureLabQemu({ patches, onStep: (m) => progress.step(m), onUpdate: (m) => progress.update(m) });
+      progress.done();
       print(opts.json, q, () => `lab QEMU ${q.sourceVersion} + [${q.patches.join(', ')}]\n  ${q.binary}`);
+    });
+
+  lab
+    .command('prepare')
+    .description(
+      'get this machine ready to run lab VMs: build (or reuse) the demo guest, find out whether KVM works by booting it,\n' +
+        'and where it does not, build (or reuse) the patched lab QEMU. Everything is cached; later runs take a second.',
+    )
+    .option('--tcg', 'use the lab QEMU under TCG even where KVM works')
+    .option('--json', 'print the result as JSON')
+    .action(async (opts: { tcg?: boolean; json?: boolean }) => {
+      const progress = createProgress(process.stderr, { quiet: opts.json === true });
+      const rt = await labRuntime({
+        forceTcg: opts.tcg,
+        onProgress: (m) => progress.step(m),
+        onStep: (m) => progress.step(m),
+        onUpdate: (m) => progress.update(m),
+      });
+      progress.done();
+      print(opts.json, rt, () => `lab ready: ${rt.accel.toUpperCase()} with ${rt.binary}\n  why: ${rt.reason}\n  guest kernel ${rt.guest.kernelVersion}`);
     });
 
   lab
@@ -28,6 +50,7 @@ export function registerLabCommands(program: Command): void {
     .action(async (opts: { json?: boolean }) => {
       const progress = createProgress(process.stderr, { quiet: opts.json === true });
       const g = await ensureGuest({ onProgress: (m) => progress.step(m) });
+      progress.done();
       print(opts.json, g, () => `demo guest (kernel ${g.kernelVersion})\n  kernel ${g.kernel}\n  initrd ${g.initrd}`);
     });
 }

@@ -1,3 +1,27 @@
 import type { Command } from 'commander';
+import { locateQemu, probeQemu } from '../qemu/discover.js';
+import { print } from './output.js';
 
-export function registerQemuCommands(_program: Command): void {}
+export function registerQemuCommands(program: Command): void {
+  const qemu = program.command('qemu').description('the QEMU lockstep would use, and what it can do');
+  qemu
+    .command('info')
+    .description('find QEMU (--binary, else $LOCKSTEP_QEMU, else PATH) and probe its version and COLO abilities over QMP')
+    .option('--binary <path>', 'probe this binary')
+    .option('--json', 'print the result as JSON')
+    .action(async (opts: { binary?: string; json?: boolean }) => {
+      const loc = locateQemu({ configured: opts.binary });
+      const info = await probeQemu(loc.binary, opts.binary ? 'explicit' : loc.source);
+      const f = info.features;
+      const yes = (b: boolean) => (b ? 'yes' : 'NO');
+      print(opts.json, info, () =>
+        [
+          `${info.binary} (from ${info.source})`,
+          `  version      ${info.version.major}.${info.version.minor}.${info.version.micro} ${info.package}`,
+          `  COLO         ${yes(f.colo)}   proxy ${yes(f.coloProxy)}   replication ${yes(f.replication)}   quorum ${yes(f.quorum)}`,
+          `  yank         ${yes(f.yank)}   reconnect-ms ${yes(f.reconnectMs)}`,
+          `  accelerators ${f.accelerators.join(', ') || '(none)'} (compiled in; whether KVM works is decided by booting: lockstep lab prepare)`,
+        ].join('\n'),
+      );
+    });
+}

@@ -28,6 +28,7 @@ export async function labRuntime(opts: RuntimeOptions = {}): Promise<LabRuntime>
   const forceTcg = opts.forceTcg ?? process.env.LOCKSTEP_ACCEL === 'tcg';
   if (!forceTcg) {
     const system = locateQemu();
+    opts.onProgress?.('checking whether KVM works (boots the demo guest with KVM; cached after the first time)');
     const kvm = await probeKvm({ binary: system.binary, kernel: guest.kernel, initrd: guest.initrd, readyMarker: guest.readyMarker });
     if (kvm.works) return { binary: system.binary, accel: 'kvm', dataDirs: [], guest, reason: `KVM works (${kvm.reason})` };
     opts.onProgress?.(`KVM not usable (${kvm.reason}): using the lab QEMU under TCG`);

@@ -21,6 +21,7 @@ export function createProgress(stream: NodeJS.WriteStream = process.stderr, opts
   if (opts.quiet) return { step() {}, update() {}, done() {} };
   return {
     step(msg) {
+      if (tty && current) stream.write(`\r\x1b[K✓ ${current} (${elapsed()})\n`);
       current = msg;
       started = Date.now();
       lastPrint = 0;
@@ -36,9 +37,11 @@ export function createProgress(stream: NodeJS.WriteStream = process.stderr, opts
       }
     },
     done(msg) {
+      if (!current && !msg) return;
       const text = msg ?? current;
       if (tty) stream.write(`\r\x1b[K✓ ${text} (${elapsed()})\n`);
-      else stream.write(`✓ ${text} (${elapsed()})\n`);
+      else if (msg) stream.write(`✓ ${text} (${elapsed()})\n`);
+      current = '';
     },
   };
 }

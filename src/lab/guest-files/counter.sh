@@ -1,5 +1,6 @@
 # Shared by the counter CGIs. The counter lives in sector 1 of /dev/vda as
-# "counter=N\n" padded with zeros; every access is O_DIRECT so it reaches the
+# "counter=N\n" padded with zeros; every access is O_DIRECT, and a write is
+# flushed (fsync) before it is acknowledged, so it reaches the
 # (replicated) disk synchronously and never sits in the guest's page cache.
 DISK=/dev/vda
 read_counter() {
@@ -7,7 +8,7 @@ read_counter() {
   echo "${v:-0}"
 }
 write_counter() {
-  printf 'counter=%d\n' "$1" | dd of=$DISK bs=512 seek=1 count=1 conv=sync,notrunc oflag=direct 2>/dev/null
+  printf 'counter=%d\n' "$1" | dd of=$DISK bs=512 seek=1 count=1 conv=sync,notrunc,fsync oflag=direct 2>/dev/null
 }
 # One request at a time: mkdir is atomic.
 lock() { while ! mkdir /tmp/counter.lock 2>/dev/null; do usleep 2000; done; }
