@@ -2,6 +2,7 @@ import { Command } from 'commander';
 import { describeError } from '../util/errors.js';
 import { registerLabCommands } from './lab.js';
 import { registerQemuCommands } from './qemu.js';
+import { registerDemoCommand } from './demo.js';
 
 const program = new Command();
 program
@@ -15,6 +16,7 @@ program
 
 registerLabCommands(program);
 registerQemuCommands(program);
+registerDemoCommand(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   process.stderr.write(`lockstep: ${describeError(err)}\n`);

@@ -14,7 +14,7 @@ import crypto from 'node:crypto';
 import { QmpClient, type QmpEvent } from '../qmp/client.js';
 import { QemuProcess } from '../qemu/process.js';
 import { createImage } from '../qemu/images.js';
-import { primaryArgs, secondaryArgs, type ColoEndpoints, type MachineSpec } from '../qemu/cmdline.js';
+import { primaryArgs, secondaryArgs, type ColoEndpoints, type HostForward, type MachineSpec } from '../qemu/cmdline.js';
 import { waitForSerial } from '../qemu/serial.js';
 import { secondaryEnterColo, primaryEnterColo, waitColoMode, setCheckpointDelay } from '../colo/startup.js';
 import { findFreePortRange } from '../util/net.js';
@@ -55,6 +55,8 @@ export class OneHostPair {
     readonly primary: PairNode,
     readonly secondary: PairNode,
     readonly images: { primary: string; secondaryParent: string },
+    /** The guest ports forwarded from 127.0.0.1 (on the primary; on the survivor after failover). */
+    readonly forwards: HostForward[],
   ) {}
 
   get httpBase(): string {
@@ -91,6 +93,10 @@ export class OneHostPair {
     };
     const httpPort = base + 6;
     const echoPort = base + 7;
+    const forwards: HostForward[] = [
+      { hostAddr: '127.0.0.1', hostPort: httpPort, guestPort: 80 },
+      { hostAddr: '127.0.0.1', hostPort: echoPort, guestPort: 7 },
+    ];
     const machine = (role: 'primary' | 'secondary'): MachineSpec => ({
       name: role,
       accel: o.runtime.accel,
@@ -102,13 +108,7 @@ export class OneHostPair {
       dataDirs: o.runtime.dataDirs,
       serialLog: path.join(dir, `${role}-serial.log`),
       qmpSockets: [path.join(dir, `${role}-qmp.sock`), path.join(dir, `${role}-qmp2.sock`)],
-      nic: {
-        mode: 'user',
-        forwards: [
-          { hostAddr: '127.0.0.1', hostPort: httpPort, guestPort: 80 },
-          { hostAddr: '127.0.0.1', hostPort: echoPort, guestPort: 7 },
-        ],
-      },
+      nic: { mode: 'user', forwards },
     });
     const pm = machine('primary');
     const sm = machine('secondary');
@@ -154,6 +154,7 @@ export class OneHostPair {
         { role: 'primary', proc: pProc, qmp: pQmp, serialLog: pm.serialLog, events: pEvents },
         { role: 'secondary', proc: sProc, qmp: sQmp, serialLog: sm.serialLog, events: sEvents },
         images,
+        forwards,
       );
       if (o.waitGuest ?? true) {
         await waitForSerial(pm.serialLog, o.runtime.guest.readyMarker, 120_000, { alive: () => pProc.assertRunning('while the guest booted') });
