@@ -2,7 +2,7 @@
 # npm test: set-up, the lab (QEMU + demo guest, built once per machine and
 # cached outside the repository), then unit tests and integration tests on real VMs.
 #   npm test -- --unit    unit tests only (seconds, no VMs)
-#   npm test -- --slow    also the slow tests (LOCKSTEP_SLOW_TESTS=1)
+#   npm test -- --slow    also tests marked slow (LOCKSTEP_SLOW_TESTS=1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,7 +22,7 @@ if [ $unit_only -eq 1 ]; then
 fi
 
 # Build or reuse the lab before the tests, with progress, outside any test timeout.
-node bin/lockstep.js lab prepare
+node bin/lockstep.js lab prepare --test-builds
 
 # One test file at a time: integration tests run VMs on a 2-core machine.
 exec node --test --test-concurrency=1 dist/test/unit/ dist/test/integration/

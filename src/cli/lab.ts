@@ -30,8 +30,9 @@ export function registerLabCommands(program: Command): void {
         'and where it does not, build (or reuse) the patched lab QEMU. Everything is cached; later runs take a second.',
     )
     .option('--tcg', 'use the lab QEMU under TCG even where KVM works')
+    .option('--test-builds', 'where TCG is used, also build the partial patch sets the tests use to show that each patch is needed')
     .option('--json', 'print the result as JSON')
-    .action(async (opts: { tcg?: boolean; json?: boolean }) => {
+    .action(async (opts: { tcg?: boolean; testBuilds?: boolean; json?: boolean }) => {
       const progress = createProgress(process.stderr, { quiet: opts.json === true });
       const rt = await labRuntime({
         forceTcg: opts.tcg,
@@ -39,6 +40,12 @@ export function registerLabCommands(program: Command): void {
         onStep: (m) => progress.step(m),
         onUpdate: (m) => progress.update(m),
       });
+      if (opts.testBuilds && rt.accel === 'tcg') {
+        const series = patchSeries();
+        for (let n = 1; n < series.length; n++) {
+          await ensureLabQemu({ patches: series.slice(0, n), onStep: (m) => progress.step(`[patches 1-${n} only] ${m}`), onUpdate: (m) => progress.update(m) });
+        }
+      }
       progress.done();
       print(opts.json, rt, () => `lab ready: ${rt.accel.toUpperCase()} with ${rt.binary}\n  why: ${rt.reason}\n  guest kernel ${rt.guest.kernelVersion}`);
     });
