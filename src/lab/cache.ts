@@ -65,3 +65,10 @@ export function publishDir(from: string, to: string): void {
   fs.rmSync(to, { recursive: true, force: true });
   fs.renameSync(from, to);
 }
+
+/** Removes work directories (<prefix>*) that a killed build left behind. Call with the lock held. */
+export function removeStaleWork(dir: string, prefix: string): void {
+  for (const f of fs.readdirSync(dir)) {
+    if (f.startsWith(prefix)) fs.rmSync(path.join(dir, f), { recursive: true, force: true });
+  }
+}

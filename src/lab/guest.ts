@@ -12,7 +12,7 @@ import crypto from 'node:crypto';
 import { run, which } from '../util/exec.js';
 import { cacheDir, packageRoot } from '../util/paths.js';
 import { LockstepError } from '../util/errors.js';
-import { withDirLock, publishDir } from './cache.js';
+import { withDirLock, publishDir, removeStaleWork } from './cache.js';
 
 export interface GuestImage {
   kernel: string;
@@ -97,6 +97,7 @@ export async function ensureGuest(opts: BuildGuestOptions = {}): Promise<GuestIm
     const again = readManifest(dest);
     if (again) return again;
     const progress = opts.onProgress ?? (() => {});
+    removeStaleWork(root, `${key}.tmp-`);
     const work = fs.mkdtempSync(path.join(root, `${key}.tmp-`));
     const log = path.join(root, `${key}.build.log`);
     fs.writeFileSync(log, `demo guest build ${new Date().toISOString()}\n`);

@@ -15,7 +15,7 @@ import crypto from 'node:crypto';
 import { run, which } from '../util/exec.js';
 import { cacheDir, packageRoot } from '../util/paths.js';
 import { LockstepError } from '../util/errors.js';
-import { withDirLock, publishDir } from './cache.js';
+import { withDirLock, publishDir, removeStaleWork } from './cache.js';
 
 export interface LabQemu {
   /** The qemu-system-x86_64 binary. */
@@ -198,6 +198,7 @@ export async function ensureLabQemu(opts: BuildOptions = {}): Promise<LabQemu> {
     const update = opts.onUpdate ?? (() => {});
     const log = path.join(root, `${key}.build.log`);
     fs.writeFileSync(log, `lab QEMU build ${new Date().toISOString()}\npatches: ${patches.join(' ') || '(none)'}\n`);
+    removeStaleWork(root, `${key}.tmp-`);
     const work = fs.mkdtempSync(path.join(root, `${key}.tmp-`));
     const fail = (what: string, err: unknown): never => {
       throw new LockstepError(`building the lab QEMU failed while ${what}: ${(err as Error).message.split('\n')[0]}`, {

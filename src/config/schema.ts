@@ -1,0 +1,125 @@
+/**
+ * The lockstep config: one YAML file describing the VM, the two nodes and the
+ * replication tuning. Everything has a safe default except what only the
+ * user can know (which disk image holds their data).
+ */
+import { z } from 'zod';
+
+const SIZE_RE = /^(\d+)\s*([KMGT]i?B?|B)?$/i;
+
+/** "512M", "2G", "65536K", or a plain number of bytes. */
+export function parseSize(v: string | number): number | undefined {
+  if (typeof v === 'number') return Number.isInteger(v) && v > 0 ? v : undefined;
+  const m = SIZE_RE.exec(v.trim());
+  if (!m) return undefined;
+  const unit = (m[2] ?? 'B').toUpperCase()[0]!;
+  const mult = { B: 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 }[unit] ?? 1;
+  return Number(m[1]) * mult;
+}
+
+const size = (what: string) =>
+  z.union([z.string(), z.number()]).transform((v, ctx) => {
+    const n = parseSize(v);
+    if (n === undefined || n <= 0) {
+      ctx.addIssue({ code: 'custom', message: `expected ${what} like 512M or 2G, got ${JSON.stringify(v)}` });
+      return z.NEVER;
+    }
+    return n;
+  });
+
+const port = z.number().int().min(1).max(65535);
+const ipv4 = z.string().regex(/^(\d{1,3})(\.\d{1,3}){3}$/, 'expected an IPv4 address like 127.0.0.2');
+const nodeName = z.string().regex(/^[a-z][a-z0-9-]{0,30}$/, 'expected a short lower-case name (letters, digits, "-")');
+const ifname = z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/, 'expected an interface name of up to 15 letters, digits, "_", "." or "-"');
+
+const forward = z
+  .object({
+    host: ipv4.default('127.0.0.1').describe('address clients connect to'),
+    port: port.describe('port clients connect to'),
+    guestPort: port.describe('port of the service in the guest'),
+    proto: z.enum(['tcp', 'udp']).default('tcp'),
+  })
+  .strict();
+
+const network = z.discriminatedUnion('mode', [
+  z
+    .object({
+      mode: z.literal('user'),
+      forwards: z.array(forward).default([]),
+    })
+    .strict(),
+  z
+    .object({
+      mode: z.literal('tap'),
+      bridge: ifname,
+      /** Tap interface per node name. */
+      taps: z.record(z.string(), ifname),
+    })
+    .strict(),
+]);
+
+const node = z
+  .object({
+    name: nodeName,
+    address: ipv4.describe('where this node listens for its peer (COLO proxy, migration, NBD)'),
+    dataDir: z.string().optional().describe('where this node keeps its disk replica and logs'),
+  })
+  .strict();
+
+export const configSchema = z
+  .object({
+    name: nodeName.default('lockstep'),
+    stateDir: z.string().optional(),
+    qemu: z
+      .object({
+        binary: z.string().optional(),
+        accel: z.enum(['auto', 'kvm', 'tcg']).default('auto'),
+      })
+      .strict()
+      .default({ accel: 'auto' }),
+    vm: z
+      .object({
+        memory: size('a memory size').default(128 * 1024 * 1024),
+        cpus: z.number().int().min(1).max(64).default(1),
+        /** A kernel to boot directly, or "demo" for lockstep's demo guest. */
+        kernel: z.string().optional(),
+        initrd: z.string().optional(),
+        append: z.string().optional(),
+        disk: z
+          .object({
+            image: z.string().describe("the primary's disk image: the VM's data"),
+            format: z.enum(['qcow2', 'raw']).default('qcow2'),
+            /** Create an empty image of `size` if `image` does not exist yet. */
+            create: z.boolean().default(false),
+            size: size('a disk size').optional(),
+          })
+          .strict(),
+        network: network.default({ mode: 'user', forwards: [] }),
+      })
+      .strict(),
+    nodes: z.array(node).length(2, 'expected exactly two nodes: the primary first, then the secondary'),
+    ports: z
+      .object({
+        comparePrimary: port.default(9001),
+        mirror: port.default(9003),
+        compare: port.default(9004),
+        compareOut: port.default(9005),
+        migration: port.default(9998),
+        nbd: port.default(9999),
+      })
+      .strict()
+      .default({ comparePrimary: 9001, mirror: 9003, compare: 9004, compareOut: 9005, migration: 9998, nbd: 9999 }),
+    replication: z
+      .object({
+        checkpointDelayMs: z.number().int().min(100).max(3_600_000).default(2000),
+        compareTimeoutMs: z.number().int().min(10).max(600_000).default(3000),
+        /** Active and hidden buffers of the secondary: a RAM disk is best. */
+        bufferDir: z.string().default('/dev/shm'),
+      })
+      .strict()
+      .default({ checkpointDelayMs: 2000, compareTimeoutMs: 3000, bufferDir: '/dev/shm' }),
+  })
+  .strict();
+
+export type ConfigInput = z.input<typeof configSchema>;
+export type Config = z.output<typeof configSchema>;

@@ -1,0 +1,80 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { loadConfig, parseConfig, ConfigError } from '../../src/config/load.js';
+import { parseSize } from '../../src/config/schema.js';
+import { packageRoot } from '../../src/util/paths.js';
+
+const minimal = `
+vm:
+  disk: { image: disk.qcow2 }
+nodes:
+  - { name: a, address: 127.0.0.1 }
+  - { name: b, address: 127.0.0.2 }
+`;
+
+function problems(yaml: string): string[] {
+  try {
+    parseConfig(yaml, '/etc/lockstep/test.yaml');
+  } catch (err) {
+    assert.ok(err instanceof ConfigError, `a ConfigError, not ${String(err)}`);
+    return err.problems;
+  }
+  assert.fail('expected the config to be rejected');
+}
+
+test('the shipped example config is valid', () => {
+  const c = loadConfig(path.join(packageRoot(), 'examples', 'one-host.yaml'));
+  assert.equal(c.name, 'demo');
+  assert.equal(c.nodes[0]!.address, '127.0.0.1');
+  assert.equal(c.vm.memory, 128 * 1024 * 1024);
+  assert.equal(c.vm.kernel, 'demo');
+  assert.ok(path.isAbsolute(c.vm.disk.image));
+});
+
+test('a minimal config gets safe defaults and absolute paths', () => {
+  const c = parseConfig(minimal, '/etc/lockstep/test.yaml');
+  assert.equal(c.vm.disk.image, '/etc/lockstep/disk.qcow2');
+  assert.equal(c.vm.disk.create, false, 'never creates disks unless asked');
+  assert.deepEqual(c.ports, { comparePrimary: 9001, mirror: 9003, compare: 9004, compareOut: 9005, migration: 9998, nbd: 9999 });
+  assert.equal(c.replication.checkpointDelayMs, 2000);
+  assert.equal(c.stateDir, '/etc/lockstep/.lockstep/lockstep');
+  assert.equal(c.nodes[1]!.dataDir, '/etc/lockstep/.lockstep/lockstep/b');
+  assert.equal(c.vm.network.mode, 'user');
+});
+
+test('sizes accept units', () => {
+  assert.equal(parseSize('512M'), 512 * 1024 ** 2);
+  assert.equal(parseSize('2G'), 2 * 1024 ** 3);
+  assert.equal(parseSize('64MiB'), 64 * 1024 ** 2);
+  assert.equal(parseSize(4096), 4096);
+  assert.equal(parseSize('lots'), undefined);
+});
+
+test('errors name the field and what is allowed', () => {
+  assert.deepEqual(problems(minimal.replace('disk: { image: disk.qcow2 }', 'memory: lots\n  disk: { image: disk.qcow2 }')), [
+    'vm.memory: expected a memory size like 512M or 2G, got "lots"',
+  ]);
+  assert.deepEqual(problems(minimal + 'qemu: { accel: fast }\n'), ['qemu.accel: expected one of "auto", "kvm", "tcg"']);
+  assert.deepEqual(problems(minimal.replace('vm:\n  disk: { image: disk.qcow2 }\n', 'vm: {}\n')), ['vm.disk: missing (expected object)']);
+  assert.deepEqual(problems(minimal + 'colour: blue\n'), ['unknown field "colour"']);
+  assert.match(problems(minimal.replace('address: 127.0.0.2', 'address: localhost'))[0]!, /^nodes\[1\]\.address: expected an IPv4 address/);
+});
+
+test('semantic mistakes are caught with a way out', () => {
+  assert.deepEqual(problems(minimal.replace('127.0.0.2', '127.0.0.1')), [
+    'nodes: the two nodes need different addresses (both are 127.0.0.1); on one host use 127.0.0.1 and 127.0.0.2',
+  ]);
+  assert.deepEqual(problems(minimal + 'ports: { mirror: 9001 }\n'), ['ports.mirror: 9001 is also ports.comparePrimary']);
+  assert.deepEqual(problems(minimal.replace('disk: { image: disk.qcow2 }', 'disk: { image: d.qcow2, create: true }')), [
+    'vm.disk.size: needed with vm.disk.create: true (e.g. 64M)',
+  ]);
+  const tap = minimal.replace('disk: { image: disk.qcow2 }', 'disk: { image: d.qcow2 }\n  network: { mode: tap, bridge: br0, taps: { a: tap-a } }');
+  assert.deepEqual(problems(tap), ['vm.network.taps: no tap for node "b"']);
+  assert.match(problems(minimal.replace(/nodes:[\s\S]*/, 'nodes:\n  - { name: a, address: 127.0.0.1 }\n'))[0]!, /exactly two nodes/);
+});
+
+test('broken YAML and a missing file say so', () => {
+  assert.match(problems('vm: [unclosed\n')[0]!, /not valid YAML/);
+  assert.throws(() => loadConfig('/nonexistent/lockstep.yaml'), /cannot read config \/nonexistent\/lockstep.yaml: no such file/);
+});
