@@ -24,6 +24,7 @@ async function count(base: string): Promise<{ n?: number; ms: number; error?: st
 export function registerDemoCommand(program: Command): void {
   program
     .command('demo')
+    .summary('a protected pair on this host, a client, a killed primary, a survivor')
     .description(
       'run a COLO-protected pair of demo VMs on this host, count through it with a client,\n' +
         'kill the primary, and watch the secondary take over while the client carries on',

@@ -3,13 +3,15 @@ import { describeError } from '../util/errors.js';
 import { registerLabCommands } from './lab.js';
 import { registerQemuCommands } from './qemu.js';
 import { registerDemoCommand } from './demo.js';
+import { registerPairCommands } from './pair.js';
 
 const program = new Command();
 program
   .name('lockstep')
   .description(
-    'Non-stop virtual machines on QEMU COLO: a primary and a secondary VM run in lock-step,\n' +
-      'their network output is compared, and the survivor carries on when a node dies.',
+    'Non-stop virtual machines on QEMU COLO: a primary and a secondary VM run in lock-step, ' +
+      'their network output is compared, and the survivor carries on when a node dies.\n\n' +
+      'Start with: lockstep up -c examples/one-host.yaml   (then: status, down)',
   )
   .showHelpAfterError('(run with --help for usage)')
   .configureHelp({ sortSubcommands: true });
@@ -17,6 +19,7 @@ program
 registerLabCommands(program);
 registerQemuCommands(program);
 registerDemoCommand(program);
+registerPairCommands(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   process.stderr.write(`lockstep: ${describeError(err)}\n`);

@@ -7,15 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { LockstepError } from '../util/errors.js';
 import { sleep } from '../util/time.js';
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
+import { pidAlive } from '../util/proc.js';
 
 /**
  * Runs `fn` holding a lock directory. A lock left by a dead process is taken

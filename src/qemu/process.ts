@@ -7,6 +7,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import { LockstepError } from '../util/errors.js';
 import { sleep } from '../util/time.js';
+import { pidAlive } from '../util/proc.js';
+
+export { pidAlive };
 
 const live = new Set<QemuProcess>();
 let hooksInstalled = false;
@@ -35,6 +38,12 @@ export interface SpawnQemuOptions {
   /** Run through a wrapper, e.g. ['ip', 'netns', 'exec', 'hostA']. */
   wrapper?: string[];
   env?: NodeJS.ProcessEnv;
+  /**
+   * Let the QEMU outlive this Node process (lockstep up returns while the VMs
+   * run). It is then not ended by the exit hooks; its PID goes to the state
+   * file and `lockstep down` ends it.
+   */
+  detached?: boolean;
 }
 
 export class QemuProcess {
@@ -50,8 +59,9 @@ export class QemuProcess {
     this.logFile = opts.logFile;
     const out = fs.openSync(opts.logFile, 'a');
     const [cmd, ...pre] = opts.wrapper && opts.wrapper.length ? [...opts.wrapper, opts.binary] : [opts.binary];
-    this.child = spawn(cmd!, [...pre, ...opts.args], { stdio: ['ignore', out, out], env: opts.env ?? process.env });
+    this.child = spawn(cmd!, [...pre, ...opts.args], { stdio: ['ignore', out, out], env: opts.env ?? process.env, detached: opts.detached === true });
     fs.closeSync(out);
+    if (opts.detached) this.child.unref();
     this.exited = new Promise((resolve) => {
       this.child.once('exit', (code, signal) => {
         this.exitInfo = { code, signal };
@@ -65,7 +75,7 @@ export class QemuProcess {
         resolve(this.exitInfo);
       });
     });
-    live.add(this);
+    if (!opts.detached) live.add(this);
   }
 
   get pid(): number {
@@ -141,4 +151,35 @@ export function livePids(): number[] {
 /** Stops every QEMU this Node process started. */
 export async function stopAll(): Promise<void> {
   await Promise.all([...live].map((q) => q.stop()));
+}
+
+/**
+ * Whether `pid` is still the QEMU lockstep started: alive, and its command
+ * line contains `marker` (e.g. its QMP socket path). Guards against a PID
+ * that was reused by an unrelated process after the QEMU died.
+ */
+export function isOurQemu(pid: number, marker: string): boolean {
+  if (!pidAlive(pid)) return false;
+  try {
+    const cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    if (cmdline.includes(marker)) return true;
+    // A zombie (exited, not yet reaped) has an empty command line.
+    return false;
+  } catch {
+    return false;
+  }
+}
+
+/** Ends a QEMU that this Node process did not start (found in a state file): SIGTERM, then SIGKILL. */
+export async function stopPid(pid: number, marker: string, graceMs = 3000): Promise<void> {
+  if (!isOurQemu(pid, marker)) return;
+  process.kill(pid, 'SIGTERM');
+  const deadline = Date.now() + graceMs;
+  while (Date.now() < deadline) {
+    if (!isOurQemu(pid, marker)) return;
+    await sleep(50);
+  }
+  if (isOurQemu(pid, marker)) process.kill(pid, 'SIGKILL');
+  const hard = Date.now() + 5000;
+  while (isOurQemu(pid, marker) && Date.now() < hard) await sleep(50);
 }

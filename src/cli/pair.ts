@@ -1,0 +1,74 @@
+import type { Command } from 'commander';
+import { loadConfig } from '../config/load.js';
+import { up } from '../pair/up.js';
+import { pairStatus, type PairStatus } from '../pair/status.js';
+import { down } from '../pair/down.js';
+import { createProgress } from '../util/progress.js';
+import { print } from './output.js';
+
+const CONFIG_HELP = 'the pair\'s YAML config (see examples/one-host.yaml)';
+
+function formatStatus(s: PairStatus): string {
+  if (s.nodes.length === 0) return `pair "${s.name}": not started (lockstep up -c FILE starts it)`;
+  const lines = [`pair "${s.name}": ${s.protected ? 'PROTECTED' : s.running ? 'NOT PROTECTED' : 'stopped'}${s.accel ? ` (${s.accel.toUpperCase()})` : ''}`];
+  if (s.upMs !== null && s.running) lines.push(`  protected since ${s.protectedAt} (up took ${(s.upMs / 1000).toFixed(1)} s)`);
+  lines.push('  node  role       pid      run state   COLO mode   migration');
+  for (const n of s.nodes) {
+    lines.push(
+      `  ${n.name.padEnd(5)} ${n.role.padEnd(10)} ${String(n.pid ?? '-').padEnd(8)} ${(n.runState ?? (n.alive ? '?' : 'not running')).padEnd(11)} ${(n.colo?.mode ?? '-').padEnd(11)} ${n.migration ?? '-'}`,
+    );
+    if (n.error) lines.push(`        ${n.error}`);
+  }
+  return lines.join('\n');
+}
+
+export function registerPairCommands(program: Command): void {
+  program
+    .command('up')
+    .summary('start a COLO-protected pair from a config')
+    .description(
+      'start a COLO-protected pair from a config: the secondary, then the primary, the documented QMP start-up\n' +
+        'steps on each, and return once both report COLO running. The VMs keep running after this command ends.',
+    )
+    .requiredOption('-c, --config <file>', CONFIG_HELP)
+    .option('--json', 'print the resulting status as JSON')
+    .action(async (opts: { config: string; json?: boolean }) => {
+      const c = loadConfig(opts.config);
+      const progress = createProgress(process.stderr, { quiet: opts.json === true });
+      const r = await up(c, { detached: true, onStep: (m) => progress.step(m), onUpdate: (m) => progress.update(m) });
+      progress.done(`pair "${c.name}" protected in ${((r.state.upMs ?? 0) / 1000).toFixed(1)} s`);
+      const st = await pairStatus(c);
+      print(opts.json, st, () => {
+        const fw = r.state.forwards.map((f) => `  guest port ${f.guestPort} → ${f.hostAddr}:${f.hostPort}`);
+        return [formatStatus(st), ...(fw.length ? ['', 'forwarded:', ...fw] : []), '', `stop it with: lockstep down -c ${opts.config}`].join('\n');
+      });
+    });
+
+  program
+    .command('status')
+    .summary('show whether the pair is protected, and each node\'s state')
+    .description('show each node\'s role, QEMU pid, run state and COLO state, and whether the pair is protected')
+    .requiredOption('-c, --config <file>', CONFIG_HELP)
+    .option('--json', 'print as JSON')
+    .action(async (opts: { config: string; json?: boolean }) => {
+      const c = loadConfig(opts.config);
+      const st = await pairStatus(c);
+      print(opts.json, st, () => formatStatus(st));
+    });
+
+  program
+    .command('down')
+    .summary('stop both VMs cleanly')
+    .description('stop both VMs cleanly: the secondary first, then the primary (whose disk holds every acknowledged write)')
+    .requiredOption('-c, --config <file>', CONFIG_HELP)
+    .option('--json', 'print the result as JSON')
+    .action(async (opts: { config: string; json?: boolean }) => {
+      const c = loadConfig(opts.config);
+      const progress = createProgress(process.stderr, { quiet: opts.json === true });
+      const r = await down(c, (m) => progress.step(m));
+      progress.done();
+      print(opts.json, r, () =>
+        r.nodes.length === 0 ? `pair "${c.name}" was not started` : r.nodes.map((n) => `${n.role} ${n.name}: ${n.result}`).join('\n'),
+      );
+    });
+}

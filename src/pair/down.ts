@@ -1,0 +1,44 @@
+/**
+ * lockstep down: stops both QEMUs cleanly. The secondary goes first, so it
+ * cannot take over and write its buffers into its replica; then the primary,
+ * whose disk image holds every acknowledged write. Each QEMU gets QMP quit,
+ * then SIGTERM, then SIGKILL, each bounded in time.
+ */
+import fs from 'node:fs';
+import type { ResolvedConfig } from '../config/load.js';
+import { QmpClient } from '../qmp/client.js';
+import { isOurQemu, stopPid } from '../qemu/process.js';
+import { sleep } from '../util/time.js';
+import { readState, writeState, type NodeState } from './state.js';
+
+async function quit(n: NodeState, onStep: (m: string) => void): Promise<'quit' | 'killed' | 'not running'> {
+  if (!isOurQemu(n.pid, n.qmpSocket)) return 'not running';
+  onStep(`stopping the ${n.role} on ${n.name} (pid ${n.pid})`);
+  try {
+    const qmp = await QmpClient.connect(n.qmpSocket2, { timeoutMs: 2000 });
+    await qmp.execute('quit', undefined, { timeoutMs: 2000 }).catch(() => {});
+    qmp.destroy();
+    const deadline = Date.now() + 5000;
+    while (Date.now() < deadline && isOurQemu(n.pid, n.qmpSocket)) await sleep(50);
+    if (!isOurQemu(n.pid, n.qmpSocket)) return 'quit';
+  } catch {
+    /* no QMP: signals below */
+  }
+  await stopPid(n.pid, n.qmpSocket, 3000);
+  return 'killed';
+}
+
+export interface DownResult {
+  nodes: Array<{ name: string; role: string; result: 'quit' | 'killed' | 'not running' }>;
+}
+
+export async function down(c: ResolvedConfig, onStep: (m: string) => void = () => {}): Promise<DownResult> {
+  const s = readState(c.stateDir);
+  if (!s) return { nodes: [] };
+  const order = [...s.nodes.filter((n) => n.role === 'secondary'), ...s.nodes.filter((n) => n.role !== 'secondary')];
+  const out: DownResult = { nodes: [] };
+  for (const n of order) out.nodes.push({ name: n.name, role: n.role, result: await quit(n, onStep) });
+  for (const b of [s.buffers.active, s.buffers.hidden]) fs.rmSync(b, { force: true });
+  writeState(c.stateDir, { ...s, stoppedAt: new Date().toISOString() });
+  return out;
+}

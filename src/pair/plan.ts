@@ -1,0 +1,109 @@
+/**
+ * From a config to concrete QEMU invocations: which node is primary, where
+ * each file and socket lives, which ports and addresses. Pure: no processes,
+ * no I/O, so it can be checked in unit tests.
+ */
+import path from 'node:path';
+import type { ResolvedConfig } from '../config/load.js';
+import { primaryArgs, secondaryArgs, type ColoEndpoints, type HostForward, type MachineSpec, type NicSpec } from '../qemu/cmdline.js';
+
+export interface Runtime {
+  binary: string;
+  accel: 'kvm' | 'tcg';
+  dataDirs: string[];
+  /** Resolved kernel/initrd (for "demo", the demo guest's). */
+  kernel?: string;
+  initrd?: string;
+  reconnectMs: boolean;
+}
+
+export interface NodePlan {
+  name: string;
+  role: 'primary' | 'secondary';
+  address: string;
+  dataDir: string;
+  qmpSocket: string;
+  /** A second QMP monitor, for a second client (status while a controller holds the first). */
+  qmpSocket2: string;
+  serialLog: string;
+  qemuLog: string;
+  /** The disk this node's VM uses: the user's image on the primary, the replica on the secondary. */
+  disk: string;
+  args: string[];
+}
+
+export interface PairPlan {
+  name: string;
+  endpoints: ColoEndpoints;
+  forwards: HostForward[];
+  primary: NodePlan;
+  secondary: NodePlan;
+  buffers: { active: string; hidden: string };
+  diskFormat: 'qcow2' | 'raw';
+}
+
+export function replicaPath(c: ResolvedConfig, node: ResolvedConfig['nodes'][number]): string {
+  return path.join(node.dataDir, `replica.${c.vm.disk.format}`);
+}
+
+export function planPair(c: ResolvedConfig, rt: Runtime): PairPlan {
+  const [p, s] = c.nodes as [ResolvedConfig['nodes'][number], ResolvedConfig['nodes'][number]];
+  const e: ColoEndpoints = {
+    primaryHost: p.address,
+    secondaryHost: s.address,
+    primaryLocal: '127.0.0.1',
+    comparePrimaryPort: c.ports.comparePrimary,
+    mirrorPort: c.ports.mirror,
+    compareSecondaryPort: c.ports.compare,
+    compareOutPort: c.ports.compareOut,
+    migrationPort: c.ports.migration,
+    nbdPort: c.ports.nbd,
+    reconnectMs: rt.reconnectMs,
+    compareTimeoutMs: c.replication.compareTimeoutMs,
+  };
+  const net = c.vm.network;
+  const forwards: HostForward[] = net.mode === 'user' ? net.forwards.map((f) => ({ proto: f.proto, hostAddr: f.host, hostPort: f.port, guestPort: f.guestPort })) : [];
+  const nic = (nodeName: string): NicSpec => (net.mode === 'user' ? { mode: 'user', forwards } : { mode: 'tap', ifname: net.taps[nodeName]! });
+  const bufferBase = path.join(c.replication.bufferDir, `lockstep-${c.name}-${s.name}`);
+  const buffers = { active: `${bufferBase}-active.qcow2`, hidden: `${bufferBase}-hidden.qcow2` };
+  const machine = (n: ResolvedConfig['nodes'][number], role: 'primary' | 'secondary'): MachineSpec => ({
+    name: `${c.name}-${n.name}`,
+    accel: rt.accel,
+    memoryMiB: Math.round(c.vm.memory / (1024 * 1024)),
+    cpus: c.vm.cpus,
+    kernel: rt.kernel,
+    initrd: rt.initrd,
+    append: c.vm.append ?? (rt.kernel ? 'console=ttyS0 quiet' : undefined),
+    dataDirs: rt.dataDirs,
+    serialLog: path.join(n.dataDir, 'serial.log'),
+    qmpSockets: [path.join(n.dataDir, 'qmp.sock'), path.join(n.dataDir, 'qmp2.sock')],
+    nic: nic(n.name),
+  });
+  const node = (n: ResolvedConfig['nodes'][number], role: 'primary' | 'secondary', disk: string, args: string[]): NodePlan => ({
+    name: n.name,
+    role,
+    address: n.address,
+    dataDir: n.dataDir,
+    qmpSocket: path.join(n.dataDir, 'qmp.sock'),
+    qmpSocket2: path.join(n.dataDir, 'qmp2.sock'),
+    serialLog: path.join(n.dataDir, 'serial.log'),
+    qemuLog: path.join(n.dataDir, 'qemu.log'),
+    disk,
+    args,
+  });
+  const replica = replicaPath(c, s);
+  return {
+    name: c.name,
+    endpoints: e,
+    forwards,
+    primary: node(p, 'primary', c.vm.disk.image, primaryArgs(machine(p, 'primary'), e, { image: c.vm.disk.image, format: c.vm.disk.format })),
+    secondary: node(
+      s,
+      'secondary',
+      replica,
+      secondaryArgs(machine(s, 'secondary'), e, { parent: replica, parentFormat: c.vm.disk.format, active: buffers.active, hidden: buffers.hidden }),
+    ),
+    buffers,
+    diskFormat: c.vm.disk.format,
+  };
+}

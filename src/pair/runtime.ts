@@ -1,0 +1,60 @@
+/**
+ * Which QEMU and accelerator a config runs with, and the kernel it boots.
+ * qemu.accel auto: KVM with the configured (or distribution) QEMU where KVM
+ * works, else the lab QEMU under TCG.
+ */
+import type { ResolvedConfig } from '../config/load.js';
+import { locateQemu, probeQemu, assertColoCapable } from '../qemu/discover.js';
+import { probeKvm } from '../qemu/accel.js';
+import { ensureGuest } from '../lab/guest.js';
+import { ensureLabQemu } from '../lab/qemu-build.js';
+import type { Runtime } from './plan.js';
+
+export interface ResolveOptions {
+  onStep?: (msg: string) => void;
+  onUpdate?: (msg: string) => void;
+}
+
+export async function resolveRuntime(c: ResolvedConfig, o: ResolveOptions = {}): Promise<Runtime & { reason: string }> {
+  const needDemo = c.vm.kernel === 'demo' || c.qemu.accel === 'auto';
+  const guest = needDemo ? await ensureGuest({ onProgress: o.onStep }) : undefined;
+  const kernel = c.vm.kernel === 'demo' ? guest!.kernel : c.vm.kernel;
+  const initrd = c.vm.kernel === 'demo' ? guest!.initrd : c.vm.initrd;
+  let binary: string;
+  let accel: 'kvm' | 'tcg';
+  let dataDirs: string[] = [];
+  let reason: string;
+  if (c.qemu.accel === 'auto') {
+    const loc = locateQemu({ configured: c.qemu.binary });
+    o.onStep?.('checking whether KVM works (cached after the first time)');
+    const kvm = await probeKvm({ binary: loc.binary, kernel: guest!.kernel, initrd: guest!.initrd, readyMarker: guest!.readyMarker });
+    if (kvm.works) {
+      binary = loc.binary;
+      accel = 'kvm';
+      reason = 'KVM works';
+    } else if (c.qemu.binary) {
+      binary = loc.binary;
+      accel = 'tcg';
+      reason = `KVM not usable (${kvm.reason}); TCG with the configured QEMU`;
+    } else {
+      const lab = await ensureLabQemu({ onStep: o.onStep, onUpdate: o.onUpdate });
+      binary = lab.binary;
+      dataDirs = lab.dataDirs;
+      accel = 'tcg';
+      reason = `KVM not usable (${kvm.reason}); TCG with the lab QEMU`;
+    }
+  } else if (c.qemu.accel === 'tcg' && !c.qemu.binary) {
+    const lab = await ensureLabQemu({ onStep: o.onStep, onUpdate: o.onUpdate });
+    binary = lab.binary;
+    dataDirs = lab.dataDirs;
+    accel = 'tcg';
+    reason = 'TCG as configured, with the lab QEMU';
+  } else {
+    binary = locateQemu({ configured: c.qemu.binary }).binary;
+    accel = c.qemu.accel;
+    reason = `${accel.toUpperCase()} as configured`;
+  }
+  const info = await probeQemu(binary);
+  assertColoCapable(info);
+  return { binary, accel, dataDirs, kernel, initrd, reconnectMs: info.features.reconnectMs, reason };
+}

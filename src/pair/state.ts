@@ -1,0 +1,55 @@
+/**
+ * What `lockstep up` leaves for `status` and `down`: the PIDs, sockets and
+ * files of both nodes. Written atomically (write + rename).
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Runtime } from './plan.js';
+import type { ColoEndpoints, HostForward } from '../qemu/cmdline.js';
+
+export interface NodeState {
+  name: string;
+  role: 'primary' | 'secondary';
+  address: string;
+  pid: number;
+  qmpSocket: string;
+  qmpSocket2: string;
+  serialLog: string;
+  qemuLog: string;
+  disk: string;
+}
+
+export interface PairState {
+  version: 1;
+  name: string;
+  configFile: string;
+  runtime: Runtime;
+  endpoints: ColoEndpoints;
+  forwards: HostForward[];
+  buffers: { active: string; hidden: string };
+  nodes: NodeState[];
+  startedAt: string;
+  /** When both nodes first reported COLO running. */
+  protectedAt?: string;
+  upMs?: number;
+  stoppedAt?: string;
+}
+
+export function stateFile(stateDir: string): string {
+  return path.join(stateDir, 'state.json');
+}
+
+export function readState(stateDir: string): PairState | undefined {
+  try {
+    return JSON.parse(fs.readFileSync(stateFile(stateDir), 'utf8')) as PairState;
+  } catch {
+    return undefined;
+  }
+}
+
+export function writeState(stateDir: string, s: PairState): void {
+  fs.mkdirSync(stateDir, { recursive: true });
+  const tmp = `${stateFile(stateDir)}.tmp-${process.pid}`;
+  fs.writeFileSync(tmp, JSON.stringify(s, null, 2) + '\n');
+  fs.renameSync(tmp, stateFile(stateDir));
+}

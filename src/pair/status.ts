@@ -1,0 +1,74 @@
+/**
+ * lockstep status: per node its role, QEMU PID and run state, COLO state
+ * (query-colo-status, query-migrate), and whether the pair is protected.
+ * Every query is bounded; a node that does not answer is reported as such.
+ */
+import type { ResolvedConfig } from '../config/load.js';
+import { QmpClient } from '../qmp/client.js';
+import { isOurQemu } from '../qemu/process.js';
+import { errorMessage } from '../util/errors.js';
+import { readState, type NodeState } from './state.js';
+
+export interface NodeStatus {
+  name: string;
+  role: 'primary' | 'secondary';
+  pid: number | null;
+  /** QEMU process exists. */
+  alive: boolean;
+  /** query-status: running, paused, colo, inmigrate, ... */
+  runState: string | null;
+  colo: { mode: string; lastMode: string; reason: string } | null;
+  migration: string | null;
+  /** Why a query failed, if it did. */
+  error?: string;
+}
+
+export interface PairStatus {
+  name: string;
+  running: boolean;
+  protected: boolean;
+  accel: string | null;
+  protectedAt: string | null;
+  upMs: number | null;
+  nodes: NodeStatus[];
+}
+
+async function nodeStatus(n: NodeState, timeoutMs: number): Promise<NodeStatus> {
+  const base: NodeStatus = { name: n.name, role: n.role, pid: n.pid, alive: false, runState: null, colo: null, migration: null };
+  if (!isOurQemu(n.pid, n.qmpSocket)) return { ...base, pid: null };
+  base.alive = true;
+  let qmp: QmpClient | undefined;
+  try {
+    // The second monitor, so status works while a controller holds the first.
+    qmp = await QmpClient.connect(n.qmpSocket2, { timeoutMs });
+    const [st, colo, mig] = await Promise.all([
+      qmp.execute<{ status: string }>('query-status', undefined, { timeoutMs }),
+      qmp.execute<{ mode: string; 'last-mode': string; reason: string }>('query-colo-status', undefined, { timeoutMs }),
+      qmp.execute<{ status?: string }>('query-migrate', undefined, { timeoutMs }),
+    ]);
+    return { ...base, runState: st.status, colo: { mode: colo.mode, lastMode: colo['last-mode'], reason: colo.reason }, migration: mig.status ?? 'none' };
+  } catch (err) {
+    return { ...base, error: `QEMU does not answer QMP: ${errorMessage(err)}` };
+  } finally {
+    qmp?.destroy();
+  }
+}
+
+export async function pairStatus(c: ResolvedConfig, timeoutMs = 3000): Promise<PairStatus> {
+  const s = readState(c.stateDir);
+  if (!s) return { name: c.name, running: false, protected: false, accel: null, protectedAt: null, upMs: null, nodes: [] };
+  const nodes = await Promise.all(s.nodes.map((n) => nodeStatus(n, timeoutMs)));
+  const p = nodes.find((n) => n.role === 'primary');
+  const sec = nodes.find((n) => n.role === 'secondary');
+  const isProtected =
+    !!p && !!sec && p.runState === 'running' && sec.runState === 'running' && p.colo?.mode === 'primary' && p.migration === 'colo' && sec.colo?.mode === 'secondary';
+  return {
+    name: s.name,
+    running: nodes.some((n) => n.alive),
+    protected: isProtected,
+    accel: s.runtime.accel,
+    protectedAt: s.protectedAt ?? null,
+    upMs: s.upMs ?? null,
+    nodes,
+  };
+}

@@ -1,0 +1,184 @@
+/**
+ * lockstep up: one config → a COLO-protected pair, following the COLO
+ * documentation's "Startup qemu" steps 1-5. Checks first (nothing running
+ * already, the image, free ports), then starts the secondary and the
+ * primary, runs the QMP steps on each, and returns once both report COLO
+ * running. Any failure ends what was started and says what went wrong.
+ */
+import fs from 'node:fs';
+import type { ResolvedConfig } from '../config/load.js';
+import { QmpClient } from '../qmp/client.js';
+import { QemuProcess, isOurQemu } from '../qemu/process.js';
+import { createImage, imageInfo } from '../qemu/images.js';
+import { secondaryEnterColo, primaryEnterColo, waitColoMode, setCheckpointDelay } from '../colo/startup.js';
+import { LockstepError } from '../util/errors.js';
+import { portFree } from '../util/net.js';
+import { waitFor } from '../util/time.js';
+import { planPair, type PairPlan, type NodePlan } from './plan.js';
+import { resolveRuntime } from './runtime.js';
+import { readState, writeState, type PairState } from './state.js';
+
+export interface UpOptions {
+  onStep?: (msg: string) => void;
+  onUpdate?: (msg: string) => void;
+  /** Keep the QEMUs when this process exits (the CLI); tests keep them attached. */
+  detached?: boolean;
+}
+
+export interface UpResult {
+  state: PairState;
+  plan: PairPlan;
+  /** Present when not detached: the live processes. */
+  procs?: { primary: QemuProcess; secondary: QemuProcess };
+}
+
+/** The nodes of a state file that still run. */
+export function liveNodes(s: PairState): PairState['nodes'] {
+  return s.nodes.filter((n) => isOurQemu(n.pid, n.qmpSocket));
+}
+
+function portChecks(plan: PairPlan, c: ResolvedConfig): Array<{ host: string; port: number; field: string }> {
+  const e = plan.endpoints;
+  return [
+    { host: e.primaryHost, port: e.mirrorPort, field: 'ports.mirror' },
+    { host: e.primaryHost, port: e.compareSecondaryPort, field: 'ports.compare' },
+    { host: e.primaryLocal, port: e.comparePrimaryPort, field: 'ports.comparePrimary' },
+    { host: e.primaryLocal, port: e.compareOutPort, field: 'ports.compareOut' },
+    { host: e.secondaryHost, port: e.migrationPort, field: 'ports.migration' },
+    { host: e.secondaryHost, port: e.nbdPort, field: 'ports.nbd' },
+    ...(c.vm.network.mode === 'user' ? c.vm.network.forwards.map((f, i) => ({ host: f.host, port: f.port, field: `vm.network.forwards[${i}]` })) : []),
+  ];
+}
+
+async function preflight(c: ResolvedConfig, plan: PairPlan, step: (m: string) => void): Promise<void> {
+  const prev = readState(c.stateDir);
+  if (prev) {
+    const live = liveNodes(prev);
+    if (live.length) {
+      throw new LockstepError(`pair "${c.name}" is already running (${live.map((n) => `${n.name} pid ${n.pid}`).join(', ')})`, {
+        hint: `see it with: lockstep status -c ${c.file}; stop it with: lockstep down -c ${c.file}`,
+      });
+    }
+  }
+  const img = c.vm.disk.image;
+  if (!fs.existsSync(img)) {
+    if (!c.vm.disk.create) {
+      throw new LockstepError(`the disk image ${img} (vm.disk.image) does not exist`, {
+        hint: 'give the path of your VM\'s disk image, or set vm.disk.create: true and vm.disk.size to start with an empty disk',
+      });
+    }
+    step(`creating an empty ${c.vm.disk.format} disk image ${img}`);
+    fs.mkdirSync((await import('node:path')).dirname(img), { recursive: true });
+    await createImage(img, c.vm.disk.size!, { format: c.vm.disk.format });
+  }
+  const info = await imageInfo(img);
+  if (info.format !== c.vm.disk.format) {
+    throw new LockstepError(`${img} is a ${info.format} image, but vm.disk.format says ${c.vm.disk.format}`, { hint: `set vm.disk.format: ${info.format}` });
+  }
+  try {
+    fs.mkdirSync(c.replication.bufferDir, { recursive: true });
+    fs.accessSync(c.replication.bufferDir, fs.constants.W_OK);
+  } catch {
+    throw new LockstepError(`replication.bufferDir ${c.replication.bufferDir} is not a writable directory`, { hint: 'point it at a RAM disk such as /dev/shm' });
+  }
+  for (const chk of portChecks(plan, c)) {
+    if (!(await portFree(chk.host, chk.port))) {
+      throw new LockstepError(`port ${chk.port} on ${chk.host} (${chk.field}) is in use`, {
+        hint: `stop what uses it (ss -ltnp 'sport = :${chk.port}' shows it), or choose another port in the config`,
+      });
+    }
+  }
+}
+
+async function connectQmp(proc: QemuProcess, node: NodePlan, timeoutMs: number): Promise<QmpClient> {
+  await waitFor(
+    `the ${node.role} (${node.name}) to open its QMP socket`,
+    () => {
+      proc.assertRunning(`while starting as ${node.role}`);
+      return fs.existsSync(node.qmpSocket);
+    },
+    { timeoutMs, intervalMs: 20 },
+  );
+  try {
+    return await QmpClient.connect(node.qmpSocket, { timeoutMs });
+  } catch (err) {
+    proc.assertRunning(`while starting as ${node.role}`);
+    throw err;
+  }
+}
+
+export async function up(c: ResolvedConfig, o: UpOptions = {}): Promise<UpResult> {
+  const step = o.onStep ?? (() => {});
+  const t0 = Date.now();
+  const rt = await resolveRuntime(c, o);
+  const plan = planPair(c, rt);
+  await preflight(c, plan, step);
+  for (const n of [plan.primary, plan.secondary]) {
+    fs.mkdirSync(n.dataDir, { recursive: true });
+    for (const f of [n.qmpSocket, n.qmpSocket2, n.serialLog, n.qemuLog]) fs.rmSync(f, { force: true });
+  }
+  step(`copying the disk to the secondary's replica (${plan.secondary.disk})`);
+  fs.copyFileSync(c.vm.disk.image, plan.secondary.disk);
+  const virtualSize = (await imageInfo(c.vm.disk.image))['virtual-size'];
+  for (const b of [plan.buffers.active, plan.buffers.hidden]) await createImage(b, virtualSize, { overwrite: true });
+
+  const started: QemuProcess[] = [];
+  const clients: QmpClient[] = [];
+  const cleanup = async () => {
+    for (const q of clients) q.destroy();
+    await Promise.all(started.map((p) => p.stop(2000)));
+    for (const b of [plan.buffers.active, plan.buffers.hidden]) fs.rmSync(b, { force: true });
+  };
+  try {
+    step(`starting the secondary on ${plan.secondary.name} (${rt.accel.toUpperCase()})`);
+    const sProc = new QemuProcess({ name: `secondary ${plan.secondary.name}`, binary: rt.binary, args: plan.secondary.args, logFile: plan.secondary.qemuLog, detached: o.detached });
+    started.push(sProc);
+    step(`starting the primary on ${plan.primary.name}`);
+    const pProc = new QemuProcess({ name: `primary ${plan.primary.name}`, binary: rt.binary, args: plan.primary.args, logFile: plan.primary.qemuLog, detached: o.detached });
+    started.push(pProc);
+
+    step('secondary: x-colo, NBD export of the replica (step 3)');
+    const sQmp = await connectQmp(sProc, plan.secondary, 15_000);
+    clients.push(sQmp);
+    await secondaryEnterColo(sQmp, { nbdHost: plan.endpoints.secondaryHost, nbdPort: plan.endpoints.nbdPort }, (n) => o.onUpdate?.(n));
+    step('primary: replication child, x-colo, migrate (step 4)');
+    const pQmp = await connectQmp(pProc, plan.primary, 15_000);
+    clients.push(pQmp);
+    await primaryEnterColo(pQmp, { secondaryHost: plan.endpoints.secondaryHost, nbdPort: plan.endpoints.nbdPort, migrationPort: plan.endpoints.migrationPort }, (n) =>
+      o.onUpdate?.(n),
+    );
+    step('waiting for both nodes to report COLO running');
+    await Promise.all([waitColoMode(pQmp, 'primary', 30_000), waitColoMode(sQmp, 'secondary', 30_000)]);
+    await setCheckpointDelay(pQmp, c.replication.checkpointDelayMs);
+    const now = new Date();
+    const state: PairState = {
+      version: 1,
+      name: c.name,
+      configFile: c.file,
+      runtime: rt,
+      endpoints: plan.endpoints,
+      forwards: plan.forwards,
+      buffers: plan.buffers,
+      nodes: [plan.primary, plan.secondary].map((n, i) => ({
+        name: n.name,
+        role: n.role,
+        address: n.address,
+        pid: (i === 0 ? pProc : sProc).pid,
+        qmpSocket: n.qmpSocket,
+        qmpSocket2: n.qmpSocket2,
+        serialLog: n.serialLog,
+        qemuLog: n.qemuLog,
+        disk: n.disk,
+      })),
+      startedAt: new Date(t0).toISOString(),
+      protectedAt: now.toISOString(),
+      upMs: now.getTime() - t0,
+    };
+    writeState(c.stateDir, state);
+    for (const q of clients) await q.close();
+    return { state, plan, procs: o.detached ? undefined : { primary: pProc, secondary: sProc } };
+  } catch (err) {
+    await cleanup();
+    throw err;
+  }
+}

@@ -1,0 +1,47 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { parseConfig } from '../../src/config/load.js';
+import { planPair, type Runtime } from '../../src/pair/plan.js';
+
+const rt: Runtime = { binary: '/usr/bin/qemu-system-x86_64', accel: 'tcg', dataDirs: [], kernel: '/k/vmlinuz', initrd: '/k/initrd', reconnectMs: false };
+
+const yaml = (net: string) => `
+name: web
+vm:
+  memory: 256M
+  disk: { image: /data/web.qcow2 }
+  network: ${net}
+nodes:
+  - { name: a, address: 10.0.0.1 }
+  - { name: b, address: 10.0.0.2 }
+replication: { bufferDir: /dev/shm, checkpointDelayMs: 3000 }
+`;
+
+test('the first node is the primary with the user\'s image; the second gets a replica and RAM-disk buffers', () => {
+  const plan = planPair(parseConfig(yaml('{ mode: user, forwards: [{ port: 8080, guestPort: 80 }] }'), '/etc/lockstep/web.yaml'), rt);
+  assert.equal(plan.primary.name, 'a');
+  assert.equal(plan.primary.disk, '/data/web.qcow2');
+  assert.equal(plan.secondary.disk, '/etc/lockstep/.lockstep/web/b/replica.qcow2');
+  assert.deepEqual(plan.buffers, { active: '/dev/shm/lockstep-web-b-active.qcow2', hidden: '/dev/shm/lockstep-web-b-hidden.qcow2' });
+  const p = plan.primary.args.join(' ');
+  const s = plan.secondary.args.join(' ');
+  assert.match(p, /-m 256 /);
+  assert.match(p, /socket,id=mirror0,host=10\.0\.0\.1,port=9003,server=on,wait=off/);
+  assert.match(p, /hostfwd=tcp:127\.0\.0\.1:8080-:80/);
+  assert.match(s, /socket,id=red0,host=10\.0\.0\.1,port=9003,reconnect=1/);
+  assert.match(s, /-incoming tcp:10\.0\.0\.2:9998/);
+  assert.match(s, /file\.file\.filename=\/dev\/shm\/lockstep-web-b-active\.qcow2/);
+  assert.doesNotMatch(s, /hostfwd/, 'the secondary forwards nothing while in COLO');
+  assert.match(p, /-qmp unix:\/etc\/lockstep\/\.lockstep\/web\/a\/qmp\.sock,server=on,wait=off -qmp unix:\/etc\/lockstep\/\.lockstep\/web\/a\/qmp2\.sock/);
+});
+
+test('bridge mode: each node gets its own tap, always with vnet_hdr=off', () => {
+  const plan = planPair(parseConfig(yaml('{ mode: tap, bridge: br0, taps: { a: tap-a, b: tap-b } }'), '/etc/lockstep/web.yaml'), rt);
+  assert.match(plan.primary.args.join(' '), /-netdev tap,id=hn0,ifname=tap-a,script=no,downscript=no,vhost=off,vnet_hdr=off/);
+  assert.match(plan.secondary.args.join(' '), /-netdev tap,id=hn0,ifname=tap-b,script=no,downscript=no,vhost=off,vnet_hdr=off/);
+});
+
+test('KVM runtime gets the documented CPU model', () => {
+  const plan = planPair(parseConfig(yaml('{ mode: user }'), '/x/y.yaml'), { ...rt, accel: 'kvm' });
+  assert.match(plan.primary.args.join(' '), /-accel kvm -cpu qemu64,kvmclock=on/);
+});
