@@ -40,6 +40,8 @@ export interface PairPlan {
   secondary: NodePlan;
   buffers: { active: string; hidden: string };
   diskFormat: 'qcow2' | 'raw';
+  kernel?: string;
+  initrd?: string;
 }
 
 export function replicaPath(c: ResolvedConfig, node: ResolvedConfig['nodes'][number]): string {
@@ -105,5 +107,7 @@ export function planPair(c: ResolvedConfig, rt: Runtime): PairPlan {
     ),
     buffers,
     diskFormat: c.vm.disk.format,
+    kernel: rt.kernel,
+    initrd: rt.initrd,
   };
 }

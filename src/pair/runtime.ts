@@ -7,7 +7,8 @@ import type { ResolvedConfig } from '../config/load.js';
 import { locateQemu, probeQemu, assertColoCapable } from '../qemu/discover.js';
 import { probeKvm } from '../qemu/accel.js';
 import { ensureGuest } from '../lab/guest.js';
-import { ensureLabQemu } from '../lab/qemu-build.js';
+import { ensureLabQemu, FIRMWARE_DIRS } from '../lab/qemu-build.js';
+import fs from 'node:fs';
 import type { Runtime } from './plan.js';
 
 export interface ResolveOptions {
@@ -22,7 +23,9 @@ export async function resolveRuntime(c: ResolvedConfig, o: ResolveOptions = {}):
   const initrd = c.vm.kernel === 'demo' ? guest!.initrd : c.vm.initrd;
   let binary: string;
   let accel: 'kvm' | 'tcg';
-  let dataDirs: string[] = [];
+  // Debian's firmware directories: the lab build ships no blobs, and a QEMU the
+  // user points at may not either; for the distribution's QEMU they are its defaults.
+  let dataDirs: string[] = FIRMWARE_DIRS.filter((d) => fs.existsSync(d));
   let reason: string;
   if (c.qemu.accel === 'auto') {
     const loc = locateQemu({ configured: c.qemu.binary });

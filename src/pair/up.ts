@@ -60,6 +60,9 @@ async function preflight(c: ResolvedConfig, plan: PairPlan, step: (m: string) =>
       });
     }
   }
+  for (const [field, f] of [['vm.kernel', plan.kernel], ['vm.initrd', plan.initrd]] as const) {
+    if (f && !fs.existsSync(f)) throw new LockstepError(`${field}: ${f} does not exist`, { hint: `fix ${field} in ${c.file}` });
+  }
   const img = c.vm.disk.image;
   if (!fs.existsSync(img)) {
     if (!c.vm.disk.create) {

@@ -7,7 +7,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import { LockstepError } from '../util/errors.js';
 import { sleep } from '../util/time.js';
-import { pidAlive } from '../util/proc.js';
+import { pidAlive, pidRunning } from '../util/proc.js';
 
 export { pidAlive };
 
@@ -159,7 +159,7 @@ export async function stopAll(): Promise<void> {
  * that was reused by an unrelated process after the QEMU died.
  */
 export function isOurQemu(pid: number, marker: string): boolean {
-  if (!pidAlive(pid)) return false;
+  if (!pidRunning(pid)) return false;
   try {
     const cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
     if (cmdline.includes(marker)) return true;

@@ -1,0 +1,125 @@
+/**
+ * The product path: a config file → `lockstep up` → a protected pair that
+ * serves through COLO and replicates its disk → `lockstep status` →
+ * `lockstep down`, all through the CLI as a user runs it.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { lockstep, json } from '../helpers/cli.js';
+import { bumpCounter, httpGet } from '../helpers/clients.js';
+import { findFreePortRange } from '../../src/util/net.js';
+import { QmpClient } from '../../src/qmp/client.js';
+import { readImageBytes } from '../../src/qemu/images.js';
+import type { PairStatus } from '../../src/pair/status.js';
+import { pidRunning } from '../../src/util/proc.js';
+
+let dir: string;
+let cfg: string;
+let httpPort: number;
+let stateDir: string;
+
+function writeConfig(file: string, base: number, extra = ''): void {
+  fs.writeFileSync(
+    file,
+    `name: t${base}
+vm:
+  kernel: demo
+  disk: { image: disk.qcow2, create: true, size: 64M }
+  network:
+    mode: user
+    forwards: [{ port: ${base + 6}, guestPort: 80 }]
+nodes:
+  - { name: a, address: 127.0.0.1 }
+  - { name: b, address: 127.0.0.2 }
+ports: { comparePrimary: ${base}, mirror: ${base + 1}, compare: ${base + 2}, compareOut: ${base + 3}, migration: ${base + 4}, nbd: ${base + 5} }
+replication: { checkpointDelayMs: 2000, bufferDir: ${path.join(dir, 'shm')} }
+${extra}`,
+  );
+}
+
+before(async () => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-up-'));
+  const base = await findFreePortRange(['127.0.0.1', '127.0.0.2'], 7);
+  httpPort = base + 6;
+  stateDir = path.join(dir, '.lockstep', `t${base}`);
+  cfg = path.join(dir, 'pair.yaml');
+  writeConfig(cfg, base);
+});
+
+after(async () => {
+  await lockstep(['down', '-c', cfg]);
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('up → protected pair; status shows both nodes in COLO', { timeout: 10 * 60_000 }, async () => {
+  const r = await lockstep(['up', '-c', cfg, '--json'], { timeoutMs: 9 * 60_000 });
+  assert.equal(r.code, 0, r.stderr);
+  const st = json<PairStatus>(await lockstep(['status', '-c', cfg, '--json']));
+  assert.equal(st.protected, true);
+  assert.equal(st.running, true);
+  const [a, b] = st.nodes;
+  assert.deepEqual([a?.name, a?.role, a?.runState, a?.colo?.mode, a?.migration], ['a', 'primary', 'running', 'primary', 'colo']);
+  assert.deepEqual([b?.name, b?.role, b?.runState, b?.colo?.mode, b?.migration], ['b', 'secondary', 'running', 'secondary', 'colo']);
+  assert.ok(a!.pid! > 0 && b!.pid! > 0 && a!.pid !== b!.pid);
+  assert.ok(st.upMs! > 0);
+  const human = await lockstep(['status', '-c', cfg]);
+  assert.match(human.stdout, /PROTECTED/);
+});
+
+test('the service answers through the primary, checkpoints happen, and the replica holds the primary\'s writes', { timeout: 5 * 60_000 }, async () => {
+  const base = `http://127.0.0.1:${httpPort}`;
+  // The guest boots under COLO after up returns.
+  const deadline = Date.now() + 120_000;
+  for (;;) {
+    try {
+      await httpGet(`${base}/cgi-bin/get`, 3000);
+      break;
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+  const first = await bumpCounter(base);
+  const second = await bumpCounter(base);
+  assert.equal(second, first + 1);
+  const p = await QmpClient.connect(path.join(stateDir, 'a', 'qmp.sock'));
+  try {
+    const stops = p.listen('STOP');
+    const resumes = p.listen('RESUME');
+    await httpGet(`${base}/cgi-bin/info`); // always differs: forces a checkpoint
+    await stops.next(15_000, 'a checkpoint (STOP on the primary)');
+    await resumes.next(15_000, 'the primary to resume after the checkpoint');
+  } finally {
+    p.destroy();
+  }
+  const last = await bumpCounter(base);
+  const expect = `counter=${last}\n`;
+  const read = async (f: string) => (await readImageBytes(f, 'qcow2', 512, 16)).toString('latin1').replace(/\0+$/, '');
+  assert.equal(await read(path.join(dir, 'disk.qcow2')), expect, 'the primary\'s disk');
+  assert.equal(await read(path.join(stateDir, 'b', 'replica.qcow2')), expect, 'the secondary\'s replica');
+});
+
+test('a second up of a running pair is refused and leaves it protected', async () => {
+  const r = await lockstep(['up', '-c', cfg]);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /already running/);
+  assert.match(r.stderr, /lockstep down -c/);
+  assert.equal(json<PairStatus>(await lockstep(['status', '-c', cfg, '--json'])).protected, true);
+});
+
+test('down stops both VMs; status then says so', async () => {
+  const before = json<PairStatus>(await lockstep(['status', '-c', cfg, '--json']));
+  const r = await lockstep(['down', '-c', cfg, '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  const res = json<{ nodes: Array<{ role: string; result: string }> }>(r);
+  assert.deepEqual(res.nodes.map((n) => n.role), ['secondary', 'primary'], 'secondary first');
+  assert.ok(res.nodes.every((n) => n.result === 'quit'), JSON.stringify(res));
+  const st = json<PairStatus>(await lockstep(['status', '-c', cfg, '--json']));
+  assert.equal(st.running, false);
+  assert.equal(st.protected, false);
+  assert.ok(st.nodes.every((n) => n.pid === null && !n.alive));
+  for (const n of before.nodes) assert.equal(pidRunning(n.pid!), false, `QEMU pid ${n.pid} has ended`);
+});
