@@ -38,7 +38,7 @@ export function registerDemoCommand(program: Command): void {
       const rt = await labRuntime({ forceTcg: opts.tcg, onProgress: (m) => progress.step(m), onStep: (m) => progress.step(m), onUpdate: (m) => progress.update(m) });
       progress.step(`starting a protected pair (${rt.accel.toUpperCase()})`);
       const t0 = Date.now();
-      const pair = await OneHostPair.start({ runtime: rt, checkpointDelayMs: 2000, waitGuest: false });
+      const pair = await OneHostPair.start({ qemu: { accel: rt.accel === 'tcg' && opts.tcg ? 'tcg' : 'auto' }, checkpointDelayMs: 2000, waitGuest: false });
       progress.step(`COLO running after ${((Date.now() - t0) / 1000).toFixed(1)} s; waiting for the guest's services`);
       try {
         const { waitForSerial } = await import('../qemu/serial.js');

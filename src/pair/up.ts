@@ -7,7 +7,7 @@
  */
 import fs from 'node:fs';
 import type { ResolvedConfig } from '../config/load.js';
-import { QmpClient } from '../qmp/client.js';
+import { QmpClient, type QmpEvent } from '../qmp/client.js';
 import { QemuProcess, isOurQemu } from '../qemu/process.js';
 import { createImage, imageInfo } from '../qemu/images.js';
 import { secondaryEnterColo, primaryEnterColo, waitColoMode, setCheckpointDelay } from '../colo/startup.js';
@@ -23,13 +23,22 @@ export interface UpOptions {
   onUpdate?: (msg: string) => void;
   /** Keep the QEMUs when this process exits (the CLI); tests keep them attached. */
   detached?: boolean;
+  /** Return the QMP connections (recording every event from connect on) instead of closing them. */
+  keepQmp?: boolean;
+}
+
+export interface LiveNode {
+  proc: QemuProcess;
+  qmp: QmpClient;
+  /** Every QMP event since the connection was made. */
+  events: QmpEvent[];
 }
 
 export interface UpResult {
   state: PairState;
   plan: PairPlan;
-  /** Present when not detached: the live processes. */
-  procs?: { primary: QemuProcess; secondary: QemuProcess };
+  /** With keepQmp: the processes and their open QMP connections. */
+  live?: { primary: LiveNode; secondary: LiveNode };
 }
 
 /** The nodes of a state file that still run. */
@@ -93,7 +102,7 @@ async function preflight(c: ResolvedConfig, plan: PairPlan, step: (m: string) =>
   }
 }
 
-async function connectQmp(proc: QemuProcess, node: NodePlan, timeoutMs: number): Promise<QmpClient> {
+async function connectQmp(proc: QemuProcess, node: NodePlan, timeoutMs: number): Promise<{ qmp: QmpClient; events: QmpEvent[] }> {
   await waitFor(
     `the ${node.role} (${node.name}) to open its QMP socket`,
     () => {
@@ -103,7 +112,10 @@ async function connectQmp(proc: QemuProcess, node: NodePlan, timeoutMs: number):
     { timeoutMs, intervalMs: 20 },
   );
   try {
-    return await QmpClient.connect(node.qmpSocket, { timeoutMs });
+    const qmp = await QmpClient.connect(node.qmpSocket, { timeoutMs });
+    const events: QmpEvent[] = [];
+    qmp.on('event', (e) => events.push(e));
+    return { qmp, events };
   } catch (err) {
     proc.assertRunning(`while starting as ${node.role}`);
     throw err;
@@ -141,11 +153,13 @@ export async function up(c: ResolvedConfig, o: UpOptions = {}): Promise<UpResult
     started.push(pProc);
 
     step('secondary: x-colo, NBD export of the replica (step 3)');
-    const sQmp = await connectQmp(sProc, plan.secondary, 15_000);
+    const sConn = await connectQmp(sProc, plan.secondary, 15_000);
+    const sQmp = sConn.qmp;
     clients.push(sQmp);
     await secondaryEnterColo(sQmp, { nbdHost: plan.endpoints.secondaryHost, nbdPort: plan.endpoints.nbdPort }, (n) => o.onUpdate?.(n));
     step('primary: replication child, x-colo, migrate (step 4)');
-    const pQmp = await connectQmp(pProc, plan.primary, 15_000);
+    const pConn = await connectQmp(pProc, plan.primary, 15_000);
+    const pQmp = pConn.qmp;
     clients.push(pQmp);
     await primaryEnterColo(pQmp, { secondaryHost: plan.endpoints.secondaryHost, nbdPort: plan.endpoints.nbdPort, migrationPort: plan.endpoints.migrationPort }, (n) =>
       o.onUpdate?.(n),
@@ -178,8 +192,11 @@ export async function up(c: ResolvedConfig, o: UpOptions = {}): Promise<UpResult
       upMs: now.getTime() - t0,
     };
     writeState(c.stateDir, state);
+    if (o.keepQmp) {
+      return { state, plan, live: { primary: { proc: pProc, ...pConn }, secondary: { proc: sProc, ...sConn } } };
+    }
     for (const q of clients) await q.close();
-    return { state, plan, procs: o.detached ? undefined : { primary: pProc, secondary: sProc } };
+    return { state, plan };
   } catch (err) {
     await cleanup();
     throw err;

@@ -13,14 +13,13 @@ import { readSerial, kernelTroubleLines } from '../../src/qemu/serial.js';
 import { readImageBytes } from '../../src/qemu/images.js';
 import { queryColoStatus } from '../../src/colo/startup.js';
 import { secondaryFailover } from '../../src/colo/failover.js';
-import { runtime } from '../helpers/lab.js';
 import { alwaysDifferentLoad, bumpCounter, percentile } from '../helpers/clients.js';
 
 const TARGET_CHECKPOINTS = Number(process.env.LOCKSTEP_CHECKPOINTS ?? 300);
 let pair: OneHostPair;
 
 before(async () => {
-  pair = await OneHostPair.start({ runtime: await runtime(), checkpointDelayMs: 2000 });
+  pair = await OneHostPair.start({ checkpointDelayMs: 2000 });
 });
 
 after(async () => {
@@ -71,8 +70,8 @@ test('the secondary\'s replica disk holds the counter the primary acknowledged',
   for (let i = 0; i < 5; i++) last = await bumpCounter(pair.httpBase);
   const expect = `counter=${last}\n`;
   const read = async (file: string) => (await readImageBytes(file, 'qcow2', 512, 16)).toString('latin1').replace(/\0+$/, '');
-  assert.equal(await read(pair.images.primary), expect, 'primary disk');
-  assert.equal(await read(pair.images.secondaryParent), expect, 'secondary replica disk');
+  assert.equal(await read(pair.primary.disk), expect, 'primary disk');
+  assert.equal(await read(pair.secondary.disk), expect, 'secondary replica disk');
 });
 
 // The secondary's memory is only worth something if it can take over: after
