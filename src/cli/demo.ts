@@ -1,14 +1,23 @@
 /**
- * lockstep demo: a protected pair of real VMs on this host, a client counting
- * through COLO, then the primary is killed and the secondary takes over while
- * the client keeps counting.
+ * lockstep demo: `up` with the shipped one-host config, a client counting
+ * through COLO, then (unless --no-kill) kill -9 of the primary QEMU and
+ * `failover` on the secondary, while the client keeps counting. The VM is
+ * left running; the demo prints how to watch and stop it.
  */
+import path from 'node:path';
 import type { Command } from 'commander';
-import { labRuntime } from '../lab/runtime.js';
-import { OneHostPair } from '../lab/pair.js';
-import { secondaryFailover } from '../colo/failover.js';
+import { loadConfig } from '../config/load.js';
+import { up, liveNodes } from '../pair/up.js';
+import { down } from '../pair/down.js';
+import { failover } from '../pair/failover.js';
+import { readState } from '../pair/state.js';
+import { QmpClient } from '../qmp/client.js';
+import { waitForSerial } from '../qemu/serial.js';
+import { GUEST_READY_MARKER } from '../lab/guest.js';
 import { createProgress } from '../util/progress.js';
+import { packageRoot } from '../util/paths.js';
 import { sleep } from '../util/time.js';
+import { LockstepError } from '../util/errors.js';
 
 async function count(base: string): Promise<{ n?: number; ms: number; error?: string }> {
   const t0 = performance.now();
@@ -26,76 +35,91 @@ export function registerDemoCommand(program: Command): void {
     .command('demo')
     .summary('a protected pair on this host, a client, a killed primary, a survivor')
     .description(
-      'run a COLO-protected pair of demo VMs on this host, count through it with a client,\n' +
-        'kill the primary, and watch the secondary take over while the client carries on',
+      'start the shipped one-host pair (examples/one-host.yaml) with lockstep up, count through COLO with a client,\n' +
+        'then kill -9 the primary QEMU and let the secondary take over while the client carries on.\n' +
+        'The VM is left running: watch it with lockstep status, stop it with lockstep down.',
     )
-    .option('--seconds <n>', 'how long the client counts before the primary is killed', '15')
-    .option('--after <n>', 'how long the client counts on the survivor', '10')
-    .option('--tcg', 'use the lab QEMU under TCG even where KVM works')
-    .action(async (opts: { seconds: string; after: string; tcg?: boolean }) => {
+    .option('-c, --config <file>', 'the pair to demonstrate', path.join(packageRoot(), 'examples', 'one-host.yaml'))
+    .option('--seconds <n>', 'how long the client counts before the kill', '10')
+    .option('--after <n>', 'how long the client counts on the survivor', '8')
+    .option('--no-kill', 'leave the protected pair running instead of killing the primary')
+    .action(async (opts: { config: string; seconds: string; after: string; kill: boolean }) => {
       const out = (s: string) => process.stdout.write(s + '\n');
+      const c = loadConfig(opts.config);
+      const rel = path.relative(process.cwd(), c.file) || c.file;
+      const fw = c.vm.network.mode === 'user' ? c.vm.network.forwards.find((f) => f.guestPort === 80) : undefined;
+      if (!fw) throw new LockstepError(`${c.file}: the demo needs a forward to the guest's port 80`);
+      const base = `http://${fw.host}:${fw.port}`;
       const progress = createProgress();
-      const rt = await labRuntime({ forceTcg: opts.tcg, onProgress: (m) => progress.step(m), onStep: (m) => progress.step(m), onUpdate: (m) => progress.update(m) });
-      progress.step(`starting a protected pair (${rt.accel.toUpperCase()})`);
-      const t0 = Date.now();
-      const pair = await OneHostPair.start({ qemu: { accel: rt.accel === 'tcg' && opts.tcg ? 'tcg' : 'auto' }, checkpointDelayMs: 2000, waitGuest: false });
-      progress.step(`COLO running after ${((Date.now() - t0) / 1000).toFixed(1)} s; waiting for the guest's services`);
-      try {
-        const { waitForSerial } = await import('../qemu/serial.js');
-        await waitForSerial(pair.primary.serialLog, rt.guest.readyMarker, 120_000);
-        progress.done(`protected pair ready in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-        out('');
-        out(`primary   pid ${pair.primary.proc.pid}   secondary pid ${pair.secondary.proc.pid}   logs in ${pair.dir}`);
-        out(`the guest's counter: curl ${pair.httpBase}/cgi-bin/cnt`);
-        out('');
-        let highest = 0;
-        let wentBack = 0;
-        let errors = 0;
-        const check = (r: { n?: number; error?: string }) => {
-          if (r.error || r.n === undefined) errors++;
-          else {
-            if (r.n <= highest) wentBack++;
-            highest = Math.max(highest, r.n);
+      const prev = readState(c.stateDir);
+      if (prev && liveNodes(prev).length) {
+        progress.step(`stopping the previous demo pair "${c.name}"`);
+        await down(c);
+      }
+      // The demo's disk is the demo's own: continue from the newest data of the previous run.
+      const r = await up(c, { detached: true, adoptNewest: true, onStep: (m) => progress.step(m), onUpdate: (m) => progress.update(m) });
+      progress.step(`protected in ${((r.state.upMs ?? 0) / 1000).toFixed(1)} s; waiting for the guest's services`);
+      const primary = r.state.nodes.find((n) => n.role === 'primary')!;
+      const secondary = r.state.nodes.find((n) => n.role === 'secondary')!;
+      await waitForSerial(primary.serialLog, GUEST_READY_MARKER, 120_000);
+      progress.done('the guest answers');
+      // Count checkpoints from the primary's STOP events.
+      const qmp = await QmpClient.connect(primary.qmpSocket, { timeoutMs: 5000 });
+      let checkpoints = 0;
+      qmp.on('event', (e) => {
+        if (e.event === 'STOP') checkpoints++;
+      });
+      out('');
+      out(`primary ${primary.name} (pid ${primary.pid}) and secondary ${secondary.name} (pid ${secondary.pid}) run in COLO (${r.state.runtime.accel.toUpperCase()})`);
+      out(`the guest's counter: curl ${base}/cgi-bin/cnt`);
+      out('');
+      let highest = 0;
+      let wentBack = 0;
+      let errors = 0;
+      const check = (x: { n?: number; error?: string }) => {
+        if (x.error || x.n === undefined) errors++;
+        else {
+          if (x.n <= highest) wentBack++;
+          highest = Math.max(highest, x.n);
+        }
+      };
+      const phase = async (label: string, seconds: number, showCheckpoints: boolean) => {
+        const end = Date.now() + seconds * 1000;
+        let last = 0;
+        while (Date.now() < end) {
+          const x = await count(base);
+          check(x);
+          if (Date.now() - last >= 1000 || x.error) {
+            last = Date.now();
+            const cp = showCheckpoints ? `   checkpoints so far: ${checkpoints}` : '';
+            out(`${label}  ${x.error ? `ERROR ${x.error}` : `count=${x.n}`}  ${x.ms.toFixed(0).padStart(5)} ms${cp}`);
           }
-        };
-        const phase = async (label: string, seconds: number) => {
-          const end = Date.now() + seconds * 1000;
-          let last = Date.now();
-          while (Date.now() < end) {
-            const r = await count(pair.httpBase);
-            check(r);
-            if (Date.now() - last >= 1000 || r.error) {
-              last = Date.now();
-              out(
-                `${label}  ${r.error ? `ERROR ${r.error}` : `count=${r.n}`}  ${r.ms.toFixed(0).padStart(5)} ms   checkpoints so far: ${pair.checkpoints()}`,
-              );
-            }
-            await sleep(100);
-          }
-        };
-        await phase('[primary ]', Number(opts.seconds));
+          await sleep(100);
+        }
+      };
+      await phase(`[${primary.name} primary]`, Number(opts.seconds), true);
+      qmp.destroy();
+      if (opts.kill) {
         out('');
-        out(`kill -9 ${pair.primary.proc.pid}   (the primary QEMU dies)`);
+        out(`kill -9 ${primary.pid}   (the primary QEMU dies)`);
         const killedAt = performance.now();
-        pair.primary.proc.signal('SIGKILL');
-        await pair.primary.proc.wait();
-        await secondaryFailover(pair.secondary.qmp, { forwards: pair.forwards });
-        const first = await count(pair.httpBase);
+        process.kill(primary.pid, 'SIGKILL');
+        const f = await failover(c, { reason: 'demo: primary killed' });
+        const first = await count(base);
         check(first);
-        out(
-          `secondary took over: first answer ${first.error ? `ERROR ${first.error}` : `count=${first.n}`} ` +
-            `${(performance.now() - killedAt).toFixed(0)} ms after the kill`,
-        );
+        out(`${f.to} took over (${f.procedure}, ${f.ms.toFixed(0)} ms): first answer ${first.error ? `ERROR ${first.error}` : `count=${first.n}`} ` +
+          `${(performance.now() - killedAt).toFixed(0)} ms after the kill`);
         out('');
-        await phase('[survivor]', Number(opts.after));
+        await phase(`[${f.to} survivor]`, Number(opts.after), false);
         out('');
         if (wentBack === 0) out(`The counter never went back (highest ${highest}): every acknowledged increment survived the failover.`);
         else out(`WARNING: the counter went back ${wentBack} time(s): acknowledged increments were lost.`);
-        if (errors) out(`${errors} request(s) failed.`);
-        process.exitCode = wentBack ? 1 : 0;
-      } finally {
-        await pair.stop({ removeDir: true });
-        out('both VMs stopped');
       }
+      if (errors) out(`${errors} request(s) failed.`);
+      out('');
+      out(`The VM keeps running${opts.kill ? ` on ${secondary.name}, unprotected until a new secondary joins` : ', protected'}.`);
+      out(`  watch it:  node bin/lockstep.js status -c ${rel}`);
+      out(`  stop it:   node bin/lockstep.js down -c ${rel}`);
+      process.exitCode = wentBack ? 1 : 0;
     });
 }

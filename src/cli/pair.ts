@@ -3,6 +3,7 @@ import { loadConfig } from '../config/load.js';
 import { up } from '../pair/up.js';
 import { pairStatus, type PairStatus } from '../pair/status.js';
 import { down } from '../pair/down.js';
+import { failover } from '../pair/failover.js';
 import { createProgress } from '../util/progress.js';
 import { print } from './output.js';
 
@@ -11,7 +12,11 @@ const CONFIG_HELP = 'the pair\'s YAML config (see examples/one-host.yaml)';
 function formatStatus(s: PairStatus): string {
   if (s.nodes.length === 0) return `pair "${s.name}": not started (lockstep up -c FILE starts it)`;
   const lines = [`pair "${s.name}": ${s.protected ? 'PROTECTED' : s.running ? 'NOT PROTECTED' : 'stopped'}${s.accel ? ` (${s.accel.toUpperCase()})` : ''}`];
-  if (s.upMs !== null && s.running) lines.push(`  protected since ${s.protectedAt} (up took ${(s.upMs / 1000).toFixed(1)} s)`);
+  if (s.upMs !== null && s.protected) lines.push(`  protected since ${s.protectedAt} (up took ${(s.upMs / 1000).toFixed(1)} s)`);
+  if (s.lastFailover) {
+    const f = s.lastFailover;
+    lines.push(`  last failover ${f.at}: ${f.from} → ${f.to} (${f.reason}), ${f.ms.toFixed(0)} ms`);
+  }
   lines.push('  node  role       pid      run state   COLO mode   migration');
   for (const n of s.nodes) {
     lines.push(
@@ -31,11 +36,12 @@ export function registerPairCommands(program: Command): void {
         'steps on each, and return once both report COLO running. The VMs keep running after this command ends.',
     )
     .requiredOption('-c, --config <file>', CONFIG_HELP)
+    .option('--adopt-newest', 'after a failover, first copy the survivor\'s disk (the newest data) over vm.disk.image')
     .option('--json', 'print the resulting status as JSON')
-    .action(async (opts: { config: string; json?: boolean }) => {
+    .action(async (opts: { config: string; adoptNewest?: boolean; json?: boolean }) => {
       const c = loadConfig(opts.config);
       const progress = createProgress(process.stderr, { quiet: opts.json === true });
-      const r = await up(c, { detached: true, onStep: (m) => progress.step(m), onUpdate: (m) => progress.update(m) });
+      const r = await up(c, { detached: true, adoptNewest: opts.adoptNewest, onStep: (m) => progress.step(m), onUpdate: (m) => progress.update(m) });
       progress.done(`pair "${c.name}" protected in ${((r.state.upMs ?? 0) / 1000).toFixed(1)} s`);
       const st = await pairStatus(c);
       print(opts.json, st, () => {
@@ -54,6 +60,24 @@ export function registerPairCommands(program: Command): void {
       const c = loadConfig(opts.config);
       const st = await pairStatus(c);
       print(opts.json, st, () => formatStatus(st));
+    });
+
+  program
+    .command('failover')
+    .summary('make one node carry the VM on alone')
+    .description(
+      'run the documented failover on the survivor: "Secondary Failover" when the primary is gone, "Primary Failover"\n' +
+        'when the secondary is gone. With both nodes running, --to names the node that carries on; the other is stopped first.',
+    )
+    .requiredOption('-c, --config <file>', CONFIG_HELP)
+    .option('--to <node>', 'the node that carries on (needed when both run)')
+    .option('--json', 'print the result as JSON')
+    .action(async (opts: { config: string; to?: string; json?: boolean }) => {
+      const c = loadConfig(opts.config);
+      const progress = createProgress(process.stderr, { quiet: opts.json === true });
+      const r = await failover(c, { to: opts.to, onStep: (m) => progress.step(m) });
+      progress.done();
+      print(opts.json, r, () => `${r.to} carries the VM on (${r.procedure}, ${r.ms.toFixed(0)} ms); it is not protected until a new secondary joins`);
     });
 
   program

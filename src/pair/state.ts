@@ -33,6 +33,14 @@ export interface PairState {
   protectedAt?: string;
   upMs?: number;
   stoppedAt?: string;
+  /** The last takeover: who died, who carries the VM on, why. */
+  lastFailover?: { at: string; from: string; to: string; reason: string; ms: number };
+  /**
+   * The disk that holds the newest data. `up` starts from the config's image;
+   * after a failover to the secondary it is the survivor's replica, and `up`
+   * refuses to copy the older image over it.
+   */
+  authoritativeDisk?: string;
 }
 
 export function stateFile(stateDir: string): string {

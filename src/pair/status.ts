@@ -30,6 +30,7 @@ export interface PairStatus {
   accel: string | null;
   protectedAt: string | null;
   upMs: number | null;
+  lastFailover: { at: string; from: string; to: string; reason: string; ms: number } | null;
   nodes: NodeStatus[];
 }
 
@@ -56,12 +57,13 @@ async function nodeStatus(n: NodeState, timeoutMs: number): Promise<NodeStatus> 
 
 export async function pairStatus(c: ResolvedConfig, timeoutMs = 3000): Promise<PairStatus> {
   const s = readState(c.stateDir);
-  if (!s) return { name: c.name, running: false, protected: false, accel: null, protectedAt: null, upMs: null, nodes: [] };
+  if (!s) return { name: c.name, running: false, protected: false, accel: null, protectedAt: null, upMs: null, lastFailover: null, nodes: [] };
   const nodes = await Promise.all(s.nodes.map((n) => nodeStatus(n, timeoutMs)));
   const p = nodes.find((n) => n.role === 'primary');
   const sec = nodes.find((n) => n.role === 'secondary');
-  const isProtected =
-    !!p && !!sec && p.runState === 'running' && sec.runState === 'running' && p.colo?.mode === 'primary' && p.migration === 'colo' && sec.colo?.mode === 'secondary';
+  // "colo" is the run state during a checkpoint (a hung one makes QMP time out instead).
+  const runs = (n: NodeStatus | undefined) => n?.runState === 'running' || n?.runState === 'colo';
+  const isProtected = runs(p) && runs(sec) && p?.colo?.mode === 'primary' && p.migration === 'colo' && sec?.colo?.mode === 'secondary';
   return {
     name: s.name,
     running: nodes.some((n) => n.alive),
@@ -69,6 +71,7 @@ export async function pairStatus(c: ResolvedConfig, timeoutMs = 3000): Promise<P
     accel: s.runtime.accel,
     protectedAt: s.protectedAt ?? null,
     upMs: s.upMs ?? null,
+    lastFailover: s.lastFailover ?? null,
     nodes,
   };
 }

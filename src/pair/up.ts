@@ -25,6 +25,11 @@ export interface UpOptions {
   detached?: boolean;
   /** Return the QMP connections (recording every event from connect on) instead of closing them. */
   keepQmp?: boolean;
+  /**
+   * After a failover the newest data is in the survivor's replica: copy it
+   * over vm.disk.image before starting (the explicit flag `up --adopt-newest`).
+   */
+  adoptNewest?: boolean;
 }
 
 export interface LiveNode {
@@ -59,7 +64,7 @@ function portChecks(plan: PairPlan, c: ResolvedConfig): Array<{ host: string; po
   ];
 }
 
-async function preflight(c: ResolvedConfig, plan: PairPlan, step: (m: string) => void): Promise<void> {
+async function preflight(c: ResolvedConfig, plan: PairPlan, step: (m: string) => void, adoptNewest: boolean): Promise<void> {
   const prev = readState(c.stateDir);
   if (prev) {
     const live = liveNodes(prev);
@@ -71,6 +76,22 @@ async function preflight(c: ResolvedConfig, plan: PairPlan, step: (m: string) =>
   }
   for (const [field, f] of [['vm.kernel', plan.kernel], ['vm.initrd', plan.initrd]] as const) {
     if (f && !fs.existsSync(f)) throw new LockstepError(`${field}: ${f} does not exist`, { hint: `fix ${field} in ${c.file}` });
+  }
+  if (prev?.authoritativeDisk && prev.authoritativeDisk !== c.vm.disk.image && fs.existsSync(prev.authoritativeDisk)) {
+    const f = prev.lastFailover;
+    if (!adoptNewest) {
+      throw new LockstepError(
+      `the newest data of pair "${c.name}" is in ${prev.authoritativeDisk}${f ? ` (node ${f.to} took over at ${f.at})` : ''}, not in ${c.vm.disk.image}`,
+      {
+        hint:
+          `starting from ${c.vm.disk.image} would lose what was written since. To continue from the newest data: ` +
+          `lockstep up --adopt-newest (copies it over ${c.vm.disk.image}); to start over from the old image anyway, ` +
+          `move ${prev.authoritativeDisk} away first`,
+        },
+      );
+    }
+    step(`copying the newest disk ${prev.authoritativeDisk} over ${c.vm.disk.image}`);
+    fs.copyFileSync(prev.authoritativeDisk, c.vm.disk.image);
   }
   const img = c.vm.disk.image;
   if (!fs.existsSync(img)) {
@@ -127,7 +148,7 @@ export async function up(c: ResolvedConfig, o: UpOptions = {}): Promise<UpResult
   const t0 = Date.now();
   const rt = await resolveRuntime(c, o);
   const plan = planPair(c, rt);
-  await preflight(c, plan, step);
+  await preflight(c, plan, step, o.adoptNewest === true);
   for (const n of [plan.primary, plan.secondary]) {
     fs.mkdirSync(n.dataDir, { recursive: true });
     for (const f of [n.qmpSocket, n.qmpSocket2, n.serialLog, n.qemuLog]) fs.rmSync(f, { force: true });
@@ -166,7 +187,27 @@ export async function up(c: ResolvedConfig, o: UpOptions = {}): Promise<UpResult
     );
     step('waiting for both nodes to report COLO running');
     await Promise.all([waitColoMode(pQmp, 'primary', 30_000), waitColoMode(sQmp, 'secondary', 30_000)]);
+    // Protected means checkpoints work: set the period (QEMU 7.2 also takes a
+    // checkpoint at once) and see the first one complete on the primary.
+    step('first checkpoint');
+    const stops = pQmp.listen('STOP');
+    const resumes = pQmp.listen('RESUME');
     await setCheckpointDelay(pQmp, c.replication.checkpointDelayMs);
+    const firstMs = c.replication.checkpointDelayMs + 15_000;
+    try {
+      await stops.next(firstMs);
+      await resumes.next(15_000);
+    } catch {
+      throw new LockstepError(`the first COLO checkpoint did not complete: the primary on ${plan.primary.name} stopped and did not resume`, {
+        hint:
+          rt.accel === 'tcg'
+            ? 'QEMU 7.2 hangs in COLO checkpoints under TCG unless patched; leave qemu.binary unset so lockstep uses its lab QEMU (lockstep lab prepare)'
+            : `see ${plan.primary.qemuLog}`,
+      });
+    } finally {
+      stops.close();
+      resumes.close();
+    }
     const now = new Date();
     const state: PairState = {
       version: 1,

@@ -28,7 +28,14 @@ interface Outcome {
  * it), so this looks at many checkpoints rather than only the first.
  */
 async function checkpointsFor(binary: string, ms: number): Promise<Outcome> {
-  const pair = await OneHostPair.start({ qemu: { binary, accel: 'tcg' }, checkpointDelayMs: 200, waitGuest: false });
+  let pair: OneHostPair;
+  try {
+    pair = await OneHostPair.start({ qemu: { binary, accel: 'tcg' }, checkpointDelayMs: 200, waitGuest: false });
+  } catch (err) {
+    // up checks that the first checkpoint completes, and ends both QEMUs when it does not.
+    if (/first COLO checkpoint did not complete/.test((err as Error).message)) return { deadlocked: true, completed: 0 };
+    throw err;
+  }
   try {
     const end = Date.now() + ms;
     while (Date.now() < end) {

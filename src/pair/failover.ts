@@ -1,0 +1,86 @@
+/**
+ * Failover of a running pair: the survivor runs the documented procedure
+ * ("Secondary Failover" when the primary died, "Primary Failover" when the
+ * secondary died) and the state file records who carries the VM now and why.
+ * Asked for on purpose with both nodes alive, the other node's QEMU is ended
+ * first (by PID), so there is never a moment with two writers.
+ */
+import type { ResolvedConfig } from '../config/load.js';
+import { QmpClient } from '../qmp/client.js';
+import { isOurQemu, stopPid } from '../qemu/process.js';
+import { secondaryFailover, primaryFailover } from '../colo/failover.js';
+import { LockstepError } from '../util/errors.js';
+import { readState, writeState, type PairState, type NodeState } from './state.js';
+
+export interface FailoverResult {
+  from: string;
+  to: string;
+  procedure: 'secondary failover' | 'primary failover';
+  ms: number;
+}
+
+export interface FailoverOptions {
+  /** With both nodes alive: the node that carries on (the other is stopped). */
+  to?: string;
+  reason?: string;
+  onStep?: (msg: string) => void;
+}
+
+export async function failover(c: ResolvedConfig, o: FailoverOptions = {}): Promise<FailoverResult> {
+  const t0 = performance.now();
+  const s = readState(c.stateDir);
+  if (!s) throw new LockstepError(`pair "${c.name}" has not been started`, { hint: `start it with: lockstep up -c ${c.file}` });
+  const alive = (n: NodeState) => isOurQemu(n.pid, n.qmpSocket);
+  const live = s.nodes.filter(alive);
+  if (live.length === 0) throw new LockstepError(`no node of pair "${c.name}" is running: nothing to fail over to`, { hint: `start it with: lockstep up -c ${c.file}` });
+  let survivor: NodeState;
+  let lost: NodeState;
+  if (live.length === 2) {
+    if (!o.to) {
+      throw new LockstepError('both nodes are running: say which one carries on', { hint: `lockstep failover -c ${c.file} --to ${s.nodes.find((n) => n.role === 'secondary')?.name ?? 'NODE'}` });
+    }
+    const t = s.nodes.find((n) => n.name === o.to);
+    if (!t) throw new LockstepError(`no node named "${o.to}"`, { hint: `the nodes are ${s.nodes.map((n) => n.name).join(', ')}` });
+    survivor = t;
+    lost = s.nodes.find((n) => n !== t)!;
+    o.onStep?.(`stopping ${lost.role} ${lost.name} (pid ${lost.pid}) so that only ${survivor.name} writes`);
+    await stopPid(lost.pid, lost.qmpSocket, 0);
+  } else {
+    survivor = live[0]!;
+    lost = s.nodes.find((n) => n !== survivor)!;
+    if (o.to && o.to !== survivor.name) throw new LockstepError(`node ${o.to} is not running; only ${survivor.name} can carry on`);
+  }
+  const qmp = await QmpClient.connect(survivor.qmpSocket, { timeoutMs: 5000 });
+  let procedure: FailoverResult['procedure'];
+  try {
+    if (survivor.role === 'secondary') {
+      procedure = 'secondary failover';
+      o.onStep?.(`${survivor.name}: secondary failover (the primary ${lost.name} is gone)`);
+      await secondaryFailover(
+        qmp,
+        {
+          forwards: s.forwards,
+          // Ready to be a primary later: its listeners on its own address.
+          prepareAsPrimary: { ...s.endpoints, primaryHost: survivor.address, secondaryHost: lost.address },
+        },
+        (n) => o.onStep?.(`${survivor.name}: ${n}`),
+      );
+    } else {
+      procedure = 'primary failover';
+      o.onStep?.(`${survivor.name}: primary failover (the secondary ${lost.name} is gone)`);
+      await primaryFailover(qmp, (n) => o.onStep?.(`${survivor.name}: ${n}`));
+    }
+  } finally {
+    qmp.destroy();
+  }
+  const ms = performance.now() - t0;
+  const next: PairState = {
+    ...s,
+    // The lost node is the one to re-protect the VM with, as a secondary, once it is back.
+    nodes: s.nodes.map((n) => (n === survivor ? { ...n, role: 'primary' as const } : { ...n, role: 'secondary' as const })),
+    lastFailover: { at: new Date().toISOString(), from: lost.name, to: survivor.name, reason: o.reason ?? (live.length === 2 ? 'requested' : `${lost.role} ${lost.name} not running`), ms },
+    authoritativeDisk: survivor.disk,
+  };
+  writeState(c.stateDir, next);
+  return { from: lost.name, to: survivor.name, procedure, ms };
+}
