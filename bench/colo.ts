@@ -1,0 +1,109 @@
+/**
+ * npm run bench: the first figures of a COLO pair on this machine, all in one
+ * run, written to bench/results/colo.json and printed as a table.
+ *
+ * - request latency of the guest's disk counter (/cgi-bin/cnt: read, +1,
+ *   write, flush), plain VM vs COLO pair: median, p99, ratio
+ * - checkpoint pause of the primary (STOP→RESUME), median and p99, under
+ *   always-different traffic that forces checkpoints
+ * - time from `up` to protected (both nodes in COLO, first checkpoint done)
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { labRuntime } from '../src/lab/runtime.js';
+import { startPlainVm } from '../src/lab/plain.js';
+import { OneHostPair } from '../src/lab/pair.js';
+import { packageRoot } from '../src/util/paths.js';
+import { summarize, table, type Summary } from './stats.js';
+
+const REQUESTS = Number(process.env.LOCKSTEP_BENCH_REQUESTS ?? 300);
+const CHECKPOINTS = Number(process.env.LOCKSTEP_BENCH_CHECKPOINTS ?? 100);
+const UPS = Number(process.env.LOCKSTEP_BENCH_UPS ?? 3);
+
+async function counterLatencies(base: string, n: number): Promise<number[]> {
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const t0 = performance.now();
+    const r = await fetch(`${base}/cgi-bin/cnt`, { signal: AbortSignal.timeout(15_000) });
+    const body = await r.text();
+    if (!/count=\d+/.test(body)) throw new Error(`bad answer: ${body}`);
+    out.push(performance.now() - t0);
+  }
+  return out;
+}
+
+const log = (m: string) => process.stderr.write(`• ${m}\n`);
+
+const rt = await labRuntime({ onProgress: log });
+log(`runtime: ${rt.accel.toUpperCase()} ${rt.binary}`);
+
+log(`plain VM: ${REQUESTS} counter requests`);
+const plain = await startPlainVm(rt);
+let plainLat: number[];
+try {
+  await counterLatencies(plain.httpBase, 10); // warm-up
+  plainLat = await counterLatencies(plain.httpBase, REQUESTS);
+} finally {
+  await plain.stop({ removeDir: true });
+}
+
+const ups: number[] = [];
+for (let i = 0; i < UPS; i++) {
+  log(`up → protected, run ${i + 1}/${UPS}`);
+  const t0 = performance.now();
+  const p = await OneHostPair.start({ checkpointDelayMs: 2000, waitGuest: false });
+  ups.push(performance.now() - t0);
+  await p.stop({ removeDir: true });
+}
+
+log(`COLO pair: ${REQUESTS} counter requests, then ${CHECKPOINTS} forced checkpoints`);
+const pair = await OneHostPair.start({ checkpointDelayMs: 2000 });
+let coloLat: number[];
+let pauses: number[];
+let checkpointsDuringRequests: number;
+try {
+  await counterLatencies(pair.httpBase, 10);
+  const c0 = pair.checkpoints();
+  coloLat = await counterLatencies(pair.httpBase, REQUESTS);
+  checkpointsDuringRequests = pair.checkpoints() - c0;
+  const before = pair.pauses().length;
+  const deadline = Date.now() + 10 * 60_000;
+  while (pair.pauses().length - before < CHECKPOINTS && Date.now() < deadline) {
+    await Promise.all([0, 1].map(() => fetch(`${pair.httpBase}/cgi-bin/info`, { signal: AbortSignal.timeout(15_000) }).then((r) => r.text())));
+  }
+  pauses = pair.pauses().slice(before);
+} finally {
+  await pair.stop({ removeDir: true });
+}
+
+const plainS = summarize(plainLat);
+const coloS = summarize(coloLat);
+const pauseS = summarize(pauses);
+const upS = summarize(ups);
+const result = {
+  when: new Date().toISOString(),
+  machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model ?? '', memGiB: Math.round(os.totalmem() / 2 ** 30) },
+  runtime: { accel: rt.accel, binary: rt.binary },
+  counterRequestMs: { plain: plainS, colo: coloS, ratio: { median: Math.round((coloS.median / plainS.median) * 100) / 100, p99: Math.round((coloS.p99 / plainS.p99) * 100) / 100 } },
+  checkpointsDuringCounterRequests: checkpointsDuringRequests,
+  checkpointPauseMs: pauseS,
+  upToProtectedMs: upS,
+};
+const dir = path.join(packageRoot(), 'bench', 'results');
+fs.mkdirSync(dir, { recursive: true });
+const file = path.join(dir, 'colo.json');
+fs.writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
+
+const row = (name: string, s: Summary, extra = '') => [name, String(s.n), s.median.toFixed(1), s.p99.toFixed(1), s.max.toFixed(1), extra];
+process.stdout.write(
+  `\nCOLO figures (${rt.accel.toUpperCase()}, ${result.machine.cpus} cpus)\n` +
+    table([
+      ['figure', 'n', 'median ms', 'p99 ms', 'max ms', ''],
+      row('counter request, plain VM', plainS),
+      row('counter request, COLO', coloS, `ratio ${result.counterRequestMs.ratio.median}x median, ${result.counterRequestMs.ratio.p99}x p99`),
+      row('checkpoint pause (primary)', pauseS),
+      row('up → protected', upS),
+    ]) +
+    `\n\n(${checkpointsDuringRequests} checkpoints happened during the ${REQUESTS} COLO counter requests)\nwritten to ${path.relative(process.cwd(), file)}\n`,
+);

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# npm run bench: set-up, the lab, then the benchmark scripts. Figures go to
+# bench/results/*.json and a short table is printed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+node bin/lockstep.js lab prepare
+node dist/bench/colo.js
