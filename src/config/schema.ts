@@ -63,6 +63,8 @@ const node = z
     name: nodeName,
     address: ipv4.describe('where this node listens for its peer (COLO proxy, migration, NBD)'),
     dataDir: z.string().optional().describe('where this node keeps its disk replica and logs'),
+    /** Run this node's QEMU in a network namespace (the lab's hosts). */
+    netns: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'expected a network namespace name').optional(),
   })
   .strict();
 

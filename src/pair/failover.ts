@@ -10,6 +10,7 @@ import { QmpClient } from '../qmp/client.js';
 import { isOurQemu, stopPid } from '../qemu/process.js';
 import { secondaryFailover, primaryFailover } from '../colo/failover.js';
 import { LockstepError } from '../util/errors.js';
+import { attachTap, detachTap } from '../qemu/tap.js';
 import { readState, writeState, type PairState, type NodeState } from './state.js';
 
 export interface FailoverResult {
@@ -55,6 +56,12 @@ export async function failover(c: ResolvedConfig, o: FailoverOptions = {}): Prom
   try {
     if (survivor.role === 'secondary') {
       procedure = 'secondary failover';
+      if (survivor.tap) {
+        // The wire moves first: the survivor's tap joins the bridge, the dead primary's leaves it.
+        o.onStep?.(`bridge ${survivor.tap.bridge}: ${survivor.tap.tap} on, ${lost.tap?.tap ?? '-'} off`);
+        if (lost.tap) await detachTap(lost.tap);
+        await attachTap(survivor.tap);
+      }
       o.onStep?.(`${survivor.name}: secondary failover (the primary ${lost.name} is gone)`);
       await secondaryFailover(
         qmp,

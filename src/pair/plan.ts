@@ -5,6 +5,7 @@
  */
 import path from 'node:path';
 import type { ResolvedConfig } from '../config/load.js';
+import type { TapPlace } from '../qemu/tap.js';
 import { primaryArgs, secondaryArgs, type ColoEndpoints, type HostForward, type MachineSpec, type NicSpec } from '../qemu/cmdline.js';
 
 export interface Runtime {
@@ -30,6 +31,9 @@ export interface NodePlan {
   /** The disk this node's VM uses: the user's image on the primary, the replica on the secondary. */
   disk: string;
   args: string[];
+  netns?: string;
+  /** Bridge mode: this node's tap. */
+  tap?: TapPlace;
 }
 
 export interface PairPlan {
@@ -92,6 +96,8 @@ export function planPair(c: ResolvedConfig, rt: Runtime): PairPlan {
     qemuLog: path.join(n.dataDir, 'qemu.log'),
     disk,
     args,
+    netns: n.netns,
+    tap: net.mode === 'tap' ? { tap: net.taps[n.name]!, bridge: net.bridge, netns: n.netns } : undefined,
   });
   const replica = replicaPath(c, s);
   return {

@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Runtime } from './plan.js';
 import type { ColoEndpoints, HostForward } from '../qemu/cmdline.js';
+import type { TapPlace } from '../qemu/tap.js';
 
 export interface NodeState {
   name: string;
@@ -17,6 +18,8 @@ export interface NodeState {
   serialLog: string;
   qemuLog: string;
   disk: string;
+  netns?: string;
+  tap?: TapPlace;
 }
 
 export interface PairState {

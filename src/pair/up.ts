@@ -13,6 +13,7 @@ import { createImage, imageInfo } from '../qemu/images.js';
 import { secondaryEnterColo, primaryEnterColo, waitColoMode, setCheckpointDelay } from '../colo/startup.js';
 import { LockstepError } from '../util/errors.js';
 import { portFree } from '../util/net.js';
+import { attachTap, checkTap, detachTap } from '../qemu/tap.js';
 import { waitFor } from '../util/time.js';
 import { planPair, type PairPlan, type NodePlan } from './plan.js';
 import { resolveRuntime } from './runtime.js';
@@ -53,14 +54,23 @@ export function liveNodes(s: PairState): PairState['nodes'] {
 
 function portChecks(plan: PairPlan, c: ResolvedConfig): Array<{ host: string; port: number; field: string }> {
   const e = plan.endpoints;
+  // Ports inside a node's network namespace cannot be probed from here; QEMU reports them at start.
   return [
-    { host: e.primaryHost, port: e.mirrorPort, field: 'ports.mirror' },
-    { host: e.primaryHost, port: e.compareSecondaryPort, field: 'ports.compare' },
-    { host: e.primaryLocal, port: e.comparePrimaryPort, field: 'ports.comparePrimary' },
-    { host: e.primaryLocal, port: e.compareOutPort, field: 'ports.compareOut' },
-    { host: e.secondaryHost, port: e.migrationPort, field: 'ports.migration' },
-    { host: e.secondaryHost, port: e.nbdPort, field: 'ports.nbd' },
-    ...(c.vm.network.mode === 'user' ? c.vm.network.forwards.map((f, i) => ({ host: f.host, port: f.port, field: `vm.network.forwards[${i}]` })) : []),
+    ...(plan.primary.netns
+      ? []
+      : [
+          { host: e.primaryHost, port: e.mirrorPort, field: 'ports.mirror' },
+          { host: e.primaryHost, port: e.compareSecondaryPort, field: 'ports.compare' },
+          { host: e.primaryLocal, port: e.comparePrimaryPort, field: 'ports.comparePrimary' },
+          { host: e.primaryLocal, port: e.compareOutPort, field: 'ports.compareOut' },
+          ...(c.vm.network.mode === 'user' ? c.vm.network.forwards.map((f, i) => ({ host: f.host, port: f.port, field: `vm.network.forwards[${i}]` })) : []),
+        ]),
+    ...(plan.secondary.netns
+      ? []
+      : [
+          { host: e.secondaryHost, port: e.migrationPort, field: 'ports.migration' },
+          { host: e.secondaryHost, port: e.nbdPort, field: 'ports.nbd' },
+        ]),
   ];
 }
 
@@ -114,6 +124,7 @@ async function preflight(c: ResolvedConfig, plan: PairPlan, step: (m: string) =>
   } catch {
     throw new LockstepError(`replication.bufferDir ${c.replication.bufferDir} is not a writable directory`, { hint: 'point it at a RAM disk such as /dev/shm' });
   }
+  for (const n of [plan.primary, plan.secondary]) if (n.tap) await checkTap(n.tap, `vm.network.taps.${n.name}`);
   for (const chk of portChecks(plan, c)) {
     if (!(await portFree(chk.host, chk.port))) {
       throw new LockstepError(`port ${chk.port} on ${chk.host} (${chk.field}) is in use`, {
@@ -143,6 +154,10 @@ async function connectQmp(proc: QemuProcess, node: NodePlan, timeoutMs: number):
   }
 }
 
+function spawnOpts(n: NodePlan): { args: string[]; wrapper?: string[] } {
+  return { args: n.args, wrapper: n.netns ? ['ip', 'netns', 'exec', n.netns] : undefined };
+}
+
 export async function up(c: ResolvedConfig, o: UpOptions = {}): Promise<UpResult> {
   const step = o.onStep ?? (() => {});
   const t0 = Date.now();
@@ -158,6 +173,11 @@ export async function up(c: ResolvedConfig, o: UpOptions = {}): Promise<UpResult
   const virtualSize = (await imageInfo(c.vm.disk.image))['virtual-size'];
   for (const b of [plan.buffers.active, plan.buffers.hidden]) await createImage(b, virtualSize, { overwrite: true });
 
+  if (plan.primary.tap && plan.secondary.tap) {
+    step(`bridge ${plan.primary.tap.bridge}: ${plan.primary.tap.tap} (primary) on it, ${plan.secondary.tap.tap} (secondary) off it`);
+    await detachTap(plan.secondary.tap);
+    await attachTap(plan.primary.tap);
+  }
   const started: QemuProcess[] = [];
   const clients: QmpClient[] = [];
   const cleanup = async () => {
@@ -167,10 +187,10 @@ export async function up(c: ResolvedConfig, o: UpOptions = {}): Promise<UpResult
   };
   try {
     step(`starting the secondary on ${plan.secondary.name} (${rt.accel.toUpperCase()})`);
-    const sProc = new QemuProcess({ name: `secondary ${plan.secondary.name}`, binary: rt.binary, args: plan.secondary.args, logFile: plan.secondary.qemuLog, detached: o.detached });
+    const sProc = new QemuProcess({ ...spawnOpts(plan.secondary), name: `secondary ${plan.secondary.name}`, binary: rt.binary, logFile: plan.secondary.qemuLog, detached: o.detached });
     started.push(sProc);
     step(`starting the primary on ${plan.primary.name}`);
-    const pProc = new QemuProcess({ name: `primary ${plan.primary.name}`, binary: rt.binary, args: plan.primary.args, logFile: plan.primary.qemuLog, detached: o.detached });
+    const pProc = new QemuProcess({ ...spawnOpts(plan.primary), name: `primary ${plan.primary.name}`, binary: rt.binary, logFile: plan.primary.qemuLog, detached: o.detached });
     started.push(pProc);
 
     step('secondary: x-colo, NBD export of the replica (step 3)');
@@ -227,6 +247,8 @@ export async function up(c: ResolvedConfig, o: UpOptions = {}): Promise<UpResult
         serialLog: n.serialLog,
         qemuLog: n.qemuLog,
         disk: n.disk,
+        netns: n.netns,
+        tap: n.tap,
       })),
       startedAt: new Date(t0).toISOString(),
       protectedAt: now.toISOString(),

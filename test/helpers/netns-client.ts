@@ -1,0 +1,77 @@
+/**
+ * A client that runs inside a lab network namespace (ip netns exec NS node
+ * this.js HOST) and talks to the guest directly over the bridge: one
+ * persistent TCP connection to the echo service, and an HTTP counter loop.
+ * Prints a JSON line per second, and a summary when stdin closes.
+ */
+import net from 'node:net';
+import readline from 'node:readline';
+
+const host = process.argv[2] ?? '10.0.2.15';
+const intervalMs = Number(process.argv[3] ?? 100);
+
+const echo = { sent: 0, ok: 0, errors: [] as string[], maxMs: 0, closed: false };
+const http = { ok: 0, errors: [] as string[], counts: [] as number[], maxMs: 0 };
+let running = true;
+
+async function echoLoop(): Promise<void> {
+  const s = net.createConnection({ host, port: 7 });
+  await new Promise<void>((res, rej) => {
+    s.once('connect', res);
+    s.once('error', rej);
+  });
+  let buf = '';
+  s.setEncoding('utf8');
+  s.on('data', (d: string) => (buf += d));
+  s.on('close', () => {
+    if (running) echo.closed = true; // closed by the other end, not by us at the end
+  });
+  s.on('error', (e) => echo.errors.push(e.message));
+  for (let i = 0; running; i++) {
+    const msg = `m${i}\n`;
+    const t0 = performance.now();
+    s.write(msg);
+    echo.sent++;
+    const deadline = Date.now() + 15_000;
+    while (!buf.includes(msg) && Date.now() < deadline && !echo.closed) await new Promise((r) => setTimeout(r, 5));
+    if (!buf.includes(msg)) {
+      echo.errors.push(`no echo of ${msg.trim()} (${echo.closed ? 'connection closed' : 'timeout'})`);
+      break;
+    }
+    buf = buf.slice(buf.indexOf(msg) + msg.length);
+    echo.ok++;
+    echo.maxMs = Math.max(echo.maxMs, performance.now() - t0);
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+  s.destroy();
+}
+
+async function httpLoop(): Promise<void> {
+  while (running) {
+    const t0 = performance.now();
+    try {
+      const r = await fetch(`http://${host}/cgi-bin/cnt`, { signal: AbortSignal.timeout(15_000) });
+      const m = /count=(\d+)/.exec(await r.text());
+      if (!m) throw new Error(`status ${r.status}`);
+      http.counts.push(Number(m[1]));
+      http.ok++;
+      http.maxMs = Math.max(http.maxMs, performance.now() - t0);
+    } catch (err) {
+      http.errors.push((err as Error).message);
+    }
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+}
+
+const tick = setInterval(() => {
+  process.stdout.write(JSON.stringify({ type: 'tick', echoOk: echo.ok, httpOk: http.ok, lastCount: http.counts.at(-1) ?? null }) + '\n');
+}, 1000);
+
+const loops = Promise.all([echoLoop().catch((e: Error) => echo.errors.push(`connect: ${e.message}`)), httpLoop()]);
+readline.createInterface({ input: process.stdin }).on('close', async () => {
+  running = false;
+  await loops;
+  clearInterval(tick);
+  process.stdout.write(JSON.stringify({ type: 'summary', echo, http }) + '\n');
+  process.exit(0);
+});
