@@ -42,6 +42,54 @@ export interface PairOptions {
   log?: (msg: string) => void;
 }
 
+export interface LabConfigOptions {
+  name: string;
+  /** First of 6 consecutive free ports (the COLO ports); forwards use others. */
+  base: number;
+  qemu?: { binary?: string; accel?: 'auto' | 'kvm' | 'tcg' };
+  memory?: string;
+  /** User networking: [host port on 127.0.0.1, guest port] pairs. */
+  forwards?: Array<[number, number]>;
+  /** Bridge mode instead: taps per node on `bridge`. */
+  tap?: { bridge: string; taps: Record<string, string> };
+  /** Network namespace per node name. */
+  netns?: Record<string, string>;
+  /** Disk: default an image created in the config's directory. */
+  disk?: string;
+  replication?: { checkpointDelayMs?: number; compareTimeoutMs?: number; bufferDir?: string };
+}
+
+/** A one-host config for the demo guest (nodes a on 127.0.0.1 and b on 127.0.0.2), as YAML. */
+export function labConfigYaml(o: LabConfigOptions): string {
+  const q = o.qemu ?? {};
+  const b = o.base;
+  const network = o.tap
+    ? `{ mode: tap, bridge: ${o.tap.bridge}, taps: { ${Object.entries(o.tap.taps).map(([k, v]) => `${k}: ${v}`).join(', ')} } }`
+    : `{ mode: user, forwards: [${(o.forwards ?? []).map(([h, g]) => `{ port: ${h}, guestPort: ${g} }`).join(', ')}] }`;
+  const node = (name: string, address: string) => `  - { name: ${name}, address: ${address}${o.netns?.[name] ? `, netns: ${o.netns[name]}` : ''} }`;
+  const r = o.replication ?? {};
+  const repl = [
+    r.checkpointDelayMs !== undefined && `checkpointDelayMs: ${r.checkpointDelayMs}`,
+    r.compareTimeoutMs !== undefined && `compareTimeoutMs: ${r.compareTimeoutMs}`,
+    r.bufferDir !== undefined && `bufferDir: ${JSON.stringify(r.bufferDir)}`,
+  ].filter(Boolean);
+  return [
+    `name: ${o.name}`,
+    `qemu: { accel: ${q.accel ?? 'auto'}${q.binary ? `, binary: ${JSON.stringify(q.binary)}` : ''} }`,
+    'vm:',
+    `  memory: ${o.memory ?? '128M'}`,
+    '  kernel: demo',
+    `  disk: ${o.disk ?? '{ image: disk.qcow2, create: true, size: 64M }'}`,
+    `  network: ${network}`,
+    'nodes:',
+    node('a', '127.0.0.1'),
+    node('b', '127.0.0.2'),
+    `ports: { comparePrimary: ${b}, mirror: ${b + 1}, compare: ${b + 2}, compareOut: ${b + 3}, migration: ${b + 4}, nbd: ${b + 5} }`,
+    ...(repl.length ? [`replication: { ${repl.join(', ')} }`] : []),
+    '',
+  ].join('\n');
+}
+
 export class OneHostPair {
   private constructor(
     readonly dir: string,
@@ -68,21 +116,17 @@ export class OneHostPair {
     const qemu = o.qemu ?? {};
     fs.writeFileSync(
       file,
-      [
-        `name: lab${base}`,
-        `qemu: { accel: ${qemu.accel ?? 'auto'}${qemu.binary ? `, binary: ${JSON.stringify(qemu.binary)}` : ''} }`,
-        'vm:',
-        `  memory: ${o.memory ?? '128M'}`,
-        '  kernel: demo',
-        '  disk: { image: disk.qcow2, create: true, size: 64M }',
-        `  network: { mode: user, forwards: [{ port: ${base + 6}, guestPort: 80 }, { port: ${base + 7}, guestPort: 7 }] }`,
-        'nodes:',
-        '  - { name: a, address: 127.0.0.1 }',
-        '  - { name: b, address: 127.0.0.2 }',
-        `ports: { comparePrimary: ${base}, mirror: ${base + 1}, compare: ${base + 2}, compareOut: ${base + 3}, migration: ${base + 4}, nbd: ${base + 5} }`,
-        `replication: { checkpointDelayMs: ${o.checkpointDelayMs ?? 20000}, compareTimeoutMs: ${o.compareTimeoutMs ?? 3000}, bufferDir: ${JSON.stringify(runtimeBase())} }`,
-        '',
-      ].join('\n'),
+      labConfigYaml({
+        name: `lab${base}`,
+        base,
+        qemu: o.qemu,
+        memory: o.memory,
+        forwards: [
+          [base + 6, 80],
+          [base + 7, 7],
+        ],
+        replication: { checkpointDelayMs: o.checkpointDelayMs ?? 20000, compareTimeoutMs: o.compareTimeoutMs ?? 3000, bufferDir: runtimeBase() },
+      }),
     );
     const config = loadConfig(file);
     o.log?.(`starting a protected pair in ${dir}`);

@@ -8,6 +8,20 @@ export async function httpGet(url: string, timeoutMs = 10_000): Promise<{ status
   return { status: r.status, body, ms: performance.now() - t0 };
 }
 
+/** Polls `url` until it answers (e.g. while the guest boots). */
+export async function waitHttp(url: string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      await httpGet(url, 3000);
+      return;
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+}
+
 /** GET /cgi-bin/cnt and parse "count=N". */
 export async function bumpCounter(base: string, timeoutMs = 10_000): Promise<number> {
   const r = await httpGet(`${base}/cgi-bin/cnt`, timeoutMs);

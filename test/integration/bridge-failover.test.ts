@@ -13,6 +13,8 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { lockstep, json } from '../helpers/cli.js';
+import { labConfigYaml } from '../../src/lab/pair.js';
+import { findFreePortRange } from '../../src/util/net.js';
 import { createBridgedNetns, type BridgedNetns } from '../../src/lab/netns.js';
 import { waitForSerial } from '../../src/qemu/serial.js';
 import { GUEST_READY_MARKER } from '../../src/lab/guest.js';
@@ -71,18 +73,16 @@ before(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-br-'));
   ns = await createBridgedNetns({ taps: ['tap-a', 'tap-b'] });
   cfg = path.join(dir, 'pair.yaml');
+  const base = await findFreePortRange(['127.0.0.1'], 6); // inside the namespace any ports do; keep them unusual
   fs.writeFileSync(
     cfg,
-    `name: br
-vm:
-  kernel: demo
-  disk: { image: disk.qcow2, create: true, size: 64M }
-  network: { mode: tap, bridge: ${ns.bridge}, taps: { a: tap-a, b: tap-b } }
-nodes:
-  - { name: a, address: 127.0.0.1, netns: ${ns.name} }
-  - { name: b, address: 127.0.0.2, netns: ${ns.name} }
-replication: { bufferDir: ${path.join(dir, 'shm')} }
-`,
+    labConfigYaml({
+      name: 'br',
+      base,
+      tap: { bridge: ns.bridge, taps: { a: 'tap-a', b: 'tap-b' } },
+      netns: { a: ns.name, b: ns.name },
+      replication: { bufferDir: path.join(dir, 'shm') },
+    }),
   );
 });
 

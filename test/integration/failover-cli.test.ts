@@ -10,46 +10,21 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { lockstep, json } from '../helpers/cli.js';
-import { bumpCounter, httpGet } from '../helpers/clients.js';
+import { bumpCounter, waitHttp } from '../helpers/clients.js';
 import { findFreePortRange } from '../../src/util/net.js';
+import { labConfigYaml } from '../../src/lab/pair.js';
 import type { PairStatus } from '../../src/pair/status.js';
 
 let dir: string;
 let cfg: string;
 let base: string;
 
-async function waitService(timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      await httpGet(`${base}/cgi-bin/get`, 3000);
-      return;
-    } catch (err) {
-      if (Date.now() > deadline) throw err;
-      await new Promise((r) => setTimeout(r, 500));
-    }
-  }
-}
-
 before(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-fo-'));
   const p = await findFreePortRange(['127.0.0.1', '127.0.0.2'], 7);
   base = `http://127.0.0.1:${p + 6}`;
   cfg = path.join(dir, 'pair.yaml');
-  fs.writeFileSync(
-    cfg,
-    `name: fo
-vm:
-  kernel: demo
-  disk: { image: disk.qcow2, create: true, size: 64M }
-  network: { mode: user, forwards: [{ port: ${p + 6}, guestPort: 80 }] }
-nodes:
-  - { name: a, address: 127.0.0.1 }
-  - { name: b, address: 127.0.0.2 }
-ports: { comparePrimary: ${p}, mirror: ${p + 1}, compare: ${p + 2}, compareOut: ${p + 3}, migration: ${p + 4}, nbd: ${p + 5} }
-replication: { bufferDir: ${path.join(dir, 'shm')} }
-`,
-  );
+  fs.writeFileSync(cfg, labConfigYaml({ name: 'fo', base: p, forwards: [[p + 6, 80]], replication: { bufferDir: path.join(dir, 'shm') } }));
 });
 
 after(async () => {
@@ -59,7 +34,7 @@ after(async () => {
 
 test('kill -9 the primary, failover: the secondary carries on with every acknowledged write', { timeout: 10 * 60_000 }, async () => {
   assert.equal((await lockstep(['up', '-c', cfg], { timeoutMs: 9 * 60_000 })).code, 0);
-  await waitService(120_000);
+  await waitHttp(`${base}/cgi-bin/get`, 120_000);
   let last = 0;
   for (let i = 0; i < 10; i++) last = await bumpCounter(base);
   const before = json<PairStatus>(await lockstep(['status', '-c', cfg, '--json']));
@@ -93,7 +68,7 @@ test('after the failover, up refuses the older disk and --adopt-newest continues
   assert.match(refused.stderr, /--adopt-newest/);
   const ok = await lockstep(['up', '-c', cfg, '--adopt-newest'], { timeoutMs: 9 * 60_000 });
   assert.equal(ok.code, 0, ok.stderr);
-  await waitService(120_000);
+  await waitHttp(`${base}/cgi-bin/get`, 120_000);
   assert.equal(await bumpCounter(base), last + 1);
   assert.equal(json<PairStatus>(await lockstep(['status', '-c', cfg, '--json'])).protected, true);
 });

@@ -10,28 +10,15 @@ import os from 'node:os';
 import path from 'node:path';
 import { lockstep } from '../helpers/cli.js';
 import { findFreePortRange } from '../../src/util/net.js';
+import { labConfigYaml } from '../../src/lab/pair.js';
 import { runtime } from '../helpers/lab.js';
 
 let dir: string;
 let base: number;
 
-function config(name: string, extra: { disk?: string; qemu?: string } = {}): string {
+function config(name: string, extra: { disk?: string; qemu?: { binary: string; accel: 'kvm' | 'tcg' } } = {}): string {
   const file = path.join(dir, `${name}.yaml`);
-  fs.writeFileSync(
-    file,
-    `name: ${name}
-${extra.qemu ?? ''}
-vm:
-  kernel: demo
-  disk: ${extra.disk ?? '{ image: disk.qcow2, create: true, size: 64M }'}
-  network: { mode: user, forwards: [{ port: ${base + 6}, guestPort: 80 }] }
-nodes:
-  - { name: a, address: 127.0.0.1 }
-  - { name: b, address: 127.0.0.2 }
-ports: { comparePrimary: ${base}, mirror: ${base + 1}, compare: ${base + 2}, compareOut: ${base + 3}, migration: ${base + 4}, nbd: ${base + 5} }
-replication: { bufferDir: ${path.join(dir, 'shm')} }
-`,
-  );
+  fs.writeFileSync(file, labConfigYaml({ name, base, qemu: extra.qemu, disk: extra.disk, forwards: [[base + 6, 80]], replication: { bufferDir: path.join(dir, 'shm') } }));
   return file;
 }
 
@@ -97,7 +84,7 @@ test('a QEMU that exits at start: its own error is shown and the other QEMU is e
   const wrapper = path.join(dir, 'qemu-wrapper.sh');
   fs.writeFileSync(wrapper, `#!/bin/sh\ncase "$*" in *-incoming*) exec ${rt.binary} "$@" -no-such-option ;; esac\nexec ${rt.binary} "$@"\n`);
   fs.chmodSync(wrapper, 0o755);
-  const r = await lockstep(['up', '-c', config('dies', { qemu: `qemu: { binary: ${wrapper}, accel: ${rt.accel} }` })]);
+  const r = await lockstep(['up', '-c', config('dies', { qemu: { binary: wrapper, accel: rt.accel } })]);
   assert.equal(r.code, 1);
   assert.match(r.stderr, /QEMU secondary b exited/);
   assert.match(r.stderr, /no-such-option/);

@@ -9,8 +9,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { lockstep, json } from '../helpers/cli.js';
-import { bumpCounter, httpGet } from '../helpers/clients.js';
+import { bumpCounter, httpGet, waitHttp } from '../helpers/clients.js';
 import { findFreePortRange } from '../../src/util/net.js';
+import { labConfigYaml } from '../../src/lab/pair.js';
 import { QmpClient } from '../../src/qmp/client.js';
 import { readImageBytes } from '../../src/qemu/images.js';
 import type { PairStatus } from '../../src/pair/status.js';
@@ -21,32 +22,13 @@ let cfg: string;
 let httpPort: number;
 let stateDir: string;
 
-function writeConfig(file: string, base: number, extra = ''): void {
-  fs.writeFileSync(
-    file,
-    `name: t${base}
-vm:
-  kernel: demo
-  disk: { image: disk.qcow2, create: true, size: 64M }
-  network:
-    mode: user
-    forwards: [{ port: ${base + 6}, guestPort: 80 }]
-nodes:
-  - { name: a, address: 127.0.0.1 }
-  - { name: b, address: 127.0.0.2 }
-ports: { comparePrimary: ${base}, mirror: ${base + 1}, compare: ${base + 2}, compareOut: ${base + 3}, migration: ${base + 4}, nbd: ${base + 5} }
-replication: { checkpointDelayMs: 2000, bufferDir: ${path.join(dir, 'shm')} }
-${extra}`,
-  );
-}
-
 before(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-up-'));
   const base = await findFreePortRange(['127.0.0.1', '127.0.0.2'], 7);
   httpPort = base + 6;
   stateDir = path.join(dir, '.lockstep', `t${base}`);
   cfg = path.join(dir, 'pair.yaml');
-  writeConfig(cfg, base);
+  fs.writeFileSync(cfg, labConfigYaml({ name: `t${base}`, base, forwards: [[base + 6, 80]], replication: { checkpointDelayMs: 2000, bufferDir: path.join(dir, 'shm') } }));
 });
 
 after(async () => {
@@ -74,17 +56,7 @@ test('up → protected pair; status shows both nodes in COLO', { timeout: 10 * 6
 
 test('the service answers through the primary, checkpoints happen, and the replica holds the primary\'s writes', { timeout: 5 * 60_000 }, async () => {
   const base = `http://127.0.0.1:${httpPort}`;
-  // The guest boots under COLO after up returns.
-  const deadline = Date.now() + 120_000;
-  for (;;) {
-    try {
-      await httpGet(`${base}/cgi-bin/get`, 3000);
-      break;
-    } catch (err) {
-      if (Date.now() > deadline) throw err;
-      await new Promise((r) => setTimeout(r, 500));
-    }
-  }
+  await waitHttp(`${base}/cgi-bin/get`, 120_000); // the guest boots under COLO after up returns
   const first = await bumpCounter(base);
   const second = await bumpCounter(base);
   assert.equal(second, first + 1);
