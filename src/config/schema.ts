@@ -68,6 +68,8 @@ const node = z
   })
   .strict();
 
+const endpoint = z.string().regex(/^(\d{1,3})(\.\d{1,3}){3}:\d{1,5}$/, 'expected ADDRESS:PORT like 10.0.0.3:7900');
+
 export const configSchema = z
   .object({
     name: nodeName.default('lockstep'),
@@ -111,6 +113,22 @@ export const configSchema = z
       })
       .strict()
       .default({ comparePrimary: 9001, mirror: 9003, compare: 9004, compareOut: 9005, migration: 9998, nbd: 9999 }),
+    agents: z
+      .object({
+        /** Shared secret of the agents and the witness (HMAC-authenticated links). At least 16 characters. */
+        secret: z.string().min(16, 'expected a shared secret of at least 16 characters'),
+        /** Where each agent listens for its peer: on the node's address. */
+        port: port.default(7800),
+        /** Extra heartbeat paths: per node name, an additional address of that node (e.g. a second NIC). */
+        extraLinks: z.record(z.string(), ipv4).optional(),
+        heartbeatIntervalMs: z.number().int().min(10).max(10_000).default(100),
+        heartbeatTimeoutMs: z.number().int().min(50).max(60_000).default(500),
+        /** The witness that grants the writer lease (split-brain safety). */
+        witness: endpoint.optional(),
+        leaseMs: z.number().int().min(200).max(60_000).default(1000),
+      })
+      .strict()
+      .optional(),
     replication: z
       .object({
         checkpointDelayMs: z.number().int().min(100).max(3_600_000).default(2000),
