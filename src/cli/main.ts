@@ -4,6 +4,7 @@ import { registerLabCommands } from './lab.js';
 import { registerQemuCommands } from './qemu.js';
 import { registerDemoCommand } from './demo.js';
 import { registerPairCommands } from './pair.js';
+import { registerNodeCommands } from './node.js';
 
 const program = new Command();
 program
@@ -20,6 +21,7 @@ registerLabCommands(program);
 registerQemuCommands(program);
 registerDemoCommand(program);
 registerPairCommands(program);
+registerNodeCommands(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   process.stderr.write(`lockstep: ${describeError(err)}\n`);

@@ -23,6 +23,15 @@ function formatStatus(s: PairStatus): string {
       `  ${n.name.padEnd(5)} ${n.role.padEnd(10)} ${String(n.pid ?? '-').padEnd(8)} ${(n.runState ?? (n.alive ? '?' : 'not running')).padEnd(11)} ${(n.colo?.mode ?? '-').padEnd(11)} ${n.migration ?? '-'}`,
     );
     if (n.error) lines.push(`        ${n.error}`);
+    if (n.agent === null) lines.push('        agent: not running');
+    else if (n.agent) {
+      const a = n.agent;
+      const seen = Object.entries(a.peer.lastSeenMs)
+        .map(([p, ms]) => `${p} ${ms === null ? 'never' : `${ms} ms ago`}`)
+        .join(', ');
+      lines.push(`        agent: ${a.role}; heartbeat from ${a.peer.name}: ${seen}; rtt ${a.peer.rttMs ?? '-'} ms` + (a.lease.witness ? `; lease ${a.lease.held ? `held (${a.lease.remainingMs} ms left)` : 'not held'}` : ''));
+      if (a.lastDecision) lines.push(`        last decision: ${a.lastDecision}`);
+    }
   }
   return lines.join('\n');
 }

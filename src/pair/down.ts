@@ -10,6 +10,7 @@ import { QmpClient } from '../qmp/client.js';
 import { isOurQemu, stopPid } from '../qemu/process.js';
 import { sleep } from '../util/time.js';
 import { readState, writeState, type NodeState } from './state.js';
+import { stopAgents } from './agents.js';
 
 async function quit(n: NodeState, onStep: (m: string) => void): Promise<'quit' | 'killed' | 'not running'> {
   if (!isOurQemu(n.pid, n.qmpSocket)) return 'not running';
@@ -35,6 +36,10 @@ export interface DownResult {
 export async function down(c: ResolvedConfig, onStep: (m: string) => void = () => {}): Promise<DownResult> {
   const s = readState(c.stateDir);
   if (!s) return { nodes: [] };
+  if (s.agents) {
+    onStep('stopping the node agents');
+    await stopAgents(s);
+  }
   const order = [...s.nodes.filter((n) => n.role === 'secondary'), ...s.nodes.filter((n) => n.role !== 'secondary')];
   const out: DownResult = { nodes: [] };
   for (const n of order) out.nodes.push({ name: n.name, role: n.role, result: await quit(n, onStep) });

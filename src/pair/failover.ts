@@ -11,7 +11,7 @@ import { isOurQemu, stopPid } from '../qemu/process.js';
 import { secondaryFailover, primaryFailover } from '../colo/failover.js';
 import { LockstepError } from '../util/errors.js';
 import { attachTap, detachTap } from '../qemu/tap.js';
-import { readState, writeState, type PairState, type NodeState } from './state.js';
+import { readState, recordFailover, type NodeState } from './state.js';
 
 export interface FailoverResult {
   from: string;
@@ -81,13 +81,6 @@ export async function failover(c: ResolvedConfig, o: FailoverOptions = {}): Prom
     qmp.destroy();
   }
   const ms = performance.now() - t0;
-  const next: PairState = {
-    ...s,
-    // The lost node is the one to re-protect the VM with, as a secondary, once it is back.
-    nodes: s.nodes.map((n) => (n === survivor ? { ...n, role: 'primary' as const } : { ...n, role: 'secondary' as const })),
-    lastFailover: { at: new Date().toISOString(), from: lost.name, to: survivor.name, reason: o.reason ?? (live.length === 2 ? 'requested' : `${lost.role} ${lost.name} not running`), ms },
-    authoritativeDisk: survivor.disk,
-  };
-  writeState(c.stateDir, next);
+  recordFailover(c.stateDir, { from: lost.name, to: survivor.name, reason: o.reason ?? (live.length === 2 ? 'requested' : `${lost.role} ${lost.name} not running`), ms });
   return { from: lost.name, to: survivor.name, procedure, ms };
 }

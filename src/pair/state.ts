@@ -36,6 +36,8 @@ export interface PairState {
   protectedAt?: string;
   upMs?: number;
   stoppedAt?: string;
+  /** PIDs of the node agents (lockstep agent), when the config has agents. */
+  agents?: Record<string, number>;
   /** The last takeover: who died, who carries the VM on, why. */
   lastFailover?: { at: string; from: string; to: string; reason: string; ms: number };
   /**
@@ -63,4 +65,24 @@ export function writeState(stateDir: string, s: PairState): void {
   const tmp = `${stateFile(stateDir)}.tmp-${process.pid}`;
   fs.writeFileSync(tmp, JSON.stringify(s, null, 2) + '\n');
   fs.renameSync(tmp, stateFile(stateDir));
+}
+
+/** Read-modify-write of the state file (the agents and the CLI share it). */
+export function updateState(stateDir: string, fn: (s: PairState) => PairState): PairState | undefined {
+  const s = readState(stateDir);
+  if (!s) return undefined;
+  const next = fn(s);
+  writeState(stateDir, next);
+  return next;
+}
+
+/** Records a takeover: the survivor is now the (unprotected) primary and its disk the newest data. */
+export function recordFailover(stateDir: string, f: { from: string; to: string; reason: string; ms: number }): PairState | undefined {
+  return updateState(stateDir, (s) => ({
+    ...s,
+    // The lost node is the one to re-protect the VM with, as a secondary, once it is back.
+    nodes: s.nodes.map((n) => ({ ...n, role: n.name === f.to ? ('primary' as const) : ('secondary' as const) })),
+    lastFailover: { at: new Date().toISOString(), ...f },
+    authoritativeDisk: s.nodes.find((n) => n.name === f.to)?.disk,
+  }));
 }

@@ -8,6 +8,8 @@ import { QmpClient } from '../qmp/client.js';
 import { isOurQemu } from '../qemu/process.js';
 import { errorMessage } from '../util/errors.js';
 import { readState, type NodeState } from './state.js';
+import { readAgentStatus, type AgentStatus } from './agents.js';
+import path from 'node:path';
 
 export interface NodeStatus {
   name: string;
@@ -21,6 +23,8 @@ export interface NodeStatus {
   migration: string | null;
   /** Why a query failed, if it did. */
   error?: string;
+  /** The node agent's view (heartbeat, lease, decisions), when agents run. */
+  agent?: AgentStatus | null;
 }
 
 export interface PairStatus {
@@ -58,7 +62,13 @@ async function nodeStatus(n: NodeState, timeoutMs: number): Promise<NodeStatus> 
 export async function pairStatus(c: ResolvedConfig, timeoutMs = 3000): Promise<PairStatus> {
   const s = readState(c.stateDir);
   if (!s) return { name: c.name, running: false, protected: false, accel: null, protectedAt: null, upMs: null, lastFailover: null, nodes: [] };
-  const nodes = await Promise.all(s.nodes.map((n) => nodeStatus(n, timeoutMs)));
+  const nodes = await Promise.all(
+    s.nodes.map(async (n) => {
+      const st = await nodeStatus(n, timeoutMs);
+      if (s.agents) st.agent = (await readAgentStatus(path.dirname(n.qmpSocket), timeoutMs)) ?? null;
+      return st;
+    }),
+  );
   const p = nodes.find((n) => n.role === 'primary');
   const sec = nodes.find((n) => n.role === 'secondary');
   // "colo" is the run state during a checkpoint (a hung one makes QMP time out instead).

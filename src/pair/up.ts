@@ -18,6 +18,7 @@ import { waitFor } from '../util/time.js';
 import { planPair, type PairPlan, type NodePlan } from './plan.js';
 import { resolveRuntime } from './runtime.js';
 import { readState, writeState, type PairState } from './state.js';
+import { startAgents } from './agents.js';
 
 export interface UpOptions {
   onStep?: (msg: string) => void;
@@ -255,6 +256,13 @@ export async function up(c: ResolvedConfig, o: UpOptions = {}): Promise<UpResult
       upMs: now.getTime() - t0,
     };
     writeState(c.stateDir, state);
+    if (c.agents && !o.keepQmp) {
+      for (const q of clients) await q.close(); // the agents take the QMP monitors over
+      step('starting the node agents (heartbeat, failure detection, automatic failover)');
+      state.agents = await startAgents(c, state);
+      writeState(c.stateDir, state);
+      return { state, plan };
+    }
     if (o.keepQmp) {
       return { state, plan, live: { primary: { proc: pProc, ...pConn }, secondary: { proc: sProc, ...sConn } } };
     }

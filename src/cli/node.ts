@@ -1,0 +1,63 @@
+import type { Command } from 'commander';
+import { loadConfig } from '../config/load.js';
+import { Agent } from '../node/agent.js';
+import { Witness } from '../node/witness.js';
+import { LockstepError } from '../util/errors.js';
+import pino from 'pino';
+
+export function registerNodeCommands(program: Command): void {
+  program
+    .command('agent')
+    .summary('run the node agent of one node (lockstep up starts them)')
+    .description(
+      'the per-node daemon: attaches to its node\'s QEMU over QMP, exchanges authenticated heartbeats with the peer\n' +
+        'agent, holds or asks for the witness lease, and runs failover by itself when its peer\'s VM dies.\n' +
+        'Logs JSON lines to stdout. lockstep up starts one per node; this command is for running them yourself.',
+    )
+    .requiredOption('-c, --config <file>', 'the pair\'s YAML config')
+    .requiredOption('--node <name>', 'which node this is')
+    .action(async (opts: { config: string; node: string }) => {
+      const c = loadConfig(opts.config);
+      const agent = new Agent(c, opts.node);
+      await agent.start();
+      const stop = async () => {
+        await agent.stop();
+        process.exit(0);
+      };
+      process.once('SIGTERM', () => void stop());
+      process.once('SIGINT', () => void stop());
+    });
+
+  program
+    .command('witness')
+    .summary('run the witness that grants the writer lease')
+    .description(
+      'a third party that both nodes can reach: it grants one writer lease at a time, so that when the nodes lose\n' +
+        'each other at most one of them carries the VM on. Run it on a third host; the agents find it at agents.witness.',
+    )
+    .requiredOption('-c, --config <file>', 'the pair\'s YAML config (for agents.secret and agents.witness)')
+    .option('--listen <addr:port>', 'where to listen (default: agents.witness)')
+    .option('--grace-ms <n>', 'grant nothing for this long after start (default: 2 × agents.leaseMs)')
+    .action(async (opts: { config: string; listen?: string; graceMs?: string }) => {
+      const c = loadConfig(opts.config);
+      if (!c.agents) throw new LockstepError(`${c.file}: no agents section`, { hint: 'the witness shares agents.secret with the agents' });
+      const listen = opts.listen ?? c.agents.witness;
+      if (!listen) throw new LockstepError('no address to listen on', { hint: 'pass --listen ADDR:PORT or set agents.witness' });
+      const [host, port] = listen.split(':');
+      const log = pino({ base: { role: 'witness' }, timestamp: pino.stdTimeFunctions.isoTime });
+      const w = new Witness({
+        secret: c.agents.secret,
+        host: host!,
+        port: Number(port),
+        graceMs: opts.graceMs ? Number(opts.graceMs) : 2 * c.agents.leaseMs,
+        log: (m) => log.info(m),
+      });
+      await w.start();
+      const stop = async () => {
+        await w.stop();
+        process.exit(0);
+      };
+      process.once('SIGTERM', () => void stop());
+      process.once('SIGINT', () => void stop());
+    });
+}

@@ -1,0 +1,73 @@
+/**
+ * The failure detector's decisions, as a pure function of what an agent
+ * knows, so every case can be checked without VMs.
+ *
+ * Evidence, from strongest to weakest:
+ * - QEMU itself: a COLO_EXIT event means this QEMU's checkpoint stream is
+ *   gone (the secondary leaves COLO ~15 ms after its primary dies; the
+ *   primary at its next checkpoint attempt after its secondary died);
+ * - the peer agent's word: its heartbeats say whether its QEMU still runs;
+ * - silence: no heartbeat within the timeout. Silence alone never triggers a
+ *   failover: a dead agent next to a healthy VM must not be taken for a
+ *   dead VM. The primary then probes the secondary's QEMU directly.
+ * - the witness lease: only its holder may be the sole writer; a node that
+ *   cannot hold it, and cannot see a healthy peer either, stops its VM.
+ */
+
+import type { AgentRole } from '../pair/agents.js';
+
+export type Role = AgentRole;
+
+export interface Observation {
+  role: Role;
+  /** This node's QEMU runs and answers. */
+  qemuAlive: boolean;
+  /** This node's QEMU reported COLO_EXIT since COLO started. */
+  coloExited: boolean;
+  /** A heartbeat from the peer arrived within the timeout. */
+  peerFresh: boolean;
+  /** The peer's last word about its own QEMU. */
+  peerQemu: 'alive' | 'dead' | 'unknown';
+  /** The peer's last heartbeat says it hears us (within its timeout). */
+  peerHearsUs: boolean;
+  /** A witness is configured. */
+  witness: boolean;
+  /** We hold a valid lease (always false without a witness). */
+  leaseValid: boolean;
+  /** Primary only: result of probing the secondary's QEMU directly, if done. */
+  probe?: 'alive' | 'dead';
+}
+
+export type Decision =
+  | { action: 'none'; why?: string }
+  | { action: 'probe'; why: string }
+  | { action: 'primary-failover'; why: string }
+  | { action: 'takeover'; why: string }
+  | { action: 'fence'; why: string };
+
+export function decide(o: Observation): Decision {
+  if (!o.qemuAlive) return { action: 'none', why: 'our QEMU is gone' };
+  if (o.role === 'primary') {
+    if (o.peerQemu === 'dead') return { action: 'primary-failover', why: 'the secondary reports its QEMU dead' };
+    if (o.coloExited) return { action: 'primary-failover', why: 'COLO_EXIT: the checkpoint stream to the secondary broke' };
+    if (!o.peerFresh) {
+      if (o.probe === 'dead') return { action: 'primary-failover', why: 'no heartbeat and the secondary\'s QEMU does not answer' };
+      if (o.probe === undefined) return { action: 'probe', why: 'no heartbeat from the secondary\'s agent' };
+    }
+    if (o.witness && !o.leaseValid && !(o.peerFresh && o.peerHearsUs)) {
+      return { action: 'fence', why: 'the lease ran out and the secondary cannot vouch for us' };
+    }
+    return { action: 'none' };
+  }
+  if (o.role === 'secondary') {
+    if (!o.coloExited) {
+      return { action: 'none', why: o.peerFresh ? undefined : 'no heartbeat, but checkpoints continue: the primary\'s agent is down, not its VM' };
+    }
+    if (o.peerQemu === 'dead' || !o.peerFresh) return { action: 'takeover', why: o.peerQemu === 'dead' ? 'the primary reports its QEMU dead' : 'COLO_EXIT and no heartbeat from the primary' };
+    return { action: 'fence', why: 'COLO_EXIT while the primary lives: the replication link broke; waiting to be resynced' };
+  }
+  if (o.role === 'alone' && o.witness && !o.leaseValid && !o.peerFresh) {
+    return { action: 'fence', why: 'running alone without the lease' };
+  }
+  return { action: 'none' };
+}

@@ -1,0 +1,57 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { decide, type Observation } from '../../src/node/detector.js';
+
+const healthy = (role: Observation['role']): Observation => ({
+  role,
+  qemuAlive: true,
+  coloExited: false,
+  peerFresh: true,
+  peerQemu: 'alive',
+  peerHearsUs: true,
+  witness: true,
+  leaseValid: role === 'primary',
+});
+
+test('a healthy pair does nothing', () => {
+  assert.equal(decide(healthy('primary')).action, 'none');
+  assert.equal(decide(healthy('secondary')).action, 'none');
+});
+
+test('secondary: COLO_EXIT with a silent primary → take over; with a dead primary QEMU → take over', () => {
+  assert.equal(decide({ ...healthy('secondary'), coloExited: true, peerFresh: false, peerQemu: 'unknown' }).action, 'takeover');
+  assert.equal(decide({ ...healthy('secondary'), coloExited: true, peerQemu: 'dead' }).action, 'takeover');
+});
+
+test('secondary: a dead primary agent next to a healthy primary VM is not a dead VM', () => {
+  const d = decide({ ...healthy('secondary'), peerFresh: false, peerQemu: 'unknown' });
+  assert.equal(d.action, 'none');
+  assert.match(d.why!, /agent is down, not its VM/);
+});
+
+test('secondary: COLO_EXIT while the primary lives (replication link cut) → fence, never a second writer', () => {
+  assert.equal(decide({ ...healthy('secondary'), coloExited: true }).action, 'fence');
+});
+
+test('primary: a dead secondary → primary failover, by report or by COLO_EXIT', () => {
+  assert.equal(decide({ ...healthy('primary'), peerQemu: 'dead' }).action, 'primary-failover');
+  assert.equal(decide({ ...healthy('primary'), coloExited: true }).action, 'primary-failover');
+});
+
+test('primary: silence → probe the secondary\'s QEMU; failover only if it does not answer', () => {
+  const silent = { ...healthy('primary'), peerFresh: false, peerQemu: 'unknown' as const, peerHearsUs: false };
+  assert.equal(decide(silent).action, 'probe');
+  assert.equal(decide({ ...silent, probe: 'alive' }).action, 'none');
+  assert.equal(decide({ ...silent, probe: 'dead' }).action, 'primary-failover');
+});
+
+test('primary: without the lease it runs on only while the secondary hears it', () => {
+  assert.equal(decide({ ...healthy('primary'), leaseValid: false }).action, 'none');
+  assert.equal(decide({ ...healthy('primary'), leaseValid: false, peerHearsUs: false }).action, 'fence');
+  assert.equal(decide({ ...healthy('primary'), leaseValid: false, peerFresh: false, probe: 'alive' }).action, 'fence');
+  assert.equal(decide({ ...healthy('primary'), witness: false, leaseValid: false, peerFresh: false, probe: 'alive' }).action, 'none');
+});
+
+test('a node whose QEMU is gone decides nothing', () => {
+  assert.equal(decide({ ...healthy('secondary'), qemuAlive: false, coloExited: true, peerFresh: false }).action, 'none');
+});
