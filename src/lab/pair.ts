@@ -57,6 +57,8 @@ export interface LabConfigOptions {
   /** Disk: default an image created in the config's directory. */
   disk?: string;
   replication?: { checkpointDelayMs?: number; compareTimeoutMs?: number; bufferDir?: string };
+  /** The agents section, as in the config (written as a JSON flow mapping). */
+  agents?: Record<string, unknown>;
 }
 
 /** A one-host config for the demo guest (nodes a on 127.0.0.1 and b on 127.0.0.2), as YAML. */
@@ -86,6 +88,7 @@ export function labConfigYaml(o: LabConfigOptions): string {
     node('b', '127.0.0.2'),
     `ports: { comparePrimary: ${b}, mirror: ${b + 1}, compare: ${b + 2}, compareOut: ${b + 3}, migration: ${b + 4}, nbd: ${b + 5} }`,
     ...(repl.length ? [`replication: { ${repl.join(', ')} }`] : []),
+    ...(o.agents ? [`agents: ${JSON.stringify(o.agents)}`] : []),
     '',
   ].join('\n');
 }

@@ -44,6 +44,7 @@ export class Agent {
   private qmp: QmpClient | undefined;
   private qemuAlive = false;
   private coloExited = false;
+  private coloExitAt = 0;
   private readonly paths: PathState[];
   private peerQemu: 'alive' | 'dead' | 'unknown' = 'unknown';
   private peerHearsUs = false;
@@ -134,6 +135,7 @@ export class Agent {
     const qmp = this.qmp;
     qmp.on('event', (e) => {
       if (e.event === 'COLO_EXIT') {
+        if (!this.coloExited) this.coloExitAt = performance.now();
         this.coloExited = true;
         this.log.warn({ data: e.data }, 'COLO_EXIT');
         void this.evaluate();
@@ -276,6 +278,8 @@ export class Agent {
         role: this.role,
         qemuAlive: this.qemuAlive,
         coloExited: this.coloExited,
+        coloExitAgeMs: this.coloExited ? performance.now() - this.coloExitAt : undefined,
+        settleMs: this.a.heartbeatTimeoutMs,
         peerFresh: this.peerFresh(),
         peerQemu: this.peerQemu,
         peerHearsUs: this.peerHearsUs,

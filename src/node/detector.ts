@@ -24,6 +24,10 @@ export interface Observation {
   qemuAlive: boolean;
   /** This node's QEMU reported COLO_EXIT since COLO started. */
   coloExited: boolean;
+  /** How long ago that COLO_EXIT came (ms). */
+  coloExitAgeMs?: number;
+  /** How long to wait for the peer's word after a COLO_EXIT before judging (the heartbeat timeout). */
+  settleMs?: number;
   /** A heartbeat from the peer arrived within the timeout. */
   peerFresh: boolean;
   /** The peer's last word about its own QEMU. */
@@ -64,6 +68,8 @@ export function decide(o: Observation): Decision {
       return { action: 'none', why: o.peerFresh ? undefined : 'no heartbeat, but checkpoints continue: the primary\'s agent is down, not its VM' };
     }
     if (o.peerQemu === 'dead' || !o.peerFresh) return { action: 'takeover', why: o.peerQemu === 'dead' ? 'the primary reports its QEMU dead' : 'COLO_EXIT and no heartbeat from the primary' };
+    // The stream can break a moment before the primary's agent reports its QEMU dead: give it time to say so.
+    if ((o.coloExitAgeMs ?? Infinity) < (o.settleMs ?? 0)) return { action: 'none', why: 'COLO_EXIT: waiting for the primary\'s word' };
     return { action: 'fence', why: 'COLO_EXIT while the primary lives: the replication link broke; waiting to be resynced' };
   }
   if (o.role === 'alone' && o.witness && !o.leaseValid && !o.peerFresh) {

@@ -31,6 +31,13 @@ test('secondary: a dead primary agent next to a healthy primary VM is not a dead
 
 test('secondary: COLO_EXIT while the primary lives (replication link cut) → fence, never a second writer', () => {
   assert.equal(decide({ ...healthy('secondary'), coloExited: true }).action, 'fence');
+  assert.equal(decide({ ...healthy('secondary'), coloExited: true, coloExitAgeMs: 600, settleMs: 500 }).action, 'fence');
+});
+
+test('secondary: right after COLO_EXIT it waits for the primary\'s word before judging', () => {
+  const d = decide({ ...healthy('secondary'), coloExited: true, coloExitAgeMs: 5, settleMs: 500 });
+  assert.equal(d.action, 'none');
+  assert.equal(decide({ ...healthy('secondary'), coloExited: true, coloExitAgeMs: 5, settleMs: 500, peerQemu: 'dead' }).action, 'takeover');
 });
 
 test('primary: a dead secondary → primary failover, by report or by COLO_EXIT', () => {

@@ -1,0 +1,66 @@
+/** Drives test/helpers/netns-client.js inside a lab network namespace and reads its reports. */
+import path from 'node:path';
+import readline from 'node:readline';
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { packageRoot } from '../../src/util/paths.js';
+
+export interface Tick {
+  type: 'tick';
+  echoOk: number;
+  httpOk: number;
+  lastCount: number | null;
+}
+export interface ClientSummary {
+  type: 'summary';
+  echo: { sent: number; ok: number; errors: string[]; maxMs: number; closed: boolean };
+  http: { ok: number; errors: string[]; counts: number[]; maxMs: number };
+}
+
+export class NetnsClient {
+  private last: Tick = { type: 'tick', echoOk: 0, httpOk: 0, lastCount: null };
+  private readonly summary: Promise<ClientSummary>;
+  private constructor(private readonly child: ChildProcessWithoutNullStreams) {
+    let resolve!: (s: ClientSummary) => void;
+    this.summary = new Promise((r) => (resolve = r));
+    readline.createInterface({ input: child.stdout }).on('line', (l) => {
+      const m = JSON.parse(l) as Tick | ClientSummary;
+      if (m.type === 'tick') this.last = m;
+      else resolve(m);
+    });
+  }
+
+  static start(netns: string, host: string, intervalMs = 100): NetnsClient {
+    const script = path.join(packageRoot(), 'dist', 'test', 'helpers', 'netns-client.js');
+    return new NetnsClient(spawn('ip', ['netns', 'exec', netns, process.execPath, script, host, String(intervalMs)], { stdio: 'pipe' }));
+  }
+
+  get latest(): Tick {
+    return this.last;
+  }
+
+  async until(pred: (t: Tick) => boolean, timeoutMs: number, what: string): Promise<Tick> {
+    const deadline = Date.now() + timeoutMs;
+    while (!pred(this.last)) {
+      if (Date.now() > deadline) throw new Error(`client: ${what} not reached in ${timeoutMs} ms (last ${JSON.stringify(this.last)})`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return this.last;
+  }
+
+  async finish(): Promise<ClientSummary> {
+    this.child.stdin.end();
+    return this.summary;
+  }
+}
+
+/**
+ * Checks the counter sequence a client saw: never back, never repeated, and
+ * at most one skip of one (a request in flight at a kill may have been
+ * applied with its answer lost).
+ */
+export function counterProblems(counts: number[]): string | undefined {
+  const steps = counts.slice(1).map((c, i) => c - counts[i]!);
+  if (steps.some((d) => d < 1)) return `went back or repeated: ${JSON.stringify(counts)}`;
+  if (steps.some((d) => d > 2) || steps.filter((d) => d === 2).length > 1) return `skipped acknowledged values: ${JSON.stringify(counts)}`;
+  return undefined;
+}
