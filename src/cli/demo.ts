@@ -16,7 +16,7 @@ import { waitForSerial } from '../qemu/serial.js';
 import { GUEST_READY_MARKER } from '../lab/guest.js';
 import { createProgress } from '../util/progress.js';
 import { packageRoot } from '../util/paths.js';
-import { sleep } from '../util/time.js';
+import { sleep, waitFor } from '../util/time.js';
 import { LockstepError } from '../util/errors.js';
 
 async function count(base: string): Promise<{ n?: number; ms: number; error?: string }> {
@@ -28,6 +28,14 @@ async function count(base: string): Promise<{ n?: number; ms: number; error?: st
   } catch (err) {
     return { ms: performance.now() - t0, error: (err as Error).message };
   }
+}
+
+async function waitTakeover(c: ReturnType<typeof loadConfig>, to: string): Promise<{ to: string; procedure: string; ms: number }> {
+  const f = await waitFor('the secondary\'s agent to take over', () => {
+    const lf = readState(c.stateDir)?.lastFailover;
+    return lf && lf.to === to ? lf : undefined;
+  }, { timeoutMs: 15_000, intervalMs: 20 });
+  return { to, procedure: `secondary failover by its agent: ${f.reason.replace(/^agent: /, '')}`, ms: f.ms };
 }
 
 export function registerDemoCommand(program: Command): void {
@@ -64,7 +72,8 @@ export function registerDemoCommand(program: Command): void {
       await waitForSerial(primary.serialLog, GUEST_READY_MARKER, 120_000);
       progress.done('the guest answers');
       // Count checkpoints from the primary's STOP events.
-      const qmp = await QmpClient.connect(primary.qmpSocket, { timeoutMs: 5000 });
+      // The second monitor: the agent holds the first.
+      const qmp = await QmpClient.connect(primary.qmpSocket2, { timeoutMs: 5000 });
       let checkpoints = 0;
       qmp.on('event', (e) => {
         if (e.event === 'STOP') checkpoints++;
@@ -104,7 +113,8 @@ export function registerDemoCommand(program: Command): void {
         out(`kill -9 ${primary.pid}   (the primary QEMU dies)`);
         const killedAt = performance.now();
         process.kill(primary.pid, 'SIGKILL');
-        const f = await failover(c, { reason: 'demo: primary killed' });
+        // With agents (the shipped config has them) the secondary takes over by itself; without, we run the failover.
+        const f = r.state.agents ? await waitTakeover(c, secondary.name) : await failover(c, { reason: 'demo: primary killed' });
         const first = await count(base);
         check(first);
         out(`${f.to} took over (${f.procedure}, ${f.ms.toFixed(0)} ms): first answer ${first.error ? `ERROR ${first.error}` : `count=${first.n}`} ` +

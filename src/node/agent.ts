@@ -225,8 +225,12 @@ export class Agent {
     }
   }
 
+  private readonly startedAt = performance.now();
+
   private peerFresh(): boolean {
     const now = performance.now();
+    // Until the first heartbeat could have arrived, silence is no evidence.
+    if (this.paths.every((p) => p.lastSeen === 0) && now - this.startedAt < 2 * this.a.heartbeatTimeoutMs + 1000) return true;
     return this.paths.some((p) => now - p.lastSeen < this.a.heartbeatTimeoutMs);
   }
 

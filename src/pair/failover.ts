@@ -12,6 +12,8 @@ import { secondaryFailover, primaryFailover } from '../colo/failover.js';
 import { LockstepError } from '../util/errors.js';
 import { attachTap, detachTap } from '../qemu/tap.js';
 import { readState, recordFailover, type NodeState } from './state.js';
+import { agentsRunning } from './agents.js';
+import { waitFor } from '../util/time.js';
 
 export interface FailoverResult {
   from: string;
@@ -33,6 +35,7 @@ export async function failover(c: ResolvedConfig, o: FailoverOptions = {}): Prom
   if (!s) throw new LockstepError(`pair "${c.name}" has not been started`, { hint: `start it with: lockstep up -c ${c.file}` });
   const alive = (n: NodeState) => isOurQemu(n.pid, n.qmpSocket);
   const live = s.nodes.filter(alive);
+  if (agentsRunning(s)) return viaAgents(c, s, live, o, t0);
   if (live.length === 0) throw new LockstepError(`no node of pair "${c.name}" is running: nothing to fail over to`, { hint: `start it with: lockstep up -c ${c.file}` });
   let survivor: NodeState;
   let lost: NodeState;
@@ -83,4 +86,35 @@ export async function failover(c: ResolvedConfig, o: FailoverOptions = {}): Prom
   const ms = performance.now() - t0;
   recordFailover(c.stateDir, { from: lost.name, to: survivor.name, reason: o.reason ?? (live.length === 2 ? 'requested' : `${lost.role} ${lost.name} not running`), ms });
   return { from: lost.name, to: survivor.name, procedure, ms };
+}
+
+/**
+ * With agents running, they own the QEMUs and run every failover: a failover
+ * on purpose is the end of the other node's QEMU, which the agents then
+ * handle exactly as a crash. Waits until the state records the takeover.
+ */
+async function viaAgents(c: ResolvedConfig, s: NonNullable<ReturnType<typeof readState>>, live: NodeState[], o: FailoverOptions, t0: number): Promise<FailoverResult> {
+  if (!o.to) {
+    throw new LockstepError('the node agents run failover by themselves when a node fails', {
+      hint: `to move the VM on purpose, name the node that carries on: lockstep failover -c ${c.file} --to NODE`,
+    });
+  }
+  const survivor = s.nodes.find((n) => n.name === o.to);
+  if (!survivor) throw new LockstepError(`no node named "${o.to}"`, { hint: `the nodes are ${s.nodes.map((n) => n.name).join(', ')}` });
+  if (!live.includes(survivor)) throw new LockstepError(`node ${o.to} is not running; it cannot carry the VM on`);
+  const lost = s.nodes.find((n) => n !== survivor)!;
+  const before = s.lastFailover?.at;
+  if (live.includes(lost)) {
+    o.onStep?.(`ending the ${lost.role} on ${lost.name} (pid ${lost.pid}); the agents take it from there`);
+    await stopPid(lost.pid, lost.qmpSocket, 0);
+  }
+  await waitFor(
+    `the agents to fail over to ${survivor.name}`,
+    () => {
+      const now = readState(c.stateDir)?.lastFailover;
+      return now && now.at !== before && now.to === survivor.name ? now : undefined;
+    },
+    { timeoutMs: 15_000, intervalMs: 50, hint: `see the agent logs: ${c.stateDir}/*/agent.log` },
+  );
+  return { from: lost.name, to: survivor.name, procedure: survivor.role === 'secondary' ? 'secondary failover' : 'primary failover', ms: performance.now() - t0 };
 }
