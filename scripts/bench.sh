@@ -6,3 +6,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 node bin/lockstep.js lab prepare
 node dist/bench/colo.js
+node dist/bench/takeover.js

@@ -12,6 +12,7 @@ import { down } from '../pair/down.js';
 import { failover } from '../pair/failover.js';
 import { readState } from '../pair/state.js';
 import { QmpClient } from '../qmp/client.js';
+import { checkpointNow } from '../colo/startup.js';
 import { waitForSerial } from '../qemu/serial.js';
 import { GUEST_READY_MARKER } from '../lab/guest.js';
 import { createProgress } from '../util/progress.js';
@@ -70,10 +71,12 @@ export function registerDemoCommand(program: Command): void {
       const primary = r.state.nodes.find((n) => n.role === 'primary')!;
       const secondary = r.state.nodes.find((n) => n.role === 'secondary')!;
       await waitForSerial(primary.serialLog, GUEST_READY_MARKER, 120_000);
-      progress.done('the guest answers');
-      // Count checkpoints from the primary's STOP events.
       // The second monitor: the agent holds the first.
       const qmp = await QmpClient.connect(primary.qmpSocket2, { timeoutMs: 5000 });
+      // A checkpoint now, so the secondary holds the booted guest before the client connects.
+      await checkpointNow(qmp, c.replication.checkpointDelayMs);
+      progress.done('the guest answers, and the secondary is in step');
+      // Count checkpoints from the primary's STOP events.
       let checkpoints = 0;
       qmp.on('event', (e) => {
         if (e.event === 'STOP') checkpoints++;

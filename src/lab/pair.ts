@@ -13,6 +13,7 @@ import type { HostForward } from '../qemu/cmdline.js';
 import { waitForSerial } from '../qemu/serial.js';
 import { loadConfig, type ResolvedConfig } from '../config/load.js';
 import { up } from '../pair/up.js';
+import { checkpointNow } from '../colo/startup.js';
 import { findFreePortRange } from '../util/net.js';
 import { runtimeBase } from '../util/paths.js';
 import { GUEST_READY_MARKER } from './guest.js';
@@ -147,6 +148,7 @@ export class OneHostPair {
         await pair.stop();
         throw err;
       }
+      await checkpointNow(pair.primary.qmp, config.replication.checkpointDelayMs);
       o.log?.('guest services ready');
     }
     return pair;

@@ -17,77 +17,29 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
-import { lockstep, json } from '../helpers/cli.js';
-import { NetnsClient, counterProblems, type ClientSummary } from '../helpers/netns-client-driver.js';
-import { labConfigYaml } from '../../src/lab/pair.js';
-import { createBridgedNetns, type BridgedNetns } from '../../src/lab/netns.js';
-import { waitForSerial, readSerial, kernelTroubleLines } from '../../src/qemu/serial.js';
-import { GUEST_READY_MARKER } from '../../src/lab/guest.js';
+import { counterProblems, type ClientSummary } from '../../src/lab/client-driver.js';
+import { NetnsLab, type LabRun } from '../../src/lab/scenario.js';
+import { readSerial, kernelTroubleLines } from '../../src/qemu/serial.js';
 import { QmpClient } from '../../src/qmp/client.js';
 import { packageRoot } from '../../src/util/paths.js';
-import { pidRunning } from '../../src/util/proc.js';
 import { waitFor, sleep } from '../../src/util/time.js';
-import type { PairStatus } from '../../src/pair/status.js';
 import { updateState } from '../../src/pair/state.js';
 
 const isRoot = process.getuid?.() === 0;
 const ROUNDS = Number(process.env.LOCKSTEP_ROUNDS ?? 3);
-const SECRET = 'lab secret for the agent tests';
-let root: string;
-let ns: BridgedNetns;
-let witnessPid: number | undefined;
-let run = 0;
-const started: string[] = [];
-
-interface Running {
-  cfg: string;
-  dir: string;
-  client: NetnsClient;
-  status: () => Promise<PairStatus>;
-}
-
-async function startPair(): Promise<Running> {
-  const dir = path.join(root, `r${++run}`);
-  fs.mkdirSync(dir);
-  const cfg = path.join(dir, 'pair.yaml');
-  fs.writeFileSync(
-    cfg,
-    labConfigYaml({
-      name: 'ag',
-      base: 9001,
-      tap: { bridge: ns.bridge, taps: { a: 'tap-a', b: 'tap-b' } },
-      netns: { a: ns.name, b: ns.name },
-      replication: { bufferDir: path.join(dir, 'shm') },
-      agents: { secret: SECRET, witness: '127.0.0.3:7900', heartbeatIntervalMs: 100, heartbeatTimeoutMs: 500, leaseMs: 1000 },
-    }),
-  );
-  started.push(cfg);
-  const r = await lockstep(['up', '-c', cfg], { timeoutMs: 9 * 60_000 });
-  assert.equal(r.code, 0, r.stderr);
-  await waitForSerial(path.join(dir, '.lockstep', 'ag', 'a', 'serial.log'), GUEST_READY_MARKER, 120_000);
-  const client = NetnsClient.start(ns.name, '10.0.2.15');
-  await client.until((t) => t.echoOk >= 15 && t.httpOk >= 15, 60_000, 'traffic through COLO');
-  return { cfg, dir, client, status: async () => json<PairStatus>(await lockstep(['status', '-c', cfg, '--json'])) };
-}
-
-async function stopPair(p: Running): Promise<ClientSummary> {
-  const s = await p.client.finish();
-  await lockstep(['down', '-c', p.cfg]);
-  return s;
-}
+let lab: NetnsLab;
 
 /** Runs one round; on failure the pair is stopped and its agent logs are shown before the error propagates. */
-async function round(label: string, body: (p: Running) => Promise<void>): Promise<void> {
-  const p = await startPair();
+async function round(label: string, body: (p: LabRun) => Promise<void>): Promise<void> {
+  const p = await lab.startPair();
   try {
     await body(p);
   } catch (err) {
-    await p.client.finish().catch(() => undefined);
     for (const n of ['a', 'b']) {
       const log = path.join(p.dir, '.lockstep', 'ag', n, 'agent.log');
       if (fs.existsSync(log)) process.stderr.write(`# ${label}: agent ${n} log (last lines):\n${fs.readFileSync(log, 'utf8').trim().split('\n').slice(-15).map((l) => `#   ${l}`).join('\n')}\n`);
     }
-    await lockstep(['down', '-c', p.cfg]);
+    await p.stop().catch(() => undefined);
     throw err;
   }
 }
@@ -100,34 +52,20 @@ function assertClientOk(s: ClientSummary, label: string): void {
   assert.ok(s.http.errors.length <= 1, `${label}: at most the request in flight failed: ${JSON.stringify(s.http.errors)}`);
 }
 
-async function carriesOn(p: Running, by: number): Promise<void> {
+async function carriesOn(p: LabRun, by: number): Promise<void> {
   const t = p.client.latest;
   await p.client.until((x) => x.echoOk >= t.echoOk + by && x.httpOk >= t.httpOk + by, 60_000, 'traffic after the failure');
 }
 
 before(async () => {
   if (!isRoot) return;
-  root = fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-ag-'));
-  ns = await createBridgedNetns({ taps: ['tap-a', 'tap-b'] });
-  // The witness, on its own address in the namespace.
-  await new Promise<void>((resolve, reject) => {
-    const cfg = path.join(root, 'witness.yaml');
-    fs.writeFileSync(cfg, labConfigYaml({ name: 'ag', base: 9001, replication: {}, agents: { secret: SECRET, witness: '127.0.0.3:7900' }, disk: '{ image: unused.qcow2 }' }));
-    const log = fs.openSync(path.join(root, 'witness.log'), 'a');
-    const w = spawn('ip', ['netns', 'exec', ns.name, process.execPath, path.join(packageRoot(), 'bin', 'lockstep.js'), 'witness', '-c', cfg, '--grace-ms', '0'], { stdio: ['ignore', log, log] });
-    witnessPid = w.pid;
-    w.once('error', reject);
-    setTimeout(resolve, 1000);
-  });
+  lab = await NetnsLab.create(fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-ag-')));
 });
 
 after(async () => {
   if (!isRoot) return;
-  // Whatever a failed round left running.
-  for (const cfg of started) await lockstep(['down', '-c', cfg]);
-  if (witnessPid && pidRunning(witnessPid)) process.kill(witnessPid, 'SIGTERM');
-  await ns?.remove();
-  fs.rmSync(root, { recursive: true, force: true });
+  await lab.remove();
+  fs.rmSync(lab.root, { recursive: true, force: true });
 });
 
 const opts = { skip: !isRoot && 'needs root for network namespaces', timeout: 20 * 60_000 };
@@ -145,7 +83,7 @@ test(`kill -9 the primary QEMU, ${ROUNDS} times: the secondary takes over by its
     assert.match(after.lastFailover!.reason, /^agent: /);
     assert.ok(Date.parse(after.lastFailover!.at) - killedAt < 5000, `round ${i}: took over within 5 s`);
     assert.deepEqual(kernelTroubleLines(readSerial(path.join(p.dir, '.lockstep', 'ag', 'b', 'serial.log'))), []);
-    assertClientOk(await stopPair(p), `primary killed, round ${i}`);
+    assertClientOk(await p.stop(), `primary killed, round ${i}`);
   });
 });
 
@@ -158,7 +96,7 @@ test(`kill -9 the secondary QEMU, ${ROUNDS} times: the primary carries on`, opts
     const a = after.nodes.find((n) => n.name === 'a')!;
     assert.deepEqual([a.role, a.runState, a.colo?.mode], ['primary', 'running', 'none'], `round ${i}: a carries on alone`);
     assert.deepEqual([after.lastFailover?.from, after.lastFailover?.to], ['b', 'a']);
-    assertClientOk(await stopPair(p), `secondary killed, round ${i}`);
+    assertClientOk(await p.stop(), `secondary killed, round ${i}`);
   });
 });
 
@@ -174,7 +112,7 @@ test(`kill the primary's agent, ${ROUNDS} times: no failover; the restarted agen
     assert.equal(mid.nodes.find((n) => n.name === 'b')!.agent!.role, 'secondary');
     // Restart it, as a supervisor would.
     const log = fs.openSync(path.join(p.dir, '.lockstep', 'ag', 'a', 'agent.log'), 'a');
-    const restarted = spawn('ip', ['netns', 'exec', ns.name, process.execPath, path.join(packageRoot(), 'bin', 'lockstep.js'), 'agent', '-c', p.cfg, '--node', 'a'], {
+    const restarted = spawn('ip', ['netns', 'exec', lab.ns.name, process.execPath, path.join(packageRoot(), 'bin', 'lockstep.js'), 'agent', '-c', p.cfg, '--node', 'a'], {
       stdio: ['ignore', log, log],
       detached: true,
     });
@@ -190,7 +128,7 @@ test(`kill the primary's agent, ${ROUNDS} times: no failover; the restarted agen
     process.kill(primary.pid!, 'SIGKILL');
     await carriesOn(p, 20);
     assert.equal((await p.status()).lastFailover?.to, 'b');
-    assertClientOk(await stopPair(p), `agent killed, round ${i}`);
+    assertClientOk(await p.stop(), `agent killed, round ${i}`);
   });
 });
 
@@ -207,6 +145,6 @@ test(`kill -9 the primary during a checkpoint, ${ROUNDS} times: a healthy surviv
     const b = (await p.status()).nodes.find((n) => n.name === 'b')!;
     assert.deepEqual([b.role, b.runState], ['primary', 'running'], `round ${i}`);
     assert.deepEqual(kernelTroubleLines(readSerial(path.join(p.dir, '.lockstep', 'ag', 'b', 'serial.log'))), []);
-    assertClientOk(await stopPair(p), `killed in a checkpoint, round ${i}`);
+    assertClientOk(await p.stop(), `killed in a checkpoint, round ${i}`);
   });
 });

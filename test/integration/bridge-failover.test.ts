@@ -16,7 +16,7 @@ import { findFreePortRange } from '../../src/util/net.js';
 import { createBridgedNetns, type BridgedNetns } from '../../src/lab/netns.js';
 import { waitForSerial } from '../../src/qemu/serial.js';
 import { GUEST_READY_MARKER } from '../../src/lab/guest.js';
-import { NetnsClient, counterProblems } from '../helpers/netns-client-driver.js';
+import { NetnsClient, counterProblems } from '../../src/lab/client-driver.js';
 import type { PairStatus } from '../../src/pair/status.js';
 
 const isRoot = process.getuid?.() === 0;

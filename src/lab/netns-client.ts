@@ -1,6 +1,6 @@
 /**
  * A client that runs inside a lab network namespace (ip netns exec NS node
- * this.js HOST) and talks to the guest directly over the bridge: one
+ * netns-client.js HOST [INTERVAL_MS]) and talks to the guest directly over the bridge: one
  * persistent TCP connection to the echo service, and an HTTP counter loop.
  * Prints a JSON line per second, and a summary when stdin closes.
  */
@@ -11,7 +11,7 @@ const host = process.argv[2] ?? '10.0.2.15';
 const intervalMs = Number(process.argv[3] ?? 100);
 
 const echo = { sent: 0, ok: 0, errors: [] as string[], maxMs: 0, closed: false };
-const http = { ok: 0, errors: [] as string[], counts: [] as number[], maxMs: 0 };
+const http = { ok: 0, errors: [] as string[], counts: [] as number[], maxMs: 0, okTimes: [] as number[] };
 let running = true;
 
 async function echoLoop(): Promise<void> {
@@ -54,6 +54,7 @@ async function httpLoop(): Promise<void> {
       const m = /count=(\d+)/.exec(await r.text());
       if (!m) throw new Error(`status ${r.status}`);
       http.counts.push(Number(m[1]));
+      http.okTimes.push(Date.now());
       http.ok++;
       http.maxMs = Math.max(http.maxMs, performance.now() - t0);
     } catch (err) {

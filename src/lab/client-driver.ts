@@ -1,8 +1,8 @@
-/** Drives test/helpers/netns-client.js inside a lab network namespace and reads its reports. */
+/** Drives lab/netns-client.js inside a lab network namespace and reads its reports. */
 import path from 'node:path';
 import readline from 'node:readline';
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { packageRoot } from '../../src/util/paths.js';
+import { packageRoot } from '../util/paths.js';
 
 export interface Tick {
   type: 'tick';
@@ -13,7 +13,8 @@ export interface Tick {
 export interface ClientSummary {
   type: 'summary';
   echo: { sent: number; ok: number; errors: string[]; maxMs: number; closed: boolean };
-  http: { ok: number; errors: string[]; counts: number[]; maxMs: number };
+  /** okTimes: wall-clock ms of each good answer. */
+  http: { ok: number; errors: string[]; counts: number[]; maxMs: number; okTimes: number[] };
 }
 
 export class NetnsClient {
@@ -30,7 +31,7 @@ export class NetnsClient {
   }
 
   static start(netns: string, host: string, intervalMs = 100): NetnsClient {
-    const script = path.join(packageRoot(), 'dist', 'test', 'helpers', 'netns-client.js');
+    const script = path.join(packageRoot(), 'dist', 'src', 'lab', 'netns-client.js');
     return new NetnsClient(spawn('ip', ['netns', 'exec', netns, process.execPath, script, host, String(intervalMs)], { stdio: 'pipe' }));
   }
 

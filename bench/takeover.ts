@@ -1,0 +1,75 @@
+/**
+ * Takeover figures over repeated kills (npm run bench; needs root for the
+ * lab's network namespace): a pair in bridge mode with its agents and a
+ * witness, a client on the bridge sending a counter request every 10 ms;
+ * kill -9 the primary QEMU, and measure
+ * - kill → first good answer from the survivor (p50, p99);
+ * - the longest gap between two good answers the client saw.
+ * Written to bench/results/takeover.json.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { NetnsLab } from '../src/lab/scenario.js';
+import { packageRoot } from '../src/util/paths.js';
+import { summarize, table } from './stats.js';
+
+const KILLS = Number(process.env.LOCKSTEP_BENCH_KILLS ?? 10);
+const log = (m: string) => process.stderr.write(`• ${m}\n`);
+
+if (process.getuid?.() !== 0) {
+  log('takeover benchmark skipped: it needs root (network namespaces)');
+  process.exit(0);
+}
+
+const root = fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-bench-'));
+const lab = await NetnsLab.create(root);
+const firstAnswer: number[] = [];
+const gaps: number[] = [];
+const echoMax: number[] = [];
+try {
+  for (let i = 1; i <= KILLS; i++) {
+    const run = await lab.startPair({ clientIntervalMs: 10, minTraffic: 50 });
+    const primary = (await run.status()).nodes.find((n) => n.role === 'primary')!;
+    const before = run.client.latest;
+    const killedAt = Date.now();
+    process.kill(primary.pid!, 'SIGKILL');
+    await run.client.until((t) => t.httpOk >= before.httpOk + 100, 60_000, 'answers from the survivor');
+    const s = await run.stop();
+    const after = s.http.okTimes.find((t) => t > killedAt);
+    if (after === undefined) throw new Error(`kill ${i}: no answer after the kill`);
+    firstAnswer.push(after - killedAt);
+    let gap = 0;
+    for (let k = 1; k < s.http.okTimes.length; k++) gap = Math.max(gap, s.http.okTimes[k]! - s.http.okTimes[k - 1]!);
+    gaps.push(gap);
+    echoMax.push(s.echo.maxMs);
+    log(`kill ${i}/${KILLS}: first good answer after ${after - killedAt} ms, longest gap ${gap} ms, echo errors ${s.echo.errors.length}`);
+  }
+} finally {
+  await lab.remove();
+  fs.rmSync(root, { recursive: true, force: true });
+}
+
+const result = {
+  when: new Date().toISOString(),
+  kills: KILLS,
+  clientIntervalMs: 10,
+  killToFirstGoodAnswerMs: summarize(firstAnswer),
+  longestClientGapMs: summarize(gaps),
+  echoRoundTripMaxMs: summarize(echoMax),
+};
+const dir = path.join(packageRoot(), 'bench', 'results');
+fs.mkdirSync(dir, { recursive: true });
+const file = path.join(dir, 'takeover.json');
+fs.writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
+const r = result.killToFirstGoodAnswerMs;
+const g = result.longestClientGapMs;
+process.stdout.write(
+  `\nTakeover after kill -9 of the primary (${KILLS} kills, agents + witness, bridge mode)\n` +
+    table([
+      ['figure', 'n', 'p50 ms', 'p99 ms', 'max ms'],
+      ['kill → first good answer', String(r.n), r.median.toFixed(0), r.p99.toFixed(0), r.max.toFixed(0)],
+      ['longest gap, client every 10 ms', String(g.n), g.median.toFixed(0), g.p99.toFixed(0), g.max.toFixed(0)],
+    ]) +
+    `\nwritten to ${path.relative(process.cwd(), file)}\n`,
+);
