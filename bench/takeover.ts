@@ -27,9 +27,18 @@ const lab = await NetnsLab.create(root);
 const firstAnswer: number[] = [];
 const gaps: number[] = [];
 const echoMax: number[] = [];
+/** Start-ups whose traffic stalled before any kill (a known open problem, reported, not hidden). */
+const startStalls: string[] = [];
 try {
   for (let i = 1; i <= KILLS; i++) {
-    const run = await lab.startPair({ clientIntervalMs: 10, minTraffic: 50 });
+    let run;
+    try {
+      run = await lab.startPair({ clientIntervalMs: 10, minTraffic: 50 });
+    } catch (err) {
+      startStalls.push((err as Error).message);
+      log(`kill ${i}/${KILLS}: the pair's traffic stalled before the kill; counted, not measured (${(err as Error).message})`);
+      continue;
+    }
     const primary = (await run.status()).nodes.find((n) => n.role === 'primary')!;
     const before = run.client.latest;
     const killedAt = Date.now();
@@ -53,6 +62,8 @@ try {
 const result = {
   when: new Date().toISOString(),
   kills: KILLS,
+  measured: firstAnswer.length,
+  startStalls,
   clientIntervalMs: 10,
   killToFirstGoodAnswerMs: summarize(firstAnswer),
   longestClientGapMs: summarize(gaps),
@@ -65,11 +76,12 @@ fs.writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
 const r = result.killToFirstGoodAnswerMs;
 const g = result.longestClientGapMs;
 process.stdout.write(
-  `\nTakeover after kill -9 of the primary (${KILLS} kills, agents + witness, bridge mode)\n` +
+  `\nTakeover after kill -9 of the primary (${firstAnswer.length} kills measured, agents + witness, bridge mode)\n` +
     table([
       ['figure', 'n', 'p50 ms', 'p99 ms', 'max ms'],
       ['kill → first good answer', String(r.n), r.median.toFixed(0), r.p99.toFixed(0), r.max.toFixed(0)],
       ['longest gap, client every 10 ms', String(g.n), g.median.toFixed(0), g.p99.toFixed(0), g.max.toFixed(0)],
     ]) +
+    (startStalls.length ? `\n${startStalls.length} start-up(s) stalled before the kill and were not measured (see startStalls in the JSON)` : '') +
     `\nwritten to ${path.relative(process.cwd(), file)}\n`,
 );

@@ -76,6 +76,16 @@ function crossCheck(c: Config): string[] {
     if (new Set(names).size !== names.length) out.push('vm.network.taps: each node needs its own tap');
   }
   if (c.vm.initrd && !c.vm.kernel) out.push('vm.initrd: needs vm.kernel');
+  const ag = c.agents;
+  if (ag) {
+    if (ag.heartbeatTimeoutMs < 2 * ag.heartbeatIntervalMs) {
+      out.push(`agents.heartbeatTimeoutMs: ${ag.heartbeatTimeoutMs} must be at least twice agents.heartbeatIntervalMs (${ag.heartbeatIntervalMs})`);
+    }
+    for (const k of Object.keys(ag.extraLinks ?? {})) {
+      if (!c.nodes.some((n) => n.name === k)) out.push(`agents.extraLinks.${k}: no node is named "${k}"`);
+    }
+    if (seen.has(ag.port)) out.push(`agents.port: ${ag.port} is also ports.${seen.get(ag.port)}`);
+  }
   if (c.vm.disk.create && c.vm.disk.size === undefined) out.push('vm.disk.size: needed with vm.disk.create: true (e.g. 64M)');
   return out;
 }

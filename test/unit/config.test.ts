@@ -74,6 +74,16 @@ test('semantic mistakes are caught with a way out', () => {
   assert.match(problems(minimal.replace(/nodes:[\s\S]*/, 'nodes:\n  - { name: a, address: 127.0.0.1 }\n'))[0]!, /exactly two nodes/);
 });
 
+test('agents: the secret must be long enough, and timings must make sense', () => {
+  assert.deepEqual(problems(minimal + 'agents: { secret: short }\n'), ['agents.secret: expected a shared secret of at least 16 characters']);
+  assert.deepEqual(problems(minimal + 'agents: { secret: a-long-enough-secret, heartbeatIntervalMs: 300, heartbeatTimeoutMs: 500 }\n'), [
+    'agents.heartbeatTimeoutMs: 500 must be at least twice agents.heartbeatIntervalMs (300)',
+  ]);
+  assert.deepEqual(problems(minimal + 'agents: { secret: a-long-enough-secret, extraLinks: { c: 10.0.0.9 } }\n'), ['agents.extraLinks.c: no node is named "c"']);
+  const c = parseConfig(minimal + 'agents: { secret: a-long-enough-secret }\n', '/x/y.yaml');
+  assert.deepEqual([c.agents?.port, c.agents?.heartbeatIntervalMs, c.agents?.heartbeatTimeoutMs, c.agents?.leaseMs], [7800, 100, 500, 1000]);
+});
+
 test('broken YAML and a missing file say so', () => {
   assert.match(problems('vm: [unclosed\n')[0]!, /not valid YAML/);
   assert.throws(() => loadConfig('/nonexistent/lockstep.yaml'), /cannot read config \/nonexistent\/lockstep.yaml: no such file/);
