@@ -5,6 +5,13 @@ import { Witness } from '../node/witness.js';
 import { LockstepError } from '../util/errors.js';
 import pino from 'pino';
 
+/** Runs until SIGTERM or SIGINT, then `stop()` and exit. */
+function untilSignal(stop: () => Promise<void>): void {
+  const end = () => void stop().finally(() => process.exit(0));
+  process.once('SIGTERM', end);
+  process.once('SIGINT', end);
+}
+
 export function registerNodeCommands(program: Command): void {
   program
     .command('agent')
@@ -20,12 +27,7 @@ export function registerNodeCommands(program: Command): void {
       const c = loadConfig(opts.config);
       const agent = new Agent(c, opts.node);
       await agent.start();
-      const stop = async () => {
-        await agent.stop();
-        process.exit(0);
-      };
-      process.once('SIGTERM', () => void stop());
-      process.once('SIGINT', () => void stop());
+      untilSignal(() => agent.stop());
     });
 
   program
@@ -53,11 +55,6 @@ export function registerNodeCommands(program: Command): void {
         log: (m) => log.info(m),
       });
       await w.start();
-      const stop = async () => {
-        await w.stop();
-        process.exit(0);
-      };
-      process.once('SIGTERM', () => void stop());
-      process.once('SIGINT', () => void stop());
+      untilSignal(() => w.stop());
     });
 }

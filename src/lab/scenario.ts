@@ -82,24 +82,33 @@ export class NetnsLab {
     const c = loadConfig(cfgFile);
     this.started.push(cfgFile);
     await up(c, { detached: true });
-    await waitForSerial(path.join(dir, '.lockstep', 'ag', 'a', 'serial.log'), GUEST_READY_MARKER, 120_000);
-    // Bring the secondary up to date with the booted guest before any client connects.
-    const qmp = await QmpClient.connect(path.join(dir, '.lockstep', 'ag', 'a', 'qmp2.sock'));
+    let client: NetnsClient | undefined;
     try {
-      await checkpointNow(qmp, c.replication.checkpointDelayMs);
-    } finally {
-      qmp.destroy();
+      await waitForSerial(path.join(dir, '.lockstep', 'ag', 'a', 'serial.log'), GUEST_READY_MARKER, 120_000);
+      // Bring the secondary up to date with the booted guest before any client connects.
+      const qmp = await QmpClient.connect(path.join(dir, '.lockstep', 'ag', 'a', 'qmp2.sock'));
+      try {
+        await checkpointNow(qmp, c.replication.checkpointDelayMs);
+      } finally {
+        qmp.destroy();
+      }
+      client = NetnsClient.start(this.ns.name, '10.0.2.15', o.clientIntervalMs ?? 100);
+      const min = o.minTraffic ?? 15;
+      await client.until((t) => t.echoOk >= min && t.httpOk >= min, 60_000, 'traffic through COLO');
+    } catch (err) {
+      // Leave nothing behind: the next pair needs the taps and ports.
+      await client?.finish().catch(() => undefined);
+      await down(c);
+      throw err;
     }
-    const client = NetnsClient.start(this.ns.name, '10.0.2.15', o.clientIntervalMs ?? 100);
-    const min = o.minTraffic ?? 15;
-    await client.until((t) => t.echoOk >= min && t.httpOk >= min, 60_000, 'traffic through COLO');
+    const started = client;
     return {
       cfg: cfgFile,
       dir,
-      client,
+      client: started,
       status: () => pairStatus(c),
       stop: async () => {
-        const s = await client.finish();
+        const s = await started.finish();
         await down(c);
         return s;
       },

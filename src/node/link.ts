@@ -16,6 +16,7 @@ import net from 'node:net';
 import crypto from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { LockstepError } from '../util/errors.js';
+import { connectSocket } from '../util/net.js';
 
 export const PROTOCOL = 'lockstep/1';
 
@@ -198,19 +199,8 @@ export class LinkAuthError extends LockstepError {
 /** Opens an authenticated link; rejects if the other end cannot prove the secret. */
 export async function connectLink(o: ConnectLinkOptions): Promise<Link> {
   const timeoutMs = o.timeoutMs ?? 2000;
-  const socket = net.createConnection({ host: o.host, port: o.port, localAddress: o.localAddress });
+  const socket = await connectSocket({ host: o.host, port: o.port, localAddress: o.localAddress }, timeoutMs, () => new Error(`connect to ${o.host}:${o.port} timed out`));
   try {
-    await new Promise<void>((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error(`connect to ${o.host}:${o.port} timed out`)), timeoutMs);
-      socket.once('connect', () => {
-        clearTimeout(t);
-        resolve();
-      });
-      socket.once('error', (e) => {
-        clearTimeout(t);
-        reject(e);
-      });
-    });
     const hello = await readLine(socket, timeoutMs);
     const sn = typeof hello.nonce === 'string' ? hello.nonce : '';
     if (hello.hello !== PROTOCOL || sn.length < 16) throw new LinkAuthError(`${o.host}:${o.port} is not a lockstep agent or witness`);

@@ -11,6 +11,7 @@ import net from 'node:net';
 import { EventEmitter } from 'node:events';
 import { QmpCommandError, QmpConnectError, QmpDisconnectedError, QmpNegotiationError, QmpTimeoutError } from './errors.js';
 import { TimeoutError } from '../util/errors.js';
+import { connectSocket } from '../util/net.js';
 
 export type QmpAddress = string | { host: string; port: number };
 
@@ -189,22 +190,7 @@ export class QmpClient extends EventEmitter<{ event: [QmpEvent]; disconnect: [Er
     const greetingP = new Promise<unknown>((r) => (greetingResolve = r));
     this.onGreeting = greetingResolve;
     try {
-      await new Promise<void>((resolve, reject) => {
-        const s = typeof address === 'string' ? net.createConnection({ path: address }) : net.createConnection(address);
-        const timer = setTimeout(() => {
-          s.destroy();
-          reject(new TimeoutError(`QMP socket ${this.address} to accept`, timeoutMs));
-        }, timeoutMs);
-        s.once('connect', () => {
-          clearTimeout(timer);
-          resolve();
-        });
-        s.once('error', (err) => {
-          clearTimeout(timer);
-          reject(err);
-        });
-        this.socket = s;
-      });
+      this.socket = await connectSocket(typeof address === 'string' ? { path: address } : address, timeoutMs, () => new TimeoutError(`QMP socket ${this.address} to accept`, timeoutMs));
     } catch (err) {
       this._state = 'idle';
       this.socket = undefined;

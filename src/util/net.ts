@@ -31,3 +31,25 @@ export async function findFreePortRange(hosts: string[], count: number, from = 2
   }
   throw new Error(`no ${count} consecutive free TCP ports between ${from} and ${to}`);
 }
+
+/**
+ * Opens a TCP or unix-socket connection, bounded in time. Rejects with the
+ * socket's own error, or with `onTimeout()` (the socket is destroyed).
+ */
+export function connectSocket(opts: net.NetConnectOpts, timeoutMs: number, onTimeout: () => Error): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const s = net.createConnection(opts);
+    const timer = setTimeout(() => {
+      s.destroy();
+      reject(onTimeout());
+    }, timeoutMs);
+    s.once('connect', () => {
+      clearTimeout(timer);
+      resolve(s);
+    });
+    s.once('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+  });
+}
