@@ -58,7 +58,7 @@ export class NetnsLab {
   }
 
   /** Brings a pair up (nodes a and b in the namespace, taps on its bridge), waits for the guest, starts a client. */
-  async startPair(o: { clientIntervalMs?: number; minTraffic?: number } = {}): Promise<LabRun> {
+  async startPair(o: { clientIntervalMs?: number; minTraffic?: number; agents?: boolean } = {}): Promise<LabRun> {
     const dir = path.join(this.root, `r${++this.runs}`);
     fs.mkdirSync(dir);
     const cfgFile = path.join(dir, 'pair.yaml');
@@ -70,7 +70,7 @@ export class NetnsLab {
         tap: { bridge: this.ns.bridge, taps: { a: 'tap-a', b: 'tap-b' } },
         netns: { a: this.ns.name, b: this.ns.name },
         replication: { bufferDir: path.join(dir, 'shm') },
-        agents: {
+        agents: o.agents === false ? undefined : {
           secret: LAB_SECRET,
           ...(this.witnessPid ? { witness: '127.0.0.3:7900' } : {}),
           heartbeatIntervalMs: 100,
