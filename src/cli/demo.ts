@@ -7,10 +7,10 @@
 import path from 'node:path';
 import type { Command } from 'commander';
 import { loadConfig } from '../config/load.js';
-import { up, liveNodes } from '../pair/up.js';
+import { up } from '../pair/up.js';
 import { down } from '../pair/down.js';
 import { failover } from '../pair/failover.js';
-import { readState } from '../pair/state.js';
+import { readState, liveNodes } from '../pair/state.js';
 import { QmpClient } from '../qmp/client.js';
 import { checkpointNow } from '../colo/startup.js';
 import { waitForSerial } from '../qemu/serial.js';

@@ -76,7 +76,8 @@ export function registerPairCommands(program: Command): void {
     .summary('make one node carry the VM on alone')
     .description(
       'run the documented failover on the survivor: "Secondary Failover" when the primary is gone, "Primary Failover"\n' +
-        'when the secondary is gone. With both nodes running, --to names the node that carries on; the other is stopped first.',
+        'when the secondary is gone. With both nodes running, --to names the node that carries on; the other is stopped first.\n' +
+        'With the node agents running, they do every failover: --to then ends the other node\'s QEMU and waits for the agents.',
     )
     .requiredOption('-c, --config <file>', CONFIG_HELP)
     .option('--to <node>', 'the node that carries on (needed when both run)')

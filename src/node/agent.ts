@@ -18,10 +18,10 @@ import pino from 'pino';
 import type { ResolvedConfig } from '../config/load.js';
 import { QmpClient } from '../qmp/client.js';
 import { isOurQemu } from '../qemu/process.js';
-import { attachTap } from '../qemu/tap.js';
-import { secondaryFailover, primaryFailover } from '../colo/failover.js';
+import { primaryFailover } from '../colo/failover.js';
 import { queryColoStatus } from '../colo/startup.js';
-import { readState, recordFailover, type NodeState } from '../pair/state.js';
+import { readState, recordFailover, type NodeState, type PairState } from '../pair/state.js';
+import { secondaryTakeover } from '../pair/failover.js';
 import { agentSocket, type AgentStatus } from '../pair/agents.js';
 import { listenLinks, connectLink, type Link, type Message } from './link.js';
 import { WitnessClient } from './witness.js';
@@ -38,6 +38,8 @@ interface PathState {
 
 export class Agent {
   private readonly log: pino.Logger;
+  /** The pair as `up` recorded it: endpoints, forwards, both nodes. */
+  private readonly pair: PairState;
   private readonly me: NodeState;
   private readonly peer: NodeState;
   private role: Role;
@@ -74,6 +76,7 @@ export class Agent {
     const me = s?.nodes.find((n) => n.name === name);
     const peer = s?.nodes.find((n) => n.name !== name);
     if (!s || !me || !peer) throw new LockstepError(`node "${name}" is not part of the running pair "${c.name}"`, { hint: `start the pair with lockstep up -c ${c.file}` });
+    this.pair = s;
     this.me = me;
     this.peer = peer;
     this.role = me.role;
@@ -256,8 +259,7 @@ export class Agent {
   private async probeSecondary(): Promise<'alive' | 'dead'> {
     const now = performance.now();
     if (this.probe && now - this.probe.at < 1000) return this.probe.result;
-    const s = readState(this.c.stateDir);
-    const port = s?.endpoints.nbdPort ?? this.c.ports.nbd;
+    const port = this.pair.endpoints.nbdPort;
     const result = await new Promise<'alive' | 'dead'>((resolve) => {
       const sock = net.createConnection({ host: this.peer.address, port, timeout: 300 });
       sock.once('connect', () => {
@@ -333,13 +335,7 @@ export class Agent {
     this.log.warn({ why }, 'taking over');
     // The primary's lease must have run out (or been released) first.
     if (!(await this.ensureLease(this.a.leaseMs + 1500))) return this.fence('the primary still holds the lease');
-    if (this.me.tap) await attachTap(this.me.tap);
-    const s = readState(this.c.stateDir)!;
-    await secondaryFailover(
-      this.qmp!,
-      { forwards: s.forwards, prepareAsPrimary: { ...s.endpoints, primaryHost: this.me.address, secondaryHost: this.peer.address } },
-      (n) => this.log.info({ step: n }, 'secondary failover step'),
-    );
+    await secondaryTakeover(this.qmp!, this.pair, this.me, this.peer, (n) => this.log.info({ step: n }, 'secondary failover step'));
     this.role = 'alone';
     recordFailover(this.c.stateDir, { from: this.peer.name, to: this.name, reason: `agent: ${why}`, ms: performance.now() - t0 });
     this.log.warn({ ms: Math.round(performance.now() - t0) }, 'took over: running alone, unprotected');

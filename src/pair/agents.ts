@@ -29,10 +29,9 @@ export function isOurAgent(pid: number, configFile: string): boolean {
 
 export async function startAgents(c: ResolvedConfig, s: PairState): Promise<Record<string, number>> {
   const pids: Record<string, number> = {};
+  const logFile = (n: PairState['nodes'][number]) => path.join(path.dirname(n.qmpSocket), 'agent.log');
   for (const n of s.nodes) {
-    const dataDir = path.dirname(n.qmpSocket);
-    const logFile = path.join(dataDir, 'agent.log');
-    const out = fs.openSync(logFile, 'a');
+    const out = fs.openSync(logFile(n), 'a');
     const args = [path.join(packageRoot(), 'bin', 'lockstep.js'), 'agent', '-c', c.file, '--node', n.name];
     const [cmd, ...rest] = n.netns ? ['ip', 'netns', 'exec', n.netns, process.execPath, ...args] : [process.execPath, ...args];
     const child = spawn(cmd!, rest, { detached: true, stdio: ['ignore', out, out] });
@@ -42,13 +41,13 @@ export async function startAgents(c: ResolvedConfig, s: PairState): Promise<Reco
   }
   // Ready when each answers on its control socket.
   for (const n of s.nodes) {
-    const sock = path.join(path.dirname(n.qmpSocket), 'agent.sock');
+    const sock = agentSocket(path.dirname(n.qmpSocket));
     await waitFor(
       `the agent of node ${n.name} to start`,
       () => {
         if (!pidRunning(pids[n.name]!)) {
-          const log = fs.readFileSync(path.join(path.dirname(n.qmpSocket), 'agent.log'), 'utf8').trim().split('\n').slice(-5).join('\n');
-          throw new LockstepError(`the agent of node ${n.name} exited at start:\n${log}`, { hint: `see ${path.join(path.dirname(n.qmpSocket), 'agent.log')}` });
+          const log = fs.readFileSync(logFile(n), 'utf8').trim().split('\n').slice(-5).join('\n');
+          throw new LockstepError(`the agent of node ${n.name} exited at start:\n${log}`, { hint: `see ${logFile(n)}` });
         }
         return fs.existsSync(sock);
       },

@@ -7,11 +7,11 @@
  */
 import type { ResolvedConfig } from '../config/load.js';
 import { QmpClient } from '../qmp/client.js';
-import { isOurQemu, stopPid } from '../qemu/process.js';
+import { stopPid } from '../qemu/process.js';
 import { secondaryFailover, primaryFailover } from '../colo/failover.js';
 import { LockstepError } from '../util/errors.js';
 import { attachTap, detachTap } from '../qemu/tap.js';
-import { readState, recordFailover, type NodeState } from './state.js';
+import { readState, recordFailover, liveNodes, type NodeState, type PairState } from './state.js';
 import { agentsRunning } from './agents.js';
 import { waitFor } from '../util/time.js';
 
@@ -29,12 +29,36 @@ export interface FailoverOptions {
   onStep?: (msg: string) => void;
 }
 
+/**
+ * The primary is gone: the survivor's tap joins the bridge (the dead
+ * primary's leaves it, where it lives on this host), then "Secondary
+ * Failover", which also readies the survivor's listeners for a later resync.
+ * Used by `lockstep failover` and by the agents.
+ */
+export async function secondaryTakeover(qmp: QmpClient, s: PairState, survivor: NodeState, lost: NodeState, onStep: (msg: string) => void): Promise<void> {
+  if (survivor.tap) {
+    onStep(`bridge ${survivor.tap.bridge}: ${survivor.tap.tap} on, ${lost.tap?.tap ?? '-'} off`);
+    if (lost.tap) await detachTap(lost.tap);
+    await attachTap(survivor.tap);
+  }
+  await secondaryFailover(
+    qmp,
+    { forwards: s.forwards, prepareAsPrimary: { ...s.endpoints, primaryHost: survivor.address, secondaryHost: lost.address } },
+    onStep,
+  );
+}
+
+function nodeNamed(s: PairState, name: string): NodeState {
+  const n = s.nodes.find((x) => x.name === name);
+  if (!n) throw new LockstepError(`no node named "${name}"`, { hint: `the nodes are ${s.nodes.map((x) => x.name).join(', ')}` });
+  return n;
+}
+
 export async function failover(c: ResolvedConfig, o: FailoverOptions = {}): Promise<FailoverResult> {
   const t0 = performance.now();
   const s = readState(c.stateDir);
   if (!s) throw new LockstepError(`pair "${c.name}" has not been started`, { hint: `start it with: lockstep up -c ${c.file}` });
-  const alive = (n: NodeState) => isOurQemu(n.pid, n.qmpSocket);
-  const live = s.nodes.filter(alive);
+  const live = liveNodes(s);
   if (agentsRunning(s)) return viaAgents(c, s, live, o, t0);
   if (live.length === 0) throw new LockstepError(`no node of pair "${c.name}" is running: nothing to fail over to`, { hint: `start it with: lockstep up -c ${c.file}` });
   let survivor: NodeState;
@@ -43,10 +67,8 @@ export async function failover(c: ResolvedConfig, o: FailoverOptions = {}): Prom
     if (!o.to) {
       throw new LockstepError('both nodes are running: say which one carries on', { hint: `lockstep failover -c ${c.file} --to ${s.nodes.find((n) => n.role === 'secondary')?.name ?? 'NODE'}` });
     }
-    const t = s.nodes.find((n) => n.name === o.to);
-    if (!t) throw new LockstepError(`no node named "${o.to}"`, { hint: `the nodes are ${s.nodes.map((n) => n.name).join(', ')}` });
-    survivor = t;
-    lost = s.nodes.find((n) => n !== t)!;
+    survivor = nodeNamed(s, o.to);
+    lost = s.nodes.find((n) => n !== survivor)!;
     o.onStep?.(`stopping ${lost.role} ${lost.name} (pid ${lost.pid}) so that only ${survivor.name} writes`);
     await stopPid(lost.pid, lost.qmpSocket, 0);
   } else {
@@ -59,22 +81,8 @@ export async function failover(c: ResolvedConfig, o: FailoverOptions = {}): Prom
   try {
     if (survivor.role === 'secondary') {
       procedure = 'secondary failover';
-      if (survivor.tap) {
-        // The wire moves first: the survivor's tap joins the bridge, the dead primary's leaves it.
-        o.onStep?.(`bridge ${survivor.tap.bridge}: ${survivor.tap.tap} on, ${lost.tap?.tap ?? '-'} off`);
-        if (lost.tap) await detachTap(lost.tap);
-        await attachTap(survivor.tap);
-      }
       o.onStep?.(`${survivor.name}: secondary failover (the primary ${lost.name} is gone)`);
-      await secondaryFailover(
-        qmp,
-        {
-          forwards: s.forwards,
-          // Ready to be a primary later: its listeners on its own address.
-          prepareAsPrimary: { ...s.endpoints, primaryHost: survivor.address, secondaryHost: lost.address },
-        },
-        (n) => o.onStep?.(`${survivor.name}: ${n}`),
-      );
+      await secondaryTakeover(qmp, s, survivor, lost, (n) => o.onStep?.(`${survivor.name}: ${n}`));
     } else {
       procedure = 'primary failover';
       o.onStep?.(`${survivor.name}: primary failover (the secondary ${lost.name} is gone)`);
@@ -93,14 +101,13 @@ export async function failover(c: ResolvedConfig, o: FailoverOptions = {}): Prom
  * on purpose is the end of the other node's QEMU, which the agents then
  * handle exactly as a crash. Waits until the state records the takeover.
  */
-async function viaAgents(c: ResolvedConfig, s: NonNullable<ReturnType<typeof readState>>, live: NodeState[], o: FailoverOptions, t0: number): Promise<FailoverResult> {
+async function viaAgents(c: ResolvedConfig, s: PairState, live: NodeState[], o: FailoverOptions, t0: number): Promise<FailoverResult> {
   if (!o.to) {
     throw new LockstepError('the node agents run failover by themselves when a node fails', {
       hint: `to move the VM on purpose, name the node that carries on: lockstep failover -c ${c.file} --to NODE`,
     });
   }
-  const survivor = s.nodes.find((n) => n.name === o.to);
-  if (!survivor) throw new LockstepError(`no node named "${o.to}"`, { hint: `the nodes are ${s.nodes.map((n) => n.name).join(', ')}` });
+  const survivor = nodeNamed(s, o.to);
   if (!live.includes(survivor)) throw new LockstepError(`node ${o.to} is not running; it cannot carry the VM on`);
   const lost = s.nodes.find((n) => n !== survivor)!;
   const before = s.lastFailover?.at;

@@ -7,6 +7,7 @@ import path from 'node:path';
 import type { Runtime } from './plan.js';
 import type { ColoEndpoints, HostForward } from '../qemu/cmdline.js';
 import type { TapPlace } from '../qemu/tap.js';
+import { isOurQemu } from '../qemu/process.js';
 
 export interface NodeState {
   name: string;
@@ -85,4 +86,9 @@ export function recordFailover(stateDir: string, f: { from: string; to: string; 
     lastFailover: { at: new Date().toISOString(), ...f },
     authoritativeDisk: s.nodes.find((n) => n.name === f.to)?.disk,
   }));
+}
+
+/** The nodes of a state file whose QEMU still runs. */
+export function liveNodes(s: PairState): NodeState[] {
+  return s.nodes.filter((n) => isOurQemu(n.pid, n.qmpSocket));
 }

@@ -6,9 +6,10 @@
  * running. Any failure ends what was started and says what went wrong.
  */
 import fs from 'node:fs';
+import path from 'node:path';
 import type { ResolvedConfig } from '../config/load.js';
 import { QmpClient, type QmpEvent } from '../qmp/client.js';
-import { QemuProcess, isOurQemu } from '../qemu/process.js';
+import { QemuProcess } from '../qemu/process.js';
 import { createImage, imageInfo } from '../qemu/images.js';
 import { secondaryEnterColo, primaryEnterColo, waitColoMode, setCheckpointDelay } from '../colo/startup.js';
 import { LockstepError } from '../util/errors.js';
@@ -17,7 +18,7 @@ import { attachTap, checkTap, detachTap } from '../qemu/tap.js';
 import { waitFor } from '../util/time.js';
 import { planPair, type PairPlan, type NodePlan } from './plan.js';
 import { resolveRuntime } from './runtime.js';
-import { readState, writeState, type PairState } from './state.js';
+import { readState, writeState, liveNodes, type PairState } from './state.js';
 import { startAgents } from './agents.js';
 
 export interface UpOptions {
@@ -48,11 +49,6 @@ export interface UpResult {
   live?: { primary: LiveNode; secondary: LiveNode };
 }
 
-/** The nodes of a state file that still run. */
-export function liveNodes(s: PairState): PairState['nodes'] {
-  return s.nodes.filter((n) => isOurQemu(n.pid, n.qmpSocket));
-}
-
 function portChecks(plan: PairPlan, c: ResolvedConfig): Array<{ host: string; port: number; field: string }> {
   const e = plan.endpoints;
   // Ports inside a node's network namespace cannot be probed from here; QEMU reports them at start.
@@ -75,7 +71,8 @@ function portChecks(plan: PairPlan, c: ResolvedConfig): Array<{ host: string; po
   ];
 }
 
-async function preflight(c: ResolvedConfig, plan: PairPlan, step: (m: string) => void, adoptNewest: boolean): Promise<void> {
+/** Checks everything before anything starts; returns the disk's virtual size. */
+async function preflight(c: ResolvedConfig, plan: PairPlan, step: (m: string) => void, adoptNewest: boolean): Promise<number> {
   const prev = readState(c.stateDir);
   if (prev) {
     const live = liveNodes(prev);
@@ -92,12 +89,12 @@ async function preflight(c: ResolvedConfig, plan: PairPlan, step: (m: string) =>
     const f = prev.lastFailover;
     if (!adoptNewest) {
       throw new LockstepError(
-      `the newest data of pair "${c.name}" is in ${prev.authoritativeDisk}${f ? ` (node ${f.to} took over at ${f.at})` : ''}, not in ${c.vm.disk.image}`,
-      {
-        hint:
-          `starting from ${c.vm.disk.image} would lose what was written since. To continue from the newest data: ` +
-          `lockstep up --adopt-newest (copies it over ${c.vm.disk.image}); to start over from the old image anyway, ` +
-          `move ${prev.authoritativeDisk} away first`,
+        `the newest data of pair "${c.name}" is in ${prev.authoritativeDisk}${f ? ` (node ${f.to} took over at ${f.at})` : ''}, not in ${c.vm.disk.image}`,
+        {
+          hint:
+            `starting from ${c.vm.disk.image} would lose what was written since. To continue from the newest data: ` +
+            `lockstep up --adopt-newest (copies it over ${c.vm.disk.image}); to start over from the old image anyway, ` +
+            `move ${prev.authoritativeDisk} away first`,
         },
       );
     }
@@ -112,7 +109,7 @@ async function preflight(c: ResolvedConfig, plan: PairPlan, step: (m: string) =>
       });
     }
     step(`creating an empty ${c.vm.disk.format} disk image ${img}`);
-    fs.mkdirSync((await import('node:path')).dirname(img), { recursive: true });
+    fs.mkdirSync(path.dirname(img), { recursive: true });
     await createImage(img, c.vm.disk.size!, { format: c.vm.disk.format });
   }
   const info = await imageInfo(img);
@@ -133,6 +130,7 @@ async function preflight(c: ResolvedConfig, plan: PairPlan, step: (m: string) =>
       });
     }
   }
+  return info['virtual-size'];
 }
 
 async function connectQmp(proc: QemuProcess, node: NodePlan, timeoutMs: number): Promise<{ qmp: QmpClient; events: QmpEvent[] }> {
@@ -164,14 +162,13 @@ export async function up(c: ResolvedConfig, o: UpOptions = {}): Promise<UpResult
   const t0 = Date.now();
   const rt = await resolveRuntime(c, o);
   const plan = planPair(c, rt);
-  await preflight(c, plan, step, o.adoptNewest === true);
+  const virtualSize = await preflight(c, plan, step, o.adoptNewest === true);
   for (const n of [plan.primary, plan.secondary]) {
     fs.mkdirSync(n.dataDir, { recursive: true });
     for (const f of [n.qmpSocket, n.qmpSocket2, n.serialLog, n.qemuLog]) fs.rmSync(f, { force: true });
   }
   step(`copying the disk to the secondary's replica (${plan.secondary.disk})`);
   fs.copyFileSync(c.vm.disk.image, plan.secondary.disk);
-  const virtualSize = (await imageInfo(c.vm.disk.image))['virtual-size'];
   for (const b of [plan.buffers.active, plan.buffers.hidden]) await createImage(b, virtualSize, { overwrite: true });
 
   if (plan.primary.tap && plan.secondary.tap) {
@@ -256,17 +253,15 @@ export async function up(c: ResolvedConfig, o: UpOptions = {}): Promise<UpResult
       upMs: now.getTime() - t0,
     };
     writeState(c.stateDir, state);
-    if (c.agents && !o.keepQmp) {
-      for (const q of clients) await q.close(); // the agents take the QMP monitors over
-      step('starting the node agents (heartbeat, failure detection, automatic failover)');
-      state.agents = await startAgents(c, state);
-      writeState(c.stateDir, state);
-      return { state, plan };
-    }
     if (o.keepQmp) {
       return { state, plan, live: { primary: { proc: pProc, ...pConn }, secondary: { proc: sProc, ...sConn } } };
     }
-    for (const q of clients) await q.close();
+    for (const q of clients) await q.close(); // the agents take the QMP monitors over
+    if (c.agents) {
+      step('starting the node agents (heartbeat, failure detection, automatic failover)');
+      state.agents = await startAgents(c, state);
+      writeState(c.stateDir, state);
+    }
     return { state, plan };
   } catch (err) {
     await cleanup();
