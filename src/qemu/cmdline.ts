@@ -134,6 +134,8 @@ export function netdevArg(nic: NicSpec, withForwards: boolean): string {
 function common(m: MachineSpec): string[] {
   const a: string[] = [];
   a.push('-name', opts(m.name, { 'debug-threads': true }));
+  // Timestamps on QEMU's own messages, so its log lines can be put beside the agents' and QMP events.
+  a.push('-msg', 'timestamp=on');
   if (m.accel === 'kvm') a.push('-accel', 'kvm', '-cpu', 'qemu64,kvmclock=on');
   else a.push('-accel', 'tcg');
   a.push('-m', String(m.memoryMiB), '-smp', String(m.cpus), '-nodefaults', '-display', 'none');
