@@ -92,6 +92,7 @@ export class NetnsLab {
       } finally {
         qmp.destroy();
       }
+      await this.ns.flushNeighbours();
       client = NetnsClient.start(this.ns.name, '10.0.2.15', o.clientIntervalMs ?? 100);
       const min = o.minTraffic ?? 15;
       await client.until((t) => t.echoOk >= min && t.httpOk >= min, 60_000, 'traffic through COLO');

@@ -9,7 +9,9 @@
  * - kill -9 the secondary QEMU → the primary carries on;
  * - kill the primary's agent → no failover; a restarted agent re-attaches
  *   (and then handles a real failure);
- * - kill -9 the primary in the middle of a checkpoint → a healthy survivor.
+ * - kill -9 the primary in the middle of a checkpoint → a healthy survivor;
+ * - cut the agents' heartbeat link (packets dropped silently) with both VMs
+ *   alive → no failover, never two writers, protected again once it heals.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -24,6 +26,8 @@ import { QmpClient } from '../../src/qmp/client.js';
 import { packageRoot } from '../../src/util/paths.js';
 import { waitFor, sleep } from '../../src/util/time.js';
 import { updateState } from '../../src/pair/state.js';
+import { cutPorts } from '../../src/lab/chaos.js';
+import { loadConfig } from '../../src/config/load.js';
 
 const isRoot = process.getuid?.() === 0;
 const ROUNDS = Number(process.env.LOCKSTEP_ROUNDS ?? 3);
@@ -146,5 +150,41 @@ test(`kill -9 the primary during a checkpoint, ${ROUNDS} times: a healthy surviv
     assert.deepEqual([b.role, b.runState], ['primary', 'running'], `round ${i}`);
     assert.deepEqual(kernelTroubleLines(readSerial(path.join(p.dir, '.lockstep', 'ag', 'b', 'serial.log'))), []);
     assertClientOk(await p.stop(), `killed in a checkpoint, round ${i}`);
+  });
+});
+
+test(`cut the heartbeat link with both VMs alive, ${ROUNDS} times: no failover, never two writers`, opts, async () => {
+  for (let i = 1; i <= ROUNDS; i++) await round(`heartbeat cut, round ${i}`, async (p) => {
+    const agents = loadConfig(p.cfg).agents!;
+    const ages = (st: Awaited<ReturnType<LabRun['status']>>) => st.nodes.flatMap((n) => Object.values(n.agent?.peer.lastSeenMs ?? {}));
+    const cut = await cutPorts(lab.ns.name, [agents.port]);
+    try {
+      // Both agents must really have lost each other, or this test proves nothing.
+      await waitFor('both agents to miss the heartbeat', async () => {
+        const a = ages(await p.status());
+        return a.length >= 2 && a.every((ms) => ms === null || ms > 3 * agents.heartbeatTimeoutMs);
+      }, { timeoutMs: 10_000, intervalMs: 200 });
+      const until = Date.now() + 3000;
+      while (Date.now() < until) {
+        const st = await p.status();
+        // A writer: a VM that runs (or is in a checkpoint: 'colo') and is not a COLO secondary,
+        // whose output is dropped and whose writes are buffered.
+        const writers = st.nodes.filter((n) => (n.runState === 'running' || n.runState === 'colo') && n.colo?.mode !== 'secondary').map((n) => n.name);
+        assert.deepEqual(writers, ['a'], `round ${i}: a is the only writer during the cut`);
+        assert.equal(st.lastFailover, null, `round ${i}: no failover during the cut`);
+        await sleep(200);
+      }
+    } finally {
+      await cut.restore();
+    }
+    await waitFor('the heartbeat to come back', async () => {
+      const a = ages(await p.status());
+      return a.length >= 2 && a.every((ms) => ms !== null && ms < agents.heartbeatTimeoutMs);
+    }, { timeoutMs: 10_000, intervalMs: 200 });
+    const st = await p.status();
+    assert.equal(st.protected, true, `round ${i}: still protected`);
+    assert.equal(st.lastFailover, null);
+    await carriesOn(p, 10);
+    assertClientOk(await p.stop(), `heartbeat cut, round ${i}`);
   });
 });
