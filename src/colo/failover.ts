@@ -28,7 +28,44 @@ function chardevAdd(qmp: QmpClient, id: string, host: string, port: number, serv
   });
 }
 
+type YankInstance = { type: 'migration' } | { type: 'chardev'; id: string } | { type: 'block-node'; 'node-name': string };
+
+function yankLabel(i: YankInstance): string {
+  return i.type === 'chardev' ? `chardev ${i.id}` : i.type === 'block-node' ? `block-node ${i['node-name']}` : 'migration';
+}
+
+/**
+ * Shuts down this node's connections to its peer with QMP yank, out of band.
+ * For a peer that vanished without a reset (a partition, a powered-off host):
+ * QEMU 7.2 waits on such connections forever (the COLO threads; a blocking
+ * chardev write that stalls the main loop, and with it every other command;
+ * NBD requests). Yanks the migration stream, the given chardevs and every NBD
+ * client node; instances that do not exist are skipped. Returns what it yanked.
+ */
+export async function yankPeerLinks(qmp: QmpClient, chardevs: string[]): Promise<string[]> {
+  let instances: YankInstance[] = [{ type: 'migration' }, ...chardevs.map((id) => ({ type: 'chardev' as const, id }))];
+  try {
+    const all = await qmp.execute<YankInstance[]>('query-yank', undefined, { timeoutMs: 1000 });
+    const present = new Set(all.map(yankLabel));
+    instances = [...instances.filter((i) => present.has(yankLabel(i))), ...all.filter((i) => i.type === 'block-node')];
+  } catch {
+    // The main loop is stuck (which is why we yank): go by what we know is there.
+  }
+  const done: string[] = [];
+  for (const i of instances) {
+    try {
+      await qmp.execute('yank', { instances: [i] }, { oob: qmp.oobEnabled, timeoutMs: 2000 });
+      done.push(yankLabel(i));
+    } catch {
+      // Not there (any more): nothing to unblock.
+    }
+  }
+  return done;
+}
+
 export interface SecondaryFailoverOptions {
+  /** First yank the links to the primary (it vanished without a reset). */
+  yank?: boolean;
   /** User-mode networking: forwards to re-create on the survivor (the dead primary released them). */
   forwards?: HostForward[];
   /** Re-create the primary-side chardevs so this node can later become a primary (last step of the documentation). */
@@ -38,6 +75,7 @@ export interface SecondaryFailoverOptions {
 /** The primary died: resume on the secondary. */
 export function secondaryFailover(qmp: QmpClient, o: SecondaryFailoverOptions = {}, onStep?: (n: string) => void): Promise<StepRecord[]> {
   const steps: Step[] = [
+    ...(o.yank ? [{ name: 'yank the links to the primary', timeoutMs: STEP_MS, run: () => yankPeerLinks(qmp, [IDS.secChardevIn, IDS.secChardevOut]) }] : []),
     { name: 'nbd-server-stop', timeoutMs: STEP_MS, run: () => qmp.execute('nbd-server-stop') },
     { name: 'x-colo-lost-heartbeat', timeoutMs: STEP_MS, run: () => lostHeartbeat(qmp) },
     { name: `object-del ${IDS.secRedirectorOut}`, timeoutMs: STEP_MS, run: () => qmp.execute('object-del', { id: IDS.secRedirectorOut }) },
@@ -71,10 +109,11 @@ export function secondaryFailover(qmp: QmpClient, o: SecondaryFailoverOptions = 
 }
 
 /** The secondary died: carry on, unprotected, on the primary. */
-export function primaryFailover(qmp: QmpClient, onStep?: (n: string) => void): Promise<StepRecord[]> {
+export function primaryFailover(qmp: QmpClient, onStep?: (n: string) => void, o: { yank?: boolean } = {}): Promise<StepRecord[]> {
   return runSteps(
     'primary failover',
     [
+      ...(o.yank ? [{ name: 'yank the links to the secondary', timeoutMs: STEP_MS, run: () => yankPeerLinks(qmp, [IDS.mirrorChardev, IDS.compare1]) }] : []),
       { name: 'x-blockdev-change remove replication child', timeoutMs: STEP_MS, run: () => qmp.execute('x-blockdev-change', { parent: IDS.disk, child: 'children.1' }) },
       {
         name: `drive_del ${IDS.replicationNode}`,

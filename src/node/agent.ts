@@ -18,7 +18,8 @@ import pino from 'pino';
 import type { ResolvedConfig } from '../config/load.js';
 import { QmpClient } from '../qmp/client.js';
 import { isOurQemu } from '../qemu/process.js';
-import { primaryFailover } from '../colo/failover.js';
+import { primaryFailover, yankPeerLinks } from '../colo/failover.js';
+import { IDS } from '../qemu/cmdline.js';
 import { queryColoStatus } from '../colo/startup.js';
 import { readState, recordFailover, type NodeState, type PairState } from '../pair/state.js';
 import { secondaryTakeover } from '../pair/failover.js';
@@ -55,6 +56,10 @@ export class Agent {
   private readonly sent = new Map<number, number>();
   private readonly witness: WitnessClient | undefined;
   private leaseUntil = 0;
+  /** When our QEMU last resumed after a checkpoint (or when we attached). */
+  private lastCheckpointAt = performance.now();
+  /** No stall-triggered takeover attempt before this time (backs off while the primary holds the lease). */
+  private stallRetryAt = 0;
   private busy = false;
   private stopped = false;
   private probe: { at: number; result: 'alive' | 'dead' } | undefined;
@@ -137,6 +142,7 @@ export class Agent {
     this.qemuAlive = true;
     const qmp = this.qmp;
     qmp.on('event', (e) => {
+      if (e.event === 'RESUME') this.lastCheckpointAt = performance.now();
       if (e.event === 'COLO_EXIT') {
         if (!this.coloExited) this.coloExitAt = performance.now();
         this.coloExited = true;
@@ -261,7 +267,7 @@ export class Agent {
     if (this.probe && now - this.probe.at < 1000) return this.probe.result;
     const port = this.pair.endpoints.nbdPort;
     const result = await new Promise<'alive' | 'dead'>((resolve) => {
-      const sock = net.createConnection({ host: this.peer.address, port, timeout: 300 });
+      const sock = net.createConnection({ host: this.peer.address, port, localAddress: this.me.address, timeout: 300 });
       sock.once('connect', () => {
         sock.destroy();
         resolve('alive');
@@ -291,6 +297,8 @@ export class Agent {
         peerHearsUs: this.peerHearsUs,
         witness: this.witness !== undefined,
         leaseValid: this.leaseValid(),
+        checkpointAgeMs: this.role === 'secondary' ? performance.now() - this.lastCheckpointAt : undefined,
+        stallMs: this.stallMs(),
       } as Parameters<typeof decide>[0];
       let d: Decision = decide(obs);
       if (d.action === 'probe') {
@@ -324,18 +332,39 @@ export class Agent {
     const t0 = performance.now();
     this.log.warn({ why }, 'primary failover');
     if (!(await this.ensureLease(1000))) return this.fence('no lease for running alone');
-    await primaryFailover(this.qmp!, (n) => this.log.info({ step: n }, 'primary failover step'));
+    // Unless the secondary's QEMU is known dead or the stream already broke, its links may hang: yank them.
+    const yank = !this.coloExited && this.peerQemu !== 'dead';
+    await primaryFailover(this.qmp!, (n) => this.log.info({ step: n }, 'primary failover step'), { yank });
     this.role = 'alone';
     recordFailover(this.c.stateDir, { from: this.peer.name, to: this.name, reason: `agent: ${why}`, ms: performance.now() - t0 });
     this.log.warn({ ms: Math.round(performance.now() - t0) }, 'running alone, unprotected');
   }
 
+  /**
+   * The longest gap between two checkpoints that is still normal: the
+   * periodic interval, a checkpoint's own time, and the heartbeat timeout.
+   */
+  private stallMs(): number {
+    return 2 * this.c.replication.checkpointDelayMs + this.a.heartbeatTimeoutMs + 1000;
+  }
+
   private async doTakeover(why: string): Promise<void> {
     const t0 = performance.now();
+    if (!this.coloExited) {
+      // The stream stalled (a partition, or a primary host gone without a reset). Our VM
+      // is not a writer as long as it stays in COLO: take over only with the lease.
+      if (performance.now() < this.stallRetryAt) return;
+      this.log.warn({ why }, 'checkpoints stalled: asking the witness');
+      if (!(await this.ensureLease(this.a.leaseMs + 1500))) {
+        this.stallRetryAt = performance.now() + 2 * this.a.leaseMs;
+        this.log.warn('the primary still holds the lease: staying secondary');
+        return;
+      }
+    }
     this.log.warn({ why }, 'taking over');
     // The primary's lease must have run out (or been released) first.
     if (!(await this.ensureLease(this.a.leaseMs + 1500))) return this.fence('the primary still holds the lease');
-    await secondaryTakeover(this.qmp!, this.pair, this.me, this.peer, (n) => this.log.info({ step: n }, 'secondary failover step'));
+    await secondaryTakeover(this.qmp!, this.pair, this.me, this.peer, (n) => this.log.info({ step: n }, 'secondary failover step'), { yank: !this.coloExited });
     this.role = 'alone';
     recordFailover(this.c.stateDir, { from: this.peer.name, to: this.name, reason: `agent: ${why}`, ms: performance.now() - t0 });
     this.log.warn({ ms: Math.round(performance.now() - t0) }, 'took over: running alone, unprotected');
@@ -344,7 +373,12 @@ export class Agent {
   private async fence(why: string): Promise<void> {
     if (this.role === 'fenced') return;
     this.log.error({ why }, 'fencing: stopping our VM so that it cannot be a second writer');
-    await this.qmp?.execute('stop').catch(() => {});
+    if (this.qmp && this.role === 'primary' && !this.coloExited) {
+      // A write to the vanished secondary may hold QEMU's main loop, and `stop` with it.
+      const yanked = await yankPeerLinks(this.qmp, [IDS.mirrorChardev, IDS.compare1]).catch(() => []);
+      this.log.warn({ yanked }, 'yanked the links to the secondary');
+    }
+    await this.qmp?.execute('stop').catch((err: unknown) => this.log.error({ err: errorMessage(err) }, 'stop failed'));
     this.role = 'fenced';
   }
 

@@ -12,6 +12,11 @@
  *   dead VM. The primary then probes the secondary's QEMU directly.
  * - the witness lease: only its holder may be the sole writer; a node that
  *   cannot hold it, and cannot see a healthy peer either, stops its VM.
+ * - a stalled checkpoint stream: when the link between the nodes is cut
+ *   without a reset (a partition), QEMU 7.2's COLO threads wait forever and
+ *   no COLO_EXIT comes. A secondary that has neither heartbeats nor
+ *   checkpoints for a while may then take over, but only through the
+ *   witness: the lease is granted only once the primary stopped renewing it.
  */
 
 import type { AgentRole } from '../pair/agents.js';
@@ -40,6 +45,10 @@ export interface Observation {
   leaseValid: boolean;
   /** Primary only: result of probing the secondary's QEMU directly, if done. */
   probe?: 'alive' | 'dead';
+  /** Secondary only: ms since its last checkpoint (or since COLO started). */
+  checkpointAgeMs?: number;
+  /** Secondary only: a checkpoint gap longer than this means the stream is stalled. */
+  stallMs?: number;
 }
 
 export type Decision =
@@ -65,7 +74,12 @@ export function decide(o: Observation): Decision {
   }
   if (o.role === 'secondary') {
     if (!o.coloExited) {
-      return { action: 'none', why: o.peerFresh ? undefined : 'no heartbeat, but checkpoints continue: the primary\'s agent is down, not its VM' };
+      if (o.peerFresh) return { action: 'none' };
+      const stalled = o.checkpointAgeMs !== undefined && o.stallMs !== undefined && o.checkpointAgeMs > o.stallMs;
+      if (!stalled) return { action: 'none', why: 'no heartbeat, but checkpoints continue: the primary\'s agent is down, not its VM' };
+      // Without a witness a partition cannot be told from a dead primary: stay.
+      if (!o.witness) return { action: 'none', why: 'no heartbeat and no checkpoints, but no witness to decide: staying secondary' };
+      return { action: 'takeover', why: `no heartbeat and no checkpoint for ${Math.round(o.checkpointAgeMs!)} ms: the primary is unreachable` };
     }
     if (o.peerQemu === 'dead' || !o.peerFresh) return { action: 'takeover', why: o.peerQemu === 'dead' ? 'the primary reports its QEMU dead' : 'COLO_EXIT and no heartbeat from the primary' };
     // The stream can break a moment before the primary's agent reports its QEMU dead: give it time to say so.

@@ -35,7 +35,7 @@ export interface FailoverOptions {
  * Failover", which also readies the survivor's listeners for a later resync.
  * Used by `lockstep failover` and by the agents.
  */
-export async function secondaryTakeover(qmp: QmpClient, s: PairState, survivor: NodeState, lost: NodeState, onStep: (msg: string) => void): Promise<void> {
+export async function secondaryTakeover(qmp: QmpClient, s: PairState, survivor: NodeState, lost: NodeState, onStep: (msg: string) => void, o: { yank?: boolean } = {}): Promise<void> {
   if (survivor.tap) {
     onStep(`bridge ${survivor.tap.bridge}: ${survivor.tap.tap} on, ${lost.tap?.tap ?? '-'} off`);
     if (lost.tap) await detachTap(lost.tap);
@@ -43,7 +43,7 @@ export async function secondaryTakeover(qmp: QmpClient, s: PairState, survivor: 
   }
   await secondaryFailover(
     qmp,
-    { forwards: s.forwards, prepareAsPrimary: { ...s.endpoints, primaryHost: survivor.address, secondaryHost: lost.address } },
+    { yank: o.yank, forwards: s.forwards, prepareAsPrimary: { ...s.endpoints, primaryHost: survivor.address, secondaryHost: lost.address } },
     onStep,
   );
 }

@@ -188,3 +188,41 @@ test(`cut the heartbeat link with both VMs alive, ${ROUNDS} times: no failover, 
     assertClientOk(await p.stop(), `heartbeat cut, round ${i}`);
   });
 });
+
+test(`cut every link between the nodes, the witness still reachable, ${ROUNDS} times: the lease holder carries on alone, never two writers`, opts, async () => {
+  for (let i = 1; i <= ROUNDS; i++) await round(`nodes partitioned, round ${i}`, async (p) => {
+    const c = loadConfig(p.cfg);
+    // Everything that goes between the two nodes; the primary's loopback compare ports stay.
+    const cut = await cutPorts(lab.ns.name, [c.ports.mirror, c.ports.compare, c.ports.migration, c.ports.nbd, c.agents!.port]);
+    const cutAt = Date.now();
+    let writersSeen = 0;
+    try {
+      // The primary yanks its hung links and carries on alone; the secondary, without
+      // heartbeat or checkpoints, asks the witness and is refused: it stays a secondary.
+      await waitFor('the primary to carry on alone', async () => {
+        const st = await p.status();
+        const writers = st.nodes.filter((n) => (n.runState === 'running' || n.runState === 'colo') && n.colo?.mode !== 'secondary').map((n) => n.name);
+        writersSeen = Math.max(writersSeen, writers.length);
+        assert.ok(writers.length <= 1, `round ${i}: two writers: ${writers}`);
+        return st.lastFailover?.to === 'a';
+      }, { timeoutMs: 30_000, intervalMs: 200 });
+      const tookMs = Date.now() - cutAt;
+      // Longer than a stall, so that the secondary has asked the witness at least once.
+      const until = Date.now() + 8000;
+      while (Date.now() < until) {
+        const st = await p.status();
+        const b = st.nodes.find((n) => n.name === 'b')!;
+        assert.notEqual(b.agent?.role, 'alone', `round ${i}: b never takes over while a holds the lease`);
+        assert.ok(b.colo?.mode === 'secondary' || b.runState !== 'running', `round ${i}: b is not a writer`);
+        await sleep(250);
+      }
+      const b = (await p.status()).nodes.find((n) => n.name === 'b')!;
+      assert.match(b.agent?.lastDecision ?? '', /takeover: no heartbeat and no checkpoint/, `round ${i}: b noticed the stalled stream and asked`);
+      process.stderr.write(`# nodes partitioned, round ${i}: a alone after ${tookMs} ms\n`);
+      await carriesOn(p, 20);
+    } finally {
+      await cut.restore();
+    }
+    assertClientOk(await p.stop(), `nodes partitioned, round ${i}`);
+  });
+});

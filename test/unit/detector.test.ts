@@ -62,3 +62,18 @@ test('primary: without the lease it runs on only while the secondary hears it', 
 test('a node whose QEMU is gone decides nothing', () => {
   assert.equal(decide({ ...healthy('secondary'), qemuAlive: false, coloExited: true, peerFresh: false }).action, 'none');
 });
+
+test('secondary: no heartbeat and no checkpoint for longer than a stall (a partition) → ask the witness and take over', () => {
+  const silent = { ...healthy('secondary'), peerFresh: false, peerQemu: 'unknown' as const, stallMs: 5500 };
+  const d = decide({ ...silent, checkpointAgeMs: 6000 });
+  assert.equal(d.action, 'takeover');
+  assert.match(d.why!, /no checkpoint for 6000 ms/);
+  // Checkpoints still coming: only the primary's agent is gone.
+  assert.equal(decide({ ...silent, checkpointAgeMs: 1500 }).action, 'none');
+  // The heartbeat is there: the primary's word counts, whatever the checkpoints do.
+  assert.equal(decide({ ...silent, peerFresh: true, peerQemu: 'alive', checkpointAgeMs: 60_000 }).action, 'none');
+  // Without a witness a partition cannot be told from a dead primary: never a second writer.
+  const noWitness = decide({ ...silent, witness: false, checkpointAgeMs: 60_000 });
+  assert.equal(noWitness.action, 'none');
+  assert.match(noWitness.why!, /no witness/);
+});
