@@ -28,7 +28,7 @@ import { listenLinks, connectLink, type Link, type Message } from './link.js';
 import { WitnessClient } from './witness.js';
 import { decide, type Decision, type Role } from './detector.js';
 import { sleep } from '../util/time.js';
-import { LockstepError, errorMessage } from '../util/errors.js';
+import { LockstepError, TimeoutError, errorMessage } from '../util/errors.js';
 
 interface PathState {
   local: string;
@@ -114,6 +114,7 @@ export class Agent {
     const hb = this.a.heartbeatIntervalMs;
     this.timers.push(setInterval(() => this.heartbeat(), hb));
     this.timers.push(setInterval(() => void this.evaluate(), Math.max(10, hb / 2)));
+    this.timers.push(setInterval(() => void this.watchQemu(), 500));
     if (this.witness) {
       this.timers.push(setInterval(() => void this.renewLease(), Math.max(50, this.a.leaseMs / 4)));
       void this.renewLease();
@@ -258,6 +259,40 @@ export class Agent {
 
   private leaseValid(): boolean {
     return this.leaseUntil > performance.now();
+  }
+
+  // ---- our QEMU's watchdog ----
+
+  /** How long our QEMU may leave a query unanswered before it counts as hung (a checkpoint holds it ~0.1 s). */
+  private hungMs(): number {
+    return Math.max(3000, 3 * this.a.heartbeatTimeoutMs);
+  }
+
+  private watching = false;
+
+  /**
+   * A QEMU that no longer answers (frozen, stuck) is still a process, so
+   * neither the peer nor QEMU's own events would ever call it dead, and the
+   * pair would stand still. Such a QEMU is ended (it may never come back as a
+   * second writer); from there the normal paths take over: its lease is
+   * released, the peer hears "dead" and fails over.
+   */
+  private async watchQemu(): Promise<void> {
+    const qmp = this.qmp;
+    if (this.watching || this.stopped || !this.qemuAlive || !qmp || qmp.state !== 'running') return;
+    if (this.role === 'fenced' || this.role === 'down') return;
+    this.watching = true;
+    try {
+      await qmp.execute('query-status', undefined, { timeoutMs: this.hungMs() });
+    } catch (err) {
+      if (err instanceof TimeoutError && !this.stopped && isOurQemu(this.me.pid, this.me.qmpSocket)) {
+        this.log.error({ pid: this.me.pid, ms: this.hungMs() }, 'our QEMU stopped answering: ending it so that it can never come back as a second writer');
+        this.lastDecision = `${new Date().toISOString()} end our QEMU: it did not answer for ${this.hungMs()} ms`;
+        process.kill(this.me.pid, 'SIGKILL');
+      }
+    } finally {
+      this.watching = false;
+    }
   }
 
   // ---- the detector and the procedures ----

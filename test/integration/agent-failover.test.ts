@@ -27,6 +27,7 @@ import { packageRoot } from '../../src/util/paths.js';
 import { waitFor, sleep } from '../../src/util/time.js';
 import { updateState } from '../../src/pair/state.js';
 import { cutPorts } from '../../src/lab/chaos.js';
+import { pidRunning } from '../../src/util/proc.js';
 import { loadConfig } from '../../src/config/load.js';
 
 const isRoot = process.getuid?.() === 0;
@@ -226,3 +227,27 @@ test(`cut every link between the nodes, the witness still reachable, ${ROUNDS} t
     assertClientOk(await p.stop(), `nodes partitioned, round ${i}`);
   });
 });
+
+for (const frozen of ['primary', 'secondary'] as const) {
+  test(`freeze the ${frozen} QEMU (SIGSTOP), ${ROUNDS} times: its agent ends it and the pair carries on`, opts, async () => {
+    for (let i = 1; i <= ROUNDS; i++) await round(`${frozen} frozen, round ${i}`, async (p) => {
+      const victim = (await p.status()).nodes.find((n) => n.role === frozen)!;
+      const survivor = victim.name === 'a' ? 'b' : 'a';
+      const frozenAt = Date.now();
+      process.kill(victim.pid!, 'SIGSTOP');
+      try {
+        // A frozen process is still a process: only its agent's watchdog can call it dead.
+        await waitFor('the frozen QEMU to be ended', () => !pidRunning(victim.pid!), { timeoutMs: 20_000, intervalMs: 100 });
+      } finally {
+        if (pidRunning(victim.pid!)) process.kill(victim.pid!, 'SIGCONT');
+      }
+      await carriesOn(p, 20);
+      const st = await p.status();
+      const s = st.nodes.find((n) => n.name === survivor)!;
+      assert.deepEqual([s.role, s.runState, s.colo?.mode], ['primary', 'running', 'none'], `round ${i}: ${survivor} carries the VM`);
+      assert.deepEqual([st.lastFailover?.from, st.lastFailover?.to], [victim.name, survivor]);
+      process.stderr.write(`# ${frozen} frozen, round ${i}: ended and failed over ${Date.parse(st.lastFailover!.at) - frozenAt} ms after the freeze\n`);
+      assertClientOk(await p.stop(), `${frozen} frozen, round ${i}`);
+    });
+  });
+}
