@@ -81,8 +81,14 @@ function crossCheck(c: Config): string[] {
     if (ag.heartbeatTimeoutMs < 2 * ag.heartbeatIntervalMs) {
       out.push(`agents.heartbeatTimeoutMs: ${ag.heartbeatTimeoutMs} must be at least twice agents.heartbeatIntervalMs (${ag.heartbeatIntervalMs})`);
     }
-    for (const k of Object.keys(ag.extraLinks ?? {})) {
-      if (!c.nodes.some((n) => n.name === k)) out.push(`agents.extraLinks.${k}: no node is named "${k}"`);
+    if (ag.links) {
+      for (const k of Object.keys(ag.links)) {
+        if (!c.nodes.some((n) => n.name === k)) out.push(`agents.links.${k}: no node is named "${k}"`);
+      }
+      const missing = c.nodes.filter((n) => !ag.links![n.name]).map((n) => n.name);
+      if (missing.length) out.push(`agents.links: also give the addresses of ${missing.join(' and ')} (one per heartbeat path, in the same order)`);
+      const counts = c.nodes.map((n) => ag.links![n.name]?.length ?? 0);
+      if (!missing.length && counts[0] !== counts[1]) out.push(`agents.links: the nodes have different numbers of paths (${counts.join(' vs ')}); each path needs an address on both nodes`);
     }
     if (seen.has(ag.port)) out.push(`agents.port: ${ag.port} is also ports.${seen.get(ag.port)}`);
   }

@@ -119,8 +119,13 @@ export const configSchema = z
         secret: z.string().min(16, 'expected a shared secret of at least 16 characters'),
         /** Where each agent listens for its peer: on the node's address. */
         port: port.default(7800),
-        /** Extra heartbeat paths: per node name, an additional address of that node (e.g. a second NIC). */
-        extraLinks: z.record(z.string(), ipv4).optional(),
+        /**
+         * The heartbeat paths: per node name, the addresses its agent uses, one path per
+         * position (a's first with b's first, ...). Default: one path between the nodes'
+         * addresses. List a dedicated network first and the replication network second to
+         * survive the loss of either.
+         */
+        links: z.record(z.string(), z.array(ipv4).min(1, 'expected at least one address')).optional(),
         heartbeatIntervalMs: z.number().int().min(10).max(10_000).default(100),
         heartbeatTimeoutMs: z.number().int().min(50).max(60_000).default(500),
         /** The witness that grants the writer lease (split-brain safety). */

@@ -85,8 +85,8 @@ export class Agent {
     this.me = me;
     this.peer = peer;
     this.role = me.role;
-    const mine = [me.address, ...(this.a.extraLinks?.[me.name] ? [this.a.extraLinks[me.name]!] : [])];
-    const theirs = [peer.address, ...(this.a.extraLinks?.[peer.name] ? [this.a.extraLinks[peer.name]!] : [])];
+    const mine = this.a.links?.[me.name] ?? [me.address];
+    const theirs = this.a.links?.[peer.name] ?? [peer.address];
     this.paths = mine.slice(0, theirs.length).map((local, i) => ({ local, remote: theirs[i]!, lastSeen: 0 }));
     if (this.a.witness) {
       const [host, port] = this.a.witness.split(':');

@@ -79,7 +79,15 @@ test('agents: the secret must be long enough, and timings must make sense', () =
   assert.deepEqual(problems(minimal + 'agents: { secret: a-long-enough-secret, heartbeatIntervalMs: 300, heartbeatTimeoutMs: 500 }\n'), [
     'agents.heartbeatTimeoutMs: 500 must be at least twice agents.heartbeatIntervalMs (300)',
   ]);
-  assert.deepEqual(problems(minimal + 'agents: { secret: a-long-enough-secret, extraLinks: { c: 10.0.0.9 } }\n'), ['agents.extraLinks.c: no node is named "c"']);
+  assert.deepEqual(problems(minimal + 'agents: { secret: a-long-enough-secret, links: { a: [10.0.0.1], c: [10.0.0.9] } }\n'), [
+    'agents.links.c: no node is named "c"',
+    'agents.links: also give the addresses of b (one per heartbeat path, in the same order)',
+  ]);
+  assert.deepEqual(problems(minimal + 'agents: { secret: a-long-enough-secret, links: { a: [10.0.0.1, 10.1.0.1], b: [10.0.0.2] } }\n'), [
+    'agents.links: the nodes have different numbers of paths (2 vs 1); each path needs an address on both nodes',
+  ]);
+  const two = parseConfig(minimal + 'agents: { secret: a-long-enough-secret, links: { a: [10.0.0.1, 10.1.0.1], b: [10.0.0.2, 10.1.0.2] } }\n', '/x/y.yaml');
+  assert.deepEqual(two.agents?.links, { a: ['10.0.0.1', '10.1.0.1'], b: ['10.0.0.2', '10.1.0.2'] });
   const c = parseConfig(minimal + 'agents: { secret: a-long-enough-secret }\n', '/x/y.yaml');
   assert.deepEqual([c.agents?.port, c.agents?.heartbeatIntervalMs, c.agents?.heartbeatTimeoutMs, c.agents?.leaseMs], [7800, 100, 500, 1000]);
 });
