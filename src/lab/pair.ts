@@ -55,6 +55,8 @@ export interface LabConfigOptions {
   tap?: { bridge: string; taps: Record<string, string> };
   /** Network namespace per node name. */
   netns?: Record<string, string>;
+  /** Node addresses (default a 127.0.0.1, b 127.0.0.2). */
+  addresses?: { a: string; b: string };
   /** Disk: default an image created in the config's directory. */
   disk?: string;
   replication?: { checkpointDelayMs?: number; compareTimeoutMs?: number; bufferDir?: string };
@@ -85,8 +87,8 @@ export function labConfigYaml(o: LabConfigOptions): string {
     `  disk: ${o.disk ?? '{ image: disk.qcow2, create: true, size: 64M }'}`,
     `  network: ${network}`,
     'nodes:',
-    node('a', '127.0.0.1'),
-    node('b', '127.0.0.2'),
+    node('a', o.addresses?.a ?? '127.0.0.1'),
+    node('b', o.addresses?.b ?? '127.0.0.2'),
     `ports: { comparePrimary: ${b}, mirror: ${b + 1}, compare: ${b + 2}, compareOut: ${b + 3}, migration: ${b + 4}, nbd: ${b + 5} }`,
     ...(repl.length ? [`replication: { ${repl.join(', ')} }`] : []),
     ...(o.agents ? [`agents: ${JSON.stringify(o.agents)}`] : []),

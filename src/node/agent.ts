@@ -237,10 +237,14 @@ export class Agent {
 
   private readonly startedAt = performance.now();
 
+  /** Until the first heartbeat and the first lease answer could have arrived, their absence is no evidence. */
+  private starting(): boolean {
+    return performance.now() - this.startedAt < Math.max(2 * this.a.heartbeatTimeoutMs, this.a.leaseMs) + 1000;
+  }
+
   private peerFresh(): boolean {
     const now = performance.now();
-    // Until the first heartbeat could have arrived, silence is no evidence.
-    if (this.paths.every((p) => p.lastSeen === 0) && now - this.startedAt < 2 * this.a.heartbeatTimeoutMs + 1000) return true;
+    if (this.paths.every((p) => p.lastSeen === 0) && this.starting()) return true;
     return this.paths.some((p) => now - p.lastSeen < this.a.heartbeatTimeoutMs);
   }
 
@@ -332,6 +336,7 @@ export class Agent {
         peerHearsUs: this.peerHearsUs,
         witness: this.witness !== undefined,
         leaseValid: this.leaseValid(),
+        starting: this.starting(),
         checkpointAgeMs: this.role === 'secondary' ? performance.now() - this.lastCheckpointAt : undefined,
         stallMs: this.stallMs(),
       } as Parameters<typeof decide>[0];

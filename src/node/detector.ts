@@ -43,6 +43,11 @@ export interface Observation {
   witness: boolean;
   /** We hold a valid lease (always false without a witness). */
   leaseValid: boolean;
+  /**
+   * The agent has just started: its first lease answer and its peer's first
+   * word may not have arrived yet, so their absence is no evidence.
+   */
+  starting?: boolean;
   /** Primary only: result of probing the secondary's QEMU directly, if done. */
   probe?: 'alive' | 'dead';
   /** Secondary only: ms since its last checkpoint (or since COLO started). */
@@ -67,7 +72,7 @@ export function decide(o: Observation): Decision {
       if (o.probe === 'dead') return { action: 'primary-failover', why: 'no heartbeat and the secondary\'s QEMU does not answer' };
       if (o.probe === undefined) return { action: 'probe', why: 'no heartbeat from the secondary\'s agent' };
     }
-    if (o.witness && !o.leaseValid && !(o.peerFresh && o.peerHearsUs)) {
+    if (o.witness && !o.starting && !o.leaseValid && !(o.peerFresh && o.peerHearsUs)) {
       return { action: 'fence', why: 'the lease ran out and the secondary cannot vouch for us' };
     }
     return { action: 'none' };
@@ -86,7 +91,7 @@ export function decide(o: Observation): Decision {
     if ((o.coloExitAgeMs ?? Infinity) < (o.settleMs ?? 0)) return { action: 'none', why: 'COLO_EXIT: waiting for the primary\'s word' };
     return { action: 'fence', why: 'COLO_EXIT while the primary lives: the replication link broke; waiting to be resynced' };
   }
-  if (o.role === 'alone' && o.witness && !o.leaseValid && !o.peerFresh) {
+  if (o.role === 'alone' && o.witness && !o.starting && !o.leaseValid && !o.peerFresh) {
     return { action: 'fence', why: 'running alone without the lease' };
   }
   return { action: 'none' };

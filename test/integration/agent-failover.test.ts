@@ -14,6 +14,7 @@
  *   alive → no failover, never two writers, protected again once it heals.
  */
 import { test, before, after } from 'node:test';
+import { keepLogsOnly } from '../helpers/lab.js';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -79,7 +80,7 @@ before(async () => {
 after(async () => {
   if (!isRoot) return;
   await lab.remove();
-  fs.rmSync(lab.root, { recursive: true, force: true });
+  keepLogsOnly(lab.root);
 });
 
 const opts = { skip: !isRoot && 'needs root for network namespaces', timeout: 20 * 60_000 };

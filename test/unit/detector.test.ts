@@ -77,3 +77,10 @@ test('secondary: no heartbeat and no checkpoint for longer than a stall (a parti
   assert.equal(noWitness.action, 'none');
   assert.match(noWitness.why!, /no witness/);
 });
+
+test('primary: right after the agent starts, no lease yet and no word from the peer is no evidence', () => {
+  const fresh = { ...healthy('primary'), leaseValid: false, peerHearsUs: false };
+  assert.equal(decide({ ...fresh, starting: true }).action, 'none');
+  assert.equal(decide({ ...fresh, starting: false }).action, 'fence');
+  assert.equal(decide({ ...healthy('alone'), leaseValid: false, peerFresh: false, starting: true }).action, 'none');
+});
