@@ -42,7 +42,7 @@ function yankLabel(i: YankInstance): string {
  * NBD requests). Yanks the migration stream, the given chardevs and every NBD
  * client node; instances that do not exist are skipped. Returns what it yanked.
  */
-export async function yankPeerLinks(qmp: QmpClient, chardevs: string[]): Promise<string[]> {
+async function yankPeerLinks(qmp: QmpClient, chardevs: string[]): Promise<string[]> {
   let instances: YankInstance[] = [{ type: 'migration' }, ...chardevs.map((id) => ({ type: 'chardev' as const, id }))];
   try {
     const all = await qmp.execute<YankInstance[]>('query-yank', undefined, { timeoutMs: 1000 });
@@ -63,6 +63,16 @@ export async function yankPeerLinks(qmp: QmpClient, chardevs: string[]): Promise
   return done;
 }
 
+/** On a primary: the migration stream, the proxy's sockets to the secondary, the NBD client. */
+export function yankLinksToSecondary(qmp: QmpClient): Promise<string[]> {
+  return yankPeerLinks(qmp, [IDS.mirrorChardev, IDS.compare1]);
+}
+
+/** On a secondary: the incoming stream and the proxy's sockets to the primary. */
+export function yankLinksToPrimary(qmp: QmpClient): Promise<string[]> {
+  return yankPeerLinks(qmp, [IDS.secChardevIn, IDS.secChardevOut]);
+}
+
 export interface SecondaryFailoverOptions {
   /** First yank the links to the primary (it vanished without a reset). */
   yank?: boolean;
@@ -75,7 +85,7 @@ export interface SecondaryFailoverOptions {
 /** The primary died: resume on the secondary. */
 export function secondaryFailover(qmp: QmpClient, o: SecondaryFailoverOptions = {}, onStep?: (n: string) => void): Promise<StepRecord[]> {
   const steps: Step[] = [
-    ...(o.yank ? [{ name: 'yank the links to the primary', timeoutMs: STEP_MS, run: () => yankPeerLinks(qmp, [IDS.secChardevIn, IDS.secChardevOut]) }] : []),
+    ...(o.yank ? [{ name: 'yank the links to the primary', timeoutMs: STEP_MS, run: () => yankLinksToPrimary(qmp) }] : []),
     { name: 'nbd-server-stop', timeoutMs: STEP_MS, run: () => qmp.execute('nbd-server-stop') },
     { name: 'x-colo-lost-heartbeat', timeoutMs: STEP_MS, run: () => lostHeartbeat(qmp) },
     { name: `object-del ${IDS.secRedirectorOut}`, timeoutMs: STEP_MS, run: () => qmp.execute('object-del', { id: IDS.secRedirectorOut }) },
@@ -113,7 +123,7 @@ export function primaryFailover(qmp: QmpClient, onStep?: (n: string) => void, o:
   return runSteps(
     'primary failover',
     [
-      ...(o.yank ? [{ name: 'yank the links to the secondary', timeoutMs: STEP_MS, run: () => yankPeerLinks(qmp, [IDS.mirrorChardev, IDS.compare1]) }] : []),
+      ...(o.yank ? [{ name: 'yank the links to the secondary', timeoutMs: STEP_MS, run: () => yankLinksToSecondary(qmp) }] : []),
       { name: 'x-blockdev-change remove replication child', timeoutMs: STEP_MS, run: () => qmp.execute('x-blockdev-change', { parent: IDS.disk, child: 'children.1' }) },
       {
         name: `drive_del ${IDS.replicationNode}`,

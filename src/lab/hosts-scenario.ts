@@ -6,22 +6,9 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { spawn } from 'node:child_process';
 import { createLabHosts, type LabHosts } from './hosts.js';
 import { labConfigYaml } from './pair.js';
-import { NetnsClient } from './client-driver.js';
-import { GUEST_READY_MARKER } from './guest.js';
-import { LAB_SECRET, type LabRun } from './scenario.js';
-import { loadConfig } from '../config/load.js';
-import { up } from '../pair/up.js';
-import { down } from '../pair/down.js';
-import { pairStatus } from '../pair/status.js';
-import { waitForSerial } from '../qemu/serial.js';
-import { QmpClient } from '../qmp/client.js';
-import { checkpointNow } from '../colo/startup.js';
-import { packageRoot } from '../util/paths.js';
-import { pidRunning } from '../util/proc.js';
-import { sleep } from '../util/time.js';
+import { LAB_SECRET, startRun, startWitness, stopAll, type LabRun, type RunOptions } from './scenario.js';
 
 const WITNESS_PORT = 7900;
 
@@ -38,20 +25,14 @@ export class HostsLab {
     fs.mkdirSync(root, { recursive: true });
     const hosts = await createLabHosts();
     try {
-      const cfg = path.join(root, 'witness.yaml');
-      fs.writeFileSync(cfg, labConfigYaml({ name: 'lab', base: 9001, agents: { secret: LAB_SECRET, witness: `${hosts.addr.mgmt.witness}:${WITNESS_PORT}` }, disk: '{ image: unused.qcow2 }' }));
-      const log = fs.openSync(path.join(root, 'witness.log'), 'a');
-      const w = spawn('ip', ['netns', 'exec', hosts.ns.witness, process.execPath, path.join(packageRoot(), 'bin', 'lockstep.js'), 'witness', '-c', cfg, '--grace-ms', '0'], { stdio: ['ignore', log, log] });
-      fs.closeSync(log);
-      await sleep(1000);
-      return new HostsLab(root, hosts, w.pid);
+      return new HostsLab(root, hosts, await startWitness(root, hosts.ns.witness, `${hosts.addr.mgmt.witness}:${WITNESS_PORT}`));
     } catch (err) {
       await hosts.remove();
       throw err;
     }
   }
 
-  async startPair(o: { clientIntervalMs?: number; minTraffic?: number } = {}): Promise<LabRun> {
+  async startPair(o: RunOptions = {}): Promise<LabRun> {
     const h = this.hosts;
     const dir = path.join(this.root, `r${++this.runs}`);
     fs.mkdirSync(dir);
@@ -75,43 +56,12 @@ export class HostsLab {
         },
       }),
     );
-    const c = loadConfig(cfgFile);
     this.started.push(cfgFile);
-    await up(c, { detached: true });
-    let client: NetnsClient | undefined;
-    try {
-      await waitForSerial(path.join(dir, '.lockstep', 'hp', 'a', 'serial.log'), GUEST_READY_MARKER, 120_000);
-      const qmp = await QmpClient.connect(path.join(dir, '.lockstep', 'hp', 'a', 'qmp2.sock'));
-      try {
-        await checkpointNow(qmp, c.replication.checkpointDelayMs);
-      } finally {
-        qmp.destroy();
-      }
-      client = NetnsClient.start(h.ns.client, '10.0.2.15', o.clientIntervalMs ?? 100);
-      const min = o.minTraffic ?? 15;
-      await client.until((t) => t.echoOk >= min && t.httpOk >= min, 60_000, 'traffic through COLO');
-    } catch (err) {
-      await client?.finish().catch(() => undefined);
-      await down(c);
-      throw err;
-    }
-    const started = client;
-    return {
-      cfg: cfgFile,
-      dir,
-      client: started,
-      status: () => pairStatus(c),
-      stop: async () => {
-        const s = await started.finish();
-        await down(c);
-        return s;
-      },
-    };
+    return startRun(cfgFile, h.ns.client, async () => undefined, o);
   }
 
   async remove(): Promise<void> {
-    for (const f of this.started) await down(loadConfig(f)).catch(() => undefined);
-    if (this.witnessPid && pidRunning(this.witnessPid)) process.kill(this.witnessPid, 'SIGTERM');
+    await stopAll(this.started, this.witnessPid);
     await this.hosts.remove();
   }
 }

@@ -16,6 +16,7 @@
 import crypto from 'node:crypto';
 import { run } from '../util/exec.js';
 import { LockstepError } from '../util/errors.js';
+import { ip } from './netns.js';
 
 export type LinkName = 'replication' | 'heartbeat' | 'witness-a' | 'witness-b' | 'lan-a' | 'lan-b';
 
@@ -39,10 +40,6 @@ export interface LabHosts {
   /** Reconnects every cut link. */
   heal(): Promise<void>;
   remove(): Promise<void>;
-}
-
-async function ip(args: string[]): Promise<void> {
-  await run('ip', args, { timeoutMs: 10_000, what: `ip ${args.join(' ')}` });
 }
 
 /** Where each link's cable end lives: namespace and interface. */

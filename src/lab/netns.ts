@@ -6,7 +6,8 @@ import crypto from 'node:crypto';
 import { run } from '../util/exec.js';
 import { LockstepError } from '../util/errors.js';
 
-async function ip(args: string[]): Promise<void> {
+/** Runs `ip ARGS` (bounded; a failure names the command). */
+export async function ip(args: string[]): Promise<void> {
   await run('ip', args, { timeoutMs: 10_000, what: `ip ${args.join(' ')}` });
 }
 

@@ -26,10 +26,82 @@ export const LAB_SECRET = 'lab secret for the lockstep lab runs';
 export interface LabRun {
   cfg: string;
   dir: string;
+  /** The pair's state directory (nodes' logs under <stateDir>/<node>/). */
+  stateDir: string;
   client: NetnsClient;
   status(): Promise<PairStatus>;
   /** Stops the client and the pair; returns what the client saw. */
   stop(): Promise<Awaited<ReturnType<NetnsClient['finish']>>>;
+}
+
+/**
+ * Starts the lab's witness in `netns`, listening on `address` (ADDR:PORT),
+ * with no grace period (each lab starts from nothing); logs to root/witness.log.
+ */
+export async function startWitness(root: string, netns: string, address: string): Promise<number | undefined> {
+  const cfg = path.join(root, 'witness.yaml');
+  fs.writeFileSync(cfg, labConfigYaml({ name: 'lab', base: 9001, agents: { secret: LAB_SECRET, witness: address }, disk: '{ image: unused.qcow2 }' }));
+  const log = fs.openSync(path.join(root, 'witness.log'), 'a');
+  const w = spawn('ip', ['netns', 'exec', netns, process.execPath, path.join(packageRoot(), 'bin', 'lockstep.js'), 'witness', '-c', cfg, '--grace-ms', '0'], { stdio: ['ignore', log, log] });
+  fs.closeSync(log);
+  await sleep(1000);
+  return w.pid;
+}
+
+export interface RunOptions {
+  clientIntervalMs?: number;
+  /** Echoes and requests the client must have had answered before the run counts as started. */
+  minTraffic?: number;
+}
+
+/**
+ * Brings up the pair of `cfgFile`, waits for its guest, takes a checkpoint,
+ * then starts a client in `clientNetns` (after `beforeClient`) and waits for
+ * traffic through COLO. On failure nothing is left running.
+ */
+export async function startRun(cfgFile: string, clientNetns: string, beforeClient: () => Promise<void>, o: RunOptions = {}): Promise<LabRun> {
+  const c = loadConfig(cfgFile);
+  const { state } = await up(c, { detached: true });
+  const primary = state.nodes.find((n) => n.role === 'primary')!;
+  let client: NetnsClient | undefined;
+  try {
+    await waitForSerial(primary.serialLog, GUEST_READY_MARKER, 120_000);
+    // Bring the secondary up to date with the booted guest before any client connects.
+    const qmp = await QmpClient.connect(primary.qmpSocket2);
+    try {
+      await checkpointNow(qmp, c.replication.checkpointDelayMs);
+    } finally {
+      qmp.destroy();
+    }
+    await beforeClient();
+    client = NetnsClient.start(clientNetns, '10.0.2.15', o.clientIntervalMs ?? 100);
+    const min = o.minTraffic ?? 15;
+    await client.until((t) => t.echoOk >= min && t.httpOk >= min, 60_000, 'traffic through COLO');
+  } catch (err) {
+    // Leave nothing behind: the next pair needs the taps and ports.
+    await client?.finish().catch(() => undefined);
+    await down(c);
+    throw err;
+  }
+  const started = client;
+  return {
+    cfg: cfgFile,
+    dir: path.dirname(cfgFile),
+    stateDir: c.stateDir,
+    client: started,
+    status: () => pairStatus(c),
+    stop: async () => {
+      const s = await started.finish();
+      await down(c);
+      return s;
+    },
+  };
+}
+
+/** Ends the pairs of `configs` that still run and the witness. */
+export async function stopAll(configs: string[], witnessPid: number | undefined): Promise<void> {
+  for (const f of configs) await down(loadConfig(f)).catch(() => undefined);
+  if (witnessPid && pidRunning(witnessPid)) process.kill(witnessPid, 'SIGTERM');
 }
 
 export class NetnsLab {
@@ -44,21 +116,12 @@ export class NetnsLab {
   static async create(root: string, o: { witness?: boolean } = {}): Promise<NetnsLab> {
     fs.mkdirSync(root, { recursive: true });
     const ns = await createBridgedNetns({ taps: ['tap-a', 'tap-b'] });
-    let witnessPid: number | undefined;
-    if (o.witness ?? true) {
-      const cfg = path.join(root, 'witness.yaml');
-      fs.writeFileSync(cfg, labConfigYaml({ name: 'lab', base: 9001, agents: { secret: LAB_SECRET, witness: '127.0.0.3:7900' }, disk: '{ image: unused.qcow2 }' }));
-      const log = fs.openSync(path.join(root, 'witness.log'), 'a');
-      const w = spawn('ip', ['netns', 'exec', ns.name, process.execPath, path.join(packageRoot(), 'bin', 'lockstep.js'), 'witness', '-c', cfg, '--grace-ms', '0'], { stdio: ['ignore', log, log] });
-      fs.closeSync(log);
-      witnessPid = w.pid;
-      await sleep(1000);
-    }
+    const witnessPid = o.witness ?? true ? await startWitness(root, ns.name, '127.0.0.3:7900') : undefined;
     return new NetnsLab(root, ns, witnessPid);
   }
 
   /** Brings a pair up (nodes a and b in the namespace, taps on its bridge), waits for the guest, starts a client. */
-  async startPair(o: { clientIntervalMs?: number; minTraffic?: number; agents?: boolean } = {}): Promise<LabRun> {
+  async startPair(o: RunOptions & { agents?: boolean } = {}): Promise<LabRun> {
     const dir = path.join(this.root, `r${++this.runs}`);
     fs.mkdirSync(dir);
     const cfgFile = path.join(dir, 'pair.yaml');
@@ -79,47 +142,13 @@ export class NetnsLab {
         },
       }),
     );
-    const c = loadConfig(cfgFile);
     this.started.push(cfgFile);
-    await up(c, { detached: true });
-    let client: NetnsClient | undefined;
-    try {
-      await waitForSerial(path.join(dir, '.lockstep', 'ag', 'a', 'serial.log'), GUEST_READY_MARKER, 120_000);
-      // Bring the secondary up to date with the booted guest before any client connects.
-      const qmp = await QmpClient.connect(path.join(dir, '.lockstep', 'ag', 'a', 'qmp2.sock'));
-      try {
-        await checkpointNow(qmp, c.replication.checkpointDelayMs);
-      } finally {
-        qmp.destroy();
-      }
-      await this.ns.flushNeighbours();
-      client = NetnsClient.start(this.ns.name, '10.0.2.15', o.clientIntervalMs ?? 100);
-      const min = o.minTraffic ?? 15;
-      await client.until((t) => t.echoOk >= min && t.httpOk >= min, 60_000, 'traffic through COLO');
-    } catch (err) {
-      // Leave nothing behind: the next pair needs the taps and ports.
-      await client?.finish().catch(() => undefined);
-      await down(c);
-      throw err;
-    }
-    const started = client;
-    return {
-      cfg: cfgFile,
-      dir,
-      client: started,
-      status: () => pairStatus(c),
-      stop: async () => {
-        const s = await started.finish();
-        await down(c);
-        return s;
-      },
-    };
+    return startRun(cfgFile, this.ns.name, () => this.ns.flushNeighbours(), o);
   }
 
   /** Stops whatever is still running and removes the namespace. */
   async remove(): Promise<void> {
-    for (const f of this.started) await down(loadConfig(f)).catch(() => undefined);
-    if (this.witnessPid && pidRunning(this.witnessPid)) process.kill(this.witnessPid, 'SIGTERM');
+    await stopAll(this.started, this.witnessPid);
     await this.ns.remove();
   }
 }

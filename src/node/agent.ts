@@ -18,8 +18,7 @@ import pino from 'pino';
 import type { ResolvedConfig } from '../config/load.js';
 import { QmpClient } from '../qmp/client.js';
 import { isOurQemu } from '../qemu/process.js';
-import { primaryFailover, yankPeerLinks } from '../colo/failover.js';
-import { IDS } from '../qemu/cmdline.js';
+import { primaryFailover, yankLinksToSecondary } from '../colo/failover.js';
 import { queryColoStatus } from '../colo/startup.js';
 import { readState, recordFailover, type NodeState, type PairState } from '../pair/state.js';
 import { secondaryTakeover } from '../pair/failover.js';
@@ -390,21 +389,19 @@ export class Agent {
 
   private async doTakeover(why: string): Promise<void> {
     const t0 = performance.now();
-    if (!this.coloExited) {
-      // The stream stalled (a partition, or a primary host gone without a reset). Our VM
-      // is not a writer as long as it stays in COLO: take over only with the lease.
-      if (performance.now() < this.stallRetryAt) return;
-      this.log.warn({ why }, 'checkpoints stalled: asking the witness');
-      if (!(await this.ensureLease(this.a.leaseMs + 1500))) {
-        this.stallRetryAt = performance.now() + 2 * this.a.leaseMs;
-        this.log.warn('the primary still holds the lease: staying secondary');
-        return;
-      }
-    }
-    this.log.warn({ why }, 'taking over');
+    // The stream stalled (a partition, or a primary host gone without a reset) rather than broke:
+    // our VM is no writer while it stays in COLO, so without the lease it stays, and asks again later.
+    const stalled = !this.coloExited;
+    if (stalled && performance.now() < this.stallRetryAt) return;
+    this.log.warn({ why }, stalled ? 'checkpoints stalled: asking the witness' : 'taking over');
     // The primary's lease must have run out (or been released) first.
-    if (!(await this.ensureLease(this.a.leaseMs + 1500))) return this.fence('the primary still holds the lease');
-    await secondaryTakeover(this.qmp!, this.pair, this.me, this.peer, (n) => this.log.info({ step: n }, 'secondary failover step'), { yank: !this.coloExited });
+    if (!(await this.ensureLease(this.a.leaseMs + 1500))) {
+      if (!stalled) return this.fence('the primary still holds the lease');
+      this.stallRetryAt = performance.now() + 2 * this.a.leaseMs;
+      this.log.warn('the primary still holds the lease: staying secondary');
+      return;
+    }
+    await secondaryTakeover(this.qmp!, this.pair, this.me, this.peer, (n) => this.log.info({ step: n }, 'secondary failover step'), { yank: stalled });
     this.role = 'alone';
     recordFailover(this.c.stateDir, { from: this.peer.name, to: this.name, reason: `agent: ${why}`, ms: performance.now() - t0 });
     this.log.warn({ ms: Math.round(performance.now() - t0) }, 'took over: running alone, unprotected');
@@ -415,7 +412,7 @@ export class Agent {
     this.log.error({ why }, 'fencing: stopping our VM so that it cannot be a second writer');
     if (this.qmp && this.role === 'primary' && !this.coloExited) {
       // A write to the vanished secondary may hold QEMU's main loop, and `stop` with it.
-      const yanked = await yankPeerLinks(this.qmp, [IDS.mirrorChardev, IDS.compare1]).catch(() => []);
+      const yanked = await yankLinksToSecondary(this.qmp).catch(() => []);
       this.log.warn({ yanked }, 'yanked the links to the secondary');
     }
     await this.qmp?.execute('stop').catch((err: unknown) => this.log.error({ err: errorMessage(err) }, 'stop failed'));

@@ -15,12 +15,12 @@
  */
 import { test, before, after } from 'node:test';
 import { keepLogsOnly } from '../helpers/lab.js';
+import { writers, runRound, assertClientOk, carriesOn } from '../helpers/scenario.js';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
-import { counterProblems, type ClientSummary } from '../../src/lab/client-driver.js';
 import { NetnsLab, type LabRun } from '../../src/lab/scenario.js';
 import { readSerial, kernelTroubleLines } from '../../src/qemu/serial.js';
 import { QmpClient } from '../../src/qmp/client.js';
@@ -35,42 +35,7 @@ const isRoot = process.getuid?.() === 0;
 const ROUNDS = Number(process.env.LOCKSTEP_ROUNDS ?? 3);
 let lab: NetnsLab;
 
-/** Runs one round; on failure the pair is stopped and its agent logs are shown before the error propagates. */
-async function round(label: string, body: (p: LabRun) => Promise<void>): Promise<void> {
-  const p = await lab.startPair();
-  try {
-    await body(p);
-  } catch (err) {
-    for (const n of ['a', 'b']) {
-      const log = path.join(p.dir, '.lockstep', 'ag', n, 'agent.log');
-      if (fs.existsSync(log)) process.stderr.write(`# ${label}: agent ${n} log (last lines):\n${fs.readFileSync(log, 'utf8').trim().split('\n').slice(-15).map((l) => `#   ${l}`).join('\n')}\n`);
-    }
-    await p.stop().catch(() => undefined);
-    throw err;
-  }
-}
-
-function assertClientOk(s: ClientSummary, label: string): void {
-  process.stderr.write(`# ${label}: echo ${s.echo.ok}/${s.echo.sent} max ${s.echo.maxMs.toFixed(0)} ms; http ${s.http.ok} ok ${s.http.errors.length} errors max ${s.http.maxMs.toFixed(0)} ms\n`);
-  assert.deepEqual(s.echo.errors, [], `${label}: the echo connection never failed`);
-  assert.equal(s.echo.closed, false, `${label}: the echo connection stayed open`);
-  assert.equal(counterProblems(s.http.counts), undefined, label);
-  assert.ok(s.http.errors.length <= 1, `${label}: at most the request in flight failed: ${JSON.stringify(s.http.errors)}`);
-}
-
-/**
- * The nodes whose VM is a writer: it runs (or is in a checkpoint, run state
- * 'colo') and is not a COLO secondary, whose output is dropped and whose disk
- * writes are buffered.
- */
-function writers(st: Awaited<ReturnType<LabRun['status']>>): string[] {
-  return st.nodes.filter((n) => (n.runState === 'running' || n.runState === 'colo') && n.colo?.mode !== 'secondary').map((n) => n.name);
-}
-
-async function carriesOn(p: LabRun, by: number): Promise<void> {
-  const t = p.client.latest;
-  await p.client.until((x) => x.echoOk >= t.echoOk + by && x.httpOk >= t.httpOk + by, 60_000, 'traffic after the failure');
-}
+const round = (label: string, body: (p: LabRun) => Promise<void>) => runRound(() => lab.startPair(), label, body);
 
 before(async () => {
   if (!isRoot) return;
@@ -97,7 +62,7 @@ test(`kill -9 the primary QEMU, ${ROUNDS} times: the secondary takes over by its
     assert.deepEqual([b.role, b.runState, b.colo?.mode], ['primary', 'running', 'none'], `round ${i}: b carries the VM`);
     assert.match(after.lastFailover!.reason, /^agent: /);
     assert.ok(Date.parse(after.lastFailover!.at) - killedAt < 5000, `round ${i}: took over within 5 s`);
-    assert.deepEqual(kernelTroubleLines(readSerial(path.join(p.dir, '.lockstep', 'ag', 'b', 'serial.log'))), []);
+    assert.deepEqual(kernelTroubleLines(readSerial(path.join(p.stateDir, 'b', 'serial.log'))), []);
     assertClientOk(await p.stop(), `primary killed, round ${i}`);
   });
 });
@@ -126,14 +91,14 @@ test(`kill the primary's agent, ${ROUNDS} times: no failover; the restarted agen
     assert.equal(mid.lastFailover, null, `round ${i}: no failover`);
     assert.equal(mid.nodes.find((n) => n.name === 'b')!.agent!.role, 'secondary');
     // Restart it, as a supervisor would.
-    const log = fs.openSync(path.join(p.dir, '.lockstep', 'ag', 'a', 'agent.log'), 'a');
+    const log = fs.openSync(path.join(p.stateDir, 'a', 'agent.log'), 'a');
     const restarted = spawn('ip', ['netns', 'exec', lab.ns.name, process.execPath, path.join(packageRoot(), 'bin', 'lockstep.js'), 'agent', '-c', p.cfg, '--node', 'a'], {
       stdio: ['ignore', log, log],
       detached: true,
     });
     restarted.unref();
     // Recorded like up records its agents, so that down ends it too.
-    updateState(path.join(p.dir, '.lockstep', 'ag'), (x) => ({ ...x, agents: { ...x.agents, a: restarted.pid! } }));
+    updateState(p.stateDir, (x) => ({ ...x, agents: { ...x.agents, a: restarted.pid! } }));
     await waitFor('the restarted agent to see its peer', async () => {
       const a = (await p.status()).nodes.find((n) => n.name === 'a')!.agent;
       return a && a.role === 'primary' && Object.values(a.peer.lastSeenMs).some((ms) => ms !== null && ms < 500);
@@ -151,7 +116,7 @@ test(`kill -9 the primary during a checkpoint, ${ROUNDS} times: a healthy surviv
   for (let i = 1; i <= ROUNDS; i++) await round(`killed in a checkpoint, round ${i}`, async (p) => {
     const primary = (await p.status()).nodes.find((n) => n.role === 'primary')!;
     // Watch the primary's checkpoints on its second monitor and kill it right after a STOP.
-    const qmp = await QmpClient.connect(path.join(p.dir, '.lockstep', 'ag', 'a', 'qmp2.sock'));
+    const qmp = await QmpClient.connect(path.join(p.stateDir, 'a', 'qmp2.sock'));
     const stops = qmp.listen('STOP');
     await stops.next(30_000, 'a checkpoint on the primary');
     process.kill(primary.pid!, 'SIGKILL');
@@ -159,7 +124,7 @@ test(`kill -9 the primary during a checkpoint, ${ROUNDS} times: a healthy surviv
     await carriesOn(p, 20);
     const b = (await p.status()).nodes.find((n) => n.name === 'b')!;
     assert.deepEqual([b.role, b.runState], ['primary', 'running'], `round ${i}`);
-    assert.deepEqual(kernelTroubleLines(readSerial(path.join(p.dir, '.lockstep', 'ag', 'b', 'serial.log'))), []);
+    assert.deepEqual(kernelTroubleLines(readSerial(path.join(p.stateDir, 'b', 'serial.log'))), []);
     assertClientOk(await p.stop(), `killed in a checkpoint, round ${i}`);
   });
 });

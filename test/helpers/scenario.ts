@@ -1,0 +1,45 @@
+/** Shared pieces of the agent and partition tests on lab pairs. */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { counterProblems, type ClientSummary } from '../../src/lab/client-driver.js';
+import type { LabRun } from '../../src/lab/scenario.js';
+
+/**
+ * The nodes whose VM is a writer: it runs (or is in a checkpoint, run state
+ * 'colo') and is not a COLO secondary, whose output is dropped and whose disk
+ * writes are buffered.
+ */
+export function writers(st: Awaited<ReturnType<LabRun['status']>>): string[] {
+  return st.nodes.filter((n) => (n.runState === 'running' || n.runState === 'colo') && n.colo?.mode !== 'secondary').map((n) => n.name);
+}
+
+/** Runs one round on a fresh pair; on failure the pair is stopped and its agents' last log lines are shown before the error propagates. */
+export async function runRound(start: () => Promise<LabRun>, label: string, body: (p: LabRun) => Promise<void>): Promise<void> {
+  const p = await start();
+  try {
+    await body(p);
+  } catch (err) {
+    for (const n of ['a', 'b']) {
+      const log = path.join(p.stateDir, n, 'agent.log');
+      if (fs.existsSync(log)) process.stderr.write(`# ${label}: agent ${n} log (last lines):\n${fs.readFileSync(log, 'utf8').trim().split('\n').slice(-15).map((l) => `#   ${l}`).join('\n')}\n`);
+    }
+    await p.stop().catch(() => undefined);
+    throw err;
+  }
+}
+
+/** What a client of a protected service may expect across one failure: its connection kept, no acknowledged write lost. */
+export function assertClientOk(s: ClientSummary, label: string): void {
+  process.stderr.write(`# ${label}: echo ${s.echo.ok}/${s.echo.sent} max ${s.echo.maxMs.toFixed(0)} ms; http ${s.http.ok} ok ${s.http.errors.length} errors max ${s.http.maxMs.toFixed(0)} ms\n`);
+  assert.deepEqual(s.echo.errors, [], `${label}: the echo connection never failed`);
+  assert.equal(s.echo.closed, false, `${label}: the echo connection stayed open`);
+  assert.equal(counterProblems(s.http.counts), undefined, label);
+  assert.ok(s.http.errors.length <= 1, `${label}: at most the request in flight failed: ${JSON.stringify(s.http.errors)}`);
+}
+
+/** Waits until the client has `by` more good echoes and answers than now. */
+export async function carriesOn(p: LabRun, by: number, what = 'traffic after the failure'): Promise<void> {
+  const t = p.client.latest;
+  await p.client.until((x) => x.echoOk >= t.echoOk + by && x.httpOk >= t.httpOk + by, 60_000, what);
+}
