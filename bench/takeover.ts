@@ -1,7 +1,8 @@
 /**
  * Takeover figures over repeated kills (npm run bench; needs root for the
- * lab's network namespace): a pair in bridge mode with its agents and a
- * witness, a client on the bridge sending a counter request every 10 ms;
+ * lab's network namespaces): a pair in bridge mode on the lab's separate
+ * hosts with its agents and a witness, a client on the guest LAN sending a
+ * counter request every 10 ms;
  * kill -9 the primary QEMU, and measure
  * - kill → first good answer from the survivor (p50, p99);
  * - the longest gap between two good answers the client saw.
@@ -10,7 +11,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { NetnsLab } from '../src/lab/scenario.js';
+import { HostsLab } from '../src/lab/hosts-scenario.js';
 import { packageRoot } from '../src/util/paths.js';
 import { summarize, table } from './stats.js';
 
@@ -23,11 +24,11 @@ if (process.getuid?.() !== 0) {
 }
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-bench-'));
-const lab = await NetnsLab.create(root);
+const lab = await HostsLab.create(root);
 const firstAnswer: number[] = [];
 const gaps: number[] = [];
 const echoMax: number[] = [];
-/** Start-ups whose traffic stalled before any kill (a known open problem, reported, not hidden). */
+/** Start-ups whose traffic stalled before any kill (reported, not hidden). */
 const startStalls: string[] = [];
 try {
   for (let i = 1; i <= KILLS; i++) {

@@ -4,9 +4,13 @@ import { ensureGuest } from '../lab/guest.js';
 import { labRuntime } from '../lab/runtime.js';
 import { createProgress } from '../util/progress.js';
 import { print } from './output.js';
+import { registerLabHostsCommands } from './lab-hosts.js';
 
 export function registerLabCommands(program: Command): void {
-  const lab = program.command('lab').description('the lab: a patched QEMU for hosts without KVM, and the demo guest');
+  const lab = program
+    .command('lab')
+    .description('the lab: separate hosts (network namespaces) with a protected pair and chaos actions, a patched QEMU for hosts without KVM, the demo guest');
+  registerLabHostsCommands(lab);
 
   lab
     .command('build-qemu')

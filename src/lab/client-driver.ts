@@ -9,6 +9,8 @@ export interface Tick {
   echoOk: number;
   httpOk: number;
   lastCount: number | null;
+  /** Echo and HTTP errors so far. */
+  errors: number;
 }
 export interface ClientSummary {
   type: 'summary';
@@ -18,7 +20,7 @@ export interface ClientSummary {
 }
 
 export class NetnsClient {
-  private last: Tick = { type: 'tick', echoOk: 0, httpOk: 0, lastCount: null };
+  private last: Tick = { type: 'tick', echoOk: 0, httpOk: 0, lastCount: null, errors: 0 };
   private readonly summary: Promise<ClientSummary>;
   private constructor(private readonly child: ChildProcessWithoutNullStreams) {
     let resolve!: (s: ClientSummary) => void;
@@ -56,12 +58,17 @@ export class NetnsClient {
 
 /**
  * Checks the counter sequence a client saw: never back, never repeated, and
- * at most one skip of one (a request in flight at a kill may have been
+ * at most `kills` skips of one (a request in flight at a kill may have been
  * applied with its answer lost).
  */
-export function counterProblems(counts: number[]): string | undefined {
+export function counterProblems(counts: number[], kills = 1): string | undefined {
   const steps = counts.slice(1).map((c, i) => c - counts[i]!);
-  if (steps.some((d) => d < 1)) return `went back or repeated: ${JSON.stringify(counts)}`;
-  if (steps.some((d) => d > 2) || steps.filter((d) => d === 2).length > 1) return `skipped acknowledged values: ${JSON.stringify(counts)}`;
+  const around = (i: number) => `answers ${Math.max(0, i - 3)}-${i + 4}: ${JSON.stringify(counts.slice(Math.max(0, i - 3), i + 5))}`;
+  const back = steps.findIndex((d) => d < 1);
+  if (back >= 0) return `went back or repeated at ${around(back)}`;
+  const far = steps.findIndex((d) => d > 2);
+  if (far >= 0) return `skipped acknowledged values at ${around(far)}`;
+  const skips = steps.flatMap((d, i) => (d === 2 ? [i] : []));
+  if (skips.length > kills) return `skipped ${skips.length} values, more than ${kills} (requests in flight at a kill), at ${skips.map(around).join('; ')}`;
   return undefined;
 }

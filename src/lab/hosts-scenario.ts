@@ -2,40 +2,95 @@
  * A protected pair on the lab's separate hosts: node A and node B each in
  * their own namespace with their agent, replication on its own cable, the
  * agents' heartbeat on another, the witness on the management network and
- * the client on the guest LAN. Used by the partition tests.
+ * the client on the guest LAN. Used by the agent and partition tests and by
+ * `lockstep lab up|down`, which keeps a lab between commands through the
+ * file lab.json in the lab's directory.
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { createLabHosts, type LabHosts } from './hosts.js';
+import { createLabHosts, labHosts, type LabHosts } from './hosts.js';
 import { labConfigYaml } from './pair.js';
+import { ip } from './netns.js';
 import { LAB_SECRET, startRun, startWitness, stopAll, type LabRun, type RunOptions } from './scenario.js';
+import { LockstepError } from '../util/errors.js';
+import { GUEST_READY_MARKER } from './guest.js';
+import { loadConfig } from '../config/load.js';
+import { up, type UpResult } from '../pair/up.js';
+import { waitForSerial } from '../qemu/serial.js';
 
 const WITNESS_PORT = 7900;
 
+/** What `lab.json` records of a lab, so that later commands find it. */
+export interface HostsLabRecord {
+  version: 1;
+  ns: LabHosts['ns'];
+  witnessPid: number | undefined;
+  /** The configs of the pairs started in this lab, oldest first. */
+  configs: string[];
+  createdAt: string;
+}
+
 export class HostsLab {
-  private runs = 0;
-  private readonly started: string[] = [];
   private constructor(
     readonly root: string,
     readonly hosts: LabHosts,
     private readonly witnessPid: number | undefined,
+    private readonly started: string[],
   ) {}
 
-  static async create(root: string): Promise<HostsLab> {
+  static recordFile(root: string): string {
+    return path.join(root, 'lab.json');
+  }
+
+  static async create(root: string, o: { prefix?: string } = {}): Promise<HostsLab> {
     fs.mkdirSync(root, { recursive: true });
-    const hosts = await createLabHosts();
+    const hosts = await createLabHosts({ prefix: o.prefix });
     try {
-      return new HostsLab(root, hosts, await startWitness(root, hosts.ns.witness, `${hosts.addr.mgmt.witness}:${WITNESS_PORT}`));
+      const lab = new HostsLab(root, hosts, await startWitness(root, hosts.ns.witness, `${hosts.addr.mgmt.witness}:${WITNESS_PORT}`), []);
+      lab.save();
+      return lab;
     } catch (err) {
       await hosts.remove();
       throw err;
     }
   }
 
-  async startPair(o: RunOptions = {}): Promise<LabRun> {
+  /** The lab recorded in `root`, or undefined when there is none or its namespaces are gone. */
+  static open(root: string): HostsLab | undefined {
+    let r: HostsLabRecord;
+    try {
+      r = JSON.parse(fs.readFileSync(HostsLab.recordFile(root), 'utf8')) as HostsLabRecord;
+    } catch {
+      return undefined;
+    }
+    if (!fs.existsSync(`/run/netns/${r.ns.a}`)) return undefined;
+    return new HostsLab(root, labHosts(r.ns), r.witnessPid, r.configs);
+  }
+
+  /** The configs of the pairs started here, oldest first. */
+  get configs(): readonly string[] {
+    return this.started;
+  }
+
+  /** The newest pair's config. */
+  get currentConfig(): string {
+    const f = this.started.at(-1);
+    if (!f) throw new LockstepError(`the lab in ${this.root} has no pair`, { hint: 'start one with lockstep lab up' });
+    return f;
+  }
+
+  private save(): void {
+    const r: HostsLabRecord = { version: 1, ns: this.hosts.ns, witnessPid: this.witnessPid, configs: this.started, createdAt: new Date().toISOString() };
+    const f = HostsLab.recordFile(this.root);
+    fs.writeFileSync(`${f}.tmp`, JSON.stringify(r, null, 2) + '\n');
+    fs.renameSync(`${f}.tmp`, f);
+  }
+
+  /** Writes the config of a new pair (nodes a and b on their hosts) into a directory of its own; returns its path. */
+  writePairConfig(): string {
     const h = this.hosts;
-    const dir = path.join(this.root, `r${++this.runs}`);
-    fs.mkdirSync(dir);
+    const dir = path.join(this.root, `r${this.started.length + 1}`);
+    fs.mkdirSync(dir, { recursive: true });
     const cfgFile = path.join(dir, 'pair.yaml');
     fs.writeFileSync(
       cfgFile,
@@ -57,11 +112,49 @@ export class HostsLab {
       }),
     );
     this.started.push(cfgFile);
-    return startRun(cfgFile, h.ns.client, async () => undefined, o);
+    this.save();
+    return cfgFile;
   }
 
+  /**
+   * The client forgets what it learnt about its neighbours. A new pair's VM
+   * reuses the address of the previous one, which just went away: the client
+   * may still be resolving the old one, and a connection opened at that
+   * moment fails with EHOSTUNREACH when that resolution gives up.
+   */
+  async flushClientNeighbours(): Promise<void> {
+    await ip(['-n', this.hosts.ns.client, 'neigh', 'flush', 'all']);
+  }
+
+  /**
+   * A new lab in `root` with a protected pair whose guest answers, left
+   * running for later commands (lockstep lab up, the demo). On failure
+   * nothing is left running.
+   */
+  static async up(root: string, o: { onStep?: (m: string) => void; onUpdate?: (m: string) => void } = {}): Promise<{ lab: HostsLab; pair: UpResult }> {
+    const old = HostsLab.open(root);
+    if (old) throw new LockstepError(`a lab is already up in ${root} (hosts ${old.hosts.ns.a}, ${old.hosts.ns.b}, ...)`, { hint: 'use it, or stop it first with lockstep lab down' });
+    o.onStep?.('creating the lab hosts and their cables, starting the witness');
+    const lab = await HostsLab.create(root, { prefix: 'ls' });
+    try {
+      const pair = await up(loadConfig(lab.writePairConfig()), { detached: true, onStep: o.onStep, onUpdate: o.onUpdate });
+      o.onStep?.("waiting for the guest's services");
+      await waitForSerial(pair.state.nodes.find((n) => n.role === 'primary')!.serialLog, GUEST_READY_MARKER, 120_000);
+      return { lab, pair };
+    } catch (err) {
+      await lab.remove();
+      throw err;
+    }
+  }
+
+  async startPair(o: RunOptions = {}): Promise<LabRun> {
+    return startRun(this.writePairConfig(), this.hosts.ns.client, () => this.flushClientNeighbours(), o);
+  }
+
+  /** Ends every pair and the witness, removes the namespaces; the directory (configs, logs, images) stays. */
   async remove(): Promise<void> {
-    await stopAll(this.started, this.witnessPid);
+    await stopAll(this.started, this.root, this.witnessPid);
     await this.hosts.remove();
+    fs.rmSync(HostsLab.recordFile(this.root), { force: true });
   }
 }

@@ -18,7 +18,8 @@ import { run } from '../util/exec.js';
 import { LockstepError } from '../util/errors.js';
 import { ip } from './netns.js';
 
-export type LinkName = 'replication' | 'heartbeat' | 'witness-a' | 'witness-b' | 'lan-a' | 'lan-b';
+export const LINKS = ['replication', 'heartbeat', 'witness-a', 'witness-b', 'lan-a', 'lan-b'] as const;
+export type LinkName = (typeof LINKS)[number];
 
 export interface LabHosts {
   /** Namespace names by role. */
@@ -37,7 +38,7 @@ export interface LabHosts {
   restore(link: LinkName): Promise<void>;
   /** Cuts every link of a node (replication, heartbeat, witness, LAN). */
   isolate(node: 'a' | 'b'): Promise<void>;
-  /** Reconnects every cut link. */
+  /** Reconnects every link. */
   heal(): Promise<void>;
   remove(): Promise<void>;
 }
@@ -60,12 +61,45 @@ function linkEnd(h: LabHosts, link: LinkName): { ns: string; dev: string } {
   }
 }
 
+/** The lab hosts behind these namespace names (made by createLabHosts, possibly by another process). */
+export function labHosts(ns: LabHosts['ns']): LabHosts {
+  const h: LabHosts = {
+    ns,
+    addr: {
+      replication: { a: '10.10.1.1', b: '10.10.1.2' },
+      heartbeat: { a: '10.10.2.1', b: '10.10.2.2' },
+      mgmt: { a: '10.10.3.1', b: '10.10.3.2', witness: '10.10.3.3' },
+      client: '10.0.2.2',
+    },
+    taps: { a: 'tap-a', b: 'tap-b' },
+    bridge: 'br0',
+    async cut(link) {
+      const e = linkEnd(h, link);
+      await ip(['-n', e.ns, 'link', 'set', e.dev, 'down']);
+    },
+    async restore(link) {
+      const e = linkEnd(h, link);
+      await ip(['-n', e.ns, 'link', 'set', e.dev, 'up']);
+    },
+    async isolate(node) {
+      for (const l of ['replication', 'heartbeat', `witness-${node}`, `lan-${node}`] as LinkName[]) await h.cut(l);
+    },
+    async heal() {
+      for (const l of LINKS) await h.restore(l);
+    },
+    async remove() {
+      for (const n of Object.values(ns).reverse()) await run('ip', ['netns', 'del', n], { allowFailure: true, timeoutMs: 10_000 });
+    },
+  };
+  return h;
+}
+
+/** Creates the lab hosts; names start with `prefix` and are unique to this process. */
 export async function createLabHosts(o: { prefix?: string } = {}): Promise<LabHosts> {
   if (process.getuid?.() !== 0) throw new LockstepError('the lab hosts are network namespaces and need root', { hint: 'run as root' });
   const tag = `${o.prefix ?? 'lh'}${process.pid % 1000}${crypto.randomBytes(2).toString('hex')}`;
   const ns = { a: `${tag}a`, b: `${tag}b`, witness: `${tag}w`, client: `${tag}c`, switch: `${tag}s` };
   const created: string[] = [];
-  const cutLinks = new Set<LinkName>();
   const remove = async () => {
     for (const n of created.splice(0).reverse()) await run('ip', ['netns', 'del', n], { allowFailure: true, timeoutMs: 10_000 });
   };
@@ -81,34 +115,7 @@ export async function createLabHosts(o: { prefix?: string } = {}): Promise<LabHo
     await ip(['-n', n, 'link', 'set', name, 'up']);
   };
   const enslave = async (n: string, dev: string, br: string) => ip(['-n', n, 'link', 'set', dev, 'master', br]);
-  const h: LabHosts = {
-    ns,
-    addr: {
-      replication: { a: '10.10.1.1', b: '10.10.1.2' },
-      heartbeat: { a: '10.10.2.1', b: '10.10.2.2' },
-      mgmt: { a: '10.10.3.1', b: '10.10.3.2', witness: '10.10.3.3' },
-      client: '10.0.2.2',
-    },
-    taps: { a: 'tap-a', b: 'tap-b' },
-    bridge: 'br0',
-    async cut(link) {
-      const e = linkEnd(h, link);
-      await ip(['-n', e.ns, 'link', 'set', e.dev, 'down']);
-      cutLinks.add(link);
-    },
-    async restore(link) {
-      const e = linkEnd(h, link);
-      await ip(['-n', e.ns, 'link', 'set', e.dev, 'up']);
-      cutLinks.delete(link);
-    },
-    async isolate(node) {
-      for (const l of ['replication', 'heartbeat', `witness-${node}`, `lan-${node}`] as LinkName[]) await h.cut(l);
-    },
-    async heal() {
-      for (const l of [...cutLinks]) await h.restore(l);
-    },
-    remove,
-  };
+  const h = labHosts(ns);
   try {
     for (const n of Object.values(ns)) {
       await ip(['netns', 'add', n]);

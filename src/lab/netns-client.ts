@@ -65,7 +65,7 @@ async function httpLoop(): Promise<void> {
 }
 
 const tick = setInterval(() => {
-  process.stdout.write(JSON.stringify({ type: 'tick', echoOk: echo.ok, httpOk: http.ok, lastCount: http.counts.at(-1) ?? null }) + '\n');
+  process.stdout.write(JSON.stringify({ type: 'tick', echoOk: echo.ok, httpOk: http.ok, lastCount: http.counts.at(-1) ?? null, errors: echo.errors.length + http.errors.length }) + '\n');
 }, 1000);
 
 const loops = Promise.all([echoLoop().catch((e: Error) => echo.errors.push(`connect: ${e.message}`)), httpLoop()]);

@@ -20,14 +20,6 @@ export interface BridgedNetns {
   bridge: string;
   bridgeAddress: string;
   taps: string[];
-  /**
-   * Forgets what the namespace learnt about its neighbours. For a new VM
-   * that reuses the address and MAC of one that just went away: the kernel
-   * may still be resolving the old one (retransmissions to the dead VM),
-   * and a connection opened at that moment fails with EHOSTUNREACH when
-   * that old resolution gives up.
-   */
-  flushNeighbours(): Promise<void>;
   remove(): Promise<void>;
 }
 
@@ -57,6 +49,5 @@ export async function createBridgedNetns(o: { taps: string[]; bridgeAddress?: st
     await remove();
     throw err;
   }
-  const flushNeighbours = () => ip(['-n', name, 'neigh', 'flush', 'dev', bridge]);
-  return { name, bridge, bridgeAddress, taps: o.taps, flushNeighbours, remove };
+  return { name, bridge, bridgeAddress, taps: o.taps, remove };
 }

@@ -1,12 +1,11 @@
 /**
- * A lab scenario: one network namespace with a bridge for the guests' LAN,
- * the pair's two nodes (with their agents) and a witness inside it, and a
- * client on the bridge. Used by the agent tests and the takeover benchmark.
+ * What every lab scenario does: start a witness, bring a pair of `lockstep
+ * up` with its agents, wait for its guest and for a client's traffic through
+ * COLO, and end it all again. The separate hosts (hosts-scenario.ts) use it.
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
-import { createBridgedNetns, type BridgedNetns } from './netns.js';
 import { labConfigYaml } from './pair.js';
 import { NetnsClient } from './client-driver.js';
 import { GUEST_READY_MARKER } from './guest.js';
@@ -42,7 +41,9 @@ export async function startWitness(root: string, netns: string, address: string)
   const cfg = path.join(root, 'witness.yaml');
   fs.writeFileSync(cfg, labConfigYaml({ name: 'lab', base: 9001, agents: { secret: LAB_SECRET, witness: address }, disk: '{ image: unused.qcow2 }' }));
   const log = fs.openSync(path.join(root, 'witness.log'), 'a');
-  const w = spawn('ip', ['netns', 'exec', netns, process.execPath, path.join(packageRoot(), 'bin', 'lockstep.js'), 'witness', '-c', cfg, '--grace-ms', '0'], { stdio: ['ignore', log, log] });
+  const w = spawn('ip', ['netns', 'exec', netns, process.execPath, path.join(packageRoot(), 'bin', 'lockstep.js'), 'witness', '-c', cfg, '--grace-ms', '0'], { stdio: ['ignore', log, log], detached: true });
+  // Its own process group, not waited for: it outlives `lockstep lab up`, and stopAll ends it by PID.
+  w.unref();
   fs.closeSync(log);
   await sleep(1000);
   return w.pid;
@@ -98,57 +99,18 @@ export async function startRun(cfgFile: string, clientNetns: string, beforeClien
   };
 }
 
-/** Ends the pairs of `configs` that still run and the witness. */
-export async function stopAll(configs: string[], witnessPid: number | undefined): Promise<void> {
-  for (const f of configs) await down(loadConfig(f)).catch(() => undefined);
-  if (witnessPid && pidRunning(witnessPid)) process.kill(witnessPid, 'SIGTERM');
+/** Whether `pid` is the witness that startWitness(root, ...) started (and not a process that reused its PID). */
+function isLabWitness(pid: number, root: string): boolean {
+  if (!pidRunning(pid)) return false;
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes(path.join(root, 'witness.yaml'));
+  } catch {
+    return false;
+  }
 }
 
-export class NetnsLab {
-  private runs = 0;
-  private readonly started: string[] = [];
-  private constructor(
-    readonly root: string,
-    readonly ns: BridgedNetns,
-    private readonly witnessPid: number | undefined,
-  ) {}
-
-  static async create(root: string, o: { witness?: boolean } = {}): Promise<NetnsLab> {
-    fs.mkdirSync(root, { recursive: true });
-    const ns = await createBridgedNetns({ taps: ['tap-a', 'tap-b'] });
-    const witnessPid = o.witness ?? true ? await startWitness(root, ns.name, '127.0.0.3:7900') : undefined;
-    return new NetnsLab(root, ns, witnessPid);
-  }
-
-  /** Brings a pair up (nodes a and b in the namespace, taps on its bridge), waits for the guest, starts a client. */
-  async startPair(o: RunOptions & { agents?: boolean } = {}): Promise<LabRun> {
-    const dir = path.join(this.root, `r${++this.runs}`);
-    fs.mkdirSync(dir);
-    const cfgFile = path.join(dir, 'pair.yaml');
-    fs.writeFileSync(
-      cfgFile,
-      labConfigYaml({
-        name: 'ag',
-        base: 9001,
-        tap: { bridge: this.ns.bridge, taps: { a: 'tap-a', b: 'tap-b' } },
-        netns: { a: this.ns.name, b: this.ns.name },
-        replication: { bufferDir: path.join(dir, 'shm') },
-        agents: o.agents === false ? undefined : {
-          secret: LAB_SECRET,
-          ...(this.witnessPid ? { witness: '127.0.0.3:7900' } : {}),
-          heartbeatIntervalMs: 100,
-          heartbeatTimeoutMs: 500,
-          leaseMs: 1000,
-        },
-      }),
-    );
-    this.started.push(cfgFile);
-    return startRun(cfgFile, this.ns.name, () => this.ns.flushNeighbours(), o);
-  }
-
-  /** Stops whatever is still running and removes the namespace. */
-  async remove(): Promise<void> {
-    await stopAll(this.started, this.witnessPid);
-    await this.ns.remove();
-  }
+/** Ends the pairs of `configs` that still run and the lab's witness (started in `root`). */
+export async function stopAll(configs: readonly string[], root: string, witnessPid: number | undefined): Promise<void> {
+  for (const f of configs) await down(loadConfig(f)).catch(() => undefined);
+  if (witnessPid && isLabWitness(witnessPid, root)) process.kill(witnessPid, 'SIGTERM');
 }

@@ -1,7 +1,9 @@
 /**
- * The node agents fail over by themselves. The pair runs in bridge mode in a
- * lab network namespace, with a witness, and a client on the bridge keeps
- * one TCP connection to the guest's echo service and counts on its disk.
+ * The node agents fail over by themselves. The pair runs in bridge mode on
+ * the lab's separate hosts (a network namespace per node, with its agent; a
+ * witness; replication and heartbeat each on their own cable), and a client
+ * on the guest LAN keeps one TCP connection to the guest's echo service and
+ * counts on its disk.
  * Each scenario runs three times in a row:
  *
  * - kill -9 the primary QEMU → the secondary takes over: the TCP connection
@@ -10,8 +12,11 @@
  * - kill the primary's agent → no failover; a restarted agent re-attaches
  *   (and then handles a real failure);
  * - kill -9 the primary in the middle of a checkpoint → a healthy survivor;
- * - cut the agents' heartbeat link (packets dropped silently) with both VMs
- *   alive → no failover, never two writers, protected again once it heals.
+ * - pull the agents' heartbeat cable with both VMs alive → no failover,
+ *   never two writers, protected again once it heals;
+ * - pull every cable between the nodes, the witness still reachable → the
+ *   lease holder carries on alone;
+ * - freeze (SIGSTOP) either QEMU → its agent ends it and the other carries on.
  */
 import { test, before, after } from 'node:test';
 import { keepLogsOnly } from '../helpers/lab.js';
@@ -21,25 +26,25 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
-import { NetnsLab, type LabRun } from '../../src/lab/scenario.js';
+import type { LabRun } from '../../src/lab/scenario.js';
+import { HostsLab } from '../../src/lab/hosts-scenario.js';
 import { readSerial, kernelTroubleLines } from '../../src/qemu/serial.js';
 import { QmpClient } from '../../src/qmp/client.js';
 import { packageRoot } from '../../src/util/paths.js';
 import { waitFor, sleep } from '../../src/util/time.js';
 import { updateState } from '../../src/pair/state.js';
-import { cutPorts } from '../../src/lab/chaos.js';
 import { pidRunning } from '../../src/util/proc.js';
 import { loadConfig } from '../../src/config/load.js';
 
 const isRoot = process.getuid?.() === 0;
 const ROUNDS = Number(process.env.LOCKSTEP_ROUNDS ?? 3);
-let lab: NetnsLab;
+let lab: HostsLab;
 
 const round = (label: string, body: (p: LabRun) => Promise<void>) => runRound(() => lab.startPair(), label, body);
 
 before(async () => {
   if (!isRoot) return;
-  lab = await NetnsLab.create(fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-ag-')));
+  lab = await HostsLab.create(fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-ag-')));
 });
 
 after(async () => {
@@ -92,7 +97,7 @@ test(`kill the primary's agent, ${ROUNDS} times: no failover; the restarted agen
     assert.equal(mid.nodes.find((n) => n.name === 'b')!.agent!.role, 'secondary');
     // Restart it, as a supervisor would.
     const log = fs.openSync(path.join(p.stateDir, 'a', 'agent.log'), 'a');
-    const restarted = spawn('ip', ['netns', 'exec', lab.ns.name, process.execPath, path.join(packageRoot(), 'bin', 'lockstep.js'), 'agent', '-c', p.cfg, '--node', 'a'], {
+    const restarted = spawn('ip', ['netns', 'exec', lab.hosts.ns.a, process.execPath, path.join(packageRoot(), 'bin', 'lockstep.js'), 'agent', '-c', p.cfg, '--node', 'a'], {
       stdio: ['ignore', log, log],
       detached: true,
     });
@@ -129,11 +134,11 @@ test(`kill -9 the primary during a checkpoint, ${ROUNDS} times: a healthy surviv
   });
 });
 
-test(`cut the heartbeat link with both VMs alive, ${ROUNDS} times: no failover, never two writers`, opts, async () => {
+test(`pull the heartbeat cable with both VMs alive, ${ROUNDS} times: no failover, never two writers`, opts, async () => {
   for (let i = 1; i <= ROUNDS; i++) await round(`heartbeat cut, round ${i}`, async (p) => {
     const agents = loadConfig(p.cfg).agents!;
     const ages = (st: Awaited<ReturnType<LabRun['status']>>) => st.nodes.flatMap((n) => Object.values(n.agent?.peer.lastSeenMs ?? {}));
-    const cut = await cutPorts(lab.ns.name, [agents.port]);
+    await lab.hosts.cut('heartbeat');
     try {
       // Both agents must really have lost each other, or this test proves nothing.
       await waitFor('both agents to miss the heartbeat', async () => {
@@ -148,7 +153,7 @@ test(`cut the heartbeat link with both VMs alive, ${ROUNDS} times: no failover, 
         await sleep(200);
       }
     } finally {
-      await cut.restore();
+      await lab.hosts.restore('heartbeat');
     }
     await waitFor('the heartbeat to come back', async () => {
       const a = ages(await p.status());
@@ -162,11 +167,11 @@ test(`cut the heartbeat link with both VMs alive, ${ROUNDS} times: no failover, 
   });
 });
 
-test(`cut every link between the nodes, the witness still reachable, ${ROUNDS} times: the lease holder carries on alone, never two writers`, opts, async () => {
+test(`pull every cable between the nodes, the witness still reachable, ${ROUNDS} times: the lease holder carries on alone, never two writers`, opts, async () => {
   for (let i = 1; i <= ROUNDS; i++) await round(`nodes partitioned, round ${i}`, async (p) => {
-    const c = loadConfig(p.cfg);
-    // Everything that goes between the two nodes; the primary's loopback compare ports stay.
-    const cut = await cutPorts(lab.ns.name, [c.ports.mirror, c.ports.compare, c.ports.migration, c.ports.nbd, c.agents!.port]);
+    // Replication and heartbeat: everything between the two nodes; both still reach the witness and the LAN.
+    await lab.hosts.cut('replication');
+    await lab.hosts.cut('heartbeat');
     const cutAt = Date.now();
     try {
       // The primary yanks its hung links and carries on alone; the secondary, without
@@ -192,7 +197,7 @@ test(`cut every link between the nodes, the witness still reachable, ${ROUNDS} t
       process.stderr.write(`# nodes partitioned, round ${i}: a alone after ${tookMs} ms\n`);
       await carriesOn(p, 20);
     } finally {
-      await cut.restore();
+      await lab.hosts.heal();
     }
     assertClientOk(await p.stop(), `nodes partitioned, round ${i}`);
   });
