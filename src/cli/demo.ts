@@ -1,15 +1,17 @@
 /**
- * lockstep demo: `up` with the shipped one-host config, a client counting
- * through COLO, then (unless --no-kill) kill -9 of the primary QEMU and
- * `failover` on the secondary, while the client keeps counting. The VM is
- * left running; the demo prints how to watch and stop it.
+ * lockstep demo. As root, on the lab's separate hosts (demo-lab.ts).
+ * Otherwise (or with -c): `up` with the shipped one-host config, a client
+ * counting through COLO, then (unless --no-kill) kill -9 of the primary QEMU
+ * and the secondary's agent taking over (or `failover` on a config without
+ * agents), while the client keeps counting. The VM is left running; the demo
+ * prints how to watch and stop it.
  */
 import path from 'node:path';
 import type { Command } from 'commander';
 import { loadConfig } from '../config/load.js';
 import { up } from '../pair/up.js';
 import { down } from '../pair/down.js';
-import { failover } from '../pair/failover.js';
+import { failover, waitForAgentTakeover } from '../pair/failover.js';
 import { readState, liveNodes } from '../pair/state.js';
 import { QmpClient } from '../qmp/client.js';
 import { checkpointNow } from '../colo/startup.js';
@@ -17,8 +19,9 @@ import { waitForSerial } from '../qemu/serial.js';
 import { GUEST_READY_MARKER } from '../lab/guest.js';
 import { createProgress } from '../util/progress.js';
 import { packageRoot } from '../util/paths.js';
-import { sleep, waitFor } from '../util/time.js';
+import { sleep } from '../util/time.js';
 import { LockstepError } from '../util/errors.js';
+import { labDemo } from './demo-lab.js';
 
 async function count(base: string): Promise<{ n?: number; ms: number; error?: string }> {
   const t0 = performance.now();
@@ -31,30 +34,30 @@ async function count(base: string): Promise<{ n?: number; ms: number; error?: st
   }
 }
 
-async function waitTakeover(c: ReturnType<typeof loadConfig>, to: string): Promise<{ to: string; procedure: string; ms: number }> {
-  const f = await waitFor('the secondary\'s agent to take over', () => {
-    const lf = readState(c.stateDir)?.lastFailover;
-    return lf && lf.to === to ? lf : undefined;
-  }, { timeoutMs: 15_000, intervalMs: 20 });
-  return { to, procedure: `secondary failover by its agent: ${f.reason.replace(/^agent: /, '')}`, ms: f.ms };
-}
-
 export function registerDemoCommand(program: Command): void {
   program
     .command('demo')
-    .summary('a protected pair on this host, a client, a killed primary, a survivor')
+    .summary('a protected pair, a client, a killed primary, a survivor')
     .description(
-      'start the shipped one-host pair (examples/one-host.yaml) with lockstep up, count through COLO with a client,\n' +
-        'then kill -9 the primary QEMU and let the secondary take over while the client carries on.\n' +
-        'The VM is left running: watch it with lockstep status, stop it with lockstep down.',
+      'As root: bring up the lab of separate hosts (lockstep lab up: network namespaces for node a, node b, a\n' +
+        'witness and a client) with a protected pair, let a client keep a TCP connection to the guest and count on\n' +
+        "its disk, then kill -9 the primary QEMU and watch the secondary's agent take over while the client carries\n" +
+        'on. The lab is left running (lockstep lab status, lab kill, lab cut, lab down).\n\n' +
+        'Not as root, or with -c: the same with the pair of a config on this host (default examples/one-host.yaml,\n' +
+        'user networking); stop it with lockstep down.',
     )
-    .option('-c, --config <file>', 'the pair to demonstrate', path.join(packageRoot(), 'examples', 'one-host.yaml'))
+    .option('-c, --config <file>', 'demonstrate this pair on this host instead of the lab (default when not root: examples/one-host.yaml)')
+    .option('--dir <dir>', "the lab's directory (as root, without -c)", path.join('.lockstep', 'lab'))
     .option('--seconds <n>', 'how long the client counts before the kill', '10')
     .option('--after <n>', 'how long the client counts on the survivor', '8')
     .option('--no-kill', 'leave the protected pair running instead of killing the primary')
-    .action(async (opts: { config: string; seconds: string; after: string; kill: boolean }) => {
+    .action(async (opts: { config?: string; dir: string; seconds: string; after: string; kill: boolean }) => {
+      if (opts.config === undefined && process.getuid?.() === 0) {
+        process.exitCode = await labDemo({ dir: opts.dir, seconds: Number(opts.seconds), after: Number(opts.after), kill: opts.kill });
+        return;
+      }
       const out = (s: string) => process.stdout.write(s + '\n');
-      const c = loadConfig(opts.config);
+      const c = loadConfig(opts.config ?? path.join(packageRoot(), 'examples', 'one-host.yaml'));
       const rel = path.relative(process.cwd(), c.file) || c.file;
       const fw = c.vm.network.mode === 'user' ? c.vm.network.forwards.find((f) => f.guestPort === 80) : undefined;
       if (!fw) throw new LockstepError(`${c.file}: the demo needs a forward to the guest's port 80`);
@@ -117,7 +120,9 @@ export function registerDemoCommand(program: Command): void {
         const killedAt = performance.now();
         process.kill(primary.pid, 'SIGKILL');
         // With agents (the shipped config has them) the secondary takes over by itself; without, we run the failover.
-        const f = r.state.agents ? await waitTakeover(c, secondary.name) : await failover(c, { reason: 'demo: primary killed' });
+        const f = r.state.agents
+          ? await waitForAgentTakeover(c, secondary.name).then((x) => ({ to: x.to, procedure: `secondary failover by its agent: ${x.reason.replace(/^agent: /, '')}`, ms: x.ms }))
+          : await failover(c, { reason: 'demo: primary killed' });
         const first = await count(base);
         check(first);
         out(`${f.to} took over (${f.procedure}, ${f.ms.toFixed(0)} ms): first answer ${first.error ? `ERROR ${first.error}` : `count=${first.n}`} ` +

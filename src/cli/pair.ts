@@ -4,6 +4,7 @@ import { up } from '../pair/up.js';
 import { pairStatus, type PairStatus } from '../pair/status.js';
 import { down } from '../pair/down.js';
 import { failover } from '../pair/failover.js';
+import { resync } from '../pair/resync.js';
 import { createProgress } from '../util/progress.js';
 import { print } from './output.js';
 
@@ -17,6 +18,11 @@ function formatStatus(s: PairStatus): string {
     const f = s.lastFailover;
     lines.push(`  last failover ${f.at}: ${f.from} → ${f.to} (${f.reason}), ${f.ms.toFixed(0)} ms`);
   }
+  if (s.lastResync) {
+    const r = s.lastResync;
+    lines.push(`  last resync ${r.at}: ${r.from} → ${r.to}, protected again after ${(r.ms / 1000).toFixed(1)} s (mirror ${(r.mirrorBytes / 2 ** 20).toFixed(0)} MiB in ${(r.mirrorMs / 1000).toFixed(1)} s, VM stopped ${r.stoppedMs.toFixed(0)} ms)`);
+  }
+  if (!s.protected && s.lastFailover && s.running) lines.push(`  to protect the VM again: lockstep resync -c FILE`);
   lines.push('  node  role       pid      run state   COLO mode   migration');
   for (const n of s.nodes) {
     lines.push(
@@ -88,6 +94,33 @@ export function registerPairCommands(program: Command): void {
       const r = await failover(c, { to: opts.to, onStep: (m) => progress.step(m) });
       progress.done();
       print(opts.json, r, () => `${r.to} carries the VM on (${r.procedure}, ${r.ms.toFixed(0)} ms); it is not protected until a new secondary joins`);
+    });
+
+  program
+    .command('resync')
+    .summary('protect the VM again after a failover: a new secondary, synced from the survivor')
+    .description(
+      'after a failover the VM runs alone on the survivor. resync starts a new secondary on the other node (a fresh\n' +
+        'replica: that node\'s old disk is stale and is not read), mirrors the survivor\'s disk to it while the VM runs,\n' +
+        'then stops the VM for a moment and re-enters COLO ("resume replication" in the COLO documentation).\n' +
+        'It never resyncs the wrong way: the node whose disk generation is older is always the target. On failure the\n' +
+        'survivor runs on alone, as before, and resync can be run again.',
+    )
+    .requiredOption('-c, --config <file>', CONFIG_HELP)
+    .option('--json', 'print the result as JSON')
+    .action(async (opts: { config: string; json?: boolean }) => {
+      const c = loadConfig(opts.config);
+      const progress = createProgress(process.stderr, { quiet: opts.json === true });
+      const r = await resync(c, {
+        onStep: (m) => progress.step(m),
+        onUpdate: (m) => progress.update(m),
+        onMirror: (p) => progress.update(`${((100 * p.offset) / Math.max(p.len, 1)).toFixed(0)}% (${(p.offset / 2 ** 20).toFixed(0)} of ${(p.len / 2 ** 20).toFixed(0)} MiB)`),
+      });
+      progress.done();
+      print(opts.json, r, () =>
+        `protected again: ${r.from} primary, ${r.to} secondary, ${(r.ms / 1000).toFixed(1)} s in all ` +
+        `(mirror ${(r.mirrorBytes / 2 ** 20).toFixed(0)} MiB in ${(r.mirrorMs / 1000).toFixed(1)} s, VM stopped ${r.stoppedMs.toFixed(0)} ms; disk generation ${r.generation})`,
+      );
     });
 
   program

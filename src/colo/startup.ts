@@ -127,3 +127,21 @@ export async function checkpointNow(qmp: QmpClient, delayMs: number): Promise<vo
     resumes.close();
   }
 }
+
+/**
+ * Sets the checkpoint period (QEMU 7.2 then checkpoints at once) and waits
+ * until a checkpoint has completed on the primary: STOP, then RESUME. That a
+ * checkpoint completes is what "protected" means. Throws TimeoutError.
+ */
+export async function firstCheckpoint(qmp: QmpClient, delayMs: number): Promise<void> {
+  const stops = qmp.listen('STOP');
+  const resumes = qmp.listen('RESUME');
+  try {
+    await setCheckpointDelay(qmp, delayMs);
+    await stops.next(delayMs + 15_000, 'a checkpoint to start on the primary');
+    await resumes.next(15_000, 'the primary to resume after its checkpoint');
+  } finally {
+    stops.close();
+    resumes.close();
+  }
+}

@@ -140,9 +140,11 @@ export const configSchema = z
         compareTimeoutMs: z.number().int().min(10).max(600_000).default(3000),
         /** Active and hidden buffers of the secondary: a RAM disk is best. */
         bufferDir: z.string().default('/dev/shm'),
+        /** How long a resync's disk mirror may take to catch up with the running VM. */
+        resyncTimeoutMs: z.number().int().min(1000).max(86_400_000).default(600_000),
       })
       .strict()
-      .default({ checkpointDelayMs: 2000, compareTimeoutMs: 3000, bufferDir: '/dev/shm' }),
+      .default({ checkpointDelayMs: 2000, compareTimeoutMs: 3000, bufferDir: '/dev/shm', resyncTimeoutMs: 600_000 }),
   })
   .strict();
 

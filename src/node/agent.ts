@@ -22,6 +22,7 @@ import { primaryFailover, yankLinksToSecondary } from '../colo/failover.js';
 import { queryColoStatus } from '../colo/startup.js';
 import { readState, recordFailover, type NodeState, type PairState } from '../pair/state.js';
 import { secondaryTakeover } from '../pair/failover.js';
+import { bumpGeneration } from '../pair/generation.js';
 import { agentSocket, type AgentStatus } from '../pair/agents.js';
 import { listenLinks, connectLink, type Link, type Message } from './link.js';
 import { WitnessClient } from './witness.js';
@@ -373,6 +374,8 @@ export class Agent {
     if (!(await this.ensureLease(1000))) return this.fence('no lease for running alone');
     // Unless the secondary's QEMU is known dead or the stream already broke, its links may hang: yank them.
     const yank = !this.coloExited && this.peerQemu !== 'dead';
+    const g = bumpGeneration(path.dirname(this.me.qmpSocket), `primary failover: ${why}`);
+    this.log.warn({ generation: g.generation }, 'our disk starts a new generation');
     await primaryFailover(this.qmp!, (n) => this.log.info({ step: n }, 'primary failover step'), { yank });
     this.role = 'alone';
     recordFailover(this.c.stateDir, { from: this.peer.name, to: this.name, reason: `agent: ${why}`, ms: performance.now() - t0 });
@@ -401,6 +404,8 @@ export class Agent {
       this.log.warn('the primary still holds the lease: staying secondary');
       return;
     }
+    const g = bumpGeneration(path.dirname(this.me.qmpSocket), `takeover: ${why}`);
+    this.log.warn({ generation: g.generation }, 'our disk starts a new generation');
     await secondaryTakeover(this.qmp!, this.pair, this.me, this.peer, (n) => this.log.info({ step: n }, 'secondary failover step'), { yank: stalled });
     this.role = 'alone';
     recordFailover(this.c.stateDir, { from: this.peer.name, to: this.name, reason: `agent: ${why}`, ms: performance.now() - t0 });

@@ -43,7 +43,7 @@ export async function down(c: ResolvedConfig, onStep: (m: string) => void = () =
   const order = [...s.nodes.filter((n) => n.role === 'secondary'), ...s.nodes.filter((n) => n.role !== 'secondary')];
   const out: DownResult = { nodes: [] };
   for (const n of order) out.nodes.push({ name: n.name, role: n.role, result: await quit(n, onStep) });
-  for (const b of [s.buffers.active, s.buffers.hidden]) fs.rmSync(b, { force: true });
+  for (const b of [s.buffers.active, s.buffers.hidden, ...(s.retiredBuffers ?? [])]) fs.rmSync(b, { force: true });
   writeState(c.stateDir, { ...s, stoppedAt: new Date().toISOString() });
   return out;
 }

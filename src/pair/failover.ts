@@ -5,7 +5,9 @@
  * Asked for on purpose with both nodes alive, the other node's QEMU is ended
  * first (by PID), so there is never a moment with two writers.
  */
+import path from 'node:path';
 import type { ResolvedConfig } from '../config/load.js';
+import { bumpGeneration } from './generation.js';
 import { QmpClient } from '../qmp/client.js';
 import { stopPid } from '../qemu/process.js';
 import { secondaryFailover, primaryFailover } from '../colo/failover.js';
@@ -77,6 +79,7 @@ export async function failover(c: ResolvedConfig, o: FailoverOptions = {}): Prom
     if (o.to && o.to !== survivor.name) throw new LockstepError(`node ${o.to} is not running; only ${survivor.name} can carry on`);
   }
   const qmp = await QmpClient.connect(survivor.qmpSocket, { timeoutMs: 5000 });
+  bumpGeneration(path.dirname(survivor.qmpSocket), `failover: ${o.reason ?? 'requested'}`);
   let procedure: FailoverResult['procedure'];
   try {
     if (survivor.role === 'secondary') {
@@ -124,4 +127,12 @@ async function viaAgents(c: ResolvedConfig, s: PairState, live: NodeState[], o: 
     { timeoutMs: 15_000, intervalMs: 50, hint: `see the agent logs: ${c.stateDir}/*/agent.log` },
   );
   return { from: lost.name, to: survivor.name, procedure: survivor.role === 'secondary' ? 'secondary failover' : 'primary failover', ms: performance.now() - t0 };
+}
+
+/** Waits until the agents have recorded a takeover by `to` (at most `timeoutMs`), and returns it. */
+export async function waitForAgentTakeover(c: ResolvedConfig, to: string, timeoutMs = 15_000): Promise<NonNullable<PairState['lastFailover']>> {
+  return waitFor(`the agent of ${to} to take over`, () => {
+    const lf = readState(c.stateDir)?.lastFailover;
+    return lf && lf.to === to ? lf : undefined;
+  }, { timeoutMs, intervalMs: 20 });
 }

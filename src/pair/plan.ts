@@ -52,8 +52,13 @@ export function replicaPath(c: ResolvedConfig, node: ResolvedConfig['nodes'][num
   return path.join(node.dataDir, `replica.${c.vm.disk.format}`);
 }
 
-export function planPair(c: ResolvedConfig, rt: Runtime): PairPlan {
-  const [p, s] = c.nodes as [ResolvedConfig['nodes'][number], ResolvedConfig['nodes'][number]];
+/**
+ * The plan for `c`: the first node of the config is the primary, unless
+ * `primary` names the other (a resync after a takeover).
+ */
+export function planPair(c: ResolvedConfig, rt: Runtime, primary: string = c.nodes[0]!.name): PairPlan {
+  const [first, second] = c.nodes as [ResolvedConfig['nodes'][number], ResolvedConfig['nodes'][number]];
+  const [p, s] = first.name === primary ? [first, second] : [second, first];
   const e: ColoEndpoints = {
     primaryHost: p.address,
     secondaryHost: s.address,

@@ -39,6 +39,10 @@ export interface PairState {
   stoppedAt?: string;
   /** PIDs of the node agents (lockstep agent), when the config has agents. */
   agents?: Record<string, number>;
+  /** Buffers of earlier secondaries, still open in a survivor's QEMU after a resync; `down` removes them. */
+  retiredBuffers?: string[];
+  /** The last resync: from the survivor to the new secondary, its times and size. */
+  lastResync?: { at: string; from: string; to: string; ms: number; mirrorMs: number; mirrorBytes: number; stoppedMs: number };
   /** The last takeover: who died, who carries the VM on, why. */
   lastFailover?: { at: string; from: string; to: string; reason: string; ms: number };
   /**

@@ -7,7 +7,7 @@ import type { ResolvedConfig } from '../config/load.js';
 import { QmpClient } from '../qmp/client.js';
 import { isOurQemu } from '../qemu/process.js';
 import { errorMessage } from '../util/errors.js';
-import { readState, type NodeState } from './state.js';
+import { readState, type NodeState, type PairState } from './state.js';
 import { readAgentStatus, type AgentStatus } from './agents.js';
 import path from 'node:path';
 
@@ -35,6 +35,7 @@ export interface PairStatus {
   protectedAt: string | null;
   upMs: number | null;
   lastFailover: { at: string; from: string; to: string; reason: string; ms: number } | null;
+  lastResync: NonNullable<PairState['lastResync']> | null;
   nodes: NodeStatus[];
 }
 
@@ -61,7 +62,7 @@ async function nodeStatus(n: NodeState, timeoutMs: number): Promise<NodeStatus> 
 
 export async function pairStatus(c: ResolvedConfig, timeoutMs = 3000): Promise<PairStatus> {
   const s = readState(c.stateDir);
-  if (!s) return { name: c.name, running: false, protected: false, accel: null, protectedAt: null, upMs: null, lastFailover: null, nodes: [] };
+  if (!s) return { name: c.name, running: false, protected: false, accel: null, protectedAt: null, upMs: null, lastFailover: null, lastResync: null, nodes: [] };
   const nodes = await Promise.all(
     s.nodes.map(async (n) => {
       const st = await nodeStatus(n, timeoutMs);
@@ -82,6 +83,7 @@ export async function pairStatus(c: ResolvedConfig, timeoutMs = 3000): Promise<P
     protectedAt: s.protectedAt ?? null,
     upMs: s.upMs ?? null,
     lastFailover: s.lastFailover ?? null,
+    lastResync: s.lastResync ?? null,
     nodes,
   };
 }

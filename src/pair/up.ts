@@ -11,7 +11,7 @@ import type { ResolvedConfig } from '../config/load.js';
 import { QmpClient, type QmpEvent } from '../qmp/client.js';
 import { QemuProcess } from '../qemu/process.js';
 import { createImage, imageInfo } from '../qemu/images.js';
-import { secondaryEnterColo, primaryEnterColo, waitColoMode, setCheckpointDelay } from '../colo/startup.js';
+import { secondaryEnterColo, primaryEnterColo, waitColoMode, firstCheckpoint } from '../colo/startup.js';
 import { LockstepError } from '../util/errors.js';
 import { portFree } from '../util/net.js';
 import { attachTap, checkTap, detachTap } from '../qemu/tap.js';
@@ -20,6 +20,7 @@ import { planPair, type PairPlan, type NodePlan } from './plan.js';
 import { resolveRuntime } from './runtime.js';
 import { readState, writeState, liveNodes, type PairState } from './state.js';
 import { startAgents } from './agents.js';
+import { readGeneration, writeGeneration } from './generation.js';
 
 export interface UpOptions {
   onStep?: (msg: string) => void;
@@ -133,7 +134,7 @@ async function preflight(c: ResolvedConfig, plan: PairPlan, step: (m: string) =>
   return info['virtual-size'];
 }
 
-async function connectQmp(proc: QemuProcess, node: NodePlan, timeoutMs: number): Promise<{ qmp: QmpClient; events: QmpEvent[] }> {
+export async function connectQmp(proc: QemuProcess, node: NodePlan, timeoutMs: number): Promise<{ qmp: QmpClient; events: QmpEvent[] }> {
   await waitFor(
     `the ${node.role} (${node.name}) to open its QMP socket`,
     () => {
@@ -153,7 +154,7 @@ async function connectQmp(proc: QemuProcess, node: NodePlan, timeoutMs: number):
   }
 }
 
-function spawnOpts(n: NodePlan): { args: string[]; wrapper?: string[] } {
+export function spawnOpts(n: NodePlan): { args: string[]; wrapper?: string[] } {
   return { args: n.args, wrapper: n.netns ? ['ip', 'netns', 'exec', n.netns] : undefined };
 }
 
@@ -208,13 +209,8 @@ export async function up(c: ResolvedConfig, o: UpOptions = {}): Promise<UpResult
     // Protected means checkpoints work: set the period (QEMU 7.2 also takes a
     // checkpoint at once) and see the first one complete on the primary.
     step('first checkpoint');
-    const stops = pQmp.listen('STOP');
-    const resumes = pQmp.listen('RESUME');
-    await setCheckpointDelay(pQmp, c.replication.checkpointDelayMs);
-    const firstMs = c.replication.checkpointDelayMs + 15_000;
     try {
-      await stops.next(firstMs);
-      await resumes.next(15_000);
+      await firstCheckpoint(pQmp, c.replication.checkpointDelayMs);
     } catch {
       throw new LockstepError(`the first COLO checkpoint did not complete: the primary on ${plan.primary.name} stopped and did not resume`, {
         hint:
@@ -222,9 +218,6 @@ export async function up(c: ResolvedConfig, o: UpOptions = {}): Promise<UpResult
             ? 'QEMU 7.2 hangs in COLO checkpoints under TCG unless patched; leave qemu.binary unset so lockstep uses its lab QEMU (lockstep lab prepare)'
             : `see ${plan.primary.qemuLog}`,
       });
-    } finally {
-      stops.close();
-      resumes.close();
     }
     const now = new Date();
     const state: PairState = {
@@ -253,6 +246,9 @@ export async function up(c: ResolvedConfig, o: UpOptions = {}): Promise<UpResult
       upMs: now.getTime() - t0,
     };
     writeState(c.stateDir, state);
+    // Both disks now hold the same data: one new generation, above anything either held before.
+    const gen = Math.max(...[plan.primary, plan.secondary].map((n) => readGeneration(n.dataDir).generation)) + 1;
+    for (const n of [plan.primary, plan.secondary]) writeGeneration(n.dataDir, gen, `up: ${n.role}`);
     if (o.keepQmp) {
       return { state, plan, live: { primary: { proc: pProc, ...pConn }, secondary: { proc: sProc, ...sConn } } };
     }

@@ -191,22 +191,36 @@ export function primaryArgs(m: MachineSpec, e: ColoEndpoints, disk: PrimaryDisk)
   return a;
 }
 
-/** The primary's COLO proxy objects, in creation order (also used by resume replication). */
-export function primaryProxyObjects(e: ColoEndpoints): string[] {
+/** A QOM object: its type and properties, for -object or QMP object-add. */
+export interface ObjectSpec {
+  qomType: string;
+  props: Record<string, string | number | undefined>;
+}
+
+/** The primary's COLO proxy objects, in creation order (also created by resume replication, with object-add). */
+export function primaryProxyObjectSpecs(e: ColoEndpoints): ObjectSpec[] {
   return [
-    opts('filter-mirror', { id: IDS.filterMirror, netdev: IDS.netdev, queue: 'tx', outdev: IDS.mirrorChardev }),
-    opts('filter-redirector', { netdev: IDS.netdev, id: IDS.redirectorIn, queue: 'rx', indev: IDS.compareOut }),
-    opts('filter-redirector', { netdev: IDS.netdev, id: IDS.redirectorOut, queue: 'rx', outdev: IDS.compare0 }),
-    opts('iothread', { id: IDS.iothread }),
-    opts('colo-compare', {
-      id: IDS.compare,
-      primary_in: IDS.compare0Client,
-      secondary_in: IDS.compare1,
-      outdev: IDS.compareOutClient,
-      iothread: IDS.iothread,
-      compare_timeout: e.compareTimeoutMs,
-    }),
+    { qomType: 'filter-mirror', props: { id: IDS.filterMirror, netdev: IDS.netdev, queue: 'tx', outdev: IDS.mirrorChardev } },
+    { qomType: 'filter-redirector', props: { netdev: IDS.netdev, id: IDS.redirectorIn, queue: 'rx', indev: IDS.compareOut } },
+    { qomType: 'filter-redirector', props: { netdev: IDS.netdev, id: IDS.redirectorOut, queue: 'rx', outdev: IDS.compare0 } },
+    { qomType: 'iothread', props: { id: IDS.iothread } },
+    {
+      qomType: 'colo-compare',
+      props: {
+        id: IDS.compare,
+        primary_in: IDS.compare0Client,
+        secondary_in: IDS.compare1,
+        outdev: IDS.compareOutClient,
+        iothread: IDS.iothread,
+        compare_timeout: e.compareTimeoutMs,
+      },
+    },
   ];
+}
+
+/** The primary's COLO proxy objects as -object arguments. */
+export function primaryProxyObjects(e: ColoEndpoints): string[] {
+  return primaryProxyObjectSpecs(e).map((o) => opts(o.qomType, o.props));
 }
 
 /** The secondary ("Startup qemu", step 2): waits for the incoming migration. */

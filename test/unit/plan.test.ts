@@ -45,3 +45,16 @@ test('KVM runtime gets the documented CPU model', () => {
   const plan = planPair(parseConfig(yaml('{ mode: user }'), '/x/y.yaml'), { ...rt, accel: 'kvm' });
   assert.match(plan.primary.args.join(' '), /-accel kvm -cpu qemu64,kvmclock=on/);
 });
+
+test('a resync plans the other way round: b primary, a new secondary on a with its own replica and buffers', () => {
+  const plan = planPair(parseConfig(yaml('{ mode: tap, bridge: br0, taps: { a: tap-a, b: tap-b } }'), '/etc/lockstep/web.yaml'), rt, 'b');
+  assert.deepEqual([plan.primary.name, plan.secondary.name], ['b', 'a']);
+  assert.deepEqual([plan.endpoints.primaryHost, plan.endpoints.secondaryHost], ['10.0.0.2', '10.0.0.1']);
+  // The target's old disk (the user's image, when a was the first primary) is never the resync target.
+  assert.equal(plan.secondary.disk, '/etc/lockstep/.lockstep/web/a/replica.qcow2');
+  assert.deepEqual(plan.buffers, { active: '/dev/shm/lockstep-web-a-active.qcow2', hidden: '/dev/shm/lockstep-web-a-hidden.qcow2' });
+  const s = plan.secondary.args.join(' ');
+  assert.match(s, /socket,id=red0,host=10\.0\.0\.2,port=9003/, 'the new secondary connects to b');
+  assert.match(s, /-incoming tcp:10\.0\.0\.1:9998/);
+  assert.match(s, /ifname=tap-a,/);
+});

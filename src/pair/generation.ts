@@ -1,0 +1,52 @@
+/**
+ * Disk generations: each node keeps, next to its data (<dataDir>/generation.json),
+ * the generation of the disk its VM writes, like a term number. `up` gives
+ * both disks one new generation; a takeover raises the survivor's before it
+ * writes alone; a resync hands the source's generation to the target once
+ * it holds the same data. A node with a lower generation than its peer holds
+ * stale data: it may only ever be the target of a resync, never its source.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+
+export interface Generation {
+  generation: number;
+  at: string;
+  why: string;
+}
+
+function file(dataDir: string): string {
+  return path.join(dataDir, 'generation.json');
+}
+
+/** The node's generation; 0 for a node that never held data. */
+export function readGeneration(dataDir: string): Generation {
+  try {
+    const g = JSON.parse(fs.readFileSync(file(dataDir), 'utf8')) as Generation;
+    if (Number.isInteger(g.generation) && g.generation >= 0) return g;
+  } catch {
+    /* none yet */
+  }
+  return { generation: 0, at: '', why: 'never written' };
+}
+
+/** Writes the node's generation durably (write, fsync, rename). */
+export function writeGeneration(dataDir: string, generation: number, why: string): Generation {
+  const g: Generation = { generation, at: new Date().toISOString(), why };
+  fs.mkdirSync(dataDir, { recursive: true });
+  const tmp = `${file(dataDir)}.tmp-${process.pid}`;
+  const fd = fs.openSync(tmp, 'w');
+  try {
+    fs.writeSync(fd, JSON.stringify(g) + '\n');
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, file(dataDir));
+  return g;
+}
+
+/** A takeover: this node now writes alone, so its disk starts a new generation. */
+export function bumpGeneration(dataDir: string, why: string): Generation {
+  return writeGeneration(dataDir, readGeneration(dataDir).generation + 1, why);
+}
