@@ -34,7 +34,7 @@ try {
   for (let i = 1; i <= KILLS; i++) {
     let run;
     try {
-      run = await lab.startPair({ clientIntervalMs: 10, minTraffic: 50 });
+      run = await lab.startPair({ clientIntervalMs: 10, minTraffic: 50, reprotect: false });
     } catch (err) {
       startStalls.push((err as Error).message);
       log(`kill ${i}/${KILLS}: the pair's traffic stalled before the kill; counted, not measured (${(err as Error).message})`);

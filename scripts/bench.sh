@@ -7,3 +7,4 @@ bash scripts/setup.sh
 node bin/lockstep.js lab prepare
 node dist/bench/colo.js
 node dist/bench/takeover.js
+node dist/bench/resync.js

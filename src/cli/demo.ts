@@ -42,7 +42,8 @@ export function registerDemoCommand(program: Command): void {
       'As root: bring up the lab of separate hosts (lockstep lab up: network namespaces for node a, node b, a\n' +
         'witness and a client) with a protected pair, let a client keep a TCP connection to the guest and count on\n' +
         "its disk, then kill -9 the primary QEMU and watch the secondary's agent take over while the client carries\n" +
-        'on. The lab is left running (lockstep lab status, lab kill, lab cut, lab down).\n\n' +
+        'on, and the agents protect the VM again with a new secondary. The lab is left running (lockstep lab status,\n' +
+        'lab kill, lab cut, lab down).\n\n' +
         'Not as root, or with -c: the same with the pair of a config on this host (default examples/one-host.yaml,\n' +
         'user networking); stop it with lockstep down.',
     )

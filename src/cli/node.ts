@@ -1,3 +1,5 @@
+import fs from 'node:fs';
+import path from 'node:path';
 import type { Command } from 'commander';
 import { loadConfig } from '../config/load.js';
 import { Agent } from '../node/agent.js';
@@ -46,12 +48,14 @@ export function registerNodeCommands(program: Command): void {
       const listen = opts.listen ?? c.agents.witness;
       if (!listen) throw new LockstepError('no address to listen on', { hint: 'pass --listen ADDR:PORT or set agents.witness' });
       const [host, port] = listen.split(':');
+      fs.mkdirSync(c.stateDir, { recursive: true });
       const log = pino({ base: { role: 'witness' }, timestamp: pino.stdTimeFunctions.isoTime });
       const w = new Witness({
         secret: c.agents.secret,
         host: host!,
         port: Number(port),
         graceMs: opts.graceMs ? Number(opts.graceMs) : 2 * c.agents.leaseMs,
+        stateFile: path.join(c.stateDir, 'witness.json'),
         log: (m) => log.info(m),
       });
       await w.start();

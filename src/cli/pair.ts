@@ -20,7 +20,15 @@ function formatStatus(s: PairStatus): string {
   }
   if (s.lastResync) {
     const r = s.lastResync;
-    lines.push(`  last resync ${r.at}: ${r.from} → ${r.to}, protected again after ${(r.ms / 1000).toFixed(1)} s (mirror ${(r.mirrorBytes / 2 ** 20).toFixed(0)} MiB in ${(r.mirrorMs / 1000).toFixed(1)} s, VM stopped ${r.stoppedMs.toFixed(0)} ms)`);
+    const f = s.lastFailover;
+    const window = f && Date.parse(r.at) > Date.parse(f.at) ? `; unprotected for ${((Date.parse(r.at) - Date.parse(f.at)) / 1000).toFixed(1)} s after the failover` : '';
+    lines.push(`  last resync ${r.at}: ${r.from} → ${r.to} in ${(r.ms / 1000).toFixed(1)} s (mirror ${(r.mirrorBytes / 2 ** 20).toFixed(0)} MiB in ${(r.mirrorMs / 1000).toFixed(1)} s, VM stopped ${r.stoppedMs.toFixed(0)} ms)${window}`);
+  }
+  for (const n of s.nodes) {
+    const r = n.agent?.resync;
+    if (!r) continue;
+    const pct = r.mirror ? ` ${((100 * r.mirror.offset) / Math.max(1, r.mirror.len)).toFixed(0)}% of ${(r.mirror.len / 2 ** 20).toFixed(0)} MiB mirrored;` : '';
+    lines.push(`  RESYNC in progress: ${n.name} → ${r.to} for ${(r.runningMs / 1000).toFixed(1)} s;${pct} ${r.step}`);
   }
   if (!s.protected && s.lastFailover && s.running) lines.push(`  to protect the VM again: lockstep resync -c FILE`);
   lines.push('  node  role       pid      run state   COLO mode   migration');
@@ -35,7 +43,7 @@ function formatStatus(s: PairStatus): string {
       const seen = Object.entries(a.peer.lastSeenMs)
         .map(([p, ms]) => `${p} ${ms === null ? 'never' : `${ms} ms ago`}`)
         .join(', ');
-      lines.push(`        agent: ${a.role}; heartbeat from ${a.peer.name}: ${seen}; rtt ${a.peer.rttMs ?? '-'} ms` + (a.lease.witness ? `; lease ${a.lease.held ? `held (${a.lease.remainingMs} ms left)` : 'not held'}` : ''));
+      lines.push(`        agent: ${a.role}, disk generation ${a.generation}; heartbeat from ${a.peer.name}: ${seen}; rtt ${a.peer.rttMs ?? '-'} ms` + (a.lease.witness ? `; lease ${a.lease.held ? `held (${a.lease.remainingMs} ms left)` : 'not held'}` : ''));
       if (a.lastDecision) lines.push(`        last decision: ${a.lastDecision}`);
     }
   }

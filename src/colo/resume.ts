@@ -16,8 +16,10 @@
 import type { QmpClient } from '../qmp/client.js';
 import { IDS, primaryProxyObjectSpecs, type ColoEndpoints } from '../qemu/cmdline.js';
 import { runSteps, type StepRecord } from './steps.js';
-import { replicationDriveAdd } from './startup.js';
+import { attachReplicationSteps, migrateIntoColoSteps } from './startup.js';
 import { LockstepError } from '../util/errors.js';
+import { sleep } from '../util/time.js';
+import { yankLinksToSecondary } from './failover.js';
 
 const STEP_MS = 10_000;
 export const RESYNC_JOB = 'resync';
@@ -37,10 +39,12 @@ export interface MirrorProgress {
 
 export interface ResumeOptions {
   onStep?: (name: string) => void;
-  /** Called about twice a second while the disk is mirrored. */
+  /** Called about five times a second while the disk is mirrored. */
   onMirror?: (p: MirrorProgress) => void;
   /** How long the mirror may take to reach the ready state. */
   mirrorTimeoutMs: number;
+  /** How long the mirror may make no progress at all before the resync is given up. */
+  mirrorStallMs: number;
   /** How long the migration into COLO may take (the VM is stopped meanwhile). */
   migrationTimeoutMs: number;
 }
@@ -87,13 +91,21 @@ async function mirrorUntilReady(qmp: QmpClient, t: ResumeTarget, o: ResumeOption
     );
     const deadline = Date.now() + o.mirrorTimeoutMs;
     let bytes = 0;
+    let offset = -1;
+    let progressAt = Date.now();
     for (;;) {
-      const got = await ready.next(500).then(() => true, () => false);
+      const got = await ready.next(200).then(() => true, () => false);
       const job = await resyncJob(qmp);
       if (got || job?.ready) return { ms: performance.now() - t0, bytes: job?.len ?? bytes };
       if (!job) throw new LockstepError('the disk mirror ended before it was in sync (the new secondary\'s NBD export went away?)');
       bytes = job.len;
       o.onMirror?.({ offset: job.offset, len: job.len });
+      if (job.offset !== offset) {
+        offset = job.offset;
+        progressAt = Date.now();
+      } else if (Date.now() - progressAt > o.mirrorStallMs) {
+        throw new LockstepError(`the disk mirror made no progress for ${Math.round(o.mirrorStallMs / 1000)} s (${job.offset} of ${job.len} bytes): the link to the new secondary is down?`);
+      }
       if (Date.now() > deadline) {
         throw new LockstepError(`the disk mirror was not in sync after ${Math.round(o.mirrorTimeoutMs / 1000)} s (${job.offset} of ${job.len} bytes)`, {
           hint: 'a slow link to the new secondary, or a guest writing faster than it; raise replication.resyncTimeoutMs',
@@ -143,19 +155,7 @@ export async function resumeReplication(qmp: QmpClient, e: ColoEndpoints, t: Res
             }
           },
         },
-        {
-          name: 'drive_add replication child',
-          timeoutMs: STEP_MS,
-          run: async () => {
-            const out = await qmp.hmp(replicationDriveAdd(t.host, t.nbdPort));
-            if (out.trim()) throw new Error(`drive_add: ${out.trim()}`);
-          },
-        },
-        {
-          name: 'x-blockdev-change attach replication child',
-          timeoutMs: STEP_MS,
-          run: () => qmp.execute('x-blockdev-change', { parent: IDS.disk, node: IDS.replicationNode }),
-        },
+        ...attachReplicationSteps(qmp, t.host, t.nbdPort, STEP_MS),
         ...primaryProxyObjectSpecs(e).map((spec) => ({
           name: `object-add ${spec.qomType} ${spec.props.id}${afterRewriter && spec.qomType.startsWith('filter-') ? ` before ${IDS.rewriter}` : ''}`,
           timeoutMs: STEP_MS,
@@ -166,12 +166,7 @@ export async function resumeReplication(qmp: QmpClient, e: ColoEndpoints, t: Res
               ...(afterRewriter && spec.qomType.startsWith('filter-') ? { insert: 'before', position: `id=${IDS.rewriter}` } : {}),
             }),
         })),
-        {
-          name: 'migrate-set-capabilities x-colo',
-          timeoutMs: STEP_MS,
-          run: () => qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-colo', state: true }] }),
-        },
-        { name: 'migrate', timeoutMs: STEP_MS, run: () => qmp.execute('migrate', { uri: `tcp:${t.host}:${t.migrationPort}` }) },
+        ...migrateIntoColoSteps(qmp, t.host, t.migrationPort, STEP_MS),
         {
           // The migration runs with the VM stopped; COLO starts the VM again once the new secondary has its state.
           name: 'migration to the new secondary, until the VM runs again in COLO',
@@ -206,9 +201,20 @@ export async function abortResume(qmp: QmpClient): Promise<string[]> {
       // Not there: nothing to undo.
     }
   };
-  if (await resyncJob(qmp).catch(() => undefined)) await attempt('block-job-cancel', () => qmp.execute('block-job-cancel', { device: RESYNC_JOB, force: true }));
+  const job = await resyncJob(qmp).catch(() => undefined);
   const mig = await qmp.execute<{ status?: string }>('query-migrate', undefined, { timeoutMs: 5000 }).catch(() => ({ status: undefined }));
-  if (mig.status && !['completed', 'failed', 'cancelled', 'none'].includes(mig.status)) await attempt('migrate_cancel', () => qmp.execute('migrate_cancel'));
+  const migrating = mig.status !== undefined && !['completed', 'failed', 'cancelled', 'none'].includes(mig.status);
+  if (job || migrating) {
+    // Their I/O to a vanished secondary may never return (a cut link): shut those connections first.
+    const yanked = await yankLinksToSecondary(qmp).catch(() => []);
+    if (yanked.length) undone.push(`yank ${yanked.join(', ')}`);
+  }
+  if (job) {
+    await attempt('block-job-cancel', () => qmp.execute('block-job-cancel', { device: RESYNC_JOB, force: true }));
+    // The job must be gone before the replication child and a later mirror can use the same names.
+    for (let i = 0; i < 50 && (await resyncJob(qmp).catch(() => undefined)); i++) await sleep(100);
+  }
+  if (migrating) await attempt('migrate_cancel', () => qmp.execute('migrate_cancel'));
   for (const id of [IDS.compare, IDS.iothread, IDS.filterMirror, IDS.redirectorIn, IDS.redirectorOut]) {
     if (await hasObject(qmp, id).catch(() => false)) await attempt(`object-del ${id}`, () => qmp.execute('object-del', { id }));
   }
@@ -217,7 +223,10 @@ export async function abortResume(qmp: QmpClient): Promise<string[]> {
     await attempt('x-blockdev-change remove replication child', () => qmp.execute('x-blockdev-change', { parent: IDS.disk, child: 'children.1' }));
     await attempt(`drive_del ${IDS.replicationNode}`, () => qmp.hmp(`drive_del ${IDS.replicationNode}`));
   }
-  await attempt('x-colo off', () => qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-colo', state: false }] }));
+  const caps = await qmp.execute<Array<{ capability: string; state: boolean }>>('query-migrate-capabilities', undefined, { timeoutMs: 5000 }).catch(() => []);
+  if (caps.some((x) => x.capability === 'x-colo' && x.state)) {
+    await attempt('x-colo off', () => qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-colo', state: false }] }));
+  }
   const st = await qmp.execute<{ status: string }>('query-status', undefined, { timeoutMs: 5000 }).catch(() => undefined);
   if (st?.status === 'paused') await attempt('cont', () => qmp.execute('cont'));
   return undone;

@@ -6,7 +6,7 @@
  */
 import type { QmpClient } from '../qmp/client.js';
 import { IDS } from '../qemu/cmdline.js';
-import { runSteps, type StepRecord } from './steps.js';
+import { runSteps, type Step, type StepRecord } from './steps.js';
 import { waitFor } from '../util/time.js';
 
 const QMP_STEP_MS = 10_000;
@@ -55,27 +55,41 @@ export function replicationDriveAdd(secondaryHost: string, nbdPort: number): str
   );
 }
 
+/**
+ * The replication child: an NBD client to the secondary's export, attached to
+ * the primary's quorum (step 4; also resume replication).
+ */
+export function attachReplicationSteps(qmp: QmpClient, secondaryHost: string, nbdPort: number, timeoutMs = QMP_STEP_MS): Step[] {
+  return [
+    {
+      name: 'drive_add replication child',
+      timeoutMs,
+      run: async () => {
+        const out = await qmp.hmp(replicationDriveAdd(secondaryHost, nbdPort));
+        if (out.trim()) throw new Error(`drive_add: ${out.trim()}`);
+      },
+    },
+    {
+      name: 'x-blockdev-change attach replication child',
+      timeoutMs,
+      run: () => qmp.execute('x-blockdev-change', { parent: IDS.disk, node: IDS.replicationNode }),
+    },
+  ];
+}
+
+/** x-colo and the migration to the secondary that starts COLO (step 4; also resume replication). */
+export function migrateIntoColoSteps(qmp: QmpClient, secondaryHost: string, migrationPort: number, timeoutMs = QMP_STEP_MS): Step[] {
+  return [
+    { name: 'migrate-set-capabilities x-colo', timeoutMs, run: () => xColo(qmp) },
+    { name: 'migrate', timeoutMs, run: () => qmp.execute('migrate', { uri: `tcp:${secondaryHost}:${migrationPort}` }) },
+  ];
+}
+
 /** Step 4, on the primary. */
 export function primaryEnterColo(qmp: QmpClient, p: PrimaryStartup, onStep?: (n: string) => void): Promise<StepRecord[]> {
   return runSteps(
     'primary start-up',
-    [
-      {
-        name: 'drive_add replication child',
-        timeoutMs: QMP_STEP_MS,
-        run: async () => {
-          const out = await qmp.hmp(replicationDriveAdd(p.secondaryHost, p.nbdPort));
-          if (out.trim()) throw new Error(`drive_add: ${out.trim()}`);
-        },
-      },
-      {
-        name: 'x-blockdev-change attach replication child',
-        timeoutMs: QMP_STEP_MS,
-        run: () => qmp.execute('x-blockdev-change', { parent: IDS.disk, node: IDS.replicationNode }),
-      },
-      { name: 'migrate-set-capabilities x-colo', timeoutMs: QMP_STEP_MS, run: () => xColo(qmp) },
-      { name: 'migrate', timeoutMs: QMP_STEP_MS, run: () => qmp.execute('migrate', { uri: `tcp:${p.secondaryHost}:${p.migrationPort}` }) },
-    ],
+    [...attachReplicationSteps(qmp, p.secondaryHost, p.nbdPort), ...migrateIntoColoSteps(qmp, p.secondaryHost, p.migrationPort)],
     onStep,
   );
 }

@@ -131,6 +131,12 @@ export const configSchema = z
         /** The witness that grants the writer lease (split-brain safety). */
         witness: endpoint.optional(),
         leaseMs: z.number().int().min(200).max(60_000).default(1000),
+        /**
+         * After a failover, protect the VM again by themselves: as soon as the other
+         * node's agent is back (its QEMU gone or fenced, its disk not newer), the
+         * survivor's agent has it start a new secondary and resyncs it.
+         */
+        reprotect: z.boolean().default(true),
       })
       .strict()
       .optional(),

@@ -87,10 +87,13 @@ export class HostsLab {
   }
 
   /** Writes the config of a new pair (nodes a and b on their hosts) into a directory of its own; returns its path. */
-  writePairConfig(): string {
+  writePairConfig(o: { reprotect?: boolean; diskImage?: string } = {}): string {
     const h = this.hosts;
-    const dir = path.join(this.root, `r${this.started.length + 1}`);
-    fs.mkdirSync(dir, { recursive: true });
+    // A directory of its own, after those of earlier labs in the same place (their logs and disks stay).
+    let n = this.started.length + 1;
+    while (fs.existsSync(path.join(this.root, `r${n}`))) n++;
+    const dir = path.join(this.root, `r${n}`);
+    fs.mkdirSync(dir);
     const cfgFile = path.join(dir, 'pair.yaml');
     fs.writeFileSync(
       cfgFile,
@@ -101,6 +104,7 @@ export class HostsLab {
         netns: { a: h.ns.a, b: h.ns.b },
         addresses: h.addr.replication,
         replication: { bufferDir: path.join(dir, 'shm') },
+        ...(o.diskImage ? { disk: `{ image: ${JSON.stringify(o.diskImage)} }` } : {}),
         agents: {
           secret: LAB_SECRET,
           witness: `${h.addr.mgmt.witness}:${WITNESS_PORT}`,
@@ -108,6 +112,7 @@ export class HostsLab {
           heartbeatIntervalMs: 100,
           heartbeatTimeoutMs: 500,
           leaseMs: 1000,
+          reprotect: o.reprotect ?? true,
         },
       }),
     );
@@ -148,7 +153,7 @@ export class HostsLab {
   }
 
   async startPair(o: RunOptions = {}): Promise<LabRun> {
-    return startRun(this.writePairConfig(), this.hosts.ns.client, () => this.flushClientNeighbours(), o);
+    return startRun(this.writePairConfig(o), this.hosts.ns.client, () => this.flushClientNeighbours(), o);
   }
 
   /** Ends every pair and the witness, removes the namespaces; the directory (configs, logs, images) stays. */

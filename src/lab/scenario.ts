@@ -51,6 +51,10 @@ export async function startWitness(root: string, netns: string, address: string)
 
 export interface RunOptions {
   clientIntervalMs?: number;
+  /** The agents re-protect the VM by themselves after a failover (agents.reprotect; default true). */
+  reprotect?: boolean;
+  /** The VM's disk image (default: a new empty 64 MiB image). */
+  diskImage?: string;
   /** Echoes and requests the client must have had answered before the run counts as started. */
   minTraffic?: number;
 }

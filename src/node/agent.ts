@@ -11,18 +11,24 @@
  * - a node that may not proceed stops its VM (pauses it) instead of risking
  *   a second writer.
  */
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import pino from 'pino';
 import type { ResolvedConfig } from '../config/load.js';
 import { QmpClient } from '../qmp/client.js';
-import { isOurQemu } from '../qemu/process.js';
+import { isOurQemu, stopPid } from '../qemu/process.js';
+import { IDS } from '../qemu/cmdline.js';
 import { primaryFailover, yankLinksToSecondary } from '../colo/failover.js';
 import { queryColoStatus } from '../colo/startup.js';
+import { abortResume } from '../colo/resume.js';
 import { readState, recordFailover, type NodeState, type PairState } from '../pair/state.js';
 import { secondaryTakeover } from '../pair/failover.js';
-import { bumpGeneration } from '../pair/generation.js';
+import { readGeneration, writeGeneration } from '../pair/generation.js';
+import { prepareSecondary, dropSecondary, resumeOnSurvivor, recordResync, type PreparedSecondary } from '../pair/resync.js';
+import { planPair } from '../pair/plan.js';
+import { imageInfo } from '../qemu/images.js';
 import { agentSocket, type AgentStatus } from '../pair/agents.js';
 import { listenLinks, connectLink, type Link, type Message } from './link.js';
 import { WitnessClient } from './witness.js';
@@ -40,10 +46,31 @@ interface PathState {
 export class Agent {
   private readonly log: pino.Logger;
   /** The pair as `up` recorded it: endpoints, forwards, both nodes. */
-  private readonly pair: PairState;
-  private readonly me: NodeState;
-  private readonly peer: NodeState;
+  private pair: PairState;
+  private me: NodeState;
+  private peer: NodeState;
   private role: Role;
+  /** Our disk's generation (generation.json), and the peer's as its heartbeats say. */
+  private gen: number;
+  /** The run of the pair our disk belongs to (generation.json). */
+  private run: string;
+  private peerGen: number | undefined;
+  private peerRole: Role | undefined;
+  /** This agent's run, so the peer can tell a restarted agent (whose heartbeat numbers start again) from old messages. */
+  private readonly boot = crypto.randomUUID();
+  private peerBoot: string | undefined;
+  private peerSeq = 0;
+  /** Replies awaited from the peer, by request id. */
+  private readonly awaiting = new Map<string, (m: Message) => void>();
+  /** Re-protection: no attempt before this time (backs off after failures). */
+  private reprotectAt = 0;
+  private reprotectFailures = 0;
+  /** This failure's new generation is written (reset once protected again). */
+  private generationRaised = false;
+  /** Survivor: the resync under way, for status. */
+  private resyncing: { since: number; step: string; mirror?: { offset: number; len: number } } | undefined;
+  /** As a resync target: the new secondary waiting for the survivor's resume. */
+  private joining: { prepared?: PreparedSecondary; timer?: NodeJS.Timeout } | undefined;
   private qmp: QmpClient | undefined;
   private qemuAlive = false;
   private coloExited = false;
@@ -85,6 +112,9 @@ export class Agent {
     this.me = me;
     this.peer = peer;
     this.role = me.role;
+    const g = readGeneration(path.dirname(me.qmpSocket));
+    this.gen = g.generation;
+    this.run = g.pair;
     const mine = this.a.links?.[me.name] ?? [me.address];
     const theirs = this.a.links?.[peer.name] ?? [peer.address];
     this.paths = mine.slice(0, theirs.length).map((local, i) => ({ local, remote: theirs[i]!, lastSeen: 0 }));
@@ -167,10 +197,28 @@ export class Agent {
     // Re-attached after our own restart: learn where COLO stands.
     const st = await queryColoStatus(qmp);
     if (st.mode === 'none' && (this.role === 'primary' || this.role === 'secondary')) {
-      if (st['last-mode'] === 'secondary' || st['last-mode'] === 'primary') this.coloExited = true;
-      else if (st['last-mode'] === 'none' && this.role === 'primary') this.role = 'alone';
+      // Out of COLO: either the failover procedure already ran (it removes the replication child on a
+      // primary, the redirectors on a secondary) and the VM runs alone, or COLO broke and it is still to run.
+      if (await this.failoverDone(qmp)) this.role = 'alone';
+      else this.coloExited = true;
+    }
+    if (this.role === 'alone') {
+      // A resync this agent was running when it died may have left a mirror job, half the proxy, or a stopped VM.
+      const undone = await abortResume(qmp);
+      // (x-colo stays on after any failover; only the rest tells of a resync.)
+      if (undone.some((u) => u !== 'x-colo off')) this.log.warn({ undone }, 'took back a resync left half-done');
     }
     this.log.info({ colo: st, role: this.role }, 'attached to our QEMU');
+  }
+
+  /** Whether this QEMU, out of COLO, has been through its failover procedure already. */
+  private async failoverDone(qmp: QmpClient): Promise<boolean> {
+    if (this.role === 'primary') {
+      const nodes = await qmp.execute<Array<{ 'node-name': string }>>('query-named-block-nodes');
+      return !nodes.some((n) => n['node-name'] === IDS.replicationNode);
+    }
+    const objects = await qmp.execute<Array<{ name: string }>>('qom-list', { path: '/objects' });
+    return !objects.some((o) => o.name === IDS.secRedirectorIn);
   }
 
   private async reattach(): Promise<void> {
@@ -217,7 +265,17 @@ export class Agent {
     const now = performance.now();
     this.sent.set(seq, now);
     if (this.sent.size > 100) this.sent.delete(seq - 100);
-    const msg: Message = { t: 'hb', seq, role: this.role, qemu: this.qemuAlive ? 'alive' : 'dead', colo: this.coloExited ? 'exited' : 'ok', hearsPeer: this.peerFresh() };
+    const msg: Message = {
+      t: 'hb',
+      seq,
+      boot: this.boot,
+      role: this.role,
+      qemu: this.qemuAlive ? 'alive' : 'dead',
+      colo: this.coloExited ? 'exited' : 'ok',
+      hearsPeer: this.peerFresh(),
+      gen: this.gen,
+      run: this.run,
+    };
     for (const p of this.paths) p.link?.send(msg);
   }
 
@@ -225,10 +283,28 @@ export class Agent {
     const now = performance.now();
     if (m.t === 'hb') {
       p.lastSeen = now;
+      p.link?.send({ t: 'hback', seq: m.seq });
+      if (m.boot !== this.peerBoot) {
+        this.peerBoot = String(m.boot);
+        this.peerSeq = 0;
+      }
+      // Over several paths heartbeats can overtake each other: only the newest says how things are.
+      if (Number(m.seq) <= this.peerSeq) return;
+      this.peerSeq = Number(m.seq);
       this.peerQemu = m.qemu === 'dead' ? 'dead' : 'alive';
       this.peerHearsUs = m.hearsPeer === true;
-      p.link?.send({ t: 'hback', seq: m.seq });
+      this.peerRole = m.role as Role;
+      // A disk of another run of the pair (an earlier `up`) is older than any of this run.
+      this.peerGen = typeof m.gen !== 'number' ? undefined : m.run === this.run ? m.gen : 0;
       if (m.qemu === 'dead') void this.evaluate();
+    } else if (m.t === 'resync-prepare') {
+      void this.onResyncPrepare(m);
+    } else if (m.t === 'resync-done') {
+      void this.onResyncDone(m);
+    } else if (m.t === 'resync-abort') {
+      void this.onResyncAbort('the survivor gave the resync up');
+    } else if (typeof m.re === 'string' && this.awaiting.has(m.re)) {
+      this.awaiting.get(m.re)!(m);
     } else if (m.t === 'hback') {
       const sent = this.sent.get(Number(m.seq));
       if (sent !== undefined) this.rttMs = now - sent;
@@ -253,7 +329,7 @@ export class Agent {
   private async renewLease(): Promise<void> {
     if (!this.witness || !(this.role === 'primary' || this.role === 'alone') || !this.qemuAlive) return;
     try {
-      const r = await this.witness.acquire(this.a.leaseMs, Math.min(500, this.a.leaseMs / 2));
+      const r = await this.witness.acquire(this.a.leaseMs, Math.min(500, this.a.leaseMs / 2), { run: this.run, gen: this.gen });
       if (r.granted) this.leaseUntil = r.validUntil!;
       else this.log.warn({ holder: r.holder, reason: r.reason }, 'lease renewal refused');
     } catch (err) {
@@ -339,6 +415,10 @@ export class Agent {
         starting: this.starting(),
         checkpointAgeMs: this.role === 'secondary' ? performance.now() - this.lastCheckpointAt : undefined,
         stallMs: this.stallMs(),
+        peerRole: this.peerRole,
+        generation: this.gen,
+        peerGeneration: this.peerGen,
+        reprotect: this.a.reprotect && performance.now() >= this.reprotectAt,
       } as Parameters<typeof decide>[0];
       let d: Decision = decide(obs);
       if (d.action === 'probe') {
@@ -349,6 +429,7 @@ export class Agent {
       if (d.action === 'primary-failover') await this.doPrimaryFailover(d.why);
       else if (d.action === 'takeover') await this.doTakeover(d.why);
       else if (d.action === 'fence') await this.fence(d.why);
+      else if (d.action === 'reprotect') await this.doReprotect(d.why);
     } catch (err) {
       this.log.error({ err: errorMessage(err) }, 'failover step failed');
     } finally {
@@ -359,12 +440,12 @@ export class Agent {
   private async ensureLease(deadlineMs: number): Promise<boolean> {
     if (!this.witness) return true;
     if (this.leaseValid()) return true;
-    const r = await this.witness.acquireBy(this.a.leaseMs, performance.now() + deadlineMs);
+    const r = await this.witness.acquireBy(this.a.leaseMs, performance.now() + deadlineMs, { run: this.run, gen: this.gen });
     if (r?.granted) {
       this.leaseUntil = r.validUntil!;
       return true;
     }
-    this.log.warn({ holder: r?.holder ?? null }, 'could not get the lease');
+    this.log.warn({ holder: r?.holder ?? null, reason: r?.reason ?? null }, 'could not get the lease');
     return false;
   }
 
@@ -374,12 +455,34 @@ export class Agent {
     if (!(await this.ensureLease(1000))) return this.fence('no lease for running alone');
     // Unless the secondary's QEMU is known dead or the stream already broke, its links may hang: yank them.
     const yank = !this.coloExited && this.peerQemu !== 'dead';
-    const g = bumpGeneration(path.dirname(this.me.qmpSocket), `primary failover: ${why}`);
-    this.log.warn({ generation: g.generation }, 'our disk starts a new generation');
+    if (!(await this.newGeneration(`primary failover: ${why}`))) return this.fence('could not record a new disk generation at the witness');
     await primaryFailover(this.qmp!, (n) => this.log.info({ step: n }, 'primary failover step'), { yank });
     this.role = 'alone';
     recordFailover(this.c.stateDir, { from: this.peer.name, to: this.name, reason: `agent: ${why}`, ms: performance.now() - t0 });
     this.log.warn({ ms: Math.round(performance.now() - t0) }, 'running alone, unprotected');
+  }
+
+  /**
+   * Before this node writes alone: its disk starts a new generation, once
+   * per failure (a failover step that fails and is tried again does not
+   * raise it again).
+   */
+  private async newGeneration(why: string): Promise<boolean> {
+    if (this.generationRaised) return true;
+    const next = this.gen + 1;
+    if (this.witness) {
+      // The witness records it first: from then on the other node's older disk gets no lease.
+      const r = await this.witness.acquire(this.a.leaseMs, 1000, { run: this.run, gen: next }).catch(() => undefined);
+      if (!r?.granted) {
+        this.log.error({ generation: next, reason: r?.reason ?? 'witness unreachable' }, 'the witness did not record our new generation');
+        return false;
+      }
+      this.leaseUntil = r.validUntil!;
+    }
+    this.gen = writeGeneration(path.dirname(this.me.qmpSocket), next, why).generation;
+    this.generationRaised = true;
+    this.log.warn({ generation: next }, 'our disk starts a new generation');
+    return true;
   }
 
   /**
@@ -404,8 +507,11 @@ export class Agent {
       this.log.warn('the primary still holds the lease: staying secondary');
       return;
     }
-    const g = bumpGeneration(path.dirname(this.me.qmpSocket), `takeover: ${why}`);
-    this.log.warn({ generation: g.generation }, 'our disk starts a new generation');
+    if (!(await this.newGeneration(`takeover: ${why}`))) {
+      if (!stalled) return this.fence('could not record a new disk generation at the witness');
+      this.stallRetryAt = performance.now() + 2 * this.a.leaseMs;
+      return;
+    }
     await secondaryTakeover(this.qmp!, this.pair, this.me, this.peer, (n) => this.log.info({ step: n }, 'secondary failover step'), { yank: stalled });
     this.role = 'alone';
     recordFailover(this.c.stateDir, { from: this.peer.name, to: this.name, reason: `agent: ${why}`, ms: performance.now() - t0 });
@@ -422,6 +528,177 @@ export class Agent {
     }
     await this.qmp?.execute('stop').catch((err: unknown) => this.log.error({ err: errorMessage(err) }, 'stop failed'));
     this.role = 'fenced';
+  }
+
+  // ---- re-protection ----
+
+  /** Sends to the peer on the first open path. */
+  private sendPeer(m: Message): boolean {
+    return this.paths.some((p) => p.link?.isOpen && p.link.send(m));
+  }
+
+  /** Sends a request to the peer and waits for the message that answers it (re: id). */
+  private request(m: Message, timeoutMs: number): Promise<Message> {
+    const id = crypto.randomUUID();
+    return new Promise<Message>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.awaiting.delete(id);
+        reject(new TimeoutError(`the peer's answer to ${m.t}`, timeoutMs));
+      }, timeoutMs);
+      this.awaiting.set(id, (reply) => {
+        clearTimeout(timer);
+        this.awaiting.delete(id);
+        resolve(reply);
+      });
+      if (!this.sendPeer({ ...m, id })) {
+        clearTimeout(timer);
+        this.awaiting.delete(id);
+        reject(new LockstepError(`no open link to ${this.peer.name}`));
+      }
+    });
+  }
+
+  /** Our view of the pair from the state file, after a resync changed it. */
+  private reloadPair(): void {
+    const s = readState(this.c.stateDir);
+    const me = s?.nodes.find((n) => n.name === this.name);
+    const peer = s?.nodes.find((n) => n.name !== this.name);
+    if (!s || !me || !peer) return;
+    this.pair = s;
+    this.me = me;
+    this.peer = peer;
+  }
+
+  /**
+   * Survivor: have the peer start a new secondary, resume replication
+   * towards it, and record the pair as protected again. Any failure leaves
+   * our VM running alone (the half-done resume is taken back) and backs off.
+   */
+  private async doReprotect(why: string): Promise<void> {
+    const t0 = performance.now();
+    this.log.warn({ why }, 're-protecting: resync of the peer as our new secondary');
+    const plan = planPair(this.c, this.pair.runtime, this.name);
+    this.resyncing = { since: t0, step: `asking ${this.peer.name} for a new secondary` };
+    try {
+      const size = (await imageInfo(this.me.disk))['virtual-size'];
+      const ready = await this.request({ t: 'resync-prepare', primary: this.name, gen: this.gen, run: this.run, size }, 90_000);
+      if (ready.t !== 'resync-ready') throw new LockstepError(`${this.peer.name} could not start a new secondary: ${String(ready.why)}`);
+      this.log.info({ pid: ready.pid, ms: Math.round(performance.now() - t0) }, 'the new secondary waits: mirroring our disk to it');
+      let lastPct = -1;
+      const r = await resumeOnSurvivor(this.c, this.qmp!, plan, {
+        onUpdate: (n) => {
+          this.resyncing = { ...this.resyncing!, step: n };
+          this.log.info({ step: n }, 'resume replication step');
+        },
+        onMirror: (m) => {
+          this.resyncing = { ...this.resyncing!, mirror: { offset: m.offset, len: m.len } };
+          const pct = Math.floor((100 * m.offset) / Math.max(1, m.len) / 10) * 10;
+          if (pct !== lastPct) this.log.info({ offset: m.offset, len: m.len }, `mirror ${pct}%`);
+          lastPct = pct;
+        },
+      });
+      const ms = performance.now() - t0;
+      recordResync(this.c, plan, Number(ready.pid), { ms, mirrorMs: r.mirrorMs, mirrorBytes: r.mirrorBytes, stoppedMs: r.stoppedMs });
+      this.reloadPair();
+      this.role = 'primary';
+      this.coloExited = false;
+      this.lastCheckpointAt = performance.now();
+      this.reprotectFailures = 0;
+      this.generationRaised = false;
+      // The peer attaches to its new QEMU; its answer says it is a secondary with a live QEMU, so older heartbeats do not count.
+      const attached = await this.request({ t: 'resync-done', gen: this.gen, run: this.run }, 15_000).catch((err: unknown) => ({ t: 'resync-failed', why: errorMessage(err) }) as Message);
+      if (attached.t === 'resync-attached') {
+        this.peerSeq = Math.max(this.peerSeq, Number(attached.seq));
+        this.peerRole = 'secondary';
+        this.peerQemu = 'alive';
+      } else this.log.error({ why: attached.why }, 'the new secondary\'s agent did not attach to it');
+      this.log.warn({ ms: Math.round(ms), mirrorMs: Math.round(r.mirrorMs), mirrorBytes: r.mirrorBytes, stoppedMs: Math.round(r.stoppedMs) }, 'protected again');
+    } catch (err) {
+      this.sendPeer({ t: 'resync-abort' });
+      this.reprotectFailures++;
+      const backoff = Math.min(60_000, 2000 * 2 ** (this.reprotectFailures - 1));
+      this.reprotectAt = performance.now() + backoff;
+      this.log.error({ err: errorMessage(err), retryInMs: backoff }, 'resync failed: running on alone');
+    } finally {
+      this.resyncing = undefined;
+    }
+  }
+
+  /** Target: start a new secondary for the survivor, if our disk is not newer than its. */
+  private async onResyncPrepare(m: Message): Promise<void> {
+    const reply = (x: Message) => this.sendPeer({ ...x, re: m.id });
+    // A new request from the survivor voids an earlier attempt (its agent may have restarted since).
+    if (this.joining?.prepared) await this.onResyncAbort('the survivor started over');
+    if (this.joining || !(this.role === 'down' || this.role === 'fenced')) return void reply({ t: 'resync-failed', why: `${this.name} is ${this.joining ? 'already joining' : this.role}` });
+    const theirs = Number(m.gen);
+    if (m.run === this.run && !(theirs >= this.gen)) {
+      this.log.error({ ours: this.gen, theirs }, 'refusing to be resynced: our disk is newer than the survivor\'s');
+      return void reply({ t: 'resync-failed', why: `the disk of ${this.name} has generation ${this.gen}, newer than ${theirs}` });
+    }
+    this.joining = {};
+    try {
+      if (isOurQemu(this.me.pid, this.me.qmpSocket)) {
+        this.log.warn({ pid: this.me.pid }, 'ending our stale QEMU: its disk is replaced by the resync');
+        const old = this.qmp;
+        this.qmp = undefined;
+        // Not a QEMU lost by accident: no re-attaching to it.
+        old?.removeAllListeners('disconnect');
+        old?.destroy();
+        await stopPid(this.me.pid, this.me.qmpSocket, 1000);
+      }
+      this.qemuAlive = false;
+      this.role = 'down';
+      const s = readState(this.c.stateDir) ?? this.pair;
+      const prepared = await prepareSecondary(this.c, s, String(m.primary), Number(m.size), (x) => this.log.info({ step: x }, 'new secondary'));
+      // Given up if the survivor does not come back (it died, or the link did).
+      const timer = setTimeout(() => void this.onResyncAbort('no word from the survivor'), this.c.replication.resyncTimeoutMs + 120_000);
+      this.joining = { prepared, timer };
+      reply({ t: 'resync-ready', pid: prepared.proc.pid });
+    } catch (err) {
+      this.joining = undefined;
+      this.log.error({ err: errorMessage(err) }, 'could not start a new secondary');
+      reply({ t: 'resync-failed', why: errorMessage(err) });
+    }
+  }
+
+  /** Target: the survivor is in COLO with our new QEMU: own it from now on. */
+  private async onResyncDone(m: Message): Promise<void> {
+    const j = this.joining;
+    const reply = (x: Message) => this.sendPeer({ ...x, re: m.id });
+    if (!j?.prepared) return void reply({ t: 'resync-failed', why: 'no new secondary here' });
+    clearTimeout(j.timer);
+    j.prepared.qmp.destroy();
+    const g = writeGeneration(path.dirname(this.me.qmpSocket), Number(m.gen), `resync from ${this.peer.name}`, String(m.run));
+    this.gen = g.generation;
+    this.run = g.pair;
+    this.reloadPair();
+    this.me = { ...this.me, pid: j.prepared.proc.pid };
+    this.role = 'secondary';
+    this.coloExited = false;
+    this.lastCheckpointAt = performance.now();
+    this.joining = undefined;
+    this.generationRaised = false;
+    try {
+      await this.attachQemu();
+      this.heartbeat();
+      reply({ t: 'resync-attached', seq: this.seq });
+      this.log.warn({ pid: this.me.pid, generation: this.gen }, 'resynced: secondary again');
+    } catch (err) {
+      reply({ t: 'resync-failed', why: errorMessage(err) });
+    }
+  }
+
+  /** Target: the resync was given up: end the new secondary. */
+  private async onResyncAbort(why: string): Promise<void> {
+    const j = this.joining;
+    if (!j) return;
+    this.joining = undefined;
+    clearTimeout(j.timer);
+    if (j.prepared) {
+      j.prepared.qmp.destroy();
+      await dropSecondary(j.prepared);
+    }
+    this.log.warn({ why }, 'resync given up: new secondary ended');
   }
 
   // ---- control socket ----
@@ -443,6 +720,10 @@ export class Agent {
       },
       lease: { witness: this.a.witness ?? null, held: this.leaseValid(), remainingMs: this.leaseValid() ? Math.round(this.leaseUntil - now) : null },
       lastDecision: this.lastDecision,
+      generation: this.gen,
+      resync: this.resyncing
+        ? { to: this.peer.name, step: this.resyncing.step, runningMs: Math.round(now - this.resyncing.since), mirror: this.resyncing.mirror }
+        : null,
       lastFailover: s?.lastFailover ?? null,
     };
   }
@@ -457,6 +738,8 @@ export class Agent {
   async stop(): Promise<void> {
     this.stopped = true;
     for (const t of this.timers) clearInterval(t);
+    // A new secondary nobody will use: it is not in the pair's state, so nothing else would end it.
+    await this.onResyncAbort('the agent stops');
     for (const p of this.paths) p.link?.close();
     for (const s of this.servers) s.close();
     this.control?.close();

@@ -12,6 +12,9 @@
  *   dead VM. The primary then probes the secondary's QEMU directly.
  * - the witness lease: only its holder may be the sole writer; a node that
  *   cannot hold it, and cannot see a healthy peer either, stops its VM.
+ * - re-protection: a node running alone resyncs its peer as a new
+ *   secondary once the peer's agent is back without a VM (or fenced), and
+ *   only if the peer's disk generation is not newer than its own.
  * - a stalled checkpoint stream: when the link between the nodes is cut
  *   without a reset (a partition), QEMU 7.2's COLO threads wait forever and
  *   no COLO_EXIT comes. A secondary that has neither heartbeats nor
@@ -54,6 +57,13 @@ export interface Observation {
   checkpointAgeMs?: number;
   /** Secondary only: a checkpoint gap longer than this means the stream is stalled. */
   stallMs?: number;
+  /** The peer's role as its last heartbeat said. */
+  peerRole?: Role;
+  /** Disk generations: ours, and the peer's as its last heartbeat said. */
+  generation?: number;
+  peerGeneration?: number;
+  /** Alone only: re-protect by ourselves, and the back-off after a failed attempt has passed. */
+  reprotect?: boolean;
 }
 
 export type Decision =
@@ -61,7 +71,8 @@ export type Decision =
   | { action: 'probe'; why: string }
   | { action: 'primary-failover'; why: string }
   | { action: 'takeover'; why: string }
-  | { action: 'fence'; why: string };
+  | { action: 'fence'; why: string }
+  | { action: 'reprotect'; why: string };
 
 export function decide(o: Observation): Decision {
   if (!o.qemuAlive) return { action: 'none', why: 'our QEMU is gone' };
@@ -91,8 +102,15 @@ export function decide(o: Observation): Decision {
     if ((o.coloExitAgeMs ?? Infinity) < (o.settleMs ?? 0)) return { action: 'none', why: 'COLO_EXIT: waiting for the primary\'s word' };
     return { action: 'fence', why: 'COLO_EXIT while the primary lives: the replication link broke; waiting to be resynced' };
   }
-  if (o.role === 'alone' && o.witness && !o.starting && !o.leaseValid && !o.peerFresh) {
-    return { action: 'fence', why: 'running alone without the lease' };
+  if (o.role === 'alone') {
+    if (o.witness && !o.starting && !o.leaseValid && !o.peerFresh) return { action: 'fence', why: 'running alone without the lease' };
+    if (o.reprotect && o.peerFresh && (o.peerRole === 'down' || o.peerRole === 'fenced')) {
+      // Only ever towards an older or equal disk: a peer with a newer one is not to be overwritten.
+      if (o.generation === undefined || o.peerGeneration === undefined || o.peerGeneration > o.generation) {
+        return { action: 'none', why: `not resyncing ${o.peerRole} peer: its disk generation ${o.peerGeneration ?? 'unknown'} is not older than ours (${o.generation ?? 'unknown'})` };
+      }
+      return { action: 'reprotect', why: `the peer's agent is back (${o.peerRole}, disk generation ${o.peerGeneration} ≤ ${o.generation}): resync it as our new secondary` };
+    }
   }
   return { action: 'none' };
 }

@@ -9,7 +9,15 @@
  * never grants a lease that someone still believes is theirs. After a
  * restart the witness grants nothing for a grace period, so a lease granted
  * by its previous life runs out first.
+ *
+ * The witness also keeps the pair's newest disk generation: every request
+ * carries the node's generation, a node that is about to write alone first
+ * records its new one here, and a node whose disk is older than the newest
+ * recorded is refused the lease for good (its data is stale: writes that
+ * the other node acknowledged while alone would be lost). With a state file
+ * that generation survives a restart of the witness.
  */
+import fs from 'node:fs';
 import type net from 'node:net';
 import { listenLinks, connectLink, type Link, type Message } from './link.js';
 import { sleep } from '../util/time.js';
@@ -20,12 +28,16 @@ export interface WitnessOptions {
   port: number;
   /** No grants for this long after start (≥ the longest lease in use). */
   graceMs?: number;
+  /** Where the newest generation is kept across restarts. */
+  stateFile?: string;
   log?: (msg: string) => void;
 }
 
 export interface LeaseState {
   holder: string | null;
   remainingMs: number;
+  /** The newest disk generation recorded, per run of the pair. */
+  generations: Record<string, number>;
 }
 
 export class Witness {
@@ -33,7 +45,36 @@ export class Witness {
   private readonly startedAt = performance.now();
   private server: net.Server | undefined;
   private readonly links = new Set<Link>();
-  constructor(private readonly o: WitnessOptions) {}
+  /** The newest disk generation per run of the pair (the runs a `up` started), oldest first. */
+  private generations = new Map<string, number>();
+  constructor(private readonly o: WitnessOptions) {
+    if (o.stateFile) {
+      try {
+        const saved = (JSON.parse(fs.readFileSync(o.stateFile, 'utf8')) as { generations?: Record<string, number> }).generations ?? {};
+        for (const [run, g] of Object.entries(saved)) if (Number.isInteger(g) && g > 0) this.generations.set(run, g);
+      } catch {
+        /* first start */
+      }
+    }
+  }
+
+  private recordGeneration(run: string, g: number, node: string): void {
+    this.generations.delete(run);
+    this.generations.set(run, g);
+    // Only recent runs matter: a run that ended long ago has no nodes left to ask.
+    while (this.generations.size > 100) this.generations.delete(this.generations.keys().next().value!);
+    this.o.log?.(`newest disk generation of run ${run}: ${g} (${node})`);
+    if (!this.o.stateFile) return;
+    const tmp = `${this.o.stateFile}.tmp`;
+    const fd = fs.openSync(tmp, 'w');
+    try {
+      fs.writeSync(fd, JSON.stringify({ generations: Object.fromEntries(this.generations) }) + '\n');
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, this.o.stateFile);
+  }
 
   async start(): Promise<void> {
     this.server = await listenLinks({
@@ -53,8 +94,9 @@ export class Witness {
 
   state(): LeaseState {
     const now = performance.now();
-    if (!this.holder || this.holder.until <= now) return { holder: null, remainingMs: 0 };
-    return { holder: this.holder.node, remainingMs: this.holder.until - now };
+    const generations = Object.fromEntries(this.generations);
+    if (!this.holder || this.holder.until <= now) return { holder: null, remainingMs: 0, generations };
+    return { holder: this.holder.node, remainingMs: this.holder.until - now, generations };
   }
 
   private onLink(l: Link): void {
@@ -70,6 +112,13 @@ export class Witness {
       const ttl = Math.min(Math.max(Number(m.ttlMs) || 0, 50), 60_000);
       const inGrace = now - this.startedAt < (this.o.graceMs ?? 2000);
       const cur = this.state();
+      const gen = Number(m.gen);
+      const run = typeof m.run === 'string' ? m.run : undefined;
+      const newest = run === undefined ? undefined : this.generations.get(run);
+      if (Number.isInteger(gen) && newest !== undefined && gen < newest) {
+        l.send({ t: 'lease', id, granted: false, holder: cur.holder, reason: `stale disk: generation ${gen}, the newest is ${newest}` });
+        return;
+      }
       if (inGrace && cur.holder !== l.peer) {
         l.send({ t: 'lease', id, granted: false, holder: cur.holder, reason: 'witness just started (grace period)' });
         return;
@@ -77,6 +126,7 @@ export class Witness {
       if (cur.holder === null || cur.holder === l.peer) {
         if (cur.holder !== l.peer) this.o.log?.(`lease granted to ${l.peer} (${ttl} ms)`);
         this.holder = { node: l.peer, until: now + ttl };
+        if (run !== undefined && Number.isInteger(gen) && gen > (newest ?? 0)) this.recordGeneration(run, gen, l.peer);
         l.send({ t: 'lease', id, granted: true, holder: l.peer, ttlMs: ttl });
       } else {
         l.send({ t: 'lease', id, granted: false, holder: cur.holder, remainingMs: Math.round(cur.remainingMs) });
@@ -96,6 +146,12 @@ export class Witness {
     for (const l of this.links) l.close();
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
   }
+}
+
+/** A node's disk: the run of the pair it belongs to and its generation in that run. */
+export interface DiskGeneration {
+  run: string;
+  gen: number;
 }
 
 export interface LeaseReply {
@@ -161,10 +217,15 @@ export class WitnessClient {
     });
   }
 
-  /** Asks for (or renews) the lease for `ttlMs`. */
-  async acquire(ttlMs: number, timeoutMs = 500): Promise<LeaseReply> {
+  /**
+   * Asks for (or renews) the lease for `ttlMs`, for a node whose disk has
+   * `disk.gen` in `disk.run` (granted only if it is not older than the
+   * newest the witness knows of that run; a newer one is recorded with the
+   * grant).
+   */
+  async acquire(ttlMs: number, timeoutMs = 500, disk?: DiskGeneration): Promise<LeaseReply> {
     const sent = performance.now();
-    const r = await this.request({ t: 'acquire', ttlMs }, timeoutMs);
+    const r = await this.request({ t: 'acquire', ttlMs, ...(disk ?? {}) }, timeoutMs);
     const granted = r.granted === true;
     return {
       granted,
@@ -180,12 +241,14 @@ export class WitnessClient {
   }
 
   /** Tries to get the lease until `deadlineMs` (monotonic), polling; returns the last reply. */
-  async acquireBy(ttlMs: number, deadline: number, pollMs = 50): Promise<LeaseReply | undefined> {
+  async acquireBy(ttlMs: number, deadline: number, disk?: DiskGeneration, pollMs = 50): Promise<LeaseReply | undefined> {
     let last: LeaseReply | undefined;
     while (performance.now() < deadline) {
       try {
-        last = await this.acquire(ttlMs, Math.max(50, Math.min(500, deadline - performance.now())));
+        last = await this.acquire(ttlMs, Math.max(50, Math.min(500, deadline - performance.now())), disk);
         if (last.granted) return last;
+        // A stale disk stays stale: no use asking again.
+        if (last.reason?.startsWith('stale')) return last;
       } catch {
         /* unreachable: keep trying until the deadline */
       }

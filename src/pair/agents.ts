@@ -27,18 +27,26 @@ export function isOurAgent(pid: number, configFile: string): boolean {
   }
 }
 
+const logFile = (n: PairState['nodes'][number]) => path.join(path.dirname(n.qmpSocket), 'agent.log');
+
+/**
+ * Starts the agent of node `n` of the pair of `configFile`, detached, in the
+ * node's network namespace, appending to <dataDir>/agent.log; returns its PID.
+ * (What a supervisor does to restart one.)
+ */
+export function spawnAgent(configFile: string, n: PairState['nodes'][number]): number {
+  const out = fs.openSync(logFile(n), 'a');
+  const args = [path.join(packageRoot(), 'bin', 'lockstep.js'), 'agent', '-c', configFile, '--node', n.name];
+  const [cmd, ...rest] = n.netns ? ['ip', 'netns', 'exec', n.netns, process.execPath, ...args] : [process.execPath, ...args];
+  const child = spawn(cmd!, rest, { detached: true, stdio: ['ignore', out, out] });
+  fs.closeSync(out);
+  child.unref();
+  return child.pid!;
+}
+
 export async function startAgents(c: ResolvedConfig, s: PairState): Promise<Record<string, number>> {
   const pids: Record<string, number> = {};
-  const logFile = (n: PairState['nodes'][number]) => path.join(path.dirname(n.qmpSocket), 'agent.log');
-  for (const n of s.nodes) {
-    const out = fs.openSync(logFile(n), 'a');
-    const args = [path.join(packageRoot(), 'bin', 'lockstep.js'), 'agent', '-c', c.file, '--node', n.name];
-    const [cmd, ...rest] = n.netns ? ['ip', 'netns', 'exec', n.netns, process.execPath, ...args] : [process.execPath, ...args];
-    const child = spawn(cmd!, rest, { detached: true, stdio: ['ignore', out, out] });
-    fs.closeSync(out);
-    child.unref();
-    pids[n.name] = child.pid!;
-  }
+  for (const n of s.nodes) pids[n.name] = spawnAgent(c.file, n);
   // Ready when each answers on its control socket.
   for (const n of s.nodes) {
     const sock = agentSocket(path.dirname(n.qmpSocket));
@@ -86,6 +94,10 @@ export interface AgentStatus {
   lease: { witness: string | null; held: boolean; remainingMs: number | null };
   lastDecision: string | null;
   lastFailover: PairState['lastFailover'] | null;
+  /** The disk's generation (generation.json). */
+  generation: number;
+  /** A resync this agent runs (as the survivor) right now: its step and, while mirroring, the bytes copied. */
+  resync: { to: string; step: string; runningMs: number; mirror?: { offset: number; len: number } } | null;
 }
 
 export function agentSocket(dataDir: string): string {

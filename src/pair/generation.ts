@@ -5,12 +5,16 @@
  * writes alone; a resync hands the source's generation to the target once
  * it holds the same data. A node with a lower generation than its peer holds
  * stale data: it may only ever be the target of a resync, never its source.
+ * Generations count within one run of the pair (`pair`, made by `up`); the
+ * witness keeps the newest per run.
  */
 import fs from 'node:fs';
 import path from 'node:path';
 
 export interface Generation {
   generation: number;
+  /** The run of the pair this disk belongs to (made by `up`; a resync hands it on with the generation). */
+  pair: string;
   at: string;
   why: string;
 }
@@ -27,12 +31,12 @@ export function readGeneration(dataDir: string): Generation {
   } catch {
     /* none yet */
   }
-  return { generation: 0, at: '', why: 'never written' };
+  return { generation: 0, pair: '', at: '', why: 'never written' };
 }
 
 /** Writes the node's generation durably (write, fsync, rename). */
-export function writeGeneration(dataDir: string, generation: number, why: string): Generation {
-  const g: Generation = { generation, at: new Date().toISOString(), why };
+export function writeGeneration(dataDir: string, generation: number, why: string, pair: string = readGeneration(dataDir).pair): Generation {
+  const g: Generation = { generation, pair, at: new Date().toISOString(), why };
   fs.mkdirSync(dataDir, { recursive: true });
   const tmp = `${file(dataDir)}.tmp-${process.pid}`;
   const fd = fs.openSync(tmp, 'w');

@@ -1,18 +1,21 @@
 /**
- * lockstep resync: after a failover the VM runs alone on the survivor. This
- * starts a new secondary on the other node (fresh replica and active/hidden
- * buffers, "Startup qemu" steps 2 and 3), mirrors the survivor's disk to it
- * and re-enters COLO ("Primary/Secondary resume replication"), then records
- * the pair as protected again, with the survivor as its primary.
+ * Re-protection after a failover: the VM runs alone on the survivor. A new
+ * secondary is started on the other node (fresh replica and active/hidden
+ * buffers, "Startup qemu" steps 2 and 3: prepareSecondary, run on the
+ * target's host), the survivor mirrors its disk to it and re-enters COLO
+ * ("Primary/Secondary resume replication": resumeOnSurvivor), and the state
+ * records the pair as protected again with the survivor as its primary
+ * (recordResync). The node agents do this by themselves; `lockstep resync`
+ * (resync()) does it by hand.
  *
  * Never the wrong way: the source is the node that runs the VM, and its disk
  * generation must not be lower than the target's. The target's old disk is
  * not read: it is replaced by a new replica in the target's data directory
  * (the user's image is never written).
  *
- * A failure at any step leaves the survivor running alone, as before, and
- * nothing else: the new secondary is ended and the survivor's half-done
- * resume is taken back (abortResume), so a retry starts clean.
+ * A failure at any step leaves the survivor running alone, as before: the
+ * new secondary is ended and the survivor's half-done resume is taken back
+ * (abortResume), so a retry starts clean.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -22,11 +25,12 @@ import { QemuProcess, isOurQemu, stopPid } from '../qemu/process.js';
 import { createImage, imageInfo } from '../qemu/images.js';
 import { detachTap } from '../qemu/tap.js';
 import { secondaryEnterColo, waitColoMode, firstCheckpoint, queryColoStatus } from '../colo/startup.js';
-import { resumeReplication, abortResume, type MirrorProgress } from '../colo/resume.js';
+import { resumeReplication, abortResume, type MirrorProgress, type ResumeResult } from '../colo/resume.js';
 import { LockstepError, errorMessage } from '../util/errors.js';
-import { planPair } from './plan.js';
+import { waitFor } from '../util/time.js';
+import { planPair, type PairPlan } from './plan.js';
 import { connectQmp, spawnOpts } from './up.js';
-import { readState, writeState, type PairState } from './state.js';
+import { readState, updateState, writeState, type PairState } from './state.js';
 import { agentsRunning, startAgents, stopAgents } from './agents.js';
 import { readGeneration, writeGeneration } from './generation.js';
 
@@ -39,7 +43,7 @@ export interface ResyncOptions {
 export interface ResyncResult {
   from: string;
   to: string;
-  /** Whole resync: command → protected again. */
+  /** Whole resync: start → protected again. */
   ms: number;
   mirrorMs: number;
   mirrorBytes: number;
@@ -48,35 +52,154 @@ export interface ResyncResult {
   generation: number;
 }
 
-export async function resync(c: ResolvedConfig, o: ResyncOptions = {}): Promise<ResyncResult> {
-  const step = o.onStep ?? (() => {});
-  const t0 = performance.now();
-  const s = readState(c.stateDir);
-  if (!s) throw new LockstepError(`pair "${c.name}" has not been started`, { hint: `start it with: lockstep up -c ${c.file}` });
+export interface PreparedSecondary {
+  proc: QemuProcess;
+  qmp: QmpClient;
+  plan: PairPlan;
+}
+
+/**
+ * On the target's host: a new secondary for the pair whose primary is
+ * `primary`: a fresh replica of `sizeBytes` and buffers, the tap off the
+ * bridge, QEMU started and waiting in COLO's incoming state with its replica
+ * exported over NBD. On failure nothing of it is left.
+ */
+export async function prepareSecondary(c: ResolvedConfig, s: PairState, primary: string, sizeBytes: number, step: (m: string) => void = () => {}): Promise<PreparedSecondary> {
+  const plan = planPair(c, s.runtime, primary);
+  const tp = plan.secondary;
+  fs.mkdirSync(tp.dataDir, { recursive: true });
+  for (const f of [tp.qmpSocket, tp.qmpSocket2, tp.serialLog]) fs.rmSync(f, { force: true });
+  step(`new replica and buffers for ${tp.name} (${(sizeBytes / 2 ** 20).toFixed(0)} MiB disk)`);
+  await createImage(tp.disk, sizeBytes, { format: c.vm.disk.format, overwrite: true });
+  for (const b of [plan.buffers.active, plan.buffers.hidden]) await createImage(b, sizeBytes, { overwrite: true });
+  if (tp.tap) await detachTap(tp.tap);
+  step(`starting a new secondary on ${tp.name}`);
+  const proc = new QemuProcess({ ...spawnOpts(tp), name: `secondary ${tp.name}`, binary: s.runtime.binary, logFile: tp.qemuLog, detached: true });
+  let qmp: QmpClient | undefined;
+  try {
+    qmp = (await connectQmp(proc, tp, 15_000)).qmp;
+    await secondaryEnterColo(qmp, { nbdHost: plan.endpoints.secondaryHost, nbdPort: plan.endpoints.nbdPort }, (n) => step(`${tp.name}: ${n}`));
+    return { proc, qmp, plan };
+  } catch (err) {
+    qmp?.destroy();
+    await dropSecondary({ proc, plan });
+    throw err;
+  }
+}
+
+/** Ends a prepared secondary that will not be used, and removes its buffers. */
+export async function dropSecondary(p: { proc: QemuProcess; plan: PairPlan }): Promise<void> {
+  await p.proc.stop(2000);
+  for (const b of [p.plan.buffers.active, p.plan.buffers.hidden]) fs.rmSync(b, { force: true });
+}
+
+/**
+ * On the survivor, once the new secondary waits: resume replication, wait
+ * until this node reports COLO running as primary, and see a first
+ * checkpoint complete. On failure the half-done resume is taken back and
+ * the VM runs on alone.
+ */
+export async function resumeOnSurvivor(
+  c: ResolvedConfig,
+  qmp: QmpClient,
+  plan: PairPlan,
+  o: { onUpdate?: (m: string) => void; onMirror?: (p: MirrorProgress) => void } = {},
+): Promise<ResumeResult> {
+  try {
+    const r = await resumeReplication(
+      qmp,
+      plan.endpoints,
+      { host: plan.endpoints.secondaryHost, nbdPort: plan.endpoints.nbdPort, migrationPort: plan.endpoints.migrationPort },
+      {
+        onStep: o.onUpdate,
+        onMirror: o.onMirror,
+        mirrorTimeoutMs: c.replication.resyncTimeoutMs,
+        mirrorStallMs: 10_000,
+        // The VM is stopped while its RAM goes over: 10 s plus the RAM at 50 MiB/s.
+        migrationTimeoutMs: 10_000 + (c.vm.memory / (50 * 2 ** 20)) * 1000,
+      },
+    );
+    await waitColoMode(qmp, 'primary', 30_000);
+    await firstCheckpoint(qmp, c.replication.checkpointDelayMs);
+    return r;
+  } catch (err) {
+    const undone = await abortResume(qmp).catch(() => []);
+    if (undone.length) o.onUpdate?.(`took back: ${undone.join(', ')}`);
+    throw err;
+  }
+}
+
+/** Records a finished resync: the survivor primary, the target its secondary with the new QEMU, and the figures. */
+export function recordResync(c: ResolvedConfig, plan: PairPlan, targetPid: number, r: Omit<NonNullable<PairState['lastResync']>, 'at' | 'from' | 'to'>): PairState | undefined {
+  const now = new Date().toISOString();
+  return updateState(c.stateDir, (s) => ({
+    ...s,
+    endpoints: plan.endpoints,
+    buffers: plan.buffers,
+    // The survivor's QEMU keeps the buffers it had as a secondary open: `down` removes them.
+    retiredBuffers: [...(s.retiredBuffers ?? []), s.buffers.active, s.buffers.hidden].filter((b) => b !== plan.buffers.active && b !== plan.buffers.hidden),
+    nodes: s.nodes.map((n) =>
+      n.name === plan.secondary.name
+        ? { ...n, role: 'secondary' as const, pid: targetPid, disk: plan.secondary.disk, serialLog: plan.secondary.serialLog, qemuLog: plan.secondary.qemuLog }
+        : { ...n, role: 'primary' as const },
+    ),
+    protectedAt: now,
+    lastResync: { at: now, from: plan.primary.name, to: plan.secondary.name, ...r },
+  }));
+}
+
+/** The source and target of a resync of `s`, checked: the source runs the VM alone and its disk is not older. */
+export function resyncParties(c: ResolvedConfig, s: PairState): { source: PairState['nodes'][number]; target: PairState['nodes'][number]; generation: number; run: string } {
   const source = s.nodes.find((n) => n.role === 'primary')!;
   const target = s.nodes.find((n) => n !== source)!;
   if (!isOurQemu(source.pid, source.qmpSocket)) {
     throw new LockstepError(`the VM is not running on ${source.name}: there is nothing to resync from`, { hint: `see lockstep status -c ${c.file}` });
   }
-  const srcGen = readGeneration(path.dirname(source.qmpSocket));
-  const tgtGen = readGeneration(path.dirname(target.qmpSocket));
-  if (tgtGen.generation > srcGen.generation) {
+  const src = readGeneration(path.dirname(source.qmpSocket));
+  const srcGen = src.generation;
+  const tgtGen = readGeneration(path.dirname(target.qmpSocket)).generation;
+  if (tgtGen > srcGen) {
     throw new LockstepError(
-      `node ${target.name} holds newer data (disk generation ${tgtGen.generation}) than ${source.name}, which runs the VM (generation ${srcGen.generation}): resyncing would overwrite it`,
+      `node ${target.name} holds newer data (disk generation ${tgtGen}) than ${source.name}, which runs the VM (generation ${srcGen}): resyncing would overwrite it`,
       { hint: `find out why ${source.name} runs the VM; lockstep status -c ${c.file} and the agent logs in ${c.stateDir} tell` },
     );
   }
+  return { source, target, generation: srcGen, run: src.pair };
+}
+
+/**
+ * lockstep resync. With agents that re-protect by themselves, it waits for
+ * them (they are already at it, or will be once the other node's agent is
+ * back); otherwise it runs the resync itself, with the agents paused.
+ */
+export async function resync(c: ResolvedConfig, o: ResyncOptions = {}): Promise<ResyncResult> {
+  const step = o.onStep ?? (() => {});
+  const t0 = performance.now();
+  const s = readState(c.stateDir);
+  if (!s) throw new LockstepError(`pair "${c.name}" has not been started`, { hint: `start it with: lockstep up -c ${c.file}` });
+  const { source, target, generation, run } = resyncParties(c, s);
   let qmp = await QmpClient.connect(source.qmpSocket2, { timeoutMs: 5000 });
   try {
     const colo = await queryColoStatus(qmp);
-    if (colo.mode !== 'none') {
-      throw new LockstepError(`pair "${c.name}" is in COLO already (${source.name} is ${colo.mode})`, { hint: 'nothing to resync' });
-    }
+    if (colo.mode !== 'none') throw new LockstepError(`pair "${c.name}" is in COLO already (${source.name} is ${colo.mode})`, { hint: 'nothing to resync' });
   } finally {
     qmp.destroy();
   }
 
   const hadAgents = agentsRunning(s);
+  if (hadAgents && c.agents?.reprotect) {
+    step(`the node agents re-protect the VM by themselves: waiting for them (the agent of ${target.name} must be running)`);
+    const before = s.lastResync?.at;
+    const done = await waitFor(
+      'the agents to re-protect the VM',
+      () => {
+        const now = readState(c.stateDir)?.lastResync;
+        return now && now.at !== before ? now : undefined;
+      },
+      { timeoutMs: c.replication.resyncTimeoutMs + 60_000, intervalMs: 200, hint: `see the agent logs: ${c.stateDir}/*/agent.log` },
+    );
+    return { from: done.from, to: done.to, ms: performance.now() - t0, mirrorMs: done.mirrorMs, mirrorBytes: done.mirrorBytes, stoppedMs: done.stoppedMs, generation };
+  }
   if (hadAgents) {
     // The agents would take the resync's stop, new QEMU and migration for failures.
     step('pausing the node agents for the resync');
@@ -86,71 +209,32 @@ export async function resync(c: ResolvedConfig, o: ResyncOptions = {}): Promise<
     step(`ending the stale QEMU on ${target.name} (pid ${target.pid}): its disk is replaced`);
     await stopPid(target.pid, target.qmpSocket, 2000);
   }
-  const plan = planPair(c, s.runtime, source.name);
-  const tp = plan.secondary;
-  fs.mkdirSync(tp.dataDir, { recursive: true });
-  for (const f of [tp.qmpSocket, tp.qmpSocket2, tp.serialLog]) fs.rmSync(f, { force: true });
-  const size = (await imageInfo(source.disk))['virtual-size'];
-  step(`new replica and buffers for ${tp.name} (${(size / 2 ** 20).toFixed(0)} MiB disk)`);
-  await createImage(tp.disk, size, { format: c.vm.disk.format, overwrite: true });
-  for (const b of [plan.buffers.active, plan.buffers.hidden]) await createImage(b, size, { overwrite: true });
-  if (tp.tap) await detachTap(tp.tap);
-
-  let proc: QemuProcess | undefined;
-  let tq: QmpClient | undefined;
+  let prepared: PreparedSecondary | undefined;
   qmp = await QmpClient.connect(source.qmpSocket, { timeoutMs: 5000 });
   try {
-    step(`starting a new secondary on ${tp.name}`);
-    proc = new QemuProcess({ ...spawnOpts(tp), name: `secondary ${tp.name}`, binary: s.runtime.binary, logFile: tp.qemuLog, detached: true });
-    tq = (await connectQmp(proc, tp, 15_000)).qmp;
-    await secondaryEnterColo(tq, { nbdHost: plan.endpoints.secondaryHost, nbdPort: plan.endpoints.nbdPort }, (n) => o.onUpdate?.(n));
-    step(`${source.name}: mirroring its disk to ${tp.name}, then into COLO`);
-    const r = await resumeReplication(
-      qmp,
-      plan.endpoints,
-      { host: plan.endpoints.secondaryHost, nbdPort: plan.endpoints.nbdPort, migrationPort: plan.endpoints.migrationPort },
-      { onStep: (n) => o.onUpdate?.(n), onMirror: o.onMirror, mirrorTimeoutMs: c.replication.resyncTimeoutMs, migrationTimeoutMs: 60_000 },
-    );
-    step('waiting for both nodes to report COLO running');
-    await Promise.all([waitColoMode(qmp, 'primary', 30_000), waitColoMode(tq, 'secondary', 30_000)]);
-    step('first checkpoint');
-    await firstCheckpoint(qmp, c.replication.checkpointDelayMs);
-    const g = writeGeneration(tp.dataDir, srcGen.generation, `resync from ${source.name}`);
-    const now = new Date();
-    const next: PairState = {
-      ...s,
-      endpoints: plan.endpoints,
-      buffers: plan.buffers,
-      retiredBuffers: [...(s.retiredBuffers ?? []), s.buffers.active, s.buffers.hidden].filter((b) => b !== plan.buffers.active && b !== plan.buffers.hidden),
-      nodes: s.nodes.map((n) =>
-        n === target ? { ...n, role: 'secondary' as const, pid: proc!.pid, disk: tp.disk, serialLog: tp.serialLog, qemuLog: tp.qemuLog } : { ...n, role: 'primary' as const },
-      ),
-      protectedAt: now.toISOString(),
-      lastResync: { at: now.toISOString(), from: source.name, to: tp.name, ms: performance.now() - t0, mirrorMs: r.mirrorMs, mirrorBytes: r.mirrorBytes, stoppedMs: r.stoppedMs },
-    };
-    writeState(c.stateDir, next);
-    const result = { from: source.name, to: tp.name, ms: performance.now() - t0, mirrorMs: r.mirrorMs, mirrorBytes: r.mirrorBytes, stoppedMs: r.stoppedMs, generation: g.generation };
-    qmp.destroy();
-    tq.destroy();
-    if (c.agents) {
+    prepared = await prepareSecondary(c, s, source.name, (await imageInfo(source.disk))['virtual-size'], step);
+    step(`${source.name}: mirroring its disk to ${target.name}, then into COLO`);
+    const r = await resumeOnSurvivor(c, qmp, prepared.plan, { onUpdate: o.onUpdate, onMirror: o.onMirror });
+    writeGeneration(prepared.plan.secondary.dataDir, generation, `resync from ${source.name}`, run);
+    const ms = performance.now() - t0;
+    const next = recordResync(c, prepared.plan, prepared.proc.pid, { ms, mirrorMs: r.mirrorMs, mirrorBytes: r.mirrorBytes, stoppedMs: r.stoppedMs })!;
+    if (hadAgents) {
       step('starting the node agents again');
       next.agents = await startAgents(c, next);
       writeState(c.stateDir, next);
     }
-    return result;
+    return { from: source.name, to: target.name, ms, mirrorMs: r.mirrorMs, mirrorBytes: r.mirrorBytes, stoppedMs: r.stoppedMs, generation };
   } catch (err) {
-    step(`resync failed (${errorMessage(err)}): taking it back, the VM runs on alone on ${source.name}`);
-    const undone = await abortResume(qmp).catch(() => []);
-    if (undone.length) step(`${source.name}: undid ${undone.join(', ')}`);
-    tq?.destroy();
-    await proc?.stop(2000);
-    for (const b of [plan.buffers.active, plan.buffers.hidden]) fs.rmSync(b, { force: true });
-    qmp.destroy();
+    step(`resync failed (${errorMessage(err)}): the VM runs on alone on ${source.name}`);
+    if (prepared) await dropSecondary(prepared);
     if (hadAgents) {
       const again = readState(c.stateDir)!;
       again.agents = await startAgents(c, again).catch(() => undefined);
       writeState(c.stateDir, again);
     }
     throw err;
+  } finally {
+    prepared?.qmp.destroy();
+    qmp.destroy();
   }
 }

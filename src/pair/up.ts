@@ -5,6 +5,7 @@
  * primary, runs the QMP steps on each, and returns once both report COLO
  * running. Any failure ends what was started and says what went wrong.
  */
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { ResolvedConfig } from '../config/load.js';
@@ -248,7 +249,8 @@ export async function up(c: ResolvedConfig, o: UpOptions = {}): Promise<UpResult
     writeState(c.stateDir, state);
     // Both disks now hold the same data: one new generation, above anything either held before.
     const gen = Math.max(...[plan.primary, plan.secondary].map((n) => readGeneration(n.dataDir).generation)) + 1;
-    for (const n of [plan.primary, plan.secondary]) writeGeneration(n.dataDir, gen, `up: ${n.role}`);
+    const run = crypto.randomUUID();
+    for (const n of [plan.primary, plan.secondary]) writeGeneration(n.dataDir, gen, `up: ${n.role}`, run);
     if (o.keepQmp) {
       return { state, plan, live: { primary: { proc: pProc, ...pConn }, secondary: { proc: sProc, ...sConn } } };
     }

@@ -6,7 +6,8 @@ import fs from 'node:fs';
 import { run, which } from '../util/exec.js';
 import { LockstepError } from '../util/errors.js';
 
-function qemuImg(): string {
+/** The qemu-img to use: $LOCKSTEP_QEMU_IMG, else the one on PATH. */
+export function qemuImg(): string {
   const p = process.env.LOCKSTEP_QEMU_IMG ?? which('qemu-img');
   if (!p) throw new LockstepError('qemu-img not found', { hint: 'apt-get install qemu-utils' });
   return p;

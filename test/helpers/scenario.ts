@@ -4,6 +4,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { counterProblems, type ClientSummary } from '../../src/lab/client-driver.js';
 import type { LabRun } from '../../src/lab/scenario.js';
+import { readState, updateState } from '../../src/pair/state.js';
+import { spawnAgent } from '../../src/pair/agents.js';
 
 /**
  * The nodes whose VM is a writer: it runs (or is in a checkpoint, run state
@@ -42,4 +44,12 @@ export function assertClientOk(s: ClientSummary, label: string): void {
 export async function carriesOn(p: LabRun, by: number, what = 'traffic after the failure'): Promise<void> {
   const t = p.client.latest;
   await p.client.until((x) => x.echoOk >= t.echoOk + by && x.httpOk >= t.httpOk + by, 60_000, what);
+}
+
+/** Restarts node `node`'s agent, as a supervisor would, and records it like `up` does, so that `down` ends it too. */
+export function restartAgent(p: LabRun, node: string): number {
+  const n = readState(p.stateDir)!.nodes.find((x) => x.name === node)!;
+  const pid = spawnAgent(p.cfg, n);
+  updateState(p.stateDir, (x) => ({ ...x, agents: { ...x.agents, [node]: pid } }));
+  return pid;
 }

@@ -18,40 +18,24 @@
  *   lease holder carries on alone;
  * - freeze (SIGSTOP) either QEMU → its agent ends it and the other carries on.
  */
-import { test, before, after } from 'node:test';
-import { keepLogsOnly } from '../helpers/lab.js';
-import { writers, runRound, assertClientOk, carriesOn } from '../helpers/scenario.js';
+import { test } from 'node:test';
+import { hostsLabForTests } from '../helpers/lab.js';
+import { writers, runRound, assertClientOk, carriesOn, restartAgent } from '../helpers/scenario.js';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { spawn } from 'node:child_process';
 import type { LabRun } from '../../src/lab/scenario.js';
-import { HostsLab } from '../../src/lab/hosts-scenario.js';
 import { readSerial, kernelTroubleLines } from '../../src/qemu/serial.js';
 import { QmpClient } from '../../src/qmp/client.js';
-import { packageRoot } from '../../src/util/paths.js';
 import { waitFor, sleep } from '../../src/util/time.js';
-import { updateState } from '../../src/pair/state.js';
 import { pidRunning } from '../../src/util/proc.js';
 import { loadConfig } from '../../src/config/load.js';
 
 const isRoot = process.getuid?.() === 0;
 const ROUNDS = Number(process.env.LOCKSTEP_ROUNDS ?? 3);
-let lab: HostsLab;
+const labOf = hostsLabForTests('ag');
 
-const round = (label: string, body: (p: LabRun) => Promise<void>) => runRound(() => lab.startPair(), label, body);
-
-before(async () => {
-  if (!isRoot) return;
-  lab = await HostsLab.create(fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-ag-')));
-});
-
-after(async () => {
-  if (!isRoot) return;
-  await lab.remove();
-  keepLogsOnly(lab.root);
-});
+// Failover on its own: the survivor does not re-protect the VM here (resync.test.ts does).
+const round = (label: string, body: (p: LabRun) => Promise<void>) => runRound(() => labOf().startPair({ reprotect: false }), label, body);
 
 const opts = { skip: !isRoot && 'needs root for network namespaces', timeout: 20 * 60_000 };
 
@@ -95,15 +79,7 @@ test(`kill the primary's agent, ${ROUNDS} times: no failover; the restarted agen
     assert.equal(mid.protected, true, `round ${i}: still protected with the primary's agent dead`);
     assert.equal(mid.lastFailover, null, `round ${i}: no failover`);
     assert.equal(mid.nodes.find((n) => n.name === 'b')!.agent!.role, 'secondary');
-    // Restart it, as a supervisor would.
-    const log = fs.openSync(path.join(p.stateDir, 'a', 'agent.log'), 'a');
-    const restarted = spawn('ip', ['netns', 'exec', lab.hosts.ns.a, process.execPath, path.join(packageRoot(), 'bin', 'lockstep.js'), 'agent', '-c', p.cfg, '--node', 'a'], {
-      stdio: ['ignore', log, log],
-      detached: true,
-    });
-    restarted.unref();
-    // Recorded like up records its agents, so that down ends it too.
-    updateState(p.stateDir, (x) => ({ ...x, agents: { ...x.agents, a: restarted.pid! } }));
+    restartAgent(p, 'a');
     await waitFor('the restarted agent to see its peer', async () => {
       const a = (await p.status()).nodes.find((n) => n.name === 'a')!.agent;
       return a && a.role === 'primary' && Object.values(a.peer.lastSeenMs).some((ms) => ms !== null && ms < 500);
@@ -138,7 +114,7 @@ test(`pull the heartbeat cable with both VMs alive, ${ROUNDS} times: no failover
   for (let i = 1; i <= ROUNDS; i++) await round(`heartbeat cut, round ${i}`, async (p) => {
     const agents = loadConfig(p.cfg).agents!;
     const ages = (st: Awaited<ReturnType<LabRun['status']>>) => st.nodes.flatMap((n) => Object.values(n.agent?.peer.lastSeenMs ?? {}));
-    await lab.hosts.cut('heartbeat');
+    await labOf().hosts.cut('heartbeat');
     try {
       // Both agents must really have lost each other, or this test proves nothing.
       await waitFor('both agents to miss the heartbeat', async () => {
@@ -153,7 +129,7 @@ test(`pull the heartbeat cable with both VMs alive, ${ROUNDS} times: no failover
         await sleep(200);
       }
     } finally {
-      await lab.hosts.restore('heartbeat');
+      await labOf().hosts.restore('heartbeat');
     }
     await waitFor('the heartbeat to come back', async () => {
       const a = ages(await p.status());
@@ -170,8 +146,8 @@ test(`pull the heartbeat cable with both VMs alive, ${ROUNDS} times: no failover
 test(`pull every cable between the nodes, the witness still reachable, ${ROUNDS} times: the lease holder carries on alone, never two writers`, opts, async () => {
   for (let i = 1; i <= ROUNDS; i++) await round(`nodes partitioned, round ${i}`, async (p) => {
     // Replication and heartbeat: everything between the two nodes; both still reach the witness and the LAN.
-    await lab.hosts.cut('replication');
-    await lab.hosts.cut('heartbeat');
+    await labOf().hosts.cut('replication');
+    await labOf().hosts.cut('heartbeat');
     const cutAt = Date.now();
     try {
       // The primary yanks its hung links and carries on alone; the secondary, without
@@ -197,7 +173,7 @@ test(`pull every cable between the nodes, the witness still reachable, ${ROUNDS}
       process.stderr.write(`# nodes partitioned, round ${i}: a alone after ${tookMs} ms\n`);
       await carriesOn(p, 20);
     } finally {
-      await lab.hosts.heal();
+      await labOf().hosts.heal();
     }
     assertClientOk(await p.stop(), `nodes partitioned, round ${i}`);
   });

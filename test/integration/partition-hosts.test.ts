@@ -5,37 +5,26 @@
  * No reset ever reaches either side, so QEMU's COLO threads wait forever and
  * no COLO_EXIT comes. The secondary must notice the stalled stream, obtain
  * the lease once the isolated primary could no longer renew it, and take
- * over; the primary must fence itself. Never two writers.
+ * over; the primary must fence itself. Never two writers. Once the links
+ * are back, the isolated node, whose disk is now stale, is resynced from b
+ * by the agents (never the other way) and the pair is protected again.
  */
-import { test, before, after } from 'node:test';
-import { keepLogsOnly } from '../helpers/lab.js';
+import { test } from 'node:test';
+import { hostsLabForTests } from '../helpers/lab.js';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { HostsLab } from '../../src/lab/hosts-scenario.js';
 import { writers, runRound, assertClientOk, carriesOn } from '../helpers/scenario.js';
-import { waitFor, sleep } from '../../src/util/time.js';
+import { waitFor } from '../../src/util/time.js';
+import { readGeneration } from '../../src/pair/generation.js';
 
 const isRoot = process.getuid?.() === 0;
 const ROUNDS = Number(process.env.LOCKSTEP_ROUNDS ?? 3);
-let lab: HostsLab;
-
-before(async () => {
-  if (!isRoot) return;
-  lab = await HostsLab.create(fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-hosts-')));
-});
-
-after(async () => {
-  if (!isRoot) return;
-  await lab.remove();
-  keepLogsOnly(lab.root);
-});
+const labOf = hostsLabForTests('hosts');
 
 test(`isolate the primary's host from everything, ${ROUNDS} times: the secondary takes over with the lease, the primary fences`, { skip: !isRoot && 'needs root for network namespaces', timeout: 20 * 60_000 }, async () => {
-  for (let i = 1; i <= ROUNDS; i++) await runRound(() => lab.startPair(), `primary isolated, round ${i}`, async (p) => {
+  for (let i = 1; i <= ROUNDS; i++) await runRound(() => labOf().startPair(), `primary isolated, round ${i}`, async (p) => {
     const cutAt = Date.now();
-    await lab.hosts.isolate('a');
+    await labOf().hosts.isolate('a');
     try {
       await waitFor('b to take over', async () => {
         const st = await p.status();
@@ -54,10 +43,25 @@ test(`isolate the primary's host from everything, ${ROUNDS} times: the secondary
       assert.notEqual(a!.runState, 'running', `round ${i}: the isolated primary's VM is stopped`);
       await carriesOn(p, 20, 'traffic from b');
       process.stderr.write(`# primary isolated, round ${i}: b took over ${tookMs} ms after the cut\n`);
+      // The isolated primary's disk is stale now: b's is a generation ahead.
+      const gen = (n: string) => readGeneration(path.join(p.stateDir, n)).generation;
+      assert.ok(gen('b') > gen('a'), `round ${i}: b's disk is newer (${gen('b')} > ${gen('a')})`);
     } finally {
-      await lab.hosts.heal();
+      await labOf().hosts.heal();
     }
-    await sleep(500);
+    // Back on the network, the stale node is resynced from the newer side, never the other way.
+    const healedAt = Date.now();
+    const st = await waitFor('the pair to be protected again', async () => {
+      const s = await p.status();
+      assert.ok(writers(s).length <= 1, `round ${i}: two writers after healing: ${writers(s)}`);
+      return s.protected ? s : undefined;
+    }, { timeoutMs: 60_000, intervalMs: 200 });
+    assert.deepEqual([st.lastResync?.from, st.lastResync?.to], ['b', 'a'], `round ${i}: resynced from b to a`);
+    assert.deepEqual(st.nodes.map((n) => [n.name, n.role]), [['a', 'secondary'], ['b', 'primary']]);
+    const gens = ['a', 'b'].map((n) => readGeneration(path.join(p.stateDir, n)).generation);
+    assert.equal(gens[0], gens[1], `round ${i}: a holds b's generation after the resync`);
+    process.stderr.write(`# primary isolated, round ${i}: protected again ${Date.now() - healedAt} ms after healing (a resynced from b)\n`);
+    await carriesOn(p, 10, 'traffic through COLO after the resync');
     assertClientOk(await p.stop(), `primary isolated, round ${i}`);
   });
 });

@@ -3,26 +3,33 @@
  * (one TCP connection to the guest's echo service for the whole run, a
  * counter request every 100 ms):
  *
- * - failover → `lockstep resync` cycles on one pair, alternating a killed
- *   primary and a killed secondary, so that both nodes die in turn, both
- *   failover procedures run, and both resume procedures (with and without
- *   the filter-rewriter of a former secondary) are exercised: after each
- *   resync the pair is protected again and the next failure is survived;
- * - a resync whose new secondary is killed while the disk is mirrored
- *   fails cleanly (the survivor runs on alone), and the next one succeeds.
+ * - failover → automatic re-protection cycles on one pair, alternating a
+ *   killed primary and a killed secondary, so that both nodes die in turn,
+ *   both failover procedures run, and both resume procedures (with and
+ *   without the filter-rewriter of a former secondary) are exercised: the
+ *   survivor's agent resyncs the other node by itself each time, and the
+ *   next failure is survived;
+ * - the new secondary killed while the survivor's agent resyncs it: the
+ *   survivor runs on alone, and its agent tries again by itself;
+ * - the survivor's agent killed while it resyncs: the VM runs on, and the
+ *   restarted agent takes the half-done resume back and re-protects;
+ * - the replication cable pulled in the middle of the disk mirror: the
+ *   survivor notices the stalled mirror, gives up and runs on alone, and the
+ *   agents re-protect once the cable is back;
+ * - `lockstep resync` by hand (agents that do not re-protect by themselves),
+ *   interrupted by killing the new secondary, then again: protected.
  *
  * The counter never goes back; the only gaps allowed are the requests in
  * flight at a kill.
  */
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { keepLogsOnly } from '../helpers/lab.js';
-import { writers } from '../helpers/scenario.js';
-import { HostsLab } from '../../src/lab/hosts-scenario.js';
-import { counterProblems } from '../../src/lab/client-driver.js';
+import { hostsLabForTests } from '../helpers/lab.js';
+import { writers, carriesOn, restartAgent } from '../helpers/scenario.js';
+import { counterProblems, type ClientSummary } from '../../src/lab/client-driver.js';
+import { createDataDisk } from '../../src/lab/data-disk.js';
 import type { LabRun } from '../../src/lab/scenario.js';
 import { loadConfig } from '../../src/config/load.js';
 import { resync } from '../../src/pair/resync.js';
@@ -33,30 +40,14 @@ import { pidRunning } from '../../src/util/proc.js';
 
 const isRoot = process.getuid?.() === 0;
 const CYCLES = Number(process.env.LOCKSTEP_RESYNC_CYCLES ?? 10);
-let lab: HostsLab;
-
-before(async () => {
-  if (!isRoot) return;
-  lab = await HostsLab.create(fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-resync-')));
-});
-
-after(async () => {
-  if (!isRoot) return;
-  await lab.remove();
-  keepLogsOnly(lab.root);
-});
+const labOf = hostsLabForTests('resync');
 
 const opts = { skip: !isRoot && 'needs root for network namespaces', timeout: 30 * 60_000 };
 
-async function carriesOn(p: LabRun, by: number, what: string): Promise<void> {
-  const t = p.client.latest;
-  await p.client.until((x) => x.echoOk >= t.echoOk + by && x.httpOk >= t.httpOk + by, 60_000, what);
-}
-
-/** The PID of the QEMU whose command line names `marker` (its QMP socket), if one runs. */
-function qemuPidWith(marker: string): number | undefined {
+/** The PID of a QEMU whose command line names `marker` (its QMP socket) and is not `except`, if one runs. */
+function qemuPidWith(marker: string, except?: number): number | undefined {
   for (const d of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
+    if (!/^\d+$/.test(d) || Number(d) === except) continue;
     try {
       const cmd = fs.readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
       if (cmd.some((x) => x.includes('qemu-system')) && cmd.some((x) => x.includes(marker))) return Number(d);
@@ -67,9 +58,25 @@ function qemuPidWith(marker: string): number | undefined {
   return undefined;
 }
 
-test(`${CYCLES} failover → resync cycles under load, both nodes dying in turn: protected after each, the counter never goes back, one TCP connection throughout`, opts, async () => {
-  const p = await lab.startPair();
-  const c = loadConfig(p.cfg);
+/** Waits until the pair is protected again after a resync newer than `since` (an ISO time or undefined). */
+async function reprotected(p: LabRun, since: string | undefined, what: string, timeoutMs = 60_000) {
+  return waitFor(what, async () => {
+    const s = await p.status();
+    assert.ok(writers(s).length <= 1, `${what}: two writers`);
+    return s.protected && s.lastResync && s.lastResync.at !== since ? s : undefined;
+  }, { timeoutMs, intervalMs: 100 });
+}
+
+function assertClient(s: ClientSummary, kills: number, label: string): void {
+  process.stderr.write(`# ${label}: echo ${s.echo.ok}/${s.echo.sent} max ${s.echo.maxMs.toFixed(0)} ms; http ${s.http.ok} ok ${s.http.errors.length} errors max ${s.http.maxMs.toFixed(0)} ms\n`);
+  assert.deepEqual(s.echo.errors, [], `${label}: the echo connection never failed`);
+  assert.equal(s.echo.closed, false, `${label}: the echo connection stayed open from start to end`);
+  assert.equal(counterProblems(s.http.counts, kills), undefined, label);
+  assert.ok(s.http.errors.length <= kills, `${label}: at most the requests in flight at the kills failed: ${JSON.stringify(s.http.errors)}`);
+}
+
+test(`${CYCLES} failover → automatic re-protection cycles under load, both nodes dying in turn`, opts, async () => {
+  const p = await labOf().startPair();
   let kills = 0;
   try {
     for (let i = 1; i <= CYCLES; i++) {
@@ -79,51 +86,114 @@ test(`${CYCLES} failover → resync cycles under load, both nodes dying in turn:
       const victim = st.nodes.find((n) => n.role === victimRole)!;
       const survivor = st.nodes.find((n) => n !== victim)!;
       const genBefore = readGeneration(path.join(p.stateDir, survivor.name)).generation;
-      const before = st.lastFailover?.at;
+      const killedAt = Date.now();
       process.kill(victim.pid!, 'SIGKILL');
       kills++;
-      await waitFor(`cycle ${i}: ${survivor.name} to carry on alone`, async () => {
-        const s = await p.status();
-        assert.ok(writers(s).length <= 1, `cycle ${i}: two writers`);
-        return s.lastFailover !== null && s.lastFailover.at !== before && s.lastFailover.to === survivor.name;
-      }, { timeoutMs: 20_000, intervalMs: 100 });
-      assert.equal(readGeneration(path.join(p.stateDir, survivor.name)).generation, genBefore + 1, `cycle ${i}: the survivor's disk starts a new generation`);
-      await carriesOn(p, 10, `cycle ${i}: traffic from ${survivor.name} alone`);
-      const r = await resync(c);
-      assert.deepEqual([r.from, r.to], [survivor.name, victim.name], `cycle ${i}: resync from the survivor`);
-      const after = await p.status();
-      assert.equal(after.protected, true, `cycle ${i}: protected again`);
+      const after = await reprotected(p, st.lastResync?.at, `cycle ${i}: protected again`);
+      const unprotectedMs = Date.parse(after.protectedAt!) - killedAt;
+      assert.deepEqual([after.lastFailover?.from, after.lastFailover?.to], [victim.name, survivor.name], `cycle ${i}: ${survivor.name} took over`);
+      assert.deepEqual([after.lastResync!.from, after.lastResync!.to], [survivor.name, victim.name], `cycle ${i}: resync from the survivor`);
       assert.equal(after.nodes.find((n) => n.name === survivor.name)!.role, 'primary');
-      assert.equal(readGeneration(path.join(p.stateDir, victim.name)).generation, genBefore + 1, `cycle ${i}: the target holds the survivor's generation`);
+      const gens = [survivor.name, victim.name].map((n) => readGeneration(path.join(p.stateDir, n)).generation);
+      assert.deepEqual(gens, [genBefore + 1, genBefore + 1], `cycle ${i}: a new generation on the survivor, handed to the resynced node`);
       await carriesOn(p, 10, `cycle ${i}: traffic through COLO after the resync`);
+      const r = after.lastResync!;
       process.stderr.write(
         `# cycle ${i}: ${victimRole} ${victim.name} killed; ${survivor.name} took over in ${after.lastFailover!.ms.toFixed(0)} ms; ` +
-          `resync ${(r.ms / 1000).toFixed(2)} s (mirror ${(r.mirrorBytes / 2 ** 20).toFixed(0)} MiB ${r.mirrorMs.toFixed(0)} ms, VM stopped ${r.stoppedMs.toFixed(0)} ms)\n`,
+          `protected again ${(unprotectedMs / 1000).toFixed(2)} s after the kill (resync ${(r.ms / 1000).toFixed(2)} s, mirror ${(r.mirrorBytes / 2 ** 20).toFixed(0)} MiB ${r.mirrorMs.toFixed(0)} ms, VM stopped ${r.stoppedMs.toFixed(0)} ms)\n`,
       );
     }
   } finally {
-    const s = await p.stop();
-    process.stderr.write(`# ${CYCLES} cycles: echo ${s.echo.ok}/${s.echo.sent} max ${s.echo.maxMs.toFixed(0)} ms; http ${s.http.ok} ok ${s.http.errors.length} errors max ${s.http.maxMs.toFixed(0)} ms\n`);
-    assert.deepEqual(s.echo.errors, [], 'the echo connection never failed');
-    assert.equal(s.echo.closed, false, 'the echo connection stayed open from start to end');
-    assert.equal(counterProblems(s.http.counts, kills), undefined);
-    assert.ok(s.http.errors.length <= kills, `at most the requests in flight at the kills failed: ${JSON.stringify(s.http.errors)}`);
+    assertClient(await p.stop(), kills, `${CYCLES} cycles`);
   }
 });
 
-test('a resync whose new secondary is killed while the disk is mirrored fails cleanly; the next one succeeds', opts, async () => {
-  const p = await lab.startPair();
-  const c = loadConfig(p.cfg);
+test('the new secondary killed during an automatic resync: the survivor runs on alone, and its agent tries again by itself', opts, async () => {
+  const p = await labOf().startPair();
+  try {
+    const st = await p.status();
+    const old = st.nodes.find((n) => n.role === 'secondary')!;
+    process.kill(old.pid!, 'SIGKILL');
+    // The survivor's agent has b start a new secondary at once: kill it as soon as it appears.
+    const marker = path.join(p.stateDir, 'b', 'qmp.sock');
+    const victim = await waitFor('the new secondary on b', () => qemuPidWith(marker, old.pid!), { timeoutMs: 20_000, intervalMs: 5 });
+    process.kill(victim, 'SIGKILL');
+    const s = await reprotected(p, undefined, 'protected again after the retry', 90_000);
+    assert.notEqual(s.nodes.find((n) => n.name === 'b')!.pid, victim, 'a second new secondary');
+    const log = fs.readFileSync(path.join(p.stateDir, 'a', 'agent.log'), 'utf8');
+    assert.match(log, /resync failed: running on alone/, 'the first attempt failed and was reported');
+    await carriesOn(p, 10, 'traffic through COLO after the retry');
+  } finally {
+    assertClient(await p.stop(), 1, 'new secondary killed');
+  }
+});
+
+test("the survivor's agent killed during a resync: the VM runs on, the restarted agent takes it back and re-protects", opts, async () => {
+  const p = await labOf().startPair();
+  try {
+    const st = await p.status();
+    const old = st.nodes.find((n) => n.role === 'secondary')!;
+    const agentA = readState(p.stateDir)!.agents!.a!;
+    process.kill(old.pid!, 'SIGKILL');
+    await waitFor('the new secondary on b', () => qemuPidWith(path.join(p.stateDir, 'b', 'qmp.sock'), old.pid!), { timeoutMs: 20_000, intervalMs: 5 });
+    process.kill(agentA, 'SIGKILL');
+    await carriesOn(p, 10, 'traffic from a while its agent is dead');
+    restartAgent(p, 'a');
+    const s = await reprotected(p, undefined, 'protected again by the restarted agent', 90_000);
+    assert.equal(s.nodes.find((n) => n.name === 'a')!.role, 'primary');
+    await carriesOn(p, 10, 'traffic through COLO after the restart');
+  } finally {
+    assertClient(await p.stop(), 1, 'agent killed in a resync');
+  }
+});
+
+test('the replication cable pulled while the disk is mirrored: the survivor gives the resync up and runs on alone, and once the cable is back the agents re-protect', opts, async () => {
+  // A disk of real data, so that the mirror takes long enough to be cut in the middle.
+  const image = path.join(labOf().root, 'data.qcow2');
+  await createDataDisk(image, 256);
+  const p = await labOf().startPair({ diskImage: image });
   try {
     const st = await p.status();
     process.kill(st.nodes.find((n) => n.role === 'secondary')!.pid!, 'SIGKILL');
+    const mirroring = await waitFor('the mirror to be under way', async () => {
+      const a = (await p.status()).nodes.find((n) => n.name === 'a')!.agent?.resync;
+      return a?.mirror && a.mirror.offset > 0 && a.mirror.offset < a.mirror.len ? a.mirror : undefined;
+    }, { timeoutMs: 30_000, intervalMs: 20 });
+    await labOf().hosts.cut('replication');
+    const cutAt = Date.now();
+    process.stderr.write(`# cable pulled with ${(mirroring.offset / 2 ** 20).toFixed(0)} of ${(mirroring.len / 2 ** 20).toFixed(0)} MiB mirrored\n`);
+    try {
+      await waitFor('the survivor to give the resync up', () => /resync failed: running on alone/.test(fs.readFileSync(path.join(p.stateDir, 'a', 'agent.log'), 'utf8')), { timeoutMs: 30_000, intervalMs: 200 });
+      process.stderr.write(`# resync given up ${Date.now() - cutAt} ms after the cut\n`);
+      const mid = await p.status();
+      const a = mid.nodes.find((n) => n.name === 'a')!;
+      assert.deepEqual([a.runState, a.colo?.mode, mid.protected], ['running', 'none', false], 'a runs on alone');
+      assert.deepEqual(writers(mid), ['a']);
+      await carriesOn(p, 10, 'traffic from a while the cable is out');
+    } finally {
+      await labOf().hosts.restore('replication');
+    }
+    const s = await reprotected(p, undefined, 'protected again once the cable is back', 120_000);
+    assert.deepEqual([s.lastResync!.from, s.lastResync!.to], ['a', 'b']);
+    await carriesOn(p, 10, 'traffic through COLO after the resync');
+  } finally {
+    assertClient(await p.stop(), 1, 'cable pulled in a resync');
+  }
+});
+
+test('lockstep resync by hand, its new secondary killed during the resync: fails cleanly; the next one protects', opts, async () => {
+  const p = await labOf().startPair({ reprotect: false });
+  const c = loadConfig(p.cfg);
+  try {
+    const st = await p.status();
+    const old = st.nodes.find((n) => n.role === 'secondary')!;
+    process.kill(old.pid!, 'SIGKILL');
     await waitFor('a to carry on alone', async () => (await p.status()).lastFailover?.to === 'a', { timeoutMs: 20_000, intervalMs: 100 });
-    // Kill the new secondary as soon as the mirror starts.
     let killed: number | undefined;
     const err = await resync(c, {
       onUpdate: (m) => {
         if (!killed && m.startsWith('drive-mirror')) {
-          killed = qemuPidWith(path.join(p.stateDir, 'b', 'qmp.sock'));
+          killed = qemuPidWith(path.join(p.stateDir, 'b', 'qmp.sock'), old.pid!);
           if (killed) process.kill(killed, 'SIGKILL');
         }
       },
@@ -142,9 +212,6 @@ test('a resync whose new secondary is killed while the disk is mirrored fails cl
     assert.equal((await p.status()).protected, true, 'protected after the retry');
     await carriesOn(p, 10, 'traffic through COLO after the retry');
   } finally {
-    const s = await p.stop();
-    assert.deepEqual(s.echo.errors, []);
-    assert.equal(s.echo.closed, false);
-    assert.equal(counterProblems(s.http.counts, 1), undefined);
+    assertClient(await p.stop(), 1, 'resync by hand');
   }
 });

@@ -84,3 +84,16 @@ test('primary: right after the agent starts, no lease yet and no word from the p
   assert.equal(decide({ ...fresh, starting: false }).action, 'fence');
   assert.equal(decide({ ...healthy('alone'), leaseValid: false, peerFresh: false, starting: true }).action, 'none');
 });
+
+test('alone: re-protects once the peer agent is back without a VM (or fenced) and its disk is not newer; never towards a newer disk', () => {
+  const alone = { ...healthy('alone'), leaseValid: true, reprotect: true, generation: 3 };
+  assert.equal(decide({ ...alone, peerRole: 'down', peerQemu: 'dead', peerGeneration: 2 }).action, 'reprotect');
+  assert.equal(decide({ ...alone, peerRole: 'fenced', peerGeneration: 3 }).action, 'reprotect', 'a fenced node with the same generation never wrote alone');
+  const newer = decide({ ...alone, peerRole: 'down', peerGeneration: 4 });
+  assert.equal(newer.action, 'none');
+  assert.match(newer.why!, /not older than ours/);
+  assert.equal(decide({ ...alone, peerRole: 'down', peerGeneration: undefined }).action, 'none', 'an unknown generation is not older');
+  assert.equal(decide({ ...alone, peerRole: 'down', peerGeneration: 2, reprotect: false }).action, 'none', 'off, or backing off');
+  assert.equal(decide({ ...alone, peerRole: 'down', peerGeneration: 2, peerFresh: false }).action, 'none', 'no peer agent to start a secondary');
+  assert.equal(decide({ ...alone, peerRole: 'secondary', peerGeneration: 2 }).action, 'none');
+});

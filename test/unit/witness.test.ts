@@ -75,3 +75,42 @@ test('a client with the wrong secret gets nothing', async () => {
     await w.stop();
   }
 });
+
+test('disk generations: a node whose disk is older than the newest recorded for its run gets no lease, ever; other runs are apart; the newest survives a restart', async () => {
+  const fs = await import('node:fs');
+  const os = await import('node:os');
+  const path = await import('node:path');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-witness-'));
+  const stateFile = path.join(dir, 'witness.json');
+  let w = new Witness({ secret, host: '127.0.0.1', port: 0, graceMs: 0, stateFile });
+  await w.start();
+  const a = new WitnessClient({ name: 'a', secret, host: '127.0.0.1', port: w.port });
+  const b = new WitnessClient({ name: 'b', secret, host: '127.0.0.1', port: w.port });
+  try {
+    assert.equal((await a.acquire(200, 500, { run: 'r1', gen: 1 })).granted, true);
+    // a writes alone: it records generation 2 first.
+    assert.equal((await a.acquire(200, 500, { run: 'r1', gen: 2 })).granted, true);
+    a.close();
+    await sleep(250);
+    const stale = await b.acquire(200, 500, { run: 'r1', gen: 1 });
+    assert.equal(stale.granted, false, 'b\'s disk misses what a wrote alone: no lease even with a gone');
+    assert.match(stale.reason!, /stale disk: generation 1, the newest is 2/);
+    assert.equal((await b.acquire(200, 500, { run: 'r2', gen: 1 })).granted, true, 'a new run of the pair starts its own count');
+    b.close();
+    await w.stop();
+    w = new Witness({ secret, host: '127.0.0.1', port: 0, graceMs: 0, stateFile });
+    await w.start();
+    const b2 = new WitnessClient({ name: 'b', secret, host: '127.0.0.1', port: w.port });
+    try {
+      assert.equal((await b2.acquire(200, 500, { run: 'r1', gen: 1 })).granted, false, 'still stale after the witness restarted');
+      assert.deepEqual(w.state().generations, { r1: 2, r2: 1 });
+    } finally {
+      b2.close();
+    }
+  } finally {
+    a.close();
+    b.close();
+    await w.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
