@@ -24,6 +24,7 @@ function formatStatus(s: PairStatus): string {
     const window = f && Date.parse(r.at) > Date.parse(f.at) ? `; unprotected for ${((Date.parse(r.at) - Date.parse(f.at)) / 1000).toFixed(1)} s after the failover` : '';
     lines.push(`  last resync ${r.at}: ${r.from} → ${r.to} in ${(r.ms / 1000).toFixed(1)} s (mirror ${(r.mirrorBytes / 2 ** 20).toFixed(0)} MiB in ${(r.mirrorMs / 1000).toFixed(1)} s, VM stopped ${r.stoppedMs.toFixed(0)} ms)${window}`);
   }
+  if (s.lastRestart) lines.push(`  last restart ${s.lastRestart.at}: the whole pair was down; ${s.lastRestart.node} started the VM alone from ${s.lastRestart.disk}`);
   for (const n of s.nodes) {
     const r = n.agent?.resync;
     if (!r) continue;

@@ -27,6 +27,7 @@ import { readState, recordFailover, type NodeState, type PairState } from '../pa
 import { secondaryTakeover } from '../pair/failover.js';
 import { readGeneration, writeGeneration } from '../pair/generation.js';
 import { prepareSecondary, dropSecondary, resumeOnSurvivor, recordResync, type PreparedSecondary } from '../pair/resync.js';
+import { restartAlone } from '../pair/restart.js';
 import { planPair } from '../pair/plan.js';
 import { imageInfo } from '../qemu/images.js';
 import { agentSocket, type AgentStatus } from '../pair/agents.js';
@@ -419,6 +420,8 @@ export class Agent {
         generation: this.gen,
         peerGeneration: this.peerGen,
         reprotect: this.a.reprotect && performance.now() >= this.reprotectAt,
+        restart: this.a.reprotect && !this.joining && performance.now() >= this.reprotectAt,
+        tieBreakFirst: this.name < this.peer.name,
       } as Parameters<typeof decide>[0];
       let d: Decision = decide(obs);
       if (d.action === 'probe') {
@@ -430,6 +433,7 @@ export class Agent {
       else if (d.action === 'takeover') await this.doTakeover(d.why);
       else if (d.action === 'fence') await this.fence(d.why);
       else if (d.action === 'reprotect') await this.doReprotect(d.why);
+      else if (d.action === 'restart') await this.doRestart(d.why);
     } catch (err) {
       this.log.error({ err: errorMessage(err) }, 'failover step failed');
     } finally {
@@ -615,12 +619,37 @@ export class Agent {
       this.log.warn({ ms: Math.round(ms), mirrorMs: Math.round(r.mirrorMs), mirrorBytes: r.mirrorBytes, stoppedMs: Math.round(r.stoppedMs) }, 'protected again');
     } catch (err) {
       this.sendPeer({ t: 'resync-abort' });
-      this.reprotectFailures++;
-      const backoff = Math.min(60_000, 2000 * 2 ** (this.reprotectFailures - 1));
-      this.reprotectAt = performance.now() + backoff;
-      this.log.error({ err: errorMessage(err), retryInMs: backoff }, 'resync failed: running on alone');
+      this.backOff(this.qemuAlive ? 'resync failed: running on alone' : 'resync failed: our QEMU is gone', err);
     } finally {
       this.resyncing = undefined;
+    }
+  }
+
+  private backOff(what: string, err: unknown): void {
+    this.reprotectFailures++;
+    const backoff = Math.min(60_000, 2000 * 2 ** (this.reprotectFailures - 1));
+    this.reprotectAt = performance.now() + backoff;
+    this.log.error({ err: errorMessage(err), retryInMs: backoff }, what);
+  }
+
+  /** The whole pair is down and our disk is the newest: start the VM alone from it. */
+  private async doRestart(why: string): Promise<void> {
+    this.log.warn({ why }, 'restarting the VM alone from our disk');
+    try {
+      if (!(await this.ensureLease(2000))) throw new LockstepError('no lease');
+      // From now on only this disk is written: a new generation, recorded at the witness first.
+      this.generationRaised = false;
+      if (!(await this.newGeneration(`restart: ${why}`))) throw new LockstepError('the witness did not record our new generation');
+      const s = readState(this.c.stateDir) ?? this.pair;
+      await restartAlone(this.c, s, this.name, (m) => this.log.info({ step: m }, 'restart step'));
+      this.reloadPair();
+      this.role = 'alone';
+      this.coloExited = false;
+      await this.attachQemu();
+      this.reprotectFailures = 0;
+      this.log.warn({ pid: this.me.pid }, 'the VM runs again, alone, unprotected');
+    } catch (err) {
+      this.backOff('restart failed', err);
     }
   }
 

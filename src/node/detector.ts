@@ -15,6 +15,8 @@
  * - re-protection: a node running alone resyncs its peer as a new
  *   secondary once the peer's agent is back without a VM (or fenced), and
  *   only if the peer's disk generation is not newer than its own.
+ * - the whole pair down (both QEMUs gone): the node with the newer disk
+ *   starts the VM again alone; then re-protection as after a failover.
  * - a stalled checkpoint stream: when the link between the nodes is cut
  *   without a reset (a partition), QEMU 7.2's COLO threads wait forever and
  *   no COLO_EXIT comes. A secondary that has neither heartbeats nor
@@ -64,6 +66,10 @@ export interface Observation {
   peerGeneration?: number;
   /** Alone only: re-protect by ourselves, and the back-off after a failed attempt has passed. */
   reprotect?: boolean;
+  /** Down only: may restart the VM by ourselves (re-protection on, not joining as a new secondary, no back-off). */
+  restart?: boolean;
+  /** Our name sorts before the peer's: which of two equal disks restarts. */
+  tieBreakFirst?: boolean;
 }
 
 export type Decision =
@@ -72,10 +78,18 @@ export type Decision =
   | { action: 'primary-failover'; why: string }
   | { action: 'takeover'; why: string }
   | { action: 'fence'; why: string }
-  | { action: 'reprotect'; why: string };
+  | { action: 'reprotect'; why: string }
+  | { action: 'restart'; why: string };
 
 export function decide(o: Observation): Decision {
-  if (!o.qemuAlive) return { action: 'none', why: 'our QEMU is gone' };
+  if (!o.qemuAlive) {
+    // The whole pair down: the newest disk starts the VM again (of two equal ones, the first name's).
+    if (o.role === 'down' && o.restart && o.peerFresh && o.peerRole === 'down' && o.generation !== undefined && o.peerGeneration !== undefined) {
+      const newest = o.generation > o.peerGeneration || (o.generation === o.peerGeneration && o.tieBreakFirst === true);
+      if (newest) return { action: 'restart', why: `no VM runs on either node, and our disk is the newest (generation ${o.generation}, the peer's ${o.peerGeneration})` };
+    }
+    return { action: 'none', why: 'our QEMU is gone' };
+  }
   if (o.role === 'primary') {
     if (o.peerQemu === 'dead') return { action: 'primary-failover', why: 'the secondary reports its QEMU dead' };
     if (o.coloExited) return { action: 'primary-failover', why: 'COLO_EXIT: the checkpoint stream to the secondary broke' };

@@ -54,9 +54,11 @@ export function replicaPath(c: ResolvedConfig, node: ResolvedConfig['nodes'][num
 
 /**
  * The plan for `c`: the first node of the config is the primary, unless
- * `primary` names the other (a resync after a takeover).
+ * `primary` names the other (a resync after a takeover). `alone`: the
+ * primary restarts by itself from `alone.disk` (the node's newest disk)
+ * after the whole pair died.
  */
-export function planPair(c: ResolvedConfig, rt: Runtime, primary: string = c.nodes[0]!.name): PairPlan {
+export function planPair(c: ResolvedConfig, rt: Runtime, primary: string = c.nodes[0]!.name, o: { alone?: { disk: string } } = {}): PairPlan {
   const [first, second] = c.nodes as [ResolvedConfig['nodes'][number], ResolvedConfig['nodes'][number]];
   const [p, s] = first.name === primary ? [first, second] : [second, first];
   const e: ColoEndpoints = {
@@ -109,7 +111,9 @@ export function planPair(c: ResolvedConfig, rt: Runtime, primary: string = c.nod
     name: c.name,
     endpoints: e,
     forwards,
-    primary: node(p, 'primary', c.vm.disk.image, primaryArgs(machine(p, 'primary'), e, { image: c.vm.disk.image, format: c.vm.disk.format })),
+    primary: o.alone
+      ? node(p, 'primary', o.alone.disk, primaryArgs(machine(p, 'primary'), e, { image: o.alone.disk, format: c.vm.disk.format }, { alone: true }))
+      : node(p, 'primary', c.vm.disk.image, primaryArgs(machine(p, 'primary'), e, { image: c.vm.disk.image, format: c.vm.disk.format })),
     secondary: node(
       s,
       'secondary',

@@ -39,6 +39,8 @@ export interface PairState {
   stoppedAt?: string;
   /** PIDs of the node agents (lockstep agent), when the config has agents. */
   agents?: Record<string, number>;
+  /** The last restart of the VM alone, after the whole pair had died. */
+  lastRestart?: { at: string; node: string; disk: string };
   /** Buffers of earlier secondaries, still open in a survivor's QEMU after a resync; `down` removes them. */
   retiredBuffers?: string[];
   /** The last resync: from the survivor to the new secondary, its times and size. */

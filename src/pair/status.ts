@@ -36,6 +36,7 @@ export interface PairStatus {
   upMs: number | null;
   lastFailover: { at: string; from: string; to: string; reason: string; ms: number } | null;
   lastResync: NonNullable<PairState['lastResync']> | null;
+  lastRestart: NonNullable<PairState['lastRestart']> | null;
   nodes: NodeStatus[];
 }
 
@@ -62,7 +63,7 @@ async function nodeStatus(n: NodeState, timeoutMs: number): Promise<NodeStatus> 
 
 export async function pairStatus(c: ResolvedConfig, timeoutMs = 3000): Promise<PairStatus> {
   const s = readState(c.stateDir);
-  if (!s) return { name: c.name, running: false, protected: false, accel: null, protectedAt: null, upMs: null, lastFailover: null, lastResync: null, nodes: [] };
+  if (!s) return { name: c.name, running: false, protected: false, accel: null, protectedAt: null, upMs: null, lastFailover: null, lastResync: null, lastRestart: null, nodes: [] };
   const nodes = await Promise.all(
     s.nodes.map(async (n) => {
       const st = await nodeStatus(n, timeoutMs);
@@ -84,6 +85,7 @@ export async function pairStatus(c: ResolvedConfig, timeoutMs = 3000): Promise<P
     upMs: s.upMs ?? null,
     lastFailover: s.lastFailover ?? null,
     lastResync: s.lastResync ?? null,
+    lastRestart: s.lastRestart ?? null,
     nodes,
   };
 }

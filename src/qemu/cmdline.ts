@@ -161,19 +161,23 @@ function socketChardev(id: string, host: string, port: number, extra: Record<str
 /**
  * The primary ("Startup qemu", step 1). It starts paused (-S) and blocks in
  * compare1 (wait=on) until the secondary connects.
+ *
+ * `alone`: the same VM without a secondary, as a primary is after "Primary
+ * Failover" (a restart after the whole pair died): no proxy objects, no
+ * waiting; the chardevs are there for a later resume replication.
  */
-export function primaryArgs(m: MachineSpec, e: ColoEndpoints, disk: PrimaryDisk): string[] {
+export function primaryArgs(m: MachineSpec, e: ColoEndpoints, disk: PrimaryDisk, o: { alone?: boolean } = {}): string[] {
   const a = common(m);
   a.push('-netdev', netdevArg(m.nic, true), ...nicDevice());
   a.push(
     ...socketChardev(IDS.mirrorChardev, e.primaryHost, e.mirrorPort, { server: true, wait: false }),
-    ...socketChardev(IDS.compare1, e.primaryHost, e.compareSecondaryPort, { server: true, wait: true }),
+    ...socketChardev(IDS.compare1, e.primaryHost, e.compareSecondaryPort, { server: true, wait: !o.alone }),
     ...socketChardev(IDS.compare0, e.primaryLocal, e.comparePrimaryPort, { server: true, wait: false }),
     ...socketChardev(IDS.compare0Client, e.primaryLocal, e.comparePrimaryPort, {}),
     ...socketChardev(IDS.compareOut, e.primaryLocal, e.compareOutPort, { server: true, wait: false }),
     ...socketChardev(IDS.compareOutClient, e.primaryLocal, e.compareOutPort, {}),
   );
-  a.push(...primaryProxyObjects(e).flatMap((o) => ['-object', o]));
+  if (!o.alone) a.push(...primaryProxyObjects(e).flatMap((x) => ['-object', x]));
   a.push(
     '-drive',
     opts('if=none', {

@@ -13,6 +13,9 @@
  *   survivor runs on alone, and its agent tries again by itself;
  * - the survivor's agent killed while it resyncs: the VM runs on, and the
  *   restarted agent takes the half-done resume back and re-protects;
+ * - the survivor's QEMU killed during that resync, so that no VM runs at all:
+ *   the node with the newest disk restarts the VM by itself (the guest
+ *   reboots, its disk keeps every acknowledged write) and re-protects it;
  * - the replication cable pulled in the middle of the disk mirror: the
  *   survivor notices the stalled mirror, gives up and runs on alone, and the
  *   agents re-protect once the cable is back;
@@ -145,6 +148,36 @@ test("the survivor's agent killed during a resync: the VM runs on, the restarted
   } finally {
     assertClient(await p.stop(), 1, 'agent killed in a resync');
   }
+});
+
+test("the survivor's QEMU killed during its resync (the whole pair down): the newest disk restarts the VM by itself, no acknowledged write lost, protected again", opts, async () => {
+  const p = await labOf().startPair();
+  let s: ClientSummary | undefined;
+  try {
+    const st = await p.status();
+    const old = st.nodes.find((n) => n.role === 'secondary')!;
+    const primary = st.nodes.find((n) => n.role === 'primary')!;
+    process.kill(old.pid!, 'SIGKILL');
+    await waitFor('the new secondary on b', () => qemuPidWith(path.join(p.stateDir, 'b', 'qmp.sock'), old.pid!), { timeoutMs: 20_000, intervalMs: 5 });
+    const killedAt = Date.now();
+    process.kill(primary.pid!, 'SIGKILL');
+    const restarted = await waitFor('a to restart the VM', async () => {
+      const x = await p.status();
+      assert.ok(writers(x).length <= 1, 'two writers');
+      return x.lastRestart ? x : undefined;
+    }, { timeoutMs: 60_000, intervalMs: 100 });
+    assert.equal(restarted.lastRestart!.node, 'a', 'a, whose disk is a generation ahead, restarts');
+    process.stderr.write(`# whole pair down: a restarted the VM ${Date.parse(restarted.lastRestart!.at) - killedAt} ms after the kill\n`);
+    const again = await reprotected(p, undefined, 'protected again after the restart', 120_000);
+    assert.deepEqual([again.lastResync!.from, again.lastResync!.to], ['a', 'b']);
+    const before = p.client.latest.httpOk;
+    await p.client.until((x) => x.httpOk >= before + 10, 60_000, 'answers from the restarted VM');
+  } finally {
+    s = await p.stop();
+  }
+  // The guest rebooted: its TCP connections died with it; the disk kept every acknowledged write.
+  process.stderr.write(`# whole pair down: http ${s.http.ok} ok, ${s.http.errors.length} errors during the restart; counter ${s.http.counts[0]} … ${s.http.counts.at(-1)}\n`);
+  assert.equal(counterProblems(s.http.counts, 1), undefined);
 });
 
 test('the replication cable pulled while the disk is mirrored: the survivor gives the resync up and runs on alone, and once the cable is back the agents re-protect', opts, async () => {

@@ -97,3 +97,14 @@ test('alone: re-protects once the peer agent is back without a VM (or fenced) an
   assert.equal(decide({ ...alone, peerRole: 'down', peerGeneration: 2, peerFresh: false }).action, 'none', 'no peer agent to start a secondary');
   assert.equal(decide({ ...alone, peerRole: 'secondary', peerGeneration: 2 }).action, 'none');
 });
+
+test('down: the whole pair down → the newest disk restarts the VM (of two equal ones, the first name); never while the peer runs or a newer disk is there', () => {
+  const down = { ...healthy('primary'), role: 'down' as const, qemuAlive: false, peerRole: 'down' as const, peerQemu: 'dead' as const, restart: true, tieBreakFirst: false };
+  assert.equal(decide({ ...down, generation: 5, peerGeneration: 4 }).action, 'restart');
+  assert.equal(decide({ ...down, generation: 4, peerGeneration: 5 }).action, 'none');
+  assert.equal(decide({ ...down, generation: 5, peerGeneration: 5 }).action, 'none', 'equal disks: the other name restarts');
+  assert.equal(decide({ ...down, generation: 5, peerGeneration: 5, tieBreakFirst: true }).action, 'restart');
+  assert.equal(decide({ ...down, generation: 5, peerGeneration: 4, peerRole: 'alone' }).action, 'none', 'the peer runs the VM');
+  assert.equal(decide({ ...down, generation: 5, peerGeneration: 4, peerFresh: false }).action, 'none', 'no word from the peer: it may run the VM');
+  assert.equal(decide({ ...down, generation: 5, peerGeneration: 4, restart: false }).action, 'none', 'joining, backing off, or off');
+});

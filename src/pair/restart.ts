@@ -1,0 +1,53 @@
+/**
+ * When the whole pair is down (both QEMUs gone: a double failure, or the
+ * survivor dying while it resynced its new secondary, before that one held
+ * the VM), the node with the newest disk starts the VM again by itself,
+ * alone, from that disk, as a primary is after "Primary Failover". The
+ * guest boots afresh: what lived only in the dead VMs' memory is gone, but
+ * every acknowledged write is on that disk. Re-protection then follows as
+ * after any failover. The agents decide when (see the detector).
+ */
+import fs from 'node:fs';
+import type { ResolvedConfig } from '../config/load.js';
+import { QemuProcess } from '../qemu/process.js';
+import { attachTap, detachTap } from '../qemu/tap.js';
+import { planPair } from './plan.js';
+import { connectQmp, spawnOpts } from './up.js';
+import { updateState, type NodeState, type PairState } from './state.js';
+
+export async function restartAlone(c: ResolvedConfig, s: PairState, node: string, step: (m: string) => void = () => {}): Promise<NodeState> {
+  const me = s.nodes.find((n) => n.name === node)!;
+  const peer = s.nodes.find((n) => n !== me)!;
+  const plan = planPair(c, s.runtime, node, { alone: { disk: me.disk } });
+  const p = plan.primary;
+  for (const f of [p.qmpSocket, p.qmpSocket2]) fs.rmSync(f, { force: true });
+  if (p.tap) {
+    step(`bridge ${p.tap.bridge}: ${p.tap.tap} on${peer.tap ? `, ${peer.tap.tap} off` : ''}`);
+    if (peer.tap) await detachTap(peer.tap).catch(() => undefined);
+    await attachTap(p.tap);
+  }
+  step(`starting the VM alone on ${node} from ${me.disk}`);
+  const proc = new QemuProcess({ ...spawnOpts(p), name: `primary ${node} (alone)`, binary: s.runtime.binary, logFile: p.qemuLog, detached: true });
+  try {
+    const { qmp } = await connectQmp(proc, p, 15_000);
+    try {
+      await qmp.execute('cont', undefined, { timeoutMs: 5000 });
+    } finally {
+      await qmp.close();
+    }
+  } catch (err) {
+    await proc.stop(2000);
+    throw err;
+  }
+  const at = new Date().toISOString();
+  const next = updateState(c.stateDir, (x) => ({
+    ...x,
+    endpoints: plan.endpoints,
+    nodes: x.nodes.map((n) =>
+      n.name === node ? { ...n, role: 'primary' as const, pid: proc.pid, serialLog: p.serialLog, qemuLog: p.qemuLog } : { ...n, role: 'secondary' as const },
+    ),
+    lastRestart: { at, node, disk: me.disk },
+    authoritativeDisk: me.disk,
+  }));
+  return next!.nodes.find((n) => n.name === node)!;
+}
