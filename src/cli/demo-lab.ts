@@ -54,17 +54,14 @@ export async function labDemo(o: LabDemoOptions): Promise<number> {
     }
   };
   await phase(`[${primary.name} primary]`, o.seconds);
+  let killedWall: number | undefined;
   if (o.kill) {
     out('');
     out(`kill -9 ${primary.pid}   (the primary QEMU dies)`);
-    const before = client.latest.httpOk;
-    const killedAt = performance.now();
-    const killedWall = Date.now();
+    killedWall = Date.now();
     process.kill(primary.pid, 'SIGKILL');
     const f = await waitForAgentTakeover(c, secondary.name);
-    await client.until((t) => t.httpOk > before, 30_000, 'an answer from the survivor');
-    out(`${f.to} took over by itself (${f.reason.replace(/^agent: /, '')}; failover ${f.ms.toFixed(0)} ms); ` +
-      `the client had answers again within ${((performance.now() - killedAt) / 1000).toFixed(1)} s of the kill (the client reports once a second)`);
+    out(`${f.to} took over by itself (${f.reason.replace(/^agent: /, '')}; failover procedure ${f.ms.toFixed(0)} ms)`);
     out('');
     await phase(`[${f.to} survivor]`, o.after);
     // The agents re-protect the VM by themselves: a new secondary on the node that lost its QEMU.
@@ -83,6 +80,8 @@ export async function labDemo(o: LabDemoOptions): Promise<number> {
   const s = await client.finish();
   const problem = counterProblems(s.http.counts);
   out('');
+  const first = killedWall === undefined ? undefined : s.http.okTimes.find((t) => t > killedWall!);
+  if (first !== undefined) out(`The first answer from the survivor came ${first - killedWall!} ms after the kill.`);
   out(s.echo.closed || s.echo.errors.length
     ? `WARNING: the echo connection broke: ${s.echo.errors.join('; ') || 'closed by the guest'}`
     : `The client's TCP connection stayed open throughout: ${s.echo.ok} echoes, the longest ${s.echo.maxMs.toFixed(0)} ms.`);

@@ -13,7 +13,7 @@ const CONFIG_HELP = 'the pair\'s YAML config (see examples/one-host.yaml)';
 function formatStatus(s: PairStatus): string {
   if (s.nodes.length === 0) return `pair "${s.name}": not started (lockstep up -c FILE starts it)`;
   const lines = [`pair "${s.name}": ${s.protected ? 'PROTECTED' : s.running ? 'NOT PROTECTED' : 'stopped'}${s.accel ? ` (${s.accel.toUpperCase()})` : ''}`];
-  if (s.upMs !== null && s.protected) lines.push(`  protected since ${s.protectedAt} (up took ${(s.upMs / 1000).toFixed(1)} s)`);
+  if (s.upMs !== null && s.protected) lines.push(`  protected since ${s.protectedAt}${s.lastResync ? ' (resync)' : ` (up took ${(s.upMs / 1000).toFixed(1)} s)`}`);
   if (s.lastFailover) {
     const f = s.lastFailover;
     lines.push(`  last failover ${f.at}: ${f.from} → ${f.to} (${f.reason}), ${f.ms.toFixed(0)} ms`);
