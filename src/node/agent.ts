@@ -585,7 +585,7 @@ export class Agent {
     this.resyncing = { since: t0, step: `asking ${this.peer.name} for a new secondary` };
     try {
       const size = (await imageInfo(this.me.disk))['virtual-size'];
-      const ready = await this.request({ t: 'resync-prepare', primary: this.name, gen: this.gen, run: this.run, size }, 90_000);
+      const ready = await this.request({ t: 'resync-prepare', primary: this.name, gen: this.gen, run: this.run, size }, 30_000);
       if (ready.t !== 'resync-ready') throw new LockstepError(`${this.peer.name} could not start a new secondary: ${String(ready.why)}`);
       this.log.info({ pid: ready.pid, ms: Math.round(performance.now() - t0) }, 'the new secondary waits: mirroring our disk to it');
       let lastPct = -1;
