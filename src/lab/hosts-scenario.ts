@@ -2,9 +2,10 @@
  * A protected pair on the lab's separate hosts: node A and node B each in
  * their own namespace with their agent, replication on its own cable, the
  * agents' heartbeat on another, the witness on the management network and
- * the client on the guest LAN. Used by the agent and partition tests and by
- * `lockstep lab up|down`, which keeps a lab between commands through the
- * file lab.json in the lab's directory.
+ * the client on the guest LAN. Used by the agent, partition and resync
+ * tests, the takeover and resync benchmarks, the demo, and `lockstep lab
+ * up|down`, which keeps a lab between commands through the file lab.json in
+ * the lab's directory.
  */
 import fs from 'node:fs';
 import path from 'node:path';
