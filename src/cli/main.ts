@@ -12,7 +12,8 @@ program
   .description(
     'Non-stop virtual machines on QEMU COLO: a primary and a secondary VM run in lock-step, ' +
       'their network output is compared, and the survivor carries on when a node dies.\n\n' +
-      'Start with: lockstep up -c examples/one-host.yaml   (then: status, down)',
+      'Start with: lockstep up -c examples/one-host.yaml   (then: status, down)\n' +
+      'or, as root, a lab of separate hosts: lockstep lab up   (then: lab status, lab kill primary, lab down)',
   )
   .showHelpAfterError('(run with --help for usage)')
   .configureHelp({ sortSubcommands: true });
