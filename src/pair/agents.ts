@@ -46,32 +46,44 @@ export function spawnAgent(configFile: string, n: PairState['nodes'][number]): n
 
 export async function startAgents(c: ResolvedConfig, s: PairState): Promise<Record<string, number>> {
   const pids: Record<string, number> = {};
+  // A socket left by an earlier agent would look like a started one.
+  for (const n of s.nodes) fs.rmSync(agentSocket(path.dirname(n.qmpSocket)), { force: true });
   for (const n of s.nodes) pids[n.name] = spawnAgent(c.file, n);
-  // Ready when each answers on its control socket.
-  for (const n of s.nodes) {
-    const sock = agentSocket(path.dirname(n.qmpSocket));
-    await waitFor(
-      `the agent of node ${n.name} to start`,
-      () => {
-        if (!pidRunning(pids[n.name]!)) {
-          const log = fs.readFileSync(logFile(n), 'utf8').trim().split('\n').slice(-5).join('\n');
-          throw new LockstepError(`the agent of node ${n.name} exited at start:\n${log}`, { hint: `see ${logFile(n)}` });
-        }
-        return fs.existsSync(sock);
-      },
-      { timeoutMs: 15_000, intervalMs: 50 },
-    );
+  try {
+    // Ready when each answers on its control socket.
+    for (const n of s.nodes) {
+      const sock = agentSocket(path.dirname(n.qmpSocket));
+      await waitFor(
+        `the agent of node ${n.name} to start`,
+        () => {
+          if (!pidRunning(pids[n.name]!)) {
+            const log = fs.readFileSync(logFile(n), 'utf8').trim().split('\n').slice(-5).join('\n');
+            throw new LockstepError(`the agent of node ${n.name} exited at start:\n${log}`, { hint: `see ${logFile(n)}` });
+          }
+          return fs.existsSync(sock);
+        },
+        { timeoutMs: 15_000, intervalMs: 50 },
+      );
+    }
+  } catch (err) {
+    // Not half a set of agents: the others are ended too, nothing is left unrecorded.
+    await endPids(Object.values(pids));
+    throw err;
   }
   return pids;
 }
 
+async function endPids(pids: number[]): Promise<void> {
+  const live = pids.filter((p) => pidRunning(p));
+  for (const p of live) process.kill(p, 'SIGTERM');
+  const deadline = Date.now() + 3000;
+  while (Date.now() < deadline && live.some((p) => pidRunning(p))) await sleep(50);
+  for (const p of live) if (pidRunning(p)) process.kill(p, 'SIGKILL');
+}
+
 /** Ends the agents (SIGTERM, then SIGKILL), so that stopping the VMs next is not taken for a failure. */
 export async function stopAgents(s: PairState): Promise<void> {
-  const pids = Object.values(s.agents ?? {}).filter((p) => isOurAgent(p, s.configFile));
-  for (const p of pids) process.kill(p, 'SIGTERM');
-  const deadline = Date.now() + 3000;
-  while (Date.now() < deadline && pids.some((p) => pidRunning(p))) await sleep(50);
-  for (const p of pids) if (pidRunning(p)) process.kill(p, 'SIGKILL');
+  await endPids(Object.values(s.agents ?? {}).filter((p) => isOurAgent(p, s.configFile)));
 }
 
 export function agentsRunning(s: PairState): boolean {

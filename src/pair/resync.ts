@@ -218,6 +218,9 @@ export async function resync(c: ResolvedConfig, o: ResyncOptions = {}): Promise<
     writeGeneration(prepared.plan.secondary.dataDir, generation, `resync from ${source.name}`, run);
     const ms = performance.now() - t0;
     const next = recordResync(c, prepared.plan, prepared.proc.pid, { ms, mirrorMs: r.mirrorMs, mirrorBytes: r.mirrorBytes, stoppedMs: r.stoppedMs })!;
+    // The agents take both QMP monitors over: each serves one client at a time.
+    prepared.qmp.destroy();
+    qmp.destroy();
     if (hadAgents) {
       step('starting the node agents again');
       next.agents = await startAgents(c, next);
@@ -227,6 +230,9 @@ export async function resync(c: ResolvedConfig, o: ResyncOptions = {}): Promise<
   } catch (err) {
     step(`resync failed (${errorMessage(err)}): the VM runs on alone on ${source.name}`);
     if (prepared) await dropSecondary(prepared);
+    // The agents take the QMP monitor over: it serves one client at a time.
+    prepared?.qmp.destroy();
+    qmp.destroy();
     if (hadAgents) {
       const again = readState(c.stateDir)!;
       again.agents = await startAgents(c, again).catch(() => undefined);

@@ -29,6 +29,7 @@ export async function runRound(start: () => Promise<LabRun>, label: string, body
     await p.stop().catch(() => undefined);
     throw err;
   }
+  assert.deepEqual(leftovers(p), [], `${label}: nothing of the pair is left running`);
 }
 
 /** What a client of a protected service may expect across one failure: its connection kept, no acknowledged write lost. */
@@ -52,4 +53,19 @@ export function restartAgent(p: LabRun, node: string): number {
   const pid = spawnAgent(p.cfg, n);
   updateState(p.stateDir, (x) => ({ ...x, agents: { ...x.agents, [node]: pid } }));
   return pid;
+}
+
+/** Processes still running that belong to this run's pair (its agents, by config path; its QEMUs, by state directory). */
+export function leftovers(p: LabRun): string[] {
+  const out: string[] = [];
+  for (const d of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(d) || Number(d) === process.pid) continue;
+    try {
+      const cmd = fs.readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
+      if (cmd.includes(p.cfg) || cmd.some((x) => x.includes(p.stateDir + path.sep))) out.push(`${d}: ${cmd.join(' ').slice(0, 160)}`);
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
 }

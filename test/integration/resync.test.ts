@@ -30,7 +30,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { hostsLabForTests } from '../helpers/lab.js';
-import { writers, carriesOn, restartAgent } from '../helpers/scenario.js';
+import { writers, carriesOn, restartAgent, leftovers } from '../helpers/scenario.js';
 import { counterProblems, type ClientSummary } from '../../src/lab/client-driver.js';
 import { createDataDisk } from '../../src/lab/data-disk.js';
 import type { LabRun } from '../../src/lab/scenario.js';
@@ -70,7 +70,8 @@ async function reprotected(p: LabRun, since: string | undefined, what: string, t
   }, { timeoutMs, intervalMs: 100 });
 }
 
-function assertClient(s: ClientSummary, kills: number, label: string): void {
+function assertClient(s: ClientSummary, kills: number, label: string, p?: LabRun): void {
+  if (p) assert.deepEqual(leftovers(p), [], `${label}: nothing of the pair is left running`);
   process.stderr.write(`# ${label}: echo ${s.echo.ok}/${s.echo.sent} max ${s.echo.maxMs.toFixed(0)} ms; http ${s.http.ok} ok ${s.http.errors.length} errors max ${s.http.maxMs.toFixed(0)} ms\n`);
   assert.deepEqual(s.echo.errors, [], `${label}: the echo connection never failed`);
   assert.equal(s.echo.closed, false, `${label}: the echo connection stayed open from start to end`);
@@ -107,7 +108,7 @@ test(`${CYCLES} failover → automatic re-protection cycles under load, both nod
       );
     }
   } finally {
-    assertClient(await p.stop(), kills, `${CYCLES} cycles`);
+    assertClient(await p.stop(), kills, `${CYCLES} cycles`, p);
   }
 });
 
@@ -127,7 +128,7 @@ test('the new secondary killed during an automatic resync: the survivor runs on 
     assert.match(log, /resync failed: running on alone/, 'the first attempt failed and was reported');
     await carriesOn(p, 10, 'traffic through COLO after the retry');
   } finally {
-    assertClient(await p.stop(), 1, 'new secondary killed');
+    assertClient(await p.stop(), 1, 'new secondary killed', p);
   }
 });
 
@@ -146,7 +147,7 @@ test("the survivor's agent killed during a resync: the VM runs on, the restarted
     assert.equal(s.nodes.find((n) => n.name === 'a')!.role, 'primary');
     await carriesOn(p, 10, 'traffic through COLO after the restart');
   } finally {
-    assertClient(await p.stop(), 1, 'agent killed in a resync');
+    assertClient(await p.stop(), 1, 'agent killed in a resync', p);
   }
 });
 
@@ -178,6 +179,7 @@ test("the survivor's QEMU killed during its resync (the whole pair down): the ne
   // The guest rebooted: its TCP connections died with it; the disk kept every acknowledged write.
   process.stderr.write(`# whole pair down: http ${s.http.ok} ok, ${s.http.errors.length} errors during the restart; counter ${s.http.counts[0]} … ${s.http.counts.at(-1)}\n`);
   assert.equal(counterProblems(s.http.counts, 1), undefined);
+  assert.deepEqual(leftovers(p), [], 'nothing of the pair is left running');
 });
 
 test('the replication cable pulled while the disk is mirrored: the survivor gives the resync up and runs on alone, and once the cable is back the agents re-protect', opts, async () => {
@@ -210,7 +212,7 @@ test('the replication cable pulled while the disk is mirrored: the survivor give
     assert.deepEqual([s.lastResync!.from, s.lastResync!.to], ['a', 'b']);
     await carriesOn(p, 10, 'traffic through COLO after the resync');
   } finally {
-    assertClient(await p.stop(), 1, 'cable pulled in a resync');
+    assertClient(await p.stop(), 1, 'cable pulled in a resync', p);
   }
 });
 
@@ -245,6 +247,6 @@ test('lockstep resync by hand, its new secondary killed during the resync: fails
     assert.equal((await p.status()).protected, true, 'protected after the retry');
     await carriesOn(p, 10, 'traffic through COLO after the retry');
   } finally {
-    assertClient(await p.stop(), 1, 'resync by hand');
+    assertClient(await p.stop(), 1, 'resync by hand', p);
   }
 });
