@@ -18,6 +18,7 @@ import { createDataDisk } from '../src/lab/data-disk.js';
 import { run } from '../src/util/exec.js';
 import { qemuImg as findQemuImg } from '../src/qemu/images.js';
 import { waitFor } from '../src/util/time.js';
+import { readState } from '../src/pair/state.js';
 import { packageRoot } from '../src/util/paths.js';
 import { summarize, table } from './stats.js';
 
@@ -60,7 +61,7 @@ try {
       stoppedMs.push(r.stoppedMs);
       resyncMs.push(r.ms);
       // The yardstick, in the same run: a local copy of the same disk (the survivor's, read while in use).
-      const survivorDisk = readDisk(p.stateDir, after.nodes.find((n) => n.role === 'primary')!.name);
+      const survivorDisk = readState(p.stateDir)!.nodes.find((n) => n.role === 'primary')!.disk;
       const copy = path.join(root, 'copy.qcow2');
       const t0 = performance.now();
       await run(qemuImg, ['convert', '-U', '-O', 'qcow2', survivorDisk, copy], { timeoutMs: 300_000 });
@@ -75,11 +76,6 @@ try {
 } finally {
   await lab.remove();
   fs.rmSync(root, { recursive: true, force: true });
-}
-
-function readDisk(stateDir: string, node: string): string {
-  const s = JSON.parse(fs.readFileSync(path.join(stateDir, 'state.json'), 'utf8')) as { nodes: Array<{ name: string; disk: string }> };
-  return s.nodes.find((n) => n.name === node)!.disk;
 }
 
 const mirror = summarize(mirrorMiBps);

@@ -14,6 +14,7 @@ import { labConfigYaml } from './pair.js';
 import { ip } from './netns.js';
 import { LAB_SECRET, startRun, startWitness, stopAll, type LabRun, type RunOptions } from './scenario.js';
 import { LockstepError } from '../util/errors.js';
+import { writeFileAtomic } from '../util/files.js';
 import { GUEST_READY_MARKER } from './guest.js';
 import { loadConfig } from '../config/load.js';
 import { up, type UpResult } from '../pair/up.js';
@@ -37,6 +38,7 @@ export class HostsLab {
     readonly hosts: LabHosts,
     private readonly witnessPid: number | undefined,
     private readonly started: string[],
+    private readonly createdAt: string = new Date().toISOString(),
   ) {}
 
   static recordFile(root: string): string {
@@ -65,7 +67,7 @@ export class HostsLab {
       return undefined;
     }
     if (!fs.existsSync(`/run/netns/${r.ns.a}`)) return undefined;
-    return new HostsLab(root, labHosts(r.ns), r.witnessPid, r.configs);
+    return new HostsLab(root, labHosts(r.ns), r.witnessPid, r.configs, r.createdAt);
   }
 
   /** The configs of the pairs started here, oldest first. */
@@ -81,10 +83,8 @@ export class HostsLab {
   }
 
   private save(): void {
-    const r: HostsLabRecord = { version: 1, ns: this.hosts.ns, witnessPid: this.witnessPid, configs: this.started, createdAt: new Date().toISOString() };
-    const f = HostsLab.recordFile(this.root);
-    fs.writeFileSync(`${f}.tmp`, JSON.stringify(r, null, 2) + '\n');
-    fs.renameSync(`${f}.tmp`, f);
+    const r: HostsLabRecord = { version: 1, ns: this.hosts.ns, witnessPid: this.witnessPid, configs: this.started, createdAt: this.createdAt };
+    writeFileAtomic(HostsLab.recordFile(this.root), JSON.stringify(r, null, 2) + '\n');
   }
 
   /** Writes the config of a new pair (nodes a and b on their hosts) into a directory of its own; returns its path. */

@@ -21,6 +21,7 @@ import fs from 'node:fs';
 import type net from 'node:net';
 import { listenLinks, connectLink, type Link, type Message } from './link.js';
 import { sleep } from '../util/time.js';
+import { writeFileAtomic } from '../util/files.js';
 
 export interface WitnessOptions {
   secret: string;
@@ -64,16 +65,7 @@ export class Witness {
     // Only recent runs matter: a run that ended long ago has no nodes left to ask.
     while (this.generations.size > 100) this.generations.delete(this.generations.keys().next().value!);
     this.o.log?.(`newest disk generation of run ${run}: ${g} (${node})`);
-    if (!this.o.stateFile) return;
-    const tmp = `${this.o.stateFile}.tmp`;
-    const fd = fs.openSync(tmp, 'w');
-    try {
-      fs.writeSync(fd, JSON.stringify({ generations: Object.fromEntries(this.generations) }) + '\n');
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    fs.renameSync(tmp, this.o.stateFile);
+    if (this.o.stateFile) writeFileAtomic(this.o.stateFile, JSON.stringify({ generations: Object.fromEntries(this.generations) }) + '\n', { durable: true });
   }
 
   async start(): Promise<void> {

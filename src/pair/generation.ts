@@ -10,6 +10,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import { writeFileAtomic } from '../util/files.js';
 
 export interface Generation {
   generation: number;
@@ -38,15 +39,7 @@ export function readGeneration(dataDir: string): Generation {
 export function writeGeneration(dataDir: string, generation: number, why: string, pair: string = readGeneration(dataDir).pair): Generation {
   const g: Generation = { generation, pair, at: new Date().toISOString(), why };
   fs.mkdirSync(dataDir, { recursive: true });
-  const tmp = `${file(dataDir)}.tmp-${process.pid}`;
-  const fd = fs.openSync(tmp, 'w');
-  try {
-    fs.writeSync(fd, JSON.stringify(g) + '\n');
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, file(dataDir));
+  writeFileAtomic(file(dataDir), JSON.stringify(g) + '\n', { durable: true });
   return g;
 }
 

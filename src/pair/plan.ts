@@ -107,13 +107,12 @@ export function planPair(c: ResolvedConfig, rt: Runtime, primary: string = c.nod
     tap: net.mode === 'tap' ? { tap: net.taps[n.name]!, bridge: net.bridge, netns: n.netns } : undefined,
   });
   const replica = replicaPath(c, s);
+  const primaryDisk = o.alone?.disk ?? c.vm.disk.image;
   return {
     name: c.name,
     endpoints: e,
     forwards,
-    primary: o.alone
-      ? node(p, 'primary', o.alone.disk, primaryArgs(machine(p, 'primary'), e, { image: o.alone.disk, format: c.vm.disk.format }, { alone: true }))
-      : node(p, 'primary', c.vm.disk.image, primaryArgs(machine(p, 'primary'), e, { image: c.vm.disk.image, format: c.vm.disk.format })),
+    primary: node(p, 'primary', primaryDisk, primaryArgs(machine(p, 'primary'), e, { image: primaryDisk, format: c.vm.disk.format }, { alone: o.alone !== undefined })),
     secondary: node(
       s,
       'secondary',

@@ -7,12 +7,10 @@
  * every acknowledged write is on that disk. Re-protection then follows as
  * after any failover. The agents decide when (see the detector).
  */
-import fs from 'node:fs';
 import type { ResolvedConfig } from '../config/load.js';
-import { QemuProcess } from '../qemu/process.js';
 import { attachTap, detachTap } from '../qemu/tap.js';
 import { planPair } from './plan.js';
-import { connectQmp, spawnOpts } from './up.js';
+import { launchNode } from './launch.js';
 import { updateState, type NodeState, type PairState } from './state.js';
 
 export async function restartAlone(c: ResolvedConfig, s: PairState, node: string, step: (m: string) => void = () => {}): Promise<NodeState> {
@@ -20,24 +18,20 @@ export async function restartAlone(c: ResolvedConfig, s: PairState, node: string
   const peer = s.nodes.find((n) => n !== me)!;
   const plan = planPair(c, s.runtime, node, { alone: { disk: me.disk } });
   const p = plan.primary;
-  for (const f of [p.qmpSocket, p.qmpSocket2]) fs.rmSync(f, { force: true });
   if (p.tap) {
     step(`bridge ${p.tap.bridge}: ${p.tap.tap} on${peer.tap ? `, ${peer.tap.tap} off` : ''}`);
     if (peer.tap) await detachTap(peer.tap).catch(() => undefined);
     await attachTap(p.tap);
   }
   step(`starting the VM alone on ${node} from ${me.disk}`);
-  const proc = new QemuProcess({ ...spawnOpts(p), name: `primary ${node} (alone)`, binary: s.runtime.binary, logFile: p.qemuLog, detached: true });
+  const { proc, qmp } = await launchNode(p, s.runtime.binary, `primary ${node} (alone)`);
   try {
-    const { qmp } = await connectQmp(proc, p, 15_000);
-    try {
-      await qmp.execute('cont', undefined, { timeoutMs: 5000 });
-    } finally {
-      await qmp.close();
-    }
+    await qmp.execute('cont', undefined, { timeoutMs: 5000 });
   } catch (err) {
     await proc.stop(2000);
     throw err;
+  } finally {
+    await qmp.close();
   }
   const at = new Date().toISOString();
   const next = updateState(c.stateDir, (x) => ({

@@ -29,7 +29,7 @@ import { resumeReplication, abortResume, type MirrorProgress, type ResumeResult 
 import { LockstepError, errorMessage } from '../util/errors.js';
 import { waitFor } from '../util/time.js';
 import { planPair, type PairPlan } from './plan.js';
-import { connectQmp, spawnOpts } from './up.js';
+import { launchNode } from './launch.js';
 import { readState, updateState, writeState, type PairState } from './state.js';
 import { agentsRunning, startAgents, stopAgents } from './agents.js';
 import { readGeneration, writeGeneration } from './generation.js';
@@ -68,21 +68,21 @@ export async function prepareSecondary(c: ResolvedConfig, s: PairState, primary:
   const plan = planPair(c, s.runtime, primary);
   const tp = plan.secondary;
   fs.mkdirSync(tp.dataDir, { recursive: true });
-  for (const f of [tp.qmpSocket, tp.qmpSocket2, tp.serialLog]) fs.rmSync(f, { force: true });
+  fs.rmSync(tp.serialLog, { force: true });
   step(`new replica and buffers for ${tp.name} (${(sizeBytes / 2 ** 20).toFixed(0)} MiB disk)`);
   await createImage(tp.disk, sizeBytes, { format: c.vm.disk.format, overwrite: true });
   for (const b of [plan.buffers.active, plan.buffers.hidden]) await createImage(b, sizeBytes, { overwrite: true });
   if (tp.tap) await detachTap(tp.tap);
   step(`starting a new secondary on ${tp.name}`);
-  const proc = new QemuProcess({ ...spawnOpts(tp), name: `secondary ${tp.name}`, binary: s.runtime.binary, logFile: tp.qemuLog, detached: true });
-  let qmp: QmpClient | undefined;
+  let launched: { proc: QemuProcess; qmp: QmpClient } | undefined;
   try {
-    qmp = (await connectQmp(proc, tp, 15_000)).qmp;
-    await secondaryEnterColo(qmp, { nbdHost: plan.endpoints.secondaryHost, nbdPort: plan.endpoints.nbdPort }, (n) => step(`${tp.name}: ${n}`));
-    return { proc, qmp, plan };
+    launched = await launchNode(tp, s.runtime.binary, `secondary ${tp.name}`);
+    await secondaryEnterColo(launched.qmp, { nbdHost: plan.endpoints.secondaryHost, nbdPort: plan.endpoints.nbdPort }, (n) => step(`${tp.name}: ${n}`));
+    return { ...launched, plan };
   } catch (err) {
-    qmp?.destroy();
-    await dropSecondary({ proc, plan });
+    launched?.qmp.destroy();
+    if (launched) await dropSecondary({ proc: launched.proc, plan });
+    else for (const b of [plan.buffers.active, plan.buffers.hidden]) fs.rmSync(b, { force: true });
     throw err;
   }
 }

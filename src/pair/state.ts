@@ -8,6 +8,7 @@ import type { Runtime } from './plan.js';
 import type { ColoEndpoints, HostForward } from '../qemu/cmdline.js';
 import type { TapPlace } from '../qemu/tap.js';
 import { isOurQemu } from '../qemu/process.js';
+import { writeFileAtomic } from '../util/files.js';
 
 export interface NodeState {
   name: string;
@@ -69,9 +70,7 @@ export function readState(stateDir: string): PairState | undefined {
 
 export function writeState(stateDir: string, s: PairState): void {
   fs.mkdirSync(stateDir, { recursive: true });
-  const tmp = `${stateFile(stateDir)}.tmp-${process.pid}`;
-  fs.writeFileSync(tmp, JSON.stringify(s, null, 2) + '\n');
-  fs.renameSync(tmp, stateFile(stateDir));
+  writeFileAtomic(stateFile(stateDir), JSON.stringify(s, null, 2) + '\n');
 }
 
 /** Read-modify-write of the state file (the agents and the CLI share it). */

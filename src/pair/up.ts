@@ -16,12 +16,12 @@ import { secondaryEnterColo, primaryEnterColo, waitColoMode, firstCheckpoint } f
 import { LockstepError } from '../util/errors.js';
 import { portFree } from '../util/net.js';
 import { attachTap, checkTap, detachTap } from '../qemu/tap.js';
-import { waitFor } from '../util/time.js';
-import { planPair, type PairPlan, type NodePlan } from './plan.js';
+import { planPair, type PairPlan } from './plan.js';
 import { resolveRuntime } from './runtime.js';
 import { readState, writeState, liveNodes, type PairState } from './state.js';
 import { startAgents } from './agents.js';
 import { readGeneration, writeGeneration } from './generation.js';
+import { connectQmp, spawnOpts } from './launch.js';
 
 export interface UpOptions {
   onStep?: (msg: string) => void;
@@ -133,30 +133,6 @@ async function preflight(c: ResolvedConfig, plan: PairPlan, step: (m: string) =>
     }
   }
   return info['virtual-size'];
-}
-
-export async function connectQmp(proc: QemuProcess, node: NodePlan, timeoutMs: number): Promise<{ qmp: QmpClient; events: QmpEvent[] }> {
-  await waitFor(
-    `the ${node.role} (${node.name}) to open its QMP socket`,
-    () => {
-      proc.assertRunning(`while starting as ${node.role}`);
-      return fs.existsSync(node.qmpSocket);
-    },
-    { timeoutMs, intervalMs: 20 },
-  );
-  try {
-    const qmp = await QmpClient.connect(node.qmpSocket, { timeoutMs });
-    const events: QmpEvent[] = [];
-    qmp.on('event', (e) => events.push(e));
-    return { qmp, events };
-  } catch (err) {
-    proc.assertRunning(`while starting as ${node.role}`);
-    throw err;
-  }
-}
-
-export function spawnOpts(n: NodePlan): { args: string[]; wrapper?: string[] } {
-  return { args: n.args, wrapper: n.netns ? ['ip', 'netns', 'exec', n.netns] : undefined };
 }
 
 export async function up(c: ResolvedConfig, o: UpOptions = {}): Promise<UpResult> {
