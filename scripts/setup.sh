@@ -53,4 +53,6 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
 fi
 
 echo "• compiling TypeScript"
+# A clean build: output of removed sources (old tests) must not linger in dist/.
+rm -rf dist
 npx --no-install tsc -p tsconfig.json

@@ -26,11 +26,14 @@ function formatStatus(s: PairStatus): string {
   }
   if (s.lastRestart) lines.push(`  last restart ${s.lastRestart.at}: the whole pair was down; ${s.lastRestart.node} started the VM alone from ${s.lastRestart.disk}`);
   for (const n of s.nodes) {
-    const r = n.agent?.resync;
-    if (!r) continue;
-    const pct = r.mirror ? ` ${((100 * r.mirror.offset) / Math.max(1, r.mirror.len)).toFixed(0)}% of ${(r.mirror.len / 2 ** 20).toFixed(0)} MiB mirrored;` : '';
-    lines.push(`  RESYNC in progress: ${n.name} → ${r.to} for ${(r.runningMs / 1000).toFixed(1)} s;${pct} ${r.step}`);
+    const w = n.agent?.work;
+    if (!w || w.kind !== 'reprotect') continue;
+    const pct = w.mirror ? ` ${((100 * w.mirror.offset) / Math.max(1, w.mirror.len)).toFixed(0)}% of ${(w.mirror.len / 2 ** 20).toFixed(0)} MiB mirrored;` : '';
+    lines.push(`  RESYNC in progress: ${n.name} → ${n.agent!.peer.name} for ${(w.runningMs / 1000).toFixed(1)} s;${pct} ${w.step ?? w.phase ?? ''}`);
   }
+  // Everything an agent sees amiss, once per pair (both nodes often see the same).
+  const degraded = [...new Set(s.nodes.flatMap((n) => (n.agent?.degraded ?? []).map((d) => `${n.name}: ${d}`)))];
+  for (const d of degraded) lines.push(`  ! ${d}`);
   if (!s.protected && s.lastFailover && s.running) lines.push(`  to protect the VM again: lockstep resync -c FILE`);
   lines.push('  node  role       pid      run state   COLO mode   migration');
   for (const n of s.nodes) {
@@ -41,10 +44,14 @@ function formatStatus(s: PairStatus): string {
     if (n.agent === null) lines.push('        agent: not running');
     else if (n.agent) {
       const a = n.agent;
-      const seen = Object.entries(a.peer.lastSeenMs)
-        .map(([p, ms]) => `${p} ${ms === null ? 'never' : `${ms} ms ago`}`)
-        .join(', ');
-      lines.push(`        agent: ${a.role}, disk generation ${a.generation}; heartbeat from ${a.peer.name}: ${seen}; rtt ${a.peer.rttMs ?? '-'} ms` + (a.lease.witness ? `; lease ${a.lease.held ? `held (${a.lease.remainingMs} ms left)` : 'not held'}` : ''));
+      const seen = a.peer.paths.map((p, i) => `path ${i + 1} ${p.lastHeardMs === null ? 'never' : `${p.lastHeardMs} ms ago`}`).join(', ');
+      const disk = a.disk.epoch ? `disk epoch ${a.disk.epoch.gen}/${a.disk.epoch.by}` : 'disk epoch unknown';
+      const checkpoint = a.qemu.checkpointAgeMs === null ? '' : `; last checkpoint ${a.qemu.checkpointAgeMs} ms ago`;
+      lines.push(
+        `        agent: ${a.role}${a.protected ? ' (protected)' : ''}, ${disk}${checkpoint}; heartbeat from ${a.peer.name}: ${seen}; rtt ${a.peer.rttMs ?? '-'} ms` +
+          (a.lease.witness ? `; lease ${a.lease.held ? `held (${a.lease.remainingMs} ms left)` : 'not held'}` : ''),
+      );
+      if (a.work) lines.push(`        doing: ${a.work.kind}${a.work.phase ? ` (${a.work.phase})` : ''} for ${(a.work.runningMs / 1000).toFixed(1)} s: ${a.work.why}`);
       if (a.lastDecision) lines.push(`        last decision: ${a.lastDecision}`);
     }
   }

@@ -3,29 +3,103 @@
  * primary died (the secondary takes over and prepares to become a primary),
  * "Primary Failover" when the secondary died (the primary carries on alone).
  * Each step is time-bounded; a step that fails names itself.
+ *
+ * Every step is safe to run again (a retry from `fromStep` after a lost
+ * reply): object-del, chardev-remove, chardev-add, x-blockdev-change and
+ * drive_del first ask QEMU whether their effect is already there (steps.ts);
+ * nbd-server-stop takes QEMU's "NBD server not running" as done;
+ * x-colo-lost-heartbeat takes "The feature 'colo' is not enabled" (the node
+ * left COLO) as done; hostfwd_add looks for the same forward in `info
+ * usernet`; yank is harmless to repeat (instances that are gone are skipped).
  */
 import type { QmpClient } from '../qmp/client.js';
 import { QmpCommandError } from '../qmp/errors.js';
 import { IDS, type ColoEndpoints, type HostForward } from '../qemu/cmdline.js';
-import { runSteps, type Step, type StepRecord } from './steps.js';
+import { runSteps, hasObject, hasChardev, hasBlockNode, hasHostForward, isQuorumChild, type Step, type StepRecord } from './steps.js';
 
 const STEP_MS = 5_000;
 
-/** x-colo-lost-heartbeat, tolerating a node that already left COLO by itself. */
+export const SECONDARY_FAILOVER = 'secondary failover';
+export const PRIMARY_FAILOVER = 'primary failover';
+
+/** x-colo-lost-heartbeat, tolerating a node that already left COLO (by itself, or by an earlier run of this step). */
 async function lostHeartbeat(qmp: QmpClient): Promise<void> {
   try {
     await qmp.execute('x-colo-lost-heartbeat');
   } catch (err) {
+    // QEMU 7.2 (migration/colo-failover.c): "The feature 'colo' is not enabled" when the COLO mode is none.
     if (err instanceof QmpCommandError && /not enabled|not in COLO/i.test(err.desc)) return;
     throw err;
   }
 }
 
-function chardevAdd(qmp: QmpClient, id: string, host: string, port: number, server: boolean) {
-  return qmp.execute('chardev-add', {
-    id,
-    backend: { type: 'socket', data: { addr: { type: 'inet', data: { host, port: String(port) } }, server, ...(server ? { wait: false } : {}) } },
-  });
+/** nbd-server-stop, tolerating a server that is stopped already (QEMU 7.2 blockdev-nbd.c: "NBD server not running"). */
+async function nbdServerStop(qmp: QmpClient): Promise<void> {
+  try {
+    await qmp.execute('nbd-server-stop');
+  } catch (err) {
+    if (err instanceof QmpCommandError && /NBD server not running/i.test(err.desc)) return;
+    throw err;
+  }
+}
+
+/** object-del of `id`, skipped when it is gone already. */
+export function objectDelStep(qmp: QmpClient, id: string, timeoutMs: number): Step {
+  return { name: `object-del ${id}`, timeoutMs, done: async () => !(await hasObject(qmp, id)), run: () => qmp.execute('object-del', { id }) };
+}
+
+function chardevRemoveStep(qmp: QmpClient, id: string, timeoutMs: number): Step {
+  return { name: `chardev-remove ${id}`, timeoutMs, done: async () => !(await hasChardev(qmp, id)), run: () => qmp.execute('chardev-remove', { id }) };
+}
+
+function chardevAddStep(qmp: QmpClient, id: string, host: string, port: number, server: boolean, timeoutMs: number): Step {
+  return {
+    name: `chardev-add ${id}`,
+    timeoutMs,
+    done: () => hasChardev(qmp, id),
+    run: () =>
+      qmp.execute('chardev-add', {
+        id,
+        backend: { type: 'socket', data: { addr: { type: 'inet', data: { host, port: String(port) } }, server, ...(server ? { wait: false } : {}) } },
+      }),
+  };
+}
+
+/**
+ * The primary's side of the replication child taken off the quorum and
+ * deleted (Primary Failover; also taking a resume back). Skipped when the
+ * replication node is no quorum child any more / gone.
+ */
+export function detachReplicationSteps(qmp: QmpClient, timeoutMs: number): Step[] {
+  return [
+    {
+      name: 'x-blockdev-change remove replication child',
+      timeoutMs,
+      done: async () => {
+        if (!(await hasBlockNode(qmp, IDS.replicationNode))) return true;
+        // x-debug-query-block-graph not understood: run it, its own answer decides.
+        return !(await isQuorumChild(qmp, IDS.disk, IDS.replicationNode).catch(() => true));
+      },
+      run: async () => {
+        try {
+          await qmp.execute('x-blockdev-change', { parent: IDS.disk, child: 'children.1' });
+        } catch (err) {
+          // QEMU 7.2 blockdev.c: "Node '%s' does not have child '%s'": the child is off the quorum already.
+          if (err instanceof QmpCommandError && /does not have child/i.test(err.desc)) return;
+          throw err;
+        }
+      },
+    },
+    {
+      name: `drive_del ${IDS.replicationNode}`,
+      timeoutMs,
+      done: async () => !(await hasBlockNode(qmp, IDS.replicationNode)),
+      run: async () => {
+        const out = (await qmp.hmp(`drive_del ${IDS.replicationNode}`)).trim();
+        if (out) throw new Error(`drive_del: ${out}`);
+      },
+    },
+  ];
 }
 
 type YankInstance = { type: 'migration' } | { type: 'chardev'; id: string } | { type: 'block-node'; 'node-name': string };
@@ -82,22 +156,30 @@ export interface SecondaryFailoverOptions {
   prepareAsPrimary?: ColoEndpoints;
 }
 
-/** The primary died: resume on the secondary. */
-export function secondaryFailover(qmp: QmpClient, o: SecondaryFailoverOptions = {}, onStep?: (n: string) => void): Promise<StepRecord[]> {
+export interface ProcedureRunOptions {
+  /** Continue at this step (0-based; the steps before it are done): the stepsDone of an earlier attempt. */
+  fromStep?: number;
+  /** After each step that is done: how many are done now (where a retry would start). */
+  onProgress?: (stepsDone: number) => void;
+}
+
+/** The steps of "Secondary Failover" (the same list for the same options). */
+export function secondaryFailoverSteps(qmp: QmpClient, o: SecondaryFailoverOptions = {}): Step[] {
   const steps: Step[] = [
     ...(o.yank ? [{ name: 'yank the links to the primary', timeoutMs: STEP_MS, run: () => yankLinksToPrimary(qmp) }] : []),
-    { name: 'nbd-server-stop', timeoutMs: STEP_MS, run: () => qmp.execute('nbd-server-stop') },
+    { name: 'nbd-server-stop', timeoutMs: STEP_MS, run: () => nbdServerStop(qmp) },
     { name: 'x-colo-lost-heartbeat', timeoutMs: STEP_MS, run: () => lostHeartbeat(qmp) },
-    { name: `object-del ${IDS.secRedirectorOut}`, timeoutMs: STEP_MS, run: () => qmp.execute('object-del', { id: IDS.secRedirectorOut }) },
-    { name: `object-del ${IDS.secRedirectorIn}`, timeoutMs: STEP_MS, run: () => qmp.execute('object-del', { id: IDS.secRedirectorIn }) },
-    { name: `chardev-remove ${IDS.secChardevOut}`, timeoutMs: STEP_MS, run: () => qmp.execute('chardev-remove', { id: IDS.secChardevOut }) },
-    { name: `chardev-remove ${IDS.secChardevIn}`, timeoutMs: STEP_MS, run: () => qmp.execute('chardev-remove', { id: IDS.secChardevIn }) },
+    objectDelStep(qmp, IDS.secRedirectorOut, STEP_MS),
+    objectDelStep(qmp, IDS.secRedirectorIn, STEP_MS),
+    chardevRemoveStep(qmp, IDS.secChardevOut, STEP_MS),
+    chardevRemoveStep(qmp, IDS.secChardevIn, STEP_MS),
   ];
   for (const f of o.forwards ?? []) {
     const rule = `${f.proto ?? 'tcp'}:${f.hostAddr}:${f.hostPort}-:${f.guestPort}`;
     steps.push({
       name: `hostfwd_add ${rule}`,
       timeoutMs: STEP_MS,
+      done: () => hasHostForward(qmp, IDS.netdev, f),
       run: async () => {
         const out = (await qmp.hmp(`hostfwd_add ${IDS.netdev} ${rule}`)).trim();
         if (out) throw new Error(`hostfwd_add: ${out}`);
@@ -107,39 +189,41 @@ export function secondaryFailover(qmp: QmpClient, o: SecondaryFailoverOptions = 
   const e = o.prepareAsPrimary;
   if (e) {
     steps.push(
-      { name: `chardev-add ${IDS.mirrorChardev}`, timeoutMs: STEP_MS, run: () => chardevAdd(qmp, IDS.mirrorChardev, e.primaryHost, e.mirrorPort, true) },
-      { name: `chardev-add ${IDS.compare1}`, timeoutMs: STEP_MS, run: () => chardevAdd(qmp, IDS.compare1, e.primaryHost, e.compareSecondaryPort, true) },
-      { name: `chardev-add ${IDS.compare0}`, timeoutMs: STEP_MS, run: () => chardevAdd(qmp, IDS.compare0, e.primaryLocal, e.comparePrimaryPort, true) },
-      { name: `chardev-add ${IDS.compare0Client}`, timeoutMs: STEP_MS, run: () => chardevAdd(qmp, IDS.compare0Client, e.primaryLocal, e.comparePrimaryPort, false) },
-      { name: `chardev-add ${IDS.compareOut}`, timeoutMs: STEP_MS, run: () => chardevAdd(qmp, IDS.compareOut, e.primaryLocal, e.compareOutPort, true) },
-      { name: `chardev-add ${IDS.compareOutClient}`, timeoutMs: STEP_MS, run: () => chardevAdd(qmp, IDS.compareOutClient, e.primaryLocal, e.compareOutPort, false) },
+      chardevAddStep(qmp, IDS.mirrorChardev, e.primaryHost, e.mirrorPort, true, STEP_MS),
+      chardevAddStep(qmp, IDS.compare1, e.primaryHost, e.compareSecondaryPort, true, STEP_MS),
+      chardevAddStep(qmp, IDS.compare0, e.primaryLocal, e.comparePrimaryPort, true, STEP_MS),
+      chardevAddStep(qmp, IDS.compare0Client, e.primaryLocal, e.comparePrimaryPort, false, STEP_MS),
+      chardevAddStep(qmp, IDS.compareOut, e.primaryLocal, e.compareOutPort, true, STEP_MS),
+      chardevAddStep(qmp, IDS.compareOutClient, e.primaryLocal, e.compareOutPort, false, STEP_MS),
     );
   }
-  return runSteps('secondary failover', steps, onStep);
+  return steps;
+}
+
+/** The primary died: resume on the secondary. */
+export function secondaryFailover(
+  qmp: QmpClient,
+  o: SecondaryFailoverOptions & ProcedureRunOptions = {},
+  onStep?: (name: string, index: number, total: number) => void,
+): Promise<StepRecord[]> {
+  return runSteps(SECONDARY_FAILOVER, secondaryFailoverSteps(qmp, o), { fromStep: o.fromStep, onStep, onProgress: o.onProgress });
+}
+
+/** The steps of "Primary Failover" (the same list for the same options). */
+export function primaryFailoverSteps(qmp: QmpClient, o: { yank?: boolean } = {}): Step[] {
+  return [
+    ...(o.yank ? [{ name: 'yank the links to the secondary', timeoutMs: STEP_MS, run: () => yankLinksToSecondary(qmp) }] : []),
+    ...detachReplicationSteps(qmp, STEP_MS),
+    ...[IDS.compare, IDS.iothread, IDS.filterMirror, IDS.redirectorIn, IDS.redirectorOut].map((id) => objectDelStep(qmp, id, STEP_MS)),
+    { name: 'x-colo-lost-heartbeat', timeoutMs: STEP_MS, run: () => lostHeartbeat(qmp) },
+  ];
 }
 
 /** The secondary died: carry on, unprotected, on the primary. */
-export function primaryFailover(qmp: QmpClient, onStep?: (n: string) => void, o: { yank?: boolean } = {}): Promise<StepRecord[]> {
-  return runSteps(
-    'primary failover',
-    [
-      ...(o.yank ? [{ name: 'yank the links to the secondary', timeoutMs: STEP_MS, run: () => yankLinksToSecondary(qmp) }] : []),
-      { name: 'x-blockdev-change remove replication child', timeoutMs: STEP_MS, run: () => qmp.execute('x-blockdev-change', { parent: IDS.disk, child: 'children.1' }) },
-      {
-        name: `drive_del ${IDS.replicationNode}`,
-        timeoutMs: STEP_MS,
-        run: async () => {
-          const out = (await qmp.hmp(`drive_del ${IDS.replicationNode}`)).trim();
-          if (out) throw new Error(`drive_del: ${out}`);
-        },
-      },
-      ...[IDS.compare, IDS.iothread, IDS.filterMirror, IDS.redirectorIn, IDS.redirectorOut].map((id) => ({
-        name: `object-del ${id}`,
-        timeoutMs: STEP_MS,
-        run: () => qmp.execute('object-del', { id }),
-      })),
-      { name: 'x-colo-lost-heartbeat', timeoutMs: STEP_MS, run: () => lostHeartbeat(qmp) },
-    ],
-    onStep,
-  );
+export function primaryFailover(
+  qmp: QmpClient,
+  onStep?: (name: string, index: number, total: number) => void,
+  o: { yank?: boolean } & ProcedureRunOptions = {},
+): Promise<StepRecord[]> {
+  return runSteps(PRIMARY_FAILOVER, primaryFailoverSteps(qmp, o), { fromStep: o.fromStep, onStep, onProgress: o.onProgress });
 }

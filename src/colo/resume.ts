@@ -12,17 +12,28 @@
  *
  * abortResume() takes a half-done resume back, so that the VM runs on alone
  * and a later attempt starts from a clean state.
+ *
+ * Both are step lists (resumeReplicationProcedure, abortResumeSteps) that
+ * can be continued with `fromStep`. Their steps are safe to run again where
+ * QEMU can tell: an existing mirror job is waited for instead of started
+ * again; object-add, drive_add, x-blockdev-change, x-colo and migrate are
+ * skipped when their effect is there; stop is harmless to repeat. One is
+ * not: block-job-cancel. Once the mirror job is gone, nothing in QEMU says
+ * whether its final pass completed, so a retry from that step fails when
+ * the job is gone (the resume is then taken back and started again).
  */
 import type { QmpClient } from '../qmp/client.js';
 import { IDS, primaryProxyObjectSpecs, type ColoEndpoints } from '../qemu/cmdline.js';
-import { runSteps, type StepRecord } from './steps.js';
-import { attachReplicationSteps, migrateIntoColoSteps } from './startup.js';
+import { runSteps, hasObject, capabilityOn, type Step, type StepRecord } from './steps.js';
+import { attachReplicationSteps, migrateIntoColoSteps, queryColoStatus } from './startup.js';
 import { LockstepError } from '../util/errors.js';
-import { sleep } from '../util/time.js';
-import { yankLinksToSecondary } from './failover.js';
+import { sleep, withTimeout } from '../util/time.js';
+import { yankLinksToSecondary, objectDelStep, detachReplicationSteps } from './failover.js';
 
 const STEP_MS = 10_000;
 export const RESYNC_JOB = 'resync';
+export const RESUME_REPLICATION = 'resume replication';
+export const ABORT_RESUME = 'take back a resume';
 
 export interface ResumeTarget {
   /** The new secondary's address (its NBD export and incoming migration). */
@@ -38,7 +49,7 @@ export interface MirrorProgress {
 }
 
 export interface ResumeOptions {
-  onStep?: (name: string) => void;
+  onStep?: (name: string, index: number, total: number) => void;
   /** Called about five times a second while the disk is mirrored. */
   onMirror?: (p: MirrorProgress) => void;
   /** How long the mirror may take to reach the ready state. */
@@ -47,14 +58,18 @@ export interface ResumeOptions {
   mirrorStallMs: number;
   /** How long the migration into COLO may take (the VM is stopped meanwhile). */
   migrationTimeoutMs: number;
+  /** Continue at this step (0-based): the stepsDone of an earlier attempt. */
+  fromStep?: number;
+  /** After each step that is done: how many are done now. */
+  onProgress?: (stepsDone: number) => void;
 }
 
 export interface ResumeResult {
   steps: StepRecord[];
-  /** ms from drive-mirror to BLOCK_JOB_READY, and the bytes the job covered. */
+  /** ms from drive-mirror to BLOCK_JOB_READY, and the bytes the job covered (0 when that step was not run here). */
   mirrorMs: number;
   mirrorBytes: number;
-  /** ms the VM was stopped: from `stop` until COLO runs it again after the migration. */
+  /** ms the VM was stopped: from `stop` until COLO runs it again after the migration (0 when not both were seen here). */
   stoppedMs: number;
   /** Whether the filters went before the filter-rewriter (this node used to be a secondary). */
   afterRewriter: boolean;
@@ -74,21 +89,26 @@ async function resyncJob(qmp: QmpClient): Promise<BlockJob | undefined> {
   return jobs.find((j) => j.device === RESYNC_JOB);
 }
 
-async function hasObject(qmp: QmpClient, id: string): Promise<boolean> {
-  const list = await qmp.execute<Array<{ name: string }>>('qom-list', { path: '/objects' }, { timeoutMs: 5000 });
-  return list.some((o) => o.name === id);
+function jobReady(j: BlockJob | undefined): boolean {
+  return j !== undefined && (j.ready === true || j.status === 'ready');
 }
 
-/** Mirrors colo-disk0 to the target's export and waits until the job is ready (in sync, mirroring new writes). */
+/**
+ * Mirrors colo-disk0 to the target's export and waits until the job is
+ * ready (in sync, mirroring new writes). A mirror job of an earlier attempt
+ * (its drive-mirror reply lost) is waited for, not started again.
+ */
 async function mirrorUntilReady(qmp: QmpClient, t: ResumeTarget, o: ResumeOptions): Promise<{ ms: number; bytes: number }> {
   const ready = qmp.listen((e) => e.event === 'BLOCK_JOB_READY' && (e.data as { device?: string } | undefined)?.device === RESYNC_JOB);
   const t0 = performance.now();
   try {
-    await qmp.execute(
-      'drive-mirror',
-      { device: IDS.disk, 'job-id': RESYNC_JOB, target: `nbd://${t.host}:${t.nbdPort}/${IDS.secondaryParent}`, mode: 'existing', format: 'raw', sync: 'full' },
-      { timeoutMs: STEP_MS },
-    );
+    if (!(await resyncJob(qmp))) {
+      await qmp.execute(
+        'drive-mirror',
+        { device: IDS.disk, 'job-id': RESYNC_JOB, target: `nbd://${t.host}:${t.nbdPort}/${IDS.secondaryParent}`, mode: 'existing', format: 'raw', sync: 'full' },
+        { timeoutMs: STEP_MS },
+      );
+    }
     const deadline = Date.now() + o.mirrorTimeoutMs;
     let bytes = 0;
     let offset = -1;
@@ -96,7 +116,7 @@ async function mirrorUntilReady(qmp: QmpClient, t: ResumeTarget, o: ResumeOption
     for (;;) {
       const got = await ready.next(200).then(() => true, () => false);
       const job = await resyncJob(qmp);
-      if (got || job?.ready) return { ms: performance.now() - t0, bytes: job?.len ?? bytes };
+      if (got || jobReady(job)) return { ms: performance.now() - t0, bytes: job?.len ?? bytes };
       if (!job) throw new LockstepError('the disk mirror ended before it was in sync (the new secondary\'s NBD export went away?)');
       bytes = job.len;
       o.onMirror?.({ offset: job.offset, len: job.len });
@@ -117,117 +137,251 @@ async function mirrorUntilReady(qmp: QmpClient, t: ResumeTarget, o: ResumeOption
   }
 }
 
-/** Resume replication on the node that runs the VM alone, towards a new secondary that waits (steps 2 and 3 done). */
-export async function resumeReplication(qmp: QmpClient, e: ColoEndpoints, t: ResumeTarget, o: ResumeOptions): Promise<ResumeResult> {
+interface JobEndEvent {
+  device?: string;
+  offset?: number;
+  len?: number;
+  /** BLOCK_JOB_COMPLETED only, on failure (qapi/block-core.json). */
+  error?: string;
+}
+
+/**
+ * Ends the ready mirror with block-job-cancel, which for a ready mirror
+ * completes it: the target then holds the source's data as of the stop.
+ * Only BLOCK_JOB_COMPLETED without `error` means that. BLOCK_JOB_COMPLETED
+ * with `error` (the final copy failed) and BLOCK_JOB_CANCELLED (the job
+ * was cancelled before it was in sync) leave the target out of sync.
+ */
+export async function finishMirror(qmp: QmpClient, timeoutMs: number): Promise<void> {
+  const ended = qmp.listen((ev) => ['BLOCK_JOB_COMPLETED', 'BLOCK_JOB_CANCELLED'].includes(ev.event) && (ev.data as JobEndEvent | undefined)?.device === RESYNC_JOB);
+  try {
+    const job = await resyncJob(qmp);
+    if (!job) {
+      throw new LockstepError('the mirror job is gone before it was ended: whether the new secondary\'s disk is in sync is unknown', {
+        hint: 'the resume has to be taken back and started again (its mirror copies the disk again)',
+      });
+    }
+    if (!jobReady(job)) throw new LockstepError(`the mirror job is not in sync (${job.status ?? 'not ready'}, ${job.offset} of ${job.len} bytes): ending it now would leave the new secondary's disk incomplete`);
+    await qmp.execute('block-job-cancel', { device: RESYNC_JOB });
+    const ev = await ended.next(timeoutMs, 'the mirror job to end');
+    const d = (ev.data ?? {}) as JobEndEvent;
+    if (ev.event === 'BLOCK_JOB_CANCELLED') {
+      throw new LockstepError(`the mirror job was cancelled instead of completing (${d.offset ?? '?'} of ${d.len ?? '?'} bytes): the new secondary's disk is not in sync`);
+    }
+    if (d.error !== undefined) {
+      throw new LockstepError(`the mirror's final pass failed: ${d.error} (${d.offset ?? '?'} of ${d.len ?? '?'} bytes): the new secondary's disk is not in sync`, {
+        hint: 'the link to the new secondary or its disk failed; the resume is taken back and can be tried again',
+      });
+    }
+  } finally {
+    ended.close();
+  }
+}
+
+/** Whether this node runs the VM in COLO as a primary again (the migration into COLO is over). */
+async function runningInColo(qmp: QmpClient): Promise<boolean> {
+  if ((await queryColoStatus(qmp)).mode !== 'primary') return false;
+  const mig = await qmp.execute<{ status?: string }>('query-migrate', undefined, { timeoutMs: 5000 });
+  if (mig.status !== 'colo') return false;
+  const st = await qmp.execute<{ status: string }>('query-status', undefined, { timeoutMs: 5000 });
+  return st.status === 'running';
+}
+
+export interface ResumeProcedure {
+  steps: Step[];
+  /** Whether the filters go before the filter-rewriter (this node used to be a secondary). */
+  afterRewriter: boolean;
+  /** The figures the steps gathered so far. */
+  figures(): { mirrorMs: number; mirrorBytes: number; stoppedMs: number };
+  /** Releases its event listener: call once the steps are run, whatever the outcome. */
+  close(): void;
+}
+
+/**
+ * The steps of resume replication towards a new secondary that waits
+ * (steps 2 and 3 done), for runSteps(RESUME_REPLICATION, p.steps, { fromStep }).
+ * The list is the same on every call for the same node and target.
+ */
+export async function resumeReplicationProcedure(qmp: QmpClient, e: ColoEndpoints, t: ResumeTarget, o: ResumeOptions): Promise<ResumeProcedure> {
   const afterRewriter = await hasObject(qmp, IDS.rewriter);
   const mirror = { ms: 0, bytes: 0 };
   let stoppedAt = 0;
   let stoppedMs = 0;
   const resumed = qmp.listen('RESUME');
+  const steps: Step[] = [
+    {
+      name: `drive-mirror to nbd://${t.host}:${t.nbdPort}/${IDS.secondaryParent}, until in sync`,
+      timeoutMs: o.mirrorTimeoutMs + STEP_MS,
+      done: async () => jobReady(await resyncJob(qmp)),
+      run: async () => Object.assign(mirror, await mirrorUntilReady(qmp, t, o)),
+    },
+    {
+      // Stopping a stopped VM succeeds in QEMU: safe to repeat.
+      name: 'stop',
+      timeoutMs: STEP_MS,
+      run: async () => {
+        await qmp.execute('stop');
+        stoppedAt = performance.now();
+      },
+    },
+    {
+      name: `block-job-cancel ${RESYNC_JOB}`,
+      timeoutMs: STEP_MS,
+      run: () => finishMirror(qmp, STEP_MS),
+    },
+    ...attachReplicationSteps(qmp, t.host, t.nbdPort, STEP_MS),
+    ...primaryProxyObjectSpecs(e).map(
+      (spec): Step => ({
+        name: `object-add ${spec.qomType} ${spec.props.id}${afterRewriter && spec.qomType.startsWith('filter-') ? ` before ${IDS.rewriter}` : ''}`,
+        timeoutMs: STEP_MS,
+        done: () => hasObject(qmp, String(spec.props.id)),
+        run: () =>
+          qmp.execute('object-add', {
+            'qom-type': spec.qomType,
+            ...spec.props,
+            ...(afterRewriter && spec.qomType.startsWith('filter-') ? { insert: 'before', position: `id=${IDS.rewriter}` } : {}),
+          }),
+      }),
+    ),
+    ...migrateIntoColoSteps(qmp, t.host, t.migrationPort, STEP_MS),
+    {
+      // The migration runs with the VM stopped; COLO starts the VM again once the new secondary has its state.
+      name: 'migration to the new secondary, until the VM runs again in COLO',
+      timeoutMs: o.migrationTimeoutMs,
+      done: () => runningInColo(qmp),
+      run: async () => {
+        await resumed.next(o.migrationTimeoutMs, 'the VM to run again in COLO after the migration');
+        if (stoppedAt) stoppedMs = performance.now() - stoppedAt;
+      },
+    },
+  ];
+  return {
+    steps,
+    afterRewriter,
+    figures: () => ({ mirrorMs: mirror.ms, mirrorBytes: mirror.bytes, stoppedMs }),
+    close: () => resumed.close(),
+  };
+}
+
+/** Resume replication on the node that runs the VM alone, towards a new secondary that waits (steps 2 and 3 done). */
+export async function resumeReplication(qmp: QmpClient, e: ColoEndpoints, t: ResumeTarget, o: ResumeOptions): Promise<ResumeResult> {
+  const p = await resumeReplicationProcedure(qmp, e, t, o);
   try {
-    const steps = await runSteps(
-      'resume replication',
-      [
-        {
-          name: `drive-mirror to nbd://${t.host}:${t.nbdPort}/${IDS.secondaryParent}, until in sync`,
-          timeoutMs: o.mirrorTimeoutMs + STEP_MS,
-          run: async () => Object.assign(mirror, await mirrorUntilReady(qmp, t, o)),
-        },
-        {
-          name: 'stop',
-          timeoutMs: STEP_MS,
-          run: async () => {
-            await qmp.execute('stop');
-            stoppedAt = performance.now();
-          },
-        },
-        {
-          name: `block-job-cancel ${RESYNC_JOB}`,
-          timeoutMs: STEP_MS,
-          run: async () => {
-            const done = qmp.listen((ev) => ['BLOCK_JOB_COMPLETED', 'BLOCK_JOB_CANCELLED'].includes(ev.event) && (ev.data as { device?: string } | undefined)?.device === RESYNC_JOB);
-            try {
-              await qmp.execute('block-job-cancel', { device: RESYNC_JOB });
-              // Cancelling a ready mirror completes it: the target holds the source's data as of the stop.
-              await done.next(STEP_MS, 'the mirror job to end');
-            } finally {
-              done.close();
-            }
-          },
-        },
-        ...attachReplicationSteps(qmp, t.host, t.nbdPort, STEP_MS),
-        ...primaryProxyObjectSpecs(e).map((spec) => ({
-          name: `object-add ${spec.qomType} ${spec.props.id}${afterRewriter && spec.qomType.startsWith('filter-') ? ` before ${IDS.rewriter}` : ''}`,
-          timeoutMs: STEP_MS,
-          run: () =>
-            qmp.execute('object-add', {
-              'qom-type': spec.qomType,
-              ...spec.props,
-              ...(afterRewriter && spec.qomType.startsWith('filter-') ? { insert: 'before', position: `id=${IDS.rewriter}` } : {}),
-            }),
-        })),
-        ...migrateIntoColoSteps(qmp, t.host, t.migrationPort, STEP_MS),
-        {
-          // The migration runs with the VM stopped; COLO starts the VM again once the new secondary has its state.
-          name: 'migration to the new secondary, until the VM runs again in COLO',
-          timeoutMs: o.migrationTimeoutMs,
-          run: async () => {
-            await resumed.next(o.migrationTimeoutMs, 'the VM to run again in COLO after the migration');
-            stoppedMs = performance.now() - stoppedAt;
-          },
-        },
-      ],
-      o.onStep,
-    );
-    return { steps, mirrorMs: mirror.ms, mirrorBytes: mirror.bytes, stoppedMs, afterRewriter };
+    const steps = await runSteps(RESUME_REPLICATION, p.steps, { fromStep: o.fromStep, onStep: o.onStep, onProgress: o.onProgress });
+    return { steps, ...p.figures(), afterRewriter: p.afterRewriter };
   } finally {
-    resumed.close();
+    p.close();
   }
+}
+
+const MIGRATION_ENDED = ['completed', 'failed', 'cancelled', 'none'];
+
+async function migrating(qmp: QmpClient): Promise<boolean> {
+  const mig = await qmp.execute<{ status?: string }>('query-migrate', undefined, { timeoutMs: 5000 });
+  return mig.status !== undefined && !MIGRATION_ENDED.includes(mig.status);
+}
+
+/**
+ * The steps that take a half-done resume back, each skipped when there is
+ * nothing of its kind to undo (so the list is safe to run again from the
+ * start): links yanked (if a mirror or migration still talks to a maybe
+ * vanished secondary), the mirror job, a migration under way, the proxy
+ * objects, the replication child, x-colo; and the VM let run again if the
+ * resume had stopped it. Each step that undid something adds its name to
+ * `undone`.
+ */
+export function abortResumeSteps(qmp: QmpClient, undone: string[] = []): Step[] {
+  const did = (what: string) => undone.push(what);
+  return [
+    {
+      // Their I/O to a vanished secondary may never return (a cut link): shut those connections first.
+      name: 'yank the links to the new secondary',
+      timeoutMs: STEP_MS,
+      done: async () => !(await resyncJob(qmp)) && !(await migrating(qmp)),
+      run: async () => {
+        const yanked = await yankLinksToSecondary(qmp);
+        if (yanked.length) did(`yank ${yanked.join(', ')}`);
+      },
+    },
+    {
+      name: 'block-job-cancel',
+      timeoutMs: STEP_MS,
+      done: async () => !(await resyncJob(qmp)),
+      run: async () => {
+        await qmp.execute('block-job-cancel', { device: RESYNC_JOB, force: true });
+        did('block-job-cancel');
+        // The job must be gone before the replication child and a later mirror can use the same names.
+        for (let i = 0; i < 50 && (await resyncJob(qmp)); i++) await sleep(100);
+      },
+    },
+    {
+      name: 'migrate_cancel',
+      timeoutMs: STEP_MS,
+      done: async () => !(await migrating(qmp)),
+      run: async () => {
+        await qmp.execute('migrate_cancel');
+        did('migrate_cancel');
+      },
+    },
+    ...[IDS.compare, IDS.iothread, IDS.filterMirror, IDS.redirectorIn, IDS.redirectorOut].map((id): Step => {
+      const s = objectDelStep(qmp, id, STEP_MS);
+      return { ...s, run: async () => (await s.run(), did(s.name)) };
+    }),
+    ...detachReplicationSteps(qmp, STEP_MS).map((s): Step => ({ ...s, run: async () => (await s.run(), did(s.name)) })),
+    {
+      name: 'x-colo off',
+      timeoutMs: STEP_MS,
+      done: async () => !(await capabilityOn(qmp, 'x-colo')),
+      run: async () => {
+        await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-colo', state: false }] });
+        did('x-colo off');
+      },
+    },
+    {
+      name: 'cont',
+      timeoutMs: STEP_MS,
+      done: async () => (await qmp.execute<{ status: string }>('query-status', undefined, { timeoutMs: 5000 })).status !== 'paused',
+      run: async () => {
+        await qmp.execute('cont');
+        did('cont');
+      },
+    },
+  ];
+}
+
+export interface AbortOptions {
+  /** Start at this step (0-based). The list is safe to run from the start again; this only saves the checks. */
+  fromStep?: number;
+  onStep?: (name: string, index: number, total: number) => void;
+  onProgress?: (stepsDone: number) => void;
+  /** Called for a part that could not be undone (the others are still tried). */
+  onFailure?: (step: string, error: unknown) => void;
 }
 
 /**
  * Takes back whatever a failed resume did on this node, each part only if it
- * is there: the mirror job, a migration under way, the proxy objects, the
- * replication child, the x-colo capability; and lets the VM run again if the
- * resume had stopped it. Returns what it undid.
+ * is there (abortResumeSteps). Best effort: a part that cannot be undone (or
+ * not checked) does not keep the others, above all letting the VM run again,
+ * from being undone; it is reported through onFailure. Returns what it undid.
  */
-export async function abortResume(qmp: QmpClient): Promise<string[]> {
+export async function abortResume(qmp: QmpClient, o: AbortOptions = {}): Promise<string[]> {
   const undone: string[] = [];
-  const attempt = async (what: string, fn: () => Promise<unknown>) => {
-    try {
-      await fn();
-      undone.push(what);
-    } catch {
-      // Not there: nothing to undo.
-    }
-  };
-  const job = await resyncJob(qmp).catch(() => undefined);
-  const mig = await qmp.execute<{ status?: string }>('query-migrate', undefined, { timeoutMs: 5000 }).catch(() => ({ status: undefined }));
-  const migrating = mig.status !== undefined && !['completed', 'failed', 'cancelled', 'none'].includes(mig.status);
-  if (job || migrating) {
-    // Their I/O to a vanished secondary may never return (a cut link): shut those connections first.
-    const yanked = await yankLinksToSecondary(qmp).catch(() => []);
-    if (yanked.length) undone.push(`yank ${yanked.join(', ')}`);
-  }
-  if (job) {
-    await attempt('block-job-cancel', () => qmp.execute('block-job-cancel', { device: RESYNC_JOB, force: true }));
-    // The job must be gone before the replication child and a later mirror can use the same names.
-    for (let i = 0; i < 50 && (await resyncJob(qmp).catch(() => undefined)); i++) await sleep(100);
-  }
-  if (migrating) await attempt('migrate_cancel', () => qmp.execute('migrate_cancel'));
-  for (const id of [IDS.compare, IDS.iothread, IDS.filterMirror, IDS.redirectorIn, IDS.redirectorOut]) {
-    if (await hasObject(qmp, id).catch(() => false)) await attempt(`object-del ${id}`, () => qmp.execute('object-del', { id }));
-  }
-  const nodes = await qmp.execute<Array<{ 'node-name': string }>>('query-named-block-nodes', undefined, { timeoutMs: 5000 }).catch(() => []);
-  if (nodes.some((n) => n['node-name'] === IDS.replicationNode)) {
-    await attempt('x-blockdev-change remove replication child', () => qmp.execute('x-blockdev-change', { parent: IDS.disk, child: 'children.1' }));
-    await attempt(`drive_del ${IDS.replicationNode}`, () => qmp.hmp(`drive_del ${IDS.replicationNode}`));
-  }
-  const caps = await qmp.execute<Array<{ capability: string; state: boolean }>>('query-migrate-capabilities', undefined, { timeoutMs: 5000 }).catch(() => []);
-  if (caps.some((x) => x.capability === 'x-colo' && x.state)) {
-    await attempt('x-colo off', () => qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-colo', state: false }] }));
-  }
-  const st = await qmp.execute<{ status: string }>('query-status', undefined, { timeoutMs: 5000 }).catch(() => undefined);
-  if (st?.status === 'paused') await attempt('cont', () => qmp.execute('cont'));
+  const tolerant = abortResumeSteps(qmp, undone).map(
+    (s): Step => ({
+      name: s.name,
+      // The inner bounds below keep a failure from reaching runSteps; this one is only a backstop.
+      timeoutMs: 2 * s.timeoutMs + 1000,
+      run: async () => {
+        try {
+          if (s.done && (await withTimeout(s.done(), s.timeoutMs, `${ABORT_RESUME}: is "${s.name}" needed?`))) return;
+          await withTimeout(s.run(), s.timeoutMs, `${ABORT_RESUME}: ${s.name}`);
+        } catch (err) {
+          o.onFailure?.(s.name, err);
+        }
+      },
+    }),
+  );
+  await runSteps(ABORT_RESUME, tolerant, { fromStep: o.fromStep, onStep: o.onStep, onProgress: o.onProgress });
   return undone;
 }
+

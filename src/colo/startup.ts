@@ -6,7 +6,7 @@
  */
 import type { QmpClient } from '../qmp/client.js';
 import { IDS } from '../qemu/cmdline.js';
-import { runSteps, type Step, type StepRecord } from './steps.js';
+import { runSteps, hasBlockNode, isQuorumChild, capabilityOn, type Step, type StepRecord } from './steps.js';
 import { waitFor } from '../util/time.js';
 
 const QMP_STEP_MS = 10_000;
@@ -27,7 +27,7 @@ function xColo(qmp: QmpClient) {
 }
 
 /** Step 3, on the secondary. Must complete before the primary's step 4. */
-export function secondaryEnterColo(qmp: QmpClient, s: SecondaryStartup, onStep?: (n: string) => void): Promise<StepRecord[]> {
+export function secondaryEnterColo(qmp: QmpClient, s: SecondaryStartup, onStep?: (name: string, index: number, total: number) => void): Promise<StepRecord[]> {
   return runSteps(
     'secondary start-up',
     [
@@ -43,7 +43,7 @@ export function secondaryEnterColo(qmp: QmpClient, s: SecondaryStartup, onStep?:
         run: () => qmp.execute('nbd-server-add', { device: IDS.secondaryParent, writable: true }),
       },
     ],
-    onStep,
+    { onStep },
   );
 }
 
@@ -57,13 +57,17 @@ export function replicationDriveAdd(secondaryHost: string, nbdPort: number): str
 
 /**
  * The replication child: an NBD client to the secondary's export, attached to
- * the primary's quorum (step 4; also resume replication).
+ * the primary's quorum (step 4; also resume replication). Safe to run again:
+ * each step is skipped when its effect is there (the node exists; it is a
+ * child of the quorum: attaching it twice would give the quorum a second
+ * replication child).
  */
 export function attachReplicationSteps(qmp: QmpClient, secondaryHost: string, nbdPort: number, timeoutMs = QMP_STEP_MS): Step[] {
   return [
     {
       name: 'drive_add replication child',
       timeoutMs,
+      done: () => hasBlockNode(qmp, IDS.replicationNode),
       run: async () => {
         const out = await qmp.hmp(replicationDriveAdd(secondaryHost, nbdPort));
         if (out.trim()) throw new Error(`drive_add: ${out.trim()}`);
@@ -72,25 +76,42 @@ export function attachReplicationSteps(qmp: QmpClient, secondaryHost: string, nb
     {
       name: 'x-blockdev-change attach replication child',
       timeoutMs,
+      done: () => isQuorumChild(qmp, IDS.disk, IDS.replicationNode),
       run: () => qmp.execute('x-blockdev-change', { parent: IDS.disk, node: IDS.replicationNode }),
     },
   ];
 }
 
-/** x-colo and the migration to the secondary that starts COLO (step 4; also resume replication). */
+/** Migration states in which a `migrate` is under way (a second one would be refused). */
+const MIGRATING = ['setup', 'active', 'device', 'pre-switchover', 'wait-unplug', 'postcopy-active', 'postcopy-paused', 'postcopy-recover', 'cancelling'];
+
+/**
+ * Whether this node has started the migration into COLO already: a
+ * migration under way, or COLO running with this node as its primary.
+ * ("completed" does not count: a primary that failed over once reports the
+ * migration of its earlier COLO run as completed.)
+ */
+export async function migrationIntoColoStarted(qmp: QmpClient): Promise<boolean> {
+  const mig = await qmp.execute<{ status?: string }>('query-migrate', undefined, { timeoutMs: 5000 });
+  if (mig.status && MIGRATING.includes(mig.status)) return true;
+  if (mig.status !== 'colo') return false;
+  return (await queryColoStatus(qmp)).mode === 'primary';
+}
+
+/** x-colo and the migration to the secondary that starts COLO (step 4; also resume replication). Safe to run again. */
 export function migrateIntoColoSteps(qmp: QmpClient, secondaryHost: string, migrationPort: number, timeoutMs = QMP_STEP_MS): Step[] {
   return [
-    { name: 'migrate-set-capabilities x-colo', timeoutMs, run: () => xColo(qmp) },
-    { name: 'migrate', timeoutMs, run: () => qmp.execute('migrate', { uri: `tcp:${secondaryHost}:${migrationPort}` }) },
+    { name: 'migrate-set-capabilities x-colo', timeoutMs, done: () => capabilityOn(qmp, 'x-colo'), run: () => xColo(qmp) },
+    { name: 'migrate', timeoutMs, done: () => migrationIntoColoStarted(qmp), run: () => qmp.execute('migrate', { uri: `tcp:${secondaryHost}:${migrationPort}` }) },
   ];
 }
 
 /** Step 4, on the primary. */
-export function primaryEnterColo(qmp: QmpClient, p: PrimaryStartup, onStep?: (n: string) => void): Promise<StepRecord[]> {
+export function primaryEnterColo(qmp: QmpClient, p: PrimaryStartup, onStep?: (name: string, index: number, total: number) => void): Promise<StepRecord[]> {
   return runSteps(
     'primary start-up',
     [...attachReplicationSteps(qmp, p.secondaryHost, p.nbdPort), ...migrateIntoColoSteps(qmp, p.secondaryHost, p.migrationPort)],
-    onStep,
+    { onStep },
   );
 }
 

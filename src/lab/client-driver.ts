@@ -16,7 +16,15 @@ export interface ClientSummary {
   type: 'summary';
   echo: { sent: number; ok: number; errors: string[]; maxMs: number; closed: boolean };
   /** okTimes: wall-clock ms of each good answer. */
-  http: { ok: number; errors: string[]; counts: number[]; maxMs: number; okTimes: number[] };
+  http: {
+    ok: number;
+    errors: string[];
+    counts: number[];
+    maxMs: number;
+    okTimes: number[];
+    /** Every request in order: [id, start ms, duration ms, count or null, error or null]. */
+    requests: Array<[number, number, number, number | null, string | null]>;
+  };
 }
 
 export class NetnsClient {
@@ -54,6 +62,32 @@ export class NetnsClient {
     this.child.stdin.end();
     return this.summary;
   }
+}
+
+/**
+ * Checks the counter against the client's own record of every request: the
+ * value never goes back nor repeats, and every value skipped between two
+ * answers is explained by a request in between that failed (it may have run,
+ * its answer lost). So a skip is an acknowledged write lost only when no
+ * failed request can account for it.
+ */
+export function counterGaps(requests: ClientSummary['http']['requests']): string | undefined {
+  let last: { id: number; count: number } | undefined;
+  let failedSince = 0;
+  for (const [id, , , count, error] of requests) {
+    if (count === null) {
+      if (error !== null) failedSince++;
+      continue;
+    }
+    if (last) {
+      const step = count - last.count;
+      if (step < 1) return `the counter went back or repeated: request ${last.id} saw ${last.count}, request ${id} saw ${count}`;
+      if (step - 1 > failedSince) return `request ${id} saw ${count} after ${last.count} (request ${last.id}): ${step - 1} value(s) skipped, but only ${failedSince} request(s) failed in between`;
+    }
+    last = { id, count };
+    failedSince = 0;
+  }
+  return undefined;
 }
 
 /**

@@ -19,6 +19,7 @@ import { GUEST_READY_MARKER } from './guest.js';
 import { loadConfig } from '../config/load.js';
 import { up, type UpResult } from '../pair/up.js';
 import { waitForSerial } from '../qemu/serial.js';
+import { pidRunning } from '../util/proc.js';
 
 const WITNESS_PORT = 7900;
 
@@ -151,6 +152,11 @@ export class HostsLab {
       await lab.remove();
       throw err;
     }
+  }
+
+  /** The lab's witness process still runs. */
+  witnessRunning(): boolean {
+    return this.witnessPid !== undefined && pidRunning(this.witnessPid);
   }
 
   async startPair(o: RunOptions = {}): Promise<LabRun> {

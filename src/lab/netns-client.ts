@@ -11,7 +11,16 @@ const host = process.argv[2] ?? '10.0.2.15';
 const intervalMs = Number(process.argv[3] ?? 100);
 
 const echo = { sent: 0, ok: 0, errors: [] as string[], maxMs: 0, closed: false };
-const http = { ok: 0, errors: [] as string[], counts: [] as number[], maxMs: 0, okTimes: [] as number[] };
+const http = {
+  ok: 0,
+  errors: [] as string[],
+  counts: [] as number[],
+  maxMs: 0,
+  okTimes: [] as number[],
+  /** Every request in order: [id, start (ms since the client started), duration ms, count or null, error or null]. */
+  requests: [] as Array<[number, number, number, number | null, string | null]>,
+};
+const startedAt = performance.now();
 let running = true;
 
 async function echoLoop(): Promise<void> {
@@ -47,18 +56,21 @@ async function echoLoop(): Promise<void> {
 }
 
 async function httpLoop(): Promise<void> {
-  while (running) {
+  for (let id = 1; running; id++) {
     const t0 = performance.now();
     try {
-      const r = await fetch(`http://${host}/cgi-bin/cnt`, { signal: AbortSignal.timeout(15_000) });
+      // The id is ignored by the guest; it names the request in captures and logs.
+      const r = await fetch(`http://${host}/cgi-bin/cnt?r=${id}`, { signal: AbortSignal.timeout(15_000) });
       const m = /count=(\d+)/.exec(await r.text());
       if (!m) throw new Error(`status ${r.status}`);
       http.counts.push(Number(m[1]));
       http.okTimes.push(Date.now());
       http.ok++;
       http.maxMs = Math.max(http.maxMs, performance.now() - t0);
+      http.requests.push([id, Math.round(t0 - startedAt), Math.round(performance.now() - t0), Number(m[1]), null]);
     } catch (err) {
-      http.errors.push((err as Error).message);
+      http.errors.push(`request ${id}: ${(err as Error).message}`);
+      http.requests.push([id, Math.round(t0 - startedAt), Math.round(performance.now() - t0), null, (err as Error).message]);
     }
     await new Promise((r) => setTimeout(r, intervalMs));
   }

@@ -1,256 +1,512 @@
 /**
- * The witness: a third party both nodes can reach, granting one writer lease
- * at a time. A node may become (or stay) the only writer of the VM while it
- * holds the lease; a node that cannot get it must not write.
+ * The witness's runtime: the server that answers the agents' lease requests
+ * (`Witness`), the agents' end of its link (`WitnessConnection`), and a
+ * promise-based client for tests and tools (`WitnessClient`).
  *
- * The lease is time-bounded. The holder renews it well before it runs out;
- * the holder's own view of its lease starts counting when it *sent* the
- * request, so it always ends before the witness's view does and the witness
- * never grants a lease that someone still believes is theirs. After a
- * restart the witness grants nothing for a grace period, so a lease granted
- * by its previous life runs out first.
+ * What the witness decides is in witness-core.ts (a pure function); this file
+ * only moves messages and keeps the record on disk. Every request arrives over
+ * the authenticated link (link.ts) already parsed with witnessRequestSchema
+ * (wire.ts): anything else is refused there, logged, and never reaches the
+ * witness's state. A new disk epoch is written to the state file durably
+ * BEFORE the grant that carries it goes out; if it cannot be written, the
+ * request is refused and nothing changes.
  *
- * The witness also keeps the pair's newest disk generation: every request
- * carries the node's generation, a node that is about to write alone first
- * records its new one here, and a node whose disk is older than the newest
- * recorded is refused the lease for good (its data is stale: writes that
- * the other node acknowledged while alone would be lost). With a state file
- * that generation survives a restart of the witness.
+ * State file (`stateFile`): `{ "newest": { <run>: { run, gen, by } } }`. The
+ * file of earlier versions, `{ "generations": { <run>: gen } }`, is read as
+ * epochs begun by 'up'. A missing file is a first start; a file that cannot be
+ * read or does not parse stops the witness at start: a witness that forgot
+ * the newest epochs could grant the lease to a node with a stale disk.
  */
 import fs from 'node:fs';
 import type net from 'node:net';
-import { listenLinks, connectLink, type Link, type Message } from './link.js';
-import { sleep } from '../util/time.js';
+import { z } from 'zod';
+import { listenLinks, connectLink, describeIssues, type Link } from './link.js';
+import {
+  epochSchema,
+  witnessReplySchema,
+  witnessRequestSchema,
+  type LeaseReply,
+  type WitnessReply,
+  type WitnessRequest,
+} from './wire.js';
+import { holderOf, initWitness, witnessStep, type WitnessState } from './witness-core.js';
+import type { Epoch } from '../pair/epoch.js';
 import { writeFileAtomic } from '../util/files.js';
+import { LockstepError, TimeoutError, errorMessage } from '../util/errors.js';
+
+/** The name the witness proves on every link; agents accept no other. */
+export const WITNESS_NAME = 'witness';
+/** Default grace period after start, when the options give none. */
+export const DEFAULT_GRACE_MS = 2000;
+
+function clip(s: string, max: number): string {
+  return s.length <= max ? s : `${s.slice(0, max - 1)}…`;
+}
+
+// ---- the state file ----
+
+const runSchema = z.string().max(64);
+const stateFileSchema = z.object({
+  newest: z.record(runSchema, epochSchema).refine((r) => Object.entries(r).every(([run, e]) => e.run === run), 'every epoch must be filed under its own run'),
+});
+const legacyStateFileSchema = z.object({ generations: z.record(runSchema, z.number().int().min(0).max(Number.MAX_SAFE_INTEGER)) });
+
+/**
+ * The newest epochs recorded in `file`: {} if it does not exist. Throws
+ * LockstepError if it exists but cannot be read or is not a witness record.
+ */
+export function loadWitnessState(file: string): Record<string, Epoch> {
+  const fail = (what: string): never => {
+    throw new LockstepError(`the witness's record ${file} ${what}: refusing to start without the newest disk epochs it holds`, {
+      hint:
+        `inspect ${file} (and any ${file}.tmp-* beside it) and repair it, or restore it from a backup. ` +
+        'Move it away only if every pair this witness serves is re-created with `lockstep up`: ' +
+        'a witness that forgot the newest epochs could give the lease to a node with a stale disk.',
+    });
+  };
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return {};
+    return fail(`cannot be read (${errorMessage(err)})`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    return fail(`is not JSON (${clip(errorMessage(err), 200)})`);
+  }
+  for (const key of ['newest', 'generations']) {
+    const runs = json !== null && typeof json === 'object' && !Array.isArray(json) ? (json as Record<string, unknown>)[key] : undefined;
+    const bad = runs !== null && typeof runs === 'object' ? Object.keys(runs).find(isReservedRun) : undefined;
+    if (bad !== undefined) return fail(`is not a witness record (${key}: the run name ${JSON.stringify(bad)} is reserved)`);
+  }
+  const cur = stateFileSchema.safeParse(json);
+  if (cur.success) return { ...cur.data.newest };
+  const old = legacyStateFileSchema.safeParse(json);
+  if (old.success) {
+    const newest: Record<string, Epoch> = {};
+    for (const [run, gen] of Object.entries(old.data.generations)) newest[run] = { run, gen, by: 'up' };
+    return newest;
+  }
+  const issue = cur.error.issues[0];
+  return fail(`is not a witness record (${issue ? `${issue.path.join('.') || '(root)'}: ${issue.message}` : 'invalid'})`);
+}
+
+function saveWitnessState(file: string, newest: Record<string, Epoch>): void {
+  writeFileAtomic(file, JSON.stringify({ newest }) + '\n', { durable: true });
+}
+
+/**
+ * A run named like a property of Object.prototype ('__proto__', 'constructor'…)
+ * cannot be an own key of the plain objects that hold `newest`: refused
+ * before it reaches witness-core. (Runs are UUIDs made by `up`; only a broken
+ * or hostile node sends such a name.)
+ */
+function isReservedRun(run: string): boolean {
+  return run in Object.prototype;
+}
+
+// ---- the server ----
 
 export interface WitnessOptions {
   secret: string;
   host: string;
   port: number;
-  /** No grants for this long after start (≥ the longest lease in use). */
+  /** No grants for this long after start (≥ the longest lease in use). Default DEFAULT_GRACE_MS. */
   graceMs?: number;
-  /** Where the newest generation is kept across restarts. */
+  /** Where the newest disk epochs are kept across restarts. Without it they live in memory only. */
   stateFile?: string;
   log?: (msg: string) => void;
 }
 
-export interface LeaseState {
+export interface WitnessStatus {
   holder: string | null;
   remainingMs: number;
-  /** The newest disk generation recorded, per run of the pair. */
-  generations: Record<string, number>;
+  /** The newest disk epoch recorded, per run of a pair. */
+  newest: Record<string, Epoch>;
 }
+
+type ServerLink = Link<WitnessRequest, WitnessReply>;
 
 export class Witness {
-  private holder: { node: string; until: number } | undefined;
-  private readonly startedAt = performance.now();
+  private st: WitnessState;
   private server: net.Server | undefined;
-  private readonly links = new Set<Link>();
-  /** The newest disk generation per run of the pair (the runs a `up` started), oldest first. */
-  private generations = new Map<string, number>();
+  private readonly links = new Set<ServerLink>();
+  private readonly graceMs: number;
+
   constructor(private readonly o: WitnessOptions) {
-    if (o.stateFile) {
-      try {
-        const saved = (JSON.parse(fs.readFileSync(o.stateFile, 'utf8')) as { generations?: Record<string, number> }).generations ?? {};
-        for (const [run, g] of Object.entries(saved)) if (Number.isInteger(g) && g > 0) this.generations.set(run, g);
-      } catch {
-        /* first start */
-      }
+    this.graceMs = o.graceMs ?? DEFAULT_GRACE_MS;
+    if (!Number.isFinite(this.graceMs) || this.graceMs < 0) {
+      throw new LockstepError(`the witness's grace period must be a number of milliseconds ≥ 0, not ${o.graceMs}`, { hint: 'e.g. --grace-ms 6000 (at least the longest lease)' });
     }
-  }
-
-  private recordGeneration(run: string, g: number, node: string): void {
-    this.generations.delete(run);
-    this.generations.set(run, g);
-    // Only recent runs matter: a run that ended long ago has no nodes left to ask.
-    while (this.generations.size > 100) this.generations.delete(this.generations.keys().next().value!);
-    this.o.log?.(`newest disk generation of run ${run}: ${g} (${node})`);
-    if (this.o.stateFile) writeFileAtomic(this.o.stateFile, JSON.stringify({ generations: Object.fromEntries(this.generations) }) + '\n', { durable: true });
-  }
-
-  async start(): Promise<void> {
-    this.server = await listenLinks({
-      name: 'witness',
-      secret: this.o.secret,
-      host: this.o.host,
-      port: this.o.port,
-      onLink: (l) => this.onLink(l),
-      onReject: (remote, why) => this.o.log?.(`rejected ${remote}: ${why}`),
-    });
-    this.o.log?.(`witness listening on ${this.o.host}:${this.port}; no grants for ${this.o.graceMs ?? 2000} ms`);
-  }
-
-  get port(): number {
-    return (this.server?.address() as net.AddressInfo | null)?.port ?? this.o.port;
-  }
-
-  state(): LeaseState {
-    const now = performance.now();
-    const generations = Object.fromEntries(this.generations);
-    if (!this.holder || this.holder.until <= now) return { holder: null, remainingMs: 0, generations };
-    return { holder: this.holder.node, remainingMs: this.holder.until - now, generations };
-  }
-
-  private onLink(l: Link): void {
-    this.links.add(l);
-    l.on('close', () => this.links.delete(l));
-    l.on('message', (m) => this.onMessage(l, m));
-  }
-
-  private onMessage(l: Link, m: Message): void {
-    const now = performance.now();
-    const id = m.id;
-    if (m.t === 'acquire') {
-      const ttl = Math.min(Math.max(Number(m.ttlMs) || 0, 50), 60_000);
-      const inGrace = now - this.startedAt < (this.o.graceMs ?? 2000);
-      const cur = this.state();
-      const gen = Number(m.gen);
-      const run = typeof m.run === 'string' ? m.run : undefined;
-      const newest = run === undefined ? undefined : this.generations.get(run);
-      if (Number.isInteger(gen) && newest !== undefined && gen < newest) {
-        l.send({ t: 'lease', id, granted: false, holder: cur.holder, reason: `stale disk: generation ${gen}, the newest is ${newest}` });
-        return;
-      }
-      if (inGrace && cur.holder !== l.peer) {
-        l.send({ t: 'lease', id, granted: false, holder: cur.holder, reason: 'witness just started (grace period)' });
-        return;
-      }
-      if (cur.holder === null || cur.holder === l.peer) {
-        if (cur.holder !== l.peer) this.o.log?.(`lease granted to ${l.peer} (${ttl} ms)`);
-        this.holder = { node: l.peer, until: now + ttl };
-        if (run !== undefined && Number.isInteger(gen) && gen > (newest ?? 0)) this.recordGeneration(run, gen, l.peer);
-        l.send({ t: 'lease', id, granted: true, holder: l.peer, ttlMs: ttl });
-      } else {
-        l.send({ t: 'lease', id, granted: false, holder: cur.holder, remainingMs: Math.round(cur.remainingMs) });
-      }
-    } else if (m.t === 'release') {
-      if (this.holder?.node === l.peer) {
-        this.holder = undefined;
-        this.o.log?.(`lease released by ${l.peer}`);
-      }
-      l.send({ t: 'released', id });
-    } else if (m.t === 'query') {
-      l.send({ t: 'state', id, ...this.state() });
-    }
-  }
-
-  async stop(): Promise<void> {
-    for (const l of this.links) l.close();
-    await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
-  }
-}
-
-/** A node's disk: the run of the pair it belongs to and its generation in that run. */
-export interface DiskGeneration {
-  run: string;
-  gen: number;
-}
-
-export interface LeaseReply {
-  granted: boolean;
-  holder: string | null;
-  /** Local monotonic time until which the lease is ours (when granted). */
-  validUntil?: number;
-  remainingMs?: number;
-  reason?: string;
-}
-
-/** The agent's side: one link to the witness, reopened as needed. */
-export class WitnessClient {
-  private link: Link | undefined;
-  private connecting: Promise<Link> | undefined;
-  private nextId = 1;
-  private readonly pending = new Map<number, (m: Message) => void>();
-  private closed = false;
-
-  constructor(
-    private readonly o: { name: string; secret: string; host: string; port: number; localAddress?: string },
-  ) {}
-
-  private async ensure(timeoutMs: number): Promise<Link> {
-    if (this.link?.isOpen) return this.link;
-    this.connecting ??= connectLink({ ...this.o, timeoutMs })
-      .then((l) => {
-        this.link = l;
-        l.on('message', (m) => {
-          const cb = this.pending.get(Number(m.id));
-          if (cb) {
-            this.pending.delete(Number(m.id));
-            cb(m);
-          }
-        });
-        l.on('close', () => {
-          if (this.link === l) this.link = undefined;
-        });
-        return l;
-      })
-      .finally(() => (this.connecting = undefined));
-    return this.connecting;
-  }
-
-  private async request(m: Message, timeoutMs: number): Promise<Message> {
-    if (this.closed) throw new Error('witness client closed');
-    const l = await this.ensure(timeoutMs);
-    const id = this.nextId++;
-    return new Promise((resolve, reject) => {
-      const t = setTimeout(() => {
-        this.pending.delete(id);
-        reject(new Error(`witness did not answer within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.pending.set(id, (reply) => {
-        clearTimeout(t);
-        resolve(reply);
-      });
-      if (!l.send({ ...m, id })) {
-        clearTimeout(t);
-        this.pending.delete(id);
-        reject(new Error('witness link closed'));
-      }
-    });
+    this.st = initWitness(performance.now(), this.graceMs);
   }
 
   /**
-   * Asks for (or renews) the lease for `ttlMs`, for a node whose disk has
-   * `disk.gen` in `disk.run` (granted only if it is not older than the
-   * newest the witness knows of that run; a newer one is recorded with the
-   * grant).
+   * Loads the state file (throws LockstepError if it is unusable), then
+   * listens. The grace period starts now.
    */
-  async acquire(ttlMs: number, timeoutMs = 500, disk?: DiskGeneration): Promise<LeaseReply> {
-    const sent = performance.now();
-    const r = await this.request({ t: 'acquire', ttlMs, ...(disk ?? {}) }, timeoutMs);
-    const granted = r.granted === true;
-    return {
-      granted,
-      holder: (r.holder as string | null) ?? null,
-      validUntil: granted ? sent + Number(r.ttlMs ?? ttlMs) : undefined,
-      remainingMs: typeof r.remainingMs === 'number' ? r.remainingMs : undefined,
-      reason: typeof r.reason === 'string' ? r.reason : undefined,
-    };
+  async start(): Promise<void> {
+    if (this.server) throw new LockstepError('the witness is already started');
+    const newest = this.o.stateFile ? loadWitnessState(this.o.stateFile) : {};
+    this.st = initWitness(performance.now(), this.graceMs, newest);
+    this.server = await listenLinks({
+      name: WITNESS_NAME,
+      secret: this.o.secret,
+      host: this.o.host,
+      port: this.o.port,
+      inbound: witnessRequestSchema,
+      outbound: witnessReplySchema,
+      onLink: (l) => this.onLink(l),
+      onRefuse: (remote, why, peer) => this.say(`refused ${remote}${peer === undefined ? '' : ` (${peer})`}: ${why}`),
+    });
+    const runs = Object.keys(newest).length;
+    this.say(
+      `witness listening on ${this.o.host}:${this.port}; no grants for ${this.graceMs} ms; ` +
+        (this.o.stateFile ? `${runs} run(s) on record in ${this.o.stateFile}` : 'no state file: the record lives in memory only'),
+    );
   }
 
-  async release(timeoutMs = 500): Promise<void> {
-    await this.request({ t: 'release' }, timeoutMs).catch(() => {});
+  get port(): number {
+    const a = this.server?.address();
+    return a && typeof a === 'object' ? a.port : this.o.port;
   }
 
-  /** Tries to get the lease until `deadlineMs` (monotonic), polling; returns the last reply. */
-  async acquireBy(ttlMs: number, deadline: number, disk?: DiskGeneration, pollMs = 50): Promise<LeaseReply | undefined> {
-    let last: LeaseReply | undefined;
-    while (performance.now() < deadline) {
-      try {
-        last = await this.acquire(ttlMs, Math.max(50, Math.min(500, deadline - performance.now())), disk);
-        if (last.granted) return last;
-        // A stale disk stays stale: no use asking again.
-        if (last.reason?.startsWith('stale')) return last;
-      } catch {
-        /* unreachable: keep trying until the deadline */
-      }
-      await sleep(pollMs);
+  state(): WitnessStatus {
+    const h = holderOf(this.st, performance.now());
+    return { holder: h?.node ?? null, remainingMs: h?.remainingMs ?? 0, newest: { ...this.st.newest } };
+  }
+
+  async stop(): Promise<void> {
+    for (const l of this.links) l.close('witness stopping');
+    this.links.clear();
+    const server = this.server;
+    this.server = undefined;
+    if (server) await new Promise<void>((r) => server.close(() => r()));
+  }
+
+  private say(msg: string): void {
+    try {
+      this.o.log?.(msg);
+    } catch {
+      // A failing logger must not take the witness down.
     }
-    return last;
+  }
+
+  private onLink(l: ServerLink): void {
+    this.links.add(l);
+    l.on('close', () => this.links.delete(l));
+    l.on('message', (req) => this.onRequest(l, req));
+  }
+
+  /**
+   * One request: decide (witness-core), record on disk if the decision
+   * changed the newest epochs, then answer. Nothing changes unless the
+   * answer can be sent and the record is on disk. Never throws: an exception
+   * here would close the link and surface as uncaught.
+   */
+  private onRequest(l: ServerLink, req: WitnessRequest): void {
+    try {
+      const now = performance.now();
+      const tr = witnessStep(this.st, now, l.peer, req);
+      const valid = witnessReplySchema.safeParse(tr.reply);
+      if (!valid.success) {
+        // Not expected (witness-core answers within the schema): refuse rather than change anything unanswered.
+        return this.refuse(l, req, now, `witness internal error: cannot answer (${describeIssues(valid.error)})`);
+      }
+      if (tr.persist && this.o.stateFile) {
+        try {
+          saveWitnessState(this.o.stateFile, tr.state.newest);
+        } catch (err) {
+          return this.refuse(l, req, now, `witness cannot record: ${errorMessage(err)}`);
+        }
+      }
+      this.st = tr.state;
+      if (tr.log) this.say(tr.log);
+      l.send(tr.reply);
+    } catch (err) {
+      // Not expected either: keep running, say so.
+      this.say(`internal error answering ${l.peer}: ${errorMessage(err)}`);
+      l.close(`internal error: ${clip(errorMessage(err), 200)}`);
+    }
+  }
+
+  /** Answers `req` with a refusal, the state unchanged (a release or query: no answer, the link closes). */
+  private refuse(l: ServerLink, req: WitnessRequest, now: number, why: string): void {
+    this.say(`refused ${l.peer}'s ${req.t} ${req.id}: ${why}`);
+    if (req.t !== 'acquire') {
+      l.close(clip(why, 200));
+      return;
+    }
+    const known = req.disk && Object.hasOwn(this.st.newest, req.disk.run) ? this.st.newest[req.disk.run] : undefined;
+    const reply: WitnessReply = {
+      t: 'lease',
+      re: req.id,
+      granted: false,
+      holder: holderOf(this.st, now)?.node ?? null,
+      reason: clip(why, 500),
+      newest: known && epochSchema.safeParse(known).success ? known : null,
+    };
+    l.send(reply);
+  }
+}
+
+// ---- the agent's end ----
+
+export interface WitnessConnectionOptions {
+  /** Our node's name, proven to the witness. */
+  name: string;
+  secret: string;
+  host: string;
+  port: number;
+  /** Bind our end to this address (choose the path/NIC). */
+  localAddress?: string;
+  /** Every reply of the witness. */
+  onReply: (r: WitnessReply) => void;
+  /**
+   * Something that must not happen with a well-configured pair: the
+   * handshake failed (wrong secret, not a lockstep witness), the server is
+   * not named 'witness', the witness sent a message we refuse, or a request
+   * could not be sent (invalid).
+   */
+  onRefuse?: (why: string) => void;
+  /** A connection attempt failed (its queue is dropped), or the open link closed. */
+  onDown?: (why: string) => void;
+  /** Bounds the connect, then the handshake, each. Default: link.ts's HANDSHAKE_TIMEOUT_MS. */
+  connectTimeoutMs?: number;
+}
+
+/** Requests kept while a connection is being opened; older ones are dropped. */
+export const MAX_QUEUED = 8;
+/** Connection attempts start at most this often. */
+export const RECONNECT_MS = 200;
+
+type ClientLink = Link<WitnessReply, WitnessRequest>;
+
+/**
+ * One link to the witness, opened on demand. send() never throws and never
+ * waits: it sends on the open link, or queues the request and opens one.
+ * Replies go to onReply; matching them to requests (by `re`) and timing
+ * requests out is the caller's business.
+ */
+export class WitnessConnection {
+  private link: ClientLink | undefined;
+  private connecting = false;
+  private queue: WitnessRequest[] = [];
+  private lastAttempt = -Infinity;
+  private retry: NodeJS.Timeout | undefined;
+  private closed = false;
+  private lastErr: string | undefined;
+
+  constructor(private readonly o: WitnessConnectionOptions) {}
+
+  get connected(): boolean {
+    return this.link?.isOpen ?? false;
+  }
+
+  /** Why the last connection attempt failed or the last link closed; undefined once connected. */
+  get lastError(): string | undefined {
+    return this.lastErr;
+  }
+
+  send(req: WitnessRequest): void {
+    if (this.closed) return;
+    if (this.link?.isOpen) {
+      this.transmit(this.link, req);
+      return;
+    }
+    this.queue.push(req);
+    if (this.queue.length > MAX_QUEUED) this.queue.splice(0, this.queue.length - MAX_QUEUED);
+    this.attempt();
   }
 
   close(): void {
     this.closed = true;
-    this.link?.close();
+    this.queue = [];
+    clearTimeout(this.retry);
+    this.retry = undefined;
+    this.link?.close('closed locally');
+    this.link = undefined;
+  }
+
+  private where(): string {
+    return `${this.o.host}:${this.o.port}`;
+  }
+
+  private report(cb: ((why: string) => void) | undefined, why: string): void {
+    try {
+      cb?.(why);
+    } catch {
+      // The caller's logger must not break the connection.
+    }
+  }
+
+  private transmit(l: ClientLink, req: WitnessRequest): void {
+    try {
+      l.send(req);
+    } catch (err) {
+      this.report(this.o.onRefuse, `request not sent to the witness: ${errorMessage(err)}`);
+    }
+  }
+
+  private attempt(): void {
+    if (this.closed || this.connecting || this.link?.isOpen || this.retry) return;
+    const wait = this.lastAttempt + RECONNECT_MS - performance.now();
+    if (wait > 0) {
+      this.retry = setTimeout(() => {
+        this.retry = undefined;
+        this.attempt();
+      }, wait);
+      return;
+    }
+    this.lastAttempt = performance.now();
+    this.connecting = true;
+    let p: Promise<ClientLink>;
+    try {
+      p = connectLink({
+        name: this.o.name,
+        secret: this.o.secret,
+        host: this.o.host,
+        port: this.o.port,
+        localAddress: this.o.localAddress,
+        timeoutMs: this.o.connectTimeoutMs,
+        inbound: witnessReplySchema,
+        outbound: witnessRequestSchema,
+        onRefuse: (_remote, why) => this.report(this.o.onRefuse, `refused a message from the witness at ${this.where()}: ${why}`),
+      });
+    } catch (err) {
+      p = Promise.reject(err); // e.g. an invalid own name: fails like any attempt
+    }
+    p.then(
+      (l) => this.opened(l),
+      (err: unknown) => {
+        this.connecting = false;
+        this.failed(`cannot connect to the witness at ${this.where()}: ${errorMessage(err)}`, err instanceof LockstepError);
+      },
+    );
+  }
+
+  /** A failed attempt: the queue goes (the caller times its requests out). */
+  private failed(why: string, refusal: boolean): void {
+    this.queue = [];
+    this.lastErr = why;
+    if (this.closed) return;
+    if (refusal) this.report(this.o.onRefuse, why);
+    this.report(this.o.onDown, why);
+  }
+
+  private opened(l: ClientLink): void {
+    this.connecting = false;
+    if (this.closed) {
+      l.close('closed locally');
+      return;
+    }
+    if (l.peer !== WITNESS_NAME) {
+      l.close(`not the witness (${l.peer})`);
+      this.failed(`${this.where()} is "${l.peer}", not the witness: check agents.witness`, true);
+      return;
+    }
+    this.link = l;
+    this.lastErr = undefined;
+    // A throwing onReply closes the link and surfaces as uncaught (link.ts): a bug of the caller.
+    l.on('message', (r) => this.o.onReply(r));
+    l.on('close', (why) => {
+      if (this.link !== l) return;
+      this.link = undefined;
+      this.lastErr = `the link to the witness at ${this.where()} closed: ${why}`;
+      if (!this.closed) this.report(this.o.onDown, this.lastErr);
+    });
+    const queued = this.queue;
+    this.queue = [];
+    for (const req of queued) this.transmit(l, req);
   }
 }
+
+// ---- a promise-based client (tests, tools) ----
+
+type Body<T> = T extends unknown ? Omit<T, 'id'> : never;
+export type WitnessStateReply = Extract<WitnessReply, { t: 'state' }>;
+
+/**
+ * Requests and their replies as promises, over one WitnessConnection. A
+ * request rejects with TimeoutError if no reply comes in time, or with
+ * LockstepError as soon as the connection fails or is refused.
+ */
+export class WitnessClient {
+  private readonly conn: WitnessConnection;
+  private readonly pending = new Map<string, { resolve: (r: WitnessReply) => void; reject: (e: Error) => void }>();
+  private seq = 0;
+  /** The refusals reported by the connection, oldest first. */
+  readonly refusals: string[] = [];
+
+  constructor(o: Omit<WitnessConnectionOptions, 'onReply' | 'onRefuse' | 'onDown'>) {
+    this.conn = new WitnessConnection({
+      ...o,
+      onReply: (r) => {
+        const p = this.pending.get(r.re);
+        if (!p) return; // timed out already
+        this.pending.delete(r.re);
+        p.resolve(r);
+      },
+      onRefuse: (why) => this.refusals.push(why),
+      onDown: (why) => this.failAll(why),
+    });
+  }
+
+  get connected(): boolean {
+    return this.conn.connected;
+  }
+
+  request(body: Body<WitnessRequest>, timeoutMs = 1000): Promise<WitnessReply> {
+    const id = `c${++this.seq}`;
+    return new Promise<WitnessReply>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new TimeoutError(`the witness's reply to ${body.t} ${id}`, timeoutMs));
+      }, timeoutMs);
+      this.pending.set(id, {
+        resolve: (r) => {
+          clearTimeout(timer);
+          resolve(r);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      });
+      this.conn.send({ ...body, id } as WitnessRequest);
+    });
+  }
+
+  /** Asks for (or renews) the lease for a node whose disk is `disk`; with `next`, records that new epoch with the grant. */
+  async acquire(ttlMs: number, disk: Epoch | null, next: Epoch | null = null, timeoutMs = 1000): Promise<LeaseReply> {
+    return expect(await this.request({ t: 'acquire', ttlMs, disk, next }, timeoutMs), 'lease');
+  }
+
+  async release(timeoutMs = 1000): Promise<void> {
+    expect(await this.request({ t: 'release' }, timeoutMs), 'released');
+  }
+
+  async query(timeoutMs = 1000): Promise<WitnessStateReply> {
+    return expect(await this.request({ t: 'query' }, timeoutMs), 'state');
+  }
+
+  close(): void {
+    this.conn.close();
+    this.failAll('witness client closed');
+  }
+
+  private failAll(why: string): void {
+    const all = [...this.pending.values()];
+    this.pending.clear();
+    for (const p of all) p.reject(new LockstepError(why));
+  }
+}
+
+function expect<K extends WitnessReply['t']>(r: WitnessReply, t: K): Extract<WitnessReply, { t: K }> {
+  if (r.t !== t) throw new LockstepError(`the witness answered ${r.t} where ${t} was expected`);
+  return r as Extract<WitnessReply, { t: K }>;
+}
+

@@ -13,10 +13,10 @@ import { sleep, waitFor } from '../util/time.js';
 import { LockstepError } from '../util/errors.js';
 import net from 'node:net';
 import type { PairState } from './state.js';
+import { z } from 'zod';
 
 export type AgentRole = 'primary' | 'secondary' | 'alone' | 'fenced' | 'down';
 
-/** Whether `pid` is a lockstep agent of this config (guards against PID reuse). */
 export function isOurAgent(pid: number, configFile: string): boolean {
   if (!pidRunning(pid)) return false;
   try {
@@ -90,27 +90,53 @@ export function agentsRunning(s: PairState): boolean {
   return Object.values(s.agents ?? {}).some((p) => isOurAgent(p, s.configFile));
 }
 
-export interface AgentStatus {
-  node: string;
-  role: AgentRole;
-  pid: number;
-  qemu: { pid: number; alive: boolean; coloExited: boolean };
-  peer: {
-    name: string;
-    /** ms since the last heartbeat from the peer, per path. */
-    lastSeenMs: Record<string, number | null>;
-    rttMs: number | null;
-    qemu: 'alive' | 'dead' | 'unknown';
-    hearsUs: boolean;
-  };
-  lease: { witness: string | null; held: boolean; remainingMs: number | null };
-  lastDecision: string | null;
-  lastFailover: PairState['lastFailover'] | null;
-  /** The disk's generation (generation.json). */
-  generation: number;
-  /** A resync this agent runs (as the survivor) right now: its step and, while mirroring, the bytes copied. */
-  resync: { to: string; step: string; runningMs: number; mirror?: { offset: number; len: number } } | null;
-}
+const epoch = z.object({ run: z.string(), gen: z.number(), by: z.string() });
+const ms = z.number().nullable();
+
+/**
+ * What an agent says of itself on its control socket (the agent core's
+ * status, plus its process): parsed here, where it arrives.
+ */
+export const agentStatusSchema = z.object({
+  node: z.string(),
+  role: z.enum(['primary', 'secondary', 'alone', 'fenced', 'down']),
+  roleForMs: z.number(),
+  /** COLO runs and its checkpoints flow, as this node sees it. */
+  protected: z.boolean(),
+  /** Everything that is not as it should be, in words. */
+  degraded: z.array(z.string()),
+  fence: z.object({ why: z.string(), from: z.string(), forMs: z.number() }).nullable(),
+  qemu: z.object({ state: z.enum(['attaching', 'alive', 'gone']), coloExited: z.boolean(), checkpointAgeMs: ms, inCheckpointMs: ms, paused: z.boolean() }),
+  peer: z.object({
+    name: z.string(),
+    paths: z.array(z.object({ up: z.boolean(), lastHeardMs: ms })),
+    role: z.enum(['primary', 'secondary', 'alone', 'fenced', 'down']).nullable(),
+    qemu: z.enum(['alive', 'dead', 'unknown']),
+    hearsUs: z.boolean(),
+    rttMs: ms,
+    disk: epoch.nullable(),
+  }),
+  lease: z.object({ witness: z.boolean(), held: z.boolean(), remainingMs: ms, witnessAnswerMs: ms, lastRefusal: z.string().nullable(), stale: z.boolean() }),
+  disk: z.object({ epoch: epoch.nullable(), pending: epoch.nullable() }),
+  work: z
+    .object({
+      kind: z.string(),
+      phase: z.string().nullable(),
+      why: z.string(),
+      runningMs: z.number(),
+      step: z.string().nullable(),
+      mirror: z.object({ offset: z.number(), len: z.number() }).nullable(),
+    })
+    .nullable(),
+  retry: z.array(z.object({ kind: z.string(), failures: z.number(), inMs: z.number(), lastError: z.string().nullable() })),
+  lastDecision: z.string().nullable(),
+  /** The agent's process and its QEMU's. */
+  pid: z.number(),
+  qemuPid: z.number(),
+  lastFailover: z.object({ at: z.string(), from: z.string(), to: z.string(), reason: z.string(), ms: z.number() }).nullable(),
+});
+
+export type AgentStatus = z.infer<typeof agentStatusSchema>;
 
 export function agentSocket(dataDir: string): string {
   return path.join(dataDir, 'agent.sock');
@@ -130,7 +156,8 @@ export function readAgentStatus(dataDir: string, timeoutMs = 1000): Promise<Agen
     c.on('end', () => {
       clearTimeout(t);
       try {
-        resolve(JSON.parse(buf) as AgentStatus);
+        const r = agentStatusSchema.safeParse(JSON.parse(buf));
+        resolve(r.success ? r.data : undefined);
       } catch {
         resolve(undefined);
       }

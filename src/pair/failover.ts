@@ -7,10 +7,11 @@
  */
 import path from 'node:path';
 import type { ResolvedConfig } from '../config/load.js';
-import { bumpGeneration } from './generation.js';
+import { generationFile, readDiskRecord, writeEpoch } from './generation.js';
+import { formatEpoch, nextEpoch, type Epoch } from './epoch.js';
 import { QmpClient } from '../qmp/client.js';
 import { stopPid } from '../qemu/process.js';
-import { secondaryFailover, primaryFailover } from '../colo/failover.js';
+import { secondaryFailover, primaryFailover, type ProcedureRunOptions } from '../colo/failover.js';
 import { LockstepError } from '../util/errors.js';
 import { attachTap, detachTap } from '../qemu/tap.js';
 import { readState, recordFailover, liveNodes, type NodeState, type PairState } from './state.js';
@@ -37,7 +38,15 @@ export interface FailoverOptions {
  * Failover", which also readies the survivor's listeners for a later resync.
  * Used by `lockstep failover` and by the agents.
  */
-export async function secondaryTakeover(qmp: QmpClient, s: PairState, survivor: NodeState, lost: NodeState, onStep: (msg: string) => void, o: { yank?: boolean } = {}): Promise<void> {
+export async function secondaryTakeover(
+  qmp: QmpClient,
+  s: PairState,
+  survivor: NodeState,
+  lost: NodeState,
+  onStep: (msg: string) => void,
+  o: { yank?: boolean } & ProcedureRunOptions = {},
+): Promise<void> {
+  // Attaching a tap that is on the bridge already, detaching one that is off it: both harmless to repeat.
   if (survivor.tap) {
     onStep(`bridge ${survivor.tap.bridge}: ${survivor.tap.tap} on, ${lost.tap?.tap ?? '-'} off`);
     if (lost.tap) await detachTap(lost.tap);
@@ -45,8 +54,33 @@ export async function secondaryTakeover(qmp: QmpClient, s: PairState, survivor: 
   }
   await secondaryFailover(
     qmp,
-    { yank: o.yank, forwards: s.forwards, prepareAsPrimary: { ...s.endpoints, primaryHost: survivor.address, secondaryHost: lost.address } },
+    {
+      yank: o.yank,
+      forwards: s.forwards,
+      prepareAsPrimary: { ...s.endpoints, primaryHost: survivor.address, secondaryHost: lost.address },
+      fromStep: o.fromStep,
+      onProgress: o.onProgress,
+    },
     onStep,
+  );
+}
+
+/**
+ * The committed epoch of `node`'s disk; refuses when it is not known (a
+ * missing or unreadable record): a node that cannot say which data it holds
+ * must not begin writing alone on a guess.
+ */
+function survivorEpoch(c: ResolvedConfig, node: NodeState, other: NodeState): Epoch {
+  const dir = path.dirname(node.qmpSocket);
+  const r = readDiskRecord(dir);
+  if (r.state === 'ok') return r.record.epoch;
+  throw new LockstepError(
+    `node ${node.name} would carry the VM on alone, but the epoch of its disk ${node.disk} is unknown: its record ${generationFile(dir)} is ${r.state === 'missing' ? 'missing' : `unreadable (${r.error})`}`,
+    {
+      hint:
+        `nothing was changed. Inspect the records of both nodes (cat ${generationFile(dir)} ${generationFile(path.dirname(other.qmpSocket))}; ` +
+        `lockstep status -c ${c.file} shows the nodes) to find out which disk holds the newest data before failing over`,
+    },
   );
 }
 
@@ -71,15 +105,27 @@ export async function failover(c: ResolvedConfig, o: FailoverOptions = {}): Prom
     }
     survivor = nodeNamed(s, o.to);
     lost = s.nodes.find((n) => n !== survivor)!;
-    o.onStep?.(`stopping ${lost.role} ${lost.name} (pid ${lost.pid}) so that only ${survivor.name} writes`);
-    await stopPid(lost.pid, lost.qmpSocket, 0);
   } else {
     survivor = live[0]!;
     lost = s.nodes.find((n) => n !== survivor)!;
     if (o.to && o.to !== survivor.name) throw new LockstepError(`node ${o.to} is not running; only ${survivor.name} can carry on`);
   }
+  // Checked before anything is stopped: a refusal leaves the pair as it was.
+  const epoch = survivorEpoch(c, survivor, lost);
+  if (live.length === 2) {
+    o.onStep?.(`stopping ${lost.role} ${lost.name} (pid ${lost.pid}) so that only ${survivor.name} writes`);
+    await stopPid(lost.pid, lost.qmpSocket, 0);
+  }
   const qmp = await QmpClient.connect(survivor.qmpSocket, { timeoutMs: 5000 });
-  bumpGeneration(path.dirname(survivor.qmpSocket), `failover: ${o.reason ?? 'requested'}`);
+  // The survivor begins a new epoch before it writes alone: its disk is from now on newer than the lost node's.
+  const next = nextEpoch(epoch, survivor.name);
+  try {
+    writeEpoch(path.dirname(survivor.qmpSocket), next, `failover: ${o.reason ?? 'requested'}`);
+  } catch (err) {
+    qmp.destroy();
+    throw err;
+  }
+  o.onStep?.(`${survivor.name}: disk epoch ${formatEpoch(epoch)} -> ${formatEpoch(next)}`);
   let procedure: FailoverResult['procedure'];
   try {
     if (survivor.role === 'secondary') {

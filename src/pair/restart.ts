@@ -5,7 +5,7 @@
  * alone, from that disk, as a primary is after "Primary Failover". The
  * guest boots afresh: what lived only in the dead VMs' memory is gone, but
  * every acknowledged write is on that disk. Re-protection then follows as
- * after any failover. The agents decide when (see the detector).
+ * after any failover. The agents decide when (src/node/core/core.ts).
  */
 import type { ResolvedConfig } from '../config/load.js';
 import { attachTap, detachTap } from '../qemu/tap.js';

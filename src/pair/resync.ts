@@ -8,10 +8,12 @@
  * (recordResync). The node agents do this by themselves; `lockstep resync`
  * (resync()) does it by hand.
  *
- * Never the wrong way: the source is the node that runs the VM, and its disk
- * generation must not be lower than the target's. The target's old disk is
- * not read: it is replaced by a new replica in the target's data directory
- * (the user's image is never written).
+ * Never the wrong way: the source is the node that runs the VM, and the
+ * target's disk must be provably older than the source's or the same
+ * (mayResyncTowards on their epochs: never a newer, divergent, other-run or
+ * unknown disk). Afterwards the target's record takes the source's epoch.
+ * The target's old disk is not read: it is replaced by a new replica in the
+ * target's data directory (the user's image is never written).
  *
  * A failure at any step leaves the survivor running alone, as before: the
  * new secondary is ended and the survivor's half-done resume is taken back
@@ -32,7 +34,8 @@ import { planPair, type PairPlan } from './plan.js';
 import { launchNode } from './launch.js';
 import { readState, updateState, writeState, type PairState } from './state.js';
 import { agentsRunning, startAgents, stopAgents } from './agents.js';
-import { readGeneration, writeGeneration } from './generation.js';
+import { generationFile, readDiskRecord, writeEpoch, type ReadDisk } from './generation.js';
+import { compareEpochs, formatEpoch, mayResyncTowards, type Epoch } from './epoch.js';
 
 export interface ResyncOptions {
   onStep?: (msg: string) => void;
@@ -49,6 +52,9 @@ export interface ResyncResult {
   mirrorBytes: number;
   /** How long the VM was stopped for the switch into COLO. */
   stoppedMs: number;
+  /** The epoch both disks hold now (the source's). */
+  epoch: Epoch;
+  /** Its generation (epoch.gen). */
   generation: number;
 }
 
@@ -103,7 +109,7 @@ export async function resumeOnSurvivor(
   c: ResolvedConfig,
   qmp: QmpClient,
   plan: PairPlan,
-  o: { onUpdate?: (m: string) => void; onMirror?: (p: MirrorProgress) => void } = {},
+  o: { onUpdate?: (m: string) => void; onMirror?: (p: MirrorProgress) => void; fromStep?: number; onProgress?: (stepsDone: number) => void } = {},
 ): Promise<ResumeResult> {
   try {
     const r = await resumeReplication(
@@ -117,6 +123,8 @@ export async function resumeOnSurvivor(
         mirrorStallMs: 10_000,
         // The VM is stopped while its RAM goes over: 10 s plus the RAM at 50 MiB/s.
         migrationTimeoutMs: 10_000 + (c.vm.memory / (50 * 2 ** 20)) * 1000,
+        fromStep: o.fromStep,
+        onProgress: o.onProgress,
       },
     );
     await waitColoMode(qmp, 'primary', 30_000);
@@ -148,23 +156,59 @@ export function recordResync(c: ResolvedConfig, plan: PairPlan, targetPid: numbe
   }));
 }
 
-/** The source and target of a resync of `s`, checked: the source runs the VM alone and its disk is not older. */
-export function resyncParties(c: ResolvedConfig, s: PairState): { source: PairState['nodes'][number]; target: PairState['nodes'][number]; generation: number; run: string } {
+function describeRecord(r: ReadDisk): string {
+  if (r.state === 'ok') return `epoch ${formatEpoch(r.record.epoch)} of run ${r.record.epoch.run}`;
+  return r.state === 'missing' ? 'no epoch (its record is missing)' : `no readable epoch (its record is damaged: ${r.error})`;
+}
+
+/**
+ * The source and target of a resync of `s`, checked: the source runs the VM
+ * alone, and the target's disk may be overwritten by it (mayResyncTowards:
+ * the source's epoch is newer than the target's, or the same). Otherwise it
+ * refuses, saying why and what to do.
+ */
+export function resyncParties(c: ResolvedConfig, s: PairState): { source: PairState['nodes'][number]; target: PairState['nodes'][number]; epoch: Epoch } {
   const source = s.nodes.find((n) => n.role === 'primary')!;
   const target = s.nodes.find((n) => n !== source)!;
   if (!isOurQemu(source.pid, source.qmpSocket)) {
     throw new LockstepError(`the VM is not running on ${source.name}: there is nothing to resync from`, { hint: `see lockstep status -c ${c.file}` });
   }
-  const src = readGeneration(path.dirname(source.qmpSocket));
-  const srcGen = src.generation;
-  const tgtGen = readGeneration(path.dirname(target.qmpSocket)).generation;
-  if (tgtGen > srcGen) {
-    throw new LockstepError(
-      `node ${target.name} holds newer data (disk generation ${tgtGen}) than ${source.name}, which runs the VM (generation ${srcGen}): resyncing would overwrite it`,
-      { hint: `find out why ${source.name} runs the VM; lockstep status -c ${c.file} and the agent logs in ${c.stateDir} tell` },
-    );
+  const srcDir = path.dirname(source.qmpSocket);
+  const tgtDir = path.dirname(target.qmpSocket);
+  const src = readDiskRecord(srcDir);
+  const tgt = readDiskRecord(tgtDir);
+  const se = src.state === 'ok' ? src.record.epoch : undefined;
+  const te = tgt.state === 'ok' ? tgt.record.epoch : undefined;
+  if (se && mayResyncTowards(se, te)) return { source, target, epoch: se };
+
+  const both = `${source.name} (runs the VM) has ${describeRecord(src)}; ${target.name} has ${describeRecord(tgt)}`;
+  const inspect = `the records are ${generationFile(srcDir)} and ${generationFile(tgtDir)}; lockstep status -c ${c.file} and the agent logs in ${c.stateDir} tell what happened`;
+  // Saying "the target's disk may go" is an explicit act: give it the source's record, then resync.
+  const giveUp = `if ${target.name}'s disk ${target.disk} holds nothing you need, say so by copying ${source.name}'s record over its own (cp ${generationFile(srcDir)} ${generationFile(tgtDir)}) and run lockstep resync again`;
+  if (!se) {
+    throw new LockstepError(`cannot resync from ${source.name}: the epoch of the disk it runs (${source.disk}) is unknown, so it cannot be shown to be at least as new as ${target.name}'s (${both})`, {
+      hint: `nothing was changed; ${inspect}`,
+    });
   }
-  return { source, target, generation: srcGen, run: src.pair };
+  const order = compareEpochs(se, te);
+  switch (order) {
+    case 'older':
+      throw new LockstepError(`node ${target.name} holds newer data than ${source.name}, which runs the VM (${both}): resyncing would overwrite it`, {
+        hint: `nothing was changed; find out why ${source.name} runs the VM on older data before anything else: ${inspect}`,
+      });
+    case 'divergent':
+      throw new LockstepError(`the disks of ${source.name} and ${target.name} diverged: both wrote alone in generation ${se.gen} (${both}); neither may overwrite the other`, {
+        hint: `nothing was changed; decide which node's data to keep (${inspect}). ${giveUp}`,
+      });
+    case 'other-run':
+      throw new LockstepError(`the disk of ${target.name} is from another run of the pair than ${source.name}'s (${both}): they cannot be compared`, {
+        hint: `nothing was changed; ${inspect}. ${giveUp}`,
+      });
+    default:
+      throw new LockstepError(`the epoch of ${target.name}'s disk ${target.disk} is unknown (${both}): it is never overwritten on a guess`, {
+        hint: `nothing was changed; ${inspect}. ${giveUp}`,
+      });
+  }
 }
 
 /**
@@ -177,7 +221,7 @@ export async function resync(c: ResolvedConfig, o: ResyncOptions = {}): Promise<
   const t0 = performance.now();
   const s = readState(c.stateDir);
   if (!s) throw new LockstepError(`pair "${c.name}" has not been started`, { hint: `start it with: lockstep up -c ${c.file}` });
-  const { source, target, generation, run } = resyncParties(c, s);
+  const { source, target, epoch } = resyncParties(c, s);
   let qmp = await QmpClient.connect(source.qmpSocket2, { timeoutMs: 5000 });
   try {
     const colo = await queryColoStatus(qmp);
@@ -198,7 +242,7 @@ export async function resync(c: ResolvedConfig, o: ResyncOptions = {}): Promise<
       },
       { timeoutMs: c.replication.resyncTimeoutMs + 60_000, intervalMs: 200, hint: `see the agent logs: ${c.stateDir}/*/agent.log` },
     );
-    return { from: done.from, to: done.to, ms: performance.now() - t0, mirrorMs: done.mirrorMs, mirrorBytes: done.mirrorBytes, stoppedMs: done.stoppedMs, generation };
+    return { from: done.from, to: done.to, ms: performance.now() - t0, mirrorMs: done.mirrorMs, mirrorBytes: done.mirrorBytes, stoppedMs: done.stoppedMs, epoch, generation: epoch.gen };
   }
   if (hadAgents) {
     // The agents would take the resync's stop, new QEMU and migration for failures.
@@ -215,7 +259,8 @@ export async function resync(c: ResolvedConfig, o: ResyncOptions = {}): Promise<
     prepared = await prepareSecondary(c, s, source.name, (await imageInfo(source.disk))['virtual-size'], step);
     step(`${source.name}: mirroring its disk to ${target.name}, then into COLO`);
     const r = await resumeOnSurvivor(c, qmp, prepared.plan, { onUpdate: o.onUpdate, onMirror: o.onMirror });
-    writeGeneration(prepared.plan.secondary.dataDir, generation, `resync from ${source.name}`, run);
+    // The target now holds the source's data: it takes the source's epoch.
+    writeEpoch(prepared.plan.secondary.dataDir, epoch, `resync from ${source.name}`);
     const ms = performance.now() - t0;
     const next = recordResync(c, prepared.plan, prepared.proc.pid, { ms, mirrorMs: r.mirrorMs, mirrorBytes: r.mirrorBytes, stoppedMs: r.stoppedMs })!;
     // The agents take both QMP monitors over: each serves one client at a time.
@@ -226,7 +271,7 @@ export async function resync(c: ResolvedConfig, o: ResyncOptions = {}): Promise<
       next.agents = await startAgents(c, next);
       writeState(c.stateDir, next);
     }
-    return { from: source.name, to: target.name, ms, mirrorMs: r.mirrorMs, mirrorBytes: r.mirrorBytes, stoppedMs: r.stoppedMs, generation };
+    return { from: source.name, to: target.name, ms, mirrorMs: r.mirrorMs, mirrorBytes: r.mirrorBytes, stoppedMs: r.stoppedMs, epoch, generation: epoch.gen };
   } catch (err) {
     step(`resync failed (${errorMessage(err)}): the VM runs on alone on ${source.name}`);
     if (prepared) await dropSecondary(prepared);

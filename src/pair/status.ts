@@ -75,11 +75,14 @@ export async function pairStatus(c: ResolvedConfig, timeoutMs = 3000): Promise<P
   const sec = nodes.find((n) => n.role === 'secondary');
   // "colo" is the run state during a checkpoint (a hung one makes QMP time out instead).
   const runs = (n: NodeStatus | undefined) => n?.runState === 'running' || n?.runState === 'colo';
-  const isProtected = runs(p) && runs(sec) && p?.colo?.mode === 'primary' && p.migration === 'colo' && sec?.colo?.mode === 'secondary';
+  const colo = runs(p) && runs(sec) && p?.colo?.mode === 'primary' && p.migration === 'colo' && sec?.colo?.mode === 'secondary';
+  // QEMU's COLO mode says nothing of whether checkpoints still flow (a cut replication link leaves both "in COLO"):
+  // with agents, protected also means both agents run and see checkpoints flowing.
+  const agentsSay = !s.agents || nodes.every((n) => n.agent?.protected === true);
   return {
     name: s.name,
     running: nodes.some((n) => n.alive),
-    protected: isProtected,
+    protected: colo && agentsSay,
     accel: s.runtime.accel,
     protectedAt: s.protectedAt ?? null,
     upMs: s.upMs ?? null,

@@ -1,19 +1,69 @@
-import fs from 'node:fs';
+import nodeFs from 'node:fs';
+import path from 'node:path';
+
+/** The file operations writeFileAtomic uses (node:fs by default; tests inject their own to see the order). */
+export interface AtomicWriteFs {
+  openSync(file: string, flags: string): number;
+  writeSync(fd: number, data: Uint8Array, offset: number, length: number): number;
+  fsyncSync(fd: number): void;
+  closeSync(fd: number): void;
+  renameSync(from: string, to: string): void;
+  rmSync(file: string, opts: { force: boolean }): void;
+}
+
+const realFs: AtomicWriteFs = {
+  openSync: (f, flags) => nodeFs.openSync(f, flags),
+  writeSync: (fd, data, offset, length) => nodeFs.writeSync(fd, data, offset, length),
+  fsyncSync: (fd) => nodeFs.fsyncSync(fd),
+  closeSync: (fd) => nodeFs.closeSync(fd),
+  renameSync: (from, to) => nodeFs.renameSync(from, to),
+  rmSync: (f, opts) => nodeFs.rmSync(f, opts),
+};
 
 /**
  * Replaces `file` with `text` all at once: written to a temporary file beside
  * it, then renamed over it, so a reader never sees half a file. `durable`:
- * flushed to disk (fsync) before the rename, for records that must survive a
- * power loss (disk generations).
+ * for records that must survive a power loss (disk epochs, the witness's
+ * record): the temporary file is flushed to disk (fsync) before the rename,
+ * and the directory after it, so that the rename itself is on disk too.
+ * If anything fails before the rename, the temporary file is removed and
+ * `file` is untouched. (A failing fsync of the directory after the rename
+ * throws: `file` then holds the new text, but it may not survive a crash.)
  */
-export function writeFileAtomic(file: string, text: string, o: { durable?: boolean } = {}): void {
+export function writeFileAtomic(file: string, text: string, o: { durable?: boolean; fs?: AtomicWriteFs } = {}): void {
+  const fs = o.fs ?? realFs;
   const tmp = `${file}.tmp-${process.pid}`;
-  const fd = fs.openSync(tmp, 'w');
+  const data = Buffer.from(text, 'utf8');
+  let renamed = false;
   try {
-    fs.writeSync(fd, text);
-    if (o.durable) fs.fsyncSync(fd);
+    const fd = fs.openSync(tmp, 'w');
+    try {
+      for (let off = 0; off < data.length; ) {
+        const n = fs.writeSync(fd, data, off, data.length - off);
+        if (n <= 0) throw new Error(`writing ${tmp}: no progress at byte ${off} of ${data.length}`);
+        off += n;
+      }
+      if (o.durable) fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, file);
+    renamed = true;
   } finally {
-    fs.closeSync(fd);
+    if (!renamed) {
+      try {
+        fs.rmSync(tmp, { force: true });
+      } catch {
+        // The original error matters more.
+      }
+    }
   }
-  fs.renameSync(tmp, file);
+  if (o.durable) {
+    const dfd = fs.openSync(path.dirname(file), 'r');
+    try {
+      fs.fsyncSync(dfd);
+    } finally {
+      fs.closeSync(dfd);
+    }
+  }
 }

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { counterProblems, type ClientSummary } from '../../src/lab/client-driver.js';
+import { counterGaps, counterProblems, type ClientSummary } from '../../src/lab/client-driver.js';
 import type { LabRun } from '../../src/lab/scenario.js';
 import { readState, updateState } from '../../src/pair/state.js';
 import { spawnAgent } from '../../src/pair/agents.js';
@@ -33,12 +33,14 @@ export async function runRound(start: () => Promise<LabRun>, label: string, body
 }
 
 /** What a client of a protected service may expect across one failure: its connection kept, no acknowledged write lost. */
-export function assertClientOk(s: ClientSummary, label: string): void {
+export function assertClientOk(s: ClientSummary, label: string, o: { failedRequests?: number } = {}): void {
   process.stderr.write(`# ${label}: echo ${s.echo.ok}/${s.echo.sent} max ${s.echo.maxMs.toFixed(0)} ms; http ${s.http.ok} ok ${s.http.errors.length} errors max ${s.http.maxMs.toFixed(0)} ms\n`);
   assert.deepEqual(s.echo.errors, [], `${label}: the echo connection never failed`);
   assert.equal(s.echo.closed, false, `${label}: the echo connection stayed open`);
   assert.equal(counterProblems(s.http.counts), undefined, label);
-  assert.ok(s.http.errors.length <= 1, `${label}: at most the request in flight failed: ${JSON.stringify(s.http.errors)}`);
+  assert.equal(counterGaps(s.http.requests), undefined, label);
+  const allowed = o.failedRequests ?? 1;
+  assert.ok(s.http.errors.length <= allowed, `${label}: at most ${allowed} request(s) in flight failed: ${JSON.stringify(s.http.errors)}`);
 }
 
 /** Waits until the client has `by` more good echoes and answers than now. */

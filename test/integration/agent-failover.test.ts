@@ -82,7 +82,7 @@ test(`kill the primary's agent, ${ROUNDS} times: no failover; the restarted agen
     restartAgent(p, 'a');
     await waitFor('the restarted agent to see its peer', async () => {
       const a = (await p.status()).nodes.find((n) => n.name === 'a')!.agent;
-      return a && a.role === 'primary' && Object.values(a.peer.lastSeenMs).some((ms) => ms !== null && ms < 500);
+      return a && a.role === 'primary' && a.peer.paths.some((x) => x.lastHeardMs !== null && x.lastHeardMs < 500);
     }, { timeoutMs: 15_000, intervalMs: 300 });
     // The re-attached agent handles a real failure.
     const primary = st.nodes.find((n) => n.role === 'primary')!;
@@ -113,7 +113,7 @@ test(`kill -9 the primary during a checkpoint, ${ROUNDS} times: a healthy surviv
 test(`pull the heartbeat cable with both VMs alive, ${ROUNDS} times: no failover, never two writers`, opts, async () => {
   for (let i = 1; i <= ROUNDS; i++) await round(`heartbeat cut, round ${i}`, async (p) => {
     const agents = loadConfig(p.cfg).agents!;
-    const ages = (st: Awaited<ReturnType<LabRun['status']>>) => st.nodes.flatMap((n) => Object.values(n.agent?.peer.lastSeenMs ?? {}));
+    const ages = (st: Awaited<ReturnType<LabRun['status']>>) => st.nodes.flatMap((n) => (n.agent?.peer.paths ?? []).map((x) => x.lastHeardMs));
     await labOf().hosts.cut('heartbeat');
     try {
       // Both agents must really have lost each other, or this test proves nothing.

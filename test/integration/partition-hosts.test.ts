@@ -15,7 +15,7 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { writers, runRound, assertClientOk, carriesOn } from '../helpers/scenario.js';
 import { waitFor } from '../../src/util/time.js';
-import { readGeneration } from '../../src/pair/generation.js';
+import { readEpoch } from '../../src/pair/generation.js';
 
 const isRoot = process.getuid?.() === 0;
 const ROUNDS = Number(process.env.LOCKSTEP_ROUNDS ?? 3);
@@ -44,7 +44,7 @@ test(`isolate the primary's host from everything, ${ROUNDS} times: the secondary
       await carriesOn(p, 20, 'traffic from b');
       process.stderr.write(`# primary isolated, round ${i}: b took over ${tookMs} ms after the cut\n`);
       // The isolated primary's disk is stale now: b's is a generation ahead.
-      const gen = (n: string) => readGeneration(path.join(p.stateDir, n)).generation;
+      const gen = (n: string) => readEpoch(path.join(p.stateDir, n))?.gen ?? -1;
       assert.ok(gen('b') > gen('a'), `round ${i}: b's disk is newer (${gen('b')} > ${gen('a')})`);
     } finally {
       await labOf().hosts.heal();
@@ -58,8 +58,8 @@ test(`isolate the primary's host from everything, ${ROUNDS} times: the secondary
     }, { timeoutMs: 60_000, intervalMs: 200 });
     assert.deepEqual([st.lastResync?.from, st.lastResync?.to], ['b', 'a'], `round ${i}: resynced from b to a`);
     assert.deepEqual(st.nodes.map((n) => [n.name, n.role]), [['a', 'secondary'], ['b', 'primary']]);
-    const gens = ['a', 'b'].map((n) => readGeneration(path.join(p.stateDir, n)).generation);
-    assert.equal(gens[0], gens[1], `round ${i}: a holds b's generation after the resync`);
+    const gens = ['a', 'b'].map((n) => readEpoch(path.join(p.stateDir, n)));
+    assert.deepEqual(gens[0], gens[1], `round ${i}: a holds b's epoch after the resync`);
     process.stderr.write(`# primary isolated, round ${i}: protected again ${Date.now() - healedAt} ms after healing (a resynced from b)\n`);
     await carriesOn(p, 10, 'traffic through COLO after the resync');
     assertClientOk(await p.stop(), `primary isolated, round ${i}`);

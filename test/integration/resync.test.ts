@@ -36,7 +36,7 @@ import { createDataDisk } from '../../src/lab/data-disk.js';
 import type { LabRun } from '../../src/lab/scenario.js';
 import { loadConfig } from '../../src/config/load.js';
 import { resync } from '../../src/pair/resync.js';
-import { readGeneration } from '../../src/pair/generation.js';
+import { readEpoch } from '../../src/pair/generation.js';
 import { readState } from '../../src/pair/state.js';
 import { waitFor } from '../../src/util/time.js';
 import { pidRunning } from '../../src/util/proc.js';
@@ -89,7 +89,7 @@ test(`${CYCLES} failover → automatic re-protection cycles under load, both nod
       assert.equal(st.protected, true, `cycle ${i}: protected before the kill`);
       const victim = st.nodes.find((n) => n.role === victimRole)!;
       const survivor = st.nodes.find((n) => n !== victim)!;
-      const genBefore = readGeneration(path.join(p.stateDir, survivor.name)).generation;
+      const genBefore = readEpoch(path.join(p.stateDir, survivor.name))?.gen ?? -1;
       const killedAt = Date.now();
       process.kill(victim.pid!, 'SIGKILL');
       kills++;
@@ -98,7 +98,7 @@ test(`${CYCLES} failover → automatic re-protection cycles under load, both nod
       assert.deepEqual([after.lastFailover?.from, after.lastFailover?.to], [victim.name, survivor.name], `cycle ${i}: ${survivor.name} took over`);
       assert.deepEqual([after.lastResync!.from, after.lastResync!.to], [survivor.name, victim.name], `cycle ${i}: resync from the survivor`);
       assert.equal(after.nodes.find((n) => n.name === survivor.name)!.role, 'primary');
-      const gens = [survivor.name, victim.name].map((n) => readGeneration(path.join(p.stateDir, n)).generation);
+      const gens = [survivor.name, victim.name].map((n) => readEpoch(path.join(p.stateDir, n))?.gen);
       assert.deepEqual(gens, [genBefore + 1, genBefore + 1], `cycle ${i}: a new generation on the survivor, handed to the resynced node`);
       await carriesOn(p, 10, `cycle ${i}: traffic through COLO after the resync`);
       const r = after.lastResync!;
@@ -191,8 +191,8 @@ test('the replication cable pulled while the disk is mirrored: the survivor give
     const st = await p.status();
     process.kill(st.nodes.find((n) => n.role === 'secondary')!.pid!, 'SIGKILL');
     const mirroring = await waitFor('the mirror to be under way', async () => {
-      const a = (await p.status()).nodes.find((n) => n.name === 'a')!.agent?.resync;
-      return a?.mirror && a.mirror.offset > 0 && a.mirror.offset < a.mirror.len ? a.mirror : undefined;
+      const w = (await p.status()).nodes.find((n) => n.name === 'a')!.agent?.work;
+      return w?.kind === 'reprotect' && w.mirror && w.mirror.offset > 0 && w.mirror.offset < w.mirror.len ? w.mirror : undefined;
     }, { timeoutMs: 30_000, intervalMs: 20 });
     await labOf().hosts.cut('replication');
     const cutAt = Date.now();

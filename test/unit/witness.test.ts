@@ -1,116 +1,640 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Witness, WitnessClient } from '../../src/node/witness.js';
-import { sleep } from '../../src/util/time.js';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { Witness, WitnessClient, WitnessConnection, MAX_QUEUED, type WitnessOptions } from '../../src/node/witness.js';
+import { listenLinks, handshakeProof, sessionKey, signFrame, newNonce, PROTOCOL, type Link } from '../../src/node/link.js';
+import { witnessReplySchema, witnessRequestSchema, type WitnessReply, type WitnessRequest } from '../../src/node/wire.js';
+import type { Epoch } from '../../src/pair/epoch.js';
+import { LockstepError } from '../../src/util/errors.js';
 
-const secret = 'a shared secret for tests';
+const SECRET = 'a shared secret for tests';
+const HOST = '127.0.0.1';
 
-async function setup(graceMs = 0) {
-  const w = new Witness({ secret, host: '127.0.0.1', port: 0, graceMs });
-  await w.start();
-  const client = (name: string) => new WitnessClient({ name, secret, host: '127.0.0.1', port: w.port });
-  return { w, client };
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function waitFor(what: string, cond: () => boolean, ms = 3000): Promise<void> {
+  const until = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await sleep(5);
+  }
 }
 
-test('one lease at a time: the holder renews, the other is refused until it runs out', async () => {
-  const { w, client } = await setup();
-  const a = client('a');
-  const b = client('b');
+const E = (run: string, gen: number, by = 'up'): Epoch => ({ run, gen, by });
+
+function tmpDir(): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-witness-'));
+}
+
+/** A started witness that records its log, and clients for it, all closed by `done()`. */
+async function setup(o: Partial<WitnessOptions> = {}) {
+  const logs: string[] = [];
+  const w = new Witness({ secret: SECRET, host: HOST, port: 0, graceMs: 0, log: (m) => logs.push(m), ...o });
+  await w.start();
+  const clients: WitnessClient[] = [];
+  const client = (name: string, secret = SECRET) => {
+    const c = new WitnessClient({ name, secret, host: HOST, port: w.port });
+    clients.push(c);
+    return c;
+  };
+  return {
+    w,
+    logs,
+    client,
+    async done() {
+      for (const c of clients) c.close();
+      await w.stop();
+    },
+  };
+}
+
+// ---- the lease ----
+
+test('one lease at a time: the holder renews, the other is refused (with holder and remainingMs) until it runs out', async () => {
+  const s = await setup();
+  const a = s.client('a');
+  const b = s.client('b');
+  const disk = E('r1', 1);
   try {
-    const first = await a.acquire(300);
-    assert.equal(first.granted, true);
-    assert.ok(first.validUntil! <= performance.now() + 300, 'the holder\'s own view ends no later than the witness\'s');
-    const denied = await b.acquire(300);
+    const first = await a.acquire(400, disk);
+    assert.deepEqual([first.granted, first.holder, first.ttlMs], [true, 'a', 400]);
+    const denied = await b.acquire(400, disk);
     assert.deepEqual([denied.granted, denied.holder], [false, 'a']);
-    assert.equal((await a.acquire(300)).granted, true, 'renewal');
-    await sleep(350);
-    const later = await b.acquire(300);
+    assert.match(denied.reason!, /held by a/);
+    assert.ok(denied.remainingMs! > 0 && denied.remainingMs! <= 400, `remainingMs ${denied.remainingMs}`);
+    await sleep(200);
+    const renewed = await a.acquire(400, disk);
+    assert.equal(renewed.granted, true, 'renewal');
+    await sleep(250); // past the first lease, within the renewed one
+    assert.equal((await b.acquire(400, disk)).granted, false, 'the renewal counts from when it was asked');
+    assert.equal(s.w.state().holder, 'a');
+    await sleep(200);
+    assert.equal(s.w.state().holder, null, 'ran out');
+    const later = await b.acquire(400, disk);
     assert.deepEqual([later.granted, later.holder], [true, 'b'], 'granted once a stopped renewing');
-    assert.equal((await a.acquire(300)).granted, false);
+    const lost = await a.acquire(400, disk);
+    assert.deepEqual([lost.granted, lost.holder], [false, 'b']);
+    assert.ok(s.logs.some((l) => l.startsWith('lease granted to a (400 ms)')) && s.logs.includes('lease granted to b (400 ms)'), s.logs.join('\n'));
   } finally {
-    a.close();
-    b.close();
-    await w.stop();
+    await s.done();
   }
 });
 
-test('a released lease can be taken at once', async () => {
-  const { w, client } = await setup();
-  const a = client('a');
-  const b = client('b');
+test('a released lease can be taken at once; a release by another node releases nothing', async () => {
+  const s = await setup();
+  const a = s.client('a');
+  const b = s.client('b');
+  const disk = E('r1', 1);
   try {
-    assert.equal((await a.acquire(5000)).granted, true);
+    assert.equal((await a.acquire(5000, disk)).granted, true);
+    await b.release();
+    assert.equal(s.w.state().holder, 'a', 'b cannot release a\'s lease');
+    assert.equal((await b.acquire(5000, disk)).granted, false);
     await a.release();
-    assert.equal((await b.acquire(5000)).granted, true);
+    assert.equal(s.w.state().holder, null);
+    const r = await b.acquire(5000, disk);
+    assert.deepEqual([r.granted, r.holder], [true, 'b']);
+    const q = await a.query();
+    assert.equal(q.holder, 'b');
+    assert.ok(q.remainingMs > 4000 && q.remainingMs <= 5000);
+    assert.deepEqual(q.newest, { r1: disk });
   } finally {
-    a.close();
-    b.close();
-    await w.stop();
+    await s.done();
   }
 });
 
-test('a restarted witness grants nothing during its grace period', async () => {
-  const { w, client } = await setup(300);
-  const a = client('a');
+test('a (re)started witness grants nothing during its grace period', async () => {
+  const s = await setup({ graceMs: 300 });
+  const started = performance.now();
+  const a = s.client('a');
   try {
-    const r = await a.acquire(1000);
+    const r = await a.acquire(1000, E('r1', 1));
     assert.equal(r.granted, false);
     assert.match(r.reason!, /grace/);
-    const got = await a.acquireBy(1000, performance.now() + 1000);
-    assert.equal(got?.granted, true);
+    assert.equal(s.w.state().holder, null);
+    await sleep(300 - (performance.now() - started) + 20);
+    assert.equal((await a.acquire(1000, E('r1', 1))).granted, true, 'granted after the grace period');
   } finally {
-    a.close();
-    await w.stop();
+    await s.done();
   }
 });
 
-test('a client with the wrong secret gets nothing', async () => {
-  const { w } = await setup();
-  const m = new WitnessClient({ name: 'mallory', secret: 'wrong secret, wrong secret', host: '127.0.0.1', port: w.port });
+test('a node that does not know its disk epoch gets no lease', async () => {
+  const s = await setup();
+  const a = s.client('a');
   try {
-    await assert.rejects(m.acquire(1000));
-    assert.equal(w.state().holder, null);
+    const r = await a.acquire(1000, null);
+    assert.equal(r.granted, false);
+    assert.match(r.reason!, /unknown disk/);
+    assert.equal(s.w.state().holder, null);
   } finally {
-    m.close();
-    await w.stop();
+    await s.done();
   }
 });
 
-test('disk generations: a node whose disk is older than the newest recorded for its run gets no lease, ever; other runs are apart; the newest survives a restart', async () => {
-  const fs = await import('node:fs');
-  const os = await import('node:os');
-  const path = await import('node:path');
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-witness-'));
-  const stateFile = path.join(dir, 'witness.json');
-  let w = new Witness({ secret, host: '127.0.0.1', port: 0, graceMs: 0, stateFile });
-  await w.start();
-  const a = new WitnessClient({ name: 'a', secret, host: '127.0.0.1', port: w.port });
-  const b = new WitnessClient({ name: 'b', secret, host: '127.0.0.1', port: w.port });
+// ---- epochs ----
+
+test('epochs: a stale disk (older generation, or the same one begun by another node) gets no lease, ever', async () => {
+  const s = await setup();
+  const a = s.client('a');
+  const b = s.client('b');
   try {
-    assert.equal((await a.acquire(200, 500, { run: 'r1', gen: 1 })).granted, true);
-    // a writes alone: it records generation 2 first.
-    assert.equal((await a.acquire(200, 500, { run: 'r1', gen: 2 })).granted, true);
-    a.close();
+    const first = await a.acquire(200, E('r1', 1));
+    assert.equal(first.granted, true);
+    assert.deepEqual(first.newest, E('r1', 1), 'a disk the witness did not know of is recorded');
+    // a writes alone: it records its new epoch with the grant.
+    const alone = await a.acquire(200, E('r1', 1), E('r1', 2, 'a'));
+    assert.equal(alone.granted, true);
+    assert.deepEqual(alone.newest, E('r1', 2, 'a'));
+    assert.deepEqual(s.w.state().newest, { r1: E('r1', 2, 'a') });
+    await a.release();
+    for (const disk of [E('r1', 1), E('r1', 2, 'b'), E('r1', 2, 'up')]) {
+      const r = await b.acquire(200, disk);
+      assert.equal(r.granted, false, `disk ${JSON.stringify(disk)}`);
+      assert.match(r.reason!, /^stale disk/);
+      assert.deepEqual(r.newest, E('r1', 2, 'a'));
+    }
+    // Nor with a new epoch of its own: its disk misses what a wrote alone.
+    const r = await b.acquire(200, E('r1', 1), E('r1', 3, 'b'));
+    assert.equal(r.granted, false);
+    assert.match(r.reason!, /^stale disk/);
     await sleep(250);
-    const stale = await b.acquire(200, 500, { run: 'r1', gen: 1 });
-    assert.equal(stale.granted, false, 'b\'s disk misses what a wrote alone: no lease even with a gone');
-    assert.match(stale.reason!, /stale disk: generation 1, the newest is 2/);
-    assert.equal((await b.acquire(200, 500, { run: 'r2', gen: 1 })).granted, true, 'a new run of the pair starts its own count');
-    b.close();
-    await w.stop();
-    w = new Witness({ secret, host: '127.0.0.1', port: 0, graceMs: 0, stateFile });
-    await w.start();
-    const b2 = new WitnessClient({ name: 'b', secret, host: '127.0.0.1', port: w.port });
+    assert.equal((await b.acquire(200, E('r1', 1))).granted, false, 'still stale with nobody holding the lease');
+    assert.equal(s.w.state().holder, null);
+    assert.deepEqual(s.w.state().newest, { r1: E('r1', 2, 'a') }, 'refusals record nothing');
+    // A disk that caught up (resynced from a) is fine.
+    assert.equal((await b.acquire(200, E('r1', 2, 'a'))).granted, true);
+  } finally {
+    await s.done();
+  }
+});
+
+test('epochs: `next` is recorded with the grant and granted again for the same node when the answer was lost; bad `next`s are refused', async () => {
+  const s = await setup();
+  const a = s.client('a');
+  const b = s.client('b');
+  try {
+    assert.equal((await a.acquire(200, E('r1', 1))).granted, true);
+    const next = E('r1', 2, 'a');
+    assert.equal((await a.acquire(200, E('r1', 1), next)).granted, true);
+    const logged = s.logs.filter((l) => l.includes('newest epoch of run r1: 2/a')).length;
+    assert.equal(logged, 1);
+    // The answer was lost; a asks again for exactly that epoch, from its old disk.
+    const again = await a.acquire(200, E('r1', 1), next);
+    assert.deepEqual([again.granted, again.newest], [true, next]);
+    assert.equal(s.logs.filter((l) => l.includes('newest epoch of run r1: 2/a')).length, 1, 'nothing new recorded');
+    await a.release();
+
+    const refusals: [string, Epoch, Epoch, RegExp][] = [
+      ['the same epoch, asked by another node', E('r1', 1), next, /cannot begin an epoch for a/],
+      ['an epoch for another node', E('r1', 2, 'a'), E('r1', 3, 'a'), /cannot begin an epoch for a/],
+      ['not above the disk', E('r1', 2, 'a'), E('r1', 2, 'b'), /must be a later one/],
+      ['another run than the disk', E('r1', 2, 'a'), E('r2', 3, 'b'), /must be a later one/],
+      ['not above the newest (from a stale disk)', E('r1', 1), E('r1', 2, 'b'), /^stale disk/],
+    ];
+    for (const [what, disk, n, reason] of refusals) {
+      const r = await b.acquire(200, disk, n);
+      assert.equal(r.granted, false, what);
+      assert.match(r.reason!, reason, what);
+    }
+    assert.equal(s.w.state().holder, null);
+    assert.deepEqual(s.w.state().newest, { r1: next }, 'refusals record nothing');
+    const ok = await b.acquire(200, E('r1', 2, 'a'), E('r1', 3, 'b'));
+    assert.deepEqual([ok.granted, ok.newest], [true, E('r1', 3, 'b')]);
+  } finally {
+    await s.done();
+  }
+});
+
+test('epochs: runs are apart', async () => {
+  const s = await setup();
+  const a = s.client('a');
+  const b = s.client('b');
+  try {
+    assert.equal((await a.acquire(200, E('r1', 1), E('r1', 2, 'a'))).granted, true);
+    await a.release();
+    assert.equal((await b.acquire(200, E('r1', 1))).granted, false);
+    const other = await b.acquire(200, E('r2', 1));
+    assert.deepEqual([other.granted, other.newest], [true, E('r2', 1)], 'a new run of the pair starts its own count');
+    assert.deepEqual(s.w.state().newest, { r1: E('r1', 2, 'a'), r2: E('r2', 1) });
+  } finally {
+    await s.done();
+  }
+});
+
+test('epochs: the newest survive a restart of the witness (state file)', async () => {
+  const dir = tmpDir();
+  const stateFile = path.join(dir, 'witness.json');
+  try {
+    let s = await setup({ stateFile });
     try {
-      assert.equal((await b2.acquire(200, 500, { run: 'r1', gen: 1 })).granted, false, 'still stale after the witness restarted');
-      assert.deepEqual(w.state().generations, { r1: 2, r2: 1 });
+      assert.equal(fs.existsSync(stateFile), false, 'a first start writes nothing');
+      assert.equal((await s.client('a').acquire(200, E('r1', 1), E('r1', 2, 'a'))).granted, true);
+      assert.deepEqual(JSON.parse(fs.readFileSync(stateFile, 'utf8')), { newest: { r1: E('r1', 2, 'a') } }, 'on disk with the grant');
+      await s.client('a').release();
+      assert.equal((await s.client('b').acquire(200, E('r2', 1))).granted, true);
     } finally {
-      b2.close();
+      await s.done();
+    }
+    assert.deepEqual(JSON.parse(fs.readFileSync(stateFile, 'utf8')), { newest: { r1: E('r1', 2, 'a'), r2: E('r2', 1) } });
+    s = await setup({ stateFile });
+    try {
+      assert.deepEqual(s.w.state().newest, { r1: E('r1', 2, 'a'), r2: E('r2', 1) });
+      const r = await s.client('b').acquire(200, E('r1', 1));
+      assert.equal(r.granted, false, 'still stale after the witness restarted');
+      assert.match(r.reason!, /^stale disk: epoch 1\/up, the newest of its run is 2\/a/);
+      assert.ok(s.logs.some((l) => l.includes('2 run(s) on record')), s.logs.join('\n'));
+    } finally {
+      await s.done();
+    }
+    assert.deepEqual(fs.readdirSync(dir), ['witness.json'], 'no temporary files left');
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('epochs: the state file of earlier versions ({ generations }) is read as epochs begun by up', async () => {
+  const dir = tmpDir();
+  const stateFile = path.join(dir, 'witness.json');
+  fs.writeFileSync(stateFile, JSON.stringify({ generations: { r1: 3, r2: 1 } }));
+  const s = await setup({ stateFile });
+  try {
+    assert.deepEqual(s.w.state().newest, { r1: E('r1', 3), r2: E('r2', 1) });
+    const b = s.client('b');
+    const stale = await b.acquire(200, E('r1', 2));
+    assert.deepEqual([stale.granted, stale.newest], [false, E('r1', 3)]);
+    assert.equal((await b.acquire(200, E('r1', 3))).granted, true);
+    assert.equal((await b.acquire(200, E('r1', 3), E('r1', 4, 'b'))).granted, true);
+    assert.deepEqual(JSON.parse(fs.readFileSync(stateFile, 'utf8')), { newest: { r2: E('r2', 1), r1: E('r1', 4, 'b') } }, 'rewritten in the new format');
+  } finally {
+    await s.done();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('an unusable state file stops the witness at start, with what to do', async () => {
+  const dir = tmpDir();
+  const stateFile = path.join(dir, 'witness.json');
+  const cases: [string, string | null, RegExp][] = [
+    ['empty', '', /is not JSON/],
+    ['not JSON', '{"newest": {', /is not JSON/],
+    ['JSON null', 'null', /is not a witness record/],
+    ['an array', '[]', /is not a witness record/],
+    ['no known key', '{"lease": 1}', /is not a witness record/],
+    ['a bad epoch', JSON.stringify({ newest: { r1: { run: 'r1', gen: -1, by: 'a' } } }), /is not a witness record \(newest\.r1\.gen/],
+    ['an epoch under another run', JSON.stringify({ newest: { r1: E('r2', 1) } }), /is not a witness record/],
+    ['a bad old generation', JSON.stringify({ generations: { r1: 'two' } }), /is not a witness record/],
+    ['a reserved run name', '{"newest":{"__proto__":{"run":"__proto__","gen":1,"by":"a"}}}', /the run name "__proto__" is reserved/],
+    ['a directory', null, /cannot be read \(EISDIR/],
+  ];
+  try {
+    for (const [what, text, msg] of cases) {
+      fs.rmSync(stateFile, { recursive: true, force: true });
+      if (text === null) fs.mkdirSync(stateFile);
+      else fs.writeFileSync(stateFile, text);
+      const logs: string[] = [];
+      const w = new Witness({ secret: SECRET, host: HOST, port: 0, graceMs: 0, stateFile, log: (m) => logs.push(m) });
+      await assert.rejects(
+        w.start(),
+        (err: unknown) => {
+          assert.ok(err instanceof LockstepError, what);
+          assert.ok(err.message.startsWith(`the witness's record ${stateFile} `), `${what}: ${err.message}`);
+          assert.match(err.message, msg, what);
+          assert.match(err.hint!, /inspect/);
+          assert.match(err.hint!, /only if every pair this witness serves is re-created with `lockstep up`/);
+          return true;
+        },
+        what,
+      );
+      assert.equal(w.port, 0, `${what}: not listening`);
+      assert.deepEqual(logs, [], what);
+      if (text !== null) assert.equal(fs.readFileSync(stateFile, 'utf8'), text, `${what}: left as it was`);
+      await w.stop();
     }
   } finally {
-    a.close();
-    b.close();
-    await w.stop();
     fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a failed write of the state file: no grant goes out, nothing changes', async () => {
+  const dir = tmpDir();
+  const sub = path.join(dir, 'sub');
+  fs.mkdirSync(sub);
+  const stateFile = path.join(sub, 'witness.json');
+  fs.writeFileSync(stateFile, JSON.stringify({ newest: { r1: E('r1', 1) } }));
+  const s = await setup({ stateFile });
+  const a = s.client('a');
+  const b = s.client('b');
+  try {
+    assert.equal((await a.acquire(5000, E('r1', 1))).granted, true, 'nothing to record: granted');
+    // The directory of the state file is replaced by a file: the write fails (ENOTDIR), even as root.
+    fs.rmSync(sub, { recursive: true });
+    fs.writeFileSync(sub, 'not a directory');
+    const r = await a.acquire(5000, E('r1', 1), E('r1', 2, 'a'));
+    assert.equal(r.granted, false);
+    assert.match(r.reason!, /^witness cannot record: .*ENOTDIR/);
+    assert.deepEqual(r.newest, E('r1', 1));
+    assert.deepEqual(s.w.state().newest, { r1: E('r1', 1) }, 'nothing recorded');
+    assert.equal(s.w.state().holder, 'a', 'the earlier lease stands, not extended');
+    assert.ok(s.w.state().remainingMs < 5000);
+    assert.ok(s.logs.some((l) => /refused a's acquire c\d+: witness cannot record/.test(l)), s.logs.join('\n'));
+    await a.release();
+    const c = await b.acquire(5000, E('r9', 1));
+    assert.deepEqual([c.granted, c.holder], [false, null], 'a first record of a run cannot be written either: no lease');
+    assert.equal(s.w.state().holder, null);
+    // Repaired: granted, and on disk.
+    fs.rmSync(sub);
+    fs.mkdirSync(sub);
+    assert.equal((await a.acquire(5000, E('r1', 1), E('r1', 2, 'a'))).granted, true);
+    assert.deepEqual(JSON.parse(fs.readFileSync(stateFile, 'utf8')), { newest: { r1: E('r1', 2, 'a') } });
+  } finally {
+    await s.done();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+// ---- who may talk to the witness ----
+
+test('a client with the wrong secret gets nothing', async () => {
+  const s = await setup();
+  const m = s.client('mallory', 'wrong secret, wrong secret');
+  try {
+    await assert.rejects(m.acquire(1000, E('r1', 1)), (err: unknown) => err instanceof LockstepError && /could not prove the shared secret|refused our proof/.test(err.message));
+    assert.equal(m.refusals.length, 1);
+    assert.equal(s.w.state().holder, null);
+    assert.deepEqual(s.w.state().newest, {});
+    await waitFor('the witness logs it', () => s.logs.some((l) => /^refused 127\.0\.0\.1:\d+: authentication failed/.test(l)));
+  } finally {
+    await s.done();
+  }
+});
+
+/** A raw TCP connection that records the lines it receives. */
+async function raw(port: number) {
+  const sock = net.createConnection({ host: HOST, port });
+  sock.on('error', () => {});
+  const st = { sock, buf: '', lines: [] as string[], closed: false };
+  sock.on('data', (d: Buffer) => {
+    st.buf += d.toString('latin1');
+    let i: number;
+    while ((i = st.buf.indexOf('\n')) >= 0) {
+      st.lines.push(st.buf.slice(0, i));
+      st.buf = st.buf.slice(i + 1);
+    }
+  });
+  sock.on('close', () => (st.closed = true));
+  await new Promise<void>((resolve, reject) => {
+    sock.once('connect', () => resolve());
+    sock.once('error', reject);
+  });
+  return st;
+}
+
+/** A raw connection past the handshake, by hand: the test holds the session key. */
+async function rawSession(port: number, name: string) {
+  const r = await raw(port);
+  await waitFor('hello', () => r.lines.length >= 1);
+  const hello = JSON.parse(r.lines[0]!) as { hello: string; nonce: string };
+  assert.equal(hello.hello, PROTOCOL);
+  const nc = newNonce();
+  r.sock.write(JSON.stringify({ name, nonce: nc, proof: handshakeProof(SECRET, 'client', hello.nonce, nc, name) }) + '\n');
+  await waitFor('server proof', () => r.lines.length >= 2);
+  const reply = JSON.parse(r.lines[1]!) as { name: string; proof: string };
+  assert.equal(reply.name, 'witness');
+  return Object.assign(r, { key: sessionKey(SECRET, hello.nonce, nc, name, reply.name) });
+}
+
+test('hostile input: the witness refuses it, logs it, stays up, and still grants the lease', async () => {
+  const s = await setup();
+  try {
+    const junk: [string, string | Buffer][] = [
+      ['null', 'null\n'],
+      ['[]', '[]\n'],
+      ['a 100 KB line', 'x'.repeat(100 * 1024) + '\n'],
+      ['a 100 KB line without newline', Buffer.alloc(100 * 1024, 0x7b)],
+      ['junk', Buffer.from([0, 0xff, 0xfe, 10, 0x7b, 0x7b, 10])],
+      ['a client auth with a bad proof', JSON.stringify({ name: 'a', nonce: newNonce(), proof: '0'.repeat(64) }) + '\n'],
+    ];
+    for (const [what, bytes] of junk) {
+      const before = s.logs.length;
+      const r = await raw(s.w.port);
+      r.sock.write(bytes);
+      await waitFor(`${what}: closed by the witness`, () => r.closed);
+      await waitFor(`${what}: logged`, () => s.logs.length > before);
+      assert.match(s.logs.at(-1)!, /^refused 127\.0\.0\.1:\d+: /, what);
+    }
+    const frames: [string, (key: Buffer) => string, RegExp][] = [
+      ['a schema-invalid request', (k) => signFrame(k, 'c2s', 1, JSON.stringify({ t: 'acquire', id: 'x', ttlMs: 'soon', disk: null, next: null })), /schema: ttlMs/],
+      ['an unknown request', (k) => signFrame(k, 'c2s', 1, JSON.stringify({ t: 'steal', id: 'x' })), /schema: t: invalid discriminator/],
+      ['a huge lease', (k) => signFrame(k, 'c2s', 1, JSON.stringify({ t: 'acquire', id: 'x', ttlMs: 1e12, disk: E('r1', 1), next: null })), /schema: ttlMs/],
+      ['a reply instead of a request', (k) => signFrame(k, 'c2s', 1, JSON.stringify({ t: 'released', re: 'x' })), /schema/],
+      ['JSON null', (k) => signFrame(k, 'c2s', 1, 'null'), /schema: \(root\)/],
+      ['not JSON', (k) => signFrame(k, 'c2s', 1, '{"t":'), /not JSON/],
+      ['a bad MAC', (k) => signFrame(k, 's2c', 1, JSON.stringify({ t: 'query', id: 'x' })), /bad MAC/],
+      ['a frame over 64 KiB', (k) => signFrame(k, 'c2s', 1, JSON.stringify({ t: 'query', id: 'x', pad: 'y'.repeat(70_000) })), /line longer than/],
+    ];
+    for (const [what, frame, why] of frames) {
+      const before = s.logs.length;
+      const r = await rawSession(s.w.port, 'mallory');
+      r.sock.write(frame(r.key) + '\n');
+      await waitFor(`${what}: closed by the witness`, () => r.closed);
+      await waitFor(`${what}: logged`, () => s.logs.length > before);
+      assert.match(s.logs.at(-1)!, /^refused 127\.0\.0\.1:\d+ \(mallory\): /, what);
+      assert.match(s.logs.at(-1)!, why, what);
+      assert.equal(r.lines.length, 2, `${what}: no answer past the handshake`);
+    }
+    assert.equal(s.w.state().holder, null);
+    assert.deepEqual(s.w.state().newest, {});
+    const ok = await s.client('a').acquire(1000, E('r1', 1));
+    assert.deepEqual([ok.granted, ok.holder], [true, 'a'], 'a normal client still gets the lease');
+  } finally {
+    await s.done();
+  }
+});
+
+test('runs named like Object.prototype properties are refused at the wire: never sent, never taken', async () => {
+  const s = await setup();
+  const a = s.client('a');
+  try {
+    for (const run of ['__proto__', 'constructor', 'toString', 'hasOwnProperty']) {
+      await assert.rejects(a.acquire(200, E(run, 1), E(run, 2, 'a')), `${run}: not a request the wire carries`);
+      assert.equal(s.w.state().holder, null, `${run}: no lease`);
+    }
+    assert.deepEqual(s.w.state().newest, {});
+    const ok = await s.client('b').acquire(1000, E('r1', 1));
+    assert.equal(ok.granted, true, 'the witness still grants the lease');
+    assert.deepEqual(s.w.state().newest, { r1: E('r1', 1) });
+  } finally {
+    await s.done();
+  }
+});
+
+// ---- WitnessConnection ----
+
+function recorder() {
+  const replies: WitnessReply[] = [];
+  const refusals: string[] = [];
+  const downs: string[] = [];
+  return {
+    replies,
+    refusals,
+    downs,
+    hooks: { onReply: (r: WitnessReply) => replies.push(r), onRefuse: (w: string) => refusals.push(w), onDown: (w: string) => downs.push(w) },
+  };
+}
+
+const query = (id: string): WitnessRequest => ({ t: 'query', id });
+
+test('WitnessConnection queues requests while connecting (the newest 8) and sends them on connect', async () => {
+  const s = await setup();
+  const rec = recorder();
+  const conn = new WitnessConnection({ name: 'a', secret: SECRET, host: HOST, port: s.w.port, ...rec.hooks });
+  try {
+    for (let i = 1; i <= 10; i++) conn.send(query(`q${i}`));
+    assert.equal(conn.connected, false, 'send does not wait');
+    await waitFor('the queued replies', () => rec.replies.length >= MAX_QUEUED);
+    await sleep(50);
+    assert.deepEqual(
+      rec.replies.map((r) => r.re),
+      ['q3', 'q4', 'q5', 'q6', 'q7', 'q8', 'q9', 'q10'],
+      'the oldest two were dropped',
+    );
+    assert.equal(conn.connected, true);
+    conn.send({ t: 'acquire', id: 'l1', ttlMs: 500, disk: E('r1', 1), next: null });
+    await waitFor('the lease', () => rec.replies.length === 9);
+    const lease = rec.replies[8]!;
+    assert.ok(lease.t === 'lease' && lease.re === 'l1' && lease.granted);
+    assert.deepEqual([rec.refusals, rec.downs], [[], []]);
+    // An invalid request is reported, not thrown.
+    conn.send({ t: 'acquire', id: 'l2', ttlMs: 1, disk: null, next: null });
+    assert.match(rec.refusals[0]!, /request not sent to the witness: .*ttlMs/);
+  } finally {
+    conn.close();
+    await s.done();
+  }
+  assert.equal(conn.connected, false);
+  conn.send(query('after-close')); // a no-op, no throw
+});
+
+test('WitnessConnection drops its queue when a connection attempt fails, and tries again at most every 200 ms', async () => {
+  const s = await setup();
+  // A front for the witness: the first connection is cut at once, later ones are passed through.
+  let accepted = 0;
+  const front = net.createServer((sock) => {
+    sock.on('error', () => {});
+    if (accepted++ === 0) {
+      sock.destroy();
+      return;
+    }
+    const up = net.createConnection({ host: HOST, port: s.w.port });
+    up.on('error', () => sock.destroy());
+    sock.pipe(up).pipe(sock);
+  });
+  await new Promise<void>((r) => front.listen(0, HOST, () => r()));
+  const rec = recorder();
+  const conn = new WitnessConnection({ name: 'a', secret: SECRET, host: HOST, port: (front.address() as net.AddressInfo).port, ...rec.hooks });
+  try {
+    const t0 = performance.now();
+    conn.send(query('q1'));
+    conn.send(query('q2'));
+    await waitFor('the failed attempt', () => rec.downs.length === 1);
+    assert.match(rec.downs[0]!, /^cannot connect to the witness at 127\.0\.0\.1:\d+: /);
+    assert.equal(rec.refusals.length, 1, 'a failed handshake is reported as a refusal too');
+    assert.equal(conn.lastError, rec.downs[0]);
+    conn.send(query('q3'));
+    await waitFor('the reply to q3', () => rec.replies.length >= 1);
+    assert.ok(performance.now() - t0 >= 195, 'the second attempt waited for 200 ms after the first');
+    await sleep(50);
+    assert.deepEqual(rec.replies.map((r) => r.re), ['q3'], 'q1 and q2 went with the failed attempt');
+    assert.equal(accepted, 2);
+    assert.equal(conn.lastError, undefined);
+  } finally {
+    conn.close();
+    await new Promise<void>((r) => front.close(() => r()));
+    await s.done();
+  }
+});
+
+test('WitnessConnection reports an unreachable witness, then reaches it once it is there', async () => {
+  // A port nobody listens on (taken, then released).
+  const probe = net.createServer();
+  await new Promise<void>((r) => probe.listen(0, HOST, () => r()));
+  const port = (probe.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => probe.close(() => r()));
+  const rec = recorder();
+  const conn = new WitnessConnection({ name: 'a', secret: SECRET, host: HOST, port, ...rec.hooks });
+  let w: Witness | undefined;
+  try {
+    conn.send(query('q1'));
+    await waitFor('the failed attempt', () => rec.downs.length === 1);
+    assert.match(rec.downs[0]!, /ECONNREFUSED/);
+    assert.deepEqual(rec.refusals, [], 'not a refusal: nobody there');
+    w = new Witness({ secret: SECRET, host: HOST, port, graceMs: 0 });
+    await w.start();
+    await sleep(200);
+    conn.send(query('q2'));
+    await waitFor('the reply', () => rec.replies.length === 1);
+    assert.equal(rec.replies[0]!.re, 'q2');
+    assert.equal(conn.connected, true);
+    await w.stop();
+    await waitFor('the link closes', () => !conn.connected);
+    assert.match(rec.downs.at(-1)!, /the link to the witness at .* closed/);
+  } finally {
+    conn.close();
+    await w?.stop();
+  }
+});
+
+test('WitnessConnection rejects a server whose name is not "witness"', async () => {
+  const serverLinks: Link<WitnessRequest, WitnessReply>[] = [];
+  const closes: string[] = [];
+  const got: WitnessRequest[] = [];
+  const srv = await listenLinks({
+    name: 'impostor',
+    secret: SECRET,
+    host: HOST,
+    port: 0,
+    inbound: witnessRequestSchema,
+    outbound: witnessReplySchema,
+    onLink: (l) => {
+      serverLinks.push(l);
+      l.on('message', (m) => got.push(m));
+      l.on('close', (why) => closes.push(why));
+    },
+  });
+  const rec = recorder();
+  const conn = new WitnessConnection({ name: 'a', secret: SECRET, host: HOST, port: (srv.address() as net.AddressInfo).port, ...rec.hooks });
+  try {
+    conn.send(query('q1'));
+    await waitFor('the refusal', () => rec.refusals.length === 1);
+    assert.match(rec.refusals[0]!, /is "impostor", not the witness/);
+    assert.equal(rec.downs.length, 1);
+    assert.equal(conn.connected, false);
+    await waitFor('the impostor sees the link close', () => closes.length === 1);
+    assert.deepEqual(got, [], 'no request reached it');
+    assert.deepEqual(rec.replies, []);
+  } finally {
+    conn.close();
+    for (const l of serverLinks) l.close();
+    await new Promise<void>((r) => srv.close(() => r()));
+  }
+});
+
+test('WitnessClient: a request times out without an answer, and close() fails what is pending', async () => {
+  // A server that completes the handshake as the witness and never answers.
+  const srv = await listenLinks({ name: 'witness', secret: SECRET, host: HOST, port: 0, inbound: witnessRequestSchema, outbound: witnessReplySchema, onLink: () => {} });
+  const c = new WitnessClient({ name: 'a', secret: SECRET, host: HOST, port: (srv.address() as net.AddressInfo).port });
+  try {
+    await assert.rejects(c.query(200), /timed out after 200 ms waiting for the witness's reply to query c1/);
+    const pending = c.acquire(100, E('r1', 1), null, 5000);
+    await waitFor('connected', () => c.connected);
+    c.close();
+    await assert.rejects(pending, /witness client closed/);
+  } finally {
+    c.close();
+    await new Promise<void>((r) => srv.close(() => r()));
   }
 });

@@ -1,0 +1,1530 @@
+/**
+ * The agent core: where every failover, fence, resync and restart is decided,
+ * and why. A pure function of the agent's state and one input:
+ *
+ *     step(state, input) → { state, effects }
+ *
+ * No I/O, no clock, no randomness: the runtime (../agent.ts) turns effects
+ * into QMP commands, messages and files, and feeds their outcomes back as
+ * inputs; the simulator (../../sim/) does the same against modelled QEMUs,
+ * networks and faults, millions of times.
+ *
+ * The evidence, from strongest to weakest:
+ * - QEMU itself: COLO_EXIT means this QEMU's checkpoint stream broke (the
+ *   secondary sees it ~15 ms after its primary dies, when the link is up and
+ *   the peer's host sends a reset: qemu-7.2-colo notes, step 4); checkpoints
+ *   (STOP then RESUME) that stop coming mean the stream stalled: a link cut
+ *   without a reset, where 7.2's COLO threads wait for ever and no COLO_EXIT
+ *   comes (migration/colo.c, colo_do_checkpoint_transaction);
+ * - the peer agent's word: its heartbeats say what its QEMU is doing;
+ * - silence: no heartbeat within the timeout. Silence alone never makes a
+ *   failover: a dead agent next to a healthy VM is not a dead VM;
+ * - the witness: only the holder of its lease may begin to write alone, and
+ *   it refuses the lease to a disk older than the newest epoch it recorded.
+ *
+ * Rules of the road:
+ * - a node begins to write alone (takeover, primary failover, restart) only
+ *   while it holds the lease (with a witness), and only after its new disk
+ *   epoch is recorded at the witness and on its own disk;
+ * - a disk is only ever resynced from a disk that is newer or the same;
+ * - a fence is never for ever: a fenced node comes back when the lease is
+ *   its again, or is resynced, or takes over when its primary is gone;
+ * - every procedure records how far it got; a retry continues from there,
+ *   with back-off;
+ * - every decision carries its reason, for `status` and the logs.
+ */
+import type { Epoch } from '../../pair/epoch.js';
+import { compareEpochs, epochEquals, formatEpoch, mayResyncTowards, nextEpoch } from '../../pair/epoch.js';
+import type { Heartbeat, LeaseReply, PeerReply, PeerRequestBody } from '../wire.js';
+import type { Attempts, CoreConfig, CoreState, CoreStatus, Effect, Input, Pending, Procedure, QemuFound, Role, Transition, Work } from './types.js';
+
+/** A broken invariant: the core's own logic is wrong. The runtime stops the agent (the QEMUs run on); the simulator reports the seed. */
+export class InvariantError extends Error {
+  constructor(what: string) {
+    super(`invariant broken: ${what}`);
+    this.name = 'InvariantError';
+  }
+}
+
+function invariant(cond: unknown, what: string): asserts cond {
+  if (!cond) throw new InvariantError(what);
+}
+
+// ---- bounds ----
+
+/** Decisions kept for status. */
+const DECISIONS_KEPT = 20;
+/** Requests awaiting a reply; more means something is very wrong. */
+const PENDING_MAX = 32;
+/** Heartbeats remembered for their round trip. */
+const HB_SENT_KEPT = 64;
+/** The watchdog probes our QEMU this often. */
+export const WATCHDOG_INTERVAL_MS = 500;
+/** A lease reply this late still tells us something (the grant counts from when we asked). */
+const LATE_REPLY_MS = 10_000;
+/** How long the survivor waits for the peer to start a new secondary, and to take it over. */
+export const PREPARE_TIMEOUT_MS = 30_000;
+const HANDOVER_TIMEOUT_MS = 15_000;
+/** Back-off of failed procedures: failovers retry soon, resyncs and restarts more slowly. */
+const BACKOFF = {
+  failover: { firstMs: 200, maxMs: 5_000 },
+  reprotect: { firstMs: 2_000, maxMs: 30_000 },
+  restart: { firstMs: 2_000, maxMs: 30_000 },
+} as const;
+
+// ---- derived timings ----
+
+/** After start, how long the absence of the peer's word and of a lease answer is no evidence. */
+export function startGraceMs(cfg: CoreConfig): number {
+  return Math.max(2 * cfg.heartbeatTimeoutMs, cfg.leaseMs) + 1000;
+}
+
+/**
+ * How long a node whose peer is silent waits before it may restart the VM
+ * from its own disk: long enough for a live secondary it cannot hear to have
+ * noticed the stall and taken the lease (which then refuses us).
+ */
+export function restartSilenceMs(cfg: CoreConfig): number {
+  return cfg.stallMs + 2 * cfg.leaseMs + cfg.heartbeatTimeoutMs + 1000;
+}
+
+// ---- construction ----
+
+export function initCore(cfg: CoreConfig, now: number, boot: string, disk: { epoch: Epoch | undefined; pending: Epoch | undefined }): CoreState {
+  invariant(cfg.paths >= 1, 'at least one heartbeat path');
+  invariant(cfg.name !== cfg.peer, 'the peer is another node');
+  return {
+    cfg,
+    now,
+    startedAt: now,
+    boot,
+    role: 'down',
+    roleSince: now,
+    fence: null,
+    qemu: {
+      state: 'attaching',
+      oob: false,
+      coloExitAt: null,
+      lastCheckpointAt: now,
+      checkpointSeen: false,
+      checkpointSince: null,
+      paused: false,
+      inband: null,
+      oobProbe: null,
+      lastInbandAt: now,
+      lastOobAt: now,
+      yankedAt: null,
+      killedAt: null,
+      leftovers: false,
+    },
+    disk: { epoch: disk.epoch, pending: disk.pending, persisting: null },
+    peer: { paths: Array.from({ length: cfg.paths }, () => ({ up: false, lastHeardAt: null })), boot: null, seq: 0, hb: null, hbAt: null, since: null, rttMs: null, probe: null, probeResult: null },
+    lease: { until: 0, nextAskAt: now, lastAnswerAt: null, lastRefusal: null, newest: null },
+    work: null,
+    attempts: {},
+    pending: [],
+    hbSeq: 1,
+    hbSent: [],
+    nextHeartbeatAt: now,
+    nextId: 1,
+    decisions: [],
+    waiting: null,
+  };
+}
+
+/** A copy of the state that step() may change; the caller's state is never touched. */
+function draft(p: CoreState): CoreState {
+  return {
+    ...p,
+    fence: p.fence && { ...p.fence },
+    qemu: { ...p.qemu },
+    disk: { ...p.disk },
+    peer: { ...p.peer, paths: p.peer.paths.map((x) => ({ ...x })) },
+    lease: { ...p.lease },
+    work: p.work && ({ ...p.work } as Work),
+    attempts: { ...p.attempts },
+    pending: [...p.pending],
+    hbSent: [...p.hbSent],
+    decisions: [...p.decisions],
+  };
+}
+
+interface Ctx {
+  s: CoreState;
+  fx: Effect[];
+}
+
+// ---- the step ----
+
+export function step(prev: CoreState, input: Input): Transition {
+  invariant(input.now >= prev.now, `time goes forward (${input.now} < ${prev.now})`);
+  const s = draft(prev);
+  s.now = input.now;
+  const ctx: Ctx = { s, fx: [] };
+  absorb(ctx, input);
+  if (input.t === 'tick') periodic(ctx);
+  if (!s.work) act(ctx);
+  // After the decision, so that the peer hears what we are doing now. Before we know what our QEMU is, we say
+  // nothing: silence is no evidence, a wrong word would be.
+  if (input.t === 'tick' && s.now >= s.nextHeartbeatAt && !(s.qemu.state === 'attaching' && s.role === 'down')) sendHeartbeat(ctx);
+  checkInvariants(prev, s);
+  return { state: s, effects: ctx.fx };
+}
+
+/** Invariants between two consecutive states. */
+function checkInvariants(prev: CoreState, s: CoreState): void {
+  // A disk's epoch never goes back (it may move to another run only through a resync, never back within one).
+  if (prev.disk.epoch && s.disk.epoch && prev.disk.epoch.run === s.disk.epoch.run) {
+    invariant(s.disk.epoch.gen >= prev.disk.epoch.gen, `our disk epoch went back from ${formatEpoch(prev.disk.epoch)} to ${formatEpoch(s.disk.epoch)}`);
+  }
+  invariant(s.pending.length <= PENDING_MAX, 'pending requests are bounded');
+  invariant(s.decisions.length <= DECISIONS_KEPT, 'decisions are bounded');
+  invariant(s.role !== 'fenced' || s.fence !== null, 'a fenced node knows why');
+  invariant(s.role === 'fenced' || s.fence === null, 'only a fenced node has a fence');
+  invariant(!(s.role === 'down' && s.qemu.state === 'alive' && s.work?.kind !== 'join'), 'a node with a live QEMU is not down');
+}
+
+// ---- small helpers ----
+
+function newId(s: CoreState): string {
+  return `${s.boot.slice(0, 8)}-${s.nextId++}`;
+}
+
+function emit(ctx: Ctx, e: Effect): void {
+  ctx.fx.push(e);
+}
+
+function log(ctx: Ctx, level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>): void {
+  emit(ctx, { t: 'log', level, msg, fields });
+}
+
+function decide(ctx: Ctx, action: string, why: string): void {
+  const s = ctx.s;
+  s.decisions.push({ at: s.now, action, why });
+  if (s.decisions.length > DECISIONS_KEPT) s.decisions.shift();
+  s.waiting = null;
+  emit(ctx, { t: 'decision', action, why });
+}
+
+function setRole(s: CoreState, role: Role): void {
+  if (s.role === role) return;
+  s.role = role;
+  s.roleSince = s.now;
+  if (role !== 'fenced') s.fence = null;
+  // A new role is a new episode: failovers of the old one start afresh.
+  for (const k of ['primary-failover', 'takeover', 'fence', 'unfence']) delete s.attempts[k];
+}
+
+export function starting(s: CoreState): boolean {
+  return s.now - s.startedAt < startGraceMs(s.cfg);
+}
+
+/** The peer was heard on some path within the heartbeat timeout (or we just started and never heard it). */
+export function peerFresh(s: CoreState): boolean {
+  if (s.peer.paths.some((p) => p.lastHeardAt !== null && s.now - p.lastHeardAt < s.cfg.heartbeatTimeoutMs)) return true;
+  return starting(s) && s.peer.paths.every((p) => p.lastHeardAt === null);
+}
+
+/** The peer's newest heartbeat, if it is still current. */
+function peerWord(s: CoreState): Heartbeat | null {
+  return peerFresh(s) ? s.peer.hb : null;
+}
+
+function lastHeard(s: CoreState): number | null {
+  let t: number | null = null;
+  for (const p of s.peer.paths) if (p.lastHeardAt !== null && (t === null || p.lastHeardAt > t)) t = p.lastHeardAt;
+  return t;
+}
+
+/**
+ * The witness knows a newer epoch of our run than our disk's (and it is not
+ * one we began ourselves and are still committing): our data is stale; we
+ * may only be resynced. Judged against our current epoch, so it ends when we
+ * are resynced (or commit the epoch the witness recorded for us).
+ */
+export function staleDisk(s: CoreState): boolean {
+  const newest = s.lease.newest;
+  const ours = s.disk.epoch;
+  if (!s.cfg.witness || !newest || !ours || newest.run !== ours.run) return false;
+  if (epochEquals(s.disk.pending, newest)) return false;
+  const o = compareEpochs(ours, newest);
+  return o === 'older' || o === 'divergent';
+}
+
+export function leaseValid(s: CoreState): boolean {
+  return !s.cfg.witness || s.lease.until > s.now;
+}
+
+/** Our QEMU's checkpoint stream stalled: no checkpoint for too long, or one that takes too long. */
+export function stalled(s: CoreState): { ms: number; inCheckpoint: boolean } | null {
+  if (s.qemu.state !== 'alive' || s.qemu.coloExitAt !== null || !(s.role === 'primary' || s.role === 'secondary')) return null;
+  if (s.qemu.checkpointSince !== null) {
+    const ms = s.now - s.qemu.checkpointSince;
+    return ms > s.cfg.checkpointTimeoutMs ? { ms, inCheckpoint: true } : null;
+  }
+  const ms = s.now - s.qemu.lastCheckpointAt;
+  return ms > s.cfg.stallMs ? { ms, inCheckpoint: false } : null;
+}
+
+function attemptsOf(s: CoreState, kind: string): Attempts {
+  return s.attempts[kind] ?? { failures: 0, notBefore: 0, lastError: null, stepsDone: 0 };
+}
+
+function backoffOf(kind: string): { firstMs: number; maxMs: number } {
+  return kind === 'reprotect' ? BACKOFF.reprotect : kind === 'restart' ? BACKOFF.restart : BACKOFF.failover;
+}
+
+/** Records a failed attempt: the next one waits (doubling), and continues from `stepsDone`. */
+function failed(ctx: Ctx, kind: string, error: string, stepsDone?: number): void {
+  const s = ctx.s;
+  const a = attemptsOf(s, kind);
+  const b = backoffOf(kind);
+  const waitMs = Math.min(b.maxMs, b.firstMs * 2 ** a.failures);
+  s.attempts[kind] = { ...a, failures: a.failures + 1, notBefore: s.now + waitMs, lastError: error, stepsDone: stepsDone ?? a.stepsDone };
+  log(ctx, 'error', `${kind} failed: ${error}`, { retryInMs: waitMs, stepsDone: stepsDone ?? a.stepsDone });
+}
+
+function succeeded(s: CoreState, kind: string): void {
+  delete s.attempts[kind];
+}
+
+function mayTry(s: CoreState, kind: string): boolean {
+  return s.now >= attemptsOf(s, kind).notBefore;
+}
+
+function addPending(ctx: Ctx, p: Pending): void {
+  const s = ctx.s;
+  if (s.pending.length >= PENDING_MAX) {
+    const dropped = s.pending.shift()!;
+    log(ctx, 'warn', 'too many requests awaiting replies: forgot the oldest', { id: dropped.id, what: dropped.what });
+  }
+  s.pending.push(p);
+}
+
+function takePending(s: CoreState, id: string): Pending | undefined {
+  const i = s.pending.findIndex((p) => p.id === id);
+  return i < 0 ? undefined : s.pending.splice(i, 1)[0];
+}
+
+function heartbeat(s: CoreState): Heartbeat {
+  const st = s.qemu.state;
+  return {
+    t: 'hb',
+    boot: s.boot,
+    seq: s.hbSeq,
+    role: s.role,
+    qemu: st === 'alive' ? 'alive' : st === 'gone' ? 'dead' : 'unknown',
+    colo: s.qemu.coloExitAt !== null ? 'exited' : 'ok',
+    hearsPeer: s.peer.paths.some((p) => p.lastHeardAt !== null && s.now - p.lastHeardAt < s.cfg.heartbeatTimeoutMs),
+    disk: s.disk.epoch ?? null,
+    checkpointAgeMs: s.role === 'primary' || s.role === 'secondary' ? Math.round(s.now - s.qemu.lastCheckpointAt) : null,
+    busy: s.work ? s.work.kind : null,
+  };
+}
+
+function sendHeartbeat(ctx: Ctx): void {
+  const s = ctx.s;
+  const hb = heartbeat(s);
+  s.hbSent.push({ seq: hb.seq, at: s.now });
+  if (s.hbSent.length > HB_SENT_KEPT) s.hbSent.shift();
+  s.hbSeq++;
+  s.nextHeartbeatAt = s.now + s.cfg.heartbeatIntervalMs;
+  emit(ctx, { t: 'send-peer', path: 'all', msg: hb });
+}
+
+// ---- inputs ----
+
+function absorb(ctx: Ctx, input: Input): void {
+  const s = ctx.s;
+  switch (input.t) {
+    case 'tick':
+      return;
+    case 'qemu-found':
+      return found(ctx, input.found);
+    case 'qemu-event':
+      return qemuEvent(ctx, input.event);
+    case 'qemu-lost':
+      return qemuLost(ctx, input.processGone);
+    case 'qemu-answer':
+      if (s.qemu.inband?.id === input.id) {
+        s.qemu.inband = null;
+        s.qemu.lastInbandAt = s.now;
+      } else if (s.qemu.oobProbe?.id === input.id) {
+        s.qemu.oobProbe = null;
+        s.qemu.lastOobAt = s.now;
+      }
+      return;
+    case 'peer-link': {
+      const p = s.peer.paths[input.path];
+      if (p) p.up = input.up;
+      return;
+    }
+    case 'peer-message':
+      return peerMessage(ctx, input.path, input.msg);
+    case 'witness-reply':
+      if (input.reply.t === 'released') {
+        takePending(s, input.reply.re);
+        return;
+      }
+      return leaseReply(ctx, input.reply);
+    case 'proc-progress':
+      return procProgress(ctx, input.id, input.stepsDone, input.step, input.mirror);
+    case 'proc-done':
+      return procDone(ctx, input.id, input.pid);
+    case 'proc-failed':
+      return procFailed(ctx, input.id, input.stepsDone, input.error);
+    case 'disk-persisted':
+      return diskPersisted(ctx, input.id, input.ok, input.error);
+    case 'probe-result':
+      if (s.peer.probe?.id === input.id) {
+        s.peer.probe = null;
+        s.peer.probeResult = { alive: input.alive, at: s.now };
+      }
+      return;
+  }
+}
+
+/** The runtime (re)attached to our QEMU, or found none: what it is decides our role. */
+function found(ctx: Ctx, f: QemuFound): void {
+  const s = ctx.s;
+  const q = s.qemu;
+  q.inband = null;
+  q.oobProbe = null;
+  q.lastInbandAt = s.now;
+  q.lastOobAt = s.now;
+  q.yankedAt = null;
+  q.oob = f.oob;
+  q.leftovers = false;
+  q.killedAt = null;
+  if (!f.running) {
+    q.state = 'gone';
+    q.paused = false;
+    q.coloExitAt = null;
+    setRole(s, 'down');
+    return;
+  }
+  q.state = 'alive';
+  q.paused = f.runState === 'paused';
+  // We do not know when its last checkpoint was: the stall clock starts now, and protection waits for one.
+  q.lastCheckpointAt = s.now;
+  q.checkpointSeen = false;
+  q.checkpointSince = null;
+  const was = s.role;
+  if (s.work?.kind === 'join') {
+    // The new secondary we adopt (adopt-secondary reports it before it is done).
+    if (f.colo === 'secondary') {
+      q.coloExitAt = null;
+      setRole(s, 'secondary');
+    }
+    return;
+  }
+  if (f.runState === 'inmigrate') {
+    // A new secondary of a resync nobody finished (our agent died in it): nobody will use it.
+    q.state = 'gone';
+    setRole(s, 'down');
+    decide(ctx, 'kill', 'found a new secondary that no resync uses any more');
+    emit(ctx, { t: 'kill-qemu', why: 'a prepared secondary left by an unfinished resync' });
+    return;
+  }
+  if (f.colo === 'primary') {
+    q.coloExitAt = null;
+    setRole(s, 'primary');
+  } else if (f.colo === 'secondary') {
+    q.coloExitAt = null;
+    setRole(s, 'secondary');
+  } else if (f.resumeLeftovers) {
+    // A resync of ours stopped half-way: the VM is ours alone; take the rest back.
+    q.coloExitAt = null;
+    q.leftovers = true;
+    setRole(s, 'alone');
+  } else if (f.replicationChild || f.secondaryFilters) {
+    // Out of COLO with the failover procedure still to run (or half-run).
+    q.coloExitAt = s.now;
+    if (q.paused) fenceAs(s, f.replicationChild ? 'primary' : 'secondary', 'found our VM stopped out of COLO');
+    else setRole(s, f.replicationChild ? 'primary' : 'secondary');
+  } else if (q.paused) {
+    fenceAs(s, was === 'primary' || was === 'secondary' ? was : 'alone', 'found our VM stopped');
+  } else {
+    q.coloExitAt = null;
+    setRole(s, 'alone');
+  }
+}
+
+function fenceAs(s: CoreState, from: 'primary' | 'secondary' | 'alone', why: string): void {
+  setRole(s, 'fenced');
+  s.fence = { why, from, at: s.now };
+}
+
+function qemuEvent(ctx: Ctx, event: 'STOP' | 'RESUME' | 'COLO_EXIT' | 'SHUTDOWN'): void {
+  const s = ctx.s;
+  const q = s.qemu;
+  if (q.state !== 'alive') return;
+  if (event === 'STOP') {
+    if ((s.role === 'primary' || s.role === 'secondary') && q.coloExitAt === null) q.checkpointSince = s.now;
+  } else if (event === 'RESUME') {
+    if (q.checkpointSince !== null) {
+      q.lastCheckpointAt = s.now;
+      q.checkpointSeen = true;
+    }
+    q.checkpointSince = null;
+  } else if (event === 'COLO_EXIT') {
+    if (q.coloExitAt === null) {
+      q.coloExitAt = s.now;
+      log(ctx, 'warn', 'COLO_EXIT: our checkpoint stream is gone');
+    }
+    q.checkpointSince = null;
+  }
+}
+
+function qemuLost(ctx: Ctx, processGone: boolean): void {
+  const s = ctx.s;
+  const q = s.qemu;
+  q.inband = null;
+  q.oobProbe = null;
+  if (!processGone) {
+    q.state = 'attaching';
+    return;
+  }
+  q.state = 'gone';
+  q.paused = false;
+  q.coloExitAt = null;
+  q.checkpointSince = null;
+  log(ctx, 'error', 'our QEMU is gone');
+  setRole(s, 'down');
+  // Let the survivor have the lease now rather than when it runs out.
+  if (s.cfg.witness && s.lease.until > s.now) {
+    s.lease.until = 0;
+    const id = newId(s);
+    addPending(ctx, { id, to: 'witness', what: 'release', sentAt: s.now, deadline: s.now + 1000 });
+    emit(ctx, { t: 'release-lease', id });
+  }
+  // Tell the peer at once.
+  sendHeartbeat(ctx);
+}
+
+function peerMessage(ctx: Ctx, path: number, msg: Extract<Input, { t: 'peer-message' }>['msg']): void {
+  const s = ctx.s;
+  const p = s.peer.paths[path];
+  if (!p) return;
+  if (msg.t === 'hb') {
+    p.lastHeardAt = s.now;
+    p.up = true;
+    emit(ctx, { t: 'send-peer', path, msg: { t: 'hback', seq: msg.seq } });
+    if (msg.boot !== s.peer.boot) {
+      // A restarted agent numbers its heartbeats from 1 again.
+      s.peer.boot = msg.boot;
+      s.peer.seq = 0;
+      delete s.attempts.reprotect;
+    }
+    // Over several paths heartbeats can overtake each other: only the newest says how things are.
+    if (msg.seq <= s.peer.seq) return;
+    const before = s.peer.hb;
+    s.peer.seq = msg.seq;
+    s.peer.hb = msg;
+    s.peer.hbAt = s.now;
+    if (!before || before.role !== msg.role || before.qemu !== msg.qemu || before.busy !== msg.busy) s.peer.since = s.now;
+    if (before && (before.role !== msg.role || before.qemu !== msg.qemu)) {
+      // The peer's situation changed: what failed before may work now.
+      delete s.attempts.reprotect;
+      delete s.attempts.restart;
+    }
+  } else if (msg.t === 'hback') {
+    const sent = s.hbSent.find((x) => x.seq === msg.seq);
+    if (sent) s.peer.rttMs = s.now - sent.at;
+  } else if (msg.t === 'req') {
+    peerRequest(ctx, msg.id, msg.body);
+  } else {
+    peerReply(ctx, msg);
+  }
+}
+
+// ---- the lease ----
+
+/**
+ * Asks the witness for the lease. An epoch we asked it to record and never
+ * heard back about always goes with it: the witness confirms it (it is the
+ * newest and ours) or refuses it; without it our disk would look stale.
+ */
+function askLease(ctx: Ctx, deadlineMs: number, nextOrNull: Epoch | null): void {
+  const s = ctx.s;
+  const next = nextOrNull ?? s.disk.pending ?? null;
+  const id = newId(s);
+  addPending(ctx, { id, to: 'witness', what: 'lease', sentAt: s.now, deadline: s.now + deadlineMs, next });
+  emit(ctx, { t: 'ask-witness', id, ttlMs: s.cfg.leaseMs, disk: s.disk.epoch ?? null, next });
+}
+
+function leaseOutstanding(s: CoreState): boolean {
+  return s.pending.some((p) => p.what === 'lease' && !p.expired);
+}
+
+function leaseReply(ctx: Ctx, r: LeaseReply): void {
+  const s = ctx.s;
+  const p = takePending(s, r.re);
+  if (!p || p.what !== 'lease') return;
+  s.lease.lastAnswerAt = s.now;
+  s.lease.newest = r.newest;
+  if (r.granted) {
+    // Counted from when we asked: our view always ends before the witness's.
+    const ttl = r.ttlMs ?? s.cfg.leaseMs;
+    s.lease.until = Math.max(s.lease.until, p.sentAt + ttl);
+    s.lease.lastRefusal = null;
+    // A grant with `next` means the witness recorded that epoch: commit it (if not already), also after a restart.
+    if (p.next && !epochEquals(s.disk.epoch, p.next) && compareEpochs(p.next, s.disk.epoch) !== 'older') commitEpoch(ctx, p.next, 'recorded at the witness');
+  } else {
+    s.lease.lastRefusal = { at: s.now, reason: r.reason ?? 'refused', holder: r.holder };
+    // Not recorded: an epoch we had asked for is void (unless another request for it is still out).
+    if (p.next && epochEquals(s.disk.pending, p.next) && !s.pending.some((x) => x.what === 'lease' && epochEquals(x.next ?? undefined, p.next ?? undefined))) {
+      persist(ctx, s.disk.epoch, undefined, 'the witness did not record our new epoch');
+    }
+  }
+  const w = s.work;
+  if (w && (w.kind === 'primary-failover' || w.kind === 'takeover' || w.kind === 'restart')) writerLeaseAnswer(ctx, r, p);
+}
+
+// ---- our disk's record ----
+
+function persist(ctx: Ctx, epoch: Epoch | undefined, pending: Epoch | undefined, why: string): string {
+  const s = ctx.s;
+  const id = newId(s);
+  s.disk.persisting = { id, epoch, pending };
+  emit(ctx, { t: 'persist-disk', id, epoch, pending, why });
+  return id;
+}
+
+function commitEpoch(ctx: Ctx, e: Epoch, why: string): void {
+  persist(ctx, e, undefined, why);
+}
+
+function diskPersisted(ctx: Ctx, id: string, ok: boolean, error?: string): void {
+  const s = ctx.s;
+  const p = s.disk.persisting;
+  if (!p || p.id !== id) return;
+  s.disk.persisting = null;
+  if (!ok) {
+    log(ctx, 'error', `could not write our disk's record: ${error ?? 'unknown error'}`);
+  } else {
+    s.disk.epoch = p.epoch;
+    s.disk.pending = p.pending;
+  }
+  const w = s.work;
+  if (w && (w.kind === 'primary-failover' || w.kind === 'takeover' || w.kind === 'restart')) {
+    if (!ok) return writerFailed(ctx, `could not write our disk's record: ${error ?? 'unknown error'}`, true);
+    advanceWriter(ctx);
+  } else if (w?.kind === 'join' && w.phase === 'persisting') {
+    if (!ok) return joinFailed(ctx, `could not write our disk's record: ${error ?? 'unknown error'}`);
+    w.phase = 'adopting';
+    w.procId = newId(s);
+    emit(ctx, { t: 'run', id: w.procId, procedure: { kind: 'adopt-secondary' }, fromStep: 0 });
+  }
+}
+
+// ---- periodic ----
+
+function periodic(ctx: Ctx): void {
+  const s = ctx.s;
+  expirePending(ctx);
+  const ww = writerWork(s);
+  // Taking over: ask again until the holder's lease runs out (or the deadline passes); recording: ask once a renewal is out of the way.
+  if (ww && !leaseOutstanding(s) && ((ww.phase === 'lease' && s.now >= s.lease.nextAskAt) || ww.phase === 'record')) advanceWriter(ctx);
+  renewLease(ctx);
+  watchdog(ctx);
+  const w = s.work;
+  if (w?.kind === 'join' && w.phase === 'ready') {
+    const gone = survivorGaveUp(s, w);
+    if (gone || s.now > w.deadline) {
+      decide(ctx, 'drop-secondary', gone ?? 'no word from the survivor: the resync is given up');
+      leaveJoin(ctx);
+    }
+  }
+}
+
+function expirePending(ctx: Ctx): void {
+  const s = ctx.s;
+  for (let i = 0; i < s.pending.length; i++) {
+    const p = s.pending[i]!;
+    if (!p.expired && s.now >= p.deadline) {
+      // Replace, never change: the entry is shared with the previous state.
+      s.pending[i] = { ...p, expired: true };
+      pendingExpired(ctx, p);
+    }
+  }
+  // Lease replies are useful late (a grant counts from when we asked); other replies are not.
+  s.pending = s.pending.filter((p) => s.now < (p.what === 'lease' ? p.deadline + LATE_REPLY_MS : p.deadline));
+}
+
+/** The work waiting for this reply gives up at the request's deadline. */
+function pendingExpired(ctx: Ctx, p: Pending): void {
+  const s = ctx.s;
+  const w = s.work;
+  if (w?.kind === 'reprotect' && w.reqId === p.id && w.phase === 'asking') {
+    w.reqId = null;
+    return reprotectFailed(ctx, `${s.cfg.peer} did not answer the resync request in ${ms(p.deadline - p.sentAt)}`);
+  }
+  if (p.what === 'resync-done') log(ctx, 'warn', `${s.cfg.peer} did not confirm that it took the new secondary over`);
+  const ww = writerWork(s);
+  if (p.what !== 'lease' || !ww || leaseOutstanding(s)) return;
+  // Our own request went unanswered: give up (or ask again while the lease deadline allows); a renewal's: ask ours now.
+  if ((ww.phase === 'lease' && !p.next) || (ww.phase === 'record' && p.next && epochEquals(p.next, ww.next ?? undefined))) writerNoAnswer(ctx);
+  else advanceWriter(ctx);
+}
+
+function renewLease(ctx: Ctx): void {
+  const s = ctx.s;
+  if (!s.cfg.witness || s.qemu.state !== 'alive') return;
+  const renews = s.role === 'primary' || s.role === 'alone' || (s.role === 'fenced' && s.fence?.from !== 'secondary');
+  if (!renews || leaseOutstanding(s) || s.now < s.lease.nextAskAt) return;
+  const w = s.work;
+  if (w && (w.kind === 'primary-failover' || w.kind === 'takeover' || w.kind === 'restart') && (w.phase === 'lease' || w.phase === 'record')) return;
+  s.lease.nextAskAt = s.now + Math.max(50, s.cfg.leaseMs / 4);
+  askLease(ctx, Math.min(500, s.cfg.leaseMs / 2), null);
+}
+
+/**
+ * A QEMU that stops answering is still a process: neither QEMU's events nor
+ * the peer would ever call it dead. Two probes tell the cases apart: an
+ * in-band query-status (needs the main loop and its big lock) and an
+ * out-of-band query-yank (answered by the monitor's own thread).
+ * - neither answers: the process is frozen → end it (it may never come back
+ *   as a second writer), and the normal paths fail over;
+ * - only the main loop is stuck: a checkpoint holds the big lock while RAM
+ *   goes to the peer (patch 0001), which is normal for up to
+ *   checkpointTimeoutMs; a write to a vanished peer can hold it for ever →
+ *   yank the links to the peer (out of band), and end QEMU if that does not
+ *   free it.
+ */
+function watchdog(ctx: Ctx): void {
+  const s = ctx.s;
+  const q = s.qemu;
+  if (q.state !== 'alive' || q.killedAt !== null) return;
+  if (!q.inband && s.now - q.lastInbandAt >= WATCHDOG_INTERVAL_MS) {
+    q.inband = { id: newId(s), sentAt: s.now };
+    emit(ctx, { t: 'query-qemu', id: q.inband.id, oob: false });
+  }
+  if (q.oob && !q.oobProbe && s.now - q.lastOobAt >= WATCHDOG_INTERVAL_MS) {
+    q.oobProbe = { id: newId(s), sentAt: s.now };
+    emit(ctx, { t: 'query-qemu', id: q.oobProbe.id, oob: true });
+  }
+  const hung = s.cfg.hungMs;
+  if (q.oobProbe && s.now - q.oobProbe.sentAt > hung) return killQemu(ctx, `our QEMU answers nothing, not even out of band, for ${Math.round(s.now - q.oobProbe.sentAt)} ms: frozen`);
+  if (!q.inband) return;
+  const stuckMs = s.now - q.inband.sentAt;
+  const allowedMs = q.checkpointSince !== null ? Math.max(hung, s.cfg.checkpointTimeoutMs) : hung;
+  if (stuckMs <= allowedMs) return;
+  const inColo = s.role === 'primary' || s.role === 'secondary' || s.fence?.from === 'primary' || s.fence?.from === 'secondary';
+  if (q.oob && inColo && q.yankedAt === null) {
+    q.yankedAt = s.now;
+    decide(ctx, 'yank', `our QEMU's main loop has not answered for ${Math.round(stuckMs)} ms${q.checkpointSince !== null ? ' (in a checkpoint)' : ''}: yanking its links to ${s.cfg.peer}`);
+    emit(ctx, { t: 'run', id: newId(s), procedure: { kind: 'yank' }, fromStep: 0 });
+    return;
+  }
+  if (q.yankedAt !== null && s.now - q.yankedAt <= hung) return;
+  killQemu(ctx, `our QEMU's main loop has not answered for ${Math.round(stuckMs)} ms${q.yankedAt !== null ? ', not even after the yank' : ''}`);
+}
+
+function killQemu(ctx: Ctx, why: string): void {
+  const s = ctx.s;
+  s.qemu.killedAt = s.now;
+  decide(ctx, 'kill', `${why}: ending it so that it can never come back as a second writer`);
+  emit(ctx, { t: 'kill-qemu', why });
+}
+
+// ---- deciding what to do ----
+
+type Action =
+  | { action: 'primary-failover'; why: string; yank: boolean }
+  | { action: 'takeover'; why: string; yank: boolean; stalled: boolean; resume: boolean }
+  | { action: 'fence'; why: string; yank: boolean }
+  | { action: 'unfence'; why: string }
+  | { action: 'reprotect'; why: string }
+  | { action: 'restart'; why: string }
+  | { action: 'probe'; why: string }
+  | { action: 'abort-resume'; why: string }
+  | { action: 'wait'; why: string | null };
+
+const wait = (why: string | null): Action => ({ action: 'wait', why });
+
+function act(ctx: Ctx): void {
+  const s = ctx.s;
+  const a = choose(s);
+  if (a.action === 'wait') {
+    // Logged when the reason changes, not when only its figures do.
+    if ((a.why ?? '').replace(/\d+/g, '#') !== (s.waiting ?? '').replace(/\d+/g, '#') && a.why) log(ctx, 'info', `waiting: ${a.why}`);
+    s.waiting = a.why;
+    return;
+  }
+  if (a.action === 'probe') {
+    const id = newId(s);
+    s.peer.probe = { id, sentAt: s.now };
+    emit(ctx, { t: 'probe-peer-qemu', id });
+    return;
+  }
+  // Whatever failed a moment ago waits for its back-off before it is tried again.
+  const kind = a.action === 'abort-resume' ? 'reprotect' : a.action;
+  if (!mayTry(s, kind)) {
+    s.waiting = `${a.action} (${a.why}): waiting before the next attempt`;
+    return;
+  }
+  decide(ctx, a.action, a.why);
+  switch (a.action) {
+    case 'primary-failover':
+      return beginWriter(ctx, 'primary-failover', a.why, { kind: 'primary-failover', yank: a.yank }, 1000, false);
+    case 'takeover':
+      // The primary's lease must have run out (or been released) first.
+      return beginWriter(ctx, 'takeover', a.why, { kind: 'takeover', yank: a.yank, resume: a.resume }, s.cfg.leaseMs + 1500, a.stalled);
+    case 'restart':
+      return beginWriter(ctx, 'restart', a.why, { kind: 'restart' }, 2000, false);
+    case 'fence':
+      return beginSimple(ctx, 'fence', a.why, { kind: 'fence', yank: a.yank });
+    case 'unfence':
+      return beginSimple(ctx, 'unfence', a.why, { kind: 'unfence' });
+    case 'abort-resume': {
+      const id = newId(s);
+      s.work = { kind: 'reprotect', phase: 'aborting', why: a.why, startedAt: s.now, reqId: null, procId: id, step: null, mirror: null, error: null };
+      emit(ctx, { t: 'run', id, procedure: { kind: 'abort-resume' }, fromStep: 0 });
+      return;
+    }
+    case 'reprotect':
+      return beginReprotect(ctx, a.why);
+  }
+}
+
+/** The decision table. Pure: reads the state, changes nothing. */
+function choose(s: CoreState): Action {
+  if (s.qemu.state === 'attaching') return wait('attaching to our QEMU');
+  if (s.disk.persisting) return wait('writing our disk\'s record');
+  if (s.qemu.state === 'gone' || s.role === 'down') return chooseDown(s);
+  if (s.qemu.leftovers) return { action: 'abort-resume', why: 'a resync of ours stopped half-way (found at attach): taking it back' };
+  switch (s.role) {
+    case 'primary':
+      return choosePrimary(s);
+    case 'secondary':
+      return chooseSecondary(s, false);
+    case 'alone':
+      return chooseAlone(s);
+    case 'fenced':
+      return chooseFenced(s);
+  }
+}
+
+function ms(x: number): string {
+  return `${Math.round(x)} ms`;
+}
+
+function choosePrimary(s: CoreState): Action {
+  const peer = peerWord(s);
+  const fresh = peerFresh(s);
+  if (peer?.role === 'alone') return { action: 'fence', why: `${s.cfg.peer} runs the VM alone: ours must not write`, yank: true };
+  const failover = primaryFailoverReason(s, peer, fresh);
+  if (failover && 'probe' in failover) return { action: 'probe', why: failover.probe };
+  if (failover) {
+    if (mayTry(s, 'primary-failover')) return { action: 'primary-failover', why: failover.why, yank: failover.yank };
+    if (!(s.cfg.witness && !leaseValid(s))) return wait(`primary failover (${failover.why}): waiting before the next attempt`);
+  }
+  if (s.cfg.witness && staleDisk(s)) return { action: 'fence', why: 'the witness knows a newer disk than ours', yank: true };
+  if (s.cfg.witness && !starting(s) && !leaseValid(s) && !(fresh && peer?.hearsPeer)) {
+    return { action: 'fence', why: 'the lease ran out and the secondary cannot vouch for us', yank: true };
+  }
+  if (failover) return wait(`primary failover (${failover.why}): waiting before the next attempt`);
+  if (!fresh) return wait('no heartbeat from the secondary\'s agent, but its QEMU answers');
+  return wait(null);
+}
+
+/** Why the primary should carry on alone, if it should (or that it should look at the secondary's QEMU first). */
+function primaryFailoverReason(s: CoreState, peer: Heartbeat | null, fresh: boolean): { why: string; yank: boolean } | { probe: string } | null {
+  // A new secondary of ours being taken over by the peer's agent: its heartbeat does not speak for it yet.
+  const joining = peer?.busy === 'join';
+  if (!joining && (peer?.qemu === 'dead' || peer?.role === 'down')) return { why: 'the secondary reports its QEMU dead', yank: s.qemu.coloExitAt === null };
+  if (s.qemu.coloExitAt !== null) return { why: 'COLO_EXIT: the checkpoint stream to the secondary broke', yank: true };
+  const st = stalled(s);
+  if (st) return { why: st.inCheckpoint ? `replication stalled: a checkpoint has not completed in ${ms(st.ms)}` : `replication stalled: no checkpoint for ${ms(st.ms)}`, yank: true };
+  if (!fresh) {
+    const pr = s.peer.probeResult;
+    if (pr && s.now - pr.at < 1000) return pr.alive ? null : { why: 'no heartbeat, and the secondary\'s QEMU does not answer', yank: true };
+    return s.peer.probe ? null : { probe: 'no heartbeat from the secondary\'s agent' };
+  }
+  return null;
+}
+
+/** `fenced`: our VM is stopped after COLO broke (called for a fenced secondary too). */
+function chooseSecondary(s: CoreState, fenced: boolean): Action {
+  const peer = peerWord(s);
+  const fresh = peerFresh(s);
+  const resume = fenced || s.qemu.paused;
+  const a = secondaryAction(s, peer, fresh, fenced, resume);
+  // Never take over with a disk older than the peer's (as it last told us): its acknowledged writes would be lost.
+  const behind = a.action === 'takeover' ? peerAhead(s) : null;
+  if (behind) return fenced ? wait(`fenced: ${behind}; waiting to be resynced`) : { action: 'fence', why: `${behind}: we may only be resynced`, yank: true };
+  if (a.action === 'takeover' && !mayTry(s, 'takeover')) return wait(`takeover (${a.why}): waiting before the next attempt`);
+  return a;
+}
+
+function secondaryAction(s: CoreState, peer: Heartbeat | null, fresh: boolean, fenced: boolean, resume: boolean): Action {
+  const exited = fenced || s.qemu.coloExitAt !== null;
+  if (exited) {
+    if (!fresh) {
+      if (fenced && (!s.cfg.witness || s.now - (lastHeard(s) ?? s.startedAt) < restartSilenceMs(s.cfg))) return wait(`fenced (${s.fence!.why}): waiting to be resynced`);
+      return { action: 'takeover', why: fenced ? 'fenced, and the primary has been silent for long' : 'COLO_EXIT and no heartbeat from the primary', yank: true, stalled: fenced, resume };
+    }
+    if (peer?.qemu === 'dead' || peer?.role === 'down') return { action: 'takeover', why: 'the primary reports its QEMU dead', yank: true, stalled: false, resume };
+    if (peer?.role === 'fenced' && peer.busy === null) return { action: 'takeover', why: 'the primary fenced itself', yank: true, stalled: fenced, resume };
+    if (fenced) return wait(`fenced (${s.fence!.why}): waiting to be resynced`);
+    // The stream can break a moment before the primary's agent reports its QEMU dead: give it time to say so.
+    if (s.now - s.qemu.coloExitAt! < s.cfg.heartbeatTimeoutMs) return wait('COLO_EXIT: waiting for the primary\'s word');
+    return { action: 'fence', why: 'COLO_EXIT while the primary lives: the replication link broke; waiting to be resynced', yank: true };
+  }
+  const st = stalled(s);
+  // The witness knows a newer disk: the primary went on alone where we could not hear it. Ours is out of date.
+  if (staleDisk(s)) return { action: 'fence', why: 'the witness knows a newer disk than ours: our VM is out of date; waiting to be resynced', yank: true };
+  if (fresh && peer) {
+    if (peer.qemu === 'dead' || peer.role === 'down') return { action: 'takeover', why: 'the primary reports its QEMU dead (and our stream did not end)', yank: true, stalled: false, resume };
+    if (peer.role === 'alone') return { action: 'fence', why: 'the primary carries on alone: our VM is out of date; waiting to be resynced', yank: true };
+    if (peer.role === 'fenced' && peer.busy === null) return { action: 'takeover', why: 'the primary fenced itself', yank: true, stalled: true, resume };
+    if (st) return wait(`replication stalled for ${ms(st.ms)}: the primary decides`);
+    return wait(null);
+  }
+  if (fresh) return wait(null);
+  if (!st) return wait('no heartbeat, but checkpoints continue: the primary\'s agent is down, not its VM');
+  // Without a witness a partition cannot be told from a dead primary.
+  if (!s.cfg.witness) return wait('no heartbeat and no checkpoints, but no witness to decide: staying secondary');
+  return { action: 'takeover', why: `no heartbeat and no checkpoint for ${ms(st.ms)}: the primary is unreachable`, yank: true, stalled: true, resume };
+}
+
+/** The peer's disk, as it last told us, is newer than ours (or began its own epoch beside ours): we must not write alone. */
+function peerAhead(s: CoreState): string | null {
+  const theirs = s.peer.hb?.disk ?? undefined;
+  const o = compareEpochs(theirs, s.disk.epoch);
+  return o === 'newer' || o === 'divergent' ? `${s.cfg.peer}'s disk (${formatEpoch(theirs)}) is ${o === 'newer' ? 'newer than' : 'divergent from'} ours (${formatEpoch(s.disk.epoch)})` : null;
+}
+
+function chooseAlone(s: CoreState): Action {
+  const peer = peerWord(s);
+  const fresh = peerFresh(s);
+  if (s.cfg.witness && staleDisk(s)) return { action: 'fence', why: 'the witness knows a newer disk than ours', yank: false };
+  if (s.cfg.witness && !starting(s) && !leaseValid(s) && !fresh) return { action: 'fence', why: 'running alone without the lease and without word from the peer', yank: false };
+  if (s.cfg.witness && peer && (peer.role === 'alone' || peer.role === 'primary') && !leaseValid(s)) {
+    return { action: 'fence', why: `${s.cfg.peer} also runs the VM and we do not hold the lease`, yank: false };
+  }
+  if (!s.cfg.reprotect) return wait('running alone, unprotected (re-protection is off)');
+  if (!fresh || !peer) return wait('running alone, unprotected: no word from the peer');
+  if (!(peer.role === 'down' || peer.role === 'fenced') || peer.busy !== null) return wait(`running alone, unprotected: the peer is ${peer.role}${peer.busy ? ` (${peer.busy})` : ''}`);
+  if (!mayTry(s, 'reprotect')) return wait(`running alone, unprotected: waiting before the next resync attempt`);
+  // Only ever towards an older or identical disk. With a witness, holding the lease proves ours is the newest
+  // recorded, so a peer whose record was lost cannot hold newer data.
+  const ok = mayResyncTowards(s.disk.epoch, peer.disk ?? undefined) || (s.cfg.witness && leaseValid(s) && !staleDisk(s) && peer.disk === null && s.disk.epoch !== undefined);
+  if (!ok) {
+    return wait(`running alone, unprotected: not resyncing ${s.cfg.peer}, its disk (${formatEpoch(peer.disk ?? undefined)}) is ${compareEpochs(peer.disk ?? undefined, s.disk.epoch)} than/to ours (${formatEpoch(s.disk.epoch)})`);
+  }
+  if (s.cfg.witness && !leaseValid(s)) return wait('running alone, unprotected: waiting for the lease before resyncing');
+  return { action: 'reprotect', why: `${s.cfg.peer}'s agent is back (${peer.role}, disk ${formatEpoch(peer.disk ?? undefined)}, ours ${formatEpoch(s.disk.epoch)}): resync it as our new secondary` };
+}
+
+function chooseFenced(s: CoreState): Action {
+  const f = s.fence!;
+  if (f.from === 'secondary') return chooseSecondary(s, true);
+  if (staleDisk(s)) return wait(`fenced (${f.why}): the witness knows a newer disk; waiting to be resynced`);
+  const peer = peerWord(s);
+  if (peer && (peer.role === 'alone' || peer.role === 'primary')) return wait(`fenced (${f.why}): ${s.cfg.peer} runs the VM; waiting to be resynced`);
+  if (!mayTry(s, 'unfence')) return wait(`fenced (${f.why}): waiting before the next attempt`);
+  if (s.cfg.witness && leaseValid(s)) return { action: 'unfence', why: 'the lease is ours again' };
+  if (!s.cfg.witness && peerFresh(s) && peer?.hearsPeer) return { action: 'unfence', why: `${s.cfg.peer} hears us again` };
+  return wait(`fenced (${f.why}): waiting for the lease`);
+}
+
+function chooseDown(s: CoreState): Action {
+  if (s.work) return wait(null);
+  if (!s.cfg.reprotect) return wait('our QEMU is gone (re-protection off: no restart by ourselves)');
+  if (!mayTry(s, 'restart')) return wait(`our QEMU is gone: waiting before the next restart attempt`);
+  const ours = s.disk.epoch;
+  if (!ours) return wait('our QEMU is gone and our disk\'s epoch is unknown: not restarting from it');
+  if (staleDisk(s)) return wait('our QEMU is gone and our disk is stale: waiting to be resynced');
+  const peer = peerWord(s);
+  // An epoch we asked the witness to record and never heard back about may be the newest it knows: only we can
+  // confirm it (by asking again), so we go first; the witness refuses us if someone else is newer.
+  if (s.cfg.witness && s.disk.pending && peer?.busy == null && !(peer && peer.qemu === 'alive' && peer.role !== 'fenced')) {
+    return { action: 'restart', why: `our QEMU is gone and our new epoch ${formatEpoch(s.disk.pending)} may be the newest the witness knows` };
+  }
+  if (peer) {
+    if (peer.busy !== null) return wait(`our QEMU is gone; ${s.cfg.peer} is busy (${peer.busy})`);
+    const order = compareEpochs(ours, peer.disk ?? undefined);
+    if (peer.qemu === 'alive' && peer.role !== 'fenced') return wait(`our QEMU is gone; ${s.cfg.peer} runs the VM (${peer.role})`);
+    // A peer that should act and has not for long (it may be stale where only the witness knows): the witness decides.
+    const stuckMs = s.now - (s.peer.since ?? s.now);
+    const giveUp = s.cfg.witness && stuckMs > restartSilenceMs(s.cfg) && order !== 'older' && order !== 'divergent';
+    if (peer.role === 'fenced') {
+      // Its VM is stopped: it takes over itself if its disk is as new as ours; if ours is newer, we restart.
+      if (order === 'newer') return { action: 'restart', why: `${s.cfg.peer}'s VM is stopped and our disk is newer (${formatEpoch(ours)} > ${formatEpoch(peer.disk ?? undefined)})` };
+      if (giveUp) return { action: 'restart', why: `${s.cfg.peer}'s VM has been stopped for ${ms(stuckMs)} without taking over: the witness decides` };
+      return wait(`our QEMU is gone; ${s.cfg.peer}'s VM is stopped and takes over`);
+    }
+    // The whole pair is down: the newest disk starts the VM again (of two equal ones, the first name's).
+    if (order === 'newer' || (order === 'same' && s.cfg.name < s.cfg.peer)) {
+      return { action: 'restart', why: `no VM runs on either node, and our disk is the newest (${formatEpoch(ours)}, ${s.cfg.peer}'s ${formatEpoch(peer.disk ?? undefined)})` };
+    }
+    if (order === 'unknown' && s.cfg.witness) return { action: 'restart', why: `no VM runs on either node and ${s.cfg.peer}'s disk epoch is unknown: the witness decides` };
+    if (giveUp) return { action: 'restart', why: `no VM runs, and ${s.cfg.peer} has not restarted it in ${ms(stuckMs)}: the witness decides` };
+    return wait(`no VM runs; ${s.cfg.peer}'s disk is ${order === 'same' ? 'as new as ours and restarts' : `${compareEpochs(peer.disk ?? undefined, ours)} than ours`}`);
+  }
+  const behind = peerAhead(s);
+  if (behind) return wait(`our QEMU is gone and ${behind}`);
+  // The peer is silent: it may run the VM where we cannot hear it. Only the witness can tell.
+  if (!s.cfg.witness) return wait('our QEMU is gone and the peer is silent: without a witness we cannot know it does not run the VM');
+  const silentMs = s.now - (lastHeard(s) ?? s.startedAt);
+  if (silentMs < restartSilenceMs(s.cfg)) return wait(`our QEMU is gone and the peer is silent for ${ms(silentMs)}`);
+  return { action: 'restart', why: `our QEMU is gone and the peer has been silent for ${ms(silentMs)}: restarting from our disk if the witness agrees` };
+}
+
+// ---- becoming the only writer: lease, new epoch, procedure ----
+
+function beginWriter(ctx: Ctx, kind: 'primary-failover' | 'takeover' | 'restart', why: string, fresh: Procedure, leaseWaitMs: number, isStalled: boolean): void {
+  const s = ctx.s;
+  const procedure = sameProcedure(s, kind, fresh);
+  s.work = { kind, phase: 'lease', why, startedAt: s.now, leaseDeadline: s.now + leaseWaitMs, stalled: isStalled, procedure, procId: null, next: null };
+  advanceWriter(ctx);
+}
+
+type WriterWork = Extract<Work, { kind: 'primary-failover' | 'takeover' | 'restart' }>;
+
+function writerWork(s: CoreState): WriterWork | null {
+  const w = s.work;
+  return w && (w.kind === 'primary-failover' || w.kind === 'takeover' || w.kind === 'restart') ? w : null;
+}
+
+/** Moves the writer work on as far as it can go without waiting for an answer. */
+function advanceWriter(ctx: Ctx): void {
+  const s = ctx.s;
+  const w = writerWork(s);
+  if (!w) return;
+  for (;;) {
+    switch (w.phase) {
+      case 'lease':
+        if (leaseValid(s)) {
+          w.phase = 'persist-pending';
+          continue;
+        }
+        if (s.now >= w.leaseDeadline) return writerFailed(ctx, `no lease within ${ms(w.leaseDeadline - w.startedAt)}${s.lease.lastRefusal ? `: ${s.lease.lastRefusal.reason}` : ''}`, true);
+        if (!leaseOutstanding(s)) {
+          s.lease.nextAskAt = s.now + 100;
+          askLease(ctx, Math.max(50, Math.min(500, w.leaseDeadline - s.now)), null);
+        }
+        return;
+      case 'persist-pending': {
+        const ours = s.disk.epoch;
+        if (!ours) return writerFailed(ctx, 'our disk\'s epoch is unknown (its record is missing or unreadable): we cannot write alone', true);
+        // An earlier attempt of this episode raised it already: straight to the procedure.
+        if (epochEquals(attemptsOf(s, w.kind).raised, ours)) {
+          w.phase = 'procedure';
+          continue;
+        }
+        // Ask again for an epoch we asked for and never heard back about, rather than a second new one.
+        w.next = s.disk.pending && compareEpochs(s.disk.pending, ours) === 'newer' ? s.disk.pending : nextEpoch(ours, s.cfg.name);
+        if (!s.cfg.witness) {
+          w.phase = 'commit';
+          persist(ctx, w.next, undefined, `${w.kind}: ${w.why}`);
+          return;
+        }
+        w.phase = 'record';
+        if (!epochEquals(s.disk.pending, w.next)) {
+          // On our disk first: restarted before the answer, we ask again with the same epoch.
+          persist(ctx, ours, w.next, `${w.kind}: asking the witness to record ${formatEpoch(w.next)}`);
+          return;
+        }
+        continue;
+      }
+      case 'record':
+        if (s.disk.persisting) return;
+        if (!leaseOutstanding(s)) askLease(ctx, 1000, w.next);
+        return;
+      case 'commit':
+        // The witness recorded it (or there is none): on our disk, then the procedure.
+        if (s.disk.persisting) return;
+        if (!epochEquals(s.disk.epoch, w.next ?? undefined)) {
+          persist(ctx, w.next!, undefined, `${w.kind}: ${w.why}`);
+          return;
+        }
+        s.attempts[w.kind] = { ...attemptsOf(s, w.kind), raised: w.next! };
+        w.phase = 'procedure';
+        continue;
+      case 'procedure':
+        if (w.procId) return;
+        if (!leaseValid(s)) {
+          // The lease lapsed while we recorded our epoch (a slow witness): get it again first.
+          w.phase = 'lease';
+          continue;
+        }
+        // Only a lease holder begins to write alone, and only in an epoch of its own.
+        invariant(leaseValid(s), `${w.kind} begins only while holding the lease`);
+        invariant(s.disk.epoch !== undefined && s.disk.epoch.by === s.cfg.name, `${w.kind} begins only once a new epoch of ours is on our disk`);
+        w.procId = newId(s);
+        emit(ctx, { t: 'run', id: w.procId, procedure: w.procedure, fromStep: attemptsOf(s, w.kind).stepsDone });
+        return;
+    }
+  }
+}
+
+function writerLeaseAnswer(ctx: Ctx, r: LeaseReply, p: Pending): void {
+  const s = ctx.s;
+  const w = writerWork(s)!;
+  if (w.phase === 'lease') {
+    if (r.granted) return advanceWriter(ctx);
+    if (r.reason?.startsWith('stale')) return writerFailed(ctx, `the witness refused the lease: ${r.reason}`, true);
+    // Held by the other node: ask again (periodic) until its lease runs out or our deadline passes.
+    s.lease.nextAskAt = s.now + Math.min(200, Math.max(50, r.remainingMs ?? 100));
+    if (s.now >= w.leaseDeadline) return writerFailed(ctx, `no lease: ${r.reason ?? `held by ${r.holder ?? 'someone'}`}`, true);
+    return;
+  }
+  if (w.phase === 'record') {
+    if (!(p.next && epochEquals(p.next, w.next ?? undefined))) return advanceWriter(ctx); // a renewal's answer: now ask ours
+    if (!r.granted) return writerFailed(ctx, `the witness did not record our new epoch ${formatEpoch(p.next)}: ${r.reason ?? 'refused'}`, true);
+    // Recorded (leaseReply began writing it to our disk).
+    w.phase = 'commit';
+    return advanceWriter(ctx);
+  }
+}
+
+/** No answer from the witness in time. */
+function writerNoAnswer(ctx: Ctx): void {
+  const s = ctx.s;
+  const w = writerWork(s)!;
+  if (w.phase === 'lease') {
+    if (s.now < w.leaseDeadline) return;
+    return writerFailed(ctx, 'the witness did not answer: no lease', true);
+  }
+  // Our pending epoch stays on our disk: the witness may have recorded it; we ask again with it next time.
+  return writerFailed(ctx, 'the witness did not answer whether it recorded our new epoch', true);
+}
+
+/**
+ * The writer work gave up before its procedure. A primary that cannot carry
+ * on alone, or a secondary whose stream broke, stops its VM rather than risk
+ * a second writer; a secondary whose stream only stalled stays one and asks
+ * again later; a restart tries again later.
+ */
+function writerFailed(ctx: Ctx, error: string, beforeProcedure: boolean): void {
+  const s = ctx.s;
+  const w = writerWork(s)!;
+  s.work = null;
+  failed(ctx, w.kind, error);
+  if (!beforeProcedure) return;
+  if (w.kind === 'primary-failover' || (w.kind === 'takeover' && !w.stalled && s.role === 'secondary')) {
+    decide(ctx, 'fence', `${w.kind} impossible (${error}): stopping our VM so that it cannot be a second writer`);
+    beginSimple(ctx, 'fence', error, { kind: 'fence', yank: true });
+  } else if (w.kind === 'takeover' && w.stalled) {
+    // Ask again, but not before the primary's lease could have run out again.
+    s.attempts.takeover = { ...attemptsOf(s, 'takeover'), notBefore: s.now + 2 * s.cfg.leaseMs };
+  }
+}
+
+/** A retry runs the procedure it began with: its step count is what stepsDone counts in. */
+function sameProcedure(s: CoreState, kind: string, fresh: Procedure): Procedure {
+  const a = attemptsOf(s, kind);
+  if (a.procedure && a.stepsDone > 0) return a.procedure;
+  s.attempts[kind] = { ...a, procedure: fresh, stepsDone: 0 };
+  return fresh;
+}
+
+function beginSimple(ctx: Ctx, kind: 'fence' | 'unfence', why: string, fresh: Procedure): void {
+  const s = ctx.s;
+  const procedure = sameProcedure(s, kind, fresh);
+  const id = newId(s);
+  s.work = { kind, why, startedAt: s.now, procedure, procId: id, from: s.role };
+  emit(ctx, { t: 'run', id, procedure, fromStep: attemptsOf(s, kind).stepsDone });
+}
+
+// ---- procedure results ----
+
+function procProgress(ctx: Ctx, id: string, stepsDone: number, stepName: string, mirror?: { offset: number; len: number }): void {
+  const s = ctx.s;
+  const w = s.work;
+  if (!w || !('procId' in w) || w.procId !== id) return;
+  if (w.kind === 'reprotect') {
+    w.step = stepName;
+    if (mirror) w.mirror = mirror;
+    return;
+  }
+  if (w.kind === 'join') return;
+  const a = attemptsOf(s, w.kind);
+  s.attempts[w.kind] = { ...a, stepsDone };
+}
+
+function procDone(ctx: Ctx, id: string, pid?: number): void {
+  const s = ctx.s;
+  const w = s.work;
+  if (!w || !('procId' in w) || w.procId !== id) return;
+  switch (w.kind) {
+    case 'primary-failover':
+    case 'takeover': {
+      s.work = null;
+      succeeded(s, w.kind);
+      s.qemu.coloExitAt = null;
+      s.qemu.paused = false;
+      s.qemu.checkpointSince = null;
+      setRole(s, 'alone');
+      emit(ctx, { t: 'record', event: 'failover', detail: { from: s.cfg.peer, to: s.cfg.name, reason: `agent: ${w.why}`, ms: Math.round(s.now - w.startedAt), procedure: w.kind } });
+      log(ctx, 'warn', `${w.kind} done in ${ms(s.now - w.startedAt)}: running alone, unprotected`);
+      sendHeartbeat(ctx);
+      return;
+    }
+    case 'restart':
+      s.work = null;
+      succeeded(s, 'restart');
+      if (s.qemu.state === 'alive') setRole(s, 'alone');
+      emit(ctx, { t: 'record', event: 'restart', detail: { node: s.cfg.name, reason: w.why, ms: Math.round(s.now - w.startedAt) } });
+      log(ctx, 'warn', `restarted the VM alone in ${ms(s.now - w.startedAt)}`);
+      sendHeartbeat(ctx);
+      return;
+    case 'fence': {
+      s.work = null;
+      succeeded(s, 'fence');
+      const from = w.from === 'primary' || w.from === 'secondary' || w.from === 'alone' ? w.from : 'alone';
+      s.qemu.paused = true;
+      if (w.from === 'fenced') return;
+      fenceAs(s, from, w.why);
+      emit(ctx, { t: 'record', event: 'fence', detail: { node: s.cfg.name, from, reason: w.why } });
+      sendHeartbeat(ctx);
+      return;
+    }
+    case 'unfence': {
+      s.work = null;
+      succeeded(s, 'unfence');
+      const from = s.fence?.from ?? 'alone';
+      s.qemu.paused = false;
+      // A primary's COLO was broken by the fence's yank: it comes back as a primary out of COLO and fails over.
+      if (from === 'primary' && s.qemu.coloExitAt === null) s.qemu.coloExitAt = s.now;
+      setRole(s, from === 'secondary' ? 'secondary' : from);
+      emit(ctx, { t: 'record', event: 'unfence', detail: { node: s.cfg.name, to: s.role, reason: w.why } });
+      sendHeartbeat(ctx);
+      return;
+    }
+    case 'reprotect':
+      return reprotectProcDone(ctx, w);
+    case 'join':
+      return joinProcDone(ctx, w, pid);
+  }
+}
+
+function procFailed(ctx: Ctx, id: string, stepsDone: number, error: string): void {
+  const s = ctx.s;
+  const w = s.work;
+  if (!w || !('procId' in w) || w.procId !== id) {
+    log(ctx, 'warn', `a procedure no longer awaited failed: ${error}`);
+    return;
+  }
+  switch (w.kind) {
+    case 'primary-failover':
+    case 'takeover':
+    case 'restart':
+    case 'fence':
+    case 'unfence':
+      s.work = null;
+      failed(ctx, w.kind, error, w.kind === 'restart' ? 0 : stepsDone);
+      return;
+    case 'reprotect':
+      if (w.phase === 'resuming') return reprotectFailed(ctx, error);
+      // Taking it back failed too: the VM may be left stopped; try again later.
+      s.work = null;
+      failed(ctx, 'reprotect', `taking back a failed resync failed: ${error}`);
+      s.qemu.leftovers = s.qemu.state === 'alive';
+      return;
+    case 'join':
+      return joinFailed(ctx, error);
+  }
+}
+
+// ---- re-protection (the survivor's side) ----
+
+function beginReprotect(ctx: Ctx, why: string): void {
+  const s = ctx.s;
+  invariant(s.role === 'alone' && s.disk.epoch !== undefined, 'only a node running the VM alone resyncs its peer');
+  const id = newId(s);
+  s.work = { kind: 'reprotect', phase: 'asking', why, startedAt: s.now, reqId: id, procId: null, step: `asking ${s.cfg.peer} for a new secondary`, mirror: null, error: null };
+  addPending(ctx, { id, to: 'peer', what: 'resync-prepare', sentAt: s.now, deadline: s.now + PREPARE_TIMEOUT_MS });
+  emit(ctx, { t: 'send-peer', path: 'any', msg: { t: 'req', id, body: { k: 'resync-prepare', primary: s.cfg.name, disk: s.disk.epoch, sizeBytes: s.cfg.diskSizeBytes } } });
+}
+
+function peerReply(ctx: Ctx, r: PeerReply): void {
+  const s = ctx.s;
+  const p = takePending(s, r.re);
+  if (!p) return;
+  if (p.what === 'resync-done') {
+    if (r.ok) log(ctx, 'info', `${s.cfg.peer} took its new secondary over`);
+    else log(ctx, 'error', `${s.cfg.peer} did not take its new secondary over: ${r.why ?? 'no reason given'}`);
+    return;
+  }
+  const w = s.work;
+  if (w?.kind !== 'reprotect' || w.reqId !== r.re) return;
+  w.reqId = null;
+  if (w.phase === 'asking') {
+    if (!r.ok) return reprotectFailed(ctx, `${s.cfg.peer} could not start a new secondary: ${r.why ?? 'no reason given'}`);
+    w.phase = 'resuming';
+    w.step = 'the new secondary waits: mirroring our disk to it';
+    w.procId = newId(s);
+    log(ctx, 'info', `${s.cfg.peer}'s new secondary waits (pid ${r.pid ?? '?'}): resuming replication`);
+    emit(ctx, { t: 'run', id: w.procId, procedure: { kind: 'resume' }, fromStep: 0 });
+  }
+}
+
+function reprotectProcDone(ctx: Ctx, w: Extract<Work, { kind: 'reprotect' }>): void {
+  const s = ctx.s;
+  if (w.phase === 'aborting') {
+    s.work = null;
+    s.qemu.leftovers = false;
+    // abort-resume lets a VM the resume had stopped run again.
+    s.qemu.paused = false;
+    if (w.error) failed(ctx, 'reprotect', w.error);
+    return;
+  }
+  // In COLO again, as the primary: protected.
+  succeeded(s, 'reprotect');
+  s.qemu.coloExitAt = null;
+  // The resume waited for the first checkpoint; COLO runs the VM again.
+  s.qemu.paused = false;
+  s.qemu.lastCheckpointAt = s.now;
+  s.qemu.checkpointSeen = true;
+  s.qemu.checkpointSince = null;
+  setRole(s, 'primary');
+  emit(ctx, { t: 'record', event: 'resync', detail: { from: s.cfg.name, to: s.cfg.peer, ms: Math.round(s.now - w.startedAt) } });
+  log(ctx, 'warn', `protected again in ${ms(s.now - w.startedAt)}`);
+  // The target takes the new secondary over once it knows our epoch is on its disk (its reply is only logged).
+  s.work = null;
+  const id = newId(s);
+  addPending(ctx, { id, to: 'peer', what: 'resync-done', sentAt: s.now, deadline: s.now + HANDOVER_TIMEOUT_MS });
+  emit(ctx, { t: 'send-peer', path: 'any', msg: { t: 'req', id, body: { k: 'resync-done', disk: s.disk.epoch! } } });
+  sendHeartbeat(ctx);
+}
+
+function reprotectFailed(ctx: Ctx, error: string): void {
+  const s = ctx.s;
+  const w = s.work;
+  invariant(w?.kind === 'reprotect', 'a resync is under way');
+  decide(ctx, 'abort-resync', `resync failed: ${error}`);
+  const id = newId(s);
+  emit(ctx, { t: 'send-peer', path: 'any', msg: { t: 'req', id, body: { k: 'resync-abort', why: error.slice(0, 500) } } });
+  if (s.qemu.state !== 'alive') {
+    s.work = null;
+    failed(ctx, 'reprotect', error);
+    return;
+  }
+  // Take the half-done resume back: the VM runs on alone.
+  w.phase = 'aborting';
+  w.error = error;
+  w.reqId = null;
+  w.procId = newId(s);
+  w.step = 'taking the resync back';
+  emit(ctx, { t: 'run', id: w.procId, procedure: { kind: 'abort-resume' }, fromStep: 0 });
+}
+
+// ---- re-protection (the target's side) ----
+
+function reply(ctx: Ctx, re: string, ok: boolean, why?: string, pid?: number): void {
+  emit(ctx, { t: 'send-peer', path: 'any', msg: { t: 'rep', re, ok, ...(why !== undefined ? { why } : {}), ...(pid !== undefined ? { pid } : {}) } });
+}
+
+function peerRequest(ctx: Ctx, id: string, body: PeerRequestBody): void {
+  const s = ctx.s;
+  const w = s.work;
+  if (body.k === 'resync-prepare') {
+    if (w?.kind === 'join' && w.phase === 'ready') {
+      // The survivor started over (its agent may have restarted): drop the old new secondary, then prepare again.
+      decide(ctx, 'drop-secondary', 'the survivor asks for a new secondary again');
+      w.phase = 'dropping';
+      w.reqId = id;
+      w.primary = body.primary;
+      w.epoch = body.disk;
+      w.procId = newId(s);
+      emit(ctx, { t: 'run', id: w.procId, procedure: { kind: 'drop-secondary' }, fromStep: 0 });
+      return;
+    }
+    if (w) return reply(ctx, id, false, `${s.cfg.name} is busy (${w.kind})`);
+    if (!(s.role === 'down' || s.role === 'fenced')) return reply(ctx, id, false, `${s.cfg.name} is ${s.role}`);
+    const order = compareEpochs(s.disk.epoch, body.disk);
+    if (order === 'newer' || order === 'divergent') {
+      decide(ctx, 'refuse-resync', `refusing to be resynced from ${body.primary}: our disk (${formatEpoch(s.disk.epoch)}) is ${order} than/to theirs (${formatEpoch(body.disk)})`);
+      return reply(ctx, id, false, `the disk of ${s.cfg.name} (${formatEpoch(s.disk.epoch)}) is ${order}, not older than ${formatEpoch(body.disk)}`);
+    }
+    decide(ctx, 'prepare-secondary', `${body.primary} resyncs us: starting a new secondary`);
+    const procId = newId(s);
+    s.work = { kind: 'join', phase: 'preparing', why: `resync from ${body.primary}`, startedAt: s.now, reqId: id, primary: body.primary, epoch: body.disk, procId, deadline: 0, pid: null, peerBoot: s.peer.boot, peerSeq: s.peer.seq };
+    emit(ctx, { t: 'run', id: procId, procedure: { kind: 'prepare-secondary', primary: body.primary, sizeBytes: body.sizeBytes }, fromStep: 0 });
+    return;
+  }
+  if (body.k === 'resync-done') {
+    if (w?.kind !== 'join' || w.phase !== 'ready') return reply(ctx, id, false, 'no new secondary here');
+    invariant(mayResyncTowards(body.disk, s.disk.epoch) || compareEpochs(body.disk, s.disk.epoch) === 'unknown' || compareEpochs(body.disk, s.disk.epoch) === 'other-run', 'a resynced disk takes an epoch not older than its own');
+    w.phase = 'persisting';
+    w.reqId = id;
+    w.epoch = body.disk;
+    persist(ctx, body.disk, undefined, `resync from ${w.primary}`);
+    return;
+  }
+  // resync-abort
+  reply(ctx, id, true);
+  if (w?.kind === 'join' && (w.phase === 'ready' || w.phase === 'preparing')) {
+    decide(ctx, 'drop-secondary', `the survivor gave the resync up: ${body.why}`);
+    if (w.phase === 'ready') leaveJoin(ctx);
+    else w.deadline = -1; // dropped as soon as it is prepared
+  }
+}
+
+/** The survivor no longer resyncs us (its agent restarted, or it is in no state to), though its word of it was lost. */
+function survivorGaveUp(s: CoreState, w: Extract<Work, { kind: 'join' }>): string | null {
+  const hb = peerWord(s);
+  if (!hb) return null;
+  if (w.peerBoot !== null && hb.boot !== w.peerBoot) return `${s.cfg.peer}'s agent restarted: it knows nothing of this resync`;
+  // Only what it said after it asked counts.
+  if (hb.boot === w.peerBoot && hb.seq <= w.peerSeq) return null;
+  if (hb.role === 'down' || hb.role === 'fenced' || hb.role === 'secondary') return `${s.cfg.peer} is ${hb.role}: the resync is over`;
+  if (hb.role === 'alone' && hb.busy !== 'reprotect') return `${s.cfg.peer} runs alone and no longer resyncs us`;
+  return null;
+}
+
+function leaveJoin(ctx: Ctx): void {
+  const s = ctx.s;
+  const w = s.work;
+  invariant(w?.kind === 'join', 'joining');
+  w.phase = 'leaving';
+  w.procId = newId(s);
+  emit(ctx, { t: 'run', id: w.procId, procedure: { kind: 'drop-secondary' }, fromStep: 0 });
+}
+
+function joinProcDone(ctx: Ctx, w: Extract<Work, { kind: 'join' }>, pid?: number): void {
+  const s = ctx.s;
+  switch (w.phase) {
+    case 'dropping': {
+      w.phase = 'preparing';
+      w.procId = newId(s);
+      emit(ctx, { t: 'run', id: w.procId, procedure: { kind: 'prepare-secondary', primary: w.primary, sizeBytes: s.cfg.diskSizeBytes }, fromStep: 0 });
+      return;
+    }
+    case 'preparing':
+      if (w.deadline === -1) return leaveJoin(ctx);
+      w.phase = 'ready';
+      w.pid = pid ?? null;
+      w.procId = null;
+      w.deadline = s.now + s.cfg.joinTimeoutMs;
+      reply(ctx, w.reqId, true, undefined, pid);
+      return;
+    case 'adopting':
+      s.work = null;
+      if (!(s.role === 'secondary' && s.qemu.state === 'alive')) {
+        // It died as we took it over.
+        reply(ctx, w.reqId, false, 'the new secondary ended as it was taken over');
+        return;
+      }
+      s.qemu.lastCheckpointAt = s.now;
+      reply(ctx, w.reqId, true);
+      log(ctx, 'warn', `resynced from ${w.primary}: secondary again, disk ${formatEpoch(s.disk.epoch)}`);
+      sendHeartbeat(ctx);
+      return;
+    case 'leaving':
+      s.work = null;
+      log(ctx, 'warn', 'resync given up: the new secondary is ended');
+      return;
+    default:
+      return;
+  }
+}
+
+function joinFailed(ctx: Ctx, error: string): void {
+  const s = ctx.s;
+  const w = s.work;
+  invariant(w?.kind === 'join', 'joining');
+  log(ctx, 'error', `as the target of a resync: ${error}`);
+  if (w.phase === 'preparing' || w.phase === 'dropping') {
+    // Nothing of it is left (prepare-secondary cleans up after itself).
+    reply(ctx, w.reqId, false, error);
+    s.work = null;
+    return;
+  }
+  if (w.phase === 'persisting' || w.phase === 'adopting') {
+    reply(ctx, w.reqId, false, error);
+    // A new secondary nobody supervises must not run on: end it.
+    return leaveJoin(ctx);
+  }
+  s.work = null;
+}
+
+// ---- status ----
+
+/**
+ * Protected: COLO runs and its checkpoints flow, as this node sees it (a
+ * slow checkpoint under way still counts, until it is overdue).
+ */
+export function isProtected(s: CoreState): boolean {
+  const q = s.qemu;
+  if (!(s.role === 'primary' || s.role === 'secondary') || q.state !== 'alive' || q.coloExitAt !== null || q.paused || s.work !== null || !q.checkpointSeen) return false;
+  if (stalled(s) !== null) return false;
+  return s.role === 'secondary' || peerFresh(s) || s.peer.probeResult?.alive === true;
+}
+
+export function statusOf(s: CoreState): CoreStatus {
+  const now = s.now;
+  const fresh = peerFresh(s);
+  const peer = s.peer.hb;
+  const st = stalled(s);
+  const q = s.qemu;
+  const inColo = (s.role === 'primary' || s.role === 'secondary') && q.state === 'alive' && q.coloExitAt === null;
+  const checkpointAgeMs = inColo ? now - q.lastCheckpointAt : null;
+  const degraded: string[] = [];
+  if (s.role === 'alone') degraded.push(`running alone, unprotected, for ${ms(now - s.roleSince)}`);
+  if (s.role === 'fenced') degraded.push(`fenced for ${ms(now - s.fence!.at)}: ${s.fence!.why}`);
+  if (s.role === 'down') degraded.push(q.state === 'attaching' ? 'attaching to our QEMU' : 'our QEMU is not running');
+  if (st) degraded.push(st.inCheckpoint ? `replication stalled: a checkpoint has not completed for ${ms(st.ms)}` : `replication stalled: no checkpoint for ${ms(st.ms)}`);
+  if (q.coloExitAt !== null && (s.role === 'primary' || s.role === 'secondary')) degraded.push(`COLO ended ${ms(now - q.coloExitAt)} ago`);
+  if (!fresh) degraded.push(`no heartbeat from ${s.cfg.peer} for ${lastHeard(s) === null ? 'ever' : ms(now - lastHeard(s)!)}`);
+  else {
+    s.peer.paths.forEach((p, i) => {
+      if (p.lastHeardAt === null || now - p.lastHeardAt >= s.cfg.heartbeatTimeoutMs) degraded.push(`heartbeat path ${i + 1} down`);
+    });
+  }
+  if (s.cfg.witness) {
+    const since = s.lease.lastAnswerAt;
+    if (since === null ? !starting(s) : now - since > 2 * s.cfg.leaseMs) degraded.push(`witness unreachable${since === null ? '' : ` for ${ms(now - since)}`}`);
+    if (staleDisk(s)) degraded.push('stale disk: the witness knows a newer epoch; waiting to be resynced');
+  }
+  if (!s.disk.epoch) degraded.push('our disk\'s epoch is unknown (its record is missing or unreadable)');
+  if (s.disk.pending) degraded.push(`new epoch ${formatEpoch(s.disk.pending)} not confirmed by the witness yet`);
+  if (peer && fresh && peer.disk === null) degraded.push(`${s.cfg.peer}'s disk epoch is unknown`);
+  const retry = Object.entries(s.attempts)
+    .filter(([, a]) => a && a.failures > 0)
+    .map(([kind, a]) => ({ kind, failures: a!.failures, inMs: Math.max(0, Math.round(a!.notBefore - now)), lastError: a!.lastError }));
+  for (const r of retry) degraded.push(`${r.kind} failed ${r.failures}× (next try in ${ms(r.inMs)}): ${r.lastError}`);
+  const w = s.work;
+  const last = s.decisions.at(-1);
+  return {
+    node: s.cfg.name,
+    role: s.role,
+    roleForMs: Math.round(now - s.roleSince),
+    protected: isProtected(s),
+    degraded,
+    fence: s.fence && { why: s.fence.why, from: s.fence.from, forMs: Math.round(now - s.fence.at) },
+    qemu: { state: q.state, coloExited: q.coloExitAt !== null, checkpointAgeMs: checkpointAgeMs === null ? null : Math.round(checkpointAgeMs), inCheckpointMs: q.checkpointSince === null ? null : Math.round(now - q.checkpointSince), paused: q.paused },
+    peer: {
+      name: s.cfg.peer,
+      paths: s.peer.paths.map((p) => ({ up: p.up, lastHeardMs: p.lastHeardAt === null ? null : Math.round(now - p.lastHeardAt) })),
+      role: peer?.role ?? null,
+      qemu: fresh ? (peer?.qemu ?? 'unknown') : 'unknown',
+      hearsUs: fresh && peer?.hearsPeer === true,
+      rttMs: s.peer.rttMs === null ? null : Math.round(s.peer.rttMs * 100) / 100,
+      disk: peer?.disk ?? null,
+    },
+    lease: {
+      witness: s.cfg.witness,
+      held: s.cfg.witness && leaseValid(s),
+      remainingMs: s.cfg.witness && leaseValid(s) ? Math.round(s.lease.until - now) : null,
+      witnessAnswerMs: s.lease.lastAnswerAt === null ? null : Math.round(now - s.lease.lastAnswerAt),
+      lastRefusal: s.lease.lastRefusal && `${s.lease.lastRefusal.reason}${s.lease.lastRefusal.holder ? ` (holder ${s.lease.lastRefusal.holder})` : ''}`,
+      stale: staleDisk(s),
+    },
+    disk: { epoch: s.disk.epoch ?? null, pending: s.disk.pending ?? null },
+    work: w && {
+      kind: w.kind,
+      phase: 'phase' in w ? w.phase : null,
+      why: w.why,
+      runningMs: Math.round(now - w.startedAt),
+      step: w.kind === 'reprotect' ? w.step : null,
+      mirror: w.kind === 'reprotect' ? w.mirror : null,
+    },
+    retry,
+    lastDecision: last ? `${last.action}: ${last.why}` : s.waiting,
+  };
+}

@@ -1,0 +1,329 @@
+/**
+ * The agent core's vocabulary: its configuration, its state, every input it
+ * takes and every effect it asks for. The core (core.ts) is a pure function
+ * `step(state, input) → { state, effects }`; the runtime (../agent.ts) and the
+ * simulator (../../sim/) are the only things that do I/O, and they feed what
+ * happened back as inputs. Time is an input (`now`, monotonic ms).
+ */
+import type { Epoch } from '../../pair/epoch.js';
+import type { Heartbeat, PeerRequestBody, PeerReply, LeaseReply } from '../wire.js';
+
+export type Role = 'primary' | 'secondary' | 'alone' | 'fenced' | 'down';
+
+/** Fixed for the life of an agent; derived from the pair's config (coreConfig in ../agent.ts). */
+export interface CoreConfig {
+  name: string;
+  peer: string;
+  /** Heartbeat paths to the peer (≥ 1). */
+  paths: number;
+  heartbeatIntervalMs: number;
+  /** No heartbeat on any path for this long: the peer is silent. */
+  heartbeatTimeoutMs: number;
+  /** A witness is configured (split-brain safety through its lease). */
+  witness: boolean;
+  leaseMs: number;
+  /** Re-protect (resync the peer) and restart the VM by ourselves. */
+  reprotect: boolean;
+  /** The longest gap between completed checkpoints that is still normal, outside a checkpoint. */
+  stallMs: number;
+  /** The longest a checkpoint may keep our QEMU busy (its RAM over the replication link). */
+  checkpointTimeoutMs: number;
+  /** QEMU leaving a query unanswered this long (outside a checkpoint) counts as hung. */
+  hungMs: number;
+  /** How long a prepared new secondary waits for the survivor's word before it is dropped. */
+  joinTimeoutMs: number;
+  /** The size of the VM's disk (for a new secondary's replica). */
+  diskSizeBytes: number;
+}
+
+/** What our QEMU is, as far as the agent knows. */
+export interface QemuView {
+  /** 'attaching': the runtime is still connecting to it; 'gone': no process. */
+  state: 'attaching' | 'alive' | 'gone';
+  /** Its QMP monitor supports out-of-band commands (the watchdog's liveness probe and yank). */
+  oob: boolean;
+  /** A COLO_EXIT arrived since COLO last started. */
+  coloExitAt: number | null;
+  /** When our QEMU last completed a checkpoint (RESUME after STOP), or COLO started. */
+  lastCheckpointAt: number;
+  /** A checkpoint completed since we attached to this QEMU or COLO (re)started: until then we cannot claim protection. */
+  checkpointSeen: boolean;
+  /** A checkpoint began (STOP) and has not completed (RESUME) yet. */
+  checkpointSince: number | null;
+  /** We stopped it (fenced); it does not run guest code. */
+  paused: boolean;
+  /** The watchdog's probes: an in-band query-status, and an out-of-band query-yank. */
+  inband: { id: string; sentAt: number } | null;
+  oobProbe: { id: string; sentAt: number } | null;
+  lastInbandAt: number;
+  lastOobAt: number;
+  /** The watchdog yanked our links to the peer because the main loop was stuck. */
+  yankedAt: number | null;
+  killedAt: number | null;
+  /** A resync left things behind on our QEMU (found at attach): to be taken back. */
+  leftovers: boolean;
+}
+
+export interface DiskView {
+  /** Our disk's committed epoch; undefined when unknown (missing or unreadable record). */
+  epoch: Epoch | undefined;
+  /** An epoch we asked the witness to record and have not heard back about. */
+  pending: Epoch | undefined;
+  /** A write of the record under way. */
+  persisting: { id: string; epoch: Epoch | undefined; pending: Epoch | undefined } | null;
+}
+
+export interface PathView {
+  up: boolean;
+  lastHeardAt: number | null;
+}
+
+export interface PeerView {
+  paths: PathView[];
+  /** The peer agent's incarnation and the last heartbeat number taken from it. */
+  boot: string | null;
+  seq: number;
+  /** Its newest heartbeat, and when it arrived. */
+  hb: Heartbeat | null;
+  hbAt: number | null;
+  /** Since when the peer has said the same of itself (role, QEMU, work): how long it has not moved. */
+  since: number | null;
+  rttMs: number | null;
+  /** Primary: a direct probe of the secondary's QEMU (its NBD port), when the peer agent is silent. */
+  probe: { id: string; sentAt: number } | null;
+  probeResult: { alive: boolean; at: number } | null;
+}
+
+export interface LeaseView {
+  /** Our own view: the lease is ours while now < until (counted from when we asked). */
+  until: number;
+  /** When we may ask next (renewal, or another try while taking over). */
+  nextAskAt: number;
+  /** The witness's last answer of any kind (it is reachable). */
+  lastAnswerAt: number | null;
+  lastRefusal: { at: number; reason: string; holder: string | null } | null;
+  /** The newest epoch the witness knows of our run (from its last answer). */
+  newest: Epoch | null;
+}
+
+/** A request we sent and whose reply we wait for. */
+export interface Pending {
+  id: string;
+  to: 'peer' | 'witness';
+  what: 'lease' | 'release' | 'resync-prepare' | 'resync-done' | 'resync-abort';
+  sentAt: number;
+  /** After this, the request's purpose gives up (a late lease reply still counts, conservatively). */
+  deadline: number;
+  /** Lease requests: the epoch asked to be recorded. */
+  next?: Epoch | null;
+  /** Past its deadline (the work waiting for it was told); kept a while for a late lease reply. */
+  expired?: boolean;
+}
+
+export type Procedure =
+  /** The secondary is gone: carry on alone ("Primary Failover"). */
+  | { kind: 'primary-failover'; yank: boolean }
+  /** The primary is gone: take the VM over ("Secondary Failover"); `resume`: the VM was stopped (fenced). */
+  | { kind: 'takeover'; yank: boolean; resume: boolean }
+  /** Stop our VM so that it cannot be a second writer (yank the links to the peer first if in COLO). */
+  | { kind: 'fence'; yank: boolean }
+  /** Let our stopped VM run again. */
+  | { kind: 'unfence' }
+  /** The whole pair is down: start the VM alone from our disk (ending a stopped QEMU of ours first). */
+  | { kind: 'restart' }
+  /** Resume replication towards the peer's new secondary ("Primary/Secondary resume replication"). */
+  | { kind: 'resume' }
+  /** Take a failed resume back on our QEMU. */
+  | { kind: 'abort-resume' }
+  /** Resync target: end our old QEMU, start a new secondary waiting for the survivor. */
+  | { kind: 'prepare-secondary'; primary: string; sizeBytes: number }
+  /** Resync target: end the prepared secondary (the resync was given up). */
+  | { kind: 'drop-secondary' }
+  /** Resync target: the survivor is in COLO with our new secondary: own it from now on. */
+  | { kind: 'adopt-secondary' }
+  /** Watchdog: our QEMU's main loop is stuck: yank its links to the peer, out of band. */
+  | { kind: 'yank' };
+
+export type ProcedureKind = Procedure['kind'];
+
+/** What the runtime found when it (re)attached to our QEMU. */
+export interface QemuFound {
+  /** No QEMU process of ours. */
+  running: boolean;
+  /** query-colo-status mode. */
+  colo: 'primary' | 'secondary' | 'none';
+  /** query-status: the VM is stopped (by us, or in a checkpoint) or waiting for an incoming migration. */
+  runState: 'running' | 'paused' | 'inmigrate' | 'other';
+  /** The primary's replication child is attached (Primary Failover not done yet). */
+  replicationChild: boolean;
+  /** The secondary's redirectors are there (Secondary Failover not done yet). */
+  secondaryFilters: boolean;
+  /** A resync left behind (mirror job, proxy objects, migration). */
+  resumeLeftovers: boolean;
+  oob: boolean;
+}
+
+/** The work under way: at most one at a time. */
+export type Work =
+  | {
+      /** Become the only writer: lease, then a new epoch recorded at the witness, then the procedure. */
+      kind: 'primary-failover' | 'takeover' | 'restart';
+      phase: 'lease' | 'persist-pending' | 'record' | 'commit' | 'procedure';
+      why: string;
+      startedAt: number;
+      /** Give up on the lease after this (takeover waits for the primary's lease to run out). */
+      leaseDeadline: number;
+      /** A stalled-stream takeover: a refusal means "stay secondary", not "fence". */
+      stalled: boolean;
+      procedure: Procedure;
+      procId: string | null;
+      /** The epoch this work records and commits before its procedure. */
+      next: Epoch | null;
+    }
+  | { kind: 'fence' | 'unfence'; why: string; startedAt: number; procedure: Procedure; procId: string | null; from: Role }
+  | {
+      kind: 'reprotect';
+      phase: 'asking' | 'resuming' | 'aborting';
+      why: string;
+      startedAt: number;
+      reqId: string | null;
+      procId: string | null;
+      step: string | null;
+      mirror: { offset: number; len: number } | null;
+      error: string | null;
+    }
+  | {
+      /** As the target of the peer's resync. */
+      kind: 'join';
+      phase: 'dropping' | 'preparing' | 'ready' | 'persisting' | 'adopting' | 'leaving';
+      why: string;
+      startedAt: number;
+      /** The survivor's request being answered. */
+      reqId: string;
+      primary: string;
+      epoch: Epoch;
+      procId: string | null;
+      /** Ready: dropped if the survivor says nothing until then. */
+      deadline: number;
+      /** The survivor's agent incarnation that asked: another one knows nothing of this resync. */
+      peerBoot: string | null;
+      /** Its heartbeats up to this one were sent before it asked. */
+      peerSeq: number;
+      pid: number | null;
+    };
+
+export type WorkKind = Work['kind'];
+
+/** Retries of a kind of work after failures: back-off, and how far the procedure got. */
+export interface Attempts {
+  failures: number;
+  notBefore: number;
+  lastError: string | null;
+  /** Steps of the procedure already done (a retry continues from there). */
+  stepsDone: number;
+  /** The new epoch this episode already raised (a retry does not raise it again). */
+  raised?: Epoch;
+  /** The procedure as first run: a retry runs the same steps (stepsDone counts in them). */
+  procedure?: Procedure;
+}
+
+export interface Decision {
+  at: number;
+  action: string;
+  why: string;
+}
+
+export interface CoreState {
+  readonly cfg: CoreConfig;
+  now: number;
+  startedAt: number;
+  /** This agent's incarnation (heartbeats carry it). */
+  boot: string;
+  role: Role;
+  roleSince: number;
+  /** Why we fenced, and what we were before. */
+  fence: { why: string; from: 'primary' | 'secondary' | 'alone'; at: number } | null;
+  qemu: QemuView;
+  disk: DiskView;
+  peer: PeerView;
+  lease: LeaseView;
+  work: Work | null;
+  attempts: Partial<Record<string, Attempts>>;
+  pending: Pending[];
+  /** Our heartbeats: the next number, and when the recent ones were sent (for the round trip). */
+  hbSeq: number;
+  hbSent: Array<{ seq: number; at: number }>;
+  nextHeartbeatAt: number;
+  nextId: number;
+  /** The newest decisions, newest last (bounded). */
+  decisions: Decision[];
+  /** Why we wait, when nothing is to be done (for status; a decision is recorded when it changes). */
+  waiting: string | null;
+}
+
+export type Input = { now: number } & (
+  | { t: 'tick' }
+  | { t: 'qemu-found'; found: QemuFound }
+  | { t: 'qemu-event'; event: 'STOP' | 'RESUME' | 'COLO_EXIT' | 'SHUTDOWN' }
+  /** The QMP connection to our QEMU is gone; `processGone`: so is the process. */
+  | { t: 'qemu-lost'; processGone: boolean }
+  | { t: 'qemu-answer'; id: string }
+  | { t: 'peer-link'; path: number; up: boolean }
+  | { t: 'peer-message'; path: number; msg: Heartbeat | { t: 'hback'; seq: number } | { t: 'req'; id: string; body: PeerRequestBody } | PeerReply }
+  | { t: 'witness-reply'; reply: LeaseReply | { t: 'released'; re: string } }
+  | { t: 'proc-progress'; id: string; stepsDone: number; step: string; mirror?: { offset: number; len: number } }
+  | { t: 'proc-done'; id: string; pid?: number }
+  | { t: 'proc-failed'; id: string; stepsDone: number; error: string }
+  | { t: 'disk-persisted'; id: string; ok: boolean; error?: string }
+  | { t: 'probe-result'; id: string; alive: boolean }
+);
+
+/** An input without its time (the simulator and the runtime add `now` as they feed it). */
+export type InputBody = Input extends infer I ? (I extends unknown ? Omit<I, 'now'> : never) : never;
+
+export type Effect =
+  | { t: 'send-peer'; path: number | 'all' | 'any'; msg: Heartbeat | { t: 'hback'; seq: number } | { t: 'req'; id: string; body: PeerRequestBody } | PeerReply }
+  | { t: 'ask-witness'; id: string; ttlMs: number; disk: Epoch | null; next: Epoch | null }
+  | { t: 'release-lease'; id: string }
+  | { t: 'run'; id: string; procedure: Procedure; fromStep: number }
+  | { t: 'query-qemu'; id: string; oob: boolean }
+  | { t: 'kill-qemu'; why: string }
+  | { t: 'persist-disk'; id: string; epoch: Epoch | undefined; pending: Epoch | undefined; why: string }
+  | { t: 'probe-peer-qemu'; id: string }
+  /** For the pair's record (state file) and the event journal. */
+  | { t: 'record'; event: 'failover' | 'resync' | 'restart' | 'fence' | 'unfence'; detail: Record<string, string | number | boolean | null> }
+  /** Every decision, with its reason: for logs, `status`, and the event journal. */
+  | { t: 'decision'; action: string; why: string }
+  | { t: 'log'; level: 'info' | 'warn' | 'error'; msg: string; fields?: Record<string, unknown> };
+
+export interface Transition {
+  state: CoreState;
+  effects: Effect[];
+}
+
+/** What `status` shows of one agent: derived from the core state, nothing stored twice. */
+export interface CoreStatus {
+  node: string;
+  role: Role;
+  roleForMs: number;
+  /** COLO is running and checkpoints flow, as far as this node can see. */
+  protected: boolean;
+  /** Everything that is not as it should be, each in words. */
+  degraded: string[];
+  fence: { why: string; from: string; forMs: number } | null;
+  qemu: { state: QemuView['state']; coloExited: boolean; checkpointAgeMs: number | null; inCheckpointMs: number | null; paused: boolean };
+  peer: {
+    name: string;
+    paths: Array<{ up: boolean; lastHeardMs: number | null }>;
+    role: Role | null;
+    qemu: 'alive' | 'dead' | 'unknown';
+    hearsUs: boolean;
+    rttMs: number | null;
+    disk: Epoch | null;
+  };
+  lease: { witness: boolean; held: boolean; remainingMs: number | null; witnessAnswerMs: number | null; lastRefusal: string | null; stale: boolean };
+  disk: { epoch: Epoch | null; pending: Epoch | null };
+  work: { kind: string; phase: string | null; why: string; runningMs: number; step: string | null; mirror: { offset: number; len: number } | null } | null;
+  retry: Array<{ kind: string; failures: number; inMs: number; lastError: string | null }>;
+  lastDecision: string | null;
+}

@@ -1,0 +1,115 @@
+/**
+ * The witness's decisions, as a pure function: one writer lease at a time,
+ * and the newest disk epoch of each run of the pair.
+ *
+ * - The lease is time-bounded. The holder renews it well before it runs
+ *   out; the holder's own view of it starts when it *asked*, so it always
+ *   ends before this one, and no lease is granted that someone still
+ *   believes is theirs. A restarted witness grants nothing for a grace period
+ *   (at least the longest lease), so a lease of its previous life runs out
+ *   first.
+ * - Every request carries the asker's disk epoch. A disk older than the
+ *   newest recorded for its run (or of the same generation but begun by
+ *   another node) is stale: no lease, ever, for it; it can only be resynced.
+ * - A node about to write alone asks with `next`, its new epoch: granted
+ *   only above the newest (or again for exactly the newest, when it asks a
+ *   second time because the first answer was lost), and recorded with the
+ *   grant, durably, before the answer goes out. So no two disks ever hold
+ *   different data under one epoch.
+ */
+import type { Epoch } from '../pair/epoch.js';
+import { compareEpochs, epochEquals, formatEpoch } from '../pair/epoch.js';
+import type { WitnessReply, WitnessRequest } from './wire.js';
+
+/** Runs remembered: only recent runs have nodes left to ask. */
+export const RUNS_KEPT = 100;
+
+export interface WitnessState {
+  startedAt: number;
+  graceMs: number;
+  holder: { node: string; until: number } | null;
+  /** The newest epoch per run, oldest run first (insertion order). */
+  newest: Record<string, Epoch>;
+}
+
+export interface WitnessTransition {
+  state: WitnessState;
+  reply: WitnessReply;
+  /** `newest` changed: write it durably before sending the reply. */
+  persist: boolean;
+  log: string | null;
+}
+
+export function initWitness(now: number, graceMs: number, newest: Record<string, Epoch> = {}): WitnessState {
+  return { startedAt: now, graceMs, holder: null, newest: Object.assign(Object.create(null) as Record<string, Epoch>, newest) };
+}
+
+/** The newest epoch recorded for `run` (own properties only: a run is data, never a key of Object's prototype). */
+export function newestOf(s: WitnessState, run: string): Epoch | undefined {
+  return Object.hasOwn(s.newest, run) ? s.newest[run] : undefined;
+}
+
+function record(newest: Record<string, Epoch>, e: Epoch): Record<string, Epoch> {
+  const next: Record<string, Epoch> = Object.assign(Object.create(null) as Record<string, Epoch>, newest);
+  delete next[e.run];
+  next[e.run] = e;
+  const runs = Object.keys(next);
+  for (const r of runs.slice(0, Math.max(0, runs.length - RUNS_KEPT))) delete next[r];
+  return next;
+}
+
+export function holderOf(s: WitnessState, now: number): { node: string; remainingMs: number } | null {
+  return s.holder && s.holder.until > now ? { node: s.holder.node, remainingMs: s.holder.until - now } : null;
+}
+
+/** One request from the authenticated node `from`. */
+export function witnessStep(s: WitnessState, now: number, from: string, req: WitnessRequest): WitnessTransition {
+  const cur = holderOf(s, now);
+  if (req.t === 'query') {
+    return { state: s, reply: { t: 'state', re: req.id, holder: cur?.node ?? null, remainingMs: cur?.remainingMs ?? 0, newest: s.newest }, persist: false, log: null };
+  }
+  if (req.t === 'release') {
+    const released = cur?.node === from;
+    return {
+      state: released ? { ...s, holder: null } : s,
+      reply: { t: 'released', re: req.id },
+      persist: false,
+      log: released ? `lease released by ${from}` : null,
+    };
+  }
+  const refuse = (reason: string, extra: { remainingMs?: number } = {}): WitnessTransition => ({
+    state: s,
+    reply: { t: 'lease', re: req.id, granted: false, holder: cur?.node ?? null, reason, newest: req.disk ? (newestOf(s, req.disk.run) ?? null) : null, ...extra },
+    persist: false,
+    log: null,
+  });
+  const disk = req.disk;
+  if (!disk) return refuse('unknown disk: the asking node does not know its disk epoch');
+  const newest = newestOf(s, disk.run);
+  const next = req.next;
+  // Asking again for exactly the newest epoch, which this node began: the first answer was lost.
+  const again = next !== null && newest !== undefined && epochEquals(next, newest) && next.by === from;
+  if (next !== null && !again) {
+    if (next.run !== disk.run || compareEpochs(next, disk) !== 'newer') return refuse(`bad request: a new epoch ${formatEpoch(next)} must be a later one of the disk's run`);
+    if (next.by !== from) return refuse(`bad request: ${from} cannot begin an epoch for ${next.by}`);
+  }
+  if (!again && newest !== undefined) {
+    const o = compareEpochs(disk, newest);
+    if (o === 'older' || o === 'divergent') return refuse(`stale disk: epoch ${formatEpoch(disk)}, the newest of its run is ${formatEpoch(newest)}`);
+    if (next !== null && next.gen <= newest.gen) return refuse(`stale disk: epoch ${formatEpoch(next)} is not above the newest, ${formatEpoch(newest)}`);
+  }
+  if (now - s.startedAt < s.graceMs && cur?.node !== from) return refuse('witness just started (grace period)');
+  if (cur && cur.node !== from) return refuse(`held by ${cur.node}`, { remainingMs: Math.round(cur.remainingMs) });
+  const ttl = Math.min(Math.max(req.ttlMs, 50), 60_000);
+  // Record the new epoch with the grant; a disk newer than what we knew (a witness that lost its record) too.
+  const toRecord = next ?? (newest === undefined || compareEpochs(disk, newest) === 'newer' ? disk : null);
+  const changed = toRecord !== null && !epochEquals(toRecord, newest);
+  const state: WitnessState = { ...s, holder: { node: from, until: now + ttl }, newest: changed ? record(s.newest, toRecord) : s.newest };
+  const logs = [cur?.node !== from ? `lease granted to ${from} (${ttl} ms)` : null, changed ? `newest epoch of run ${toRecord.run}: ${formatEpoch(toRecord)}` : null].filter(Boolean);
+  return {
+    state,
+    reply: { t: 'lease', re: req.id, granted: true, holder: from, ttlMs: ttl, newest: newestOf(state, disk.run) ?? null },
+    persist: changed,
+    log: logs.length ? logs.join('; ') : null,
+  };
+}

@@ -1,0 +1,394 @@
+/**
+ * The agent core, driven input by input: each test is a sequence of events
+ * that once ended badly (the issue's list, and what the simulator found),
+ * and what the core must decide instead.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { initCore, step, statusOf, isProtected, InvariantError, WATCHDOG_INTERVAL_MS } from '../../src/node/core/core.js';
+import type { CoreConfig, CoreState, Effect, InputBody, QemuFound } from '../../src/node/core/types.js';
+import type { Heartbeat, LeaseReply } from '../../src/node/wire.js';
+import type { Epoch } from '../../src/pair/epoch.js';
+
+const E = (gen: number, by = 'up'): Epoch => ({ run: 'r1', gen, by });
+
+function config(o: Partial<CoreConfig> = {}): CoreConfig {
+  return {
+    name: 'a',
+    peer: 'b',
+    paths: 1,
+    heartbeatIntervalMs: 100,
+    heartbeatTimeoutMs: 500,
+    witness: true,
+    leaseMs: 1000,
+    reprotect: true,
+    stallMs: 5500,
+    checkpointTimeoutMs: 12_500,
+    hungMs: 3000,
+    joinTimeoutMs: 60_000,
+    diskSizeBytes: 64 << 20,
+    ...o,
+  };
+}
+
+const running: QemuFound = { running: true, colo: 'none', runState: 'running', replicationChild: false, secondaryFilters: false, resumeLeftovers: false, oob: true };
+
+/** Feeds one node's core and keeps what it asked for. */
+class Node {
+  s: CoreState;
+  now = 0;
+  fx: Effect[] = [];
+  private peerSeq = 0;
+  /** The peer's heartbeat as we make it say things. */
+  peer: Omit<Heartbeat, 't' | 'seq'> = { boot: 'boot-b', role: 'secondary', qemu: 'alive', colo: 'ok', hearsPeer: true, disk: E(1), checkpointAgeMs: 100, busy: null };
+
+  constructor(o: Partial<CoreConfig> = {}, disk: { epoch?: Epoch; pending?: Epoch } = { epoch: E(1) }) {
+    this.s = initCore(config(o), 0, 'boot-a-000000000', { epoch: disk.epoch, pending: disk.pending });
+  }
+
+  in(i: InputBody): Effect[] {
+    const t = step(this.s, { ...i, now: this.now } as Parameters<typeof step>[1]);
+    this.s = t.state;
+    this.fx.push(...t.effects);
+    return t.effects;
+  }
+
+  /** Lets `ms` pass in ticks; the peer's heartbeat arrives every 100 ms if `heartbeats`, and every request is answered by `answer`. */
+  run(ms: number, o: { heartbeats?: boolean; answer?: (e: Effect) => InputBody | undefined } = {}): void {
+    const end = this.now + ms;
+    let nextHb = this.now;
+    while (this.now < end) {
+      this.now = Math.min(end, this.now + 50);
+      const before = this.fx.length;
+      if (o.heartbeats && this.now >= nextHb) {
+        this.heartbeat();
+        nextHb = this.now + 100;
+      }
+      this.in({ t: 'tick' });
+      if (o.answer) for (const e of this.fx.slice(before)) this.answer(e, o.answer);
+    }
+  }
+
+  private answer(e: Effect, answer: (e: Effect) => InputBody | undefined): void {
+    const reply = answer(e);
+    if (!reply) return;
+    const before = this.fx.length;
+    this.in(reply);
+    for (const x of this.fx.slice(before)) this.answer(x, answer);
+  }
+
+  heartbeat(o: Partial<Heartbeat> = {}): void {
+    this.in({ t: 'peer-message', path: 0, msg: { t: 'hb', seq: ++this.peerSeq, ...this.peer, ...o } });
+  }
+
+  found(f: Partial<QemuFound>): void {
+    this.in({ t: 'qemu-found', found: { ...running, ...f } });
+  }
+
+  /** One checkpoint: STOP then RESUME. */
+  checkpoint(): void {
+    this.in({ t: 'qemu-event', event: 'STOP' });
+    this.in({ t: 'qemu-event', event: 'RESUME' });
+  }
+
+  decisions(): string[] {
+    return this.fx.flatMap((e) => (e.t === 'decision' ? [e.action] : []));
+  }
+
+  runs(): Array<Extract<Effect, { t: 'run' }>> {
+    return this.fx.filter((e): e is Extract<Effect, { t: 'run' }> => e.t === 'run');
+  }
+
+  last<T extends Effect['t']>(t: T): Extract<Effect, { t: T }> | undefined {
+    return this.fx.filter((e): e is Extract<Effect, { t: T }> => e.t === t).at(-1);
+  }
+}
+
+/** A witness that grants every lease and records every new epoch (as the real one would, unless refused). */
+function grantAll(n: Node, o: { newest?: () => Epoch | null } = {}): (e: Effect) => InputBody | undefined {
+  return (e) => {
+    if (e.t === 'ask-witness') {
+      const reply: LeaseReply = { t: 'lease', re: e.id, granted: true, holder: n.s.cfg.name, ttlMs: e.ttlMs, newest: o.newest?.() ?? e.next ?? e.disk };
+      return { t: 'witness-reply', reply };
+    }
+    if (e.t === 'persist-disk') return { t: 'disk-persisted', id: e.id, ok: true };
+    if (e.t === 'query-qemu') return { t: 'qemu-answer', id: e.id };
+    return undefined;
+  };
+}
+
+test('the replication cable alone cut (heartbeats fine): the primary carries on alone and status stops saying PROTECTED', () => {
+  const a = new Node();
+  a.found({ colo: 'primary' });
+  const answer = grantAll(a);
+  a.run(1000, { heartbeats: true, answer });
+  a.checkpoint();
+  a.run(100, { heartbeats: true, answer });
+  assert.equal(isProtected(a.s), true, 'protected while checkpoints flow');
+  // No checkpoint from now on: the stream stalled (no COLO_EXIT comes on a silent link).
+  a.run(5000, { heartbeats: true, answer });
+  assert.deepEqual(a.decisions(), [], 'no action within the stall bound');
+  a.run(600, { heartbeats: true, answer });
+  assert.equal(isProtected(a.s), false, 'not PROTECTED once checkpoints stalled');
+  assert.ok(statusOf(a.s).degraded.some((d) => /replication stalled: no checkpoint for/.test(d)));
+  assert.deepEqual(a.decisions(), ['primary-failover']);
+  const run = a.runs().at(-1)!;
+  assert.deepEqual(run.procedure, { kind: 'primary-failover', yank: true }, 'yanks the hung links first');
+  assert.deepEqual(a.s.disk.epoch, E(2, 'a'), 'a new epoch, recorded at the witness, before writing alone');
+  a.in({ t: 'proc-done', id: run.id });
+  assert.equal(a.s.role, 'alone');
+
+  // The secondary hears that its primary carries on alone: its VM is out of date; it stops it and waits to be resynced.
+  const b = new Node({ name: 'b', peer: 'a' });
+  b.peer = { ...b.peer, boot: 'boot-a', role: 'primary' };
+  b.found({ colo: 'secondary' });
+  b.run(1000, { heartbeats: true, answer: grantAll(b) });
+  b.peer = { ...b.peer, role: 'alone', disk: E(2, 'a') };
+  b.run(300, { heartbeats: true, answer: grantAll(b) });
+  assert.deepEqual(b.decisions(), ['fence']);
+  assert.deepEqual(b.runs().at(-1)!.procedure, { kind: 'fence', yank: true });
+});
+
+test('status: PROTECTED only after a checkpoint was seen, never on the word of an attach alone', () => {
+  const a = new Node();
+  a.found({ colo: 'primary' });
+  a.run(1000, { heartbeats: true, answer: grantAll(a) });
+  assert.equal(isProtected(a.s), false, 'just (re)attached: no checkpoint seen yet');
+  a.checkpoint();
+  assert.equal(isProtected(a.s), true);
+  a.in({ t: 'qemu-event', event: 'STOP' });
+  a.run(3000, { heartbeats: true, answer: grantAll(a) });
+  assert.equal(isProtected(a.s), true, 'a checkpoint under way is normal');
+});
+
+test('a node that fenced itself comes back once the lease is its again (it stayed fenced for ever)', () => {
+  const a = new Node();
+  a.found({ colo: 'none' });
+  const grant = grantAll(a);
+  a.run(500, { heartbeats: true, answer: grant });
+  assert.equal(a.s.role, 'alone');
+  // The witness and the peer fall silent: running alone without the lease and without the peer's word → fence.
+  const silent = (e: Effect) => (e.t === 'persist-disk' || e.t === 'query-qemu' ? grant(e) : undefined);
+  a.run(4000, { answer: silent });
+  assert.deepEqual(a.decisions(), ['fence']);
+  a.in({ t: 'proc-done', id: a.runs().at(-1)!.id });
+  assert.equal(a.s.role, 'fenced');
+  a.run(5000, { answer: silent });
+  assert.equal(a.s.role, 'fenced', 'no lease: stays fenced');
+  // The witness answers again: the lease is ours, so is the VM.
+  a.run(500, { answer: grant });
+  assert.deepEqual(a.decisions(), ['fence', 'unfence']);
+  a.in({ t: 'proc-done', id: a.runs().at(-1)!.id });
+  assert.equal(a.s.role, 'alone');
+});
+
+test('a witness reply that arrives after the wait: the epoch it recorded becomes ours (both disks were stale for ever)', () => {
+  const b = new Node({ name: 'b', peer: 'a' });
+  b.peer = { ...b.peer, boot: 'boot-a', role: 'primary' };
+  b.found({ colo: 'secondary' });
+  const fast = grantAll(b);
+  b.run(1000, { heartbeats: true, answer: fast });
+  // The primary dies: COLO_EXIT, and its agent says so.
+  b.in({ t: 'qemu-event', event: 'COLO_EXIT' });
+  b.peer = { ...b.peer, role: 'down', qemu: 'dead' };
+  // The witness grants the lease but its answer to "record 2/b" comes late.
+  let recordAsk: Extract<Effect, { t: 'ask-witness' }> | undefined;
+  b.run(2500, {
+    heartbeats: true,
+    answer: (e) => {
+      if (e.t === 'ask-witness' && e.next) {
+        recordAsk ??= e;
+        return undefined;
+      }
+      return fast(e);
+    },
+  });
+  assert.ok(recordAsk, 'asked the witness to record a new epoch');
+  assert.deepEqual(recordAsk.next, E(2, 'b'));
+  assert.deepEqual(b.s.disk, { epoch: E(1), pending: E(2, 'b'), persisting: null }, 'the asked-for epoch stays pending on our disk');
+  assert.ok(b.fx.some((e) => e.t === 'log' && /did not answer whether it recorded/.test(e.msg)));
+  // The late grant: the witness did record it: it is ours now, not a newer epoch nobody holds.
+  b.in({ t: 'witness-reply', reply: { t: 'lease', re: recordAsk.id, granted: true, holder: 'b', ttlMs: 1000, newest: E(2, 'b') } });
+  b.in({ t: 'disk-persisted', id: b.last('persist-disk')!.id, ok: true });
+  assert.deepEqual(b.s.disk.epoch, E(2, 'b'));
+  assert.equal(statusOf(b.s).lease.stale, false);
+});
+
+test('a failover procedure that fails half-way continues from its step, with back-off, running the same steps', () => {
+  const a = new Node();
+  a.found({ colo: 'primary' });
+  const answer = grantAll(a);
+  a.run(1000, { heartbeats: true, answer });
+  a.checkpoint();
+  a.peer = { ...a.peer, role: 'down', qemu: 'dead' };
+  a.run(200, { heartbeats: true, answer });
+  const first = a.runs().at(-1)!;
+  assert.deepEqual(first.procedure, { kind: 'primary-failover', yank: true });
+  assert.equal(first.fromStep, 0);
+  // Step 4 fails (a QMP timeout); meanwhile COLO_EXIT arrives (which alone would not ask for a yank).
+  a.in({ t: 'proc-progress', id: first.id, stepsDone: 3, step: 'object-del comp0' });
+  a.in({ t: 'proc-failed', id: first.id, stepsDone: 3, error: 'step 4 timed out' });
+  a.in({ t: 'qemu-event', event: 'COLO_EXIT' });
+  const runsBefore = a.runs().length;
+  a.run(150, { heartbeats: true, answer });
+  assert.equal(a.runs().length, runsBefore, 'not at once: it backs off');
+  a.run(200, { heartbeats: true, answer });
+  const retry = a.runs().at(-1)!;
+  assert.deepEqual([retry.procedure, retry.fromStep], [first.procedure, 3], 'the same procedure, from its fourth step');
+  assert.deepEqual(a.s.disk.epoch, E(2, 'a'), 'the epoch is raised once per failure, not per attempt');
+  assert.equal(a.fx.filter((e) => e.t === 'ask-witness' && e.next).length, 1);
+});
+
+test('an agent restarted after its QEMU died is down, whatever it was; the survivor resyncs it', () => {
+  const a = new Node();
+  a.found({ running: false });
+  assert.equal(a.s.role, 'down');
+  // As the survivor sees it: its peer says down, with an older disk.
+  const b = new Node({ name: 'b', peer: 'a' }, { epoch: E(2, 'b') });
+  b.peer = { ...b.peer, boot: 'boot-a', role: 'down', qemu: 'dead', disk: E(1) };
+  b.found({ colo: 'none' });
+  b.run(300, { heartbeats: true, answer: grantAll(b) });
+  assert.deepEqual(b.decisions(), ['reprotect']);
+  const req = b.fx.find((e) => e.t === 'send-peer' && e.msg.t === 'req');
+  assert.ok(req && req.t === 'send-peer' && req.msg.t === 'req' && req.msg.body.k === 'resync-prepare');
+});
+
+test('both hosts lost power: the node with the newest disk restarts the VM; of two equal ones, the first name', () => {
+  const newer = new Node({ name: 'b', peer: 'a' }, { epoch: E(3, 'b') });
+  newer.peer = { ...newer.peer, boot: 'boot-a', role: 'down', qemu: 'dead', disk: E(2, 'a') };
+  newer.found({ running: false });
+  newer.run(300, { heartbeats: true, answer: grantAll(newer) });
+  assert.deepEqual(newer.decisions(), ['restart']);
+  assert.deepEqual(newer.runs().at(-1)!.procedure, { kind: 'restart' });
+  assert.deepEqual(newer.s.disk.epoch, E(4, 'b'), 'a new epoch before it writes');
+
+  const older = new Node({}, { epoch: E(2, 'a') });
+  older.peer = { ...older.peer, role: 'down', qemu: 'dead', disk: E(3, 'b') };
+  older.found({ running: false });
+  older.run(300, { heartbeats: true, answer: grantAll(older) });
+  assert.deepEqual(older.decisions(), []);
+
+  const first = new Node({}, { epoch: E(2) });
+  first.peer = { ...first.peer, role: 'down', qemu: 'dead', disk: E(2) };
+  first.found({ running: false });
+  first.run(300, { heartbeats: true, answer: grantAll(first) });
+  assert.deepEqual(first.decisions(), ['restart']);
+});
+
+test('the watchdog lets a long checkpoint finish, yanks a stuck one, and ends a frozen QEMU', () => {
+  const oobOnly = (n: Node) => (e: Effect): InputBody | undefined => (e.t === 'query-qemu' && e.oob ? { t: 'qemu-answer', id: e.id } : e.t === 'query-qemu' ? undefined : grantAll(n)(e));
+  // A checkpoint holds the big lock while a large RAM goes over a slow link: in-band queries wait, the monitor thread answers.
+  const b = new Node({ name: 'b', peer: 'a' });
+  b.peer = { ...b.peer, boot: 'boot-a', role: 'primary' };
+  b.found({ colo: 'secondary' });
+  b.run(1000, { heartbeats: true, answer: grantAll(b) });
+  b.checkpoint();
+  b.in({ t: 'qemu-event', event: 'STOP' });
+  b.run(12_000, { heartbeats: true, answer: oobOnly(b) });
+  assert.deepEqual(b.decisions(), [], 'no kill within the checkpoint bound (the 3 s watchdog killed a healthy QEMU here)');
+  b.run(1500, { heartbeats: true, answer: oobOnly(b) });
+  assert.deepEqual(b.decisions(), ['yank'], 'past the bound: its links to the peer are yanked, out of band');
+  assert.deepEqual(b.runs().at(-1)!.procedure, { kind: 'yank' });
+  b.run(3500, { heartbeats: true, answer: oobOnly(b) });
+  assert.deepEqual(b.decisions(), ['yank', 'kill'], 'still stuck after the yank: ended');
+
+  // Frozen: nothing answers, not even out of band.
+  const f = new Node();
+  f.found({ colo: 'primary' });
+  f.run(1000, { heartbeats: true, answer: grantAll(f) });
+  f.run(3000 + 2 * WATCHDOG_INTERVAL_MS, { heartbeats: true, answer: (e) => (e.t === 'query-qemu' ? undefined : grantAll(f)(e)) });
+  assert.deepEqual(f.decisions(), ['kill']);
+  assert.ok(f.fx.some((e) => e.t === 'kill-qemu'));
+});
+
+test('a peer whose disk epoch is unknown is resynced only on the witness\'s word, never taken for generation 0', () => {
+  const lone = new Node({ witness: false });
+  lone.peer = { ...lone.peer, role: 'down', qemu: 'dead', disk: null };
+  lone.found({ colo: 'none' });
+  lone.run(500, { heartbeats: true, answer: grantAll(lone) });
+  assert.deepEqual(lone.decisions(), [], 'no witness: an unknown disk may be newer; it is not overwritten');
+  assert.ok(statusOf(lone.s).degraded.some((d) => /b's disk epoch is unknown/.test(d)));
+
+  const w = new Node({}, { epoch: E(2, 'a') });
+  w.peer = { ...w.peer, role: 'down', qemu: 'dead', disk: null };
+  w.found({ colo: 'none' });
+  w.run(500, { heartbeats: true, answer: grantAll(w) });
+  assert.deepEqual(w.decisions(), ['reprotect'], 'the lease says ours is the newest disk the witness knows');
+});
+
+test('never resync towards a newer or divergent disk', () => {
+  for (const theirs of [E(3, 'b'), E(2, 'b')]) {
+    const a = new Node({ witness: false }, { epoch: E(2, 'a') });
+    a.peer = { ...a.peer, role: 'fenced', disk: theirs };
+    a.found({ colo: 'none' });
+    a.run(500, { heartbeats: true, answer: grantAll(a) });
+    assert.deepEqual(a.decisions(), [], `not towards ${theirs.gen}/${theirs.by}`);
+  }
+});
+
+test('a resync target refuses a survivor whose disk is older than its own', () => {
+  const b = new Node({ name: 'b', peer: 'a' }, { epoch: E(3, 'b') });
+  b.found({ running: false });
+  b.in({ t: 'peer-message', path: 0, msg: { t: 'req', id: 'r1', body: { k: 'resync-prepare', primary: 'a', disk: E(2, 'a'), sizeBytes: 1 } } });
+  const rep = b.last('send-peer')!;
+  assert.ok(rep.msg.t === 'rep' && rep.msg.ok === false && /newer/.test(rep.msg.why ?? ''));
+  assert.equal(b.runs().length, 0, 'its disk is not touched');
+});
+
+test('a secondary never takes over with a disk older than its peer\'s (found by the simulator, seed 1243)', () => {
+  const b = new Node({ name: 'b', peer: 'a', witness: false }, { epoch: E(2) });
+  b.peer = { ...b.peer, boot: 'boot-a', role: 'primary', disk: E(3, 'a') };
+  b.found({ colo: 'secondary' });
+  b.run(500, { heartbeats: true, answer: grantAll(b) });
+  // Its primary (which wrote alone as 3/a while we could not hear it) reports its QEMU dead.
+  b.peer = { ...b.peer, role: 'down', qemu: 'dead' };
+  b.run(300, { heartbeats: true, answer: grantAll(b) });
+  assert.deepEqual(b.decisions(), ['fence'], 'our disk lacks what the peer acknowledged alone: no takeover');
+});
+
+test('the lease lapses while the new epoch is recorded (a slow witness): asked again before writing alone (seed 34)', () => {
+  const b = new Node({ name: 'b', peer: 'a' });
+  b.peer = { ...b.peer, boot: 'boot-a', role: 'primary' };
+  b.found({ colo: 'secondary' });
+  b.run(1000, { heartbeats: true, answer: grantAll(b) });
+  b.in({ t: 'qemu-event', event: 'COLO_EXIT' });
+  b.peer = { ...b.peer, role: 'down', qemu: 'dead' };
+  b.heartbeat();
+  // The grant for the lease comes at once; the record's grant 1.5 s late, counted from when it was asked: already over.
+  const lease = b.last('ask-witness')!;
+  b.in({ t: 'witness-reply', reply: { t: 'lease', re: lease.id, granted: true, holder: 'b', ttlMs: 1000, newest: E(1) } });
+  b.in({ t: 'disk-persisted', id: b.last('persist-disk')!.id, ok: true });
+  const record = b.last('ask-witness')!;
+  assert.deepEqual(record.next, E(2, 'b'));
+  b.now += 1500;
+  b.in({ t: 'witness-reply', reply: { t: 'lease', re: record.id, granted: true, holder: 'b', ttlMs: 1000, newest: E(2, 'b') } });
+  b.in({ t: 'disk-persisted', id: b.last('persist-disk')!.id, ok: true });
+  assert.equal(b.runs().length, 0, 'no takeover without a lease that is still valid');
+  assert.equal(b.last('ask-witness')!.id !== record.id, true, 'asks for the lease again');
+});
+
+test('a resync target drops its new secondary when the survivor\'s agent restarted (seed 21)', () => {
+  const b = new Node({ name: 'b', peer: 'a' });
+  b.peer = { ...b.peer, boot: 'boot-a', role: 'alone', busy: 'reprotect', disk: E(2, 'a') };
+  b.found({ running: false });
+  b.heartbeat();
+  b.in({ t: 'peer-message', path: 0, msg: { t: 'req', id: 'r1', body: { k: 'resync-prepare', primary: 'a', disk: E(2, 'a'), sizeBytes: 1 } } });
+  const prep = b.runs().at(-1)!;
+  assert.equal(prep.procedure.kind, 'prepare-secondary');
+  b.in({ t: 'proc-done', id: prep.id, pid: 4242 });
+  assert.equal(b.s.work?.kind === 'join' && b.s.work.phase, 'ready');
+  // The survivor's host lost power and came back: a new agent, which knows nothing of this resync.
+  b.peer = { ...b.peer, boot: 'boot-a2', role: 'down', busy: null };
+  b.run(200, { heartbeats: true });
+  assert.equal(b.runs().at(-1)!.procedure.kind, 'drop-secondary');
+});
+
+test('the agent never says a word before it knows what its QEMU is, and never goes back in time', () => {
+  const a = new Node();
+  a.run(1000);
+  assert.equal(a.fx.filter((e) => e.t === 'send-peer').length, 0, 'no heartbeat while attaching: a "down" would make the peer fail over');
+  a.found({ colo: 'primary' });
+  a.run(200);
+  assert.ok(a.fx.some((e) => e.t === 'send-peer' && e.msg.t === 'hb' && e.msg.role === 'primary'));
+  assert.throws(() => step(a.s, { t: 'tick', now: a.now - 1 }), InvariantError);
+});

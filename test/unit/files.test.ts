@@ -1,0 +1,123 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { writeFileAtomic, type AtomicWriteFs } from '../../src/util/files.js';
+
+/** Real file operations, each recorded as "op target" (fds named by what they were opened on). */
+function recordingFs(o: { failOn?: string } = {}): { ops: AtomicWriteFs; calls: string[] } {
+  const calls: string[] = [];
+  const names = new Map<number, string>();
+  const call = (what: string) => {
+    calls.push(what);
+    if (o.failOn && what.startsWith(o.failOn)) throw Object.assign(new Error(`${what}: injected failure`), { code: 'EIO' });
+  };
+  const ops: AtomicWriteFs = {
+    openSync: (f, flags) => {
+      call(`open ${path.basename(f)} ${flags}`);
+      const fd = fs.openSync(f, flags);
+      names.set(fd, path.basename(f));
+      return fd;
+    },
+    writeSync: (fd, data, off, len) => {
+      call(`write ${names.get(fd)}`);
+      return fs.writeSync(fd, data, off, len);
+    },
+    fsyncSync: (fd) => {
+      call(`fsync ${names.get(fd)}`);
+      fs.fsyncSync(fd);
+    },
+    closeSync: (fd) => {
+      calls.push(`close ${names.get(fd)}`); // never fails: the test is about what comes before it
+      fs.closeSync(fd);
+    },
+    renameSync: (a, b) => {
+      call(`rename ${path.basename(a)} ${path.basename(b)}`);
+      fs.renameSync(a, b);
+    },
+    rmSync: (f, opts) => {
+      calls.push(`rm ${path.basename(f)}`);
+      fs.rmSync(f, opts);
+    },
+  };
+  return { ops, calls };
+}
+
+function tmpDir(): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-files-'));
+}
+
+test('durable: the file is fsynced before the rename, and its directory after it', () => {
+  const dir = tmpDir();
+  try {
+    const file = path.join(dir, 'generation.json');
+    const { ops, calls } = recordingFs();
+    writeFileAtomic(file, '{"a":1}\n', { durable: true, fs: ops });
+    const tmp = `generation.json.tmp-${process.pid}`;
+    const d = path.basename(dir);
+    assert.deepEqual(calls, [`open ${tmp} w`, `write ${tmp}`, `fsync ${tmp}`, `close ${tmp}`, `rename ${tmp} generation.json`, `open ${d} r`, `fsync ${d}`, `close ${d}`]);
+    assert.equal(fs.readFileSync(file, 'utf8'), '{"a":1}\n');
+    assert.deepEqual(fs.readdirSync(dir), ['generation.json']);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('not durable: no fsync at all, still one rename', () => {
+  const dir = tmpDir();
+  try {
+    const { ops, calls } = recordingFs();
+    writeFileAtomic(path.join(dir, 'state.json'), 'x', { fs: ops });
+    assert.ok(!calls.some((c) => c.startsWith('fsync')));
+    assert.equal(calls.filter((c) => c.startsWith('rename')).length, 1);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a failure before the rename removes the temporary file and leaves the old file as it was', () => {
+  for (const failOn of ['write', 'fsync', 'rename']) {
+    const dir = tmpDir();
+    try {
+      const file = path.join(dir, 'generation.json');
+      fs.writeFileSync(file, 'old\n');
+      const { ops, calls } = recordingFs({ failOn });
+      assert.throws(() => writeFileAtomic(file, 'new\n', { durable: true, fs: ops }), /injected failure/);
+      assert.equal(fs.readFileSync(file, 'utf8'), 'old\n', `${failOn}: the old file is untouched`);
+      assert.deepEqual(fs.readdirSync(dir), ['generation.json'], `${failOn}: no temporary file left`);
+      assert.ok(calls.includes(`rm generation.json.tmp-${process.pid}`), `${failOn}: removed`);
+      assert.ok(!calls.some((c) => c.startsWith('open lockstep-files-')), `${failOn}: no directory fsync without a rename`);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }
+});
+
+test('a failing fsync of the directory is reported (the new file is in place, but not known to be durable)', () => {
+  const dir = tmpDir();
+  try {
+    const file = path.join(dir, 'generation.json');
+    const { ops } = recordingFs({ failOn: `fsync ${path.basename(dir)}` });
+    assert.throws(() => writeFileAtomic(file, 'new\n', { durable: true, fs: ops }), /injected failure/);
+    assert.equal(fs.readFileSync(file, 'utf8'), 'new\n');
+    assert.deepEqual(fs.readdirSync(dir), ['generation.json']);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('with the real file system: written whole, replaced whole', () => {
+  const dir = tmpDir();
+  try {
+    const file = path.join(dir, 'f.json');
+    const big = 'x'.repeat(1 << 20) + 'é\n';
+    writeFileAtomic(file, big, { durable: true });
+    assert.equal(fs.readFileSync(file, 'utf8'), big);
+    writeFileAtomic(file, 'small\n', { durable: true });
+    assert.equal(fs.readFileSync(file, 'utf8'), 'small\n');
+    assert.deepEqual(fs.readdirSync(dir), ['f.json']);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
