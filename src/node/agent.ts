@@ -18,12 +18,12 @@ import { isOurQemu, stopPid } from '../qemu/process.js';
 import { IDS } from '../qemu/cmdline.js';
 import { primaryFailover, yankLinksToPrimary, yankLinksToSecondary } from '../colo/failover.js';
 import { queryColoStatus } from '../colo/startup.js';
-import { abortResume, RESYNC_JOB } from '../colo/resume.js';
+import { RESYNC_JOB } from '../colo/resume.js';
 import { ColoStepError, hasBlockNode, hasObject } from '../colo/steps.js';
 import { readState, recordFailover, type NodeState, type PairState } from '../pair/state.js';
 import { secondaryTakeover } from '../pair/failover.js';
 import { readDiskRecord, writeDiskRecord } from '../pair/generation.js';
-import { prepareSecondary, dropSecondary, resumeOnSurvivor, recordResync, type PreparedSecondary } from '../pair/resync.js';
+import { prepareSecondary, dropSecondary, resumeOnSurvivor, recordResync, takeBackResume, type PreparedSecondary } from '../pair/resync.js';
 import { restartAlone } from '../pair/restart.js';
 import { planPair } from '../pair/plan.js';
 import { imageInfo } from '../qemu/images.js';
@@ -147,9 +147,7 @@ export class Agent {
         secret: this.a.secret,
         host: host!,
         port: Number(port),
-        onReply: (r: WitnessReply) => {
-          if (r.t === 'lease' || r.t === 'released') this.input({ t: 'witness-reply', reply: r });
-        },
+        onReply: (r: WitnessReply) => this.input({ t: 'witness-reply', reply: r }),
         onRefuse: (why) => this.log.warn({ why }, 'witness link refused'),
       });
     }
@@ -208,6 +206,8 @@ export class Agent {
         return this.witness?.send({ t: 'acquire', id: e.id, ttlMs: e.ttlMs, disk: e.disk, next: e.next });
       case 'release-lease':
         return this.witness?.send({ t: 'release', id: e.id });
+      case 'query-witness':
+        return this.witness?.send({ t: 'query', id: e.id });
       case 'run':
         return void this.run(e.id, e.procedure, e.fromStep);
       case 'query-qemu':
@@ -245,27 +245,42 @@ export class Agent {
 
   // ---- QEMU ----
 
-  /** Attaches to our QEMU (if it runs) and tells the core what it found. */
-  private async attach(qmpPromise?: Promise<QmpClient>): Promise<void> {
-    if (this.stopped) return;
-    try {
-      if (!qmpPromise && !isOurQemu(this.me.pid, this.me.qmpSocket)) {
+  /**
+   * Attaches to our QEMU (if it runs) and tells the core what it found. A
+   * QEMU whose main loop does not answer (a checkpoint stuck on a silent link
+   * holds the big lock; QMP's negotiation needs it) is waited for as long as a
+   * checkpoint may take, then ended: unattached, it could neither be watched
+   * nor stopped, and might come back as a second writer.
+   */
+  private async attach(): Promise<void> {
+    const cfg = this.core.cfg;
+    const deadline = performance.now() + cfg.checkpointTimeoutMs + cfg.hungMs;
+    for (let attempt = 1; !this.stopped; attempt++) {
+      if (!isOurQemu(this.me.pid, this.me.qmpSocket)) {
         this.log.warn({ pid: this.me.pid }, 'our QEMU is not running');
         return this.input({ t: 'qemu-found', found: notRunning() });
       }
-      const qmp = qmpPromise ? await qmpPromise : await connectWithRetry(this.me.qmpSocket, 10_000);
-      this.own(qmp);
-      const found = await describeQemu(qmp);
-      this.log.info({ found }, 'attached to our QEMU');
-      this.input({ t: 'qemu-found', found });
-    } catch (err) {
-      this.log.error({ err: errorMessage(err) }, 'cannot attach to our QEMU');
-      const alive = isOurQemu(this.me.pid, this.me.qmpSocket);
-      if (alive) {
+      try {
+        const qmp = await QmpClient.connect(this.me.qmpSocket, { timeoutMs: 3000 });
+        try {
+          const found = await describeQemu(qmp);
+          this.own(qmp);
+          this.log.info({ found }, 'attached to our QEMU');
+          return this.input({ t: 'qemu-found', found });
+        } catch (err) {
+          qmp.destroy();
+          throw err;
+        }
+      } catch (err) {
+        if (performance.now() > deadline) {
+          this.log.error({ pid: this.me.pid, err: errorMessage(err), attempts: attempt }, 'our QEMU cannot be attached: ending it so that it can never come back as a second writer');
+          if (isOurQemu(this.me.pid, this.me.qmpSocket)) process.kill(this.me.pid, 'SIGKILL');
+          await sleep(200);
+          return this.input({ t: 'qemu-found', found: notRunning() });
+        }
+        if (attempt === 1) this.log.warn({ err: errorMessage(err) }, 'cannot attach to our QEMU yet');
         await sleep(500);
-        return this.attach();
       }
-      this.input({ t: 'qemu-found', found: notRunning() });
     }
   }
 
@@ -354,8 +369,10 @@ export class Agent {
       case 'fence': {
         const qmp = this.needQmp();
         if (p.yank) {
-          const yanked = await (this.core.role === 'secondary' || this.core.fence?.from === 'secondary' ? yankLinksToPrimary(qmp) : yankLinksToSecondary(qmp)).catch(() => []);
-          this.log.warn({ yanked }, 'yanked the links to the peer');
+          const yanked = await this.yankPeer(qmp);
+          // A checkpoint would start a stopped VM again (colo.c: vm_start at its end): the stream must be broken first.
+          const mig = await qmp.execute<{ status?: string }>('query-migrate', undefined, { timeoutMs: 5000 }).catch(() => ({ status: undefined }));
+          if (mig.status === 'colo' && !yanked.includes('migration')) throw new LockstepError(`fencing: the COLO stream could not be yanked (yanked: ${yanked.join(', ') || 'nothing'}), so a checkpoint could start our VM again`);
           onProgress(1);
         }
         await qmp.execute('stop', undefined, { timeoutMs: 5000 });
@@ -364,12 +381,9 @@ export class Agent {
       case 'unfence':
         await this.needQmp().execute('cont', undefined, { timeoutMs: 5000 });
         return;
-      case 'yank': {
-        const qmp = this.needQmp();
-        const yanked = await (this.core.role === 'secondary' || this.core.fence?.from === 'secondary' ? yankLinksToPrimary(qmp) : yankLinksToSecondary(qmp));
-        this.log.warn({ yanked }, 'watchdog: yanked the links to the peer');
+      case 'yank':
+        await this.yankPeer(this.needQmp());
         return;
-      }
       case 'restart': {
         await this.endOurQemu('replaced by a restart from our disk');
         const s = readState(this.c.stateDir) ?? this.pair;
@@ -401,7 +415,7 @@ export class Agent {
         return;
       }
       case 'abort-resume': {
-        const undone = await abortResume(this.needQmp());
+        const undone = await takeBackResume(this.needQmp());
         if (undone.length) this.log.warn({ undone }, 'took a resync back');
         return;
       }
@@ -418,20 +432,27 @@ export class Agent {
       case 'adopt-secondary': {
         const prep = this.prepared;
         if (!prep) throw new LockstepError('no new secondary here');
+        const found = await describeQemu(prep.qmp).catch((err: unknown) => {
+          throw new LockstepError(`the new secondary does not answer: ${errorMessage(err)}`);
+        });
+        if (found.colo !== 'secondary') throw new LockstepError(`the new secondary is not in COLO (${found.colo})`);
+        // (On failure above it stays prepared: the core drops it.)
         this.prepared = undefined;
         this.reloadPair();
         this.me = { ...this.me, pid: prep.proc.pid };
-        const found = await describeQemu(prep.qmp);
-        if (found.colo !== 'secondary') {
-          prep.qmp.destroy();
-          await dropSecondary(prep);
-          throw new LockstepError(`the new secondary is not in COLO (${found.colo})`);
-        }
         this.own(prep.qmp);
         this.input({ t: 'qemu-found', found });
         return prep.proc.pid;
       }
     }
+  }
+
+  /** Yanks our QEMU's links to the peer (out of band): to the secondary if we are (or were) a primary, else to the primary. */
+  private async yankPeer(qmp: QmpClient): Promise<string[]> {
+    const secondary = this.core.role === 'secondary' || this.core.fence?.from === 'secondary';
+    const yanked = await (secondary ? yankLinksToPrimary(qmp) : yankLinksToSecondary(qmp));
+    this.log.warn({ yanked }, 'yanked the links to the peer');
+    return yanked;
   }
 
   /** The pid of the peer's new secondary, from its reply to our resync request (seen on the wire). */
@@ -577,18 +598,6 @@ export class Agent {
 
 function notRunning(): QemuFound {
   return { running: false, colo: 'none', runState: 'other', replicationChild: false, secondaryFilters: false, resumeLeftovers: false, oob: false };
-}
-
-async function connectWithRetry(socket: string, timeoutMs: number): Promise<QmpClient> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      return await QmpClient.connect(socket, { timeoutMs: 3000 });
-    } catch (err) {
-      if (Date.now() > deadline) throw err;
-      await sleep(200);
-    }
-  }
 }
 
 /** What our QEMU is: COLO mode, run state, and what is left of the COLO procedures on it. */

@@ -276,6 +276,11 @@ export interface WitnessConnectionOptions {
   onDown?: (why: string) => void;
   /** Bounds the connect, then the handshake, each. Default: link.ts's HANDSHAKE_TIMEOUT_MS. */
   connectTimeoutMs?: number;
+  /**
+   * A link on which requests have gone unanswered this long is taken for dead (a witness host that vanished
+   * without a reset) and opened anew. Default 3000.
+   */
+  idleMs?: number;
 }
 
 /** Requests kept while a connection is being opened; older ones are dropped. */
@@ -299,6 +304,8 @@ export class WitnessConnection {
   private retry: NodeJS.Timeout | undefined;
   private closed = false;
   private lastErr: string | undefined;
+  /** The oldest request sent on the open link since its last reply. */
+  private unansweredSince: number | undefined;
 
   constructor(private readonly o: WitnessConnectionOptions) {}
 
@@ -313,7 +320,12 @@ export class WitnessConnection {
 
   send(req: WitnessRequest): void {
     if (this.closed) return;
+    const idleMs = this.o.idleMs ?? 3000;
+    if (this.link?.isOpen && this.unansweredSince !== undefined && performance.now() - this.unansweredSince > idleMs) {
+      this.link.close(`no answer for ${Math.round(performance.now() - this.unansweredSince)} ms: opening a new link`);
+    }
     if (this.link?.isOpen) {
+      this.unansweredSince ??= performance.now();
       this.transmit(this.link, req);
       return;
     }
@@ -410,8 +422,12 @@ export class WitnessConnection {
     }
     this.link = l;
     this.lastErr = undefined;
+    this.unansweredSince = undefined;
     // A throwing onReply closes the link and surfaces as uncaught (link.ts): a bug of the caller.
-    l.on('message', (r) => this.o.onReply(r));
+    l.on('message', (r) => {
+      this.unansweredSince = undefined;
+      this.o.onReply(r);
+    });
     l.on('close', (why) => {
       if (this.link !== l) return;
       this.link = undefined;
@@ -420,6 +436,7 @@ export class WitnessConnection {
     });
     const queued = this.queue;
     this.queue = [];
+    if (queued.length) this.unansweredSince = performance.now();
     for (const req of queued) this.transmit(l, req);
   }
 }

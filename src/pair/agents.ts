@@ -143,6 +143,21 @@ export function agentSocket(dataDir: string): string {
 }
 
 
+/**
+ * Waits until every agent of the pair says it is protected (it has seen a
+ * checkpoint since it attached), at most `timeoutMs`; returns whether they
+ * did. Agents that just (re)started say so only after the next checkpoint.
+ */
+export async function waitAgentsProtected(s: PairState, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const st = await Promise.all(s.nodes.map((n) => readAgentStatus(path.dirname(n.qmpSocket), 1000)));
+    if (st.every((a) => a?.protected)) return true;
+    await sleep(100);
+  }
+  return false;
+}
+
 /** Reads an agent's status over its control socket. */
 export function readAgentStatus(dataDir: string, timeoutMs = 1000): Promise<AgentStatus | undefined> {
   return new Promise((resolve) => {

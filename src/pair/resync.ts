@@ -28,12 +28,13 @@ import { createImage, imageInfo } from '../qemu/images.js';
 import { detachTap } from '../qemu/tap.js';
 import { secondaryEnterColo, waitColoMode, firstCheckpoint, queryColoStatus } from '../colo/startup.js';
 import { resumeReplication, abortResume, type MirrorProgress, type ResumeResult } from '../colo/resume.js';
+import { primaryFailover } from '../colo/failover.js';
 import { LockstepError, errorMessage } from '../util/errors.js';
 import { waitFor } from '../util/time.js';
 import { planPair, type PairPlan } from './plan.js';
 import { launchNode } from './launch.js';
 import { readState, updateState, writeState, type PairState } from './state.js';
-import { agentsRunning, startAgents, stopAgents } from './agents.js';
+import { agentsRunning, startAgents, stopAgents, waitAgentsProtected } from './agents.js';
 import { generationFile, readDiskRecord, writeEpoch, type ReadDisk } from './generation.js';
 import { compareEpochs, formatEpoch, mayResyncTowards, type Epoch } from './epoch.js';
 
@@ -131,10 +132,26 @@ export async function resumeOnSurvivor(
     await firstCheckpoint(qmp, c.replication.checkpointDelayMs);
     return r;
   } catch (err) {
-    const undone = await abortResume(qmp).catch(() => []);
+    const undone = await takeBackResume(qmp).catch(() => []);
     if (undone.length) o.onUpdate?.(`took back: ${undone.join(', ')}`);
     throw err;
   }
+}
+
+/**
+ * Takes a failed resume back on the survivor. If it got as far as COLO, the
+ * COLO thread waits for a failover (colo.c, colo_exit_sem), which only
+ * x-colo-lost-heartbeat gives it: so "Primary Failover" first (yanking the
+ * links to the new secondary), then whatever else the resume left.
+ */
+export async function takeBackResume(qmp: QmpClient): Promise<string[]> {
+  const undone: string[] = [];
+  const colo = await queryColoStatus(qmp).catch(() => undefined);
+  if (colo?.mode === 'primary') {
+    await primaryFailover(qmp, undefined, { yank: true });
+    undone.push('primary failover (the resume had reached COLO)');
+  }
+  return [...undone, ...(await abortResume(qmp))];
 }
 
 /** Records a finished resync: the survivor primary, the target its secondary with the new QEMU, and the figures. */
@@ -270,6 +287,8 @@ export async function resync(c: ResolvedConfig, o: ResyncOptions = {}): Promise<
       step('starting the node agents again');
       next.agents = await startAgents(c, next);
       writeState(c.stateDir, next);
+      step('waiting for the agents to see a checkpoint');
+      await waitAgentsProtected(next, 2 * c.replication.checkpointDelayMs + 10_000);
     }
     return { from: source.name, to: target.name, ms, mirrorMs: r.mirrorMs, mirrorBytes: r.mirrorBytes, stoppedMs: r.stoppedMs, epoch, generation: epoch.gen };
   } catch (err) {

@@ -77,8 +77,10 @@ export async function pairStatus(c: ResolvedConfig, timeoutMs = 3000): Promise<P
   const runs = (n: NodeStatus | undefined) => n?.runState === 'running' || n?.runState === 'colo';
   const colo = runs(p) && runs(sec) && p?.colo?.mode === 'primary' && p.migration === 'colo' && sec?.colo?.mode === 'secondary';
   // QEMU's COLO mode says nothing of whether checkpoints still flow (a cut replication link leaves both "in COLO"):
-  // with agents, protected also means both agents run and see checkpoints flowing.
-  const agentsSay = !s.agents || nodes.every((n) => n.agent?.protected === true);
+  // with agents, protected also means that the agents that answer see checkpoints flowing (at least one must
+  // answer; a dead agent is shown, and its peer's agent still takes over if that node's VM dies).
+  const answered = nodes.filter((n) => n.agent);
+  const agentsSay = !s.agents || (answered.length > 0 && answered.every((n) => n.agent!.protected));
   return {
     name: s.name,
     running: nodes.some((n) => n.alive),

@@ -19,7 +19,7 @@ import { attachTap, checkTap, detachTap } from '../qemu/tap.js';
 import { planPair, replicaPath, type PairPlan } from './plan.js';
 import { resolveRuntime } from './runtime.js';
 import { stateFile, writeState, liveNodes, type PairState } from './state.js';
-import { startAgents } from './agents.js';
+import { startAgents, waitAgentsProtected } from './agents.js';
 import { generationFile, readDiskRecord, readEpoch, writeEpoch, type ReadDisk } from './generation.js';
 import { compareEpochs, formatEpoch, type Epoch, type EpochOrder } from './epoch.js';
 import { connectQmp, spawnOpts } from './launch.js';
@@ -130,6 +130,8 @@ export interface DiskFacts {
   adoptNewest: boolean;
   /** For hints: the config file. */
   configFile: string;
+  /** The pair's name, for messages. */
+  pairName: string;
 }
 
 /** What `up` does with the disks before it starts: copy `adopt.from` over the image first, or nothing. */
@@ -165,7 +167,7 @@ export function decideDisks(f: DiskFacts): DiskDecision {
   const recordOf = (disk: string): ReadDisk | undefined => (disk === f.replica ? B : disk === aDisk ? A : undefined);
   const adoptHint = (from: string) => `lockstep up --adopt-newest -c ${f.configFile} copies ${from} over ${f.image} first and starts from it`;
   const ambiguous = (what: string) =>
-    new LockstepError(`cannot tell which disk holds the newest data of the pair: ${what}`, {
+    new LockstepError(`cannot tell which disk holds the newest data of pair "${f.pairName}": ${what}`, {
       hint:
         `nothing was changed, and --adopt-newest cannot choose either, as neither disk is provably newer. Decide which data to keep: ` +
         `to start from ${f.image} (losing what only the replica holds), move ${f.replica} away; ` +
@@ -176,7 +178,7 @@ export function decideDisks(f: DiskFacts): DiskDecision {
   let adopt: string | undefined;
   if (f.authoritative) {
     if (!f.adoptNewest) {
-      throw new LockstepError(`the newest data of the pair is in ${f.authoritative.disk}${f.authoritative.why}, not in ${f.image}`, {
+      throw new LockstepError(`the newest data of pair "${f.pairName}" is in ${f.authoritative.disk}${f.authoritative.why}, not in ${f.image}`, {
         hint:
           `starting from ${f.image} would lose what was written since. To continue from the newest data: ` +
           `${adoptHint(f.authoritative.disk)}; to start over from the old image anyway, move ${f.authoritative.disk} away first`,
@@ -213,7 +215,7 @@ export function decideDisks(f: DiskFacts): DiskDecision {
         else throw ambiguous(`${both}: they are ${ORDER_WORDS[order]}`);
       }
       if (!f.adoptNewest) {
-        throw new LockstepError(`${f.image} does not hold the newest data of the pair: ${both}`, {
+        throw new LockstepError(`${f.image} does not hold the newest data of pair "${f.pairName}": ${both}`, {
           hint: `nothing was changed. ${adoptHint(newest)}; to start over from the old image anyway, move ${fr}${newest === f.replica ? ` and ${f.replica}` : ''} away first`,
         });
       }
@@ -261,6 +263,7 @@ export function checkDisksBeforeUp(c: ResolvedConfig, plan: PairPlan, o: { adopt
     authoritative: auth && auth !== image && fs.existsSync(auth) ? { disk: auth, why: f ? ` (node ${f.to} took over at ${f.at})` : '' } : undefined,
     adoptNewest: o.adoptNewest === true,
     configFile: c.file,
+    pairName: c.name,
   });
   if (d.adopt) {
     o.step?.(`copying the newest disk ${d.adopt.from} over ${image}`);
@@ -418,6 +421,11 @@ export async function up(c: ResolvedConfig, o: UpOptions = {}): Promise<UpResult
       step('starting the node agents (heartbeat, failure detection, automatic failover)');
       state.agents = await startAgents(c, state);
       writeState(c.stateDir, state);
+      // Protected, as status will say it, once the agents have seen a checkpoint of their own.
+      step('waiting for the agents to see a checkpoint');
+      if (!(await waitAgentsProtected(state, 2 * c.replication.checkpointDelayMs + 10_000))) {
+        step(`the agents do not say protected yet: see lockstep status -c ${c.file} and ${c.stateDir}/*/agent.log`);
+      }
     }
     return { state, plan };
   } catch (err) {

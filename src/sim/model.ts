@@ -57,7 +57,11 @@ export type Fault =
   | { at: number; kind: 'slow-link'; link: LinkName; ms: number; delayMs: number }
   | { at: number; kind: 'witness-down'; ms: number }
   | { at: number; kind: 'witness-restart' }
-  | { at: number; kind: 'witness-slow'; ms: number; delayMs: number };
+  | { at: number; kind: 'witness-slow'; ms: number; delayMs: number }
+  /** The witness records, but its answers get lost (it crashes between its write and its reply, a link that drops). */
+  | { at: number; kind: 'witness-lossy'; ms: number }
+  /** The replication connections are reset (a firewall, a restarted switch): both ends see COLO_EXIT. */
+  | { at: number; kind: 'reset-replication' };
 
 export interface SimOptions {
   seed: number;
@@ -93,6 +97,8 @@ export const PROTECT_BOUND_MS = 90_000;
 const STABLE_MS = 10_000;
 
 const TICK_MS = 50;
+/** As agent.ts: the checkpoint bound plus the hung bound. */
+const ATTACH_TIMEOUT_MS = 12_500 + 3000;
 const CHECKPOINT_DELAY_MS = 2000;
 const STEP_TIMEOUT_MS = 5000;
 
@@ -128,6 +134,8 @@ interface Qemu {
   /** Its main loop holds the big lock until then (Infinity: stuck on a silent link). */
   bqlUntil: number;
   nbd: boolean;
+  /** It has been a COLO secondary since it started (its redirectors stay until Secondary Failover removes them). */
+  wasSecondary: boolean;
   /** Procedure steps whose effect is in place (what a check of QEMU's state would find). */
   applied: Set<string>;
   queries: Array<{ id: string; oob: boolean; boot: string }>;
@@ -200,7 +208,7 @@ export class World {
   private nextSession = 1;
   readonly nodes: Record<NodeName, HostNode>;
   readonly links: Record<LinkName, Link>;
-  witness: { up: boolean; state: WitnessState; slowMs: number; incarnation: number; persisted: Record<string, Epoch> };
+  witness: { up: boolean; state: WitnessState; slowMs: number; lossy: boolean; incarnation: number; persisted: Record<string, Epoch> };
   session: Session | null = null;
   private request: Request | null = null;
   readonly acked = new Set<number>();
@@ -231,7 +239,7 @@ export class World {
     });
     this.nodes = { a: mk('a'), b: mk('b') };
     this.links = Object.fromEntries(LINKS.map((l) => [l, { cut: false, cutAt: 0, delayMs: 0, epoch: 0, held: [] }])) as unknown as Record<LinkName, Link>;
-    this.witness = { up: o.witness, state: initWitness(0, 0), slowMs: 0, incarnation: 1, persisted: {} };
+    this.witness = { up: o.witness, state: initWitness(0, 0), slowMs: 0, lossy: false, incarnation: 1, persisted: {} };
     // `up`: both QEMUs in COLO, a primary, b secondary.
     const pq = this.newQemu('a', 'colo-primary');
     const sq = this.newQemu('b', 'colo-secondary');
@@ -296,7 +304,7 @@ export class World {
   // ---- QEMU ----
 
   private newQemu(node: NodeName, mode: Qemu['mode']): Qemu {
-    return { pid: this.nextPid++, node, alive: true, mode, paused: true, frozen: false, broken: false, brokenAt: 0, bqlUntil: 0, nbd: mode === 'colo-secondary' || mode === 'incoming', applied: new Set(), queries: [] };
+    return { pid: this.nextPid++, node, alive: true, mode, paused: true, frozen: false, broken: false, brokenAt: 0, bqlUntil: 0, wasSecondary: false, nbd: mode === 'colo-secondary' || mode === 'incoming', applied: new Set(), queries: [] };
   }
 
   private responsive(q: Qemu, oob: boolean): boolean {
@@ -354,6 +362,7 @@ export class World {
     this.session = sess;
     pq.mode = 'colo-primary';
     sq.mode = 'colo-secondary';
+    sq.wasSecondary = true;
     pq.broken = false;
     sq.broken = false;
     this.trace(`COLO session ${sess.id}: primary ${p} (${pq.pid}), secondary ${s} (${sq.pid})`);
@@ -495,12 +504,19 @@ export class World {
     const core = initCore(simCoreConfig(name, this.o), this.now, boot, { epoch: n.record.epoch, pending: n.record.pending });
     n.agent = { boot, core, attached: null };
     this.trace(`${name}: agent starts (${boot.slice(0, 8)})`);
-    this.after(this.rng.range(20, 300), () => {
+    // Attaching needs QMP answered (its main loop); one that cannot be attached within the bound is ended (agent.ts).
+    const started = this.now;
+    const attach = () => {
       if (n.agent?.boot !== boot) return;
       const q = n.qemu;
+      if (q?.alive && !this.responsive(q, false)) {
+        if (this.now - started < ATTACH_TIMEOUT_MS) return void this.after(200, attach);
+        this.endQemu(q, n.hostUp, 'could not be attached');
+      }
       if (q?.alive) n.agent.attached = q.pid;
-      this.input(name, { t: 'qemu-found', found: this.foundOf(q) });
-    });
+      this.input(name, { t: 'qemu-found', found: this.foundOf(q?.alive ? q : null) });
+    };
+    this.after(this.rng.range(20, 300), attach);
     const tick = () => {
       if (n.agent?.boot !== boot) return;
       this.input(name, { t: 'tick' });
@@ -519,7 +535,7 @@ export class World {
       colo,
       runState: q.mode === 'incoming' ? 'inmigrate' : q.paused ? 'paused' : 'running',
       replicationChild: q.mode === 'colo-primary' && !q.applied.has('remove-replication-child'),
-      secondaryFilters: q.mode === 'colo-secondary' && !q.applied.has('del-redirectors'),
+      secondaryFilters: q.wasSecondary && !q.applied.has('del-redirectors'),
       resumeLeftovers: q.applied.has('resume-started') && !q.applied.has('resume-done'),
       oob: true,
     };
@@ -560,6 +576,8 @@ export class World {
       }
       case 'release-lease':
         return this.toWitness(n, ag, { t: 'release', id: e.id });
+      case 'query-witness':
+        return this.toWitness(n, ag, { t: 'query', id: e.id });
       case 'run':
         return this.runProcedure(n, ag, e.id, e.procedure, e.fromStep);
       case 'query-qemu': {
@@ -657,14 +675,19 @@ export class World {
     this.transmit(link, `${n.name}>w`, () => {
       const w = this.witness;
       if (!w.up || w.incarnation !== inc) return;
-      this.after(w.slowMs ? this.rng.range(w.slowMs / 2, w.slowMs) : this.rng.range(0.2, 2), () => {
+      // One link is served in order.
+      const key = `witness<${n.name}`;
+      const t = Math.max(this.now + (w.slowMs ? this.rng.range(w.slowMs / 2, w.slowMs) : this.rng.range(0.2, 2)), this.lastOrder.get(key) ?? 0);
+      this.lastOrder.set(key, t);
+      this.at(t, () => {
         if (!w.up || w.incarnation !== inc) return;
         const r = witnessStep(w.state, this.now, n.name, req);
         w.state = r.state;
         if (r.persist) w.persisted = { ...r.state.newest };
         if (r.log) this.trace(`witness: ${r.log}`);
+        if (w.lossy && this.rng.chance(0.5)) return this.trace(`witness: answer to ${n.name} lost`);
         this.transmit(link, `w>${n.name}`, () => {
-          if (n.agent?.boot === ag.boot && (r.reply.t === 'lease' || r.reply.t === 'released')) this.input(n.name, { t: 'witness-reply', reply: r.reply });
+          if (n.agent?.boot === ag.boot) this.input(n.name, { t: 'witness-reply', reply: r.reply });
         });
       });
     });
@@ -743,7 +766,8 @@ export class World {
       const failBefore = r < failP / 2;
       const failAfter = !failBefore && r < failP;
       const attempt = () => {
-        if (n.agent?.boot !== boot || !n.hostUp) return;
+        // A command already sent still runs in QEMU when its agent dies meanwhile; the next step is never sent.
+        if (!n.hostUp || (n.agent?.boot !== boot && this.now - started > 5)) return;
         if (st.needsQemu !== false && !q?.alive) return fail(`QEMU is gone (${st.name})`);
         if (q && st.needsQemu !== false && !this.responsive(q, st.oob === true)) {
           if (this.now - started >= STEP_TIMEOUT_MS) return fail(`step "${st.name}" timed out`);
@@ -783,9 +807,16 @@ export class World {
       case 'primary-failover':
         return [
           ...(p.yank ? [yank()] : []),
-          flag('remove-replication-child', (q) => (q.mode !== 'colo-primary' ? `not a primary (${q.mode})` : undefined)),
+          flag('remove-replication-child'),
           flag('drive-del'),
-          flag('del-proxy-objects'),
+          flag('del-proxy-objects', (q) => {
+            // colo-compare is gone: what it held leaves (colo-compare.c, finalize flushes).
+            const r = this.request;
+            if (r?.on === q && (r.state === 'held' || r.state === 'blocked')) {
+              if (r.write === null) r.write = this.applyWrite(q, false);
+              this.after(1, () => this.answer(r));
+            }
+          }),
           flag('lost-heartbeat', (q) => this.failoverEnd(q)),
         ];
       case 'takeover':
@@ -793,7 +824,6 @@ export class World {
           { name: 'tap', target: ours, needsQemu: false, run: () => void (n.tapOn = true) },
           ...(p.yank ? [yank()] : []),
           flag('nbd-server-stop', (q) => {
-            if (q.mode !== 'colo-secondary') return `not a secondary (${q.mode})`;
             q.nbd = false;
           }),
           flag('lost-heartbeat', (q) => this.failoverEnd(q)),
@@ -826,12 +856,11 @@ export class World {
             target: ours,
             run: (q) => {
               q!.paused = false;
-              if (n.agent) n.agent.attached = q!.pid;
-              const boot = n.agent?.boot;
-              const found = this.foundOf(q);
-              this.after(1, () => {
-                if (n.agent?.boot === boot) this.input(n.name, { t: 'qemu-found', found });
-              });
+              // The runtime attaches before it reports the restart done.
+              if (n.agent) {
+                n.agent.attached = q!.pid;
+                this.input(n.name, { t: 'qemu-found', found: this.foundOf(q) });
+              }
             },
           },
         ];
@@ -986,7 +1015,8 @@ export class World {
 
   /** x-colo-lost-heartbeat: this end leaves COLO and runs on its own. */
   private failoverEnd(q: Qemu): string | void {
-    if (q.mode !== 'colo-primary' && q.mode !== 'colo-secondary') return `not in COLO (${q.mode})`;
+    // Out of COLO already: QEMU answers "The feature 'colo' is not enabled", which the runtime takes as done.
+    if (q.mode !== 'colo-primary' && q.mode !== 'colo-secondary') return;
     const s = this.session;
     if (s && (s.pq === q || s.sq === q)) {
       if (!q.broken) this.breakEnd(s, q, 'failover requested');
@@ -1077,6 +1107,18 @@ export class World {
         this.witness.slowMs = f.delayMs;
         this.after(f.ms, () => (this.witness.slowMs = 0));
         return;
+      case 'witness-lossy':
+        this.witness.lossy = true;
+        this.after(f.ms, () => (this.witness.lossy = false));
+        return;
+      case 'reset-replication': {
+        const s = this.session;
+        if (s && !s.over && !this.links.replication.cut) {
+          this.breakEnd(s, s.pq, 'the replication connection was reset');
+          this.breakEnd(s, s.sq, 'the replication connection was reset');
+        }
+        return;
+      }
     }
   }
 
@@ -1156,8 +1198,8 @@ export class World {
     const q = r.on;
     // The answer needs the VM running and its way to the client.
     if (q.paused || q.frozen || this.links[q.node === 'a' ? 'lan-a' : 'lan-b'].cut || !this.nodes[q.node].tapOn) return void this.after(50, () => this.answer(r));
-    // [compare] a COLO primary whose stream broke or stalled releases nothing until COLO ends (or a checkpoint).
-    if (q.mode === 'colo-primary' && !this.sessionHealthy()) return void (r.state = 'held');
+    // [compare] a COLO primary whose stream broke or stalled releases nothing until colo-compare is gone (or a checkpoint).
+    if (q.mode === 'colo-primary' && !this.sessionHealthy() && !q.applied.has('del-proxy-objects')) return void (r.state = 'held');
     if (!this.writers().includes(q)) return this.violation(`write ${r.write} acknowledged by ${q.node}, which is not the VM's writer`);
     this.acked.add(r.write);
     this.request = null;
@@ -1180,7 +1222,8 @@ export class World {
     for (const n of Object.values(this.nodes)) {
       const q = n.qemu;
       if (!q?.alive || q.paused) continue;
-      if (q.mode === 'none' || (q.mode === 'colo-primary' && this.sessionHealthy() && this.session!.pq === q)) out.push(q);
+      // A COLO primary acknowledges writes while its stream is healthy, or once colo-compare is gone (failing over).
+      if (q.mode === 'none' || (q.mode === 'colo-primary' && ((this.sessionHealthy() && this.session!.pq === q) || q.applied.has('del-proxy-objects')))) out.push(q);
     }
     return out;
   }

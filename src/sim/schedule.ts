@@ -22,6 +22,8 @@ const weights: Array<[Fault['kind'], number]> = [
   ['witness-down', 1],
   ['witness-restart', 0.5],
   ['witness-slow', 1],
+  ['witness-lossy', 1],
+  ['reset-replication', 1],
 ];
 
 const cuts: LinkName[][] = [
@@ -95,6 +97,12 @@ export function scheduleFor(seed: number): SimOptions {
         break;
       case 'witness-slow':
         f = { at, kind, ms: Math.round(rng.range(2000, 20_000)), delayMs: Math.round(rng.range(300, 3000)) };
+        break;
+      case 'witness-lossy':
+        f = { at, kind, ms: Math.round(rng.range(1000, 20_000)) };
+        break;
+      case 'reset-replication':
+        f = { at, kind };
         break;
     }
     if (!allowed(f)) continue;

@@ -392,3 +392,28 @@ test('the agent never says a word before it knows what its QEMU is, and never go
   assert.ok(a.fx.some((e) => e.t === 'send-peer' && e.msg.t === 'hb' && e.msg.role === 'primary'));
   assert.throws(() => step(a.s, { t: 'tick', now: a.now - 1 }), InvariantError);
 });
+
+test('without a witness, a fenced former primary never comes back over a peer that wrote alone (review finding)', () => {
+  const a = new Node({ witness: false });
+  a.peer = { ...a.peer, role: 'alone', disk: E(2, 'b') };
+  a.found({ colo: 'primary' });
+  a.run(300, { heartbeats: true, answer: grantAll(a) });
+  assert.deepEqual(a.decisions(), ['fence'], 'b runs the VM alone: ours must not write');
+  a.in({ t: 'proc-done', id: a.runs().at(-1)!.id });
+  // b's QEMU dies; it still hears us, and its disk is newer than ours: we wait to be resynced, we do not unfence.
+  a.peer = { ...a.peer, role: 'down', qemu: 'dead' };
+  a.run(2000, { heartbeats: true, answer: grantAll(a) });
+  assert.deepEqual(a.decisions(), ['fence']);
+  assert.ok(/newer than ours/.test(a.s.waiting ?? ''), a.s.waiting ?? '');
+});
+
+test('a refusal that says nothing of our pending epoch (a witness in its grace period) keeps it pending', () => {
+  const b = new Node({ name: 'b', peer: 'a' }, { epoch: E(1), pending: E(2, 'b') });
+  b.found({ running: false });
+  b.run(100);
+  const ask = b.fx.find((e): e is Extract<Effect, { t: 'ask-witness' }> => e.t === 'ask-witness')!;
+  assert.deepEqual(ask.next, E(2, 'b'), 'the pending epoch goes with the request');
+  b.in({ t: 'witness-reply', reply: { t: 'lease', re: ask.id, granted: false, holder: null, reason: 'witness just started (grace period)', newest: E(2, 'b') } });
+  assert.deepEqual(b.s.disk.pending, E(2, 'b'), 'kept: the witness may hold it');
+  assert.equal(b.fx.some((e) => e.t === 'persist-disk'), false);
+});

@@ -172,7 +172,7 @@ test('state.json naming the survivor\'s disk: refused without the flag, adopted 
     writeEpoch(l.plan.secondary.dataDir, b2, 'failover');
     fs.mkdirSync(l.c.stateDir, { recursive: true });
     fs.writeFileSync(stateFile(l.c.stateDir), JSON.stringify({ version: 1, name: 'web', nodes: [], authoritativeDisk: l.replica, lastFailover: { at: 'T', from: 'a', to: 'b', reason: 'r', ms: 1 } }));
-    assert.throws(() => checkDisksBeforeUp(l.c, l.plan), /the newest data of the pair is in .*replica\.qcow2 \(node b took over at T\)/);
+    assert.throws(() => checkDisksBeforeUp(l.c, l.plan), /the newest data of pair "[^"]+" is in .*replica\.qcow2 \(node b took over at T\)/);
     checkDisksBeforeUp(l.c, l.plan, { adoptNewest: true });
     assert.equal(fs.readFileSync(l.image, 'utf8'), 'newest');
   });
@@ -190,7 +190,7 @@ test('the first node last ran from its own replica (it was a resync target): the
     writeEpoch(l.plan.primary.dataDir, { run, gen: 3, by: 'a' }, 'failover');
     writeEpoch(l.plan.secondary.dataDir, b2, 'failover');
     assert.throws(() => checkDisksBeforeUp(l.c, l.plan), (err: Error & { hint?: string }) => {
-      assert.match(err.message, /does not hold the newest data of the pair: the first node last ran from .*a\/replica\.qcow2 \(epoch 3\/a/);
+      assert.match(err.message, /does not hold the newest data of pair "[^"]+": the first node last ran from .*a\/replica\.qcow2 \(epoch 3\/a/);
       assert.match(err.hint ?? '', /--adopt-newest .* copies .*a\/replica\.qcow2 over/);
       return true;
     });
@@ -214,6 +214,7 @@ test('decideDisks: the replica is never adopted when state.json names a disk the
     authoritative: { disk: '/a/replica', why: '' },
     adoptNewest: true,
     configFile: '/c.yaml',
+    pairName: 'p',
   };
   assert.throws(() => decideDisks(base), /the replica is newer/);
   assert.deepEqual(decideDisks({ ...base, replicaRecord: { state: 'ok', record: { epoch: up1, at: '', why: '' } } }), { adopt: { from: '/a/replica', epoch: a2 } });

@@ -119,7 +119,7 @@ export function initCore(cfg: CoreConfig, now: number, boot: string, disk: { epo
     },
     disk: { epoch: disk.epoch, pending: disk.pending, persisting: null },
     peer: { paths: Array.from({ length: cfg.paths }, () => ({ up: false, lastHeardAt: null })), boot: null, seq: 0, hb: null, hbAt: null, since: null, rttMs: null, probe: null, probeResult: null },
-    lease: { until: 0, nextAskAt: now, lastAnswerAt: null, lastRefusal: null, newest: null },
+    lease: { until: 0, nextAskAt: now, nextQueryAt: now, lastAnswerAt: null, lastRefusal: null, newest: null, releasedAt: -Infinity },
     work: null,
     attempts: {},
     pending: [],
@@ -129,6 +129,7 @@ export function initCore(cfg: CoreConfig, now: number, boot: string, disk: { epo
     nextId: 1,
     decisions: [],
     waiting: null,
+    handover: null,
   };
 }
 
@@ -295,8 +296,10 @@ function mayTry(s: CoreState, kind: string): boolean {
 function addPending(ctx: Ctx, p: Pending): void {
   const s = ctx.s;
   if (s.pending.length >= PENDING_MAX) {
-    const dropped = s.pending.shift()!;
-    log(ctx, 'warn', 'too many requests awaiting replies: forgot the oldest', { id: dropped.id, what: dropped.what });
+    // Room first from what is past its deadline, then from lease requests (renewals): a request a work waits for stays.
+    const i = Math.max(0, [s.pending.findIndex((x) => x.expired), s.pending.findIndex((x) => x.what === 'lease')].find((k) => k >= 0) ?? 0);
+    const dropped = s.pending.splice(i, 1)[0]!;
+    log(ctx, 'warn', 'too many requests awaiting replies: forgot one', { id: dropped.id, what: dropped.what });
   }
   s.pending.push(p);
 }
@@ -361,12 +364,21 @@ function absorb(ctx: Ctx, input: Input): void {
     }
     case 'peer-message':
       return peerMessage(ctx, input.path, input.msg);
-    case 'witness-reply':
-      if (input.reply.t === 'released') {
-        takePending(s, input.reply.re);
+    case 'witness-reply': {
+      const r = input.reply;
+      if (r.t === 'released') {
+        takePending(s, r.re);
         return;
       }
-      return leaseReply(ctx, input.reply);
+      if (r.t === 'state') {
+        if (!takePending(s, r.re)) return;
+        s.lease.lastAnswerAt = s.now;
+        const run = s.disk.epoch?.run;
+        if (run !== undefined && Object.hasOwn(r.newest, run)) s.lease.newest = r.newest[run]!;
+        return;
+      }
+      return leaseReply(ctx, r);
+    }
     case 'proc-progress':
       return procProgress(ctx, input.id, input.stepsDone, input.step, input.mirror);
     case 'proc-done':
@@ -494,6 +506,7 @@ function qemuLost(ctx: Ctx, processGone: boolean): void {
   // Let the survivor have the lease now rather than when it runs out.
   if (s.cfg.witness && s.lease.until > s.now) {
     s.lease.until = 0;
+    s.lease.releasedAt = s.now;
     const id = newId(s);
     addPending(ctx, { id, to: 'witness', what: 'release', sentAt: s.now, deadline: s.now + 1000 });
     emit(ctx, { t: 'release-lease', id });
@@ -564,21 +577,23 @@ function leaseReply(ctx: Ctx, r: LeaseReply): void {
   s.lease.lastAnswerAt = s.now;
   s.lease.newest = r.newest;
   if (r.granted) {
-    // Counted from when we asked: our view always ends before the witness's.
+    // Counted from when we asked: our view always ends before the witness's. A request sent before we released the
+    // lease is answered with a grant the release has ended already.
     const ttl = r.ttlMs ?? s.cfg.leaseMs;
-    s.lease.until = Math.max(s.lease.until, p.sentAt + ttl);
+    if (p.sentAt > s.lease.releasedAt) s.lease.until = Math.max(s.lease.until, p.sentAt + ttl);
     s.lease.lastRefusal = null;
     // A grant with `next` means the witness recorded that epoch: commit it (if not already), also after a restart.
     if (p.next && !epochEquals(s.disk.epoch, p.next) && compareEpochs(p.next, s.disk.epoch) !== 'older') commitEpoch(ctx, p.next, 'recorded at the witness');
   } else {
     s.lease.lastRefusal = { at: s.now, reason: r.reason ?? 'refused', holder: r.holder };
-    // Not recorded: an epoch we had asked for is void (unless another request for it is still out).
-    if (p.next && epochEquals(s.disk.pending, p.next) && !s.pending.some((x) => x.what === 'lease' && epochEquals(x.next ?? undefined, p.next ?? undefined))) {
+    // Not recorded, and another epoch is the newest: the one we had asked for is void (unless another request for it
+    // is still out). A refusal that says nothing of it (a witness in its grace period, which may well have recorded it
+    // in its previous life) leaves it pending.
+    if (p.next && r.newest && !epochEquals(r.newest, p.next) && epochEquals(s.disk.pending, p.next) && !s.pending.some((x) => x.what === 'lease' && epochEquals(x.next ?? undefined, p.next ?? undefined))) {
       persist(ctx, s.disk.epoch, undefined, 'the witness did not record our new epoch');
     }
   }
-  const w = s.work;
-  if (w && (w.kind === 'primary-failover' || w.kind === 'takeover' || w.kind === 'restart')) writerLeaseAnswer(ctx, r, p);
+  if (writerWork(s)) writerLeaseAnswer(ctx, r, p);
 }
 
 // ---- our disk's record ----
@@ -607,8 +622,8 @@ function diskPersisted(ctx: Ctx, id: string, ok: boolean, error?: string): void 
     s.disk.pending = p.pending;
   }
   const w = s.work;
-  if (w && (w.kind === 'primary-failover' || w.kind === 'takeover' || w.kind === 'restart')) {
-    if (!ok) return writerFailed(ctx, `could not write our disk's record: ${error ?? 'unknown error'}`, true);
+  if (writerWork(s)) {
+    if (!ok) return writerFailed(ctx, `could not write our disk's record: ${error ?? 'unknown error'}`);
     advanceWriter(ctx);
   } else if (w?.kind === 'join' && w.phase === 'persisting') {
     if (!ok) return joinFailed(ctx, `could not write our disk's record: ${error ?? 'unknown error'}`);
@@ -629,6 +644,10 @@ function periodic(ctx: Ctx): void {
   renewLease(ctx);
   watchdog(ctx);
   const w = s.work;
+  if (w?.kind === 'reprotect' && w.phase === 'asking' && s.now > w.deadline) {
+    reprotectFailed(ctx, `${s.cfg.peer} did not answer the resync request in ${ms(w.deadline - w.startedAt)}`);
+  }
+  handOver(ctx);
   if (w?.kind === 'join' && w.phase === 'ready') {
     const gone = survivorGaveUp(s, w);
     if (gone || s.now > w.deadline) {
@@ -670,11 +689,22 @@ function pendingExpired(ctx: Ctx, p: Pending): void {
 
 function renewLease(ctx: Ctx): void {
   const s = ctx.s;
-  if (!s.cfg.witness || s.qemu.state !== 'alive') return;
-  const renews = s.role === 'primary' || s.role === 'alone' || (s.role === 'fenced' && s.fence?.from !== 'secondary');
-  if (!renews || leaseOutstanding(s) || s.now < s.lease.nextAskAt) return;
-  const w = s.work;
-  if (w && (w.kind === 'primary-failover' || w.kind === 'takeover' || w.kind === 'restart') && (w.phase === 'lease' || w.phase === 'record')) return;
+  if (!s.cfg.witness || s.qemu.state === 'attaching') return;
+  const writing = writerWork(s)?.phase === 'procedure';
+  const renews = s.role === 'primary' || s.role === 'alone' || (s.role === 'fenced' && s.fence?.from !== 'secondary' && !staleDisk(s)) || writing;
+  if (!renews) {
+    // The others only ask how things stand (asking for the lease could take it from a primary between two renewals).
+    if (s.now >= s.lease.nextQueryAt && (!s.work || s.work.kind === 'join') && !s.pending.some((p) => p.what === 'query')) {
+      s.lease.nextQueryAt = s.now + 2 * s.cfg.leaseMs;
+      const id = newId(s);
+      addPending(ctx, { id, to: 'witness', what: 'query', sentAt: s.now, deadline: s.now + s.cfg.leaseMs });
+      emit(ctx, { t: 'query-witness', id });
+    }
+    return;
+  }
+  if (leaseOutstanding(s) || s.now < s.lease.nextAskAt) return;
+  const ww = writerWork(s);
+  if (ww && (ww.phase === 'lease' || ww.phase === 'record')) return;
   s.lease.nextAskAt = s.now + Math.max(50, s.cfg.leaseMs / 4);
   askLease(ctx, Math.min(500, s.cfg.leaseMs / 2), null);
 }
@@ -779,7 +809,7 @@ function act(ctx: Ctx): void {
       return beginSimple(ctx, 'unfence', a.why, { kind: 'unfence' });
     case 'abort-resume': {
       const id = newId(s);
-      s.work = { kind: 'reprotect', phase: 'aborting', why: a.why, startedAt: s.now, reqId: null, procId: id, step: null, mirror: null, error: null };
+      s.work = { kind: 'reprotect', phase: 'aborting', why: a.why, startedAt: s.now, reqId: null, procId: id, step: null, mirror: null, error: null, deadline: Infinity };
       emit(ctx, { t: 'run', id, procedure: { kind: 'abort-resume' }, fromStep: 0 });
       return;
     }
@@ -817,6 +847,9 @@ function choosePrimary(s: CoreState): Action {
   const failover = primaryFailoverReason(s, peer, fresh);
   if (failover && 'probe' in failover) return { action: 'probe', why: failover.probe };
   if (failover) {
+    // Never carry on alone with a disk older than the peer's (it wrote alone where we could not hear it).
+    const behind = peerAhead(s);
+    if (behind) return { action: 'fence', why: `${behind}: we may only be resynced`, yank: true };
     if (mayTry(s, 'primary-failover')) return { action: 'primary-failover', why: failover.why, yank: failover.yank };
     if (!(s.cfg.witness && !leaseValid(s))) return wait(`primary failover (${failover.why}): waiting before the next attempt`);
   }
@@ -860,6 +893,9 @@ function chooseSecondary(s: CoreState, fenced: boolean): Action {
 
 function secondaryAction(s: CoreState, peer: Heartbeat | null, fresh: boolean, fenced: boolean, resume: boolean): Action {
   const exited = fenced || s.qemu.coloExitAt !== null;
+  if (exited && staleDisk(s)) {
+    return fenced ? wait('fenced: the witness knows a newer disk; waiting to be resynced') : { action: 'fence', why: 'the witness knows a newer disk than ours: our VM is out of date; waiting to be resynced', yank: true };
+  }
   if (exited) {
     if (!fresh) {
       if (fenced && (!s.cfg.witness || s.now - (lastHeard(s) ?? s.startedAt) < restartSilenceMs(s.cfg))) return wait(`fenced (${s.fence!.why}): waiting to be resynced`);
@@ -891,7 +927,11 @@ function secondaryAction(s: CoreState, peer: Heartbeat | null, fresh: boolean, f
 
 /** The peer's disk, as it last told us, is newer than ours (or began its own epoch beside ours): we must not write alone. */
 function peerAhead(s: CoreState): string | null {
-  const theirs = s.peer.hb?.disk ?? undefined;
+  const hb = s.peer.hb;
+  if (!hb) return null;
+  const theirs = hb.disk ?? undefined;
+  // Without a witness nobody else can vouch that a disk whose epoch its node does not know is not newer than ours.
+  if (!theirs && !s.cfg.witness) return `${s.cfg.peer}'s disk epoch is unknown (no witness to say ours is the newest)`;
   const o = compareEpochs(theirs, s.disk.epoch);
   return o === 'newer' || o === 'divergent' ? `${s.cfg.peer}'s disk (${formatEpoch(theirs)}) is ${o === 'newer' ? 'newer than' : 'divergent from'} ours (${formatEpoch(s.disk.epoch)})` : null;
 }
@@ -924,6 +964,9 @@ function chooseFenced(s: CoreState): Action {
   if (staleDisk(s)) return wait(`fenced (${f.why}): the witness knows a newer disk; waiting to be resynced`);
   const peer = peerWord(s);
   if (peer && (peer.role === 'alone' || peer.role === 'primary')) return wait(`fenced (${f.why}): ${s.cfg.peer} runs the VM; waiting to be resynced`);
+  const behind = peerAhead(s);
+  if (behind) return wait(`fenced (${f.why}): ${behind}; waiting to be resynced`);
+  if (peer && peer.busy !== null) return wait(`fenced (${f.why}): ${s.cfg.peer} is busy (${peer.busy})`);
   if (!mayTry(s, 'unfence')) return wait(`fenced (${f.why}): waiting before the next attempt`);
   if (s.cfg.witness && leaseValid(s)) return { action: 'unfence', why: 'the lease is ours again' };
   if (!s.cfg.witness && peerFresh(s) && peer?.hearsPeer) return { action: 'unfence', why: `${s.cfg.peer} hears us again` };
@@ -1001,7 +1044,7 @@ function advanceWriter(ctx: Ctx): void {
           w.phase = 'persist-pending';
           continue;
         }
-        if (s.now >= w.leaseDeadline) return writerFailed(ctx, `no lease within ${ms(w.leaseDeadline - w.startedAt)}${s.lease.lastRefusal ? `: ${s.lease.lastRefusal.reason}` : ''}`, true);
+        if (s.now >= w.leaseDeadline) return writerFailed(ctx, `no lease within ${ms(w.leaseDeadline - w.startedAt)}${s.lease.lastRefusal ? `: ${s.lease.lastRefusal.reason}` : ''}`);
         if (!leaseOutstanding(s)) {
           s.lease.nextAskAt = s.now + 100;
           askLease(ctx, Math.max(50, Math.min(500, w.leaseDeadline - s.now)), null);
@@ -1009,7 +1052,7 @@ function advanceWriter(ctx: Ctx): void {
         return;
       case 'persist-pending': {
         const ours = s.disk.epoch;
-        if (!ours) return writerFailed(ctx, 'our disk\'s epoch is unknown (its record is missing or unreadable): we cannot write alone', true);
+        if (!ours) return writerFailed(ctx, 'our disk\'s epoch is unknown (its record is missing or unreadable): we cannot write alone');
         // An earlier attempt of this episode raised it already: straight to the procedure.
         if (epochEquals(attemptsOf(s, w.kind).raised, ours)) {
           w.phase = 'procedure';
@@ -1066,15 +1109,15 @@ function writerLeaseAnswer(ctx: Ctx, r: LeaseReply, p: Pending): void {
   const w = writerWork(s)!;
   if (w.phase === 'lease') {
     if (r.granted) return advanceWriter(ctx);
-    if (r.reason?.startsWith('stale')) return writerFailed(ctx, `the witness refused the lease: ${r.reason}`, true);
+    if (r.reason?.startsWith('stale')) return writerFailed(ctx, `the witness refused the lease: ${r.reason}`);
     // Held by the other node: ask again (periodic) until its lease runs out or our deadline passes.
     s.lease.nextAskAt = s.now + Math.min(200, Math.max(50, r.remainingMs ?? 100));
-    if (s.now >= w.leaseDeadline) return writerFailed(ctx, `no lease: ${r.reason ?? `held by ${r.holder ?? 'someone'}`}`, true);
+    if (s.now >= w.leaseDeadline) return writerFailed(ctx, `no lease: ${r.reason ?? `held by ${r.holder ?? 'someone'}`}`);
     return;
   }
   if (w.phase === 'record') {
     if (!(p.next && epochEquals(p.next, w.next ?? undefined))) return advanceWriter(ctx); // a renewal's answer: now ask ours
-    if (!r.granted) return writerFailed(ctx, `the witness did not record our new epoch ${formatEpoch(p.next)}: ${r.reason ?? 'refused'}`, true);
+    if (!r.granted) return writerFailed(ctx, `the witness did not record our new epoch ${formatEpoch(p.next)}: ${r.reason ?? 'refused'}`);
     // Recorded (leaseReply began writing it to our disk).
     w.phase = 'commit';
     return advanceWriter(ctx);
@@ -1087,10 +1130,10 @@ function writerNoAnswer(ctx: Ctx): void {
   const w = writerWork(s)!;
   if (w.phase === 'lease') {
     if (s.now < w.leaseDeadline) return;
-    return writerFailed(ctx, 'the witness did not answer: no lease', true);
+    return writerFailed(ctx, 'the witness did not answer: no lease');
   }
   // Our pending epoch stays on our disk: the witness may have recorded it; we ask again with it next time.
-  return writerFailed(ctx, 'the witness did not answer whether it recorded our new epoch', true);
+  return writerFailed(ctx, 'the witness did not answer whether it recorded our new epoch');
 }
 
 /**
@@ -1099,18 +1142,18 @@ function writerNoAnswer(ctx: Ctx): void {
  * a second writer; a secondary whose stream only stalled stays one and asks
  * again later; a restart tries again later.
  */
-function writerFailed(ctx: Ctx, error: string, beforeProcedure: boolean): void {
+function writerFailed(ctx: Ctx, error: string): void {
   const s = ctx.s;
   const w = writerWork(s)!;
   s.work = null;
   failed(ctx, w.kind, error);
-  if (!beforeProcedure) return;
   if (w.kind === 'primary-failover' || (w.kind === 'takeover' && !w.stalled && s.role === 'secondary')) {
     decide(ctx, 'fence', `${w.kind} impossible (${error}): stopping our VM so that it cannot be a second writer`);
     beginSimple(ctx, 'fence', error, { kind: 'fence', yank: true });
   } else if (w.kind === 'takeover' && w.stalled) {
     // Ask again, but not before the primary's lease could have run out again.
-    s.attempts.takeover = { ...attemptsOf(s, 'takeover'), notBefore: s.now + 2 * s.cfg.leaseMs };
+    const a = attemptsOf(s, 'takeover');
+    s.attempts.takeover = { ...a, notBefore: Math.max(a.notBefore, s.now + 2 * s.cfg.leaseMs) };
   }
 }
 
@@ -1166,8 +1209,9 @@ function procDone(ctx: Ctx, id: string, pid?: number): void {
     }
     case 'restart':
       s.work = null;
+      if (s.qemu.state !== 'alive') return failed(ctx, 'restart', 'the restarted QEMU is gone already');
       succeeded(s, 'restart');
-      if (s.qemu.state === 'alive') setRole(s, 'alone');
+      setRole(s, 'alone');
       emit(ctx, { t: 'record', event: 'restart', detail: { node: s.cfg.name, reason: w.why, ms: Math.round(s.now - w.startedAt) } });
       log(ctx, 'warn', `restarted the VM alone in ${ms(s.now - w.startedAt)}`);
       sendHeartbeat(ctx);
@@ -1236,7 +1280,7 @@ function beginReprotect(ctx: Ctx, why: string): void {
   const s = ctx.s;
   invariant(s.role === 'alone' && s.disk.epoch !== undefined, 'only a node running the VM alone resyncs its peer');
   const id = newId(s);
-  s.work = { kind: 'reprotect', phase: 'asking', why, startedAt: s.now, reqId: id, procId: null, step: `asking ${s.cfg.peer} for a new secondary`, mirror: null, error: null };
+  s.work = { kind: 'reprotect', phase: 'asking', why, startedAt: s.now, reqId: id, procId: null, step: `asking ${s.cfg.peer} for a new secondary`, mirror: null, error: null, deadline: s.now + PREPARE_TIMEOUT_MS };
   addPending(ctx, { id, to: 'peer', what: 'resync-prepare', sentAt: s.now, deadline: s.now + PREPARE_TIMEOUT_MS });
   emit(ctx, { t: 'send-peer', path: 'any', msg: { t: 'req', id, body: { k: 'resync-prepare', primary: s.cfg.name, disk: s.disk.epoch, sizeBytes: s.cfg.diskSizeBytes } } });
 }
@@ -1246,6 +1290,7 @@ function peerReply(ctx: Ctx, r: PeerReply): void {
   const p = takePending(s, r.re);
   if (!p) return;
   if (p.what === 'resync-done') {
+    s.handover = null;
     if (r.ok) log(ctx, 'info', `${s.cfg.peer} took its new secondary over`);
     else log(ctx, 'error', `${s.cfg.peer} did not take its new secondary over: ${r.why ?? 'no reason given'}`);
     return;
@@ -1270,7 +1315,10 @@ function reprotectProcDone(ctx: Ctx, w: Extract<Work, { kind: 'reprotect' }>): v
     s.qemu.leftovers = false;
     // abort-resume lets a VM the resume had stopped run again.
     s.qemu.paused = false;
-    if (w.error) failed(ctx, 'reprotect', w.error);
+    if (w.error) {
+      failed(ctx, 'reprotect', w.error);
+      log(ctx, 'warn', `resync given up (${w.error}): running on alone`);
+    }
     return;
   }
   // In COLO again, as the primary: protected.
@@ -1284,12 +1332,32 @@ function reprotectProcDone(ctx: Ctx, w: Extract<Work, { kind: 'reprotect' }>): v
   setRole(s, 'primary');
   emit(ctx, { t: 'record', event: 'resync', detail: { from: s.cfg.name, to: s.cfg.peer, ms: Math.round(s.now - w.startedAt) } });
   log(ctx, 'warn', `protected again in ${ms(s.now - w.startedAt)}`);
-  // The target takes the new secondary over once it knows our epoch is on its disk (its reply is only logged).
+  // The target takes the new secondary over once it knows our epoch is on its disk: told until it answers.
   s.work = null;
-  const id = newId(s);
-  addPending(ctx, { id, to: 'peer', what: 'resync-done', sentAt: s.now, deadline: s.now + HANDOVER_TIMEOUT_MS });
-  emit(ctx, { t: 'send-peer', path: 'any', msg: { t: 'req', id, body: { k: 'resync-done', disk: s.disk.epoch! } } });
+  s.handover = { epoch: s.disk.epoch!, until: s.now + HANDOVER_TIMEOUT_MS };
+  tellResyncDone(ctx);
   sendHeartbeat(ctx);
+}
+
+function tellResyncDone(ctx: Ctx): void {
+  const s = ctx.s;
+  const id = newId(s);
+  addPending(ctx, { id, to: 'peer', what: 'resync-done', sentAt: s.now, deadline: s.now + 1000 });
+  emit(ctx, { t: 'send-peer', path: 'any', msg: { t: 'req', id, body: { k: 'resync-done', disk: s.handover!.epoch } } });
+}
+
+/** Tells the new secondary's agent again that the resync is done, while it still waits for that word. */
+function handOver(ctx: Ctx): void {
+  const s = ctx.s;
+  const h = s.handover;
+  if (!h) return;
+  const hb = peerWord(s);
+  // Done when the peer says it is our secondary (it took the new QEMU over), or when we are no longer its primary.
+  if (s.role !== 'primary' || s.now > h.until || (hb && hb.busy === null && hb.role === 'secondary')) {
+    s.handover = null;
+    return;
+  }
+  if (!s.pending.some((p) => p.what === 'resync-done' && !p.expired)) tellResyncDone(ctx);
 }
 
 function reprotectFailed(ctx: Ctx, error: string): void {
@@ -1330,6 +1398,9 @@ function peerRequest(ctx: Ctx, id: string, body: PeerRequestBody): void {
       w.reqId = id;
       w.primary = body.primary;
       w.epoch = body.disk;
+      w.sizeBytes = body.sizeBytes;
+      w.peerBoot = s.peer.boot;
+      w.peerSeq = s.peer.seq;
       w.procId = newId(s);
       emit(ctx, { t: 'run', id: w.procId, procedure: { kind: 'drop-secondary' }, fromStep: 0 });
       return;
@@ -1343,11 +1414,14 @@ function peerRequest(ctx: Ctx, id: string, body: PeerRequestBody): void {
     }
     decide(ctx, 'prepare-secondary', `${body.primary} resyncs us: starting a new secondary`);
     const procId = newId(s);
-    s.work = { kind: 'join', phase: 'preparing', why: `resync from ${body.primary}`, startedAt: s.now, reqId: id, primary: body.primary, epoch: body.disk, procId, deadline: 0, pid: null, peerBoot: s.peer.boot, peerSeq: s.peer.seq };
+    s.work = { kind: 'join', phase: 'preparing', why: `resync from ${body.primary}`, startedAt: s.now, reqId: id, primary: body.primary, epoch: body.disk, procId, deadline: 0, pid: null, peerBoot: s.peer.boot, peerSeq: s.peer.seq, sizeBytes: body.sizeBytes };
     emit(ctx, { t: 'run', id: procId, procedure: { kind: 'prepare-secondary', primary: body.primary, sizeBytes: body.sizeBytes }, fromStep: 0 });
     return;
   }
   if (body.k === 'resync-done') {
+    // Told again while we take it over, or after: the answer to the first one says it all.
+    if (w?.kind === 'join' && (w.phase === 'persisting' || w.phase === 'adopting')) return;
+    if (!w && s.role === 'secondary' && epochEquals(s.disk.epoch, body.disk)) return reply(ctx, id, true);
     if (w?.kind !== 'join' || w.phase !== 'ready') return reply(ctx, id, false, 'no new secondary here');
     invariant(mayResyncTowards(body.disk, s.disk.epoch) || compareEpochs(body.disk, s.disk.epoch) === 'unknown' || compareEpochs(body.disk, s.disk.epoch) === 'other-run', 'a resynced disk takes an epoch not older than its own');
     w.phase = 'persisting';
@@ -1392,7 +1466,7 @@ function joinProcDone(ctx: Ctx, w: Extract<Work, { kind: 'join' }>, pid?: number
     case 'dropping': {
       w.phase = 'preparing';
       w.procId = newId(s);
-      emit(ctx, { t: 'run', id: w.procId, procedure: { kind: 'prepare-secondary', primary: w.primary, sizeBytes: s.cfg.diskSizeBytes }, fromStep: 0 });
+      emit(ctx, { t: 'run', id: w.procId, procedure: { kind: 'prepare-secondary', primary: w.primary, sizeBytes: w.sizeBytes }, fromStep: 0 });
       return;
     }
     case 'preparing':
@@ -1453,7 +1527,8 @@ export function isProtected(s: CoreState): boolean {
   const q = s.qemu;
   if (!(s.role === 'primary' || s.role === 'secondary') || q.state !== 'alive' || q.coloExitAt !== null || q.paused || s.work !== null || !q.checkpointSeen) return false;
   if (stalled(s) !== null) return false;
-  return s.role === 'secondary' || peerFresh(s) || s.peer.probeResult?.alive === true;
+  const probe = s.peer.probeResult;
+  return s.role === 'secondary' || peerFresh(s) || (probe !== null && probe.alive && s.now - probe.at < 2000);
 }
 
 export function statusOf(s: CoreState): CoreStatus {

@@ -6,7 +6,7 @@
  * happened back as inputs. Time is an input (`now`, monotonic ms).
  */
 import type { Epoch } from '../../pair/epoch.js';
-import type { Heartbeat, PeerRequestBody, PeerReply, LeaseReply } from '../wire.js';
+import type { Heartbeat, PeerRequestBody, PeerReply, LeaseReply, WitnessReply } from '../wire.js';
 
 export type Role = 'primary' | 'secondary' | 'alone' | 'fenced' | 'down';
 
@@ -99,18 +99,22 @@ export interface LeaseView {
   until: number;
   /** When we may ask next (renewal, or another try while taking over). */
   nextAskAt: number;
+  /** When a node that holds no lease asks the witness next how things stand. */
+  nextQueryAt: number;
   /** The witness's last answer of any kind (it is reachable). */
   lastAnswerAt: number | null;
   lastRefusal: { at: number; reason: string; holder: string | null } | null;
   /** The newest epoch the witness knows of our run (from its last answer). */
   newest: Epoch | null;
+  /** When we last released the lease: a grant for a request sent before counts for nothing. */
+  releasedAt: number;
 }
 
 /** A request we sent and whose reply we wait for. */
 export interface Pending {
   id: string;
   to: 'peer' | 'witness';
-  what: 'lease' | 'release' | 'resync-prepare' | 'resync-done' | 'resync-abort';
+  what: 'lease' | 'release' | 'query' | 'resync-prepare' | 'resync-done' | 'resync-abort';
   sentAt: number;
   /** After this, the request's purpose gives up (a late lease reply still counts, conservatively). */
   deadline: number;
@@ -191,6 +195,8 @@ export type Work =
       step: string | null;
       mirror: { offset: number; len: number } | null;
       error: string | null;
+      /** Asking: given up if the peer has not answered by then. */
+      deadline: number;
     }
   | {
       /** As the target of the peer's resync. */
@@ -209,6 +215,8 @@ export type Work =
       peerBoot: string | null;
       /** Its heartbeats up to this one were sent before it asked. */
       peerSeq: number;
+      /** The size of the replica the survivor asked for. */
+      sizeBytes: number;
       pid: number | null;
     };
 
@@ -259,6 +267,8 @@ export interface CoreState {
   decisions: Decision[];
   /** Why we wait, when nothing is to be done (for status; a decision is recorded when it changes). */
   waiting: string | null;
+  /** After a resync: the new secondary's agent must learn our epoch (resync-done), told again until it answers. */
+  handover: { epoch: Epoch; until: number } | null;
 }
 
 export type Input = { now: number } & (
@@ -270,7 +280,7 @@ export type Input = { now: number } & (
   | { t: 'qemu-answer'; id: string }
   | { t: 'peer-link'; path: number; up: boolean }
   | { t: 'peer-message'; path: number; msg: Heartbeat | { t: 'hback'; seq: number } | { t: 'req'; id: string; body: PeerRequestBody } | PeerReply }
-  | { t: 'witness-reply'; reply: LeaseReply | { t: 'released'; re: string } }
+  | { t: 'witness-reply'; reply: WitnessReply }
   | { t: 'proc-progress'; id: string; stepsDone: number; step: string; mirror?: { offset: number; len: number } }
   | { t: 'proc-done'; id: string; pid?: number }
   | { t: 'proc-failed'; id: string; stepsDone: number; error: string }
@@ -285,6 +295,8 @@ export type Effect =
   | { t: 'send-peer'; path: number | 'all' | 'any'; msg: Heartbeat | { t: 'hback'; seq: number } | { t: 'req'; id: string; body: PeerRequestBody } | PeerReply }
   | { t: 'ask-witness'; id: string; ttlMs: number; disk: Epoch | null; next: Epoch | null }
   | { t: 'release-lease'; id: string }
+  /** A node that does not hold the lease asks the witness how things stand (it is reachable; the newest epoch). */
+  | { t: 'query-witness'; id: string }
   | { t: 'run'; id: string; procedure: Procedure; fromStep: number }
   | { t: 'query-qemu'; id: string; oob: boolean }
   | { t: 'kill-qemu'; why: string }
