@@ -46,7 +46,8 @@ test(`pull the replication cable alone, ${ROUNDS} times: the primary carries on 
             assert.ok(writers(s).length <= 1, `round ${i}: two writers: ${writers(s)}`);
             if (s.protected && Date.now() - cutAt > stallMs + 1500) protectedLate++;
             const a = s.nodes.find((n) => n.name === 'a')!.agent;
-            return a?.role === 'alone' ? s : undefined;
+            // (status reads the pair's record before it asks the agents: wait for both to say so.)
+            return a?.role === 'alone' && s.lastFailover ? s : undefined;
           },
           { timeoutMs: 30_000, intervalMs: 100 },
         );
