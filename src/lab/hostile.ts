@@ -51,23 +51,31 @@ function collect(s: net.Socket, ms: number): Promise<{ lines: string[]; closed: 
   });
 }
 
-async function attempt(label: string, send: (s: net.Socket, hello: { nonce: string }) => void | Promise<void>): Promise<Outcome> {
-  const t0 = performance.now();
-  const s = await connect();
-  const first = await new Promise<string>((resolve) => {
+/** Reads one line (what came after it is put back), or what came within `ms`. */
+function readLine(s: net.Socket, ms: number): Promise<string> {
+  return new Promise((resolve) => {
     let b = '';
+    const t = setTimeout(() => done(b), ms);
+    const done = (line: string) => {
+      clearTimeout(t);
+      s.off('data', on);
+      resolve(line);
+    };
     const on = (d: Buffer) => {
       b += d.toString('latin1');
       const i = b.indexOf('\n');
-      if (i >= 0) {
-        s.off('data', on);
-        if (b.length > i + 1) s.unshift(Buffer.from(b.slice(i + 1), 'latin1'));
-        resolve(b.slice(0, i));
-      }
+      if (i < 0) return;
+      if (b.length > i + 1) s.unshift(Buffer.from(b.slice(i + 1), 'latin1'));
+      done(b.slice(0, i));
     };
     s.on('data', on);
-    setTimeout(() => resolve(b), 2000);
   });
+}
+
+async function attempt(label: string, send: (s: net.Socket, hello: { nonce: string }) => void | Promise<void>): Promise<Outcome> {
+  const t0 = performance.now();
+  const s = await connect();
+  const first = await readLine(s, 2000);
   let nonce = '';
   try {
     nonce = String((JSON.parse(first) as { nonce?: string }).nonce ?? '');
@@ -87,18 +95,7 @@ const write = (text: string | Buffer) => (s: net.Socket) => void s.write(text);
 async function handshake(s: net.Socket, serverNonce: string): Promise<{ key: Buffer; server: string }> {
   const cn = crypto.randomBytes(16).toString('hex');
   s.write(JSON.stringify({ name, nonce: cn, proof: handshakeProof(secret, 'client', serverNonce, cn, name) }) + '\n');
-  const line = await new Promise<string>((resolve) => {
-    let b = '';
-    const on = (d: Buffer) => {
-      b += d.toString('latin1');
-      const i = b.indexOf('\n');
-      if (i >= 0) {
-        s.off('data', on);
-        resolve(b.slice(0, i));
-      }
-    };
-    s.on('data', on);
-  });
+  const line = await readLine(s, 5000);
   const server = String((JSON.parse(line) as { name?: string }).name ?? '');
   return { key: sessionKey(secret, serverNonce, cn, name, server), server };
 }

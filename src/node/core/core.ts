@@ -212,8 +212,9 @@ function setRole(s: CoreState, role: Role): void {
   s.role = role;
   s.roleSince = s.now;
   if (role !== 'fenced') s.fence = null;
-  // A new role is a new episode: failovers of the old one start afresh.
+  // A new role is a new episode: failovers of the old one start afresh, and a node newly alone resyncs at once.
   for (const k of ['primary-failover', 'takeover', 'fence', 'unfence']) delete s.attempts[k];
+  if (role === 'alone') delete s.attempts.reprotect;
 }
 
 export function starting(s: CoreState): boolean {
@@ -898,11 +899,14 @@ function secondaryAction(s: CoreState, peer: Heartbeat | null, fresh: boolean, f
   }
   if (exited) {
     if (!fresh) {
-      if (fenced && (!s.cfg.witness || s.now - (lastHeard(s) ?? s.startedAt) < restartSilenceMs(s.cfg))) return wait(`fenced (${s.fence!.why}): waiting to be resynced`);
+      // Silence is no proof of a dead primary: only the witness can say that it no longer writes.
+      if (!s.cfg.witness) return wait('COLO ended and the primary is silent: without a witness a partition cannot be told from a dead primary; staying out of the way (lockstep failover --to NODE moves the VM by hand)');
+      if (fenced && s.now - (lastHeard(s) ?? s.startedAt) < restartSilenceMs(s.cfg)) return wait(`fenced (${s.fence!.why}): waiting to be resynced`);
       return { action: 'takeover', why: fenced ? 'fenced, and the primary has been silent for long' : 'COLO_EXIT and no heartbeat from the primary', yank: true, stalled: fenced, resume };
     }
     if (peer?.qemu === 'dead' || peer?.role === 'down') return { action: 'takeover', why: 'the primary reports its QEMU dead', yank: true, stalled: false, resume };
-    if (peer?.role === 'fenced' && peer.busy === null) return { action: 'takeover', why: 'the primary fenced itself', yank: true, stalled: fenced, resume };
+    // A primary that stopped its VM may let it run again once the lease is its again: only the lease decides.
+    if (s.cfg.witness && peer?.role === 'fenced' && peer.busy === null) return { action: 'takeover', why: 'the primary fenced itself', yank: true, stalled: fenced, resume };
     if (fenced) return wait(`fenced (${s.fence!.why}): waiting to be resynced`);
     // The stream can break a moment before the primary's agent reports its QEMU dead: give it time to say so.
     if (s.now - s.qemu.coloExitAt! < s.cfg.heartbeatTimeoutMs) return wait('COLO_EXIT: waiting for the primary\'s word');
@@ -914,7 +918,7 @@ function secondaryAction(s: CoreState, peer: Heartbeat | null, fresh: boolean, f
   if (fresh && peer) {
     if (peer.qemu === 'dead' || peer.role === 'down') return { action: 'takeover', why: 'the primary reports its QEMU dead (and our stream did not end)', yank: true, stalled: false, resume };
     if (peer.role === 'alone') return { action: 'fence', why: 'the primary carries on alone: our VM is out of date; waiting to be resynced', yank: true };
-    if (peer.role === 'fenced' && peer.busy === null) return { action: 'takeover', why: 'the primary fenced itself', yank: true, stalled: true, resume };
+    if (s.cfg.witness && peer.role === 'fenced' && peer.busy === null) return { action: 'takeover', why: 'the primary fenced itself', yank: true, stalled: true, resume };
     if (st) return wait(`replication stalled for ${ms(st.ms)}: the primary decides`);
     return wait(null);
   }
@@ -1147,7 +1151,9 @@ function writerFailed(ctx: Ctx, error: string): void {
   const w = writerWork(s)!;
   s.work = null;
   failed(ctx, w.kind, error);
-  if (w.kind === 'primary-failover' || (w.kind === 'takeover' && !w.stalled && s.role === 'secondary')) {
+  // With a witness a failure may mean someone else holds the lease: stop our VM. Without one nobody else can have been
+  // granted anything; our VM is no writer yet (a COLO primary holds its answers, a secondary is off the LAN): retry.
+  if (s.cfg.witness && (w.kind === 'primary-failover' || (w.kind === 'takeover' && !w.stalled && s.role === 'secondary'))) {
     decide(ctx, 'fence', `${w.kind} impossible (${error}): stopping our VM so that it cannot be a second writer`);
     beginSimple(ctx, 'fence', error, { kind: 'fence', yank: true });
   } else if (w.kind === 'takeover' && w.stalled) {
@@ -1184,7 +1190,8 @@ function procProgress(ctx: Ctx, id: string, stepsDone: number, stepName: string,
     if (mirror) w.mirror = mirror;
     return;
   }
-  if (w.kind === 'join') return;
+  // A restart starts a new QEMU each time: it always begins at its first step.
+  if (w.kind === 'join' || w.kind === 'restart') return;
   const a = attemptsOf(s, w.kind);
   s.attempts[w.kind] = { ...a, stepsDone };
 }
@@ -1193,6 +1200,13 @@ function procDone(ctx: Ctx, id: string, pid?: number): void {
   const s = ctx.s;
   const w = s.work;
   if (!w || !('procId' in w) || w.procId !== id) return;
+  // A procedure on our QEMU that ended as the QEMU died did nothing that counts: we are down.
+  const onOurQemu = w.kind === 'primary-failover' || w.kind === 'takeover' || w.kind === 'fence' || w.kind === 'unfence' || (w.kind === 'reprotect' && w.phase === 'resuming');
+  if (onOurQemu && s.qemu.state !== 'alive') {
+    s.work = null;
+    log(ctx, 'warn', `${w.kind} ended, but our QEMU is gone`);
+    return;
+  }
   switch (w.kind) {
     case 'primary-failover':
     case 'takeover': {
@@ -1209,7 +1223,7 @@ function procDone(ctx: Ctx, id: string, pid?: number): void {
     }
     case 'restart':
       s.work = null;
-      if (s.qemu.state !== 'alive') return failed(ctx, 'restart', 'the restarted QEMU is gone already');
+      if (s.qemu.state !== 'alive') return failed(ctx, 'restart', 'the restarted QEMU is gone already', 0);
       succeeded(s, 'restart');
       setRole(s, 'alone');
       emit(ctx, { t: 'record', event: 'restart', detail: { node: s.cfg.name, reason: w.why, ms: Math.round(s.now - w.startedAt) } });
