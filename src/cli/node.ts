@@ -41,7 +41,7 @@ export function registerNodeCommands(program: Command): void {
     )
     .requiredOption('-c, --config <file>', 'the pair\'s YAML config (for agents.secret and agents.witness)')
     .option('--listen <addr:port>', 'where to listen (default: agents.witness)')
-    .option('--grace-ms <n>', 'grant nothing for this long after start (default: 2 × agents.leaseMs)')
+    .option('--grace-ms <n>', 'grant nothing for this long after start, and no lease longer than that (default: 2 × agents.leaseMs; 0: no grace, for tests)')
     .action(async (opts: { config: string; listen?: string; graceMs?: string }) => {
       const c = loadConfig(opts.config);
       if (!c.agents) throw new LockstepError(`${c.file}: no agents section`, { hint: 'the witness shares agents.secret with the agents' });

@@ -100,7 +100,8 @@ export function witnessStep(s: WitnessState, now: number, from: string, req: Wit
   }
   if (now - s.startedAt < s.graceMs && cur?.node !== from) return refuse('witness just started (grace period)');
   if (cur && cur.node !== from) return refuse(`held by ${cur.node}`, { remainingMs: Math.round(cur.remainingMs) });
-  const ttl = Math.min(Math.max(req.ttlMs, 50), 60_000);
+  // Never longer than the grace period: a restarted witness must outwait every lease of its previous life.
+  const ttl = Math.min(Math.max(req.ttlMs, 50), 60_000, s.graceMs > 0 ? s.graceMs : 60_000);
   // Record the new epoch with the grant; a disk newer than what we knew (a witness that lost its record) too.
   const toRecord = next ?? (newest === undefined || compareEpochs(disk, newest) === 'newer' ? disk : null);
   const changed = toRecord !== null && !epochEquals(toRecord, newest);

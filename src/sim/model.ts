@@ -134,8 +134,8 @@ interface Qemu {
   /** Its main loop holds the big lock until then (Infinity: stuck on a silent link). */
   bqlUntil: number;
   nbd: boolean;
-  /** It has been a COLO secondary since it started (its redirectors stay until Secondary Failover removes them). */
-  wasSecondary: boolean;
+  /** It has the secondary's redirectors (from its start as a secondary until Secondary Failover deletes them). */
+  secFilters: boolean;
   /** Procedure steps whose effect is in place (what a check of QEMU's state would find). */
   applied: Set<string>;
   queries: Array<{ id: string; oob: boolean; boot: string }>;
@@ -304,7 +304,7 @@ export class World {
   // ---- QEMU ----
 
   private newQemu(node: NodeName, mode: Qemu['mode']): Qemu {
-    return { pid: this.nextPid++, node, alive: true, mode, paused: true, frozen: false, broken: false, brokenAt: 0, bqlUntil: 0, wasSecondary: false, nbd: mode === 'colo-secondary' || mode === 'incoming', applied: new Set(), queries: [] };
+    return { pid: this.nextPid++, node, alive: true, mode, paused: true, frozen: false, broken: false, brokenAt: 0, bqlUntil: 0, secFilters: mode === 'colo-secondary' || mode === 'incoming', nbd: mode === 'colo-secondary' || mode === 'incoming', applied: new Set(), queries: [] };
   }
 
   private responsive(q: Qemu, oob: boolean): boolean {
@@ -362,7 +362,6 @@ export class World {
     this.session = sess;
     pq.mode = 'colo-primary';
     sq.mode = 'colo-secondary';
-    sq.wasSecondary = true;
     pq.broken = false;
     sq.broken = false;
     this.trace(`COLO session ${sess.id}: primary ${p} (${pq.pid}), secondary ${s} (${sq.pid})`);
@@ -535,7 +534,7 @@ export class World {
       colo,
       runState: q.mode === 'incoming' ? 'inmigrate' : q.paused ? 'paused' : 'running',
       replicationChild: q.mode === 'colo-primary' && !q.applied.has('remove-replication-child'),
-      secondaryFilters: q.wasSecondary && !q.applied.has('del-redirectors'),
+      secondaryFilters: q.secFilters,
       resumeLeftovers: q.applied.has('resume-started') && !q.applied.has('resume-done'),
       oob: true,
     };
@@ -827,7 +826,7 @@ export class World {
             q.nbd = false;
           }),
           flag('lost-heartbeat', (q) => this.failoverEnd(q)),
-          flag('del-redirectors'),
+          flag('del-redirectors', (q) => void (q.secFilters = false)),
           flag('chardevs'),
           ...(p.resume ? [{ name: 'cont', target: ours, check: (q: Qemu) => !q.paused, run: (q: Qemu | null) => void (q!.paused = false) } satisfies ModelStep] : []),
         ];

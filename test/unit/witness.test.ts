@@ -638,3 +638,11 @@ test('WitnessClient: a request times out without an answer, and close() fails wh
     await new Promise<void>((r) => srv.close(() => r()));
   }
 });
+
+test('no lease outlasts the grace period: a restarted witness outwaits every lease of its previous life', async () => {
+  const { initWitness, witnessStep } = await import('../../src/node/witness-core.js');
+  const s = initWitness(0, 300);
+  const r = witnessStep(s, 400, 'a', { t: 'acquire', id: 'x', ttlMs: 5000, disk: E('r1', 1), next: null });
+  assert.equal(r.reply.t === 'lease' && r.reply.granted, true);
+  assert.equal(r.reply.t === 'lease' ? r.reply.ttlMs : -1, 300);
+});
