@@ -5,6 +5,7 @@ import { registerQemuCommands } from './qemu.js';
 import { registerDemoCommand } from './demo.js';
 import { registerPairCommands } from './pair.js';
 import { registerNodeCommands } from './node.js';
+import { registerHostCommands } from './host.js';
 
 const program = new Command();
 program
@@ -23,6 +24,7 @@ registerQemuCommands(program);
 registerDemoCommand(program);
 registerPairCommands(program);
 registerNodeCommands(program);
+registerHostCommands(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   process.stderr.write(`lockstep: ${describeError(err)}\n`);

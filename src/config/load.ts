@@ -96,7 +96,8 @@ function crossCheck(c: Config): string[] {
   return out;
 }
 
-export function parseConfig(text: string, file: string): ResolvedConfig {
+/** A YAML file's text checked against `schema`: every problem named with its field, in one error. */
+export function parseYamlFile<S extends z.ZodType>(schema: S, text: string, file: string): z.output<S> {
   let doc: unknown;
   try {
     doc = YAML.parse(text, { prettyErrors: true });
@@ -104,13 +105,18 @@ export function parseConfig(text: string, file: string): ResolvedConfig {
     throw new ConfigError(file, [`not valid YAML: ${(err as Error).message.split('\n')[0]}`]);
   }
   if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError(file, ['expected a YAML mapping (key: value lines) at the top level']);
-  const r = configSchema.safeParse(doc);
+  const r = schema.safeParse(doc);
   if (!r.success) throw new ConfigError(file, r.error.issues.map((i) => describeIssue(i, doc)));
-  const problems = crossCheck(r.data);
+  return r.data;
+}
+
+export function parseConfig(text: string, file: string): ResolvedConfig {
+  const data = parseYamlFile(configSchema, text, file);
+  const problems = crossCheck(data);
   if (problems.length) throw new ConfigError(file, problems);
   const base = path.dirname(path.resolve(file));
   const abs = (p: string) => (path.isAbsolute(p) ? p : path.resolve(base, p));
-  const c = r.data;
+  const c = data;
   const stateDir = abs(c.stateDir ?? path.join('.lockstep', c.name));
   return {
     ...c,

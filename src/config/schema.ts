@@ -27,9 +27,9 @@ const size = (what: string) =>
     return n;
   });
 
-const port = z.number().int().min(1).max(65535);
-const ipv4 = z.string().regex(/^(\d{1,3})(\.\d{1,3}){3}$/, 'expected an IPv4 address like 127.0.0.2');
-const nodeName = z.string().regex(/^[a-z][a-z0-9-]{0,30}$/, 'expected a short lower-case name (letters, digits, "-")');
+export const port = z.number().int().min(1).max(65535);
+export const ipv4 = z.string().regex(/^(\d{1,3})(\.\d{1,3}){3}$/, 'expected an IPv4 address like 127.0.0.2');
+export const nodeName = z.string().regex(/^[a-z][a-z0-9-]{0,30}$/, 'expected a short lower-case name (letters, digits, "-")');
 const ifname = z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/, 'expected an interface name of up to 15 letters, digits, "_", "." or "-"');
 
 const forward = z
@@ -68,7 +68,7 @@ const node = z
   })
   .strict();
 
-const endpoint = z.string().regex(/^(\d{1,3})(\.\d{1,3}){3}:\d{1,5}$/, 'expected ADDRESS:PORT like 10.0.0.3:7900');
+export const endpoint = z.string().regex(/^(\d{1,3})(\.\d{1,3}){3}:\d{1,5}$/, 'expected ADDRESS:PORT like 10.0.0.3:7900');
 
 export const configSchema = z
   .object({

@@ -3,7 +3,7 @@ import path from 'node:path';
 
 /** The file operations writeFileAtomic uses (node:fs by default; tests inject their own to see the order). */
 export interface AtomicWriteFs {
-  openSync(file: string, flags: string): number;
+  openSync(file: string, flags: string, mode?: number): number;
   writeSync(fd: number, data: Uint8Array, offset: number, length: number): number;
   fsyncSync(fd: number): void;
   closeSync(fd: number): void;
@@ -12,7 +12,7 @@ export interface AtomicWriteFs {
 }
 
 const realFs: AtomicWriteFs = {
-  openSync: (f, flags) => nodeFs.openSync(f, flags),
+  openSync: (f, flags, mode) => nodeFs.openSync(f, flags, mode),
   writeSync: (fd, data, offset, length) => nodeFs.writeSync(fd, data, offset, length),
   fsyncSync: (fd) => nodeFs.fsyncSync(fd),
   closeSync: (fd) => nodeFs.closeSync(fd),
@@ -29,14 +29,18 @@ const realFs: AtomicWriteFs = {
  * If anything fails before the rename, the temporary file is removed and
  * `file` is untouched. (A failing fsync of the directory after the rename
  * throws: `file` then holds the new text, but it may not survive a crash.)
+ * `mode`: the new file's permissions (before the umask).
  */
-export function writeFileAtomic(file: string, text: string, o: { durable?: boolean; fs?: AtomicWriteFs } = {}): void {
+export function writeFileAtomic(file: string, text: string, o: { durable?: boolean; mode?: number; fs?: AtomicWriteFs } = {}): void {
   const fs = o.fs ?? realFs;
   const tmp = `${file}.tmp-${process.pid}`;
   const data = Buffer.from(text, 'utf8');
   let renamed = false;
   try {
-    const fd = fs.openSync(tmp, 'w');
+    // With `mode` (a key: 0600) the file never exists with wider permissions, not even briefly
+    // (created anew: one left by a crashed writer of the same pid goes first).
+    if (o.mode !== undefined) fs.rmSync(tmp, { force: true });
+    const fd = o.mode === undefined ? fs.openSync(tmp, 'w') : fs.openSync(tmp, 'wx', o.mode);
     try {
       for (let off = 0; off < data.length; ) {
         const n = fs.writeSync(fd, data, off, data.length - off);

@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -24,4 +25,17 @@ export function packageRoot(): string {
 export function runtimeBase(): string {
   if (process.env.LOCKSTEP_RUNTIME) return path.resolve(process.env.LOCKSTEP_RUNTIME);
   return '/dev/shm';
+}
+
+let version: string | undefined;
+/** lockstep's version, from its package.json. */
+export function lockstepVersion(): string {
+  if (version === undefined) {
+    try {
+      version = String((JSON.parse(fs.readFileSync(path.join(packageRoot(), 'package.json'), 'utf8')) as { version?: unknown }).version ?? 'unknown');
+    } catch {
+      version = 'unknown';
+    }
+  }
+  return version;
 }

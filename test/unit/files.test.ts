@@ -121,3 +121,19 @@ test('with the real file system: written whole, replaced whole', () => {
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('with a mode (a private key): the file never exists with wider permissions, whatever was there before', () => {
+  const dir = tmpDir();
+  try {
+    const file = path.join(dir, 'host.key');
+    fs.writeFileSync(file, 'old\n', { mode: 0o644 });
+    // A temporary file left by a crashed writer of the same pid, readable by all.
+    fs.writeFileSync(`${file}.tmp-${process.pid}`, 'stale\n', { mode: 0o666 });
+    writeFileAtomic(file, 'secret\n', { durable: true, mode: 0o600 });
+    assert.equal(fs.readFileSync(file, 'utf8'), 'secret\n');
+    assert.equal(fs.statSync(file).mode & 0o777, 0o600);
+    assert.deepEqual(fs.readdirSync(dir), ['host.key']);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -1,0 +1,101 @@
+/**
+ * The host file (default /etc/lockstep/host.yaml): what one machine is to
+ * lockstep, whatever VMs it protects. Its name (as VM files name it), the
+ * addresses of its replication and heartbeat networks, where its daemon's
+ * API listens, its TLS identity and the hosts it trusts, and where the daemon
+ * keeps its state. `lockstep host init` writes it; the daemon and the CLI
+ * read it. Relative paths are relative to the file.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { z } from 'zod';
+import { endpoint, ipv4, nodeName } from './schema.js';
+import { ConfigError, parseYamlFile } from './load.js';
+import { LockstepError } from '../util/errors.js';
+
+export const DEFAULT_HOST_FILE = '/etc/lockstep/host.yaml';
+export const DEFAULT_STATE_DIR = '/var/lib/lockstep';
+export const DEFAULT_API_SOCKET = '/run/lockstep/api.sock';
+/** The port of a daemon's TLS API when an address is given without one. */
+export const DEFAULT_API_PORT = 7700;
+
+const peer = z
+  .object({
+    /** Where that host's daemon API listens (TLS). */
+    api: endpoint,
+    /** Its certificate (PEM), as `lockstep host trust` copied it: the only one accepted from it. */
+    cert: z.string(),
+  })
+  .strict();
+
+export const hostSchema = z
+  .object({
+    name: nodeName.describe('this host, as VM files name it'),
+    stateDir: z.string().default(DEFAULT_STATE_DIR),
+    addresses: z
+      .object({
+        /** The replication network: COLO's proxy, migration and NBD listen here, never on 0.0.0.0. */
+        replication: ipv4,
+        /** The heartbeat paths, one address each; list a dedicated network first. Default: the replication address. */
+        heartbeat: z.array(ipv4).min(1).optional(),
+      })
+      .strict(),
+    api: z
+      .object({
+        /** Local API for root (the CLI on this host). */
+        socket: z.string().default(DEFAULT_API_SOCKET),
+        /** Remote API over TLS with mutual authentication: ADDRESS:PORT. None: local only. */
+        listen: endpoint.optional(),
+      })
+      .strict()
+      .default({ socket: DEFAULT_API_SOCKET }),
+    tls: z
+      .object({
+        key: z.string().default('tls/host.key'),
+        cert: z.string().default('tls/host.crt'),
+      })
+      .strict()
+      .default({ key: 'tls/host.key', cert: 'tls/host.crt' }),
+    /** The other hosts this one trusts, by name (`lockstep host trust` adds them). */
+    peers: z.record(nodeName, peer).default({}),
+  })
+  .strict();
+
+export type HostFileInput = z.input<typeof hostSchema>;
+
+export interface HostConfig extends z.output<typeof hostSchema> {
+  file: string;
+  addresses: { replication: string; heartbeat: string[] };
+  tls: { key: string; cert: string };
+  peers: Record<string, { api: string; cert: string }>;
+}
+
+export function parseHostFile(text: string, file: string): HostConfig {
+  const h = parseYamlFile(hostSchema, text, file);
+  const problems: string[] = [];
+  if (h.peers[h.name]) problems.push(`peers.${h.name}: that is this host's own name`);
+  if (problems.length) throw new ConfigError(file, problems);
+  const base = path.dirname(path.resolve(file));
+  const abs = (p: string) => (path.isAbsolute(p) ? p : path.resolve(base, p));
+  return {
+    ...h,
+    file: path.resolve(file),
+    stateDir: abs(h.stateDir),
+    addresses: { replication: h.addresses.replication, heartbeat: h.addresses.heartbeat ?? [h.addresses.replication] },
+    api: { ...h.api, socket: abs(h.api.socket) },
+    tls: { key: abs(h.tls.key), cert: abs(h.tls.cert) },
+  };
+}
+
+export function loadHostFile(file: string = DEFAULT_HOST_FILE): HostConfig {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new LockstepError(`cannot read the host file ${file}: ${code === 'ENOENT' ? 'no such file' : (err as Error).message}`, {
+      hint: code === 'ENOENT' ? 'create it with: lockstep host init --name NAME --replication ADDRESS' : 'run as root, or pass --host-file FILE',
+    });
+  }
+  return parseHostFile(text, file);
+}

@@ -1,0 +1,28 @@
+/**
+ * What the daemon's API says, as zod schemas: the daemon builds its answers
+ * as these types, and the CLI parses every answer with them where it
+ * arrives (a daemon of another version may say something else).
+ */
+import { z } from 'zod';
+
+export const API_VERSION = 'v1';
+
+/** Every error answer: what failed, and what to do. */
+export const apiErrorSchema = z.object({ error: z.string(), hint: z.string().optional() });
+export type ApiError = z.infer<typeof apiErrorSchema>;
+
+export const hostInfoSchema = z.object({
+  name: z.string(),
+  version: z.string(),
+  pid: z.number(),
+  startedAt: z.string(),
+  uptimeMs: z.number(),
+  addresses: z.object({ replication: z.string(), heartbeat: z.array(z.string()) }),
+  api: z.object({ socket: z.string(), listen: z.string().nullable() }),
+  /** The hosts this one trusts, with their certificates' SHA-256 fingerprints. */
+  peers: z.array(z.object({ name: z.string(), api: z.string(), fingerprint: z.string() })),
+  /** Who asked: "root on this host" over the socket, else the trusted host's name. */
+  caller: z.string(),
+  vms: z.array(z.string()),
+});
+export type HostInfo = z.infer<typeof hostInfoSchema>;

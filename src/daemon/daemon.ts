@@ -1,0 +1,181 @@
+/**
+ * lockstep daemon: one per host (lockstepd.service). It serves the API on
+ * the local socket (root) and, when the host file says where, over TLS to
+ * the hosts it trusts, and keeps its state under the host's stateDir (one
+ * directory per VM, in vms/). It owns the protected VMs of its host,
+ * whichever role each plays.
+ */
+import fs from 'node:fs';
+import https from 'node:https';
+import net from 'node:net';
+import path from 'node:path';
+import { createAdaptorServer } from '@hono/node-server';
+import type { HostConfig } from '../config/host.js';
+import { LockstepError, errorMessage } from '../util/errors.js';
+import { lockstepVersion } from '../util/paths.js';
+import { apiApp, type DaemonView } from './api.js';
+import type { HostInfo } from './api-types.js';
+import { checkKeyFile, fingerprint } from './identity.js';
+
+/** At most this many API connections at once per listener; more are refused by the kernel's backlog. */
+const MAX_API_CONNECTIONS = 256;
+/** A client has this long to send its request's headers, and this long for the whole request. */
+const HEADERS_TIMEOUT_MS = 10_000;
+const REQUEST_TIMEOUT_MS = 30_000;
+
+type Server = ReturnType<typeof createAdaptorServer>;
+
+export interface DaemonOptions {
+  /** The monotonic clock (ms); injected for tests. */
+  now?: () => number;
+  log?: (level: 'info' | 'warn' | 'error', msg: string, detail?: Record<string, unknown>) => void;
+}
+
+/** Is something answering on this unix socket? */
+function socketAnswers(file: string, timeoutMs = 1000): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = net.createConnection({ path: file });
+    const t = setTimeout(() => done(true), timeoutMs); // accepted but silent: someone is there
+    const done = (v: boolean) => {
+      clearTimeout(t);
+      c.destroy();
+      resolve(v);
+    };
+    c.once('connect', () => done(true));
+    c.once('error', () => done(false));
+  });
+}
+
+function listen(server: Server, how: { path: string } | { host: string; port: number }, what: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: NodeJS.ErrnoException) => {
+      reject(
+        new LockstepError(`cannot listen for the API ${what}: ${err.code === 'EADDRINUSE' ? 'the address is in use' : err.code === 'EADDRNOTAVAIL' ? 'this host has no such address' : err.message}`, {
+          hint: 'is another lockstep daemon running? else fix api.listen in the host file',
+        }),
+      );
+    };
+    server.once('error', onError);
+    server.listen(how, () => {
+      server.off('error', onError);
+      resolve();
+    });
+  });
+}
+
+function closeServer(s: Server): Promise<void> {
+  return new Promise((resolve) => {
+    s.close(() => resolve());
+    (s as unknown as { closeAllConnections?: () => void }).closeAllConnections?.();
+  });
+}
+
+export class Daemon implements DaemonView {
+  private readonly now: () => number;
+  private readonly log: NonNullable<DaemonOptions['log']>;
+  private readonly servers: Server[] = [];
+  private readonly peerPrints: Map<string, string>;
+  private startedAt = 0;
+  private startedAtIso = '';
+
+  constructor(
+    readonly host: HostConfig,
+    o: DaemonOptions = {},
+  ) {
+    this.now = o.now ?? (() => performance.now());
+    this.log = o.log ?? (() => {});
+    this.peerPrints = new Map(Object.entries(host.peers).map(([name, p]) => [fingerprint(p.cert), name]));
+  }
+
+  get vmsDir(): string {
+    return path.join(this.host.stateDir, 'vms');
+  }
+
+  async start(): Promise<void> {
+    const h = this.host;
+    checkKeyFile(h.tls.key);
+    fs.mkdirSync(this.vmsDir, { recursive: true, mode: 0o700 });
+    fs.chmodSync(h.stateDir, 0o700);
+    this.startedAt = this.now();
+    this.startedAtIso = new Date().toISOString();
+
+    // The local socket: root only. One left by a daemon that died is removed; one that answers is another daemon's.
+    fs.mkdirSync(path.dirname(h.api.socket), { recursive: true, mode: 0o700 });
+    if (fs.existsSync(h.api.socket)) {
+      if (await socketAnswers(h.api.socket)) throw new LockstepError(`another lockstep daemon answers on ${h.api.socket}`, { hint: 'one daemon per host: see systemctl status lockstepd' });
+      fs.rmSync(h.api.socket, { force: true });
+    }
+    const local = this.server(apiApp(this, 'local').fetch);
+    await listen(local, { path: h.api.socket }, `on ${h.api.socket}`);
+    this.servers.push(local);
+    fs.chmodSync(h.api.socket, 0o600);
+    this.log('info', 'API listening', { socket: h.api.socket });
+
+    if (h.api.listen) {
+      const [addr, port] = h.api.listen.split(':');
+      const tls = this.server(apiApp(this, 'tls').fetch, {
+        key: fs.readFileSync(h.tls.key),
+        cert: fs.readFileSync(h.tls.cert),
+        // Only pinned certificates: our own and the trusted hosts' (never the system's CAs).
+        ca: [fs.readFileSync(h.tls.cert, 'utf8'), ...Object.values(h.peers).map((p) => p.cert)],
+        requestCert: true,
+        rejectUnauthorized: true,
+        minVersion: 'TLSv1.3',
+      });
+      try {
+        await listen(tls, { host: addr!, port: Number(port) }, `on ${h.api.listen}`);
+      } catch (err) {
+        await this.stop();
+        throw err;
+      }
+      this.servers.push(tls);
+      this.log('info', 'API listening', { tls: h.api.listen, peers: Object.keys(h.peers) });
+    }
+  }
+
+  private server(fetch: (req: Request, env: never) => Response | Promise<Response>, tls?: https.ServerOptions): Server {
+    const s = tls
+      ? createAdaptorServer({ fetch: fetch as never, createServer: https.createServer, serverOptions: tls })
+      : createAdaptorServer({ fetch: fetch as never });
+    const srv = s as unknown as { headersTimeout: number; requestTimeout: number; maxConnections: number };
+    srv.headersTimeout = HEADERS_TIMEOUT_MS;
+    srv.requestTimeout = REQUEST_TIMEOUT_MS;
+    srv.maxConnections = MAX_API_CONNECTIONS;
+    if (tls) s.on('tlsClientError', (err: Error, sock: net.Socket) => this.log('warn', 'refused a TLS connection', { remote: sock.remoteAddress ?? null, why: errorMessage(err) }));
+    return s;
+  }
+
+  async stop(): Promise<void> {
+    const all = this.servers.splice(0);
+    await Promise.all(all.map(closeServer));
+    fs.rmSync(this.host.api.socket, { force: true });
+  }
+
+  peerByFingerprint(fp: string): string | undefined {
+    return this.peerPrints.get(fp);
+  }
+
+  vmNames(): string[] {
+    try {
+      return fs.readdirSync(this.vmsDir).sort();
+    } catch {
+      return [];
+    }
+  }
+
+  hostInfo(caller: string): HostInfo {
+    const h = this.host;
+    return {
+      name: h.name,
+      version: lockstepVersion(),
+      pid: process.pid,
+      startedAt: this.startedAtIso,
+      uptimeMs: Math.round(this.now() - this.startedAt),
+      addresses: h.addresses,
+      api: { socket: h.api.socket, listen: h.api.listen ?? null },
+      peers: Object.entries(h.peers).map(([name, p]) => ({ name, api: p.api, fingerprint: fingerprint(p.cert) })),
+      caller,
+      vms: this.vmNames(),
+    };
+  }
+}

@@ -1,0 +1,184 @@
+/**
+ * The host file, host init / trust, and the daemon's API on its two
+ * listeners: the local socket (root only) and TLS between hosts that pinned
+ * each other's certificates. Real daemons, real TLS, on loopback.
+ */
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import net from 'node:net';
+import https from 'node:https';
+import { spawnSync } from 'node:child_process';
+import { parseHostFile, loadHostFile, type HostConfig } from '../../src/config/host.js';
+import { hostInit, hostTrust } from '../../src/daemon/host-init.js';
+import { Daemon } from '../../src/daemon/daemon.js';
+import { ApiClient, ApiCallError } from '../../src/daemon/client.js';
+import { MAX_BODY_BYTES } from '../../src/daemon/api.js';
+import { packageRoot } from '../../src/util/paths.js';
+import { LockstepError } from '../../src/util/errors.js';
+
+const made: string[] = [];
+const tmp = () => {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-daemon-test-'));
+  made.push(d);
+  return d;
+};
+after(() => {
+  for (const d of made) fs.rmSync(d, { recursive: true, force: true });
+});
+
+/** A free TCP port on 127.0.0.1. */
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** Hosts named `names` under `dir`, each with a TLS API on 127.0.0.1, each trusting the others listed in `trust`. */
+async function hosts(dir: string, names: string[], trust: Array<[string, string]>): Promise<Record<string, string>> {
+  const files: Record<string, string> = {};
+  const ports: Record<string, number> = {};
+  for (const n of names) {
+    ports[n] = await freePort();
+    files[n] = path.join(dir, n, 'host.yaml');
+    await hostInit({ file: files[n]!, name: n, replication: '127.0.0.1', api: `127.0.0.1:${ports[n]}`, stateDir: path.join(dir, n, 'state'), socket: path.join(dir, n, 'api.sock') });
+  }
+  for (const [who, whom] of trust) hostTrust({ file: files[who]!, name: whom, api: `127.0.0.1:${ports[whom]}`, certFile: path.join(dir, whom, 'tls', 'host.crt') });
+  return files;
+}
+
+test('host file: defaults filled in, paths relative to the file, every problem named with its field', () => {
+  const h = parseHostFile('name: a\naddresses: { replication: 10.0.1.1 }\n', '/etc/lockstep/host.yaml');
+  assert.equal(h.stateDir, '/var/lib/lockstep');
+  assert.equal(h.api.socket, '/run/lockstep/api.sock');
+  assert.equal(h.api.listen, undefined);
+  assert.deepEqual(h.addresses.heartbeat, ['10.0.1.1']);
+  assert.equal(h.tls.key, '/etc/lockstep/tls/host.key');
+  assert.throws(() => parseHostFile('name: A!\naddresses: { replication: 10.0.1.1 }\n', 'h.yaml'), /name: expected a short lower-case name/);
+  assert.throws(() => parseHostFile('name: a\naddresses: { replication: 10.0.1.1 }\nport: 1\n', 'h.yaml'), /unknown field "port"/);
+  assert.throws(() => parseHostFile('name: a\naddresses: { replication: 10.0.1.1 }\napi: { listen: "10.0.1.1" }\n', 'h.yaml'), /api.listen: expected ADDRESS:PORT/);
+  assert.throws(() => parseHostFile('name: a\naddresses: { replication: 10.0.1.1 }\npeers: { a: { api: "10.0.1.2:7700", cert: x } }\n', 'h.yaml'), /peers.a: that is this host's own name/);
+  assert.throws(() => loadHostFile('/nonexistent/host.yaml'), /no such file[\s\S]*/);
+});
+
+test('host init: a private key (0600), a certificate, a host file that loads; nothing replaced without --force', async () => {
+  const dir = tmp();
+  const file = path.join(dir, 'etc', 'host.yaml');
+  const r = await hostInit({ file, name: 'a', replication: '10.0.1.1', heartbeat: ['10.0.2.1', '10.0.1.1'], api: '10.0.1.1' });
+  const h = loadHostFile(file);
+  assert.equal(h.name, 'a');
+  assert.equal(h.api.listen, '10.0.1.1:7700');
+  assert.deepEqual(h.addresses.heartbeat, ['10.0.2.1', '10.0.1.1']);
+  assert.equal(fs.statSync(h.tls.key).mode & 0o777, 0o600);
+  assert.equal(fs.statSync(path.dirname(h.tls.key)).mode & 0o077, 0);
+  const cert = new (await import('node:crypto')).X509Certificate(fs.readFileSync(h.tls.cert));
+  assert.equal(cert.fingerprint256, r.fingerprint);
+  assert.match(cert.subjectAltName ?? '', /DNS:a.*IP Address:10.0.1.1.*IP Address:10.0.2.1/);
+  assert.equal(cert.ca, false);
+  const key = fs.readFileSync(h.tls.key, 'utf8');
+  await assert.rejects(hostInit({ file, name: 'a', replication: '10.0.1.1' }), /exists: this host is set up already/);
+  assert.equal(fs.readFileSync(h.tls.key, 'utf8'), key, 'the key is untouched');
+  // Bad input is refused before anything is written.
+  await assert.rejects(hostInit({ file: path.join(dir, 'x', 'host.yaml'), name: 'a', replication: 'ten' }), /addresses.replication: expected an IPv4 address/);
+  assert.equal(fs.existsSync(path.join(dir, 'x')), false);
+  await hostInit({ file, name: 'a', replication: '10.0.1.1', force: true });
+  assert.notEqual(fs.readFileSync(h.tls.key, 'utf8'), key, 'replaced with --force');
+});
+
+test('host trust: pins a certificate under a name, keeps the comments; refuses its own, junk, and a changed one without --force', async () => {
+  const dir = tmp();
+  const files = await hosts(dir, ['a', 'b', 'c'], []);
+  const bCert = path.join(dir, 'b', 'tls', 'host.crt');
+  const r = hostTrust({ file: files.a!, name: 'b', api: '127.0.0.9', certFile: bCert });
+  assert.equal(r.host.peers.b!.api, '127.0.0.9:7700');
+  const text = fs.readFileSync(files.a!, 'utf8');
+  assert.match(text, /# The hosts this one trusts/);
+  assert.equal(loadHostFile(files.a!).peers.b!.cert.trim(), fs.readFileSync(bCert, 'utf8').trim());
+  assert.throws(() => hostTrust({ file: files.a!, name: 'b', api: '127.0.0.9', certFile: bCert }), /trusted already with this certificate/);
+  assert.throws(() => hostTrust({ file: files.a!, name: 'b', api: '127.0.0.9', certFile: path.join(dir, 'c', 'tls', 'host.crt') }), /trusted already with another certificate/);
+  assert.throws(() => hostTrust({ file: files.a!, name: 'x', api: '127.0.0.9', certFile: path.join(dir, 'a', 'tls', 'host.crt') }), /this host's own certificate/);
+  assert.throws(() => hostTrust({ file: files.a!, name: 'a', api: '127.0.0.9', certFile: bCert }), /this host's own name/);
+  fs.writeFileSync(path.join(dir, 'junk.crt'), 'not a certificate\n');
+  assert.throws(() => hostTrust({ file: files.a!, name: 'x', api: '127.0.0.9', certFile: path.join(dir, 'junk.crt') }), /not a PEM certificate/);
+  assert.throws(() => hostTrust({ file: files.a!, name: 'x', api: '127.0.0.9', certFile: path.join(dir, 'key.crt') }), /cannot read/);
+  assert.equal(fs.readFileSync(files.a!, 'utf8'), text, 'a refused trust changes nothing');
+});
+
+test('the API over TLS: hosts that pinned each other talk; an unpinned host, a wrong certificate, no certificate are refused', async (t) => {
+  const dir = tmp();
+  // a and b trust each other; c trusts b, but b does not trust c.
+  const files = await hosts(dir, ['a', 'b', 'c'], [['a', 'b'], ['b', 'a'], ['c', 'b']]);
+  const h: Record<string, HostConfig> = Object.fromEntries(Object.entries(files).map(([n, f]) => [n, loadHostFile(f)]));
+  const daemons = [new Daemon(h.a!), new Daemon(h.b!)];
+  for (const d of daemons) await d.start();
+  t.after(() => Promise.all(daemons.map((d) => d.stop())));
+
+  const fromA = await ApiClient.remote(h.a!, 'b').host();
+  assert.equal(fromA.name, 'b');
+  assert.equal(fromA.caller, 'a', 'b knows who asks by the certificate');
+  assert.deepEqual(fromA.peers.map((p) => p.name), ['a']);
+  assert.equal((await ApiClient.local(h.a!).host()).caller, 'root on this host');
+
+  await assert.rejects(ApiClient.remote(h.c!, 'b').host(), /does not trust this host's certificate/);
+  // c pins a's certificate for the address where b answers: the client refuses b's.
+  hostTrust({ file: files.c!, name: 'a', api: h.b!.api.listen!, certFile: path.join(dir, 'a', 'tls', 'host.crt') });
+  await assert.rejects(ApiClient.remote(loadHostFile(files.c!), 'a').host(), /do not trust each other/);
+  assert.throws(() => ApiClient.remote(h.a!, 'nobody'), /does not know a host "nobody"/);
+
+  // A TLS client without a certificate, or with one of its own making, gets nothing.
+  const [host, port] = h.b!.api.listen!.split(':');
+  const plain = (opts: https.RequestOptions) =>
+    new Promise<string>((resolve) => {
+      const req = https.request({ host, port: Number(port), path: '/v1/host', rejectUnauthorized: false, agent: false, ...opts }, (res) => resolve(`HTTP ${res.statusCode}`));
+      req.on('error', (e) => resolve(`error ${e.message}`));
+      req.end();
+    });
+  assert.match(await plain({}), /^error/);
+  const selfMade = loadHostFile(files.c!);
+  assert.match(await plain({ key: fs.readFileSync(selfMade.tls.key), cert: fs.readFileSync(selfMade.tls.cert) }), /^error/);
+});
+
+test('the local API: root only, errors as JSON with a hint, bodies bounded; one daemon per socket, a stale socket replaced', async (t) => {
+  const dir = tmp();
+  const files = await hosts(dir, ['a'], []);
+  const h = loadHostFile(files.a!);
+  await assert.rejects(ApiClient.local(h).host(), (e: unknown) => e instanceof LockstepError && /the lockstep daemon does not run on this host/.test(e.message) && /systemctl start lockstepd/.test(e.hint ?? ''));
+  // A socket file left by a daemon that died.
+  fs.mkdirSync(path.dirname(h.api.socket), { recursive: true });
+  const dead = net.createServer().listen(h.api.socket);
+  await new Promise((r) => dead.once('listening', r));
+  await new Promise<void>((r) => dead.close(() => r()));
+  fs.writeFileSync(h.api.socket, '');
+  const d = new Daemon(h);
+  await d.start();
+  t.after(() => d.stop());
+  assert.equal(fs.statSync(h.api.socket).mode & 0o777, 0o600);
+  assert.equal(fs.statSync(h.stateDir).mode & 0o777, 0o700);
+  await assert.rejects(new Daemon(h).start(), /another lockstep daemon answers/);
+  const c = ApiClient.local(h);
+  const { z } = await import('zod');
+  await assert.rejects(c.call('GET', '/nothing', z.unknown()), (e: unknown) => e instanceof ApiCallError && e.status === 404 && /no such API path/.test(e.message) && /\/v1/.test(e.hint ?? ''));
+  await assert.rejects(c.call('PUT', '/host', z.unknown(), { junk: 'x'.repeat(MAX_BODY_BYTES) }), (e: unknown) => e instanceof ApiCallError && e.status === 413);
+  assert.equal((await c.host()).name, 'a', 'still answering');
+});
+
+test('lockstepd.service passes systemd-analyze verify without a warning', (t) => {
+  const which = spawnSync('sh', ['-c', 'command -v systemd-analyze']);
+  if (which.status !== 0) return t.skip('systemd-analyze is not installed');
+  const dir = tmp();
+  const shipped = fs.readFileSync(path.join(packageRoot(), 'packaging', 'lockstepd.service'), 'utf8');
+  assert.match(shipped, /^ExecStart=\/usr\/local\/bin\/lockstep daemon /m);
+  assert.match(shipped, /^KillMode=process$/m, 'a daemon restart leaves the QEMUs running');
+  // The command must exist for verify: the repository's, where lockstep is not installed.
+  const bin = fs.existsSync('/usr/local/bin/lockstep') ? '/usr/local/bin/lockstep' : path.join(packageRoot(), 'bin', 'lockstep.js');
+  const unit = path.join(dir, 'lockstepd.service');
+  fs.writeFileSync(unit, shipped.replace('/usr/local/bin/lockstep', bin));
+  const r = spawnSync('systemd-analyze', ['verify', unit], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stderr.trim(), '', 'no warnings');
+});
