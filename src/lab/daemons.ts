@@ -1,0 +1,151 @@
+/**
+ * The lab's hosts as real hosts are set up: each node host (a, b) and the
+ * management host (in the witness's namespace, on the management network)
+ * gets its own file system view (mountns.ts), its host file and identity
+ * from `lockstep host init` run inside it, the other hosts' certificates
+ * copied over as an operator would (scp) and pinned with `lockstep host
+ * trust` inside it; a and b run `lockstep daemon`. Tests then drive the hosts
+ * with the CLI from the management host, as a user would.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import net from 'node:net';
+import { spawn } from 'node:child_process';
+import type { LabHosts } from './hosts.js';
+import { createHostFs, HOST_DIRS, type HostFs } from './mountns.js';
+import { run, type RunResult } from '../util/exec.js';
+import { LockstepError } from '../util/errors.js';
+import { packageRoot } from '../util/paths.js';
+import { pidRunning } from '../util/proc.js';
+import { sleep, waitFor } from '../util/time.js';
+
+export const API_PORT = 7700;
+export type LabHostName = 'a' | 'b' | 'mgmt';
+
+interface HostEntry {
+  name: LabHostName;
+  netns: string;
+  fs: HostFs;
+  pid: number | undefined;
+}
+
+function socketAnswers(file: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = net.createConnection({ path: file });
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once('error', () => resolve(false));
+  });
+}
+
+export class LabDaemons {
+  private constructor(
+    readonly root: string,
+    private readonly hosts: Record<LabHostName, HostEntry>,
+  ) {}
+
+  /** Sets the hosts up under `root`/hosts and starts the daemons of a and b. */
+  static async create(root: string, lab: LabHosts, o: { tag: string }): Promise<LabDaemons> {
+    const hostsDir = path.join(root, 'hosts');
+    const made: HostFs[] = [];
+    try {
+      const entry = async (name: LabHostName, netns: string): Promise<HostEntry> => {
+        const f = await createHostFs({ name: `${o.tag}-${name}`, root: hostsDir });
+        made.push(f);
+        return { name, netns, fs: f, pid: undefined };
+      };
+      const hosts = { a: await entry('a', lab.ns.a), b: await entry('b', lab.ns.b), mgmt: await entry('mgmt', lab.ns.witness) };
+      const d = new LabDaemons(root, hosts);
+      for (const n of ['a', 'b'] as const) {
+        await d.cli(n, ['host', 'init', '--name', n, '--replication', lab.addr.replication[n], '--heartbeat', `${lab.addr.heartbeat[n]},${lab.addr.replication[n]}`, '--api', `${lab.addr.mgmt[n]}:${API_PORT}`], { check: true });
+      }
+      await d.cli('mgmt', ['host', 'init', '--name', 'mgmt', '--replication', lab.addr.mgmt.witness], { check: true });
+      const api = { a: `${lab.addr.mgmt.a}:${API_PORT}`, b: `${lab.addr.mgmt.b}:${API_PORT}`, mgmt: `${lab.addr.mgmt.witness}:${API_PORT}` };
+      for (const [who, whom] of [['a', 'b'], ['b', 'a'], ['a', 'mgmt'], ['b', 'mgmt'], ['mgmt', 'a'], ['mgmt', 'b']] as Array<[LabHostName, LabHostName]>) {
+        await d.trust(who, whom, api[whom]);
+      }
+      for (const n of ['a', 'b'] as const) await d.startDaemon(n);
+      return d;
+    } catch (err) {
+      for (const f of made) await f.remove();
+      throw err;
+    }
+  }
+
+  /** Host `whom`'s certificate copied to `who` (as scp would), then pinned there with `lockstep host trust`. */
+  async trust(who: LabHostName, whom: LabHostName, api: string): Promise<void> {
+    const incoming = path.join(this.hosts[who].fs.dirs.etc, 'incoming');
+    fs.mkdirSync(incoming, { recursive: true });
+    fs.copyFileSync(path.join(this.hosts[whom].fs.dirs.etc, 'tls', 'host.crt'), path.join(incoming, `${whom}.crt`));
+    await this.cli(who, ['host', 'trust', '--name', whom, '--api', api, path.join(HOST_DIRS.etc, 'incoming', `${whom}.crt`)], { check: true });
+  }
+
+  /** The host's directories seen from outside (for tests that look at what a host wrote). */
+  dirs(h: LabHostName): HostFs['dirs'] {
+    return this.hosts[h].fs.dirs;
+  }
+
+  /** The command prefix that runs a command inside host `h`. */
+  enter(h: LabHostName): string[] {
+    return this.hosts[h].fs.enter(this.hosts[h].netns);
+  }
+
+  /** Runs `cmd args` inside host `h`. */
+  exec(h: LabHostName, cmd: string, args: string[], o: { check?: boolean; timeoutMs?: number } = {}): Promise<RunResult> {
+    const [c, ...rest] = this.enter(h);
+    return run(c!, [...rest, cmd, ...args], { allowFailure: !o.check, timeoutMs: o.timeoutMs ?? 30_000, what: `${cmd} ${args.join(' ')} on lab host ${h}` });
+  }
+
+  /** Runs the lockstep command inside host `h`. */
+  cli(h: LabHostName, args: string[], o: { check?: boolean; timeoutMs?: number } = {}): Promise<RunResult> {
+    return this.exec(h, process.execPath, [path.join(packageRoot(), 'bin', 'lockstep.js'), ...args], o);
+  }
+
+  daemonPid(h: 'a' | 'b'): number | undefined {
+    const p = this.hosts[h].pid;
+    return p !== undefined && pidRunning(p) ? p : undefined;
+  }
+
+  /** Starts host `h`'s daemon (as its systemd unit would), logging to hosts/<h>/daemon.log; waits until it answers. */
+  async startDaemon(h: 'a' | 'b'): Promise<number> {
+    const e = this.hosts[h];
+    if (this.daemonPid(h)) throw new LockstepError(`the daemon of lab host ${h} runs already (pid ${e.pid})`);
+    const logFile = path.join(e.fs.dirs.etc, '..', 'daemon.log');
+    const out = fs.openSync(logFile, 'a');
+    const [c, ...rest] = this.enter(h);
+    const child = spawn(c!, [...rest, process.execPath, path.join(packageRoot(), 'bin', 'lockstep.js'), 'daemon'], { detached: true, stdio: ['ignore', out, out] });
+    fs.closeSync(out);
+    child.unref();
+    const pid = child.pid!;
+    e.pid = pid;
+    const sock = path.join(e.fs.dirs.run, 'api.sock');
+    await waitFor(
+      `the daemon of lab host ${h} to answer`,
+      async () => {
+        if (!pidRunning(pid)) throw new LockstepError(`the daemon of lab host ${h} exited at start`, { hint: `see ${logFile}` });
+        return socketAnswers(sock);
+      },
+      { timeoutMs: 15_000, intervalMs: 50 },
+    );
+    return pid;
+  }
+
+  /** Ends host `h`'s daemon: SIGTERM (as systemctl stop) or SIGKILL (a crash); waits until it is gone. */
+  async stopDaemon(h: 'a' | 'b', signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM'): Promise<void> {
+    const pid = this.daemonPid(h);
+    if (pid === undefined) return;
+    process.kill(pid, signal);
+    for (let i = 0; i < 100 && pidRunning(pid); i++) await sleep(50);
+    if (pidRunning(pid)) process.kill(pid, 'SIGKILL');
+    for (let i = 0; i < 40 && pidRunning(pid); i++) await sleep(50);
+    this.hosts[h].pid = undefined;
+  }
+
+  async remove(): Promise<void> {
+    await this.stopDaemon('a');
+    await this.stopDaemon('b');
+    for (const e of Object.values(this.hosts)) await e.fs.remove();
+  }
+}
