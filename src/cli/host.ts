@@ -127,7 +127,7 @@ export function registerHostCommands(program: Command): void {
     .action(async (o: { hostFile?: string }) => {
       const h = loadHostFile(hostFileOf(o.hostFile));
       const log = pino({ base: { host: h.name }, timestamp: pino.stdTimeFunctions.isoTime });
-      const d = new Daemon(h, { log: (level, msg, detail) => log[level](detail ?? {}, msg) });
+      const d = new Daemon(h, { log: (level, msg, detail) => log[level](detail ?? {}, msg), logger: log });
       await d.start();
       log.info({ stateDir: h.stateDir, version: d.hostInfo('').version }, 'daemon started');
       const end = (sig: string) => {

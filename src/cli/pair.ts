@@ -7,6 +7,13 @@ import { failover } from '../pair/failover.js';
 import { resync } from '../pair/resync.js';
 import { createProgress } from '../util/progress.js';
 import { print } from './output.js';
+import { loadHostFile } from '../config/host.js';
+import { upOnHosts, vmOnHosts, vmLine } from '../daemon/orchestrate.js';
+import { hostFileOf } from './host.js';
+import { LockstepError } from '../util/errors.js';
+
+/** `status NAME`'s exit code when the VM is not protected (0: protected; 1: an error). */
+export const EXIT_NOT_PROTECTED = 3;
 
 const CONFIG_HELP = 'the pair\'s YAML config (see examples/one-host.yaml)';
 
@@ -61,17 +68,31 @@ function formatStatus(s: PairStatus): string {
 export function registerPairCommands(program: Command): void {
   program
     .command('up')
-    .summary('start a COLO-protected pair from a config')
+    .summary('start a COLO-protected VM: -f on two hosts\' daemons, or -c both nodes from here')
     .description(
-      'start a COLO-protected pair from a config: the secondary, then the primary, the documented QMP start-up\n' +
-        'steps on each, and return once both report COLO running. The VMs keep running after this command ends.',
+      'With -f VM-FILE (two real hosts, each running lockstepd): hands the VM\'s definition to the daemons of the two\n' +
+        'hosts it names, has the first host start the VM alone from its image, and waits while the agents protect it:\n' +
+        'a new secondary on the other host, its disk synced over the replication network. Nothing is read from the\n' +
+        'other host\'s files. Run it on either host, or on any host that both trust.\n' +
+        'With -c CONFIG (both nodes on this machine, or the lab): starts the secondary, then the primary, the documented\n' +
+        'QMP start-up steps on each, and returns once both report COLO running. The VMs keep running after this command ends.',
     )
-    .requiredOption('-c, --config <file>', CONFIG_HELP)
-    .option('--adopt-newest', 'after a failover, first copy the survivor\'s disk (the newest data) over vm.disk.image')
+    .option('-f, --file <vm-file>', 'the VM file: the VM and its two hosts (hosts: [primary, secondary])')
+    .option('-c, --config <file>', CONFIG_HELP)
+    .option('--host-file <file>', 'with -f: this host\'s settings (default: $LOCKSTEP_HOST_FILE, else /etc/lockstep/host.yaml)')
+    .option('--adopt-newest', 'with -c: after a failover, first copy the survivor\'s disk (the newest data) over vm.disk.image')
     .option('--json', 'print the resulting status as JSON')
-    .action(async (opts: { config: string; adoptNewest?: boolean; json?: boolean }) => {
-      const c = loadConfig(opts.config);
+    .action(async (opts: { file?: string; config?: string; hostFile?: string; adoptNewest?: boolean; json?: boolean }) => {
+      if (!!opts.file === !!opts.config) throw new LockstepError('give either -f VM-FILE (two hosts with daemons) or -c CONFIG (both nodes from here)', { hint: 'lockstep up --help explains both' });
       const progress = createProgress(process.stderr, { quiet: opts.json === true });
+      if (opts.file) {
+        const host = loadHostFile(hostFileOf(opts.hostFile));
+        const r = await upOnHosts(host, opts.file, { onStep: (m) => progress.step(m), onUpdate: (m) => progress.update(m) });
+        progress.done(`VM "${r.name}" protected in ${(r.ms / 1000).toFixed(1)} s`);
+        print(opts.json, r, () => [`VM "${r.name}": PROTECTED`, ...r.hosts.map((h) => `  ${vmLine(h, r.status[h])}`), '', `see it with: lockstep status ${r.name}`].join('\n'));
+        return;
+      }
+      const c = loadConfig(opts.config!);
       const r = await up(c, { detached: true, adoptNewest: opts.adoptNewest, onStep: (m) => progress.step(m), onUpdate: (m) => progress.update(m) });
       progress.done(`pair "${c.name}" protected in ${((r.state.upMs ?? 0) / 1000).toFixed(1)} s`);
       const st = await pairStatus(c);
@@ -83,14 +104,42 @@ export function registerPairCommands(program: Command): void {
 
   program
     .command('status')
-    .summary('show whether the pair is protected, and each node\'s state')
-    .description('show each node\'s role, QEMU pid, run state and COLO state, and whether the pair is protected')
-    .requiredOption('-c, --config <file>', CONFIG_HELP)
+    .summary('whether a VM is protected, and what each node does')
+    .description(
+      'lockstep status NAME asks the daemons of this host and of every host it trusts (or --host H only) how they run\n' +
+        'VM NAME. lockstep status -c CONFIG shows a pair started from here: each node\'s role, QEMU pid, run state and\n' +
+        `COLO state. Exit code: 0 protected, ${EXIT_NOT_PROTECTED} not protected, 1 an error (a host cannot be asked, bad input).`,
+    )
+    .argument('[vm]', 'the VM\'s name (with daemons)')
+    .option('-c, --config <file>', CONFIG_HELP)
+    .option('--host <name>', 'ask this host only')
+    .option('--host-file <file>', 'this host\'s settings (default: $LOCKSTEP_HOST_FILE, else /etc/lockstep/host.yaml)')
     .option('--json', 'print as JSON')
-    .action(async (opts: { config: string; json?: boolean }) => {
-      const c = loadConfig(opts.config);
-      const st = await pairStatus(c);
-      print(opts.json, st, () => formatStatus(st));
+    .action(async (vm: string | undefined, opts: { config?: string; host?: string; hostFile?: string; json?: boolean }) => {
+      if (!!vm === !!opts.config) throw new LockstepError('give either a VM name (with daemons) or -c CONFIG (a pair started from here)', { hint: 'lockstep status --help' });
+      if (opts.config) {
+        const c = loadConfig(opts.config);
+        const st = await pairStatus(c);
+        print(opts.json, st, () => formatStatus(st));
+        if (!st.protected) process.exitCode = EXIT_NOT_PROTECTED;
+        return;
+      }
+      const host = loadHostFile(hostFileOf(opts.hostFile));
+      const answers = await vmOnHosts(host, vm!, { only: opts.host });
+      if (answers.length === 0) throw new LockstepError(`no host knows a VM "${vm}"`, { hint: 'start it with lockstep up -f FILE' });
+      const isProtected = answers.length === 2 && answers.every((a) => a.status?.agent?.protected);
+      print(opts.json, { name: vm, protected: isProtected, hosts: answers }, () =>
+        [
+          `VM "${vm}": ${isProtected ? 'PROTECTED' : 'NOT PROTECTED'}`,
+          ...answers.flatMap((a) => [
+            `  ${a.error ? `${a.host}: cannot ask: ${a.error}` : vmLine(a.host, a.status)}`,
+            ...(a.status?.agent?.degraded ?? []).map((d) => `    ! ${d}`),
+            ...(a.status?.agent?.lastDecision ? [`    last decision: ${a.status.agent.lastDecision}`] : []),
+          ]),
+        ].join('\n'),
+      );
+      if (answers.some((a) => a.error)) process.exitCode = 1;
+      else if (!isProtected) process.exitCode = EXIT_NOT_PROTECTED;
     });
 
   program

@@ -4,6 +4,7 @@
  * arrives (a daemon of another version may say something else).
  */
 import { z } from 'zod';
+import { agentStatusSchema } from '../pair/agents.js';
 
 export const API_VERSION = 'v1';
 
@@ -26,3 +27,18 @@ export const hostInfoSchema = z.object({
   vms: z.array(z.string()),
 });
 export type HostInfo = z.infer<typeof hostInfoSchema>;
+
+export const vmStatusSchema = z.object({
+  name: z.string(),
+  hosts: z.tuple([z.string(), z.string()]),
+  definedRole: z.enum(['primary', 'secondary']),
+  phase: z.enum(['defined', 'starting', 'running', 'failed']),
+  detail: z.string().nullable(),
+  agent: agentStatusSchema.nullable(),
+});
+export type VmStatus = z.infer<typeof vmStatusSchema>;
+
+export const vmListSchema = z.array(vmStatusSchema);
+
+/** The answer to a definition: whether it was new, replaced an earlier one, or the same again. */
+export const defineAnswerSchema = z.object({ name: z.string(), outcome: z.enum(['created', 'replaced', 'unchanged']) });

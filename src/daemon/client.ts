@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import type { z } from 'zod';
 import type { HostConfig } from '../config/host.js';
 import { LockstepError, errorMessage } from '../util/errors.js';
-import { API_VERSION, apiErrorSchema, hostInfoSchema, type HostInfo } from './api-types.js';
+import { API_VERSION, apiErrorSchema, defineAnswerSchema, hostInfoSchema, vmListSchema, vmStatusSchema, type HostInfo, type VmStatus } from './api-types.js';
 import { fingerprint } from './identity.js';
 
 /** Answers larger than this are not read (a daemon never sends them). */
@@ -81,6 +81,28 @@ export class ApiClient {
 
   host(): Promise<HostInfo> {
     return this.call('GET', '/host', hostInfoSchema);
+  }
+
+  vms(): Promise<VmStatus[]> {
+    return this.call('GET', '/vms', vmListSchema);
+  }
+
+  /** The VM as this host runs it; undefined when the host has no such VM. */
+  async vm(name: string): Promise<VmStatus | undefined> {
+    try {
+      return await this.call('GET', `/vms/${encodeURIComponent(name)}`, vmStatusSchema);
+    } catch (err) {
+      if (err instanceof ApiCallError && err.status === 404) return undefined;
+      throw err;
+    }
+  }
+
+  defineVm(name: string, placed: unknown): Promise<{ name: string; outcome: 'created' | 'replaced' | 'unchanged' }> {
+    return this.call('PUT', `/vms/${encodeURIComponent(name)}`, defineAnswerSchema, placed);
+  }
+
+  startVm(name: string): Promise<VmStatus> {
+    return this.call('POST', `/vms/${encodeURIComponent(name)}/start`, vmStatusSchema);
   }
 
   async call<T>(method: string, p: string, schema: z.ZodType<T>, body?: unknown): Promise<T> {

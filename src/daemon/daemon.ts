@@ -13,8 +13,11 @@ import { createAdaptorServer } from '@hono/node-server';
 import type { HostConfig } from '../config/host.js';
 import { LockstepError, errorMessage } from '../util/errors.js';
 import { lockstepVersion } from '../util/paths.js';
-import { apiApp, type DaemonView } from './api.js';
-import type { HostInfo } from './api-types.js';
+import pino from 'pino';
+import { apiApp, ApiRefusal, type DaemonView } from './api.js';
+import type { HostInfo, VmStatus } from './api-types.js';
+import { placedVmSchema, VmHost } from './vm-host.js';
+import { nodeName } from '../config/schema.js';
 import { checkKeyFile, fingerprint } from './identity.js';
 
 /** At most this many API connections at once per listener; more are refused by the kernel's backlog. */
@@ -29,6 +32,8 @@ export interface DaemonOptions {
   /** The monotonic clock (ms); injected for tests. */
   now?: () => number;
   log?: (level: 'info' | 'warn' | 'error', msg: string, detail?: Record<string, unknown>) => void;
+  /** Where the VMs' runtimes log (the daemon's journal); default: nowhere. */
+  logger?: pino.Logger;
 }
 
 /** Is something answering on this unix socket? */
@@ -77,6 +82,8 @@ export class Daemon implements DaemonView {
   private readonly peerPrints: Map<string, string>;
   private startedAt = 0;
   private startedAtIso = '';
+  private readonly vmHosts = new Map<string, VmHost>();
+  private readonly logger: pino.Logger;
 
   constructor(
     readonly host: HostConfig,
@@ -85,6 +92,7 @@ export class Daemon implements DaemonView {
     this.now = o.now ?? (() => performance.now());
     this.log = o.log ?? (() => {});
     this.peerPrints = new Map(Object.entries(host.peers).map(([name, p]) => [fingerprint(p.cert), name]));
+    this.logger = o.logger ?? pino({ level: 'silent' });
   }
 
   get vmsDir(): string {
@@ -98,6 +106,16 @@ export class Daemon implements DaemonView {
     fs.chmodSync(h.stateDir, 0o700);
     this.startedAt = this.now();
     this.startedAtIso = new Date().toISOString();
+    // The VMs defined here; those this host had started get their agents again (their QEMUs ran on).
+    const { vms, problems } = VmHost.loadAll(this.host, this.logger);
+    for (const p of problems) this.log('error', 'a VM definition cannot be read; that VM is not run', { problem: p });
+    for (const v of vms) {
+      this.vmHosts.set(v.name, v);
+      if (v.started) {
+        this.log('info', 'attaching to a VM started before', { vm: v.name });
+        await v.resume().catch((err: unknown) => this.log('error', 'a VM could not be attached again', { vm: v.name, err: errorMessage(err) }));
+      }
+    }
 
     // The local socket: root only. One left by a daemon that died is removed; one that answers is another daemon's.
     fs.mkdirSync(path.dirname(h.api.socket), { recursive: true, mode: 0o700 });
@@ -146,6 +164,8 @@ export class Daemon implements DaemonView {
   }
 
   async stop(): Promise<void> {
+    // The agents end; their QEMUs run on (the next daemon attaches to them).
+    await Promise.all([...this.vmHosts.values()].map((v) => v.stopAgent()));
     const all = this.servers.splice(0);
     await Promise.all(all.map(closeServer));
     fs.rmSync(this.host.api.socket, { force: true });
@@ -156,11 +176,44 @@ export class Daemon implements DaemonView {
   }
 
   vmNames(): string[] {
-    try {
-      return fs.readdirSync(this.vmsDir).sort();
-    } catch {
-      return [];
+    return [...this.vmHosts.keys()].sort();
+  }
+
+  vms(): VmStatus[] {
+    return this.vmNames().map((n) => this.vmHosts.get(n)!.status());
+  }
+
+  vm(name: string): VmStatus | undefined {
+    return this.vmHosts.get(name)?.status();
+  }
+
+  define(name: string, body: unknown): { name: string; outcome: 'created' | 'replaced' | 'unchanged' } {
+    if (!nodeName.safeParse(name).success) throw new LockstepError(`"${name}" is not a VM name`, { hint: 'a short lower-case name: letters, digits, "-"' });
+    const r = placedVmSchema.safeParse(body);
+    if (!r.success) throw new LockstepError(`the VM definition does not fit: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`, { hint: 'use the lockstep command of the same version as the daemon' });
+    if (r.data.vm.name !== name) throw new LockstepError(`the definition is of VM "${r.data.vm.name}", not "${name}"`);
+    // Placed here before it is kept: a definition this host cannot run is refused now.
+    const next = new VmHost(this.host, r.data, this.logger.child({ vm: name }));
+    const cur = this.vmHosts.get(name);
+    if (cur) {
+      const same = JSON.stringify({ ...cur.placed, definedAt: '' }) === JSON.stringify({ ...r.data, definedAt: '' });
+      if (same) return { name, outcome: 'unchanged' };
+      if (cur.started) throw new ApiRefusal(409, `VM "${name}" has run on this host with another definition`, `end it first (lockstep down ${name}), or give the new one another name`);
     }
+    next.save();
+    this.vmHosts.set(name, next);
+    this.log('info', cur ? 'VM definition replaced' : 'VM defined', { vm: name, hosts: r.data.vm.hosts });
+    return { name, outcome: cur ? 'replaced' : 'created' };
+  }
+
+  startVm(name: string): VmStatus {
+    const v = this.vmHosts.get(name);
+    if (!v) throw new ApiRefusal(404, `no VM "${name}" on this host`, 'define it first: lockstep up -f FILE');
+    const st = v.status();
+    if (st.phase === 'starting' || st.phase === 'running') throw new ApiRefusal(409, `VM "${name}" is ${st.phase} on this host already`);
+    this.log('info', 'starting VM', { vm: name, role: v.definedRole });
+    void v.start().catch(() => undefined); // its phase says how it went
+    return v.status();
   }
 
   hostInfo(caller: string): HostInfo {

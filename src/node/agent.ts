@@ -98,6 +98,8 @@ export class Agent {
     private readonly c: ResolvedConfig,
     readonly name: string,
     logStream: pino.DestinationStream = process.stdout,
+    /** When the agent's own logic fails (a broken invariant): by default the process ends (a supervisor restarts it). */
+    private readonly onFatal: (err: unknown) => void = () => process.exit(70),
   ) {
     if (!c.agents) throw new LockstepError(`${c.file}: no agents section`, { hint: 'add agents: { secret: ... } to run node agents' });
     this.a = c.agents;
@@ -185,7 +187,7 @@ export class Agent {
   /** A broken invariant or a bug: the agent stops (its QEMU runs on; a supervisor restarts the agent, which re-attaches). */
   private fatal(err: unknown): void {
     this.log.fatal({ err: errorMessage(err), stack: (err as Error).stack, invariant: err instanceof InvariantError }, 'agent stops: its own logic failed');
-    void this.stop().finally(() => process.exit(70));
+    void this.stop().finally(() => this.onFatal(err));
   }
 
   private onTick(): void {
@@ -263,7 +265,7 @@ export class Agent {
       try {
         const qmp = await QmpClient.connect(this.me.qmpSocket, { timeoutMs: 3000 });
         try {
-          const found = await describeQemu(qmp);
+          const found = { ...(await describeQemu(qmp)), ...(await this.diskSize()) };
           this.own(qmp);
           this.log.info({ found }, 'attached to our QEMU');
           return this.input({ t: 'qemu-found', found });
@@ -282,6 +284,12 @@ export class Agent {
         await sleep(500);
       }
     }
+  }
+
+  /** The size of our disk as it is now (a replica made by a resync after this agent started), when it can be read. */
+  private async diskSize(): Promise<{ diskSizeBytes?: number }> {
+    const size = await imageInfo(this.me.disk).then((i) => i['virtual-size'], () => 0);
+    return size > 0 ? { diskSizeBytes: size } : {};
   }
 
   /** Makes `qmp` our QEMU's connection: its events and its end go to the core. */
@@ -441,7 +449,7 @@ export class Agent {
         this.reloadPair();
         this.me = { ...this.me, pid: prep.proc.pid };
         this.own(prep.qmp);
-        this.input({ t: 'qemu-found', found });
+        this.input({ t: 'qemu-found', found: { ...found, ...(await this.diskSize()) } });
         return prep.proc.pid;
       }
     }

@@ -72,6 +72,7 @@ export interface PreparedSecondary {
  * exported over NBD. On failure nothing of it is left.
  */
 export async function prepareSecondary(c: ResolvedConfig, s: PairState, primary: string, sizeBytes: number, step: (m: string) => void = () => {}): Promise<PreparedSecondary> {
+  if (!(sizeBytes > 0)) throw new LockstepError(`the survivor ${primary} asked for a replica of ${sizeBytes} bytes: it does not know its disk's size`, { hint: "see the survivor's agent log" });
   const plan = planPair(c, s.runtime, primary);
   const tp = plan.secondary;
   fs.mkdirSync(tp.dataDir, { recursive: true });

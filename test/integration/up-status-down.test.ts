@@ -52,6 +52,7 @@ test('up → protected pair; status shows both nodes in COLO', { timeout: 10 * 6
   assert.ok(st.upMs! > 0);
   const human = await lockstep(['status', '-c', cfg]);
   assert.match(human.stdout, /PROTECTED/);
+  assert.equal(human.code, 0, 'status exits 0 when protected');
 });
 
 test('the service answers through the primary, checkpoints happen, and the replica holds the primary\'s writes', { timeout: 5 * 60_000 }, async () => {
@@ -92,7 +93,9 @@ test('down stops both VMs; status then says so', async () => {
   const res = json<{ nodes: Array<{ role: string; result: string }> }>(r);
   assert.deepEqual(res.nodes.map((n) => n.role), ['secondary', 'primary'], 'secondary first');
   assert.ok(res.nodes.every((n) => n.result === 'quit'), JSON.stringify(res));
-  const st = json<PairStatus>(await lockstep(['status', '-c', cfg, '--json']));
+  const after = await lockstep(['status', '-c', cfg, '--json']);
+  assert.equal(after.code, 3, 'status exits 3 when the pair is not protected');
+  const st = json<PairStatus>(after);
   assert.equal(st.running, false);
   assert.equal(st.protected, false);
   assert.ok(st.nodes.every((n) => n.pid === null && !n.alive));

@@ -205,7 +205,7 @@ test('a witness reply that arrives after the wait: the epoch it recorded becomes
   });
   assert.ok(recordAsk, 'asked the witness to record a new epoch');
   assert.deepEqual(recordAsk.next, E(2, 'b'));
-  assert.deepEqual(b.s.disk, { epoch: E(1), pending: E(2, 'b'), persisting: null }, 'the asked-for epoch stays pending on our disk');
+  assert.deepEqual(b.s.disk, { epoch: E(1), pending: E(2, 'b'), persisting: null, sizeBytes: 64 << 20 }, 'the asked-for epoch stays pending on our disk');
   assert.ok(b.fx.some((e) => e.t === 'log' && /did not answer whether it recorded/.test(e.msg)));
   // The late grant: the witness did record it: it is ours now, not a newer epoch nobody holds.
   b.in({ t: 'witness-reply', reply: { t: 'lease', re: recordAsk.id, granted: true, holder: 'b', ttlMs: 1000, newest: E(2, 'b') } });
@@ -416,4 +416,15 @@ test('a refusal that says nothing of our pending epoch (a witness in its grace p
   b.in({ t: 'witness-reply', reply: { t: 'lease', re: ask.id, granted: false, holder: null, reason: 'witness just started (grace period)', newest: E(2, 'b') } });
   assert.deepEqual(b.s.disk.pending, E(2, 'b'), 'kept: the witness may hold it');
   assert.equal(b.fx.some((e) => e.t === 'persist-disk'), false);
+});
+
+test('a survivor whose disk was made after its agent started (a first sync by the daemons) asks for a replica of its real size', () => {
+  // The agent started before its replica existed (size 0); the replica it was resynced to is 64 MiB.
+  const b = new Node({ name: 'b', peer: 'a', diskSizeBytes: 0 }, { epoch: E(2, 'b') });
+  b.peer = { ...b.peer, boot: 'boot-a', role: 'down', qemu: 'dead', disk: E(1) };
+  b.found({ colo: 'none', diskSizeBytes: 64 << 20 });
+  b.run(300, { heartbeats: true, answer: grantAll(b) });
+  const req = b.fx.find((e) => e.t === 'send-peer' && e.msg.t === 'req');
+  assert.ok(req && req.t === 'send-peer' && req.msg.t === 'req' && req.msg.body.k === 'resync-prepare');
+  assert.equal(req.msg.body.sizeBytes, 64 << 20, 'not the 0 bytes known when the agent started');
 });

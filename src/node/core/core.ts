@@ -117,7 +117,7 @@ export function initCore(cfg: CoreConfig, now: number, boot: string, disk: { epo
       killedAt: null,
       leftovers: false,
     },
-    disk: { epoch: disk.epoch, pending: disk.pending, persisting: null },
+    disk: { epoch: disk.epoch, pending: disk.pending, persisting: null, sizeBytes: cfg.diskSizeBytes },
     peer: { paths: Array.from({ length: cfg.paths }, () => ({ up: false, lastHeardAt: null })), boot: null, seq: 0, hb: null, hbAt: null, since: null, rttMs: null, probe: null, probeResult: null },
     lease: { until: 0, nextAskAt: now, nextQueryAt: now, lastAnswerAt: null, lastRefusal: null, newest: null, releasedAt: -Infinity },
     work: null,
@@ -409,6 +409,7 @@ function found(ctx: Ctx, f: QemuFound): void {
   q.oob = f.oob;
   q.leftovers = false;
   q.killedAt = null;
+  if (f.diskSizeBytes !== undefined && f.diskSizeBytes > 0) s.disk.sizeBytes = f.diskSizeBytes;
   if (!f.running) {
     q.state = 'gone';
     q.paused = false;
@@ -1296,7 +1297,7 @@ function beginReprotect(ctx: Ctx, why: string): void {
   const id = newId(s);
   s.work = { kind: 'reprotect', phase: 'asking', why, startedAt: s.now, reqId: id, procId: null, step: `asking ${s.cfg.peer} for a new secondary`, mirror: null, error: null, deadline: s.now + PREPARE_TIMEOUT_MS };
   addPending(ctx, { id, to: 'peer', what: 'resync-prepare', sentAt: s.now, deadline: s.now + PREPARE_TIMEOUT_MS });
-  emit(ctx, { t: 'send-peer', path: 'any', msg: { t: 'req', id, body: { k: 'resync-prepare', primary: s.cfg.name, disk: s.disk.epoch, sizeBytes: s.cfg.diskSizeBytes } } });
+  emit(ctx, { t: 'send-peer', path: 'any', msg: { t: 'req', id, body: { k: 'resync-prepare', primary: s.cfg.name, disk: s.disk.epoch, sizeBytes: s.disk.sizeBytes } } });
 }
 
 function peerReply(ctx: Ctx, r: PeerReply): void {

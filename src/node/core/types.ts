@@ -71,6 +71,8 @@ export interface DiskView {
   pending: Epoch | undefined;
   /** A write of the record under way. */
   persisting: { id: string; epoch: Epoch | undefined; pending: Epoch | undefined } | null;
+  /** Our disk's size, as last seen (a new secondary of a resync gets a replica of this size). */
+  sizeBytes: number;
 }
 
 export interface PathView {
@@ -165,6 +167,8 @@ export interface QemuFound {
   /** A resync left behind (mirror job, proxy objects, migration). */
   resumeLeftovers: boolean;
   oob: boolean;
+  /** The size of the disk our VM uses, when the runtime could read it (a replica made after the agent started). */
+  diskSizeBytes?: number;
 }
 
 /** The work under way: at most one at a time. */

@@ -1,0 +1,78 @@
+/**
+ * The VM file for real hosts (`lockstep up -f vm.yaml`): the VM and the two
+ * hosts that protect it, by the names of their host files. Where each host
+ * listens (replication, heartbeat) is each host's own business (its host
+ * file); `placeVm` joins the two into the config that one host's daemon
+ * runs the VM with, its state under that host's stateDir. Pure.
+ */
+import path from 'node:path';
+import { z } from 'zod';
+import { configSchema, nodeName } from './schema.js';
+import { ConfigError, parseConfig, parseYamlFile, type ResolvedConfig } from './load.js';
+import YAML from 'yaml';
+
+const agentsSchema = configSchema.shape.agents.unwrap();
+
+export const vmFileSchema = configSchema
+  .omit({ nodes: true, stateDir: true, agents: true })
+  .extend({
+    /** The two hosts, the primary first, as their host files name them. */
+    hosts: z.tuple([nodeName, nodeName]),
+    /** The agents' tuning; their heartbeat paths come from the hosts' files, their secret is made by `up` when not given. */
+    agents: agentsSchema.omit({ links: true }).partial({ secret: true }).strict().default({} as never),
+  })
+  .strict();
+
+export type VmFile = z.output<typeof vmFileSchema>;
+
+/** What `placeVm` needs of each host: what its daemon says of its addresses. */
+export interface HostAddresses {
+  replication: string;
+  heartbeat: string[];
+}
+
+/** A VM file checked, every path in it absolute (a daemon cannot resolve paths relative to the user's directory). */
+export function parseVmFile(text: string, file: string): VmFile {
+  const v = parseYamlFile(vmFileSchema, text, file);
+  const problems: string[] = [];
+  if (v.hosts[0] === v.hosts[1]) problems.push(`hosts: the two hosts need different names (both are "${v.hosts[0]}")`);
+  const paths: Array<[string, string | undefined]> = [
+    ['vm.disk.image', v.vm.disk.image],
+    ['vm.kernel', v.vm.kernel === 'demo' ? undefined : v.vm.kernel],
+    ['vm.initrd', v.vm.initrd],
+    ['qemu.binary', v.qemu.binary?.includes('/') ? v.qemu.binary : undefined],
+    ['replication.bufferDir', v.replication.bufferDir],
+  ];
+  for (const [field, p] of paths) if (p !== undefined && !path.isAbsolute(p)) problems.push(`${field}: "${p}" must be an absolute path (it is a path on the hosts, not here)`);
+  if (v.vm.network.mode === 'tap') for (const h of v.hosts) if (!v.vm.network.taps[h]) problems.push(`vm.network.taps: no tap for host "${h}"`);
+  if (problems.length) throw new ConfigError(file, problems);
+  return v;
+}
+
+/**
+ * The config host `me` runs VM `v` with: the nodes are the two hosts at
+ * their replication addresses, the heartbeat paths theirs (paired in
+ * order, as many as both have), the state in `<stateDir>/vms/<name>`.
+ */
+export function placeVm(v: VmFile, hosts: Record<string, HostAddresses>, me: string, stateDir: string, secret: string): ResolvedConfig {
+  const [p, s] = v.hosts;
+  const ha = hosts[p];
+  const hb = hosts[s];
+  if (!ha || !hb) throw new ConfigError(`VM "${v.name}"`, [`the addresses of host "${!ha ? p : s}" are not known`]);
+  if (me !== p && me !== s) throw new ConfigError(`VM "${v.name}"`, [`this host (${me}) is not one of the VM's hosts (${p}, ${s})`]);
+  const paths = Math.min(ha.heartbeat.length, hb.heartbeat.length);
+  const vmDir = path.join(stateDir, 'vms', v.name);
+  const doc = {
+    ...v,
+    hosts: undefined,
+    stateDir: vmDir,
+    nodes: [
+      { name: p, address: ha.replication, dataDir: path.join(vmDir, p) },
+      { name: s, address: hb.replication, dataDir: path.join(vmDir, s) },
+    ],
+    agents: { ...v.agents, secret, links: { [p]: ha.heartbeat.slice(0, paths), [s]: hb.heartbeat.slice(0, paths) } },
+  };
+  delete (doc as { hosts?: unknown }).hosts;
+  // Through the one-host config's checks (ports, links, ...), as if it had been written by hand.
+  return parseConfig(YAML.stringify(doc), path.join(vmDir, 'vm.yaml'), { separateHosts: true });
+}

@@ -1,0 +1,254 @@
+/**
+ * One protected VM on this host, as its daemon runs it. The VM's state
+ * lives under <stateDir>/vms/<name>/ on this host only: its placed
+ * definition (vm.json, 0600: it holds the agents' secret), the pair's state
+ * as this host knows it (state.json), and this node's directory (disk
+ * epoch, QMP sockets, logs, the replica). Starting it is "run on the
+ * primary, then protect": the primary's host starts the VM alone from its
+ * image; the other host starts only its agent, whose disk is empty; the
+ * agents then re-protect the VM as after any failover, the first sync going
+ * over the replication network (the resume procedure's mirror).
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import pino from 'pino';
+import { z } from 'zod';
+import type { HostConfig } from '../config/host.js';
+import { placeVm, vmFileSchema, type HostAddresses } from '../config/vm.js';
+import type { ResolvedConfig } from '../config/load.js';
+import { Agent } from '../node/agent.js';
+import { planPair, type PairPlan, type NodePlan } from '../pair/plan.js';
+import { resolveRuntime } from '../pair/runtime.js';
+import { readState, writeState, type NodeState, type PairState } from '../pair/state.js';
+import { readDiskRecord, writeEpoch } from '../pair/generation.js';
+import { launchNode } from '../pair/launch.js';
+import { attachTap, detachTap } from '../qemu/tap.js';
+import { createImage } from '../qemu/images.js';
+import { isOurQemu } from '../qemu/process.js';
+import { LockstepError, errorMessage } from '../util/errors.js';
+import { writeFileAtomic } from '../util/files.js';
+import type { AgentStatus } from '../pair/agents.js';
+
+/** A VM's definition as the daemons keep it: the VM file, where its hosts listen, its run and the agents' secret. */
+export const placedVmSchema = z.object({
+  vm: vmFileSchema,
+  hosts: z.record(z.string(), z.object({ replication: z.string(), heartbeat: z.array(z.string()).min(1) })),
+  /** This run of the VM (its disks' epochs belong to it). */
+  run: z.string().min(8).max(64),
+  secret: z.string().min(16),
+  definedAt: z.string(),
+});
+export type PlacedVm = z.output<typeof placedVmSchema>;
+
+export type VmPhase = 'defined' | 'starting' | 'running' | 'failed';
+
+export interface VmHostStatus {
+  name: string;
+  hosts: [string, string];
+  /** What this host is to the VM as defined: the first host starts as the primary. */
+  definedRole: 'primary' | 'secondary';
+  phase: VmPhase;
+  /** The start step under way, or the error that ended it. */
+  detail: string | null;
+  agent: AgentStatus | null;
+}
+
+function nodeState(n: NodePlan, pid: number): NodeState {
+  return { name: n.name, role: n.role, address: n.address, pid, qmpSocket: n.qmpSocket, qmpSocket2: n.qmpSocket2, serialLog: n.serialLog, qemuLog: n.qemuLog, disk: n.disk, ...(n.netns ? { netns: n.netns } : {}), ...(n.tap ? { tap: n.tap } : {}) };
+}
+
+export class VmHost {
+  private phase: VmPhase = 'defined';
+  private detail: string | null = null;
+  private agent: Agent | undefined;
+  readonly config: ResolvedConfig;
+
+  constructor(
+    readonly host: HostConfig,
+    readonly placed: PlacedVm,
+    private readonly log: pino.Logger,
+  ) {
+    this.config = placeVm(placed.vm, placed.hosts as Record<string, HostAddresses>, host.name, host.stateDir, placed.secret);
+  }
+
+  static dir(host: HostConfig, name: string): string {
+    return path.join(host.stateDir, 'vms', name);
+  }
+
+  /** The VMs defined on this host, from their vm.json files; one that cannot be read is reported, not guessed. */
+  static loadAll(host: HostConfig, log: pino.Logger): { vms: VmHost[]; problems: string[] } {
+    const vms: VmHost[] = [];
+    const problems: string[] = [];
+    let names: string[] = [];
+    try {
+      names = fs.readdirSync(path.join(host.stateDir, 'vms'));
+    } catch {
+      return { vms, problems };
+    }
+    for (const n of names.sort()) {
+      const file = path.join(VmHost.dir(host, n), 'vm.json');
+      try {
+        const placed = placedVmSchema.parse(JSON.parse(fs.readFileSync(file, 'utf8')));
+        vms.push(new VmHost(host, placed, log.child({ vm: n })));
+      } catch (err) {
+        problems.push(`${file}: ${errorMessage(err)}`);
+      }
+    }
+    return { vms, problems };
+  }
+
+  get name(): string {
+    return this.placed.vm.name;
+  }
+
+  get dir(): string {
+    return VmHost.dir(this.host, this.name);
+  }
+
+  get definedRole(): 'primary' | 'secondary' {
+    return this.placed.vm.hosts[0] === this.host.name ? 'primary' : 'secondary';
+  }
+
+  /** Writes the definition (0600). */
+  save(): void {
+    fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    writeFileAtomic(path.join(this.dir, 'vm.json'), JSON.stringify(this.placed, null, 2) + '\n', { durable: true, mode: 0o600 });
+  }
+
+  status(): VmHostStatus {
+    return { name: this.name, hosts: this.placed.vm.hosts, definedRole: this.definedRole, phase: this.phase, detail: this.detail, agent: this.agent?.status() ?? null };
+  }
+
+  /** Whether this host has started the VM before (its state file exists): a restarted daemon attaches again. */
+  get started(): boolean {
+    return readState(this.config.stateDir) !== undefined;
+  }
+
+  /**
+   * Starts this host's part: on the primary's host the VM alone from its
+   * image, then the agent; on the other host only the agent (its QEMU comes
+   * when the primary's agent has it start a new secondary).
+   */
+  async start(): Promise<void> {
+    if (this.phase === 'starting' || this.phase === 'running') throw new LockstepError(`VM "${this.name}" is ${this.phase} on this host already`, { hint: `see lockstep status ${this.name}` });
+    this.phase = 'starting';
+    this.detail = null;
+    try {
+      const c = this.config;
+      const step = (m: string) => {
+        this.detail = m;
+        this.log.info({ step: m }, 'start');
+      };
+      const existing = readState(c.stateDir);
+      if (!existing) {
+        step('finding QEMU and the accelerator');
+        const rt = await resolveRuntime(c, { onStep: step });
+        const primary = this.placed.vm.hosts[0];
+        const plan = planPair(c, rt, primary, { alone: { disk: c.vm.disk.image } });
+        const me = this.definedRole === 'primary' ? plan.primary : plan.secondary;
+        fs.mkdirSync(me.dataDir, { recursive: true, mode: 0o700 });
+        const pid = this.definedRole === 'primary' ? await this.startAlone(c, plan, rt.binary, step) : (this.emptyDisk(me), 0);
+        const state: PairState = {
+          version: 1,
+          name: c.name,
+          configFile: c.file,
+          runtime: rt,
+          endpoints: plan.endpoints,
+          forwards: plan.forwards,
+          buffers: plan.buffers,
+          nodes: [nodeState(plan.primary, this.definedRole === 'primary' ? pid : 0), nodeState(plan.secondary, 0)],
+          startedAt: new Date().toISOString(),
+        };
+        writeState(c.stateDir, state);
+      }
+      step('starting the agent');
+      await this.startAgent();
+      this.phase = 'running';
+      this.detail = null;
+    } catch (err) {
+      this.phase = 'failed';
+      this.detail = errorMessage(err);
+      this.log.error({ err: errorMessage(err) }, 'start failed');
+      throw err;
+    }
+  }
+
+  /** After a daemon restart: the agent again, attaching to the QEMU that ran on. */
+  async resume(): Promise<void> {
+    if (!this.started) return;
+    this.phase = 'starting';
+    try {
+      await this.startAgent();
+      this.phase = 'running';
+    } catch (err) {
+      this.phase = 'failed';
+      this.detail = errorMessage(err);
+      throw err;
+    }
+  }
+
+  /** The primary's image (created if the file says so), its epoch, and the VM started alone from it. */
+  private async startAlone(c: ResolvedConfig, plan: PairPlan, binary: string, step: (m: string) => void): Promise<number> {
+    const p = plan.primary;
+    const image = c.vm.disk.image;
+    if (!fs.existsSync(image)) {
+      if (!c.vm.disk.create || c.vm.disk.size === undefined) throw new LockstepError(`the VM's image ${image} does not exist on host ${this.host.name}`, { hint: 'put it there, or set vm.disk.create: true and vm.disk.size to start from an empty disk' });
+      step(`creating an empty ${(c.vm.disk.size / 2 ** 20).toFixed(0)} MiB image ${image}`);
+      fs.mkdirSync(path.dirname(image), { recursive: true, mode: 0o700 });
+      await createImage(image, c.vm.disk.size, { format: c.vm.disk.format });
+    }
+    const rec = readDiskRecord(p.dataDir);
+    if (rec.state === 'unreadable') throw new LockstepError(`the disk record of ${image} cannot be read: ${rec.error}`, { hint: `inspect ${p.dataDir}/generation.json` });
+    if (rec.state === 'missing') writeEpoch(p.dataDir, { run: this.placed.run, gen: 1, by: 'up' }, `up: the VM starts on ${this.host.name} from ${image}`);
+    if (p.tap) {
+      step(`bridge ${p.tap.bridge}: ${p.tap.tap} on`);
+      await attachTap(p.tap);
+    }
+    step(`starting the VM alone from ${image}`);
+    const { proc, qmp } = await launchNode(p, binary, `primary ${this.host.name} (alone)`);
+    try {
+      await qmp.execute('cont', undefined, { timeoutMs: 5000 });
+    } catch (err) {
+      await proc.stop(2000);
+      throw err;
+    } finally {
+      await qmp.close();
+    }
+    return proc.pid;
+  }
+
+  /** The secondary's host has no data of this VM yet: its disk is recorded as empty (older than anything the primary writes). */
+  private emptyDisk(me: NodePlan): void {
+    const rec = readDiskRecord(me.dataDir);
+    if (rec.state === 'missing') writeEpoch(me.dataDir, { run: this.placed.run, gen: 0, by: 'up' }, `up: no data of this VM on ${this.host.name} yet`);
+    if (me.tap) void detachTap(me.tap).catch(() => undefined);
+  }
+
+  private async startAgent(): Promise<void> {
+    if (this.agent) return;
+    const stream = pino.destination({ dest: path.join(this.dir, 'agent.log'), append: true, sync: false, mkdir: true });
+    const agent = new Agent(this.config, this.host.name, stream, (err) => {
+      this.agent = undefined;
+      this.phase = 'failed';
+      this.detail = `the agent stopped: ${errorMessage(err)}`;
+      this.log.error({ err: errorMessage(err) }, 'the agent stopped: its own logic failed; restart the daemon to start it again');
+    });
+    await agent.start();
+    this.agent = agent;
+  }
+
+  /** Ends the agent (the QEMU runs on: a daemon restart leaves the VMs). */
+  async stopAgent(): Promise<void> {
+    const a = this.agent;
+    this.agent = undefined;
+    await a?.stop();
+  }
+
+  /** This host's QEMU of the VM, if one runs. */
+  qemuPid(): number | undefined {
+    const s = readState(this.config.stateDir);
+    const me = s?.nodes.find((n) => n.name === this.host.name);
+    return me && isOurQemu(me.pid, me.qmpSocket) ? me.pid : undefined;
+  }
+}
+

@@ -1,0 +1,114 @@
+/**
+ * A VM protected by the daemons of two lab hosts that share nothing (a
+ * mount namespace each), driven only with the CLI from the management host:
+ * `up -f` starts it on the primary's host from an image that exists only
+ * there, the first sync goes over the replication network, a client on the
+ * guest LAN keeps one TCP connection and counts on the disk; a daemon
+ * restart changes nothing the client sees; the primary's QEMU killed: the
+ * other host carries the VM on and the agents re-protect it.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { createLabHosts } from '../../src/lab/hosts.js';
+import { LabDaemons } from '../../src/lab/daemons.js';
+import { startWitness, LAB_SECRET } from '../../src/lab/scenario.js';
+import { NetnsClient, counterGaps } from '../../src/lab/client-driver.js';
+import { vmStatusSchema } from '../../src/daemon/api-types.js';
+import { pidRunning } from '../../src/util/proc.js';
+import { sleep } from '../../src/util/time.js';
+import { runtime, keepLogsOnly } from '../helpers/lab.js';
+import { z } from 'zod';
+
+const isRoot = process.getuid?.() === 0;
+const statusSchema = z.object({ name: z.string(), protected: z.boolean(), hosts: z.array(z.object({ host: z.string(), status: vmStatusSchema.optional(), error: z.string().optional() })) });
+
+test('up -f through the daemons of two hosts that share nothing; a daemon restart; the primary killed', { skip: !isRoot && 'needs root for namespaces', timeout: 15 * 60_000 }, async (t) => {
+  await runtime(); // the lab QEMU and the demo guest, built before the clock of this test starts
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-daemon-up-'));
+  const hosts = await createLabHosts({ prefix: 'du' });
+  const qemus = new Set<number>();
+  let witness: number | undefined;
+  let lab: LabDaemons | undefined;
+  t.after(async () => {
+    for (const p of qemus) if (pidRunning(p)) process.kill(p, 'SIGKILL');
+    if (witness && pidRunning(witness)) process.kill(witness, 'SIGTERM');
+    await lab?.remove();
+    await hosts.remove();
+    keepLogsOnly(root);
+  });
+  lab = await LabDaemons.create(root, hosts, { tag: path.basename(root) });
+  witness = await startWitness(root, hosts.ns.witness, `${hosts.addr.mgmt.witness}:7900`);
+  fs.writeFileSync(
+    path.join(lab.dirs('mgmt').etc, 'web.yaml'),
+    [
+      'name: web',
+      'hosts: [a, b]',
+      'vm:',
+      '  memory: 128M',
+      '  kernel: demo',
+      '  disk: { image: /var/lib/lockstep/images/web.qcow2, create: true, size: 64M }',
+      '  network: { mode: tap, bridge: br0, taps: { a: tap-a, b: tap-b } }',
+      `agents: { secret: "${LAB_SECRET}", witness: "${hosts.addr.mgmt.witness}:7900", reprotect: true }`,
+      '',
+    ].join('\n'),
+  );
+  const status = async () => {
+    const r = await lab!.cli('mgmt', ['status', 'web', '--json']);
+    const s = statusSchema.parse(JSON.parse(r.stdout));
+    for (const h of s.hosts) if (h.status?.agent?.qemuPid) qemus.add(h.status.agent.qemuPid);
+    return { code: r.code, ...s, of: (h: string) => s.hosts.find((x) => x.host === h)?.status };
+  };
+  const untilProtected = async (what: string, timeoutMs: number) => {
+    const t0 = performance.now();
+    for (;;) {
+      const s = await status();
+      if (s.protected) return { s, ms: performance.now() - t0 };
+      if (performance.now() - t0 > timeoutMs) assert.fail(`${what}: not protected within ${timeoutMs} ms: ${JSON.stringify(s.hosts.map((h) => [h.host, h.status?.phase, h.status?.agent?.role, h.status?.agent?.degraded, h.error]))}`);
+      await sleep(250);
+    }
+  };
+
+  // up, from the management host, with the image only on a.
+  const up = await lab.cli('mgmt', ['up', '-f', '/etc/lockstep/web.yaml', '--json'], { timeoutMs: 600_000 });
+  assert.equal(up.code, 0, up.stderr);
+  const first = await status();
+  assert.equal(first.code, 0, 'status exits 0: protected');
+  assert.deepEqual([first.of('a')?.agent?.role, first.of('b')?.agent?.role], ['primary', 'secondary']);
+  assert.notEqual((await lab.exec('b', 'test', ['-e', '/var/lib/lockstep/images/web.qcow2'])).code, 0, "the image was never on b's host");
+  assert.equal((await lab.exec('b', 'test', ['-s', '/var/lib/lockstep/vms/web/b/replica.qcow2'])).code, 0, "b's replica, synced over the network");
+
+  // The guest boots; a client on the LAN keeps one TCP connection (echo) and counts on the disk.
+  const client = NetnsClient.start(hosts.ns.client, '10.0.2.15', 100);
+  try {
+    await client.until((x) => x.echoOk >= 15 && x.httpOk >= 15, 240_000, 'traffic through COLO');
+
+    // systemctl restart lockstepd on a: the QEMU runs on, the agent comes back to it.
+    const pidBefore = first.of('a')!.agent!.qemuPid;
+    const errorsBefore = client.latest.errors;
+    await lab.stopDaemon('a', 'SIGTERM');
+    assert.ok(pidRunning(pidBefore), 'the QEMU outlives its daemon');
+    await lab.startDaemon('a');
+    const back = await untilProtected('after the daemon restart', 30_000);
+    assert.equal(back.s.of('a')?.agent?.qemuPid, pidBefore, 'the same QEMU');
+    const okBefore = client.latest.httpOk;
+    await client.until((x) => x.httpOk >= okBefore + 10, 30_000, 'answers after the daemon restart');
+    assert.equal(client.latest.errors, errorsBefore, 'no request failed across the daemon restart');
+
+    // The primary's QEMU killed: b carries the VM on; the agents re-protect it on a.
+    process.kill(pidBefore, 'SIGKILL');
+    const killedAt = performance.now();
+    const afterKill = client.latest.httpOk;
+    await client.until((x) => x.httpOk >= afterKill + 5, 60_000, 'answers from the survivor');
+    const answeredMs = performance.now() - killedAt;
+    const again = await untilProtected('after the kill', 120_000);
+    assert.deepEqual([again.s.of('a')?.agent?.role, again.s.of('b')?.agent?.role], ['secondary', 'primary']);
+    process.stderr.write(`# survivor answering ${(answeredMs / 1000).toFixed(1)} s after the kill; protected again ${((performance.now() - killedAt) / 1000).toFixed(1)} s after it\n`);
+  } finally {
+    const sum = await client.finish();
+    assert.equal(sum.echo.closed, false, 'the TCP connection stayed open');
+    assert.equal(counterGaps(sum.http.requests), undefined);
+  }
+});

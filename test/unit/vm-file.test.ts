@@ -1,0 +1,51 @@
+/** The VM file for real hosts, and its placement on one host (src/config/vm.ts). */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { parseVmFile, placeVm } from '../../src/config/vm.js';
+
+const VM = `
+name: web
+hosts: [a, b]
+vm:
+  memory: 256M
+  kernel: demo
+  disk: { image: /srv/vm/web.qcow2 }
+  network: { mode: tap, bridge: br0, taps: { a: tap-web, b: tap-web } }
+agents: { witness: 10.0.3.3:7900 }
+`;
+
+const hosts = {
+  a: { replication: '10.0.1.1', heartbeat: ['10.0.2.1', '10.0.1.1'] },
+  b: { replication: '10.0.1.2', heartbeat: ['10.0.2.2', '10.0.1.2'] },
+};
+
+test('a VM file placed on its hosts: nodes at their replication addresses, heartbeat paths theirs, state under the host\'s', () => {
+  const v = parseVmFile(VM, 'web.yaml');
+  const c = placeVm(v, hosts, 'b', '/var/lib/lockstep', 'a secret of sixteen or more');
+  assert.deepEqual(c.nodes.map((n) => [n.name, n.address, n.dataDir]), [
+    ['a', '10.0.1.1', '/var/lib/lockstep/vms/web/a'],
+    ['b', '10.0.1.2', '/var/lib/lockstep/vms/web/b'],
+  ]);
+  assert.equal(c.stateDir, '/var/lib/lockstep/vms/web');
+  assert.deepEqual(c.agents?.links, { a: ['10.0.2.1', '10.0.1.1'], b: ['10.0.2.2', '10.0.1.2'] });
+  assert.equal(c.agents?.witness, '10.0.3.3:7900');
+  assert.equal(c.vm.memory, 256 * 2 ** 20);
+  assert.equal(c.vm.disk.image, '/srv/vm/web.qcow2');
+  assert.equal(c.vm.kernel, 'demo');
+  // As many heartbeat paths as both hosts have.
+  const one = placeVm(v, { ...hosts, b: { replication: '10.0.1.2', heartbeat: ['10.0.1.2'] } }, 'a', '/s', 'a secret of sixteen or more');
+  assert.deepEqual(one.agents?.links, { a: ['10.0.2.1'], b: ['10.0.1.2'] });
+});
+
+test('a VM file: relative paths, one host twice, links, a missing tap and an unknown host are refused, each named', () => {
+  assert.throws(() => parseVmFile(VM.replace('/srv/vm/web.qcow2', 'web.qcow2'), 'web.yaml'), /vm.disk.image: "web.qcow2" must be an absolute path/);
+  assert.throws(() => parseVmFile(VM.replace('hosts: [a, b]', 'hosts: [a, a]'), 'web.yaml'), /two hosts need different names/);
+  assert.throws(() => parseVmFile(VM.replace('hosts: [a, b]', 'hosts: [a]'), 'web.yaml'), /hosts/);
+  assert.throws(() => parseVmFile(VM.replace("agents: { witness: 10.0.3.3:7900 }", "agents: { links: { a: ['1.1.1.1'] } }"), 'web.yaml'), /unknown field "links"/);
+  assert.throws(() => parseVmFile(VM.replace('taps: { a: tap-web, b: tap-web }', 'taps: { a: tap-web }'), 'web.yaml'), /no tap for host "b"/);
+  assert.throws(() => parseVmFile(VM + 'nodes: []\n', 'web.yaml'), /unknown field "nodes"/);
+  const v = parseVmFile(VM, 'web.yaml');
+  assert.throws(() => placeVm(v, hosts, 'c', '/s', 'a secret of sixteen or more'), /this host \(c\) is not one of the VM's hosts/);
+  assert.throws(() => placeVm(v, { a: hosts.a }, 'a', '/s', 'a secret of sixteen or more'), /addresses of host "b" are not known/);
+  assert.throws(() => placeVm(v, { a: hosts.a, b: hosts.a }, 'a', '/s', 'a secret of sixteen or more'), /different addresses/);
+});
