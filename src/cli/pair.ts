@@ -8,7 +8,7 @@ import { resync } from '../pair/resync.js';
 import { createProgress } from '../util/progress.js';
 import { print } from './output.js';
 import { loadHostFile } from '../config/host.js';
-import { upOnHosts, vmOnHosts, vmLine } from '../daemon/orchestrate.js';
+import { upOnHosts, vmOnHosts, vmLine, downOnHosts } from '../daemon/orchestrate.js';
 import { hostFileOf } from './host.js';
 import { LockstepError } from '../util/errors.js';
 
@@ -190,13 +190,25 @@ export function registerPairCommands(program: Command): void {
 
   program
     .command('down')
-    .summary('stop both VMs cleanly')
-    .description('stop both VMs cleanly: the secondary first, then the primary (whose disk holds every acknowledged write)')
-    .requiredOption('-c, --config <file>', CONFIG_HELP)
+    .summary('stop a VM cleanly: NAME on its hosts\' daemons, or -c a pair started from here')
+    .description(
+      'stop both VMs cleanly: the agents first, then the secondary, then the primary (whose disk holds every\n' +
+        'acknowledged write). Disks are kept. With NAME: through the daemons of the VM\'s two hosts.',
+    )
+    .argument('[vm]', 'the VM\'s name (with daemons)')
+    .option('-c, --config <file>', CONFIG_HELP)
+    .option('--host-file <file>', 'this host\'s settings (default: $LOCKSTEP_HOST_FILE, else /etc/lockstep/host.yaml)')
     .option('--json', 'print the result as JSON')
-    .action(async (opts: { config: string; json?: boolean }) => {
-      const c = loadConfig(opts.config);
+    .action(async (vm: string | undefined, opts: { config?: string; hostFile?: string; json?: boolean }) => {
+      if (!!vm === !!opts.config) throw new LockstepError('give either a VM name (with daemons) or -c CONFIG (a pair started from here)', { hint: 'lockstep down --help' });
       const progress = createProgress(process.stderr, { quiet: opts.json === true });
+      if (vm) {
+        const r = await downOnHosts(loadHostFile(hostFileOf(opts.hostFile)), vm, { onStep: (m) => progress.step(m) });
+        progress.done();
+        print(opts.json, r, () => r.hosts.map((h) => `${h.host} (${h.role ?? 'no agent'}): ${h.qemu}`).join('\n'));
+        return;
+      }
+      const c = loadConfig(opts.config!);
       const r = await down(c, (m) => progress.step(m));
       progress.done();
       print(opts.json, r, () =>

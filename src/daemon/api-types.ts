@@ -32,7 +32,7 @@ export const vmStatusSchema = z.object({
   name: z.string(),
   hosts: z.tuple([z.string(), z.string()]),
   definedRole: z.enum(['primary', 'secondary']),
-  phase: z.enum(['defined', 'starting', 'running', 'failed']),
+  phase: z.enum(['defined', 'starting', 'running', 'failed', 'stopping', 'stopped']),
   detail: z.string().nullable(),
   agent: agentStatusSchema.nullable(),
 });
@@ -42,3 +42,5 @@ export const vmListSchema = z.array(vmStatusSchema);
 
 /** The answer to a definition: whether it was new, replaced an earlier one, or the same again. */
 export const defineAnswerSchema = z.object({ name: z.string(), outcome: z.enum(['created', 'replaced', 'unchanged']) });
+
+export const stopAnswerSchema = z.object({ name: z.string(), host: z.string(), qemu: z.string() });

@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import type { z } from 'zod';
 import type { HostConfig } from '../config/host.js';
 import { LockstepError, errorMessage } from '../util/errors.js';
-import { API_VERSION, apiErrorSchema, defineAnswerSchema, hostInfoSchema, vmListSchema, vmStatusSchema, type HostInfo, type VmStatus } from './api-types.js';
+import { API_VERSION, apiErrorSchema, defineAnswerSchema, stopAnswerSchema, hostInfoSchema, vmListSchema, vmStatusSchema, type HostInfo, type VmStatus } from './api-types.js';
 import { fingerprint } from './identity.js';
 
 /** Answers larger than this are not read (a daemon never sends them). */
@@ -99,6 +99,10 @@ export class ApiClient {
 
   defineVm(name: string, placed: unknown): Promise<{ name: string; outcome: 'created' | 'replaced' | 'unchanged' }> {
     return this.call('PUT', `/vms/${encodeURIComponent(name)}`, defineAnswerSchema, placed);
+  }
+
+  stopVm(name: string, o: { agentOnly?: boolean } = {}): Promise<{ name: string; host: string; qemu: string }> {
+    return this.call('POST', `/vms/${encodeURIComponent(name)}/stop${o.agentOnly ? '?agent-only=1' : ''}`, stopAnswerSchema);
   }
 
   startVm(name: string): Promise<VmStatus> {

@@ -198,7 +198,7 @@ export class Daemon implements DaemonView {
     if (cur) {
       const same = JSON.stringify({ ...cur.placed, definedAt: '' }) === JSON.stringify({ ...r.data, definedAt: '' });
       if (same) return { name, outcome: 'unchanged' };
-      if (cur.started) throw new ApiRefusal(409, `VM "${name}" has run on this host with another definition`, `end it first (lockstep down ${name}), or give the new one another name`);
+      if (cur.everStarted) throw new ApiRefusal(409, `VM "${name}" has run on this host with another definition`, `end it first (lockstep down ${name}), or give the new one another name`);
     }
     next.save();
     this.vmHosts.set(name, next);
@@ -206,11 +206,19 @@ export class Daemon implements DaemonView {
     return { name, outcome: cur ? 'replaced' : 'created' };
   }
 
+  async stopVm(name: string, agentOnly: boolean): Promise<{ name: string; host: string; qemu: string }> {
+    const v = this.vmHosts.get(name);
+    if (!v) throw new ApiRefusal(404, `no VM "${name}" on this host`);
+    this.log('info', agentOnly ? 'stopping the agent of a VM' : 'stopping VM', { vm: name });
+    const r = await v.stop({ agentOnly });
+    return { name, host: this.host.name, qemu: r.qemu };
+  }
+
   startVm(name: string): VmStatus {
     const v = this.vmHosts.get(name);
     if (!v) throw new ApiRefusal(404, `no VM "${name}" on this host`, 'define it first: lockstep up -f FILE');
     const st = v.status();
-    if (st.phase === 'starting' || st.phase === 'running') throw new ApiRefusal(409, `VM "${name}" is ${st.phase} on this host already`);
+    if (st.phase !== 'defined' && st.phase !== 'failed') throw new ApiRefusal(409, `VM "${name}" is ${st.phase} on this host`, st.phase === 'stopped' ? 'starting a stopped VM again is not there yet' : `see lockstep status ${name}`);
     this.log('info', 'starting VM', { vm: name, role: v.definedRole });
     void v.start().catch(() => undefined); // its phase says how it went
     return v.status();

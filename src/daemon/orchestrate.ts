@@ -105,3 +105,35 @@ export async function vmOnHosts(host: HostConfig, name: string, o: { only?: stri
   // Hosts that answered without the VM are not part of it.
   return out.filter((x) => x.error !== undefined || x.status !== undefined);
 }
+
+export interface DownOnHostsResult {
+  name: string;
+  hosts: Array<{ host: string; role: string | null; qemu: string }>;
+}
+
+/**
+ * lockstep down NAME: the agents of both hosts first (so that neither takes
+ * the other's stop for a failure), then the secondary's QEMU (it must not
+ * take over and write its buffers), then the primary's, whose disk holds
+ * every acknowledged write. A host that cannot be reached is named.
+ */
+export async function downOnHosts(host: HostConfig, name: string, o: { onStep?: (m: string) => void } = {}): Promise<DownOnHostsResult> {
+  const step = o.onStep ?? (() => {});
+  const answers = await vmOnHosts(host, name);
+  const known = answers.find((a) => a.status)?.status;
+  if (!known) throw new LockstepError(`no host knows a VM "${name}"`, { hint: answers.length ? answers.map((a) => `${a.host}: ${a.error}`).join('; ') : 'see lockstep status NAME' });
+  const unreachable = known.hosts.filter((h) => !answers.some((a) => a.host === h && a.status));
+  if (unreachable.length) throw new LockstepError(`VM "${name}": host ${unreachable.join(' and ')} cannot be asked`, { hint: 'stop what runs there when it is back; nothing was stopped' });
+  const role = (h: string) => answers.find((a) => a.host === h)?.status?.agent?.role ?? null;
+  const stop = (h: string, agentOnly: boolean) => clientFor(host, h, 30_000).stopVm(name, { agentOnly });
+  step(`stopping the agents on ${known.hosts.join(' and ')}`);
+  for (const h of known.hosts) await stop(h, true);
+  // The secondary (or a node without a VM) first, the primary last.
+  const order = [...known.hosts].sort((x, y) => Number(role(x) === 'primary' || role(x) === 'alone') - Number(role(y) === 'primary' || role(y) === 'alone'));
+  const out: DownOnHostsResult = { name, hosts: [] };
+  for (const h of order) {
+    step(`stopping the VM on ${h} (${role(h) ?? 'no agent'})`);
+    out.hosts.push({ host: h, role: role(h), qemu: (await stop(h, false)).qemu });
+  }
+  return out;
+}

@@ -20,6 +20,7 @@ import { Agent } from '../node/agent.js';
 import { planPair, type PairPlan, type NodePlan } from '../pair/plan.js';
 import { resolveRuntime } from '../pair/runtime.js';
 import { readState, writeState, type NodeState, type PairState } from '../pair/state.js';
+import { quitNode } from '../pair/down.js';
 import { readDiskRecord, writeEpoch } from '../pair/generation.js';
 import { launchNode } from '../pair/launch.js';
 import { attachTap, detachTap } from '../qemu/tap.js';
@@ -40,7 +41,7 @@ export const placedVmSchema = z.object({
 });
 export type PlacedVm = z.output<typeof placedVmSchema>;
 
-export type VmPhase = 'defined' | 'starting' | 'running' | 'failed';
+export type VmPhase = 'defined' | 'starting' | 'running' | 'failed' | 'stopping' | 'stopped';
 
 export interface VmHostStatus {
   name: string;
@@ -69,6 +70,7 @@ export class VmHost {
     private readonly log: pino.Logger,
   ) {
     this.config = placeVm(placed.vm, placed.hosts as Record<string, HostAddresses>, host.name, host.stateDir, placed.secret);
+    if (readState(this.config.stateDir)?.stoppedAt) this.phase = 'stopped';
   }
 
   static dir(host: HostConfig, name: string): string {
@@ -119,9 +121,15 @@ export class VmHost {
     return { name: this.name, hosts: this.placed.vm.hosts, definedRole: this.definedRole, phase: this.phase, detail: this.detail, agent: this.agent?.status() ?? null };
   }
 
-  /** Whether this host has started the VM before (its state file exists): a restarted daemon attaches again. */
-  get started(): boolean {
+  /** Whether this host has run the VM (its state file exists), stopped or not. */
+  get everStarted(): boolean {
     return readState(this.config.stateDir) !== undefined;
+  }
+
+  /** Whether this host runs the VM (started, not stopped by down): a restarted daemon attaches again. */
+  get started(): boolean {
+    const s = readState(this.config.stateDir);
+    return s !== undefined && s.stoppedAt === undefined;
   }
 
   /**
@@ -130,7 +138,10 @@ export class VmHost {
    * when the primary's agent has it start a new secondary).
    */
   async start(): Promise<void> {
-    if (this.phase === 'starting' || this.phase === 'running') throw new LockstepError(`VM "${this.name}" is ${this.phase} on this host already`, { hint: `see lockstep status ${this.name}` });
+    if (this.phase !== 'defined' && this.phase !== 'failed') throw new LockstepError(`VM "${this.name}" is ${this.phase} on this host`, { hint: `see lockstep status ${this.name}` });
+    if (readState(this.config.stateDir)?.stoppedAt) {
+      throw new LockstepError(`VM "${this.name}" was stopped on this host (lockstep down); starting it again from its disks is not there yet`, { hint: 'its disks are kept: the primary\'s image, the other host\'s replica' });
+    }
     this.phase = 'starting';
     this.detail = null;
     try {
@@ -242,6 +253,27 @@ export class VmHost {
     const a = this.agent;
     this.agent = undefined;
     await a?.stop();
+  }
+
+  /**
+   * lockstep down on this host: the agent first (so that nothing here reacts
+   * to the VM going away), then, unless `agentOnly`, this host's QEMU (QMP
+   * quit, then signals), its buffers if it was the secondary, and the record
+   * that it was stopped (a restarted daemon leaves it so).
+   */
+  async stop(o: { agentOnly?: boolean } = {}): Promise<{ qemu: 'quit' | 'killed' | 'not running' | 'left running' }> {
+    if (this.phase === 'starting') throw new LockstepError(`VM "${this.name}" is starting on this host`, { hint: 'wait until it runs, then stop it' });
+    this.phase = 'stopping';
+    await this.stopAgent();
+    if (o.agentOnly) return { qemu: 'left running' };
+    const s = readState(this.config.stateDir);
+    const me = s?.nodes.find((n) => n.name === this.host.name);
+    const result = me ? await quitNode(me, (m) => this.log.info({ step: m }, 'down')) : 'not running';
+    if (s && me?.role === 'secondary') for (const b of [s.buffers.active, s.buffers.hidden, ...(s.retiredBuffers ?? [])]) fs.rmSync(b, { force: true });
+    if (s) writeState(this.config.stateDir, { ...s, stoppedAt: new Date().toISOString() });
+    this.phase = 'stopped';
+    this.detail = null;
+    return { qemu: result };
   }
 
   /** This host's QEMU of the VM, if one runs. */

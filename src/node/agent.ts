@@ -20,7 +20,7 @@ import { primaryFailover, yankLinksToPrimary, yankLinksToSecondary } from '../co
 import { queryColoStatus } from '../colo/startup.js';
 import { RESYNC_JOB } from '../colo/resume.js';
 import { ColoStepError, hasBlockNode, hasObject } from '../colo/steps.js';
-import { readState, recordFailover, type NodeState, type PairState } from '../pair/state.js';
+import { readState, recordFailover, recordOwnQemu, type NodeState, type PairState } from '../pair/state.js';
 import { secondaryTakeover } from '../pair/failover.js';
 import { readDiskRecord, writeDiskRecord } from '../pair/generation.js';
 import { prepareSecondary, dropSecondary, resumeOnSurvivor, recordResync, takeBackResume, type PreparedSecondary } from '../pair/resync.js';
@@ -446,6 +446,8 @@ export class Agent {
         if (found.colo !== 'secondary') throw new LockstepError(`the new secondary is not in COLO (${found.colo})`);
         // (On failure above it stays prepared: the core drops it.)
         this.prepared = undefined;
+        // Our own record knows our new QEMU before anything else happens (a restarted agent attaches by it).
+        recordOwnQemu(this.c.stateDir, this.name, prep.proc.pid, 'secondary');
         this.reloadPair();
         this.me = { ...this.me, pid: prep.proc.pid };
         this.own(prep.qmp);

@@ -12,7 +12,8 @@ import { sleep } from '../util/time.js';
 import { readState, writeState, type NodeState } from './state.js';
 import { stopAgents } from './agents.js';
 
-async function quit(n: NodeState, onStep: (m: string) => void): Promise<'quit' | 'killed' | 'not running'> {
+/** Ends one node's QEMU: QMP quit, then SIGTERM, then SIGKILL, each bounded. */
+export async function quitNode(n: NodeState, onStep: (m: string) => void): Promise<'quit' | 'killed' | 'not running'> {
   if (!isOurQemu(n.pid, n.qmpSocket)) return 'not running';
   onStep(`stopping the ${n.role} on ${n.name} (pid ${n.pid})`);
   try {
@@ -42,7 +43,7 @@ export async function down(c: ResolvedConfig, onStep: (m: string) => void = () =
   }
   const order = [...s.nodes.filter((n) => n.role === 'secondary'), ...s.nodes.filter((n) => n.role !== 'secondary')];
   const out: DownResult = { nodes: [] };
-  for (const n of order) out.nodes.push({ name: n.name, role: n.role, result: await quit(n, onStep) });
+  for (const n of order) out.nodes.push({ name: n.name, role: n.role, result: await quitNode(n, onStep) });
   for (const b of [s.buffers.active, s.buffers.hidden, ...(s.retiredBuffers ?? [])]) fs.rmSync(b, { force: true });
   writeState(c.stateDir, { ...s, stoppedAt: new Date().toISOString() });
   return out;

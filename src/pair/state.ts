@@ -93,6 +93,17 @@ export function recordFailover(stateDir: string, f: { from: string; to: string; 
   }));
 }
 
+/**
+ * Records the QEMU this node now runs, and its role (the other node then
+ * holds the other role). Each host's own record must know its own QEMU: on
+ * separate hosts nobody else writes it, and an agent restarted on a record
+ * without it would take its running VM for gone.
+ */
+export function recordOwnQemu(stateDir: string, node: string, pid: number, role: 'primary' | 'secondary'): PairState | undefined {
+  const other = role === 'primary' ? ('secondary' as const) : ('primary' as const);
+  return updateState(stateDir, (s) => ({ ...s, nodes: s.nodes.map((n) => (n.name === node ? { ...n, pid, role } : { ...n, role: other })) }));
+}
+
 /** The nodes of a state file whose QEMU still runs. */
 export function liveNodes(s: PairState): NodeState[] {
   return s.nodes.filter((n) => isOurQemu(n.pid, n.qmpSocket));

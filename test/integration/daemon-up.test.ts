@@ -93,9 +93,15 @@ test('up -f through the daemons of two hosts that share nothing; a daemon restar
     await lab.startDaemon('a');
     const back = await untilProtected('after the daemon restart', 30_000);
     assert.equal(back.s.of('a')?.agent?.qemuPid, pidBefore, 'the same QEMU');
+    // The same on b, whose QEMU came from the agents (a new secondary), not from up.
+    const bPid = back.s.of('b')!.agent!.qemuPid;
+    await lab.stopDaemon('b', 'SIGTERM');
+    await lab.startDaemon('b');
+    const backB = await untilProtected('after the daemon restart on b', 30_000);
+    assert.equal(backB.s.of('b')?.agent?.qemuPid, bPid, "the same QEMU on b");
     const okBefore = client.latest.httpOk;
-    await client.until((x) => x.httpOk >= okBefore + 10, 30_000, 'answers after the daemon restart');
-    assert.equal(client.latest.errors, errorsBefore, 'no request failed across the daemon restart');
+    await client.until((x) => x.httpOk >= okBefore + 10, 30_000, 'answers after the daemon restarts');
+    assert.equal(client.latest.errors, errorsBefore, 'no request failed across the daemon restarts');
 
     // The primary's QEMU killed: b carries the VM on; the agents re-protect it on a.
     process.kill(pidBefore, 'SIGKILL');
@@ -111,4 +117,21 @@ test('up -f through the daemons of two hosts that share nothing; a daemon restar
     assert.equal(sum.echo.closed, false, 'the TCP connection stayed open');
     assert.equal(counterGaps(sum.http.requests), undefined);
   }
+
+  // down, from the management host: both QEMUs end, and stay ended across a daemon restart.
+  const running = (await status()).hosts.map((h) => h.status!.agent!.qemuPid);
+  const down = await lab.cli('mgmt', ['down', 'web', '--json'], { timeoutMs: 120_000 });
+  assert.equal(down.code, 0, down.stderr);
+  const res = JSON.parse(down.stdout) as { hosts: Array<{ host: string; role: string; qemu: string }> };
+  assert.deepEqual(res.hosts.map((h) => [h.host, h.role]), [['a', 'secondary'], ['b', 'primary']], 'the secondary first');
+  assert.ok(res.hosts.every((h) => h.qemu === 'quit'), down.stdout);
+  for (const p of running) assert.equal(pidRunning(p), false, `QEMU ${p} ended`);
+  await lab.stopDaemon('b', 'SIGTERM');
+  await lab.startDaemon('b');
+  const after = await status();
+  assert.equal(after.code, 3, 'status exits 3: not protected');
+  assert.deepEqual(after.hosts.map((h) => [h.host, h.status?.phase, h.status?.agent ?? null]), [['a', 'stopped', null], ['b', 'stopped', null]]);
+  const again = await lab.cli('mgmt', ['up', '-f', '/etc/lockstep/web.yaml']);
+  assert.notEqual(again.code, 0);
+  assert.match(again.stderr, /is stopped on host a/);
 });
