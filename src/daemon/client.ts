@@ -135,6 +135,9 @@ export class ApiClient {
         t.kind === 'local'
           ? http.request({ socketPath: t.socket, method, path: p, headers, timeout: this.timeoutMs })
           : https.request({ ...t.tls, host: t.host, port: t.port, method, path: p, headers, timeout: this.timeoutMs, agent: false });
+      // A daemon that refuses a body (413) closes before reading it: the rest of our write fails (EPIPE) on the
+      // socket after the answer came. The answer is what counts; errors before it reach req's 'error' below.
+      req.on('socket', (sock) => sock.on('error', () => {}));
       const timer = setTimeout(() => req.destroy(new LockstepError(`${this.where} did not answer ${method} ${p} within ${this.timeoutMs} ms`, { hint: 'is the daemon hung? see journalctl -u lockstepd' })), this.timeoutMs);
       req.on('response', (res) => {
         const chunks: Buffer[] = [];
