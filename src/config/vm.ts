@@ -44,6 +44,7 @@ export function parseVmFile(text: string, file: string): VmFile {
     ['replication.bufferDir', v.replication.bufferDir],
   ];
   for (const [field, p] of paths) if (p !== undefined && !path.isAbsolute(p)) problems.push(`${field}: "${p}" must be an absolute path (it is a path on the hosts, not here)`);
+  if (v.agents.witness && !v.agents.secret) problems.push('agents.secret: needed with agents.witness (the witness checks the agents with the same secret: give both the same one)');
   if (v.vm.network.mode === 'tap') for (const h of v.hosts) if (!v.vm.network.taps[h]) problems.push(`vm.network.taps: no tap for host "${h}"`);
   if (problems.length) throw new ConfigError(file, problems);
   return v;

@@ -1,7 +1,10 @@
 /** The VM file for real hosts, and its placement on one host (src/config/vm.ts). */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
 import { parseVmFile, placeVm } from '../../src/config/vm.js';
+import { packageRoot } from '../../src/util/paths.js';
 
 const VM = `
 name: web
@@ -11,7 +14,7 @@ vm:
   kernel: demo
   disk: { image: /srv/vm/web.qcow2 }
   network: { mode: tap, bridge: br0, taps: { a: tap-web, b: tap-web } }
-agents: { witness: 10.0.3.3:7900 }
+agents: { witness: 10.0.3.3:7900, secret: a-secret-of-sixteen-or-more }
 `;
 
 const hosts = {
@@ -41,7 +44,10 @@ test('a VM file: relative paths, one host twice, links, a missing tap and an unk
   assert.throws(() => parseVmFile(VM.replace('/srv/vm/web.qcow2', 'web.qcow2'), 'web.yaml'), /vm.disk.image: "web.qcow2" must be an absolute path/);
   assert.throws(() => parseVmFile(VM.replace('hosts: [a, b]', 'hosts: [a, a]'), 'web.yaml'), /two hosts need different names/);
   assert.throws(() => parseVmFile(VM.replace('hosts: [a, b]', 'hosts: [a]'), 'web.yaml'), /hosts/);
-  assert.throws(() => parseVmFile(VM.replace("agents: { witness: 10.0.3.3:7900 }", "agents: { links: { a: ['1.1.1.1'] } }"), 'web.yaml'), /unknown field "links"/);
+  assert.throws(() => parseVmFile(VM.replace("agents: { witness: 10.0.3.3:7900, secret: a-secret-of-sixteen-or-more }", "agents: { links: { a: ['1.1.1.1'] } }"), 'web.yaml'), /unknown field "links"/);
+  assert.throws(() => parseVmFile(VM.replace(', secret: a-secret-of-sixteen-or-more', ''), 'web.yaml'), /agents.secret: needed with agents.witness/);
+  // The shipped example is valid.
+  parseVmFile(fs.readFileSync(path.join(packageRoot(), 'examples', 'two-hosts.yaml'), 'utf8'), 'two-hosts.yaml');
   assert.throws(() => parseVmFile(VM.replace('taps: { a: tap-web, b: tap-web }', 'taps: { a: tap-web }'), 'web.yaml'), /no tap for host "b"/);
   assert.throws(() => parseVmFile(VM + 'nodes: []\n', 'web.yaml'), /unknown field "nodes"/);
   const v = parseVmFile(VM, 'web.yaml');
