@@ -133,7 +133,7 @@ export class ApiClient {
     return new Promise((resolve, reject) => {
       const req =
         t.kind === 'local'
-          ? http.request({ socketPath: t.socket, method, path: p, headers, timeout: this.timeoutMs })
+          ? http.request({ socketPath: t.socket, method, path: p, headers, timeout: this.timeoutMs, agent: false })
           : https.request({ ...t.tls, host: t.host, port: t.port, method, path: p, headers, timeout: this.timeoutMs, agent: false });
       // A daemon that refuses a body (413) closes before reading it: the rest of our write fails (EPIPE) on the
       // socket after the answer came. The answer is what counts; errors before it reach req's 'error' below.

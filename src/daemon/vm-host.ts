@@ -237,7 +237,8 @@ export class VmHost {
 
   private async startAgent(): Promise<void> {
     if (this.agent) return;
-    const stream = pino.destination({ dest: path.join(this.dir, 'agent.log'), append: true, sync: false, mkdir: true });
+    // Synchronous: the agent's last lines before a crash are the ones that matter.
+    const stream = pino.destination({ dest: path.join(this.dir, 'agent.log'), append: true, sync: true, mkdir: true });
     const agent = new Agent(this.config, this.host.name, stream, (err) => {
       this.agent = undefined;
       this.phase = 'failed';

@@ -143,6 +143,43 @@ export class LabDaemons {
     this.hosts[h].pid = undefined;
   }
 
+  /** Every process running in host `h` (its network namespace): its daemon and its QEMUs. */
+  async processes(h: 'a' | 'b'): Promise<number[]> {
+    const r = await run('ip', ['netns', 'pids', this.hosts[h].netns], { timeoutMs: 10_000 });
+    return r.stdout.split(/\s+/).filter(Boolean).map(Number);
+  }
+
+  /**
+   * Host `h` loses power: its cables go dead first (nothing it had open is
+   * reset, as when a machine vanishes), then every process in it is killed
+   * (SIGKILL: no clean-up). Its disks and state stay. `lab.hosts.heal()` and
+   * `startDaemon(h)` bring it back (as a boot: no QEMU, the daemon on its
+   * old state).
+   */
+  async powerLoss(lab: LabHosts, h: 'a' | 'b'): Promise<number[]> {
+    await lab.isolate(h);
+    return this.killAll(h);
+  }
+
+  /** Host `h` reboots: every process in it killed (the kernel resets their connections), its cables fine. */
+  async crash(h: 'a' | 'b'): Promise<number[]> {
+    return this.killAll(h);
+  }
+
+  private async killAll(h: 'a' | 'b'): Promise<number[]> {
+    const pids = await this.processes(h);
+    for (const p of pids) {
+      try {
+        process.kill(p, 'SIGKILL');
+      } catch {
+        /* gone already */
+      }
+    }
+    for (let i = 0; i < 100 && pids.some((p) => pidRunning(p)); i++) await sleep(50);
+    this.hosts[h].pid = undefined;
+    return pids;
+  }
+
   async remove(): Promise<void> {
     await this.stopDaemon('a');
     await this.stopDaemon('b');

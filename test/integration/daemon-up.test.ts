@@ -9,70 +9,17 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { createLabHosts } from '../../src/lab/hosts.js';
-import { LabDaemons } from '../../src/lab/daemons.js';
-import { startWitness, LAB_SECRET } from '../../src/lab/scenario.js';
 import { NetnsClient, counterGaps } from '../../src/lab/client-driver.js';
-import { vmStatusSchema } from '../../src/daemon/api-types.js';
 import { pidRunning } from '../../src/util/proc.js';
-import { sleep } from '../../src/util/time.js';
-import { runtime, keepLogsOnly } from '../helpers/lab.js';
-import { z } from 'zod';
+import { daemonLab } from '../helpers/daemons.js';
 
 const isRoot = process.getuid?.() === 0;
-const statusSchema = z.object({ name: z.string(), protected: z.boolean(), hosts: z.array(z.object({ host: z.string(), status: vmStatusSchema.optional(), error: z.string().optional() })) });
 
 test('up -f through the daemons of two hosts that share nothing; a daemon restart; the primary killed', { skip: !isRoot && 'needs root for namespaces', timeout: 15 * 60_000 }, async (t) => {
-  await runtime(); // the lab QEMU and the demo guest, built before the clock of this test starts
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-daemon-up-'));
-  const hosts = await createLabHosts({ prefix: 'du' });
-  const qemus = new Set<number>();
-  let witness: number | undefined;
-  let lab: LabDaemons | undefined;
-  t.after(async () => {
-    for (const p of qemus) if (pidRunning(p)) process.kill(p, 'SIGKILL');
-    if (witness && pidRunning(witness)) process.kill(witness, 'SIGTERM');
-    await lab?.remove();
-    await hosts.remove();
-    keepLogsOnly(root);
-  });
-  lab = await LabDaemons.create(root, hosts, { tag: path.basename(root) });
-  witness = await startWitness(root, hosts.ns.witness, `${hosts.addr.mgmt.witness}:7900`);
-  fs.writeFileSync(
-    path.join(lab.dirs('mgmt').etc, 'web.yaml'),
-    [
-      'name: web',
-      'hosts: [a, b]',
-      'vm:',
-      '  memory: 128M',
-      '  kernel: demo',
-      '  disk: { image: /var/lib/lockstep/images/web.qcow2, create: true, size: 64M }',
-      '  network: { mode: tap, bridge: br0, taps: { a: tap-a, b: tap-b } }',
-      `agents: { secret: "${LAB_SECRET}", witness: "${hosts.addr.mgmt.witness}:7900", reprotect: true }`,
-      '',
-    ].join('\n'),
-  );
-  const status = async () => {
-    const r = await lab!.cli('mgmt', ['status', 'web', '--json']);
-    const s = statusSchema.parse(JSON.parse(r.stdout));
-    for (const h of s.hosts) if (h.status?.agent?.qemuPid) qemus.add(h.status.agent.qemuPid);
-    return { code: r.code, ...s, of: (h: string) => s.hosts.find((x) => x.host === h)?.status };
-  };
-  const untilProtected = async (what: string, timeoutMs: number) => {
-    const t0 = performance.now();
-    for (;;) {
-      const s = await status();
-      if (s.protected) return { s, ms: performance.now() - t0 };
-      if (performance.now() - t0 > timeoutMs) assert.fail(`${what}: not protected within ${timeoutMs} ms: ${JSON.stringify(s.hosts.map((h) => [h.host, h.status?.phase, h.status?.agent?.role, h.status?.agent?.degraded, h.error]))}`);
-      await sleep(250);
-    }
-  };
+  const { hosts, lab, vmFile, status, untilProtected } = await daemonLab(t, 'daemon-up');
 
   // up, from the management host, with the image only on a.
-  const up = await lab.cli('mgmt', ['up', '-f', '/etc/lockstep/web.yaml', '--json'], { timeoutMs: 600_000 });
+  const up = await lab.cli('mgmt', ['up', '-f', vmFile, '--json'], { timeoutMs: 600_000 });
   assert.equal(up.code, 0, up.stderr);
   const first = await status();
   assert.equal(first.code, 0, 'status exits 0: protected');
@@ -131,7 +78,7 @@ test('up -f through the daemons of two hosts that share nothing; a daemon restar
   const after = await status();
   assert.equal(after.code, 3, 'status exits 3: not protected');
   assert.deepEqual(after.hosts.map((h) => [h.host, h.status?.phase, h.status?.agent ?? null]), [['a', 'stopped', null], ['b', 'stopped', null]]);
-  const again = await lab.cli('mgmt', ['up', '-f', '/etc/lockstep/web.yaml']);
+  const again = await lab.cli('mgmt', ['up', '-f', vmFile]);
   assert.notEqual(again.code, 0);
   assert.match(again.stderr, /is stopped on host a/);
 });

@@ -182,3 +182,42 @@ test('lockstepd.service passes systemd-analyze verify without a warning', (t) =>
   assert.equal(r.status, 0, r.stderr);
   assert.equal(r.stderr.trim(), '', 'no warnings');
 });
+
+test('VM definitions: checked and placed before they are kept (0600), the same again unchanged, unknown VMs 404', async (t) => {
+  const dir = tmp();
+  const files = await hosts(dir, ['a'], []);
+  const h = loadHostFile(files.a!);
+  const d = new Daemon(h);
+  await d.start();
+  t.after(() => d.stop());
+  const c = ApiClient.local(h);
+  const { parseVmFile } = await import('../../src/config/vm.js');
+  const vm = parseVmFile('name: web\nhosts: [a, b]\nvm: { kernel: demo, disk: { image: /srv/web.qcow2 } }\n', 'web.yaml');
+  const placed = {
+    vm,
+    hosts: { a: { replication: '10.0.1.1', heartbeat: ['10.0.1.1'] }, b: { replication: '10.0.1.2', heartbeat: ['10.0.1.2'] } },
+    run: 'run-0123456789',
+    secret: 'a secret of sixteen or more',
+    definedAt: new Date().toISOString(),
+  };
+  const refused = (status: number, re: RegExp) => (e: unknown) => e instanceof ApiCallError && e.status === status && re.test(e.message);
+  await assert.rejects(c.defineVm('web', { ...placed, secret: 'short' }), refused(400, /does not fit.*secret/));
+  await assert.rejects(c.defineVm('other', placed), refused(400, /of VM "web", not "other"/));
+  await assert.rejects(c.defineVm('web', { ...placed, hosts: { a: placed.hosts.a, b: placed.hosts.a } }), refused(400, /different addresses/));
+  await assert.rejects(c.defineVm('Bad!', placed), refused(400, /not a VM name/));
+  assert.equal((await c.defineVm('web', placed)).outcome, 'created');
+  assert.equal((await c.defineVm('web', { ...placed, definedAt: 'later' })).outcome, 'unchanged');
+  assert.equal((await c.defineVm('web', { ...placed, run: 'run-9876543210' })).outcome, 'replaced', 'never started here: replaced');
+  assert.equal(fs.statSync(path.join(h.stateDir, 'vms', 'web', 'vm.json')).mode & 0o777, 0o600, 'it holds the secret');
+  const list = await c.vms();
+  assert.deepEqual(list.map((v) => [v.name, v.definedRole, v.phase, v.agent]), [['web', 'primary', 'defined', null]]);
+  assert.equal(await c.vm('nothing'), undefined);
+  await assert.rejects(c.startVm('nothing'), refused(404, /no VM "nothing"/));
+  await assert.rejects(c.stopVm('nothing'), refused(404, /no VM "nothing"/));
+  // A restarted daemon knows its VMs from its own files.
+  await d.stop();
+  const d2 = new Daemon(h);
+  await d2.start();
+  t.after(() => d2.stop());
+  assert.deepEqual((await c.vms()).map((v) => v.name), ['web']);
+});
