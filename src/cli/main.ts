@@ -14,6 +14,7 @@ program
     'Non-stop virtual machines on QEMU COLO: a primary and a secondary VM run in lock-step, ' +
       'their network output is compared, and the survivor carries on when a node dies.\n\n' +
       'Start with: lockstep up -c examples/one-host.yaml   (then: status, down)\n' +
+      'on two servers: lockstep host init, host trust, lockstepd on both, then lockstep up -f examples/two-hosts.yaml\n' +
       'or, as root, a lab of separate hosts: lockstep lab up   (then: lab status, lab kill primary, lab down)',
   )
   .showHelpAfterError('(run with --help for usage)')

@@ -167,7 +167,12 @@ export class VmHost {
           endpoints: plan.endpoints,
           forwards: plan.forwards,
           buffers: plan.buffers,
-          nodes: [nodeState(plan.primary, this.definedRole === 'primary' ? pid : 0), nodeState(plan.secondary, 0)],
+          // The other host's tap is not ours to touch (it may even have our tap's name): only our own is recorded.
+          nodes: [plan.primary, plan.secondary].map((n) => {
+            const st = nodeState(n, n.name === this.host.name ? pid : 0);
+            if (n.name !== this.host.name) delete st.tap;
+            return st;
+          }),
           startedAt: new Date().toISOString(),
         };
         writeState(c.stateDir, state);

@@ -63,6 +63,18 @@ export async function secondaryTakeover(
     },
     onStep,
   );
+  if (survivor.tap) await announce(qmp, onStep);
+}
+
+/**
+ * Tells the switches and neighbours where the VM is now: QEMU sends
+ * gratuitous RARP (and ARP where the guest driver supports it) from the VM's
+ * MAC, 5 rounds 50-550 ms apart. Best effort: the VM runs on either way,
+ * found again at its next packet.
+ */
+export async function announce(qmp: QmpClient, onStep: (msg: string) => void): Promise<void> {
+  onStep('announce-self: telling the network where the VM is now');
+  await qmp.execute('announce-self', { initial: 50, max: 550, rounds: 5, step: 100 }, { timeoutMs: 2000 }).catch((err: unknown) => onStep(`announce-self failed (the VM runs on): ${err instanceof Error ? err.message : String(err)}`));
 }
 
 /**
