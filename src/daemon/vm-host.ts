@@ -19,10 +19,10 @@ import type { ResolvedConfig } from '../config/load.js';
 import { Agent } from '../node/agent.js';
 import { planPair, type PairPlan, type NodePlan } from '../pair/plan.js';
 import { resolveRuntime } from '../pair/runtime.js';
-import { readState, writeState, type NodeState, type PairState } from '../pair/state.js';
+import { readState, writeState, newPairState, nodeStateOf } from '../pair/state.js';
 import { quitNode } from '../pair/down.js';
 import { readDiskRecord, writeEpoch } from '../pair/generation.js';
-import { launchNode } from '../pair/launch.js';
+import { launchAlone } from '../pair/launch.js';
 import { attachTap, detachTap } from '../qemu/tap.js';
 import { createImage } from '../qemu/images.js';
 import { isOurQemu } from '../qemu/process.js';
@@ -54,9 +54,6 @@ export interface VmHostStatus {
   agent: AgentStatus | null;
 }
 
-function nodeState(n: NodePlan, pid: number): NodeState {
-  return { name: n.name, role: n.role, address: n.address, pid, qmpSocket: n.qmpSocket, qmpSocket2: n.qmpSocket2, serialLog: n.serialLog, qemuLog: n.qemuLog, disk: n.disk, ...(n.netns ? { netns: n.netns } : {}), ...(n.tap ? { tap: n.tap } : {}) };
-}
 
 export class VmHost {
   private phase: VmPhase = 'defined';
@@ -159,22 +156,13 @@ export class VmHost {
         const me = this.definedRole === 'primary' ? plan.primary : plan.secondary;
         fs.mkdirSync(me.dataDir, { recursive: true, mode: 0o700 });
         const pid = this.definedRole === 'primary' ? await this.startAlone(c, plan, rt.binary, step) : (this.emptyDisk(me), 0);
-        const state: PairState = {
-          version: 1,
-          name: c.name,
-          configFile: c.file,
-          runtime: rt,
-          endpoints: plan.endpoints,
-          forwards: plan.forwards,
-          buffers: plan.buffers,
-          // The other host's tap is not ours to touch (it may even have our tap's name): only our own is recorded.
-          nodes: [plan.primary, plan.secondary].map((n) => {
-            const st = nodeState(n, n.name === this.host.name ? pid : 0);
-            if (n.name !== this.host.name) delete st.tap;
-            return st;
-          }),
-          startedAt: new Date().toISOString(),
-        };
+        // The other host's tap is not ours to touch (it may even have our tap's name): only our own is recorded.
+        const nodes = [plan.primary, plan.secondary].map((n) => {
+          const st = nodeStateOf(n, n.name === this.host.name ? pid : 0);
+          if (n.name !== this.host.name) delete st.tap;
+          return st;
+        });
+        const state = newPairState(c, rt, plan, nodes, new Date());
         writeState(c.stateDir, state);
       }
       step('starting the agent');
@@ -221,15 +209,7 @@ export class VmHost {
       await attachTap(p.tap);
     }
     step(`starting the VM alone from ${image}`);
-    const { proc, qmp } = await launchNode(p, binary, `primary ${this.host.name} (alone)`);
-    try {
-      await qmp.execute('cont', undefined, { timeoutMs: 5000 });
-    } catch (err) {
-      await proc.stop(2000);
-      throw err;
-    } finally {
-      await qmp.close();
-    }
+    const proc = await launchAlone(p, binary, `primary ${this.host.name} (alone)`);
     return proc.pid;
   }
 

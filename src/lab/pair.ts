@@ -119,7 +119,6 @@ export class OneHostPair {
     fs.mkdirSync(dir, { recursive: true });
     const base = await findFreePortRange(['127.0.0.1', '127.0.0.2'], 8);
     const file = path.join(dir, 'pair.yaml');
-    const qemu = o.qemu ?? {};
     fs.writeFileSync(
       file,
       labConfigYaml({

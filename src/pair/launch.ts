@@ -51,3 +51,17 @@ export async function launchNode(n: NodePlan, binary: string, name: string): Pro
     throw err;
   }
 }
+
+/** Starts a node's QEMU as a primary alone (no COLO) and lets its VM run; returns the process. */
+export async function launchAlone(n: NodePlan, binary: string, name: string): Promise<QemuProcess> {
+  const { proc, qmp } = await launchNode(n, binary, name);
+  try {
+    await qmp.execute('cont', undefined, { timeoutMs: 5000 });
+  } catch (err) {
+    await proc.stop(2000);
+    throw err;
+  } finally {
+    await qmp.close();
+  }
+  return proc;
+}

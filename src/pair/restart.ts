@@ -10,7 +10,7 @@
 import type { ResolvedConfig } from '../config/load.js';
 import { attachTap, detachTap } from '../qemu/tap.js';
 import { planPair } from './plan.js';
-import { launchNode } from './launch.js';
+import { launchAlone } from './launch.js';
 import { updateState, type NodeState, type PairState } from './state.js';
 
 export async function restartAlone(c: ResolvedConfig, s: PairState, node: string, step: (m: string) => void = () => {}): Promise<NodeState> {
@@ -24,15 +24,7 @@ export async function restartAlone(c: ResolvedConfig, s: PairState, node: string
     await attachTap(p.tap);
   }
   step(`starting the VM alone on ${node} from ${me.disk}`);
-  const { proc, qmp } = await launchNode(p, s.runtime.binary, `primary ${node} (alone)`);
-  try {
-    await qmp.execute('cont', undefined, { timeoutMs: 5000 });
-  } catch (err) {
-    await proc.stop(2000);
-    throw err;
-  } finally {
-    await qmp.close();
-  }
+  const proc = await launchAlone(p, s.runtime.binary, `primary ${node} (alone)`);
   const at = new Date().toISOString();
   const next = updateState(c.stateDir, (x) => ({
     ...x,

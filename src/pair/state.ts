@@ -4,7 +4,8 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Runtime } from './plan.js';
+import type { NodePlan, PairPlan, Runtime } from './plan.js';
+import type { ResolvedConfig } from '../config/load.js';
 import type { ColoEndpoints, HostForward } from '../qemu/cmdline.js';
 import type { TapPlace } from '../qemu/tap.js';
 import { isOurQemu } from '../qemu/process.js';
@@ -54,6 +55,16 @@ export interface PairState {
    * refuses to copy the older image over it.
    */
   authoritativeDisk?: string;
+}
+
+/** A node of the state file from its plan and its QEMU's pid. */
+export function nodeStateOf(n: NodePlan, pid: number): NodeState {
+  return { name: n.name, role: n.role, address: n.address, pid, qmpSocket: n.qmpSocket, qmpSocket2: n.qmpSocket2, serialLog: n.serialLog, qemuLog: n.qemuLog, disk: n.disk, netns: n.netns, tap: n.tap };
+}
+
+/** A new pair's record: its runtime, endpoints, buffers and nodes, as planned. */
+export function newPairState(c: ResolvedConfig, runtime: Runtime, plan: PairPlan, nodes: NodeState[], startedAt: Date): PairState {
+  return { version: 1, name: c.name, configFile: c.file, runtime, endpoints: plan.endpoints, forwards: plan.forwards, buffers: plan.buffers, nodes, startedAt: startedAt.toISOString() };
 }
 
 export function stateFile(stateDir: string): string {

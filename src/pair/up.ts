@@ -18,7 +18,7 @@ import { portFree } from '../util/net.js';
 import { attachTap, checkTap, detachTap } from '../qemu/tap.js';
 import { planPair, replicaPath, type PairPlan } from './plan.js';
 import { resolveRuntime } from './runtime.js';
-import { stateFile, writeState, liveNodes, type PairState } from './state.js';
+import { stateFile, writeState, liveNodes, newPairState, nodeStateOf, type PairState } from './state.js';
 import { startAgents, waitAgentsProtected } from './agents.js';
 import { generationFile, readDiskRecord, readEpoch, writeEpoch, type ReadDisk } from './generation.js';
 import { compareEpochs, formatEpoch, type Epoch, type EpochOrder } from './epoch.js';
@@ -384,27 +384,7 @@ export async function up(c: ResolvedConfig, o: UpOptions = {}): Promise<UpResult
     }
     const now = new Date();
     const state: PairState = {
-      version: 1,
-      name: c.name,
-      configFile: c.file,
-      runtime: rt,
-      endpoints: plan.endpoints,
-      forwards: plan.forwards,
-      buffers: plan.buffers,
-      nodes: [plan.primary, plan.secondary].map((n, i) => ({
-        name: n.name,
-        role: n.role,
-        address: n.address,
-        pid: (i === 0 ? pProc : sProc).pid,
-        qmpSocket: n.qmpSocket,
-        qmpSocket2: n.qmpSocket2,
-        serialLog: n.serialLog,
-        qemuLog: n.qemuLog,
-        disk: n.disk,
-        netns: n.netns,
-        tap: n.tap,
-      })),
-      startedAt: new Date(t0).toISOString(),
+      ...newPairState(c, rt, plan, [nodeStateOf(plan.primary, pProc.pid), nodeStateOf(plan.secondary, sProc.pid)], new Date(t0)),
       protectedAt: now.toISOString(),
       upMs: now.getTime() - t0,
     };

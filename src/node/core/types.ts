@@ -6,7 +6,7 @@
  * happened back as inputs. Time is an input (`now`, monotonic ms).
  */
 import type { Epoch } from '../../pair/epoch.js';
-import type { Heartbeat, PeerRequestBody, PeerReply, LeaseReply, WitnessReply } from '../wire.js';
+import type { Heartbeat, PeerRequestBody, PeerReply, WitnessReply } from '../wire.js';
 
 export type Role = 'primary' | 'secondary' | 'alone' | 'fenced' | 'down';
 
