@@ -8,3 +8,4 @@ node bin/lockstep.js lab prepare
 node dist/bench/colo.js
 node dist/bench/takeover.js
 node dist/bench/resync.js
+node dist/bench/host-loss.js

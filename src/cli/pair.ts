@@ -8,7 +8,7 @@ import { resync } from '../pair/resync.js';
 import { createProgress } from '../util/progress.js';
 import { print } from './output.js';
 import { loadHostFile } from '../config/host.js';
-import { upOnHosts, vmOnHosts, vmLine, downOnHosts } from '../daemon/orchestrate.js';
+import { upOnHosts, vmOnHosts, vmLine, downOnHosts, failoverOnHosts } from '../daemon/orchestrate.js';
 import { hostFileOf } from './host.js';
 import { LockstepError } from '../util/errors.js';
 
@@ -146,16 +146,29 @@ export function registerPairCommands(program: Command): void {
     .command('failover')
     .summary('make one node carry the VM on alone')
     .description(
-      'run the documented failover on the survivor: "Secondary Failover" when the primary is gone, "Primary Failover"\n' +
-        'when the secondary is gone. With both nodes running, --to names the node that carries on; the other is stopped first.\n' +
-        'With the node agents running, they do every failover: --to then ends the other node\'s QEMU and waits for the agents.',
+      'With NAME (two hosts with daemons): --to names the protected secondary that takes the VM over; the other\n' +
+        'host\'s QEMU is ended, the agents fail over as after any loss of the primary, then re-protect the VM.\n' +
+        'With -c (a pair started from here): run the documented failover on the survivor: "Secondary Failover" when the\n' +
+        'primary is gone, "Primary Failover" when the secondary is gone. With both nodes running, --to names the node\n' +
+        'that carries on; the other is stopped first. With the node agents running, they do every failover: --to then\n' +
+        'ends the other node\'s QEMU and waits for the agents.',
     )
-    .requiredOption('-c, --config <file>', CONFIG_HELP)
-    .option('--to <node>', 'the node that carries on (needed when both run)')
+    .argument('[vm]', 'the VM\'s name (with daemons)')
+    .option('-c, --config <file>', CONFIG_HELP)
+    .option('--to <node>', 'the node that carries on (needed with NAME, and when both run)')
+    .option('--host-file <file>', 'this host\'s settings (default: $LOCKSTEP_HOST_FILE, else /etc/lockstep/host.yaml)')
     .option('--json', 'print the result as JSON')
-    .action(async (opts: { config: string; to?: string; json?: boolean }) => {
-      const c = loadConfig(opts.config);
+    .action(async (vm: string | undefined, opts: { config?: string; to?: string; hostFile?: string; json?: boolean }) => {
+      if (!!vm === !!opts.config) throw new LockstepError('give either a VM name (with daemons) or -c CONFIG (a pair started from here)', { hint: 'lockstep failover --help' });
       const progress = createProgress(process.stderr, { quiet: opts.json === true });
+      if (vm) {
+        if (!opts.to) throw new LockstepError('--to HOST is needed: the protected secondary that takes the VM over', { hint: `see lockstep status ${vm}` });
+        const r = await failoverOnHosts(loadHostFile(hostFileOf(opts.hostFile)), vm, opts.to, { onStep: (m) => progress.step(m) });
+        progress.done();
+        print(opts.json, r, () => `${r.to} carries VM "${r.name}" on (${r.ms.toFixed(0)} ms); the agents protect it again on ${r.from}: see lockstep status ${r.name}`);
+        return;
+      }
+      const c = loadConfig(opts.config!);
       const r = await failover(c, { to: opts.to, onStep: (m) => progress.step(m) });
       progress.done();
       print(opts.json, r, () => `${r.to} carries the VM on (${r.procedure}, ${r.ms.toFixed(0)} ms); it is not protected until a new secondary joins`);

@@ -105,6 +105,10 @@ export class ApiClient {
     return this.call('POST', `/vms/${encodeURIComponent(name)}/stop${o.agentOnly ? '?agent-only=1' : ''}`, stopAnswerSchema);
   }
 
+  endQemu(name: string): Promise<{ name: string; host: string; qemu: string }> {
+    return this.call('POST', `/vms/${encodeURIComponent(name)}/end-qemu`, stopAnswerSchema);
+  }
+
   startVm(name: string): Promise<VmStatus> {
     return this.call('POST', `/vms/${encodeURIComponent(name)}/start`, vmStatusSchema);
   }

@@ -214,11 +214,17 @@ export class Daemon implements DaemonView {
     return { name, host: this.host.name, qemu: r.qemu };
   }
 
+  async endQemu(name: string): Promise<{ name: string; host: string; qemu: string }> {
+    const v = this.vmHosts.get(name);
+    if (!v) throw new ApiRefusal(404, `no VM "${name}" on this host`);
+    return { name, host: this.host.name, qemu: await v.endQemu() };
+  }
+
   startVm(name: string): VmStatus {
     const v = this.vmHosts.get(name);
     if (!v) throw new ApiRefusal(404, `no VM "${name}" on this host`, 'define it first: lockstep up -f FILE');
     const st = v.status();
-    if (st.phase !== 'defined' && st.phase !== 'failed') throw new ApiRefusal(409, `VM "${name}" is ${st.phase} on this host`, st.phase === 'stopped' ? 'starting a stopped VM again is not there yet' : `see lockstep status ${name}`);
+    if (st.phase !== 'defined' && st.phase !== 'failed' && st.phase !== 'stopped') throw new ApiRefusal(409, `VM "${name}" is ${st.phase} on this host`, `see lockstep status ${name}`);
     this.log('info', 'starting VM', { vm: name, role: v.definedRole });
     void v.start().catch(() => undefined); // its phase says how it went
     return v.status();

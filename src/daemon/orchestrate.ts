@@ -38,7 +38,7 @@ export function vmLine(host: string, s: VmStatus | undefined): string {
   return `${host}: ${a.role}${a.protected ? ' (protected)' : ''}${work}`;
 }
 
-export async function upOnHosts(host: HostConfig, file: string, o: { onStep?: (m: string) => void; onUpdate?: (m: string) => void; timeoutMs?: number } = {}): Promise<UpOnHostsResult> {
+export async function upOnHosts(host: HostConfig, file: string, o: UpOptions = {}): Promise<UpOnHostsResult> {
   const step = o.onStep ?? (() => {});
   let text: string;
   try {
@@ -52,9 +52,10 @@ export async function upOnHosts(host: HostConfig, file: string, o: { onStep?: (m
   step(`asking hosts ${p} and ${s} where they listen`);
   const infos = Object.fromEntries(await Promise.all(vm.hosts.map(async (h) => [h, await clients[h]!.host()] as const)));
   for (const h of vm.hosts) if (infos[h]!.name !== h) throw new LockstepError(`the daemon reached as "${h}" says it is "${infos[h]!.name}"`, { hint: 'fix the peers in this host file' });
-  for (const h of vm.hosts) {
-    const cur = await clients[h]!.vm(vm.name);
-    if (cur && cur.phase !== 'defined') throw new LockstepError(`VM "${vm.name}" is ${cur.phase} on host ${h} already`, { hint: `see lockstep status ${vm.name}` });
+  const current = await Promise.all(vm.hosts.map((h) => clients[h]!.vm(vm.name)));
+  if (current.every((c) => c?.phase === 'stopped')) return startStopped(vm.name, vm.hosts, clients, o, vm.replication.resyncTimeoutMs);
+  for (const [i, cur] of current.entries()) {
+    if (cur && cur.phase !== 'defined') throw new LockstepError(`VM "${vm.name}" is ${cur.phase} on host ${vm.hosts[i]} already`, { hint: cur.phase === 'stopped' ? `it is stopped there but not on the other host: see lockstep status ${vm.name}` : `see lockstep status ${vm.name}` });
   }
   const placed: PlacedVm = {
     vm,
@@ -70,7 +71,27 @@ export async function upOnHosts(host: HostConfig, file: string, o: { onStep?: (m
   await clients[s]!.startVm(vm.name);
   await clients[p]!.startVm(vm.name);
   step('protecting it: a new secondary on ' + s + ', synced from ' + p + ' over the replication network');
-  const deadline = performance.now() + (o.timeoutMs ?? vm.replication.resyncTimeoutMs + 300_000);
+  return followUntilProtected(vm.name, vm.hosts, clients, o, t0, vm.replication.resyncTimeoutMs);
+}
+
+/**
+ * A VM stopped by down on both hosts: the hosts keep its definition, and
+ * each its disk. Only the agents start; with no VM running anywhere, their
+ * rule restarts it from the newest disk, then they protect it again.
+ */
+async function startStopped(name: string, hosts: [string, string], clients: Record<string, ApiClient>, o: UpOptions, resyncTimeoutMs: number): Promise<UpOnHostsResult> {
+  o.onStep?.(`VM "${name}" was stopped: starting the agents on ${hosts.join(' and ')} (the definition the hosts keep is used); they restart it from the newest disk`);
+  const t0 = performance.now();
+  for (const h of hosts) await clients[h]!.startVm(name);
+  return followUntilProtected(name, hosts, clients, o, t0, resyncTimeoutMs);
+}
+
+type UpOptions = { onStep?: (m: string) => void; onUpdate?: (m: string) => void; timeoutMs?: number };
+
+async function followUntilProtected(name: string, hosts: [string, string], clients: Record<string, ApiClient>, o: UpOptions, t0: number, resyncTimeoutMs: number): Promise<UpOnHostsResult> {
+  const vm = { name, hosts };
+  const timeoutMs = o.timeoutMs ?? resyncTimeoutMs + 300_000;
+  const deadline = performance.now() + timeoutMs;
   let last = '';
   for (;;) {
     const st: Record<string, VmStatus> = {};
@@ -84,7 +105,7 @@ export async function upOnHosts(host: HostConfig, file: string, o: { onStep?: (m
     if (line !== last) o.onUpdate?.(line);
     last = line;
     if (vm.hosts.every((h) => st[h]!.agent?.protected)) return { name: vm.name, hosts: vm.hosts, ms: performance.now() - t0, status: st };
-    if (performance.now() > deadline) throw new LockstepError(`VM "${vm.name}" was not protected within ${Math.round((o.timeoutMs ?? 0) / 1000) || 'the resync timeout +300'} s: ${line}`, { hint: `see lockstep status ${vm.name}` });
+    if (performance.now() > deadline) throw new LockstepError(`VM "${vm.name}" was not protected within ${Math.round(timeoutMs / 1000)} s: ${line}`, { hint: `see lockstep status ${vm.name}` });
     await sleep(POLL_MS);
   }
 }
@@ -112,12 +133,15 @@ export interface DownOnHostsResult {
 }
 
 /**
- * lockstep down NAME: the agents of both hosts first (so that neither takes
- * the other's stop for a failure), then the secondary's QEMU (it must not
- * take over and write its buffers), then the primary's, whose disk holds
- * every acknowledged write. A host that cannot be reached is named.
+ * lockstep down NAME: the secondary's host first, agent and QEMU (it must
+ * not take over and write its buffers); the primary's agent then sees its
+ * secondary gone and carries on alone in a new disk epoch, recorded at the
+ * witness, as after any loss of its secondary: so its disk, which may take
+ * writes after the secondary stopped, is known as the newest, and a later
+ * `up` restarts the VM from it. Then the primary's host, agent and QEMU. A
+ * host that cannot be reached is named, and nothing is stopped.
  */
-export async function downOnHosts(host: HostConfig, name: string, o: { onStep?: (m: string) => void } = {}): Promise<DownOnHostsResult> {
+export async function downOnHosts(host: HostConfig, name: string, o: { onStep?: (m: string) => void; epochTimeoutMs?: number } = {}): Promise<DownOnHostsResult> {
   const step = o.onStep ?? (() => {});
   const answers = await vmOnHosts(host, name);
   const known = answers.find((a) => a.status)?.status;
@@ -125,15 +149,66 @@ export async function downOnHosts(host: HostConfig, name: string, o: { onStep?: 
   const unreachable = known.hosts.filter((h) => !answers.some((a) => a.host === h && a.status));
   if (unreachable.length) throw new LockstepError(`VM "${name}": host ${unreachable.join(' and ')} cannot be asked`, { hint: 'stop what runs there when it is back; nothing was stopped' });
   const role = (h: string) => answers.find((a) => a.host === h)?.status?.agent?.role ?? null;
-  const stop = (h: string, agentOnly: boolean) => clientFor(host, h, 30_000).stopVm(name, { agentOnly });
-  step(`stopping the agents on ${known.hosts.join(' and ')}`);
-  for (const h of known.hosts) await stop(h, true);
-  // The secondary (or a node without a VM) first, the primary last.
-  const order = [...known.hosts].sort((x, y) => Number(role(x) === 'primary' || role(x) === 'alone') - Number(role(y) === 'primary' || role(y) === 'alone'));
+  const writer = (h: string) => role(h) === 'primary' || role(h) === 'alone';
+  const stop = (h: string) => clientFor(host, h, 30_000).stopVm(name);
+  const order = [...known.hosts].sort((x, y) => Number(writer(x)) - Number(writer(y)));
+  const [first, last] = order as [string, string];
   const out: DownOnHostsResult = { name, hosts: [] };
-  for (const h of order) {
-    step(`stopping the VM on ${h} (${role(h) ?? 'no agent'})`);
-    out.hosts.push({ host: h, role: role(h), qemu: (await stop(h, false)).qemu });
+  step(`stopping the VM on ${first} (${role(first) ?? 'no agent'})`);
+  out.hosts.push({ host: first, role: role(first), qemu: (await stop(first)).qemu });
+  if (role(last) === 'primary') {
+    step(`waiting for ${last} to carry on alone in a new disk epoch (recorded at the witness)`);
+    const before = answers.find((a) => a.host === last)?.status?.agent?.disk.epoch;
+    const deadline = performance.now() + (o.epochTimeoutMs ?? 30_000);
+    for (;;) {
+      const a = (await clientFor(host, last, 5000).vm(name))?.agent;
+      const moved = a && a.role === 'alone' && a.disk.pending === null && a.disk.epoch !== null && (before === null || before === undefined || a.disk.epoch.gen > before.gen);
+      if (moved) break;
+      if (performance.now() > deadline) {
+        step(`${last} did not begin a new epoch within ${Math.round((o.epochTimeoutMs ?? 30_000) / 1000)} s (${a ? `${a.role}, ${a.degraded.join('; ')}` : 'no agent'}): stopping it anyway; check the disks' epochs before the next up`);
+        break;
+      }
+      await sleep(POLL_MS);
+    }
   }
+  step(`stopping the VM on ${last} (${role(last) ?? 'no agent'})`);
+  out.hosts.push({ host: last, role: role(last), qemu: (await stop(last)).qemu });
   return out;
+}
+
+export interface FailoverOnHostsResult {
+  name: string;
+  from: string;
+  to: string;
+  /** From the request until `to` ran the VM. */
+  ms: number;
+}
+
+/**
+ * lockstep failover NAME --to HOST: HOST must be the protected secondary;
+ * the primary's host ends its QEMU, the agents fail over to HOST as after
+ * any loss of the primary, and then re-protect the VM on the other host.
+ */
+export async function failoverOnHosts(host: HostConfig, name: string, to: string, o: { onStep?: (m: string) => void; timeoutMs?: number } = {}): Promise<FailoverOnHostsResult> {
+  const step = o.onStep ?? (() => {});
+  const answers = await vmOnHosts(host, name);
+  const target = answers.find((a) => a.host === to);
+  if (!target?.status) throw new LockstepError(`host ${to} ${target?.error ? `cannot be asked: ${target.error}` : `does not run VM "${name}"`}`, { hint: `see lockstep status ${name}` });
+  const hosts = target.status.hosts;
+  const from = hosts.find((h) => h !== to)!;
+  const source = answers.find((a) => a.host === from)?.status;
+  const ta = target.status.agent;
+  if (ta?.role === 'primary' || ta?.role === 'alone') throw new LockstepError(`${to} runs VM "${name}" already`, { hint: 'nothing to do' });
+  if (!ta?.protected || ta.role !== 'secondary') throw new LockstepError(`${to} is not a protected secondary of VM "${name}" (${ta ? ta.role : 'no agent'}): a failover to it would lose the VM's state`, { hint: `wait until lockstep status ${name} says PROTECTED` });
+  if (!source) throw new LockstepError(`host ${from} cannot be asked: if it is gone, the agents fail over by themselves`, { hint: `see lockstep status ${name}` });
+  step(`ending the VM's QEMU on ${from}: ${to} takes over`);
+  const t0 = performance.now();
+  await clientFor(host, from, 30_000).endQemu(name);
+  const deadline = t0 + (o.timeoutMs ?? 60_000);
+  for (;;) {
+    const a = (await clientFor(host, to, 5000).vm(name))?.agent;
+    if (a?.role === 'alone' || a?.role === 'primary') return { name, from, to, ms: performance.now() - t0 };
+    if (performance.now() > deadline) throw new LockstepError(`${to} did not take VM "${name}" over within ${Math.round((o.timeoutMs ?? 60_000) / 1000)} s (${a ? `${a.role}: ${a.degraded.join('; ')}` : 'no agent'})`, { hint: `see lockstep status ${name} and the agent logs` });
+    await sleep(POLL_MS);
+  }
 }

@@ -447,7 +447,8 @@ export class Agent {
         // (On failure above it stays prepared: the core drops it.)
         this.prepared = undefined;
         // Our own record knows our new QEMU before anything else happens (a restarted agent attaches by it).
-        recordOwnQemu(this.c.stateDir, this.name, prep.proc.pid, 'secondary');
+        const sp = prep.plan.secondary;
+        recordOwnQemu(this.c.stateDir, this.name, { pid: prep.proc.pid, role: 'secondary', disk: sp.disk, serialLog: sp.serialLog, qemuLog: sp.qemuLog });
         this.reloadPair();
         this.me = { ...this.me, pid: prep.proc.pid };
         this.own(prep.qmp);

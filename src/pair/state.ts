@@ -110,9 +110,14 @@ export function recordFailover(stateDir: string, f: { from: string; to: string; 
  * separate hosts nobody else writes it, and an agent restarted on a record
  * without it would take its running VM for gone.
  */
-export function recordOwnQemu(stateDir: string, node: string, pid: number, role: 'primary' | 'secondary'): PairState | undefined {
-  const other = role === 'primary' ? ('secondary' as const) : ('primary' as const);
-  return updateState(stateDir, (s) => ({ ...s, nodes: s.nodes.map((n) => (n.name === node ? { ...n, pid, role } : { ...n, role: other })) }));
+export function recordOwnQemu(
+  stateDir: string,
+  node: string,
+  q: { pid: number; role: 'primary' | 'secondary'; disk: string; serialLog: string; qemuLog: string },
+): PairState | undefined {
+  const other = q.role === 'primary' ? ('secondary' as const) : ('primary' as const);
+  // The disk too: a new secondary's is a new replica, and a later restart from "our disk" must take that one.
+  return updateState(stateDir, (s) => ({ ...s, nodes: s.nodes.map((n) => (n.name === node ? { ...n, ...q } : { ...n, role: other })) }));
 }
 
 /** The nodes of a state file whose QEMU still runs. */

@@ -5,7 +5,8 @@
  * there, the first sync goes over the replication network, a client on the
  * guest LAN keeps one TCP connection and counts on the disk; a daemon
  * restart changes nothing the client sees; the primary's QEMU killed: the
- * other host carries the VM on and the agents re-protect it.
+ * other host carries the VM on and the agents re-protect it; down, then up
+ * again: the agents restart the VM from the newest disk and protect it.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -15,8 +16,11 @@ import { daemonLab } from '../helpers/daemons.js';
 
 const isRoot = process.getuid?.() === 0;
 
-test('up -f through the daemons of two hosts that share nothing; a daemon restart; the primary killed', { skip: !isRoot && 'needs root for namespaces', timeout: 15 * 60_000 }, async (t) => {
-  const { hosts, lab, vmFile, status, untilProtected } = await daemonLab(t, 'daemon-up');
+test('up -f through the daemons of two hosts that share nothing; daemon restarts; the primary killed; a failover by hand; down; up again from the newest disk', { skip: !isRoot && 'needs root for namespaces', timeout: 15 * 60_000 }, async (t) => {
+  const d = await daemonLab(t, 'daemon-up');
+  const { hosts, lab, vmFile } = d;
+  const status = () => d.status();
+  const untilProtected = (what: string, ms: number) => d.untilProtected(what, ms);
 
   // up, from the management host, with the image only on a.
   const up = await lab.cli('mgmt', ['up', '-f', vmFile, '--json'], { timeoutMs: 600_000 });
@@ -29,6 +33,7 @@ test('up -f through the daemons of two hosts that share nothing; a daemon restar
 
   // The guest boots; a client on the LAN keeps one TCP connection (echo) and counts on the disk.
   const client = NetnsClient.start(hosts.ns.client, '10.0.2.15', 100);
+  let lastCount = 0;
   try {
     await client.until((x) => x.echoOk >= 15 && x.httpOk >= 15, 240_000, 'traffic through COLO');
 
@@ -59,8 +64,20 @@ test('up -f through the daemons of two hosts that share nothing; a daemon restar
     const again = await untilProtected('after the kill', 120_000);
     assert.deepEqual([again.s.of('a')?.agent?.role, again.s.of('b')?.agent?.role], ['secondary', 'primary']);
     process.stderr.write(`# survivor answering ${(answeredMs / 1000).toFixed(1)} s after the kill; protected again ${((performance.now() - killedAt) / 1000).toFixed(1)} s after it\n`);
+
+    // A failover by hand back to a, then protected again on b by the agents.
+    const refused = await lab.cli('mgmt', ['failover', 'web', '--to', 'b']);
+    assert.notEqual(refused.code, 0);
+    assert.match(refused.stderr, /b runs VM "web" already/);
+    const fo = await lab.cli('mgmt', ['failover', 'web', '--to', 'a', '--json'], { timeoutMs: 120_000 });
+    assert.equal(fo.code, 0, fo.stderr);
+    const moved = await untilProtected('after the failover by hand', 120_000);
+    assert.deepEqual([moved.s.of('a')?.agent?.role, moved.s.of('b')?.agent?.role], ['primary', 'secondary']);
+    const okAfter = client.latest.httpOk;
+    await client.until((x) => x.httpOk >= okAfter + 5, 30_000, 'answers after the failover by hand');
   } finally {
     const sum = await client.finish();
+    lastCount = sum.http.counts.at(-1) ?? 0;
     assert.equal(sum.echo.closed, false, 'the TCP connection stayed open');
     assert.equal(counterGaps(sum.http.requests), undefined);
   }
@@ -70,7 +87,7 @@ test('up -f through the daemons of two hosts that share nothing; a daemon restar
   const down = await lab.cli('mgmt', ['down', 'web', '--json'], { timeoutMs: 120_000 });
   assert.equal(down.code, 0, down.stderr);
   const res = JSON.parse(down.stdout) as { hosts: Array<{ host: string; role: string; qemu: string }> };
-  assert.deepEqual(res.hosts.map((h) => [h.host, h.role]), [['a', 'secondary'], ['b', 'primary']], 'the secondary first');
+  assert.deepEqual(res.hosts.map((h) => [h.host, h.role]), [['b', 'secondary'], ['a', 'primary']], 'the secondary first');
   assert.ok(res.hosts.every((h) => h.qemu === 'quit'), down.stdout);
   for (const p of running) assert.equal(pidRunning(p), false, `QEMU ${p} ended`);
   await lab.stopDaemon('b', 'SIGTERM');
@@ -78,7 +95,20 @@ test('up -f through the daemons of two hosts that share nothing; a daemon restar
   const after = await status();
   assert.equal(after.code, 3, 'status exits 3: not protected');
   assert.deepEqual(after.hosts.map((h) => [h.host, h.status?.phase, h.status?.agent ?? null]), [['a', 'stopped', null], ['b', 'stopped', null]]);
-  const again = await lab.cli('mgmt', ['up', '-f', vmFile]);
-  assert.notEqual(again.code, 0);
-  assert.match(again.stderr, /is stopped on host a/);
+
+  // up again: the agents restart the VM from the newest disk (a's, the last primary) and protect it; the counter
+  // carries on from the last acknowledged value.
+  const again = await lab.cli('mgmt', ['up', '-f', vmFile], { timeoutMs: 600_000 });
+  assert.equal(again.code, 0, again.stderr);
+  const restarted = await status();
+  assert.equal(restarted.code, 0);
+  assert.deepEqual([restarted.of('a')?.agent?.role, restarted.of('b')?.agent?.role], ['primary', 'secondary'], 'a, whose disk is the newest, runs the VM');
+  const c2 = NetnsClient.start(hosts.ns.client, '10.0.2.15', 100);
+  try {
+    await c2.until((x) => x.httpOk >= 3, 240_000, 'answers after up of the stopped VM');
+  } finally {
+    const sum2 = await c2.finish();
+    const first = sum2.http.counts[0]!;
+    assert.equal(first, lastCount + 1, `the counter carries on from ${lastCount}`);
+  }
 });

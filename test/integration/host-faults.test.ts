@@ -17,7 +17,10 @@ import { daemonLab } from '../helpers/daemons.js';
 const isRoot = process.getuid?.() === 0;
 
 test('a host lost, coming back, rebooting: the VM runs on and is protected again by itself', { skip: !isRoot && 'needs root for namespaces', timeout: 15 * 60_000 }, async (t) => {
-  const { hosts, lab, vmFile, status, untilProtected } = await daemonLab(t, 'host-faults');
+  const d = await daemonLab(t, 'host-faults');
+  const { hosts, lab, vmFile } = d;
+  const status = () => d.status();
+  const untilProtected = (what: string, ms: number) => d.untilProtected(what, ms);
   const up = await lab.cli('mgmt', ['up', '-f', vmFile], { timeoutMs: 600_000 });
   assert.equal(up.code, 0, up.stderr);
   const client = NetnsClient.start(hosts.ns.client, '10.0.2.15', 100);
