@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import type { Command } from 'commander';
 import { loadConfig } from '../config/load.js';
 import { up } from '../pair/up.js';
@@ -126,7 +127,11 @@ export function registerPairCommands(program: Command): void {
       }
       const host = loadHostFile(hostFileOf(opts.hostFile));
       const answers = await vmOnHosts(host, vm!, { only: opts.host });
-      if (answers.length === 0) throw new LockstepError(`no host knows a VM "${vm}"`, { hint: 'start it with lockstep up -f FILE' });
+      if (answers.length === 0) {
+        const asked = opts.host ? [opts.host] : [...(fs.existsSync(host.api.socket) ? [host.name] : []), ...Object.keys(host.peers)];
+        if (asked.length === 0) throw new LockstepError('no daemon to ask: none runs on this host, and it trusts no other host', { hint: 'start lockstepd here (systemctl start lockstepd), or trust the VM\'s hosts: lockstep host trust' });
+        throw new LockstepError(`no host knows a VM "${vm}" (asked: ${asked.join(', ')})`, { hint: 'start it with lockstep up -f FILE' });
+      }
       const isProtected = answers.length === 2 && answers.every((a) => a.status?.agent?.protected);
       print(opts.json, { name: vm, protected: isProtected, hosts: answers }, () =>
         [

@@ -71,7 +71,7 @@ export interface HostConfig extends z.output<typeof hostSchema> {
 }
 
 export function parseHostFile(text: string, file: string): HostConfig {
-  const h = parseYamlFile(hostSchema, text, file);
+  const h = parseYamlFile(hostSchema, text, file, 'the file lockstep host init writes');
   const problems: string[] = [];
   if (h.peers[h.name]) problems.push(`peers.${h.name}: that is this host's own name`);
   if (problems.length) throw new ConfigError(file, problems);

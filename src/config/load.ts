@@ -13,9 +13,10 @@ export class ConfigError extends LockstepError {
   constructor(
     readonly file: string,
     readonly problems: string[],
+    example = 'examples/one-host.yaml',
   ) {
     super(`${file}: ${problems.length === 1 ? problems[0] : `${problems.length} problems:\n  - ${problems.join('\n  - ')}`}`, {
-      hint: 'see examples/one-host.yaml for a complete, commented config',
+      hint: `see ${example} for a complete, commented example`,
     });
     this.name = 'ConfigError';
   }
@@ -97,16 +98,16 @@ function crossCheck(c: Config, o: ParseOptions): string[] {
 }
 
 /** A YAML file's text checked against `schema`: every problem named with its field, in one error. */
-export function parseYamlFile<S extends z.ZodType>(schema: S, text: string, file: string): z.output<S> {
+export function parseYamlFile<S extends z.ZodType>(schema: S, text: string, file: string, example?: string): z.output<S> {
   let doc: unknown;
   try {
     doc = YAML.parse(text, { prettyErrors: true });
   } catch (err) {
-    throw new ConfigError(file, [`not valid YAML: ${(err as Error).message.split('\n')[0]}`]);
+    throw new ConfigError(file, [`not valid YAML: ${(err as Error).message.split('\n')[0]}`], example);
   }
-  if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError(file, ['expected a YAML mapping (key: value lines) at the top level']);
+  if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError(file, ['expected a YAML mapping (key: value lines) at the top level'], example);
   const r = schema.safeParse(doc);
-  if (!r.success) throw new ConfigError(file, r.error.issues.map((i) => describeIssue(i, doc)));
+  if (!r.success) throw new ConfigError(file, r.error.issues.map((i) => describeIssue(i, doc)), example);
   return r.data;
 }
 

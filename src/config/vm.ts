@@ -17,7 +17,7 @@ export const vmFileSchema = configSchema
   .omit({ nodes: true, stateDir: true, agents: true })
   .extend({
     /** The two hosts, the primary first, as their host files name them. */
-    hosts: z.tuple([nodeName, nodeName]),
+    hosts: z.tuple([nodeName, nodeName], { error: 'expected the two hosts, the primary first: [a, b]' }),
     /** The agents' tuning; their heartbeat paths come from the hosts' files, their secret is made by `up` when not given. */
     agents: agentsSchema.omit({ links: true }).partial({ secret: true }).strict().default({} as never),
   })
@@ -33,7 +33,7 @@ export interface HostAddresses {
 
 /** A VM file checked, every path in it absolute (a daemon cannot resolve paths relative to the user's directory). */
 export function parseVmFile(text: string, file: string): VmFile {
-  const v = parseYamlFile(vmFileSchema, text, file);
+  const v = parseYamlFile(vmFileSchema, text, file, 'examples/two-hosts.yaml');
   const problems: string[] = [];
   if (v.hosts[0] === v.hosts[1]) problems.push(`hosts: the two hosts need different names (both are "${v.hosts[0]}")`);
   const paths: Array<[string, string | undefined]> = [
@@ -46,7 +46,7 @@ export function parseVmFile(text: string, file: string): VmFile {
   for (const [field, p] of paths) if (p !== undefined && !path.isAbsolute(p)) problems.push(`${field}: "${p}" must be an absolute path (it is a path on the hosts, not here)`);
   if (v.agents.witness && !v.agents.secret) problems.push('agents.secret: needed with agents.witness (the witness checks the agents with the same secret: give both the same one)');
   if (v.vm.network.mode === 'tap') for (const h of v.hosts) if (!v.vm.network.taps[h]) problems.push(`vm.network.taps: no tap for host "${h}"`);
-  if (problems.length) throw new ConfigError(file, problems);
+  if (problems.length) throw new ConfigError(file, problems, 'examples/two-hosts.yaml');
   return v;
 }
 
