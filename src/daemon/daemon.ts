@@ -13,6 +13,7 @@ import { createAdaptorServer } from '@hono/node-server';
 import type { HostConfig } from '../config/host.js';
 import { LockstepError, errorMessage } from '../util/errors.js';
 import { lockstepVersion } from '../util/paths.js';
+import { socketAnswers } from '../util/net.js';
 import pino from 'pino';
 import { apiApp, ApiRefusal, type DaemonView } from './api.js';
 import type { HostInfo, VmStatus } from './api-types.js';
@@ -34,21 +35,6 @@ export interface DaemonOptions {
   log?: (level: 'info' | 'warn' | 'error', msg: string, detail?: Record<string, unknown>) => void;
   /** Where the VMs' runtimes log (the daemon's journal); default: nowhere. */
   logger?: pino.Logger;
-}
-
-/** Is something answering on this unix socket? */
-function socketAnswers(file: string, timeoutMs = 1000): Promise<boolean> {
-  return new Promise((resolve) => {
-    const c = net.createConnection({ path: file });
-    const t = setTimeout(() => done(true), timeoutMs); // accepted but silent: someone is there
-    const done = (v: boolean) => {
-      clearTimeout(t);
-      c.destroy();
-      resolve(v);
-    };
-    c.once('connect', () => done(true));
-    c.once('error', () => done(false));
-  });
 }
 
 function listen(server: Server, how: { path: string } | { host: string; port: number }, what: string): Promise<void> {

@@ -9,7 +9,6 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import net from 'node:net';
 import { spawn } from 'node:child_process';
 import type { LabHosts } from './hosts.js';
 import { createHostFs, HOST_DIRS, type HostFs } from './mountns.js';
@@ -18,6 +17,7 @@ import { LockstepError } from '../util/errors.js';
 import { packageRoot } from '../util/paths.js';
 import { pidRunning } from '../util/proc.js';
 import { sleep, waitFor } from '../util/time.js';
+import { socketAnswers } from '../util/net.js';
 
 export const API_PORT = 7700;
 export type LabHostName = 'a' | 'b' | 'mgmt';
@@ -27,17 +27,6 @@ interface HostEntry {
   netns: string;
   fs: HostFs;
   pid: number | undefined;
-}
-
-function socketAnswers(file: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const c = net.createConnection({ path: file });
-    c.once('connect', () => {
-      c.destroy();
-      resolve(true);
-    });
-    c.once('error', () => resolve(false));
-  });
 }
 
 export class LabDaemons {

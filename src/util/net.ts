@@ -53,3 +53,22 @@ export function connectSocket(opts: net.NetConnectOpts, timeoutMs: number, onTim
     });
   });
 }
+
+/**
+ * Whether something listens on the unix socket `file`: it accepts a
+ * connection (or holds one open, silent, for `timeoutMs`). A refused
+ * connection or a missing file: nobody.
+ */
+export function socketAnswers(file: string, timeoutMs = 1000): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = net.createConnection({ path: file });
+    const t = setTimeout(() => done(true), timeoutMs); // accepted but silent: someone is there
+    const done = (v: boolean) => {
+      clearTimeout(t);
+      c.destroy();
+      resolve(v);
+    };
+    c.once('connect', () => done(true));
+    c.once('error', () => done(false));
+  });
+}
