@@ -34,8 +34,8 @@ export interface DaemonView {
   define(name: string, body: unknown): { name: string; outcome: 'created' | 'replaced' | 'unchanged' };
   /** Begins starting this host's part of a VM; the start goes on after the answer (see the VM's phase). */
   startVm(name: string): VmStatus;
-  /** lockstep down on this host: its agent, then (unless agentOnly) its QEMU. */
-  stopVm(name: string, agentOnly: boolean): Promise<{ name: string; host: string; qemu: string }>;
+  /** lockstep down on this host: its agent, then its QEMU. */
+  stopVm(name: string): Promise<{ name: string; host: string; qemu: string }>;
   /** Ends this host's QEMU of the VM, its agent running on (a failover by hand). */
   endQemu(name: string): Promise<{ name: string; host: string; qemu: string }>;
   /** The name of the trusted host whose certificate has this SHA-256 fingerprint, if any. */
@@ -88,7 +88,7 @@ export function apiApp(view: DaemonView, listener: 'local' | 'tls'): Hono<Env> {
   });
   app.post(`${v}/vms/:name/start`, (c) => c.json(view.startVm(c.req.param('name')), 202));
   app.post(`${v}/vms/:name/end-qemu`, async (c) => c.json(await view.endQemu(c.req.param('name'))));
-  app.post(`${v}/vms/:name/stop`, async (c) => c.json(await view.stopVm(c.req.param('name'), c.req.query('agent-only') === '1')));
+  app.post(`${v}/vms/:name/stop`, async (c) => c.json(await view.stopVm(c.req.param('name'))));
   app.notFound((c) => c.json(errorBody(`no such API path: ${c.req.method} ${c.req.path}`, `this daemon speaks /${API_VERSION}/...; is the lockstep command of the same version?`), 404));
   app.onError((err, c) => {
     if (err instanceof ApiRefusal) return c.json(errorBody(err.message, err.hint), err.status);

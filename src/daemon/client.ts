@@ -101,8 +101,8 @@ export class ApiClient {
     return this.call('PUT', `/vms/${encodeURIComponent(name)}`, defineAnswerSchema, placed);
   }
 
-  stopVm(name: string, o: { agentOnly?: boolean } = {}): Promise<{ name: string; host: string; qemu: string }> {
-    return this.call('POST', `/vms/${encodeURIComponent(name)}/stop${o.agentOnly ? '?agent-only=1' : ''}`, stopAnswerSchema);
+  stopVm(name: string): Promise<{ name: string; host: string; qemu: string }> {
+    return this.call('POST', `/vms/${encodeURIComponent(name)}/stop`, stopAnswerSchema);
   }
 
   endQemu(name: string): Promise<{ name: string; host: string; qemu: string }> {

@@ -192,11 +192,11 @@ export class Daemon implements DaemonView {
     return { name, outcome: cur ? 'replaced' : 'created' };
   }
 
-  async stopVm(name: string, agentOnly: boolean): Promise<{ name: string; host: string; qemu: string }> {
+  async stopVm(name: string): Promise<{ name: string; host: string; qemu: string }> {
     const v = this.vmHosts.get(name);
     if (!v) throw new ApiRefusal(404, `no VM "${name}" on this host`);
-    this.log('info', agentOnly ? 'stopping the agent of a VM' : 'stopping VM', { vm: name });
-    const r = await v.stop({ agentOnly });
+    this.log('info', 'stopping VM', { vm: name });
+    const r = await v.stop();
     return { name, host: this.host.name, qemu: r.qemu };
   }
 

@@ -260,15 +260,14 @@ export class VmHost {
 
   /**
    * lockstep down on this host: the agent first (so that nothing here reacts
-   * to the VM going away), then, unless `agentOnly`, this host's QEMU (QMP
-   * quit, then signals), its buffers if it was the secondary, and the record
-   * that it was stopped (a restarted daemon leaves it so).
+   * to the VM going away), then this host's QEMU (QMP quit, then signals),
+   * its buffers if it was the secondary, and the record that it was stopped
+   * (a restarted daemon leaves it so).
    */
-  async stop(o: { agentOnly?: boolean } = {}): Promise<{ qemu: 'quit' | 'killed' | 'not running' | 'left running' }> {
+  async stop(): Promise<{ qemu: 'quit' | 'killed' | 'not running' }> {
     if (this.phase === 'starting') throw new LockstepError(`VM "${this.name}" is starting on this host`, { hint: 'wait until it runs, then stop it' });
     this.phase = 'stopping';
     await this.stopAgent();
-    if (o.agentOnly) return { qemu: 'left running' };
     const s = readState(this.config.stateDir);
     const me = s?.nodes.find((n) => n.name === this.host.name);
     const result = me ? await quitNode(me, (m) => this.log.info({ step: m }, 'down')) : 'not running';
@@ -295,13 +294,6 @@ export class VmHost {
     process.kill(me.pid, 'SIGKILL');
     for (let i = 0; i < 100 && isOurQemu(me.pid, me.qmpSocket); i++) await sleep(50);
     return 'killed';
-  }
-
-  /** This host's QEMU of the VM, if one runs. */
-  qemuPid(): number | undefined {
-    const s = readState(this.config.stateDir);
-    const me = s?.nodes.find((n) => n.name === this.host.name);
-    return me && isOurQemu(me.pid, me.qmpSocket) ? me.pid : undefined;
   }
 }
 
