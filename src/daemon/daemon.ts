@@ -65,6 +65,8 @@ export class Daemon implements DaemonView {
   private readonly now: () => number;
   private readonly log: NonNullable<DaemonOptions['log']>;
   private readonly servers: Server[] = [];
+  /** The trusted hosts with their certificates' fingerprints (computed once), and by fingerprint. */
+  private readonly peers: HostInfo['peers'];
   private readonly peerPrints: Map<string, string>;
   private startedAt = 0;
   private startedAtIso = '';
@@ -77,18 +79,16 @@ export class Daemon implements DaemonView {
   ) {
     this.now = o.now ?? (() => performance.now());
     this.log = o.log ?? (() => {});
-    this.peerPrints = new Map(Object.entries(host.peers).map(([name, p]) => [fingerprint(p.cert), name]));
+    this.peers = Object.entries(host.peers).map(([name, p]) => ({ name, api: p.api, fingerprint: fingerprint(p.cert) }));
+    this.peerPrints = new Map(this.peers.map((p) => [p.fingerprint, p.name]));
     this.logger = o.logger ?? pino({ level: 'silent' });
   }
 
-  get vmsDir(): string {
-    return path.join(this.host.stateDir, 'vms');
-  }
 
   async start(): Promise<void> {
     const h = this.host;
     checkKeyFile(h.tls.key);
-    fs.mkdirSync(this.vmsDir, { recursive: true, mode: 0o700 });
+    fs.mkdirSync(VmHost.vmsDir(this.host), { recursive: true, mode: 0o700 });
     fs.chmodSync(h.stateDir, 0o700);
     this.startedAt = this.now();
     this.startedAtIso = new Date().toISOString();
@@ -193,27 +193,29 @@ export class Daemon implements DaemonView {
   }
 
   async stopVm(name: string): Promise<{ name: string; host: string; qemu: string }> {
-    const v = this.vmHosts.get(name);
-    if (!v) throw new ApiRefusal(404, `no VM "${name}" on this host`);
+    const v = this.vmHost(name);
     this.log('info', 'stopping VM', { vm: name });
     const r = await v.stop();
     return { name, host: this.host.name, qemu: r.qemu };
   }
 
   async endQemu(name: string): Promise<{ name: string; host: string; qemu: string }> {
-    const v = this.vmHosts.get(name);
-    if (!v) throw new ApiRefusal(404, `no VM "${name}" on this host`);
-    return { name, host: this.host.name, qemu: await v.endQemu() };
+    return { name, host: this.host.name, qemu: await this.vmHost(name).endQemu() };
   }
 
   startVm(name: string): VmStatus {
-    const v = this.vmHosts.get(name);
-    if (!v) throw new ApiRefusal(404, `no VM "${name}" on this host`, 'define it first: lockstep up -f FILE');
-    const st = v.status();
-    if (st.phase !== 'defined' && st.phase !== 'failed' && st.phase !== 'stopped') throw new ApiRefusal(409, `VM "${name}" is ${st.phase} on this host`, `see lockstep status ${name}`);
+    const v = this.vmHost(name, 'define it first: lockstep up -f FILE');
+    v.checkStartable();
     this.log('info', 'starting VM', { vm: name, role: v.definedRole });
     void v.start().catch(() => undefined); // its phase says how it went
     return v.status();
+  }
+
+  /** The VM of that name on this host, or a 404 refusal. */
+  private vmHost(name: string, hint?: string): VmHost {
+    const v = this.vmHosts.get(name);
+    if (!v) throw new ApiRefusal(404, `no VM "${name}" on this host`, hint);
+    return v;
   }
 
   hostInfo(caller: string): HostInfo {
@@ -226,7 +228,7 @@ export class Daemon implements DaemonView {
       uptimeMs: Math.round(this.now() - this.startedAt),
       addresses: h.addresses,
       api: { socket: h.api.socket, listen: h.api.listen ?? null },
-      peers: Object.entries(h.peers).map(([name, p]) => ({ name, api: p.api, fingerprint: fingerprint(p.cert) })),
+      peers: this.peers,
       caller,
       vms: this.vmNames(),
     };

@@ -19,7 +19,7 @@ import type { ResolvedConfig } from '../config/load.js';
 import { Agent } from '../node/agent.js';
 import { planPair, type PairPlan, type NodePlan } from '../pair/plan.js';
 import { resolveRuntime } from '../pair/runtime.js';
-import { readState, writeState, newPairState, nodeStateOf } from '../pair/state.js';
+import { readState, writeState, newPairState, nodeStateOf, type NodeState, type PairState } from '../pair/state.js';
 import { quitNode } from '../pair/down.js';
 import { readDiskRecord, writeEpoch } from '../pair/generation.js';
 import { launchAlone } from '../pair/launch.js';
@@ -30,6 +30,7 @@ import { LockstepError, errorMessage } from '../util/errors.js';
 import { sleep } from '../util/time.js';
 import { writeFileAtomic } from '../util/files.js';
 import type { AgentStatus } from '../pair/agents.js';
+import { ApiRefusal } from './api.js';
 
 /** A VM's definition as the daemons keep it: the VM file, where its hosts listen, its run and the agents' secret. */
 export const placedVmSchema = z.object({
@@ -71,8 +72,13 @@ export class VmHost {
     if (readState(this.config.stateDir)?.stoppedAt) this.phase = 'stopped';
   }
 
+  /** Where a host keeps its VMs: one directory each. */
+  static vmsDir(host: HostConfig): string {
+    return path.join(host.stateDir, 'vms');
+  }
+
   static dir(host: HostConfig, name: string): string {
-    return path.join(host.stateDir, 'vms', name);
+    return path.join(VmHost.vmsDir(host), name);
   }
 
   /** The VMs defined on this host, from their vm.json files; one that cannot be read is reported, not guessed. */
@@ -81,7 +87,7 @@ export class VmHost {
     const problems: string[] = [];
     let names: string[] = [];
     try {
-      names = fs.readdirSync(path.join(host.stateDir, 'vms'));
+      names = fs.readdirSync(VmHost.vmsDir(host));
     } catch {
       return { vms, problems };
     }
@@ -130,42 +136,33 @@ export class VmHost {
     return s !== undefined && s.stoppedAt === undefined;
   }
 
+  /** Refuses a start unless the VM is defined, failed or stopped here (a start runs on after the API's answer). */
+  checkStartable(): void {
+    if (this.phase !== 'defined' && this.phase !== 'failed' && this.phase !== 'stopped') throw new ApiRefusal(409, `VM "${this.name}" is ${this.phase} on this host`, `see lockstep status ${this.name}`);
+  }
+
   /**
    * Starts this host's part: on the primary's host the VM alone from its
    * image, then the agent; on the other host only the agent (its QEMU comes
-   * when the primary's agent has it start a new secondary).
+   * when the primary's agent has it start a new secondary). A VM stopped by
+   * down gets only its agent: with both agents up and no VM running, the
+   * agents' own rule restarts it from the newest disk (recording the new
+   * epoch first), then re-protects it (src/node/core).
    */
   async start(): Promise<void> {
-    if (this.phase !== 'defined' && this.phase !== 'failed' && this.phase !== 'stopped') throw new LockstepError(`VM "${this.name}" is ${this.phase} on this host`, { hint: `see lockstep status ${this.name}` });
-    const stopped = readState(this.config.stateDir);
-    if (stopped?.stoppedAt) {
-      // Started again after down: only the agent. With both agents up and no VM running, the agents' own rule
-      // restarts it from the newest disk (recording the new epoch first), then re-protects it (src/node/core).
-      this.phase = 'starting';
-      this.detail = 'starting the agent; the agents restart the VM from the newest disk';
-      try {
-        const { stoppedAt: _, ...rest } = stopped;
+    this.checkStartable();
+    const prev = readState(this.config.stateDir);
+    if (prev?.stoppedAt) {
+      return this.starting('starting the agent; the agents restart the VM from the newest disk', async () => {
+        const { stoppedAt: _, ...rest } = prev;
         writeState(this.config.stateDir, rest);
         await this.startAgent();
-        this.phase = 'running';
-        this.detail = null;
-        return;
-      } catch (err) {
-        this.phase = 'failed';
-        this.detail = errorMessage(err);
-        throw err;
-      }
+      });
     }
-    this.phase = 'starting';
-    this.detail = null;
-    try {
+    return this.starting(null, async (step) => {
       const c = this.config;
-      const step = (m: string) => {
-        this.detail = m;
-        this.log.info({ step: m }, 'start');
-      };
-      const existing = readState(c.stateDir);
-      if (!existing) {
+      // A start that failed after the VM's record was written (the agent did not start) only needs the agent.
+      if (!prev) {
         step('finding QEMU and the accelerator');
         const rt = await resolveRuntime(c, { onStep: step });
         const primary = this.placed.vm.hosts[0];
@@ -179,31 +176,35 @@ export class VmHost {
           if (n.name !== this.host.name) delete st.tap;
           return st;
         });
-        const state = newPairState(c, rt, plan, nodes, new Date());
-        writeState(c.stateDir, state);
+        writeState(c.stateDir, newPairState(c, rt, plan, nodes, new Date()));
       }
       step('starting the agent');
       await this.startAgent();
+    });
+  }
+
+  /** After a daemon restart: the agent again, attaching to the QEMU that ran on. */
+  async resume(): Promise<void> {
+    if (!this.started) return;
+    return this.starting(null, () => this.startAgent());
+  }
+
+  /** Runs a start: phase starting (its steps in `detail`), then running, or failed with the error. */
+  private async starting(detail: string | null, work: (step: (m: string) => void) => Promise<void>): Promise<void> {
+    this.phase = 'starting';
+    this.detail = detail;
+    const step = (m: string) => {
+      this.detail = m;
+      this.log.info({ step: m }, 'start');
+    };
+    try {
+      await work(step);
       this.phase = 'running';
       this.detail = null;
     } catch (err) {
       this.phase = 'failed';
       this.detail = errorMessage(err);
       this.log.error({ err: errorMessage(err) }, 'start failed');
-      throw err;
-    }
-  }
-
-  /** After a daemon restart: the agent again, attaching to the QEMU that ran on. */
-  async resume(): Promise<void> {
-    if (!this.started) return;
-    this.phase = 'starting';
-    try {
-      await this.startAgent();
-      this.phase = 'running';
-    } catch (err) {
-      this.phase = 'failed';
-      this.detail = errorMessage(err);
       throw err;
     }
   }
@@ -251,6 +252,12 @@ export class VmHost {
     this.agent = agent;
   }
 
+  /** The VM's record on this host, and this host's node in it. */
+  private ownNode(): { s: PairState | undefined; me: NodeState | undefined } {
+    const s = readState(this.config.stateDir);
+    return { s, me: s?.nodes.find((n) => n.name === this.host.name) };
+  }
+
   /** Ends the agent (the QEMU runs on: a daemon restart leaves the VMs). */
   async stopAgent(): Promise<void> {
     const a = this.agent;
@@ -268,8 +275,7 @@ export class VmHost {
     if (this.phase === 'starting') throw new LockstepError(`VM "${this.name}" is starting on this host`, { hint: 'wait until it runs, then stop it' });
     this.phase = 'stopping';
     await this.stopAgent();
-    const s = readState(this.config.stateDir);
-    const me = s?.nodes.find((n) => n.name === this.host.name);
+    const { s, me } = this.ownNode();
     const result = me ? await quitNode(me, (m) => this.log.info({ step: m }, 'down')) : 'not running';
     if (s && me?.role === 'secondary') for (const b of [s.buffers.active, s.buffers.hidden, ...(s.retiredBuffers ?? [])]) fs.rmSync(b, { force: true });
     if (s) writeState(this.config.stateDir, { ...s, stoppedAt: new Date().toISOString() });
@@ -285,9 +291,8 @@ export class VmHost {
    */
   async endQemu(): Promise<'killed' | 'not running'> {
     if (this.phase !== 'running' || !this.agent) throw new LockstepError(`VM "${this.name}" does not run on this host (${this.phase})`);
-    const me = readState(this.config.stateDir)?.nodes.find((n) => n.name === this.host.name);
-    if (!me) return 'not running';
-    if (!isOurQemu(me.pid, me.qmpSocket)) return 'not running';
+    const { me } = this.ownNode();
+    if (!me || !isOurQemu(me.pid, me.qmpSocket)) return 'not running';
     // Killed, as by a crash: a clean quit of the primary broke the clients' TCP connections in the lab test (a kill -9
     // never has; our guess, not verified: what colo-compare still held leaves at a clean exit, unmatched).
     this.log.warn({ pid: me.pid }, 'killing our QEMU: a failover asked for by hand');
