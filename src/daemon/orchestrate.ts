@@ -89,23 +89,22 @@ async function startStopped(name: string, hosts: [string, string], clients: Reco
 type UpOptions = { onStep?: (m: string) => void; onUpdate?: (m: string) => void; timeoutMs?: number };
 
 async function followUntilProtected(name: string, hosts: [string, string], clients: Record<string, ApiClient>, o: UpOptions, t0: number, resyncTimeoutMs: number): Promise<UpOnHostsResult> {
-  const vm = { name, hosts };
   const timeoutMs = o.timeoutMs ?? resyncTimeoutMs + 300_000;
   const deadline = performance.now() + timeoutMs;
   let last = '';
   for (;;) {
     const st: Record<string, VmStatus> = {};
-    for (const h of vm.hosts) {
-      const x = await clients[h]!.vm(vm.name);
-      if (!x) throw new LockstepError(`host ${h} forgot VM "${vm.name}"`, { hint: 'see its log: journalctl -u lockstepd' });
-      if (x.phase === 'failed') throw new LockstepError(`starting VM "${vm.name}" failed on host ${h}: ${x.detail ?? 'no detail'}`, { hint: `see its log (journalctl -u lockstepd) and ${vm.name}'s agent.log there` });
+    for (const h of hosts) {
+      const x = await clients[h]!.vm(name);
+      if (!x) throw new LockstepError(`host ${h} forgot VM "${name}"`, { hint: 'see its log: journalctl -u lockstepd' });
+      if (x.phase === 'failed') throw new LockstepError(`starting VM "${name}" failed on host ${h}: ${x.detail ?? 'no detail'}`, { hint: `see its log (journalctl -u lockstepd) and ${name}'s agent.log there` });
       st[h] = x;
     }
-    const line = vm.hosts.map((h) => vmLine(h, st[h])).join('; ');
+    const line = hosts.map((h) => vmLine(h, st[h])).join('; ');
     if (line !== last) o.onUpdate?.(line);
     last = line;
-    if (vm.hosts.every((h) => st[h]!.agent?.protected)) return { name: vm.name, hosts: vm.hosts, ms: performance.now() - t0, status: st };
-    if (performance.now() > deadline) throw new LockstepError(`VM "${vm.name}" was not protected within ${Math.round(timeoutMs / 1000)} s: ${line}`, { hint: `see lockstep status ${vm.name}` });
+    if (hosts.every((h) => st[h]!.agent?.protected)) return { name: name, hosts: hosts, ms: performance.now() - t0, status: st };
+    if (performance.now() > deadline) throw new LockstepError(`VM "${name}" was not protected within ${Math.round(timeoutMs / 1000)} s: ${line}`, { hint: `see lockstep status ${name}` });
     await sleep(POLL_MS);
   }
 }

@@ -3,8 +3,8 @@
  * witness, driven with the CLI from the management host as a user would:
  * the lab hosts, their daemons, the VM file (its image only on a), `status`
  * read through the CLI. Used by the tests of the daemons and the host-loss
- * benchmark. `end()` ends everything (QEMUs by the PIDs the daemons
- * reported), and leaves the logs.
+ * benchmark. `end()` ends everything that runs in the lab's hosts (daemons
+ * and every QEMU they started), and leaves the logs.
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -28,7 +28,6 @@ export interface VmStatusView {
 }
 
 export class DaemonVmLab {
-  private readonly qemus = new Set<number>();
   /** The VM file, as the management host sees it. */
   readonly vmFile = '/etc/lockstep/web.yaml';
 
@@ -74,11 +73,10 @@ export class DaemonVmLab {
     if (r.code !== 0) throw new LockstepError(`lockstep up -f failed: ${r.stderr.trim()}`);
   }
 
-  /** lockstep status web --json, from the management host (the QEMUs it names are ended by end()). */
+  /** lockstep status web --json, from the management host. */
   async status(): Promise<VmStatusView> {
     const r = await this.lab.cli('mgmt', ['status', 'web', '--json']);
     const s = statusSchema.parse(JSON.parse(r.stdout));
-    for (const h of s.hosts) if (h.status?.agent?.qemuPid) this.qemus.add(h.status.agent.qemuPid);
     return { code: r.code, protected: s.protected, hosts: s.hosts, of: (h: string) => s.hosts.find((x) => x.host === h)?.status };
   }
 
@@ -98,7 +96,6 @@ export class DaemonVmLab {
   async end(): Promise<void> {
     // Everything that runs in the lab's hosts is the lab's: daemons and every QEMU they started, seen or not.
     for (const h of ['a', 'b'] as const) await this.lab.crash(h);
-    for (const p of this.qemus) if (pidRunning(p)) process.kill(p, 'SIGKILL');
     if (this.witness && pidRunning(this.witness)) process.kill(this.witness, 'SIGTERM');
     await this.lab.remove();
     await this.hosts.remove();

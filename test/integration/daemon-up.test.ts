@@ -19,13 +19,11 @@ const isRoot = process.getuid?.() === 0;
 test('up -f through the daemons of two hosts that share nothing; daemon restarts; the primary killed; a failover by hand; down; up again from the newest disk', { skip: !isRoot && 'needs root for namespaces', timeout: 15 * 60_000 }, async (t) => {
   const d = await daemonLab(t, 'daemon-up');
   const { hosts, lab, vmFile } = d;
-  const status = () => d.status();
-  const untilProtected = (what: string, ms: number) => d.untilProtected(what, ms);
 
   // up, from the management host, with the image only on a.
   const up = await lab.cli('mgmt', ['up', '-f', vmFile, '--json'], { timeoutMs: 600_000 });
   assert.equal(up.code, 0, up.stderr);
-  const first = await status();
+  const first = await d.status();
   assert.equal(first.code, 0, 'status exits 0: protected');
   assert.deepEqual([first.of('a')?.agent?.role, first.of('b')?.agent?.role], ['primary', 'secondary']);
   assert.notEqual((await lab.exec('b', 'test', ['-e', '/var/lib/lockstep/images/web.qcow2'])).code, 0, "the image was never on b's host");
@@ -43,13 +41,13 @@ test('up -f through the daemons of two hosts that share nothing; daemon restarts
     await lab.stopDaemon('a', 'SIGTERM');
     assert.ok(pidRunning(pidBefore), 'the QEMU outlives its daemon');
     await lab.startDaemon('a');
-    const back = await untilProtected('after the daemon restart', 30_000);
+    const back = await d.untilProtected('after the daemon restart', 30_000);
     assert.equal(back.s.of('a')?.agent?.qemuPid, pidBefore, 'the same QEMU');
     // The same on b, whose QEMU came from the agents (a new secondary), not from up.
     const bPid = back.s.of('b')!.agent!.qemuPid;
     await lab.stopDaemon('b', 'SIGTERM');
     await lab.startDaemon('b');
-    const backB = await untilProtected('after the daemon restart on b', 30_000);
+    const backB = await d.untilProtected('after the daemon restart on b', 30_000);
     assert.equal(backB.s.of('b')?.agent?.qemuPid, bPid, "the same QEMU on b");
     const okBefore = client.latest.httpOk;
     await client.until((x) => x.httpOk >= okBefore + 10, 30_000, 'answers after the daemon restarts');
@@ -61,7 +59,7 @@ test('up -f through the daemons of two hosts that share nothing; daemon restarts
     const afterKill = client.latest.httpOk;
     await client.until((x) => x.httpOk >= afterKill + 5, 60_000, 'answers from the survivor');
     const answeredMs = performance.now() - killedAt;
-    const again = await untilProtected('after the kill', 120_000);
+    const again = await d.untilProtected('after the kill', 120_000);
     assert.deepEqual([again.s.of('a')?.agent?.role, again.s.of('b')?.agent?.role], ['secondary', 'primary']);
     process.stderr.write(`# survivor answering ${(answeredMs / 1000).toFixed(1)} s after the kill; protected again ${((performance.now() - killedAt) / 1000).toFixed(1)} s after it\n`);
 
@@ -71,7 +69,7 @@ test('up -f through the daemons of two hosts that share nothing; daemon restarts
     assert.match(refused.stderr, /b runs VM "web" already/);
     const fo = await lab.cli('mgmt', ['failover', 'web', '--to', 'a', '--json'], { timeoutMs: 120_000 });
     assert.equal(fo.code, 0, fo.stderr);
-    const moved = await untilProtected('after the failover by hand', 120_000);
+    const moved = await d.untilProtected('after the failover by hand', 120_000);
     assert.deepEqual([moved.s.of('a')?.agent?.role, moved.s.of('b')?.agent?.role], ['primary', 'secondary']);
     const okAfter = client.latest.httpOk;
     await client.until((x) => x.httpOk >= okAfter + 5, 30_000, 'answers after the failover by hand');
@@ -83,7 +81,7 @@ test('up -f through the daemons of two hosts that share nothing; daemon restarts
   }
 
   // down, from the management host: both QEMUs end, and stay ended across a daemon restart.
-  const running = (await status()).hosts.map((h) => h.status!.agent!.qemuPid);
+  const running = (await d.status()).hosts.map((h) => h.status!.agent!.qemuPid);
   const down = await lab.cli('mgmt', ['down', 'web', '--json'], { timeoutMs: 120_000 });
   assert.equal(down.code, 0, down.stderr);
   const res = JSON.parse(down.stdout) as { hosts: Array<{ host: string; role: string; qemu: string }> };
@@ -92,7 +90,7 @@ test('up -f through the daemons of two hosts that share nothing; daemon restarts
   for (const p of running) assert.equal(pidRunning(p), false, `QEMU ${p} ended`);
   await lab.stopDaemon('b', 'SIGTERM');
   await lab.startDaemon('b');
-  const after = await status();
+  const after = await d.status();
   assert.equal(after.code, 3, 'status exits 3: not protected');
   assert.deepEqual(after.hosts.map((h) => [h.host, h.status?.phase, h.status?.agent ?? null]), [['a', 'stopped', null], ['b', 'stopped', null]]);
 
@@ -100,7 +98,7 @@ test('up -f through the daemons of two hosts that share nothing; daemon restarts
   // carries on from the last acknowledged value.
   const again = await lab.cli('mgmt', ['up', '-f', vmFile], { timeoutMs: 600_000 });
   assert.equal(again.code, 0, again.stderr);
-  const restarted = await status();
+  const restarted = await d.status();
   assert.equal(restarted.code, 0);
   assert.deepEqual([restarted.of('a')?.agent?.role, restarted.of('b')?.agent?.role], ['primary', 'secondary'], 'a, whose disk is the newest, runs the VM');
   const c2 = NetnsClient.start(hosts.ns.client, '10.0.2.15', 100);

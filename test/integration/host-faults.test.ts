@@ -19,8 +19,6 @@ const isRoot = process.getuid?.() === 0;
 test('a host lost, coming back, rebooting: the VM runs on and is protected again by itself', { skip: !isRoot && 'needs root for namespaces', timeout: 15 * 60_000 }, async (t) => {
   const d = await daemonLab(t, 'host-faults');
   const { hosts, lab, vmFile } = d;
-  const status = () => d.status();
-  const untilProtected = (what: string, ms: number) => d.untilProtected(what, ms);
   const up = await lab.cli('mgmt', ['up', '-f', vmFile], { timeoutMs: 600_000 });
   assert.equal(up.code, 0, up.stderr);
   const client = NetnsClient.start(hosts.ns.client, '10.0.2.15', 100);
@@ -33,19 +31,19 @@ test('a host lost, coming back, rebooting: the VM runs on and is protected again
       await client.until((x) => x.httpOk >= ok + 5, 60_000, what);
       return performance.now() - t0;
     };
-    const primaryHost = async () => ((await status()).of('a')?.agent?.role === 'primary' ? 'a' : 'b');
+    const primaryHost = async () => ((await d.status()).of('a')?.agent?.role === 'primary' ? 'a' : 'b');
 
     // The primary's host loses power.
     const p1 = await primaryHost();
     const s1 = p1 === 'a' ? 'b' : 'a';
     await lab.powerLoss(hosts, p1);
     const answered1 = await answersAgain(`answers after host ${p1} lost power`);
-    const st1 = await status();
+    const st1 = await d.status();
     assert.equal(st1.of(s1)?.agent?.role, 'alone', `${s1} carries the VM on`);
     assert.equal(st1.code, 1, 'status exits 1: a host cannot be asked');
     await hosts.heal();
     await lab.startDaemon(p1);
-    const back1 = await untilProtected(`after host ${p1} came back`, 120_000);
+    const back1 = await d.untilProtected(`after host ${p1} came back`, 120_000);
     assert.equal(back1.s.of(s1)?.agent?.role, 'primary');
     figures.push(`primary host lost: answering again after ${(answered1 / 1000).toFixed(1)} s; back: protected again ${(back1.ms / 1000).toFixed(1)} s after its daemon started`);
 
@@ -54,13 +52,13 @@ test('a host lost, coming back, rebooting: the VM runs on and is protected again
     const answered2 = await answersAgain(`answers after the secondary's host ${p1} lost power`);
     await hosts.heal();
     await lab.startDaemon(p1);
-    const back2 = await untilProtected(`after host ${p1} came back`, 120_000);
+    const back2 = await d.untilProtected(`after host ${p1} came back`, 120_000);
     figures.push(`secondary host lost: answering after ${(answered2 / 1000).toFixed(1)} s; back: protected again ${(back2.ms / 1000).toFixed(1)} s after its daemon started`);
 
     // The secondary's host reboots: its processes end, its cables stay.
     await lab.crash(p1);
     await lab.startDaemon(p1);
-    const back3 = await untilProtected(`after host ${p1} rebooted`, 120_000);
+    const back3 = await d.untilProtected(`after host ${p1} rebooted`, 120_000);
     figures.push(`secondary host rebooted: protected again ${(back3.ms / 1000).toFixed(1)} s after its daemon started`);
     await answersAgain('answers at the end');
   } finally {
