@@ -8,14 +8,12 @@
  *   always-different traffic that forces checkpoints
  * - time from `up` to protected (both nodes in COLO, first checkpoint done)
  */
-import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { labRuntime } from '../src/lab/runtime.js';
 import { startPlainVm } from '../src/lab/plain.js';
 import { OneHostPair } from '../src/lab/pair.js';
-import { packageRoot } from '../src/util/paths.js';
-import { summarize, table, type Summary } from './stats.js';
+import { summarize, table, type Summary, writeResult } from './stats.js';
 
 const REQUESTS = Number(process.env.LOCKSTEP_BENCH_REQUESTS ?? 300);
 const CHECKPOINTS = Number(process.env.LOCKSTEP_BENCH_CHECKPOINTS ?? 100);
@@ -90,10 +88,7 @@ const result = {
   checkpointPauseMs: pauseS,
   upToProtectedMs: upS,
 };
-const dir = path.join(packageRoot(), 'bench', 'results');
-fs.mkdirSync(dir, { recursive: true });
-const file = path.join(dir, 'colo.json');
-fs.writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
+const file = writeResult('colo', result);
 
 const row = (name: string, s: Summary, extra = '') => [name, String(s.n), s.median.toFixed(1), s.p99.toFixed(1), s.max.toFixed(1), extra];
 process.stdout.write(

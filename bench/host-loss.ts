@@ -13,8 +13,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { DaemonVmLab } from '../src/lab/daemon-vm.js';
 import { NetnsClient } from '../src/lab/client-driver.js';
-import { packageRoot } from '../src/util/paths.js';
-import { summarize, table } from './stats.js';
+import { summarize, table, writeResult } from './stats.js';
 
 const ROUNDS = Number(process.env.LOCKSTEP_BENCH_HOST_LOSSES ?? 4);
 const log = (m: string) => process.stderr.write(`• ${m}\n`);
@@ -66,10 +65,7 @@ const result = {
   powerLossToAnswerMs: summarize(answered),
   daemonBackToProtectedMs: summarize(reprotected),
 };
-const dir = path.join(packageRoot(), 'bench', 'results');
-fs.mkdirSync(dir, { recursive: true });
-const file = path.join(dir, 'host-loss.json');
-fs.writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
+const file = writeResult('host-loss', result);
 const a = result.powerLossToAnswerMs;
 const p = result.daemonBackToProtectedMs;
 process.stdout.write(

@@ -19,8 +19,7 @@ import { run } from '../src/util/exec.js';
 import { qemuImg as findQemuImg } from '../src/qemu/images.js';
 import { waitFor } from '../src/util/time.js';
 import { readState } from '../src/pair/state.js';
-import { packageRoot } from '../src/util/paths.js';
-import { summarize, table } from './stats.js';
+import { summarize, table, writeResult } from './stats.js';
 
 const KILLS = Number(process.env.LOCKSTEP_BENCH_RESYNCS ?? 5);
 const DISK_MIB = Number(process.env.LOCKSTEP_BENCH_DISK_MIB ?? 256);
@@ -91,10 +90,7 @@ const result = {
   localConvertMiBps: convert,
   mirrorToConvertRatio: Math.round((mirror.median / convert.median) * 100) / 100,
 };
-const dir = path.join(packageRoot(), 'bench', 'results');
-fs.mkdirSync(dir, { recursive: true });
-const file = path.join(dir, 'resync.json');
-fs.writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
+const file = writeResult('resync', result);
 const row = (name: string, x: { n: number; median: number; p99: number; max: number }, unit: string) => [name, String(x.n), `${x.median.toFixed(0)} ${unit}`, `${x.p99.toFixed(0)} ${unit}`, `${x.max.toFixed(0)} ${unit}`];
 process.stdout.write(
   `\nRe-protection after a killed secondary (${reprotectMs.length} resyncs of a ${DISK_MIB} MiB disk of random data, agents, separate lab hosts)\n` +

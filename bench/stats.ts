@@ -1,3 +1,7 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { packageRoot } from '../src/util/paths.js';
+
 export function percentile(values: number[], p: number): number {
   if (values.length === 0) return NaN;
   const s = [...values].sort((a, b) => a - b);
@@ -20,4 +24,13 @@ export function summarize(values: number[]): Summary {
 export function table(rows: string[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
   return rows.map((r) => r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ')).join('\n');
+}
+
+/** Writes a benchmark's figures to bench/results/NAME.json; returns the file. */
+export function writeResult(name: string, result: unknown): string {
+  const dir = path.join(packageRoot(), 'bench', 'results');
+  fs.mkdirSync(dir, { recursive: true });
+  const file = path.join(dir, `${name}.json`);
+  fs.writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
+  return file;
 }

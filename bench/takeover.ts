@@ -12,8 +12,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { HostsLab } from '../src/lab/hosts-scenario.js';
-import { packageRoot } from '../src/util/paths.js';
-import { summarize, table } from './stats.js';
+import { summarize, table, writeResult } from './stats.js';
 
 const KILLS = Number(process.env.LOCKSTEP_BENCH_KILLS ?? 10);
 const log = (m: string) => process.stderr.write(`• ${m}\n`);
@@ -70,10 +69,7 @@ const result = {
   longestClientGapMs: summarize(gaps),
   echoRoundTripMaxMs: summarize(echoMax),
 };
-const dir = path.join(packageRoot(), 'bench', 'results');
-fs.mkdirSync(dir, { recursive: true });
-const file = path.join(dir, 'takeover.json');
-fs.writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
+const file = writeResult('takeover', result);
 const r = result.killToFirstGoodAnswerMs;
 const g = result.longestClientGapMs;
 process.stdout.write(
