@@ -1,20 +1,30 @@
 /**
- * Takeover figures over repeated kills (npm run bench; needs root for the
- * lab's network namespaces): a pair in bridge mode on the lab's separate
- * hosts with its agents and a witness, a client on the guest LAN sending a
- * counter request every 10 ms;
- * kill -9 the primary QEMU, and measure
- * - kill → first good answer from the survivor (p50, p99);
- * - the longest gap between two good answers the client saw.
+ * Takeover figures, with and without announce-self, side by side in one run
+ * (npm run bench; needs root for the lab's network namespaces): a pair in
+ * bridge mode on the lab's separate hosts with its agents and a witness;
+ * kill -9 of the primary QEMU, whose host and switch port stay up, so the
+ * switch still sends the VM's traffic there until something tells it
+ * otherwise. Two cases:
+ * - busy: a client on the guest LAN sends a counter request every 10 ms and
+ *   keeps an echo connection; measured: kill → first good answer from the
+ *   survivor, and the longest gap between two good answers;
+ * - idle: the client stops before the kill; once status reports the
+ *   takeover (and 1 s more), one new request: its time until answered.
+ * The variants alternate, kill after kill, so both see the same machine.
  * Written to bench/results/takeover.json.
  */
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { HostsLab } from '../src/lab/hosts-scenario.js';
-import { summarize, table, writeResult } from './stats.js';
+import { run as exec } from '../src/util/exec.js';
+import { sleep, waitFor } from '../src/util/time.js';
+import { summarize, table, writeResult, type Summary } from './stats.js';
 
-const KILLS = Number(process.env.LOCKSTEP_BENCH_KILLS ?? 10);
+/** Kills per variant and case. */
+const KILLS = Number(process.env.LOCKSTEP_BENCH_KILLS ?? 4);
+/** How long the client may go unanswered after a kill before the kill counts as "no answer". */
+const ANSWER_TIMEOUT_MS = 120_000;
 const log = (m: string) => process.stderr.write(`• ${m}\n`);
 
 if (process.getuid?.() !== 0) {
@@ -22,63 +32,133 @@ if (process.getuid?.() !== 0) {
   process.exit(0);
 }
 
+interface Variant {
+  name: string;
+  announce: boolean;
+  busyFirstAnswer: number[];
+  busyGaps: number[];
+  idleRequest: number[];
+  /** Kills after which the client had no answer within ANSWER_TIMEOUT_MS. */
+  unanswered: number;
+  /** Start-ups whose traffic stalled before any kill (reported, not hidden). */
+  startStalls: string[];
+}
+const variant = (name: string, announce: boolean): Variant => ({ name, announce, busyFirstAnswer: [], busyGaps: [], idleRequest: [], unanswered: 0, startStalls: [] });
+const variants = [variant('announce-self on (default)', true), variant('announce-self off', false)];
+
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-bench-'));
 const lab = await HostsLab.create(root);
-const firstAnswer: number[] = [];
-const gaps: number[] = [];
-const echoMax: number[] = [];
-/** Start-ups whose traffic stalled before any kill (reported, not hidden). */
-const startStalls: string[] = [];
+
+async function start(v: Variant, what: string) {
+  try {
+    return await lab.startPair({ clientIntervalMs: 10, minTraffic: 50, reprotect: false, announce: v.announce });
+  } catch (err) {
+    v.startStalls.push((err as Error).message);
+    log(`${what}: the pair's traffic stalled before the kill; counted, not measured (${(err as Error).message})`);
+    return undefined;
+  }
+}
+
+async function busy(v: Variant, what: string): Promise<void> {
+  const run = await start(v, what);
+  if (!run) return;
+  const primary = (await run.status()).nodes.find((n) => n.role === 'primary')!;
+  const before = run.client.latest;
+  const killedAt = Date.now();
+  process.kill(primary.pid!, 'SIGKILL');
+  const answered = await run.client.until((t) => t.httpOk >= before.httpOk + 100, ANSWER_TIMEOUT_MS, 'answers from the survivor').then(
+    () => true,
+    () => false,
+  );
+  const s = await run.stop();
+  const after = s.http.okTimes.find((t) => t > killedAt);
+  if (!answered || after === undefined) {
+    v.unanswered++;
+    log(`${what}: no answer within ${ANSWER_TIMEOUT_MS} ms`);
+    return;
+  }
+  let gap = 0;
+  for (let k = 1; k < s.http.okTimes.length; k++) gap = Math.max(gap, s.http.okTimes[k]! - s.http.okTimes[k - 1]!);
+  v.busyFirstAnswer.push(after - killedAt);
+  v.busyGaps.push(gap);
+  log(`${what}: first good answer after ${after - killedAt} ms, longest gap ${gap} ms`);
+}
+
+async function idle(v: Variant, what: string): Promise<void> {
+  const run = await start(v, what);
+  if (!run) return;
+  try {
+    await run.client.finish();
+    await sleep(2000);
+    const primary = (await run.status()).nodes.find((n) => n.role === 'primary')!;
+    process.kill(primary.pid!, 'SIGKILL');
+    await waitFor('the takeover', async () => ((await run.status()).lastFailover ? true : undefined), { timeoutMs: 60_000, intervalMs: 100 });
+    await sleep(1000);
+    const t0 = performance.now();
+    const r = await exec('ip', ['netns', 'exec', lab.hosts.ns.client, 'curl', '-sS', '-o', '/dev/null', '-m', String(ANSWER_TIMEOUT_MS / 1000), 'http://10.0.2.15/cgi-bin/cnt?r=idle'], {
+      allowFailure: true,
+      timeoutMs: ANSWER_TIMEOUT_MS + 10_000,
+    });
+    const ms = Math.round(performance.now() - t0);
+    if (r.code !== 0) {
+      v.unanswered++;
+      log(`${what}: no answer within ${ANSWER_TIMEOUT_MS} ms (${r.stderr.trim()})`);
+      return;
+    }
+    v.idleRequest.push(ms);
+    log(`${what}: the first request after the takeover answered in ${ms} ms`);
+  } finally {
+    await run.stop();
+  }
+}
+
 try {
   for (let i = 1; i <= KILLS; i++) {
-    let run;
-    try {
-      run = await lab.startPair({ clientIntervalMs: 10, minTraffic: 50, reprotect: false });
-    } catch (err) {
-      startStalls.push((err as Error).message);
-      log(`kill ${i}/${KILLS}: the pair's traffic stalled before the kill; counted, not measured (${(err as Error).message})`);
-      continue;
-    }
-    const primary = (await run.status()).nodes.find((n) => n.role === 'primary')!;
-    const before = run.client.latest;
-    const killedAt = Date.now();
-    process.kill(primary.pid!, 'SIGKILL');
-    await run.client.until((t) => t.httpOk >= before.httpOk + 100, 60_000, 'answers from the survivor');
-    const s = await run.stop();
-    const after = s.http.okTimes.find((t) => t > killedAt);
-    if (after === undefined) throw new Error(`kill ${i}: no answer after the kill`);
-    firstAnswer.push(after - killedAt);
-    let gap = 0;
-    for (let k = 1; k < s.http.okTimes.length; k++) gap = Math.max(gap, s.http.okTimes[k]! - s.http.okTimes[k - 1]!);
-    gaps.push(gap);
-    echoMax.push(s.echo.maxMs);
-    log(`kill ${i}/${KILLS}: first good answer after ${after - killedAt} ms, longest gap ${gap} ms, echo errors ${s.echo.errors.length}`);
+    for (const v of variants) await busy(v, `busy, kill ${i}/${KILLS}, ${v.name}`);
+    for (const v of variants) await idle(v, `idle, kill ${i}/${KILLS}, ${v.name}`);
   }
 } finally {
   await lab.remove();
   fs.rmSync(root, { recursive: true, force: true });
 }
 
+const summaries = variants.map((v) => ({
+  name: v.name,
+  announce: v.announce,
+  unanswered: v.unanswered,
+  startStalls: v.startStalls,
+  busyKillToFirstGoodAnswerMs: summarize(v.busyFirstAnswer),
+  busyLongestClientGapMs: summarize(v.busyGaps),
+  idleFirstRequestAfterTakeoverMs: summarize(v.idleRequest),
+}));
+const [on, off] = summaries as [(typeof summaries)[0], (typeof summaries)[0]];
+const ratio = (a: number, b: number) => Math.round((a / b) * 100) / 100;
 const result = {
   when: new Date().toISOString(),
-  kills: KILLS,
-  measured: firstAnswer.length,
-  startStalls,
+  killsPerVariantAndCase: KILLS,
   clientIntervalMs: 10,
-  killToFirstGoodAnswerMs: summarize(firstAnswer),
-  longestClientGapMs: summarize(gaps),
-  echoRoundTripMaxMs: summarize(echoMax),
+  answerTimeoutMs: ANSWER_TIMEOUT_MS,
+  variants: summaries,
+  /** Without / with announce-self, at the median. */
+  ratioOffToOn: {
+    busyKillToFirstGoodAnswer: ratio(off.busyKillToFirstGoodAnswerMs.median, on.busyKillToFirstGoodAnswerMs.median),
+    idleFirstRequest: ratio(off.idleFirstRequestAfterTakeoverMs.median, on.idleFirstRequestAfterTakeoverMs.median),
+  },
 };
 const file = writeResult('takeover', result);
-const r = result.killToFirstGoodAnswerMs;
-const g = result.longestClientGapMs;
+const row = (label: string, x: Summary) => [label, String(x.n), x.median.toFixed(0), x.p99.toFixed(0), x.max.toFixed(0)];
 process.stdout.write(
-  `\nTakeover after kill -9 of the primary (${firstAnswer.length} kills measured, agents + witness, bridge mode)\n` +
+  `\nTakeover after kill -9 of the primary QEMU (agents + witness, bridge mode, ${KILLS} kills per variant and case, alternating)\n` +
     table([
       ['figure', 'n', 'p50 ms', 'p99 ms', 'max ms'],
-      ['kill → first good answer', String(r.n), r.median.toFixed(0), r.p99.toFixed(0), r.max.toFixed(0)],
-      ['longest gap, client every 10 ms', String(g.n), g.median.toFixed(0), g.p99.toFixed(0), g.max.toFixed(0)],
+      ...summaries.flatMap((v) => [
+        row(`busy: kill → first good answer, ${v.name}`, v.busyKillToFirstGoodAnswerMs),
+        row(`busy: longest gap, ${v.name}`, v.busyLongestClientGapMs),
+        row(`idle: first request after takeover, ${v.name}`, v.idleFirstRequestAfterTakeoverMs),
+      ]),
     ]) +
-    (startStalls.length ? `\n${startStalls.length} start-up(s) stalled before the kill and were not measured (see startStalls in the JSON)` : '') +
+    `\nwithout / with announce-self at the median: busy ×${result.ratioOffToOn.busyKillToFirstGoodAnswer}, idle ×${result.ratioOffToOn.idleFirstRequest}` +
+    summaries.map((v) => (v.unanswered ? `\n${v.name}: ${v.unanswered} kill(s) without an answer within ${ANSWER_TIMEOUT_MS} ms` : '')).join('') +
+    summaries.map((v) => (v.startStalls.length ? `\n${v.name}: ${v.startStalls.length} start-up(s) stalled before the kill, not measured (startStalls in the JSON)` : '')).join('') +
     `\nwritten to ${path.relative(process.cwd(), file)}\n`,
 );

@@ -54,6 +54,13 @@ const network = z.discriminatedUnion('mode', [
       bridge: ifname,
       /** Tap interface per node name. */
       taps: z.record(z.string(), ifname),
+      /**
+       * After a takeover, QEMU's announce-self tells the switches and neighbours
+       * that the VM's MAC is behind the survivor's port now. Off only to measure
+       * what it saves: a switch that still sends the VM's traffic to the dead
+       * host's port loses it until the guest itself sends a packet.
+       */
+      announce: z.boolean().default(true),
     })
     .strict(),
 ]);

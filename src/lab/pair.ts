@@ -52,7 +52,7 @@ export interface LabConfigOptions {
   /** User networking: [host port on 127.0.0.1, guest port] pairs. */
   forwards?: Array<[number, number]>;
   /** Bridge mode instead: taps per node on `bridge`. */
-  tap?: { bridge: string; taps: Record<string, string> };
+  tap?: { bridge: string; taps: Record<string, string>; announce?: boolean };
   /** Network namespace per node name. */
   netns?: Record<string, string>;
   /** Node addresses (default a 127.0.0.1, b 127.0.0.2). */
@@ -69,7 +69,7 @@ export function labConfigYaml(o: LabConfigOptions): string {
   const q = o.qemu ?? {};
   const b = o.base;
   const network = o.tap
-    ? `{ mode: tap, bridge: ${o.tap.bridge}, taps: { ${Object.entries(o.tap.taps).map(([k, v]) => `${k}: ${v}`).join(', ')} } }`
+    ? `{ mode: tap, bridge: ${o.tap.bridge}, taps: { ${Object.entries(o.tap.taps).map(([k, v]) => `${k}: ${v}`).join(', ')} }${o.tap.announce === false ? ', announce: false' : ''} }`
     : `{ mode: user, forwards: [${(o.forwards ?? []).map(([h, g]) => `{ port: ${h}, guestPort: ${g} }`).join(', ')}] }`;
   const node = (name: string, address: string) => `  - { name: ${name}, address: ${address}${o.netns?.[name] ? `, netns: ${o.netns[name]}` : ''} }`;
   const r = o.replication ?? {};

@@ -57,6 +57,8 @@ export interface RunOptions {
   diskImage?: string;
   /** Echoes and requests the client must have had answered before the run counts as started. */
   minTraffic?: number;
+  /** Bridge mode: announce-self after a takeover (vm.network.announce; default true). */
+  announce?: boolean;
 }
 
 /**

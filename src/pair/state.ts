@@ -55,6 +55,8 @@ export interface PairState {
    * refuses to copy the older image over it.
    */
   authoritativeDisk?: string;
+  /** Bridge mode with vm.network.announce off: no announce-self after a takeover (absent: announce). */
+  announce?: false;
 }
 
 /** A node of the state file from its plan and its QEMU's pid. */
@@ -64,7 +66,19 @@ export function nodeStateOf(n: NodePlan, pid: number): NodeState {
 
 /** A new pair's record: its runtime, endpoints, buffers and nodes, as planned. */
 export function newPairState(c: ResolvedConfig, runtime: Runtime, plan: PairPlan, nodes: NodeState[], startedAt: Date): PairState {
-  return { version: 1, name: c.name, configFile: c.file, runtime, endpoints: plan.endpoints, forwards: plan.forwards, buffers: plan.buffers, nodes, startedAt: startedAt.toISOString() };
+  const net = c.vm.network;
+  return {
+    version: 1,
+    name: c.name,
+    configFile: c.file,
+    runtime,
+    endpoints: plan.endpoints,
+    forwards: plan.forwards,
+    buffers: plan.buffers,
+    nodes,
+    startedAt: startedAt.toISOString(),
+    ...(net.mode === 'tap' && !net.announce ? { announce: false as const } : {}),
+  };
 }
 
 export function stateFile(stateDir: string): string {

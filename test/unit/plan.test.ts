@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { parseConfig } from '../../src/config/load.js';
 import { planPair, type Runtime } from '../../src/pair/plan.js';
+import { newPairState } from '../../src/pair/state.js';
 
 const rt: Runtime = { binary: '/usr/bin/qemu-system-x86_64', accel: 'tcg', dataDirs: [], kernel: '/k/vmlinuz', initrd: '/k/initrd', reconnectMs: false };
 
@@ -57,4 +58,15 @@ test('a resync plans the other way round: b primary, a new secondary on a with i
   assert.match(s, /socket,id=red0,host=10\.0\.0\.2,port=9003/, 'the new secondary connects to b');
   assert.match(s, /-incoming tcp:10\.0\.0\.1:9998/);
   assert.match(s, /ifname=tap-a,/);
+});
+
+test("bridge mode announces the VM after a takeover unless vm.network.announce is off, and the pair's record says which", () => {
+  const record = (net: string) => {
+    const c = parseConfig(yaml(net), '/etc/lockstep/web.yaml');
+    const plan = planPair(c, rt);
+    return newPairState(c, rt, plan, [], new Date(0));
+  };
+  assert.equal(record('{ mode: tap, bridge: br0, taps: { a: tap-a, b: tap-b } }').announce, undefined);
+  assert.equal(record('{ mode: tap, bridge: br0, taps: { a: tap-a, b: tap-b }, announce: false }').announce, false);
+  assert.equal(record('{ mode: user }').announce, undefined);
 });
