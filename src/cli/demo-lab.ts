@@ -1,22 +1,19 @@
 /**
- * The demo on the lab's separate hosts (run as root): lockstep lab up, a
- * client on the guest LAN with one TCP connection to the guest's echo
- * service and a counter request every 100 ms, kill -9 of the primary QEMU,
- * the secondary's agent taking over while the client carries on, then the
- * agents re-protecting the VM with a new secondary on the node that lost
- * its QEMU. The lab is left running for lockstep lab status / kill / cut /
- * down.
+ * The demo on the lab's separate hosts, through their daemons (run as root):
+ * lockstep lab up (hosts a and b with a daemon each, a management host, a
+ * witness, VM "web" brought up with `lockstep up -f`), a client on the guest
+ * LAN with one TCP connection to the guest's echo service and a counter
+ * request every 100 ms; then the primary's host loses power, the other
+ * host's daemon carries the VM on while the client carries on, the host
+ * comes back and the daemons protect the VM again by themselves. The lab is
+ * left running for lockstep lab status / power-off / kill / cut / down.
  */
 import path from 'node:path';
-import { HostsLab } from '../lab/hosts-scenario.js';
-import { NetnsClient, counterProblems } from '../lab/client-driver.js';
-import { loadConfig } from '../config/load.js';
-import { waitForAgentTakeover } from '../pair/failover.js';
+import { DaemonVmLab } from '../lab/daemon-vm.js';
+import { NetnsClient, counterGaps } from '../lab/client-driver.js';
 import { createProgress } from '../util/progress.js';
 import { sleep, waitFor } from '../util/time.js';
-import { readState } from '../pair/state.js';
-
-const GUEST = '10.0.2.15';
+import { LAB_GUEST, labUp } from './lab-hosts.js';
 
 export interface LabDemoOptions {
   dir: string;
@@ -29,70 +26,83 @@ export async function labDemo(o: LabDemoOptions): Promise<number> {
   const out = (s: string) => process.stdout.write(s + '\n');
   const root = path.resolve(o.dir);
   const progress = createProgress();
-  const old = HostsLab.open(root);
+  const old = await DaemonVmLab.open(root);
   if (old) {
     progress.step(`stopping the previous lab in ${path.relative(process.cwd(), root) || root}`);
-    await old.remove();
+    await old.end();
   }
-  const { lab, pair } = await HostsLab.up(root, { onStep: (m) => progress.step(m), onUpdate: (m) => progress.update(m) });
-  progress.done(`protected in ${((pair.state.upMs ?? 0) / 1000).toFixed(1)} s, the guest answers`);
-  const c = loadConfig(lab.currentConfig);
-  const primary = pair.state.nodes.find((n) => n.role === 'primary')!;
-  const secondary = pair.state.nodes.find((n) => n.role === 'secondary')!;
+  const t0 = performance.now();
+  const d = await labUp(root, { onStep: (m) => progress.step(m), onUpdate: (m) => progress.update(m) });
+  progress.done(`VM "${d.vm}" protected, ${((performance.now() - t0) / 1000).toFixed(1)} s after the start (hosts, keys, daemons and the first disk sync included)`);
+  const st = await d.status();
+  const primary = (await d.writer()) ?? 'a';
+  const secondary = primary === 'a' ? 'b' : 'a';
   out('');
-  out(`hosts: ${primary.name} (primary, QEMU pid ${primary.pid}) and ${secondary.name} (secondary, pid ${secondary.pid}), each with its agent;`);
-  out(`a witness; a client on the guest LAN (${lab.hosts.addr.client}) talking to the guest at ${GUEST}.`);
-  out('The client keeps ONE TCP connection to the guest\'s echo service and asks the guest\'s disk counter every 100 ms.');
+  out(`hosts a and b each run a lockstep daemon and share nothing: ${primary} runs the VM (QEMU pid ${st.of(primary)?.agent?.qemuPid}), ${secondary} its secondary (pid ${st.of(secondary)?.agent?.qemuPid}).`);
+  out(`The VM file lives on the management host, beside the witness; a client on the guest LAN (${d.hosts.addr.client}) talks to the guest at ${LAB_GUEST}.`);
+  out("The client keeps ONE TCP connection to the guest's echo service and asks the guest's disk counter every 100 ms.");
   out('');
-  const client = NetnsClient.start(lab.hosts.ns.client, GUEST, 100);
-  await client.until((t) => t.echoOk > 0 && t.httpOk > 0, 60_000, 'the first answers through COLO');
-  const phase = async (label: string, seconds: number) => {
-    for (let s = 0; s < seconds; s++) {
-      await sleep(1000);
-      const t = client.latest;
-      out(`${label}  count=${t.lastCount ?? '-'}  echo round trips ${t.echoOk}  requests answered ${t.httpOk}  errors ${t.errors}`);
-    }
-  };
-  await phase(`[${primary.name} primary]`, o.seconds);
-  let killedWall: number | undefined;
-  if (o.kill) {
-    out('');
-    out(`kill -9 ${primary.pid}   (the primary QEMU dies)`);
-    killedWall = Date.now();
-    process.kill(primary.pid, 'SIGKILL');
-    const f = await waitForAgentTakeover(c, secondary.name);
-    out(`${f.to} took over by itself (${f.reason.replace(/^agent: /, '')}; failover procedure ${f.ms.toFixed(0)} ms)`);
-    out('');
-    await phase(`[${f.to} survivor]`, o.after);
-    // The agents re-protect the VM by themselves: a new secondary on the node that lost its QEMU.
-    const r = await waitFor('the agents to re-protect the VM', () => {
-      const x = readState(c.stateDir)?.lastResync;
-      return x && x.to === primary.name ? x : undefined;
-    }, { timeoutMs: 120_000, intervalMs: 200 }).catch(() => undefined);
-    out('');
-    if (r) {
-      out(`${r.from}'s agent re-protected the VM by itself: a new secondary on ${r.to}, its disk mirrored (${(r.mirrorBytes / 2 ** 20).toFixed(0)} MiB in ${(r.mirrorMs / 1000).toFixed(1)} s), ` +
-        `back in COLO ${((Date.parse(r.at) - killedWall) / 1000).toFixed(1)} s after the kill (the VM stopped ${r.stoppedMs.toFixed(0)} ms for the switch).`);
+  const client = NetnsClient.start(d.hosts.ns.client, LAB_GUEST, 100);
+  let failed = false;
+  let lostAt: number | undefined;
+  try {
+    await client.until((t) => t.echoOk > 0 && t.httpOk > 0, 60_000, 'the first answers through COLO');
+    const phase = async (label: string, seconds: number) => {
+      for (let s = 0; s < seconds; s++) {
+        await sleep(1000);
+        const t = client.latest;
+        out(`${label}  count=${t.lastCount ?? '-'}  echo round trips ${t.echoOk}  requests answered ${t.httpOk}  errors ${t.errors}`);
+      }
+    };
+    await phase(`[${primary} primary]`, o.seconds);
+    if (o.kill) {
       out('');
-      await phase(`[${r.from} primary, ${r.to} secondary]`, 3);
-    } else out(`WARNING: the pair was not protected again within 2 minutes; see ${c.stateDir}/*/agent.log`);
+      out(`host ${primary} loses power: its cables dead, its daemon and QEMU killed   (lockstep lab power-off ${primary})`);
+      const before = client.latest.httpOk;
+      lostAt = Date.now();
+      await d.lab.powerLoss(d.hosts, primary);
+      await client.until((t) => t.httpOk > before, 60_000, 'answers from the survivor');
+      const survivor = await waitFor('the survivor to report the takeover', async () => ((await d.status()).of(secondary)?.agent?.role === 'alone' ? true : undefined), { timeoutMs: 30_000, intervalMs: 200 }).then(
+        () => `${secondary}'s daemon carries the VM on alone`,
+        () => `${secondary} answers`,
+      );
+      out(`${survivor}, and the client has answers again`);
+      out('');
+      await phase(`[${secondary} survivor]`, o.after);
+      out('');
+      out(`host ${primary} comes back: cables connected, its daemon started on its old state, no QEMU   (lockstep lab power-on ${primary})`);
+      await d.hosts.heal();
+      await d.lab.startDaemon(primary);
+      const back = await d.untilProtected(`after host ${primary} came back`, 180_000).catch((err: Error) => {
+        out(`WARNING: ${err.message}`);
+        return undefined;
+      });
+      if (back) {
+        out(`protected again ${(back.ms / 1000).toFixed(1)} s after its daemon started: ${secondary} primary, a new secondary on ${primary}, its disk synced over the replication network.`);
+        out('');
+        await phase(`[${secondary} primary, ${primary} secondary]`, 3);
+      } else failed = true;
+    }
+  } finally {
+    const s = await client.finish();
+    const gaps = counterGaps(s.http.requests);
+    out('');
+    const first = lostAt === undefined ? undefined : s.http.okTimes.find((t) => t > lostAt!);
+    if (first !== undefined) out(`The first answer from the survivor came ${first - lostAt!} ms after the power loss.`);
+    out(
+      s.echo.closed || s.echo.errors.length
+        ? `WARNING: the echo connection broke: ${s.echo.errors.join('; ') || 'closed by the guest'}`
+        : `The client's TCP connection stayed open throughout: ${s.echo.ok} echoes, the longest ${s.echo.maxMs.toFixed(0)} ms.`,
+    );
+    out(gaps ? `WARNING: the disk counter: ${gaps}` : `No acknowledged write was lost: the disk counter never went back, and every value skipped is explained by a request that failed (${s.http.counts[0]} … ${s.http.counts.at(-1)}).`);
+    if (s.http.errors.length) out(`${s.http.errors.length} request(s) failed (those in flight at the power loss): ${s.http.errors.slice(0, 3).join('; ')}`);
+    failed ||= gaps !== undefined || s.echo.closed || s.echo.errors.length > 0;
   }
-  const s = await client.finish();
-  const problem = counterProblems(s.http.counts);
   out('');
-  const first = killedWall === undefined ? undefined : s.http.okTimes.find((t) => t > killedWall!);
-  if (first !== undefined) out(`The first answer from the survivor came ${first - killedWall!} ms after the kill.`);
-  out(s.echo.closed || s.echo.errors.length
-    ? `WARNING: the echo connection broke: ${s.echo.errors.join('; ') || 'closed by the guest'}`
-    : `The client's TCP connection stayed open throughout: ${s.echo.ok} echoes, the longest ${s.echo.maxMs.toFixed(0)} ms.`);
-  out(problem
-    ? `WARNING: the disk counter ${problem}`
-    : `The disk counter never went back nor skipped an acknowledged value (${s.http.counts[0]} … ${s.http.counts.at(-1)}).`);
-  if (s.http.errors.length) out(`${s.http.errors.length} request(s) failed (at most the one in flight at the kill is expected): ${s.http.errors.slice(0, 3).join('; ')}`);
-  out('');
-  out('The lab keeps running, the VM protected.');
-  out('  look:      node bin/lockstep.js lab status');
-  out(`  try:       node bin/lockstep.js lab exec client -- wget -qO- http://${GUEST}/cgi-bin/cnt`);
+  out('The lab keeps running.');
+  out(`  look:      node bin/lockstep.js lab status   (or: lab run mgmt status ${d.vm})`);
+  out(`  try:       node bin/lockstep.js lab exec client -- wget -qO- http://${LAB_GUEST}/cgi-bin/cnt`);
+  out('  chaos:     node bin/lockstep.js lab power-off primary | lab kill secondary | lab cut replication');
   out('  stop it:   node bin/lockstep.js lab down');
-  return problem || s.echo.closed || s.echo.errors.length ? 1 : 0;
+  return failed ? 1 : 0;
 }

@@ -2,19 +2,20 @@
  * VM "web" on the daemons of two lab hosts that share nothing, with a
  * witness, driven with the CLI from the management host as a user would:
  * the lab hosts, their daemons, the VM file (its image only on a), `status`
- * read through the CLI. Used by the tests of the daemons and the host-loss
- * benchmark. `end()` ends everything that runs in the lab's hosts (daemons
- * and every QEMU they started), and leaves the logs.
+ * read through the CLI. Used by the tests of the daemons, the host-loss
+ * benchmark, and `lockstep lab up` / the demo, which keep it between commands
+ * (a record in its directory; open() finds it again). `end()` ends
+ * everything that runs in the lab's hosts (daemons and every QEMU they
+ * started) and the witness, and leaves the logs.
  */
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
-import { createLabHosts, type LabHosts } from './hosts.js';
+import { createLabHosts, labHosts, type LabHosts } from './hosts.js';
 import { LabDaemons } from './daemons.js';
-import { startWitness, LAB_SECRET } from './scenario.js';
+import { startWitness, isLabWitness, LAB_SECRET } from './scenario.js';
 import { vmStatusSchema, type VmStatus } from '../daemon/api-types.js';
-import { pidRunning } from '../util/proc.js';
 import { sleep } from '../util/time.js';
 import { LockstepError } from '../util/errors.js';
 
@@ -27,9 +28,14 @@ export interface VmStatusView {
   of(h: string): VmStatus | undefined;
 }
 
+/** What a kept lab records in its directory, to be found again by a later command. */
+const recordSchema = z.object({ ns: z.object({ a: z.string(), b: z.string(), witness: z.string(), client: z.string(), switch: z.string() }), tag: z.string(), witnessPid: z.number().optional() });
+
 export class DaemonVmLab {
   /** The VM file, as the management host sees it. */
   readonly vmFile = '/etc/lockstep/web.yaml';
+  /** The VM's name. */
+  readonly vm = 'web';
 
   private constructor(
     readonly root: string,
@@ -38,12 +44,26 @@ export class DaemonVmLab {
     private readonly witness: number | undefined,
   ) {}
 
-  static async create(prefix: string): Promise<DaemonVmLab> {
-    const root = fs.mkdtempSync(path.join(os.tmpdir(), `lockstep-${prefix}-`));
+  static recordFile(root: string): string {
+    return path.join(root, 'daemon-lab.json');
+  }
+
+  /**
+   * A new lab: hosts, their daemons, a witness and the VM file (not up yet).
+   * In a new temporary directory, or in `o.root` (kept: open(root) finds it).
+   */
+  static async create(prefix: string, o: { root?: string; reprotect?: boolean } = {}): Promise<DaemonVmLab> {
+    if (o.root && fs.existsSync(DaemonVmLab.recordFile(o.root))) {
+      throw new LockstepError(`a lab is already up in ${o.root}`, { hint: 'use it, or stop it first with lockstep lab down' });
+    }
+    const root = o.root ?? fs.mkdtempSync(path.join(os.tmpdir(), `lockstep-${prefix}-`));
+    fs.mkdirSync(root, { recursive: true });
     const hosts = await createLabHosts({ prefix: prefix.slice(0, 2) });
+    // Unique among the labs of this machine: the mount namespaces are named after it.
+    const tag = o.root ? hosts.ns.switch : path.basename(root);
     let lab: LabDaemons | undefined;
     try {
-      lab = await LabDaemons.create(root, hosts, { tag: path.basename(root) });
+      lab = await LabDaemons.create(root, hosts, { tag });
       const witness = await startWitness(root, hosts.ns.witness, `${hosts.addr.mgmt.witness}:7900`);
       fs.writeFileSync(
         path.join(lab.dirs('mgmt').etc, 'web.yaml'),
@@ -55,10 +75,11 @@ export class DaemonVmLab {
           '  kernel: demo',
           '  disk: { image: /var/lib/lockstep/images/web.qcow2, create: true, size: 64M }',
           '  network: { mode: tap, bridge: br0, taps: { a: tap-a, b: tap-b } }',
-          `agents: { secret: "${LAB_SECRET}", witness: "${hosts.addr.mgmt.witness}:7900", reprotect: true }`,
+          `agents: { secret: "${LAB_SECRET}", witness: "${hosts.addr.mgmt.witness}:7900", reprotect: ${o.reprotect ?? true} }`,
           '',
         ].join('\n'),
       );
+      if (o.root) fs.writeFileSync(DaemonVmLab.recordFile(root), JSON.stringify({ ns: hosts.ns, tag, witnessPid: witness }, null, 2) + '\n');
       return new DaemonVmLab(root, hosts, lab, witness);
     } catch (err) {
       await lab?.remove();
@@ -67,10 +88,30 @@ export class DaemonVmLab {
     }
   }
 
-  /** lockstep up -f, from the management host. */
-  async up(): Promise<void> {
-    const r = await this.lab.cli('mgmt', ['up', '-f', this.vmFile], { timeoutMs: 600_000 });
+  /** The lab that create(prefix, { root }) left in `root`; undefined when there is none. */
+  static async open(root: string): Promise<DaemonVmLab | undefined> {
+    let rec: z.infer<typeof recordSchema>;
+    try {
+      rec = recordSchema.parse(JSON.parse(fs.readFileSync(DaemonVmLab.recordFile(root), 'utf8')));
+    } catch {
+      return undefined;
+    }
+    const hosts = labHosts(rec.ns);
+    const lab = await LabDaemons.open(root, hosts, { tag: rec.tag });
+    if (!lab) throw new LockstepError(`the lab in ${root} is half gone (its hosts' mount namespaces are missing; a reboot?)`, { hint: `remove ${DaemonVmLab.recordFile(root)} and start a new one` });
+    return new DaemonVmLab(root, hosts, lab, rec.witnessPid);
+  }
+
+  /** lockstep up -f, from the management host; `onLine` sees its progress. */
+  async up(o: { onLine?: (line: string) => void } = {}): Promise<void> {
+    const r = await this.lab.cli('mgmt', ['up', '-f', this.vmFile], { timeoutMs: 600_000, onLine: o.onLine });
     if (r.code !== 0) throw new LockstepError(`lockstep up -f failed: ${r.stderr.trim()}`);
+  }
+
+  /** The host whose agent writes the VM's disk (primary, or alone), as status says; undefined if none. */
+  async writer(): Promise<'a' | 'b' | undefined> {
+    const s = await this.status();
+    return (['a', 'b'] as const).find((h) => s.of(h)?.agent?.role === 'primary' || s.of(h)?.agent?.role === 'alone');
   }
 
   /** lockstep status web --json, from the management host. */
@@ -96,8 +137,9 @@ export class DaemonVmLab {
   async end(): Promise<void> {
     // Everything that runs in the lab's hosts is the lab's: daemons and every QEMU they started, seen or not.
     for (const h of ['a', 'b'] as const) await this.lab.crash(h);
-    if (this.witness && pidRunning(this.witness)) process.kill(this.witness, 'SIGTERM');
+    if (this.witness && isLabWitness(this.witness, this.root)) process.kill(this.witness, 'SIGTERM');
     await this.lab.remove();
     await this.hosts.remove();
+    fs.rmSync(DaemonVmLab.recordFile(this.root), { force: true });
   }
 }

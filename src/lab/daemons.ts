@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
 import type { LabHosts } from './hosts.js';
-import { createHostFs, HOST_DIRS, type HostFs } from './mountns.js';
+import { createHostFs, openHostFs, HOST_DIRS, type HostFs } from './mountns.js';
 import { run, type RunResult } from '../util/exec.js';
 import { LockstepError } from '../util/errors.js';
 import { packageRoot } from '../util/paths.js';
@@ -26,7 +26,16 @@ interface HostEntry {
   name: LabHostName;
   netns: string;
   fs: HostFs;
-  pid: number | undefined;
+}
+
+const NAMES: readonly LabHostName[] = ['a', 'b', 'mgmt'];
+
+interface ExecOptions {
+  /** Throw when the command fails. */
+  check?: boolean;
+  timeoutMs?: number;
+  /** Each line of its output, as it comes. */
+  onLine?: (line: string) => void;
 }
 
 export class LabDaemons {
@@ -43,7 +52,7 @@ export class LabDaemons {
       const entry = async (name: LabHostName, netns: string): Promise<HostEntry> => {
         const f = await createHostFs({ name: `${o.tag}-${name}`, root: hostsDir });
         made.push(f);
-        return { name, netns, fs: f, pid: undefined };
+        return { name, netns, fs: f };
       };
       const hosts = { a: await entry('a', lab.ns.a), b: await entry('b', lab.ns.b), mgmt: await entry('mgmt', lab.ns.witness) };
       const d = new LabDaemons(root, hosts);
@@ -61,6 +70,21 @@ export class LabDaemons {
       for (const f of made) await f.remove();
       throw err;
     }
+  }
+
+  /**
+   * The hosts that create(root, lab, { tag }) set up, possibly in another
+   * process (lockstep lab up, then lab kill); undefined when they are gone.
+   */
+  static async open(root: string, lab: LabHosts, o: { tag: string }): Promise<LabDaemons | undefined> {
+    const netns: Record<LabHostName, string> = { a: lab.ns.a, b: lab.ns.b, mgmt: lab.ns.witness };
+    const entries: Partial<Record<LabHostName, HostEntry>> = {};
+    for (const name of NAMES) {
+      const f = await openHostFs({ name: `${o.tag}-${name}`, root: path.join(root, 'hosts') });
+      if (!f) return undefined;
+      entries[name] = { name, netns: netns[name], fs: f };
+    }
+    return new LabDaemons(root, entries as Record<LabHostName, HostEntry>);
   }
 
   /** Host `whom`'s certificate copied to `who` (as scp would), then pinned there with `lockstep host trust`. */
@@ -82,25 +106,34 @@ export class LabDaemons {
   }
 
   /** Runs `cmd args` inside host `h`. */
-  exec(h: LabHostName, cmd: string, args: string[], o: { check?: boolean; timeoutMs?: number } = {}): Promise<RunResult> {
+  exec(h: LabHostName, cmd: string, args: string[], o: ExecOptions = {}): Promise<RunResult> {
     const [c, ...rest] = this.enter(h);
-    return run(c!, [...rest, cmd, ...args], { allowFailure: !o.check, timeoutMs: o.timeoutMs ?? 30_000, what: `${cmd} ${args.join(' ')} on lab host ${h}` });
+    return run(c!, [...rest, cmd, ...args], { allowFailure: !o.check, timeoutMs: o.timeoutMs ?? 30_000, onLine: o.onLine, what: `${cmd} ${args.join(' ')} on lab host ${h}` });
   }
 
   /** Runs the lockstep command inside host `h`. */
-  cli(h: LabHostName, args: string[], o: { check?: boolean; timeoutMs?: number } = {}): Promise<RunResult> {
+  cli(h: LabHostName, args: string[], o: ExecOptions = {}): Promise<RunResult> {
     return this.exec(h, process.execPath, [path.join(packageRoot(), 'bin', 'lockstep.js'), ...args], o);
   }
 
-  daemonPid(h: 'a' | 'b'): number | undefined {
-    const p = this.hosts[h].pid;
-    return p !== undefined && pidRunning(p) ? p : undefined;
+  /** The PID of host `h`'s daemon, found among the host's processes (whoever started it). */
+  async daemonPid(h: 'a' | 'b'): Promise<number | undefined> {
+    const daemon = [path.join(packageRoot(), 'bin', 'lockstep.js'), 'daemon'].join('\0');
+    for (const pid of await this.processes(h)) {
+      try {
+        if (fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(daemon)) return pid;
+      } catch {
+        /* gone meanwhile */
+      }
+    }
+    return undefined;
   }
 
   /** Starts host `h`'s daemon (as its systemd unit would), logging to hosts/<h>/daemon.log; waits until it answers. */
   async startDaemon(h: 'a' | 'b'): Promise<number> {
     const e = this.hosts[h];
-    if (this.daemonPid(h)) throw new LockstepError(`the daemon of lab host ${h} runs already (pid ${e.pid})`);
+    const running = await this.daemonPid(h);
+    if (running) throw new LockstepError(`the daemon of lab host ${h} runs already (pid ${running})`);
     const logFile = path.join(e.fs.dirs.etc, '..', 'daemon.log');
     const out = fs.openSync(logFile, 'a');
     const [c, ...rest] = this.enter(h);
@@ -108,7 +141,6 @@ export class LabDaemons {
     fs.closeSync(out);
     child.unref();
     const pid = child.pid!;
-    e.pid = pid;
     const sock = path.join(e.fs.dirs.run, 'api.sock');
     await waitFor(
       `the daemon of lab host ${h} to answer`,
@@ -123,13 +155,12 @@ export class LabDaemons {
 
   /** Ends host `h`'s daemon: SIGTERM (as systemctl stop) or SIGKILL (a crash); waits until it is gone. */
   async stopDaemon(h: 'a' | 'b', signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM'): Promise<void> {
-    const pid = this.daemonPid(h);
+    const pid = await this.daemonPid(h);
     if (pid === undefined) return;
     process.kill(pid, signal);
     for (let i = 0; i < 100 && pidRunning(pid); i++) await sleep(50);
     if (pidRunning(pid)) process.kill(pid, 'SIGKILL');
     for (let i = 0; i < 40 && pidRunning(pid); i++) await sleep(50);
-    this.hosts[h].pid = undefined;
   }
 
   /** Every process running in host `h` (its network namespace): its daemon and its QEMUs. */
@@ -165,7 +196,6 @@ export class LabDaemons {
       }
     }
     for (let i = 0; i < 100 && pids.some((p) => pidRunning(p)); i++) await sleep(50);
-    this.hosts[h].pid = undefined;
     return pids;
   }
 

@@ -38,6 +38,17 @@ async function isMountpoint(dir: string): Promise<boolean> {
   return r.code === 0;
 }
 
+/** Host `name`'s directories under `root`, seen from outside. */
+function hostDirs(root: string, name: string): HostFs['dirs'] {
+  const base = path.join(root, name);
+  return { etc: path.join(base, 'etc'), state: path.join(base, 'state'), run: path.join(base, 'run') };
+}
+
+async function removeNs(file: string): Promise<void> {
+  await run('umount', ['-l', file], { allowFailure: true, timeoutMs: 10_000 });
+  fs.rmSync(file, { force: true });
+}
+
 async function privateNsDir(): Promise<void> {
   fs.mkdirSync(NS_DIR, { recursive: true, mode: 0o700 });
   if (await isMountpoint(NS_DIR)) return;
@@ -52,8 +63,7 @@ async function privateNsDir(): Promise<void> {
 export async function createHostFs(o: { name: string; root: string }): Promise<HostFs> {
   if (process.getuid?.() !== 0) throw new LockstepError('the lab hosts\' mount namespaces need root', { hint: 'run as root' });
   await privateNsDir();
-  const base = path.join(o.root, o.name);
-  const dirs = { etc: path.join(base, 'etc'), state: path.join(base, 'state'), run: path.join(base, 'run') };
+  const dirs = hostDirs(o.root, o.name);
   fs.mkdirSync(dirs.etc, { recursive: true, mode: 0o755 });
   fs.mkdirSync(dirs.state, { recursive: true, mode: 0o700 });
   fs.mkdirSync(dirs.run, { recursive: true, mode: 0o700 });
@@ -61,10 +71,7 @@ export async function createHostFs(o: { name: string; root: string }): Promise<H
   for (const d of Object.values(HOST_DIRS)) fs.mkdirSync(d, { recursive: true, mode: 0o755 });
   const file = path.join(NS_DIR, o.name);
   fs.writeFileSync(file, '');
-  const remove = async () => {
-    await run('umount', ['-l', file], { allowFailure: true, timeoutMs: 10_000 });
-    fs.rmSync(file, { force: true });
-  };
+  const remove = () => removeNs(file);
   try {
     await sh('unshare', [`--mount=${file}`, '--propagation', 'private', 'mount', '--bind', dirs.etc, HOST_DIRS.etc]);
     const inside = (cmd: string, args: string[]) => sh('nsenter', [`--mount=${file}`, '--', cmd, ...args]);
@@ -76,11 +83,17 @@ export async function createHostFs(o: { name: string; root: string }): Promise<H
     await remove();
     throw err;
   }
-  return {
-    name: o.name,
-    file,
-    dirs,
-    enter: (netns) => ['nsenter', `--mount=${file}`, '--', 'ip', 'netns', 'exec', netns],
-    remove,
-  };
+  return hostFsOf(o.name, file, dirs, remove);
+}
+
+function hostFsOf(name: string, file: string, dirs: HostFs['dirs'], remove: () => Promise<void>): HostFs {
+  return { name, file, dirs, enter: (netns) => ['nsenter', `--mount=${file}`, '--', 'ip', 'netns', 'exec', netns], remove };
+}
+
+/** The file system view of host `name` that createHostFs made earlier (possibly in another process); undefined when it is gone. */
+export async function openHostFs(o: { name: string; root: string }): Promise<HostFs | undefined> {
+  const file = path.join(NS_DIR, o.name);
+  if (!fs.existsSync(file) || !(await isMountpoint(file))) return undefined;
+  const dirs = hostDirs(o.root, o.name);
+  return hostFsOf(o.name, file, dirs, () => removeNs(file));
 }

@@ -106,7 +106,7 @@ export async function startRun(cfgFile: string, clientNetns: string, beforeClien
 }
 
 /** Whether `pid` is the witness that startWitness(root, ...) started (and not a process that reused its PID). */
-function isLabWitness(pid: number, root: string): boolean {
+export function isLabWitness(pid: number, root: string): boolean {
   if (!pidRunning(pid)) return false;
   try {
     return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes(path.join(root, 'witness.yaml'));
