@@ -9,7 +9,7 @@ import { resync } from '../pair/resync.js';
 import { createProgress } from '../util/progress.js';
 import { print } from './output.js';
 import { loadHostFile } from '../config/host.js';
-import { upOnHosts, vmOnHosts, vmLine, downOnHosts, failoverOnHosts } from '../daemon/orchestrate.js';
+import { upOnHosts, vmOnHosts, vmLine, downOnHosts, failoverOnHosts, resyncOnHosts } from '../daemon/orchestrate.js';
 import { hostFileOf } from './host.js';
 import { LockstepError } from '../util/errors.js';
 
@@ -61,6 +61,7 @@ function formatStatus(s: PairStatus): string {
       );
       if (a.work) lines.push(`        doing: ${a.work.kind}${a.work.phase ? ` (${a.work.phase})` : ''} for ${(a.work.runningMs / 1000).toFixed(1)} s: ${a.work.why}`);
       if (a.lastDecision) lines.push(`        last decision: ${a.lastDecision}`);
+      if (a.waiting && !a.work) lines.push(`        waiting: ${a.waiting}`);
     }
   }
   return lines.join('\n');
@@ -140,6 +141,7 @@ export function registerPairCommands(program: Command): void {
             `  ${a.error ? `${a.host}: cannot ask: ${a.error}` : vmLine(a.host, a.status)}`,
             ...(a.status?.agent?.degraded ?? []).map((d) => `    ! ${d}`),
             ...(a.status?.agent?.lastDecision ? [`    last decision: ${a.status.agent.lastDecision}`] : []),
+            ...(a.status?.agent?.waiting && !a.status.agent.work ? [`    waiting: ${a.status.agent.waiting}`] : []),
           ]),
         ].join('\n'),
       );
@@ -186,14 +188,30 @@ export function registerPairCommands(program: Command): void {
       'after a failover the VM runs alone on the survivor. resync starts a new secondary on the other node (a fresh\n' +
         'replica: that node\'s old disk is stale and is not read), mirrors the survivor\'s disk to it while the VM runs,\n' +
         'then stops the VM for a moment and re-enters COLO ("resume replication" in the COLO documentation).\n' +
-        'It never resyncs the wrong way: the node whose disk generation is older is always the target. On failure the\n' +
-        'survivor runs on alone, as before, and resync can be run again.',
+        'It never resyncs the wrong way: the node whose disk epoch is older is always the target. On failure the\n' +
+        'survivor runs on alone, as before, and resync can be run again.\n\n' +
+        'With NAME (two hosts with daemons): the host that runs the VM alone is asked to resync the other now. Its\n' +
+        'agent does it under the same rules as its own resyncs (with agents.reprotect on, which is the default, they\n' +
+        'resync by themselves: this only skips their wait between attempts). If it cannot begin (the other host\'s\n' +
+        'daemon is down, its disk is newer, no lease), the error says what it waits for; the request stands.\n' +
+        'With -c: a pair started from here, without agents.',
     )
-    .requiredOption('-c, --config <file>', CONFIG_HELP)
+    .argument('[vm]', 'the VM\'s name (with daemons)')
+    .option('-c, --config <file>', CONFIG_HELP)
+    .option('--host-file <file>', 'this host\'s settings (default: $LOCKSTEP_HOST_FILE, else /etc/lockstep/host.yaml)')
     .option('--json', 'print the result as JSON')
-    .action(async (opts: { config: string; json?: boolean }) => {
-      const c = loadConfig(opts.config);
+    .action(async (vm: string | undefined, opts: { config?: string; hostFile?: string; json?: boolean }) => {
+      if (!!vm === !!opts.config) throw new LockstepError('give either a VM name (with daemons) or -c CONFIG (a pair started from here)', { hint: 'lockstep resync --help' });
       const progress = createProgress(process.stderr, { quiet: opts.json === true });
+      if (vm) {
+        const r = await resyncOnHosts(loadHostFile(hostFileOf(opts.hostFile)), vm, { onStep: (m) => progress.step(m), onUpdate: (m) => progress.update(m) });
+        progress.done();
+        print(opts.json, r, () =>
+          r.alreadyProtected ? `VM "${r.name}" is protected already (${r.from} primary, ${r.to} secondary): nothing to do` : `protected again: ${r.from} primary, ${r.to} secondary, ${(r.ms / 1000).toFixed(1)} s after the request`,
+        );
+        return;
+      }
+      const c = loadConfig(opts.config!);
       const r = await resync(c, {
         onStep: (m) => progress.step(m),
         onUpdate: (m) => progress.update(m),

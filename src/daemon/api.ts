@@ -38,6 +38,8 @@ export interface DaemonView {
   stopVm(name: string): Promise<{ name: string; host: string; qemu: string }>;
   /** Ends this host's QEMU of the VM, its agent running on (a failover by hand). */
   endQemu(name: string): Promise<{ name: string; host: string; qemu: string }>;
+  /** Asks this host's agent, which runs the VM alone, to resync the other host now; the VM's status at once. */
+  resync(name: string): VmStatus;
   /** The name of the trusted host whose certificate has this SHA-256 fingerprint, if any. */
   peerByFingerprint(fp: string): string | undefined;
 }
@@ -88,6 +90,7 @@ export function apiApp(view: DaemonView, listener: 'local' | 'tls'): Hono<Env> {
   });
   app.post(`${v}/vms/:name/start`, (c) => c.json(view.startVm(c.req.param('name')), 202));
   app.post(`${v}/vms/:name/end-qemu`, async (c) => c.json(await view.endQemu(c.req.param('name'))));
+  app.post(`${v}/vms/:name/resync`, (c) => c.json(view.resync(c.req.param('name')), 202));
   app.post(`${v}/vms/:name/stop`, async (c) => c.json(await view.stopVm(c.req.param('name'))));
   app.notFound((c) => c.json(errorBody(`no such API path: ${c.req.method} ${c.req.path}`, `this daemon speaks /${API_VERSION}/...; is the lockstep command of the same version?`), 404));
   app.onError((err, c) => {

@@ -109,6 +109,10 @@ export class ApiClient {
     return this.call('POST', `/vms/${encodeURIComponent(name)}/end-qemu`, stopAnswerSchema);
   }
 
+  resync(name: string): Promise<VmStatus> {
+    return this.call('POST', `/vms/${encodeURIComponent(name)}/resync`, vmStatusSchema);
+  }
+
   startVm(name: string): Promise<VmStatus> {
     return this.call('POST', `/vms/${encodeURIComponent(name)}/start`, vmStatusSchema);
   }

@@ -203,6 +203,12 @@ export class Daemon implements DaemonView {
     return { name, host: this.host.name, qemu: await this.vmHost(name).endQemu() };
   }
 
+  resync(name: string): VmStatus {
+    const v = this.vmHost(name);
+    v.resync();
+    return v.status();
+  }
+
   startVm(name: string): VmStatus {
     const v = this.vmHost(name, 'define it first: lockstep up -f FILE');
     v.checkStartable();

@@ -53,7 +53,14 @@ export async function upOnHosts(host: HostConfig, file: string, o: UpOptions = {
   const infos = Object.fromEntries(await Promise.all(vm.hosts.map(async (h) => [h, await clients[h]!.host()] as const)));
   for (const h of vm.hosts) if (infos[h]!.name !== h) throw new LockstepError(`the daemon reached as "${h}" says it is "${infos[h]!.name}"`, { hint: 'fix the peers in this host file' });
   const current = await Promise.all(vm.hosts.map((h) => clients[h]!.vm(vm.name)));
-  if (current.every((c) => c?.phase === 'stopped')) return startStopped(vm.name, vm.hosts, clients, o, vm.replication.resyncTimeoutMs);
+  if (current.every((c) => c?.phase === 'stopped')) {
+    if (!vm.agents.reprotect) {
+      throw new LockstepError(`VM "${vm.name}" is stopped, and with agents.reprotect off its agents do not restart it from the newest disk by themselves`, {
+        hint: 'turn agents.reprotect on in the VM file, or start it again from scratch (lockstep down does not remove a definition yet)',
+      });
+    }
+    return startStopped(vm.name, vm.hosts, clients, o, vm.replication.resyncTimeoutMs);
+  }
   for (const [i, cur] of current.entries()) {
     if (cur && cur.phase !== 'defined') throw new LockstepError(`VM "${vm.name}" is ${cur.phase} on host ${vm.hosts[i]} already`, { hint: cur.phase === 'stopped' ? `it is stopped there but not on the other host: see lockstep status ${vm.name}` : `see lockstep status ${vm.name}` });
   }
@@ -71,6 +78,8 @@ export async function upOnHosts(host: HostConfig, file: string, o: UpOptions = {
   await clients[s]!.startVm(vm.name);
   await clients[p]!.startVm(vm.name);
   step('protecting it: a new secondary on ' + s + ', synced from ' + p + ' over the replication network');
+  // With re-protection off the agents protect only when asked: the first protection is asked for here.
+  if (!vm.agents.reprotect) await askResyncWhenAlone(clients[p]!, vm.name, p);
   return followUntilProtected(vm.name, vm.hosts, clients, o, t0, vm.replication.resyncTimeoutMs);
 }
 
@@ -210,4 +219,73 @@ export async function failoverOnHosts(host: HostConfig, name: string, to: string
     if (performance.now() > deadline) throw new LockstepError(`${to} did not take VM "${name}" over within ${Math.round((o.timeoutMs ?? 60_000) / 1000)} s (${a ? `${a.role}: ${a.degraded.join('; ')}` : 'no agent'})`, { hint: `see lockstep status ${name} and the agent logs` });
     await sleep(POLL_MS);
   }
+}
+
+/** Waits until `host`'s agent runs VM `name` alone, then asks it to resync its peer. */
+async function askResyncWhenAlone(client: ApiClient, name: string, host: string, timeoutMs = 60_000): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const a = (await client.vm(name))?.agent;
+    if (a?.role === 'alone') return void (await client.resync(name));
+    if (performance.now() > deadline) throw new LockstepError(`${host} did not run VM "${name}" within ${Math.round(timeoutMs / 1000)} s (${a ? `${a.role}: ${a.waiting ?? a.degraded.join('; ')}` : 'no agent'})`, { hint: `see lockstep status ${name} and ${name}'s agent.log on ${host}` });
+    await sleep(POLL_MS);
+  }
+}
+
+export interface ResyncOnHostsResult {
+  name: string;
+  /** The host that ran the VM alone, now its primary. */
+  from: string;
+  /** The host resynced as its new secondary. */
+  to: string;
+  /** From the request until both hosts said protected (0 when it was already). */
+  ms: number;
+  alreadyProtected: boolean;
+}
+
+/**
+ * lockstep resync NAME: the host that runs the VM alone is asked to resync
+ * the other as its new secondary now (with agents.reprotect off the agents
+ * wait for this; with it on, this only skips their back-off). Its agent
+ * decides under the rules of every resync; when it does not begin within
+ * `beginTimeoutMs`, what it waits for is the error (the request stands).
+ */
+export async function resyncOnHosts(
+  host: HostConfig,
+  name: string,
+  o: UpOptions & { beginTimeoutMs?: number } = {},
+): Promise<ResyncOnHostsResult> {
+  const answers = await vmOnHosts(host, name);
+  const known = answers.find((a) => a.status)?.status;
+  if (!known) throw new LockstepError(`no host knows a VM "${name}"`, { hint: answers.length ? answers.map((a) => `${a.host}: ${a.error}`).join('; ') : 'see lockstep status NAME' });
+  const hosts = known.hosts;
+  const roleOf = (h: string) => answers.find((a) => a.host === h)?.status?.agent ?? undefined;
+  if (hosts.every((h) => roleOf(h)?.protected)) {
+    const p = hosts.find((h) => roleOf(h)?.role === 'primary') ?? hosts[0];
+    return { name, from: p, to: hosts.find((h) => h !== p)!, ms: 0, alreadyProtected: true };
+  }
+  const from = hosts.find((h) => roleOf(h)?.role === 'alone');
+  if (!from) {
+    const seen = hosts.map((h) => `${h}: ${roleOf(h)?.role ?? answers.find((a) => a.host === h)?.error ?? 'no agent'}`).join(', ');
+    throw new LockstepError(`no host runs VM "${name}" alone, so there is nothing to resync from (${seen})`, { hint: `see lockstep status ${name}` });
+  }
+  const to = hosts.find((h) => h !== from)!;
+  const clients = { [from]: clientFor(host, from), [to]: clientFor(host, to) };
+  o.onStep?.(`asking ${from}, which runs the VM alone, to resync ${to} as its new secondary`);
+  const t0 = performance.now();
+  await clients[from]!.resync(name);
+  const begin = o.beginTimeoutMs ?? 15_000;
+  for (;;) {
+    const a = (await clients[from]!.vm(name))?.agent;
+    if (a?.work?.kind === 'reprotect' || a?.protected) break;
+    if (performance.now() - t0 > begin) {
+      throw new LockstepError(`${from} did not begin the resync within ${Math.round(begin / 1000)} s: ${a?.waiting ?? a?.degraded.join('; ') ?? 'its agent stopped'}`, {
+        hint: `the request stands: ${from}'s agent resyncs as soon as that changes (see lockstep status ${name})`,
+      });
+    }
+    await sleep(POLL_MS);
+  }
+  o.onStep?.(`resyncing: ${to}'s disk mirrored from ${from} over the replication network, then COLO again`);
+  const r = await followUntilProtected(name, [from, to], clients, o, t0, o.timeoutMs ?? 600_000);
+  return { name, from, to, ms: r.ms, alreadyProtected: false };
 }

@@ -285,6 +285,24 @@ export class VmHost {
   }
 
   /**
+   * lockstep resync on this host, which must run the VM alone: its agent
+   * resyncs the other host as its new secondary, under the rules of every
+   * resync (the other host's agent up, its disk not newer, the lease ours).
+   * The answer is the agent's status at once; the resync goes on after it.
+   */
+  resync(): AgentStatus {
+    const a = this.phase === 'running' ? this.agent : undefined;
+    if (!a) throw new ApiRefusal(409, `VM "${this.name}" does not run on this host (${this.phase})`, 'ask the host that runs it: see lockstep status NAME');
+    const st = a.status();
+    if (st.role !== 'alone') {
+      throw new ApiRefusal(409, `this host's agent is ${st.role}${st.protected ? ' (protected)' : ''}, not running the VM alone: nothing to resync from here`, st.protected ? 'the VM is protected already' : 'ask the host that runs it alone: see lockstep status NAME');
+    }
+    this.log.info({ vm: this.name }, 'an operator asked for a resync');
+    a.askResync();
+    return a.status();
+  }
+
+  /**
    * Ends this host's QEMU of the VM while its agent runs on: the agent sees
    * it gone and says so, and the other host's agent takes over (a failover
    * asked for by hand); this node is then re-protected as after any loss.

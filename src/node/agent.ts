@@ -574,6 +574,11 @@ export class Agent {
     }
   }
 
+  /** An operator asks for a resync now (lockstep resync NAME); the core decides whether and when, as for its own. */
+  askResync(): void {
+    this.input({ t: 'operator-resync' });
+  }
+
   // ---- control socket (status) ----
 
   status(): AgentStatus {

@@ -130,6 +130,7 @@ export const agentStatusSchema = z.object({
     .nullable(),
   retry: z.array(z.object({ kind: z.string(), failures: z.number(), inMs: z.number(), lastError: z.string().nullable() })),
   lastDecision: z.string().nullable(),
+  waiting: z.string().nullable(),
   /** The agent's process and its QEMU's. */
   pid: z.number(),
   qemuPid: z.number(),

@@ -1290,7 +1290,7 @@ export class World {
       .map((x) => {
         const n = this.nodes[x];
         const st = n.agent ? statusOf(n.agent.core) : null;
-        return `${x}: ${st ? `${st.role}${st.work ? ` [${st.work.kind}/${st.work.phase}]` : ''} ${st.lastDecision ?? ''}` : 'no agent'}; qemu ${n.qemu ? `${n.qemu.mode}${n.qemu.paused ? ' paused' : ''}${n.qemu.broken ? ' broken' : ''}` : 'none'}; disk ${n.record.epoch ? `${n.record.epoch.gen}/${n.record.epoch.by}` : '?'}`;
+        return `${x}: ${st ? `${st.role}${st.work ? ` [${st.work.kind}/${st.work.phase}]` : ''} ${st.lastDecision ?? st.waiting ?? ''}` : 'no agent'}; qemu ${n.qemu ? `${n.qemu.mode}${n.qemu.paused ? ' paused' : ''}${n.qemu.broken ? ' broken' : ''}` : 'none'}; disk ${n.record.epoch ? `${n.record.epoch.gen}/${n.record.epoch.by}` : '?'}`;
       })
       .join(' | ');
   }

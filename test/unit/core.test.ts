@@ -253,6 +253,26 @@ test('an agent restarted after its QEMU died is down, whatever it was; the survi
   assert.ok(req && req.t === 'send-peer' && req.msg.t === 'req' && req.msg.body.k === 'resync-prepare');
 });
 
+test('re-protection off: the survivor stays alone until an operator asks for a resync, once, under the same rules', () => {
+  const b = new Node({ name: 'b', peer: 'a', reprotect: false }, { epoch: E(2, 'b') });
+  b.peer = { ...b.peer, boot: 'boot-a', role: 'down', qemu: 'dead', disk: E(1) };
+  b.found({ colo: 'none' });
+  const answer = grantAll(b);
+  b.run(3000, { heartbeats: true, answer });
+  assert.deepEqual(b.decisions(), [], 'no resync by itself');
+  assert.match(statusOf(b.s).waiting ?? '', /re-protection is off: lockstep resync NAME/);
+  b.in({ t: 'operator-resync' });
+  b.run(100, { heartbeats: true, answer });
+  assert.deepEqual(b.decisions(), ['reprotect']);
+  assert.match(b.s.decisions.at(-1)!.why, /as an operator asked/);
+  assert.equal(b.s.resyncAskedAt, null, 'the request is used up when the resync begins');
+  // A request to a node that does not run the VM alone changes nothing.
+  const a = new Node();
+  a.found({ running: false });
+  a.in({ t: 'operator-resync' });
+  assert.equal(a.s.resyncAskedAt, null);
+});
+
 test('both hosts lost power: the node with the newest disk restarts the VM; of two equal ones, the first name', () => {
   const newer = new Node({ name: 'b', peer: 'a' }, { epoch: E(3, 'b') });
   newer.peer = { ...newer.peer, boot: 'boot-a', role: 'down', qemu: 'dead', disk: E(2, 'a') };

@@ -130,6 +130,7 @@ export function initCore(cfg: CoreConfig, now: number, boot: string, disk: { epo
     decisions: [],
     waiting: null,
     handover: null,
+    resyncAskedAt: null,
   };
 }
 
@@ -215,6 +216,7 @@ function setRole(s: CoreState, role: Role): void {
   // A new role is a new episode: failovers of the old one start afresh, and a node newly alone resyncs at once.
   for (const k of ['primary-failover', 'takeover', 'fence', 'unfence']) delete s.attempts[k];
   if (role === 'alone') delete s.attempts.reprotect;
+  else s.resyncAskedAt = null;
 }
 
 export function starting(s: CoreState): boolean {
@@ -393,6 +395,12 @@ function absorb(ctx: Ctx, input: Input): void {
         s.peer.probe = null;
         s.peer.probeResult = { alive: input.alive, at: s.now };
       }
+      return;
+    case 'operator-resync':
+      // Only a node that runs the VM alone resyncs; the daemon refuses the request elsewhere, so this is a race: ignored.
+      if (s.role !== 'alone') return;
+      s.resyncAskedAt = s.now;
+      delete s.attempts.reprotect;
       return;
   }
 }
@@ -816,6 +824,7 @@ function act(ctx: Ctx): void {
       return;
     }
     case 'reprotect':
+      s.resyncAskedAt = null;
       return beginReprotect(ctx, a.why);
   }
 }
@@ -949,7 +958,7 @@ function chooseAlone(s: CoreState): Action {
   if (s.cfg.witness && peer && (peer.role === 'alone' || peer.role === 'primary') && !leaseValid(s)) {
     return { action: 'fence', why: `${s.cfg.peer} also runs the VM and we do not hold the lease`, yank: false };
   }
-  if (!s.cfg.reprotect) return wait('running alone, unprotected (re-protection is off)');
+  if (!s.cfg.reprotect && s.resyncAskedAt === null) return wait('running alone, unprotected (re-protection is off: lockstep resync NAME protects it again)');
   if (!fresh || !peer) return wait('running alone, unprotected: no word from the peer');
   if (!(peer.role === 'down' || peer.role === 'fenced') || peer.busy !== null) return wait(`running alone, unprotected: the peer is ${peer.role}${peer.busy ? ` (${peer.busy})` : ''}`);
   if (!mayTry(s, 'reprotect')) return wait(`running alone, unprotected: waiting before the next resync attempt`);
@@ -960,7 +969,8 @@ function chooseAlone(s: CoreState): Action {
     return wait(`running alone, unprotected: not resyncing ${s.cfg.peer}, its disk (${formatEpoch(peer.disk ?? undefined)}) is ${compareEpochs(peer.disk ?? undefined, s.disk.epoch)} than/to ours (${formatEpoch(s.disk.epoch)})`);
   }
   if (s.cfg.witness && !leaseValid(s)) return wait('running alone, unprotected: waiting for the lease before resyncing');
-  return { action: 'reprotect', why: `${s.cfg.peer}'s agent is back (${peer.role}, disk ${formatEpoch(peer.disk ?? undefined)}, ours ${formatEpoch(s.disk.epoch)}): resync it as our new secondary` };
+  const asked = s.resyncAskedAt !== null ? ', as an operator asked' : '';
+  return { action: 'reprotect', why: `${s.cfg.peer}'s agent is back (${peer.role}, disk ${formatEpoch(peer.disk ?? undefined)}, ours ${formatEpoch(s.disk.epoch)}): resync it as our new secondary${asked}` };
 }
 
 function chooseFenced(s: CoreState): Action {
@@ -1615,6 +1625,7 @@ export function statusOf(s: CoreState): CoreStatus {
       mirror: w.kind === 'reprotect' ? w.mirror : null,
     },
     retry,
-    lastDecision: last ? `${last.action}: ${last.why}` : s.waiting,
+    lastDecision: last ? `${last.action}: ${last.why}` : null,
+    waiting: s.waiting,
   };
 }

@@ -273,6 +273,13 @@ export interface CoreState {
   waiting: string | null;
   /** After a resync: the new secondary's agent must learn our epoch (resync-done), told again until it answers. */
   handover: { epoch: Epoch; until: number } | null;
+  /**
+   * When an operator asked for a resync (lockstep resync NAME) and it has not
+   * begun yet: it stands in for agents.reprotect once and skips the back-off;
+   * every other rule of a resync still holds. Dropped when the resync begins
+   * or we stop running the VM alone.
+   */
+  resyncAskedAt: number | null;
 }
 
 export type Input = { now: number } & (
@@ -290,6 +297,8 @@ export type Input = { now: number } & (
   | { t: 'proc-failed'; id: string; stepsDone: number; error: string }
   | { t: 'disk-persisted'; id: string; ok: boolean; error?: string }
   | { t: 'probe-result'; id: string; alive: boolean }
+  /** An operator asks for a resync now (when we run the VM alone). */
+  | { t: 'operator-resync' }
 );
 
 /** An input without its time (the simulator and the runtime add `now` as they feed it). */
@@ -342,4 +351,6 @@ export interface CoreStatus {
   work: { kind: string; phase: string | null; why: string; runningMs: number; step: string | null; mirror: { offset: number; len: number } | null } | null;
   retry: Array<{ kind: string; failures: number; inMs: number; lastError: string | null }>;
   lastDecision: string | null;
+  /** What the agent waits for now, when it does nothing (why it does not act). */
+  waiting: string | null;
 }
