@@ -128,7 +128,7 @@ async function main(): Promise<void> {
     out.push(
       await attempt('authenticated, then a replayed line', async (s, h) => {
         const { key } = await handshake(s, h.nonce);
-        const line = signFrame(key, 'c2s', 1, JSON.stringify({ t: 'release', id: 'x1' }));
+        const line = signFrame(key, 'c2s', 1, JSON.stringify({ t: 'release', id: 'x1', lease: 'web' }));
         s.write(line + '\n' + line + '\n');
       }),
     );

@@ -29,7 +29,8 @@ import { planPair } from '../pair/plan.js';
 import { imageInfo } from '../qemu/images.js';
 import { agentSocket, type AgentStatus } from '../pair/agents.js';
 import { listenLinks, connectLink, type Link } from './link.js';
-import { WitnessConnection } from './witness.js';
+import { WitnessArbiter } from './witness.js';
+import type { Arbiter } from './arbiter.js';
 import { peerMessageSchema, type PeerMessage, type WitnessReply } from './wire.js';
 import { initCore, step, statusOf, InvariantError } from './core/core.js';
 import type { CoreConfig, CoreState, Effect, InputBody, Procedure, QemuFound } from './core/types.js';
@@ -88,7 +89,8 @@ export class Agent {
   private qmp: QmpClient | undefined;
   private prepared: PreparedSecondary | undefined;
   private readonly paths: PathLink[];
-  private witness: WitnessConnection | undefined;
+  /** Who grants this VM's writer lease (the witness), when the pair has one. */
+  private arbiter: Arbiter | undefined;
   private readonly servers: net.Server[] = [];
   private control: net.Server | undefined;
   private tick: NodeJS.Timeout | undefined;
@@ -144,7 +146,8 @@ export class Agent {
     }
     if (this.a.witness) {
       const [host, port] = this.a.witness.split(':');
-      this.witness = new WitnessConnection({
+      // The lease of this VM (its name), at the witness all the hosts of its VMs share.
+      this.arbiter = new WitnessArbiter(this.c.name, {
         name: this.name,
         secret: this.a.secret,
         host: host!,
@@ -205,11 +208,11 @@ export class Agent {
       case 'send-peer':
         return this.sendPeer(e.path, e.msg);
       case 'ask-witness':
-        return this.witness?.send({ t: 'acquire', id: e.id, ttlMs: e.ttlMs, disk: e.disk, next: e.next });
+        return this.arbiter?.acquire(e.id, e.ttlMs, e.disk, e.next);
       case 'release-lease':
-        return this.witness?.send({ t: 'release', id: e.id });
+        return this.arbiter?.release(e.id);
       case 'query-witness':
-        return this.witness?.send({ t: 'query', id: e.id });
+        return this.arbiter?.query(e.id, e.run);
       case 'run':
         return void this.run(e.id, e.procedure, e.fromStep);
       case 'query-qemu':
@@ -605,7 +608,7 @@ export class Agent {
     for (const p of this.paths) p.link?.close('agent stops');
     for (const s of this.servers) s.close();
     this.control?.close();
-    this.witness?.close();
+    this.arbiter?.close();
     this.qmp?.removeAllListeners('disconnect');
     this.qmp?.destroy();
     this.log.info('agent stopped');

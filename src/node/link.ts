@@ -7,12 +7,12 @@
  * boundary: anything that does not parse is refused (reported through
  * `onRefuse`, and the connection is closed), never thrown, never emitted.
  *
- * ## Protocol lockstep/2
+ * ## Protocol lockstep/3
  *
  * Handshake (each line a JSON object of at most 4 KiB, the whole handshake
  * bounded in time, 2 s by default):
  *
- *   server → {"hello":"lockstep/2","nonce":Ns}
+ *   server → {"hello":"lockstep/3","nonce":Ns}
  *   client → {"name":C,"nonce":Nc,"proof":HMAC(secret,"client|"+Ns+"|"+Nc+"|"+C)}
  *   server → {"name":S,"proof":HMAC(secret,"server|"+Nc+"|"+Ns+"|"+S)}
  *
@@ -70,7 +70,7 @@ import { LockstepError, errorMessage } from '../util/errors.js';
 import { connectSocket } from '../util/net.js';
 import { MAX_LINE_BYTES } from './wire.js';
 
-export const PROTOCOL = 'lockstep/2';
+export const PROTOCOL = 'lockstep/3';
 /** The longest handshake line either end accepts. */
 export const HANDSHAKE_LINE_BYTES = 4096;
 /** Default bound of a handshake, from accept (server) or connect (client). */
@@ -628,7 +628,7 @@ export interface ConnectLinkOptions<In, Out> {
   timeoutMs?: number;
 }
 
-/** A client's handshake failed: the other end is not a lockstep/2 server with our secret, or did not finish. */
+/** A client's handshake failed: the other end is not a lockstep/3 server with our secret, or did not finish. */
 export class LinkAuthError extends LockstepError {
   constructor(what: string, hint = 'the agents and the witness must share the same agents.secret') {
     super(what, { hint });

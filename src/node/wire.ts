@@ -77,17 +77,24 @@ export const peerMessageSchema = z.discriminatedUnion('t', [heartbeatSchema, hea
 
 // ---- agent ↔ witness ----
 
+/**
+ * Every request names its lease: the VM's name. The witness keeps one lease
+ * per VM, so the hosts of many VMs share one witness (and a node's name, the
+ * host's, appears in several).
+ */
 export const acquireSchema = z.object({
   t: z.literal('acquire'),
   id,
+  lease: name,
   ttlMs: z.number().int().min(50).max(60_000),
   /** The asking node's disk: no lease for a disk older than the newest the witness knows of its run. */
   disk: epochSchema.nullable(),
   /** Record this new epoch (the node is about to write alone) together with the grant. */
   next: epochSchema.nullable(),
 });
-export const releaseSchema = z.object({ t: z.literal('release'), id });
-export const querySchema = z.object({ t: z.literal('query'), id });
+export const releaseSchema = z.object({ t: z.literal('release'), id, lease: name });
+/** How things stand for a lease, and the newest epoch of `run` (the asker's, when it knows its disk). */
+export const querySchema = z.object({ t: z.literal('query'), id, lease: name, run: name.nullable() });
 
 export const witnessRequestSchema = z.discriminatedUnion('t', [acquireSchema, releaseSchema, querySchema]);
 
@@ -110,7 +117,8 @@ export const witnessStateSchema = z.object({
   re: id,
   holder: name.nullable(),
   remainingMs: ms,
-  newest: z.record(name, epochSchema),
+  /** The newest epoch of the run asked about (null: none on record, or no run asked). */
+  newest: epochSchema.nullable(),
 });
 
 export const witnessReplySchema = z.discriminatedUnion('t', [leaseReplySchema, releasedSchema, witnessStateSchema]);

@@ -1,6 +1,6 @@
 /**
- * The witness's decisions, as a pure function: one writer lease at a time,
- * and the newest disk epoch of each run of the pair.
+ * The witness's decisions, as a pure function: one writer lease per VM (the
+ * lease named in each request), and the newest disk epoch of each run.
  *
  * - The lease is time-bounded. The holder renews it well before it runs
  *   out; the holder's own view of it starts when it *asked*, so it always
@@ -21,13 +21,21 @@ import type { Epoch } from '../pair/epoch.js';
 import { compareEpochs, epochEquals, formatEpoch } from '../pair/epoch.js';
 import type { WitnessReply, WitnessRequest } from './wire.js';
 
-/** Runs remembered: only recent runs have nodes left to ask. */
-export const RUNS_KEPT = 100;
+/**
+ * Runs remembered, the most recently recorded kept: one per VM protected
+ * with this witness, and those of VMs brought up again (a new run each).
+ * Forgetting the run of a VM that still runs would let a stale disk of it
+ * be granted a lease, so this bounds how many VMs one witness may serve.
+ */
+export const RUNS_KEPT = 4096;
+/** Leases held at once (one per VM); a lease that ran out takes no room. */
+export const LEASES_MAX = 1024;
 
 export interface WitnessState {
   startedAt: number;
   graceMs: number;
-  holder: { node: string; until: number } | null;
+  /** The holder of each VM's lease (expired ones linger until room is needed). */
+  holders: Record<string, { node: string; until: number }>;
   /** The newest epoch per run, oldest run first (insertion order). */
   newest: Record<string, Epoch>;
 }
@@ -41,7 +49,7 @@ export interface WitnessTransition {
 }
 
 export function initWitness(now: number, graceMs: number, newest: Record<string, Epoch> = {}): WitnessState {
-  return { startedAt: now, graceMs, holder: null, newest: Object.assign(Object.create(null) as Record<string, Epoch>, newest) };
+  return { startedAt: now, graceMs, holders: Object.create(null) as WitnessState['holders'], newest: Object.assign(Object.create(null) as Record<string, Epoch>, newest) };
 }
 
 /** The newest epoch recorded for `run` (own properties only: a run is data, never a key of Object's prototype). */
@@ -58,23 +66,34 @@ function record(newest: Record<string, Epoch>, e: Epoch): Record<string, Epoch> 
   return next;
 }
 
-export function holderOf(s: WitnessState, now: number): { node: string; remainingMs: number } | null {
-  return s.holder && s.holder.until > now ? { node: s.holder.node, remainingMs: s.holder.until - now } : null;
+/** Who holds VM `lease`'s lease now, and for how long still. */
+export function holderOf(s: WitnessState, lease: string, now: number): { node: string; remainingMs: number } | null {
+  const h = Object.hasOwn(s.holders, lease) ? s.holders[lease] : undefined;
+  return h && h.until > now ? { node: h.node, remainingMs: h.until - now } : null;
+}
+
+/** The holders with `lease` set to `holder` (null: removed), without those that ran out. */
+function withHolder(s: WitnessState, now: number, lease: string, holder: { node: string; until: number } | null): WitnessState['holders'] {
+  const next = Object.create(null) as WitnessState['holders'];
+  for (const [k, h] of Object.entries(s.holders)) if (h.until > now && k !== lease) next[k] = h;
+  if (holder) next[lease] = holder;
+  return next;
 }
 
 /** One request from the authenticated node `from`. */
 export function witnessStep(s: WitnessState, now: number, from: string, req: WitnessRequest): WitnessTransition {
-  const cur = holderOf(s, now);
+  const cur = holderOf(s, req.lease, now);
   if (req.t === 'query') {
-    return { state: s, reply: { t: 'state', re: req.id, holder: cur?.node ?? null, remainingMs: cur?.remainingMs ?? 0, newest: s.newest }, persist: false, log: null };
+    const newest = req.run === null ? null : (newestOf(s, req.run) ?? null);
+    return { state: s, reply: { t: 'state', re: req.id, holder: cur?.node ?? null, remainingMs: cur?.remainingMs ?? 0, newest }, persist: false, log: null };
   }
   if (req.t === 'release') {
     const released = cur?.node === from;
     return {
-      state: released ? { ...s, holder: null } : s,
+      state: released ? { ...s, holders: withHolder(s, now, req.lease, null) } : s,
       reply: { t: 'released', re: req.id },
       persist: false,
-      log: released ? `lease released by ${from}` : null,
+      log: released ? `lease of ${req.lease} released by ${from}` : null,
     };
   }
   const refuse = (reason: string, extra: { remainingMs?: number } = {}): WitnessTransition => ({
@@ -100,13 +119,16 @@ export function witnessStep(s: WitnessState, now: number, from: string, req: Wit
   }
   if (now - s.startedAt < s.graceMs && cur?.node !== from) return refuse('witness just started (grace period)');
   if (cur && cur.node !== from) return refuse(`held by ${cur.node}`, { remainingMs: Math.round(cur.remainingMs) });
+  const holders = withHolder(s, now, req.lease, { node: from, until: now });
+  if (Object.keys(holders).length > LEASES_MAX) return refuse(`the witness holds ${LEASES_MAX} leases, its most: no room for ${req.lease}'s`);
   // Never longer than the grace period: a restarted witness must outwait every lease of its previous life.
   const ttl = Math.min(Math.max(req.ttlMs, 50), 60_000, s.graceMs > 0 ? s.graceMs : 60_000);
   // Record the new epoch with the grant; a disk newer than what we knew (a witness that lost its record) too.
   const toRecord = next ?? (newest === undefined || compareEpochs(disk, newest) === 'newer' ? disk : null);
   const changed = toRecord !== null && !epochEquals(toRecord, newest);
-  const state: WitnessState = { ...s, holder: { node: from, until: now + ttl }, newest: changed ? record(s.newest, toRecord) : s.newest };
-  const logs = [cur?.node !== from ? `lease granted to ${from} (${ttl} ms)` : null, changed ? `newest epoch of run ${toRecord.run}: ${formatEpoch(toRecord)}` : null].filter(Boolean);
+  holders[req.lease] = { node: from, until: now + ttl };
+  const state: WitnessState = { ...s, holders, newest: changed ? record(s.newest, toRecord) : s.newest };
+  const logs = [cur?.node !== from ? `lease of ${req.lease} granted to ${from} (${ttl} ms)` : null, changed ? `newest epoch of run ${toRecord.run}: ${formatEpoch(toRecord)}` : null].filter(Boolean);
   return {
     state,
     reply: { t: 'lease', re: req.id, granted: true, holder: from, ttlMs: ttl, newest: newestOf(state, disk.run) ?? null },

@@ -31,6 +31,7 @@ import {
 } from './wire.js';
 import { holderOf, initWitness, witnessStep, type WitnessState } from './witness-core.js';
 import type { Epoch } from '../pair/epoch.js';
+import type { Arbiter } from './arbiter.js';
 import { writeFileAtomic } from '../util/files.js';
 import { LockstepError, TimeoutError, errorMessage } from '../util/errors.js';
 
@@ -122,9 +123,9 @@ export interface WitnessOptions {
 }
 
 export interface WitnessStatus {
-  holder: string | null;
-  remainingMs: number;
-  /** The newest disk epoch recorded, per run of a pair. */
+  /** The leases held now, per VM. */
+  leases: Record<string, { holder: string; remainingMs: number }>;
+  /** The newest disk epoch recorded, per run of a VM. */
   newest: Record<string, Epoch>;
 }
 
@@ -175,8 +176,13 @@ export class Witness {
   }
 
   state(): WitnessStatus {
-    const h = holderOf(this.st, performance.now());
-    return { holder: h?.node ?? null, remainingMs: h?.remainingMs ?? 0, newest: { ...this.st.newest } };
+    const now = performance.now();
+    const leases: WitnessStatus['leases'] = {};
+    for (const lease of Object.keys(this.st.holders)) {
+      const h = holderOf(this.st, lease, now);
+      if (h) leases[lease] = { holder: h.node, remainingMs: h.remainingMs };
+    }
+    return { leases, newest: { ...this.st.newest } };
   }
 
   async stop(): Promise<void> {
@@ -245,7 +251,7 @@ export class Witness {
       t: 'lease',
       re: req.id,
       granted: false,
-      holder: holderOf(this.st, now)?.node ?? null,
+      holder: holderOf(this.st, req.lease, now)?.node ?? null,
       reason: clip(why, 500),
       newest: known && epochSchema.safeParse(known).success ? known : null,
     };
@@ -441,9 +447,37 @@ export class WitnessConnection {
   }
 }
 
+/** The built-in witness as a VM's arbiter: its requests, named with the VM's lease, on one WitnessConnection. */
+export class WitnessArbiter implements Arbiter {
+  readonly conn: WitnessConnection;
+
+  constructor(
+    private readonly lease: string,
+    o: WitnessConnectionOptions,
+  ) {
+    this.conn = new WitnessConnection(o);
+  }
+
+  acquire(id: string, ttlMs: number, disk: Epoch | null, next: Epoch | null): void {
+    this.conn.send({ t: 'acquire', id, lease: this.lease, ttlMs, disk, next });
+  }
+
+  release(id: string): void {
+    this.conn.send({ t: 'release', id, lease: this.lease });
+  }
+
+  query(id: string, run: string | null): void {
+    this.conn.send({ t: 'query', id, lease: this.lease, run });
+  }
+
+  close(): void {
+    this.conn.close();
+  }
+}
+
 // ---- a promise-based client (tests, tools) ----
 
-type Body<T> = T extends unknown ? Omit<T, 'id'> : never;
+type Body<T> = T extends unknown ? Omit<T, 'id' | 'lease'> : never;
 export type WitnessStateReply = Extract<WitnessReply, { t: 'state' }>;
 
 /**
@@ -455,10 +489,13 @@ export class WitnessClient {
   private readonly conn: WitnessConnection;
   private readonly pending = new Map<string, { resolve: (r: WitnessReply) => void; reject: (e: Error) => void }>();
   private seq = 0;
+  /** The VM whose lease this client asks about. */
+  private readonly lease: string;
   /** The refusals reported by the connection, oldest first. */
   readonly refusals: string[] = [];
 
-  constructor(o: Omit<WitnessConnectionOptions, 'onReply' | 'onRefuse' | 'onDown'>) {
+  constructor(o: Omit<WitnessConnectionOptions, 'onReply' | 'onRefuse' | 'onDown'> & { lease?: string }) {
+    this.lease = o.lease ?? 'vm';
     this.conn = new WitnessConnection({
       ...o,
       onReply: (r) => {
@@ -493,7 +530,7 @@ export class WitnessClient {
           reject(e);
         },
       });
-      this.conn.send({ ...body, id } as WitnessRequest);
+      this.conn.send({ ...body, id, lease: this.lease } as WitnessRequest);
     });
   }
 
@@ -506,8 +543,8 @@ export class WitnessClient {
     expect(await this.request({ t: 'release' }, timeoutMs), 'released');
   }
 
-  async query(timeoutMs = 1000): Promise<WitnessStateReply> {
-    return expect(await this.request({ t: 'query' }, timeoutMs), 'state');
+  async query(run: string | null = null, timeoutMs = 1000): Promise<WitnessStateReply> {
+    return expect(await this.request({ t: 'query', run }, timeoutMs), 'state');
   }
 
   close(): void {

@@ -39,6 +39,7 @@ import { Rng } from './rng.js';
 import { initCore, step, statusOf, isProtected, InvariantError } from '../node/core/core.js';
 import type { CoreConfig, CoreState, Effect, Input, InputBody, Procedure, QemuFound } from '../node/core/types.js';
 import { initWitness, witnessStep, type WitnessState } from '../node/witness-core.js';
+import type { Arbiter } from '../node/arbiter.js';
 import { heartbeatSchema, peerMessageSchema, witnessRequestSchema } from '../node/wire.js';
 import type { Epoch } from '../pair/epoch.js';
 
@@ -145,7 +146,12 @@ interface Agent {
   boot: string;
   core: CoreState;
   attached: number | null;
+  /** The simulated witness, through the interface the real agent uses (arbiter.ts). */
+  arbiter: Arbiter;
 }
+
+/** The VM's lease at the simulated witness. */
+const SIM_LEASE = 'vm';
 
 interface HostNode {
   name: NodeName;
@@ -501,7 +507,14 @@ export class World {
     const n = this.nodes[name];
     const boot = this.rng.hex(16);
     const core = initCore(simCoreConfig(name, this.o), this.now, boot, { epoch: n.record.epoch, pending: n.record.pending });
-    n.agent = { boot, core, attached: null };
+    const agent: Agent = { boot, core, attached: null, arbiter: undefined as unknown as Arbiter };
+    agent.arbiter = {
+      acquire: (id, ttlMs, disk, next) => this.toWitness(n, agent, witnessRequestSchema.parse({ t: 'acquire', id, lease: SIM_LEASE, ttlMs, disk, next })),
+      release: (id) => this.toWitness(n, agent, { t: 'release', id, lease: SIM_LEASE }),
+      query: (id, run) => this.toWitness(n, agent, { t: 'query', id, lease: SIM_LEASE, run }),
+      close: () => {},
+    };
+    n.agent = agent;
     this.trace(`${name}: agent starts (${boot.slice(0, 8)})`);
     // Attaching needs QMP answered (its main loop); one that cannot be attached within the bound is ended (agent.ts).
     const started = this.now;
@@ -569,14 +582,12 @@ export class World {
     switch (e.t) {
       case 'send-peer':
         return this.sendPeer(n, ag, e.path, e.msg);
-      case 'ask-witness': {
-        const req = { t: 'acquire' as const, id: e.id, ttlMs: e.ttlMs, disk: e.disk, next: e.next };
-        return this.toWitness(n, ag, witnessRequestSchema.parse(req));
-      }
+      case 'ask-witness':
+        return ag.arbiter.acquire(e.id, e.ttlMs, e.disk, e.next);
       case 'release-lease':
-        return this.toWitness(n, ag, { t: 'release', id: e.id });
+        return ag.arbiter.release(e.id);
       case 'query-witness':
-        return this.toWitness(n, ag, { t: 'query', id: e.id });
+        return ag.arbiter.query(e.id, e.run);
       case 'run':
         return this.runProcedure(n, ag, e.id, e.procedure, e.fromStep);
       case 'query-qemu': {

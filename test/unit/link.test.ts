@@ -477,8 +477,8 @@ async function fakeServer(script: (sock: net.Socket, lines: () => Promise<string
   return { srv, port: (srv.address() as net.AddressInfo).port, close: () => new Promise<void>((r) => srv.close(() => r())) };
 }
 
-test('the client refuses a server that does not speak lockstep/2, or talks garbage', async () => {
-  const old = await fakeServer((sock) => void sock.write(JSON.stringify({ hello: 'lockstep/1', nonce: newNonce() }) + '\n'));
+test('the client refuses a server that does not speak lockstep/3, or talks garbage', async () => {
+  const old = await fakeServer((sock) => void sock.write(JSON.stringify({ hello: 'lockstep/2', nonce: newNonce() }) + '\n'));
   const junk = await fakeServer((sock) => void sock.write('SSH-2.0-OpenSSH_9.2\r\n'));
   const mute = await fakeServer(() => {});
   const liar = await fakeServer(async (sock, next) => {
@@ -489,7 +489,7 @@ test('the client refuses a server that does not speak lockstep/2, or talks garba
   try {
     await assert.rejects(connectLink({ name: 'a', secret: SECRET, host: HOST, port: old.port, inbound: peerMessageSchema }), (err: unknown) => {
       assert.ok(err instanceof LinkAuthError);
-      assert.match(err.message, /speaks "lockstep\/1", we speak lockstep\/2/);
+      assert.match(err.message, /speaks "lockstep\/2", we speak lockstep\/3/);
       return true;
     });
     await assert.rejects(connectLink({ name: 'a', secret: SECRET, host: HOST, port: junk.port, inbound: peerMessageSchema }), /is not a lockstep agent or witness \(handshake: not JSON\)/);

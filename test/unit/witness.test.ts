@@ -70,14 +70,14 @@ test('one lease at a time: the holder renews, the other is refused (with holder 
     assert.equal(renewed.granted, true, 'renewal');
     await sleep(250); // past the first lease, within the renewed one
     assert.equal((await b.acquire(400, disk)).granted, false, 'the renewal counts from when it was asked');
-    assert.equal(s.w.state().holder, 'a');
+    assert.equal((s.w.state().leases.vm?.holder ?? null), 'a');
     await sleep(200);
-    assert.equal(s.w.state().holder, null, 'ran out');
+    assert.equal((s.w.state().leases.vm?.holder ?? null), null, 'ran out');
     const later = await b.acquire(400, disk);
     assert.deepEqual([later.granted, later.holder], [true, 'b'], 'granted once a stopped renewing');
     const lost = await a.acquire(400, disk);
     assert.deepEqual([lost.granted, lost.holder], [false, 'b']);
-    assert.ok(s.logs.some((l) => l.startsWith('lease granted to a (400 ms)')) && s.logs.includes('lease granted to b (400 ms)'), s.logs.join('\n'));
+    assert.ok(s.logs.some((l) => l.startsWith('lease of vm granted to a (400 ms)')) && s.logs.includes('lease of vm granted to b (400 ms)'), s.logs.join('\n'));
   } finally {
     await s.done();
   }
@@ -91,16 +91,16 @@ test('a released lease can be taken at once; a release by another node releases 
   try {
     assert.equal((await a.acquire(5000, disk)).granted, true);
     await b.release();
-    assert.equal(s.w.state().holder, 'a', 'b cannot release a\'s lease');
+    assert.equal((s.w.state().leases.vm?.holder ?? null), 'a', 'b cannot release a\'s lease');
     assert.equal((await b.acquire(5000, disk)).granted, false);
     await a.release();
-    assert.equal(s.w.state().holder, null);
+    assert.equal((s.w.state().leases.vm?.holder ?? null), null);
     const r = await b.acquire(5000, disk);
     assert.deepEqual([r.granted, r.holder], [true, 'b']);
-    const q = await a.query();
+    const q = await a.query('r1');
     assert.equal(q.holder, 'b');
     assert.ok(q.remainingMs > 4000 && q.remainingMs <= 5000);
-    assert.deepEqual(q.newest, { r1: disk });
+    assert.deepEqual(q.newest, disk);
   } finally {
     await s.done();
   }
@@ -114,7 +114,7 @@ test('a (re)started witness grants nothing during its grace period', async () =>
     const r = await a.acquire(1000, E('r1', 1));
     assert.equal(r.granted, false);
     assert.match(r.reason!, /grace/);
-    assert.equal(s.w.state().holder, null);
+    assert.equal((s.w.state().leases.vm?.holder ?? null), null);
     await sleep(300 - (performance.now() - started) + 20);
     assert.equal((await a.acquire(1000, E('r1', 1))).granted, true, 'granted after the grace period');
   } finally {
@@ -129,7 +129,7 @@ test('a node that does not know its disk epoch gets no lease', async () => {
     const r = await a.acquire(1000, null);
     assert.equal(r.granted, false);
     assert.match(r.reason!, /unknown disk/);
-    assert.equal(s.w.state().holder, null);
+    assert.equal((s.w.state().leases.vm?.holder ?? null), null);
   } finally {
     await s.done();
   }
@@ -163,7 +163,7 @@ test('epochs: a stale disk (older generation, or the same one begun by another n
     assert.match(r.reason!, /^stale disk/);
     await sleep(250);
     assert.equal((await b.acquire(200, E('r1', 1))).granted, false, 'still stale with nobody holding the lease');
-    assert.equal(s.w.state().holder, null);
+    assert.equal((s.w.state().leases.vm?.holder ?? null), null);
     assert.deepEqual(s.w.state().newest, { r1: E('r1', 2, 'a') }, 'refusals record nothing');
     // A disk that caught up (resynced from a) is fine.
     assert.equal((await b.acquire(200, E('r1', 2, 'a'))).granted, true);
@@ -200,7 +200,7 @@ test('epochs: `next` is recorded with the grant and granted again for the same n
       assert.equal(r.granted, false, what);
       assert.match(r.reason!, reason, what);
     }
-    assert.equal(s.w.state().holder, null);
+    assert.equal((s.w.state().leases.vm?.holder ?? null), null);
     assert.deepEqual(s.w.state().newest, { r1: next }, 'refusals record nothing');
     const ok = await b.acquire(200, E('r1', 2, 'a'), E('r1', 3, 'b'));
     assert.deepEqual([ok.granted, ok.newest], [true, E('r1', 3, 'b')]);
@@ -338,13 +338,13 @@ test('a failed write of the state file: no grant goes out, nothing changes', asy
     assert.match(r.reason!, /^witness cannot record: .*ENOTDIR/);
     assert.deepEqual(r.newest, E('r1', 1));
     assert.deepEqual(s.w.state().newest, { r1: E('r1', 1) }, 'nothing recorded');
-    assert.equal(s.w.state().holder, 'a', 'the earlier lease stands, not extended');
-    assert.ok(s.w.state().remainingMs < 5000);
+    assert.equal((s.w.state().leases.vm?.holder ?? null), 'a', 'the earlier lease stands, not extended');
+    assert.ok((s.w.state().leases.vm?.remainingMs ?? 0) < 5000);
     assert.ok(s.logs.some((l) => /refused a's acquire c\d+: witness cannot record/.test(l)), s.logs.join('\n'));
     await a.release();
     const c = await b.acquire(5000, E('r9', 1));
     assert.deepEqual([c.granted, c.holder], [false, null], 'a first record of a run cannot be written either: no lease');
-    assert.equal(s.w.state().holder, null);
+    assert.equal((s.w.state().leases.vm?.holder ?? null), null);
     // Repaired: granted, and on disk.
     fs.rmSync(sub);
     fs.mkdirSync(sub);
@@ -364,7 +364,7 @@ test('a client with the wrong secret gets nothing', async () => {
   try {
     await assert.rejects(m.acquire(1000, E('r1', 1)), (err: unknown) => err instanceof LockstepError && /could not prove the shared secret|refused our proof/.test(err.message));
     assert.equal(m.refusals.length, 1);
-    assert.equal(s.w.state().holder, null);
+    assert.equal((s.w.state().leases.vm?.holder ?? null), null);
     assert.deepEqual(s.w.state().newest, {});
     await waitFor('the witness logs it', () => s.logs.some((l) => /^refused 127\.0\.0\.1:\d+: authentication failed/.test(l)));
   } finally {
@@ -427,9 +427,11 @@ test('hostile input: the witness refuses it, logs it, stays up, and still grants
       assert.match(s.logs.at(-1)!, /^refused 127\.0\.0\.1:\d+: /, what);
     }
     const frames: [string, (key: Buffer) => string, RegExp][] = [
-      ['a schema-invalid request', (k) => signFrame(k, 'c2s', 1, JSON.stringify({ t: 'acquire', id: 'x', ttlMs: 'soon', disk: null, next: null })), /schema: ttlMs/],
+      ['a schema-invalid request', (k) => signFrame(k, 'c2s', 1, JSON.stringify({ t: 'acquire', id: 'x', lease: 'vm', ttlMs: 'soon', disk: null, next: null })), /schema: ttlMs/],
+      ['a request without its lease', (k) => signFrame(k, 'c2s', 1, JSON.stringify({ t: 'acquire', id: 'x', ttlMs: 500, disk: null, next: null })), /schema: lease/],
+      ['a lease named __proto__', (k) => signFrame(k, 'c2s', 1, JSON.stringify({ t: 'release', id: 'x', lease: '__proto__' })), /schema: lease: a reserved name/],
       ['an unknown request', (k) => signFrame(k, 'c2s', 1, JSON.stringify({ t: 'steal', id: 'x' })), /schema: t: invalid discriminator/],
-      ['a huge lease', (k) => signFrame(k, 'c2s', 1, JSON.stringify({ t: 'acquire', id: 'x', ttlMs: 1e12, disk: E('r1', 1), next: null })), /schema: ttlMs/],
+      ['a huge lease', (k) => signFrame(k, 'c2s', 1, JSON.stringify({ t: 'acquire', id: 'x', lease: 'vm', ttlMs: 1e12, disk: E('r1', 1), next: null })), /schema: ttlMs/],
       ['a reply instead of a request', (k) => signFrame(k, 'c2s', 1, JSON.stringify({ t: 'released', re: 'x' })), /schema/],
       ['JSON null', (k) => signFrame(k, 'c2s', 1, 'null'), /schema: \(root\)/],
       ['not JSON', (k) => signFrame(k, 'c2s', 1, '{"t":'), /not JSON/],
@@ -446,7 +448,7 @@ test('hostile input: the witness refuses it, logs it, stays up, and still grants
       assert.match(s.logs.at(-1)!, why, what);
       assert.equal(r.lines.length, 2, `${what}: no answer past the handshake`);
     }
-    assert.equal(s.w.state().holder, null);
+    assert.equal((s.w.state().leases.vm?.holder ?? null), null);
     assert.deepEqual(s.w.state().newest, {});
     const ok = await s.client('a').acquire(1000, E('r1', 1));
     assert.deepEqual([ok.granted, ok.holder], [true, 'a'], 'a normal client still gets the lease');
@@ -461,7 +463,7 @@ test('runs named like Object.prototype properties are refused at the wire: never
   try {
     for (const run of ['__proto__', 'constructor', 'toString', 'hasOwnProperty']) {
       await assert.rejects(a.acquire(200, E(run, 1), E(run, 2, 'a')), `${run}: not a request the wire carries`);
-      assert.equal(s.w.state().holder, null, `${run}: no lease`);
+      assert.equal((s.w.state().leases.vm?.holder ?? null), null, `${run}: no lease`);
     }
     assert.deepEqual(s.w.state().newest, {});
     const ok = await s.client('b').acquire(1000, E('r1', 1));
@@ -486,7 +488,7 @@ function recorder() {
   };
 }
 
-const query = (id: string): WitnessRequest => ({ t: 'query', id });
+const query = (id: string): WitnessRequest => ({ t: 'query', id, lease: 'vm', run: null });
 
 test('WitnessConnection queues requests while connecting (the newest 8) and sends them on connect', async () => {
   const s = await setup();
@@ -503,13 +505,13 @@ test('WitnessConnection queues requests while connecting (the newest 8) and send
       'the oldest two were dropped',
     );
     assert.equal(conn.connected, true);
-    conn.send({ t: 'acquire', id: 'l1', ttlMs: 500, disk: E('r1', 1), next: null });
+    conn.send({ t: 'acquire', id: 'l1', lease: 'vm', ttlMs: 500, disk: E('r1', 1), next: null });
     await waitFor('the lease', () => rec.replies.length === 9);
     const lease = rec.replies[8]!;
     assert.ok(lease.t === 'lease' && lease.re === 'l1' && lease.granted);
     assert.deepEqual([rec.refusals, rec.downs], [[], []]);
     // An invalid request is reported, not thrown.
-    conn.send({ t: 'acquire', id: 'l2', ttlMs: 1, disk: null, next: null });
+    conn.send({ t: 'acquire', id: 'l2', lease: 'vm', ttlMs: 1, disk: null, next: null });
     assert.match(rec.refusals[0]!, /request not sent to the witness: .*ttlMs/);
   } finally {
     conn.close();
@@ -628,7 +630,7 @@ test('WitnessClient: a request times out without an answer, and close() fails wh
   const srv = await listenLinks({ name: 'witness', secret: SECRET, host: HOST, port: 0, inbound: witnessRequestSchema, outbound: witnessReplySchema, onLink: () => {} });
   const c = new WitnessClient({ name: 'a', secret: SECRET, host: HOST, port: (srv.address() as net.AddressInfo).port });
   try {
-    await assert.rejects(c.query(200), /timed out after 200 ms waiting for the witness's reply to query c1/);
+    await assert.rejects(c.query(null, 200), /timed out after 200 ms waiting for the witness's reply to query c1/);
     const pending = c.acquire(100, E('r1', 1), null, 5000);
     await waitFor('connected', () => c.connected);
     c.close();
@@ -642,7 +644,40 @@ test('WitnessClient: a request times out without an answer, and close() fails wh
 test('no lease outlasts the grace period: a restarted witness outwaits every lease of its previous life', async () => {
   const { initWitness, witnessStep } = await import('../../src/node/witness-core.js');
   const s = initWitness(0, 300);
-  const r = witnessStep(s, 400, 'a', { t: 'acquire', id: 'x', ttlMs: 5000, disk: E('r1', 1), next: null });
+  const r = witnessStep(s, 400, 'a', { t: 'acquire', id: 'x', lease: 'vm', ttlMs: 5000, disk: E('r1', 1), next: null });
   assert.equal(r.reply.t === 'lease' && r.reply.granted, true);
   assert.equal(r.reply.t === 'lease' ? r.reply.ttlMs : -1, 300);
+});
+
+test('one lease per VM: hosts a and b each hold the lease of a different VM at once; each is refused the other\'s; a query gives the newest of the run asked about', async () => {
+  const { initWitness, witnessStep, LEASES_MAX } = await import('../../src/node/witness-core.js');
+  let s = initWitness(0, 0);
+  const ask = (from: string, lease: string, disk: Epoch, now = 10) => {
+    const r = witnessStep(s, now, from, { t: 'acquire', id: `${from}-${lease}`, lease, ttlMs: 1000, disk, next: null });
+    s = r.state;
+    return r.reply;
+  };
+  const g1 = ask('a', 'web', E('r1', 1));
+  const g2 = ask('b', 'db', E('r2', 1));
+  assert.deepEqual([g1.t === 'lease' && g1.granted, g2.t === 'lease' && g2.granted], [true, true], 'two VMs, two holders');
+  const refused = ask('b', 'web', E('r1', 1), 20);
+  assert.ok(refused.t === 'lease' && !refused.granted && refused.holder === 'a', 'web\'s lease is a\'s');
+  const q = witnessStep(s, 30, 'b', { t: 'query', id: 'q', lease: 'db', run: 'r2' });
+  assert.deepEqual(q.reply, { t: 'state', re: 'q', holder: 'b', remainingMs: 980, newest: E('r2', 1) });
+  const other = witnessStep(s, 30, 'b', { t: 'query', id: 'q2', lease: 'db', run: null });
+  assert.equal(other.reply.t === 'state' ? other.reply.newest : 'x', null, 'no run asked: no epoch told');
+  // A release gives back only that VM's lease.
+  s = witnessStep(s, 40, 'a', { t: 'release', id: 'r', lease: 'web' }).state;
+  assert.equal(witnessStep(s, 40, 'b', { t: 'query', id: 'q3', lease: 'db', run: null }).reply.t === 'state' ? 'db held' : '', 'db held');
+  const again = ask('b', 'web', E('r1', 1), 50);
+  assert.ok(again.t === 'lease' && again.granted, 'web free for b after a released it');
+  // Bounded: no room beyond LEASES_MAX held leases; a lease that ran out takes none.
+  let t = 100;
+  s = initWitness(0, 0);
+  for (let i = 0; i < LEASES_MAX; i++) ask('a', `vm${i}`, E(`r${i}`, 1), t);
+  const full = ask('a', 'one-more', E('rx', 1), t);
+  assert.ok(full.t === 'lease' && !full.granted && /holds 1024 leases/.test(full.reason ?? ''), JSON.stringify(full));
+  t += 2000;
+  const later = ask('a', 'one-more', E('rx', 1), t);
+  assert.ok(later.t === 'lease' && later.granted, 'room again once the others ran out');
 });

@@ -376,8 +376,7 @@ function absorb(ctx: Ctx, input: Input): void {
       if (r.t === 'state') {
         if (!takePending(s, r.re)) return;
         s.lease.lastAnswerAt = s.now;
-        const run = s.disk.epoch?.run;
-        if (run !== undefined && Object.hasOwn(r.newest, run)) s.lease.newest = r.newest[run]!;
+        if (r.newest && r.newest.run === s.disk.epoch?.run) s.lease.newest = r.newest;
         return;
       }
       return leaseReply(ctx, r);
@@ -708,7 +707,7 @@ function renewLease(ctx: Ctx): void {
       s.lease.nextQueryAt = s.now + 2 * s.cfg.leaseMs;
       const id = newId(s);
       addPending(ctx, { id, to: 'witness', what: 'query', sentAt: s.now, deadline: s.now + s.cfg.leaseMs });
-      emit(ctx, { t: 'query-witness', id });
+      emit(ctx, { t: 'query-witness', id, run: s.disk.epoch?.run ?? s.disk.pending?.run ?? null });
     }
     return;
   }

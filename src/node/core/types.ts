@@ -309,7 +309,7 @@ export type Effect =
   | { t: 'ask-witness'; id: string; ttlMs: number; disk: Epoch | null; next: Epoch | null }
   | { t: 'release-lease'; id: string }
   /** A node that does not hold the lease asks the witness how things stand (it is reachable; the newest epoch). */
-  | { t: 'query-witness'; id: string }
+  | { t: 'query-witness'; id: string; run: string | null }
   | { t: 'run'; id: string; procedure: Procedure; fromStep: number }
   | { t: 'query-qemu'; id: string; oob: boolean }
   | { t: 'kill-qemu'; why: string }
