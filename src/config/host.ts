@@ -9,13 +9,15 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
-import { endpoint, ipv4, nodeName } from './schema.js';
+import { endpoint, ipv4, nodeName, port } from './schema.js';
 import { ConfigError, parseYamlFile } from './load.js';
 import { LockstepError } from '../util/errors.js';
 
 export const DEFAULT_HOST_FILE = '/etc/lockstep/host.yaml';
 export const DEFAULT_STATE_DIR = '/var/lib/lockstep';
 export const DEFAULT_API_SOCKET = '/run/lockstep/api.sock';
+/** The ports a host gives its VMs unless its file says otherwise: room for 142 VMs. */
+export const DEFAULT_PORTS = { first: 9000, last: 9999 } as const;
 /** The port of a daemon's TLS API when an address is given without one. */
 export const DEFAULT_API_PORT = 7700;
 
@@ -56,6 +58,14 @@ export const hostSchema = z
       })
       .strict()
       .default({ key: 'tls/host.key', cert: 'tls/host.crt' }),
+    /**
+     * The ports this host gives its VMs (data plane and agents, a block of 7 per VM, the same numbers on both hosts of
+     * a VM): `up` takes a block free on both, and the daemon refuses a VM whose ports are outside this range or taken.
+     */
+    ports: z
+      .object({ first: port, last: port })
+      .strict()
+      .default({ first: DEFAULT_PORTS.first, last: DEFAULT_PORTS.last }),
     /** The other hosts this one trusts, by name (`lockstep host trust` adds them). */
     peers: z.record(nodeName, peer).default({}),
   })
@@ -74,6 +84,7 @@ export function parseHostFile(text: string, file: string): HostConfig {
   const h = parseYamlFile(hostSchema, text, file, 'the file lockstep host init writes');
   const problems: string[] = [];
   if (h.peers[h.name]) problems.push(`peers.${h.name}: that is this host's own name`);
+  if (h.ports.last - h.ports.first + 1 < 7) problems.push(`ports: ${h.ports.first}-${h.ports.last} has room for no VM (each takes 7 consecutive ports)`);
   if (problems.length) throw new ConfigError(file, problems);
   const base = path.dirname(path.resolve(file));
   const abs = (p: string) => (path.isAbsolute(p) ? p : path.resolve(base, p));

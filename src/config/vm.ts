@@ -7,23 +7,74 @@
  */
 import path from 'node:path';
 import { z } from 'zod';
-import { configSchema, nodeName } from './schema.js';
+import { configSchema, nodeName, port } from './schema.js';
 import { ConfigError, parseConfig, parseYamlFile, type ResolvedConfig } from './load.js';
 import YAML from 'yaml';
 
 const agentsSchema = configSchema.shape.agents.unwrap();
 
 export const vmFileSchema = configSchema
-  .omit({ nodes: true, stateDir: true, agents: true })
+  .omit({ nodes: true, stateDir: true, agents: true, ports: true })
   .extend({
     /** The two hosts, the primary first, as their host files name them. */
     hosts: z.tuple([nodeName, nodeName], { error: 'expected the two hosts, the primary first: [a, b]' }),
+    /** The data plane's ports, the same on both hosts. Leave out: `up` takes a block free on both (and agents.port with it). */
+    ports: configSchema.shape.ports.unwrap().optional(),
     /** The agents' tuning; their heartbeat paths come from the hosts' files, their secret is made by `up` when not given. */
     agents: agentsSchema.omit({ links: true }).partial({ secret: true }).strict().default({} as never),
   })
   .strict();
 
 export type VmFile = z.output<typeof vmFileSchema>;
+
+/**
+ * The ports a VM takes on each of its hosts: COLO's data plane and its
+ * agents' port. The same numbers on both hosts (either may be the primary).
+ * Allocated as a block of PORT_BLOCK consecutive ports, in this order.
+ */
+export const portBlockSchema = z
+  .object({ comparePrimary: port, mirror: port, compare: port, compareOut: port, migration: port, nbd: port, agents: port })
+  .strict();
+export type PortBlock = z.output<typeof portBlockSchema>;
+export const PORT_BLOCK = 7;
+
+export function portBlockAt(base: number): PortBlock {
+  return { comparePrimary: base, mirror: base + 1, compare: base + 2, compareOut: base + 3, migration: base + 4, nbd: base + 5, agents: base + 6 };
+}
+
+/** The VM file's own ports (given by hand, or the defaults of a one-host pair). */
+export function portsOfVmFile(v: VmFile): PortBlock {
+  const p = v.ports ?? configSchema.shape.ports.parse(undefined);
+  return { ...p, agents: v.agents.port };
+}
+
+export function portList(b: PortBlock): number[] {
+  return Object.values(b);
+}
+
+/** A host's range of ports for its VMs and those its VMs hold already. */
+export interface PortRange {
+  first: number;
+  last: number;
+  used: number[];
+}
+
+/**
+ * The lowest block of PORT_BLOCK consecutive ports inside every host's range
+ * and used on none; undefined when there is none (the hosts are full).
+ */
+export function choosePortBlock(hosts: PortRange[]): PortBlock | undefined {
+  const first = Math.max(...hosts.map((h) => h.first));
+  const last = Math.min(...hosts.map((h) => h.last));
+  const used = new Set(hosts.flatMap((h) => h.used));
+  for (let base = first; base + PORT_BLOCK - 1 <= last; base++) {
+    let clash = -1;
+    for (let p = base; p < base + PORT_BLOCK; p++) if (used.has(p)) clash = p;
+    if (clash < 0) return portBlockAt(base);
+    base = clash; // the next block that can fit starts after the clash
+  }
+  return undefined;
+}
 
 /** What `placeVm` needs of each host: what its daemon says of its addresses. */
 export interface HostAddresses {
@@ -55,7 +106,7 @@ export function parseVmFile(text: string, file: string): VmFile {
  * their replication addresses, the heartbeat paths theirs (paired in
  * order, as many as both have), the state in `<stateDir>/vms/<name>`.
  */
-export function placeVm(v: VmFile, hosts: Record<string, HostAddresses>, me: string, stateDir: string, secret: string): ResolvedConfig {
+export function placeVm(v: VmFile, hosts: Record<string, HostAddresses>, me: string, stateDir: string, secret: string, ports: PortBlock = portsOfVmFile(v)): ResolvedConfig {
   const [p, s] = v.hosts;
   const ha = hosts[p];
   const hb = hosts[s];
@@ -63,15 +114,17 @@ export function placeVm(v: VmFile, hosts: Record<string, HostAddresses>, me: str
   if (me !== p && me !== s) throw new ConfigError(`VM "${v.name}"`, [`this host (${me}) is not one of the VM's hosts (${p}, ${s})`]);
   const paths = Math.min(ha.heartbeat.length, hb.heartbeat.length);
   const vmDir = path.join(stateDir, 'vms', v.name);
+  const { agents: agentsPort, ...colo } = ports;
   const doc = {
     ...v,
     hosts: undefined,
+    ports: colo,
     stateDir: vmDir,
     nodes: [
       { name: p, address: ha.replication, dataDir: path.join(vmDir, p) },
       { name: s, address: hb.replication, dataDir: path.join(vmDir, s) },
     ],
-    agents: { ...v.agents, secret, links: { [p]: ha.heartbeat.slice(0, paths), [s]: hb.heartbeat.slice(0, paths) } },
+    agents: { ...v.agents, port: agentsPort, secret, links: { [p]: ha.heartbeat.slice(0, paths), [s]: hb.heartbeat.slice(0, paths) } },
   };
   delete (doc as { hosts?: unknown }).hosts;
   // Through the one-host config's checks (ports, links, ...), as if it had been written by hand.

@@ -25,6 +25,8 @@ export const hostInfoSchema = z.object({
   /** Who asked: "root on this host" over the socket, else the trusted host's name. */
   caller: z.string(),
   vms: z.array(z.string()),
+  /** The ports this host gives its VMs, and those its VMs hold (every defined VM, started or not). */
+  ports: z.object({ first: z.number(), last: z.number(), used: z.array(z.number()) }),
 });
 export type HostInfo = z.infer<typeof hostInfoSchema>;
 

@@ -17,7 +17,8 @@ import { socketAnswers } from '../util/net.js';
 import pino from 'pino';
 import { apiApp, ApiRefusal, type DaemonView } from './api.js';
 import type { HostInfo, VmStatus } from './api-types.js';
-import { placedVmSchema, VmHost } from './vm-host.js';
+import { placedVmSchema, portsOfPlaced, VmHost, type PlacedVm } from './vm-host.js';
+import { portList } from '../config/vm.js';
 import { nodeName } from '../config/schema.js';
 import { checkKeyFile, fingerprint } from './identity.js';
 
@@ -178,7 +179,8 @@ export class Daemon implements DaemonView {
     const r = placedVmSchema.safeParse(body);
     if (!r.success) throw new LockstepError(`the VM definition does not fit: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`, { hint: 'use the lockstep command of the same version as the daemon' });
     if (r.data.vm.name !== name) throw new LockstepError(`the definition is of VM "${r.data.vm.name}", not "${name}"`);
-    // Placed here before it is kept: a definition this host cannot run is refused now.
+    // Placed here before it is kept: a definition this host cannot run, or whose ports it cannot give, is refused now.
+    this.checkPorts(name, r.data);
     const next = new VmHost(this.host, r.data, this.logger.child({ vm: name }));
     const cur = this.vmHosts.get(name);
     if (cur) {
@@ -237,6 +239,29 @@ export class Daemon implements DaemonView {
       peers: this.peers,
       caller,
       vms: this.vmNames(),
+      ports: { ...h.ports, used: [...this.portsInUse().keys()].sort((a, b) => a - b) },
     };
+  }
+
+  /** Every port the VMs defined here hold, and whose it is (`except`: leave that VM out). */
+  private portsInUse(except?: string): Map<number, string> {
+    const used = new Map<number, string>();
+    for (const [name, v] of this.vmHosts) if (name !== except) for (const p of portList(portsOfPlaced(v.placed))) used.set(p, name);
+    return used;
+  }
+
+  /** A VM's ports must be this host's to give, and free: refused (409) with what to do, otherwise. */
+  private checkPorts(name: string, placed: PlacedVm): void {
+    const { first, last } = this.host.ports;
+    const ports = portsOfPlaced(placed);
+    const outside = Object.entries(ports).filter(([, p]) => p < first || p > last);
+    if (outside.length) {
+      throw new ApiRefusal(409, `VM "${name}" would use port${outside.length > 1 ? 's' : ''} ${outside.map(([k, p]) => `${p} (${k})`).join(', ')}, outside this host's range ${first}-${last}`, 'leave ports out of the VM file (up then takes a free block), or widen ports in the host file');
+    }
+    const used = this.portsInUse(name);
+    const taken = Object.entries(ports).filter(([, p]) => used.has(p));
+    if (taken.length) {
+      throw new ApiRefusal(409, `VM "${name}" would use port${taken.length > 1 ? 's' : ''} ${taken.map(([k, p]) => `${p} (${k}, VM "${used.get(p)}"'s)`).join(', ')} on this host`, 'leave ports out of the VM file: up then takes a block free on both hosts');
+    }
   }
 }

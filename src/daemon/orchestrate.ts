@@ -8,7 +8,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import type { HostConfig } from '../config/host.js';
-import { parseVmFile } from '../config/vm.js';
+import { parseVmFile, choosePortBlock, portsOfVmFile, PORT_BLOCK } from '../config/vm.js';
 import { LockstepError } from '../util/errors.js';
 import { sleep } from '../util/time.js';
 import { ApiClient } from './client.js';
@@ -64,11 +64,19 @@ export async function upOnHosts(host: HostConfig, file: string, o: UpOptions = {
   for (const [i, cur] of current.entries()) {
     if (cur && cur.phase !== 'defined') throw new LockstepError(`VM "${vm.name}" is ${cur.phase} on host ${vm.hosts[i]} already`, { hint: cur.phase === 'stopped' ? `it is stopped there but not on the other host: see lockstep status ${vm.name}` : `see lockstep status ${vm.name}` });
   }
+  // The ports the VM file gives, else the lowest block free on both hosts (each daemon checks again, and records them).
+  const ports = vm.ports ? portsOfVmFile(vm) : choosePortBlock(vm.hosts.map((h) => infos[h]!.ports));
+  if (!ports) {
+    throw new LockstepError(`hosts ${p} and ${s} have no block of ${PORT_BLOCK} ports free on both for VM "${vm.name}"`, {
+      hint: vm.hosts.map((h) => `${h}: ${infos[h]!.ports.first}-${infos[h]!.ports.last}, ${infos[h]!.ports.used.length} in use`).join('; ') + ': widen ports in the host files, or end a VM',
+    });
+  }
   const placed: PlacedVm = {
     vm,
     hosts: Object.fromEntries(vm.hosts.map((h) => [h, { replication: infos[h]!.addresses.replication, heartbeat: infos[h]!.addresses.heartbeat }])),
     run: crypto.randomUUID(),
     secret: vm.agents.secret ?? crypto.randomBytes(24).toString('base64url'),
+    ports,
     definedAt: new Date().toISOString(),
   };
   step(`handing the definition of "${vm.name}" to ${p} and ${s}`);

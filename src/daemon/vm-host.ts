@@ -14,7 +14,7 @@ import path from 'node:path';
 import pino from 'pino';
 import { z } from 'zod';
 import type { HostConfig } from '../config/host.js';
-import { placeVm, vmFileSchema, type HostAddresses } from '../config/vm.js';
+import { placeVm, vmFileSchema, portBlockSchema, portsOfVmFile, type HostAddresses, type PortBlock } from '../config/vm.js';
 import type { ResolvedConfig } from '../config/load.js';
 import { Agent } from '../node/agent.js';
 import { planPair, type PairPlan, type NodePlan } from '../pair/plan.js';
@@ -39,9 +39,16 @@ export const placedVmSchema = z.object({
   /** This run of the VM (its disks' epochs belong to it). */
   run: z.string().min(8).max(64),
   secret: z.string().min(16),
+  /** The ports it takes on both hosts (absent in definitions made before ports were allocated: the VM file's). */
+  ports: portBlockSchema.optional(),
   definedAt: z.string(),
 });
 export type PlacedVm = z.output<typeof placedVmSchema>;
+
+/** The ports VM `placed` takes on each of its hosts. */
+export function portsOfPlaced(placed: PlacedVm): PortBlock {
+  return placed.ports ?? portsOfVmFile(placed.vm);
+}
 
 export type VmPhase = 'defined' | 'starting' | 'running' | 'failed' | 'stopping' | 'stopped';
 
@@ -68,7 +75,7 @@ export class VmHost {
     readonly placed: PlacedVm,
     private readonly log: pino.Logger,
   ) {
-    this.config = placeVm(placed.vm, placed.hosts as Record<string, HostAddresses>, host.name, host.stateDir, placed.secret);
+    this.config = placeVm(placed.vm, placed.hosts as Record<string, HostAddresses>, host.name, host.stateDir, placed.secret, portsOfPlaced(placed));
     if (readState(this.config.stateDir)?.stoppedAt) this.phase = 'stopped';
   }
 

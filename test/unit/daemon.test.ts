@@ -191,13 +191,14 @@ test('VM definitions: checked and placed before they are kept (0600), the same a
   await d.start();
   t.after(() => d.stop());
   const c = ApiClient.local(h);
-  const { parseVmFile } = await import('../../src/config/vm.js');
+  const { parseVmFile, portBlockAt } = await import('../../src/config/vm.js');
   const vm = parseVmFile('name: web\nhosts: [a, b]\nvm: { kernel: demo, disk: { image: /srv/web.qcow2 } }\n', 'web.yaml');
   const placed = {
     vm,
     hosts: { a: { replication: '10.0.1.1', heartbeat: ['10.0.1.1'] }, b: { replication: '10.0.1.2', heartbeat: ['10.0.1.2'] } },
     run: 'run-0123456789',
     secret: 'a secret of sixteen or more',
+    ports: portBlockAt(9000),
     definedAt: new Date().toISOString(),
   };
   const refused = (status: number, re: RegExp) => (e: unknown) => e instanceof ApiCallError && e.status === status && re.test(e.message);
@@ -209,8 +210,14 @@ test('VM definitions: checked and placed before they are kept (0600), the same a
   assert.equal((await c.defineVm('web', { ...placed, definedAt: 'later' })).outcome, 'unchanged');
   assert.equal((await c.defineVm('web', { ...placed, run: 'run-9876543210' })).outcome, 'replaced', 'never started here: replaced');
   assert.equal(fs.statSync(path.join(h.stateDir, 'vms', 'web', 'vm.json')).mode & 0o777, 0o600, 'it holds the secret');
+  // Ports: a second VM cannot take web's, nor ports outside this host's range; a block of its own is fine.
+  const db = { ...placed, vm: { ...vm, name: 'db' } };
+  await assert.rejects(c.defineVm('db', db), refused(409, /would use ports 9000 \(comparePrimary, VM "web"'s\), .*9006 \(agents, VM "web"'s\) on this host/));
+  await assert.rejects(c.defineVm('db', { ...db, ports: { ...portBlockAt(9007), agents: 7800 } }), refused(409, /port 7800 \(agents\), outside this host's range 9000-9999/));
+  assert.equal((await c.defineVm('db', { ...db, ports: portBlockAt(9007) })).outcome, 'created');
+  assert.deepEqual((await c.host()).ports, { first: 9000, last: 9999, used: Array.from({ length: 14 }, (_, i) => 9000 + i) });
   const list = await c.vms();
-  assert.deepEqual(list.map((v) => [v.name, v.definedRole, v.phase, v.agent]), [['web', 'primary', 'defined', null]]);
+  assert.deepEqual(list.map((v) => [v.name, v.definedRole, v.phase, v.agent]), [['db', 'primary', 'defined', null], ['web', 'primary', 'defined', null]]);
   assert.equal(await c.vm('nothing'), undefined);
   await assert.rejects(c.startVm('nothing'), refused(404, /no VM "nothing"/));
   await assert.rejects(c.stopVm('nothing'), refused(404, /no VM "nothing"/));
@@ -219,5 +226,6 @@ test('VM definitions: checked and placed before they are kept (0600), the same a
   const d2 = new Daemon(h);
   await d2.start();
   t.after(() => d2.stop());
-  assert.deepEqual((await c.vms()).map((v) => v.name), ['web']);
+  assert.deepEqual((await c.vms()).map((v) => v.name), ['db', 'web']);
+  assert.equal((await c.host()).ports.used.length, 14, 'the ports stay taken across a restart');
 });

@@ -55,3 +55,17 @@ test('a VM file: relative paths, one host twice, links, a missing tap and an unk
   assert.throws(() => placeVm(v, { a: hosts.a }, 'a', '/s', 'a secret of sixteen or more'), /addresses of host "b" are not known/);
   assert.throws(() => placeVm(v, { a: hosts.a, b: hosts.a }, 'a', '/s', 'a secret of sixteen or more'), /different addresses/);
 });
+
+test('ports: the lowest block of 7 free on both hosts, inside both ranges; none when full; placed as the data plane and the agents\' port', async () => {
+  const { choosePortBlock, portBlockAt, portList } = await import('../../src/config/vm.js');
+  assert.deepEqual(choosePortBlock([{ first: 9000, last: 9999, used: [] }, { first: 9000, last: 9999, used: [] }]), portBlockAt(9000));
+  // a holds 9000-9006 (one VM), b holds 9010 (another VM's, with another host): the first block free on both starts at 9011.
+  const a = { first: 9000, last: 9999, used: portList(portBlockAt(9000)) };
+  assert.deepEqual(choosePortBlock([a, { first: 9000, last: 9999, used: [9010] }]), portBlockAt(9011));
+  assert.deepEqual(choosePortBlock([a, { first: 9003, last: 9013, used: [] }]), portBlockAt(9007), 'inside both ranges');
+  assert.equal(choosePortBlock([a, { first: 9000, last: 9012, used: [9010] }]), undefined, 'no room on both');
+  const v = parseVmFile(VM, 'web.yaml');
+  assert.equal(v.ports, undefined, 'a VM file without ports leaves them to up');
+  const c = placeVm(v, hosts, 'a', '/s', 'a secret of sixteen or more', portBlockAt(9014));
+  assert.deepEqual([c.ports.comparePrimary, c.ports.mirror, c.ports.nbd, c.agents?.port], [9014, 9015, 9019, 9020]);
+});
