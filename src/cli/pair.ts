@@ -9,7 +9,7 @@ import { resync } from '../pair/resync.js';
 import { createProgress } from '../util/progress.js';
 import { print } from './output.js';
 import { loadHostFile } from '../config/host.js';
-import { upOnHosts, vmOnHosts, vmLine, downOnHosts, failoverOnHosts, resyncOnHosts } from '../daemon/orchestrate.js';
+import { upOnHosts, vmOnHosts, vmsOnHosts, vmLine, downOnHosts, failoverOnHosts, resyncOnHosts } from '../daemon/orchestrate.js';
 import { hostFileOf } from './host.js';
 import { LockstepError } from '../util/errors.js';
 
@@ -109,8 +109,10 @@ export function registerPairCommands(program: Command): void {
     .summary('whether a VM is protected, and what each node does')
     .description(
       'lockstep status NAME asks the daemons of this host and of every host it trusts (or --host H only) how they run\n' +
-        'VM NAME. lockstep status -c CONFIG shows a pair started from here: each node\'s role, QEMU pid, run state and\n' +
-        `COLO state. Exit code: 0 protected, ${EXIT_NOT_PROTECTED} not protected, 1 an error (a host cannot be asked, bad input).`,
+        'VM NAME; lockstep status without NAME lists every VM they run or keep, one line each.\n' +
+        'lockstep status -c CONFIG shows a pair started from here: each node\'s role, QEMU pid, run state and\n' +
+        `COLO state. Exit code: 0 protected (without NAME: every VM), ${EXIT_NOT_PROTECTED} not protected (without NAME: some VM), 1 an\n` +
+        'error (a host cannot be asked, bad input).',
     )
     .argument('[vm]', 'the VM\'s name (with daemons)')
     .option('-c, --config <file>', CONFIG_HELP)
@@ -118,7 +120,20 @@ export function registerPairCommands(program: Command): void {
     .option('--host-file <file>', 'this host\'s settings (default: $LOCKSTEP_HOST_FILE, else /etc/lockstep/host.yaml)')
     .option('--json', 'print as JSON')
     .action(async (vm: string | undefined, opts: { config?: string; host?: string; hostFile?: string; json?: boolean }) => {
-      if (!!vm === !!opts.config) throw new LockstepError('give either a VM name (with daemons) or -c CONFIG (a pair started from here)', { hint: 'lockstep status --help' });
+      if (vm && opts.config) throw new LockstepError('give either a VM name (with daemons) or -c CONFIG (a pair started from here), not both', { hint: 'lockstep status --help' });
+      if (!vm && !opts.config) {
+        const all = await vmsOnHosts(loadHostFile(hostFileOf(opts.hostFile)), { only: opts.host });
+        print(opts.json, all, () =>
+          [
+            ...(all.vms.length === 0 ? ['no VMs (lockstep up -f FILE starts one)'] : []),
+            ...all.vms.map((v) => `${v.name.padEnd(16)} ${(v.protected ? 'PROTECTED' : 'NOT PROTECTED').padEnd(14)} ${v.status.map((s) => vmLine(s.host, s.status)).join('; ')}`),
+            ...all.unreachable.map((u) => `host ${u.host}: cannot ask: ${u.error}`),
+          ].join('\n'),
+        );
+        if (all.unreachable.length) process.exitCode = 1;
+        else if (all.vms.some((v) => !v.protected)) process.exitCode = EXIT_NOT_PROTECTED;
+        return;
+      }
       if (opts.config) {
         const c = loadConfig(opts.config);
         const st = await pairStatus(c);

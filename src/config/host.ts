@@ -9,7 +9,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
-import { endpoint, ipv4, nodeName, port } from './schema.js';
+import { endpoint, ipv4, nodeName, port, size } from './schema.js';
 import { ConfigError, parseYamlFile } from './load.js';
 import { LockstepError } from '../util/errors.js';
 
@@ -66,6 +66,11 @@ export const hostSchema = z
       .object({ first: port, last: port })
       .strict()
       .default({ first: DEFAULT_PORTS.first, last: DEFAULT_PORTS.last }),
+    /**
+     * How much memory this host gives its VMs, whichever role each plays (a secondary runs a whole VM too). The
+     * daemon refuses a VM that would go over it. Default: the machine's memory less 1 GiB for the host itself.
+     */
+    memory: z.object({ forVms: size('a memory size').optional() }).strict().default({}),
     /** The other hosts this one trusts, by name (`lockstep host trust` adds them). */
     peers: z.record(nodeName, peer).default({}),
   })

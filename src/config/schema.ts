@@ -17,7 +17,7 @@ export function parseSize(v: string | number): number | undefined {
   return Number(m[1]) * mult;
 }
 
-const size = (what: string) =>
+export const size = (what: string) =>
   z.union([z.string(), z.number()]).transform((v, ctx) => {
     const n = parseSize(v);
     if (n === undefined || n <= 0) {

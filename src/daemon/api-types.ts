@@ -27,6 +27,8 @@ export const hostInfoSchema = z.object({
   vms: z.array(z.string()),
   /** The ports this host gives its VMs, and those its VMs hold (every defined VM, started or not). */
   ports: z.object({ first: z.number(), last: z.number(), used: z.array(z.number()) }),
+  /** The memory this host gives its VMs, and what its defined VMs take of it (estimated: each VM's memory + QEMU's own). */
+  memory: z.object({ forVmsBytes: z.number(), usedBytes: z.number() }),
 });
 export type HostInfo = z.infer<typeof hostInfoSchema>;
 

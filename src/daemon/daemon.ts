@@ -8,6 +8,7 @@
 import fs from 'node:fs';
 import https from 'node:https';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { createAdaptorServer } from '@hono/node-server';
 import type { HostConfig } from '../config/host.js';
@@ -62,6 +63,16 @@ function closeServer(s: Server): Promise<void> {
   });
 }
 
+const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
+/** QEMU's own memory beside its guest's, as the daemon counts it (an estimate: TCG's code cache, device buffers). */
+export const QEMU_OVERHEAD_BYTES = 64 * MiB;
+
+/** The memory a VM takes on each of its hosts, as the daemon counts it. */
+function memoryOf(placed: PlacedVm): number {
+  return placed.vm.vm.memory + QEMU_OVERHEAD_BYTES;
+}
+
 export class Daemon implements DaemonView {
   private readonly now: () => number;
   private readonly log: NonNullable<DaemonOptions['log']>;
@@ -69,6 +80,8 @@ export class Daemon implements DaemonView {
   /** The trusted hosts with their certificates' fingerprints (computed once), and by fingerprint. */
   private readonly peers: HostInfo['peers'];
   private readonly peerPrints: Map<string, string>;
+  /** The memory this host gives its VMs (host file memory.forVms, else the machine's less 1 GiB). */
+  private readonly memoryForVms: number;
   private startedAt = 0;
   private startedAtIso = '';
   private readonly vmHosts = new Map<string, VmHost>();
@@ -83,8 +96,8 @@ export class Daemon implements DaemonView {
     this.peers = Object.entries(host.peers).map(([name, p]) => ({ name, api: p.api, fingerprint: fingerprint(p.cert) }));
     this.peerPrints = new Map(this.peers.map((p) => [p.fingerprint, p.name]));
     this.logger = o.logger ?? pino({ level: 'silent' });
+    this.memoryForVms = host.memory.forVms ?? Math.max(0, os.totalmem() - GiB);
   }
-
 
   async start(): Promise<void> {
     const h = this.host;
@@ -181,6 +194,7 @@ export class Daemon implements DaemonView {
     if (r.data.vm.name !== name) throw new LockstepError(`the definition is of VM "${r.data.vm.name}", not "${name}"`);
     // Placed here before it is kept: a definition this host cannot run, or whose ports it cannot give, is refused now.
     this.checkPorts(name, r.data);
+    this.checkMemory(name, r.data);
     const next = new VmHost(this.host, r.data, this.logger.child({ vm: name }));
     const cur = this.vmHosts.get(name);
     if (cur) {
@@ -240,7 +254,23 @@ export class Daemon implements DaemonView {
       caller,
       vms: this.vmNames(),
       ports: { ...h.ports, used: [...this.portsInUse().keys()].sort((a, b) => a - b) },
+      memory: { forVmsBytes: this.memoryForVms, usedBytes: [...this.vmHosts.values()].reduce((sum, v) => sum + memoryOf(v.placed), 0) },
     };
+  }
+
+  /** A VM must fit in the memory this host gives its VMs, beside those defined here: refused (409) otherwise. */
+  private checkMemory(name: string, placed: PlacedVm): void {
+    const others = [...this.vmHosts.entries()].filter(([n]) => n !== name);
+    const taken = others.reduce((sum, [, v]) => sum + memoryOf(v.placed), 0);
+    const needs = memoryOf(placed);
+    if (taken + needs <= this.memoryForVms) return;
+    const mib = (b: number) => `${Math.round(b / MiB)} MiB`;
+    throw new ApiRefusal(
+      409,
+      `VM "${name}" needs about ${mib(needs)} on this host (its memory and QEMU's own), but ${mib(this.memoryForVms - taken)} of the ${mib(this.memoryForVms)} this host gives its VMs are left` +
+        (others.length ? ` (${others.map(([n, v]) => `${n} ${mib(memoryOf(v.placed))}`).join(', ')})` : ''),
+      'give it less memory, end a VM (lockstep down NAME, then remove it), or raise memory.forVms in the host file',
+    );
   }
 
   /** Every port the VMs defined here hold, and whose it is (`except`: leave that VM out). */

@@ -297,3 +297,39 @@ export async function resyncOnHosts(
   const r = await followUntilProtected(name, [from, to], clients, o, t0, o.timeoutMs ?? 600_000);
   return { name, from, to, ms: r.ms, alreadyProtected: false };
 }
+
+export interface HostVmsView {
+  /** Every VM the asked hosts run or keep, by name, with what each of its hosts that answered says. */
+  vms: Array<{ name: string; hosts: [string, string]; protected: boolean; status: Array<{ host: string; status: VmStatus }> }>;
+  /** Hosts that could not be asked, and why. */
+  unreachable: Array<{ host: string; error: string }>;
+}
+
+/**
+ * lockstep status (no NAME): every VM of this host and of every host it
+ * trusts (or of `only`). A VM counts as protected when every one of its
+ * hosts that was asked says so, and (unless one host was asked) both were.
+ */
+export async function vmsOnHosts(host: HostConfig, o: { only?: string } = {}): Promise<HostVmsView> {
+  const names = o.only ? [o.only] : [...(fs.existsSync(host.api.socket) ? [host.name] : []), ...Object.keys(host.peers)];
+  const answers = await Promise.all(
+    names.map(async (h) => {
+      try {
+        return { host: h, vms: await clientFor(host, h, 5000).vms() };
+      } catch (err) {
+        return { host: h, error: (err as Error).message };
+      }
+    }),
+  );
+  const byName = new Map<string, HostVmsView['vms'][number]>();
+  for (const a of answers) {
+    for (const v of a.vms ?? []) {
+      const e = byName.get(v.name) ?? { name: v.name, hosts: v.hosts, protected: false, status: [] };
+      e.status.push({ host: a.host, status: v });
+      byName.set(v.name, e);
+    }
+  }
+  const vms = [...byName.values()].sort((x, y) => x.name.localeCompare(y.name));
+  for (const v of vms) v.protected = v.status.every((s) => s.status.agent?.protected) && (o.only !== undefined || v.hosts.every((h) => v.status.some((s) => s.host === h)));
+  return { vms, unreachable: answers.flatMap((a) => (a.error !== undefined ? [{ host: a.host, error: a.error }] : [])) };
+}

@@ -3,7 +3,7 @@
  * up the lab hosts with their daemons, protects the VM, takes the primary's
  * host down and back while a client counts, and says that the connection
  * stayed open and no acknowledged write was lost; the lab it leaves answers
- * `lab status`, `lab run mgmt status web` and a chaos verb from another
+ * `lab status`, `lab run mgmt status web`, `status` of every VM, and a chaos verb from another
  * process, and `lab down` leaves nothing running.
  */
 import { test } from 'node:test';
@@ -39,6 +39,13 @@ test('lockstep demo on the daemons of the lab hosts, then the lab verbs, then la
   assert.match(status.stdout, /VM "web": PROTECTED/);
   const json = await cli(['lab', 'run', 'mgmt', '--dir', dir, '--', 'status', 'web', '--json']);
   assert.equal(JSON.parse(json.stdout).protected, true);
+  const every = await cli(['lab', 'run', 'mgmt', '--dir', dir, '--', 'status', '--json']);
+  assert.equal(every.code, 0, every.stderr);
+  assert.deepEqual(
+    (JSON.parse(every.stdout) as { vms: Array<{ name: string; protected: boolean; status: Array<{ host: string }> }> }).vms.map((v) => [v.name, v.protected, v.status.map((s) => s.host).sort()]),
+    [['web', true, ['a', 'b']]],
+    'lockstep status without a name lists every VM of the hosts the management host trusts',
+  );
 
   const kill = await cli(['lab', 'kill', 'secondary', '--dir', dir]);
   assert.equal(kill.code, 0, kill.stderr);

@@ -218,6 +218,11 @@ test('VM definitions: checked and placed before they are kept (0600), the same a
   assert.deepEqual((await c.host()).ports, { first: 9000, last: 9999, used: Array.from({ length: 14 }, (_, i) => 9000 + i) });
   const list = await c.vms();
   assert.deepEqual(list.map((v) => [v.name, v.definedRole, v.phase, v.agent]), [['db', 'primary', 'defined', null], ['web', 'primary', 'defined', null]]);
+  // lockstep status without a name: every VM of the hosts asked, none protected (defined only), nobody unreachable.
+  const { vmsOnHosts } = await import('../../src/daemon/orchestrate.js');
+  const all = await vmsOnHosts(h);
+  assert.deepEqual(all.vms.map((v) => [v.name, v.protected, v.status.map((s) => `${s.host}:${s.status.phase}`)]), [['db', false, ['a:defined']], ['web', false, ['a:defined']]]);
+  assert.deepEqual(all.unreachable, []);
   assert.equal(await c.vm('nothing'), undefined);
   await assert.rejects(c.startVm('nothing'), refused(404, /no VM "nothing"/));
   await assert.rejects(c.stopVm('nothing'), refused(404, /no VM "nothing"/));
@@ -228,4 +233,27 @@ test('VM definitions: checked and placed before they are kept (0600), the same a
   t.after(() => d2.stop());
   assert.deepEqual((await c.vms()).map((v) => v.name), ['db', 'web']);
   assert.equal((await c.host()).ports.used.length, 14, 'the ports stay taken across a restart');
+});
+
+test('memory: a VM that would go over what the host gives its VMs is refused, saying what is left and whose the rest is', async (t) => {
+  const dir = tmp();
+  const files = await hosts(dir, ['a'], []);
+  const h = { ...loadHostFile(files.a!), memory: { forVms: 300 * 2 ** 20 } };
+  const d = new Daemon(h);
+  await d.start();
+  t.after(() => d.stop());
+  const c = ApiClient.local(h);
+  const { parseVmFile, portBlockAt } = await import('../../src/config/vm.js');
+  const placed = (name: string, base: number) => ({
+    vm: parseVmFile(`name: ${name}\nhosts: [a, b]\nvm: { kernel: demo, memory: 128M, disk: { image: /srv/${name}.qcow2 } }\n`, `${name}.yaml`),
+    hosts: { a: { replication: '10.0.1.1', heartbeat: ['10.0.1.1'] }, b: { replication: '10.0.1.2', heartbeat: ['10.0.1.2'] } },
+    run: `run-${name}-0123456789`,
+    secret: 'a secret of sixteen or more',
+    ports: portBlockAt(base),
+    definedAt: new Date().toISOString(),
+  });
+  assert.equal((await c.defineVm('web', placed('web', 9000))).outcome, 'created', '128 MiB + 64 MiB of QEMU: 192 of 300');
+  await assert.rejects(c.defineVm('db', placed('db', 9007)), (e: unknown) => e instanceof ApiCallError && e.status === 409 && /VM "db" needs about 192 MiB on this host .* but 108 MiB of the 300 MiB this host gives its VMs are left \(web 192 MiB\)/.test(e.message));
+  assert.deepEqual((await c.host()).memory, { forVmsBytes: 300 * 2 ** 20, usedBytes: 192 * 2 ** 20 });
+  assert.deepEqual((await c.vms()).map((v) => v.name), ['web'], 'nothing kept of the refused one');
 });
