@@ -1,4 +1,3 @@
-import fs from 'node:fs';
 import type { Command } from 'commander';
 import { loadConfig } from '../config/load.js';
 import { up } from '../pair/up.js';
@@ -9,7 +8,7 @@ import { resync } from '../pair/resync.js';
 import { createProgress } from '../util/progress.js';
 import { print } from './output.js';
 import { loadHostFile } from '../config/host.js';
-import { upOnHosts, vmOnHosts, vmsOnHosts, vmLine, downOnHosts, failoverOnHosts, resyncOnHosts } from '../daemon/orchestrate.js';
+import { hostsToAsk, upOnHosts, vmOnHosts, vmsOnHosts, vmLine, downOnHosts, failoverOnHosts, resyncOnHosts } from '../daemon/orchestrate.js';
 import { hostFileOf } from './host.js';
 import { LockstepError } from '../util/errors.js';
 
@@ -144,7 +143,7 @@ export function registerPairCommands(program: Command): void {
       const host = loadHostFile(hostFileOf(opts.hostFile));
       const answers = await vmOnHosts(host, vm!, { only: opts.host });
       if (answers.length === 0) {
-        const asked = opts.host ? [opts.host] : [...(fs.existsSync(host.api.socket) ? [host.name] : []), ...Object.keys(host.peers)];
+        const asked = hostsToAsk(host, opts.host);
         if (asked.length === 0) throw new LockstepError('no daemon to ask: none runs on this host, and it trusts no other host', { hint: 'start lockstepd here (systemctl start lockstepd), or trust the VM\'s hosts: lockstep host trust' });
         throw new LockstepError(`no host knows a VM "${vm}" (asked: ${asked.join(', ')})`, { hint: 'start it with lockstep up -f FILE' });
       }

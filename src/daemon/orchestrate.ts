@@ -126,10 +126,14 @@ async function followUntilProtected(name: string, hosts: [string, string], clien
   }
 }
 
+/** The hosts a command asks: `only`, else this host (if its daemon runs: a management host has none) and every peer. */
+export function hostsToAsk(host: HostConfig, only?: string): string[] {
+  return only ? [only] : [...(fs.existsSync(host.api.socket) ? [host.name] : []), ...Object.keys(host.peers)];
+}
+
 /** The VM as every host this one knows (itself, its peers) runs it; hosts that cannot be asked say why. */
 export async function vmOnHosts(host: HostConfig, name: string, o: { only?: string } = {}): Promise<Array<{ host: string; status?: VmStatus; error?: string }>> {
-  // This host only if its daemon runs (a management host has none).
-  const names = o.only ? [o.only] : [...(fs.existsSync(host.api.socket) ? [host.name] : []), ...Object.keys(host.peers)];
+  const names = hostsToAsk(host, o.only);
   const out = await Promise.all(
     names.map(async (h) => {
       try {
@@ -311,7 +315,7 @@ export interface HostVmsView {
  * hosts that was asked says so, and (unless one host was asked) both were.
  */
 export async function vmsOnHosts(host: HostConfig, o: { only?: string } = {}): Promise<HostVmsView> {
-  const names = o.only ? [o.only] : [...(fs.existsSync(host.api.socket) ? [host.name] : []), ...Object.keys(host.peers)];
+  const names = hostsToAsk(host, o.only);
   const answers = await Promise.all(
     names.map(async (h) => {
       try {
