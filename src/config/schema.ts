@@ -52,8 +52,8 @@ const network = z.discriminatedUnion('mode', [
     .object({
       mode: z.literal('tap'),
       bridge: ifname,
-      /** Tap interface per node name. */
-      taps: z.record(z.string(), ifname),
+      /** Tap interface per node name (a VM file may leave a host out: its daemon makes one). */
+      taps: z.record(z.string(), ifname).default({}),
       /**
        * After a takeover, QEMU's announce-self tells the switches and neighbours
        * that the VM's MAC is behind the survivor's port now. Off only to measure

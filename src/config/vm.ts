@@ -96,7 +96,6 @@ export function parseVmFile(text: string, file: string): VmFile {
   ];
   for (const [field, p] of paths) if (p !== undefined && !path.isAbsolute(p)) problems.push(`${field}: "${p}" must be an absolute path (it is a path on the hosts, not here)`);
   if (v.agents.witness && !v.agents.secret) problems.push('agents.secret: needed with agents.witness (the witness checks the agents with the same secret: give both the same one)');
-  if (v.vm.network.mode === 'tap') for (const h of v.hosts) if (!v.vm.network.taps[h]) problems.push(`vm.network.taps: no tap for host "${h}"`);
   if (problems.length) throw new ConfigError(file, problems, 'examples/two-hosts.yaml');
   return v;
 }
@@ -106,7 +105,15 @@ export function parseVmFile(text: string, file: string): VmFile {
  * their replication addresses, the heartbeat paths theirs (paired in
  * order, as many as both have), the state in `<stateDir>/vms/<name>`.
  */
-export function placeVm(v: VmFile, hosts: Record<string, HostAddresses>, me: string, stateDir: string, secret: string, ports: PortBlock = portsOfVmFile(v)): ResolvedConfig {
+export function placeVm(
+  v: VmFile,
+  hosts: Record<string, HostAddresses>,
+  me: string,
+  stateDir: string,
+  secret: string,
+  o: { ports?: PortBlock; tap?: string } = {},
+): ResolvedConfig {
+  const ports = o.ports ?? portsOfVmFile(v);
   const [p, s] = v.hosts;
   const ha = hosts[p];
   const hb = hosts[s];
@@ -115,8 +122,18 @@ export function placeVm(v: VmFile, hosts: Record<string, HostAddresses>, me: str
   const paths = Math.min(ha.heartbeat.length, hb.heartbeat.length);
   const vmDir = path.join(stateDir, 'vms', v.name);
   const { agents: agentsPort, ...colo } = ports;
+  const net = v.vm.network;
+  let vm = v.vm;
+  if (net.mode === 'tap') {
+    // This host's tap: the VM file's, else the one its daemon made. The other host's is that host's business (it may
+    // have the same name): ours stands in for it where the config wants one per node, and is never used for it here.
+    const mine = net.taps[me] ?? o.tap;
+    if (!mine) throw new ConfigError(`VM "${v.name}"`, [`vm.network.taps: no tap for host "${me}", and none made for it`]);
+    vm = { ...v.vm, network: { ...net, taps: { [p]: net.taps[p] ?? mine, [s]: net.taps[s] ?? mine, [me]: mine } } };
+  }
   const doc = {
     ...v,
+    vm,
     hosts: undefined,
     ports: colo,
     stateDir: vmDir,

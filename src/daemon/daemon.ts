@@ -20,6 +20,7 @@ import { apiApp, ApiRefusal, type DaemonView } from './api.js';
 import type { HostInfo, VmStatus } from './api-types.js';
 import { placedVmSchema, portsOfPlaced, VmHost, type PlacedVm } from './vm-host.js';
 import { portList } from '../config/vm.js';
+import { interfaceExists } from '../qemu/tap.js';
 import { nodeName } from '../config/schema.js';
 import { checkKeyFile, fingerprint } from './identity.js';
 
@@ -67,6 +68,9 @@ const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 /** QEMU's own memory beside its guest's, as the daemon counts it (an estimate: TCG's code cache, device buffers). */
 export const QEMU_OVERHEAD_BYTES = 64 * MiB;
+
+/** Taps a host makes for its VMs at most (lstap0 ...). */
+const TAPS_MAX = 1000;
 
 /** The memory a VM takes on each of its hosts, as the daemon counts it. */
 function memoryOf(placed: PlacedVm): number {
@@ -195,8 +199,8 @@ export class Daemon implements DaemonView {
     // Placed here before it is kept: a definition this host cannot run, or whose ports it cannot give, is refused now.
     this.checkPorts(name, r.data);
     this.checkMemory(name, r.data);
-    const next = new VmHost(this.host, r.data, this.logger.child({ vm: name }));
     const cur = this.vmHosts.get(name);
+    const next = new VmHost(this.host, r.data, this.logger.child({ vm: name }), { tap: this.tapFor(name, r.data, cur) });
     if (cur) {
       const same = JSON.stringify({ ...cur.placed, definedAt: '' }) === JSON.stringify({ ...r.data, definedAt: '' });
       if (same) return { name, outcome: 'unchanged' };
@@ -256,6 +260,23 @@ export class Daemon implements DaemonView {
       ports: { ...h.ports, used: [...this.portsInUse().keys()].sort((a, b) => a - b) },
       memory: { forVmsBytes: this.memoryForVms, usedBytes: [...this.vmHosts.values()].reduce((sum, v) => sum + memoryOf(v.placed), 0) },
     };
+  }
+
+  /**
+   * The tap this host makes for VM `name` in bridge mode when its VM file
+   * names none for this host: the one it had, else the lowest lstapN that
+   * no other VM here holds and no interface of this host has.
+   */
+  private tapFor(name: string, placed: PlacedVm, cur: VmHost | undefined): string | undefined {
+    const net = placed.vm.vm.network;
+    if (net.mode !== 'tap' || net.taps[this.host.name]) return undefined;
+    if (cur?.local.tap) return cur.local.tap;
+    const held = new Set([...this.vmHosts.values()].flatMap((v) => (v.local.tap ? [v.local.tap] : [])));
+    for (let n = 0; n < TAPS_MAX; n++) {
+      const tap = `lstap${n}`;
+      if (!held.has(tap) && !interfaceExists(tap)) return tap;
+    }
+    throw new ApiRefusal(409, `no tap name left for VM "${name}" on this host (lstap0-lstap${TAPS_MAX - 1} are taken)`, 'name its tap in the VM file (vm.network.taps), or end a VM');
   }
 
   /** A VM must fit in the memory this host gives its VMs, beside those defined here: refused (409) otherwise. */

@@ -23,7 +23,7 @@ import { readState, writeState, newPairState, nodeStateOf, type NodeState, type 
 import { quitNode } from '../pair/down.js';
 import { readDiskRecord, writeEpoch } from '../pair/generation.js';
 import { launchAlone } from '../pair/launch.js';
-import { attachTap, detachTap } from '../qemu/tap.js';
+import { attachTap, detachTap, ensureTap } from '../qemu/tap.js';
 import { createImage } from '../qemu/images.js';
 import { isOurQemu } from '../qemu/process.js';
 import { LockstepError, errorMessage } from '../util/errors.js';
@@ -50,6 +50,10 @@ export function portsOfPlaced(placed: PlacedVm): PortBlock {
   return placed.ports ?? portsOfVmFile(placed.vm);
 }
 
+/** What only this host records of a VM (local.json): the tap its daemon made when the VM file names none for it. */
+export const vmLocalSchema = z.object({ tap: z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/).optional() }).strict();
+export type VmLocal = z.output<typeof vmLocalSchema>;
+
 export type VmPhase = 'defined' | 'starting' | 'running' | 'failed' | 'stopping' | 'stopped';
 
 export interface VmHostStatus {
@@ -74,8 +78,10 @@ export class VmHost {
     readonly host: HostConfig,
     readonly placed: PlacedVm,
     private readonly log: pino.Logger,
+    /** What only this host knows of the VM: the tap its daemon made for it. */
+    readonly local: VmLocal = {},
   ) {
-    this.config = placeVm(placed.vm, placed.hosts as Record<string, HostAddresses>, host.name, host.stateDir, placed.secret, portsOfPlaced(placed));
+    this.config = placeVm(placed.vm, placed.hosts as Record<string, HostAddresses>, host.name, host.stateDir, placed.secret, { ports: portsOfPlaced(placed), tap: local.tap });
     if (readState(this.config.stateDir)?.stoppedAt) this.phase = 'stopped';
   }
 
@@ -102,7 +108,9 @@ export class VmHost {
       const file = path.join(VmHost.dir(host, n), 'vm.json');
       try {
         const placed = placedVmSchema.parse(JSON.parse(fs.readFileSync(file, 'utf8')));
-        vms.push(new VmHost(host, placed, log.child({ vm: n })));
+        const localFile = path.join(VmHost.dir(host, n), 'local.json');
+        const local = fs.existsSync(localFile) ? vmLocalSchema.parse(JSON.parse(fs.readFileSync(localFile, 'utf8'))) : {};
+        vms.push(new VmHost(host, placed, log.child({ vm: n }), local));
       } catch (err) {
         problems.push(`${file}: ${errorMessage(err)}`);
       }
@@ -126,6 +134,14 @@ export class VmHost {
   save(): void {
     fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     writeFileAtomic(path.join(this.dir, 'vm.json'), JSON.stringify(this.placed, null, 2) + '\n', { durable: true, mode: 0o600 });
+    writeFileAtomic(path.join(this.dir, 'local.json'), JSON.stringify(this.local, null, 2) + '\n', { durable: true, mode: 0o600 });
+  }
+
+  /** This host's tap of the VM (bridge mode), made if the daemon is to make it and it is not there (after a reboot). */
+  private async ensureOwnTap(step: (m: string) => void): Promise<void> {
+    const net = this.config.vm.network;
+    if (net.mode !== 'tap' || !this.local.tap) return;
+    if (await ensureTap(this.local.tap)) step(`made tap ${this.local.tap} for the VM`);
   }
 
   status(): VmHostStatus {
@@ -160,14 +176,16 @@ export class VmHost {
     this.checkStartable();
     const prev = readState(this.config.stateDir);
     if (prev?.stoppedAt) {
-      return this.starting('starting the agent; the agents restart the VM from the newest disk', async () => {
+      return this.starting('starting the agent; the agents restart the VM from the newest disk', async (step) => {
         const { stoppedAt: _, ...rest } = prev;
         writeState(this.config.stateDir, rest);
+        await this.ensureOwnTap(step);
         await this.startAgent();
       });
     }
     return this.starting(null, async (step) => {
       const c = this.config;
+      await this.ensureOwnTap(step);
       // A start that failed after the VM's record was written (the agent did not start) only needs the agent.
       if (!prev) {
         step('finding QEMU and the accelerator');
@@ -193,7 +211,10 @@ export class VmHost {
   /** After a daemon restart: the agent again, attaching to the QEMU that ran on. */
   async resume(): Promise<void> {
     if (!this.started) return;
-    return this.starting(null, () => this.startAgent());
+    return this.starting(null, async (step) => {
+      await this.ensureOwnTap(step);
+      await this.startAgent();
+    });
   }
 
   /** Runs a start: phase starting (its steps in `detail`), then running, or failed with the error. */

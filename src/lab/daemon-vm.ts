@@ -74,7 +74,8 @@ export class DaemonVmLab {
           '  memory: 128M',
           '  kernel: demo',
           '  disk: { image: /var/lib/lockstep/images/web.qcow2, create: true, size: 64M }',
-          '  network: { mode: tap, bridge: br0, taps: { a: tap-a, b: tap-b } }',
+          // No taps named: each host's daemon makes its own (lstapN) on that host's bridge.
+          '  network: { mode: tap, bridge: br0 }',
           `agents: { secret: "${LAB_SECRET}", witness: "${hosts.addr.mgmt.witness}:7900", reprotect: ${o.reprotect ?? true} }`,
           '',
         ].join('\n'),

@@ -38,6 +38,22 @@ export async function checkTap(p: TapPlace, field: string): Promise<void> {
   }
 }
 
+/**
+ * Makes tap `name` (persistent, in this network namespace) unless it
+ * exists, and brings it up, off any bridge; says whether it made it.
+ */
+export async function ensureTap(name: string): Promise<boolean> {
+  const made = !(await exists(undefined, name));
+  if (made) await ip(undefined, ['tuntap', 'add', 'dev', name, 'mode', 'tap']);
+  await ip(undefined, ['link', 'set', name, 'up']);
+  return made;
+}
+
+/** Whether network interface `name` exists in this network namespace. */
+export function interfaceExists(name: string): boolean {
+  return fs.existsSync(`/sys/class/net/${name}`);
+}
+
 /** Puts the tap on the bridge (the node serves the wire) and brings it up. */
 export async function attachTap(p: TapPlace): Promise<void> {
   await ip(p.netns, ['link', 'set', p.tap, 'master', p.bridge]);

@@ -257,3 +257,34 @@ test('memory: a VM that would go over what the host gives its VMs is refused, sa
   assert.deepEqual((await c.host()).memory, { forVmsBytes: 300 * 2 ** 20, usedBytes: 192 * 2 ** 20 });
   assert.deepEqual((await c.vms()).map((v) => v.name), ['web'], 'nothing kept of the refused one');
 });
+
+test('bridge mode without a tap named for this host: the daemon names one per VM (lstapN), records it, keeps it across a restart and a new definition', async (t) => {
+  const dir = tmp();
+  const files = await hosts(dir, ['a'], []);
+  const h = loadHostFile(files.a!);
+  const d = new Daemon(h);
+  await d.start();
+  t.after(() => d.stop());
+  const c = ApiClient.local(h);
+  const { parseVmFile, portBlockAt } = await import('../../src/config/vm.js');
+  const placed = (name: string, base: number, run = `run-${name}-0123456789`) => ({
+    vm: parseVmFile(`name: ${name}\nhosts: [a, b]\nvm: { kernel: demo, disk: { image: /srv/${name}.qcow2 }, network: { mode: tap, bridge: br0 } }\n`, `${name}.yaml`),
+    hosts: { a: { replication: '10.0.1.1', heartbeat: ['10.0.1.1'] }, b: { replication: '10.0.1.2', heartbeat: ['10.0.1.2'] } },
+    run,
+    secret: 'a secret of sixteen or more',
+    ports: portBlockAt(base),
+    definedAt: new Date().toISOString(),
+  });
+  await c.defineVm('web', placed('web', 9000));
+  await c.defineVm('db', placed('db', 9007));
+  const local = (name: string) => JSON.parse(fs.readFileSync(path.join(h.stateDir, 'vms', name, 'local.json'), 'utf8')) as { tap?: string };
+  assert.deepEqual([local('web').tap, local('db').tap], ['lstap0', 'lstap1']);
+  assert.equal((await c.defineVm('web', placed('web', 9000, 'run-web-again-0123'))).outcome, 'replaced');
+  assert.equal(local('web').tap, 'lstap0', 'a new definition of the same VM keeps its tap');
+  await d.stop();
+  const d2 = new Daemon(h);
+  await d2.start();
+  t.after(() => d2.stop());
+  await c.defineVm('cache', placed('cache', 9014));
+  assert.equal(local('cache').tap, 'lstap2', 'the taps recorded before the restart stay taken');
+});

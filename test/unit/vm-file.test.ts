@@ -40,7 +40,7 @@ test('a VM file placed on its hosts: nodes at their replication addresses, heart
   assert.deepEqual(one.agents?.links, { a: ['10.0.2.1'], b: ['10.0.1.2'] });
 });
 
-test('a VM file: relative paths, one host twice, links, a missing tap and an unknown host are refused, each named', () => {
+test('a VM file: relative paths, one host twice, links and an unknown host are refused, each named', () => {
   assert.throws(() => parseVmFile(VM.replace('/srv/vm/web.qcow2', 'web.qcow2'), 'web.yaml'), /vm.disk.image: "web.qcow2" must be an absolute path/);
   assert.throws(() => parseVmFile(VM.replace('hosts: [a, b]', 'hosts: [a, a]'), 'web.yaml'), /two hosts need different names/);
   assert.throws(() => parseVmFile(VM.replace('hosts: [a, b]', 'hosts: [a]'), 'web.yaml'), /hosts/);
@@ -48,7 +48,6 @@ test('a VM file: relative paths, one host twice, links, a missing tap and an unk
   assert.throws(() => parseVmFile(VM.replace(', secret: a-secret-of-sixteen-or-more', ''), 'web.yaml'), /agents.secret: needed with agents.witness/);
   // The shipped example is valid.
   parseVmFile(fs.readFileSync(path.join(packageRoot(), 'examples', 'two-hosts.yaml'), 'utf8'), 'two-hosts.yaml');
-  assert.throws(() => parseVmFile(VM.replace('taps: { a: tap-web, b: tap-web }', 'taps: { a: tap-web }'), 'web.yaml'), /no tap for host "b"/);
   assert.throws(() => parseVmFile(VM + 'nodes: []\n', 'web.yaml'), /unknown field "nodes"/);
   const v = parseVmFile(VM, 'web.yaml');
   assert.throws(() => placeVm(v, hosts, 'c', '/s', 'a secret of sixteen or more'), /this host \(c\) is not one of the VM's hosts/);
@@ -66,6 +65,16 @@ test('ports: the lowest block of 7 free on both hosts, inside both ranges; none 
   assert.equal(choosePortBlock([a, { first: 9000, last: 9012, used: [9010] }]), undefined, 'no room on both');
   const v = parseVmFile(VM, 'web.yaml');
   assert.equal(v.ports, undefined, 'a VM file without ports leaves them to up');
-  const c = placeVm(v, hosts, 'a', '/s', 'a secret of sixteen or more', portBlockAt(9014));
+  const c = placeVm(v, hosts, 'a', '/s', 'a secret of sixteen or more', { ports: portBlockAt(9014) });
   assert.deepEqual([c.ports.comparePrimary, c.ports.mirror, c.ports.nbd, c.agents?.port], [9014, 9015, 9019, 9020]);
+});
+
+test("bridge mode: a host the VM file names no tap for uses the one its daemon made; none at all is refused when placed", () => {
+  const v = parseVmFile(VM.replace('taps: { a: tap-web, b: tap-web }', 'taps: { a: tap-web }'), 'web.yaml');
+  const onB = placeVm(v, hosts, 'b', '/s', 'a secret of sixteen or more', { tap: 'lstap3' });
+  assert.equal(onB.vm.network.mode === 'tap' && onB.vm.network.taps.b, 'lstap3');
+  const onA = placeVm(v, hosts, 'a', '/s', 'a secret of sixteen or more', { tap: 'lstap0' });
+  assert.equal(onA.vm.network.mode === 'tap' && onA.vm.network.taps.a, 'tap-web', "the VM file's name wins");
+  const none = parseVmFile(VM.replace('taps: { a: tap-web, b: tap-web }', 'taps: {}').replace('network: { mode: tap, bridge: br0, taps: {} }', 'network: { mode: tap, bridge: br0 }'), 'web.yaml');
+  assert.throws(() => placeVm(none, hosts, 'a', '/s', 'a secret of sixteen or more'), /no tap for host "a", and none made for it/);
 });
