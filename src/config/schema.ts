@@ -41,11 +41,19 @@ const forward = z
   })
   .strict();
 
+/** A unicast MAC address: both VMs of a pair have the same one; every VM on a LAN needs its own. */
+const mac = z
+  .string()
+  .regex(/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/, 'expected a MAC address like 52:54:00:12:34:56 (lower case)')
+  .refine((m) => (parseInt(m.slice(0, 2), 16) & 1) === 0, 'expected a unicast MAC address (the first byte even)')
+  .describe("the VM's MAC address (default: one derived from the VM's name)");
+
 const network = z.discriminatedUnion('mode', [
   z
     .object({
       mode: z.literal('user'),
       forwards: z.array(forward).default([]),
+      mac: mac.optional(),
     })
     .strict(),
   z
@@ -61,6 +69,7 @@ const network = z.discriminatedUnion('mode', [
        * host's port loses it until the guest itself sends a packet.
        */
       announce: z.boolean().default(true),
+      mac: mac.optional(),
     })
     .strict(),
 ]);

@@ -3,6 +3,7 @@
  * each file and socket lives, which ports and addresses. Pure: no processes,
  * no I/O, so it can be checked in unit tests.
  */
+import crypto from 'node:crypto';
 import path from 'node:path';
 import type { ResolvedConfig } from '../config/load.js';
 import type { TapPlace } from '../qemu/tap.js';
@@ -58,6 +59,17 @@ export function replicaPath(c: ResolvedConfig, node: ResolvedConfig['nodes'][num
  * primary restarts by itself from `alone.disk` (the node's newest disk)
  * after the whole pair died.
  */
+/**
+ * The MAC address of VM `name` unless its config gives one: QEMU's prefix
+ * 52:54:00 (locally administered, unicast) and three bytes of a hash of the
+ * name, so that both nodes of a pair give the VM the same address and VMs of
+ * different names on one LAN (almost always) differ.
+ */
+export function vmMac(name: string): string {
+  const h = crypto.createHash('sha256').update(`lockstep mac|${name}`).digest();
+  return ['52', '54', '00', ...[...h.subarray(0, 3)].map((b) => b.toString(16).padStart(2, '0'))].join(':');
+}
+
 export function planPair(c: ResolvedConfig, rt: Runtime, primary: string = c.nodes[0]!.name, o: { alone?: { disk: string } } = {}): PairPlan {
   const [first, second] = c.nodes as [ResolvedConfig['nodes'][number], ResolvedConfig['nodes'][number]];
   const [p, s] = first.name === primary ? [first, second] : [second, first];
@@ -91,6 +103,7 @@ export function planPair(c: ResolvedConfig, rt: Runtime, primary: string = c.nod
     serialLog: path.join(n.dataDir, 'serial.log'),
     qmpSockets: [path.join(n.dataDir, 'qmp.sock'), path.join(n.dataDir, 'qmp2.sock')],
     nic: nic(n.name),
+    mac: net.mac ?? vmMac(c.name),
   });
   const node = (n: ResolvedConfig['nodes'][number], role: 'primary' | 'secondary', disk: string, args: string[]): NodePlan => ({
     name: n.name,

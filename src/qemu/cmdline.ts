@@ -66,6 +66,8 @@ export interface MachineSpec {
   /** QMP unix sockets; lockstep uses one for control and keeps one spare for re-attachment. */
   qmpSockets: string[];
   nic: NicSpec;
+  /** The NIC's MAC address (QEMU's default when absent: the same for every VM). */
+  mac?: string;
 }
 
 /** TCP endpoints of the COLO proxy, migration and NBD, as in the documentation's test procedure. */
@@ -150,8 +152,8 @@ function common(m: MachineSpec): string[] {
   return a;
 }
 
-function nicDevice(): string[] {
-  return ['-device', opts('virtio-net-pci', { id: IDS.nic, netdev: IDS.netdev })];
+function nicDevice(mac: string | undefined): string[] {
+  return ['-device', opts('virtio-net-pci', { id: IDS.nic, netdev: IDS.netdev, ...(mac ? { mac } : {}) })];
 }
 
 function socketChardev(id: string, host: string, port: number, extra: Record<string, string | number | boolean>): string[] {
@@ -168,7 +170,7 @@ function socketChardev(id: string, host: string, port: number, extra: Record<str
  */
 export function primaryArgs(m: MachineSpec, e: ColoEndpoints, disk: PrimaryDisk, o: { alone?: boolean } = {}): string[] {
   const a = common(m);
-  a.push('-netdev', netdevArg(m.nic, true), ...nicDevice());
+  a.push('-netdev', netdevArg(m.nic, true), ...nicDevice(m.mac));
   a.push(
     ...socketChardev(IDS.mirrorChardev, e.primaryHost, e.mirrorPort, { server: true, wait: false }),
     ...socketChardev(IDS.compare1, e.primaryHost, e.compareSecondaryPort, { server: true, wait: !o.alone }),
@@ -231,7 +233,7 @@ export function primaryProxyObjects(e: ColoEndpoints): string[] {
 export function secondaryArgs(m: MachineSpec, e: ColoEndpoints, d: SecondaryDisks): string[] {
   const a = common(m);
   // The secondary's own netdev sees no traffic while in COLO; forwards are added at failover.
-  a.push('-netdev', netdevArg(m.nic, false), ...nicDevice());
+  a.push('-netdev', netdevArg(m.nic, false), ...nicDevice(m.mac));
   a.push(
     ...socketChardev(IDS.secChardevIn, e.primaryHost, e.mirrorPort, reconnect(e)),
     ...socketChardev(IDS.secChardevOut, e.primaryHost, e.compareSecondaryPort, reconnect(e)),
@@ -267,7 +269,7 @@ export function secondaryArgs(m: MachineSpec, e: ColoEndpoints, d: SecondaryDisk
 /** A plain, unprotected VM with the same machine and disk (for comparisons). */
 export function plainArgs(m: MachineSpec, disk: PrimaryDisk): string[] {
   const a = common(m);
-  a.push('-netdev', netdevArg(m.nic, true), ...nicDevice());
+  a.push('-netdev', netdevArg(m.nic, true), ...nicDevice(m.mac));
   a.push('-drive', opts('if=none', { id: IDS.disk, file: disk.image, driver: disk.format }), '-device', opts('virtio-blk-pci', { id: IDS.blockDevice, drive: IDS.disk }));
   return a;
 }

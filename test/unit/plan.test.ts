@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { parseConfig } from '../../src/config/load.js';
-import { planPair, type Runtime } from '../../src/pair/plan.js';
+import { planPair, vmMac, type Runtime } from '../../src/pair/plan.js';
 import { newPairState } from '../../src/pair/state.js';
 
 const rt: Runtime = { binary: '/usr/bin/qemu-system-x86_64', accel: 'tcg', dataDirs: [], kernel: '/k/vmlinuz', initrd: '/k/initrd', reconnectMs: false };
@@ -69,4 +69,16 @@ test("bridge mode announces the VM after a takeover unless vm.network.announce i
   assert.equal(record('{ mode: tap, bridge: br0, taps: { a: tap-a, b: tap-b } }').announce, undefined);
   assert.equal(record('{ mode: tap, bridge: br0, taps: { a: tap-a, b: tap-b }, announce: false }').announce, false);
   assert.equal(record('{ mode: user }').announce, undefined);
+});
+
+test("the VM's MAC: the same on both nodes, derived from the VM's name unless the config gives one, unicast", () => {
+  const macOf = (args: string[]) => /virtio-net-pci,id=\w+,netdev=hn0,mac=([0-9a-f:]+)/.exec(args.join(' '))?.[1];
+  const web = planPair(parseConfig(yaml('{ mode: tap, bridge: br0, taps: { a: tap-a, b: tap-b } }'), '/etc/lockstep/web.yaml'), rt);
+  assert.equal(macOf(web.primary.args), vmMac('web'));
+  assert.equal(macOf(web.secondary.args), vmMac('web'), 'both nodes present the same VM');
+  assert.match(vmMac('web'), /^52:54:00(:[0-9a-f]{2}){3}$/);
+  assert.notEqual(vmMac('web'), vmMac('db'));
+  const given = planPair(parseConfig(yaml('{ mode: tap, bridge: br0, taps: { a: tap-a, b: tap-b }, mac: "52:54:00:aa:bb:cc" }'), '/etc/lockstep/web.yaml'), rt);
+  assert.equal(macOf(given.secondary.args), '52:54:00:aa:bb:cc');
+  assert.throws(() => parseConfig(yaml('{ mode: user, mac: "53:54:00:aa:bb:cc" }'), '/x/y.yaml'), /unicast MAC/);
 });
