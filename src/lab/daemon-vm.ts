@@ -28,6 +28,33 @@ export interface VmStatusView {
   of(h: string): VmStatus | undefined;
 }
 
+/** The guest's address on the LAN of VM `name` in the lab: web is the demo guest's default, others get their own. */
+export const LAB_GUEST_IPS: Record<string, string> = { web: '10.0.2.15', db: '10.0.2.16' };
+
+/** A VM file on the management host, /etc/lockstep/NAME.yaml: the demo guest, 64 MiB disk created on its primary's host. */
+function writeVmFile(lab: LabDaemons, hosts: LabHosts, o: { name: string; hosts: ['a' | 'b', 'a' | 'b']; reprotect: boolean }): string {
+  const ip = LAB_GUEST_IPS[o.name];
+  if (!ip) throw new LockstepError(`the lab has no guest address for VM "${o.name}"`, { hint: `one of ${Object.keys(LAB_GUEST_IPS).join(', ')}` });
+  const file = `/etc/lockstep/${o.name}.yaml`;
+  fs.writeFileSync(
+    path.join(lab.dirs('mgmt').etc, `${o.name}.yaml`),
+    [
+      `name: ${o.name}`,
+      `hosts: [${o.hosts.join(', ')}]`,
+      'vm:',
+      '  memory: 128M',
+      '  kernel: demo',
+      `  append: "console=ttyS0 quiet lockstep.ip=${ip}/24"`,
+      `  disk: { image: /var/lib/lockstep/images/${o.name}.qcow2, create: true, size: 64M }`,
+      // No taps named: each host's daemon makes its own (lstapN) on that host's bridge.
+      '  network: { mode: tap, bridge: br0 }',
+      `agents: { secret: "${LAB_SECRET}", witness: "${hosts.addr.mgmt.witness}:7900", reprotect: ${o.reprotect} }`,
+      '',
+    ].join('\n'),
+  );
+  return file;
+}
+
 /** What a kept lab records in its directory, to be found again by a later command. */
 const recordSchema = z.object({ ns: z.object({ a: z.string(), b: z.string(), witness: z.string(), client: z.string(), switch: z.string() }), tag: z.string(), witnessPid: z.number().optional() });
 
@@ -65,21 +92,7 @@ export class DaemonVmLab {
     try {
       lab = await LabDaemons.create(root, hosts, { tag });
       const witness = await startWitness(root, hosts.ns.witness, `${hosts.addr.mgmt.witness}:7900`);
-      fs.writeFileSync(
-        path.join(lab.dirs('mgmt').etc, 'web.yaml'),
-        [
-          'name: web',
-          'hosts: [a, b]',
-          'vm:',
-          '  memory: 128M',
-          '  kernel: demo',
-          '  disk: { image: /var/lib/lockstep/images/web.qcow2, create: true, size: 64M }',
-          // No taps named: each host's daemon makes its own (lstapN) on that host's bridge.
-          '  network: { mode: tap, bridge: br0 }',
-          `agents: { secret: "${LAB_SECRET}", witness: "${hosts.addr.mgmt.witness}:7900", reprotect: ${o.reprotect ?? true} }`,
-          '',
-        ].join('\n'),
-      );
+      writeVmFile(lab, hosts, { name: 'web', hosts: ['a', 'b'], reprotect: o.reprotect ?? true });
       if (o.root) fs.writeFileSync(DaemonVmLab.recordFile(root), JSON.stringify({ ns: hosts.ns, tag, witnessPid: witness }, null, 2) + '\n');
       return new DaemonVmLab(root, hosts, lab, witness);
     } catch (err) {
@@ -103,30 +116,35 @@ export class DaemonVmLab {
     return new DaemonVmLab(root, hosts, lab, rec.witnessPid);
   }
 
-  /** lockstep up -f, from the management host; `onLine` sees its progress. */
-  async up(o: { onLine?: (line: string) => void } = {}): Promise<void> {
-    const r = await this.lab.cli('mgmt', ['up', '-f', this.vmFile], { timeoutMs: 600_000, onLine: o.onLine });
+  /** Another VM's file on the management host (see LAB_GUEST_IPS); its path there. */
+  addVm(name: string, hosts: ['a' | 'b', 'a' | 'b'], o: { reprotect?: boolean } = {}): string {
+    return writeVmFile(this.lab, this.hosts, { name, hosts, reprotect: o.reprotect ?? true });
+  }
+
+  /** lockstep up -f (VM web's file unless told), from the management host; `onLine` sees its progress. */
+  async up(o: { onLine?: (line: string) => void; file?: string } = {}): Promise<void> {
+    const r = await this.lab.cli('mgmt', ['up', '-f', o.file ?? this.vmFile], { timeoutMs: 600_000, onLine: o.onLine });
     if (r.code !== 0) throw new LockstepError(`lockstep up -f failed: ${r.stderr.trim()}`);
   }
 
   /** The host whose agent writes the VM's disk (primary, or alone), as status says; undefined if none. */
-  async writer(): Promise<'a' | 'b' | undefined> {
-    const s = await this.status();
+  async writer(vm = this.vm): Promise<'a' | 'b' | undefined> {
+    const s = await this.status(vm);
     return (['a', 'b'] as const).find((h) => s.of(h)?.agent?.role === 'primary' || s.of(h)?.agent?.role === 'alone');
   }
 
-  /** lockstep status web --json, from the management host. */
-  async status(): Promise<VmStatusView> {
-    const r = await this.lab.cli('mgmt', ['status', 'web', '--json']);
+  /** lockstep status NAME --json (web unless told), from the management host. */
+  async status(vm = this.vm): Promise<VmStatusView> {
+    const r = await this.lab.cli('mgmt', ['status', vm, '--json']);
     const s = statusSchema.parse(JSON.parse(r.stdout));
     return { code: r.code, protected: s.protected, hosts: s.hosts, of: (h: string) => s.hosts.find((x) => x.host === h)?.status };
   }
 
   /** Waits until status says PROTECTED; the time it took. */
-  async untilProtected(what: string, timeoutMs: number): Promise<{ s: VmStatusView; ms: number }> {
+  async untilProtected(what: string, timeoutMs: number, vm = this.vm): Promise<{ s: VmStatusView; ms: number }> {
     const t0 = performance.now();
     for (;;) {
-      const s = await this.status();
+      const s = await this.status(vm);
       if (s.protected) return { s, ms: performance.now() - t0 };
       if (performance.now() - t0 > timeoutMs) {
         throw new LockstepError(`${what}: not protected within ${timeoutMs} ms: ${JSON.stringify(s.hosts.map((h) => [h.host, h.status?.phase, h.status?.agent?.role, h.status?.agent?.degraded, h.error]))}`);

@@ -1,0 +1,58 @@
+/**
+ * Two protected VMs whose primaries are on different hosts, through the
+ * daemons of the lab hosts (each VM its own ports, taps, MAC, guest address
+ * and lease at the one witness), a client on each keeping one TCP connection
+ * and counting on its VM's disk:
+ * - host a loses power: web (primary on a) fails over to b, db (primary on
+ *   b) carries on alone; a comes back: both protected again by themselves;
+ * - the same with host b (now the primary of both).
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { NetnsClient, counterGaps } from '../../src/lab/client-driver.js';
+import { LAB_GUEST_IPS } from '../../src/lab/daemon-vm.js';
+import { daemonLab } from '../helpers/daemons.js';
+
+const isRoot = process.getuid?.() === 0;
+
+test('two VMs, primaries on different hosts: each host lost and back, both VMs run on and are protected again', { skip: !isRoot && 'needs root for namespaces', timeout: 15 * 60_000 }, async (t) => {
+  const d = await daemonLab(t, 'two-vms');
+  const { hosts, lab } = d;
+  const dbFile = d.addVm('db', ['b', 'a']);
+  await d.up();
+  await d.up({ file: dbFile });
+  const every = await lab.cli('mgmt', ['status', '--json']);
+  assert.equal(every.code, 0, `both protected: ${every.stdout}`);
+  const st = { web: await d.status('web'), db: await d.status('db') };
+  assert.deepEqual([st.web.of('a')?.agent?.role, st.db.of('b')?.agent?.role], ['primary', 'primary'], 'primaries on different hosts');
+  const clients = { web: NetnsClient.start(hosts.ns.client, LAB_GUEST_IPS.web!, 100), db: NetnsClient.start(hosts.ns.client, LAB_GUEST_IPS.db!, 100) };
+  const figures: string[] = [];
+  try {
+    for (const c of Object.values(clients)) await c.until((x) => x.echoOk >= 15 && x.httpOk >= 15, 240_000, 'traffic through COLO');
+    const bothAnswer = async (what: string) => {
+      const t0 = performance.now();
+      const ok = { web: clients.web.latest.httpOk, db: clients.db.latest.httpOk };
+      await Promise.all((['web', 'db'] as const).map((vm) => clients[vm].until((x) => x.httpOk >= ok[vm] + 5, 60_000, `${vm}: ${what}`)));
+      return performance.now() - t0;
+    };
+    for (const lost of ['a', 'b'] as const) {
+      const other = lost === 'a' ? 'b' : 'a';
+      await lab.powerLoss(hosts, lost);
+      const answered = await bothAnswer(`answers after host ${lost} lost power`);
+      for (const vm of ['web', 'db']) assert.equal((await d.status(vm)).of(other)?.agent?.role, 'alone', `${vm} runs on ${other} alone`);
+      await hosts.heal();
+      await lab.startDaemon(lost);
+      const back = { web: await d.untilProtected(`web after host ${lost} came back`, 180_000, 'web'), db: await d.untilProtected(`db after host ${lost} came back`, 180_000, 'db') };
+      figures.push(`host ${lost} lost: both answering again within ${(answered / 1000).toFixed(1)} s; back: protected again after ${(back.web.ms / 1000).toFixed(1)} s (web), ${(back.db.ms / 1000).toFixed(1)} s more (db)`);
+    }
+    await bothAnswer('answers at the end');
+  } finally {
+    process.stderr.write(figures.map((f) => `# ${f}\n`).join(''));
+    const sums = { web: await clients.web.finish(), db: await clients.db.finish() };
+    for (const [vm, sum] of Object.entries(sums)) {
+      assert.equal(sum.echo.closed, false, `${vm}: the TCP connection stayed open`);
+      assert.deepEqual(sum.echo.errors, [], `${vm}: no echo error`);
+      assert.equal(counterGaps(sum.http.requests), undefined, `${vm}: no acknowledged write lost`);
+    }
+  }
+});
