@@ -26,6 +26,8 @@ interface HostEntry {
   name: LabHostName;
   netns: string;
   fs: HostFs;
+  /** The daemon this object started, if it did (others are found among the host's processes). */
+  started?: number;
 }
 
 const NAMES: readonly LabHostName[] = ['a', 'b', 'mgmt'];
@@ -116,17 +118,19 @@ export class LabDaemons {
     return this.exec(h, process.execPath, [path.join(packageRoot(), 'bin', 'lockstep.js'), ...args], o);
   }
 
-  /** The PID of host `h`'s daemon, found among the host's processes (whoever started it). */
+  /** The PID of host `h`'s daemon: the one this object started, else found among the host's processes (whoever started it). */
   async daemonPid(h: 'a' | 'b'): Promise<number | undefined> {
     const daemon = [path.join(packageRoot(), 'bin', 'lockstep.js'), 'daemon'].join('\0');
-    for (const pid of await this.processes(h)) {
+    const isDaemon = (pid: number) => {
       try {
-        if (fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(daemon)) return pid;
+        return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(daemon);
       } catch {
-        /* gone meanwhile */
+        return false; // gone
       }
-    }
-    return undefined;
+    };
+    const started = this.hosts[h].started;
+    if (started !== undefined && isDaemon(started)) return started;
+    return (await this.processes(h)).find(isDaemon);
   }
 
   /** Starts host `h`'s daemon (as its systemd unit would), logging to hosts/<h>/daemon.log; waits until it answers. */
@@ -141,6 +145,7 @@ export class LabDaemons {
     fs.closeSync(out);
     child.unref();
     const pid = child.pid!;
+    e.started = pid;
     const sock = path.join(e.fs.dirs.run, 'api.sock');
     await waitFor(
       `the daemon of lab host ${h} to answer`,
@@ -163,9 +168,13 @@ export class LabDaemons {
     for (let i = 0; i < 40 && pidRunning(pid); i++) await sleep(50);
   }
 
-  /** Every process running in host `h` (its network namespace): its daemon and its QEMUs. */
+  /** Every process running in host `h` (its network namespace): its daemon and its QEMUs. None once the namespace is gone. */
   async processes(h: 'a' | 'b'): Promise<number[]> {
-    const r = await run('ip', ['netns', 'pids', this.hosts[h].netns], { timeoutMs: 10_000 });
+    const r = await run('ip', ['netns', 'pids', this.hosts[h].netns], { timeoutMs: 10_000, allowFailure: true });
+    if (r.code !== 0) {
+      if (!fs.existsSync(`/run/netns/${this.hosts[h].netns}`)) return [];
+      throw new LockstepError(`ip netns pids ${this.hosts[h].netns} failed: ${r.stderr.trim()}`);
+    }
     return r.stdout.split(/\s+/).filter(Boolean).map(Number);
   }
 

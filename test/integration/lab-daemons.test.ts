@@ -19,9 +19,13 @@ const isRoot = process.getuid?.() === 0;
 test('lab hosts with their own files and daemons: separation, the API from the management host, daemon restarts', { skip: !isRoot && 'needs root for namespaces', timeout: 180_000 }, async (t) => {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-daemons-'));
   const hosts = await createLabHosts({ prefix: 'ld' });
-  t.after(() => hosts.remove());
-  const lab = await LabDaemons.create(root, hosts, { tag: path.basename(root) });
-  t.after(() => lab.remove());
+  let lab: LabDaemons | undefined;
+  // The daemons first (found in their hosts' namespaces), then the namespaces.
+  t.after(async () => {
+    await lab?.remove();
+    await hosts.remove();
+  });
+  lab = await LabDaemons.create(root, hosts, { tag: path.basename(root) });
 
   const show = async (from: 'a' | 'b' | 'mgmt', host?: 'a' | 'b') => {
     const r = await lab.cli(from, ['host', 'show', '--json', ...(host ? ['--host', host] : [])]);
