@@ -18,6 +18,8 @@ import { startWitness, isLabWitness, LAB_SECRET } from './scenario.js';
 import { vmStatusSchema, type VmStatus } from '../daemon/api-types.js';
 import { sleep } from '../util/time.js';
 import { LockstepError } from '../util/errors.js';
+import { waitForSerial } from '../qemu/serial.js';
+import { GUEST_READY_MARKER } from './guest.js';
 
 const statusSchema = z.object({ name: z.string(), protected: z.boolean(), hosts: z.array(z.object({ host: z.string(), status: vmStatusSchema.optional(), error: z.string().optional() })) });
 
@@ -63,6 +65,8 @@ export class DaemonVmLab {
   readonly vmFile = '/etc/lockstep/web.yaml';
   /** The VM's name. */
   readonly vm = 'web';
+  /** The VM files written on the management host: their VM and its first primary. */
+  private readonly vmFiles = new Map<string, { name: string; primary: 'a' | 'b' }>([['/etc/lockstep/web.yaml', { name: 'web', primary: 'a' }]]);
 
   private constructor(
     readonly root: string,
@@ -118,13 +122,34 @@ export class DaemonVmLab {
 
   /** Another VM's file on the management host (see LAB_GUEST_IPS); its path there. */
   addVm(name: string, hosts: ['a' | 'b', 'a' | 'b'], o: { reprotect?: boolean } = {}): string {
-    return writeVmFile(this.lab, this.hosts, { name, hosts, reprotect: o.reprotect ?? true });
+    const file = writeVmFile(this.lab, this.hosts, { name, hosts, reprotect: o.reprotect ?? true });
+    this.vmFiles.set(file, { name, primary: hosts[0] });
+    return file;
   }
 
-  /** lockstep up -f (VM web's file unless told), from the management host; `onLine` sees its progress. */
+  /**
+   * lockstep up -f (VM web's file unless told), from the management host;
+   * `onLine` sees its progress. Then waits until the guest's services run
+   * (its serial console on the primary's host says so): up returns once the
+   * VM is protected, which can be before the guest has booted, and a client
+   * that connects before then is refused (seen: an echo connection refused
+   * 3 s before the guest was ready).
+   */
   async up(o: { onLine?: (line: string) => void; file?: string } = {}): Promise<void> {
-    const r = await this.lab.cli('mgmt', ['up', '-f', o.file ?? this.vmFile], { timeoutMs: 600_000, onLine: o.onLine });
+    const file = o.file ?? this.vmFile;
+    const r = await this.lab.cli('mgmt', ['up', '-f', file], { timeoutMs: 600_000, onLine: o.onLine });
     if (r.code !== 0) throw new LockstepError(`lockstep up -f failed: ${r.stderr.trim()}`);
+    const vm = this.vmFiles.get(file);
+    if (!vm) return;
+    o.onLine?.(`waiting for the guest's services (VM ${vm.name})`);
+    await this.guestReady(vm.name);
+  }
+
+  /** Waits until VM `name`'s guest says its services run, on the serial console of its first primary's host. */
+  async guestReady(name = this.vm): Promise<void> {
+    const vm = [...this.vmFiles.values()].find((v) => v.name === name);
+    if (!vm) throw new LockstepError(`the lab has no VM "${name}"`);
+    await waitForSerial(path.join(this.lab.dirs(vm.primary).state, 'vms', vm.name, vm.primary, 'serial.log'), GUEST_READY_MARKER, 120_000);
   }
 
   /** The host whose agent writes the VM's disk (primary, or alone), as status says; undefined if none. */

@@ -25,6 +25,7 @@ test('up -f through the daemons of two hosts that share nothing; daemon restarts
   assert.equal(up.code, 0, up.stderr);
   const first = await d.status();
   assert.equal(first.code, 0, 'status exits 0: protected');
+  await d.guestReady();
   assert.deepEqual([first.of('a')?.agent?.role, first.of('b')?.agent?.role], ['primary', 'secondary']);
   assert.notEqual((await lab.exec('b', 'test', ['-e', '/var/lib/lockstep/images/web.qcow2'])).code, 0, "the image was never on b's host");
   assert.equal((await lab.exec('b', 'test', ['-s', '/var/lib/lockstep/vms/web/b/replica.qcow2'])).code, 0, "b's replica, synced over the network");

@@ -18,9 +18,8 @@ const isRoot = process.getuid?.() === 0;
 
 test('a host lost, coming back, rebooting: the VM runs on and is protected again by itself', { skip: !isRoot && 'needs root for namespaces', timeout: 15 * 60_000 }, async (t) => {
   const d = await daemonLab(t, 'host-faults');
-  const { hosts, lab, vmFile } = d;
-  const up = await lab.cli('mgmt', ['up', '-f', vmFile], { timeoutMs: 600_000 });
-  assert.equal(up.code, 0, up.stderr);
+  const { hosts, lab } = d;
+  await d.up();
   const client = NetnsClient.start(hosts.ns.client, '10.0.2.15', 100);
   const figures: string[] = [];
   try {
