@@ -39,19 +39,19 @@ export function registerDemoCommand(program: Command): void {
     .command('demo')
     .summary('a protected pair, a client, a killed primary, a survivor')
     .description(
-      'As root: bring up the lab of separate hosts (lockstep lab up: network namespaces for node a, node b, a\n' +
-        'witness and a client) with a protected pair, let a client keep a TCP connection to the guest and count on\n' +
-        "its disk, then kill -9 the primary QEMU and watch the secondary's agent take over while the client carries\n" +
-        'on, and the agents protect the VM again with a new secondary. The lab is left running (lockstep lab status,\n' +
-        'lab kill, lab cut, lab down).\n\n' +
-        'Not as root, or with -c: the same with the pair of a config on this host (default examples/one-host.yaml,\n' +
+      'As root: bring up the lab of separate hosts (lockstep lab up: hosts a and b with a lockstep daemon each, a ' +
+        'management host beside a witness, a client) and protect VM web between a and b with up -f, let a client keep ' +
+        "a TCP connection to the guest and count on its disk, then cut the primary's host's power and watch the other " +
+        'host carry the VM on while the client carries on; then the host comes back and the daemons protect the VM ' +
+        'again by themselves. The lab is left running (lockstep lab status, lab power-off, lab kill, lab cut, lab down).\n\n' +
+        'Not as root, or with -c: the same with the pair of a config on this host (default examples/one-host.yaml, ' +
         'user networking); stop it with lockstep down.',
     )
     .option('-c, --config <file>', 'demonstrate this pair on this host instead of the lab (default when not root: examples/one-host.yaml)')
     .option('--dir <dir>', "the lab's directory (as root, without -c)", path.join('.lockstep', 'lab'))
-    .option('--seconds <n>', 'how long the client counts before the kill', '10')
+    .option('--seconds <n>', "how long the client counts before the primary's loss", '10')
     .option('--after <n>', 'how long the client counts on the survivor', '8')
-    .option('--no-kill', 'leave the protected pair running instead of killing the primary')
+    .option('--no-kill', "leave the protected VM running instead of taking the primary (or, as root, its host) down")
     .action(async (opts: { config?: string; dir: string; seconds: string; after: string; kill: boolean }) => {
       if (opts.config === undefined && process.getuid?.() === 0) {
         process.exitCode = await labDemo({ dir: opts.dir, seconds: Number(opts.seconds), after: Number(opts.after), kill: opts.kill });

@@ -39,14 +39,14 @@ export function registerHostCommands(program: Command): void {
     .command('host')
     .summary("this machine's settings and identity (init, trust, show)")
     .description(
-      'Each machine that runs protected VMs has a host file (default /etc/lockstep/host.yaml) with its name, the\n' +
-        'addresses of its replication and heartbeat networks, where its daemon\'s API listens, and a TLS identity.\n' +
-        'Set up two hosts:\n' +
-        '  on a:  lockstep host init --name a --replication 10.0.1.1 --api 10.0.1.1\n' +
-        '  on b:  lockstep host init --name b --replication 10.0.1.2 --api 10.0.1.2\n' +
-        '  copy each /etc/lockstep/tls/host.crt to the other host, then\n' +
-        '  on a:  lockstep host trust --name b --api 10.0.1.2 b.crt\n' +
-        '  on b:  lockstep host trust --name a --api 10.0.1.1 a.crt\n' +
+      'Each machine that runs protected VMs has a host file (default /etc/lockstep/host.yaml) with its name, the ' +
+        'addresses of its replication and heartbeat networks, where its daemon\'s API listens, and a TLS identity. ' +
+        'Set up two hosts: ' +
+        '  on a:  lockstep host init --name a --replication 10.0.1.1 --api 10.0.1.1 ' +
+        '  on b:  lockstep host init --name b --replication 10.0.1.2 --api 10.0.1.2 ' +
+        '  copy each /etc/lockstep/tls/host.crt to the other host, then ' +
+        '  on a:  lockstep host trust --name b --api 10.0.1.2 b.crt ' +
+        '  on b:  lockstep host trust --name a --api 10.0.1.1 a.crt ' +
         '  on both: systemctl enable --now lockstepd',
     );
 
@@ -54,8 +54,8 @@ export function registerHostCommands(program: Command): void {
     .command('init')
     .summary('write the host file and a new TLS identity')
     .description(
-      'Writes the host file and this host\'s key (0600) and certificate. The key is made here and never leaves the\n' +
-        'host; give the certificate to the other hosts (lockstep host trust there). Refuses to replace an existing\n' +
+      'Writes the host file and this host\'s key (0600) and certificate. The key is made here and never leaves the ' +
+        'host; give the certificate to the other hosts (lockstep host trust there). Refuses to replace an existing ' +
         'host file or identity without --force (hosts that trust the old certificate would then refuse this one).',
     )
     .requiredOption('--name <name>', 'this host\'s name, as VM files will name it (a, b, node1, ...)')
@@ -85,8 +85,8 @@ export function registerHostCommands(program: Command): void {
     .command('trust')
     .summary("trust another host: pin its certificate under its name")
     .description(
-      "Adds the other host to this host file's peers: its name, where its API listens, and its certificate,\n" +
-        'the only one accepted from it (compare the fingerprint printed with what lockstep host init printed there).\n' +
+      "Adds the other host to this host file's peers: its name, where its API listens, and its certificate, " +
+        'the only one accepted from it (compare the fingerprint printed with what lockstep host init printed there). ' +
         'Restart the daemon afterwards (systemctl restart lockstepd): it reads the host file at start.',
     )
     .argument('<cert>', "the other host's certificate (its /etc/lockstep/tls/host.crt)")
@@ -120,7 +120,7 @@ export function registerHostCommands(program: Command): void {
     .command('daemon')
     .summary('run the lockstep daemon of this host (lockstepd.service runs it)')
     .description(
-      'The daemon of one host: serves the API on the local socket (root) and over TLS to the hosts it trusts, and\n' +
+      'The daemon of one host: serves the API on the local socket (root) and over TLS to the hosts it trusts, and ' +
         'keeps its state under stateDir. Logs JSON lines to stdout (the journal, under systemd). Ends on SIGTERM.',
     )
     .option('--host-file <file>', HOST_FILE_HELP)

@@ -68,9 +68,9 @@ export function registerLabHostsCommands(lab: Command): void {
   lab
     .command('up')
     .description(
-      'create a lab of separate hosts on this machine (each a network namespace and a mount namespace: hosts a and b\n' +
-        'with a lockstep daemon each, a management host beside a witness, a client, and a switch; replication,\n' +
-        'heartbeat, management and the guest LAN each on their own cable), then protect VM "web" between a and b with\n' +
+      'create a lab of separate hosts on this machine (each a network namespace and a mount namespace: hosts a and b ' +
+        'with a lockstep daemon each, a management host beside a witness, a client, and a switch; replication, ' +
+        'heartbeat, management and the guest LAN each on their own cable), then protect VM "web" between a and b with ' +
         '`lockstep up -f` from the management host. Needs root. Stop it with lockstep lab down.',
     )
     .option(...dirOpt)

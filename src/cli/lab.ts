@@ -9,7 +9,7 @@ import { registerLabHostsCommands } from './lab-hosts.js';
 export function registerLabCommands(program: Command): void {
   const lab = program
     .command('lab')
-    .description('the lab: separate hosts (network namespaces) with a protected pair and chaos actions, a patched QEMU for hosts without KVM, the demo guest');
+    .description("the lab: separate hosts (network and mount namespaces) with lockstep's daemons, a protected VM and chaos actions; a patched QEMU for hosts without KVM; the demo guest");
   registerLabHostsCommands(lab);
 
   lab
@@ -30,7 +30,7 @@ export function registerLabCommands(program: Command): void {
   lab
     .command('prepare')
     .description(
-      'get this machine ready to run lab VMs: build (or reuse) the demo guest, find out whether KVM works by booting it,\n' +
+      'get this machine ready to run lab VMs: build (or reuse) the demo guest, find out whether KVM works by booting it, ' +
         'and where it does not, build (or reuse) the patched lab QEMU. Everything is cached; later runs take a second.',
     )
     .option('--tcg', 'use the lab QEMU under TCG even where KVM works')

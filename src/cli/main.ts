@@ -13,9 +13,12 @@ program
   .description(
     'Non-stop virtual machines on QEMU COLO: a primary and a secondary VM run in lock-step, ' +
       'their network output is compared, and the survivor carries on when a node dies.\n\n' +
-      'Start with: lockstep up -c examples/one-host.yaml   (then: status, down)\n' +
-      'on two servers: lockstep host init, host trust, lockstepd on both, then lockstep up -f examples/two-hosts.yaml\n' +
-      'or, as root, a lab of separate hosts: lockstep lab up   (then: lab status, lab kill primary, lab down)',
+      'Start with:\n' +
+      '  one host:     lockstep up -c examples/one-host.yaml     (then status -c, down -c)\n' +
+      '  two servers:  lockstep host init, host trust, lockstepd on both,\n' +
+      '                then lockstep up -f examples/two-hosts.yaml (then status, down)\n' +
+      '  the lab:      as root, lockstep demo, or lockstep lab up\n' +
+      '                (then lab status, lab power-off primary, lab down)',
   )
   .showHelpAfterError('(run with --help for usage)')
   .configureHelp({ sortSubcommands: true });

@@ -19,8 +19,8 @@ export function registerNodeCommands(program: Command): void {
     .command('agent')
     .summary('run the node agent of one node (lockstep up starts them)')
     .description(
-      'the per-node daemon: attaches to its node\'s QEMU over QMP, exchanges authenticated heartbeats with the peer\n' +
-        'agent, holds or asks for the witness lease, and runs failover by itself when its peer\'s VM dies.\n' +
+      'the per-node daemon: attaches to its node\'s QEMU over QMP, exchanges authenticated heartbeats with the peer ' +
+        'agent, holds or asks for the witness lease, and runs failover by itself when its peer\'s VM dies. ' +
         'Logs JSON lines to stdout. lockstep up starts one per node; this command is for running them yourself.',
     )
     .requiredOption('-c, --config <file>', 'the pair\'s YAML config')
@@ -36,7 +36,7 @@ export function registerNodeCommands(program: Command): void {
     .command('witness')
     .summary('run the witness that grants the writer lease')
     .description(
-      'a third party that both nodes can reach: it grants one writer lease at a time, so that when the nodes lose\n' +
+      'a third party that both nodes can reach: it grants one writer lease per VM at a time, so that when the nodes lose ' +
         'each other at most one of them carries the VM on. Run it on a third host; the agents find it at agents.witness.',
     )
     .requiredOption('-c, --config <file>', 'the pair\'s YAML config (for agents.secret and agents.witness)')

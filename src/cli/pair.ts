@@ -71,11 +71,11 @@ export function registerPairCommands(program: Command): void {
     .command('up')
     .summary('start a COLO-protected VM: -f on two hosts\' daemons, or -c both nodes from here')
     .description(
-      'With -f VM-FILE (two real hosts, each running lockstepd): hands the VM\'s definition to the daemons of the two\n' +
-        'hosts it names, has the first host start the VM alone from its image, and waits while the agents protect it:\n' +
-        'a new secondary on the other host, its disk synced over the replication network. Nothing is read from the\n' +
-        'other host\'s files. Run it on either host, or on any host that both trust.\n' +
-        'With -c CONFIG (both nodes on this machine, or the lab): starts the secondary, then the primary, the documented\n' +
+      'With -f VM-FILE (two real hosts, each running lockstepd): hands the VM\'s definition to the daemons of the two ' +
+        'hosts it names, has the first host start the VM alone from its image, and waits while the agents protect it: ' +
+        'a new secondary on the other host, its disk synced over the replication network. Nothing is read from the ' +
+        'other host\'s files. Run it on either host, or on any host that both trust. ' +
+        'With -c CONFIG (both nodes on this machine, or the lab): starts the secondary, then the primary, the documented ' +
         'QMP start-up steps on each, and returns once both report COLO running. The VMs keep running after this command ends.',
     )
     .option('-f, --file <vm-file>', 'the VM file: the VM and its two hosts (hosts: [primary, secondary])')
@@ -107,11 +107,11 @@ export function registerPairCommands(program: Command): void {
     .command('status')
     .summary('whether a VM is protected, and what each node does')
     .description(
-      'lockstep status NAME asks the daemons of this host and of every host it trusts (or --host H only) how they run\n' +
-        'VM NAME; lockstep status without NAME lists every VM they run or keep, one line each.\n' +
-        'lockstep status -c CONFIG shows a pair started from here: each node\'s role, QEMU pid, run state and\n' +
-        `COLO state. Exit code: 0 protected (without NAME: every VM), ${EXIT_NOT_PROTECTED} not protected (without NAME: some VM), 1 an\n` +
-        'error (a host cannot be asked, bad input).',
+      'lockstep status NAME asks the daemons of this host and of every host it trusts (or --host H only) how they run ' +
+        'VM NAME; lockstep status without NAME lists every VM they run or keep, one line each.\n\n' +
+        "lockstep status -c CONFIG shows a pair started from here: each node's role, QEMU pid, run state and COLO state.\n\n" +
+        `Exit code: 0 protected (without NAME: every VM), ${EXIT_NOT_PROTECTED} not protected (without NAME: some VM), 1 an error ` +
+        '(a host cannot be asked, bad input).',
     )
     .argument('[vm]', 'the VM\'s name (with daemons)')
     .option('-c, --config <file>', CONFIG_HELP)
@@ -167,11 +167,11 @@ export function registerPairCommands(program: Command): void {
     .command('failover')
     .summary('make one node carry the VM on alone')
     .description(
-      'With NAME (two hosts with daemons): --to names the protected secondary that takes the VM over; the other\n' +
-        'host\'s QEMU is ended, the agents fail over as after any loss of the primary, then re-protect the VM.\n' +
-        'With -c (a pair started from here): run the documented failover on the survivor: "Secondary Failover" when the\n' +
-        'primary is gone, "Primary Failover" when the secondary is gone. With both nodes running, --to names the node\n' +
-        'that carries on; the other is stopped first. With the node agents running, they do every failover: --to then\n' +
+      'With NAME (two hosts with daemons): --to names the protected secondary that takes the VM over; the other ' +
+        'host\'s QEMU is ended, the agents fail over as after any loss of the primary, then re-protect the VM. ' +
+        'With -c (a pair started from here): run the documented failover on the survivor: "Secondary Failover" when the ' +
+        'primary is gone, "Primary Failover" when the secondary is gone. With both nodes running, --to names the node ' +
+        'that carries on; the other is stopped first. With the node agents running, they do every failover: --to then ' +
         'ends the other node\'s QEMU and waits for the agents.',
     )
     .argument('[vm]', 'the VM\'s name (with daemons)')
@@ -199,15 +199,15 @@ export function registerPairCommands(program: Command): void {
     .command('resync')
     .summary('protect the VM again after a failover: a new secondary, synced from the survivor')
     .description(
-      'after a failover the VM runs alone on the survivor. resync starts a new secondary on the other node (a fresh\n' +
-        'replica: that node\'s old disk is stale and is not read), mirrors the survivor\'s disk to it while the VM runs,\n' +
-        'then stops the VM for a moment and re-enters COLO ("resume replication" in the COLO documentation).\n' +
-        'It never resyncs the wrong way: the node whose disk epoch is older is always the target. On failure the\n' +
+      'after a failover the VM runs alone on the survivor. resync starts a new secondary on the other node (a fresh ' +
+        'replica: that node\'s old disk is stale and is not read), mirrors the survivor\'s disk to it while the VM runs, ' +
+        'then stops the VM for a moment and re-enters COLO ("resume replication" in the COLO documentation). ' +
+        'It never resyncs the wrong way: the node whose disk epoch is older is always the target. On failure the ' +
         'survivor runs on alone, as before, and resync can be run again.\n\n' +
-        'With NAME (two hosts with daemons): the host that runs the VM alone is asked to resync the other now. Its\n' +
-        'agent does it under the same rules as its own resyncs (with agents.reprotect on, which is the default, they\n' +
-        'resync by themselves: this only skips their wait between attempts). If it cannot begin (the other host\'s\n' +
-        'daemon is down, its disk is newer, no lease), the error says what it waits for; the request stands.\n' +
+        'With NAME (two hosts with daemons): the host that runs the VM alone is asked to resync the other now. Its ' +
+        'agent does it under the same rules as its own resyncs (with agents.reprotect on, which is the default, they ' +
+        'resync by themselves: this only skips their wait between attempts). If it cannot begin (the other host\'s ' +
+        'daemon is down, its disk is newer, no lease), the error says what it waits for; the request stands. ' +
         'With -c: a pair started from here, without agents.',
     )
     .argument('[vm]', 'the VM\'s name (with daemons)')
@@ -242,7 +242,7 @@ export function registerPairCommands(program: Command): void {
     .command('down')
     .summary('stop a VM cleanly: NAME on its hosts\' daemons, or -c a pair started from here')
     .description(
-      'stop both VMs cleanly: the agents first, then the secondary, then the primary (whose disk holds every\n' +
+      'stop both VMs cleanly: the agents first, then the secondary, then the primary (whose disk holds every ' +
         'acknowledged write). Disks are kept. With NAME: through the daemons of the VM\'s two hosts.',
     )
     .argument('[vm]', 'the VM\'s name (with daemons)')
