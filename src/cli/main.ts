@@ -14,7 +14,7 @@ program
     'Non-stop virtual machines on QEMU COLO: a primary and a secondary VM run in lock-step, ' +
       'their network output is compared, and the survivor carries on when a node dies.\n\n' +
       'Start with:\n' +
-      '  one host:     lockstep up -c examples/one-host.yaml     (then status -c, down -c)\n' +
+      '  one host:     lockstep up -c examples/one-host.yaml  (then status -c, down -c)\n' +
       '  two servers:  lockstep host init, host trust, lockstepd on both,\n' +
       '                then lockstep up -f examples/two-hosts.yaml (then status, down)\n' +
       '  the lab:      as root, lockstep demo, or lockstep lab up\n' +
