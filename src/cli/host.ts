@@ -41,12 +41,12 @@ export function registerHostCommands(program: Command): void {
     .description(
       'Each machine that runs protected VMs has a host file (default /etc/lockstep/host.yaml) with its name, the ' +
         'addresses of its replication and heartbeat networks, where its daemon\'s API listens, and a TLS identity. ' +
-        'Set up two hosts: ' +
-        '  on a:  lockstep host init --name a --replication 10.0.1.1 --api 10.0.1.1 ' +
-        '  on b:  lockstep host init --name b --replication 10.0.1.2 --api 10.0.1.2 ' +
-        '  copy each /etc/lockstep/tls/host.crt to the other host, then ' +
-        '  on a:  lockstep host trust --name b --api 10.0.1.2 b.crt ' +
-        '  on b:  lockstep host trust --name a --api 10.0.1.1 a.crt ' +
+        'Set up two hosts:\n\n' +
+        '  on a:  lockstep host init --name a --replication 10.0.1.1 --api 10.0.1.1\n' +
+        '  on b:  lockstep host init --name b --replication 10.0.1.2 --api 10.0.1.2\n' +
+        '  copy each /etc/lockstep/tls/host.crt to the other host, then\n' +
+        '  on a:  lockstep host trust --name b --api 10.0.1.2 b.crt\n' +
+        '  on b:  lockstep host trust --name a --api 10.0.1.1 a.crt\n' +
         '  on both: systemctl enable --now lockstepd',
     );
 
