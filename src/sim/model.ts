@@ -75,6 +75,8 @@ export interface SimOptions {
   stepFailP: number;
   /** Checkpoints that hold the big lock for seconds (large RAM, slow link). */
   slowCheckpoints: boolean;
+  /** An operator's `lockstep resync NAME` reaching a node's agent at these times (it counts only where the VM runs alone). */
+  operatorResyncs?: Array<{ at: number; node: NodeName }>;
   /** Keep every trace line (for replaying one seed), else only the last ones. */
   traceAll?: boolean;
 }
@@ -256,6 +258,13 @@ export class World {
     this.startSession('a', 'b', pq, sq);
     for (const n of ['a', 'b'] as const) this.startAgent(n);
     for (const f of o.faults) this.at(f.at, () => this.fault(f));
+    for (const r of o.operatorResyncs ?? []) {
+      this.at(r.at, () => {
+        if (!this.nodes[r.node].agent) return;
+        this.trace(`operator: lockstep resync, to ${r.node}'s agent`);
+        this.input(r.node, { t: 'operator-resync' });
+      });
+    }
     this.at(0, () => this.clientTick());
   }
 

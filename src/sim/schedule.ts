@@ -118,5 +118,21 @@ export function scheduleFor(seed: number): SimOptions {
     quietAt,
     stepFailP: rng.pick([0, 0, 0.01, 0.03, 0.08]),
     slowCheckpoints: rng.chance(0.15),
+    operatorResyncs: operatorResyncsFor(seed, faults),
   };
+}
+
+/**
+ * Now and then an operator asks for a resync (lockstep resync NAME), as one
+ * would: a little after a fault, when a node may run the VM alone. Drawn
+ * from a generator of their own, so that every seed keeps the faults it
+ * always had.
+ */
+function operatorResyncsFor(seed: number, faults: Fault[]): Array<{ at: number; node: NodeName }> {
+  const rng = new Rng((seed * 40503) ^ 0x0e5c);
+  if (faults.length === 0 || !rng.chance(0.3)) return [];
+  return Array.from({ length: rng.int(1, 3) }, () => ({
+    at: Math.round(rng.pick(faults).at + rng.range(200, 8000)),
+    node: rng.chance(0.5) ? ('a' as const) : ('b' as const),
+  }));
 }
