@@ -33,9 +33,9 @@ const clients: Partial<Record<(typeof VMS)[number], NetnsClient>> = {};
 const okTimes: Record<string, number[]> = {};
 try {
   log('up -f of web and db through the daemons of the lab hosts, both primaries on a');
-  const dbFile = d.addVm('db', ['a', 'b']);
+  d.addVm('db', ['a', 'b']);
   await d.up();
-  await d.up({ file: dbFile });
+  await d.up({ vm: 'db' });
   for (const vm of VMS) clients[vm] = NetnsClient.start(d.hosts.ns.client, LAB_GUEST_IPS[vm]!, 10);
   for (const vm of VMS) await clients[vm]!.until((x) => x.httpOk >= 50, 240_000, `${vm}: traffic through COLO`);
   for (let i = 1; i <= ROUNDS; i++) {

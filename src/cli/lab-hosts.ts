@@ -119,10 +119,7 @@ export function registerLabHostsCommands(lab: Command): void {
     .option(...dirOpt)
     .action(async (host: string, args: string[], opts: { dir: string }) => {
       if (host !== 'a' && host !== 'b' && host !== 'mgmt') throw new LockstepError(`"${host}" is not a lab host that runs lockstep`, { hint: 'say a, b or mgmt' });
-      const l = await openLab(opts.dir);
-      const [cmd, ...rest] = l.lab.enter(host);
-      const r = spawnSync(cmd!, [...rest, process.execPath, process.argv[1]!, ...args], { stdio: 'inherit' });
-      process.exitCode = r.status ?? 1;
+      runOnLabHost(await openLab(opts.dir), host, [process.execPath, process.argv[1]!, ...args]);
     });
 
   lab
@@ -243,14 +240,17 @@ export function registerLabHostsCommands(lab: Command): void {
     .option(...dirOpt)
     .action(async (host: string, command: string[], opts: { dir: string }) => {
       if (!(HOSTS as readonly string[]).includes(host)) throw new LockstepError(`"${host}" is not a lab host`, { hint: `hosts: ${HOSTS.join(', ')}` });
-      const l = await openLab(opts.dir);
-      const h = host as LabHost;
-      const prefix = h === 'a' || h === 'b' || h === 'mgmt' ? l.lab.enter(h) : ['ip', 'netns', 'exec', l.hosts.ns[h]];
-      const [cmd, ...rest] = [...prefix, ...command];
-      const r = spawnSync(cmd!, rest, { stdio: 'inherit' });
-      if (r.error) throw new LockstepError(`could not run ${command[0]} on ${host}: ${r.error.message}`);
-      process.exitCode = r.status ?? 1;
+      runOnLabHost(await openLab(opts.dir), host as LabHost, command);
     });
+}
+
+/** Runs `command` on lab host `h` (a, b and mgmt in their own file system view), its output ours, its exit code ours. */
+function runOnLabHost(l: DaemonVmLab, h: LabHost, command: string[]): void {
+  const prefix = h === 'a' || h === 'b' || h === 'mgmt' ? l.lab.enter(h) : ['ip', 'netns', 'exec', l.hosts.ns[h]];
+  const [cmd, ...rest] = [...prefix, ...command];
+  const r = spawnSync(cmd!, rest, { stdio: 'inherit' });
+  if (r.error) throw new LockstepError(`could not run ${command[0]} on ${h}: ${r.error.message}`);
+  process.exitCode = r.status ?? 1;
 }
 
 /**

@@ -258,7 +258,7 @@ export class Daemon implements DaemonView {
       caller,
       vms: this.vmNames(),
       ports: { ...h.ports, used: [...this.portsInUse().keys()].sort((a, b) => a - b) },
-      memory: { forVmsBytes: this.memoryForVms, usedBytes: [...this.vmHosts.values()].reduce((sum, v) => sum + memoryOf(v.placed), 0) },
+      memory: { forVmsBytes: this.memoryForVms, usedBytes: this.memoryInUse() },
     };
   }
 
@@ -281,17 +281,23 @@ export class Daemon implements DaemonView {
 
   /** A VM must fit in the memory this host gives its VMs, beside those defined here: refused (409) otherwise. */
   private checkMemory(name: string, placed: PlacedVm): void {
-    const others = [...this.vmHosts.entries()].filter(([n]) => n !== name);
-    const taken = others.reduce((sum, [, v]) => sum + memoryOf(v.placed), 0);
+    const taken = this.memoryInUse(name);
     const needs = memoryOf(placed);
     if (taken + needs <= this.memoryForVms) return;
     const mib = (b: number) => `${Math.round(b / MiB)} MiB`;
     throw new ApiRefusal(
       409,
       `VM "${name}" needs about ${mib(needs)} on this host (its memory and QEMU's own), but ${mib(this.memoryForVms - taken)} of the ${mib(this.memoryForVms)} this host gives its VMs are left` +
-        (others.length ? ` (${others.map(([n, v]) => `${n} ${mib(memoryOf(v.placed))}`).join(', ')})` : ''),
+        (taken ? ` (${[...this.vmHosts].filter(([n]) => n !== name).map(([n, v]) => `${n} ${mib(memoryOf(v.placed))}`).join(', ')})` : ''),
       'give it less memory, end a VM (lockstep down NAME, then remove it), or raise memory.forVms in the host file',
     );
+  }
+
+  /** The memory the VMs defined here take, as counted (`except`: leave that VM out). */
+  private memoryInUse(except?: string): number {
+    let sum = 0;
+    for (const [name, v] of this.vmHosts) if (name !== except) sum += memoryOf(v.placed);
+    return sum;
   }
 
   /** Every port the VMs defined here hold, and whose it is (`except`: leave that VM out). */

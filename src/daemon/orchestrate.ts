@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import type { HostConfig } from '../config/host.js';
 import { parseVmFile, choosePortBlock, portsOfVmFile, PORT_BLOCK } from '../config/vm.js';
 import { LockstepError } from '../util/errors.js';
-import { sleep } from '../util/time.js';
+import { pollUntil } from '../util/time.js';
 import { ApiClient } from './client.js';
 import type { VmStatus } from './api-types.js';
 import type { PlacedVm } from './vm-host.js';
@@ -107,9 +107,8 @@ type UpOptions = { onStep?: (m: string) => void; onUpdate?: (m: string) => void;
 
 async function followUntilProtected(name: string, hosts: [string, string], clients: Record<string, ApiClient>, o: UpOptions, t0: number, resyncTimeoutMs: number): Promise<UpOnHostsResult> {
   const timeoutMs = o.timeoutMs ?? resyncTimeoutMs + 300_000;
-  const deadline = performance.now() + timeoutMs;
-  let last = '';
-  for (;;) {
+  let shown = '';
+  const read = async () => {
     const st: Record<string, VmStatus> = {};
     for (const h of hosts) {
       const x = await clients[h]!.vm(name);
@@ -118,12 +117,18 @@ async function followUntilProtected(name: string, hosts: [string, string], clien
       st[h] = x;
     }
     const line = hosts.map((h) => vmLine(h, st[h])).join('; ');
-    if (line !== last) o.onUpdate?.(line);
-    last = line;
-    if (hosts.every((h) => st[h]!.agent?.protected)) return { name: name, hosts: hosts, ms: performance.now() - t0, status: st };
-    if (performance.now() > deadline) throw new LockstepError(`VM "${name}" was not protected within ${Math.round(timeoutMs / 1000)} s: ${line}`, { hint: `see lockstep status ${name}` });
-    await sleep(POLL_MS);
-  }
+    if (line !== shown) o.onUpdate?.(line);
+    shown = line;
+    return st;
+  };
+  const r = await pollUntil(read, (st) => hosts.every((h) => st[h]!.agent?.protected), { timeoutMs, intervalMs: POLL_MS });
+  if (!r.done) throw new LockstepError(`VM "${name}" was not protected within ${Math.round(timeoutMs / 1000)} s: ${shown}`, { hint: `see lockstep status ${name}` });
+  return { name, hosts, ms: performance.now() - t0, status: r.last };
+}
+
+/** VM `name`'s agent on `host`, as its daemon says (undefined: none, or no such VM). */
+function agentOn(host: HostConfig, on: string, name: string): () => Promise<VmStatus['agent'] | undefined> {
+  return async () => (await clientFor(host, on, 5000).vm(name))?.agent ?? undefined;
 }
 
 /** The hosts a command asks: `only`, else this host (if its daemon runs: a management host has none) and every peer. */
@@ -179,16 +184,13 @@ export async function downOnHosts(host: HostConfig, name: string, o: { onStep?: 
   if (role(last) === 'primary') {
     step(`waiting for ${last} to carry on alone in a new disk epoch (recorded at the witness)`);
     const before = answers.find((a) => a.host === last)?.status?.agent?.disk.epoch;
-    const deadline = performance.now() + (o.epochTimeoutMs ?? 30_000);
-    for (;;) {
-      const a = (await clientFor(host, last, 5000).vm(name))?.agent;
-      const moved = a && a.role === 'alone' && a.disk.pending === null && a.disk.epoch !== null && (before === null || before === undefined || a.disk.epoch.gen > before.gen);
-      if (moved) break;
-      if (performance.now() > deadline) {
-        step(`${last} did not begin a new epoch within ${Math.round((o.epochTimeoutMs ?? 30_000) / 1000)} s (${a ? `${a.role}, ${a.degraded.join('; ')}` : 'no agent'}): stopping it anyway; check the disks' epochs before the next up`);
-        break;
-      }
-      await sleep(POLL_MS);
+    const epochTimeoutMs = o.epochTimeoutMs ?? 30_000;
+    const moved = (a: VmStatus['agent'] | undefined) =>
+      !!a && a.role === 'alone' && a.disk.pending === null && a.disk.epoch !== null && (before === null || before === undefined || a.disk.epoch.gen > before.gen);
+    const r = await pollUntil(agentOn(host, last, name), moved, { timeoutMs: epochTimeoutMs, intervalMs: POLL_MS });
+    if (!r.done) {
+      const a = r.last;
+      step(`${last} did not begin a new epoch within ${Math.round(epochTimeoutMs / 1000)} s (${a ? `${a.role}, ${a.degraded.join('; ')}` : 'no agent'}): stopping it anyway; check the disks' epochs before the next up`);
     }
   }
   step(`stopping the VM on ${last} (${role(last) ?? 'no agent'})`);
@@ -224,24 +226,23 @@ export async function failoverOnHosts(host: HostConfig, name: string, to: string
   step(`ending the VM's QEMU on ${from}: ${to} takes over`);
   const t0 = performance.now();
   await clientFor(host, from, 30_000).endQemu(name);
-  const deadline = t0 + (o.timeoutMs ?? 60_000);
-  for (;;) {
-    const a = (await clientFor(host, to, 5000).vm(name))?.agent;
-    if (a?.role === 'alone' || a?.role === 'primary') return { name, from, to, ms: performance.now() - t0 };
-    if (performance.now() > deadline) throw new LockstepError(`${to} did not take VM "${name}" over within ${Math.round((o.timeoutMs ?? 60_000) / 1000)} s (${a ? `${a.role}: ${a.degraded.join('; ')}` : 'no agent'})`, { hint: `see lockstep status ${name} and the agent logs` });
-    await sleep(POLL_MS);
+  const timeoutMs = o.timeoutMs ?? 60_000;
+  const r = await pollUntil(agentOn(host, to, name), (a) => a?.role === 'alone' || a?.role === 'primary', { timeoutMs, intervalMs: POLL_MS });
+  if (!r.done) {
+    const a = r.last;
+    throw new LockstepError(`${to} did not take VM "${name}" over within ${Math.round(timeoutMs / 1000)} s (${a ? `${a.role}: ${a.degraded.join('; ')}` : 'no agent'})`, { hint: `see lockstep status ${name} and the agent logs` });
   }
+  return { name, from, to, ms: performance.now() - t0 };
 }
 
 /** Waits until `host`'s agent runs VM `name` alone, then asks it to resync its peer. */
 async function askResyncWhenAlone(client: ApiClient, name: string, host: string, timeoutMs = 60_000): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  for (;;) {
-    const a = (await client.vm(name))?.agent;
-    if (a?.role === 'alone') return void (await client.resync(name));
-    if (performance.now() > deadline) throw new LockstepError(`${host} did not run VM "${name}" within ${Math.round(timeoutMs / 1000)} s (${a ? `${a.role}: ${a.waiting ?? a.degraded.join('; ')}` : 'no agent'})`, { hint: `see lockstep status ${name} and ${name}'s agent.log on ${host}` });
-    await sleep(POLL_MS);
+  const r = await pollUntil(async () => (await client.vm(name))?.agent ?? undefined, (a) => a?.role === 'alone', { timeoutMs, intervalMs: POLL_MS });
+  if (!r.done) {
+    const a = r.last;
+    throw new LockstepError(`${host} did not run VM "${name}" within ${Math.round(timeoutMs / 1000)} s (${a ? `${a.role}: ${a.waiting ?? a.degraded.join('; ')}` : 'no agent'})`, { hint: `see lockstep status ${name} and ${name}'s agent.log on ${host}` });
   }
+  await client.resync(name);
 }
 
 export interface ResyncOnHostsResult {
@@ -287,15 +288,12 @@ export async function resyncOnHosts(
   const t0 = performance.now();
   await clients[from]!.resync(name);
   const begin = o.beginTimeoutMs ?? 15_000;
-  for (;;) {
-    const a = (await clients[from]!.vm(name))?.agent;
-    if (a?.work?.kind === 'reprotect' || a?.protected) break;
-    if (performance.now() - t0 > begin) {
-      throw new LockstepError(`${from} did not begin the resync within ${Math.round(begin / 1000)} s: ${a?.waiting ?? a?.degraded.join('; ') ?? 'its agent stopped'}`, {
-        hint: `the request stands: ${from}'s agent resyncs as soon as that changes (see lockstep status ${name})`,
-      });
-    }
-    await sleep(POLL_MS);
+  const began = await pollUntil(agentOn(host, from, name), (a) => a?.work?.kind === 'reprotect' || a?.protected === true, { timeoutMs: begin, intervalMs: POLL_MS });
+  if (!began.done) {
+    const a = began.last;
+    throw new LockstepError(`${from} did not begin the resync within ${Math.round(begin / 1000)} s: ${a?.waiting ?? a?.degraded.join('; ') ?? 'its agent stopped'}`, {
+      hint: `the request stands: ${from}'s agent resyncs as soon as that changes (see lockstep status ${name})`,
+    });
   }
   o.onStep?.(`resyncing: ${to}'s disk mirrored from ${from} over the replication network, then COLO again`);
   const r = await followUntilProtected(name, [from, to], clients, o, t0, o.timeoutMs ?? 600_000);

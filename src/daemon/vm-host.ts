@@ -139,8 +139,8 @@ export class VmHost {
 
   /** This host's tap of the VM (bridge mode), made if the daemon is to make it and it is not there (after a reboot). */
   private async ensureOwnTap(step: (m: string) => void): Promise<void> {
-    const net = this.config.vm.network;
-    if (net.mode !== 'tap' || !this.local.tap) return;
+    // Only a bridge-mode VM whose file names no tap for this host has one of the daemon's making.
+    if (!this.local.tap) return;
     if (await ensureTap(this.local.tap)) step(`made tap ${this.local.tap} for the VM`);
   }
 

@@ -16,7 +16,7 @@ import { createLabHosts, labHosts, type LabHosts } from './hosts.js';
 import { LabDaemons } from './daemons.js';
 import { startWitness, isLabWitness, LAB_SECRET } from './scenario.js';
 import { vmStatusSchema, type VmStatus } from '../daemon/api-types.js';
-import { sleep } from '../util/time.js';
+import { pollUntil } from '../util/time.js';
 import { LockstepError } from '../util/errors.js';
 import { waitForSerial } from '../qemu/serial.js';
 import { GUEST_READY_MARKER } from './guest.js';
@@ -34,10 +34,9 @@ export interface VmStatusView {
 export const LAB_GUEST_IPS: Record<string, string> = { web: '10.0.2.15', db: '10.0.2.16' };
 
 /** A VM file on the management host, /etc/lockstep/NAME.yaml: the demo guest, 64 MiB disk created on its primary's host. */
-function writeVmFile(lab: LabDaemons, hosts: LabHosts, o: { name: string; hosts: ['a' | 'b', 'a' | 'b']; reprotect: boolean }): string {
+function writeVmFile(lab: LabDaemons, hosts: LabHosts, o: { name: string; hosts: ['a' | 'b', 'a' | 'b']; reprotect: boolean }): void {
   const ip = LAB_GUEST_IPS[o.name];
   if (!ip) throw new LockstepError(`the lab has no guest address for VM "${o.name}"`, { hint: `one of ${Object.keys(LAB_GUEST_IPS).join(', ')}` });
-  const file = `/etc/lockstep/${o.name}.yaml`;
   fs.writeFileSync(
     path.join(lab.dirs('mgmt').etc, `${o.name}.yaml`),
     [
@@ -54,19 +53,23 @@ function writeVmFile(lab: LabDaemons, hosts: LabHosts, o: { name: string; hosts:
       '',
     ].join('\n'),
   );
-  return file;
+}
+
+/** VM `name`'s file, as the management host sees it. */
+function vmFileOf(name: string): string {
+  return `/etc/lockstep/${name}.yaml`;
 }
 
 /** What a kept lab records in its directory, to be found again by a later command. */
 const recordSchema = z.object({ ns: z.object({ a: z.string(), b: z.string(), witness: z.string(), client: z.string(), switch: z.string() }), tag: z.string(), witnessPid: z.number().optional() });
 
 export class DaemonVmLab {
-  /** The VM file, as the management host sees it. */
-  readonly vmFile = '/etc/lockstep/web.yaml';
-  /** The VM's name. */
+  /** The VM's name (the lab's first VM; addVm adds others). */
   readonly vm = 'web';
-  /** The VM files written on the management host: their VM and its first primary. */
-  private readonly vmFiles = new Map<string, { name: string; primary: 'a' | 'b' }>([['/etc/lockstep/web.yaml', { name: 'web', primary: 'a' }]]);
+  /** The VM file, as the management host sees it. */
+  readonly vmFile = vmFileOf(this.vm);
+  /** The lab's VMs by name: each one's first primary (where its guest boots first). */
+  private readonly vms = new Map<string, { primary: 'a' | 'b' }>([[this.vm, { primary: 'a' }]]);
 
   private constructor(
     readonly root: string,
@@ -97,6 +100,7 @@ export class DaemonVmLab {
       lab = await LabDaemons.create(root, hosts, { tag });
       const witness = await startWitness(root, hosts.ns.witness, `${hosts.addr.mgmt.witness}:7900`);
       writeVmFile(lab, hosts, { name: 'web', hosts: ['a', 'b'], reprotect: o.reprotect ?? true });
+      // The lab's first VM: its primary on a, as the constructor records it.
       if (o.root) fs.writeFileSync(DaemonVmLab.recordFile(root), JSON.stringify({ ns: hosts.ns, tag, witnessPid: witness }, null, 2) + '\n');
       return new DaemonVmLab(root, hosts, lab, witness);
     } catch (err) {
@@ -120,36 +124,33 @@ export class DaemonVmLab {
     return new DaemonVmLab(root, hosts, lab, rec.witnessPid);
   }
 
-  /** Another VM's file on the management host (see LAB_GUEST_IPS); its path there. */
-  addVm(name: string, hosts: ['a' | 'b', 'a' | 'b'], o: { reprotect?: boolean } = {}): string {
-    const file = writeVmFile(this.lab, this.hosts, { name, hosts, reprotect: o.reprotect ?? true });
-    this.vmFiles.set(file, { name, primary: hosts[0] });
-    return file;
+  /** Another VM's file on the management host (see LAB_GUEST_IPS), for up({ vm: name }). */
+  addVm(name: string, hosts: ['a' | 'b', 'a' | 'b'], o: { reprotect?: boolean } = {}): void {
+    writeVmFile(this.lab, this.hosts, { name, hosts, reprotect: o.reprotect ?? true });
+    this.vms.set(name, { primary: hosts[0] });
   }
 
   /**
-   * lockstep up -f (VM web's file unless told), from the management host;
+   * lockstep up -f of VM `vm`'s file (web unless told), from the management host;
    * `onLine` sees its progress. Then waits until the guest's services run
    * (its serial console on the primary's host says so): up returns once the
    * VM is protected, which can be before the guest has booted, and a client
    * that connects before then is refused (seen: an echo connection refused
    * 3 s before the guest was ready).
    */
-  async up(o: { onLine?: (line: string) => void; file?: string } = {}): Promise<void> {
-    const file = o.file ?? this.vmFile;
-    const r = await this.lab.cli('mgmt', ['up', '-f', file], { timeoutMs: 600_000, onLine: o.onLine });
+  async up(o: { onLine?: (line: string) => void; vm?: string } = {}): Promise<void> {
+    const vm = o.vm ?? this.vm;
+    const r = await this.lab.cli('mgmt', ['up', '-f', vmFileOf(vm)], { timeoutMs: 600_000, onLine: o.onLine });
     if (r.code !== 0) throw new LockstepError(`lockstep up -f failed: ${r.stderr.trim()}`);
-    const vm = this.vmFiles.get(file);
-    if (!vm) return;
-    o.onLine?.(`waiting for the guest's services (VM ${vm.name})`);
-    await this.guestReady(vm.name);
+    o.onLine?.(`waiting for the guest's services (VM ${vm})`);
+    await this.guestReady(vm);
   }
 
   /** Waits until VM `name`'s guest says its services run, on the serial console of its first primary's host. */
   async guestReady(name = this.vm): Promise<void> {
-    const vm = [...this.vmFiles.values()].find((v) => v.name === name);
-    if (!vm) throw new LockstepError(`the lab has no VM "${name}"`);
-    await waitForSerial(path.join(this.lab.dirs(vm.primary).state, 'vms', vm.name, vm.primary, 'serial.log'), GUEST_READY_MARKER, 120_000);
+    const primary = this.vms.get(name)?.primary;
+    if (!primary) throw new LockstepError(`the lab has no VM "${name}"`);
+    await waitForSerial(path.join(this.lab.dirs(primary).state, 'vms', name, primary, 'serial.log'), GUEST_READY_MARKER, 120_000);
   }
 
   /** The host whose agent writes the VM's disk (primary, or alone), as status says; undefined if none. */
@@ -168,14 +169,11 @@ export class DaemonVmLab {
   /** Waits until status says PROTECTED; the time it took. */
   async untilProtected(what: string, timeoutMs: number, vm = this.vm): Promise<{ s: VmStatusView; ms: number }> {
     const t0 = performance.now();
-    for (;;) {
-      const s = await this.status(vm);
-      if (s.protected) return { s, ms: performance.now() - t0 };
-      if (performance.now() - t0 > timeoutMs) {
-        throw new LockstepError(`${what}: not protected within ${timeoutMs} ms: ${JSON.stringify(s.hosts.map((h) => [h.host, h.status?.phase, h.status?.agent?.role, h.status?.agent?.degraded, h.error]))}`);
-      }
-      await sleep(250);
+    const r = await pollUntil(() => this.status(vm), (s) => s.protected, { timeoutMs, intervalMs: 250 });
+    if (!r.done) {
+      throw new LockstepError(`${what}: not protected within ${timeoutMs} ms: ${JSON.stringify(r.last.hosts.map((h) => [h.host, h.status?.phase, h.status?.agent?.role, h.status?.agent?.degraded, h.error]))}`);
     }
+    return { s: r.last, ms: performance.now() - t0 };
   }
 
   async end(): Promise<void> {

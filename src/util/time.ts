@@ -35,6 +35,26 @@ export async function withTimeout<T>(promise: Promise<T>, ms: number, what: stri
 }
 
 /**
+ * Reads every `intervalMs` (default 100) until `done` holds for what it read,
+ * or `timeoutMs` has passed; says which, with the last reading, so that the
+ * caller can name what it saw when it gives up.
+ */
+export async function pollUntil<T>(
+  read: () => Promise<T> | T,
+  done: (v: T) => boolean,
+  opts: { timeoutMs: number; intervalMs?: number },
+): Promise<{ done: boolean; last: T }> {
+  const deadline = performance.now() + opts.timeoutMs;
+  const interval = opts.intervalMs ?? 100;
+  for (;;) {
+    const last = await read();
+    if (done(last)) return { done: true, last };
+    if (performance.now() >= deadline) return { done: false, last };
+    await sleep(Math.min(interval, Math.max(0, deadline - performance.now())));
+  }
+}
+
+/**
  * Polls `check` every `intervalMs` until it returns a value other than
  * undefined/false, or throws TimeoutError after `timeoutMs`.
  */
@@ -43,14 +63,9 @@ export async function waitFor<T>(
   check: () => Promise<T | undefined | false> | T | undefined | false,
   opts: { timeoutMs: number; intervalMs?: number; hint?: string },
 ): Promise<T> {
-  const deadline = Date.now() + opts.timeoutMs;
-  const interval = opts.intervalMs ?? 100;
-  for (;;) {
-    const v = await check();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() >= deadline) throw new TimeoutError(what, opts.timeoutMs, opts.hint);
-    await sleep(Math.min(interval, Math.max(0, deadline - Date.now())));
-  }
+  const r = await pollUntil(check, (v) => v !== undefined && v !== false, opts);
+  if (!r.done) throw new TimeoutError(what, opts.timeoutMs, opts.hint);
+  return r.last as T;
 }
 
 /** Milliseconds since an arbitrary origin, monotonic. */

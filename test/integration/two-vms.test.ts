@@ -18,9 +18,9 @@ const isRoot = process.getuid?.() === 0;
 test('two VMs, primaries on different hosts: each host lost and back, both VMs run on and are protected again', { skip: !isRoot && 'needs root for namespaces', timeout: 15 * 60_000 }, async (t) => {
   const d = await daemonLab(t, 'two-vms');
   const { hosts, lab } = d;
-  const dbFile = d.addVm('db', ['b', 'a']);
+  d.addVm('db', ['b', 'a']);
   await d.up();
-  await d.up({ file: dbFile });
+  await d.up({ vm: 'db' });
   const every = await lab.cli('mgmt', ['status', '--json']);
   assert.equal(every.code, 0, `both protected: ${every.stdout}`);
   const st = { web: await d.status('web'), db: await d.status('db') };

@@ -3,7 +3,7 @@
  * listeners: the local socket (root only) and TLS between hosts that pinned
  * each other's certificates. Real daemons, real TLS, on loopback.
  */
-import { test, after } from 'node:test';
+import { test, after, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -18,6 +18,7 @@ import { ApiClient, ApiCallError } from '../../src/daemon/client.js';
 import { MAX_BODY_BYTES } from '../../src/daemon/api.js';
 import { packageRoot } from '../../src/util/paths.js';
 import { LockstepError } from '../../src/util/errors.js';
+import { parseVmFile, portBlockAt } from '../../src/config/vm.js';
 
 const made: string[] = [];
 const tmp = () => {
@@ -50,6 +51,29 @@ async function hosts(dir: string, names: string[], trust: Array<[string, string]
   }
   for (const [who, whom] of trust) hostTrust({ file: files[who]!, name: whom, api: `127.0.0.1:${ports[whom]}`, certFile: path.join(dir, whom, 'tls', 'host.crt') });
   return files;
+}
+
+/** Host a's daemon alone (b is named in definitions only), started, with its local client; stopped after the test. */
+async function daemonOfA(t: TestContext, o: { memoryForVms?: number } = {}): Promise<{ h: HostConfig; d: Daemon; c: ApiClient }> {
+  const files = await hosts(tmp(), ['a'], []);
+  const loaded = loadHostFile(files.a!);
+  const h = o.memoryForVms === undefined ? loaded : { ...loaded, memory: { forVms: o.memoryForVms } };
+  const d = new Daemon(h);
+  await d.start();
+  t.after(() => d.stop());
+  return { h, d, c: ApiClient.local(h) };
+}
+
+/** VM `name`'s definition between a and b, as up -f hands it over: its `vm:` section, its ports from `base`. */
+function placedVm(name: string, o: { base: number; vm?: string; run?: string }) {
+  return {
+    vm: parseVmFile(`name: ${name}\nhosts: [a, b]\nvm: { kernel: demo, disk: { image: /srv/${name}.qcow2 }${o.vm ? `, ${o.vm}` : ''} }\n`, `${name}.yaml`),
+    hosts: { a: { replication: '10.0.1.1', heartbeat: ['10.0.1.1'] }, b: { replication: '10.0.1.2', heartbeat: ['10.0.1.2'] } },
+    run: o.run ?? `run-${name}-0123456789`,
+    secret: 'a secret of sixteen or more',
+    ports: portBlockAt(o.base),
+    definedAt: new Date().toISOString(),
+  };
 }
 
 test('host file: defaults filled in, paths relative to the file, every problem named with its field', () => {
@@ -184,23 +208,9 @@ test('lockstepd.service passes systemd-analyze verify without a warning', (t) =>
 });
 
 test('VM definitions: checked and placed before they are kept (0600), the same again unchanged, unknown VMs 404', async (t) => {
-  const dir = tmp();
-  const files = await hosts(dir, ['a'], []);
-  const h = loadHostFile(files.a!);
-  const d = new Daemon(h);
-  await d.start();
-  t.after(() => d.stop());
-  const c = ApiClient.local(h);
-  const { parseVmFile, portBlockAt } = await import('../../src/config/vm.js');
-  const vm = parseVmFile('name: web\nhosts: [a, b]\nvm: { kernel: demo, disk: { image: /srv/web.qcow2 } }\n', 'web.yaml');
-  const placed = {
-    vm,
-    hosts: { a: { replication: '10.0.1.1', heartbeat: ['10.0.1.1'] }, b: { replication: '10.0.1.2', heartbeat: ['10.0.1.2'] } },
-    run: 'run-0123456789',
-    secret: 'a secret of sixteen or more',
-    ports: portBlockAt(9000),
-    definedAt: new Date().toISOString(),
-  };
+  const { h, d, c } = await daemonOfA(t);
+  const placed = placedVm('web', { base: 9000, run: 'run-0123456789' });
+  const vm = placed.vm;
   const refused = (status: number, re: RegExp) => (e: unknown) => e instanceof ApiCallError && e.status === status && re.test(e.message);
   await assert.rejects(c.defineVm('web', { ...placed, secret: 'short' }), refused(400, /does not fit.*secret/));
   await assert.rejects(c.defineVm('other', placed), refused(400, /of VM "web", not "other"/));
@@ -236,22 +246,8 @@ test('VM definitions: checked and placed before they are kept (0600), the same a
 });
 
 test('memory: a VM that would go over what the host gives its VMs is refused, saying what is left and whose the rest is', async (t) => {
-  const dir = tmp();
-  const files = await hosts(dir, ['a'], []);
-  const h = { ...loadHostFile(files.a!), memory: { forVms: 300 * 2 ** 20 } };
-  const d = new Daemon(h);
-  await d.start();
-  t.after(() => d.stop());
-  const c = ApiClient.local(h);
-  const { parseVmFile, portBlockAt } = await import('../../src/config/vm.js');
-  const placed = (name: string, base: number) => ({
-    vm: parseVmFile(`name: ${name}\nhosts: [a, b]\nvm: { kernel: demo, memory: 128M, disk: { image: /srv/${name}.qcow2 } }\n`, `${name}.yaml`),
-    hosts: { a: { replication: '10.0.1.1', heartbeat: ['10.0.1.1'] }, b: { replication: '10.0.1.2', heartbeat: ['10.0.1.2'] } },
-    run: `run-${name}-0123456789`,
-    secret: 'a secret of sixteen or more',
-    ports: portBlockAt(base),
-    definedAt: new Date().toISOString(),
-  });
+  const { c } = await daemonOfA(t, { memoryForVms: 300 * 2 ** 20 });
+  const placed = (name: string, base: number) => placedVm(name, { base, vm: 'memory: 128M' });
   assert.equal((await c.defineVm('web', placed('web', 9000))).outcome, 'created', '128 MiB + 64 MiB of QEMU: 192 of 300');
   await assert.rejects(c.defineVm('db', placed('db', 9007)), (e: unknown) => e instanceof ApiCallError && e.status === 409 && /VM "db" needs about 192 MiB on this host .* but 108 MiB of the 300 MiB this host gives its VMs are left \(web 192 MiB\)/.test(e.message));
   assert.deepEqual((await c.host()).memory, { forVmsBytes: 300 * 2 ** 20, usedBytes: 192 * 2 ** 20 });
@@ -259,22 +255,8 @@ test('memory: a VM that would go over what the host gives its VMs is refused, sa
 });
 
 test('bridge mode without a tap named for this host: the daemon names one per VM (lstapN), records it, keeps it across a restart and a new definition', async (t) => {
-  const dir = tmp();
-  const files = await hosts(dir, ['a'], []);
-  const h = loadHostFile(files.a!);
-  const d = new Daemon(h);
-  await d.start();
-  t.after(() => d.stop());
-  const c = ApiClient.local(h);
-  const { parseVmFile, portBlockAt } = await import('../../src/config/vm.js');
-  const placed = (name: string, base: number, run = `run-${name}-0123456789`) => ({
-    vm: parseVmFile(`name: ${name}\nhosts: [a, b]\nvm: { kernel: demo, disk: { image: /srv/${name}.qcow2 }, network: { mode: tap, bridge: br0 } }\n`, `${name}.yaml`),
-    hosts: { a: { replication: '10.0.1.1', heartbeat: ['10.0.1.1'] }, b: { replication: '10.0.1.2', heartbeat: ['10.0.1.2'] } },
-    run,
-    secret: 'a secret of sixteen or more',
-    ports: portBlockAt(base),
-    definedAt: new Date().toISOString(),
-  });
+  const { h, d, c } = await daemonOfA(t);
+  const placed = (name: string, base: number, run?: string) => placedVm(name, { base, run, vm: 'network: { mode: tap, bridge: br0 }' });
   await c.defineVm('web', placed('web', 9000));
   await c.defineVm('db', placed('db', 9007));
   const local = (name: string) => JSON.parse(fs.readFileSync(path.join(h.stateDir, 'vms', name, 'local.json'), 'utf8')) as { tap?: string };
