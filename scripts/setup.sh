@@ -16,6 +16,8 @@ PACKAGES=(
   # the lab QEMU's build (only used where KVM does not work)
   dpkg-dev meson ninja-build pkg-config flex bison libglib2.0-dev libpixman-1-dev
   libslirp-dev libfdt-dev libzstd-dev zlib1g-dev python3-venv bzip2 patch gcc
+  # ... with GnuTLS: the data plane's TLS (tls-creds-psk)
+  libgnutls28-dev
 )
 
 missing=()

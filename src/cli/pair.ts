@@ -66,6 +66,11 @@ function formatStatus(s: PairStatus): string {
   return lines.join('\n');
 }
 
+/** Said by every up whose VM runs its data plane without TLS (replication.tls: false). */
+const PLAIN_DATA_PLANE_WARNING =
+  "WARNING: replication.tls is off: this VM's migration stream, disk writes and packets cross the replication network " +
+  'in plain TCP; anyone who reaches its ports can read them and write its secondary\'s disk.';
+
 export function registerPairCommands(program: Command): void {
   program
     .command('up')
@@ -76,7 +81,11 @@ export function registerPairCommands(program: Command): void {
         'a new secondary on the other host, its disk synced over the replication network. Nothing is read from the ' +
         'other host\'s files. Run it on either host, or on any host that both trust. ' +
         'With -c CONFIG (both nodes on this machine, or the lab): starts the secondary, then the primary, the documented ' +
-        'QMP start-up steps on each, and returns once both report COLO running. The VMs keep running after this command ends.',
+        'QMP start-up steps on each, and returns once both report COLO running. The VMs keep running after this command ends.\n\n' +
+        "The data plane (the migration stream with the VM's memory, its disk writes over NBD, the proxy's packets) runs " +
+        "TLS with a key only the VM's two hosts have. replication.tls: false turns it off, and is safe only on a " +
+        'replication network nobody else can reach: without it, anyone who reaches those ports reads the VM\'s memory ' +
+        'and traffic, writes its secondary\'s disk, and can feed a waiting secondary a state of their own.',
     )
     .option('-f, --file <vm-file>', 'the VM file: the VM and its two hosts (hosts: [primary, secondary])')
     .option('-c, --config <file>', CONFIG_HELP)
@@ -86,16 +95,19 @@ export function registerPairCommands(program: Command): void {
     .action(async (opts: { file?: string; config?: string; hostFile?: string; adoptNewest?: boolean; json?: boolean }) => {
       if (!!opts.file === !!opts.config) throw new LockstepError('give either -f VM-FILE (two hosts with daemons) or -c CONFIG (both nodes from here)', { hint: 'lockstep up --help explains both' });
       const progress = createProgress(process.stderr, { quiet: opts.json === true });
+
       if (opts.file) {
         const host = loadHostFile(hostFileOf(opts.hostFile));
         const r = await upOnHosts(host, opts.file, { onStep: (m) => progress.step(m), onUpdate: (m) => progress.update(m) });
         progress.done(`VM "${r.name}" protected in ${(r.ms / 1000).toFixed(1)} s`);
+        if (!r.dataPlaneTls) process.stderr.write(`${PLAIN_DATA_PLANE_WARNING}\n`);
         print(opts.json, r, () => [`VM "${r.name}": PROTECTED`, ...r.hosts.map((h) => `  ${vmLine(h, r.status[h])}`), '', `see it with: lockstep status ${r.name}`].join('\n'));
         return;
       }
       const c = loadConfig(opts.config!);
       const r = await up(c, { detached: true, adoptNewest: opts.adoptNewest, onStep: (m) => progress.step(m), onUpdate: (m) => progress.update(m) });
       progress.done(`pair "${c.name}" protected in ${((r.state.upMs ?? 0) / 1000).toFixed(1)} s`);
+      if (!c.replication.tls) process.stderr.write(`${PLAIN_DATA_PLANE_WARNING}\n`);
       const st = await pairStatus(c);
       print(opts.json, st, () => {
         const fw = r.state.forwards.map((f) => `  guest port ${f.guestPort} → ${f.hostAddr}:${f.hostPort}`);

@@ -14,7 +14,7 @@
  */
 import type { QmpClient } from '../qmp/client.js';
 import { QmpCommandError } from '../qmp/errors.js';
-import { IDS, type ColoEndpoints, type HostForward } from '../qemu/cmdline.js';
+import { IDS, peerTlsCreds, type ColoEndpoints, type HostForward } from '../qemu/cmdline.js';
 import { runSteps, hasObject, hasChardev, hasBlockNode, hasHostForward, isQuorumChild, type Step, type StepRecord } from './steps.js';
 
 const STEP_MS = 5_000;
@@ -52,7 +52,7 @@ function chardevRemoveStep(qmp: QmpClient, id: string, timeoutMs: number): Step 
   return { name: `chardev-remove ${id}`, timeoutMs, done: async () => !(await hasChardev(qmp, id)), run: () => qmp.execute('chardev-remove', { id }) };
 }
 
-function chardevAddStep(qmp: QmpClient, id: string, host: string, port: number, server: boolean, timeoutMs: number): Step {
+function chardevAddStep(qmp: QmpClient, id: string, host: string, port: number, server: boolean, timeoutMs: number, tls: { 'tls-creds'?: string } = {}): Step {
   return {
     name: `chardev-add ${id}`,
     timeoutMs,
@@ -60,7 +60,7 @@ function chardevAddStep(qmp: QmpClient, id: string, host: string, port: number, 
     run: () =>
       qmp.execute('chardev-add', {
         id,
-        backend: { type: 'socket', data: { addr: { type: 'inet', data: { host, port: String(port) } }, server, ...(server ? { wait: false } : {}) } },
+        backend: { type: 'socket', data: { addr: { type: 'inet', data: { host, port: String(port) } }, server, ...(server ? { wait: false } : {}), ...tls } },
       }),
   };
 }
@@ -189,8 +189,9 @@ export function secondaryFailoverSteps(qmp: QmpClient, o: SecondaryFailoverOptio
   const e = o.prepareAsPrimary;
   if (e) {
     steps.push(
-      chardevAddStep(qmp, IDS.mirrorChardev, e.primaryHost, e.mirrorPort, true, STEP_MS),
-      chardevAddStep(qmp, IDS.compare1, e.primaryHost, e.compareSecondaryPort, true, STEP_MS),
+      // The two the next secondary connects to, from its host: with the pair's TLS.
+      chardevAddStep(qmp, IDS.mirrorChardev, e.primaryHost, e.mirrorPort, true, STEP_MS, peerTlsCreds(e, 'server')),
+      chardevAddStep(qmp, IDS.compare1, e.primaryHost, e.compareSecondaryPort, true, STEP_MS, peerTlsCreds(e, 'server')),
       chardevAddStep(qmp, IDS.compare0, e.primaryLocal, e.comparePrimaryPort, true, STEP_MS),
       chardevAddStep(qmp, IDS.compare0Client, e.primaryLocal, e.comparePrimaryPort, false, STEP_MS),
       chardevAddStep(qmp, IDS.compareOut, e.primaryLocal, e.compareOutPort, true, STEP_MS),

@@ -23,7 +23,7 @@
  * the job is gone (the resume is then taken back and started again).
  */
 import type { QmpClient } from '../qmp/client.js';
-import { IDS, primaryProxyObjectSpecs, type ColoEndpoints } from '../qemu/cmdline.js';
+import { IDS, peerTlsCreds, primaryProxyObjectSpecs, type ColoEndpoints } from '../qemu/cmdline.js';
 import { runSteps, hasObject, capabilityOn, type Step, type StepRecord } from './steps.js';
 import { attachReplicationSteps, migrateIntoColoSteps, queryColoStatus } from './startup.js';
 import { LockstepError } from '../util/errors.js';
@@ -40,6 +40,18 @@ export interface ResumeTarget {
   host: string;
   nbdPort: number;
   migrationPort: number;
+  /** The pair's data-plane TLS (the endpoints' tls). */
+  tls: ColoEndpoints['tls'];
+}
+
+/**
+ * The mirror's target: the new secondary's NBD export, as a json: filename
+ * (an nbd:// URL cannot name TLS credentials). The format (raw) is
+ * drive-mirror's; the protocol node below it is the NBD client.
+ */
+export function mirrorTarget(t: ResumeTarget): string {
+  const nbd = { driver: 'nbd', server: { type: 'inet', host: t.host, port: String(t.nbdPort) }, export: IDS.secondaryParent, ...peerTlsCreds(t, 'client') };
+  return `json:${JSON.stringify({ file: nbd })}`;
 }
 
 export interface MirrorProgress {
@@ -105,7 +117,7 @@ async function mirrorUntilReady(qmp: QmpClient, t: ResumeTarget, o: ResumeOption
     if (!(await resyncJob(qmp))) {
       await qmp.execute(
         'drive-mirror',
-        { device: IDS.disk, 'job-id': RESYNC_JOB, target: `nbd://${t.host}:${t.nbdPort}/${IDS.secondaryParent}`, mode: 'existing', format: 'raw', sync: 'full' },
+        { device: IDS.disk, 'job-id': RESYNC_JOB, target: mirrorTarget(t), mode: 'existing', format: 'raw', sync: 'full' },
         { timeoutMs: STEP_MS },
       );
     }
@@ -210,7 +222,7 @@ export async function resumeReplicationProcedure(qmp: QmpClient, e: ColoEndpoint
   const resumed = qmp.listen('RESUME');
   const steps: Step[] = [
     {
-      name: `drive-mirror to nbd://${t.host}:${t.nbdPort}/${IDS.secondaryParent}, until in sync`,
+      name: `drive-mirror to nbd://${t.host}:${t.nbdPort}/${IDS.secondaryParent}${t.tls ? ' (TLS)' : ''}, until in sync`,
       timeoutMs: o.mirrorTimeoutMs + STEP_MS,
       done: async () => jobReady(await resyncJob(qmp)),
       run: async () => Object.assign(mirror, await mirrorUntilReady(qmp, t, o)),
@@ -229,7 +241,7 @@ export async function resumeReplicationProcedure(qmp: QmpClient, e: ColoEndpoint
       timeoutMs: STEP_MS,
       run: () => finishMirror(qmp, STEP_MS),
     },
-    ...attachReplicationSteps(qmp, t.host, t.nbdPort, STEP_MS),
+    ...attachReplicationSteps(qmp, t.host, t.nbdPort, t.tls, STEP_MS),
     ...primaryProxyObjectSpecs(e).map(
       (spec): Step => ({
         name: `object-add ${spec.qomType} ${spec.props.id}${afterRewriter && spec.qomType.startsWith('filter-') ? ` before ${IDS.rewriter}` : ''}`,
@@ -243,7 +255,7 @@ export async function resumeReplicationProcedure(qmp: QmpClient, e: ColoEndpoint
           }),
       }),
     ),
-    ...migrateIntoColoSteps(qmp, t.host, t.migrationPort, STEP_MS),
+    ...migrateIntoColoSteps(qmp, t.host, t.migrationPort, t.tls, STEP_MS),
     {
       // The migration runs with the VM stopped; COLO starts the VM again once the new secondary has its state.
       name: 'migration to the new secondary, until the VM runs again in COLO',

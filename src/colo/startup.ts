@@ -5,7 +5,7 @@
  * with x-colo. Both then run the guest in COLO mode.
  */
 import type { QmpClient } from '../qmp/client.js';
-import { IDS } from '../qemu/cmdline.js';
+import { IDS, peerTlsCreds, type ColoEndpoints } from '../qemu/cmdline.js';
 import { runSteps, hasBlockNode, isQuorumChild, capabilityOn, type Step, type StepRecord } from './steps.js';
 import { waitFor } from '../util/time.js';
 
@@ -14,12 +14,15 @@ const QMP_STEP_MS = 10_000;
 export interface SecondaryStartup {
   nbdHost: string;
   nbdPort: number;
+  /** The pair's data-plane TLS (the endpoints' tls): the NBD export then takes TLS clients only. */
+  tls: ColoEndpoints['tls'];
 }
 
 export interface PrimaryStartup {
   secondaryHost: string;
   nbdPort: number;
   migrationPort: number;
+  tls: ColoEndpoints['tls'];
 }
 
 function xColo(qmp: QmpClient) {
@@ -35,7 +38,7 @@ export function secondaryEnterColo(qmp: QmpClient, s: SecondaryStartup, onStep?:
       {
         name: 'nbd-server-start',
         timeoutMs: QMP_STEP_MS,
-        run: () => qmp.execute('nbd-server-start', { addr: { type: 'inet', data: { host: s.nbdHost, port: String(s.nbdPort) } } }),
+        run: () => qmp.execute('nbd-server-start', { addr: { type: 'inet', data: { host: s.nbdHost, port: String(s.nbdPort) } }, ...peerTlsCreds(s, 'server') }),
       },
       {
         name: `nbd-server-add ${IDS.secondaryParent}`,
@@ -48,10 +51,11 @@ export function secondaryEnterColo(qmp: QmpClient, s: SecondaryStartup, onStep?:
 }
 
 /** The drive_add line that creates the primary's replication child (an NBD client to the secondary). */
-export function replicationDriveAdd(secondaryHost: string, nbdPort: number): string {
+export function replicationDriveAdd(secondaryHost: string, nbdPort: number, tls: ColoEndpoints['tls']): string {
+  const creds = peerTlsCreds({ tls }, 'client')['tls-creds'];
   return (
     `drive_add -n buddy driver=replication,mode=primary,file.driver=nbd,file.host=${secondaryHost},` +
-    `file.port=${nbdPort},file.export=${IDS.secondaryParent},node-name=${IDS.replicationNode}`
+    `file.port=${nbdPort},file.export=${IDS.secondaryParent},${creds ? `file.tls-creds=${creds},` : ''}node-name=${IDS.replicationNode}`
   );
 }
 
@@ -62,14 +66,14 @@ export function replicationDriveAdd(secondaryHost: string, nbdPort: number): str
  * child of the quorum: attaching it twice would give the quorum a second
  * replication child).
  */
-export function attachReplicationSteps(qmp: QmpClient, secondaryHost: string, nbdPort: number, timeoutMs = QMP_STEP_MS): Step[] {
+export function attachReplicationSteps(qmp: QmpClient, secondaryHost: string, nbdPort: number, tls: ColoEndpoints['tls'], timeoutMs = QMP_STEP_MS): Step[] {
   return [
     {
       name: 'drive_add replication child',
       timeoutMs,
       done: () => hasBlockNode(qmp, IDS.replicationNode),
       run: async () => {
-        const out = await qmp.hmp(replicationDriveAdd(secondaryHost, nbdPort));
+        const out = await qmp.hmp(replicationDriveAdd(secondaryHost, nbdPort, tls));
         if (out.trim()) throw new Error(`drive_add: ${out.trim()}`);
       },
     },
@@ -98,9 +102,32 @@ export async function migrationIntoColoStarted(qmp: QmpClient): Promise<boolean>
   return (await queryColoStatus(qmp)).mode === 'primary';
 }
 
-/** x-colo and the migration to the secondary that starts COLO (step 4; also resume replication). Safe to run again. */
-export function migrateIntoColoSteps(qmp: QmpClient, secondaryHost: string, migrationPort: number, timeoutMs = QMP_STEP_MS): Step[] {
+/** The migration's TLS credentials as QEMU has them ("" when none). */
+async function migrationTlsCreds(qmp: QmpClient): Promise<string> {
+  const p = await qmp.execute<{ 'tls-creds'?: string }>('query-migrate-parameters', undefined, { timeoutMs: 5000 });
+  return p['tls-creds'] ?? '';
+}
+
+/**
+ * x-colo and the migration to the secondary that starts COLO (step 4; also
+ * resume replication). Safe to run again. With TLS the outgoing migration
+ * takes the client credentials (a node that was a secondary had the
+ * server's, for its incoming migration).
+ */
+export function migrateIntoColoSteps(qmp: QmpClient, secondaryHost: string, migrationPort: number, tls: ColoEndpoints['tls'], timeoutMs = QMP_STEP_MS): Step[] {
+  const creds = peerTlsCreds({ tls }, 'client')['tls-creds'];
+  const tlsSteps: Step[] = creds
+    ? [
+        {
+          name: `migrate-set-parameters tls-creds ${creds}`,
+          timeoutMs,
+          done: async () => (await migrationTlsCreds(qmp)) === creds,
+          run: () => qmp.execute('migrate-set-parameters', { 'tls-creds': creds }),
+        },
+      ]
+    : [];
   return [
+    ...tlsSteps,
     { name: 'migrate-set-capabilities x-colo', timeoutMs, done: () => capabilityOn(qmp, 'x-colo'), run: () => xColo(qmp) },
     { name: 'migrate', timeoutMs, done: () => migrationIntoColoStarted(qmp), run: () => qmp.execute('migrate', { uri: `tcp:${secondaryHost}:${migrationPort}` }) },
   ];
@@ -110,7 +137,7 @@ export function migrateIntoColoSteps(qmp: QmpClient, secondaryHost: string, migr
 export function primaryEnterColo(qmp: QmpClient, p: PrimaryStartup, onStep?: (name: string, index: number, total: number) => void): Promise<StepRecord[]> {
   return runSteps(
     'primary start-up',
-    [...attachReplicationSteps(qmp, p.secondaryHost, p.nbdPort), ...migrateIntoColoSteps(qmp, p.secondaryHost, p.migrationPort)],
+    [...attachReplicationSteps(qmp, p.secondaryHost, p.nbdPort, p.tls), ...migrateIntoColoSteps(qmp, p.secondaryHost, p.migrationPort, p.tls)],
     { onStep },
   );
 }

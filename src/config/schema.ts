@@ -164,9 +164,15 @@ export const configSchema = z
         bufferDir: z.string().default('/dev/shm'),
         /** How long a resync's disk mirror may take to catch up with the running VM. */
         resyncTimeoutMs: z.number().int().min(1000).max(86_400_000).default(600_000),
+        /**
+         * TLS on the data plane (migration, NBD, the proxy's sockets between the hosts), with a
+         * key only the pair has. Off only on a network nobody else can reach: without it, anyone
+         * who reaches the ports reads the VM's memory and network traffic and writes its disk.
+         */
+        tls: z.boolean().default(true),
       })
       .strict()
-      .default({ checkpointDelayMs: 2000, compareTimeoutMs: 3000, bufferDir: '/dev/shm', resyncTimeoutMs: 600_000 }),
+      .default({ checkpointDelayMs: 2000, compareTimeoutMs: 3000, bufferDir: '/dev/shm', resyncTimeoutMs: 600_000, tls: true }),
   })
   .strict();
 

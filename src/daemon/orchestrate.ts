@@ -25,6 +25,8 @@ export interface UpOnHostsResult {
   hosts: [string, string];
   ms: number;
   status: Record<string, VmStatus>;
+  /** Whether the VM's data plane runs TLS (replication.tls), as the VM file says. */
+  dataPlaneTls: boolean;
 }
 
 const POLL_MS = 500;
@@ -59,7 +61,7 @@ export async function upOnHosts(host: HostConfig, file: string, o: UpOptions = {
         hint: 'turn agents.reprotect on in the VM file, or start it again from scratch (lockstep down does not remove a definition yet)',
       });
     }
-    return startStopped(vm.name, vm.hosts, clients, o, vm.replication.resyncTimeoutMs);
+    return { ...(await startStopped(vm.name, vm.hosts, clients, o, vm.replication.resyncTimeoutMs)), dataPlaneTls: vm.replication.tls };
   }
   for (const [i, cur] of current.entries()) {
     if (cur && cur.phase !== 'defined') throw new LockstepError(`VM "${vm.name}" is ${cur.phase} on host ${vm.hosts[i]} already`, { hint: cur.phase === 'stopped' ? `it is stopped there but not on the other host: see lockstep status ${vm.name}` : `see lockstep status ${vm.name}` });
@@ -88,7 +90,7 @@ export async function upOnHosts(host: HostConfig, file: string, o: UpOptions = {
   step('protecting it: a new secondary on ' + s + ', synced from ' + p + ' over the replication network');
   // With re-protection off the agents protect only when asked: the first protection is asked for here.
   if (!vm.agents.reprotect) await askResyncWhenAlone(clients[p]!, vm.name, p);
-  return followUntilProtected(vm.name, vm.hosts, clients, o, t0, vm.replication.resyncTimeoutMs);
+  return { ...(await followUntilProtected(vm.name, vm.hosts, clients, o, t0, vm.replication.resyncTimeoutMs)), dataPlaneTls: vm.replication.tls };
 }
 
 /**
@@ -96,7 +98,7 @@ export async function upOnHosts(host: HostConfig, file: string, o: UpOptions = {
  * each its disk. Only the agents start; with no VM running anywhere, their
  * rule restarts it from the newest disk, then they protect it again.
  */
-async function startStopped(name: string, hosts: [string, string], clients: Record<string, ApiClient>, o: UpOptions, resyncTimeoutMs: number): Promise<UpOnHostsResult> {
+async function startStopped(name: string, hosts: [string, string], clients: Record<string, ApiClient>, o: UpOptions, resyncTimeoutMs: number): Promise<Omit<UpOnHostsResult, 'dataPlaneTls'>> {
   o.onStep?.(`VM "${name}" was stopped: starting the agents on ${hosts.join(' and ')} (the definition the hosts keep is used); they restart it from the newest disk`);
   const t0 = performance.now();
   for (const h of hosts) await clients[h]!.startVm(name);
@@ -105,7 +107,7 @@ async function startStopped(name: string, hosts: [string, string], clients: Reco
 
 type UpOptions = { onStep?: (m: string) => void; onUpdate?: (m: string) => void; timeoutMs?: number };
 
-async function followUntilProtected(name: string, hosts: [string, string], clients: Record<string, ApiClient>, o: UpOptions, t0: number, resyncTimeoutMs: number): Promise<UpOnHostsResult> {
+async function followUntilProtected(name: string, hosts: [string, string], clients: Record<string, ApiClient>, o: UpOptions, t0: number, resyncTimeoutMs: number): Promise<Omit<UpOnHostsResult, 'dataPlaneTls'>> {
   const timeoutMs = o.timeoutMs ?? resyncTimeoutMs + 300_000;
   let shown = '';
   const read = async () => {

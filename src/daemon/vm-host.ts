@@ -23,6 +23,7 @@ import { readState, writeState, newPairState, nodeStateOf, type NodeState, type 
 import { quitNode } from '../pair/down.js';
 import { readDiskRecord, writeEpoch } from '../pair/generation.js';
 import { launchAlone } from '../pair/launch.js';
+import { prepareDataPlaneKey } from '../pair/keys.js';
 import { attachTap, detachTap, ensureTap } from '../qemu/tap.js';
 import { createImage } from '../qemu/images.js';
 import { isOurQemu } from '../qemu/process.js';
@@ -255,6 +256,7 @@ export class VmHost {
       await attachTap(p.tap);
     }
     step(`starting the VM alone from ${image}`);
+    prepareDataPlaneKey(c);
     const proc = await launchAlone(p, binary, `primary ${this.host.name} (alone)`);
     return proc.pid;
   }

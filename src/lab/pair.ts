@@ -38,6 +38,8 @@ export interface PairOptions {
   memory?: string;
   checkpointDelayMs?: number;
   compareTimeoutMs?: number;
+  /** The data plane's TLS (replication.tls; default on). */
+  tls?: boolean;
   /** Wait for the guest's services to be ready (default true). */
   waitGuest?: boolean;
   log?: (msg: string) => void;
@@ -59,7 +61,7 @@ export interface LabConfigOptions {
   addresses?: { a: string; b: string };
   /** Disk: default an image created in the config's directory. */
   disk?: string;
-  replication?: { checkpointDelayMs?: number; compareTimeoutMs?: number; bufferDir?: string };
+  replication?: { checkpointDelayMs?: number; compareTimeoutMs?: number; bufferDir?: string; tls?: boolean };
   /** The agents section, as in the config (written as a JSON flow mapping). */
   agents?: Record<string, unknown>;
 }
@@ -77,6 +79,7 @@ export function labConfigYaml(o: LabConfigOptions): string {
     r.checkpointDelayMs !== undefined && `checkpointDelayMs: ${r.checkpointDelayMs}`,
     r.compareTimeoutMs !== undefined && `compareTimeoutMs: ${r.compareTimeoutMs}`,
     r.bufferDir !== undefined && `bufferDir: ${JSON.stringify(r.bufferDir)}`,
+    r.tls !== undefined && `tls: ${r.tls}`,
   ].filter(Boolean);
   return [
     `name: ${o.name}`,
@@ -130,7 +133,7 @@ export class OneHostPair {
           [base + 6, 80],
           [base + 7, 7],
         ],
-        replication: { checkpointDelayMs: o.checkpointDelayMs ?? 20000, compareTimeoutMs: o.compareTimeoutMs ?? 3000, bufferDir: runtimeBase() },
+        replication: { checkpointDelayMs: o.checkpointDelayMs ?? 20000, compareTimeoutMs: o.compareTimeoutMs ?? 3000, bufferDir: runtimeBase(), tls: o.tls },
       }),
     );
     const config = loadConfig(file);

@@ -40,6 +40,8 @@ export const BUILD_DEPENDENCIES = [
   'libslirp-dev',
   'libfdt-dev',
   'libzstd-dev',
+  // TLS for the data plane (tls-creds-psk); meson enables GnuTLS when its headers are there.
+  'libgnutls28-dev',
   'zlib1g-dev',
   'python3-venv',
   'bzip2',

@@ -7,6 +7,7 @@ import crypto from 'node:crypto';
 import path from 'node:path';
 import type { ResolvedConfig } from '../config/load.js';
 import type { TapPlace } from '../qemu/tap.js';
+import { dataPlaneTlsDir } from './keys.js';
 import { primaryArgs, secondaryArgs, type ColoEndpoints, type HostForward, type MachineSpec, type NicSpec } from '../qemu/cmdline.js';
 
 export interface Runtime {
@@ -85,6 +86,7 @@ export function planPair(c: ResolvedConfig, rt: Runtime, primary: string = c.nod
     nbdPort: c.ports.nbd,
     reconnectMs: rt.reconnectMs,
     compareTimeoutMs: c.replication.compareTimeoutMs,
+    ...(c.replication.tls ? { tls: { dir: dataPlaneTlsDir(c)! } } : {}),
   };
   const net = c.vm.network;
   const forwards: HostForward[] = net.mode === 'user' ? net.forwards.map((f) => ({ proto: f.proto, hostAddr: f.host, hostPort: f.port, guestPort: f.guestPort })) : [];

@@ -11,6 +11,7 @@ import type { ResolvedConfig } from '../config/load.js';
 import { attachTap, detachTap } from '../qemu/tap.js';
 import { planPair } from './plan.js';
 import { launchAlone } from './launch.js';
+import { prepareDataPlaneKey } from './keys.js';
 import { updateState, type NodeState, type PairState } from './state.js';
 
 export async function restartAlone(c: ResolvedConfig, s: PairState, node: string, step: (m: string) => void = () => {}): Promise<NodeState> {
@@ -24,6 +25,7 @@ export async function restartAlone(c: ResolvedConfig, s: PairState, node: string
     await attachTap(p.tap);
   }
   step(`starting the VM alone on ${node} from ${me.disk}`);
+  prepareDataPlaneKey(c);
   const proc = await launchAlone(p, s.runtime.binary, `primary ${node} (alone)`);
   const at = new Date().toISOString();
   const next = updateState(c.stateDir, (x) => ({

@@ -33,6 +33,7 @@ import { LockstepError, errorMessage } from '../util/errors.js';
 import { waitFor } from '../util/time.js';
 import { planPair, type PairPlan } from './plan.js';
 import { launchNode } from './launch.js';
+import { prepareDataPlaneKey } from './keys.js';
 import { readState, updateState, writeState, type PairState } from './state.js';
 import { agentsRunning, startAgents, stopAgents, waitAgentsProtected } from './agents.js';
 import { generationFile, readDiskRecord, writeEpoch, type ReadDisk } from './generation.js';
@@ -84,8 +85,9 @@ export async function prepareSecondary(c: ResolvedConfig, s: PairState, primary:
   step(`starting a new secondary on ${tp.name}`);
   let launched: { proc: QemuProcess; qmp: QmpClient } | undefined;
   try {
+    prepareDataPlaneKey(c);
     launched = await launchNode(tp, s.runtime.binary, `secondary ${tp.name}`);
-    await secondaryEnterColo(launched.qmp, { nbdHost: plan.endpoints.secondaryHost, nbdPort: plan.endpoints.nbdPort }, (n) => step(`${tp.name}: ${n}`));
+    await secondaryEnterColo(launched.qmp, { nbdHost: plan.endpoints.secondaryHost, nbdPort: plan.endpoints.nbdPort, tls: plan.endpoints.tls }, (n) => step(`${tp.name}: ${n}`));
     return { ...launched, plan };
   } catch (err) {
     launched?.qmp.destroy();
@@ -117,7 +119,7 @@ export async function resumeOnSurvivor(
     const r = await resumeReplication(
       qmp,
       plan.endpoints,
-      { host: plan.endpoints.secondaryHost, nbdPort: plan.endpoints.nbdPort, migrationPort: plan.endpoints.migrationPort },
+      { host: plan.endpoints.secondaryHost, nbdPort: plan.endpoints.nbdPort, migrationPort: plan.endpoints.migrationPort, tls: plan.endpoints.tls },
       {
         onStep: o.onUpdate,
         onMirror: o.onMirror,

@@ -58,6 +58,6 @@ export async function resolveRuntime(c: ResolvedConfig, o: ResolveOptions = {}):
     reason = `${accel.toUpperCase()} as configured`;
   }
   const info = await probeQemu(binary);
-  assertColoCapable(info);
+  assertColoCapable(info, { tls: c.replication.tls });
   return { binary, accel, dataDirs, kernel, initrd, reconnectMs: info.features.reconnectMs, reason };
 }

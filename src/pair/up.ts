@@ -23,6 +23,7 @@ import { startAgents, waitAgentsProtected } from './agents.js';
 import { generationFile, readDiskRecord, readEpoch, writeEpoch, type ReadDisk } from './generation.js';
 import { compareEpochs, formatEpoch, type Epoch, type EpochOrder } from './epoch.js';
 import { connectQmp, spawnOpts } from './launch.js';
+import { prepareDataPlaneKey } from './keys.js';
 
 export interface UpOptions {
   onStep?: (msg: string) => void;
@@ -348,6 +349,7 @@ export async function up(c: ResolvedConfig, o: UpOptions = {}): Promise<UpResult
     for (const b of [plan.buffers.active, plan.buffers.hidden]) fs.rmSync(b, { force: true });
   };
   try {
+    prepareDataPlaneKey(c);
     step(`starting the secondary on ${plan.secondary.name} (${rt.accel.toUpperCase()})`);
     const sProc = new QemuProcess({ ...spawnOpts(plan.secondary), name: `secondary ${plan.secondary.name}`, binary: rt.binary, logFile: plan.secondary.qemuLog, detached: o.detached });
     started.push(sProc);
@@ -359,12 +361,12 @@ export async function up(c: ResolvedConfig, o: UpOptions = {}): Promise<UpResult
     const sConn = await connectQmp(sProc, plan.secondary, 15_000);
     const sQmp = sConn.qmp;
     clients.push(sQmp);
-    await secondaryEnterColo(sQmp, { nbdHost: plan.endpoints.secondaryHost, nbdPort: plan.endpoints.nbdPort }, (n) => o.onUpdate?.(n));
+    await secondaryEnterColo(sQmp, { nbdHost: plan.endpoints.secondaryHost, nbdPort: plan.endpoints.nbdPort, tls: plan.endpoints.tls }, (n) => o.onUpdate?.(n));
     step('primary: replication child, x-colo, migrate (step 4)');
     const pConn = await connectQmp(pProc, plan.primary, 15_000);
     const pQmp = pConn.qmp;
     clients.push(pQmp);
-    await primaryEnterColo(pQmp, { secondaryHost: plan.endpoints.secondaryHost, nbdPort: plan.endpoints.nbdPort, migrationPort: plan.endpoints.migrationPort }, (n) =>
+    await primaryEnterColo(pQmp, { secondaryHost: plan.endpoints.secondaryHost, nbdPort: plan.endpoints.nbdPort, migrationPort: plan.endpoints.migrationPort, tls: plan.endpoints.tls }, (n) =>
       o.onUpdate?.(n),
     );
     step('waiting for both nodes to report COLO running');

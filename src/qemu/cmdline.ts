@@ -38,7 +38,14 @@ export const IDS = {
   rewriter: 'rew0',
   secChardevIn: 'red0',
   secChardevOut: 'red1',
+  /** TLS credentials of the data plane: the side that listens (incoming migration, NBD export, the proxy's listening sockets)... */
+  tlsServer: 'lstls-server',
+  /** ... and the side that connects (outgoing migration, the NBD client, the secondary's proxy sockets). */
+  tlsClient: 'lstls-client',
 } as const;
+
+/** The PSK identity both ends of a pair use (keys.psk holds "lockstep:HEXKEY"). */
+export const TLS_PSK_USERNAME = 'lockstep';
 
 export interface HostForward {
   proto?: 'tcp' | 'udp';
@@ -88,6 +95,14 @@ export interface ColoEndpoints {
   reconnectMs: boolean;
   /** colo-compare's compare_timeout in ms (QEMU default 3000). */
   compareTimeoutMs?: number;
+  /**
+   * The data plane's TLS: every connection between the two hosts (migration,
+   * NBD, mirror0, compare1) runs TLS with the pair's pre-shared key, read by
+   * QEMU from `dir` (keys.psk, dh-params.pem). Absent: plain TCP, which
+   * anyone who reaches the ports can read (the VM's memory, its network
+   * traffic) and write (the secondary's disk, the state it loads).
+   */
+  tls?: { dir: string };
 }
 
 export interface PrimaryDisk {
@@ -161,6 +176,32 @@ function socketChardev(id: string, host: string, port: number, extra: Record<str
 }
 
 /**
+ * The TLS credentials a socket between the two hosts uses, by the side it
+ * plays: the only way the command lines and the QMP procedures name them,
+ * so a link to the peer cannot be made without TLS when the pair has it.
+ */
+export function peerTlsCreds(e: Pick<ColoEndpoints, 'tls'>, side: 'server' | 'client'): { 'tls-creds': string } | Record<string, never> {
+  if (!e.tls) return {};
+  return { 'tls-creds': side === 'server' ? IDS.tlsServer : IDS.tlsClient };
+}
+
+/** A chardev socket to or from the peer host (never a primary-local one). */
+function peerChardev(e: ColoEndpoints, id: string, host: string, port: number, extra: Record<string, string | number | boolean>): string[] {
+  const side = extra.server === true ? 'server' : 'client';
+  return socketChardev(id, host, port, { ...extra, ...peerTlsCreds(e, side) });
+}
+
+/** Both TLS credential objects (a node listens and connects in either role over its life), pre-shared key in e.tls.dir. */
+function tlsObjects(e: ColoEndpoints): string[] {
+  if (!e.tls) return [];
+  const dir = e.tls.dir;
+  return [
+    '-object', opts('tls-creds-psk', { id: IDS.tlsServer, endpoint: 'server', dir }),
+    '-object', opts('tls-creds-psk', { id: IDS.tlsClient, endpoint: 'client', dir, username: TLS_PSK_USERNAME }),
+  ];
+}
+
+/**
  * The primary ("Startup qemu", step 1). It starts paused (-S) and blocks in
  * compare1 (wait=on) until the secondary connects.
  *
@@ -170,10 +211,11 @@ function socketChardev(id: string, host: string, port: number, extra: Record<str
  */
 export function primaryArgs(m: MachineSpec, e: ColoEndpoints, disk: PrimaryDisk, o: { alone?: boolean } = {}): string[] {
   const a = common(m);
+  a.push(...tlsObjects(e));
   a.push('-netdev', netdevArg(m.nic, true), ...nicDevice(m.mac));
   a.push(
-    ...socketChardev(IDS.mirrorChardev, e.primaryHost, e.mirrorPort, { server: true, wait: false }),
-    ...socketChardev(IDS.compare1, e.primaryHost, e.compareSecondaryPort, { server: true, wait: !o.alone }),
+    ...peerChardev(e, IDS.mirrorChardev, e.primaryHost, e.mirrorPort, { server: true, wait: false }),
+    ...peerChardev(e, IDS.compare1, e.primaryHost, e.compareSecondaryPort, { server: true, wait: !o.alone }),
     ...socketChardev(IDS.compare0, e.primaryLocal, e.comparePrimaryPort, { server: true, wait: false }),
     ...socketChardev(IDS.compare0Client, e.primaryLocal, e.comparePrimaryPort, {}),
     ...socketChardev(IDS.compareOut, e.primaryLocal, e.compareOutPort, { server: true, wait: false }),
@@ -232,11 +274,12 @@ export function primaryProxyObjects(e: ColoEndpoints): string[] {
 /** The secondary ("Startup qemu", step 2): waits for the incoming migration. */
 export function secondaryArgs(m: MachineSpec, e: ColoEndpoints, d: SecondaryDisks): string[] {
   const a = common(m);
+  a.push(...tlsObjects(e));
   // The secondary's own netdev sees no traffic while in COLO; forwards are added at failover.
   a.push('-netdev', netdevArg(m.nic, false), ...nicDevice(m.mac));
   a.push(
-    ...socketChardev(IDS.secChardevIn, e.primaryHost, e.mirrorPort, reconnect(e)),
-    ...socketChardev(IDS.secChardevOut, e.primaryHost, e.compareSecondaryPort, reconnect(e)),
+    ...peerChardev(e, IDS.secChardevIn, e.primaryHost, e.mirrorPort, reconnect(e)),
+    ...peerChardev(e, IDS.secChardevOut, e.primaryHost, e.compareSecondaryPort, reconnect(e)),
     '-object', opts('filter-redirector', { id: IDS.secRedirectorIn, netdev: IDS.netdev, queue: 'tx', indev: IDS.secChardevIn }),
     '-object', opts('filter-redirector', { id: IDS.secRedirectorOut, netdev: IDS.netdev, queue: 'rx', outdev: IDS.secChardevOut }),
     '-object', opts('filter-rewriter', { id: IDS.rewriter, netdev: IDS.netdev, queue: 'all' }),
@@ -260,6 +303,8 @@ export function secondaryArgs(m: MachineSpec, e: ColoEndpoints, d: SecondaryDisk
     opts('if=none', { id: IDS.disk, driver: 'quorum', 'read-pattern': 'fifo', 'vote-threshold': 1, 'children.0': IDS.secondaryChild }),
     '-device',
     opts('virtio-blk-pci', { id: IDS.blockDevice, drive: IDS.disk }),
+    // The incoming migration's TLS is set before QEMU listens: no stream can arrive in the clear first.
+    ...(e.tls ? ['-global', `migration.tls-creds=${IDS.tlsServer}`] : []),
     '-incoming',
     `tcp:${e.secondaryHost}:${e.migrationPort}`,
   );

@@ -33,6 +33,8 @@ export interface QemuFeatures {
   reconnectMs: boolean;
   /** Filters and colo-compare take vnet_hdr_support. */
   vnetHdrSupport: boolean;
+  /** TLS with a pre-shared key (tls-creds-psk: QEMU built with GnuTLS), for the data plane. */
+  tlsPsk: boolean;
   /** Accelerators compiled in (not whether they work: see accel.ts). */
   accelerators: string[];
 }
@@ -103,13 +105,14 @@ export function featuresFrom(schema: SchemaEntry[], qomTypes: string[]): QemuFea
     yank: commands.has('yank'),
     reconnectMs: memberNames.has('reconnect-ms'),
     vnetHdrSupport: memberNames.has('vnet_hdr_support') || types.has('colo-compare'),
+    tlsPsk: types.has('tls-creds-psk'),
     accelerators,
   };
 }
 
 function probeCacheFile(binary: string): string {
   const st = fs.statSync(binary);
-  const id = crypto.createHash('sha256').update(`${binary}\n${st.size}\n${st.mtimeMs}\nprobe-v1`).digest('hex').slice(0, 16);
+  const id = crypto.createHash('sha256').update(`${binary}\n${st.size}\n${st.mtimeMs}\nprobe-v2`).digest('hex').slice(0, 16);
   return path.join(cacheDir(), 'probe', `qemu-${id}.json`);
 }
 
@@ -162,9 +165,14 @@ export async function probeQemu(binary: string, source: QemuInfo['source'] = 'ex
   }
 }
 
-/** Checks that a probed QEMU can run COLO at all, naming what is missing. */
-export function assertColoCapable(info: QemuInfo): void {
+/** Checks that a probed QEMU can run COLO at all (and, with `tls`, the data plane's TLS), naming what is missing. */
+export function assertColoCapable(info: QemuInfo, o: { tls?: boolean } = {}): void {
   const f = info.features;
+  if (o.tls && !f.tlsPsk) {
+    throw new LockstepError(`QEMU ${info.binary} has no TLS (tls-creds-psk: it was built without GnuTLS), and the data plane needs it`, {
+      hint: "use a QEMU built with GnuTLS (Debian's qemu-system-x86 is); or, only on a replication network nobody else can reach, set replication.tls: false (see the README's \"The data plane\")",
+    });
+  }
   const missing = [
     !f.colo && 'COLO migration (x-colo)',
     !f.coloProxy && 'the COLO proxy objects (colo-compare, filter-*)',

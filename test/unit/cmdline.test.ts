@@ -126,3 +126,23 @@ test('colo-compare timeout is passed when configured', () => {
   const args = primaryArgs(m('primary'), { ...e, compareTimeoutMs: 1500 }, { image: 'x', format: 'qcow2' }).join(' ');
   assert.match(args, /colo-compare,id=comp0,.*,compare_timeout=1500/);
 });
+
+test('with the pair\'s TLS, every socket between the hosts takes it: both credential objects, the chardevs to and from the peer, the incoming migration before it listens', () => {
+  const tls = { dir: '/var/lib/lockstep/vms/web/tls' };
+  const et: ColoEndpoints = { ...e, primaryHost: '10.0.0.1', secondaryHost: '10.0.0.2', tls };
+  const p = pairs(primaryArgs(m('primary'), et, { image: 'R/p.qcow2', format: 'qcow2' }));
+  const s = pairs(secondaryArgs(m('secondary'), et, { parent: 'p', parentFormat: 'qcow2', active: 'a', hidden: 'h' }));
+  for (const args of [p, s]) {
+    assert.ok(args.includes(`-object tls-creds-psk,id=lstls-server,endpoint=server,dir=${tls.dir}`));
+    assert.ok(args.includes(`-object tls-creds-psk,id=lstls-client,endpoint=client,dir=${tls.dir},username=lockstep`));
+    const toPeer = args.filter((a) => a.startsWith('-chardev socket') && !a.includes(`host=${et.primaryLocal},`));
+    assert.equal(toPeer.length, 2, 'mirror0 and compare1 on the primary, red0 and red1 on the secondary');
+    for (const c of toPeer) assert.match(c, c.includes('server=on') ? /,tls-creds=lstls-server(,|$)/ : /,tls-creds=lstls-client(,|$)/, c);
+    for (const c of args.filter((a) => a.includes(`host=${et.primaryLocal},`))) assert.doesNotMatch(c, /tls-creds/, 'primary-local sockets stay plain');
+  }
+  const incoming = s.indexOf('-incoming tcp:10.0.0.2:9998');
+  assert.ok(incoming > 0 && s.indexOf(`-global migration.tls-creds=lstls-server`) === incoming - 1);
+  // Without it: none of it.
+  const plain = secondaryArgs(m('secondary'), e, { parent: 'p', parentFormat: 'qcow2', active: 'a', hidden: 'h' }).join(' ');
+  assert.doesNotMatch(plain, /tls/);
+});

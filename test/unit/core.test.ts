@@ -448,3 +448,33 @@ test('a survivor whose disk was made after its agent started (a first sync by th
   assert.ok(req && req.t === 'send-peer' && req.msg.t === 'req' && req.msg.body.k === 'resync-prepare');
   assert.equal(req.msg.body.sizeBytes, 64 << 20, 'not the 0 bytes known when the agent started');
 });
+
+test('a checkpoint under way when every heartbeat path goes silent: the secondary takes over at the stall bound, not the checkpoint bound (two-VM test, 1 run in 5)', () => {
+  const secondary = (): Node => {
+    const b = new Node();
+    b.peer = { ...b.peer, role: 'primary' };
+    b.found({ colo: 'secondary' });
+    b.run(1000, { heartbeats: true, answer: grantAll(b) });
+    b.checkpoint();
+    b.run(100, { heartbeats: true, answer: grantAll(b) });
+    assert.equal(isProtected(b.s), true);
+    return b;
+  };
+  // The primary's host is lost while our QEMU receives a checkpoint: its main loop waits on the dead stream.
+  const lost = secondary();
+  lost.in({ t: 'qemu-event', event: 'STOP' });
+  const t0 = lost.now;
+  lost.run(lost.s.cfg.stallMs + lost.s.cfg.heartbeatTimeoutMs + 200, { answer: grantAll(lost) });
+  assert.deepEqual(lost.decisions(), ['takeover'], 'taken over within the stall bound of a silent peer');
+  assert.ok(lost.now - t0 < lost.s.cfg.checkpointTimeoutMs, 'before the bound of a long checkpoint');
+  const takeover = lost.runs().at(-1)?.procedure;
+  assert.ok(takeover?.kind === 'takeover' && takeover.yank, 'yanking the dead stream first');
+  // The same long checkpoint while the primary's agent is heard: it may take up to the checkpoint bound.
+  const slow = secondary();
+  slow.in({ t: 'qemu-event', event: 'STOP' });
+  slow.run(slow.s.cfg.checkpointTimeoutMs - 500, { heartbeats: true, answer: grantAll(slow) });
+  assert.deepEqual(slow.decisions(), [], 'a slow checkpoint with the primary heard is left to finish');
+  slow.in({ t: 'qemu-event', event: 'RESUME' });
+  slow.run(500, { heartbeats: true, answer: grantAll(slow) });
+  assert.equal(isProtected(slow.s), true);
+});

@@ -39,3 +39,13 @@ test('a QEMU without the replication driver is refused with what is missing', ()
   const info: QemuInfo = { binary: '/x/qemu', source: 'explicit', version: { major: 7, minor: 2, micro: 0 }, package: '', features: noRepl };
   assert.throws(() => assertColoCapable(info), /lacks the replication block driver/);
 });
+
+test('a QEMU without TLS (built without GnuTLS) is refused for a data plane with TLS, and says what to do', () => {
+  const withTls = featuresFrom(schema, [...types, 'tls-creds-psk', 'tls-creds-x509']);
+  const without = featuresFrom(schema, types);
+  assert.deepEqual([withTls.tlsPsk, without.tlsPsk], [true, false]);
+  const info = (features: typeof without): QemuInfo => ({ binary: '/x/qemu', source: 'explicit', version: { major: 7, minor: 2, micro: 0 }, package: '', features });
+  assert.doesNotThrow(() => assertColoCapable(info(withTls), { tls: true }));
+  assert.doesNotThrow(() => assertColoCapable(info(without), { tls: false }), 'with TLS refused explicitly, it is not needed');
+  assert.throws(() => assertColoCapable(info(without), { tls: true }), (err: Error & { hint?: string }) => /has no TLS/.test(err.message) && /replication\.tls: false/.test(err.hint ?? ''));
+});

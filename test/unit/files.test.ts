@@ -3,7 +3,10 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import crypto from 'node:crypto';
 import { writeFileAtomic, type AtomicWriteFs } from '../../src/util/files.js';
+import { readPskKey, writePskDir } from '../../src/qemu/tls.js';
+import { deriveDataPlaneKey } from '../../src/pair/keys.js';
 
 /** Real file operations, each recorded as "op target" (fds named by what they were opened on). */
 function recordingFs(o: { failOn?: string } = {}): { ops: AtomicWriteFs; calls: string[] } {
@@ -133,6 +136,30 @@ test('with a mode (a private key): the file never exists with wider permissions,
     assert.equal(fs.readFileSync(file, 'utf8'), 'secret\n');
     assert.equal(fs.statSync(file).mode & 0o777, 0o600);
     assert.deepEqual(fs.readdirSync(dir), ['host.key']);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('the data plane\'s key files: keys.psk and dh-params.pem private to their owner, the key derived per VM from the agents\' secret', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-psk-'));
+  try {
+    const tlsDir = path.join(dir, 'tls');
+    const key = deriveDataPlaneKey('a secret of the agents, long enough', 'web');
+    assert.match(key, /^[0-9a-f]{64}$/);
+    assert.notEqual(key, deriveDataPlaneKey('a secret of the agents, long enough', 'db'), 'each VM its own key');
+    writePskDir(tlsDir, key);
+    assert.equal(fs.statSync(tlsDir).mode & 0o777, 0o700);
+    assert.equal(fs.statSync(path.join(tlsDir, 'keys.psk')).mode & 0o777, 0o600);
+    assert.equal(fs.readFileSync(path.join(tlsDir, 'keys.psk'), 'utf8'), `lockstep:${key}\n`);
+    assert.equal(readPskKey(tlsDir), key);
+    const pem = fs.readFileSync(path.join(tlsDir, 'dh-params.pem'), 'utf8');
+    // The PEM decodes to PKCS #3: SEQUENCE { INTEGER prime (2048 bits), INTEGER 2 }.
+    const der = Buffer.from(pem.replace(/-----[^-]+-----|\s/g, ''), 'base64');
+    assert.equal(der[0], 0x30);
+    const prime = crypto.getDiffieHellman('modp14').getPrime();
+    assert.ok(der.includes(prime) && der.subarray(-3).equals(Buffer.from([0x02, 0x01, 0x02])));
+    assert.throws(() => writePskDir(tlsDir, 'not hex'), /32 bytes/);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

@@ -106,6 +106,9 @@ class QemuModel {
   migration: string | undefined;
   forwards: Array<{ proto: string; addr: string; port: number; guestPort: number }> = [];
   job: Job | undefined;
+  /** The migration's tls-creds parameter ("" none); the arguments that name peers' credentials, as received. */
+  tlsCreds = '';
+  peerArgs: string[] = [];
   /** How block-job-cancel of a ready mirror ends. */
   mirrorEnd: 'completed' | 'error' | 'cancelled' = 'completed';
   /** Mutating commands received, in order ("object-del comp0", "hmp drive_del replication0", ...). */
@@ -205,6 +208,7 @@ class QemuModel {
           const node = /node-name=([^,\s]+)/.exec(line)?.[1] ?? '';
           if (this.nodes.has(node)) return { ret: `Duplicate nodes with node-name='${node}'\r\n` };
           this.nodes.add(node);
+          this.peerArgs.push(line);
           return { ret: '' };
         }
         case 'hostfwd_add': {
@@ -238,6 +242,10 @@ class QemuModel {
           edges: [{ parent: 1, child: 2, name: 'root', perm: [], 'shared-perm': [] }, ...[...this.quorum].map(([e, n]) => ({ parent: 2, child: ids.get(n)!, name: e, perm: [], 'shared-perm': [] }))],
         });
       }
+      case 'query-migrate-parameters':
+        return conn.reply(cmd, { 'tls-creds': this.tlsCreds });
+      case 'migrate-set-parameters':
+        return this.mutation('migrate-set-parameters', conn, cmd, () => ((this.tlsCreds = String(a['tls-creds'] ?? this.tlsCreds)), { ret: {} }));
       case 'query-migrate-capabilities':
         return conn.reply(cmd, ['x-colo', 'events'].map((c) => ({ capability: c, state: this.caps.has(c) })));
       case 'query-migrate':
@@ -301,6 +309,9 @@ class QemuModel {
         });
       case 'migrate':
         return this.mutation('migrate', conn, cmd, () => {
+          // As QEMU's migration_tls_get_creds: an outgoing migration with the listening side's credentials fails.
+          if (this.tlsCreds === IDS.tlsServer) return { error: 'Expected TLS credentials for a client endpoint' };
+          this.peerArgs.push(`migrate tls-creds=${this.tlsCreds}`);
           if (this.migration === 'active' || (this.migration === 'colo' && this.colo === 'primary')) return { error: "There's a migration process in progress" };
           this.migration = 'colo';
           this.colo = 'primary';
@@ -317,6 +328,7 @@ class QemuModel {
       case 'drive-mirror':
         return this.mutation('drive-mirror', conn, cmd, () => {
           if (this.job) return { error: `Job ID '${a['job-id']}' already in use` };
+          this.peerArgs.push(`drive-mirror ${String(a.target)}`);
           this.job = { device: String(a['job-id']), type: 'mirror', offset: 4096, len: 4096, ready: true, status: 'ready' };
           setImmediate(() => conn.event('BLOCK_JOB_READY', { type: 'mirror', device: RESYNC_JOB, len: 4096, offset: 4096, speed: 0 }));
           return { ret: {} };
@@ -482,7 +494,7 @@ test('info usernet: forwards are read from the netdev\'s own section in libslirp
 // Resume replication and taking it back
 
 const resumeOpts = { mirrorTimeoutMs: 5000, mirrorStallMs: 2000, migrationTimeoutMs: 5000 };
-const target = { host: endpoints.secondaryHost, nbdPort: endpoints.nbdPort, migrationPort: endpoints.migrationPort };
+const target = { host: endpoints.secondaryHost, nbdPort: endpoints.nbdPort, migrationPort: endpoints.migrationPort, tls: undefined };
 
 test('resume replication: runs through to COLO; a lost reply of any step after the mirror is retried safely', async () => {
   const clean = QemuModel.primaryAlone();
@@ -504,6 +516,20 @@ test('resume replication: runs through to COLO; a lost reply of any step after t
     assert.equal(m.log.filter((l) => l === lose).length, 1, `${lose} was not sent again`);
     assert.deepEqual(m.snapshot(), s, `${lose}: the same end state (in particular one replication child, not two)`);
   }
+});
+
+test('resume replication with TLS: the mirror, the replication child and the migration name the client credentials, also on a node whose migration had the server\'s', async () => {
+  const m = QemuModel.primaryAlone();
+  m.tlsCreds = IDS.tlsServer; // it was a secondary: its incoming migration had the listening side's credentials
+  const tls = { dir: '/var/lib/lockstep/vms/web/tls' };
+  const r = await withModel(m, (qmp) => resumeReplication(qmp, { ...endpoints, tls }, { ...target, tls }, resumeOpts));
+  assert.equal(r.steps.length, 14, 'one step more: the migration\'s credentials');
+  assert.equal(m.snapshot().colo, 'primary');
+  const [mirror, driveAdd, migrate] = m.peerArgs;
+  const t = JSON.parse(mirror!.slice('drive-mirror json:'.length)) as { file: Record<string, unknown> };
+  assert.deepEqual(t.file, { driver: 'nbd', server: { type: 'inet', host: endpoints.secondaryHost, port: String(endpoints.nbdPort) }, export: IDS.secondaryParent, 'tls-creds': IDS.tlsClient });
+  assert.match(driveAdd!, new RegExp(`file\\.tls-creds=${IDS.tlsClient},`));
+  assert.equal(migrate, `migrate tls-creds=${IDS.tlsClient}`);
 });
 
 test('resume replication: a lost drive-mirror reply is followed by waiting for that job, not by a second mirror', async () => {

@@ -259,15 +259,23 @@ export function leaseValid(s: CoreState): boolean {
   return !s.cfg.witness || s.lease.until > s.now;
 }
 
-/** Our QEMU's checkpoint stream stalled: no checkpoint for too long, or one that takes too long. */
+/**
+ * Our QEMU's checkpoint stream stalled: no checkpoint for too long, or one
+ * that takes too long. A checkpoint may take up to checkpointTimeoutMs (all
+ * of RAM the first time) while the peer's agent is heard; with every
+ * heartbeat path silent, one under way is no reason to wait longer than for
+ * the next checkpoint: the peer's host may be gone in the middle of it (then
+ * the stream never ends by itself, and our QEMU's main loop waits on it).
+ */
 export function stalled(s: CoreState): { ms: number; inCheckpoint: boolean } | null {
   if (s.qemu.state !== 'alive' || s.qemu.coloExitAt !== null || !(s.role === 'primary' || s.role === 'secondary')) return null;
+  const sinceLast = s.now - s.qemu.lastCheckpointAt;
   if (s.qemu.checkpointSince !== null) {
     const ms = s.now - s.qemu.checkpointSince;
-    return ms > s.cfg.checkpointTimeoutMs ? { ms, inCheckpoint: true } : null;
+    if (ms > s.cfg.checkpointTimeoutMs) return { ms, inCheckpoint: true };
+    return !peerFresh(s) && sinceLast > s.cfg.stallMs ? { ms, inCheckpoint: true } : null;
   }
-  const ms = s.now - s.qemu.lastCheckpointAt;
-  return ms > s.cfg.stallMs ? { ms, inCheckpoint: false } : null;
+  return sinceLast > s.cfg.stallMs ? { ms: sinceLast, inCheckpoint: false } : null;
 }
 
 function attemptsOf(s: CoreState, kind: string): Attempts {
