@@ -3,7 +3,9 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { loadConfig } from '../config/load.js';
 import { Agent } from '../node/agent.js';
-import { Witness } from '../node/witness.js';
+import { Witness, witnessKeyFor } from '../node/witness.js';
+import { nodeName } from '../config/schema.js';
+import { print } from './output.js';
 import { LockstepError } from '../util/errors.js';
 import pino from 'pino';
 
@@ -60,5 +62,26 @@ export function registerNodeCommands(program: Command): void {
       });
       await w.start();
       untilSignal(() => w.stop());
+    });
+
+  program
+    .command('witness-key')
+    .summary("a VM's own key at the witness, for its VM file")
+    .description(
+      "Prints VM NAME's key at the witness (HMAC-SHA256 of the witness's secret and the VM's name): put it in the VM's " +
+        'file as agents.witnessKey. Its agents then prove that key, not the witness\'s secret, and the witness lets them ' +
+        'ask for that VM\'s lease only; so VMs that share a witness need not share a secret, and each VM\'s agents\' secret ' +
+        '(which up makes when the file has none) and the data-plane key derived from it stay that VM\'s own. ' +
+        'Run it where the witness\'s config is; the witness needs no restart.',
+    )
+    .argument('<name>', "the VM's name, as in its file")
+    .requiredOption('-c, --config <file>', "the witness's config (its agents.secret is the witness's secret)")
+    .option('--json', 'print { name, witnessKey }')
+    .action((name: string, opts: { config: string; json?: boolean }) => {
+      if (!nodeName.safeParse(name).success) throw new LockstepError(`"${name}" is not a VM name`, { hint: 'a short lower-case name (letters, digits, "-"), as the VM file\'s name' });
+      const c = loadConfig(opts.config);
+      if (!c.agents) throw new LockstepError(`${c.file}: no agents section`, { hint: "the witness's secret is its config's agents.secret" });
+      const witnessKey = witnessKeyFor(c.agents.secret, name);
+      print(opts.json, { name, witnessKey }, () => `agents:\n  witnessKey: ${witnessKey}   # VM ${name}'s key at the witness ${c.agents!.witness ?? ''}`.trimEnd());
     });
 }

@@ -160,9 +160,11 @@ export function registerPairCommands(program: Command): void {
         throw new LockstepError(`no host knows a VM "${vm}" (asked: ${asked.join(', ')})`, { hint: 'start it with lockstep up -f FILE' });
       }
       const isProtected = answers.length === 2 && answers.every((a) => a.status?.agent?.protected);
+      const plane = answers.find((a) => a.status?.dataPlane)?.status?.dataPlane;
       print(opts.json, { name: vm, protected: isProtected, hosts: answers }, () =>
         [
           `VM "${vm}": ${isProtected ? 'PROTECTED' : 'NOT PROTECTED'}`,
+          ...(plane ? [`  data plane: ${plane === 'tls' ? "TLS with the pair's key" : 'plain TCP (replication.tls: false): readable and writable by anyone on the replication network'}`] : []),
           ...answers.flatMap((a) => [
             `  ${a.error ? `${a.host}: cannot ask: ${a.error}` : vmLine(a.host, a.status)}`,
             ...(a.status?.agent?.degraded ?? []).map((d) => `    ! ${d}`),

@@ -146,6 +146,12 @@ export const configSchema = z
         heartbeatTimeoutMs: z.number().int().min(50).max(60_000).default(500),
         /** The witness that grants the writer lease (split-brain safety). */
         witness: endpoint.optional(),
+        /**
+         * This VM's own key at the witness (`lockstep witness-key NAME` prints it): the agents then
+         * prove it instead of sharing their secret with the witness, and VMs that share a witness
+         * need not share a secret. Without it the witness checks agents.secret (its own secret).
+         */
+        witnessKey: z.string().regex(/^[0-9a-f]{64}$/, 'expected the 64 hex digits lockstep witness-key prints').optional(),
         leaseMs: z.number().int().min(200).max(60_000).default(1000),
         /**
          * After a failover, protect the VM again by themselves: as soon as the other

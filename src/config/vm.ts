@@ -95,7 +95,9 @@ export function parseVmFile(text: string, file: string): VmFile {
     ['replication.bufferDir', v.replication.bufferDir],
   ];
   for (const [field, p] of paths) if (p !== undefined && !path.isAbsolute(p)) problems.push(`${field}: "${p}" must be an absolute path (it is a path on the hosts, not here)`);
-  if (v.agents.witness && !v.agents.secret) problems.push('agents.secret: needed with agents.witness (the witness checks the agents with the same secret: give both the same one)');
+  if (v.agents.witness && !v.agents.secret && !v.agents.witnessKey) {
+    problems.push("agents.witnessKey: needed with agents.witness (lockstep witness-key NAME prints this VM's key), or agents.secret the same as the witness's");
+  }
   if (problems.length) throw new ConfigError(file, problems, 'examples/two-hosts.yaml');
   return v;
 }

@@ -39,6 +39,8 @@ export const vmStatusSchema = z.object({
   phase: z.enum(['defined', 'starting', 'running', 'failed', 'stopping', 'stopped']),
   detail: z.string().nullable(),
   agent: agentStatusSchema.nullable(),
+  /** How the VM's data plane crosses the replication network: TLS with the pair's key, or plain TCP (replication.tls: false). Absent from daemons before it. */
+  dataPlane: z.enum(['tls', 'plain']).optional(),
 });
 export type VmStatus = z.infer<typeof vmStatusSchema>;
 

@@ -66,8 +66,9 @@ export interface VmHostStatus {
   /** The start step under way, or the error that ended it. */
   detail: string | null;
   agent: AgentStatus | null;
+  /** How the data plane crosses the replication network (replication.tls). */
+  dataPlane: 'tls' | 'plain';
 }
-
 
 export class VmHost {
   private phase: VmPhase = 'defined';
@@ -146,7 +147,15 @@ export class VmHost {
   }
 
   status(): VmHostStatus {
-    return { name: this.name, hosts: this.placed.vm.hosts, definedRole: this.definedRole, phase: this.phase, detail: this.detail, agent: this.agent?.status() ?? null };
+    return {
+      name: this.name,
+      hosts: this.placed.vm.hosts,
+      definedRole: this.definedRole,
+      phase: this.phase,
+      detail: this.detail,
+      agent: this.agent?.status() ?? null,
+      dataPlane: this.config.replication.tls ? 'tls' : 'plain',
+    };
   }
 
   /** Whether this host has run the VM (its state file exists), stopped or not. */

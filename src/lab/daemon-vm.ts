@@ -16,6 +16,7 @@ import { createLabHosts, labHosts, type LabHosts } from './hosts.js';
 import { LabDaemons } from './daemons.js';
 import { startWitness, isLabWitness, LAB_SECRET } from './scenario.js';
 import { vmStatusSchema, type VmStatus } from '../daemon/api-types.js';
+import { witnessKeyFor } from '../node/witness.js';
 import { pollUntil } from '../util/time.js';
 import { LockstepError } from '../util/errors.js';
 import { waitForSerial } from '../qemu/serial.js';
@@ -49,7 +50,8 @@ function writeVmFile(lab: LabDaemons, hosts: LabHosts, o: { name: string; hosts:
       `  disk: { image: /var/lib/lockstep/images/${o.name}.qcow2, create: true, size: 64M }`,
       // No taps named: each host's daemon makes its own (lstapN) on that host's bridge.
       '  network: { mode: tap, bridge: br0 }',
-      `agents: { secret: "${LAB_SECRET}", witness: "${hosts.addr.mgmt.witness}:7900", reprotect: ${o.reprotect} }`,
+      // Each VM's own key at the shared witness (as lockstep witness-key prints it); no secret: up makes each VM its own.
+      `agents: { witness: "${hosts.addr.mgmt.witness}:7900", witnessKey: ${witnessKeyFor(LAB_SECRET, o.name)}, reprotect: ${o.reprotect} }`,
       '',
     ].join('\n'),
   );

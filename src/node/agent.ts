@@ -29,7 +29,7 @@ import { planPair } from '../pair/plan.js';
 import { imageInfo } from '../qemu/images.js';
 import { agentSocket, type AgentStatus } from '../pair/agents.js';
 import { listenLinks, connectLink, type Link } from './link.js';
-import { WitnessArbiter } from './witness.js';
+import { WitnessArbiter, witnessClientName } from './witness.js';
 import type { Arbiter } from './arbiter.js';
 import { peerMessageSchema, type PeerMessage, type WitnessReply } from './wire.js';
 import { initCore, step, statusOf, InvariantError } from './core/core.js';
@@ -147,9 +147,10 @@ export class Agent {
     if (this.a.witness) {
       const [host, port] = this.a.witness.split(':');
       // The lease of this VM (its name), at the witness all the hosts of its VMs share.
+      // With the VM's own key it proves that as "VM.NODE" (only this VM's lease); else the shared secret.
       this.arbiter = new WitnessArbiter(this.c.name, {
-        name: this.name,
-        secret: this.a.secret,
+        name: this.a.witnessKey ? witnessClientName(this.c.name, this.name) : this.name,
+        secret: this.a.witnessKey ?? this.a.secret,
         host: host!,
         port: Number(port),
         onReply: (r: WitnessReply) => this.input({ t: 'witness-reply', reply: r }),

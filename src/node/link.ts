@@ -518,6 +518,12 @@ export interface LinkServerOptions<In, Out> {
   /** Our name, proven to clients. */
   name: string;
   secret: string;
+  /**
+   * The secret a client of this name must prove (and the server's proof and
+   * the session key then use), instead of `secret`; undefined refuses the
+   * name. For a server whose clients do not all share one secret.
+   */
+  secretFor?: (clientName: string) => string | undefined;
   host: string;
   port: number;
   /** The schema of the messages clients send us. */
@@ -560,11 +566,13 @@ export async function listenLinks<In, Out = unknown>(o: LinkServerOptions<In, Ou
       socket.write(JSON.stringify({ hello: PROTOCOL, nonce: ns }) + '\n');
       done = await handshake(socket, timeoutMs, (line) => {
         const m = parseHandshakeLine(line, clientAuthSchema);
-        if (!safeEqual(m.proof, handshakeProof(o.secret, 'client', ns, m.nonce, m.name))) {
+        const secret = o.secretFor ? o.secretFor(m.name) : o.secret;
+        if (!secret) throw new HandshakeFailure(`no key for a client named "${m.name}"`);
+        if (!safeEqual(m.proof, handshakeProof(secret, 'client', ns, m.nonce, m.name))) {
           throw new HandshakeFailure(`authentication failed (claimed name "${m.name}")`);
         }
-        socket.write(JSON.stringify({ name: o.name, proof: handshakeProof(o.secret, 'server', ns, m.nonce, o.name) }) + '\n');
-        return { ...m, key: sessionKey(o.secret, ns, m.nonce, m.name, o.name) };
+        socket.write(JSON.stringify({ name: o.name, proof: handshakeProof(secret, 'server', ns, m.nonce, o.name) }) + '\n');
+        return { ...m, key: sessionKey(secret, ns, m.nonce, m.name, o.name) };
       });
     } catch (err) {
       callRefuse(o.onRefuse, remote, errorMessage(err));

@@ -17,6 +17,7 @@
  * read or does not parse stops the witness at start: a witness that forgot
  * the newest epochs could grant the lease to a node with a stale disk.
  */
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import type net from 'node:net';
 import { z } from 'zod';
@@ -109,6 +110,39 @@ function isReservedRun(run: string): boolean {
   return run in Object.prototype;
 }
 
+// ---- who a client is ----
+
+const NAME_PART = /^[a-z][a-z0-9-]{0,30}$/;
+
+/**
+ * A VM's own key at the witness: HMAC-SHA256(the witness's secret, "lockstep
+ * witness|" + VM), hex. `lockstep witness-key` prints it for a VM file
+ * (agents.witnessKey); the agents of that VM prove it under the name
+ * "VM.NODE", and the witness lets such a link ask for that VM's lease only.
+ * So VMs that share a witness need not share a secret: each VM's agents'
+ * secret (and the data plane's key derived from it) stays its own.
+ */
+export function witnessKeyFor(witnessSecret: string, vm: string): string {
+  return crypto.createHmac('sha256', witnessSecret).update(`lockstep witness|${vm}`).digest('hex');
+}
+
+/** The name an agent of VM `vm` with the VM's own witness key gives the witness. */
+export function witnessClientName(vm: string, node: string): string {
+  return `${vm}.${node}`;
+}
+
+/**
+ * Who a client of the witness is, from the name it proved: a node of one VM
+ * ("VM.NODE", proven with that VM's key), or a node of any VM (a plain node
+ * name, proven with the witness's own secret); undefined for any other name.
+ */
+export function witnessClientOf(name: string): { vm: string | null; node: string } | undefined {
+  const parts = name.split('.');
+  if (parts.length === 1) return { vm: null, node: name };
+  if (parts.length === 2 && NAME_PART.test(parts[0]!) && NAME_PART.test(parts[1]!)) return { vm: parts[0]!, node: parts[1]! };
+  return undefined;
+}
+
 // ---- the server ----
 
 export interface WitnessOptions {
@@ -156,6 +190,10 @@ export class Witness {
     this.server = await listenLinks({
       name: WITNESS_NAME,
       secret: this.o.secret,
+      secretFor: (client) => {
+        const who = witnessClientOf(client);
+        return !who ? undefined : who.vm ? witnessKeyFor(this.o.secret, who.vm) : this.o.secret;
+      },
       host: this.o.host,
       port: this.o.port,
       inbound: witnessRequestSchema,
@@ -216,7 +254,10 @@ export class Witness {
   private onRequest(l: ServerLink, req: WitnessRequest): void {
     try {
       const now = performance.now();
-      const tr = witnessStep(this.st, now, l.peer, req);
+      // The handshake admitted only names witnessClientOf reads.
+      const who = witnessClientOf(l.peer)!;
+      if (who.vm !== null && req.lease !== who.vm) return this.refuse(l, req, now, `this link proved VM ${who.vm}'s key: it may not touch VM ${req.lease}'s lease`);
+      const tr = witnessStep(this.st, now, who.node, req);
       const valid = witnessReplySchema.safeParse(tr.reply);
       if (!valid.success) {
         // Not expected (witness-core answers within the schema): refuse rather than change anything unanswered.

@@ -6,29 +6,15 @@
  */
 import fs from 'node:fs';
 import { QmpClient, type QmpEvent } from '../qmp/client.js';
-import { QemuProcess } from '../qemu/process.js';
-import { waitFor } from '../util/time.js';
+import { QemuProcess, connectStartingQemu } from '../qemu/process.js';
 import type { NodePlan } from './plan.js';
 
 /** Waits for a starting QEMU's QMP socket and connects, recording every event; says so if the QEMU exits meanwhile. */
 export async function connectQmp(proc: QemuProcess, node: NodePlan, timeoutMs: number): Promise<{ qmp: QmpClient; events: QmpEvent[] }> {
-  await waitFor(
-    `the ${node.role} (${node.name}) to open its QMP socket`,
-    () => {
-      proc.assertRunning(`while starting as ${node.role}`);
-      return fs.existsSync(node.qmpSocket);
-    },
-    { timeoutMs, intervalMs: 20 },
-  );
-  try {
-    const qmp = await QmpClient.connect(node.qmpSocket, { timeoutMs });
-    const events: QmpEvent[] = [];
-    qmp.on('event', (e) => events.push(e));
-    return { qmp, events };
-  } catch (err) {
-    proc.assertRunning(`while starting as ${node.role}`);
-    throw err;
-  }
+  const qmp = await connectStartingQemu(proc, node.qmpSocket, { timeoutMs, what: `the ${node.role} (${node.name}) while starting` });
+  const events: QmpEvent[] = [];
+  qmp.on('event', (e) => events.push(e));
+  return { qmp, events };
 }
 
 /** How to run a node's QEMU: its arguments, inside its network namespace if it has one. */

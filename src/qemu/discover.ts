@@ -12,9 +12,8 @@ import crypto from 'node:crypto';
 import { run, which, isExecutable } from '../util/exec.js';
 import { cacheDir } from '../util/paths.js';
 import { LockstepError } from '../util/errors.js';
-import { waitFor } from '../util/time.js';
 import { QmpClient } from '../qmp/client.js';
-import { QemuProcess } from './process.js';
+import { QemuProcess, connectStartingQemu } from './process.js';
 
 export const DEFAULT_BINARY = 'qemu-system-x86_64';
 
@@ -140,11 +139,7 @@ export async function probeQemu(binary: string, source: QemuInfo['source'] = 'ex
   });
   let qmp: QmpClient | undefined;
   try {
-    await waitFor('the probe QEMU to open its QMP socket', () => {
-      q.assertRunning('while probing its features');
-      return fs.existsSync(sock);
-    }, { timeoutMs: 10_000, intervalMs: 20 });
-    qmp = await QmpClient.connect(sock, { timeoutMs: 5000 });
+    qmp = await connectStartingQemu(q, sock, { timeoutMs: 10_000, what: 'the probe QEMU (probing its features)' });
     const ver = await qmp.execute<{ qemu: { major: number; minor: number; micro: number }; package: string }>('query-version');
     const schema = await qmp.execute<SchemaEntry[]>('query-qmp-schema', undefined, { timeoutMs: 20_000 });
     const types = await qmp.execute<Array<{ name: string }>>('qom-list-types');

@@ -6,7 +6,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import { LockstepError } from '../util/errors.js';
-import { sleep } from '../util/time.js';
+import { sleep, waitFor } from '../util/time.js';
+import { QmpClient } from '../qmp/client.js';
+import { QmpConnectError } from '../qmp/errors.js';
 import { pidAlive, pidRunning } from '../util/proc.js';
 
 export { pidAlive };
@@ -182,4 +184,37 @@ export async function stopPid(pid: number, marker: string, graceMs = 3000): Prom
   if (isOurQemu(pid, marker)) process.kill(pid, 'SIGKILL');
   const hard = Date.now() + 5000;
   while (isOurQemu(pid, marker) && Date.now() < hard) await sleep(50);
+}
+
+/** Bounds the retries of a refused QMP connection to a starting QEMU (with the time bound, whichever comes first). */
+const CONNECT_ATTEMPTS_MAX = 250;
+
+/**
+ * Connects to the QMP socket of a QEMU that `proc` just started: waits for
+ * the socket file, then connects. QEMU binds its socket (the file appears) a
+ * moment before it listens on it, and a connection in between is refused
+ * (seen under load: ECONNREFUSED on a socket that answered a moment later):
+ * refused connections are tried again within the same bound. Says so at
+ * once if the QEMU exits meanwhile.
+ */
+export async function connectStartingQemu(proc: QemuProcess, socket: string, o: { timeoutMs: number; what: string }): Promise<QmpClient> {
+  const deadline = Date.now() + o.timeoutMs;
+  await waitFor(
+    `${o.what} to open its QMP socket`,
+    () => {
+      proc.assertRunning(o.what);
+      return fs.existsSync(socket);
+    },
+    { timeoutMs: o.timeoutMs, intervalMs: 20 },
+  );
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await QmpClient.connect(socket, { timeoutMs: Math.max(1, deadline - Date.now()) });
+    } catch (err) {
+      proc.assertRunning(o.what);
+      const refused = err instanceof QmpConnectError && (err.cause as NodeJS.ErrnoException | undefined)?.code === 'ECONNREFUSED';
+      if (!refused || Date.now() >= deadline || attempt >= CONNECT_ATTEMPTS_MAX) throw err;
+      await sleep(20);
+    }
+  }
 }

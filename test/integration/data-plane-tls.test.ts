@@ -36,6 +36,8 @@ test('without the pair\'s key the NBD export, the migration port and the proxy p
   for (const k of keys) assert.equal(fs.statSync(k).mode & 0o777, 0o600);
   const e = readState(vmDir('a'))!.endpoints;
   assert.ok(e.tls, 'the data plane has TLS by default');
+  const st = await d.status();
+  assert.deepEqual([st.of('a')?.dataPlane, st.of('b')?.dataPlane], ['tls', 'tls'], 'and status says so');
 
   const client = NetnsClient.start(hosts.ns.client, '10.0.2.15', 100);
   try {

@@ -6,9 +6,13 @@
  * - host a loses power: web (primary on a) fails over to b, db (primary on
  *   b) carries on alone; a comes back: both protected again by themselves;
  * - the same with host b (now the primary of both).
+ * Each VM proves its own key at the shared witness, so each has a secret,
+ * and a data-plane key, of its own.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
 import { NetnsClient, counterGaps } from '../../src/lab/client-driver.js';
 import { LAB_GUEST_IPS } from '../../src/lab/daemon-vm.js';
 import { daemonLab } from '../helpers/daemons.js';
@@ -25,6 +29,11 @@ test('two VMs, primaries on different hosts: each host lost and back, both VMs r
   assert.equal(every.code, 0, `both protected: ${every.stdout}`);
   const st = { web: await d.status('web'), db: await d.status('db') };
   assert.deepEqual([st.web.of('a')?.agent?.role, st.db.of('b')?.agent?.role], ['primary', 'primary'], 'primaries on different hosts');
+  // Each VM proves its own key at the shared witness and has a secret of its own: so its data-plane key is its own too.
+  const key = (vm: string, h: 'a' | 'b') => fs.readFileSync(path.join(lab.dirs(h).state, 'vms', vm, 'tls', 'keys.psk'), 'utf8');
+  assert.equal(key('web', 'a'), key('web', 'b'));
+  assert.equal(key('db', 'a'), key('db', 'b'));
+  assert.notEqual(key('web', 'a'), key('db', 'a'), "one VM's pair cannot reach the other's data plane");
   const clients = { web: NetnsClient.start(hosts.ns.client, LAB_GUEST_IPS.web!, 100), db: NetnsClient.start(hosts.ns.client, LAB_GUEST_IPS.db!, 100) };
   const figures: string[] = [];
   try {

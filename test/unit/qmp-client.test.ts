@@ -4,6 +4,12 @@ import { QmpClient } from '../../src/qmp/client.js';
 import { QmpCommandError, QmpConnectError, QmpDisconnectedError, QmpNegotiationError, QmpTimeoutError } from '../../src/qmp/errors.js';
 import { TimeoutError } from '../../src/util/errors.js';
 import { FakeQmp, type FakeCommand } from '../helpers/fake-qmp.js';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { QemuProcess } from '../../src/qemu/process.js';
+import { connectQmp } from '../../src/pair/launch.js';
+import type { NodePlan } from '../../src/pair/plan.js';
 
 test('negotiates capabilities and enables out-of-band execution when offered', async () => {
   const fake = await FakeQmp.start({ onCommand: (c, conn) => conn.reply(c, { status: 'running' }) });
@@ -205,5 +211,30 @@ test('oob commands are sent with exec-oob', async () => {
   } finally {
     await qmp.close();
     await fake.stop();
+  }
+});
+
+test('a starting QEMU whose QMP socket exists but does not listen yet (bind before listen) is connected to once it listens, not refused', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-bind-'));
+  const sock = path.join(dir, 'qmp.sock');
+  // Stands in for QEMU: binds (the file appears), listens only 400 ms later, then greets and takes qmp_capabilities.
+  const script = [
+    'import socket, sys, time, json',
+    's = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); time.sleep(0.4); s.listen(1)',
+    'c, _ = s.accept()',
+    'c.sendall(b\'{"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}, "package": ""}, "capabilities": []}}\\r\\n\')',
+    'f = c.makefile("r"); cmd = json.loads(f.readline())',
+    'c.sendall((json.dumps({"return": {}, "id": cmd.get("id")}) + "\\r\\n").encode())',
+    'time.sleep(5)',
+  ].join('\n');
+  const proc = new QemuProcess({ name: 'bind-before-listen', binary: 'python3', args: ['-c', script, sock], logFile: path.join(dir, 'log') });
+  try {
+    const node = { name: 'b', role: 'secondary', qmpSocket: sock } as NodePlan;
+    const { qmp } = await connectQmp(proc, node, 5000);
+    assert.equal(qmp.greeting?.version.qemu.major, 7);
+    qmp.destroy();
+  } finally {
+    await proc.stop(1000);
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 });

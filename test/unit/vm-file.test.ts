@@ -45,7 +45,11 @@ test('a VM file: relative paths, one host twice, links and an unknown host are r
   assert.throws(() => parseVmFile(VM.replace('hosts: [a, b]', 'hosts: [a, a]'), 'web.yaml'), /two hosts need different names/);
   assert.throws(() => parseVmFile(VM.replace('hosts: [a, b]', 'hosts: [a]'), 'web.yaml'), /hosts/);
   assert.throws(() => parseVmFile(VM.replace("agents: { witness: 10.0.3.3:7900, secret: a-secret-of-sixteen-or-more }", "agents: { links: { a: ['1.1.1.1'] } }"), 'web.yaml'), /unknown field "links"/);
-  assert.throws(() => parseVmFile(VM.replace(', secret: a-secret-of-sixteen-or-more', ''), 'web.yaml'), /agents.secret: needed with agents.witness/);
+  assert.throws(() => parseVmFile(VM.replace(', secret: a-secret-of-sixteen-or-more', ''), 'web.yaml'), /agents.witnessKey: needed with agents.witness .*or agents.secret/);
+  // With the VM's own key at the witness, the secret may be left to up (each VM its own).
+  const own = parseVmFile(VM.replace(', secret: a-secret-of-sixteen-or-more', `, witnessKey: ${'ab'.repeat(32)}`), 'web.yaml');
+  assert.deepEqual([own.agents.secret, own.agents.witnessKey], [undefined, 'ab'.repeat(32)]);
+  assert.throws(() => parseVmFile(VM.replace(', secret: a-secret-of-sixteen-or-more', ', witnessKey: not-a-key'), 'web.yaml'), /agents.witnessKey: expected the 64 hex digits/);
   // The shipped example is valid.
   parseVmFile(fs.readFileSync(path.join(packageRoot(), 'examples', 'two-hosts.yaml'), 'utf8'), 'two-hosts.yaml');
   assert.throws(() => parseVmFile(VM + 'nodes: []\n', 'web.yaml'), /unknown field "nodes"/);

@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { Witness, WitnessClient, WitnessConnection, MAX_QUEUED, type WitnessOptions } from '../../src/node/witness.js';
+import { Witness, WitnessClient, WitnessConnection, MAX_QUEUED, witnessKeyFor, witnessClientName, type WitnessOptions } from '../../src/node/witness.js';
 import { listenLinks, handshakeProof, sessionKey, signFrame, newNonce, PROTOCOL, type Link } from '../../src/node/link.js';
 import { witnessReplySchema, witnessRequestSchema, type WitnessReply, type WitnessRequest } from '../../src/node/wire.js';
 import type { Epoch } from '../../src/pair/epoch.js';
@@ -680,4 +680,37 @@ test('one lease per VM: hosts a and b each hold the lease of a different VM at o
   t += 2000;
   const later = ask('a', 'one-more', E('rx', 1), t);
   assert.ok(later.t === 'lease' && later.granted, 'room again once the others ran out');
+});
+
+test("a VM's own key: its agents (\"VM.NODE\") may touch that VM's lease only; another VM's name with it, or a name that is neither, gets nothing", async () => {
+  const s = await setup();
+  const key = (vm: string) => witnessKeyFor(SECRET, vm);
+  const own = (name: string, secret: string, lease: string) => {
+    const c = new WitnessClient({ name, secret, host: HOST, port: s.w.port, lease });
+    extra.push(c);
+    return c;
+  };
+  const extra: WitnessClient[] = [];
+  try {
+    assert.match(key('web'), /^[0-9a-f]{64}$/);
+    assert.notEqual(key('web'), key('db'));
+    const web = await own(witnessClientName('web', 'a'), key('web'), 'web').acquire(1000, E('r1', 1));
+    assert.deepEqual([web.granted, web.holder], [true, 'a'], 'granted, to node a');
+    const db = await own('db.b', key('db'), 'db').acquire(1000, E('r2', 1));
+    assert.deepEqual([db.granted, db.holder], [true, 'b']);
+    // web's key, asking for db's lease: refused, and db's lease untouched.
+    const cross = await own('web.a', key('web'), 'db').acquire(1000, E('r2', 1));
+    assert.equal(cross.granted, false);
+    assert.match(cross.reason ?? '', /VM web's key: it may not touch VM db's lease/);
+    // web's key under db's name: the handshake fails.
+    await assert.rejects(own('db.a', key('web'), 'db').acquire(1000, E('r2', 1)), /could not prove the shared secret|refused our proof/);
+    for (const bad of ['a.b.c', 'Web.a', '.a']) await assert.rejects(own(bad, SECRET, 'web').acquire(1000, E('r1', 1)), /could not prove the shared secret|refused our proof/, bad);
+    // The witness's own secret still serves a node of any VM (configs that share it).
+    const shared = await own('a', SECRET, 'db').acquire(1000, E('r2', 1));
+    assert.deepEqual([shared.granted, shared.holder], [false, 'b'], "db's lease is b's, whoever asks");
+    assert.deepEqual(Object.fromEntries(Object.entries(s.w.state().leases).map(([k, v]) => [k, v.holder])), { web: 'a', db: 'b' });
+  } finally {
+    for (const c of extra) c.close();
+    await s.done();
+  }
 });
