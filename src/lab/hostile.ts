@@ -46,29 +46,42 @@ function collect(s: net.Socket, ms: number): Promise<{ lines: string[]; closed: 
     };
     const t = setTimeout(() => done(false), ms);
     s.on('data', (d: Buffer) => (buf += d.toString('latin1')));
+    s.resume(); // readLine paused it to keep what followed its line
     s.once('close', () => done(true));
     s.once('error', () => {});
   });
 }
 
-/** Reads one line (what came after it is put back), or what came within `ms`. */
+/**
+ * Reads one line, or what came within `ms`. What came after the line is put
+ * back, into the paused socket for the next reader (collect and readLine
+ * resume it), once this reader has stopped listening: put back while it
+ * still listened, it came straight back to it, which put it back again,
+ * growing without end (seen as "Invalid string length" when the hello and
+ * the next line came in one chunk). When another reader (collect) listens
+ * too, it has had all of it already: nothing is put back.
+ */
 function readLine(s: net.Socket, ms: number): Promise<string> {
   return new Promise((resolve) => {
     let b = '';
-    const t = setTimeout(() => done(b), ms);
-    const done = (line: string) => {
+    const t = setTimeout(() => done(b, ''), ms);
+    const done = (line: string, rest: string) => {
       clearTimeout(t);
       s.off('data', on);
+      // Another reader (collect) has had all of it already; with none, the paused socket keeps the rest.
+      if (s.listenerCount('data') === 0) {
+        s.pause();
+        if (rest) s.unshift(Buffer.from(rest, 'latin1'));
+      }
       resolve(line);
     };
     const on = (d: Buffer) => {
       b += d.toString('latin1');
       const i = b.indexOf('\n');
-      if (i < 0) return;
-      if (b.length > i + 1) s.unshift(Buffer.from(b.slice(i + 1), 'latin1'));
-      done(b.slice(0, i));
+      if (i >= 0) done(b.slice(0, i), b.slice(i + 1));
     };
     s.on('data', on);
+    s.resume();
   });
 }
 

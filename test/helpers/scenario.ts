@@ -6,6 +6,36 @@ import { counterGaps, counterProblems, type ClientSummary } from '../../src/lab/
 import type { LabRun } from '../../src/lab/scenario.js';
 import { readState, updateState } from '../../src/pair/state.js';
 import { spawnAgent } from '../../src/pair/agents.js';
+import { QmpClient } from '../../src/qmp/client.js';
+
+/**
+ * What each node's QEMU says of its COLO links when a test fails: run state,
+ * COLO mode, every chardev with its connection (peer address or
+ * "disconnected"), the netdev's filters. For failures seen once and not
+ * again (traffic that stopped after a re-protection, checkpoints flowing).
+ */
+export async function dumpQemus(p: LabRun, label: string): Promise<void> {
+  for (const n of readState(p.stateDir)?.nodes ?? []) {
+    let q: QmpClient | undefined;
+    try {
+      q = await QmpClient.connect(n.qmpSocket2, { timeoutMs: 2000 });
+      const status = await q.execute<{ status: string }>('query-status', undefined, { timeoutMs: 2000 });
+      const colo = await q.execute<{ mode: string }>('query-colo-status', undefined, { timeoutMs: 2000 });
+      const chardevs = await q.execute<Array<{ label: string; filename: string; 'frontend-open': boolean }>>('query-chardev', undefined, { timeoutMs: 2000 });
+      const net = (await q.hmp('info network')).trim();
+      const lines = [
+        `${n.name} (${n.role}): ${status.status}, COLO ${colo.mode}`,
+        ...chardevs.filter((c) => !/^(qmp|monitor|serial|compat_monitor)/.test(c.label)).map((c) => `  chardev ${c.label}: ${c.filename}${c['frontend-open'] ? '' : ' (no frontend)'}`),
+        ...net.split('\n').map((l) => `  ${l.trim()}`),
+      ];
+      process.stderr.write(lines.map((l) => `# ${label}: ${l}\n`).join(''));
+    } catch (err) {
+      process.stderr.write(`# ${label}: ${n.name}: its QEMU cannot be asked: ${(err as Error).message}\n`);
+    } finally {
+      q?.destroy();
+    }
+  }
+}
 
 /**
  * The nodes whose VM is a writer: it runs (or is in a checkpoint, run state
@@ -22,6 +52,7 @@ export async function runRound(start: () => Promise<LabRun>, label: string, body
   try {
     await body(p);
   } catch (err) {
+    await dumpQemus(p, label);
     for (const n of ['a', 'b']) {
       const log = path.join(p.stateDir, n, 'agent.log');
       if (fs.existsSync(log)) process.stderr.write(`# ${label}: agent ${n} log (last lines):\n${fs.readFileSync(log, 'utf8').trim().split('\n').slice(-15).map((l) => `#   ${l}`).join('\n')}\n`);
