@@ -35,8 +35,10 @@ export type HostInfo = z.infer<typeof hostInfoSchema>;
 export const vmStatusSchema = z.object({
   name: z.string(),
   hosts: z.tuple([z.string(), z.string()]),
+  /** What this host is to the VM as defined: the first host starts as the primary. */
   definedRole: z.enum(['primary', 'secondary']),
   phase: z.enum(['defined', 'starting', 'running', 'failed', 'stopping', 'stopped']),
+  /** The start step under way, or the error that ended it. */
   detail: z.string().nullable(),
   agent: agentStatusSchema.nullable(),
   /** How the VM's data plane crosses the replication network: TLS with the pair's key, or plain TCP (replication.tls: false). Absent from daemons before it. */

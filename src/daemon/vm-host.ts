@@ -32,6 +32,7 @@ import { sleep } from '../util/time.js';
 import { writeFileAtomic } from '../util/files.js';
 import type { AgentStatus } from '../pair/agents.js';
 import { ApiRefusal } from './api.js';
+import type { VmStatus } from './api-types.js';
 
 /** A VM's definition as the daemons keep it: the VM file, where its hosts listen, its run and the agents' secret. */
 export const placedVmSchema = z.object({
@@ -55,20 +56,7 @@ export function portsOfPlaced(placed: PlacedVm): PortBlock {
 export const vmLocalSchema = z.object({ tap: z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/).optional() }).strict();
 export type VmLocal = z.output<typeof vmLocalSchema>;
 
-export type VmPhase = 'defined' | 'starting' | 'running' | 'failed' | 'stopping' | 'stopped';
-
-export interface VmHostStatus {
-  name: string;
-  hosts: [string, string];
-  /** What this host is to the VM as defined: the first host starts as the primary. */
-  definedRole: 'primary' | 'secondary';
-  phase: VmPhase;
-  /** The start step under way, or the error that ended it. */
-  detail: string | null;
-  agent: AgentStatus | null;
-  /** How the data plane crosses the replication network (replication.tls). */
-  dataPlane: 'tls' | 'plain';
-}
+export type VmPhase = VmStatus['phase'];
 
 export class VmHost {
   private phase: VmPhase = 'defined';
@@ -146,7 +134,8 @@ export class VmHost {
     if (await ensureTap(this.local.tap)) step(`made tap ${this.local.tap} for the VM`);
   }
 
-  status(): VmHostStatus {
+  /** This host's part of the VM, as the API says it (api-types' schema is the one description of it). */
+  status(): VmStatus {
     return {
       name: this.name,
       hosts: this.placed.vm.hosts,

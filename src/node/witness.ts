@@ -32,6 +32,7 @@ import {
 } from './wire.js';
 import { holderOf, initWitness, witnessStep, type WitnessState } from './witness-core.js';
 import type { Epoch } from '../pair/epoch.js';
+import { nodeName } from '../config/schema.js';
 import type { Arbiter } from './arbiter.js';
 import { writeFileAtomic } from '../util/files.js';
 import { LockstepError, TimeoutError, errorMessage } from '../util/errors.js';
@@ -112,8 +113,6 @@ function isReservedRun(run: string): boolean {
 
 // ---- who a client is ----
 
-const NAME_PART = /^[a-z][a-z0-9-]{0,30}$/;
-
 /**
  * A VM's own key at the witness: HMAC-SHA256(the witness's secret, "lockstep
  * witness|" + VM), hex. `lockstep witness-key` prints it for a VM file
@@ -139,7 +138,8 @@ export function witnessClientName(vm: string, node: string): string {
 export function witnessClientOf(name: string): { vm: string | null; node: string } | undefined {
   const parts = name.split('.');
   if (parts.length === 1) return { vm: null, node: name };
-  if (parts.length === 2 && NAME_PART.test(parts[0]!) && NAME_PART.test(parts[1]!)) return { vm: parts[0]!, node: parts[1]! };
+  const isName = (x: string) => nodeName.safeParse(x).success;
+  if (parts.length === 2 && isName(parts[0]!) && isName(parts[1]!)) return { vm: parts[0]!, node: parts[1]! };
   return undefined;
 }
 

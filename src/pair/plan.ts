@@ -74,6 +74,7 @@ export function vmMac(name: string): string {
 export function planPair(c: ResolvedConfig, rt: Runtime, primary: string = c.nodes[0]!.name, o: { alone?: { disk: string } } = {}): PairPlan {
   const [first, second] = c.nodes as [ResolvedConfig['nodes'][number], ResolvedConfig['nodes'][number]];
   const [p, s] = first.name === primary ? [first, second] : [second, first];
+  const tlsDir = dataPlaneTlsDir(c);
   const e: ColoEndpoints = {
     primaryHost: p.address,
     secondaryHost: s.address,
@@ -86,7 +87,7 @@ export function planPair(c: ResolvedConfig, rt: Runtime, primary: string = c.nod
     nbdPort: c.ports.nbd,
     reconnectMs: rt.reconnectMs,
     compareTimeoutMs: c.replication.compareTimeoutMs,
-    ...(c.replication.tls ? { tls: { dir: dataPlaneTlsDir(c)! } } : {}),
+    ...(tlsDir ? { tls: { dir: tlsDir } } : {}),
   };
   const net = c.vm.network;
   const forwards: HostForward[] = net.mode === 'user' ? net.forwards.map((f) => ({ proto: f.proto, hostAddr: f.host, hostPort: f.port, guestPort: f.guestPort })) : [];

@@ -4,6 +4,8 @@
  * logs kept.
  */
 import type { TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { counterGaps, type ClientSummary } from '../../src/lab/client-driver.js';
 import { DaemonVmLab } from '../../src/lab/daemon-vm.js';
 import { runtime, keepLogsOnly } from './lab.js';
 
@@ -15,4 +17,12 @@ export async function daemonLab(t: TestContext, prefix: string, o: { reprotect?:
     keepLogsOnly(d.root);
   });
   return d;
+}
+
+/** What a client of a VM on the daemons may expect across a failure: its TCP connection kept, no echo lost, no acknowledged write lost. */
+export function assertConnectionKept(sum: ClientSummary, label?: string): void {
+  const at = label ? `${label}: ` : '';
+  assert.equal(sum.echo.closed, false, `${at}the TCP connection stayed open`);
+  assert.deepEqual(sum.echo.errors, [], `${at}no echo error`);
+  assert.equal(counterGaps(sum.http.requests), undefined, `${at}no acknowledged write lost`);
 }
