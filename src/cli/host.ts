@@ -25,10 +25,11 @@ function list(v: string): string[] {
 function formatHost(h: HostInfo): string {
   const lines = [
     `host "${h.name}": lockstep ${h.version}, daemon pid ${h.pid}, up ${(h.uptimeMs / 1000).toFixed(0)} s (since ${h.startedAt})`,
-    `  replication address ${h.addresses.replication}; heartbeat ${h.addresses.heartbeat.join(', ')}`,
+    `  replication address ${h.addresses.replication}; heartbeat ${h.addresses.heartbeat.join(', ')}${h.addresses.heartbeatPort ? ` (sessions on port ${h.addresses.heartbeatPort})` : ''}`,
     `  API: ${h.api.socket}${h.api.listen ? ` and TLS on ${h.api.listen}` : ' (no TLS listener: other hosts cannot reach it)'}`,
     h.peers.length ? `  trusts: ${h.peers.map((p) => `${p.name} at ${p.api} (${p.fingerprint.slice(0, 23)}…)`).join('; ')}` : '  trusts no other host yet (lockstep host trust)',
     `  VMs: ${h.vms.length ? h.vms.join(', ') : 'none'}`,
+    ...(h.heartbeatSessions ?? []).map((x) => `  heartbeat session with ${x.peer} on ${x.path}: ${x.up ? 'up' : 'down'}, carrying ${x.vms.length ? x.vms.join(', ') : 'no VM'}`),
     `  (you are ${h.caller})`,
   ];
   return lines.join('\n');

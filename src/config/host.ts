@@ -20,6 +20,8 @@ export const DEFAULT_API_SOCKET = '/run/lockstep/api.sock';
 export const DEFAULT_PORTS = { first: 9000, last: 9999 } as const;
 /** The port of a daemon's TLS API when an address is given without one. */
 export const DEFAULT_API_PORT = 7700;
+/** Where a daemon listens for its peers' heartbeat sessions unless its host file says otherwise. */
+export const DEFAULT_HEARTBEAT_PORT = 7701;
 
 const peer = z
   .object({
@@ -40,6 +42,8 @@ export const hostSchema = z
         replication: ipv4,
         /** The heartbeat paths, one address each; list a dedicated network first. Default: the replication address. */
         heartbeat: z.array(ipv4).min(1).optional(),
+        /** Where the daemon listens, on each heartbeat address, for the heartbeat sessions of the hosts it shares VMs with. */
+        heartbeatPort: port.default(DEFAULT_HEARTBEAT_PORT),
       })
       .strict(),
     api: z
@@ -80,7 +84,7 @@ export type HostFileInput = z.input<typeof hostSchema>;
 
 export interface HostConfig extends z.output<typeof hostSchema> {
   file: string;
-  addresses: { replication: string; heartbeat: string[] };
+  addresses: { replication: string; heartbeat: string[]; heartbeatPort: number };
   tls: { key: string; cert: string };
   peers: Record<string, { api: string; cert: string }>;
 }
@@ -97,7 +101,7 @@ export function parseHostFile(text: string, file: string): HostConfig {
     ...h,
     file: path.resolve(file),
     stateDir: abs(h.stateDir),
-    addresses: { replication: h.addresses.replication, heartbeat: h.addresses.heartbeat ?? [h.addresses.replication] },
+    addresses: { replication: h.addresses.replication, heartbeat: h.addresses.heartbeat ?? [h.addresses.replication], heartbeatPort: h.addresses.heartbeatPort },
     api: { ...h.api, socket: abs(h.api.socket) },
     tls: { key: abs(h.tls.key), cert: abs(h.tls.cert) },
   };

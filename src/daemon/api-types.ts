@@ -18,7 +18,8 @@ export const hostInfoSchema = z.object({
   pid: z.number(),
   startedAt: z.string(),
   uptimeMs: z.number(),
-  addresses: z.object({ replication: z.string(), heartbeat: z.array(z.string()) }),
+  /** heartbeatPort: where its daemon listens for heartbeat sessions (absent from daemons before them). */
+  addresses: z.object({ replication: z.string(), heartbeat: z.array(z.string()), heartbeatPort: z.number().optional() }),
   api: z.object({ socket: z.string(), listen: z.string().nullable() }),
   /** The hosts this one trusts, with their certificates' SHA-256 fingerprints. */
   peers: z.array(z.object({ name: z.string(), api: z.string(), fingerprint: z.string() })),
@@ -29,6 +30,8 @@ export const hostInfoSchema = z.object({
   ports: z.object({ first: z.number(), last: z.number(), used: z.array(z.number()) }),
   /** The memory this host gives its VMs, and what its defined VMs take of it (estimated: each VM's memory + QEMU's own). */
   memory: z.object({ forVmsBytes: z.number(), usedBytes: z.number() }),
+  /** Its heartbeat sessions: one per peer host and path, and the VMs each carries now (absent from daemons before them). */
+  heartbeatSessions: z.array(z.object({ peer: z.string(), path: z.string(), up: z.boolean(), vms: z.array(z.string()) })).optional(),
 });
 export type HostInfo = z.infer<typeof hostInfoSchema>;
 

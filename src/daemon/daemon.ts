@@ -22,7 +22,8 @@ import { placedVmSchema, portsOfPlaced, VmHost, type PlacedVm } from './vm-host.
 import { portList } from '../config/vm.js';
 import { interfaceExists } from '../qemu/tap.js';
 import { nodeName } from '../config/schema.js';
-import { checkKeyFile, fingerprint } from './identity.js';
+import { checkKeyFile, fingerprint, pairSecret } from './identity.js';
+import { HostSessions } from '../node/host-sessions.js';
 
 /** At most this many API connections at once per listener; more are refused by the kernel's backlog. */
 const MAX_API_CONNECTIONS = 256;
@@ -90,6 +91,8 @@ export class Daemon implements DaemonView {
   private startedAtIso = '';
   private readonly vmHosts = new Map<string, VmHost>();
   private readonly logger: pino.Logger;
+  /** The heartbeat sessions with the other hosts, which every VM's agent here talks to its peer agent through. */
+  private sessions: HostSessions | undefined;
 
   constructor(
     readonly host: HostConfig,
@@ -110,8 +113,12 @@ export class Daemon implements DaemonView {
     fs.chmodSync(h.stateDir, 0o700);
     this.startedAt = this.now();
     this.startedAtIso = new Date().toISOString();
+    // One secret per trusted host, derived once: our key with its pinned certificate.
+    const ownKey = fs.readFileSync(h.tls.key, 'utf8');
+    const secrets = new Map(Object.entries(h.peers).map(([name, p]) => [name, pairSecret(ownKey, h.name, p.cert, name)]));
+    this.sessions = new HostSessions({ host: h.name, port: h.addresses.heartbeatPort, secretFor: (peer) => secrets.get(peer), log: this.logger.child({ part: 'sessions' }) });
     // The VMs defined here; those this host had started get their agents again (their QEMUs ran on).
-    const { vms, problems } = VmHost.loadAll(this.host, this.logger);
+    const { vms, problems } = VmHost.loadAll(this.host, this.logger, this.sessions);
     for (const p of problems) this.log('error', 'a VM definition cannot be read; that VM is not run', { problem: p });
     for (const v of vms) {
       this.vmHosts.set(v.name, v);
@@ -170,6 +177,7 @@ export class Daemon implements DaemonView {
   async stop(): Promise<void> {
     // The agents end; their QEMUs run on (the next daemon attaches to them).
     await Promise.all([...this.vmHosts.values()].map((v) => v.stopAgent()));
+    this.sessions?.close();
     const all = this.servers.splice(0);
     await Promise.all(all.map(closeServer));
     fs.rmSync(this.host.api.socket, { force: true });
@@ -200,7 +208,7 @@ export class Daemon implements DaemonView {
     this.checkPorts(name, r.data);
     this.checkMemory(name, r.data);
     const cur = this.vmHosts.get(name);
-    const next = new VmHost(this.host, r.data, this.logger.child({ vm: name }), { tap: this.tapFor(name, r.data, cur) });
+    const next = new VmHost(this.host, r.data, this.logger.child({ vm: name }), { tap: this.tapFor(name, r.data, cur) }, this.sessions);
     if (cur) {
       const same = JSON.stringify({ ...cur.placed, definedAt: '' }) === JSON.stringify({ ...r.data, definedAt: '' });
       if (same) return { name, outcome: 'unchanged' };
@@ -259,6 +267,7 @@ export class Daemon implements DaemonView {
       vms: this.vmNames(),
       ports: { ...h.ports, used: [...this.portsInUse().keys()].sort((a, b) => a - b) },
       memory: { forVmsBytes: this.memoryForVms, usedBytes: this.memoryInUse() },
+      heartbeatSessions: this.sessions?.status() ?? [],
     };
   }
 

@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import YAML from 'yaml';
-import { DEFAULT_API_PORT, DEFAULT_API_SOCKET, DEFAULT_STATE_DIR, hostSchema, loadHostFile, parseHostFile, type HostConfig } from '../config/host.js';
+import { DEFAULT_API_PORT, DEFAULT_HEARTBEAT_PORT, DEFAULT_API_SOCKET, DEFAULT_STATE_DIR, hostSchema, loadHostFile, parseHostFile, type HostConfig } from '../config/host.js';
 import { LockstepError } from '../util/errors.js';
 import { writeFileAtomic } from '../util/files.js';
 import { fingerprint, makeIdentity, readCertificate, writeIdentity } from './identity.js';
@@ -43,6 +43,7 @@ export function hostFileText(o: Omit<HostInitOptions, 'file' | 'force'>): string
     'addresses:',
     `  replication: ${q(o.replication)}   # COLO's proxy, migration and NBD listen here (never 0.0.0.0)`,
     hb ? `  heartbeat: ${hb}   # one address per heartbeat path, a dedicated network first` : `  # heartbeat: [${q(o.replication)}]   # one address per heartbeat path (default: the replication address)`,
+    `  # heartbeatPort: ${DEFAULT_HEARTBEAT_PORT}   # the other hosts' heartbeat sessions reach the daemon here, on each heartbeat address`,
     '',
     'api:',
     `  socket: ${q(o.socket ?? DEFAULT_API_SOCKET)}   # for root on this host (the lockstep command)`,

@@ -90,3 +90,22 @@ export function checkKeyFile(keyFile: string): void {
     throw new LockstepError(`the host key ${keyFile} can be read by others (mode ${(st.mode & 0o777).toString(8)})`, { hint: `chmod 600 ${keyFile}` });
   }
 }
+
+/**
+ * The secret two hosts share without ever sending it: ECDH of one host's key
+ * and the other's pinned certificate (P-256), the same on both, derived to a
+ * key for their heartbeat sessions. Only those two hosts can compute it; a
+ * host that re-keys (host init --force) gets a new one once re-trusted.
+ */
+export function pairSecret(ownKeyPem: string, own: string, peerCertPem: string, peer: string): string {
+  let shared: Buffer;
+  try {
+    shared = crypto.diffieHellman({ privateKey: crypto.createPrivateKey(ownKeyPem), publicKey: new crypto.X509Certificate(peerCertPem).publicKey });
+  } catch (err) {
+    throw new LockstepError(`cannot derive the heartbeat key shared with host "${peer}": ${errorMessage(err)}`, {
+      hint: 'both hosts need identities made by lockstep host init (P-256 keys); trust that host again with its host.crt',
+    });
+  }
+  const [x, y] = [own, peer].sort();
+  return crypto.createHmac('sha256', shared).update(`lockstep heartbeat sessions|${x}|${y}`).digest('hex');
+}

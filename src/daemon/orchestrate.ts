@@ -75,7 +75,7 @@ export async function upOnHosts(host: HostConfig, file: string, o: UpOptions = {
   }
   const placed: PlacedVm = {
     vm,
-    hosts: Object.fromEntries(vm.hosts.map((h) => [h, { replication: infos[h]!.addresses.replication, heartbeat: infos[h]!.addresses.heartbeat }])),
+    hosts: Object.fromEntries(vm.hosts.map((h) => [h, { replication: infos[h]!.addresses.replication, heartbeat: infos[h]!.addresses.heartbeat, heartbeatPort: infos[h]!.addresses.heartbeatPort }])),
     run: crypto.randomUUID(),
     secret: vm.agents.secret ?? crypto.randomBytes(24).toString('base64url'),
     ports,

@@ -17,6 +17,8 @@ import type { HostConfig } from '../config/host.js';
 import { placeVm, vmFileSchema, portBlockSchema, portsOfVmFile, type HostAddresses, type PortBlock } from '../config/vm.js';
 import type { ResolvedConfig } from '../config/load.js';
 import { Agent } from '../node/agent.js';
+import type { HostSessions } from '../node/host-sessions.js';
+import { DEFAULT_HEARTBEAT_PORT } from '../config/host.js';
 import { planPair, type PairPlan, type NodePlan } from '../pair/plan.js';
 import { resolveRuntime } from '../pair/runtime.js';
 import { readState, writeState, newPairState, nodeStateOf, type NodeState, type PairState } from '../pair/state.js';
@@ -37,7 +39,8 @@ import type { VmStatus } from './api-types.js';
 /** A VM's definition as the daemons keep it: the VM file, where its hosts listen, its run and the agents' secret. */
 export const placedVmSchema = z.object({
   vm: vmFileSchema,
-  hosts: z.record(z.string(), z.object({ replication: z.string(), heartbeat: z.array(z.string()).min(1) })),
+  /** Each host's addresses, and where its daemon listens for heartbeat sessions (absent in definitions made before: the default port). */
+  hosts: z.record(z.string(), z.object({ replication: z.string(), heartbeat: z.array(z.string()).min(1), heartbeatPort: z.number().int().min(1).max(65535).optional() })),
   /** This run of the VM (its disks' epochs belong to it). */
   run: z.string().min(8).max(64),
   secret: z.string().min(16),
@@ -70,6 +73,8 @@ export class VmHost {
     private readonly log: pino.Logger,
     /** What only this host knows of the VM: the tap its daemon made for it. */
     readonly local: VmLocal = {},
+    /** The daemon's heartbeat sessions, which carry the agent's messages to its peer agent. */
+    private readonly sessions?: HostSessions,
   ) {
     this.config = placeVm(placed.vm, placed.hosts as Record<string, HostAddresses>, host.name, host.stateDir, placed.secret, { ports: portsOfPlaced(placed), tap: local.tap });
     if (readState(this.config.stateDir)?.stoppedAt) this.phase = 'stopped';
@@ -85,7 +90,7 @@ export class VmHost {
   }
 
   /** The VMs defined on this host, from their vm.json files; one that cannot be read is reported, not guessed. */
-  static loadAll(host: HostConfig, log: pino.Logger): { vms: VmHost[]; problems: string[] } {
+  static loadAll(host: HostConfig, log: pino.Logger, sessions?: HostSessions): { vms: VmHost[]; problems: string[] } {
     const vms: VmHost[] = [];
     const problems: string[] = [];
     let names: string[] = [];
@@ -100,7 +105,7 @@ export class VmHost {
         const placed = placedVmSchema.parse(JSON.parse(fs.readFileSync(file, 'utf8')));
         const localFile = path.join(VmHost.dir(host, n), 'local.json');
         const local = fs.existsSync(localFile) ? vmLocalSchema.parse(JSON.parse(fs.readFileSync(localFile, 'utf8'))) : {};
-        vms.push(new VmHost(host, placed, log.child({ vm: n }), local));
+        vms.push(new VmHost(host, placed, log.child({ vm: n }), local, sessions));
       } catch (err) {
         problems.push(`${file}: ${errorMessage(err)}`);
       }
@@ -270,13 +275,35 @@ export class VmHost {
     if (this.agent) return;
     // Synchronous: the agent's last lines before a crash are the ones that matter.
     const stream = pino.destination({ dest: path.join(this.dir, 'agent.log'), append: true, sync: true, mkdir: true });
-    const agent = new Agent(this.config, this.host.name, stream, (err) => {
-      this.agent = undefined;
-      this.phase = 'failed';
-      this.detail = `the agent stopped: ${errorMessage(err)}`;
-      this.log.error({ err: errorMessage(err) }, 'the agent stopped: its own logic failed; restart the daemon to start it again');
-    });
-    await agent.start();
+    const sessions = this.sessions;
+    const agent = new Agent(
+      this.config,
+      this.host.name,
+      stream,
+      (err) => {
+        this.agent = undefined;
+        this.phase = 'failed';
+        this.detail = `the agent stopped: ${errorMessage(err)}`;
+        this.log.error({ err: errorMessage(err) }, 'the agent stopped: its own logic failed; restart the daemon to start it again');
+      },
+      // The peer agent through this host's one session per peer host and path, shared by every VM of the two hosts.
+      sessions &&
+        ((s) =>
+          sessions.channel({
+            vm: s.vm,
+            peer: s.peer,
+            peerPort: this.placed.hosts[s.peer]?.heartbeatPort ?? DEFAULT_HEARTBEAT_PORT,
+            paths: s.paths,
+            heartbeatTimeoutMs: s.agents.heartbeatTimeoutMs,
+          })),
+    );
+    try {
+      await agent.start();
+    } catch (err) {
+      // Nothing of a half-started agent may stay behind (its channel, its sockets).
+      await agent.stop();
+      throw err;
+    }
     this.agent = agent;
   }
 

@@ -1,8 +1,10 @@
 /**
  * lockstep agent: the runtime around the agent core (core/core.ts), one per
  * node. It does the I/O and nothing else: it attaches to its node's QEMU over
- * QMP (and re-attaches after its own restart), keeps authenticated links to
- * the peer agent on every heartbeat path and one to the witness, and turns
+ * QMP (and re-attaches after its own restart), reaches the peer agent on
+ * every heartbeat path through its channel (peer-channel.ts: the VM's own
+ * links, or its daemon's session with the peer host) and keeps a link to
+ * the witness, and turns
  * the core's effects into QMP procedures, messages, files and signals. What
  * happened comes back to the core as inputs, with the time. Every decision
  * (failover, fence, resync, restart) and its reason is the core's.
@@ -28,10 +30,10 @@ import { restartAlone } from '../pair/restart.js';
 import { planPair } from '../pair/plan.js';
 import { imageInfo } from '../qemu/images.js';
 import { agentSocket, type AgentStatus } from '../pair/agents.js';
-import { listenLinks, connectLink, type Link } from './link.js';
+import { OwnLinks, pairPaths, type PeerChannel } from './peer-channel.js';
 import { WitnessArbiter, witnessClientName } from './witness.js';
 import type { Arbiter } from './arbiter.js';
-import { peerMessageSchema, type PeerMessage, type WitnessReply } from './wire.js';
+import type { WitnessReply } from './wire.js';
 import { initCore, step, statusOf, InvariantError } from './core/core.js';
 import type { CoreConfig, CoreState, Effect, InputBody, Procedure, QemuFound } from './core/types.js';
 import { sleep } from '../util/time.js';
@@ -39,8 +41,6 @@ import { LockstepError, errorMessage } from '../util/errors.js';
 
 /** The core is stepped this often (heartbeats, timeouts and the watchdog are counted in its ticks). */
 const TICK_MS = 50;
-/** A peer link on which nothing arrived for this many heartbeat timeouts is closed and dialled again. */
-const LINK_IDLE_TIMEOUTS = 4;
 /** Inputs waiting to be stepped; more means the core cannot keep up (it never should). */
 const INBOX_MAX = 10_000;
 
@@ -69,12 +69,20 @@ export function coreConfig(c: ResolvedConfig, name: string, peer: string, diskSi
   };
 }
 
-interface PathLink {
-  local: string;
-  remote: string;
-  link: Link<PeerMessage, PeerMessage> | undefined;
-  lastInAt: number;
-  dialing: boolean;
+/** What a channel to the peer agent is made from: the VM, the two nodes, their paths, the agents' settings. */
+export interface ChannelSpec {
+  vm: string;
+  name: string;
+  peer: string;
+  paths: Array<{ local: string; remote: string }>;
+  agents: NonNullable<ResolvedConfig['agents']>;
+  log: pino.Logger;
+}
+
+/** The VM's own links (a pair run by lockstep up, one agent process per node). */
+export function ownLinks(s: ChannelSpec): PeerChannel {
+  const a = s.agents;
+  return new OwnLinks({ name: s.name, peer: s.peer, secret: a.secret, port: a.port, paths: s.paths, heartbeatIntervalMs: a.heartbeatIntervalMs, heartbeatTimeoutMs: a.heartbeatTimeoutMs, log: s.log });
 }
 
 export class Agent {
@@ -88,10 +96,9 @@ export class Agent {
   private stepping = false;
   private qmp: QmpClient | undefined;
   private prepared: PreparedSecondary | undefined;
-  private readonly paths: PathLink[];
+  private readonly channel: PeerChannel;
   /** Who grants this VM's writer lease (the witness), when the pair has one. */
   private arbiter: Arbiter | undefined;
-  private readonly servers: net.Server[] = [];
   private control: net.Server | undefined;
   private tick: NodeJS.Timeout | undefined;
   private stopped = false;
@@ -102,6 +109,8 @@ export class Agent {
     logStream: pino.DestinationStream = process.stdout,
     /** When the agent's own logic fails (a broken invariant): by default the process ends (a supervisor restarts it). */
     private readonly onFatal: (err: unknown) => void = () => process.exit(70),
+    /** How to reach the peer agent: by default the VM's own links; a daemon gives its host sessions. */
+    makeChannel: (s: ChannelSpec) => PeerChannel = ownLinks,
   ) {
     if (!c.agents) throw new LockstepError(`${c.file}: no agents section`, { hint: 'add agents: { secret: ... } to run node agents' });
     this.a = c.agents;
@@ -115,7 +124,7 @@ export class Agent {
     this.peer = peer;
     const mine = this.a.links?.[me.name] ?? [me.address];
     const theirs = this.a.links?.[peer.name] ?? [peer.address];
-    this.paths = mine.slice(0, theirs.length).map((local, i) => ({ local, remote: theirs[i]!, link: undefined, lastInAt: 0, dialing: false }));
+    this.channel = makeChannel({ vm: c.name, name, peer: peer.name, paths: pairPaths(mine, theirs), agents: this.a, log: this.log });
   }
 
   private get dataDir(): string {
@@ -130,20 +139,13 @@ export class Agent {
       epoch: rec.state === 'ok' ? rec.record.epoch : undefined,
       pending: rec.state === 'ok' ? rec.record.pending : undefined,
     });
-    for (const [i, p] of this.paths.entries()) {
-      this.servers.push(
-        await listenLinks<PeerMessage, PeerMessage>({
-          name: this.name,
-          secret: this.a.secret,
-          host: p.local,
-          port: this.a.port,
-          inbound: peerMessageSchema,
-          outbound: peerMessageSchema,
-          onLink: (l) => this.adopt(i, l),
-          onRefuse: (remote, why, who) => this.log.warn({ remote, why, peer: who ?? null }, 'refused a connection or message'),
-        }),
-      );
-    }
+    await this.channel.open({
+      link: (path, up) => this.input({ t: 'peer-link', path, up }),
+      message: (path, msg) => {
+        if (msg.t === 'rep' && msg.pid !== undefined) this.peerNewPid = msg.pid;
+        this.input({ t: 'peer-message', path, msg });
+      },
+    });
     if (this.a.witness) {
       const [host, port] = this.a.witness.split(':');
       // The lease of this VM (its name), at the witness all the hosts of its VMs share.
@@ -159,7 +161,7 @@ export class Agent {
     }
     await this.startControl();
     this.tick = setInterval(() => this.onTick(), TICK_MS);
-    this.log.info({ paths: this.paths.map((p) => `${p.local}→${p.remote}`), witness: this.a.witness ?? null, epoch: this.core.disk.epoch ?? null }, 'agent started');
+    this.log.info({ paths: this.channel.paths, witness: this.a.witness ?? null, epoch: this.core.disk.epoch ?? null }, 'agent started');
     void this.attach();
   }
 
@@ -195,19 +197,15 @@ export class Agent {
   }
 
   private onTick(): void {
-    const now = performance.now();
     // A link on which nothing arrives (a peer host that vanished without a reset) is closed and dialled again.
-    for (const p of this.paths) {
-      if (p.link?.isOpen && now - p.lastInAt > LINK_IDLE_TIMEOUTS * this.a.heartbeatTimeoutMs) p.link.close('nothing received: idle');
-      if (!p.link?.isOpen && this.name < this.peer.name) void this.dial(p);
-    }
+    this.channel.tick(performance.now());
     this.input({ t: 'tick' });
   }
 
   private perform(e: Effect): void {
     switch (e.t) {
       case 'send-peer':
-        return this.sendPeer(e.path, e.msg);
+        return this.channel.send(e.path, e.msg);
       case 'ask-witness':
         return this.arbiter?.acquire(e.id, e.ttlMs, e.disk, e.next);
       case 'release-lease':
@@ -514,70 +512,6 @@ export class Agent {
     }
   }
 
-  // ---- peer links ----
-
-  private async dial(p: PathLink): Promise<void> {
-    if (p.dialing || this.stopped) return;
-    p.dialing = true;
-    try {
-      const l = await connectLink<PeerMessage, PeerMessage>({
-        name: this.name,
-        secret: this.a.secret,
-        host: p.remote,
-        port: this.a.port,
-        localAddress: p.local,
-        timeoutMs: 1000,
-        inbound: peerMessageSchema,
-        outbound: peerMessageSchema,
-        onRefuse: (remote, why, who) => this.log.warn({ remote, why, peer: who ?? null }, 'refused a message'),
-      });
-      this.adopt(this.paths.indexOf(p), l);
-    } catch (err) {
-      this.log.debug({ path: `${p.local}→${p.remote}`, err: errorMessage(err) }, 'peer not reachable');
-      await sleep(Math.max(100, this.a.heartbeatIntervalMs * 2));
-    } finally {
-      p.dialing = false;
-    }
-  }
-
-  private adopt(i: number, l: Link<PeerMessage, PeerMessage>): void {
-    const p = this.paths[i]!;
-    if (l.peer !== this.peer.name) {
-      this.log.warn({ claimed: l.peer }, 'refused an authenticated link from a node that is not our peer');
-      l.close('not our peer');
-      return;
-    }
-    p.link?.close('replaced by a newer link');
-    p.link = l;
-    p.lastInAt = performance.now();
-    this.log.info({ path: `${p.local}→${p.remote}` }, 'peer link up');
-    this.input({ t: 'peer-link', path: i, up: true });
-    l.on('message', (m) => {
-      p.lastInAt = performance.now();
-      if (m.t === 'rep' && m.pid !== undefined) this.peerNewPid = m.pid;
-      this.input({ t: 'peer-message', path: i, msg: m });
-    });
-    l.on('close', (reason) => {
-      this.log.info({ path: `${p.local}→${p.remote}`, reason }, 'peer link down');
-      if (p.link === l) {
-        p.link = undefined;
-        this.input({ t: 'peer-link', path: i, up: false });
-      }
-    });
-  }
-
-  private sendPeer(where: number | 'all' | 'any', msg: PeerMessage): void {
-    const open = this.paths.filter((p) => p.link?.isOpen);
-    const targets = where === 'all' ? open : where === 'any' ? open.slice(0, 1) : [this.paths[where]].filter((p): p is PathLink => !!p?.link?.isOpen);
-    for (const p of targets) {
-      try {
-        p.link!.send(msg);
-      } catch (err) {
-        this.log.error({ err: errorMessage(err), t: msg.t }, 'a message of ours does not fit the wire format');
-      }
-    }
-  }
-
   /** An operator asks for a resync now (lockstep resync NAME); the core decides whether and when, as for its own. */
   askResync(): void {
     this.input({ t: 'operator-resync' });
@@ -606,8 +540,7 @@ export class Agent {
     clearInterval(this.tick);
     // A new secondary nobody will use: it is in no state file, so nothing else would end it.
     await this.dropPrepared().catch(() => undefined);
-    for (const p of this.paths) p.link?.close('agent stops');
-    for (const s of this.servers) s.close();
+    this.channel.close();
     this.control?.close();
     this.arbiter?.close();
     this.qmp?.removeAllListeners('disconnect');

@@ -507,8 +507,12 @@ function parseHandshakeLine<T>(line: string, schema: z.ZodType<T>): T {
   return r.data;
 }
 
-function checkOwn(name: string, secret: string): void {
+function checkName(name: string): void {
   if (!linkNameSchema.safeParse(name).success) throw new LockstepError(`"${name}" cannot name a link end: expected 1-64 characters of A-Z a-z 0-9 . _ -`);
+}
+
+function checkOwn(name: string, secret: string | undefined): void {
+  checkName(name);
   if (!secret) throw new LockstepError('a link needs a shared secret');
 }
 
@@ -517,7 +521,8 @@ function checkOwn(name: string, secret: string): void {
 export interface LinkServerOptions<In, Out> {
   /** Our name, proven to clients. */
   name: string;
-  secret: string;
+  /** The secret every client shares with us (one of secret and secretFor). */
+  secret?: string;
   /**
    * The secret a client of this name must prove (and the server's proof and
    * the session key then use), instead of `secret`; undefined refuses the
@@ -545,7 +550,8 @@ export interface LinkServerOptions<In, Out> {
  * later errors (e.g. out of file descriptors on accept) go to onRefuse.
  */
 export async function listenLinks<In, Out = unknown>(o: LinkServerOptions<In, Out>): Promise<net.Server> {
-  checkOwn(o.name, o.secret);
+  if (o.secretFor) checkName(o.name);
+  else checkOwn(o.name, o.secret);
   const timeoutMs = o.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS;
   const maxHandshakes = o.maxHandshakes ?? MAX_HANDSHAKES;
   let inHandshake = 0;

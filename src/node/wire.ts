@@ -75,6 +75,21 @@ export const peerReplySchema = z.object({
 
 export const peerMessageSchema = z.discriminatedUnion('t', [heartbeatSchema, heartbeatAckSchema, peerRequestSchema, peerReplySchema]);
 
+// ---- host ↔ host (one heartbeat session per pair of hosts and path, carrying every VM they share) ----
+
+/**
+ * A session's messages: a host announces each VM of its own that the session
+ * carries (`join`) and each it stops carrying (`leave`); a VM's message goes
+ * only to a VM the other side joined; `ping` keeps a session without traffic
+ * from looking dead.
+ */
+export const sessionMessageSchema = z.discriminatedUnion('t', [
+  z.object({ t: z.literal('join'), vm: name }),
+  z.object({ t: z.literal('leave'), vm: name }),
+  z.object({ t: z.literal('vm'), vm: name, m: peerMessageSchema }),
+  z.object({ t: z.literal('ping') }),
+]);
+
 // ---- agent ↔ witness ----
 
 /**
@@ -128,6 +143,7 @@ export type PeerRequest = z.infer<typeof peerRequestSchema>;
 export type PeerRequestBody = PeerRequest['body'];
 export type PeerReply = z.infer<typeof peerReplySchema>;
 export type PeerMessage = z.infer<typeof peerMessageSchema>;
+export type SessionMessage = z.infer<typeof sessionMessageSchema>;
 export type WitnessRequest = z.infer<typeof witnessRequestSchema>;
 export type WitnessReply = z.infer<typeof witnessReplySchema>;
 export type LeaseReply = z.infer<typeof leaseReplySchema>;

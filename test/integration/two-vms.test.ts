@@ -7,7 +7,9 @@
  *   b) carries on alone; a comes back: both protected again by themselves;
  * - the same with host b (now the primary of both).
  * Each VM proves its own key at the shared witness, so each has a secret,
- * and a data-plane key, of its own.
+ * and a data-plane key, of its own. The two hosts keep one heartbeat session
+ * per path between them, carrying both VMs (a TCP connection per path, not
+ * per VM), before the faults and after each host came back.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -16,6 +18,8 @@ import path from 'node:path';
 import { NetnsClient } from '../../src/lab/client-driver.js';
 import { LAB_GUEST_IPS } from '../../src/lab/daemon-vm.js';
 import { daemonLab, assertConnectionKept } from '../helpers/daemons.js';
+import { hostInfoSchema } from '../../src/daemon/api-types.js';
+import { DEFAULT_HEARTBEAT_PORT } from '../../src/config/host.js';
 
 const isRoot = process.getuid?.() === 0;
 
@@ -34,6 +38,20 @@ test('two VMs, primaries on different hosts: each host lost and back, both VMs r
   assert.equal(key('web', 'a'), key('web', 'b'));
   assert.equal(key('db', 'a'), key('db', 'b'));
   assert.notEqual(key('web', 'a'), key('db', 'a'), "one VM's pair cannot reach the other's data plane");
+  /** Each host's heartbeat sessions: one per path (the lab's hosts have two), up, carrying both VMs; and that many TCP connections. */
+  const assertOneSessionPerPath = async (when: string) => {
+    for (const h of ['a', 'b'] as const) {
+      const r = await lab.cli(h, ['host', 'show', '--json'], { check: true });
+      const info = hostInfoSchema.parse(JSON.parse(r.stdout));
+      const sessions = info.heartbeatSessions ?? [];
+      assert.equal(sessions.length, 2, `${when}: host ${h}'s sessions: ${JSON.stringify(sessions)}`);
+      for (const x of sessions) assert.deepEqual([x.peer, x.up, x.vms], [h === 'a' ? 'b' : 'a', true, ['db', 'web']], `${when}: host ${h}: ${JSON.stringify(x)}`);
+      const port = DEFAULT_HEARTBEAT_PORT;
+      const ss = await lab.exec(h, 'ss', ['-Htn', 'state', 'established', `( sport = :${port} or dport = :${port} )`], { check: true });
+      assert.equal(ss.stdout.trim().split('\n').filter(Boolean).length, 2, `${when}: host ${h}'s TCP connections of heartbeat sessions:\n${ss.stdout}`);
+    }
+  };
+  await assertOneSessionPerPath('both VMs protected');
   const clients = { web: NetnsClient.start(hosts.ns.client, LAB_GUEST_IPS.web!, 100), db: NetnsClient.start(hosts.ns.client, LAB_GUEST_IPS.db!, 100) };
   const figures: string[] = [];
   try {
@@ -58,6 +76,7 @@ test('two VMs, primaries on different hosts: each host lost and back, both VMs r
       await hosts.heal();
       await lab.startDaemon(lost);
       const back = { web: await d.untilProtected(`web after host ${lost} came back`, 180_000, 'web'), db: await d.untilProtected(`db after host ${lost} came back`, 180_000, 'db') };
+      await assertOneSessionPerPath(`host ${lost} back`);
       figures.push(`host ${lost} lost: both answering again within ${(answered.ms / 1000).toFixed(1)} s (${answered.each}); back: protected again after ${(back.web.ms / 1000).toFixed(1)} s (web), ${(back.db.ms / 1000).toFixed(1)} s more (db)`);
     }
     await bothAnswer('answers at the end');
