@@ -8,7 +8,10 @@
  * stream's header and junk) and the primary's proxy ports (listening, then
  * junk). None of it reads or writes anything; the VM is protected again by
  * itself over TLS, the client's connection stays open and the disk counter
- * never goes back.
+ * never goes back. Then b's heartbeat-session port gets the hostile peer of
+ * the control plane (garbage, wrong proofs, and with the two hosts' own
+ * secret forged, replayed and out-of-protocol lines): every connection
+ * closed, nothing given away, the daemons and the VM run on, protected.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -22,6 +25,8 @@ import { sleep } from '../../src/util/time.js';
 import { IDS } from '../../src/qemu/cmdline.js';
 import type { HostileDataReport, HostileDataSpec } from '../../src/lab/hostile-data.js';
 import { daemonLab, assertConnectionKept } from '../helpers/daemons.js';
+import { pairSecret } from '../../src/daemon/identity.js';
+import { hostInfoSchema } from '../../src/daemon/api-types.js';
 
 const isRoot = process.getuid?.() === 0;
 
@@ -76,6 +81,33 @@ test('without the pair\'s key the NBD export, the migration port and the proxy p
     process.stderr.write(`# b's QEMUs refused ${migrationRefused} migration streams and ${nbdRefused} NBD clients at the TLS handshake\n`);
     assert.ok(migrationRefused > 0, 'attempts reached the new secondary while it waited for its migration, and it refused them');
     assert.equal((await d.status()).protected, true);
+
+    // b's heartbeat sessions, attacked from a with a's name and the secret a and b share (and without it).
+    const infoB = hostInfoSchema.parse(JSON.parse((await lab.cli('b', ['host', 'show', '--json'], { check: true })).stdout));
+    const tlsDir = (h: 'a' | 'b') => path.join(lab.dirs(h).etc, 'tls');
+    const secret = pairSecret(fs.readFileSync(path.join(tlsDir('a'), 'host.key'), 'utf8'), 'a', fs.readFileSync(path.join(tlsDir('b'), 'host.crt'), 'utf8'), 'b');
+    const isQemu = (pid: number) => {
+      try {
+        return fs.readFileSync(`/proc/${pid}/comm`, 'utf8').startsWith('qemu');
+      } catch {
+        return false;
+      }
+    };
+    const pids = [await lab.daemonPid('a'), await lab.daemonPid('b'), ...(await Promise.all((['a', 'b'] as const).map((h) => lab.processes(h)))).flat().filter(isQemu)];
+    assert.equal(pids.length, 4, 'two daemons, two QEMUs');
+    const hostile = path.join(packageRoot(), 'dist', 'src', 'lab', 'hostile.js');
+    const sessionPort = String(infoB.addresses.heartbeatPort);
+    const r = await run('ip', ['netns', 'exec', hosts.ns.a, process.execPath, hostile, infoB.addresses.heartbeat[0]!, sessionPort, secret, 'a'], { timeoutMs: 180_000 });
+    const outcomes = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as { attempt: string; closed: boolean; extra: string[] });
+    process.stderr.write(`# b's heartbeat sessions: ${outcomes.length} hostile attempts, ${outcomes.filter((o) => o.closed).length} refused and closed\n`);
+    assert.ok(outcomes.length >= 13, 'every attempt ran');
+    for (const o of outcomes) {
+      assert.equal(o.closed, true, `"${o.attempt}": the connection is closed`);
+      if (!o.attempt.startsWith('authenticated')) assert.deepEqual(o.extra, [], `"${o.attempt}": nothing came back before authentication`);
+    }
+    for (const pid of pids) if (pid !== undefined) assert.ok(fs.existsSync(`/proc/${pid}`), `pid ${pid} of the daemons and their QEMUs still runs`);
+    const after = await d.untilProtected('after the attacks on the heartbeat sessions', 60_000);
+    assert.equal(after.s.of('a')?.agent?.role, 'primary', 'no failover');
     const ok = client.latest.httpOk;
     await client.until((x) => x.httpOk >= ok + 5, 60_000, 'answers at the end');
   } finally {
