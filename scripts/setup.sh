@@ -18,6 +18,8 @@ PACKAGES=(
   libslirp-dev libfdt-dev libzstd-dev zlib1g-dev python3-venv bzip2 patch gcc
   # ... with GnuTLS: the data plane's TLS (tls-creds-psk)
   libgnutls28-dev
+  # ... and ccache: a partial patch set recompiles only what differs from the full one
+  ccache
 )
 
 missing=()

@@ -1,10 +1,17 @@
 import type { Command } from 'commander';
-import { ensureLabQemu, patchSeries } from '../lab/qemu-build.js';
+import { ensureLabQemu, patchSeries, defaultQemuLine, QEMU_LINES, type QemuLine } from '../lab/qemu-build.js';
+import { LockstepError } from '../util/errors.js';
 import { ensureGuest } from '../lab/guest.js';
 import { labRuntime } from '../lab/runtime.js';
 import { createProgress } from '../util/progress.js';
 import { print } from './output.js';
 import { registerLabHostsCommands } from './lab-hosts.js';
+
+function qemuLineOption(v: string | undefined): QemuLine {
+  if (v === undefined) return defaultQemuLine();
+  if ((QEMU_LINES as readonly string[]).includes(v)) return v as QemuLine;
+  throw new LockstepError(`--qemu ${v}: lockstep has patches for QEMU ${QEMU_LINES.join(' and ')} only`, { hint: `--qemu ${QEMU_LINES.join(' or --qemu ')}` });
+}
 
 export function registerLabCommands(program: Command): void {
   const lab = program
@@ -15,14 +22,16 @@ export function registerLabCommands(program: Command): void {
   lab
     .command('build-qemu')
     .description(
-      "build (or reuse) the lab QEMU: Debian's QEMU 7.2 source plus lockstep's COLO patches, cached per patch set",
+      "build (or reuse) the lab QEMU: Debian's QEMU source of one line (7.2: bookworm's, 10.0: trixie's) plus lockstep's COLO patches for it, cached per line and patch set",
     )
+    .option('--qemu <line>', `the QEMU line: ${QEMU_LINES.join(' or ')} (default: $LOCKSTEP_LAB_QEMU, else 7.2)`)
     .option('--patches <list>', 'comma-separated subset of the patch series (default: all); "none" for an unpatched build')
     .option('--json', 'print the result as JSON')
-    .action(async (opts: { patches?: string; json?: boolean }) => {
-      const patches = opts.patches === undefined ? patchSeries() : opts.patches === 'none' ? [] : opts.patches.split(',').filter(Boolean);
+    .action(async (opts: { qemu?: string; patches?: string; json?: boolean }) => {
+      const line = qemuLineOption(opts.qemu);
+      const patches = opts.patches === undefined ? patchSeries(line) : opts.patches === 'none' ? [] : opts.patches.split(',').filter(Boolean);
       const progress = createProgress(process.stderr, { quiet: opts.json === true });
-      const q = await ensureLabQemu({ patches, onStep: (m) => progress.step(m), onUpdate: (m) => progress.update(m) });
+      const q = await ensureLabQemu({ line, patches, onStep: (m) => progress.step(m), onUpdate: (m) => progress.update(m) });
       progress.done();
       print(opts.json, q, () => `lab QEMU ${q.sourceVersion} + [${q.patches.join(', ')}]\n  ${q.binary}`);
     });
@@ -34,21 +43,27 @@ export function registerLabCommands(program: Command): void {
         'and where it does not, build (or reuse) the patched lab QEMU. Everything is cached; later runs take a second.',
     )
     .option('--tcg', 'use the lab QEMU under TCG even where KVM works')
+    .option('--qemu <line>', `the QEMU line: ${QEMU_LINES.join(' or ')} (default: $LOCKSTEP_LAB_QEMU, else 7.2)`)
     .option('--test-builds', 'where TCG is used, also build the partial patch sets the tests use to show that each patch is needed')
     .option('--json', 'print the result as JSON')
-    .action(async (opts: { tcg?: boolean; testBuilds?: boolean; json?: boolean }) => {
+    .action(async (opts: { tcg?: boolean; qemu?: string; testBuilds?: boolean; json?: boolean }) => {
+      const line = qemuLineOption(opts.qemu);
       const progress = createProgress(process.stderr, { quiet: opts.json === true });
       const rt = await labRuntime({
+        line,
         forceTcg: opts.tcg,
         onProgress: (m) => progress.step(m),
         onStep: (m) => progress.step(m),
         onUpdate: (m) => progress.update(m),
       });
       if (opts.testBuilds && rt.accel === 'tcg') {
-        const series = patchSeries();
-        for (let n = 1; n < series.length; n++) {
-          await ensureLabQemu({ patches: series.slice(0, n), onStep: (m) => progress.step(`[patches 1-${n} only] ${m}`), onUpdate: (m) => progress.update(m) });
+        const series = patchSeries(line);
+        // 7.2: every partial set (P2's test runs P1 alone); other lines: the set without P3, for P3's test.
+        for (let n = line === '7.2' ? 1 : series.length - 1; n < series.length; n++) {
+          await ensureLabQemu({ line, patches: series.slice(0, n), onStep: (m) => progress.step(`[${line}, patches 1-${n} only] ${m}`), onUpdate: (m) => progress.update(m) });
         }
+        // The P1 test's stock QEMU where the distribution's is not of this line (Debian 12 has 7.2).
+        if (line !== '7.2') await ensureLabQemu({ line, patches: [], onStep: (m) => progress.step(`[${line}, no patches] ${m}`), onUpdate: (m) => progress.update(m) });
       }
       progress.done();
       print(opts.json, rt, () => `lab ready: ${rt.accel.toUpperCase()} with ${rt.binary}\n  why: ${rt.reason}\n  guest kernel ${rt.guest.kernelVersion}`);

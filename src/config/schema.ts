@@ -94,9 +94,11 @@ export const configSchema = z
       .object({
         binary: z.string().optional(),
         accel: z.enum(['auto', 'kvm', 'tcg']).default('auto'),
+        /** Run COLO on a QEMU that lacks a fix it needs (lockstep qemu info lists them), with the risk each names. */
+        allowMissingFixes: z.boolean().default(false),
       })
       .strict()
-      .default({ accel: 'auto' }),
+      .default({ accel: 'auto', allowMissingFixes: false }),
     vm: z
       .object({
         memory: size('a memory size').default(128 * 1024 * 1024),

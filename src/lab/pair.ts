@@ -31,8 +31,8 @@ export interface PairNode {
 }
 
 export interface PairOptions {
-  /** QEMU binary and accelerator; default: what `qemu.accel: auto` chooses. */
-  qemu?: { binary?: string; accel?: 'auto' | 'kvm' | 'tcg' };
+  /** QEMU binary and accelerator; default: what `qemu.accel: auto` chooses. allowMissingFixes: a test of a build without a fix. */
+  qemu?: { binary?: string; accel?: 'auto' | 'kvm' | 'tcg'; allowMissingFixes?: boolean };
   /** Where config, images and logs go (created). Default: a new temp dir. */
   dir?: string;
   memory?: string;
@@ -49,7 +49,7 @@ export interface LabConfigOptions {
   name: string;
   /** First of 6 consecutive free ports (the COLO ports); forwards use others. */
   base: number;
-  qemu?: { binary?: string; accel?: 'auto' | 'kvm' | 'tcg' };
+  qemu?: { binary?: string; accel?: 'auto' | 'kvm' | 'tcg'; allowMissingFixes?: boolean };
   memory?: string;
   /** User networking: [host port on 127.0.0.1, guest port] pairs. */
   forwards?: Array<[number, number]>;
@@ -83,7 +83,7 @@ export function labConfigYaml(o: LabConfigOptions): string {
   ].filter(Boolean);
   return [
     `name: ${o.name}`,
-    `qemu: { accel: ${q.accel ?? 'auto'}${q.binary ? `, binary: ${JSON.stringify(q.binary)}` : ''} }`,
+    `qemu: { accel: ${q.accel ?? 'auto'}${q.binary ? `, binary: ${JSON.stringify(q.binary)}` : ''}${q.allowMissingFixes ? ', allowMissingFixes: true' : ''} }`,
     'vm:',
     `  memory: ${o.memory ?? '128M'}`,
     '  kernel: demo',

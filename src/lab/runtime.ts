@@ -1,7 +1,8 @@
 /**
- * Which QEMU runs the lab's VMs. Where KVM works, the distribution's QEMU
- * with KVM. Where it does not (KVM guests hang on many nested hosts), the lab
- * QEMU under TCG: stock 7.2 cannot run COLO under TCG (see patches/qemu-7.2).
+ * Which QEMU runs the lab's VMs: always the lab QEMU (lockstep's fixes, P1-P3:
+ * the distribution's lacks them, and P3 matters under KVM too), with KVM where
+ * KVM works (decided by booting the demo guest with it), else under TCG (KVM
+ * guests hang on many nested hosts; stock QEMU cannot run COLO under TCG).
  */
 import { probeKvm, type Accel } from '../qemu/accel.js';
 import { locateQemu } from '../qemu/discover.js';
@@ -30,9 +31,9 @@ export async function labRuntime(opts: RuntimeOptions = {}): Promise<LabRuntime>
     const system = locateQemu();
     opts.onProgress?.('checking whether KVM works (boots the demo guest with KVM; cached after the first time)');
     const kvm = await probeKvm({ binary: system.binary, kernel: guest.kernel, initrd: guest.initrd, readyMarker: guest.readyMarker });
-    if (kvm.works) return { binary: system.binary, accel: 'kvm', dataDirs: [], guest, reason: `KVM works (${kvm.reason})` };
-    opts.onProgress?.(`KVM not usable (${kvm.reason}): using the lab QEMU under TCG`);
     const lab = await ensureLabQemu(opts);
+    if (kvm.works) return { binary: lab.binary, accel: 'kvm', dataDirs: lab.dataDirs, guest, reason: `KVM works (${kvm.reason}): the lab QEMU with KVM` };
+    opts.onProgress?.(`KVM not usable (${kvm.reason}): using the lab QEMU under TCG`);
     return { binary: lab.binary, accel: 'tcg', dataDirs: lab.dataDirs, guest, reason: `KVM not usable: ${kvm.reason}` };
   }
   const lab = await ensureLabQemu(opts);

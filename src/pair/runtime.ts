@@ -1,10 +1,12 @@
 /**
  * Which QEMU and accelerator a config runs with, and the kernel it boots.
- * qemu.accel auto: KVM with the configured (or distribution) QEMU where KVM
- * works, else the lab QEMU under TCG.
+ * qemu.accel auto: KVM where it works (decided by booting), else TCG; with the
+ * configured QEMU, else the lab QEMU (lockstep's fixes: a QEMU that lacks one
+ * COLO needs with that accelerator is refused, see qemu/fixes.ts).
  */
 import type { ResolvedConfig } from '../config/load.js';
 import { locateQemu, probeQemu, assertColoCapable } from '../qemu/discover.js';
+import { assertColoFixes } from '../qemu/fixes.js';
 import { probeKvm } from '../qemu/accel.js';
 import { ensureGuest } from '../lab/guest.js';
 import { ensureLabQemu, FIRMWARE_DIRS } from '../lab/qemu-build.js';
@@ -31,10 +33,16 @@ export async function resolveRuntime(c: ResolvedConfig, o: ResolveOptions = {}):
     const loc = locateQemu({ configured: c.qemu.binary });
     o.onStep?.('checking whether KVM works (cached after the first time)');
     const kvm = await probeKvm({ binary: loc.binary, kernel: guest!.kernel, initrd: guest!.initrd, readyMarker: guest!.readyMarker });
-    if (kvm.works) {
+    if (kvm.works && c.qemu.binary) {
       binary = loc.binary;
       accel = 'kvm';
-      reason = 'KVM works';
+      reason = 'KVM works; the configured QEMU';
+    } else if (kvm.works) {
+      const lab = await ensureLabQemu({ onStep: o.onStep, onUpdate: o.onUpdate });
+      binary = lab.binary;
+      dataDirs = lab.dataDirs;
+      accel = 'kvm';
+      reason = 'KVM works; the lab QEMU (it has the fixes COLO needs)';
     } else if (c.qemu.binary) {
       binary = loc.binary;
       accel = 'tcg';
@@ -59,5 +67,7 @@ export async function resolveRuntime(c: ResolvedConfig, o: ResolveOptions = {}):
   }
   const info = await probeQemu(binary);
   assertColoCapable(info, { tls: c.replication.tls });
+  // The fixes COLO needs with this accelerator: refused without them, unless the config accepts the risk.
+  for (const w of assertColoFixes(info, accel, c.qemu.allowMissingFixes)) o.onStep?.(`warning: ${w}`);
   return { binary, accel, dataDirs, kernel, initrd, reconnectMs: info.features.reconnectMs, reason };
 }

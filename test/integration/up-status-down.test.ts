@@ -12,6 +12,7 @@ import { lockstep, json } from '../helpers/cli.js';
 import { bumpCounter, httpGet, waitHttp } from '../helpers/clients.js';
 import { findFreePortRange } from '../../src/util/net.js';
 import { labConfigYaml } from '../../src/lab/pair.js';
+import { defaultQemuLine, findLabQemu } from '../../src/lab/qemu-build.js';
 import { QmpClient } from '../../src/qmp/client.js';
 import { readImageBytes } from '../../src/qemu/images.js';
 import type { PairStatus } from '../../src/pair/status.js';
@@ -49,6 +50,12 @@ test('up → protected pair; status shows both nodes in COLO', { timeout: 10 * 6
   assert.match(a!.runState!, /^(running|colo)$/);
   assert.match(b!.runState!, /^(running|colo)$/);
   assert.ok(a!.pid! > 0 && b!.pid! > 0 && a!.pid !== b!.pid);
+  // Both run the lab QEMU of the line under test (LOCKSTEP_LAB_QEMU: the suite's version matrix).
+  const line = defaultQemuLine();
+  const lab = findLabQemu(line);
+  assert.ok(lab, `the lab QEMU ${line} is built`);
+  for (const n of [a!, b!]) assert.equal(fs.realpathSync(`/proc/${n.pid}/exe`), fs.realpathSync(lab.binary), `node ${n.name} runs the lab QEMU ${line}`);
+  process.stderr.write(`# QEMU ${line}: ${lab.sourceVersion} + ${lab.patches.length} patches\n`);
   assert.ok(st.upMs! > 0);
   const human = await lockstep(['status', '-c', cfg]);
   assert.match(human.stdout, /PROTECTED/);

@@ -2,35 +2,43 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { patchSeries, patchesDir, buildKey } from '../../src/lab/qemu-build.js';
+import { patchSeries, patchesDir, buildKey, QEMU_LINES } from '../../src/lab/qemu-build.js';
 
-test('the series lists every patch file, in order, and nothing else', () => {
-  const series = patchSeries();
-  const files = fs.readdirSync(patchesDir()).filter((f) => f.endsWith('.patch')).sort();
-  assert.deepEqual([...series].sort(), files);
-  assert.deepEqual(series, files, 'numbered in series order');
-  assert.ok(series.length >= 2);
-});
+for (const line of QEMU_LINES) {
+  test(`QEMU ${line}: the series lists every patch file, in order, and nothing else`, () => {
+    const series = patchSeries(line);
+    const files = fs.readdirSync(patchesDir(line)).filter((f) => f.endsWith('.patch')).sort();
+    assert.deepEqual([...series].sort(), files);
+    assert.deepEqual(series, files, 'numbered in series order');
+    assert.ok(series.length >= 2);
+  });
 
-test('each patch is a reviewable, explained diff', () => {
-  for (const p of patchSeries()) {
-    const text = fs.readFileSync(path.join(patchesDir(), p), 'utf8');
-    assert.match(text, /^Subject: \[PATCH[^\]]*\] .+/m, `${p}: subject line`);
-    const header = text.slice(0, text.indexOf('\n---\n'));
-    assert.ok(header.split('\n').length > 12, `${p}: the header explains the reason`);
-    assert.match(text, /^diff --git a\//m, `${p}: a diff`);
-  }
-});
+  test(`QEMU ${line}: each patch is a reviewable, explained diff`, () => {
+    for (const p of patchSeries(line)) {
+      const text = fs.readFileSync(path.join(patchesDir(line), p), 'utf8');
+      assert.match(text, /^Subject: \[PATCH[^\]]*\] .+/m, `${p}: subject line`);
+      const header = text.slice(0, text.indexOf('\n---\n'));
+      assert.ok(header.split('\n').length > 12, `${p}: the header explains the reason`);
+      assert.match(text, /^diff --git a\//m, `${p}: a diff`);
+    }
+  });
 
-test('the P2 backport credits upstream', () => {
-  const p2 = fs.readFileSync(path.join(patchesDir(), patchSeries()[1]!), 'utf8');
-  assert.match(p2, /Nicholas Piggin/);
-  assert.match(p2, /03bfc2188f/);
-});
+  test(`QEMU ${line}: the P2 fix credits upstream`, () => {
+    const p2 = fs.readFileSync(path.join(patchesDir(line), patchSeries(line)[1]!), 'utf8');
+    assert.match(p2, /Nicholas Piggin/);
+    assert.match(p2, /03bfc2188f/);
+  });
 
-test('the build cache key depends on the exact patch set', () => {
-  const all = patchSeries();
-  assert.notEqual(buildKey(all), buildKey(all.slice(0, 1)));
-  assert.notEqual(buildKey([]), buildKey(all.slice(0, 1)));
-  assert.equal(buildKey(all), buildKey([...all]));
+  test(`QEMU ${line}: the same fixes, in the same order, as the other lines (P1-P3: the tests name them so)`, () => {
+    const strip = (p: string) => p.replace(/^\d{4}-/, '');
+    assert.deepEqual(patchSeries(line).map(strip), patchSeries('7.2').map(strip));
+  });
+}
+
+test('the build cache key depends on the exact patch set and the line', () => {
+  const all = patchSeries('7.2');
+  assert.notEqual(buildKey(all, '7.2'), buildKey(all.slice(0, 1), '7.2'));
+  assert.notEqual(buildKey([], '7.2'), buildKey(all.slice(0, 1), '7.2'));
+  assert.equal(buildKey(all, '7.2'), buildKey([...all], '7.2'));
+  assert.notEqual(buildKey([], '7.2'), buildKey([], '10.0'));
 });
