@@ -1,8 +1,9 @@
 /**
  * Which QEMU and accelerator a config runs with, and the kernel it boots.
- * qemu.accel auto: KVM where it works (decided by booting), else TCG; with the
- * configured QEMU, else the lab QEMU (lockstep's fixes: a QEMU that lacks one
- * COLO needs with that accelerator is refused, see qemu/fixes.ts).
+ * The QEMU: qemu.binary, else $LOCKSTEP_QEMU, else lockstep's own build (the
+ * lab QEMU, built once). The accelerator: qemu.accel, where auto means KVM
+ * where it works (decided by booting), else TCG. A QEMU that lacks a fix COLO
+ * needs with that accelerator is refused (qemu/fixes.ts).
  */
 import type { ResolvedConfig } from '../config/load.js';
 import { locateQemu, probeQemu, assertColoCapable } from '../qemu/discover.js';
@@ -29,41 +30,25 @@ export async function resolveRuntime(c: ResolvedConfig, o: ResolveOptions = {}):
   // user points at may not either; for the distribution's QEMU they are its defaults.
   let dataDirs: string[] = FIRMWARE_DIRS.filter((d) => fs.existsSync(d));
   let reason: string;
+  // A QEMU the user chose (qemu.binary, else $LOCKSTEP_QEMU), else lockstep's own build: the one with every fix.
+  const chosen = c.qemu.binary !== undefined || !!process.env.LOCKSTEP_QEMU ? locateQemu({ configured: c.qemu.binary }) : undefined;
   if (c.qemu.accel === 'auto') {
-    const loc = locateQemu({ configured: c.qemu.binary });
     o.onStep?.('checking whether KVM works (cached after the first time)');
-    const kvm = await probeKvm({ binary: loc.binary, kernel: guest!.kernel, initrd: guest!.initrd, readyMarker: guest!.readyMarker });
-    if (kvm.works && c.qemu.binary) {
-      binary = loc.binary;
-      accel = 'kvm';
-      reason = 'KVM works; the configured QEMU';
-    } else if (kvm.works) {
-      const lab = await ensureLabQemu({ onStep: o.onStep, onUpdate: o.onUpdate });
-      binary = lab.binary;
-      dataDirs = lab.dataDirs;
-      accel = 'kvm';
-      reason = 'KVM works; the lab QEMU (it has the fixes COLO needs)';
-    } else if (c.qemu.binary) {
-      binary = loc.binary;
-      accel = 'tcg';
-      reason = `KVM not usable (${kvm.reason}); TCG with the configured QEMU`;
-    } else {
-      const lab = await ensureLabQemu({ onStep: o.onStep, onUpdate: o.onUpdate });
-      binary = lab.binary;
-      dataDirs = lab.dataDirs;
-      accel = 'tcg';
-      reason = `KVM not usable (${kvm.reason}); TCG with the lab QEMU`;
-    }
-  } else if (c.qemu.accel === 'tcg' && !c.qemu.binary) {
+    const kvm = await probeKvm({ binary: (chosen ?? locateQemu()).binary, kernel: guest!.kernel, initrd: guest!.initrd, readyMarker: guest!.readyMarker });
+    accel = kvm.works ? 'kvm' : 'tcg';
+    reason = kvm.works ? 'KVM works' : `KVM not usable (${kvm.reason}); TCG`;
+  } else {
+    accel = c.qemu.accel;
+    reason = `${accel.toUpperCase()} as configured`;
+  }
+  if (chosen) {
+    binary = chosen.binary;
+    reason += `, with the QEMU from ${chosen.source === 'config' ? 'qemu.binary' : '$LOCKSTEP_QEMU'}`;
+  } else {
     const lab = await ensureLabQemu({ onStep: o.onStep, onUpdate: o.onUpdate });
     binary = lab.binary;
     dataDirs = lab.dataDirs;
-    accel = 'tcg';
-    reason = 'TCG as configured, with the lab QEMU';
-  } else {
-    binary = locateQemu({ configured: c.qemu.binary }).binary;
-    accel = c.qemu.accel;
-    reason = `${accel.toUpperCase()} as configured`;
+    reason += ", with lockstep's QEMU (it has the fixes COLO needs)";
   }
   const info = await probeQemu(binary);
   assertColoCapable(info, { tls: c.replication.tls });
