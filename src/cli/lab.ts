@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
-import { ensureLabQemu, patchSeries, defaultQemuLine, QEMU_LINES, type QemuLine } from '../lab/qemu-build.js';
-import { LockstepError } from '../util/errors.js';
+import { ensureLabQemu, patchSeries, defaultQemuLine, parseQemuLine, QEMU_LINES, type QemuLine } from '../lab/qemu-build.js';
 import { ensureGuest } from '../lab/guest.js';
 import { labRuntime } from '../lab/runtime.js';
 import { createProgress } from '../util/progress.js';
@@ -8,9 +7,7 @@ import { print } from './output.js';
 import { registerLabHostsCommands } from './lab-hosts.js';
 
 function qemuLineOption(v: string | undefined): QemuLine {
-  if (v === undefined) return defaultQemuLine();
-  if ((QEMU_LINES as readonly string[]).includes(v)) return v as QemuLine;
-  throw new LockstepError(`--qemu ${v}: lockstep has patches for QEMU ${QEMU_LINES.join(' and ')} only`, { hint: `--qemu ${QEMU_LINES.join(' or --qemu ')}` });
+  return v === undefined ? defaultQemuLine() : parseQemuLine(v, `--qemu ${v}`);
 }
 
 export function registerLabCommands(program: Command): void {

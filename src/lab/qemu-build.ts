@@ -1,8 +1,9 @@
 /**
  * The lab QEMU: Debian's own QEMU source package of one line (7.2, bookworm's;
  * or 10.0, trixie's) plus lockstep's patch set for it (patches/qemu-LINE),
- * built for x86_64 only, for hosts where KVM does not work and COLO must run
- * under TCG. Stock QEMU cannot: see the patches' headers.
+ * built for x86_64 only, with KVM and TCG: the one QEMU every host runs COLO
+ * with (stock QEMU lacks fixes COLO needs: see the patches' headers and
+ * qemu/fixes.ts).
  *
  * The source comes from `apt-get source` through a private deb-src list made
  * from the system's own deb entries (plus the line's own suite, e.g. trixie,
@@ -95,7 +96,7 @@ interface LineRecipe {
   debian: string;
   /** A Debian suite to add as deb-src (on the system's Debian mirror), when the system's own do not carry the line. */
   sourceSuite?: string;
-  /** The lowest meson the line's build accepts, when bookworm's (1.0) is too old: taken from bookworm-backports. */
+  /** The line's build needs a newer meson than bookworm's (1.0): bookworm-backports' is unpacked into the cache. */
   mesonFromBackports?: boolean;
 }
 
@@ -108,9 +109,13 @@ const LINES: Record<QemuLine, LineRecipe> = {
 /** The line the lab uses unless told otherwise: $LOCKSTEP_LAB_QEMU, else 7.2. */
 export function defaultQemuLine(): QemuLine {
   const v = process.env.LOCKSTEP_LAB_QEMU;
-  if (v === undefined || v === '') return '7.2';
+  return v === undefined || v === '' ? '7.2' : parseQemuLine(v, `LOCKSTEP_LAB_QEMU=${v}`);
+}
+
+/** `v` as a QEMU line, or an error naming `what` and the lines there are. */
+export function parseQemuLine(v: string, what: string): QemuLine {
   if ((QEMU_LINES as readonly string[]).includes(v)) return v as QemuLine;
-  throw new LockstepError(`LOCKSTEP_LAB_QEMU=${v} is not a QEMU line lockstep has patches for`, { hint: `one of ${QEMU_LINES.join(', ')}` });
+  throw new LockstepError(`${what}: lockstep has patches for QEMU ${QEMU_LINES.join(' and ')} only`, { hint: `one of ${QEMU_LINES.join(', ')}` });
 }
 
 export function patchesDir(line: QemuLine = defaultQemuLine()): string {
