@@ -11,6 +11,8 @@ PACKAGES=(
   qemu-system-x86 qemu-utils
   # the demo guest's initramfs
   cpio gzip xz-utils
+  # a fresh Debian 12 root for the package test (lockstep qemu package)
+  debootstrap
   # network namespaces and taps for the multi-host lab
   iproute2
   # the lab QEMU's build (only used where KVM does not work)

@@ -75,6 +75,12 @@ export const hostSchema = z
      * daemon refuses a VM that would go over it. Default: the machine's memory less 1 GiB for the host itself.
      */
     memory: z.object({ forVms: size('a memory size').optional() }).strict().default({}),
+    /**
+     * The QEMU this host runs its VMs with, unless a VM file names one: e.g. the lockstep-qemu package's
+     * (/usr/lib/lockstep/qemu-10.0/bin/qemu-system-x86_64). Default: the installed lockstep-qemu package (the newest
+     * line), else lockstep's own build. Never the distribution's QEMU by default: it lacks fixes COLO needs.
+     */
+    qemu: z.object({ binary: z.string().optional() }).strict().default({}),
     /** The other hosts this one trusts, by name (`lockstep host trust` adds them). */
     peers: z.record(nodeName, peer).default({}),
   })
@@ -93,6 +99,7 @@ export function parseHostFile(text: string, file: string): HostConfig {
   const h = parseYamlFile(hostSchema, text, file, 'the file lockstep host init writes');
   const problems: string[] = [];
   if (h.peers[h.name]) problems.push(`peers.${h.name}: that is this host's own name`);
+  if (h.qemu.binary !== undefined && !path.isAbsolute(h.qemu.binary)) problems.push(`qemu.binary: "${h.qemu.binary}" must be an absolute path`);
   if (h.ports.last - h.ports.first + 1 < 7) problems.push(`ports: ${h.ports.first}-${h.ports.last} has room for no VM (each takes 7 consecutive ports)`);
   if (problems.length) throw new ConfigError(file, problems);
   const base = path.dirname(path.resolve(file));

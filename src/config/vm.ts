@@ -113,7 +113,7 @@ export function placeVm(
   me: string,
   stateDir: string,
   secret: string,
-  o: { ports?: PortBlock; tap?: string } = {},
+  o: { ports?: PortBlock; tap?: string; qemuBinary?: string } = {},
 ): ResolvedConfig {
   const ports = o.ports ?? portsOfVmFile(v);
   const [p, s] = v.hosts;
@@ -136,6 +136,8 @@ export function placeVm(
   const doc = {
     ...v,
     vm,
+    // The VM file's QEMU, else this host's (its host file's qemu.binary).
+    qemu: { ...v.qemu, binary: v.qemu.binary ?? o.qemuBinary },
     hosts: undefined,
     ports: colo,
     stateDir: vmDir,

@@ -76,7 +76,7 @@ export class VmHost {
     /** The daemon's heartbeat sessions, which carry the agent's messages to its peer agent. */
     private readonly sessions?: HostSessions,
   ) {
-    this.config = placeVm(placed.vm, placed.hosts as Record<string, HostAddresses>, host.name, host.stateDir, placed.secret, { ports: portsOfPlaced(placed), tap: local.tap });
+    this.config = placeVm(placed.vm, placed.hosts as Record<string, HostAddresses>, host.name, host.stateDir, placed.secret, { ports: portsOfPlaced(placed), tap: local.tap, qemuBinary: host.qemu.binary });
     if (readState(this.config.stateDir)?.stoppedAt) this.phase = 'stopped';
   }
 

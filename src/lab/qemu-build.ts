@@ -180,10 +180,10 @@ function oneLineToSource(text: string): string {
     .join('\n');
 }
 
-const DEBIAN_KEYRING = '/usr/share/keyrings/debian-archive-keyring.gpg';
+export const DEBIAN_KEYRING = '/usr/share/keyrings/debian-archive-keyring.gpg';
 
 /** The Debian mirror the system's own sources use (its bookworm entry), else deb.debian.org. */
-function debianMirror(): string {
+export function debianMirror(): string {
   const texts: string[] = [];
   for (const f of ['/etc/apt/sources.list', ...(fs.existsSync('/etc/apt/sources.list.d') ? fs.readdirSync('/etc/apt/sources.list.d').map((x) => path.join('/etc/apt/sources.list.d', x)) : [])]) {
     try {

@@ -1,12 +1,15 @@
 /**
  * Which QEMU and accelerator a config runs with, and the kernel it boots.
- * The QEMU: qemu.binary, else $LOCKSTEP_QEMU, else lockstep's own build (the
- * lab QEMU, built once). The accelerator: qemu.accel, where auto means KVM
- * where it works (decided by booting), else TCG. A QEMU that lacks a fix COLO
- * needs with that accelerator is refused (qemu/fixes.ts).
+ * The QEMU: qemu.binary (the VM's, else its host file's), else $LOCKSTEP_QEMU,
+ * else the installed lockstep-qemu package (the newest line), else
+ * lockstep's own build (the lab QEMU, built once); never the distribution's
+ * by default, which lacks fixes COLO needs. The accelerator: qemu.accel,
+ * where auto means KVM where it works (decided by booting that QEMU), else
+ * TCG. A QEMU that lacks a fix COLO needs with that accelerator is refused
+ * (qemu/fixes.ts).
  */
 import type { ResolvedConfig } from '../config/load.js';
-import { locateQemu, probeQemu, assertColoCapable } from '../qemu/discover.js';
+import { chosenQemu, probeQemu, assertColoCapable } from '../qemu/discover.js';
 import { assertColoFixes } from '../qemu/fixes.js';
 import { probeKvm } from '../qemu/accel.js';
 import { ensureGuest } from '../lab/guest.js';
@@ -24,32 +27,33 @@ export async function resolveRuntime(c: ResolvedConfig, o: ResolveOptions = {}):
   const guest = needDemo ? await ensureGuest({ onProgress: o.onStep }) : undefined;
   const kernel = c.vm.kernel === 'demo' ? guest!.kernel : c.vm.kernel;
   const initrd = c.vm.kernel === 'demo' ? guest!.initrd : c.vm.initrd;
-  let binary: string;
-  let accel: 'kvm' | 'tcg';
-  // Debian's firmware directories: the lab build ships no blobs, and a QEMU the
+  // Debian's firmware directories: lockstep's QEMU ships no blobs, and a QEMU the
   // user points at may not either; for the distribution's QEMU they are its defaults.
   let dataDirs: string[] = FIRMWARE_DIRS.filter((d) => fs.existsSync(d));
+  let binary: string;
+  let from: string;
+  const chosen = chosenQemu({ configured: c.qemu.binary });
+  if (chosen) {
+    binary = chosen.binary;
+    from = chosen.source === 'config' ? 'qemu.binary' : chosen.source === 'env' ? '$LOCKSTEP_QEMU' : `the installed package (${binary})`;
+  } else {
+    const lab = await ensureLabQemu({ onStep: o.onStep, onUpdate: o.onUpdate });
+    binary = lab.binary;
+    dataDirs = lab.dataDirs;
+    from = "lockstep's own build";
+  }
+  let accel: 'kvm' | 'tcg';
   let reason: string;
-  // A QEMU the user chose (qemu.binary, else $LOCKSTEP_QEMU), else lockstep's own build: the one with every fix.
-  const chosen = c.qemu.binary !== undefined || !!process.env.LOCKSTEP_QEMU ? locateQemu({ configured: c.qemu.binary }) : undefined;
   if (c.qemu.accel === 'auto') {
     o.onStep?.('checking whether KVM works (cached after the first time)');
-    const kvm = await probeKvm({ binary: (chosen ?? locateQemu()).binary, kernel: guest!.kernel, initrd: guest!.initrd, readyMarker: guest!.readyMarker });
+    const kvm = await probeKvm({ binary, kernel: guest!.kernel, initrd: guest!.initrd, readyMarker: guest!.readyMarker });
     accel = kvm.works ? 'kvm' : 'tcg';
     reason = kvm.works ? 'KVM works' : `KVM not usable (${kvm.reason}); TCG`;
   } else {
     accel = c.qemu.accel;
     reason = `${accel.toUpperCase()} as configured`;
   }
-  if (chosen) {
-    binary = chosen.binary;
-    reason += `, with the QEMU from ${chosen.source === 'config' ? 'qemu.binary' : '$LOCKSTEP_QEMU'}`;
-  } else {
-    const lab = await ensureLabQemu({ onStep: o.onStep, onUpdate: o.onUpdate });
-    binary = lab.binary;
-    dataDirs = lab.dataDirs;
-    reason += ", with lockstep's QEMU (it has the fixes COLO needs)";
-  }
+  reason += `, with the QEMU from ${from}`;
   const info = await probeQemu(binary);
   assertColoCapable(info, { tls: c.replication.tls });
   // The fixes COLO needs with this accelerator: refused without them, unless the config accepts the risk.

@@ -1,6 +1,9 @@
 /**
- * Finding QEMU and learning what it can do. The binary comes from the config,
- * else $LOCKSTEP_QEMU, else PATH. Its abilities are probed, never guessed
+ * Finding QEMU and learning what it can do. The binary comes from the config
+ * (a VM's qemu.binary, else its host file's), else $LOCKSTEP_QEMU, else the
+ * installed lockstep-qemu package (the newest line), else PATH; the control
+ * plane (pair/runtime.ts) puts lockstep's own build before PATH. Its
+ * abilities are probed, never guessed
  * from a version number: `-version`, then QMP query-version,
  * query-qmp-schema and qom-list-types on a throw-away instance. Results are
  * cached per binary (path, size, mtime).
@@ -41,10 +44,46 @@ export interface QemuFeatures {
 export interface QemuInfo {
   binary: string;
   /** Where the binary choice came from. */
-  source: 'config' | 'env' | 'path' | 'explicit';
+  source: QemuSource;
   version: { major: number; minor: number; micro: number };
   package: string;
   features: QemuFeatures;
+}
+
+/** Where a QEMU binary was found: the config, $LOCKSTEP_QEMU, the lockstep-qemu package, lockstep's build, PATH, or named on the command line. */
+export type QemuSource = 'config' | 'env' | 'package' | 'lab' | 'path' | 'explicit';
+
+/**
+ * Where `lockstep qemu package`'s .deb installs a line's QEMU: beside the
+ * distribution's (which stays in /usr/bin), never over it.
+ */
+export const PACKAGE_PREFIX = '/usr/lib/lockstep';
+
+/** The Debian package of lockstep's QEMU of one line, e.g. lockstep-qemu-10.0. */
+export function packageName(line: string): string {
+  return `lockstep-qemu-${line}`;
+}
+
+/** The directory a line's package installs into; its binary is bin/qemu-system-x86_64 there. */
+export function packageDir(line: string, prefix: string = PACKAGE_PREFIX): string {
+  return path.join(prefix, `qemu-${line}`);
+}
+
+/** The lockstep-qemu packages installed here (their binaries), the newest line first. */
+export function installedPackages(prefix: string = PACKAGE_PREFIX): Array<{ line: string; binary: string }> {
+  let names: string[];
+  try {
+    names = fs.readdirSync(prefix);
+  } catch {
+    return [];
+  }
+  const found = names
+    .map((n) => /^qemu-(\d+)\.(\d+)$/.exec(n))
+    .filter((m): m is RegExpExecArray => m !== null)
+    .map((m) => ({ line: `${m[1]}.${m[2]}`, major: Number(m[1]), minor: Number(m[2]), binary: path.join(packageDir(`${m[1]}.${m[2]}`, prefix), 'bin', DEFAULT_BINARY) }))
+    .filter((p) => isExecutable(p.binary));
+  found.sort((a, b) => b.major - a.major || b.minor - a.minor);
+  return found.map(({ line, binary }) => ({ line, binary }));
 }
 
 export interface LocateOptions {
@@ -52,9 +91,13 @@ export interface LocateOptions {
   configured?: string;
 }
 
-/** Picks the QEMU binary: config, then $LOCKSTEP_QEMU, then PATH. */
-export function locateQemu(opts: LocateOptions = {}): { binary: string; source: QemuInfo['source'] } {
-  const tryOne = (p: string, source: QemuInfo['source'], from: string) => {
+/**
+ * The QEMU someone chose for lockstep: the config's, else $LOCKSTEP_QEMU's,
+ * else the installed lockstep-qemu package's (the newest line); undefined
+ * when there is none of them.
+ */
+export function chosenQemu(opts: LocateOptions = {}): { binary: string; source: QemuSource } | undefined {
+  const tryOne = (p: string, source: QemuSource, from: string) => {
     const resolved = p.includes('/') ? path.resolve(p) : which(p);
     if (!resolved || !isExecutable(resolved)) {
       throw new LockstepError(`QEMU binary ${p} (from ${from}) is not an executable file`, {
@@ -65,6 +108,14 @@ export function locateQemu(opts: LocateOptions = {}): { binary: string; source: 
   };
   if (opts.configured) return tryOne(opts.configured, 'config', 'the config file (qemu.binary)');
   if (process.env.LOCKSTEP_QEMU) return tryOne(process.env.LOCKSTEP_QEMU, 'env', '$LOCKSTEP_QEMU');
+  const pkg = installedPackages()[0];
+  return pkg ? { binary: pkg.binary, source: 'package' } : undefined;
+}
+
+/** Picks a QEMU binary: the chosen one (chosenQemu), else PATH's. */
+export function locateQemu(opts: LocateOptions = {}): { binary: string; source: QemuSource } {
+  const chosen = chosenQemu(opts);
+  if (chosen) return chosen;
   const found = which(DEFAULT_BINARY);
   if (!found) {
     throw new LockstepError(`${DEFAULT_BINARY} not found on PATH`, {
@@ -119,7 +170,7 @@ function probeCacheFile(binary: string): string {
  * Version and features of a QEMU binary. Starts it once with `-machine none`
  * (no guest) for about a second; later calls read the cache.
  */
-export async function probeQemu(binary: string, source: QemuInfo['source'] = 'explicit'): Promise<QemuInfo> {
+export async function probeQemu(binary: string, source: QemuSource = 'explicit'): Promise<QemuInfo> {
   const cacheFile = probeCacheFile(binary);
   try {
     const cached = JSON.parse(fs.readFileSync(cacheFile, 'utf8')) as QemuInfo;

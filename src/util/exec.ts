@@ -27,10 +27,37 @@ export interface RunResult {
   stderr: string;
 }
 
+/** The process groups of commands running now: ended with this process (exit, SIGINT, SIGTERM, SIGHUP), never left behind. */
+const running = new Set<number>();
+let hooksInstalled = false;
+
+function killRunning(): void {
+  for (const pgid of running) {
+    try {
+      process.kill(-pgid, 'SIGKILL');
+    } catch {
+      /* already gone */
+    }
+  }
+  running.clear();
+}
+
+function installExitHooks(): void {
+  if (hooksInstalled) return;
+  hooksInstalled = true;
+  process.on('exit', killRunning);
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.once(sig, () => {
+      killRunning();
+      process.kill(process.pid, sig);
+    });
+  }
+}
+
 /**
  * Runs a command to completion. Output is captured (and optionally logged and
  * streamed line by line); the child runs in its own process group so a
- * timeout ends everything it started.
+ * timeout, or the end of this process, ends everything it started.
  */
 export function run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
   return new Promise((resolve, reject) => {
@@ -38,6 +65,10 @@ export function run(cmd: string, args: string[], opts: RunOptions = {}): Promise
     if (log !== undefined) fs.writeSync(log, `\n$ ${cmd} ${args.join(' ')}\n`);
     const so: SpawnOptions = { cwd: opts.cwd, env: opts.env ?? process.env, detached: true, stdio: ['pipe', 'pipe', 'pipe'] };
     const child = spawn(cmd, args, so);
+    if (child.pid !== undefined) {
+      installExitHooks();
+      running.add(child.pid);
+    }
     let stdout = '';
     let stderr = '';
     let timedOut = false;
@@ -67,6 +98,7 @@ export function run(cmd: string, args: string[], opts: RunOptions = {}): Promise
             }
           }, opts.timeoutMs);
     child.on('error', (err) => {
+      if (child.pid !== undefined) running.delete(child.pid);
       clearTimeout(timer);
       if (log !== undefined) fs.closeSync(log);
       reject(
@@ -77,6 +109,7 @@ export function run(cmd: string, args: string[], opts: RunOptions = {}): Promise
       );
     });
     child.on('close', (code, signal) => {
+      if (child.pid !== undefined) running.delete(child.pid);
       clearTimeout(timer);
       if (log !== undefined) fs.closeSync(log);
       if (opts.onLine) for (const k of ['out', 'err'] as const) if (partial[k]) opts.onLine(partial[k]);

@@ -88,6 +88,10 @@ test('host file: defaults filled in, paths relative to the file, every problem n
   assert.throws(() => parseHostFile('name: a\naddresses: { replication: 10.0.1.1 }\napi: { listen: "10.0.1.1" }\n', 'h.yaml'), /api.listen: expected ADDRESS:PORT/);
   assert.throws(() => parseHostFile('name: a\naddresses: { replication: 10.0.1.1 }\npeers: { a: { api: "10.0.1.2:7700", cert: x } }\n', 'h.yaml'), /peers.a: that is this host's own name/);
   assert.throws(() => loadHostFile('/nonexistent/host.yaml'), /no such file[\s\S]*/);
+  assert.equal(h.qemu.binary, undefined);
+  const q = parseHostFile('name: a\naddresses: { replication: 10.0.1.1 }\nqemu: { binary: /usr/lib/lockstep/qemu-10.0/bin/qemu-system-x86_64 }\n', 'h.yaml');
+  assert.equal(q.qemu.binary, '/usr/lib/lockstep/qemu-10.0/bin/qemu-system-x86_64');
+  assert.throws(() => parseHostFile('name: a\naddresses: { replication: 10.0.1.1 }\nqemu: { binary: qemu-system-x86_64 }\n', 'h.yaml'), /qemu.binary: "qemu-system-x86_64" must be an absolute path/);
 });
 
 test('host init: a private key (0600), a certificate, a host file that loads; nothing replaced without --force', async () => {

@@ -1,6 +1,58 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseVersionOutput, featuresFrom, assertColoCapable, type QemuInfo } from '../../src/qemu/discover.js';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseVersionOutput, featuresFrom, assertColoCapable, installedPackages, chosenQemu, type QemuInfo } from '../../src/qemu/discover.js';
+import { controlFile, dependsField } from '../../src/lab/qemu-package.js';
+
+test('installed lockstep-qemu packages are found under their prefix, the newest line first; a directory without the binary is not one', () => {
+  const prefix = fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-pkgs-'));
+  try {
+    assert.deepEqual(installedPackages(prefix), []);
+    assert.deepEqual(installedPackages(path.join(prefix, 'missing')), []);
+    for (const line of ['7.2', '10.0', '9.2']) {
+      fs.mkdirSync(path.join(prefix, `qemu-${line}`, 'bin'), { recursive: true });
+      if (line !== '9.2') fs.writeFileSync(path.join(prefix, `qemu-${line}`, 'bin', 'qemu-system-x86_64'), '#!/bin/sh\n', { mode: 0o755 });
+    }
+    fs.mkdirSync(path.join(prefix, 'qemu-latest'));
+    assert.deepEqual(
+      installedPackages(prefix).map((p) => p.line),
+      ['10.0', '7.2'],
+    );
+    assert.equal(installedPackages(prefix)[0]!.binary, path.join(prefix, 'qemu-10.0', 'bin', 'qemu-system-x86_64'));
+  } finally {
+    fs.rmSync(prefix, { recursive: true, force: true });
+  }
+});
+
+test('the QEMU chosen for lockstep: the config\'s before $LOCKSTEP_QEMU; a named one that is not executable is an error that says where it came from', () => {
+  const saved = process.env.LOCKSTEP_QEMU;
+  try {
+    process.env.LOCKSTEP_QEMU = '/bin/true';
+    assert.deepEqual(chosenQemu({ configured: '/bin/sh' }), { binary: '/bin/sh', source: 'config' });
+    assert.deepEqual(chosenQemu(), { binary: '/bin/true', source: 'env' });
+    process.env.LOCKSTEP_QEMU = '/nonexistent/qemu';
+    assert.throws(() => chosenQemu(), /\/nonexistent\/qemu \(from \$LOCKSTEP_QEMU\) is not an executable file/);
+  } finally {
+    if (saved === undefined) delete process.env.LOCKSTEP_QEMU;
+    else process.env.LOCKSTEP_QEMU = saved;
+  }
+});
+
+test('the package\'s control file: dpkg-shlibdeps\' libraries plus Debian\'s firmware packages, nothing it replaces', () => {
+  const depends = dependsField('libc6 (>= 2.34), libglib2.0-0 (>= 2.67.3)');
+  assert.equal(depends, 'libc6 (>= 2.34), libglib2.0-0 (>= 2.67.3), seabios, ipxe-qemu, qemu-system-data');
+  const c = controlFile({ name: 'lockstep-qemu-10.0', version: '1:10.0.13+ds-0+deb13u1+lockstep.768ada23fd2e3477', architecture: 'amd64', depends, installedSizeKiB: 20000, line: '10.0', sourceVersion: '10.0.13+ds-0+deb13u1', fixes: ['P1', 'P2', 'P3'] });
+  assert.match(c, /^Package: lockstep-qemu-10\.0$/m);
+  assert.match(c, /^Depends: libc6 .*qemu-system-data$/m);
+  assert.match(c, /^Description: QEMU 10\.0 with lockstep's COLO fixes \(P1, P2, P3\)$/m);
+  assert.doesNotMatch(c, /^(Conflicts|Replaces|Provides|Breaks):/m);
+  // Every description line after the first starts with a space (deb822 continuation), and the file ends with a newline.
+  const desc = c.split('\n').slice(c.split('\n').findIndex((l) => l.startsWith('Description:')) + 1).filter(Boolean);
+  assert.ok(desc.length > 0 && desc.every((l) => l.startsWith(' ')));
+  assert.ok(c.endsWith('\n'));
+});
 
 test('reads the version and package from -version output', () => {
   const v = parseVersionOutput('QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)\nCopyright (c) 2003-2022 Fabrice Bellard\n');

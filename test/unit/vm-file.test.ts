@@ -38,6 +38,12 @@ test('a VM file placed on its hosts: nodes at their replication addresses, heart
   // As many heartbeat paths as both hosts have.
   const one = placeVm(v, { ...hosts, b: { replication: '10.0.1.2', heartbeat: ['10.0.1.2'] } }, 'a', '/s', 'a secret of sixteen or more');
   assert.deepEqual(one.agents?.links, { a: ['10.0.2.1'], b: ['10.0.1.2'] });
+  // The QEMU: the VM file's, else the host file's, else none named (lockstep chooses: pair/runtime.ts).
+  assert.equal(c.qemu.binary, undefined);
+  const hostQemu = '/usr/lib/lockstep/qemu-10.0/bin/qemu-system-x86_64';
+  assert.equal(placeVm(v, hosts, 'b', '/s', 'a secret of sixteen or more', { qemuBinary: hostQemu }).qemu.binary, hostQemu);
+  const own = parseVmFile(VM + 'qemu: { binary: /opt/qemu/bin/qemu-system-x86_64 }\n', 'web.yaml');
+  assert.equal(placeVm(own, hosts, 'b', '/s', 'a secret of sixteen or more', { qemuBinary: hostQemu }).qemu.binary, '/opt/qemu/bin/qemu-system-x86_64');
 });
 
 test('a VM file: relative paths, one host twice, links and an unknown host are refused, each named', () => {
