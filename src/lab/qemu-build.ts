@@ -10,8 +10,8 @@
  * on the same mirror); the system's apt configuration is never touched. A tool
  * the line needs newer than the system's (10.0 needs meson >= 1.5; bookworm
  * has 1.0) is unpacked from bookworm-backports into the cache, not installed.
- * Builds land in <cache>/qemu/<key>/, key = hash of the line, the patch set
- * and the build recipe, published atomically, so a machine builds each patch
+ * Builds land in <cache>/qemu/<key>/, key = hash of the line, the patch set's
+ * code (not its messages) and the build recipe, published atomically, so a machine builds each patch
  * set once and never sees a half-built binary.
  */
 import fs from 'node:fs';
@@ -131,15 +131,24 @@ export function patchSeries(line: QemuLine = defaultQemuLine()): string[] {
     .filter((l) => l && !l.startsWith('#'));
 }
 
+/**
+ * The code a patch changes: from its first `diff --git` line on. A patch's
+ * message is prose, and editing it rebuilds nothing.
+ */
+export function patchCode(text: string): string {
+  const at = text.search(/^diff --git /m);
+  return at < 0 ? text : text.slice(at);
+}
+
 export function buildKey(patches: string[], line: QemuLine = defaultQemuLine()): string {
   const r = LINES[line];
   const h = crypto.createHash('sha256');
-  // v2: the build names its fixes in its package string (fixesMarker), and has KVM.
-  h.update(`lab-qemu-recipe-v2\n${SOURCE_PACKAGE} ${r.versionPrefix}\n${CONFIGURE_FLAGS.join(' ')}\n`);
-  if (line !== '7.2') h.update(`line ${line} suite ${r.sourceSuite ?? '-'} meson ${r.mesonFromBackports ? 'bookworm-backports' : 'system'}\n`);
+  // v3: the line always, and each patch's code only (v2: the build names its fixes in its package string, and has KVM).
+  h.update(`lab-qemu-recipe-v3\n${SOURCE_PACKAGE} ${r.versionPrefix}\n${CONFIGURE_FLAGS.join(' ')}\n`);
+  h.update(`line ${line} suite ${r.sourceSuite ?? '-'} meson ${r.mesonFromBackports ? 'bookworm-backports' : 'system'}\n`);
   for (const p of patches) {
     h.update(`\n${p}\n`);
-    h.update(fs.readFileSync(path.join(patchesDir(line), p)));
+    h.update(patchCode(fs.readFileSync(path.join(patchesDir(line), p), 'utf8')));
   }
   return h.digest('hex').slice(0, 16);
 }

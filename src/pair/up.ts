@@ -377,10 +377,12 @@ export async function up(c: ResolvedConfig, o: UpOptions = {}): Promise<UpResult
     try {
       await firstCheckpoint(pQmp, c.replication.checkpointDelayMs);
     } catch {
-      throw new LockstepError(`the first COLO checkpoint did not complete: the primary on ${plan.primary.name} stopped and did not resume`, {
+      const what = pProc.running ? 'stopped and did not resume' : `exited: ${pProc.logTail(1)}`;
+      throw new LockstepError(`the first COLO checkpoint did not complete: the primary on ${plan.primary.name} ${what}`, {
         hint:
           rt.accel === 'tcg'
-            ? 'QEMU 7.2 hangs in COLO checkpoints under TCG unless patched; leave qemu.binary unset so lockstep uses its lab QEMU (lockstep lab prepare)'
+            ? "without lockstep's fix P1, QEMU hangs (7.2-10.1) or aborts (10.2 and later) in COLO checkpoints under TCG: leave qemu.binary unset " +
+              "so lockstep uses its own QEMU, or install its package (lockstep qemu package); lockstep qemu info shows a binary's fixes"
             : `see ${plan.primary.qemuLog}`,
       });
     }

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { patchSeries, patchesDir, buildKey, QEMU_LINES } from '../../src/lab/qemu-build.js';
+import { patchSeries, patchesDir, buildKey, patchCode, QEMU_LINES } from '../../src/lab/qemu-build.js';
 
 for (const line of QEMU_LINES) {
   test(`QEMU ${line}: the series lists every patch file, in order, and nothing else`, () => {
@@ -41,4 +41,12 @@ test('the build cache key depends on the exact patch set and the line', () => {
   assert.notEqual(buildKey([], '7.2'), buildKey(all.slice(0, 1), '7.2'));
   assert.equal(buildKey(all, '7.2'), buildKey([...all], '7.2'));
   assert.notEqual(buildKey([], '7.2'), buildKey([], '10.0'));
+});
+
+test("a patch's message is not part of the build key, its code is", () => {
+  const text = fs.readFileSync(path.join(patchesDir('7.2'), patchSeries('7.2')[0]!), 'utf8');
+  const code = patchCode(text);
+  assert.ok(code.startsWith('diff --git a/'));
+  assert.equal(patchCode(text.replace(/^Subject: .*$/m, 'Subject: [PATCH] another wording')), code);
+  assert.notEqual(patchCode(text.replace(/^\+(.*)$/m, '+$1 /* changed */')), code);
 });
