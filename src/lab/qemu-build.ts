@@ -11,8 +11,11 @@
  * the line needs newer than the system's (10.0 needs meson >= 1.5; bookworm
  * has 1.0) is unpacked from bookworm-backports into the cache, not installed.
  * Builds land in <cache>/qemu/<key>/, key = hash of the line, the patch set's
- * code (not its messages) and the build recipe, published atomically, so a machine builds each patch
- * set once and never sees a half-built binary.
+ * code (not its messages) and the build recipe; each line's source tree and
+ * build directory stay in <cache>/qemu/line-LINE.work/, so another patch set
+ * of the line recompiles only what it changes. Builds are published
+ * atomically, so a machine builds each patch set once and never sees a
+ * half-built binary.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -216,9 +219,13 @@ export function debianMirror(): string {
  * Meson from bookworm-backports, unpacked (never installed) under the cache:
  * the PYTHONPATH that makes QEMU's configure find it. It is pure Python.
  */
+function backportedMesonSite(): string {
+  return path.join(cacheDir(), 'tools', 'meson-bookworm-backports', 'usr', 'lib', 'python3', 'dist-packages');
+}
+
 async function backportedMeson(aptOpts: string[], log: string, step: (m: string) => void): Promise<string> {
   const root = path.join(cacheDir(), 'tools', 'meson-bookworm-backports');
-  const site = path.join(root, 'usr', 'lib', 'python3', 'dist-packages');
+  const site = backportedMesonSite();
   if (fs.existsSync(path.join(site, 'mesonbuild'))) return site;
   step('fetching meson from bookworm-backports (QEMU 10.0 needs >= 1.5; unpacked into the cache, not installed)');
   fs.mkdirSync(path.dirname(root), { recursive: true });
@@ -283,11 +290,6 @@ function privateAptSources(dir: string, extra: string[] = []): string[] {
   ];
 }
 
-/**
- * Returns the lab QEMU for the patch set, building it first when it is not
- * cached (≈ 3-4 minutes on 2 cores). Progress goes to the callbacks, the
- * full output to <cache>/qemu/<key>.build.log.
- */
 /** The newest of Debian versions `versions` (dpkg's ordering). */
 async function newestVersion(versions: string[]): Promise<string> {
   let best = versions[0]!;
@@ -298,6 +300,43 @@ async function newestVersion(versions: string[]): Promise<string> {
   return best;
 }
 
+/** What a line's kept work tree holds: its source, the patches applied to it in order, and the recipe it was configured by. */
+interface WorkState {
+  recipe: string;
+  sourceVersion: string;
+  applied: string[];
+}
+
+/**
+ * How a tree with patches `applied` (in order) becomes one with `wanted`:
+ * reverse, last first, every applied patch after their common prefix, then
+ * apply the rest of `wanted` in order. Patches only ever stack: a patch is
+ * never applied to a tree it was not written against.
+ */
+export function patchSteps(applied: readonly string[], wanted: readonly string[]): { reverse: string[]; apply: string[] } {
+  let common = 0;
+  while (common < applied.length && common < wanted.length && applied[common] === wanted[common]) common++;
+  return { reverse: applied.slice(common).reverse(), apply: wanted.slice(common) };
+}
+
+function readWorkState(work: string): WorkState | undefined {
+  try {
+    return JSON.parse(fs.readFileSync(path.join(work, 'state.json'), 'utf8')) as WorkState;
+  } catch {
+    return undefined;
+  }
+}
+
+function writeWorkState(work: string, st: WorkState): void {
+  fs.writeFileSync(path.join(work, 'state.json'), JSON.stringify(st, null, 2) + '\n');
+}
+
+/**
+ * Returns the lab QEMU for the patch set, building it first when it is not
+ * cached (6-9 minutes on 2 cores for a line's first; another patch set of
+ * the line: the files it changes, under a minute). Progress goes to the callbacks, the
+ * full output to <cache>/qemu/<key>.build.log.
+ */
 export async function ensureLabQemu(opts: BuildOptions = {}): Promise<LabQemu> {
   const line = opts.line ?? defaultQemuLine();
   const recipe = LINES[line];
@@ -311,8 +350,9 @@ export async function ensureLabQemu(opts: BuildOptions = {}): Promise<LabQemu> {
   const cached = readManifest(dest);
   if (cached) return cached;
   fs.mkdirSync(root, { recursive: true });
-  // One build of a line at a time, always in the same directory: ccache (which meson uses when it is installed) then
-  // finds the objects of the line's other patch sets by their paths, and a partial set rebuilds only what differs.
+  // One build of a line at a time, in one work tree kept between builds: another patch set of the line is the tree
+  // with patches reversed or applied and ninja run again, so only the files they touch (and the version string's)
+  // recompile. A tree of another recipe, or one a failed build left, is made anew (through ccache).
   return withDirLock(path.join(root, `line-${line}.lock`), `building the lab QEMU ${line}`, async () => {
     const again = readManifest(dest);
     if (again) return again;
@@ -322,61 +362,61 @@ export async function ensureLabQemu(opts: BuildOptions = {}): Promise<LabQemu> {
     fs.writeFileSync(log, `lab QEMU ${line} build ${new Date().toISOString()}\npatches: ${patches.join(' ') || '(none)'}\n`);
     removeStaleWork(root, `${key}.tmp-`); // left by builds before there were lines
     const work = path.join(root, `line-${line}.work`);
-    fs.rmSync(work, { recursive: true, force: true });
-    fs.mkdirSync(work);
+    const tree = path.join(work, 'src', 'qemu');
+    const build = path.join(work, 'build');
+    const recipeKey = buildKey([], line);
     const fail = (what: string, err: unknown): never => {
       throw new LockstepError(`building the lab QEMU failed while ${what}: ${(err as Error).message.split('\n')[0]}`, {
         cause: err,
         hint: `the full log is ${log}`,
       });
     };
+    // Depend mode: a miss costs no extra preprocessor run (measured: a cold build 566 s with it off, against 406 s without ccache).
+    const env: NodeJS.ProcessEnv = { ...process.env, CCACHE_DIR: path.join(cacheDir(), 'ccache'), CCACHE_MAXSIZE: '4G', CCACHE_DEPEND: '1' };
+    // QEMU's configure hands meson the compiler in a machine file, where meson does not add ccache by itself.
+    if (which('ccache') && !process.env.CC) env.CC = 'ccache cc';
+    // The fixes it carries, where -version and query-version show them (lockstep qemu info; assertColoFixes).
+    const pkgversion = [`lockstep ${line} build`, fixesMarker(fixIdsOfPatches(patches))].join(', ');
     try {
-      const missing = ['apt-get', 'dpkg-source', 'meson', 'ninja', 'cc', 'pkg-config', 'patch'].filter((t) => !which(t));
-      if (missing.length) {
-        throw new LockstepError(`cannot build the lab QEMU: ${missing.join(', ')} not installed`, {
-          hint: `apt-get install ${BUILD_DEPENDENCIES.join(' ')} (scripts/setup.sh does this)`,
-        });
+      let st = readWorkState(work);
+      const reuse =
+        st !== undefined &&
+        st.recipe === recipeKey &&
+        fs.existsSync(path.join(build, 'build.ninja')) &&
+        fs.existsSync(tree) &&
+        (!recipe.mesonFromBackports || fs.existsSync(path.join(backportedMesonSite(), 'mesonbuild')));
+      if (reuse) {
+        step(`reusing the ${line} tree (qemu ${st!.sourceVersion}; patches applied: ${st!.applied.join(' ') || 'none'})`);
+        if (recipe.mesonFromBackports) env.PYTHONPATH = await backportedMeson([], log, step);
+      } else {
+        fs.rmSync(work, { recursive: true, force: true });
+        fs.mkdirSync(work);
+        st = { recipe: recipeKey, sourceVersion: await fetchSource(line, work, env, log, step, fail), applied: [] };
+        writeWorkState(work, st);
       }
-      step(`fetching ${recipe.debian} QEMU source package`);
-      const mirror = debianMirror();
-      const extra = [
-        ...(recipe.sourceSuite ? [`deb-src [signed-by=${DEBIAN_KEYRING}] ${mirror} ${recipe.sourceSuite} main`] : []),
-        ...(recipe.mesonFromBackports ? [`deb [signed-by=${DEBIAN_KEYRING}] ${mirror} bookworm-backports main`] : []),
-      ];
-      const aptOpts = privateAptSources(path.join(work, 'apt'), extra);
-      await run('apt-get', [...aptOpts, 'update'], { logFile: log, timeoutMs: 600_000, what: 'apt-get update (private deb-src list)' }).catch((e) => fail('fetching the source index', e));
-      const policy = await run('apt-cache', [...aptOpts, 'showsrc', SOURCE_PACKAGE], { logFile: undefined, what: 'apt-cache showsrc qemu' }).catch((e) => fail('looking up the source package', e));
-      const versions = [...policy.stdout.matchAll(/^Version:\s*(\S+)/gm)].map((m) => m[1]!).filter((v) => v.startsWith(recipe.versionPrefix));
-      if (versions.length === 0) fail('looking up the source package', new Error(`no ${SOURCE_PACKAGE} ${recipe.versionPrefix}* in the configured sources`));
-      // The newest of the line (the sources may carry others, e.g. trixie's next major in sid).
-      const newest = await newestVersion(versions);
-      const src = path.join(work, 'src');
-      fs.mkdirSync(src);
-      await run('apt-get', [...aptOpts, 'source', '--download-only', `${SOURCE_PACKAGE}=${newest}`], { cwd: src, logFile: log, timeoutMs: 900_000, what: 'apt-get source qemu' }).catch((e) => fail('downloading the source package', e));
-      const dsc = fs.readdirSync(src).find((f) => f.endsWith('.dsc'));
-      if (!dsc) fail('downloading the source package', new Error('no .dsc downloaded'));
-      const sourceVersion = /^qemu_(.*)\.dsc$/.exec(dsc!)?.[1] ?? 'unknown';
-      if (!sourceVersion.startsWith(recipe.versionPrefix.slice(2))) {
-        fail('checking the source version', new Error(`got qemu ${sourceVersion}; the patch set is for ${recipe.debian}`));
+      const state = st!;
+      const steps = patchSteps(state.applied, patches);
+      for (const p of steps.reverse) {
+        step(`reversing ${p}`);
+        await run('patch', ['-p1', '-R', '--batch', '-i', path.join(patchesDir(line), p)], { cwd: tree, logFile: log, what: `patch -R ${p}` }).catch((e) => fail(`reversing ${p}`, e));
+        state.applied.pop();
+        writeWorkState(work, state);
       }
-      // Depend mode: a miss costs no extra preprocessor run (measured: a cold build 566 s with it off, against 406 s without ccache).
-      const env: NodeJS.ProcessEnv = { ...process.env, CCACHE_DIR: path.join(cacheDir(), 'ccache'), CCACHE_MAXSIZE: '4G', CCACHE_DEPEND: '1' };
-      // QEMU's configure hands meson the compiler in a machine file, where meson does not add ccache by itself.
-      if (which('ccache') && !process.env.CC) env.CC = 'ccache cc';
-      if (recipe.mesonFromBackports) env.PYTHONPATH = await backportedMeson(aptOpts, log, step).catch((e) => fail('fetching meson from bookworm-backports', e));
-      step(`unpacking qemu ${sourceVersion} with Debian's patches`);
-      await run('dpkg-source', ['--no-check', '-x', dsc!, 'qemu'], { cwd: src, logFile: log, timeoutMs: 300_000, what: 'dpkg-source -x' }).catch((e) => fail('unpacking the source', e));
-      const tree = path.join(src, 'qemu');
-      for (const p of patches) {
+      for (const p of steps.apply) {
         step(`applying ${p}`);
         await run('patch', ['-p1', '--forward', '--batch', '-i', path.join(patchesDir(line), p)], { cwd: tree, logFile: log, what: `patch ${p}` }).catch((e) => fail(`applying ${p}`, e));
+        state.applied.push(p);
+        writeWorkState(work, state);
       }
-      step('configuring (x86_64-softmmu only)');
-      const build = path.join(work, 'build');
-      fs.mkdirSync(build);
-      // The fixes it carries, where -version and query-version show them (lockstep qemu info; assertColoFixes).
-      const pkgversion = `--with-pkgversion=${[`lockstep ${line} build`, fixesMarker(fixIdsOfPatches(patches))].join(', ')}`;
-      await run(path.join(tree, 'configure'), [...CONFIGURE_FLAGS, pkgversion], { cwd: build, env, logFile: log, timeoutMs: 600_000, what: 'configure' }).catch((e) => fail('configuring', e));
+      if (reuse) {
+        step('setting its version string');
+        const meson = fs.existsSync(path.join(build, 'pyvenv', 'bin', 'meson')) ? path.join(build, 'pyvenv', 'bin', 'meson') : 'meson';
+        await run(meson, ['configure', `-Dpkgversion=${pkgversion}`], { cwd: build, env, logFile: log, timeoutMs: 300_000, what: 'meson configure' }).catch((e) => fail('configuring', e));
+      } else {
+        step('configuring (x86_64-softmmu only)');
+        fs.mkdirSync(build);
+        await run(path.join(tree, 'configure'), [...CONFIGURE_FLAGS, `--with-pkgversion=${pkgversion}`], { cwd: build, env, logFile: log, timeoutMs: 600_000, what: 'configure' }).catch((e) => fail('configuring', e));
+      }
       step('compiling qemu-system-x86_64');
       const jobs = String(Math.max(1, (await import('node:os')).availableParallelism()));
       await run('ninja', ['-j', jobs, 'qemu-system-x86_64'], {
@@ -390,7 +430,8 @@ export async function ensureLabQemu(opts: BuildOptions = {}): Promise<LabQemu> {
           if (m) update(`[${m[1]}/${m[2]}]`);
         },
       }).catch((e) => fail('compiling', e));
-      const out = path.join(work, 'out');
+      const out = path.join(root, `${key}.tmp-out`);
+      fs.rmSync(out, { recursive: true, force: true });
       fs.mkdirSync(path.join(out, 'bin'), { recursive: true });
       fs.copyFileSync(path.join(build, 'qemu-system-x86_64'), path.join(out, 'bin', 'qemu-system-x86_64'));
       fs.chmodSync(path.join(out, 'bin', 'qemu-system-x86_64'), 0o755);
@@ -398,7 +439,7 @@ export async function ensureLabQemu(opts: BuildOptions = {}): Promise<LabQemu> {
         binary: path.join(dest, 'bin', 'qemu-system-x86_64'),
         dataDirs: FIRMWARE_DIRS.filter((d) => fs.existsSync(d)),
         patches,
-        sourceVersion,
+        sourceVersion: state.sourceVersion,
         key,
         line,
       };
@@ -406,8 +447,50 @@ export async function ensureLabQemu(opts: BuildOptions = {}): Promise<LabQemu> {
       fs.copyFileSync(log, path.join(out, 'build.log'));
       publishDir(out, dest);
       return result;
-    } finally {
+    } catch (err) {
+      // A half-patched or half-configured tree is not one to build on again.
       fs.rmSync(work, { recursive: true, force: true });
+      throw err;
     }
   });
+}
+
+/** Fetches the line's newest Debian source into `work`/src/qemu (Debian's patches applied) and returns its version. */
+async function fetchSource(line: QemuLine, work: string, env: NodeJS.ProcessEnv, log: string, step: (m: string) => void, fail: (what: string, err: unknown) => never): Promise<string> {
+  const recipe = LINES[line];
+  const missing = ['apt-get', 'dpkg-source', 'meson', 'ninja', 'cc', 'pkg-config', 'patch'].filter((t) => !which(t));
+  if (missing.length) {
+    throw new LockstepError(`cannot build the lab QEMU: ${missing.join(', ')} not installed`, {
+      hint: `apt-get install ${BUILD_DEPENDENCIES.join(' ')} (scripts/setup.sh does this)`,
+    });
+  }
+  step(`fetching ${recipe.debian} QEMU source package`);
+  const mirror = debianMirror();
+  const extra = [
+    ...(recipe.sourceSuite ? [`deb-src [signed-by=${DEBIAN_KEYRING}] ${mirror} ${recipe.sourceSuite} main`] : []),
+    ...(recipe.mesonFromBackports ? [`deb [signed-by=${DEBIAN_KEYRING}] ${mirror} bookworm-backports main`] : []),
+  ];
+  const aptOpts = privateAptSources(path.join(work, 'apt'), extra);
+  await run('apt-get', [...aptOpts, 'update'], { logFile: log, timeoutMs: 600_000, what: 'apt-get update (private deb-src list)' }).catch((e) => fail('fetching the source index', e));
+  const policy = await run('apt-cache', [...aptOpts, 'showsrc', SOURCE_PACKAGE], { logFile: undefined, what: 'apt-cache showsrc qemu' }).catch((e) => fail('looking up the source package', e));
+  const versions = [...policy.stdout.matchAll(/^Version:\s*(\S+)/gm)].map((m) => m[1]!).filter((v) => v.startsWith(recipe.versionPrefix));
+  if (versions.length === 0) fail('looking up the source package', new Error(`no ${SOURCE_PACKAGE} ${recipe.versionPrefix}* in the configured sources`));
+  // The newest of the line (the sources may carry others, e.g. trixie's next major in sid).
+  const newest = await newestVersion(versions);
+  const src = path.join(work, 'src');
+  fs.mkdirSync(src);
+  await run('apt-get', [...aptOpts, 'source', '--download-only', `${SOURCE_PACKAGE}=${newest}`], { cwd: src, logFile: log, timeoutMs: 900_000, what: 'apt-get source qemu' }).catch((e) => fail('downloading the source package', e));
+  const dsc = fs.readdirSync(src).find((f) => f.endsWith('.dsc'));
+  if (!dsc) fail('downloading the source package', new Error('no .dsc downloaded'));
+  const sourceVersion = /^qemu_(.*)\.dsc$/.exec(dsc!)?.[1] ?? 'unknown';
+  if (!sourceVersion.startsWith(recipe.versionPrefix.slice(2))) {
+    fail('checking the source version', new Error(`got qemu ${sourceVersion}; the patch set is for ${recipe.debian}`));
+  }
+  if (recipe.mesonFromBackports) env.PYTHONPATH = await backportedMeson(aptOpts, log, step).catch((e) => fail('fetching meson from bookworm-backports', e));
+  step(`unpacking qemu ${sourceVersion} with Debian's patches`);
+  await run('dpkg-source', ['--no-check', '-x', dsc!, 'qemu'], { cwd: src, logFile: log, timeoutMs: 300_000, what: 'dpkg-source -x' }).catch((e) => fail('unpacking the source', e));
+  // The downloaded archives are unpacked, the private source lists used: only the tree is kept.
+  for (const f of fs.readdirSync(src)) if (f !== 'qemu') fs.rmSync(path.join(src, f), { recursive: true, force: true });
+  fs.rmSync(path.join(work, 'apt'), { recursive: true, force: true });
+  return sourceVersion;
 }

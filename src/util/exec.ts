@@ -1,5 +1,6 @@
 import { spawn, type SpawnOptions } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import { LockstepError } from './errors.js';
 
 export interface RunOptions {
@@ -55,6 +56,26 @@ function installExitHooks(): void {
 }
 
 /**
+ * A niced lockstep keeps its commands niced. Each command runs in a session of
+ * its own (so that a timeout ends its whole group), and with the kernel's
+ * autogroup scheduling a new session is a new group that competes at full
+ * weight whatever its nice value: the group gets this process's nice value,
+ * just after the command starts (once it leads its own session; else the
+ * group would be ours), for everything it runs.
+ */
+function keepNice(pid: number): void {
+  const nice = os.getPriority();
+  if (nice <= 0) return;
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const session = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[3]);
+    if (session === pid) fs.writeFileSync(`/proc/${pid}/autogroup`, String(nice));
+  } catch {
+    /* no autogroup scheduling here, or the child is gone: nothing to keep */
+  }
+}
+
+/**
  * Runs a command to completion. Output is captured (and optionally logged and
  * streamed line by line); the child runs in its own process group so a
  * timeout, or the end of this process, ends everything it started.
@@ -68,6 +89,7 @@ export function run(cmd: string, args: string[], opts: RunOptions = {}): Promise
     if (child.pid !== undefined) {
       installExitHooks();
       running.add(child.pid);
+      keepNice(child.pid);
     }
     let stdout = '';
     let stderr = '';

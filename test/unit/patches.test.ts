@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { patchSeries, patchesDir, buildKey, patchCode, QEMU_LINES } from '../../src/lab/qemu-build.js';
+import { patchSeries, patchesDir, buildKey, patchCode, patchSteps, QEMU_LINES } from '../../src/lab/qemu-build.js';
 
 for (const line of QEMU_LINES) {
   test(`QEMU ${line}: the series lists every patch file, in order, and nothing else`, () => {
@@ -49,4 +49,14 @@ test("a patch's message is not part of the build key, its code is", () => {
   assert.ok(code.startsWith('diff --git a/'));
   assert.equal(patchCode(text.replace(/^Subject: .*$/m, 'Subject: [PATCH] another wording')), code);
   assert.notEqual(patchCode(text.replace(/^\+(.*)$/m, '+$1 /* changed */')), code);
+});
+
+test('another patch set of a line from the kept tree: reverse down to the common prefix (last first), then apply in order', () => {
+  const [a, b, c] = ['0001', '0002', '0003'];
+  assert.deepEqual(patchSteps([a, b, c], [a, b]), { reverse: [c], apply: [] });
+  assert.deepEqual(patchSteps([a, b, c], []), { reverse: [c, b, a], apply: [] });
+  assert.deepEqual(patchSteps([a], [a, b, c]), { reverse: [], apply: [b, c] });
+  assert.deepEqual(patchSteps([a, b], [a, c]), { reverse: [b], apply: [c] });
+  assert.deepEqual(patchSteps([a, c], [a, b, c]), { reverse: [c], apply: [b, c] }, 'c was applied without b: it is reversed and applied again after b');
+  assert.deepEqual(patchSteps([a, b], [a, b]), { reverse: [], apply: [] });
 });
