@@ -48,10 +48,15 @@ function installExitHooks(): void {
   hooksInstalled = true;
   process.on('exit', killRunning);
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-    process.once(sig, () => {
+    const onSignal = () => {
+      // A program that handles the signal itself (the daemon, an agent: a graceful stop) ends with process.exit, and
+      // the exit hook ends the commands then; only a signal that would kill this process at once is taken over here.
+      if (process.listenerCount(sig) > 1) return;
       killRunning();
+      process.removeListener(sig, onSignal);
       process.kill(process.pid, sig);
-    });
+    };
+    process.on(sig, onSignal);
   }
 }
 
