@@ -1,14 +1,10 @@
 import type { Command } from 'commander';
-import { ensureLabQemu, patchSeries, defaultQemuLine, parseQemuLine, QEMU_LINES, type QemuLine } from '../lab/qemu-build.js';
+import { ensureLabQemu, patchSeries, qemuLineOption, QEMU_LINES } from '../lab/qemu-build.js';
 import { ensureGuest } from '../lab/guest.js';
 import { labRuntime } from '../lab/runtime.js';
 import { createProgress } from '../util/progress.js';
 import { print } from './output.js';
 import { registerLabHostsCommands } from './lab-hosts.js';
-
-function qemuLineOption(v: string | undefined): QemuLine {
-  return v === undefined ? defaultQemuLine() : parseQemuLine(v, `--qemu ${v}`);
-}
 
 export function registerLabCommands(program: Command): void {
   const lab = program

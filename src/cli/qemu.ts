@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { chosenQemu, locateQemu, probeQemu, PACKAGE_PREFIX, type QemuSource } from '../qemu/discover.js';
 import { fixesOf, FIXES } from '../qemu/fixes.js';
-import { defaultQemuLine, findLabQemu, parseQemuLine, QEMU_LINES } from '../lab/qemu-build.js';
+import { findLabQemu, qemuLineOption, QEMU_LINES } from '../lab/qemu-build.js';
 import { buildQemuPackage } from '../lab/qemu-package.js';
 import { createProgress } from '../util/progress.js';
 import { print } from './output.js';
@@ -59,7 +59,7 @@ export function registerQemuCommands(program: Command): void {
     .option('--force', 'replace a .deb of the same name in --out')
     .option('--json', 'print the result as JSON')
     .action(async (opts: { qemu?: string; out: string; force?: boolean; json?: boolean }) => {
-      const line = opts.qemu === undefined ? defaultQemuLine() : parseQemuLine(opts.qemu, `--qemu ${opts.qemu}`);
+      const line = qemuLineOption(opts.qemu);
       const progress = createProgress(process.stderr, { quiet: opts.json === true });
       const p = await buildQemuPackage({ line, outDir: opts.out, force: opts.force, onStep: (m) => progress.step(m), onUpdate: (m) => progress.update(m) });
       progress.done();

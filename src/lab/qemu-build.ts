@@ -115,6 +115,11 @@ export function defaultQemuLine(): QemuLine {
   return v === undefined || v === '' ? '7.2' : parseQemuLine(v, `LOCKSTEP_LAB_QEMU=${v}`);
 }
 
+/** A --qemu option's line: `v`, else the default line. */
+export function qemuLineOption(v: string | undefined): QemuLine {
+  return v === undefined ? defaultQemuLine() : parseQemuLine(v, `--qemu ${v}`);
+}
+
 /** `v` as a QEMU line, or an error naming `what` and the lines there are. */
 export function parseQemuLine(v: string, what: string): QemuLine {
   if ((QEMU_LINES as readonly string[]).includes(v)) return v as QemuLine;
@@ -215,13 +220,15 @@ export function debianMirror(): string {
   return 'http://deb.debian.org/debian';
 }
 
+/** Where the unpacked meson from bookworm-backports lives (see backportedMeson). */
+function backportedMesonSite(): string {
+  return path.join(cacheDir(), 'tools', 'meson-bookworm-backports', 'usr', 'lib', 'python3', 'dist-packages');
+}
+
 /**
  * Meson from bookworm-backports, unpacked (never installed) under the cache:
  * the PYTHONPATH that makes QEMU's configure find it. It is pure Python.
  */
-function backportedMesonSite(): string {
-  return path.join(cacheDir(), 'tools', 'meson-bookworm-backports', 'usr', 'lib', 'python3', 'dist-packages');
-}
 
 async function backportedMeson(aptOpts: string[], log: string, step: (m: string) => void): Promise<string> {
   const root = path.join(cacheDir(), 'tools', 'meson-bookworm-backports');
@@ -360,7 +367,7 @@ export async function ensureLabQemu(opts: BuildOptions = {}): Promise<LabQemu> {
     const update = opts.onUpdate ?? (() => {});
     const log = path.join(root, `${key}.build.log`);
     fs.writeFileSync(log, `lab QEMU ${line} build ${new Date().toISOString()}\npatches: ${patches.join(' ') || '(none)'}\n`);
-    removeStaleWork(root, `${key}.tmp-`); // left by builds before there were lines
+    removeStaleWork(root, `${key}.tmp-`); // an output a killed build left (and work dirs of builds before there were lines)
     const work = path.join(root, `line-${line}.work`);
     const tree = path.join(work, 'src', 'qemu');
     const build = path.join(work, 'build');
