@@ -6,6 +6,7 @@
  * agents), while the client keeps counting. The VM is left running; the demo
  * prints how to watch and stop it.
  */
+import { prepareForConfig } from '../lab/runtime.js';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { loadConfig } from '../config/load.js';
@@ -70,6 +71,7 @@ export function registerDemoCommand(program: Command): void {
         await down(c);
       }
       // The demo's disk is the demo's own: continue from the newest data of the previous run.
+      await prepareForConfig(c, { onStep: (m) => progress.step(m), onUpdate: (m) => progress.update(m) });
       const r = await up(c, { detached: true, adoptNewest: true, onStep: (m) => progress.step(m), onUpdate: (m) => progress.update(m) });
       progress.step(`protected in ${((r.state.upMs ?? 0) / 1000).toFixed(1)} s; waiting for the guest's services`);
       const primary = r.state.nodes.find((n) => n.role === 'primary')!;

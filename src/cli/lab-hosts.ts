@@ -157,7 +157,7 @@ export function registerLabHostsCommands(lab: Command): void {
     .action(async (who: string, opts: { dir: string }) => {
       const l = await openLab(opts.dir);
       const h = await hostOf(l, who);
-      const pids = await l.lab.powerLoss(l.hosts, h);
+      const { pids } = await l.lab.powerLoss(l.hosts, h);
       process.stdout.write(`host ${h} is off (${pids.length} processes killed, its cables dead); lockstep lab power-on ${h}\n`);
     });
 
@@ -259,8 +259,7 @@ function runOnLabHost(l: DaemonVmLab, h: LabHost, command: string[]): void {
  * failure nothing is left running.
  */
 export async function labUp(root: string, o: { onStep?: (m: string) => void; onUpdate?: (m: string) => void } = {}): Promise<DaemonVmLab> {
-  o.onStep?.('creating the lab hosts (network and mount namespaces), their keys and daemons, and the witness');
-  const l = await DaemonVmLab.create('ls', { root });
+  const l = await DaemonVmLab.create('ls', { root, onStep: o.onStep, onUpdate: o.onUpdate });
   try {
     o.onStep?.(`lockstep up -f ${l.vmFile} on the management host`);
     await l.up({ onLine: (line) => o.onUpdate?.(line.replace(/^[•✓]\s*/, '')) });

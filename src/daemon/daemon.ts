@@ -24,6 +24,7 @@ import { interfaceExists } from '../qemu/tap.js';
 import { nodeName } from '../config/schema.js';
 import { checkKeyFile, fingerprint, pairSecret } from './identity.js';
 import { HostSessions } from '../node/host-sessions.js';
+import { findArtifacts } from '../pair/runtime.js';
 
 /** At most this many API connections at once per listener; more are refused by the kernel's backlog. */
 const MAX_API_CONNECTIONS = 256;
@@ -209,6 +210,14 @@ export class Daemon implements DaemonView {
     this.checkMemory(name, r.data);
     const cur = this.vmHosts.get(name);
     const next = new VmHost(this.host, r.data, this.logger.child({ vm: name }), { tap: this.tapFor(name, r.data, cur) }, this.sessions);
+    // What this host needs to run it, its QEMU and its kernel, is found here or the VM is refused now, saying what to
+    // install: a daemon never builds nor downloads anything (qemu/builds.ts).
+    try {
+      findArtifacts(next.config, { hostName: this.host.name });
+    } catch (err) {
+      if (err instanceof LockstepError && !(err instanceof ApiRefusal)) throw new ApiRefusal(409, err.message, err.hint);
+      throw err;
+    }
     if (cur) {
       const same = JSON.stringify({ ...cur.placed, definedAt: '' }) === JSON.stringify({ ...r.data, definedAt: '' });
       if (same) return { name, outcome: 'unchanged' };

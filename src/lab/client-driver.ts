@@ -9,26 +9,30 @@ export interface Tick {
   echoOk: number;
   httpOk: number;
   lastCount: number | null;
+  /** When the request of the newest good counter answer was sent (wall-clock ms). */
+  lastAnswerSentAt: number | null;
   /** Echo and HTTP errors so far. */
   errors: number;
 }
 export interface ClientSummary {
   type: 'summary';
-  echo: { sent: number; ok: number; errors: string[]; maxMs: number; closed: boolean };
-  /** okTimes: wall-clock ms of each good answer. */
+  /** answers: [sent at, answered at] of each good answer, wall-clock ms. */
+  echo: { sent: number; ok: number; errors: string[]; maxMs: number; closed: boolean; answers: Array<[number, number]> };
+  /** okTimes: wall-clock ms of each good answer; answers: [sent at, answered at] of each, wall-clock ms. */
   http: {
     ok: number;
     errors: string[];
     counts: number[];
     maxMs: number;
     okTimes: number[];
+    answers: Array<[number, number]>;
     /** Every request in order: [id, start ms, duration ms, count or null, error or null]. */
     requests: Array<[number, number, number, number | null, string | null]>;
   };
 }
 
 export class NetnsClient {
-  private last: Tick = { type: 'tick', echoOk: 0, httpOk: 0, lastCount: null, errors: 0 };
+  private last: Tick = { type: 'tick', echoOk: 0, httpOk: 0, lastCount: null, lastAnswerSentAt: null, errors: 0 };
   private readonly summary: Promise<ClientSummary>;
   private constructor(private readonly child: ChildProcessWithoutNullStreams) {
     let resolve!: (s: ClientSummary) => void;
@@ -62,6 +66,54 @@ export class NetnsClient {
     this.child.stdin.end();
     return this.summary;
   }
+}
+
+/**
+ * What a client felt of a fault, from its own record of every good answer
+ * ([sent at, answered at], wall-clock ms): the longest time it went without
+ * an answer (between two answers in a row), and the time from the fault to
+ * the first answer to a request sent after the fault. Only such a request can
+ * have been answered by whoever runs the VM after the fault: an answer that
+ * was already on its way when the fault struck says nothing of the survivor.
+ */
+export interface Interruption {
+  /** The longest time between two answers in a row, ms (0 with fewer than two answers). */
+  longestGapMs: number;
+  /** When that gap began and ended (the two answers), wall-clock ms. */
+  gapFrom?: number;
+  gapTo?: number;
+  /** Fault → the first answer to a request sent at or after it, ms; undefined when none came. */
+  firstAfterFaultMs?: number;
+}
+
+export function interruption(answers: ReadonlyArray<readonly [number, number]>, faultAt?: number): Interruption {
+  const at = answers.map((a) => a[1]).sort((x, y) => x - y);
+  const out: Interruption = { longestGapMs: 0 };
+  for (let k = 1; k < at.length; k++) {
+    const gap = at[k]! - at[k - 1]!;
+    if (gap > out.longestGapMs) Object.assign(out, { longestGapMs: gap, gapFrom: at[k - 1], gapTo: at[k] });
+  }
+  if (faultAt !== undefined) {
+    const first = answers.filter(([sent]) => sent >= faultAt).reduce<number | undefined>((m, [, got]) => (m === undefined || got < m ? got : m), undefined);
+    if (first !== undefined) out.firstAfterFaultMs = first - faultAt;
+  }
+  return out;
+}
+
+/**
+ * The interruption of one fault among several in a run: from the last answer
+ * before `faultAt` to `untilAt` (the end of that fault's round).
+ */
+export function roundInterruption(answers: ReadonlyArray<readonly [number, number]>, faultAt: number, untilAt: number): Interruption {
+  const lastBefore = answers.reduce((m, [, got]) => (got < faultAt && got > m ? got : m), -Infinity);
+  return interruption(answers.filter(([, got]) => got >= lastBefore && got <= untilAt), faultAt);
+}
+
+/** An interruption as a user reads it: "6.88 s (12:00:01.204 → 12:00:08.086)". */
+export function describeGap(i: Interruption): string {
+  if (i.gapFrom === undefined || i.gapTo === undefined) return 'no gap (fewer than two answers)';
+  const clock = (t: number) => new Date(t).toISOString().slice(11, 23);
+  return `${(i.longestGapMs / 1000).toFixed(2)} s (${clock(i.gapFrom)} → ${clock(i.gapTo)})`;
 }
 
 /**

@@ -21,6 +21,7 @@ import { pollUntil } from '../util/time.js';
 import { LockstepError } from '../util/errors.js';
 import { waitForSerial } from '../qemu/serial.js';
 import { GUEST_READY_MARKER } from './guest.js';
+import { labRuntime } from './runtime.js';
 
 const statusSchema = z.object({ name: z.string(), protected: z.boolean(), hosts: z.array(z.object({ host: z.string(), status: vmStatusSchema.optional(), error: z.string().optional() })) });
 
@@ -88,10 +89,14 @@ export class DaemonVmLab {
    * A new lab: hosts, their daemons, a witness and the VM file (not up yet).
    * In a new temporary directory, or in `o.root` (kept: open(root) finds it).
    */
-  static async create(prefix: string, o: { root?: string; reprotect?: boolean } = {}): Promise<DaemonVmLab> {
+  static async create(prefix: string, o: { root?: string; reprotect?: boolean; onStep?: (m: string) => void; onUpdate?: (m: string) => void } = {}): Promise<DaemonVmLab> {
     if (o.root && fs.existsSync(DaemonVmLab.recordFile(o.root))) {
       throw new LockstepError(`a lab is already up in ${o.root}`, { hint: 'use it, or stop it first with lockstep lab down' });
     }
+    // QEMU and the guest, built on this machine's own network before any host exists: a lab host has no way out,
+    // and its daemon never builds anything (it finds what was published here: qemu/builds.ts).
+    await labRuntime({ onProgress: o.onStep, onStep: o.onStep, onUpdate: o.onUpdate });
+    o.onStep?.('creating the lab hosts (network and mount namespaces), their keys and daemons, and the witness');
     const root = o.root ?? fs.mkdtempSync(path.join(os.tmpdir(), `lockstep-${prefix}-`));
     fs.mkdirSync(root, { recursive: true });
     const hosts = await createLabHosts({ prefix: prefix.slice(0, 2) });

@@ -181,13 +181,16 @@ export class LabDaemons {
   /**
    * Host `h` loses power: its cables go dead first (nothing it had open is
    * reset, as when a machine vanishes), then every process in it is killed
-   * (SIGKILL: no clean-up). Its disks and state stay. `lab.hosts.heal()` and
+   * (SIGKILL: no clean-up). Its disks and state stay. Returns when its last
+   * cable went dead (wall-clock ms) and the processes killed. `lab.hosts.heal()` and
    * `startDaemon(h)` bring it back (as a boot: no QEMU, the daemon on its
    * old state).
    */
-  async powerLoss(lab: LabHosts, h: 'a' | 'b'): Promise<number[]> {
+  async powerLoss(lab: LabHosts, h: 'a' | 'b'): Promise<{ deadAt: number; pids: number[] }> {
     await lab.isolate(h);
-    return this.killAll(h);
+    // From here nothing the host sends reaches anyone: the moment a client's request can no longer reach it.
+    const deadAt = Date.now();
+    return { deadAt, pids: await this.killAll(h) };
   }
 
   /** Host `h` reboots: every process in it killed (the kernel resets their connections), its cables fine. */

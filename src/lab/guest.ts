@@ -13,16 +13,9 @@ import { run, which } from '../util/exec.js';
 import { cacheDir, packageRoot } from '../util/paths.js';
 import { LockstepError } from '../util/errors.js';
 import { withDirLock, publishDir, removeStaleWork } from './cache.js';
+import { GUEST_READY_MARKER, publishDemoGuest, type GuestImage } from '../qemu/builds.js';
 
-export interface GuestImage {
-  kernel: string;
-  initrd: string;
-  kernelVersion: string;
-  /** Marker the guest prints on its serial console once its services listen. */
-  readyMarker: string;
-}
-
-export const GUEST_READY_MARKER = 'LOCKSTEP-GUEST-READY';
+export { GUEST_READY_MARKER, type GuestImage };
 
 /** virtio modules in load order (the cloud kernel has them as modules). */
 const MODULES: Array<[name: string, relPath: string]> = [
@@ -90,12 +83,17 @@ export async function ensureGuest(opts: BuildGuestOptions = {}): Promise<GuestIm
   const root = path.join(cacheDir(), 'guest');
   const key = guestRecipeHash();
   const dest = path.join(root, key);
+  // Published for the daemons and `up` to find (qemu/builds.ts): they never build it.
+  const published = (g: GuestImage): GuestImage => {
+    publishDemoGuest(g);
+    return g;
+  };
   const cached = readManifest(dest);
-  if (cached) return cached;
+  if (cached) return published(cached);
   fs.mkdirSync(root, { recursive: true });
   return withDirLock(path.join(root, `${key}.lock`), 'the demo guest build', async () => {
     const again = readManifest(dest);
-    if (again) return again;
+    if (again) return published(again);
     const progress = opts.onProgress ?? (() => {});
     removeStaleWork(root, `${key}.tmp-`);
     const work = fs.mkdtempSync(path.join(root, `${key}.tmp-`));
@@ -169,7 +167,7 @@ export async function ensureGuest(opts: BuildGuestOptions = {}): Promise<GuestIm
       fs.writeFileSync(path.join(out, 'manifest.json'), JSON.stringify(image, null, 2) + '\n');
       publishDir(out, dest);
       progress(`demo guest ready: ${dest}`);
-      return image;
+      return published(image);
     } catch (err) {
       throw err instanceof LockstepError ? err : new LockstepError(`building the demo guest failed: ${(err as Error).message}`, { cause: err, hint: `see ${log}` });
     } finally {

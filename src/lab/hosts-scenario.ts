@@ -13,6 +13,7 @@ import { labConfigYaml } from './pair.js';
 import { ip } from './netns.js';
 import { LAB_SECRET, startRun, startWitness, stopAll, type LabRun, type RunOptions } from './scenario.js';
 import { pidRunning } from '../util/proc.js';
+import { labRuntime } from './runtime.js';
 
 const WITNESS_PORT = 7900;
 
@@ -24,8 +25,10 @@ export class HostsLab {
     private readonly started: string[],
   ) {}
 
-  static async create(root: string, o: { prefix?: string } = {}): Promise<HostsLab> {
+  static async create(root: string, o: { prefix?: string; onStep?: (m: string) => void } = {}): Promise<HostsLab> {
     fs.mkdirSync(root, { recursive: true });
+    // QEMU and the guest on this machine's own network, before any host exists (a host has no way out).
+    await labRuntime({ onProgress: o.onStep, onStep: o.onStep });
     const hosts = await createLabHosts({ prefix: o.prefix });
     try {
       return new HostsLab(root, hosts, await startWitness(root, hosts.ns.witness, `${hosts.addr.mgmt.witness}:${WITNESS_PORT}`), []);

@@ -10,13 +10,15 @@ import readline from 'node:readline';
 const host = process.argv[2] ?? '10.0.2.15';
 const intervalMs = Number(process.argv[3] ?? 100);
 
-const echo = { sent: 0, ok: 0, errors: [] as string[], maxMs: 0, closed: false };
+/** answers: [sent at, answered at] of each good answer, wall-clock ms (the faults are timed by another process). */
+const echo = { sent: 0, ok: 0, errors: [] as string[], maxMs: 0, closed: false, answers: [] as Array<[number, number]> };
 const http = {
   ok: 0,
   errors: [] as string[],
   counts: [] as number[],
   maxMs: 0,
   okTimes: [] as number[],
+  answers: [] as Array<[number, number]>,
   /** Every request in order: [id, start (ms since the client started), duration ms, count or null, error or null]. */
   requests: [] as Array<[number, number, number, number | null, string | null]>,
 };
@@ -39,6 +41,7 @@ async function echoLoop(): Promise<void> {
   for (let i = 0; running; i++) {
     const msg = `m${i}\n`;
     const t0 = performance.now();
+    const sentAt = Date.now();
     s.write(msg);
     echo.sent++;
     const deadline = Date.now() + 15_000;
@@ -49,6 +52,7 @@ async function echoLoop(): Promise<void> {
     }
     buf = buf.slice(buf.indexOf(msg) + msg.length);
     echo.ok++;
+    echo.answers.push([sentAt, Date.now()]);
     echo.maxMs = Math.max(echo.maxMs, performance.now() - t0);
     await new Promise((r) => setTimeout(r, intervalMs));
   }
@@ -58,6 +62,7 @@ async function echoLoop(): Promise<void> {
 async function httpLoop(): Promise<void> {
   for (let id = 1; running; id++) {
     const t0 = performance.now();
+    const sentAt = Date.now();
     try {
       // The id is ignored by the guest; it names the request in captures and logs.
       const r = await fetch(`http://${host}/cgi-bin/cnt?r=${id}`, { signal: AbortSignal.timeout(15_000) });
@@ -65,6 +70,7 @@ async function httpLoop(): Promise<void> {
       if (!m) throw new Error(`status ${r.status}`);
       http.counts.push(Number(m[1]));
       http.okTimes.push(Date.now());
+      http.answers.push([sentAt, Date.now()]);
       http.ok++;
       http.maxMs = Math.max(http.maxMs, performance.now() - t0);
       http.requests.push([id, Math.round(t0 - startedAt), Math.round(performance.now() - t0), Number(m[1]), null]);
@@ -77,7 +83,7 @@ async function httpLoop(): Promise<void> {
 }
 
 const tick = setInterval(() => {
-  process.stdout.write(JSON.stringify({ type: 'tick', echoOk: echo.ok, httpOk: http.ok, lastCount: http.counts.at(-1) ?? null, errors: echo.errors.length + http.errors.length }) + '\n');
+  process.stdout.write(JSON.stringify({ type: 'tick', echoOk: echo.ok, httpOk: http.ok, lastCount: http.counts.at(-1) ?? null, lastAnswerSentAt: http.answers.at(-1)?.[0] ?? null, errors: echo.errors.length + http.errors.length }) + '\n');
 }, 1000);
 
 const loops = Promise.all([echoLoop().catch((e: Error) => echo.errors.push(`connect: ${e.message}`)), httpLoop()]);

@@ -25,6 +25,9 @@ import { cacheDir, packageRoot } from '../util/paths.js';
 import { LockstepError } from '../util/errors.js';
 import { withDirLock, publishDir, removeStaleWork } from './cache.js';
 import { fixesMarker, fixIdsOfPatches } from '../qemu/fixes.js';
+import { FIRMWARE_DIRS, QEMU_LINES, defaultQemuLine, parseQemuLine, publishOwnQemu, type QemuLine } from '../qemu/builds.js';
+
+export { FIRMWARE_DIRS, QEMU_LINES, defaultQemuLine, parseQemuLine, type QemuLine };
 
 export interface LabQemu {
   /** The qemu-system-x86_64 binary. */
@@ -62,9 +65,6 @@ export const BUILD_DEPENDENCIES = [
   'ccache',
 ];
 
-/** Firmware the lab binary loads at run time, from Debian's packages. */
-export const FIRMWARE_DIRS = ['/usr/share/qemu', '/usr/share/seabios', '/usr/lib/ipxe/qemu'];
-
 const CONFIGURE_FLAGS = [
   '--target-list=x86_64-softmmu',
   '--disable-docs',
@@ -88,10 +88,6 @@ const CONFIGURE_FLAGS = [
 
 const SOURCE_PACKAGE = 'qemu';
 
-/** The QEMU lines lockstep has a patch set for. */
-export const QEMU_LINES = ['7.2', '10.0'] as const;
-export type QemuLine = (typeof QEMU_LINES)[number];
-
 interface LineRecipe {
   /** Debian's versions of the line that the patches are written for (the newest available is built). */
   versionPrefix: string;
@@ -109,21 +105,9 @@ const LINES: Record<QemuLine, LineRecipe> = {
   '10.0': { versionPrefix: '1:10.0.', debian: "Debian 13's 10.0 (trixie)", sourceSuite: 'trixie', mesonFromBackports: true },
 };
 
-/** The line the lab uses unless told otherwise: $LOCKSTEP_LAB_QEMU, else 7.2. */
-export function defaultQemuLine(): QemuLine {
-  const v = process.env.LOCKSTEP_LAB_QEMU;
-  return v === undefined || v === '' ? '7.2' : parseQemuLine(v, `LOCKSTEP_LAB_QEMU=${v}`);
-}
-
 /** A --qemu option's line: `v`, else the default line. */
 export function qemuLineOption(v: string | undefined): QemuLine {
   return v === undefined ? defaultQemuLine() : parseQemuLine(v, `--qemu ${v}`);
-}
-
-/** `v` as a QEMU line, or an error naming `what` and the lines there are. */
-export function parseQemuLine(v: string, what: string): QemuLine {
-  if ((QEMU_LINES as readonly string[]).includes(v)) return v as QemuLine;
-  throw new LockstepError(`${what}: lockstep has patches for QEMU ${QEMU_LINES.join(' and ')} only`, { hint: `one of ${QEMU_LINES.join(', ')}` });
 }
 
 export function patchesDir(line: QemuLine = defaultQemuLine()): string {
@@ -354,15 +338,21 @@ export async function ensureLabQemu(opts: BuildOptions = {}): Promise<LabQemu> {
   const key = buildKey(patches, line);
   const root = path.join(cacheDir(), 'qemu');
   const dest = path.join(root, key);
+  // The line's whole patch set is lockstep's own build of the line: published for the daemons and `up` to find.
+  const whole = patches.join('\n') === patchSeries(line).join('\n');
+  const published = (b: LabQemu): LabQemu => {
+    if (whole) publishOwnQemu({ binary: b.binary, dataDirs: b.dataDirs, line, key: b.key });
+    return b;
+  };
   const cached = readManifest(dest);
-  if (cached) return cached;
+  if (cached) return published(cached);
   fs.mkdirSync(root, { recursive: true });
   // One build of a line at a time, in one work tree kept between builds: another patch set of the line is the tree
   // with patches reversed or applied and ninja run again, so only the files they touch (and the version string's)
   // recompile. A tree of another recipe, or one a failed build left, is made anew (through ccache).
   return withDirLock(path.join(root, `line-${line}.lock`), `building the lab QEMU ${line}`, async () => {
     const again = readManifest(dest);
-    if (again) return again;
+    if (again) return published(again);
     const step = opts.onStep ?? (() => {});
     const update = opts.onUpdate ?? (() => {});
     const log = path.join(root, `${key}.build.log`);
@@ -453,7 +443,7 @@ export async function ensureLabQemu(opts: BuildOptions = {}): Promise<LabQemu> {
       fs.writeFileSync(path.join(out, 'manifest.json'), JSON.stringify(result, null, 2) + '\n');
       fs.copyFileSync(log, path.join(out, 'build.log'));
       publishDir(out, dest);
-      return result;
+      return published(result);
     } catch (err) {
       // A half-patched or half-configured tree is not one to build on again.
       fs.rmSync(work, { recursive: true, force: true });

@@ -507,7 +507,7 @@ export class Agent {
   private record(event: string, detail: Record<string, string | number | boolean | null>): void {
     this.log.warn({ event, ...detail }, `record: ${event}`);
     if (event === 'failover') {
-      recordFailover(this.c.stateDir, { from: String(detail.from), to: String(detail.to), reason: String(detail.reason), ms: Number(detail.ms) });
+      recordFailover(this.c.stateDir, { from: String(detail.from), to: String(detail.to), reason: String(detail.reason), ms: Number(detail.ms), ...(typeof detail.sinceCheckpointMs === 'number' ? { sinceCheckpointMs: detail.sinceCheckpointMs } : {}) });
       this.reloadPair();
     }
   }

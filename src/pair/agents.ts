@@ -134,7 +134,7 @@ export const agentStatusSchema = z.object({
   /** The agent's process and its QEMU's. */
   pid: z.number(),
   qemuPid: z.number(),
-  lastFailover: z.object({ at: z.string(), from: z.string(), to: z.string(), reason: z.string(), ms: z.number() }).nullable(),
+  lastFailover: z.object({ at: z.string(), from: z.string(), to: z.string(), reason: z.string(), ms: z.number(), sinceCheckpointMs: z.number().optional() }).nullable(),
 });
 
 export type AgentStatus = z.infer<typeof agentStatusSchema>;

@@ -48,7 +48,8 @@ export interface PairState {
   /** The last resync: from the survivor to the new secondary, its times and size. */
   lastResync?: { at: string; from: string; to: string; ms: number; mirrorMs: number; mirrorBytes: number; stoppedMs: number };
   /** The last takeover: who died, who carries the VM on, why. */
-  lastFailover?: { at: string; from: string; to: string; reason: string; ms: number };
+  /** ms: the failover procedure; sinceCheckpointMs: from the VM's last checkpoint to the decision (agents only). */
+  lastFailover?: { at: string; from: string; to: string; reason: string; ms: number; sinceCheckpointMs?: number };
   /**
    * The disk that holds the newest data. `up` starts from the config's image;
    * after a failover to the secondary it is the survivor's replica, and `up`
@@ -108,7 +109,7 @@ export function updateState(stateDir: string, fn: (s: PairState) => PairState): 
 }
 
 /** Records a takeover: the survivor is now the (unprotected) primary and its disk the newest data. */
-export function recordFailover(stateDir: string, f: { from: string; to: string; reason: string; ms: number }): PairState | undefined {
+export function recordFailover(stateDir: string, f: { from: string; to: string; reason: string; ms: number; sinceCheckpointMs?: number }): PairState | undefined {
   return updateState(stateDir, (s) => ({
     ...s,
     // The lost node is the one to re-protect the VM with, as a secondary, once it is back.

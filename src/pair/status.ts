@@ -34,7 +34,7 @@ export interface PairStatus {
   accel: string | null;
   protectedAt: string | null;
   upMs: number | null;
-  lastFailover: { at: string; from: string; to: string; reason: string; ms: number } | null;
+  lastFailover: NonNullable<PairState['lastFailover']> | null;
   lastResync: NonNullable<PairState['lastResync']> | null;
   lastRestart: NonNullable<PairState['lastRestart']> | null;
   nodes: NodeStatus[];

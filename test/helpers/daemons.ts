@@ -5,7 +5,7 @@
  */
 import type { TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { counterGaps, type ClientSummary } from '../../src/lab/client-driver.js';
+import { counterGaps, roundInterruption, type ClientSummary } from '../../src/lab/client-driver.js';
 import { DaemonVmLab } from '../../src/lab/daemon-vm.js';
 import { runtime, keepLogsOnly } from './lab.js';
 
@@ -25,4 +25,25 @@ export function assertConnectionKept(sum: ClientSummary, label?: string): void {
   assert.equal(sum.echo.closed, false, `${at}the TCP connection stayed open`);
   assert.deepEqual(sum.echo.errors, [], `${at}no echo error`);
   assert.equal(counterGaps(sum.http.requests), undefined, `${at}no acknowledged write lost`);
+}
+
+/** A fault in a test's run: what it was, when it struck (wall-clock ms), and when its round ended. */
+export interface Fault {
+  label: string;
+  at: number;
+  until: number;
+}
+
+/**
+ * What the client felt of each fault, from its own record of every answer: the longest time without an answer of the
+ * counter and of the echo in that fault's round, and the first answer to a request sent after the fault (never one
+ * that was already on its way). One line each, for the test's output.
+ */
+export function feltLines(sum: ClientSummary, faults: Fault[]): string[] {
+  const s = (ms: number | undefined) => (ms === undefined ? 'none' : `${(ms / 1000).toFixed(2)} s`);
+  return faults.map((f) => {
+    const c = roundInterruption(sum.http.answers, f.at, f.until);
+    const e = roundInterruption(sum.echo.answers, f.at, f.until);
+    return `${f.label}: longest time without an answer ${s(c.longestGapMs)} (echo ${s(e.longestGapMs)}); the first answer to a request sent after it ${s(c.firstAfterFaultMs)} (echo ${s(e.firstAfterFaultMs)})`;
+  });
 }

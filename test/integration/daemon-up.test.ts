@@ -12,7 +12,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { NetnsClient, counterGaps } from '../../src/lab/client-driver.js';
 import { pidRunning } from '../../src/util/proc.js';
-import { daemonLab } from '../helpers/daemons.js';
+import { daemonLab, feltLines, type Fault } from '../helpers/daemons.js';
 
 const isRoot = process.getuid?.() === 0;
 
@@ -32,6 +32,7 @@ test('up -f through the daemons of two hosts that share nothing; daemon restarts
 
   // The guest boots; a client on the LAN keeps one TCP connection (echo) and counts on the disk.
   const client = NetnsClient.start(hosts.ns.client, '10.0.2.15', 100);
+  const faults: Fault[] = [];
   let lastCount = 0;
   try {
     await client.until((x) => x.echoOk >= 15 && x.httpOk >= 15, 240_000, 'traffic through COLO');
@@ -55,6 +56,7 @@ test('up -f through the daemons of two hosts that share nothing; daemon restarts
     assert.equal(client.latest.errors, errorsBefore, 'no request failed across the daemon restarts');
 
     // The primary's QEMU killed: b carries the VM on; the agents re-protect it on a.
+    const killedAtWall = Date.now();
     process.kill(pidBefore, 'SIGKILL');
     const killedAt = performance.now();
     const afterKill = client.latest.httpOk;
@@ -62,7 +64,8 @@ test('up -f through the daemons of two hosts that share nothing; daemon restarts
     const answeredMs = performance.now() - killedAt;
     const again = await d.untilProtected('after the kill', 120_000);
     assert.deepEqual([again.s.of('a')?.agent?.role, again.s.of('b')?.agent?.role], ['secondary', 'primary']);
-    process.stderr.write(`# survivor answering ${(answeredMs / 1000).toFixed(1)} s after the kill; protected again ${((performance.now() - killedAt) / 1000).toFixed(1)} s after it\n`);
+    faults.push({ label: "the primary's QEMU killed", at: killedAtWall, until: Date.now() });
+    process.stderr.write(`# survivor with 5 answers ${(answeredMs / 1000).toFixed(1)} s after the kill; protected again ${((performance.now() - killedAt) / 1000).toFixed(1)} s after it\n`);
 
     // A failover by hand back to a, then protected again on b by the agents.
     const refused = await lab.cli('mgmt', ['failover', 'web', '--to', 'b']);
@@ -76,6 +79,7 @@ test('up -f through the daemons of two hosts that share nothing; daemon restarts
     await client.until((x) => x.httpOk >= okAfter + 5, 30_000, 'answers after the failover by hand');
   } finally {
     const sum = await client.finish();
+    process.stderr.write(feltLines(sum, faults).map((f) => `# ${f}\n`).join(''));
     lastCount = sum.http.counts.at(-1) ?? 0;
     assert.equal(sum.echo.closed, false, 'the TCP connection stayed open');
     assert.equal(counterGaps(sum.http.requests), undefined);

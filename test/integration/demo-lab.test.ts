@@ -1,8 +1,13 @@
 /**
- * The demo as the README has a user run it (as root): `lockstep demo` brings
- * up the lab hosts with their daemons, protects the VM, takes the primary's
- * host down and back while a client counts, and says that the connection
- * stayed open and no acknowledged write was lost; the lab it leaves answers
+ * The demo as the README has a user run it (as root), on a machine where
+ * nothing but lockstep's QEMU was ever built (a cache of its own, holding only
+ * that build: no demo guest, no probe results): `lockstep demo` builds the
+ * guest on the machine's own network before any lab host exists, brings up
+ * the lab hosts with their daemons, protects the VM, takes the primary's host
+ * down and back while a client counts, and says what the client felt (its
+ * longest time without an answer, and when the first answer to a request sent
+ * after the power loss came: the figures match the client's own record), that
+ * the connection stayed open and no acknowledged write was lost; the lab it leaves answers
  * `lab status`, `lab run mgmt status web`, `status` of every VM, and a chaos verb from another
  * process, and `lab down` leaves nothing running.
  */
@@ -14,25 +19,58 @@ import path from 'node:path';
 import { run } from '../../src/util/exec.js';
 import { packageRoot } from '../../src/util/paths.js';
 import { DaemonVmLab } from '../../src/lab/daemon-vm.js';
+import { interruption, type ClientSummary } from '../../src/lab/client-driver.js';
+import { findOwnQemu } from '../../src/qemu/builds.js';
 import { runtime, keepLogsOnly } from '../helpers/lab.js';
 
 const isRoot = process.getuid?.() === 0;
-const cli = (args: string[], timeoutMs = 120_000) => run(process.execPath, [path.join(packageRoot(), 'bin', 'lockstep.js'), ...args], { allowFailure: true, timeoutMs });
+
+/** A new cache holding only lockstep's QEMU build of this machine's cache (linked): what a new machine has after its long build. */
+function cacheWithQemuOnly(): string {
+  const own = findOwnQemu();
+  assert.ok(own, 'runtime() built and published the lab QEMU');
+  const cache = fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-demo-cache-'));
+  fs.mkdirSync(path.join(cache, 'qemu'));
+  fs.symlinkSync(path.dirname(path.dirname(own.binary)), path.join(cache, 'qemu', own.key));
+  return cache;
+}
+
+/** The test's own cache (cacheWithQemuOnly), for every lockstep command it runs. */
+let cache = '';
+const cli = (args: string[], timeoutMs = 120_000) =>
+  run(process.execPath, [path.join(packageRoot(), 'bin', 'lockstep.js'), ...args], { allowFailure: true, timeoutMs, env: { ...process.env, LOCKSTEP_CACHE: cache } });
 
 test('lockstep demo on the daemons of the lab hosts, then the lab verbs, then lab down', { skip: !isRoot && 'needs root for namespaces', timeout: 10 * 60_000 }, async (t) => {
   await runtime();
+  cache = cacheWithQemuOnly();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-demo-'));
   t.after(async () => {
     // Whatever the test left (a failed assertion before lab down).
     await (await DaemonVmLab.open(dir).catch(() => undefined))?.end();
     keepLogsOnly(dir);
+    fs.rmSync(cache, { recursive: true, force: true });
   });
   const demo = await cli(['demo', '--dir', dir, '--seconds', '2', '--after', '2'], 400_000);
   assert.equal(demo.code, 0, demo.stdout + demo.stderr);
+  assert.match(demo.stderr, /the demo guest is not built yet: building it/, 'the guest was built by the demo, before the lab hosts');
+  assert.ok(fs.existsSync(path.join(cache, 'guest', 'current.json')), 'the demo guest is in the new cache');
   assert.match(demo.stdout, /host [ab] loses power/);
   assert.match(demo.stdout, /protected again [\d.]+ s after its daemon started/);
   assert.match(demo.stdout, /The client's TCP connection stayed open throughout/);
   assert.match(demo.stdout, /No acknowledged write was lost/);
+  // The figures it closes with are the client's own: its longest time without an answer, and its first answer to a
+  // request sent after the power loss (never one already on its way).
+  const rec = JSON.parse(fs.readFileSync(path.join(dir, 'demo-client.json'), 'utf8')) as ClientSummary & { lostAt: number };
+  const counter = interruption(rec.http.answers, rec.lostAt);
+  const echo = interruption(rec.echo.answers, rec.lostAt);
+  const shown = /the longest time without an answer \(over the whole run\): counter ([\d.]+) s .*, echo ([\d.]+) s/.exec(demo.stdout);
+  assert.ok(shown, demo.stdout);
+  assert.deepEqual([shown[1], shown[2]], [(counter.longestGapMs / 1000).toFixed(2), (echo.longestGapMs / 1000).toFixed(2)]);
+  const first = /the first answer to a request sent after the power loss: counter ([\d.]+) s, echo ([\d.]+) s after it/.exec(demo.stdout);
+  assert.ok(first, demo.stdout);
+  assert.deepEqual([first[1], first[2]], [(counter.firstAfterFaultMs! / 1000).toFixed(2), (echo.firstAfterFaultMs! / 1000).toFixed(2)]);
+  assert.ok(counter.longestGapMs >= counter.firstAfterFaultMs! - 1000, 'no answer came between the power loss and the survivor\'s first (apart from one on its way)');
+  process.stderr.write(`# the demo's client: longest gap counter ${counter.longestGapMs} ms, echo ${echo.longestGapMs} ms; first answer after the power loss ${counter.firstAfterFaultMs} / ${echo.firstAfterFaultMs} ms\n`);
 
   const status = await cli(['lab', 'status', '--dir', dir]);
   assert.equal(status.code, 0, status.stdout + status.stderr);

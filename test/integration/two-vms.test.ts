@@ -17,7 +17,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { NetnsClient } from '../../src/lab/client-driver.js';
 import { LAB_GUEST_IPS } from '../../src/lab/daemon-vm.js';
-import { daemonLab, assertConnectionKept } from '../helpers/daemons.js';
+import { daemonLab, assertConnectionKept, feltLines, type Fault } from '../helpers/daemons.js';
 import { hostInfoSchema } from '../../src/daemon/api-types.js';
 import { DEFAULT_HEARTBEAT_PORT } from '../../src/config/host.js';
 
@@ -54,6 +54,7 @@ test('two VMs, primaries on different hosts: each host lost and back, both VMs r
   await assertOneSessionPerPath('both VMs protected');
   const clients = { web: NetnsClient.start(hosts.ns.client, LAB_GUEST_IPS.web!, 100), db: NetnsClient.start(hosts.ns.client, LAB_GUEST_IPS.db!, 100) };
   const figures: string[] = [];
+  const faults: Fault[] = [];
   try {
     for (const c of Object.values(clients)) await c.until((x) => x.echoOk >= 15 && x.httpOk >= 15, 240_000, 'traffic through COLO');
     /** Waits until both VMs answered 5 more requests; the time until the last did, and each one's. */
@@ -70,20 +71,22 @@ test('two VMs, primaries on different hosts: each host lost and back, both VMs r
     };
     for (const lost of ['a', 'b'] as const) {
       const other = lost === 'a' ? 'b' : 'a';
-      await lab.powerLoss(hosts, lost);
+      const lostAt = (await lab.powerLoss(hosts, lost)).deadAt;
       const answered = await bothAnswer(`answers after host ${lost} lost power`);
       for (const vm of ['web', 'db']) assert.equal((await d.status(vm)).of(other)?.agent?.role, 'alone', `${vm} runs on ${other} alone`);
       await hosts.heal();
       await lab.startDaemon(lost);
       const back = { web: await d.untilProtected(`web after host ${lost} came back`, 180_000, 'web'), db: await d.untilProtected(`db after host ${lost} came back`, 180_000, 'db') };
       await assertOneSessionPerPath(`host ${lost} back`);
-      figures.push(`host ${lost} lost: both answering again within ${(answered.ms / 1000).toFixed(1)} s (${answered.each}); back: protected again after ${(back.web.ms / 1000).toFixed(1)} s (web), ${(back.db.ms / 1000).toFixed(1)} s more (db)`);
+      faults.push({ label: `host ${lost} lost`, at: lostAt, until: Date.now() });
+      figures.push(`host ${lost} lost: both with 5 answers again within ${(answered.ms / 1000).toFixed(1)} s (${answered.each}); back: protected again after ${(back.web.ms / 1000).toFixed(1)} s (web), ${(back.db.ms / 1000).toFixed(1)} s more (db)`);
     }
     await bothAnswer('answers at the end');
   } finally {
     process.stderr.write(figures.map((f) => `# ${f}\n`).join(''));
     const sums = { web: await clients.web.finish(), db: await clients.db.finish() };
     for (const [vm, sum] of Object.entries(sums)) {
+      process.stderr.write(feltLines(sum, faults).map((f) => `# ${vm}, ${f}\n`).join(''));
       // One request that waits long (a TCP retransmission backed off during the outage) rather than many that fail.
       process.stderr.write(`# ${vm}: longest request ${sum.http.maxMs.toFixed(0)} ms, longest echo ${sum.echo.maxMs.toFixed(0)} ms, ${sum.http.errors.length} requests failed\n`);
       assertConnectionKept(sum, vm);

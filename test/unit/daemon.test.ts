@@ -53,10 +53,23 @@ async function hosts(dir: string, names: string[], trust: Array<[string, string]
   return files;
 }
 
+/**
+ * What a host needs to run a VM, as files that exist (a daemon refuses a VM whose QEMU or kernel it cannot find): these
+ * tests define VMs without running them, whatever this machine has built or installed.
+ */
+const artifacts = (() => {
+  const dir = tmp();
+  const binary = path.join(dir, 'qemu-system-x86_64');
+  fs.writeFileSync(binary, '#!/bin/sh\nexit 1\n', { mode: 0o755 });
+  const kernel = path.join(dir, 'vmlinuz');
+  fs.writeFileSync(kernel, '');
+  return { binary, kernel };
+})();
+
 /** Host a's daemon alone (b is named in definitions only), started, with its local client; stopped after the test. */
-async function daemonOfA(t: TestContext, o: { memoryForVms?: number } = {}): Promise<{ h: HostConfig; d: Daemon; c: ApiClient }> {
+async function daemonOfA(t: TestContext, o: { memoryForVms?: number; qemuBinary?: string | null } = {}): Promise<{ h: HostConfig; d: Daemon; c: ApiClient }> {
   const files = await hosts(tmp(), ['a'], []);
-  const loaded = loadHostFile(files.a!);
+  const loaded = { ...loadHostFile(files.a!), qemu: o.qemuBinary === null ? {} : { binary: o.qemuBinary ?? artifacts.binary } };
   const h = o.memoryForVms === undefined ? loaded : { ...loaded, memory: { forVms: o.memoryForVms } };
   const d = new Daemon(h);
   await d.start();
@@ -65,9 +78,9 @@ async function daemonOfA(t: TestContext, o: { memoryForVms?: number } = {}): Pro
 }
 
 /** VM `name`'s definition between a and b, as up -f hands it over: its `vm:` section, its ports from `base`. */
-function placedVm(name: string, o: { base: number; vm?: string; run?: string }) {
+function placedVm(name: string, o: { base: number; vm?: string; run?: string; kernel?: string }) {
   return {
-    vm: parseVmFile(`name: ${name}\nhosts: [a, b]\nvm: { kernel: demo, disk: { image: /srv/${name}.qcow2 }${o.vm ? `, ${o.vm}` : ''} }\n`, `${name}.yaml`),
+    vm: parseVmFile(`name: ${name}\nhosts: [a, b]\nvm: { kernel: ${o.kernel ?? artifacts.kernel}, disk: { image: /srv/${name}.qcow2 }${o.vm ? `, ${o.vm}` : ''} }\n`, `${name}.yaml`),
     hosts: { a: { replication: '10.0.1.1', heartbeat: ['10.0.1.1'] }, b: { replication: '10.0.1.2', heartbeat: ['10.0.1.2'] } },
     run: o.run ?? `run-${name}-0123456789`,
     secret: 'a secret of sixteen or more',
@@ -247,6 +260,25 @@ test('VM definitions: checked and placed before they are kept (0600), the same a
   t.after(() => d2.stop());
   assert.deepEqual((await c.vms()).map((v) => v.name), ['db', 'web']);
   assert.equal((await c.host()).ports.used.length, 14, 'the ports stay taken across a restart');
+});
+
+test('a VM whose QEMU or kernel this host lacks is refused when defined, saying what to install; the daemon builds and downloads nothing', async (t) => {
+  // An empty cache: no build of lockstep's QEMU, no demo guest (a daemon never makes either).
+  const cache = tmp();
+  const saved = process.env.LOCKSTEP_CACHE;
+  process.env.LOCKSTEP_CACHE = cache;
+  t.after(() => (saved === undefined ? delete process.env.LOCKSTEP_CACHE : (process.env.LOCKSTEP_CACHE = saved)));
+  const refused = (re: RegExp, hint: RegExp) => (e: unknown) => e instanceof ApiCallError && e.status === 409 && re.test(e.message) && hint.test(e.hint ?? '');
+  const { c } = await daemonOfA(t);
+  await assert.rejects(c.defineVm('web', placedVm('web', { base: 9000, kernel: 'demo' })), refused(/boots the demo guest \(vm\.kernel: demo\), which is not built on host a/, /lockstep lab prepare/));
+  await assert.rejects(c.defineVm('web', placedVm('web', { base: 9000, kernel: path.join(cache, 'no-such-kernel') })), refused(/vm\.kernel .*no-such-kernel of VM "web" does not exist on host a/, /put it there/));
+  const { installedPackages } = await import('../../src/qemu/discover.js');
+  if (installedPackages().length === 0 && !process.env.LOCKSTEP_QEMU) {
+    const bare = await daemonOfA(t, { qemuBinary: null });
+    await assert.rejects(bare.c.defineVm('web', placedVm('web', { base: 9000 })), refused(/no QEMU with lockstep's fixes on host a/, /apt install \.\/lockstep-qemu-LINE.*lockstep lab prepare/));
+  }
+  assert.deepEqual((await c.vms()).map((v) => v.name), [], 'nothing kept of the refused ones');
+  assert.deepEqual(fs.readdirSync(cache), [], 'nothing built or downloaded into the cache');
 });
 
 test('memory: a VM that would go over what the host gives its VMs is refused, saying what is left and whose the rest is', async (t) => {

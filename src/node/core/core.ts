@@ -1234,7 +1234,9 @@ function procDone(ctx: Ctx, id: string, pid?: number): void {
       s.qemu.paused = false;
       s.qemu.checkpointSince = null;
       setRole(s, 'alone');
-      emit(ctx, { t: 'record', event: 'failover', detail: { from: s.cfg.peer, to: s.cfg.name, reason: `agent: ${w.why}`, ms: Math.round(s.now - w.startedAt), procedure: w.kind } });
+      // ms: the procedure; sinceCheckpointMs: from the VM's last checkpoint to the decision (detection). Neither is what a
+      // client felt (only a client can tell that), but together they bound the part of it that the agents spent.
+      emit(ctx, { t: 'record', event: 'failover', detail: { from: s.cfg.peer, to: s.cfg.name, reason: `agent: ${w.why}`, ms: Math.round(s.now - w.startedAt), sinceCheckpointMs: Math.max(0, Math.round(w.startedAt - s.qemu.lastCheckpointAt)), procedure: w.kind } });
       log(ctx, 'warn', `${w.kind} done in ${ms(s.now - w.startedAt)}: running alone, unprotected`);
       sendHeartbeat(ctx);
       return;
