@@ -6,6 +6,8 @@ import { registerDemoCommand } from './demo.js';
 import { registerPairCommands } from './pair.js';
 import { registerNodeCommands } from './node.js';
 import { registerHostCommands } from './host.js';
+import { registerPackageCommand } from './package.js';
+import { lockstepVersion } from '../util/paths.js';
 
 const program = new Command();
 program
@@ -20,6 +22,7 @@ program
       '  the lab:      as root, lockstep demo, or lockstep lab up\n' +
       '                (then lab status, lab power-off primary, lab down)',
   )
+  .version(lockstepVersion(), '-V, --version', "print lockstep's version")
   .showHelpAfterError('(run with --help for usage)')
   .configureHelp({ sortSubcommands: true });
 
@@ -29,6 +32,8 @@ registerDemoCommand(program);
 registerPairCommands(program);
 registerNodeCommands(program);
 registerHostCommands(program);
+// Last: its manual page describes every command registered before it.
+registerPackageCommand(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   process.stderr.write(`lockstep: ${describeError(err)}\n`);

@@ -1,6 +1,8 @@
 /**
- * A fresh Debian 12 machine for the package test: a minimal bookworm root
- * made by debootstrap (--variant=minbase) from the system's Debian mirror,
+ * A fresh Debian machine for the package tests: a minimal root of Debian 12
+ * (bookworm: lockstep's QEMU packages) or 13 (trixie: lockstep's own package,
+ * which needs Debian 13's nodejs 20) made by debootstrap (--variant=minbase)
+ * from the system's Debian mirror,
  * cached as a tarball once per machine and unpacked anew for every use, so
  * each test starts from a system nothing was installed on. Commands run in
  * it through `unshare --mount` and chroot, with /proc and /dev mounted in a
@@ -15,20 +17,22 @@ import { LockstepError } from '../util/errors.js';
 import { withDirLock } from './cache.js';
 import { debianMirror, DEBIAN_KEYRING } from './qemu-build.js';
 
-const SUITE = 'bookworm';
+export type DebianSuite = 'bookworm' | 'trixie';
+const RELEASE: Record<DebianSuite, string> = { bookworm: 'Debian 12', trixie: 'Debian 13' };
 /** Changes when the recipe does: a new tarball is made. */
 const RECIPE = 'minbase-v1';
 
-/** The cached tarball of a fresh bookworm root, made (once) if missing. */
-export async function ensureDebianRootTarball(onStep: (m: string) => void = () => {}): Promise<string> {
+/** The cached tarball of a fresh root of `suite`, made (once) if missing. */
+export async function ensureDebianRootTarball(onStep: (m: string) => void = () => {}, suite: DebianSuite = 'bookworm'): Promise<string> {
+  const SUITE = suite;
   const dir = path.join(cacheDir(), 'debian-root');
   const tarball = path.join(dir, `${SUITE}-${RECIPE}.tar`);
   if (fs.existsSync(tarball)) return tarball;
   fs.mkdirSync(dir, { recursive: true });
-  return withDirLock(path.join(dir, 'lock'), 'making a Debian 12 root', async () => {
+  return withDirLock(path.join(dir, `${SUITE}.lock`), `making a ${RELEASE[suite]} root`, async () => {
     if (fs.existsSync(tarball)) return tarball;
     if (!which('debootstrap')) throw new LockstepError('debootstrap is not installed', { hint: 'apt-get install debootstrap (scripts/setup.sh does this)' });
-    const work = path.join(dir, 'work');
+    const work = path.join(dir, `work-${SUITE}`);
     fs.rmSync(work, { recursive: true, force: true });
     const log = path.join(dir, 'debootstrap.log');
     try {
@@ -66,10 +70,10 @@ export interface DebianRoot {
   remove(): void;
 }
 
-/** A fresh Debian 12 root in a new directory under `parent`. */
-export async function freshDebianRoot(parent: string, onStep?: (m: string) => void): Promise<DebianRoot> {
-  const tarball = await ensureDebianRootTarball(onStep);
-  const dir = fs.mkdtempSync(path.join(parent, 'debian12-'));
+/** A fresh Debian root (12 unless told) in a new directory under `parent`. */
+export async function freshDebianRoot(parent: string, onStep?: (m: string) => void, suite: DebianSuite = 'bookworm'): Promise<DebianRoot> {
+  const tarball = await ensureDebianRootTarball(onStep, suite);
+  const dir = fs.mkdtempSync(path.join(parent, suite === 'bookworm' ? 'debian12-' : 'debian13-'));
   await run('tar', ['--numeric-owner', '-C', dir, '-xpf', tarball], { timeoutMs: 300_000, what: 'unpacking the Debian root' });
   fs.copyFileSync('/etc/resolv.conf', path.join(dir, 'etc/resolv.conf'));
   const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;

@@ -213,12 +213,12 @@ test('lockstepd.service passes systemd-analyze verify without a warning', (t) =>
   if (which.status !== 0) return t.skip('systemd-analyze is not installed');
   const dir = tmp();
   const shipped = fs.readFileSync(path.join(packageRoot(), 'packaging', 'lockstepd.service'), 'utf8');
-  assert.match(shipped, /^ExecStart=\/usr\/local\/bin\/lockstep daemon /m);
+  assert.match(shipped, /^ExecStart=\/usr\/bin\/lockstep daemon /m, 'the command the lockstep package installs');
   assert.match(shipped, /^KillMode=process$/m, 'a daemon restart leaves the QEMUs running');
   // The command must exist for verify: the repository's, where lockstep is not installed.
-  const bin = fs.existsSync('/usr/local/bin/lockstep') ? '/usr/local/bin/lockstep' : path.join(packageRoot(), 'bin', 'lockstep.js');
+  const bin = fs.existsSync('/usr/bin/lockstep') ? '/usr/bin/lockstep' : path.join(packageRoot(), 'bin', 'lockstep.js');
   const unit = path.join(dir, 'lockstepd.service');
-  fs.writeFileSync(unit, shipped.replace('/usr/local/bin/lockstep', bin));
+  fs.writeFileSync(unit, shipped.replace('/usr/bin/lockstep', bin));
   const r = spawnSync('systemd-analyze', ['verify', unit], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);
   assert.equal(r.stderr.trim(), '', 'no warnings');
