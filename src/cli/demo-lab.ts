@@ -11,10 +11,15 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { DaemonVmLab } from '../lab/daemon-vm.js';
-import { NetnsClient, counterGaps, describeGap, interruption } from '../lab/client-driver.js';
+import { NetnsClient, counterGaps, interruption, roundInterruption } from '../lab/client-driver.js';
 import { createProgress } from '../util/progress.js';
 import { sleep, waitFor } from '../util/time.js';
 import { LAB_GUEST, labUp } from './lab-hosts.js';
+
+/** A wall-clock time as the demo prints it: 07:35:31.894 (UTC). */
+function clock(t: number): string {
+  return new Date(t).toISOString().slice(11, 23);
+}
 
 export interface LabDemoOptions {
   dir: string;
@@ -46,6 +51,8 @@ export async function labDemo(o: LabDemoOptions): Promise<number> {
   const client = NetnsClient.start(d.hosts.ns.client, LAB_GUEST, 100);
   let failed = false;
   let lostAt: number | undefined;
+  /** When the lost host's daemon started again: the power loss's part of the run ends there, the re-protection's begins. */
+  let backAt: number | undefined;
   try {
     await client.until((t) => t.echoOk > 0 && t.httpOk > 0, 60_000, 'the first answers through COLO');
     const phase = async (label: string, seconds: number) => {
@@ -73,6 +80,7 @@ export async function labDemo(o: LabDemoOptions): Promise<number> {
       out('');
       out(`host ${primary} comes back: cables connected, its daemon started on its old state, no QEMU   (lockstep lab power-on ${primary})`);
       await d.hosts.heal();
+      backAt = Date.now();
       await d.lab.startDaemon(primary);
       const back = await d.untilProtected(`after host ${primary} came back`, 180_000).catch((err: Error) => {
         out(`WARNING: ${err.message}`);
@@ -87,18 +95,26 @@ export async function labDemo(o: LabDemoOptions): Promise<number> {
   } finally {
     const s = await client.finish();
     // The client's own record, kept beside the lab's logs: the figures below are computed from it.
-    fs.writeFileSync(path.join(root, 'demo-client.json'), JSON.stringify({ lostAt: lostAt ?? null, ...s }) + '\n');
+    const endAt = Date.now();
+    fs.writeFileSync(path.join(root, 'demo-client.json'), JSON.stringify({ lostAt: lostAt ?? null, backAt: backAt ?? null, endAt, ...s }) + '\n');
     const gaps = counterGaps(s.http.requests);
-    const counter = interruption(s.http.answers, lostAt);
-    const echo = interruption(s.echo.answers, lostAt);
     out('');
+    out("What the client felt, from its own record of every answer:");
+    const secs = (ms: number | undefined) => (ms === undefined ? 'never' : `${(ms / 1000).toFixed(2)} s`);
     if (lostAt !== undefined) {
-      const secs = (ms: number | undefined) => (ms === undefined ? 'never' : `${(ms / 1000).toFixed(2)} s`);
-      out(`What the client felt of the power loss (at ${new Date(lostAt).toISOString().slice(11, 23)}):`);
-      out(`  the longest time without an answer (over the whole run): counter ${describeGap(counter)}, echo ${describeGap(echo)}`);
-      out(`  the first answer to a request sent after the power loss: counter ${secs(counter.firstAfterFaultMs)}, echo ${secs(echo.firstAfterFaultMs)} after it`);
+      // The power loss: from the last answer before it until the host came back; then the re-protection, to the end.
+      const until = backAt ?? endAt;
+      const counter = roundInterruption(s.http.answers, lostAt, until);
+      const echo = roundInterruption(s.echo.answers, lostAt, until);
+      out(`  the power loss (${clock(lostAt)}): no answer for ${secs(counter.longestGapMs)} (counter) and ${secs(echo.longestGapMs)} (echo) at most;`);
+      out(`    the first answer to a request sent after it came ${secs(counter.firstAfterFaultMs)} (counter) and ${secs(echo.firstAfterFaultMs)} (echo) after it`);
+      if (backAt !== undefined) {
+        const c2 = roundInterruption(s.http.answers, backAt, endAt);
+        const e2 = roundInterruption(s.echo.answers, backAt, endAt);
+        out(`  the re-protection (${clock(backAt)} on): no answer for ${secs(c2.longestGapMs)} (counter) and ${secs(e2.longestGapMs)} (echo) at most`);
+      }
     } else {
-      out(`The longest time without an answer: counter ${describeGap(counter)}, echo ${describeGap(echo)}`);
+      out(`  no answer for ${secs(interruption(s.http.answers).longestGapMs)} (counter) and ${secs(interruption(s.echo.answers).longestGapMs)} (echo) at most`);
     }
     out(
       s.echo.closed || s.echo.errors.length

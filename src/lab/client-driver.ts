@@ -109,13 +109,6 @@ export function roundInterruption(answers: ReadonlyArray<readonly [number, numbe
   return interruption(answers.filter(([, got]) => got >= lastBefore && got <= untilAt), faultAt);
 }
 
-/** An interruption as a user reads it: "6.88 s (12:00:01.204 → 12:00:08.086)". */
-export function describeGap(i: Interruption): string {
-  if (i.gapFrom === undefined || i.gapTo === undefined) return 'no gap (fewer than two answers)';
-  const clock = (t: number) => new Date(t).toISOString().slice(11, 23);
-  return `${(i.longestGapMs / 1000).toFixed(2)} s (${clock(i.gapFrom)} → ${clock(i.gapTo)})`;
-}
-
 /**
  * Checks the counter against the client's own record of every request: the
  * value never goes back nor repeats, and every value skipped between two
