@@ -1,0 +1,283 @@
+/**
+ * A host's event journal: one JSON record per line (api-types'
+ * journalRecordSchema), appended to <stateDir>/journal/events.jsonl and made
+ * durable (fdatasync) before append() returns, so that a record the daemon
+ * wrote is never lost to its restart, a crash or a power loss. Rotated by
+ * size: the current file moves to events.jsonl.1 (.1 to .2, ...) once it
+ * would pass `maxFileBytes`, and the oldest beyond `files` is dropped, so the
+ * journal never holds more than files × maxFileBytes. Records are numbered
+ * without gaps across restarts (the last number is read back at open). A
+ * line cut short by a crash in the middle of a write (never acknowledged:
+ * its fdatasync had not returned) is cut off at open.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { errorMessage } from '../util/errors.js';
+import { journalRecordSchema, type Figure, type JournalKind, type JournalRecord } from './api-types.js';
+
+export const JOURNAL_FILE = 'events.jsonl';
+/** Defaults: 4 files of at most 4 MiB (about 40,000 records of a few hundred bytes). */
+export const JOURNAL_MAX_FILE_BYTES = 4 * 1024 * 1024;
+export const JOURNAL_FILES = 4;
+/** A record's reason, a figure's text and the figures of one record are cut to these. */
+const REASON_MAX_CHARS = 2000;
+const FIGURE_TEXT_MAX_CHARS = 300;
+const FIGURES_MAX = 24;
+/** The newest records kept in memory (the dashboard's recent events, --follow's next page). */
+const RECENT_MAX = 2000;
+/** A read answers with at most this many records (the newest). */
+export const READ_LIMIT_MAX = 10_000;
+
+export interface JournalDraft {
+  vm: string | null;
+  kind: JournalKind;
+  reason: string;
+  figures?: Record<string, Figure | undefined>;
+}
+
+export interface JournalQuery {
+  /** Only this VM's records (and the host's own, vm: null). */
+  vm?: string;
+  /** Only records at or after this wall-clock time (ms). */
+  sinceMs?: number;
+  /** Only records numbered after this. */
+  afterSeq?: number;
+  /** At most this many, the newest (≤ READ_LIMIT_MAX). */
+  limit?: number;
+}
+
+export interface JournalOptions {
+  dir: string;
+  host: string;
+  /** The wall clock (ms since the epoch); injected for tests. */
+  wallNow?: () => number;
+  maxFileBytes?: number;
+  files?: number;
+  /** Where the journal says what went wrong with itself (a write that failed, a torn line cut at open). */
+  log?: (level: 'warn' | 'error', msg: string, detail?: Record<string, unknown>) => void;
+}
+
+function invariant(cond: boolean, what: string): asserts cond {
+  if (!cond) throw new Error(`journal invariant broken: ${what}`);
+}
+
+/** A record's figures, bounded: at most FIGURES_MAX, texts cut, undefined left out, non-finite numbers as null. */
+function boundFigures(f: Record<string, Figure | undefined> | undefined): Record<string, Figure> {
+  const out: Record<string, Figure> = {};
+  let n = 0;
+  for (const [k, v] of Object.entries(f ?? {})) {
+    if (v === undefined) continue;
+    if (n++ >= FIGURES_MAX) break;
+    out[k.slice(0, 64)] = typeof v === 'string' ? v.slice(0, FIGURE_TEXT_MAX_CHARS) : typeof v === 'number' && !Number.isFinite(v) ? null : v;
+  }
+  return out;
+}
+
+export class Journal {
+  private fd: number | undefined;
+  private size = 0;
+  private seq = 0;
+  private readonly recentRecords: JournalRecord[] = [];
+  private errors = 0;
+  private lastError: string | null = null;
+  private readonly wallNow: () => number;
+  private readonly maxFileBytes: number;
+  private readonly files: number;
+  private readonly log: NonNullable<JournalOptions['log']>;
+
+  private constructor(private readonly o: JournalOptions) {
+    this.wallNow = o.wallNow ?? Date.now;
+    this.maxFileBytes = o.maxFileBytes ?? JOURNAL_MAX_FILE_BYTES;
+    this.files = o.files ?? JOURNAL_FILES;
+    this.log = o.log ?? (() => {});
+    invariant(this.maxFileBytes >= 16 * 1024 && this.files >= 2, 'room for at least two files of 16 KiB');
+  }
+
+  /** Opens (or creates, 0700) the journal in `o.dir`: the records already there are read back for their numbers. */
+  static open(o: JournalOptions): Journal {
+    const j = new Journal(o);
+    fs.mkdirSync(o.dir, { recursive: true, mode: 0o700 });
+    const file = j.file(0);
+    j.cutTornTail(file);
+    j.fd = fs.openSync(file, 'a', 0o600);
+    j.size = fs.fstatSync(j.fd).size;
+    // The newest records, oldest first, for their numbers and the recent ones.
+    for (const r of j.readAll()) {
+      j.seq = Math.max(j.seq, r.seq);
+      j.remember(r);
+    }
+    return j;
+  }
+
+  /** File `i` of the journal: 0 is the one written now, the highest the oldest. */
+  private file(i: number): string {
+    return path.join(this.o.dir, i === 0 ? JOURNAL_FILE : `${JOURNAL_FILE}.${i}`);
+  }
+
+  /** A crash in the middle of an append leaves a line without its newline: it was never acknowledged, and goes. */
+  private cutTornTail(file: string): void {
+    let text: Buffer;
+    try {
+      text = fs.readFileSync(file);
+    } catch {
+      return;
+    }
+    if (text.length === 0 || text[text.length - 1] === 0x0a) return;
+    const keep = text.lastIndexOf(0x0a) + 1;
+    fs.truncateSync(file, keep);
+    this.log('warn', 'the journal ended in a line cut short (a crash while it was written): cut off', { file, bytes: text.length - keep });
+  }
+
+  get lastSeq(): number {
+    return this.seq;
+  }
+
+  /** Bytes in the journal's files. */
+  get bytes(): number {
+    let sum = 0;
+    for (let i = 0; i < this.files; i++) {
+      try {
+        sum += fs.statSync(this.file(i)).size;
+      } catch {
+        // not there
+      }
+    }
+    return sum;
+  }
+
+  /** Appends that failed since the daemon started, and the last one's error. */
+  get writeErrors(): { count: number; last: string | null } {
+    return { count: this.errors, last: this.lastError };
+  }
+
+  /**
+   * Appends a record and makes it durable before returning it. A failure to
+   * write is counted, logged and kept in memory (the record still shows in
+   * the recent ones), never thrown: the journal must not stop what it records.
+   */
+  append(d: JournalDraft): JournalRecord {
+    const rec: JournalRecord = {
+      seq: this.seq + 1,
+      at: new Date(this.wallNow()).toISOString(),
+      host: this.o.host,
+      vm: d.vm,
+      kind: d.kind,
+      reason: d.reason.length > REASON_MAX_CHARS ? `${d.reason.slice(0, REASON_MAX_CHARS - 1)}…` : d.reason,
+      figures: boundFigures(d.figures),
+    };
+    const line = Buffer.from(JSON.stringify(rec) + '\n', 'utf8');
+    invariant(line.length <= 16 * 1024, 'a record is at most 16 KiB');
+    this.seq = rec.seq;
+    try {
+      if (this.size > 0 && this.size + line.length > this.maxFileBytes) this.rotate();
+      if (this.fd === undefined) this.fd = fs.openSync(this.file(0), 'a', 0o600);
+      for (let off = 0; off < line.length; ) {
+        const n = fs.writeSync(this.fd, line, off, line.length - off);
+        invariant(n > 0, 'a write makes progress');
+        off += n;
+      }
+      fs.fdatasyncSync(this.fd);
+      this.size += line.length;
+    } catch (err) {
+      this.errors++;
+      this.lastError = errorMessage(err);
+      this.log('error', 'a journal record could not be written', { err: this.lastError, seq: rec.seq, kind: rec.kind });
+      // A half-written line would spoil the next one: cut back to where this record began, then reopen.
+      try {
+        if (this.fd !== undefined) fs.ftruncateSync(this.fd, this.size);
+      } catch {
+        // The torn tail is cut at the next open.
+      }
+      this.closeFd();
+    }
+    this.remember(rec);
+    return rec;
+  }
+
+  private remember(r: JournalRecord): void {
+    this.recentRecords.push(r);
+    if (this.recentRecords.length > RECENT_MAX) this.recentRecords.splice(0, this.recentRecords.length - RECENT_MAX);
+  }
+
+  /** The current file becomes .1 (the others move up, the oldest beyond `files` goes); a new one is begun. */
+  private rotate(): void {
+    this.closeFd();
+    fs.rmSync(this.file(this.files - 1), { force: true });
+    for (let i = this.files - 2; i >= 0; i--) {
+      if (fs.existsSync(this.file(i))) fs.renameSync(this.file(i), this.file(i + 1));
+    }
+    this.fd = fs.openSync(this.file(0), 'a', 0o600);
+    this.size = 0;
+    // The renames and the new file, on disk before any record goes into it.
+    const dfd = fs.openSync(this.o.dir, 'r');
+    try {
+      fs.fsyncSync(dfd);
+    } finally {
+      fs.closeSync(dfd);
+    }
+  }
+
+  private closeFd(): void {
+    if (this.fd === undefined) return;
+    try {
+      fs.closeSync(this.fd);
+    } catch {
+      // closed
+    }
+    this.fd = undefined;
+  }
+
+  /** Every readable record on disk, oldest first (a line that does not parse is skipped and counted). */
+  private readAll(): JournalRecord[] {
+    const out: JournalRecord[] = [];
+    let bad = 0;
+    for (let i = this.files - 1; i >= 0; i--) {
+      let text: string;
+      try {
+        text = fs.readFileSync(this.file(i), 'utf8');
+      } catch {
+        continue;
+      }
+      for (const line of text.split('\n')) {
+        if (!line) continue;
+        try {
+          const r = journalRecordSchema.safeParse(JSON.parse(line));
+          if (r.success) out.push(r.data);
+          else bad++;
+        } catch {
+          bad++;
+        }
+      }
+    }
+    if (bad) this.log('warn', 'journal lines that are not records were skipped', { lines: bad });
+    return out;
+  }
+
+  /**
+   * The records that match `q`, oldest first: at most `limit`, the newest of
+   * them (`truncated` says when older ones were left out). A query after a
+   * recent record is answered from memory; others read the files.
+   */
+  read(q: JournalQuery = {}): { records: JournalRecord[]; truncated: boolean } {
+    const limit = Math.max(1, Math.min(READ_LIMIT_MAX, q.limit ?? READ_LIMIT_MAX));
+    const oldestKept = this.recentRecords[0]?.seq;
+    const fromMemory = q.afterSeq !== undefined && oldestKept !== undefined && q.afterSeq >= oldestKept - 1;
+    const all = fromMemory ? this.recentRecords : this.readAll();
+    const match = all.filter((r) => (q.vm === undefined || r.vm === q.vm || r.vm === null) && (q.afterSeq === undefined || r.seq > q.afterSeq) && (q.sinceMs === undefined || Date.parse(r.at) >= q.sinceMs));
+    return { records: match.slice(-limit), truncated: match.length > limit };
+  }
+
+  /** The newest `n` records kept in memory (of VM `vm` and the host's own, if given), oldest first. */
+  recent(n: number, vm?: string): JournalRecord[] {
+    const out: JournalRecord[] = [];
+    for (let i = this.recentRecords.length - 1; i >= 0 && out.length < n; i--) {
+      const r = this.recentRecords[i]!;
+      if (vm === undefined || r.vm === vm || r.vm === null) out.push(r);
+    }
+    return out.reverse();
+  }
+
+  close(): void {
+    this.closeFd();
+  }
+}
