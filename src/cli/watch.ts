@@ -34,12 +34,14 @@ function secs(ms: number | null | undefined): string {
   return ms < 1000 ? `${Math.round(ms)} ms` : ms < 60_000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.floor(ms / 60_000)} min ${Math.round((ms % 60_000) / 1000)} s`;
 }
 
-/** The last values as a line of block characters, scaled to their largest. */
+/** The last values as a line of block characters, from their smallest (▁) to their largest (█). */
 export function sparkline(values: number[], width: number): string {
   const bars = '▁▂▃▄▅▆▇█';
   const xs = values.slice(-width);
-  const top = Math.max(1, ...xs);
-  return xs.map((v) => bars[Math.min(bars.length - 1, Math.floor((v / top) * (bars.length - 1) + 0.5))]).join('');
+  if (xs.length === 0) return '';
+  const lo = Math.min(...xs);
+  const span = Math.max(...xs) - lo;
+  return xs.map((v) => bars[span === 0 ? 3 : Math.min(bars.length - 1, Math.floor(((v - lo) / span) * (bars.length - 1) + 0.5))]).join('');
 }
 
 function clip(s: string, width: number): string {

@@ -128,7 +128,7 @@ export class DaemonMetrics implements VmCounters {
       });
     });
     perVm('lockstep_heartbeat_round_trip_seconds', "The heartbeats' round trip to the peer's agent, newest", [], (set, v) => one(set, v.status.agent?.peer.rttMs == null ? null : s(v.status.agent.peer.rttMs)));
-    perVm('lockstep_peer_hears_us', "The peer's agent says it hears this host's agent", [], (set, v) => one(set, v.status.agent ? (v.status.agent.peer.hearsUs ? 1 : 0) : null));
+    perVm('lockstep_peer_hears_this_host', "The peer's agent says it hears this host's agent", [], (set, v) => one(set, v.status.agent ? (v.status.agent.peer.hearsUs ? 1 : 0) : null));
     perVm('lockstep_lease_held', "This host's agent holds the VM's writer lease at the witness", [], (set, v) => one(set, v.status.agent?.lease.witness ? (v.status.agent.lease.held ? 1 : 0) : null));
     perVm('lockstep_lease_remaining_seconds', "The writer lease's time left, as this host counts it (absent when not held)", [], (set, v) => one(set, v.status.agent?.lease.remainingMs == null ? null : s(v.status.agent.lease.remainingMs)));
     perVm('lockstep_witness_reachable', "The witness (the lease's arbiter) answers this host's agent", [], (set, v) => {

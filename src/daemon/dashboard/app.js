@@ -243,7 +243,11 @@
         $('link-text').textContent = `a frame could not be read: ${err.message}`;
       }
     });
-    // EventSource reconnects by itself; the link state says so meanwhile.
+    // EventSource reconnects by itself after a dropped connection, but not after an error answer (a daemon
+    // restarting, a proxy that cannot reach it): then a new one, a little later. The link state says so meanwhile.
+    es.addEventListener('error', () => {
+      if (es.readyState === EventSource.CLOSED) setTimeout(connect, 2000);
+    });
   }
 
   connect();
