@@ -127,6 +127,7 @@ test('metrics, the dashboard and the journal of a running pair across a host los
     await browser.close();
     browser = undefined;
     await dash.stop();
+    await bridge.close();
 
     // ---- a comes back; b's daemon is killed in the middle of the resync that follows ----
     await hosts.heal();
