@@ -139,6 +139,8 @@ export type PauseStats = z.infer<typeof pauseStatsSchema>;
 export const vmOverviewSchema = vmStatusSchema.extend({
   /** The agents' heartbeat timeout: a path not heard for this long is silent. */
   heartbeatTimeoutMs: z.number(),
+  /** The writer lease's length: a node without it asks the witness every 2 × leaseMs. */
+  leaseMs: z.number(),
   /** Checkpoints completed since this daemon started. */
   checkpoints: z.number(),
   /** The last minute's pauses, summed up. */

@@ -158,7 +158,7 @@ export class ApiClient {
     return new Promise((resolve, reject) => {
       const opts = { method: 'GET', path: p, headers, agent: false as const };
       const req = t.kind === 'local' ? http.request({ ...opts, socketPath: t.socket }) : https.request({ ...t.tls, ...opts, host: t.host, port: t.port });
-      const timer = setTimeout(() => req.destroy(new LockstepError(`${this.where} did not answer GET ${p} within ${this.timeoutMs} ms`, { hint: 'is the daemon hung? see journalctl -u lockstepd' })), this.timeoutMs);
+      const timer = setTimeout(() => req.destroy(new LockstepError(`${this.where} did not answer GET ${p.split('?')[0]} within ${this.timeoutMs} ms`, { hint: 'is the daemon hung? see journalctl -u lockstepd' })), this.timeoutMs);
       req.on('response', (res) => {
         clearTimeout(timer);
         resolve({ res, abort: () => req.destroy() });
@@ -200,7 +200,7 @@ export class ApiClient {
       // A daemon that refuses a body (413) closes before reading it: the rest of our write fails (EPIPE) on the
       // socket after the answer came. The answer is what counts; errors before it reach req's 'error' below.
       req.on('socket', (sock) => sock.on('error', () => {}));
-      const timer = setTimeout(() => req.destroy(new LockstepError(`${this.where} did not answer ${method} ${p} within ${this.timeoutMs} ms`, { hint: 'is the daemon hung? see journalctl -u lockstepd' })), this.timeoutMs);
+      const timer = setTimeout(() => req.destroy(new LockstepError(`${this.where} did not answer ${method} ${p.split('?')[0]} within ${this.timeoutMs} ms`, { hint: 'is the daemon hung? see journalctl -u lockstepd' })), this.timeoutMs);
       req.on('response', (res) => {
         const chunks: Buffer[] = [];
         let size = 0;

@@ -132,7 +132,7 @@ export class Daemon implements DaemonView {
       version: lockstepVersion(),
       startedAtMs: this.wallNow(),
       healthProblems: () => this.healthProblems(),
-      vms: () => [...this.vmHosts.values()].map((v) => ({ status: v.status(), heartbeatTimeoutMs: v.config.agents?.heartbeatTimeoutMs ?? 500 })),
+      vms: () => [...this.vmHosts.values()].map((v) => ({ status: v.status(), heartbeatTimeoutMs: v.config.agents?.heartbeatTimeoutMs ?? 500, leaseMs: v.config.agents?.leaseMs ?? 1000 })),
       sessions: () => this.sessions?.status() ?? [],
       journal: () => ({ bytes: this.journal?.bytes ?? 0 }),
       dashboardClients: () => this.liveHub.clients,
@@ -167,7 +167,8 @@ export class Daemon implements DaemonView {
     let w = this.watches.get(name);
     if (!w) {
       const heartbeatTimeoutMs = () => this.vmHosts.get(name)?.config.agents?.heartbeatTimeoutMs ?? 500;
-      w = new VmWatch({ vm: name, heartbeatTimeoutMs, record: (d) => this.record(d), counters: this.metrics, wallNow: this.wallNow });
+      const leaseMs = () => this.vmHosts.get(name)?.config.agents?.leaseMs ?? 1000;
+      w = new VmWatch({ vm: name, heartbeatTimeoutMs, leaseMs, record: (d) => this.record(d), counters: this.metrics, wallNow: this.wallNow });
       this.watches.set(name, w);
       this.metrics.initVm(name);
     }
@@ -345,6 +346,7 @@ export class Daemon implements DaemonView {
         return {
           ...v.status(),
           heartbeatTimeoutMs: v.config.agents?.heartbeatTimeoutMs ?? 500,
+          leaseMs: v.config.agents?.leaseMs ?? 1000,
           checkpoints: w?.checkpoints ?? 0,
           pauseStats: w?.pauseStats() ?? { count: 0, p50Ms: null, p99Ms: null, maxMs: null },
           pauses: w?.pauses(pausesSinceMs) ?? [],

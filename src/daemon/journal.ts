@@ -1,8 +1,13 @@
 /**
  * A host's event journal: one JSON record per line (api-types'
- * journalRecordSchema), appended to <stateDir>/journal/events.jsonl and made
- * durable (fdatasync) before append() returns, so that a record the daemon
- * wrote is never lost to its restart, a crash or a power loss. Rotated by
+ * journalRecordSchema), appended to <stateDir>/journal/events.jsonl. The
+ * line is written before append() returns, so no record is lost when the
+ * daemon restarts or crashes (the kernel has it); then fdatasync makes it
+ * durable against a power loss, off the event loop (one flush at a time,
+ * each covering every record written before it began): a daemon whose loop
+ * waited on the disk would delay every heartbeat it sends. What a power loss
+ * can take is the records of the last flush under way (milliseconds); stop
+ * flushes synchronously. Rotated by
  * size: the current file moves to events.jsonl.1 (.1 to .2, ...) once it
  * would pass `maxFileBytes`, and the oldest beyond `files` is dropped, so the
  * journal never holds more than files × maxFileBytes. Records are numbered
@@ -80,6 +85,13 @@ export class Journal {
   private readonly recentRecords: JournalRecord[] = [];
   private errors = 0;
   private lastError: string | null = null;
+  /** A flush (fdatasync) is under way (of this file), and records were written since it began. */
+  private flushing = false;
+  private flushingFd: number | undefined;
+  private dirty = false;
+  /** Files replaced while a flush of theirs was under way: closed when it ends. */
+  private readonly retired = new Set<number>();
+  private flushWaiters: Array<() => void> = [];
   private readonly wallNow: () => number;
   private readonly maxFileBytes: number;
   private readonly files: number;
@@ -151,9 +163,10 @@ export class Journal {
   }
 
   /**
-   * Appends a record and makes it durable before returning it. A failure to
-   * write is counted, logged and kept in memory (the record still shows in
-   * the recent ones), never thrown: the journal must not stop what it records.
+   * Appends a record: written before it returns (a daemon crash loses
+   * nothing), flushed to the disk right after. A failure to write is counted,
+   * logged and kept in memory (the record still shows in the recent ones),
+   * never thrown: the journal must not stop what it records.
    */
   append(d: JournalDraft): JournalRecord {
     const rec: JournalRecord = {
@@ -176,12 +189,10 @@ export class Journal {
         invariant(n > 0, 'a write makes progress');
         off += n;
       }
-      fs.fdatasyncSync(this.fd);
       this.size += line.length;
+      this.flush();
     } catch (err) {
-      this.errors++;
-      this.lastError = errorMessage(err);
-      this.log('error', 'a journal record could not be written', { err: this.lastError, seq: rec.seq, kind: rec.kind });
+      this.failed(err, `journal record ${rec.seq} (${rec.kind}) could not be written`);
       // A half-written line would spoil the next one: cut back to where this record began, then reopen.
       try {
         if (this.fd !== undefined) fs.ftruncateSync(this.fd, this.size);
@@ -192,6 +203,37 @@ export class Journal {
     }
     this.remember(rec);
     return rec;
+  }
+
+  /** Begins a flush of what was written, unless one is under way (then another follows it). */
+  private flush(): void {
+    this.dirty = true;
+    const fd = this.fd;
+    if (this.flushing || fd === undefined) return;
+    this.flushing = true;
+    this.flushingFd = fd;
+    this.dirty = false;
+    fs.fdatasync(fd, (err) => {
+      this.flushing = false;
+      this.flushingFd = undefined;
+      if (err) this.failed(err, 'a journal flush to disk failed');
+      if (this.retired.delete(fd)) fs.close(fd, () => {});
+      if (this.dirty && this.fd !== undefined) return this.flush();
+      const waiters = this.flushWaiters.splice(0);
+      for (const w of waiters) w();
+    });
+  }
+
+  /** Resolves once every record appended so far is on disk (or its flush failed, counted). */
+  flushed(): Promise<void> {
+    if (!this.flushing && !this.dirty) return Promise.resolve();
+    return new Promise((resolve) => this.flushWaiters.push(resolve));
+  }
+
+  private failed(err: unknown, what: string): void {
+    this.errors++;
+    this.lastError = errorMessage(err);
+    this.log('error', what, { err: this.lastError });
   }
 
   private remember(r: JournalRecord): void {
@@ -217,14 +259,25 @@ export class Journal {
     }
   }
 
+  /** Ends the current file: on disk first; closed now, or when the flush under way on it ends. */
   private closeFd(): void {
-    if (this.fd === undefined) return;
+    const fd = this.fd;
+    if (fd === undefined) return;
+    this.fd = undefined;
     try {
-      fs.closeSync(this.fd);
+      fs.fdatasyncSync(fd);
+    } catch (err) {
+      this.failed(err, 'the journal could not be flushed to disk');
+    }
+    if (this.flushing && this.flushingFd === fd) {
+      this.retired.add(fd);
+      return;
+    }
+    try {
+      fs.closeSync(fd);
     } catch {
       // closed
     }
-    this.fd = undefined;
   }
 
   /** Every readable record on disk, oldest first (a line that does not parse is skipped and counted). */

@@ -14,7 +14,7 @@
  * exposes no counter, only trace points).
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { FAILOVER_REASONS, type VmCounters, type FailoverReason } from './observe.js';
+import { FAILOVER_REASONS, witnessReachable, type VmCounters, type FailoverReason } from './observe.js';
 import type { VmStatus, HostInfo } from './api-types.js';
 
 const ROLES = ['primary', 'secondary', 'alone', 'fenced', 'down'] as const;
@@ -27,7 +27,7 @@ export interface MetricsSource {
   /** When the daemon started (wall clock, ms). */
   startedAtMs: number;
   healthProblems(): string[];
-  vms(): Array<{ status: VmStatus; heartbeatTimeoutMs: number }>;
+  vms(): Array<{ status: VmStatus; heartbeatTimeoutMs: number; leaseMs: number }>;
   sessions(): NonNullable<HostInfo['heartbeatSessions']>;
   journal(): { bytes: number };
   dashboardClients(): number;
@@ -89,7 +89,7 @@ export class DaemonMetrics implements VmCounters {
     this.operatorTotal = new Counter({ name: 'lockstep_operator_commands_total', help: "Operators' commands through the API, by command and the answer's HTTP status", labelNames: ['command', 'code'], registers });
 
     // ---- gauges, read from the VMs' status at each scrape ----
-    const perVm = <L extends string>(name: string, help: string, labelNames: L[], fill: (set: (labels: Record<L, string>, v: number) => void, v: { status: VmStatus; heartbeatTimeoutMs: number }) => void) =>
+    const perVm = <L extends string>(name: string, help: string, labelNames: L[], fill: (set: (labels: Record<L, string>, v: number) => void, v: { status: VmStatus; heartbeatTimeoutMs: number; leaseMs: number }) => void) =>
       new Gauge<L | 'vm'>({
         name,
         help,
@@ -131,9 +131,9 @@ export class DaemonMetrics implements VmCounters {
     perVm('lockstep_peer_hears_this_host', "The peer's agent says it hears this host's agent", [], (set, v) => one(set, v.status.agent ? (v.status.agent.peer.hearsUs ? 1 : 0) : null));
     perVm('lockstep_lease_held', "This host's agent holds the VM's writer lease at the witness", [], (set, v) => one(set, v.status.agent?.lease.witness ? (v.status.agent.lease.held ? 1 : 0) : null));
     perVm('lockstep_lease_remaining_seconds', "The writer lease's time left, as this host counts it (absent when not held)", [], (set, v) => one(set, v.status.agent?.lease.remainingMs == null ? null : s(v.status.agent.lease.remainingMs)));
-    perVm('lockstep_witness_reachable', "The witness (the lease's arbiter) answers this host's agent", [], (set, v) => {
-      const a = v.status.agent;
-      one(set, a?.lease.witness ? (a.degraded.some((d) => d.startsWith('witness unreachable')) ? 0 : 1) : null);
+    perVm('lockstep_witness_reachable', "The witness (the lease's arbiter) answers this host's agent (its last answer within the query interval and some slack)", [], (set, v) => {
+      const r = v.status.agent ? witnessReachable(v.status.agent, v.leaseMs) : null;
+      one(set, r === null ? null : r ? 1 : 0);
     });
     perVm('lockstep_witness_last_answer_seconds', "Since the witness's last answer (absent if never)", [], (set, v) => one(set, v.status.agent?.lease.witnessAnswerMs == null ? null : s(v.status.agent.lease.witnessAnswerMs)));
     perVm('lockstep_disk_epoch', "The generation of this host's disk epoch (it rises at each failover, restart and resync)", [], (set, v) => one(set, v.status.agent?.disk.epoch?.gen));

@@ -75,6 +75,8 @@ export interface VmWatchOptions {
   vm: string;
   /** The agents' heartbeat timeout (the VM's, as defined now): a path not heard for this long is silent. */
   heartbeatTimeoutMs: () => number;
+  /** The writer lease's length (the VM's): how often the witness is asked, for witnessReachable. */
+  leaseMs: () => number;
   record: (d: JournalDraft) => void;
   counters: VmCounters;
   /** The wall clock (ms); injected for tests. */
@@ -94,7 +96,23 @@ function percentile(sorted: number[], p: number): number {
 }
 
 const pathHeard = (p: CoreStatus['peer']['paths'][number], timeoutMs: number) => p.lastHeardMs !== null && p.lastHeardMs < timeoutMs;
-const witnessUnreachable = (s: CoreStatus) => s.degraded.find((d) => d.startsWith('witness unreachable')) ?? null;
+
+/**
+ * Whether the witness answers this agent, with some slack: a node that holds
+ * no lease asks it every 2 × leaseMs, and the core's status calls it
+ * unreachable as soon as its last answer is older than that, i.e. for a
+ * moment before each answer (seen in the lab: "witness unreachable for 2034
+ * ms", then "answers again" 50 ms later, every 2-4 s). Counted as
+ * unreachable here only past the query interval plus max(1 s, leaseMs); an
+ * agent that never heard it goes by the core's word (which allows for its
+ * start). Null when the VM has no witness.
+ */
+export function witnessReachable(a: { lease: CoreStatus['lease']; degraded: string[] }, leaseMs: number): boolean | null {
+  if (!a.lease.witness) return null;
+  if (a.lease.held) return true;
+  if (a.lease.witnessAnswerMs === null) return !a.degraded.some((d) => d.startsWith('witness unreachable'));
+  return a.lease.witnessAnswerMs <= 2 * leaseMs + Math.max(1000, leaseMs);
+}
 
 export class VmWatch implements AgentObserver {
   readonly vm: string;
@@ -300,9 +318,11 @@ export class VmWatch implements AgentObserver {
         lastHeardMs: p.lastHeardMs,
       });
     });
-    const w0 = witnessUnreachable(prev);
-    const w1 = witnessUnreachable(s);
-    if ((w0 === null) !== (w1 === null)) this.seenRecord('witness', w1 ?? 'the witness answers again', { reachable: w1 === null });
+    const w0 = witnessReachable(prev, this.o.leaseMs());
+    const w1 = witnessReachable(s, this.o.leaseMs());
+    if (w0 !== null && w1 !== null && w0 !== w1) {
+      this.seenRecord('witness', w1 ? 'the witness answers again' : `the witness does not answer (its last answer ${s.lease.witnessAnswerMs === null ? 'never came' : `${s.lease.witnessAnswerMs} ms ago`})`, { reachable: w1, lastAnswerMs: s.lease.witnessAnswerMs });
+    }
   }
 
   /** A record of a change seen, within the burst allowance (decisions and outcomes are never left out). */

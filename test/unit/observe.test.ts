@@ -15,7 +15,7 @@ import path from 'node:path';
 import http from 'node:http';
 import { spawnSync } from 'node:child_process';
 import { Journal } from '../../src/daemon/journal.js';
-import { VmWatch, failoverReason, fenceReason, restartReason, type VmCounters } from '../../src/daemon/observe.js';
+import { VmWatch, failoverReason, fenceReason, restartReason, witnessReachable, type VmCounters } from '../../src/daemon/observe.js';
 import { DaemonMetrics } from '../../src/daemon/metrics.js';
 import { liveView, mergeRecords } from '../../src/daemon/live-view.js';
 import { renderWatch, sparkline } from '../../src/cli/watch.js';
@@ -91,11 +91,26 @@ test('journal: a line cut short by a crash is cut off at open; records after it 
   assert.deepEqual(lines.map((l) => l.seq), [1, 2, 3]);
 });
 
-test('journal: rotated within its bound (files × size); the newest records kept, numbered without a gap', () => {
+test('journal: rotated within its bound (files × size) while flushes are under way; the newest records kept, numbered without a gap; no file left open', async () => {
   const dir = tmp();
   const maxFileBytes = 16 * 1024;
+  /** This process's files open in the journal's directory. */
+  const open = () =>
+    fs.readdirSync('/proc/self/fd').filter((fd) => {
+      try {
+        return fs.readlinkSync(`/proc/self/fd/${fd}`).startsWith(dir);
+      } catch {
+        return false;
+      }
+    }).length;
   const j = Journal.open({ dir, host: 'a', maxFileBytes, files: 3 });
-  for (let i = 0; i < 1000; i++) j.append({ vm: 'web', kind: 'resync-step', reason: `step ${i} ${'x'.repeat(100)}` });
+  for (let i = 0; i < 1000; i++) {
+    j.append({ vm: 'web', kind: 'resync-step', reason: `step ${i} ${'x'.repeat(100)}` });
+    // Some appends wait for the loop: flushes run between them, across rotations.
+    if (i % 37 === 0) await new Promise((r) => setImmediate(r));
+  }
+  await j.flushed();
+  assert.deepEqual(j.writeErrors, { count: 0, last: null });
   const names = fs.readdirSync(dir).sort();
   assert.deepEqual(names, ['events.jsonl', 'events.jsonl.1', 'events.jsonl.2'], 'three files at most');
   for (const n of names) assert.ok(fs.statSync(path.join(dir, n)).size <= maxFileBytes, `${n} within its bound`);
@@ -105,6 +120,8 @@ test('journal: rotated within its bound (files × size); the newest records kept
   assert.ok(all.length > 100 && all.length < 1000, `only the newest kept (${all.length})`);
   assert.deepEqual(all.map((r) => r.seq), all.map((_, i) => 1000 - all.length + 1 + i), 'contiguous');
   j.close();
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(open(), 0, 'every file closed (a retired one once its flush ended)');
   assert.equal(Journal.open({ dir, host: 'a', maxFileBytes, files: 3 }).lastSeq, 1000, 'the number survives a reopen across rotated files');
 });
 
@@ -145,7 +162,7 @@ test('the core of a secondary whose primary vanishes, watched: each decision and
   const records: JournalDraft[] = [];
   const counters = new Counted();
   let wall = 1_000_000;
-  const watch = new VmWatch({ vm: 'web', heartbeatTimeoutMs: () => 500, record: (d) => records.push(d), counters, wallNow: () => wall });
+  const watch = new VmWatch({ vm: 'web', heartbeatTimeoutMs: () => 500, leaseMs: () => 1000, record: (d) => records.push(d), counters, wallNow: () => wall });
   let s: CoreState = initCore(coreConfig(), 0, 'boot-b-00000000', { epoch: { run: 'r', gen: 2, by: 'a' }, pending: undefined });
   let now = 0;
   let hbSeq = 0;
@@ -234,6 +251,17 @@ test('reasons as labels: the core\'s words for failovers, fences and restarts ma
   assert.equal(restartReason("no VM runs, and b has not restarted it in 9000 ms: the witness decides"), 'witness-decides');
 });
 
+test('the witness answers a node without the lease every 2 × leaseMs: an answer a little late is no outage (the core says unreachable for that moment)', () => {
+  const lease = (witnessAnswerMs: number | null, held = false) => ({ witness: true, held, remainingMs: held ? 500 : null, witnessAnswerMs, lastRefusal: null, stale: false });
+  const late = { lease: lease(2034), degraded: ['witness unreachable for 2034 ms'] };
+  assert.equal(witnessReachable(late, 1000), true, 'seen in the lab every 2-4 s: not an outage');
+  assert.equal(witnessReachable({ lease: lease(3100), degraded: ['witness unreachable for 3100 ms'] }, 1000), false);
+  assert.equal(witnessReachable({ lease: lease(null), degraded: ['witness unreachable'] }, 1000), false, 'never answered: the core decides');
+  assert.equal(witnessReachable({ lease: lease(null), degraded: [] }, 1000), true, 'just started');
+  assert.equal(witnessReachable({ lease: lease(9000, true), degraded: [] }, 1000), true, 'the holder renews: it answers');
+  assert.equal(witnessReachable({ lease: { ...lease(0), witness: false }, degraded: [] }, 1000), null);
+});
+
 // ---- metrics ----
 
 test('metrics: lockstep_* in Prometheus\' conventions, from the VMs\' status and the counters; promtool check metrics passes', async () => {
@@ -244,7 +272,7 @@ test('metrics: lockstep_* in Prometheus\' conventions, from the VMs\' status and
     version: '0.1.0',
     startedAtMs: now - 60_000,
     healthProblems: () => [],
-    vms: () => [{ status: st, heartbeatTimeoutMs: 500 }],
+    vms: () => [{ status: st, heartbeatTimeoutMs: 500, leaseMs: 1000 }],
     sessions: () => [{ peer: 'a', path: '10.10.2.2>10.10.2.1', up: true, vms: ['web'] }],
     journal: () => ({ bytes: 1234 }),
     dashboardClients: () => 2,

@@ -132,7 +132,7 @@
         ? `<span class="good">held</span>, ${secs(a.lease.remainingMs)} left`
         : `<span class="muted">not held</span>${a.lease.lastRefusal ? ` <span class="warn">(${esc(a.lease.lastRefusal)})</span>` : ''}`;
     const leaseMeter = a.lease.held && a.lease.remainingMs != null ? `<meter min="0" max="1000" low="250" high="500" optimum="1000" value="${Math.min(1000, a.lease.remainingMs)}"></meter>` : '';
-    const witness = !a.lease.witness ? '' : a.degraded.some((d) => d.startsWith('witness unreachable')) ? '<span class="bad">unreachable</span>' : `answers${a.lease.witnessAnswerMs != null ? ` (${secs(a.lease.witnessAnswerMs)} ago)` : ''}`;
+    const witness = !a.lease.witness ? '' : witnessReachable(a, s.leaseMs ?? 1000) ? `answers${a.lease.witnessAnswerMs != null ? ` (${secs(a.lease.witnessAnswerMs)} ago)` : ''}` : '<span class="bad">does not answer</span>';
     const epoch = a.disk.epoch ? `${a.disk.epoch.gen} <span class="muted">by ${esc(a.disk.epoch.by)}</span>${a.disk.pending ? ` <span class="warn">→ ${a.disk.pending.gen} pending</span>` : ''}` : '<span class="bad">unknown</span>';
     const doing = a.work ? `<dt>doing</dt><dd class="warn">${esc(a.work.kind)}${a.work.phase ? ` (${esc(a.work.phase)})` : ''} for ${secs(a.work.runningMs)}</dd>` : a.waiting ? `<dt>waits</dt><dd>${esc(a.waiting)}</dd>` : '';
     return `<div class="part" data-host="${esc(p.host)}" data-reachable="${p.reachable}" data-protected="${a.protected}">
@@ -148,6 +148,13 @@
         ${doing}
       </dl>
     </div>`;
+  }
+
+  /** As the daemon's metrics say it (observe.ts: witnessReachable): the last answer within the query interval and some slack. */
+  function witnessReachable(a, leaseMs) {
+    if (a.lease.held) return true;
+    if (a.lease.witnessAnswerMs == null) return !a.degraded.some((d) => d.startsWith('witness unreachable'));
+    return a.lease.witnessAnswerMs <= 2 * leaseMs + Math.max(1000, leaseMs);
   }
 
   function middle(v, primaryIdx, cps) {
