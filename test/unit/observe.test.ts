@@ -13,7 +13,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import http from 'node:http';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { Journal } from '../../src/daemon/journal.js';
 import { VmWatch, failoverReason, fenceReason, restartReason, witnessReachable, type VmCounters } from '../../src/daemon/observe.js';
 import { DaemonMetrics } from '../../src/daemon/metrics.js';
@@ -31,6 +31,7 @@ import { startDashboardProxy, passes } from '../../src/daemon/dashboard-proxy.js
 import { packageRoot } from '../../src/util/paths.js';
 import { metric, promtoolCheckMetrics } from '../helpers/metrics.js';
 import { overview, vmOverview, pausesUntil, record } from '../helpers/synthetic.js';
+import { lockstep } from '../helpers/cli.js';
 
 const made: string[] = [];
 const tmp = () => {
@@ -458,6 +459,34 @@ test('lockstep dashboard\'s port: only with the printed URL\'s token, only as 12
     assert.equal(passes('DELETE', '/v1/host'), false);
   } finally {
     await proxy.close();
+    await d.stop();
+  }
+});
+
+test('lockstep events --follow prints records as they come, until Ctrl-C (exit 0); status --watch --count --json: one view per line', async () => {
+  const { d, c, file } = await daemon();
+  try {
+    const child = spawn(process.execPath, [path.join(packageRoot(), 'bin', 'lockstep.js'), 'events', '--follow', '--json', '--host-file', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (x: Buffer) => (out += x.toString()));
+    const lines = () => out.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { seq: number; kind: string; reason: string });
+    const until = async (pred: () => boolean, what: string) => {
+      for (let i = 0; i < 100 && !pred(); i++) await new Promise((r) => setTimeout(r, 100));
+      assert.ok(pred(), what);
+    };
+    await until(() => lines().length >= 1, 'the records there are, first');
+    await assert.rejects(c.resync('web'), /no VM "web"/);
+    await until(() => lines().some((r) => r.kind === 'operator' && /^resync web asked by root on this host: refused/.test(r.reason)), 'a new record, followed');
+    const code = new Promise<number | null>((resolve) => child.once('close', resolve));
+    child.kill('SIGINT');
+    assert.equal(await code, 0, 'Ctrl-C ends it, exit 0');
+    assert.deepEqual(lines().map((r) => r.seq), [1, 2], 'each record once, in order');
+    const w = await lockstep(['status', '--watch', '--count', '2', '--interval', '0.2', '--json', '--host-file', file]);
+    assert.equal(w.code, 0, w.stderr);
+    const views = w.stdout.trim().split('\n').map((l) => JSON.parse(l) as { by: string; hosts: Array<{ host: string; reachable: boolean; version: string }> });
+    assert.equal(views.length, 2);
+    assert.deepEqual(views[1]!.hosts, [{ host: 'a', reachable: true, problem: null, version: views[1]!.hosts[0]!.version, healthy: true, healthProblems: [] }]);
+  } finally {
     await d.stop();
   }
 });
