@@ -85,6 +85,8 @@ export class Journal {
   private readonly recentRecords: JournalRecord[] = [];
   private errors = 0;
   private lastError: string | null = null;
+  /** Records appended by this process (since it opened the journal). */
+  private appendedCount = 0;
   /** A flush (fdatasync) is under way (of this file), and records were written since it began. */
   private flushing = false;
   private flushingFd: number | undefined;
@@ -144,6 +146,11 @@ export class Journal {
     return this.seq;
   }
 
+  /** Records appended since the journal was opened (by this daemon). */
+  get appended(): number {
+    return this.appendedCount;
+  }
+
   /** Bytes in the journal's files. */
   get bytes(): number {
     let sum = 0;
@@ -181,6 +188,7 @@ export class Journal {
     const line = Buffer.from(JSON.stringify(rec) + '\n', 'utf8');
     invariant(line.length <= 16 * 1024, 'a record is at most 16 KiB');
     this.seq = rec.seq;
+    this.appendedCount++;
     try {
       if (this.size > 0 && this.size + line.length > this.maxFileBytes) this.rotate();
       if (this.fd === undefined) this.fd = fs.openSync(this.file(0), 'a', 0o600);

@@ -275,7 +275,7 @@ test('metrics: lockstep_* in Prometheus\' conventions, from the VMs\' status and
     healthProblems: () => [],
     vms: () => [{ status: st, heartbeatTimeoutMs: 500, leaseMs: 1000 }],
     sessions: () => [{ peer: 'a', path: '10.10.2.2>10.10.2.1', up: true, vms: ['web'] }],
-    journal: () => ({ bytes: 1234 }),
+    journal: () => ({ bytes: 1234, records: 10, writeErrors: 0 }),
     dashboardClients: () => 2,
   });
   m.initVm('web');
@@ -314,6 +314,8 @@ test('metrics: lockstep_* in Prometheus\' conventions, from the VMs\' status and
   assert.equal(metric(body, 'lockstep_daemon_healthy'), 1);
   assert.equal(metric(body, 'lockstep_dashboard_clients'), 2);
   assert.equal(metric(body, 'lockstep_operator_commands_total', { command: 'resync', code: '202' }), 1);
+  assert.equal(metric(body, 'lockstep_journal_records_total'), 10);
+  assert.equal(metric(body, 'lockstep_journal_write_errors_total'), 0);
   assert.ok(metric(body, 'process_cpu_seconds_total') !== undefined, "the process's own");
   for (const line of body.split('\n').filter((l) => l.startsWith('# TYPE lockstep_'))) {
     const [, , name, type] = line.split(' ');
