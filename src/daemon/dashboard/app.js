@@ -82,7 +82,8 @@
   }
 
   function vmCard(v) {
-    const primaryIdx = v.parts.findIndex((p) => p.vm?.agent?.role === 'primary' || p.vm?.agent?.role === 'alone');
+    // The writer among the hosts that answer (a host that does not answer may still say it was the primary).
+    const primaryIdx = v.parts.findIndex((p) => p.reachable && (p.vm?.agent?.role === 'primary' || p.vm?.agent?.role === 'alone'));
     const plane = v.parts.find((p) => p.vm?.dataPlane)?.vm?.dataPlane;
     const cps = v.parts.map((p) => p.vm?.checkpoints ?? 0);
     const why = v.why.length ? `<ul class="why" data-testid="why">${v.why.map((w) => `<li>${esc(w)}</li>`).join('')}</ul>` : '';
@@ -160,7 +161,8 @@
   function middle(v, primaryIdx, cps) {
     const flowing = v.protected;
     const right = primaryIdx !== 1;
-    const arrow = right ? '<polygon points="92,9 84,4 84,14"/>' : '<polygon points="8,9 16,4 16,14"/>';
+    // An arrow from the primary to the secondary while checkpoints flow; a broken line otherwise.
+    const arrow = !flowing ? '' : right ? '<polygon points="92,9 84,4 84,14"/>' : '<polygon points="8,9 16,4 16,14"/>';
     const stats = v.parts.map((p) => p.vm?.pauseStats).find((s) => s && s.count > 0);
     const label = flowing ? 'checkpoints' : v.state === 'resyncing' ? 'resyncing' : 'no replication';
     return `<div class="link-mid">
