@@ -54,8 +54,8 @@ export interface DaemonView {
   overview(pausesSinceMs?: number): Overview;
   /** The live view's hub (the dashboard's stream). */
   live(): LiveHub;
-  /** An operator's command and its answer, for the journal. */
-  noteCommand(caller: string, command: string, vm: string | null, status: number, error: string | null): void;
+  /** An operator's command as it comes (status null), and its answer. */
+  noteCommand(caller: string, command: string, vm: string | null, status: number | null, error: string | null): void;
 }
 
 /** The commands an operator gives through the API, by method and path (for the journal). */
@@ -110,9 +110,11 @@ export function apiApp(view: DaemonView, listener: 'local' | 'tls'): Hono<Env> {
     await next();
   });
   app.use('*', bodyLimit({ maxSize: MAX_BODY_BYTES, onError: (c) => c.json(errorBody(`request body over ${MAX_BODY_BYTES} bytes`), 413) }));
-  // Every operator's command, accepted or refused, goes into the journal with who gave it.
+  // Every operator's command goes into the journal with who gave it, before it acts (so that what it causes comes
+  // after it), and again if it was refused, with why.
   app.use('*', async (c, next) => {
     const cmd = commandOf(c.req.method, c.req.path);
+    if (cmd) view.noteCommand(c.get('caller'), cmd.command, cmd.vm, null, null);
     await next();
     if (!cmd) return;
     let error: string | null = null;

@@ -352,10 +352,15 @@ export class Daemon implements DaemonView {
     };
   }
 
-  /** An operator's command through the API, whoever asked, and its answer: in the journal and the metrics. */
-  noteCommand(caller: string, command: string, vm: string | null, status: number, error: string | null): void {
+  /**
+   * An operator's command through the API, whoever asked: in the journal as it comes (status null), before it acts;
+   * its answer in the metrics, and in the journal too when it was refused.
+   */
+  noteCommand(caller: string, command: string, vm: string | null, status: number | null, error: string | null): void {
+    const what = `${command}${vm ? ` ${vm}` : ''}`;
+    if (status === null) return this.record({ vm, kind: 'operator', reason: `${what}, asked by ${caller}`, figures: { command, caller } });
     this.metrics.operatorCommand(command, status);
-    this.record({ vm, kind: 'operator', reason: `${command}${vm ? ` ${vm}` : ''} asked by ${caller}: ${status < 400 ? 'accepted' : `refused (${error ?? `HTTP ${status}`})`}`, figures: { command, caller, status } });
+    if (status >= 400) this.record({ vm, kind: 'operator', reason: `${what} refused: ${error ?? `HTTP ${status}`}`, figures: { command, caller, status } });
   }
 
   peerByFingerprint(fp: string): string | undefined {
