@@ -22,6 +22,12 @@ PACKAGES=(
   libgnutls28-dev
   # ... and ccache: a partial patch set recompiles only what differs from the full one
   ccache
+  # the tests of the metrics and alerting rules: promtool check metrics / check rules / test rules
+  # (promtool comes only with Debian's prometheus package; lockstep needs no Prometheus server:
+  # where systemd runs, stop the one the package starts with systemctl disable --now prometheus)
+  prometheus
+  # the dashboard's tests: a headless browser (Debian's; the tests never download one)
+  chromium
 )
 
 missing=()

@@ -127,7 +127,8 @@ export async function labDemo(o: LabDemoOptions): Promise<number> {
   }
   out('');
   out('The lab keeps running.');
-  out(`  look:      node bin/lockstep.js lab status   (or: lab run mgmt status ${d.vm})`);
+  out(`  look:      node bin/lockstep.js lab status   (or: lab run mgmt status ${d.vm}; live: lab run mgmt -- status --watch ${d.vm})`);
+  out(`  the story: node bin/lockstep.js lab run mgmt events ${d.vm}   (what happened at the power loss, and why, from both hosts' journals)`);
   out(`  try:       node bin/lockstep.js lab exec client -- wget -qO- http://${LAB_GUEST}/cgi-bin/cnt`);
   out('  chaos:     node bin/lockstep.js lab power-off primary | lab kill secondary | lab cut replication');
   out('  stop it:   node bin/lockstep.js lab down');

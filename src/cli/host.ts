@@ -65,11 +65,12 @@ export function registerHostCommands(program: Command): void {
     .option('--api <address[:port]>', 'serve the API to the other hosts here, over TLS (port 7700 unless given)')
     .option('--state-dir <dir>', 'where the daemon keeps its state (default /var/lib/lockstep)')
     .option('--api-socket <file>', 'the local API\'s socket (default /run/lockstep/api.sock)')
+    .option('--metrics <address:port>', 'also serve the Prometheus metrics here in plain HTTP, read-only, for a scraper without a client certificate (they are always on the API: GET /metrics)')
     .option('--host-file <file>', HOST_FILE_HELP)
     .option('--force', 'replace an existing host file and identity')
     .option('--json', 'print the result as JSON')
-    .action(async (o: { name: string; replication: string; heartbeat?: string[]; api?: string; stateDir?: string; apiSocket?: string; hostFile?: string; force?: boolean; json?: boolean }) => {
-      const r = await hostInit({ file: hostFileOf(o.hostFile), name: o.name, replication: o.replication, heartbeat: o.heartbeat, api: o.api, stateDir: o.stateDir, socket: o.apiSocket, force: o.force });
+    .action(async (o: { name: string; replication: string; heartbeat?: string[]; api?: string; stateDir?: string; apiSocket?: string; metrics?: string; hostFile?: string; force?: boolean; json?: boolean }) => {
+      const r = await hostInit({ file: hostFileOf(o.hostFile), name: o.name, replication: o.replication, heartbeat: o.heartbeat, api: o.api, stateDir: o.stateDir, socket: o.apiSocket, metrics: o.metrics, force: o.force });
       print(o.json, r, () =>
         [
           `wrote ${r.hostFile} and this host's identity`,

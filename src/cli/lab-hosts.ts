@@ -53,6 +53,8 @@ export function labSummary(lab: DaemonVmLab): string {
     '',
     'try:',
     `  lockstep lab run mgmt status ${lab.vm}            the CLI on the management host, as an operator`,
+    `  lockstep lab run mgmt -- events ${lab.vm}         what happened to it and why, both hosts' journals in time order`,
+    `  lockstep lab run mgmt -- status --watch ${lab.vm} the live view, redrawn every second (Ctrl-C ends it)`,
     `  lockstep lab exec client -- wget -qO- http://${LAB_GUEST}/cgi-bin/cnt     the guest's disk counter`,
     '  lockstep lab power-off primary         the primary\'s host loses power; lockstep lab power-on a|b',
     '  lockstep lab kill primary              kill -9 its QEMU (--daemon: the host\'s daemon; --freeze: SIGSTOP)',

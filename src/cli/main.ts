@@ -7,6 +7,7 @@ import { registerPairCommands } from './pair.js';
 import { registerNodeCommands } from './node.js';
 import { registerHostCommands } from './host.js';
 import { registerPackageCommand } from './package.js';
+import { registerObserveCommands } from './observe.js';
 import { lockstepVersion } from '../util/paths.js';
 
 const program = new Command();
@@ -32,6 +33,7 @@ registerDemoCommand(program);
 registerPairCommands(program);
 registerNodeCommands(program);
 registerHostCommands(program);
+registerObserveCommands(program);
 // Last: its manual page describes every command registered before it.
 registerPackageCommand(program);
 

@@ -12,6 +12,7 @@ import { loadHostFile } from '../config/host.js';
 import { hostsToAsk, upOnHosts, vmOnHosts, vmsOnHosts, vmLine, downOnHosts, failoverOnHosts, resyncOnHosts } from '../daemon/orchestrate.js';
 import { hostFileOf } from './host.js';
 import { LockstepError } from '../util/errors.js';
+import { watchStatus } from './watch.js';
 
 /** `status NAME`'s exit code when the VM is not protected (0: protected; 1: an error). */
 export const EXIT_NOT_PROTECTED = 3;
@@ -141,9 +142,21 @@ export function registerPairCommands(program: Command): void {
     .option('-c, --config <file>', CONFIG_HELP)
     .option('--host <name>', 'ask this host only')
     .option('--host-file <file>', 'this host\'s settings (default: $LOCKSTEP_HOST_FILE, else /etc/lockstep/host.yaml)')
-    .option('--json', 'print as JSON')
-    .action(async (vm: string | undefined, opts: { config?: string; host?: string; hostFile?: string; json?: boolean }) => {
+    .option('-w, --watch', 'the live view, redrawn every second until Ctrl-C (with daemons): every VM (or NAME) with its two hosts, why it is not protected, resync progress, checkpoint pauses, recent events')
+    .option('--interval <seconds>', 'with --watch: redraw this often', '1')
+    .option('--count <n>', 'with --watch: stop after this many views')
+    .option('--json', 'print as JSON (with --watch: one view per line)')
+    .action(async (vm: string | undefined, opts: { config?: string; host?: string; hostFile?: string; json?: boolean; watch?: boolean; interval: string; count?: string }) => {
       if (vm && opts.config) throw new LockstepError('give either a VM name (with daemons) or -c CONFIG (a pair started from here), not both', { hint: 'lockstep status --help' });
+      if (opts.watch) {
+        if (opts.config) throw new LockstepError('--watch follows VMs run by daemons, not a pair started with -c', { hint: 'lockstep status NAME --watch' });
+        const intervalMs = Number(opts.interval) * 1000;
+        const count = opts.count === undefined ? undefined : Number(opts.count);
+        if (!(intervalMs >= 200 && intervalMs <= 3_600_000)) throw new LockstepError(`--interval ${opts.interval}: expected seconds between 0.2 and 3600`);
+        if (count !== undefined && !(Number.isInteger(count) && count > 0)) throw new LockstepError(`--count ${opts.count}: expected a whole number above 0`);
+        await watchStatus(loadHostFile(hostFileOf(opts.hostFile)), { vm, only: opts.host, intervalMs, count, json: opts.json === true, out: process.stdout });
+        return;
+      }
       if (!vm && !opts.config) {
         const all = await vmsOnHosts(loadHostFile(hostFileOf(opts.hostFile)), { only: opts.host });
         print(opts.json, all, () =>

@@ -81,6 +81,11 @@ export const hostSchema = z
      * line), else lockstep's own build. Never the distribution's QEMU by default: it lacks fixes COLO needs.
      */
     qemu: z.object({ binary: z.string().optional() }).strict().default({}),
+    /**
+     * Prometheus metrics: always on the API (GET /metrics, same authentication); `listen` ADDRESS:PORT also serves
+     * them read-only over plain HTTP, for a scraper without a client certificate (put it on a management network).
+     */
+    metrics: z.object({ listen: endpoint.optional() }).strict().default({}),
     /** The other hosts this one trusts, by name (`lockstep host trust` adds them). */
     peers: z.record(nodeName, peer).default({}),
   })

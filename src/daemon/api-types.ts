@@ -55,3 +55,114 @@ export const vmListSchema = z.array(vmStatusSchema);
 export const defineAnswerSchema = z.object({ name: z.string(), outcome: z.enum(['created', 'replaced', 'unchanged']) });
 
 export const stopAnswerSchema = z.object({ name: z.string(), host: z.string(), qemu: z.string() });
+
+/** A figure of a journal record: a number (base units in its name: ms, bytes), a word, a flag, or nothing. */
+export const figureSchema = z.union([z.string(), z.number(), z.boolean(), z.null()]);
+export type Figure = z.infer<typeof figureSchema>;
+
+/**
+ * One record of a host's event journal: a decision with its reason, what a
+ * procedure did, a change seen (protection, role, lease, heartbeat path,
+ * witness), an operator's command. `seq` counts the host's records, without
+ * gaps, across daemon restarts; `at` is the host's wall clock (ISO 8601, UTC).
+ * `kind` is a word from JOURNAL_KINDS (a string here: a newer daemon may say
+ * more); `vm` is null for what concerns the whole host (its daemon).
+ */
+export const journalRecordSchema = z.object({
+  seq: z.number().int().min(1),
+  at: z.string(),
+  host: z.string(),
+  vm: z.string().nullable(),
+  kind: z.string(),
+  reason: z.string(),
+  figures: z.record(z.string(), figureSchema),
+});
+export type JournalRecord = z.infer<typeof journalRecordSchema>;
+
+/** The kinds of journal records this version writes. */
+export const JOURNAL_KINDS = [
+  /** The daemon started or stopped (vm: null). */
+  'daemon',
+  /** A VM's agent started, or stopped. */
+  'agent',
+  /** An operator's command through the API (define, start, stop, end-qemu, resync), whoever asked, and its answer. */
+  'operator',
+  /** Every decision of the agent, with its reason (figures.action: what it decided). */
+  'decision',
+  /** What the agent waits for, when that changes (why it does not act yet). */
+  'waiting',
+  /** A failover done: the VM carried on by this host (figures: from, to, procedure, detectionMs, procedureMs). */
+  'failover',
+  'fence',
+  'unfence',
+  /** The VM restarted alone from this host's disk (the whole pair was down). */
+  'restart',
+  /** A resync done: protected again (figures.ms). */
+  'resync',
+  /** A step of a resync under way (figures: mirror progress). */
+  'resync-step',
+  /** The VM became protected, or stopped being protected (the reason says why not). */
+  'protection',
+  'role',
+  /** This host's agent took the writer lease, or lost it. */
+  'lease',
+  /** A heartbeat path to the peer went silent, or was heard again. */
+  'heartbeat',
+  /** The witness (the lease's arbiter) became unreachable, or reachable again. */
+  'witness',
+  /** Our QEMU: COLO ended (COLO_EXIT with QEMU's reason), it shut down, or the agent lost it. */
+  'qemu',
+  /** Something failed and will be tried again (figures: when). */
+  'error',
+] as const;
+export type JournalKind = (typeof JOURNAL_KINDS)[number];
+
+/** The answer to GET /v1/events: the host's records that matched, oldest first. */
+export const eventsAnswerSchema = z.object({
+  host: z.string(),
+  records: z.array(journalRecordSchema),
+  /** The newest record's number on this host (what --follow asks after next). */
+  lastSeq: z.number(),
+  /** More records matched than were sent: the oldest were left out. */
+  truncated: z.boolean(),
+});
+export type EventsAnswer = z.infer<typeof eventsAnswerSchema>;
+
+/** A checkpoint's pause as this host saw it: when it ended (wall-clock ms) and how long the VM was stopped (ms). */
+export const pauseSchema = z.tuple([z.number(), z.number()]);
+
+/** The checkpoint pauses of a VM on one host over the last minute, in ms. */
+export const pauseStatsSchema = z.object({ count: z.number(), p50Ms: z.number().nullable(), p99Ms: z.number().nullable(), maxMs: z.number().nullable() });
+export type PauseStats = z.infer<typeof pauseStatsSchema>;
+
+/** One VM as this host runs it, for the live views: its status, and what the daemon saw of its checkpoints. */
+export const vmOverviewSchema = vmStatusSchema.extend({
+  /** The agents' heartbeat timeout: a path not heard for this long is silent. */
+  heartbeatTimeoutMs: z.number(),
+  /** The writer lease's length: a node without it asks the witness every 2 × leaseMs. */
+  leaseMs: z.number(),
+  /** Checkpoints completed since this daemon started. */
+  checkpoints: z.number(),
+  /** The last minute's pauses, summed up. */
+  pauseStats: pauseStatsSchema,
+  /** The recent pauses (the last minutes, bounded), oldest first. */
+  pauses: z.array(pauseSchema),
+});
+export type VmOverview = z.infer<typeof vmOverviewSchema>;
+
+/** GET /v1/overview: what one host says of itself and its VMs, for the dashboard and status --watch. */
+export const overviewSchema = z.object({
+  host: z.string(),
+  version: z.string(),
+  /** When this host made it (its wall clock, ms): how old the view is. */
+  atMs: z.number(),
+  uptimeMs: z.number(),
+  /** The daemon can do its work: its journal is writable and no agent stopped on its own failure. */
+  healthy: z.boolean(),
+  healthProblems: z.array(z.string()),
+  heartbeatSessions: hostInfoSchema.shape.heartbeatSessions,
+  vms: z.array(vmOverviewSchema),
+  /** The host's newest journal records, oldest first. */
+  events: z.array(journalRecordSchema),
+});
+export type Overview = z.infer<typeof overviewSchema>;

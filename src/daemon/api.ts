@@ -7,8 +7,12 @@
 import type { TLSSocket } from 'node:tls';
 import { Hono } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
+import { streamSSE } from 'hono/streaming';
 import type { HttpBindings } from '@hono/node-server';
-import { API_VERSION, type ApiError, type HostInfo, type VmStatus } from './api-types.js';
+import { API_VERSION, type ApiError, type EventsAnswer, type HostInfo, type Overview, type VmStatus } from './api-types.js';
+import type { JournalQuery } from './journal.js';
+import { MAX_WATCHERS, type LiveHub } from './live.js';
+import { dashboardFile } from './dashboard.js';
 import { LockstepError } from '../util/errors.js';
 
 /** A request the daemon refuses, with the HTTP status that says why (404: no such thing, 409: not now). */
@@ -42,7 +46,42 @@ export interface DaemonView {
   resync(name: string): VmStatus;
   /** The name of the trusted host whose certificate has this SHA-256 fingerprint, if any. */
   peerByFingerprint(fp: string): string | undefined;
+  /** The Prometheus exposition text. */
+  metricsText(): Promise<{ body: string; contentType: string }>;
+  /** The journal's records that match. */
+  events(q: JournalQuery): EventsAnswer;
+  /** This host and its VMs, for the live views. */
+  overview(pausesSinceMs?: number): Overview;
+  /** The live view's hub (the dashboard's stream). */
+  live(): LiveHub;
+  /** An operator's command as it comes (status null), and its answer. */
+  noteCommand(caller: string, command: string, vm: string | null, status: number | null, error: string | null): void;
 }
+
+/** The commands an operator gives through the API, by method and path (for the journal). */
+function commandOf(method: string, path: string): { command: string; vm: string | null } | null {
+  const m = /^\/v1\/vms\/([^/]+)(?:\/(start|stop|end-qemu|resync))?$/.exec(path);
+  if (!m) return null;
+  const vm = decodeURIComponent(m[1]!);
+  if (method === 'PUT' && !m[2]) return { command: 'define', vm };
+  if (method === 'POST' && m[2]) return { command: m[2], vm };
+  return null;
+}
+
+/** A query parameter as a whole number ≥ 0, or undefined; anything else is refused. */
+function whole(v: string | undefined, what: string): number | undefined {
+  if (v === undefined || v === '') return undefined;
+  if (!/^\d{1,16}$/.test(v)) throw new LockstepError(`${what} must be a whole number, not "${v.slice(0, 40)}"`);
+  return Number(v);
+}
+
+/** The dashboard's pages may load only what the daemon serves: no other origin, no inline script. */
+const DASHBOARD_HEADERS = {
+  'content-security-policy': "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+  'x-content-type-options': 'nosniff',
+  'referrer-policy': 'no-referrer',
+  'cache-control': 'no-cache',
+};
 
 type Env = { Bindings: Partial<HttpBindings>; Variables: { caller: string } };
 
@@ -71,7 +110,62 @@ export function apiApp(view: DaemonView, listener: 'local' | 'tls'): Hono<Env> {
     await next();
   });
   app.use('*', bodyLimit({ maxSize: MAX_BODY_BYTES, onError: (c) => c.json(errorBody(`request body over ${MAX_BODY_BYTES} bytes`), 413) }));
+  // Every operator's command goes into the journal with who gave it, before it acts (so that what it causes comes
+  // after it), and again if it was refused, with why.
+  app.use('*', async (c, next) => {
+    const cmd = commandOf(c.req.method, c.req.path);
+    if (cmd) view.noteCommand(c.get('caller'), cmd.command, cmd.vm, null, null);
+    await next();
+    if (!cmd) return;
+    let error: string | null = null;
+    if (c.res.status >= 400) {
+      try {
+        error = ((await c.res.clone().json()) as ApiError).error ?? null;
+      } catch {
+        error = null;
+      }
+    }
+    view.noteCommand(c.get('caller'), cmd.command, cmd.vm, c.res.status, error);
+  });
   const v = `/${API_VERSION}`;
+  app.get('/metrics', async (c) => {
+    const m = await view.metricsText();
+    return c.body(m.body, 200, { 'content-type': m.contentType });
+  });
+  app.get(`${v}/events`, (c) =>
+    c.json(
+      view.events({
+        vm: c.req.query('vm') || undefined,
+        sinceMs: whole(c.req.query('sinceMs'), 'sinceMs'),
+        afterSeq: whole(c.req.query('afterSeq'), 'afterSeq'),
+        limit: whole(c.req.query('limit'), 'limit'),
+      }),
+    ),
+  );
+  app.get(`${v}/overview`, (c) => c.json(view.overview(whole(c.req.query('pausesSinceMs'), 'pausesSinceMs'))));
+  app.get(`${v}/overview/stream`, (c) => {
+    const hub = view.live();
+    if (hub.clients >= MAX_WATCHERS) return c.json(errorBody(`no more live views: ${MAX_WATCHERS} are open on this daemon`, 'close a dashboard, or use lockstep status --watch'), 503);
+    // Frames are sent by the hub; the stream lives until the watcher goes away or the hub drops it.
+    return streamSSE(c, async (s) => {
+      let done: () => void = () => {};
+      const ended = new Promise<void>((resolve) => (done = resolve));
+      const stop = hub.watch((f) => s.writeSSE(f), done);
+      s.onAbort(() => {
+        stop();
+        done();
+      });
+      await ended;
+      stop();
+    });
+  });
+  app.get('/', (c) => c.redirect('/dashboard/'));
+  app.get('/dashboard', (c) => c.redirect('/dashboard/'));
+  app.get('/dashboard/:file{[a-z0-9.-]*}', (c) => {
+    const f = dashboardFile(c.req.param('file') || 'index.html');
+    if (!f) return c.json(errorBody(`no such dashboard file: ${c.req.param('file')}`), 404);
+    return c.body(f.body, 200, { 'content-type': f.contentType, ...DASHBOARD_HEADERS });
+  });
   app.get(`${v}/host`, (c) => c.json(view.hostInfo(c.get('caller'))));
   app.get(`${v}/vms`, (c) => c.json(view.vms()));
   app.get(`${v}/vms/:name`, (c) => {

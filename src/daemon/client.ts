@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import type { z } from 'zod';
 import type { HostConfig } from '../config/host.js';
 import { LockstepError, errorMessage } from '../util/errors.js';
-import { API_VERSION, apiErrorSchema, defineAnswerSchema, stopAnswerSchema, hostInfoSchema, vmListSchema, vmStatusSchema, type HostInfo, type VmStatus } from './api-types.js';
+import { API_VERSION, apiErrorSchema, defineAnswerSchema, stopAnswerSchema, hostInfoSchema, vmListSchema, vmStatusSchema, eventsAnswerSchema, overviewSchema, type EventsAnswer, type HostInfo, type Overview, type VmStatus } from './api-types.js';
 import { fingerprint } from './identity.js';
 
 /** Answers larger than this are not read (a daemon never sends them). */
@@ -30,13 +30,28 @@ export class ApiCallError extends LockstepError {
   }
 }
 
-type Target = { kind: 'local'; socket: string } | { kind: 'remote'; name: string; host: string; port: number; tls: https.RequestOptions };
+type Target = { kind: 'local'; socket: string } | { kind: 'remote'; name: string; host: string; port: number; tls: https.RequestOptions; agent?: https.Agent };
 
 export class ApiClient {
   private constructor(
     private readonly target: Target,
     private readonly timeoutMs: number,
   ) {}
+
+  /**
+   * The same host's daemon over one kept connection (TLS: one handshake for
+   * many calls), for a caller that asks often (a daemon following its peers
+   * for the dashboard). At most one socket; close() ends it.
+   */
+  keepAlive(): ApiClient {
+    if (this.target.kind !== 'remote') return this;
+    return new ApiClient({ ...this.target, agent: new https.Agent({ keepAlive: true, maxSockets: 1, maxFreeSockets: 1 }) }, this.timeoutMs);
+  }
+
+  /** Ends a kept connection. */
+  close(): void {
+    if (this.target.kind === 'remote') this.target.agent?.destroy();
+  }
 
   /** This host's daemon, over its local socket (root). */
   static local(host: Pick<HostConfig, 'api'>, timeoutMs = DEFAULT_TIMEOUT_MS): ApiClient {
@@ -117,6 +132,45 @@ export class ApiClient {
     return this.call('POST', `/vms/${encodeURIComponent(name)}/start`, vmStatusSchema);
   }
 
+  /** The host's overview for the live views; only the checkpoint pauses after `pausesSinceMs` (its wall clock). */
+  overview(pausesSinceMs?: number): Promise<Overview> {
+    return this.call('GET', `/overview${pausesSinceMs === undefined ? '' : `?pausesSinceMs=${Math.floor(pausesSinceMs)}`}`, overviewSchema);
+  }
+
+  /** The host's journal records that match (of VM `vm` and the host's own; after `afterSeq`; at or after `sinceMs`). */
+  events(q: { vm?: string; sinceMs?: number; afterSeq?: number; limit?: number } = {}): Promise<EventsAnswer> {
+    const p = new URLSearchParams();
+    if (q.vm !== undefined) p.set('vm', q.vm);
+    if (q.sinceMs !== undefined) p.set('sinceMs', String(Math.floor(q.sinceMs)));
+    if (q.afterSeq !== undefined) p.set('afterSeq', String(q.afterSeq));
+    if (q.limit !== undefined) p.set('limit', String(q.limit));
+    const qs = p.toString();
+    return this.call('GET', `/events${qs ? `?${qs}` : ''}`, eventsAnswerSchema);
+  }
+
+  /**
+   * A GET whose answer is not read here but handed over as it comes (the
+   * dashboard's proxy: pages, and the live stream, which does not end). The
+   * connection must be answered within the timeout; then it is the caller's.
+   */
+  stream(p: string, headers: http.OutgoingHttpHeaders = {}): Promise<{ res: http.IncomingMessage; abort: () => void }> {
+    const t = this.target;
+    return new Promise((resolve, reject) => {
+      const opts = { method: 'GET', path: p, headers, agent: false as const };
+      const req = t.kind === 'local' ? http.request({ ...opts, socketPath: t.socket }) : https.request({ ...t.tls, ...opts, host: t.host, port: t.port });
+      const timer = setTimeout(() => req.destroy(new LockstepError(`${this.where} did not answer GET ${p.split('?')[0]} within ${this.timeoutMs} ms`, { hint: 'is the daemon hung? see journalctl -u lockstepd' })), this.timeoutMs);
+      req.on('response', (res) => {
+        clearTimeout(timer);
+        resolve({ res, abort: () => req.destroy() });
+      });
+      req.on('error', (err: NodeJS.ErrnoException) => {
+        clearTimeout(timer);
+        reject(err instanceof LockstepError ? err : this.connectError(err));
+      });
+      req.end();
+    });
+  }
+
   async call<T>(method: string, p: string, schema: z.ZodType<T>, body?: unknown): Promise<T> {
     const { status, text } = await this.request(method, `/${API_VERSION}${p}`, body);
     let json: unknown;
@@ -142,11 +196,11 @@ export class ApiClient {
       const req =
         t.kind === 'local'
           ? http.request({ socketPath: t.socket, method, path: p, headers, timeout: this.timeoutMs, agent: false })
-          : https.request({ ...t.tls, host: t.host, port: t.port, method, path: p, headers, timeout: this.timeoutMs, agent: false });
+          : https.request({ ...t.tls, host: t.host, port: t.port, method, path: p, headers, timeout: this.timeoutMs, agent: t.agent ?? false });
       // A daemon that refuses a body (413) closes before reading it: the rest of our write fails (EPIPE) on the
       // socket after the answer came. The answer is what counts; errors before it reach req's 'error' below.
       req.on('socket', (sock) => sock.on('error', () => {}));
-      const timer = setTimeout(() => req.destroy(new LockstepError(`${this.where} did not answer ${method} ${p} within ${this.timeoutMs} ms`, { hint: 'is the daemon hung? see journalctl -u lockstepd' })), this.timeoutMs);
+      const timer = setTimeout(() => req.destroy(new LockstepError(`${this.where} did not answer ${method} ${p.split('?')[0]} within ${this.timeoutMs} ms`, { hint: 'is the daemon hung? see journalctl -u lockstepd' })), this.timeoutMs);
       req.on('response', (res) => {
         const chunks: Buffer[] = [];
         let size = 0;

@@ -16,9 +16,15 @@ import { LockstepError, errorMessage } from '../util/errors.js';
 import { lockstepVersion } from '../util/paths.js';
 import { socketAnswers } from '../util/net.js';
 import pino from 'pino';
+import http from 'node:http';
 import { apiApp, ApiRefusal, type DaemonView } from './api.js';
-import type { HostInfo, VmStatus } from './api-types.js';
-import { placedVmSchema, portsOfPlaced, VmHost, type PlacedVm } from './vm-host.js';
+import type { HostInfo, Overview, VmStatus } from './api-types.js';
+import { placedVmSchema, portsOfPlaced, VmHost, type PlacedVm, type VmObserving } from './vm-host.js';
+import { Journal, type JournalDraft, type JournalQuery } from './journal.js';
+import { DaemonMetrics } from './metrics.js';
+import { VmWatch } from './observe.js';
+import { LiveHub } from './live.js';
+import { ApiClient } from './client.js';
 import { portList } from '../config/vm.js';
 import { interfaceExists } from '../qemu/tap.js';
 import { nodeName } from '../config/schema.js';
@@ -28,6 +34,10 @@ import { findArtifacts } from '../pair/runtime.js';
 
 /** At most this many API connections at once per listener; more are refused by the kernel's backlog. */
 const MAX_API_CONNECTIONS = 256;
+/** The plain-HTTP metrics listener takes fewer: scrapers only. */
+const MAX_METRICS_CONNECTIONS = 32;
+/** The newest journal records an overview carries. */
+const OVERVIEW_EVENTS = 60;
 /** A client has this long to send its request's headers, and this long for the whole request. */
 const HEADERS_TIMEOUT_MS = 10_000;
 const REQUEST_TIMEOUT_MS = 30_000;
@@ -37,6 +47,8 @@ type Server = ReturnType<typeof createAdaptorServer>;
 export interface DaemonOptions {
   /** The monotonic clock (ms); injected for tests. */
   now?: () => number;
+  /** The wall clock (ms since the epoch): the journal's times; injected for tests. */
+  wallNow?: () => number;
   log?: (level: 'info' | 'warn' | 'error', msg: string, detail?: Record<string, unknown>) => void;
   /** Where the VMs' runtimes log (the daemon's journal); default: nowhere. */
   logger?: pino.Logger;
@@ -94,6 +106,15 @@ export class Daemon implements DaemonView {
   private readonly logger: pino.Logger;
   /** The heartbeat sessions with the other hosts, which every VM's agent here talks to its peer agent through. */
   private sessions: HostSessions | undefined;
+  private readonly wallNow: () => number;
+  /** The event journal (open from start to stop). */
+  private journal: Journal | undefined;
+  readonly metrics: DaemonMetrics;
+  /** What the daemon watches of each VM's agent, by VM name (kept across a VM's redefinition). */
+  private readonly watches = new Map<string, VmWatch>();
+  private readonly liveHub: LiveHub;
+  /** Kept connections to the peers' APIs, for the live view (made on first use). */
+  private readonly peerClients = new Map<string, ApiClient>();
 
   constructor(
     readonly host: HostConfig,
@@ -105,6 +126,61 @@ export class Daemon implements DaemonView {
     this.peerPrints = new Map(this.peers.map((p) => [p.fingerprint, p.name]));
     this.logger = o.logger ?? pino({ level: 'silent' });
     this.memoryForVms = host.memory.forVms ?? Math.max(0, os.totalmem() - GiB);
+    this.wallNow = o.wallNow ?? Date.now;
+    this.metrics = new DaemonMetrics({
+      host: host.name,
+      version: lockstepVersion(),
+      startedAtMs: this.wallNow(),
+      healthProblems: () => this.healthProblems(),
+      vms: () => [...this.vmHosts.values()].map((v) => ({ status: v.status(), heartbeatTimeoutMs: v.config.agents?.heartbeatTimeoutMs ?? 500, leaseMs: v.config.agents?.leaseMs ?? 1000 })),
+      sessions: () => this.sessions?.status() ?? [],
+      journal: () => ({ bytes: this.journal?.bytes ?? 0, records: this.journal?.appended ?? 0, writeErrors: this.journal?.writeErrors.count ?? 0 }),
+      dashboardClients: () => this.liveHub.clients,
+    });
+    this.liveHub = new LiveHub({
+      host: host.name,
+      overview: (since) => this.overview(since),
+      peers: () => [...new Set([...this.vmHosts.values()].flatMap((v) => v.placed.vm.hosts.filter((h) => h !== host.name)))].sort(),
+      clientFor: (peer, timeoutMs) => {
+        let c = this.peerClients.get(peer);
+        if (!c) {
+          c = ApiClient.remote(this.host, peer, timeoutMs).keepAlive();
+          this.peerClients.set(peer, c);
+        }
+        return c;
+      },
+      wallNow: this.wallNow,
+    });
+  }
+
+  /** Appends a record to the journal (written before it returns, flushed to disk right after). */
+  record(d: JournalDraft): void {
+    this.journal?.append(d);
+  }
+
+  /** VM `name`'s watch (made at its first definition here) and the journal, for its VmHost. */
+  private observing(name: string): VmObserving {
+    let w = this.watches.get(name);
+    if (!w) {
+      const heartbeatTimeoutMs = () => this.vmHosts.get(name)?.config.agents?.heartbeatTimeoutMs ?? 500;
+      const leaseMs = () => this.vmHosts.get(name)?.config.agents?.leaseMs ?? 1000;
+      w = new VmWatch({ vm: name, heartbeatTimeoutMs, leaseMs, record: (d) => this.record(d), counters: this.metrics, wallNow: this.wallNow });
+      this.watches.set(name, w);
+      this.metrics.initVm(name);
+    }
+    return { watch: w, record: (d) => this.record(d) };
+  }
+
+  /** What keeps the daemon from doing its work, in words (none: healthy). */
+  healthProblems(): string[] {
+    const out: string[] = [];
+    const e = this.journal?.writeErrors;
+    if (e && e.count > 0) out.push(`${e.count} journal record${e.count > 1 ? 's' : ''} could not be written (last: ${e.last})`);
+    for (const v of this.vmHosts.values()) {
+      const st = v.status();
+      if (st.phase === 'failed' && st.detail?.startsWith('the agent stopped')) out.push(`VM ${v.name}: ${st.detail}`);
+    }
+    return out;
   }
 
   async start(): Promise<void> {
@@ -113,13 +189,20 @@ export class Daemon implements DaemonView {
     fs.mkdirSync(VmHost.vmsDir(this.host), { recursive: true, mode: 0o700 });
     fs.chmodSync(h.stateDir, 0o700);
     this.startedAt = this.now();
-    this.startedAtIso = new Date().toISOString();
+    this.startedAtIso = new Date(this.wallNow()).toISOString();
+    this.journal = Journal.open({
+      dir: path.join(h.stateDir, 'journal'),
+      host: h.name,
+      wallNow: this.wallNow,
+      log: (level, msg, detail) => this.log(level, msg, detail),
+    });
+    this.record({ vm: null, kind: 'daemon', reason: `the daemon started (lockstep ${lockstepVersion()}, pid ${process.pid})`, figures: { pid: process.pid, version: lockstepVersion() } });
     // One secret per trusted host, derived once: our key with its pinned certificate.
     const ownKey = fs.readFileSync(h.tls.key, 'utf8');
     const secrets = new Map(Object.entries(h.peers).map(([name, p]) => [name, pairSecret(ownKey, h.name, p.cert, name)]));
     this.sessions = new HostSessions({ host: h.name, port: h.addresses.heartbeatPort, secretFor: (peer) => secrets.get(peer), log: this.logger.child({ part: 'sessions' }) });
     // The VMs defined here; those this host had started get their agents again (their QEMUs ran on).
-    const { vms, problems } = VmHost.loadAll(this.host, this.logger, this.sessions);
+    const { vms, problems } = VmHost.loadAll(this.host, this.logger, this.sessions, (name) => this.observing(name));
     for (const p of problems) this.log('error', 'a VM definition cannot be read; that VM is not run', { problem: p });
     for (const v of vms) {
       this.vmHosts.set(v.name, v);
@@ -161,6 +244,41 @@ export class Daemon implements DaemonView {
       this.servers.push(tls);
       this.log('info', 'API listening', { tls: h.api.listen, peers: Object.keys(h.peers) });
     }
+
+    if (h.metrics.listen) {
+      const [addr, port] = h.metrics.listen.split(':');
+      const m = this.metricsServer();
+      try {
+        await listen(m, { host: addr!, port: Number(port) }, `(metrics) on ${h.metrics.listen}`);
+      } catch (err) {
+        await this.stop();
+        throw err;
+      }
+      this.servers.push(m);
+      this.log('info', 'metrics listening (plain HTTP, read-only)', { listen: h.metrics.listen });
+    }
+  }
+
+  /** The plain-HTTP metrics listener: GET /metrics and nothing else, for a scraper without a client certificate. */
+  private metricsServer(): Server {
+    const s = http.createServer((req, res) => {
+      if (req.method !== 'GET' && req.method !== 'HEAD') {
+        res.writeHead(405, { allow: 'GET, HEAD', 'content-type': 'text/plain' }).end('read-only: GET /metrics\n');
+        return;
+      }
+      if ((req.url ?? '').split('?')[0] !== '/metrics') {
+        res.writeHead(404, { 'content-type': 'text/plain' }).end('only /metrics here (the API and the dashboard need a client certificate)\n');
+        return;
+      }
+      this.metrics.text().then(
+        (m) => res.writeHead(200, { 'content-type': m.contentType }).end(req.method === 'HEAD' ? undefined : m.body),
+        (err: unknown) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics failed: ${errorMessage(err)}\n`),
+      );
+    });
+    s.headersTimeout = HEADERS_TIMEOUT_MS;
+    s.requestTimeout = REQUEST_TIMEOUT_MS;
+    s.maxConnections = MAX_METRICS_CONNECTIONS;
+    return s as unknown as Server;
   }
 
   private server(fetch: (req: Request, env: never) => Response | Promise<Response>, tls?: https.ServerOptions): Server {
@@ -176,12 +294,73 @@ export class Daemon implements DaemonView {
   }
 
   async stop(): Promise<void> {
+    if (this.journal) this.record({ vm: null, kind: 'daemon', reason: 'the daemon stops (its VMs run on: the next daemon attaches to them)', figures: { pid: process.pid } });
+    this.liveHub.close();
+    for (const c of this.peerClients.values()) c.close();
+    this.peerClients.clear();
     // The agents end; their QEMUs run on (the next daemon attaches to them).
     await Promise.all([...this.vmHosts.values()].map((v) => v.stopAgent()));
     this.sessions?.close();
     const all = this.servers.splice(0);
     await Promise.all(all.map(closeServer));
     fs.rmSync(this.host.api.socket, { force: true });
+    this.journal?.close();
+    this.journal = undefined;
+  }
+
+  // ---- what the live views, the journal and the metrics read ----
+
+  live(): LiveHub {
+    return this.liveHub;
+  }
+
+  metricsText(): Promise<{ body: string; contentType: string }> {
+    return this.metrics.text();
+  }
+
+  events(q: JournalQuery): { host: string; records: ReturnType<Journal['read']>['records']; lastSeq: number; truncated: boolean } {
+    const j = this.journal;
+    if (!j) throw new LockstepError('the daemon is not started');
+    const r = j.read(q);
+    return { host: this.host.name, records: r.records, lastSeq: j.lastSeq, truncated: r.truncated };
+  }
+
+  /** This host and its VMs for the live views; pauses after `pausesSinceMs` only (this host's clock). */
+  overview(pausesSinceMs = 0): Overview {
+    const problems = this.healthProblems();
+    return {
+      host: this.host.name,
+      version: lockstepVersion(),
+      atMs: this.wallNow(),
+      uptimeMs: Math.round(this.now() - this.startedAt),
+      healthy: problems.length === 0,
+      healthProblems: problems,
+      heartbeatSessions: this.sessions?.status() ?? [],
+      vms: this.vmNames().map((n) => {
+        const w = this.watches.get(n);
+        const v = this.vmHosts.get(n)!;
+        return {
+          ...v.status(),
+          heartbeatTimeoutMs: v.config.agents?.heartbeatTimeoutMs ?? 500,
+          leaseMs: v.config.agents?.leaseMs ?? 1000,
+          checkpoints: w?.checkpoints ?? 0,
+          pauseStats: w?.pauseStats() ?? { count: 0, p50Ms: null, p99Ms: null, maxMs: null },
+          pauses: w?.pauses(pausesSinceMs) ?? [],
+        };
+      }),
+      events: this.journal?.recent(OVERVIEW_EVENTS) ?? [],
+    };
+  }
+
+  /**
+   * An operator's command through the API, whoever asked: in the journal as it comes (status null), before it acts;
+   * its answer in the metrics, and in the journal too when it was refused.
+   */
+  noteCommand(caller: string, command: string, vm: string | null, status: number | null, error: string | null): void {
+    const what = `${command}${vm ? ` ${vm}` : ''}`;
+    if (status === null) return this.record({ vm, kind: 'operator', reason: `${what}, asked by ${caller}`, figures: { command, caller } });
+    this.metrics.operatorCommand(command, status);
+    if (status >= 400) this.record({ vm, kind: 'operator', reason: `${what} refused: ${error ?? `HTTP ${status}`}`, figures: { command, caller, status } });
   }
 
   peerByFingerprint(fp: string): string | undefined {
@@ -209,11 +388,12 @@ export class Daemon implements DaemonView {
     this.checkPorts(name, r.data);
     this.checkMemory(name, r.data);
     const cur = this.vmHosts.get(name);
-    const next = new VmHost(this.host, r.data, this.logger.child({ vm: name }), { tap: this.tapFor(name, r.data, cur) }, this.sessions);
+    const local = { tap: this.tapFor(name, r.data, cur) };
+    const candidate = new VmHost(this.host, r.data, this.logger.child({ vm: name }), local, this.sessions);
     // What this host needs to run it, its QEMU and its kernel, is found here or the VM is refused now, saying what to
     // install: a daemon never builds nor downloads anything (qemu/builds.ts).
     try {
-      findArtifacts(next.config, { hostName: this.host.name });
+      findArtifacts(candidate.config, { hostName: this.host.name });
     } catch (err) {
       if (err instanceof LockstepError && !(err instanceof ApiRefusal)) throw new ApiRefusal(409, err.message, err.hint);
       throw err;
@@ -223,6 +403,8 @@ export class Daemon implements DaemonView {
       if (same) return { name, outcome: 'unchanged' };
       if (cur.everStarted) throw new ApiRefusal(409, `VM "${name}" has run on this host with another definition`, `end it first (lockstep down ${name}), or give the new one another name`);
     }
+    // Accepted: watched from now on (its journal records, its metrics).
+    const next = new VmHost(this.host, r.data, this.logger.child({ vm: name }), local, this.sessions, this.observing(name));
     next.save();
     this.vmHosts.set(name, next);
     this.log('info', cur ? 'VM definition replaced' : 'VM defined', { vm: name, hosts: r.data.vm.hosts });

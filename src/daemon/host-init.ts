@@ -21,6 +21,8 @@ export interface HostInitOptions {
   stateDir?: string;
   /** The local API's socket (default /run/lockstep/api.sock). */
   socket?: string;
+  /** ADDRESS:PORT where the daemon also serves its metrics in plain HTTP, read-only (none: on the API only). */
+  metrics?: string;
   force?: boolean;
 }
 
@@ -48,6 +50,10 @@ export function hostFileText(o: Omit<HostInitOptions, 'file' | 'force'>): string
     'api:',
     `  socket: ${q(o.socket ?? DEFAULT_API_SOCKET)}   # for root on this host (the lockstep command)`,
     o.api ? `  listen: ${q(apiEndpoint(o.api))}   # for the other hosts: TLS, both sides show pinned certificates` : '  # listen: "ADDRESS:7700"   # for the other hosts: TLS, both sides show pinned certificates',
+    '',
+    ...(o.metrics
+      ? ['metrics:', `  listen: ${q(o.metrics)}   # Prometheus metrics, plain HTTP, read-only (also on the API: GET /metrics)`]
+      : ['# metrics:', '#   listen: "ADDRESS:9477"   # Prometheus metrics, plain HTTP, read-only (they are always on the API: GET /metrics)']),
     '',
     'tls:',
     '  key: tls/host.key      # this host\'s private key (0600, never leaves the host)',

@@ -35,6 +35,14 @@ import { writeFileAtomic } from '../util/files.js';
 import type { AgentStatus } from '../pair/agents.js';
 import { ApiRefusal } from './api.js';
 import type { VmStatus } from './api-types.js';
+import type { JournalDraft } from './journal.js';
+import type { VmWatch } from './observe.js';
+
+/** What the daemon watches of a VM on its host: its agent (metrics, pauses, the journal's records), and a way to record. */
+export interface VmObserving {
+  watch: VmWatch;
+  record(d: JournalDraft): void;
+}
 
 /** A VM's definition as the daemons keep it: the VM file, where its hosts listen, its run and the agents' secret. */
 export const placedVmSchema = z.object({
@@ -75,6 +83,8 @@ export class VmHost {
     readonly local: VmLocal = {},
     /** The daemon's heartbeat sessions, which carry the agent's messages to its peer agent. */
     private readonly sessions?: HostSessions,
+    /** What the daemon watches of it (the journal, metrics); nothing by default. */
+    readonly observing?: VmObserving,
   ) {
     this.config = placeVm(placed.vm, placed.hosts as Record<string, HostAddresses>, host.name, host.stateDir, placed.secret, { ports: portsOfPlaced(placed), tap: local.tap, qemuBinary: host.qemu.binary });
     if (readState(this.config.stateDir)?.stoppedAt) this.phase = 'stopped';
@@ -90,7 +100,7 @@ export class VmHost {
   }
 
   /** The VMs defined on this host, from their vm.json files; one that cannot be read is reported, not guessed. */
-  static loadAll(host: HostConfig, log: pino.Logger, sessions?: HostSessions): { vms: VmHost[]; problems: string[] } {
+  static loadAll(host: HostConfig, log: pino.Logger, sessions?: HostSessions, observe?: (name: string) => VmObserving): { vms: VmHost[]; problems: string[] } {
     const vms: VmHost[] = [];
     const problems: string[] = [];
     let names: string[] = [];
@@ -105,7 +115,7 @@ export class VmHost {
         const placed = placedVmSchema.parse(JSON.parse(fs.readFileSync(file, 'utf8')));
         const localFile = path.join(VmHost.dir(host, n), 'local.json');
         const local = fs.existsSync(localFile) ? vmLocalSchema.parse(JSON.parse(fs.readFileSync(localFile, 'utf8'))) : {};
-        vms.push(new VmHost(host, placed, log.child({ vm: n }), local, sessions));
+        vms.push(new VmHost(host, placed, log.child({ vm: n }), local, sessions, observe?.(placed.vm.name)));
       } catch (err) {
         problems.push(`${file}: ${errorMessage(err)}`);
       }
@@ -237,6 +247,7 @@ export class VmHost {
       this.phase = 'failed';
       this.detail = errorMessage(err);
       this.log.error({ err: errorMessage(err) }, 'start failed');
+      this.observing?.record({ vm: this.name, kind: 'agent', reason: `starting the VM on this host failed: ${errorMessage(err)}`, figures: { phase: 'failed' } });
       throw err;
     }
   }
@@ -285,6 +296,7 @@ export class VmHost {
         this.phase = 'failed';
         this.detail = `the agent stopped: ${errorMessage(err)}`;
         this.log.error({ err: errorMessage(err) }, 'the agent stopped: its own logic failed; restart the daemon to start it again');
+        this.observing?.record({ vm: this.name, kind: 'agent', reason: `the agent stopped: its own logic failed (${errorMessage(err)}); restart the daemon to start it again`, figures: { phase: 'failed' } });
       },
       // The peer agent through this host's one session per peer host and path, shared by every VM of the two hosts.
       sessions &&
@@ -296,7 +308,9 @@ export class VmHost {
             paths: s.paths,
             heartbeatTimeoutMs: s.agents.heartbeatTimeoutMs,
           })),
+      this.observing?.watch,
     );
+    this.observing?.watch.agentStarted();
     try {
       await agent.start();
     } catch (err) {
@@ -305,6 +319,7 @@ export class VmHost {
       throw err;
     }
     this.agent = agent;
+    this.observing?.record({ vm: this.name, kind: 'agent', reason: `the agent started (this host is the VM's ${this.definedRole} as defined)`, figures: { definedRole: this.definedRole } });
   }
 
   /** The VM's record on this host, and this host's node in it. */
@@ -317,7 +332,9 @@ export class VmHost {
   async stopAgent(): Promise<void> {
     const a = this.agent;
     this.agent = undefined;
-    await a?.stop();
+    if (!a) return;
+    await a.stop();
+    this.observing?.record({ vm: this.name, kind: 'agent', reason: 'the agent stopped (its QEMU runs on, unwatched until an agent starts again)', figures: {} });
   }
 
   /**

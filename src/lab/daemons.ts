@@ -18,8 +18,11 @@ import { packageRoot } from '../util/paths.js';
 import { pidRunning } from '../util/proc.js';
 import { sleep, waitFor } from '../util/time.js';
 import { socketAnswers } from '../util/net.js';
+import net from 'node:net';
 
 export const API_PORT = 7700;
+/** Where the lab's daemons also serve their metrics in plain HTTP (on the management network). */
+export const METRICS_PORT = 9477;
 export type LabHostName = 'a' | 'b' | 'mgmt';
 
 interface HostEntry {
@@ -59,7 +62,7 @@ export class LabDaemons {
       const hosts = { a: await entry('a', lab.ns.a), b: await entry('b', lab.ns.b), mgmt: await entry('mgmt', lab.ns.witness) };
       const d = new LabDaemons(root, hosts);
       for (const n of ['a', 'b'] as const) {
-        await d.cli(n, ['host', 'init', '--name', n, '--replication', lab.addr.replication[n], '--heartbeat', `${lab.addr.heartbeat[n]},${lab.addr.replication[n]}`, '--api', `${lab.addr.mgmt[n]}:${API_PORT}`], { check: true });
+        await d.cli(n, ['host', 'init', '--name', n, '--replication', lab.addr.replication[n], '--heartbeat', `${lab.addr.heartbeat[n]},${lab.addr.replication[n]}`, '--api', `${lab.addr.mgmt[n]}:${API_PORT}`, '--metrics', `${lab.addr.mgmt[n]}:${METRICS_PORT}`], { check: true });
       }
       await d.cli('mgmt', ['host', 'init', '--name', 'mgmt', '--replication', lab.addr.mgmt.witness], { check: true });
       const api = { a: `${lab.addr.mgmt.a}:${API_PORT}`, b: `${lab.addr.mgmt.b}:${API_PORT}`, mgmt: `${lab.addr.mgmt.witness}:${API_PORT}` };
@@ -116,6 +119,84 @@ export class LabDaemons {
   /** Runs the lockstep command inside host `h`. */
   cli(h: LabHostName, args: string[], o: ExecOptions = {}): Promise<RunResult> {
     return this.exec(h, process.execPath, [path.join(packageRoot(), 'bin', 'lockstep.js'), ...args], o);
+  }
+
+  /**
+   * A lockstep command that runs until it is ended (lockstep dashboard, events --follow), started inside host `h`;
+   * its output lines go to `onLine`. stop() ends it (SIGINT, as Ctrl-C, then SIGKILL) and waits until it is gone.
+   */
+  spawnCli(h: LabHostName, args: string[], onLine: (line: string) => void): { pid: number; stop: () => Promise<void> } {
+    const [c, ...rest] = this.enter(h);
+    const child = spawn(c!, [...rest, process.execPath, path.join(packageRoot(), 'bin', 'lockstep.js'), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let buf = '';
+    const take = (d: Buffer) => {
+      buf += d.toString();
+      for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
+        onLine(buf.slice(0, i));
+        buf = buf.slice(i + 1);
+      }
+    };
+    child.stdout.on('data', take);
+    child.stderr.on('data', take);
+    const pid = child.pid!;
+    const gone = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    return {
+      pid,
+      stop: async () => {
+        if (child.exitCode !== null || child.signalCode !== null) return;
+        // The namespace tools exec the command: the signal reaches lockstep itself, as Ctrl-C would.
+        child.kill('SIGINT');
+        const ended = await Promise.race([gone.then(() => true), sleep(3000).then(() => false)]);
+        if (!ended) child.kill('SIGKILL');
+        await gone;
+      },
+    };
+  }
+
+  /**
+   * A TCP port on 127.0.0.1 of the calling process (the tests' namespace) that reaches the same port on 127.0.0.1
+   * inside host `h` (a browser here, the dashboard's local port there, which checks that it is asked as
+   * 127.0.0.1:PORT): a relay inside the host listens on a unix socket in its /run/lockstep, which both sides see, and
+   * a relay here takes the TCP connections to it. The port is chosen free here; start the host's side on it.
+   */
+  async loopbackBridge(h: LabHostName): Promise<{ port: number; close: () => Promise<void> }> {
+    const server = net.createServer();
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+    const port = (server.address() as net.AddressInfo).port;
+    const sockName = `bridge-${port}.sock`;
+    const inside = path.join(HOST_DIRS.run, sockName);
+    const outside = path.join(this.hosts[h].fs.dirs.run, sockName);
+    fs.rmSync(outside, { force: true });
+    const relay = [
+      "const net = require('node:net');",
+      'const [sock, port] = process.argv.slice(1);',
+      "net.createServer((c) => { const u = net.connect(Number(port), '127.0.0.1'); c.pipe(u).pipe(c); c.on('error', () => u.destroy()); u.on('error', () => c.destroy()); }).listen(sock);",
+    ].join('\n');
+    const [c, ...rest] = this.enter(h);
+    const child = spawn(c!, [...rest, process.execPath, '-e', relay, inside, String(port)], { stdio: 'ignore' });
+    server.on('connection', (conn) => {
+      const up = net.connect(outside);
+      conn.pipe(up).pipe(conn);
+      conn.on('error', () => up.destroy());
+      up.on('error', () => conn.destroy());
+    });
+    try {
+      await waitFor(`the loopback relay in lab host ${h}`, () => fs.existsSync(outside), { timeoutMs: 10_000, intervalMs: 50 });
+    } catch (err) {
+      child.kill('SIGKILL');
+      server.close();
+      throw err;
+    }
+    return {
+      port,
+      close: async () => {
+        await new Promise<void>((resolve) => {
+          server.close(() => resolve());
+        });
+        child.kill('SIGKILL');
+        fs.rmSync(outside, { force: true });
+      },
+    };
   }
 
   /** The PID of host `h`'s daemon: the one this object started, else found among the host's processes (whoever started it). */

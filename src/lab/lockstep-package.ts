@@ -192,7 +192,8 @@ export async function buildLockstepPackage(o: LockstepPackageOptions): Promise<L
     // The program: its compiled code (no tests, benchmarks or source maps), and the files it reads at run time.
     copyTree(path.join(root, 'dist', 'src'), path.join(app, 'dist', 'src'), (rel) => rel.endsWith('.js'));
     copyTree(path.join(root, 'bin'), path.join(app, 'bin'));
-    for (const d of ['patches', 'examples', 'packaging', path.join('src', 'lab', 'guest-files')]) copyTree(path.join(root, d), path.join(app, d));
+    // (packaging/ carries the alerting rules for Prometheus; src/daemon/dashboard the dashboard's pages, served as they are.)
+    for (const d of ['patches', 'examples', 'packaging', path.join('src', 'lab', 'guest-files'), path.join('src', 'daemon', 'dashboard')]) copyTree(path.join(root, d), path.join(app, d));
     const pkg = JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')) as Record<string, unknown>;
     fs.writeFileSync(path.join(app, 'package.json'), JSON.stringify({ ...pkg, version, scripts: undefined, devDependencies: undefined }, null, 2) + '\n');
     fs.copyFileSync(path.join(root, 'package-lock.json'), path.join(app, 'package-lock.json'));

@@ -2,9 +2,9 @@
  * A private file system view per lab host. Each host gets a mount namespace
  * of its own, pinned by a file (util-linux `unshare --mount=FILE`), in which
  * its own directories are bound on /etc/lockstep, /var/lib/lockstep and
- * /run/lockstep, and the lab's directory of hosts is covered by an empty
- * tmpfs: a host sees its own files where a real host has them, and nothing
- * of the other hosts'. Commands run in a host with `enter(netns)`, which
+ * /run/lockstep, /dev/shm is a RAM disk of its own, and the lab's directory
+ * of hosts is covered by an empty tmpfs: a host sees its own files where a
+ * real host has them, and nothing of the other hosts' (nor of another lab's). Commands run in a host with `enter(netns)`, which
  * joins the mount namespace and then the host's network namespace.
  */
 import fs from 'node:fs';
@@ -77,6 +77,10 @@ export async function createHostFs(o: { name: string; root: string }): Promise<H
     const inside = (cmd: string, args: string[]) => sh('nsenter', [`--mount=${file}`, '--', cmd, ...args]);
     await inside('mount', ['--bind', dirs.state, HOST_DIRS.state]);
     await inside('mount', ['--bind', dirs.run, HOST_DIRS.run]);
+    // A RAM disk of its own, as a real host has: a secondary's buffers go there (runtimeBase), named after the VM and
+    // the node only, so two labs on this machine with a VM web on a host a would fight over one file (seen: a lab left
+    // running by the demo made another lab's resync fail with qemu-img's "Failed to get write lock" until it ended).
+    await inside('mount', ['-t', 'tmpfs', '-o', 'mode=1777', 'lockstep-lab-shm', '/dev/shm']);
     // Last: the lab's hosts directory (the source of the binds above) is covered by an empty one.
     await inside('mount', ['-t', 'tmpfs', '-o', 'size=64k,mode=0755', 'lockstep-lab-hidden', o.root]);
   } catch (err) {

@@ -35,7 +35,7 @@ import { WitnessArbiter, witnessClientName } from './witness.js';
 import type { Arbiter } from './arbiter.js';
 import type { WitnessReply } from './wire.js';
 import { initCore, step, statusOf, InvariantError } from './core/core.js';
-import type { CoreConfig, CoreState, Effect, InputBody, Procedure, QemuFound } from './core/types.js';
+import type { CoreConfig, CoreState, CoreStatus, Effect, Input, InputBody, Procedure, QemuFound } from './core/types.js';
 import { sleep } from '../util/time.js';
 import { LockstepError, errorMessage } from '../util/errors.js';
 
@@ -79,6 +79,18 @@ export interface ChannelSpec {
   log: pino.Logger;
 }
 
+/**
+ * What a daemon watches of its agents (metrics, the event journal, the
+ * dashboard), without a say in anything: every input the core took, with its
+ * time, and the effects it asked for (each decision and record with its
+ * reason), and our QEMU's events with their data. Called after the effects
+ * were carried out; what it throws is logged and ignored.
+ */
+export interface AgentObserver {
+  stepped(input: Input, effects: readonly Effect[], status: () => CoreStatus): void;
+  qemuEvent(event: string, data: Record<string, unknown> | undefined): void;
+}
+
 /** The VM's own links (a pair run by lockstep up, one agent process per node). */
 export function ownLinks(s: ChannelSpec): PeerChannel {
   const a = s.agents;
@@ -111,6 +123,8 @@ export class Agent {
     private readonly onFatal: (err: unknown) => void = () => process.exit(70),
     /** How to reach the peer agent: by default the VM's own links; a daemon gives its host sessions. */
     makeChannel: (s: ChannelSpec) => PeerChannel = ownLinks,
+    /** Who watches the agent (its daemon); nobody by default. */
+    private readonly observer?: AgentObserver,
   ) {
     if (!c.agents) throw new LockstepError(`${c.file}: no agents section`, { hint: 'add agents: { secret: ... } to run node agents' });
     this.a = c.agents;
@@ -179,14 +193,25 @@ export class Agent {
     this.stepping = true;
     try {
       for (let x = this.inbox.shift(); x; x = this.inbox.shift()) {
-        const t = step(this.core, { ...x, now: performance.now() } as Parameters<typeof step>[1]);
+        const input = { ...x, now: performance.now() } as Input;
+        const t = step(this.core, input);
         this.core = t.state;
         for (const e of t.effects) this.perform(e);
+        if (this.observer) this.tell(() => this.observer!.stepped(input, t.effects, () => statusOf(t.state)));
       }
     } catch (err) {
       this.fatal(err);
     } finally {
       this.stepping = false;
+    }
+  }
+
+  /** Tells the observer something; its failure is its own, never the agent's. */
+  private tell(f: () => void): void {
+    try {
+      f();
+    } catch (err) {
+      this.log.error({ err: errorMessage(err) }, 'the agent\'s observer failed (ignored)');
     }
   }
 
@@ -299,6 +324,7 @@ export class Agent {
     this.qmp = qmp;
     qmp.on('event', (e) => {
       if (this.qmp !== qmp) return;
+      if (this.observer) this.tell(() => this.observer!.qemuEvent(e.event, e.data));
       if (e.event === 'STOP' || e.event === 'RESUME' || e.event === 'COLO_EXIT' || e.event === 'SHUTDOWN') this.input({ t: 'qemu-event', event: e.event });
     });
     qmp.on('disconnect', () => {

@@ -9,6 +9,7 @@
  * program but never the host's identity nor the VMs' data.
  */
 import { test, before, after } from 'node:test';
+import { DASHBOARD_FILES } from '../../src/daemon/dashboard.js';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -49,10 +50,11 @@ test('the .deb holds the program with its production dependencies only, the comm
   assert.match(path.basename(first.file), /^lockstep_[0-9][A-Za-z0-9.+~]*_all\.deb$/);
   const own = ['/usr/share/lockstep/', '/usr/share/doc/lockstep/', '/usr/bin/lockstep', '/usr/share/man/man1/lockstep.1.gz', '/usr/lib/systemd/system/lockstepd.service'];
   assert.deepEqual(first.files.filter((f) => !own.some((o) => f === o || f.startsWith(o))), [], 'nothing outside its own places');
-  for (const f of ['/usr/bin/lockstep', '/usr/share/lockstep/dist/src/cli/main.js', '/usr/share/lockstep/node_modules/zod/package.json', '/usr/share/lockstep/patches/qemu-7.2/series']) {
+  const dashboard = DASHBOARD_FILES.map((f) => `/usr/share/lockstep/src/daemon/dashboard/${f}`);
+  for (const f of ['/usr/bin/lockstep', '/usr/share/lockstep/dist/src/cli/main.js', '/usr/share/lockstep/node_modules/zod/package.json', '/usr/share/lockstep/node_modules/prom-client/package.json', '/usr/share/lockstep/patches/qemu-7.2/series', '/usr/share/lockstep/packaging/lockstep-alerts.yml', ...dashboard]) {
     assert.ok(first.files.includes(f), `${f} in the package`);
   }
-  for (const dev of ['/usr/share/lockstep/node_modules/typescript/', '/usr/share/lockstep/node_modules/@types/', '/usr/share/lockstep/dist/test/', '/usr/share/lockstep/dist/bench/']) {
+  for (const dev of ['/usr/share/lockstep/node_modules/typescript/', '/usr/share/lockstep/node_modules/@types/', '/usr/share/lockstep/node_modules/playwright-core/', '/usr/share/lockstep/dist/test/', '/usr/share/lockstep/dist/bench/']) {
     assert.ok(!first.files.some((f) => f.startsWith(dev)), `no ${dev}: production only`);
   }
   // The manual page renders without a warning, and names every command.
