@@ -108,8 +108,12 @@ export const acquireSchema = z.object({
   next: epochSchema.nullable(),
 });
 export const releaseSchema = z.object({ t: z.literal('release'), id, lease: name });
-/** How things stand for a lease, and the newest epoch of `run` (the asker's, when it knows its disk). */
-export const querySchema = z.object({ t: z.literal('query'), id, lease: name, run: name.nullable() });
+/**
+ * How things stand for a lease, and the newest epoch of `run` (the asker's, when it knows its disk). `disk`, the
+ * asker's disk epoch (of `run`), lets a witness that has no record of the run hear which disk this node holds
+ * (witness-core: a run not on record is granted only on the word of both nodes).
+ */
+export const querySchema = z.object({ t: z.literal('query'), id, lease: name, run: name.nullable(), disk: epochSchema.nullable().optional() });
 
 export const witnessRequestSchema = z.discriminatedUnion('t', [acquireSchema, releaseSchema, querySchema]);
 

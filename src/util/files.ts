@@ -71,3 +71,36 @@ export function writeFileAtomic(file: string, text: string, o: { durable?: boole
     }
   }
 }
+
+/**
+ * writeFileAtomic's durable write, without blocking the event loop: the
+ * temporary file is created anew (O_EXCL, `mode`, default 0600), written,
+ * flushed (fsync), renamed over `file`, and the directory flushed, each step
+ * awaited. A failure before the rename removes the temporary file and leaves
+ * `file` as it was. The caller must not write the same file twice at once
+ * (the temporary file's name is per file and process).
+ */
+export async function writeFileDurable(file: string, text: string, o: { mode?: number } = {}): Promise<void> {
+  const tmp = `${file}.tmp-${process.pid}`;
+  let renamed = false;
+  try {
+    await nodeFs.promises.rm(tmp, { force: true });
+    const fh = await nodeFs.promises.open(tmp, 'wx', o.mode ?? 0o600);
+    try {
+      await fh.writeFile(text, 'utf8');
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await nodeFs.promises.rename(tmp, file);
+    renamed = true;
+  } finally {
+    if (!renamed) await nodeFs.promises.rm(tmp, { force: true }).catch(() => undefined);
+  }
+  const dir = await nodeFs.promises.open(path.dirname(file), 'r');
+  try {
+    await dir.sync();
+  } finally {
+    await dir.close();
+  }
+}
