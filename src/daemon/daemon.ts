@@ -24,10 +24,20 @@ import { interfaceExists } from '../qemu/tap.js';
 import { nodeName } from '../config/schema.js';
 import { checkKeyFile, fingerprint, pairSecret } from './identity.js';
 import { HostSessions } from '../node/host-sessions.js';
+import { HandshakeAdmission, sourceAddress } from '../node/link.js';
+import { LogBudget } from '../util/log-budget.js';
 import { findArtifacts } from '../pair/runtime.js';
 
 /** At most this many API connections at once per listener; more are refused by the kernel's backlog. */
 const MAX_API_CONNECTIONS = 256;
+/** A TLS client has this long from connect to a finished handshake (Node's default is 120 s). */
+export const API_HANDSHAKE_TIMEOUT_MS = 3000;
+/** Connections of the TLS API in the handshake at once: in all, and per source address (a newer one drops its oldest). */
+export const API_MAX_HANDSHAKES = 64;
+export const API_MAX_HANDSHAKES_PER_SOURCE = 8;
+/** Refused TLS connections logged at most this many per window; the rest are counted. */
+const REFUSALS_LOGGED = 20;
+const REFUSALS_WINDOW_MS = 10_000;
 /** A client has this long to send its request's headers, and this long for the whole request. */
 const HEADERS_TIMEOUT_MS = 10_000;
 const REQUEST_TIMEOUT_MS = 30_000;
@@ -165,14 +175,49 @@ export class Daemon implements DaemonView {
 
   private server(fetch: (req: Request, env: never) => Response | Promise<Response>, tls?: https.ServerOptions): Server {
     const s = tls
-      ? createAdaptorServer({ fetch: fetch as never, createServer: https.createServer, serverOptions: tls })
+      ? createAdaptorServer({ fetch: fetch as never, createServer: https.createServer, serverOptions: { ...tls, handshakeTimeout: API_HANDSHAKE_TIMEOUT_MS } })
       : createAdaptorServer({ fetch: fetch as never });
     const srv = s as unknown as { headersTimeout: number; requestTimeout: number; maxConnections: number };
     srv.headersTimeout = HEADERS_TIMEOUT_MS;
     srv.requestTimeout = REQUEST_TIMEOUT_MS;
     srv.maxConnections = MAX_API_CONNECTIONS;
-    if (tls) s.on('tlsClientError', (err: Error, sock: net.Socket) => this.log('warn', 'refused a TLS connection', { remote: sock.remoteAddress ?? null, why: errorMessage(err) }));
+    if (tls) this.admitHandshakes(s);
     return s;
+  }
+
+  /**
+   * The TLS API's connections before their handshake is done: a short
+   * timeout, and a share per source address (its newer connection drops its
+   * oldest; past the total, the oldest of whoever holds the most goes), so
+   * that idle connections from one address never lock the trusted hosts out.
+   * Refusals are logged under a budget.
+   */
+  private admitHandshakes(s: Server): void {
+    const admission = new HandshakeAdmission(API_MAX_HANDSHAKES, API_MAX_HANDSHAKES_PER_SOURCE);
+    const pending = new Map<string, () => void>();
+    const budget = new LogBudget({ perWindow: REFUSALS_LOGGED, windowMs: REFUSALS_WINDOW_MS, now: this.now });
+    const refused = (remote: string | null, why: string) => {
+      const t = budget.take();
+      if (t.ok) this.log('warn', 'refused a TLS connection', { remote, why, ...(t.leftOut ? { notLogged: t.leftOut } : {}) });
+    };
+    s.on('connection', (sock: net.Socket) => {
+      const key = `${sock.remoteAddress}:${sock.remotePort}`;
+      const release = admission.admit(sourceAddress(sock), (why) => {
+        refused(sock.remoteAddress ?? null, why);
+        sock.destroy();
+      });
+      pending.set(key, release);
+      sock.once('close', () => {
+        release();
+        pending.delete(key);
+      });
+    });
+    s.on('secureConnection', (tlsSock: net.Socket) => {
+      const key = `${tlsSock.remoteAddress}:${tlsSock.remotePort}`;
+      pending.get(key)?.();
+      pending.delete(key);
+    });
+    s.on('tlsClientError', (err: Error, sock: net.Socket) => refused(sock.remoteAddress ?? null, errorMessage(err)));
   }
 
   async stop(): Promise<void> {

@@ -184,6 +184,47 @@ test('the API over TLS: hosts that pinned each other talk; an unpinned host, a w
   assert.match(await plain({ key: fs.readFileSync(selfMade.tls.key), cert: fs.readFileSync(selfMade.tls.cert) }), /^error/);
 });
 
+test('the API over TLS: 300 idle connections from one address lock no trusted host out, are closed after the handshake timeout, and a refused connection is not blamed on the certificate', async (t) => {
+  const dir = tmp();
+  const files = await hosts(dir, ['a', 'b'], [['a', 'b'], ['b', 'a']]);
+  const h: Record<string, HostConfig> = Object.fromEntries(Object.entries(files).map(([n, f]) => [n, loadHostFile(f)]));
+  const logs: string[] = [];
+  const b = new Daemon(h.b!, { log: (_level, msg, detail) => logs.push(`${msg} ${JSON.stringify(detail ?? {})}`) });
+  await b.start();
+  t.after(() => b.stop());
+  const [host, port] = h.b!.api.listen!.split(':');
+  const idle: net.Socket[] = [];
+  t.after(() => idle.forEach((s) => s.destroy()));
+  for (let i = 0; i < 300; i++) {
+    idle.push(
+      await new Promise<net.Socket>((resolve) => {
+        const s = net.createConnection({ host, port: Number(port), localAddress: '127.0.0.2' }, () => resolve(s));
+        s.on('error', () => {});
+      }),
+    );
+  }
+  const t0 = performance.now();
+  const info = await ApiClient.remote(h.a!, 'b').host();
+  assert.equal(info.caller, 'a', 'the trusted host gets its answer at once');
+  assert.ok(performance.now() - t0 < 2000);
+  const open = () => idle.filter((s) => !s.destroyed && s.readyState === 'open').length;
+  assert.ok(open() <= 8, `${open()} idle connections still held`);
+  await new Promise((r) => setTimeout(r, 3500));
+  assert.equal(open(), 0, 'the share the address kept is closed after the handshake timeout');
+  assert.ok(logs.filter((l) => l.startsWith('refused a TLS connection')).length <= 20, 'refusals logged at a bounded rate');
+  // A listener that takes the TCP connection and closes it at once: the client says so, not "your certificate".
+  const closer = net.createServer((s) => s.destroy());
+  await new Promise<void>((r) => closer.listen(0, '127.0.0.1', () => r()));
+  t.after(() => closer.close());
+  hostTrust({ file: files.a!, name: 'busy', api: `127.0.0.1:${(closer.address() as net.AddressInfo).port}`, certFile: path.join(dir, 'b', 'tls', 'host.crt') });
+  await assert.rejects(ApiClient.remote(loadHostFile(files.a!), 'busy').host(), (e: unknown) => {
+    assert.ok(e instanceof LockstepError);
+    assert.match(e.message, /closed the connection before the TLS handshake was done/);
+    assert.doesNotMatch(e.message, /certificate/);
+    return true;
+  });
+});
+
 test('the local API: root only, errors as JSON with a hint, bodies bounded; one daemon per socket, a stale socket replaced', async (t) => {
   const dir = tmp();
   const files = await hosts(dir, ['a'], []);
