@@ -19,7 +19,8 @@ import pino from 'pino';
 import { apiApp, ApiRefusal, type DaemonView } from './api.js';
 import type { HostInfo, VmStatus } from './api-types.js';
 import { placedVmSchema, portsOfPlaced, VmHost, type PlacedVm } from './vm-host.js';
-import { portList } from '../config/vm.js';
+import { portList, vmFileProblems } from '../config/vm.js';
+import { confinementProblems } from './confine.js';
 import { interfaceExists } from '../qemu/tap.js';
 import { nodeName } from '../config/schema.js';
 import { checkKeyFile, fingerprint, pairSecret } from './identity.js';
@@ -250,10 +251,16 @@ export class Daemon implements DaemonView {
     const r = placedVmSchema.safeParse(body);
     if (!r.success) throw new LockstepError(`the VM definition does not fit: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`, { hint: 'use the lockstep command of the same version as the daemon' });
     if (r.data.vm.name !== name) throw new LockstepError(`the definition is of VM "${r.data.vm.name}", not "${name}"`);
+    const problems = vmFileProblems(r.data.vm);
+    if (problems.length) throw new LockstepError(`the definition of VM "${name}" does not fit: ${problems.join('; ')}`, { hint: 'fix the VM file' });
+    if (!r.data.vm.hosts.includes(this.host.name)) throw new ApiRefusal(409, `VM "${name}" is not one of this host's (${this.host.name}): its hosts are ${r.data.vm.hosts.join(' and ')}`);
+    const cur = this.vmHosts.get(name);
+    // What it names on this host (QEMU, image, kernel, buffers, tap) must be what the host file allows.
+    const refusals = confinementProblems(r.data.vm, this.host, { existingTap: (t) => interfaceExists(t) && cur?.local.tap !== t });
+    if (refusals.length) throw new ApiRefusal(403, `host ${this.host.name} does not allow what VM "${name}" names: ${refusals.map((x) => x.message).join('; ')}`, refusals.map((x) => x.hint).join('; '));
     // Placed here before it is kept: a definition this host cannot run, or whose ports it cannot give, is refused now.
     this.checkPorts(name, r.data);
     this.checkMemory(name, r.data);
-    const cur = this.vmHosts.get(name);
     const next = new VmHost(this.host, r.data, this.logger.child({ vm: name }), { tap: this.tapFor(name, r.data, cur) }, this.sessions);
     // What this host needs to run it, its QEMU and its kernel, is found here or the VM is refused now, saying what to
     // install: a daemon never builds nor downloads anything (qemu/builds.ts).
@@ -266,6 +273,8 @@ export class Daemon implements DaemonView {
     if (cur) {
       const same = JSON.stringify({ ...cur.placed, definedAt: '' }) === JSON.stringify({ ...r.data, definedAt: '' });
       if (same) return { name, outcome: 'unchanged' };
+      // A start runs on after its API answer, with the definition it began with: none may replace it meanwhile.
+      if (cur.busy) throw new ApiRefusal(409, `VM "${name}" is ${cur.status().phase} on this host: its definition cannot be replaced now`, `wait until it runs, then end it first (lockstep down ${name}) to change it`);
       if (cur.everStarted) throw new ApiRefusal(409, `VM "${name}" has run on this host with another definition`, `end it first (lockstep down ${name}), or give the new one another name`);
     }
     next.save();
@@ -332,7 +341,10 @@ export class Daemon implements DaemonView {
    */
   private tapFor(name: string, placed: PlacedVm, cur: VmHost | undefined): string | undefined {
     const net = placed.vm.vm.network;
-    if (net.mode !== 'tap' || net.taps[this.host.name]) return undefined;
+    if (net.mode !== 'tap') return undefined;
+    const named = net.taps[this.host.name];
+    // A tap the VM file names: the daemon's to make (and then its own) when it does not exist yet.
+    if (named !== undefined) return cur?.local.tap === named || !interfaceExists(named) ? named : undefined;
     if (cur?.local.tap) return cur.local.tap;
     const held = new Set([...this.vmHosts.values()].flatMap((v) => (v.local.tap ? [v.local.tap] : [])));
     for (let n = 0; n < TAPS_MAX; n++) {

@@ -19,6 +19,7 @@ import type { ResolvedConfig } from '../config/load.js';
 import { Agent } from '../node/agent.js';
 import type { HostSessions } from '../node/host-sessions.js';
 import { DEFAULT_HEARTBEAT_PORT } from '../config/host.js';
+import { hostIpv4, nodeName, port } from '../config/schema.js';
 import { planPair, type PairPlan, type NodePlan } from '../pair/plan.js';
 import { resolveRuntime } from '../pair/runtime.js';
 import { readState, writeState, newPairState, nodeStateOf, type NodeState, type PairState } from '../pair/state.js';
@@ -40,13 +41,15 @@ import type { VmStatus } from './api-types.js';
 export const placedVmSchema = z.object({
   vm: vmFileSchema,
   /** Each host's addresses, and where its daemon listens for heartbeat sessions (absent in definitions made before: the default port). */
-  hosts: z.record(z.string(), z.object({ replication: z.string(), heartbeat: z.array(z.string()).min(1), heartbeatPort: z.number().int().min(1).max(65535).optional() })),
-  /** This run of the VM (its disks' epochs belong to it). */
-  run: z.string().min(8).max(64),
-  secret: z.string().min(16),
+  hosts: z
+    .record(nodeName, z.object({ replication: hostIpv4, heartbeat: z.array(hostIpv4).min(1).max(8), heartbeatPort: port.optional() }).strict())
+    .refine((h) => Object.keys(h).length <= 2, 'expected the two hosts of the VM'),
+  /** This run of the VM (its disks' epochs belong to it: a name the wire carries). */
+  run: z.string().regex(/^[A-Za-z0-9._-]{8,64}$/, 'expected 8-64 letters, digits, ".", "_" or "-"'),
+  secret: z.string().min(16).max(1024),
   /** The ports it takes on both hosts (absent in definitions made before ports were allocated: the VM file's). */
   ports: portBlockSchema.optional(),
-  definedAt: z.string(),
+  definedAt: z.string().max(64),
 });
 export type PlacedVm = z.output<typeof placedVmSchema>;
 
@@ -150,6 +153,11 @@ export class VmHost {
       agent: this.agent?.status() ?? null,
       dataPlane: this.config.replication.tls ? 'tls' : 'plain',
     };
+  }
+
+  /** Whether a start, a run or a stop of the VM is under way here (its definition must not change under it). */
+  get busy(): boolean {
+    return this.phase === 'starting' || this.phase === 'running' || this.phase === 'stopping';
   }
 
   /** Whether this host has run the VM (its state file exists), stopped or not. */

@@ -9,14 +9,14 @@
  * request/reply mechanism for both channels.
  */
 import { z } from 'zod';
+import { RESERVED_NAMES } from '../config/schema.js';
 
 /** The longest line either channel accepts (a heartbeat is ~400 bytes). */
 export const MAX_LINE_BYTES = 64 * 1024;
 
 /** Names and ids that are safe anywhere (object keys, file names, logs): no '__proto__' tricks, no control characters. */
 const safe = /^[A-Za-z0-9._-]{1,64}$/;
-const reserved = new Set(['__proto__', 'constructor', 'prototype', 'hasOwnProperty', 'toString', 'valueOf']);
-const name = z.string().regex(safe).refine((x) => !reserved.has(x), 'a reserved name');
+const name = z.string().regex(safe).refine((x) => !RESERVED_NAMES.has(x), 'a reserved name');
 const id = z.string().min(1).max(64).regex(/^[\x21-\x7e]+$/);
 const ms = z.number().finite().min(0).max(86_400_000);
 const count = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
