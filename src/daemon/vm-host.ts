@@ -22,13 +22,14 @@ import { DEFAULT_HEARTBEAT_PORT } from '../config/host.js';
 import { hostIpv4, nodeName, port } from '../config/schema.js';
 import { planPair, type PairPlan, type NodePlan } from '../pair/plan.js';
 import { resolveRuntime } from '../pair/runtime.js';
-import { readState, writeState, newPairState, nodeStateOf, type NodeState, type PairState } from '../pair/state.js';
+import { readState, writeState, newPairState, nodeStateOf, stateFile, type NodeState, type PairState } from '../pair/state.js';
 import { quitNode } from '../pair/down.js';
 import { readDiskRecord, writeEpoch } from '../pair/generation.js';
 import { launchAlone } from '../pair/launch.js';
 import { prepareDataPlaneKey } from '../pair/keys.js';
 import { attachTap, detachTap, ensureTap } from '../qemu/tap.js';
 import { createImage } from '../qemu/images.js';
+import { removeBuffers } from '../pair/buffers.js';
 import { isOurQemu } from '../qemu/process.js';
 import { LockstepError, errorMessage } from '../util/errors.js';
 import { sleep } from '../util/time.js';
@@ -160,9 +161,9 @@ export class VmHost {
     return this.phase === 'starting' || this.phase === 'running' || this.phase === 'stopping';
   }
 
-  /** Whether this host has run the VM (its state file exists), stopped or not. */
+  /** Whether this host has run the VM (its state file exists, readable or not), stopped or not. */
   get everStarted(): boolean {
-    return readState(this.config.stateDir) !== undefined;
+    return fs.existsSync(stateFile(this.config.stateDir));
   }
 
   /** Whether this host runs the VM (started, not stopped by down): a restarted daemon attaches again. */
@@ -340,7 +341,7 @@ export class VmHost {
     await this.stopAgent();
     const { s, me } = this.ownNode();
     const result = me ? await quitNode(me, (m) => this.log.info({ step: m }, 'down')) : 'not running';
-    if (s && me?.role === 'secondary') for (const b of [s.buffers.active, s.buffers.hidden, ...(s.retiredBuffers ?? [])]) fs.rmSync(b, { force: true });
+    if (s && me?.role === 'secondary') removeBuffers([s.buffers.active, s.buffers.hidden, ...(s.retiredBuffers ?? [])]);
     if (s) writeState(this.config.stateDir, { ...s, stoppedAt: new Date().toISOString() });
     this.phase = 'stopped';
     this.detail = null;

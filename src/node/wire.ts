@@ -53,7 +53,8 @@ export const resyncPrepareSchema = z.object({
   primary: name,
   /** The survivor's disk epoch: the target refuses to be overwritten by an older disk. */
   disk: epochSchema,
-  sizeBytes: count,
+  /** The disk's size: a replica of it is made (at most 64 TiB, qcow2's bound). */
+  sizeBytes: z.number().int().min(1).max(64 * 1024 ** 4),
 });
 export const resyncDoneSchema = z.object({ k: z.literal('resync-done'), disk: epochSchema });
 export const resyncAbortSchema = z.object({ k: z.literal('resync-abort'), why: z.string().max(500) });
