@@ -32,18 +32,11 @@ export async function createBuffers(b: Buffers, sizeBytes: number, o: { create?:
   }
 }
 
-/** Removes buffers (and their directory once empty); missing ones are fine. */
+/**
+ * Removes buffers; missing ones are fine. Their directory stays (empty,
+ * 0700, ours): removed, its name, which anyone can see once it exists, could
+ * be taken by another user before the next secondary needs it.
+ */
 export function removeBuffers(files: string[]): void {
-  const dirs = new Set<string>();
-  for (const f of files) {
-    fs.rmSync(f, { force: true });
-    dirs.add(path.dirname(f));
-  }
-  for (const d of dirs) {
-    try {
-      if (path.basename(d).startsWith('lockstep-')) fs.rmdirSync(d);
-    } catch {
-      // Not empty (another buffer of ours still open in a survivor), or gone: left.
-    }
-  }
+  for (const f of files) fs.rmSync(f, { force: true });
 }

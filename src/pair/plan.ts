@@ -81,10 +81,16 @@ export const UNIX_PATH_MAX = 107;
  * Where a pair's secondary keeps its active and hidden buffers: a directory
  * of their own in bufferDir, which resync and up make 0700 and exclusively
  * (pair/buffers.ts), so that nobody else on the host can read, plant or
- * replace them, even in a world-writable bufferDir such as /dev/shm.
+ * replace them, even in a world-writable bufferDir such as /dev/shm. Its
+ * name ends with a tag derived from the agents' secret, which no other user
+ * of the host can read: nobody can make a directory of that name before
+ * lockstep does (it would be refused, and the secondary could not start),
+ * and lockstep keeps it once made. A pair without agents (one machine, no
+ * secret) gets the name without a tag.
  */
 export function bufferDirOf(c: ResolvedConfig, secondary: string): string {
-  return path.join(c.replication.bufferDir, `lockstep-${c.name}-${secondary}`);
+  const tag = c.agents ? `-${crypto.createHmac('sha256', c.agents.secret).update(`lockstep buffers|${c.name}|${secondary}`).digest('hex').slice(0, 16)}` : '';
+  return path.join(c.replication.bufferDir, `lockstep-${c.name}-${secondary}${tag}`);
 }
 
 export function planPair(c: ResolvedConfig, rt: Runtime, primary: string = c.nodes[0]!.name, o: { alone?: { disk: string } } = {}): PairPlan {

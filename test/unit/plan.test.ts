@@ -38,6 +38,14 @@ test('the first node is the primary with the user\'s image; the second gets a re
   assert.match(p, /-chardev socket,id=lsqmp0,path=\/etc\/lockstep\/\.lockstep\/web\/a\/qmp\.sock,server=on,wait=off -mon chardev=lsqmp0,mode=control -chardev socket,id=lsqmp1,path=\/etc\/lockstep\/\.lockstep\/web\/a\/qmp2\.sock/);
 });
 
+test("with agents, the buffers' directory has a tag from the agents' secret: another user of the host cannot take its name first", () => {
+  const withAgents = (secret: string) => planPair(parseConfig(`${yaml('{ mode: user }')}agents: { secret: ${secret} }\n`, '/etc/lockstep/web.yaml'), rt);
+  const one = withAgents('sixteen-characters-at-least');
+  assert.match(one.buffers.active, /^\/dev\/shm\/lockstep-web-b-[0-9a-f]{16}\/active\.qcow2$/);
+  assert.equal(withAgents('sixteen-characters-at-least').buffers.active, one.buffers.active, 'the same on every plan of the pair');
+  assert.notEqual(withAgents('another-secret-of-sixteen').buffers.active, one.buffers.active);
+});
+
 test('bridge mode: each node gets its own tap, always with vnet_hdr=off', () => {
   const plan = planPair(parseConfig(yaml('{ mode: tap, bridge: br0, taps: { a: tap-a, b: tap-b } }'), '/etc/lockstep/web.yaml'), rt);
   assert.match(plan.primary.args.join(' '), /-netdev tap,id=hn0,ifname=tap-a,script=no,downscript=no,vhost=off,vnet_hdr=off/);
