@@ -266,6 +266,8 @@ export interface WitnessStatus {
   records: Record<string, Record<string, Epoch>>;
 }
 
+/** How long stop() waits for record writes under way. */
+const STOP_WAIT_MS = 5000;
 /** Requests of one VM kept while its record is being written; more are refused (the witness is not keeping up). */
 export const MAX_WAITING_PER_VM = 32;
 /** Refused connections and messages logged at most this many per REFUSALS_WINDOW_MS; the rest are counted. */
@@ -361,8 +363,9 @@ export class Witness {
     const server = this.server;
     this.server = undefined;
     if (server) await new Promise<void>((r) => server.close(() => r()));
-    // Writes under way finish (their answers go nowhere): the next start reads a whole record.
-    while (this.writing.size) await new Promise((r) => setTimeout(r, 5));
+    // Writes under way finish (their answers go nowhere): the next start reads a whole record. Bounded: a disk that
+    // hangs does not hang the stop (the temporary file is all a crash then leaves).
+    for (let waited = 0; this.writing.size && waited < STOP_WAIT_MS; waited += 5) await new Promise((r) => setTimeout(r, 5));
   }
 
   private say(msg: string): void {

@@ -230,3 +230,16 @@ test("a pair's state file is written durably (fsync of the file before the renam
   assert.equal(readState(dir)?.stoppedAt, 'now');
   assert.equal(fs.existsSync(path.join(dir, 'state.json.lock')), false);
 });
+
+test('a log budget: at most N lines a window, the rest counted and said with the next line logged', async () => {
+  const { LogBudget, budgeted } = await import('../../src/util/log-budget.js');
+  let now = 0;
+  const lines: string[] = [];
+  const log = budgeted(new LogBudget({ perWindow: 3, windowMs: 1000, now: () => now }), (l) => lines.push(l));
+  for (let i = 0; i < 1000; i++) log(`refused ${i}`);
+  assert.deepEqual(lines, ['refused 0', 'refused 1', 'refused 2']);
+  now = 1000;
+  log('refused again');
+  assert.deepEqual(lines.at(-1), 'refused again (997 more like it not logged)');
+  assert.throws(() => new LogBudget({ perWindow: 0, windowMs: 1, now: () => 0 }), RangeError);
+});
