@@ -570,3 +570,24 @@ test('the client side refuses a forged line from the server too', async () => {
     await fake.close();
   }
 });
+
+test("an agent's own links (pairs without daemons): only the peer, from its address on the path, gets a handshake", async (t) => {
+  const { OwnLinks } = await import('../../src/node/peer-channel.js');
+  const pino = (await import('pino')).default;
+  const port = await new Promise<number>((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.31', () => {
+      const p = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(p));
+    });
+  });
+  const b = new OwnLinks({ name: 'b', peer: 'a', secret: SECRET, port, paths: [{ local: '127.0.0.31', remote: '127.0.0.32' }], heartbeatIntervalMs: 100, heartbeatTimeoutMs: 500, log: pino({ level: 'silent' }) });
+  const up: boolean[] = [];
+  await b.open({ link: (_i, u) => up.push(u), message: () => {} });
+  t.after(() => b.close());
+  // With the agents' secret, from another address: not even a hello.
+  await assert.rejects(connectLink({ name: 'a', secret: SECRET, host: '127.0.0.31', port, localAddress: '127.0.0.33', inbound: peerMessageSchema }), /is not a lockstep agent or witness/);
+  // The peer, from its own address: a link.
+  const l = await connectLink({ name: 'a', secret: SECRET, host: '127.0.0.31', port, localAddress: '127.0.0.32', inbound: peerMessageSchema });
+  await waitFor('b sees its peer', () => up.includes(true));
+  l.close();
+});
