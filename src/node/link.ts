@@ -10,7 +10,10 @@
  * ## Protocol lockstep/3
  *
  * Handshake (each line a JSON object of at most 4 KiB, the whole handshake
- * bounded in time, 2 s by default):
+ * bounded in time: 1 s from accept on the server, 2 s from connect on the
+ * client, by default; a server admits at most MAX_HANDSHAKES_PER_SOURCE
+ * handshakes of one source address and MAX_HANDSHAKES in all, see
+ * HandshakeAdmission):
  *
  *   server → {"hello":"lockstep/3","nonce":Ns}
  *   client → {"name":C,"nonce":Nc,"proof":HMAC(secret,"client|"+Ns+"|"+Nc+"|"+C)}
