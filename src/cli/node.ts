@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import { loadConfig } from '../config/load.js';
 import { Agent } from '../node/agent.js';
 import { Witness, witnessKeyFor } from '../node/witness.js';
-import { nodeName } from '../config/schema.js';
+import { isEndpoint, nodeName } from '../config/schema.js';
 import { print } from './output.js';
 import { LockstepError } from '../util/errors.js';
 import pino from 'pino';
@@ -49,14 +49,17 @@ export function registerNodeCommands(program: Command): void {
       if (!c.agents) throw new LockstepError(`${c.file}: no agents section`, { hint: 'the witness shares agents.secret with the agents' });
       const listen = opts.listen ?? c.agents.witness;
       if (!listen) throw new LockstepError('no address to listen on', { hint: 'pass --listen ADDR:PORT or set agents.witness' });
+      if (!isEndpoint(listen)) throw new LockstepError(`--listen ${listen}: expected ADDRESS:PORT (an IPv4 address, a port of 1-65535)`, { hint: 'e.g. --listen 10.0.3.3:7900' });
+      const graceMs = opts.graceMs === undefined ? 2 * c.agents.leaseMs : Number(opts.graceMs);
+      if (!Number.isSafeInteger(graceMs) || graceMs < 0 || graceMs > 600_000) throw new LockstepError(`--grace-ms ${opts.graceMs}: expected whole milliseconds from 0 to 600000`, { hint: 'at least the longest lease (2 × agents.leaseMs is the default)' });
       const [host, port] = listen.split(':');
-      fs.mkdirSync(c.stateDir, { recursive: true });
+      fs.mkdirSync(c.stateDir, { recursive: true, mode: 0o700 });
       const log = pino({ base: { role: 'witness' }, timestamp: pino.stdTimeFunctions.isoTime });
       const w = new Witness({
         secret: c.agents.secret,
         host: host!,
         port: Number(port),
-        graceMs: opts.graceMs ? Number(opts.graceMs) : 2 * c.agents.leaseMs,
+        graceMs,
         stateFile: path.join(c.stateDir, 'witness.json'),
         log: (m) => log.info(m),
       });

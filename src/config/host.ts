@@ -9,7 +9,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
-import { endpoint, ipv4, nodeName, port, size } from './schema.js';
+import { absolutePath, hostEndpoint, hostIpv4, nodeName, port, qemuPathProblem, size } from './schema.js';
 import { ConfigError, parseYamlFile } from './load.js';
 import { LockstepError } from '../util/errors.js';
 
@@ -26,7 +26,7 @@ export const DEFAULT_HEARTBEAT_PORT = 7701;
 const peer = z
   .object({
     /** Where that host's daemon API listens (TLS). */
-    api: endpoint,
+    api: hostEndpoint,
     /** Its certificate (PEM), as `lockstep host trust` copied it: the only one accepted from it. */
     cert: z.string(),
   })
@@ -39,9 +39,9 @@ export const hostSchema = z
     addresses: z
       .object({
         /** The replication network: COLO's proxy, migration and NBD listen here, never on 0.0.0.0. */
-        replication: ipv4,
+        replication: hostIpv4,
         /** The heartbeat paths, one address each; list a dedicated network first. Default: the replication address. */
-        heartbeat: z.array(ipv4).min(1).optional(),
+        heartbeat: z.array(hostIpv4).min(1).max(8).optional(),
         /** Where the daemon listens, on each heartbeat address, for the heartbeat sessions of the hosts it shares VMs with. */
         heartbeatPort: port.default(DEFAULT_HEARTBEAT_PORT),
       })
@@ -51,7 +51,7 @@ export const hostSchema = z
         /** Local API for root (the CLI on this host). */
         socket: z.string().default(DEFAULT_API_SOCKET),
         /** Remote API over TLS with mutual authentication: ADDRESS:PORT. None: local only. */
-        listen: endpoint.optional(),
+        listen: hostEndpoint.optional(),
       })
       .strict()
       .default({ socket: DEFAULT_API_SOCKET }),
@@ -74,7 +74,7 @@ export const hostSchema = z
      * How much memory this host gives its VMs, whichever role each plays (a secondary runs a whole VM too). The
      * daemon refuses a VM that would go over it. Default: the machine's memory less 1 GiB for the host itself.
      */
-    memory: z.object({ forVms: size('a memory size').optional() }).strict().default({}),
+    memory: z.object({ forVms: size('a memory size', { min: 1, max: 2 ** 50 }).optional() }).strict().default({}),
     /**
      * The QEMU this host runs its VMs with, unless a VM file names one: e.g. the lockstep-qemu package's
      * (/usr/lib/lockstep/qemu-10.0/bin/qemu-system-x86_64). Default: the installed lockstep-qemu package (the newest
@@ -85,9 +85,27 @@ export const hostSchema = z
      * Prometheus metrics: always on the API (GET /metrics, same authentication); `listen` ADDRESS:PORT also serves
      * them read-only over plain HTTP, for a scraper without a client certificate (put it on a management network).
      */
-    metrics: z.object({ listen: endpoint.optional() }).strict().default({}),
+    metrics: z.object({ listen: hostEndpoint.optional() }).strict().default({}),
     /** The other hosts this one trusts, by name (`lockstep host trust` adds them). */
     peers: z.record(nodeName, peer).default({}),
+    /**
+     * What a VM's definition may name on this host, whoever sends it (a trusted host's `up -f` too): its QEMU
+     * binaries (files, or directories whose files), and the directories of its disk images (where disk.create makes
+     * one too), kernels and initrds, and COLO buffers; taps that exist and that lockstep did not make. Each list
+     * replaces its default (see allowedFor in src/daemon/confine.ts): qemu: the lockstep-qemu packages, lockstep's
+     * own build and qemu.binary above; images: STATEDIR/images; kernels: STATEDIR/kernels (and the demo guest);
+     * buffers: /dev/shm; taps: none.
+     */
+    allow: z
+      .object({
+        qemu: z.array(absolutePath).max(64).optional(),
+        images: z.array(absolutePath).max(64).optional(),
+        kernels: z.array(absolutePath).max(64).optional(),
+        buffers: z.array(absolutePath).max(64).optional(),
+        taps: z.array(z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/, 'expected an interface name')).max(256).optional(),
+      })
+      .strict()
+      .default({}),
   })
   .strict();
 
@@ -106,6 +124,8 @@ export function parseHostFile(text: string, file: string): HostConfig {
   if (h.peers[h.name]) problems.push(`peers.${h.name}: that is this host's own name`);
   if (h.qemu.binary !== undefined && !path.isAbsolute(h.qemu.binary)) problems.push(`qemu.binary: "${h.qemu.binary}" must be an absolute path`);
   if (h.ports.last - h.ports.first + 1 < 7) problems.push(`ports: ${h.ports.first}-${h.ports.last} has room for no VM (each takes 7 consecutive ports)`);
+  const stateDirProblem = qemuPathProblem(path.resolve(path.dirname(path.resolve(file)), h.stateDir));
+  if (stateDirProblem) problems.push(`stateDir: "${h.stateDir}" ${stateDirProblem}: QEMU is given paths under it`);
   if (problems.length) throw new ConfigError(file, problems);
   const base = path.dirname(path.resolve(file));
   const abs = (p: string) => (path.isAbsolute(p) ? p : path.resolve(base, p));

@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import YAML from 'yaml';
 import type { z } from 'zod';
-import { configSchema, type Config } from './schema.js';
+import { configSchema, qemuPathProblem, type Config } from './schema.js';
 import { LockstepError } from '../util/errors.js';
 
 export class ConfigError extends LockstepError {
@@ -124,7 +124,7 @@ export function parseConfig(text: string, file: string, o: ParseOptions = {}): R
   const abs = (p: string) => (path.isAbsolute(p) ? p : path.resolve(base, p));
   const c = data;
   const stateDir = abs(c.stateDir ?? path.join('.lockstep', c.name));
-  return {
+  const resolved: ResolvedConfig = {
     ...c,
     file: path.resolve(file),
     stateDir,
@@ -138,6 +138,22 @@ export function parseConfig(text: string, file: string, o: ParseOptions = {}): R
     replication: { ...c.replication, bufferDir: abs(c.replication.bufferDir) },
     nodes: c.nodes.map((n) => ({ ...n, dataDir: abs(n.dataDir ?? path.join(stateDir, n.name)) })),
   };
+  // Every path QEMU is given, as resolved (a comma in the directory of the file counts too).
+  const paths: Array<[string, string | undefined]> = [
+    ['stateDir', resolved.stateDir],
+    ['vm.disk.image', resolved.vm.disk.image],
+    ['vm.kernel', resolved.vm.kernel === 'demo' ? undefined : resolved.vm.kernel],
+    ['vm.initrd', resolved.vm.initrd],
+    ['qemu.binary', resolved.qemu.binary],
+    ['replication.bufferDir', resolved.replication.bufferDir],
+    ...resolved.nodes.map((n, i): [string, string] => [`nodes[${i}].dataDir`, n.dataDir]),
+  ];
+  const bad = paths.flatMap(([field, p]) => {
+    const why = p === undefined ? undefined : qemuPathProblem(p);
+    return why ? [`${field}: "${p}" ${why}`] : [];
+  });
+  if (bad.length) throw new ConfigError(file, bad);
+  return resolved;
 }
 
 export function loadConfig(file: string): ResolvedConfig {

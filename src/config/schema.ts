@@ -7,29 +7,90 @@ import { z } from 'zod';
 
 const SIZE_RE = /^(\d+)\s*([KMGT]i?B?|B)?$/i;
 
-/** "512M", "2G", "65536K", or a plain number of bytes. */
+/** "512M", "2G", "65536K", or a plain number of bytes; undefined unless a whole number of bytes that is a safe integer. */
 export function parseSize(v: string | number): number | undefined {
-  if (typeof v === 'number') return Number.isInteger(v) && v > 0 ? v : undefined;
+  if (typeof v === 'number') return Number.isSafeInteger(v) && v > 0 ? v : undefined;
+  if (v.length > 32) return undefined;
   const m = SIZE_RE.exec(v.trim());
   if (!m) return undefined;
   const unit = (m[2] ?? 'B').toUpperCase()[0]!;
   const mult = { B: 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 }[unit] ?? 1;
-  return Number(m[1]) * mult;
+  const n = Number(m[1]) * mult;
+  return Number.isSafeInteger(n) ? n : undefined;
 }
 
-export const size = (what: string) =>
+const MiB = 1024 ** 2;
+const GiB = 1024 ** 3;
+const TiB = 1024 ** 4;
+
+/** A size in bytes between `min` and `max` (and a multiple of `multiple`), said with units in errors. */
+export const size = (what: string, o: { min?: number; max?: number; multiple?: number } = {}) =>
   z.union([z.string(), z.number()]).transform((v, ctx) => {
     const n = parseSize(v);
-    if (n === undefined || n <= 0) {
-      ctx.addIssue({ code: 'custom', message: `expected ${what} like 512M or 2G, got ${JSON.stringify(v)}` });
+    const min = o.min ?? 1;
+    const max = o.max ?? Number.MAX_SAFE_INTEGER;
+    if (n === undefined || n < min || n > max) {
+      const range = o.min !== undefined || o.max !== undefined ? ` from ${human(min)} to ${human(max)}` : '';
+      ctx.addIssue({ code: 'custom', message: `expected ${what}${range} like 512M or 2G, got ${JSON.stringify(v)}` });
+      return z.NEVER;
+    }
+    if (o.multiple !== undefined && n % o.multiple !== 0) {
+      ctx.addIssue({ code: 'custom', message: `expected ${what} in whole ${human(o.multiple)}, got ${JSON.stringify(v)}` });
       return z.NEVER;
     }
     return n;
   });
 
+function human(n: number): string {
+  for (const [u, m] of [['T', TiB], ['G', GiB], ['M', MiB], ['K', 1024]] as const) if (n >= m && n % m === 0) return `${n / m}${u}`;
+  return `${n} bytes`;
+}
+
+/** A VM's memory: QEMU's -m is in MiB, so whole MiB, from 16 MiB (less boots nothing) to 1 TiB. */
+export const memorySize = size('a memory size', { min: 16 * MiB, max: TiB, multiple: MiB });
+/** A disk: from 1 MiB to 64 TiB (qcow2's own bound), in whole 512-byte sectors. */
+export const diskSize = size('a disk size', { min: MiB, max: 64 * TiB, multiple: 512 });
+
 export const port = z.number().int().min(1).max(65535);
-export const ipv4 = z.string().regex(/^(\d{1,3})(\.\d{1,3}){3}$/, 'expected an IPv4 address like 127.0.0.2');
-export const nodeName = z.string().regex(/^[a-z][a-z0-9-]{0,30}$/, 'expected a short lower-case name (letters, digits, "-")');
+
+/** Whether `s` is a dotted IPv4 address, each part 0-255 without leading zeros. */
+export function isIpv4(s: string): boolean {
+  const parts = s.split('.');
+  return parts.length === 4 && parts.every((p) => /^(0|[1-9][0-9]{0,2})$/.test(p) && Number(p) <= 255);
+}
+
+export const ipv4 = z.string().max(15).refine(isIpv4, 'expected an IPv4 address like 127.0.0.2 (four numbers of 0-255)');
+/** An address a host listens on or is reached at: not 0.0.0.0 (every address) nor 255.255.255.255 (broadcast). */
+export const hostIpv4 = ipv4.refine((a) => a !== '0.0.0.0' && a !== '255.255.255.255', 'expected one address of this host, not 0.0.0.0 (every address) or 255.255.255.255');
+
+/**
+ * Names that would be properties of a plain object's prototype, and which the wire refuses (wire.ts): refused
+ * as names of VMs, hosts and nodes too, so that a name the config takes is one the wire carries.
+ */
+export const RESERVED_NAMES: ReadonlySet<string> = new Set(['__proto__', 'constructor', 'prototype', 'hasOwnProperty', 'toString', 'valueOf']);
+export const nodeName = z
+  .string()
+  .regex(/^[a-z][a-z0-9-]{0,30}$/, 'expected a short lower-case name (letters, digits, "-")')
+  .refine((n) => !RESERVED_NAMES.has(n), 'a reserved name: choose another');
+
+/**
+ * A path QEMU is given on its command line: no commas (option syntax: a comma would end the value and begin
+ * another option, e.g. ",server=on" or a second monitor) and no control characters.
+ */
+export function qemuPathProblem(p: string): string | undefined {
+  if (p.includes(',')) return 'contains a comma, which QEMU reads as the start of another option';
+  if (/[\u0000-\u001f\u007f]/.test(p)) return 'contains a control character';
+  if (p.length > 1024) return 'is longer than 1024 characters';
+  return undefined;
+}
+
+/** An absolute path (host file lists of what VMs may use). */
+export const absolutePath = z
+  .string()
+  .min(1)
+  .max(1024)
+  .refine((p) => p.startsWith('/'), 'expected an absolute path')
+  .refine((p) => qemuPathProblem(p) === undefined, 'expected a path without commas or control characters');
 const ifname = z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/, 'expected an interface name of up to 15 letters, digits, "_", "." or "-"');
 
 const forward = z
@@ -84,7 +145,16 @@ const node = z
   })
   .strict();
 
-export const endpoint = z.string().regex(/^(\d{1,3})(\.\d{1,3}){3}:\d{1,5}$/, 'expected ADDRESS:PORT like 10.0.0.3:7900');
+/** Whether `s` is ADDRESS:PORT with an IPv4 address and a port of 1-65535. */
+export function isEndpoint(s: string): boolean {
+  const i = s.lastIndexOf(':');
+  const portText = s.slice(i + 1);
+  return i > 0 && isIpv4(s.slice(0, i)) && /^[1-9][0-9]{0,4}$/.test(portText) && Number(portText) <= 65535;
+}
+
+export const endpoint = z.string().max(21).refine(isEndpoint, 'expected ADDRESS:PORT like 10.0.0.3:7900 (an IPv4 address, a port of 1-65535)');
+/** An endpoint a host listens on: not on 0.0.0.0. */
+export const hostEndpoint = endpoint.refine((e) => hostIpv4.safeParse(e.slice(0, e.lastIndexOf(':'))).success, 'expected one address of this host, not 0.0.0.0');
 
 export const configSchema = z
   .object({
@@ -101,7 +171,7 @@ export const configSchema = z
       .default({ accel: 'auto', allowMissingFixes: false }),
     vm: z
       .object({
-        memory: size('a memory size').default(128 * 1024 * 1024),
+        memory: memorySize.default(128 * 1024 * 1024),
         cpus: z.number().int().min(1).max(64).default(1),
         /** A kernel to boot directly, or "demo" for lockstep's demo guest. */
         kernel: z.string().optional(),
@@ -113,7 +183,7 @@ export const configSchema = z
             format: z.enum(['qcow2', 'raw']).default('qcow2'),
             /** Create an empty image of `size` if `image` does not exist yet. */
             create: z.boolean().default(false),
-            size: size('a disk size').optional(),
+            size: diskSize.optional(),
           })
           .strict(),
         network: network.default({ mode: 'user', forwards: [] }),

@@ -7,7 +7,7 @@
  */
 import path from 'node:path';
 import { z } from 'zod';
-import { configSchema, nodeName, port } from './schema.js';
+import { configSchema, nodeName, port, qemuPathProblem } from './schema.js';
 import { ConfigError, parseConfig, parseYamlFile, type ResolvedConfig } from './load.js';
 import YAML from 'yaml';
 
@@ -82,22 +82,40 @@ export interface HostAddresses {
   heartbeat: string[];
 }
 
-/** A VM file checked, every path in it absolute (a daemon cannot resolve paths relative to the user's directory). */
-export function parseVmFile(text: string, file: string): VmFile {
-  const v = parseYamlFile(vmFileSchema, text, file, 'examples/two-hosts.yaml');
+/**
+ * What a VM file's schema cannot say: its two hosts differ, every path in it
+ * is absolute (a daemon cannot resolve paths relative to the user's
+ * directory, and a relative one would resolve against the VM's state
+ * directory), and a witness comes with a key. The same checks for a file
+ * read here and for a definition a daemon receives.
+ */
+export function vmFileProblems(v: VmFile): string[] {
   const problems: string[] = [];
   if (v.hosts[0] === v.hosts[1]) problems.push(`hosts: the two hosts need different names (both are "${v.hosts[0]}")`);
   const paths: Array<[string, string | undefined]> = [
     ['vm.disk.image', v.vm.disk.image],
     ['vm.kernel', v.vm.kernel === 'demo' ? undefined : v.vm.kernel],
     ['vm.initrd', v.vm.initrd],
-    ['qemu.binary', v.qemu.binary?.includes('/') ? v.qemu.binary : undefined],
+    ['qemu.binary', v.qemu.binary],
     ['replication.bufferDir', v.replication.bufferDir],
   ];
-  for (const [field, p] of paths) if (p !== undefined && !path.isAbsolute(p)) problems.push(`${field}: "${p}" must be an absolute path (it is a path on the hosts, not here)`);
+  for (const [field, p] of paths) {
+    if (p === undefined) continue;
+    if (!path.isAbsolute(p)) problems.push(`${field}: "${p}" must be an absolute path (it is a path on the hosts, not here)`);
+    else if (path.normalize(p) !== p && path.normalize(p) !== p.replace(/\/+$/, '')) problems.push(`${field}: "${p}" must be a plain absolute path (no "..", ".", or "//")`);
+    const why = qemuPathProblem(p);
+    if (why) problems.push(`${field}: "${p}" ${why}`);
+  }
   if (v.agents.witness && !v.agents.secret && !v.agents.witnessKey) {
     problems.push("agents.witnessKey: needed with agents.witness (lockstep witness-key NAME prints this VM's key), or agents.secret the same as the witness's");
   }
+  return problems;
+}
+
+/** A VM file checked (vmFileProblems): every path in it absolute. */
+export function parseVmFile(text: string, file: string): VmFile {
+  const v = parseYamlFile(vmFileSchema, text, file, 'examples/two-hosts.yaml');
+  const problems = vmFileProblems(v);
   if (problems.length) throw new ConfigError(file, problems, 'examples/two-hosts.yaml');
   return v;
 }

@@ -15,10 +15,10 @@ import { MAX_WATCHERS, type LiveHub } from './live.js';
 import { dashboardFile } from './dashboard.js';
 import { LockstepError } from '../util/errors.js';
 
-/** A request the daemon refuses, with the HTTP status that says why (404: no such thing, 409: not now). */
+/** A request the daemon refuses, with the HTTP status that says why (403: this host does not allow it, 404: no such thing, 409: not now). */
 export class ApiRefusal extends LockstepError {
   constructor(
-    readonly status: 404 | 409,
+    readonly status: 403 | 404 | 409,
     message: string,
     hint?: string,
   ) {

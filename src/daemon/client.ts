@@ -199,7 +199,12 @@ export class ApiClient {
           : https.request({ ...t.tls, host: t.host, port: t.port, method, path: p, headers, timeout: this.timeoutMs, agent: t.agent ?? false });
       // A daemon that refuses a body (413) closes before reading it: the rest of our write fails (EPIPE) on the
       // socket after the answer came. The answer is what counts; errors before it reach req's 'error' below.
-      req.on('socket', (sock) => sock.on('error', () => {}));
+      // Whether TLS got as far as our side's end of the handshake tells a refused certificate from a refused connection.
+      let secured = false;
+      req.on('socket', (sock) => {
+        sock.on('error', () => {});
+        sock.once('secureConnect', () => (secured = true));
+      });
       const timer = setTimeout(() => req.destroy(new LockstepError(`${this.where} did not answer ${method} ${p.split('?')[0]} within ${this.timeoutMs} ms`, { hint: 'is the daemon hung? see journalctl -u lockstepd' })), this.timeoutMs);
       req.on('response', (res) => {
         const chunks: Buffer[] = [];
@@ -220,19 +225,27 @@ export class ApiClient {
       });
       req.on('error', (err: NodeJS.ErrnoException) => {
         clearTimeout(timer);
-        reject(err instanceof LockstepError ? err : this.connectError(err));
+        reject(err instanceof LockstepError ? err : this.connectError(err, secured));
       });
       req.end(payload);
     });
   }
 
-  private connectError(err: NodeJS.ErrnoException): LockstepError {
+  /** What a failed call means; `secured`: our end of the TLS handshake was done when it failed. */
+  private connectError(err: NodeJS.ErrnoException, secured = false): LockstepError {
     const t = this.target;
     if (t.kind === 'local') {
       if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') return new LockstepError(`the lockstep daemon does not run on this host (nothing answers on ${t.socket})`, { hint: 'start it: systemctl start lockstepd (or lockstep daemon)' });
       if (err.code === 'EACCES') return new LockstepError(`no permission to use ${t.socket}`, { hint: 'the local API is for root: run with sudo' });
     } else {
       if (err.code === 'ECONNREFUSED') return new LockstepError(`nothing answers at ${t.host}:${t.port} (host "${t.name}")`, { hint: `is lockstepd running there, with api.listen: "${t.host}:${t.port}" in its host file?` });
+      // Closed before our end of the handshake was done: the daemon did not take the connection (busy, or it dropped
+      // it), whatever our certificate.
+      if (!secured && (err.code === 'ECONNRESET' || /socket hang up/.test(err.message))) {
+        return new LockstepError(`host "${t.name}" (${t.host}:${t.port}) closed the connection before the TLS handshake was done: it did not take it (too many connections to it, or from this address)`, {
+          hint: `try again; if it goes on, see the daemon's log on ${t.name} (journalctl -u lockstepd): it names who holds its connections`,
+        });
+      }
       // TLS 1.3: a server that refuses our certificate just closes the connection after the handshake.
       if (err.code === 'ECONNRESET' || /socket hang up/.test(err.message)) return new LockstepError(`host "${t.name}" (${t.host}:${t.port}) closed the connection: it does not trust this host's certificate`, { hint: `on ${t.name}: lockstep host trust --name THIS-HOST --api ADDRESS this-host.crt, then systemctl restart lockstepd there` });
       if (/certificate|pinned|alert|handshake/i.test(err.message)) return new LockstepError(`host "${t.name}" (${t.host}:${t.port}) and this host do not trust each other: ${err.message}`, { hint: 'each host must trust the other: lockstep host trust --name NAME --api ADDRESS its-host.crt, on both' });

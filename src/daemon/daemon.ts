@@ -25,11 +25,14 @@ import { DaemonMetrics } from './metrics.js';
 import { VmWatch } from './observe.js';
 import { LiveHub } from './live.js';
 import { ApiClient } from './client.js';
-import { portList } from '../config/vm.js';
+import { portList, vmFileProblems } from '../config/vm.js';
+import { confinementProblems } from './confine.js';
 import { interfaceExists } from '../qemu/tap.js';
 import { nodeName } from '../config/schema.js';
 import { checkKeyFile, fingerprint, pairSecret } from './identity.js';
 import { HostSessions } from '../node/host-sessions.js';
+import { HandshakeAdmission, sourceAddress } from '../node/link.js';
+import { LogBudget } from '../util/log-budget.js';
 import { findArtifacts } from '../pair/runtime.js';
 
 /** At most this many API connections at once per listener; more are refused by the kernel's backlog. */
@@ -38,6 +41,14 @@ const MAX_API_CONNECTIONS = 256;
 const MAX_METRICS_CONNECTIONS = 32;
 /** The newest journal records an overview carries. */
 const OVERVIEW_EVENTS = 60;
+/** A TLS client has this long from connect to a finished handshake (Node's default is 120 s). */
+export const API_HANDSHAKE_TIMEOUT_MS = 3000;
+/** Connections of the TLS API in the handshake at once: in all, and per source address (a newer one drops its oldest). */
+export const API_MAX_HANDSHAKES = 64;
+export const API_MAX_HANDSHAKES_PER_SOURCE = 8;
+/** Refused TLS connections logged at most this many per window; the rest are counted. */
+const REFUSALS_LOGGED = 20;
+const REFUSALS_WINDOW_MS = 10_000;
 /** A client has this long to send its request's headers, and this long for the whole request. */
 const HEADERS_TIMEOUT_MS = 10_000;
 const REQUEST_TIMEOUT_MS = 30_000;
@@ -283,14 +294,49 @@ export class Daemon implements DaemonView {
 
   private server(fetch: (req: Request, env: never) => Response | Promise<Response>, tls?: https.ServerOptions): Server {
     const s = tls
-      ? createAdaptorServer({ fetch: fetch as never, createServer: https.createServer, serverOptions: tls })
+      ? createAdaptorServer({ fetch: fetch as never, createServer: https.createServer, serverOptions: { ...tls, handshakeTimeout: API_HANDSHAKE_TIMEOUT_MS } })
       : createAdaptorServer({ fetch: fetch as never });
     const srv = s as unknown as { headersTimeout: number; requestTimeout: number; maxConnections: number };
     srv.headersTimeout = HEADERS_TIMEOUT_MS;
     srv.requestTimeout = REQUEST_TIMEOUT_MS;
     srv.maxConnections = MAX_API_CONNECTIONS;
-    if (tls) s.on('tlsClientError', (err: Error, sock: net.Socket) => this.log('warn', 'refused a TLS connection', { remote: sock.remoteAddress ?? null, why: errorMessage(err) }));
+    if (tls) this.admitHandshakes(s);
     return s;
+  }
+
+  /**
+   * The TLS API's connections before their handshake is done: a short
+   * timeout, and a share per source address (its newer connection drops its
+   * oldest; past the total, the oldest of whoever holds the most goes), so
+   * that idle connections from one address never lock the trusted hosts out.
+   * Refusals are logged under a budget.
+   */
+  private admitHandshakes(s: Server): void {
+    const admission = new HandshakeAdmission(API_MAX_HANDSHAKES, API_MAX_HANDSHAKES_PER_SOURCE);
+    const pending = new Map<string, () => void>();
+    const budget = new LogBudget({ perWindow: REFUSALS_LOGGED, windowMs: REFUSALS_WINDOW_MS, now: this.now });
+    const refused = (remote: string | null, why: string) => {
+      const t = budget.take();
+      if (t.ok) this.log('warn', 'refused a TLS connection', { remote, why, ...(t.leftOut ? { notLogged: t.leftOut } : {}) });
+    };
+    s.on('connection', (sock: net.Socket) => {
+      const key = `${sock.remoteAddress}:${sock.remotePort}`;
+      const release = admission.admit(sourceAddress(sock), (why) => {
+        refused(sock.remoteAddress ?? null, why);
+        sock.destroy();
+      });
+      pending.set(key, release);
+      sock.once('close', () => {
+        release();
+        pending.delete(key);
+      });
+    });
+    s.on('secureConnection', (tlsSock: net.Socket) => {
+      const key = `${tlsSock.remoteAddress}:${tlsSock.remotePort}`;
+      pending.get(key)?.();
+      pending.delete(key);
+    });
+    s.on('tlsClientError', (err: Error, sock: net.Socket) => refused(sock.remoteAddress ?? null, errorMessage(err)));
   }
 
   async stop(): Promise<void> {
@@ -384,10 +430,16 @@ export class Daemon implements DaemonView {
     const r = placedVmSchema.safeParse(body);
     if (!r.success) throw new LockstepError(`the VM definition does not fit: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`, { hint: 'use the lockstep command of the same version as the daemon' });
     if (r.data.vm.name !== name) throw new LockstepError(`the definition is of VM "${r.data.vm.name}", not "${name}"`);
+    const problems = vmFileProblems(r.data.vm);
+    if (problems.length) throw new LockstepError(`the definition of VM "${name}" does not fit: ${problems.join('; ')}`, { hint: 'fix the VM file' });
+    if (!r.data.vm.hosts.includes(this.host.name)) throw new ApiRefusal(409, `VM "${name}" is not one of this host's (${this.host.name}): its hosts are ${r.data.vm.hosts.join(' and ')}`);
+    const cur = this.vmHosts.get(name);
+    // What it names on this host (QEMU, image, kernel, buffers, tap) must be what the host file allows.
+    const refusals = confinementProblems(r.data.vm, this.host, { existingTap: (t) => interfaceExists(t) && cur?.local.tap !== t });
+    if (refusals.length) throw new ApiRefusal(403, `host ${this.host.name} does not allow what VM "${name}" names: ${refusals.map((x) => x.message).join('; ')}`, refusals.map((x) => x.hint).join('; '));
     // Placed here before it is kept: a definition this host cannot run, or whose ports it cannot give, is refused now.
     this.checkPorts(name, r.data);
     this.checkMemory(name, r.data);
-    const cur = this.vmHosts.get(name);
     const local = { tap: this.tapFor(name, r.data, cur) };
     const candidate = new VmHost(this.host, r.data, this.logger.child({ vm: name }), local, this.sessions);
     // What this host needs to run it, its QEMU and its kernel, is found here or the VM is refused now, saying what to
@@ -401,6 +453,8 @@ export class Daemon implements DaemonView {
     if (cur) {
       const same = JSON.stringify({ ...cur.placed, definedAt: '' }) === JSON.stringify({ ...r.data, definedAt: '' });
       if (same) return { name, outcome: 'unchanged' };
+      // A start runs on after its API answer, with the definition it began with: none may replace it meanwhile.
+      if (cur.busy) throw new ApiRefusal(409, `VM "${name}" is ${cur.status().phase} on this host: its definition cannot be replaced now`, `wait until it runs, then end it first (lockstep down ${name}) to change it`);
       if (cur.everStarted) throw new ApiRefusal(409, `VM "${name}" has run on this host with another definition`, `end it first (lockstep down ${name}), or give the new one another name`);
     }
     // Accepted: watched from now on (its journal records, its metrics).
@@ -469,7 +523,10 @@ export class Daemon implements DaemonView {
    */
   private tapFor(name: string, placed: PlacedVm, cur: VmHost | undefined): string | undefined {
     const net = placed.vm.vm.network;
-    if (net.mode !== 'tap' || net.taps[this.host.name]) return undefined;
+    if (net.mode !== 'tap') return undefined;
+    const named = net.taps[this.host.name];
+    // A tap the VM file names: the daemon's to make (and then its own) when it does not exist yet.
+    if (named !== undefined) return cur?.local.tap === named || !interfaceExists(named) ? named : undefined;
     if (cur?.local.tap) return cur.local.tap;
     const held = new Set([...this.vmHosts.values()].flatMap((v) => (v.local.tap ? [v.local.tap] : [])));
     for (let n = 0; n < TAPS_MAX; n++) {

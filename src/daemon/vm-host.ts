@@ -19,15 +19,17 @@ import type { ResolvedConfig } from '../config/load.js';
 import { Agent } from '../node/agent.js';
 import type { HostSessions } from '../node/host-sessions.js';
 import { DEFAULT_HEARTBEAT_PORT } from '../config/host.js';
+import { hostIpv4, nodeName, port } from '../config/schema.js';
 import { planPair, type PairPlan, type NodePlan } from '../pair/plan.js';
 import { resolveRuntime } from '../pair/runtime.js';
-import { readState, writeState, newPairState, nodeStateOf, type NodeState, type PairState } from '../pair/state.js';
+import { readState, writeState, newPairState, nodeStateOf, stateFile, type NodeState, type PairState } from '../pair/state.js';
 import { quitNode } from '../pair/down.js';
 import { readDiskRecord, writeEpoch } from '../pair/generation.js';
 import { launchAlone } from '../pair/launch.js';
 import { prepareDataPlaneKey } from '../pair/keys.js';
 import { attachTap, detachTap, ensureTap } from '../qemu/tap.js';
 import { createImage } from '../qemu/images.js';
+import { removeBuffers } from '../pair/buffers.js';
 import { isOurQemu } from '../qemu/process.js';
 import { LockstepError, errorMessage } from '../util/errors.js';
 import { sleep } from '../util/time.js';
@@ -48,13 +50,15 @@ export interface VmObserving {
 export const placedVmSchema = z.object({
   vm: vmFileSchema,
   /** Each host's addresses, and where its daemon listens for heartbeat sessions (absent in definitions made before: the default port). */
-  hosts: z.record(z.string(), z.object({ replication: z.string(), heartbeat: z.array(z.string()).min(1), heartbeatPort: z.number().int().min(1).max(65535).optional() })),
-  /** This run of the VM (its disks' epochs belong to it). */
-  run: z.string().min(8).max(64),
-  secret: z.string().min(16),
+  hosts: z
+    .record(nodeName, z.object({ replication: hostIpv4, heartbeat: z.array(hostIpv4).min(1).max(8), heartbeatPort: port.optional() }).strict())
+    .refine((h) => Object.keys(h).length <= 2, 'expected the two hosts of the VM'),
+  /** This run of the VM (its disks' epochs belong to it: a name the wire carries). */
+  run: z.string().regex(/^[A-Za-z0-9._-]{8,64}$/, 'expected 8-64 letters, digits, ".", "_" or "-"'),
+  secret: z.string().min(16).max(1024),
   /** The ports it takes on both hosts (absent in definitions made before ports were allocated: the VM file's). */
   ports: portBlockSchema.optional(),
-  definedAt: z.string(),
+  definedAt: z.string().max(64),
 });
 export type PlacedVm = z.output<typeof placedVmSchema>;
 
@@ -162,9 +166,14 @@ export class VmHost {
     };
   }
 
-  /** Whether this host has run the VM (its state file exists), stopped or not. */
+  /** Whether a start, a run or a stop of the VM is under way here (its definition must not change under it). */
+  get busy(): boolean {
+    return this.phase === 'starting' || this.phase === 'running' || this.phase === 'stopping';
+  }
+
+  /** Whether this host has run the VM (its state file exists, readable or not), stopped or not. */
   get everStarted(): boolean {
-    return readState(this.config.stateDir) !== undefined;
+    return fs.existsSync(stateFile(this.config.stateDir));
   }
 
   /** Whether this host runs the VM (started, not stopped by down): a restarted daemon attaches again. */
@@ -349,7 +358,7 @@ export class VmHost {
     await this.stopAgent();
     const { s, me } = this.ownNode();
     const result = me ? await quitNode(me, (m) => this.log.info({ step: m }, 'down')) : 'not running';
-    if (s && me?.role === 'secondary') for (const b of [s.buffers.active, s.buffers.hidden, ...(s.retiredBuffers ?? [])]) fs.rmSync(b, { force: true });
+    if (s && me?.role === 'secondary') removeBuffers([s.buffers.active, s.buffers.hidden, ...(s.retiredBuffers ?? [])]);
     if (s) writeState(this.config.stateDir, { ...s, stoppedAt: new Date().toISOString() });
     this.phase = 'stopped';
     this.detail = null;

@@ -9,13 +9,20 @@
  * handshake admits. Prints one JSON line per attempt: what it sent and how
  * the other end answered (it must close the connection, and send nothing but
  * its hello).
+ *
+ * `node hostile.js fill HOST PORT COUNT DURATION_MS [LOCAL_ADDRESS]`: fills
+ * every handshake slot it can instead: COUNT silent connections kept open,
+ * each reopened as soon as the other end closes it, for DURATION_MS; then
+ * prints one JSON line: how many it opened, how many the other end closed,
+ * how many it held open at most and at the end.
  */
 import net from 'node:net';
 import crypto from 'node:crypto';
 import { PROTOCOL, MAX_HANDSHAKES, handshakeProof, sessionKey, signFrame } from '../node/link.js';
 import { MAX_LINE_BYTES } from '../node/wire.js';
 
-const [host = '127.0.0.1', portText = '7800', secret = '', name = 'mallory'] = process.argv.slice(2);
+const fillMode = process.argv[2] === 'fill';
+const [host = '127.0.0.1', portText = '7800', secret = '', name = 'mallory'] = process.argv.slice(fillMode ? 3 : 2);
 const port = Number(portText);
 
 interface Outcome {
@@ -161,7 +168,50 @@ async function main(): Promise<void> {
   for (const o of out) process.stdout.write(JSON.stringify(o) + '\n');
 }
 
-main().catch((err: unknown) => {
+/** Fill mode: `count` silent connections held open, each reopened at once when closed, for `ms`. */
+async function fill(count: number, ms: number, localAddress: string | undefined): Promise<void> {
+  const st = { opened: 0, closedByPeer: 0, failed: 0, maxOpen: 0, open: 0 };
+  const until = performance.now() + ms;
+  const sockets = new Set<net.Socket>();
+  const one = (): void => {
+    if (performance.now() >= until) return;
+    const s = net.createConnection({ host, port, ...(localAddress ? { localAddress } : {}) });
+    sockets.add(s);
+    let connected = false;
+    s.on('connect', () => {
+      connected = true;
+      st.opened++;
+      st.open++;
+      st.maxOpen = Math.max(st.maxOpen, st.open);
+    });
+    s.on('data', () => {}); // the hello: read, never answered
+    s.on('error', () => {});
+    s.on('close', () => {
+      sockets.delete(s);
+      if (connected) {
+        st.open--;
+        if (performance.now() < until) st.closedByPeer++;
+      } else st.failed++;
+      // Reopened as soon as closed (after a failed connect, a moment later: the cable may be cut).
+      setTimeout(one, connected ? 0 : 50);
+    });
+  };
+  for (let i = 0; i < count; i++) one();
+  await new Promise((r) => setTimeout(r, ms));
+  const atEnd = st.open;
+  for (const s of sockets) s.destroy();
+  process.stdout.write(JSON.stringify({ attempt: `fill ${host}:${port} with ${count} silent connections for ${ms} ms`, opened: st.opened, closedByPeer: st.closedByPeer, failed: st.failed, maxOpen: st.maxOpen, openAtEnd: atEnd }) + '\n');
+}
+
+if (fillMode) {
+  fill(Number(process.argv[5] ?? 64), Number(process.argv[6] ?? 10_000), process.argv[7]).then(
+    () => process.exit(0),
+    (err: unknown) => {
+      process.stdout.write(JSON.stringify({ attempt: 'fill', error: String(err) }) + '\n');
+      process.exit(1);
+    },
+  );
+} else main().catch((err: unknown) => {
   process.stdout.write(JSON.stringify({ attempt: 'connect', closed: false, extra: [String(err)], ms: 0 }) + '\n');
   process.exit(1);
 });

@@ -4,6 +4,7 @@
  * directory) brought up through the product's own `up`, with both QMP
  * connections kept open and every event recorded.
  */
+import { removeBuffers } from '../pair/buffers.js';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -181,7 +182,7 @@ export class OneHostPair {
   async stop(opts: { removeDir?: boolean } = {}): Promise<void> {
     for (const n of [this.primary, this.secondary]) n.qmp.destroy();
     await Promise.all([this.primary.proc.stop(2000), this.secondary.proc.stop(2000)]);
-    for (const b of [this.buffers.active, this.buffers.hidden]) fs.rmSync(b, { force: true });
+    removeBuffers([this.buffers.active, this.buffers.hidden]);
     if (opts.removeDir) fs.rmSync(this.dir, { recursive: true, force: true });
   }
 }

@@ -25,8 +25,12 @@ export interface Arbiter {
   acquire(id: string, ttlMs: number, disk: Epoch | null, next: Epoch | null): void;
   /** Gives the lease back, if we hold it. */
   release(id: string): void;
-  /** How things stand: who holds the lease, and the newest epoch of `run` on record. */
-  query(id: string, run: string | null): void;
+  /**
+   * How things stand: who holds the lease, and the newest epoch of `run` on record. `disk`, this node's disk epoch:
+   * a witness that has no record of the run learns which disk this node holds (witness-core's rule for runs it
+   * does not vouch for).
+   */
+  query(id: string, run: string | null, disk?: Epoch | null): void;
   close(): void;
 }
 

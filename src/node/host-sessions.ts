@@ -27,6 +27,7 @@
 import net from 'node:net';
 import type pino from 'pino';
 import { listenLinks, connectLink, type Link } from './link.js';
+import { LogBudget, budgeted } from '../util/log-budget.js';
 import { LINK_IDLE_TIMEOUTS, type PeerChannel, type PeerChannelEvents } from './peer-channel.js';
 import { sessionMessageSchema, type PeerMessage, type SessionMessage } from './wire.js';
 import { LockstepError, errorMessage } from '../util/errors.js';
@@ -41,6 +42,9 @@ const DEFAULT_IDLE_MS = 8000;
 const REDIAL_MS = 500;
 /** The VMs one host may announce on a session; more is a hostile or broken peer, and the session is closed. */
 const MAX_JOINED = 4096;
+/** Refused connections and messages logged at most this many per REFUSALS_WINDOW_MS; the rest are counted. */
+const REFUSALS_LOGGED = 20;
+const REFUSALS_WINDOW_MS = 10_000;
 
 export interface HostSessionsOptions {
   /** This host, as its peers know it. */
@@ -103,7 +107,8 @@ function sessionKey(peer: string, local: string, remote: string): string {
 /** The address of "address:port". */
 function hostOf(remote: string): string {
   const i = remote.lastIndexOf(':');
-  return i < 0 ? remote : remote.slice(0, i);
+  const a = i < 0 ? remote : remote.slice(0, i);
+  return a.startsWith('::ffff:') && a.includes('.') ? a.slice('::ffff:'.length) : a;
 }
 
 export class HostSessions {
@@ -115,8 +120,26 @@ export class HostSessions {
   private readonly untrustedWarned = new Set<string>();
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
+  /** Refusals are logged under a budget: a flood of hostile connections costs a few lines, never the disk. */
+  private readonly warnRefused = budgeted(new LogBudget({ perWindow: REFUSALS_LOGGED, windowMs: REFUSALS_WINDOW_MS, now: () => performance.now() }), (line) =>
+    this.o.log.warn(line),
+  );
 
   constructor(private readonly o: HostSessionsOptions) {}
+
+  /**
+   * Whether a session may come from `remote` to our address `local`: only
+   * from a peer host's address on a path of one of our VMs (a host that
+   * shares no VM with us, or an address that is no such path's, gets no
+   * handshake at all).
+   */
+  private pathFrom(local: string, remote: string, peer?: string): boolean {
+    for (const m of this.members.values()) {
+      if (peer !== undefined && m.spec.peer !== peer) continue;
+      if (m.spec.paths.some((p) => p.local === local && p.remote === remote)) return true;
+    }
+    return false;
+  }
 
   /** The channel of VM `spec.vm`: its agent's way to its peer agent, over this host's sessions. */
   channel(spec: SessionChannelSpec): PeerChannel {
@@ -246,8 +269,18 @@ export class HostSessions {
       port: this.o.port,
       inbound: sessionMessageSchema,
       outbound: sessionMessageSchema,
-      onLink: (l) => this.adopt(this.session(l.peer, local, hostOf(l.remote)), l),
-      onRefuse: (remote, why, who) => this.o.log.warn({ remote, why, peer: who ?? null }, 'heartbeat session: refused a connection or message'),
+      // Before the handshake: only the addresses of our VMs' peer hosts on this address's paths.
+      admit: (remote) => (this.pathFrom(local, remote) ? undefined : `${remote} is no peer host's address on a heartbeat path of ours to ${local}`),
+      onLink: (l) => {
+        // After it: the host it proved must be the peer of one of our VMs on that very path.
+        const remote = hostOf(l.remote);
+        if (!this.pathFrom(local, remote, l.peer)) {
+          this.warnRefused(`heartbeat session: refused ${l.remote} (${l.peer}): host ${l.peer} shares no VM with this host on the path ${local}→${remote}`);
+          return void l.close('no VM shared on this path');
+        }
+        this.adopt(this.session(l.peer, local, remote), l);
+      },
+      onRefuse: (remote, why, who) => this.warnRefused(`heartbeat session: refused ${remote}${who === undefined ? '' : ` (${who})`}: ${why}`),
     }).then(
       (srv) => {
         if (this.closed) return void srv.close();
@@ -283,7 +316,7 @@ export class HostSessions {
         timeoutMs: 1000,
         inbound: sessionMessageSchema,
         outbound: sessionMessageSchema,
-        onRefuse: (remote, why, who) => this.o.log.warn({ remote, why, peer: who ?? null }, 'heartbeat session: refused a message'),
+        onRefuse: (remote, why, who) => this.warnRefused(`heartbeat session: refused a message from ${remote}${who === undefined ? '' : ` (${who})`}: ${why}`),
       });
       if (this.closed) l.close('daemon stops');
       else this.adopt(s, l);

@@ -10,7 +10,10 @@
  * ## Protocol lockstep/3
  *
  * Handshake (each line a JSON object of at most 4 KiB, the whole handshake
- * bounded in time, 2 s by default):
+ * bounded in time: 1 s from accept on the server, 2 s from connect on the
+ * client, by default; a server admits at most MAX_HANDSHAKES_PER_SOURCE
+ * handshakes of one source address and MAX_HANDSHAKES in all, see
+ * HandshakeAdmission):
  *
  *   server → {"hello":"lockstep/3","nonce":Ns}
  *   client → {"name":C,"nonce":Nc,"proof":HMAC(secret,"client|"+Ns+"|"+Nc+"|"+C)}
@@ -73,10 +76,21 @@ import { MAX_LINE_BYTES } from './wire.js';
 export const PROTOCOL = 'lockstep/3';
 /** The longest handshake line either end accepts. */
 export const HANDSHAKE_LINE_BYTES = 4096;
-/** Default bound of a handshake, from accept (server) or connect (client). */
+/** Default bound of a handshake, from connect (client). */
 export const HANDSHAKE_TIMEOUT_MS = 2000;
-/** Default bound of the connections a server holds in the handshake at once; more are refused at once. */
+/**
+ * Default bound of a handshake, from accept (server): the client's one line
+ * is due one round trip after our hello. Short, so that a connection that
+ * says nothing holds its slot briefly.
+ */
+export const SERVER_HANDSHAKE_TIMEOUT_MS = 1000;
+/** Default bound of the connections a server holds in the handshake at once. */
 export const MAX_HANDSHAKES = 64;
+/**
+ * Default share of one source address: at most this many of its connections
+ * in the handshake at once; a newer one drops its oldest.
+ */
+export const MAX_HANDSHAKES_PER_SOURCE = 8;
 /** A peer that leaves more than this unread in our send buffer is cut off. */
 export const MAX_SEND_BUFFER_BYTES = 16 * MAX_LINE_BYTES;
 
@@ -539,10 +553,105 @@ export interface LinkServerOptions<In, Out> {
   onLink: (link: Link<In, Out>) => void;
   /** Called for each refused connection or message, with the reason. */
   onRefuse?: RefuseHandler;
-  /** Default HANDSHAKE_TIMEOUT_MS. */
+  /** Default SERVER_HANDSHAKE_TIMEOUT_MS. */
   handshakeTimeoutMs?: number;
   /** Default MAX_HANDSHAKES. */
   maxHandshakes?: number;
+  /** Default MAX_HANDSHAKES_PER_SOURCE (at most maxHandshakes). */
+  maxHandshakesPerSource?: number;
+  /**
+   * Whether a connection from this address may begin a handshake: undefined
+   * admits it, a string refuses it (the reason, logged), before anything is
+   * sent or a slot taken. For servers whose clients come from known
+   * addresses only (the heartbeat sessions: the trusted peers').
+   */
+  admit?: (address: string) => string | undefined;
+}
+
+/** An address as the kernel gives it, IPv4 in IPv6 ("::ffff:10.0.0.1") as IPv4. */
+export function sourceAddress(socket: net.Socket): string {
+  const a = socket.remoteAddress ?? 'unknown';
+  return a.startsWith('::ffff:') && a.includes('.') ? a.slice('::ffff:'.length) : a;
+}
+
+/** A connection in the handshake, as admission sees it. */
+interface PendingHandshake {
+  source: string;
+  /** Accept order: smaller is older. */
+  seq: number;
+  /** Ends its handshake now, with this reason. */
+  drop: (why: string) => void;
+}
+
+/**
+ * Which handshakes a server holds: at most `perSource` per source address
+ * (a newer connection of that source drops its oldest) and `total` in all
+ * (a newer connection drops the oldest of the source that holds the most).
+ * So connections from one address, however many, never keep another
+ * address's out: a peer's new connection always gets a slot, taken from
+ * whoever holds the most. Pure bookkeeping; the drop is the caller's.
+ */
+export class HandshakeAdmission {
+  private readonly bySource = new Map<string, PendingHandshake[]>();
+  private count = 0;
+  private seq = 0;
+
+  constructor(
+    private readonly total: number,
+    private readonly perSource: number,
+  ) {
+    if (!(total >= 1) || !(perSource >= 1)) throw new RangeError('handshake admission needs room for one connection at least');
+  }
+
+  get size(): number {
+    return this.count;
+  }
+
+  /** How many of `source`'s connections are in the handshake. */
+  of(source: string): number {
+    return this.bySource.get(source)?.length ?? 0;
+  }
+
+  /** Admits a new connection from `source`, dropping who must make room. Returns its release(). */
+  admit(source: string, drop: (why: string) => void): () => void {
+    const mine = this.bySource.get(source) ?? [];
+    if (mine.length >= this.perSource) this.evict(source, `dropped: a newer connection from ${source}, which may hold ${this.perSource} in the handshake`);
+    if (this.count >= this.total) {
+      let heaviest: string | undefined;
+      for (const [src, list] of this.bySource) {
+        const best = heaviest === undefined ? undefined : this.bySource.get(heaviest)!;
+        if (!best || list.length > best.length || (list.length === best.length && list[0]!.seq < best[0]!.seq)) heaviest = src;
+      }
+      if (heaviest !== undefined) this.evict(heaviest, `dropped: ${this.total} connections in the handshake, ${heaviest} holding the most`);
+    }
+    const p: PendingHandshake = { source, seq: ++this.seq, drop };
+    const list = this.bySource.get(source) ?? [];
+    list.push(p);
+    this.bySource.set(source, list);
+    this.count++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.remove(p);
+    };
+  }
+
+  private evict(source: string, why: string): void {
+    const oldest = this.bySource.get(source)?.[0];
+    if (!oldest) return;
+    this.remove(oldest);
+    oldest.drop(why);
+  }
+
+  private remove(p: PendingHandshake): void {
+    const list = this.bySource.get(p.source);
+    const i = list ? list.indexOf(p) : -1;
+    if (!list || i < 0) return;
+    list.splice(i, 1);
+    this.count--;
+    if (!list.length) this.bySource.delete(p.source);
+  }
 }
 
 /**
@@ -552,19 +661,30 @@ export interface LinkServerOptions<In, Out> {
 export async function listenLinks<In, Out = unknown>(o: LinkServerOptions<In, Out>): Promise<net.Server> {
   if (o.secretFor) checkName(o.name);
   else checkOwn(o.name, o.secret);
-  const timeoutMs = o.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS;
+  const timeoutMs = o.handshakeTimeoutMs ?? SERVER_HANDSHAKE_TIMEOUT_MS;
   const maxHandshakes = o.maxHandshakes ?? MAX_HANDSHAKES;
-  let inHandshake = 0;
+  const admission = new HandshakeAdmission(maxHandshakes, Math.min(maxHandshakes, o.maxHandshakesPerSource ?? MAX_HANDSHAKES_PER_SOURCE));
 
   const accept = async (socket: net.Socket): Promise<void> => {
     const remote = addressOf(socket);
     socket.on('error', () => {}); // reported by whoever reads the socket; never unhandled
-    if (inHandshake >= maxHandshakes) {
-      callRefuse(o.onRefuse, remote, `too many connections in the handshake (${maxHandshakes})`);
+    const source = sourceAddress(socket);
+    let refusal: string | undefined;
+    try {
+      refusal = o.admit?.(source);
+    } catch (err) {
+      refusal = `cannot tell whether ${source} may connect: ${errorMessage(err)}`;
+    }
+    if (refusal !== undefined) {
+      callRefuse(o.onRefuse, remote, refusal);
       socket.destroy();
       return;
     }
-    inHandshake++;
+    let droppedFor: string | undefined;
+    const release = admission.admit(source, (why) => {
+      droppedFor = why;
+      socket.destroy();
+    });
     let done: { value: z.infer<typeof clientAuthSchema> & { key: Buffer }; lines: LineBuffer };
     try {
       socket.setNoDelay(true);
@@ -581,11 +701,11 @@ export async function listenLinks<In, Out = unknown>(o: LinkServerOptions<In, Ou
         return { ...m, key: sessionKey(secret, ns, m.nonce, m.name, o.name) };
       });
     } catch (err) {
-      callRefuse(o.onRefuse, remote, errorMessage(err));
+      callRefuse(o.onRefuse, remote, droppedFor ?? errorMessage(err));
       socket.destroy();
       return;
     } finally {
-      inHandshake--;
+      release();
     }
     const link = new Link<In, Out>({
       socket,

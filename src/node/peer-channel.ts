@@ -18,6 +18,7 @@ import { listenLinks, connectLink, type Link } from './link.js';
 import { peerMessageSchema, type PeerMessage } from './wire.js';
 import { sleep } from '../util/time.js';
 import { errorMessage } from '../util/errors.js';
+import { LogBudget, budgeted } from '../util/log-budget.js';
 
 /** A link on which nothing arrived for this many heartbeat timeouts is closed and dialled again. */
 export const LINK_IDLE_TIMEOUTS = 4;
@@ -78,6 +79,9 @@ export class OwnLinks implements PeerChannel {
   private on: PeerChannelEvents | undefined;
   private closed = false;
 
+  /** Refusals are logged under a budget (20 per 10 s, then a count): a flood of connections costs a few lines. */
+  private readonly warnRefused = budgeted(new LogBudget({ perWindow: 20, windowMs: 10_000, now: () => performance.now() }), (line) => this.o.log.warn(line));
+
   constructor(private readonly o: OwnLinksOptions) {
     this.own = o.paths.map((p) => ({ ...p, link: undefined, lastInAt: 0, dialing: false }));
     this.paths = this.own.map((p) => `${p.local}→${p.remote}`);
@@ -94,8 +98,10 @@ export class OwnLinks implements PeerChannel {
           port: this.o.port,
           inbound: peerMessageSchema,
           outbound: peerMessageSchema,
+          // Only the peer, from its address on this path, gets a handshake.
+          admit: (remote) => (remote === p.remote ? undefined : `${remote} is not the peer's address on the path ${p.local}→${p.remote}`),
           onLink: (l) => this.adopt(i, l),
-          onRefuse: (remote, why, who) => this.o.log.warn({ remote, why, peer: who ?? null }, 'refused a connection or message'),
+          onRefuse: (remote, why, who) => this.warnRefused(`refused a connection or message from ${remote}${who === undefined ? '' : ` (${who})`}: ${why}`),
         }),
       );
     }
@@ -139,7 +145,7 @@ export class OwnLinks implements PeerChannel {
         timeoutMs: 1000,
         inbound: peerMessageSchema,
         outbound: peerMessageSchema,
-        onRefuse: (remote, why, who) => this.o.log.warn({ remote, why, peer: who ?? null }, 'refused a message'),
+        onRefuse: (remote, why, who) => this.warnRefused(`refused a message from ${remote}${who === undefined ? '' : ` (${who})`}: ${why}`),
       });
       if (this.closed) l.close('agent stops');
       else this.adopt(this.own.indexOf(p), l);

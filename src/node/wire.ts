@@ -9,14 +9,14 @@
  * request/reply mechanism for both channels.
  */
 import { z } from 'zod';
+import { RESERVED_NAMES } from '../config/schema.js';
 
 /** The longest line either channel accepts (a heartbeat is ~400 bytes). */
 export const MAX_LINE_BYTES = 64 * 1024;
 
 /** Names and ids that are safe anywhere (object keys, file names, logs): no '__proto__' tricks, no control characters. */
 const safe = /^[A-Za-z0-9._-]{1,64}$/;
-const reserved = new Set(['__proto__', 'constructor', 'prototype', 'hasOwnProperty', 'toString', 'valueOf']);
-const name = z.string().regex(safe).refine((x) => !reserved.has(x), 'a reserved name');
+const name = z.string().regex(safe).refine((x) => !RESERVED_NAMES.has(x), 'a reserved name');
 const id = z.string().min(1).max(64).regex(/^[\x21-\x7e]+$/);
 const ms = z.number().finite().min(0).max(86_400_000);
 const count = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
@@ -53,7 +53,8 @@ export const resyncPrepareSchema = z.object({
   primary: name,
   /** The survivor's disk epoch: the target refuses to be overwritten by an older disk. */
   disk: epochSchema,
-  sizeBytes: count,
+  /** The disk's size: a replica of it is made (at most 64 TiB, qcow2's bound). */
+  sizeBytes: z.number().int().min(1).max(64 * 1024 ** 4),
 });
 export const resyncDoneSchema = z.object({ k: z.literal('resync-done'), disk: epochSchema });
 export const resyncAbortSchema = z.object({ k: z.literal('resync-abort'), why: z.string().max(500) });
@@ -108,8 +109,12 @@ export const acquireSchema = z.object({
   next: epochSchema.nullable(),
 });
 export const releaseSchema = z.object({ t: z.literal('release'), id, lease: name });
-/** How things stand for a lease, and the newest epoch of `run` (the asker's, when it knows its disk). */
-export const querySchema = z.object({ t: z.literal('query'), id, lease: name, run: name.nullable() });
+/**
+ * How things stand for a lease, and the newest epoch of `run` (the asker's, when it knows its disk). `disk`, the
+ * asker's disk epoch (of `run`), lets a witness that has no record of the run hear which disk this node holds
+ * (witness-core: a run not on record is granted only on the word of both nodes).
+ */
+export const querySchema = z.object({ t: z.literal('query'), id, lease: name, run: name.nullable(), disk: epochSchema.nullable().optional() });
 
 export const witnessRequestSchema = z.discriminatedUnion('t', [acquireSchema, releaseSchema, querySchema]);
 

@@ -7,21 +7,32 @@
  * only moves messages and keeps the record on disk. Every request arrives over
  * the authenticated link (link.ts) already parsed with witnessRequestSchema
  * (wire.ts): anything else is refused there, logged, and never reaches the
- * witness's state. A new disk epoch is written to the state file durably
+ * witness's state. A new disk epoch is written to its VM's record durably
  * BEFORE the grant that carries it goes out; if it cannot be written, the
- * request is refused and nothing changes.
+ * request is refused and nothing changes. The write does not block the event
+ * loop: meanwhile the requests of that VM wait (at most MAX_WAITING_PER_VM),
+ * those of other VMs are answered.
  *
- * State file (`stateFile`): `{ "newest": { <run>: { run, gen, by } } }`. The
- * file of earlier versions, `{ "generations": { <run>: gen } }`, is read as
- * epochs begun by 'up'. A missing file is a first start; a file that cannot be
- * read or does not parse stops the witness at start: a witness that forgot
- * the newest epochs could grant the lease to a node with a stale disk.
+ * Record files:
+ * - `stateFile`: the witness's own, `{ "format": 2, "instance", "createdAt" }`,
+ *   written at its first start. Its `instance` says which witness this is: a
+ *   witness whose record was lost starts as a new instance, which vouches for
+ *   no run (witness-core: a run not on record is granted only on the word of
+ *   both of its VM's nodes).
+ * - `stateFile.d/VM.json`: one per VM, `{ "vm", "runs": { <run>: { run, gen,
+ *   by } } }`, at most RUNS_PER_VM runs: each write is one small file.
+ * The file of earlier versions (`{ "newest": { <run>: epoch } }`, or older,
+ * `{ "generations": { <run>: gen } }`, read as epochs begun by 'up') did not
+ * say whose runs they are: they are kept as a floor (`legacy`), and the file
+ * is rewritten in this format at start. Anything that exists but cannot be
+ * read or does not parse stops the witness at start, saying what to do.
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import type net from 'node:net';
+import path from 'node:path';
 import { z } from 'zod';
-import { listenLinks, connectLink, describeIssues, type Link } from './link.js';
+import { listenLinks, connectLink, describeIssues, linkNameSchema, type Link } from './link.js';
 import {
   epochSchema,
   witnessReplySchema,
@@ -30,11 +41,12 @@ import {
   type WitnessReply,
   type WitnessRequest,
 } from './wire.js';
-import { holderOf, initWitness, witnessStep, type WitnessState } from './witness-core.js';
+import { holderOf, initWitness, newestOf, recordKey, splitRecordKey, withVmOf, witnessStep, type WitnessState } from './witness-core.js';
 import type { Epoch } from '../pair/epoch.js';
 import { nodeName } from '../config/schema.js';
 import type { Arbiter } from './arbiter.js';
-import { writeFileAtomic } from '../util/files.js';
+import { writeFileAtomic, writeFileDurable } from '../util/files.js';
+import { LogBudget, budgeted } from '../util/log-budget.js';
 import { LockstepError, TimeoutError, errorMessage } from '../util/errors.js';
 
 /** The name the witness proves on every link; agents accept no other. */
@@ -46,66 +58,152 @@ function clip(s: string, max: number): string {
   return s.length <= max ? s : `${s.slice(0, max - 1)}…`;
 }
 
-// ---- the state file ----
+// ---- the state files ----
 
 const runSchema = z.string().max(64);
-const stateFileSchema = z.object({
-  newest: z.record(runSchema, epochSchema).refine((r) => Object.entries(r).every(([run, e]) => e.run === run), 'every epoch must be filed under its own run'),
-});
-const legacyStateFileSchema = z.object({ generations: z.record(runSchema, z.number().int().min(0).max(Number.MAX_SAFE_INTEGER)) });
+const runsSchema = z.record(runSchema, epochSchema).refine((r) => Object.entries(r).every(([run, e]) => e.run === run), 'every epoch must be filed under its own run');
+/** The witness's own record (stateFile): which witness this is, since when, and the floor of earlier versions' records. */
+const instanceFileSchema = z.object({ format: z.literal(2), instance: z.string().regex(/^[0-9a-f-]{8,64}$/), createdAt: z.string().max(64), legacy: runsSchema.optional() }).strict();
+/** One VM's record (stateFile.d/VM.json): the newest epoch of each of its runs, oldest first. */
+const vmFileSchema = z.object({ vm: z.string().max(64), runs: runsSchema }).strict();
+const legacyStateFileSchema = z.object({ newest: runsSchema });
+const legacyGenerationsSchema = z.object({ generations: z.record(runSchema, z.number().int().min(0).max(Number.MAX_SAFE_INTEGER)) });
 
-/**
- * The newest epochs recorded in `file`: {} if it does not exist. Throws
- * LockstepError if it exists but cannot be read or is not a witness record.
- */
-export function loadWitnessState(file: string): Record<string, Epoch> {
-  const fail = (what: string): never => {
-    throw new LockstepError(`the witness's record ${file} ${what}: refusing to start without the newest disk epochs it holds`, {
-      hint:
-        `inspect ${file} (and any ${file}.tmp-* beside it) and repair it, or restore it from a backup. ` +
-        'Move it away only if every pair this witness serves is re-created with `lockstep up`: ' +
-        'a witness that forgot the newest epochs could give the lease to a node with a stale disk.',
-    });
-  };
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return {};
-    return fail(`cannot be read (${errorMessage(err)})`);
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (err) {
-    return fail(`is not JSON (${clip(errorMessage(err), 200)})`);
-  }
-  for (const key of ['newest', 'generations']) {
-    const runs = json !== null && typeof json === 'object' && !Array.isArray(json) ? (json as Record<string, unknown>)[key] : undefined;
-    const bad = runs !== null && typeof runs === 'object' ? Object.keys(runs).find(isReservedRun) : undefined;
-    if (bad !== undefined) return fail(`is not a witness record (${key}: the run name ${JSON.stringify(bad)} is reserved)`);
-  }
-  const cur = stateFileSchema.safeParse(json);
-  if (cur.success) return { ...cur.data.newest };
-  const old = legacyStateFileSchema.safeParse(json);
-  if (old.success) {
-    const newest: Record<string, Epoch> = {};
-    for (const [run, gen] of Object.entries(old.data.generations)) newest[run] = { run, gen, by: 'up' };
-    return newest;
-  }
-  const issue = cur.error.issues[0];
-  return fail(`is not a witness record (${issue ? `${issue.path.join('.') || '(root)'}: ${issue.message}` : 'invalid'})`);
+/** What a witness knows at start: its identity, its VMs' records, and the floor of an earlier version's file. */
+export interface WitnessRecord {
+  instance: string;
+  createdAt: string;
+  /** recordKey(vm, run) → the newest epoch. */
+  newest: Record<string, Epoch>;
+  legacy: Record<string, Epoch>;
+  /** No record existed: this witness vouches for no run yet. */
+  fresh: boolean;
+  /** The file was of an earlier version: it is rewritten in this one at start. */
+  migrated: boolean;
 }
 
-function saveWitnessState(file: string, newest: Record<string, Epoch>): void {
-  writeFileAtomic(file, JSON.stringify({ newest }) + '\n', { durable: true });
+/** Where the VMs' records of the witness whose own record is `file` are kept: one file per VM. */
+export function witnessVmsDir(file: string): string {
+  return `${file}.d`;
+}
+
+function recordFail(file: string, what: string): never {
+  throw new LockstepError(`the witness's record ${file} ${what}: refusing to start without the newest disk epochs it holds`, {
+    hint:
+      `inspect ${file} and ${witnessVmsDir(file)}/ (and any *.tmp-* beside them) and repair them, or restore them from a backup. ` +
+      'Moved away, the witness starts as a new one: it then grants the lease of a VM only once both of its nodes have spoken ' +
+      '(a run it has no record of is one it may have forgotten).',
+  });
+}
+
+/** The JSON in `at` (undefined: no such file); `file` is the witness's own record, `at` it or one of its VMs'. */
+function readJson(file: string, at: string): unknown {
+  const what = at === file ? '' : `has a VM's record ${at} that `;
+  let text: string;
+  try {
+    text = fs.readFileSync(at, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    return recordFail(file, `${what}cannot be read (${errorMessage(err)})`);
+  }
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (err) {
+    return recordFail(file, `${what}is not JSON (${clip(errorMessage(err), 200)})`);
+  }
+}
+
+function reservedKeyOf(json: unknown, key: string): string | undefined {
+  const runs = json !== null && typeof json === 'object' && !Array.isArray(json) ? (json as Record<string, unknown>)[key] : undefined;
+  return runs !== null && typeof runs === 'object' ? Object.keys(runs).find(isReservedRun) : undefined;
+}
+
+function firstIssue(err: z.ZodError): string {
+  const issue = err.issues[0];
+  return issue ? `${issue.path.join('.') || '(root)'}: ${issue.message}` : 'invalid';
+}
+
+/**
+ * The witness's record: its own file `file` and its VMs' files beside it. A
+ * first start (neither exists) is `fresh`. Throws LockstepError if anything
+ * exists but cannot be read or is not a witness record, or the VMs' records
+ * exist without the witness's own: a witness never starts on half a record.
+ */
+export function loadWitnessRecord(file: string): WitnessRecord {
+  const dir = witnessVmsDir(file);
+  const json = readJson(file, file);
+  const dirExists = fs.existsSync(dir);
+  if (json === undefined) {
+    if (dirExists) recordFail(file, `is missing, but its VMs' records are in ${dir}`);
+    return { instance: crypto.randomUUID(), createdAt: new Date().toISOString(), newest: {}, legacy: {}, fresh: true, migrated: false };
+  }
+  for (const key of ['newest', 'generations', 'legacy']) {
+    const bad = reservedKeyOf(json, key);
+    if (bad !== undefined) recordFail(file, `is not a witness record (${key}: the run name ${JSON.stringify(bad)} is reserved)`);
+  }
+  const own = instanceFileSchema.safeParse(json);
+  let rec: WitnessRecord;
+  if (own.success) {
+    rec = { instance: own.data.instance, createdAt: own.data.createdAt, newest: {}, legacy: { ...(own.data.legacy ?? {}) }, fresh: false, migrated: false };
+  } else {
+    // Earlier versions kept every run in one file, not saying whose: a floor for every VM from now on.
+    const old = legacyStateFileSchema.safeParse(json);
+    const older = old.success ? undefined : legacyGenerationsSchema.safeParse(json);
+    if (!old.success && !older?.success) recordFail(file, `is not a witness record (${firstIssue(own.error)})`);
+    const legacy: Record<string, Epoch> = {};
+    if (old.success) Object.assign(legacy, old.data.newest);
+    else for (const [run, gen] of Object.entries(older!.data!.generations)) legacy[run] = { run, gen, by: 'up' };
+    rec = { instance: crypto.randomUUID(), createdAt: new Date().toISOString(), newest: {}, legacy, fresh: false, migrated: true };
+  }
+  if (!dirExists) return rec;
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir).sort();
+  } catch (err) {
+    return recordFail(file, `has a directory of VMs' records ${dir} that cannot be read (${errorMessage(err)})`);
+  }
+  // A VM's file: NAME.json (temporary files of an interrupted write are left alone: the rename never happened).
+  const byVm: Array<[string, number, Record<string, Epoch>]> = [];
+  for (const n of names) {
+    if (!n.endsWith('.json')) continue;
+    const vm = n.slice(0, -'.json'.length);
+    const at = path.join(dir, n);
+    if (!nodeName.safeParse(vm).success && !linkNameSchema.safeParse(vm).success) recordFail(file, `has a VM's record ${at} whose name is not a VM's`);
+    const v = readJson(file, at);
+    if (reservedKeyOf(v, 'runs') !== undefined) recordFail(file, `has a VM's record ${at} with a reserved run name`);
+    const r = vmFileSchema.safeParse(v);
+    if (!r.success) recordFail(file, `has a VM's record ${at} that is not one (${firstIssue(r.error)})`);
+    if (r.data.vm !== vm) recordFail(file, `has a VM's record ${at} of VM ${JSON.stringify(r.data.vm)}`);
+    byVm.push([vm, fs.statSync(at).mtimeMs, r.data.runs]);
+  }
+  for (const [vm, , runs] of byVm.sort((a, b) => a[1] - b[1])) for (const [run, e] of Object.entries(runs)) rec.newest[recordKey(vm, run)] = e;
+  return rec;
+}
+
+/** The witness's own record, written durably (at a first start and when an earlier version's file is read). */
+function saveInstance(file: string, rec: WitnessRecord): void {
+  const body = { format: 2, instance: rec.instance, createdAt: rec.createdAt, ...(Object.keys(rec.legacy).length ? { legacy: rec.legacy } : {}) };
+  writeFileAtomic(file, JSON.stringify(body) + '\n', { durable: true, mode: 0o600 });
+}
+
+/** VM `vm`'s record as it is in `newest`, for its file. */
+function vmRecordText(vm: string, newest: Record<string, Epoch>): string {
+  const runs: Record<string, Epoch> = {};
+  for (const run of runsOfRecord(newest, vm)) runs[run] = newest[recordKey(vm, run)]!;
+  return JSON.stringify({ vm, runs }) + '\n';
+}
+
+function runsOfRecord(newest: Record<string, Epoch>, vm: string): string[] {
+  const prefix = `${vm}/`;
+  return Object.keys(newest)
+    .filter((k) => k.startsWith(prefix))
+    .map((k) => k.slice(prefix.length));
 }
 
 /**
  * A run named like a property of Object.prototype ('__proto__', 'constructor'…)
- * cannot be an own key of the plain objects that hold `newest`: refused
- * before it reaches witness-core. (Runs are UUIDs made by `up`; only a broken
- * or hostile node sends such a name.)
+ * is refused in a record file. (Runs are UUIDs made by `up`; only a broken
+ * or hostile writer makes such a name.)
  */
 function isReservedRun(run: string): boolean {
   return run in Object.prototype;
@@ -151,17 +249,30 @@ export interface WitnessOptions {
   port: number;
   /** No grants for this long after start (≥ the longest lease in use). Default DEFAULT_GRACE_MS. */
   graceMs?: number;
-  /** Where the newest disk epochs are kept across restarts. Without it they live in memory only. */
+  /**
+   * The witness's own record (its identity); the VMs' records are kept beside it, one small file per VM, in
+   * `stateFile.d/`. Without it they live in memory only.
+   */
   stateFile?: string;
   log?: (msg: string) => void;
 }
 
 export interface WitnessStatus {
+  /** This witness's identity: made at its first start, kept in its record (a new one means the record was lost). */
+  instance: string;
   /** The leases held now, per VM. */
   leases: Record<string, { holder: string; remainingMs: number }>;
-  /** The newest disk epoch recorded, per run of a VM. */
-  newest: Record<string, Epoch>;
+  /** The newest disk epoch recorded, per VM and run. */
+  records: Record<string, Record<string, Epoch>>;
 }
+
+/** How long stop() waits for record writes under way. */
+const STOP_WAIT_MS = 5000;
+/** Requests of one VM kept while its record is being written; more are refused (the witness is not keeping up). */
+export const MAX_WAITING_PER_VM = 32;
+/** Refused connections and messages logged at most this many per REFUSALS_WINDOW_MS; the rest are counted. */
+export const REFUSALS_LOGGED = 20;
+export const REFUSALS_WINDOW_MS = 10_000;
 
 type ServerLink = Link<WitnessRequest, WitnessReply>;
 
@@ -170,6 +281,11 @@ export class Witness {
   private server: net.Server | undefined;
   private readonly links = new Set<ServerLink>();
   private readonly graceMs: number;
+  private instance = '';
+  /** The VMs whose record is being written, and the requests of each waiting for it, oldest first. */
+  private readonly writing = new Map<string, Array<{ l: ServerLink; req: WitnessRequest }>>();
+  /** Refusals are logged under a budget: a flood of hostile connections costs a few lines, never the disk. */
+  private readonly sayRefusal = budgeted(new LogBudget({ perWindow: REFUSALS_LOGGED, windowMs: REFUSALS_WINDOW_MS, now: () => performance.now() }), (line) => this.say(line));
 
   constructor(private readonly o: WitnessOptions) {
     this.graceMs = o.graceMs ?? DEFAULT_GRACE_MS;
@@ -180,13 +296,20 @@ export class Witness {
   }
 
   /**
-   * Loads the state file (throws LockstepError if it is unusable), then
-   * listens. The grace period starts now.
+   * Loads the record (throws LockstepError if it is unusable; writes the
+   * witness's own record at a first start), then listens. The grace period
+   * starts now.
    */
   async start(): Promise<void> {
     if (this.server) throw new LockstepError('the witness is already started');
-    const newest = this.o.stateFile ? loadWitnessState(this.o.stateFile) : {};
-    this.st = initWitness(performance.now(), this.graceMs, newest);
+    let rec: WitnessRecord = { instance: crypto.randomUUID(), createdAt: new Date().toISOString(), newest: {}, legacy: {}, fresh: true, migrated: false };
+    if (this.o.stateFile) {
+      rec = loadWitnessRecord(this.o.stateFile);
+      fs.mkdirSync(witnessVmsDir(this.o.stateFile), { recursive: true, mode: 0o700 });
+      if (rec.fresh || rec.migrated) saveInstance(this.o.stateFile, rec);
+    }
+    this.instance = rec.instance;
+    this.st = initWitness(performance.now(), this.graceMs, rec.newest, rec.legacy);
     this.server = await listenLinks({
       name: WITNESS_NAME,
       secret: this.o.secret,
@@ -199,12 +322,18 @@ export class Witness {
       inbound: witnessRequestSchema,
       outbound: witnessReplySchema,
       onLink: (l) => this.onLink(l),
-      onRefuse: (remote, why, peer) => this.say(`refused ${remote}${peer === undefined ? '' : ` (${peer})`}: ${why}`),
+      onRefuse: (remote, why, peer) => this.sayRefusal(`refused ${remote}${peer === undefined ? '' : ` (${peer})`}: ${why}`),
     });
-    const runs = Object.keys(newest).length;
+    const vms = new Set(Object.keys(rec.newest).map((k) => k.slice(0, k.indexOf('/')))).size;
+    const runs = Object.keys(rec.newest).length;
     this.say(
-      `witness listening on ${this.o.host}:${this.port}; no grants for ${this.graceMs} ms; ` +
-        (this.o.stateFile ? `${runs} run(s) on record in ${this.o.stateFile}` : 'no state file: the record lives in memory only'),
+      `witness ${rec.instance} listening on ${this.o.host}:${this.port}; no grants for ${this.graceMs} ms; ` +
+        (!this.o.stateFile
+          ? 'no state file: the record lives in memory only'
+          : rec.fresh
+            ? `a new witness (no record in ${this.o.stateFile}): it vouches for no run yet, and grants a VM's lease once both of its nodes have spoken`
+            : `${runs} run(s) of ${vms} VM(s) on record in ${this.o.stateFile}` +
+              (rec.migrated ? `; ${Object.keys(rec.legacy).length} run(s) of an earlier version's record kept as a floor` : '')),
     );
   }
 
@@ -220,7 +349,12 @@ export class Witness {
       const h = holderOf(this.st, lease, now);
       if (h) leases[lease] = { holder: h.node, remainingMs: h.remainingMs };
     }
-    return { leases, newest: { ...this.st.newest } };
+    const records: WitnessStatus['records'] = {};
+    for (const [key, e] of Object.entries(this.st.newest)) {
+      const { vm, run } = splitRecordKey(key);
+      (records[vm] ??= {})[run] = e;
+    }
+    return { instance: this.instance, leases, records };
   }
 
   async stop(): Promise<void> {
@@ -229,6 +363,9 @@ export class Witness {
     const server = this.server;
     this.server = undefined;
     if (server) await new Promise<void>((r) => server.close(() => r()));
+    // Writes under way finish (their answers go nowhere): the next start reads a whole record. Bounded: a disk that
+    // hangs does not hang the stop (the temporary file is all a crash then leaves).
+    for (let waited = 0; this.writing.size && waited < STOP_WAIT_MS; waited += 5) await new Promise((r) => setTimeout(r, 5));
   }
 
   private say(msg: string): void {
@@ -246,10 +383,10 @@ export class Witness {
   }
 
   /**
-   * One request: decide (witness-core), record on disk if the decision
-   * changed the newest epochs, then answer. Nothing changes unless the
-   * answer can be sent and the record is on disk. Never throws: an exception
-   * here would close the link and surface as uncaught.
+   * One request: refused if the link may not touch its VM; else decided now,
+   * or, while that VM's record is being written, once it is (in order).
+   * Never throws: an exception here would close the link and surface as
+   * uncaught.
    */
   private onRequest(l: ServerLink, req: WitnessRequest): void {
     try {
@@ -257,22 +394,13 @@ export class Witness {
       // The handshake admitted only names witnessClientOf reads.
       const who = witnessClientOf(l.peer)!;
       if (who.vm !== null && req.lease !== who.vm) return this.refuse(l, req, now, `this link proved VM ${who.vm}'s key: it may not touch VM ${req.lease}'s lease`);
-      const tr = witnessStep(this.st, now, who.node, req);
-      const valid = witnessReplySchema.safeParse(tr.reply);
-      if (!valid.success) {
-        // Not expected (witness-core answers within the schema): refuse rather than change anything unanswered.
-        return this.refuse(l, req, now, `witness internal error: cannot answer (${describeIssues(valid.error)})`);
+      const waiting = this.writing.get(req.lease);
+      if (waiting) {
+        if (waiting.length >= MAX_WAITING_PER_VM) return this.refuse(l, req, now, `busy: ${MAX_WAITING_PER_VM} requests of VM ${req.lease} wait for its record to be written`);
+        waiting.push({ l, req });
+        return;
       }
-      if (tr.persist && this.o.stateFile) {
-        try {
-          saveWitnessState(this.o.stateFile, tr.state.newest);
-        } catch (err) {
-          return this.refuse(l, req, now, `witness cannot record: ${errorMessage(err)}`);
-        }
-      }
-      this.st = tr.state;
-      if (tr.log) this.say(tr.log);
-      l.send(tr.reply);
+      this.decide(l, req, who.node, now);
     } catch (err) {
       // Not expected either: keep running, say so.
       this.say(`internal error answering ${l.peer}: ${errorMessage(err)}`);
@@ -280,14 +408,53 @@ export class Witness {
     }
   }
 
+  /**
+   * Decides (witness-core); a decision that changed the VM's record is
+   * written to its file (durably, off the event loop) before it takes
+   * effect and its answer goes out. Nothing changes unless the answer can
+   * be sent and the record is on disk.
+   */
+  private decide(l: ServerLink, req: WitnessRequest, node: string, now: number): void {
+    const tr = witnessStep(this.st, now, node, req);
+    const valid = witnessReplySchema.safeParse(tr.reply);
+    if (!valid.success) {
+      // Not expected (witness-core answers within the schema): refuse rather than change anything unanswered.
+      return this.refuse(l, req, now, `witness internal error: cannot answer (${describeIssues(valid.error)})`);
+    }
+    const vm = tr.changedVm;
+    if (!tr.persist || vm === null || !this.o.stateFile) {
+      this.st = tr.state;
+      if (tr.log) this.say(tr.log);
+      l.send(tr.reply);
+      return;
+    }
+    this.writing.set(vm, []);
+    const file = path.join(witnessVmsDir(this.o.stateFile), `${vm}.json`);
+    writeFileDurable(file, vmRecordText(vm, tr.state.newest))
+      .then(
+        () => {
+          this.st = withVmOf(this.st, tr.state, vm);
+          if (tr.log) this.say(tr.log);
+          l.send(tr.reply);
+        },
+        (err: unknown) => this.refuse(l, req, performance.now(), `witness cannot record: ${errorMessage(err)}`),
+      )
+      .catch((err: unknown) => this.say(`internal error answering ${l.peer}: ${errorMessage(err)}`))
+      .finally(() => {
+        const waiting = this.writing.get(vm) ?? [];
+        this.writing.delete(vm);
+        for (const w of waiting) if (w.l.isOpen) this.onRequest(w.l, w.req);
+      });
+  }
+
   /** Answers `req` with a refusal, the state unchanged (a release or query: no answer, the link closes). */
   private refuse(l: ServerLink, req: WitnessRequest, now: number, why: string): void {
-    this.say(`refused ${l.peer}'s ${req.t} ${req.id}: ${why}`);
+    this.sayRefusal(`refused ${l.peer}'s ${req.t} ${req.id}: ${why}`);
     if (req.t !== 'acquire') {
       l.close(clip(why, 200));
       return;
     }
-    const known = req.disk && Object.hasOwn(this.st.newest, req.disk.run) ? this.st.newest[req.disk.run] : undefined;
+    const known = req.disk ? newestOf(this.st, req.lease, req.disk.run) : undefined;
     const reply: WitnessReply = {
       t: 'lease',
       re: req.id,
@@ -507,8 +674,8 @@ export class WitnessArbiter implements Arbiter {
     this.conn.send({ t: 'release', id, lease: this.lease });
   }
 
-  query(id: string, run: string | null): void {
-    this.conn.send({ t: 'query', id, lease: this.lease, run });
+  query(id: string, run: string | null, disk?: Epoch | null): void {
+    this.conn.send({ t: 'query', id, lease: this.lease, run, ...(disk === undefined ? {} : { disk }) });
   }
 
   close(): void {
@@ -584,8 +751,8 @@ export class WitnessClient {
     expect(await this.request({ t: 'release' }, timeoutMs), 'released');
   }
 
-  async query(run: string | null = null, timeoutMs = 1000): Promise<WitnessStateReply> {
-    return expect(await this.request({ t: 'query', run }, timeoutMs), 'state');
+  async query(run: string | null = null, timeoutMs = 1000, disk?: Epoch | null): Promise<WitnessStateReply> {
+    return expect(await this.request({ t: 'query', run, ...(disk === undefined ? {} : { disk }) }, timeoutMs), 'state');
   }
 
   close(): void {

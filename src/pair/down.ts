@@ -4,13 +4,13 @@
  * whose disk image holds every acknowledged write. Each QEMU gets QMP quit,
  * then SIGTERM, then SIGKILL, each bounded in time.
  */
-import fs from 'node:fs';
 import type { ResolvedConfig } from '../config/load.js';
 import { QmpClient } from '../qmp/client.js';
 import { isOurQemu, stopPid } from '../qemu/process.js';
 import { sleep } from '../util/time.js';
 import { readState, writeState, type NodeState } from './state.js';
 import { stopAgents } from './agents.js';
+import { removeBuffers } from './buffers.js';
 
 /** Ends one node's QEMU: QMP quit, then SIGTERM, then SIGKILL, each bounded. */
 export async function quitNode(n: NodeState, onStep: (m: string) => void): Promise<'quit' | 'killed' | 'not running'> {
@@ -44,7 +44,7 @@ export async function down(c: ResolvedConfig, onStep: (m: string) => void = () =
   const order = [...s.nodes.filter((n) => n.role === 'secondary'), ...s.nodes.filter((n) => n.role !== 'secondary')];
   const out: DownResult = { nodes: [] };
   for (const n of order) out.nodes.push({ name: n.name, role: n.role, result: await quitNode(n, onStep) });
-  for (const b of [s.buffers.active, s.buffers.hidden, ...(s.retiredBuffers ?? [])]) fs.rmSync(b, { force: true });
+  removeBuffers([s.buffers.active, s.buffers.hidden, ...(s.retiredBuffers ?? [])]);
   writeState(c.stateDir, { ...s, stoppedAt: new Date().toISOString() });
   return out;
 }

@@ -7,6 +7,7 @@
 import fs from 'node:fs';
 import { QmpClient, type QmpEvent } from '../qmp/client.js';
 import { QemuProcess, connectStartingQemu } from '../qemu/process.js';
+import { ensurePrivateDir } from '../util/files.js';
 import type { NodePlan } from './plan.js';
 
 /** Waits for a starting QEMU's QMP socket and connects, recording every event; says so if the QEMU exits meanwhile. */
@@ -28,7 +29,9 @@ export function spawnOpts(n: NodePlan): { args: string[]; wrapper?: string[] } {
  * first monitor. If it cannot be reached, it is ended again.
  */
 export async function launchNode(n: NodePlan, binary: string, name: string): Promise<{ proc: QemuProcess; qmp: QmpClient }> {
-  for (const f of [n.qmpSocket, n.qmpSocket2]) fs.rmSync(f, { force: true });
+  // Its sockets (QMP, the primary's local chardevs) live in its own directory, which only lockstep's user may enter.
+  ensurePrivateDir(n.dataDir, { parents: true });
+  for (const f of [n.qmpSocket, n.qmpSocket2, ...(n.localSockets ?? [])]) fs.rmSync(f, { force: true });
   const proc = new QemuProcess({ ...spawnOpts(n), name, binary, logFile: n.qemuLog, detached: true });
   try {
     return { proc, qmp: (await connectQmp(proc, n, 15_000)).qmp };

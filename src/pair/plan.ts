@@ -8,6 +8,7 @@ import path from 'node:path';
 import type { ResolvedConfig } from '../config/load.js';
 import type { TapPlace } from '../qemu/tap.js';
 import { dataPlaneTlsDir } from './keys.js';
+import { LockstepError } from '../util/errors.js';
 import { primaryArgs, secondaryArgs, type ColoEndpoints, type HostForward, type MachineSpec, type NicSpec } from '../qemu/cmdline.js';
 
 export interface Runtime {
@@ -36,6 +37,8 @@ export interface NodePlan {
   netns?: string;
   /** Bridge mode: this node's tap. */
   tap?: TapPlace;
+  /** The unix sockets of its own QEMU's local chardevs (the primary's compare pairs), removed before it starts. */
+  localSockets: string[];
 }
 
 export interface PairPlan {
@@ -71,10 +74,35 @@ export function vmMac(name: string): string {
   return ['52', '54', '00', ...[...h.subarray(0, 3)].map((b) => b.toString(16).padStart(2, '0'))].join(':');
 }
 
+/** The longest path of a unix socket (sun_path holds 108 bytes with its NUL). */
+export const UNIX_PATH_MAX = 107;
+
+/**
+ * Where a pair's secondary keeps its active and hidden buffers: a directory
+ * of their own in bufferDir, which resync and up make 0700 and exclusively
+ * (pair/buffers.ts), so that nobody else on the host can read, plant or
+ * replace them, even in a world-writable bufferDir such as /dev/shm. Its
+ * name ends with a tag derived from the agents' secret, which no other user
+ * of the host can read: nobody can make a directory of that name before
+ * lockstep does (it would be refused, and the secondary could not start),
+ * and lockstep keeps it once made. A pair without agents (one machine, no
+ * secret) gets the name without a tag.
+ */
+export function bufferDirOf(c: ResolvedConfig, secondary: string): string {
+  const tag = c.agents ? `-${crypto.createHmac('sha256', c.agents.secret).update(`lockstep buffers|${c.name}|${secondary}`).digest('hex').slice(0, 16)}` : '';
+  return path.join(c.replication.bufferDir, `lockstep-${c.name}-${secondary}${tag}`);
+}
+
 export function planPair(c: ResolvedConfig, rt: Runtime, primary: string = c.nodes[0]!.name, o: { alone?: { disk: string } } = {}): PairPlan {
   const [first, second] = c.nodes as [ResolvedConfig['nodes'][number], ResolvedConfig['nodes'][number]];
   const [p, s] = first.name === primary ? [first, second] : [second, first];
   const tlsDir = dataPlaneTlsDir(c);
+  const localSockets = { compare0: path.join(p.dataDir, 'compare0.sock'), compareOut: path.join(p.dataDir, 'compare-out.sock') };
+  for (const sock of [...Object.values(localSockets), path.join(p.dataDir, 'qmp2.sock'), path.join(s.dataDir, 'qmp2.sock')]) {
+    if (Buffer.byteLength(sock) > UNIX_PATH_MAX) {
+      throw new LockstepError(`the unix socket ${sock} would be longer than ${UNIX_PATH_MAX} bytes, the most a socket path may be`, { hint: 'give the VM a shorter stateDir (or nodes[].dataDir)' });
+    }
+  }
   const e: ColoEndpoints = {
     primaryHost: p.address,
     secondaryHost: s.address,
@@ -87,13 +115,14 @@ export function planPair(c: ResolvedConfig, rt: Runtime, primary: string = c.nod
     nbdPort: c.ports.nbd,
     reconnectMs: rt.reconnectMs,
     compareTimeoutMs: c.replication.compareTimeoutMs,
+    localSockets,
     ...(tlsDir ? { tls: { dir: tlsDir } } : {}),
   };
   const net = c.vm.network;
   const forwards: HostForward[] = net.mode === 'user' ? net.forwards.map((f) => ({ proto: f.proto, hostAddr: f.host, hostPort: f.port, guestPort: f.guestPort })) : [];
   const nic = (nodeName: string): NicSpec => (net.mode === 'user' ? { mode: 'user', forwards } : { mode: 'tap', ifname: net.taps[nodeName]! });
-  const bufferBase = path.join(c.replication.bufferDir, `lockstep-${c.name}-${s.name}`);
-  const buffers = { active: `${bufferBase}-active.qcow2`, hidden: `${bufferBase}-hidden.qcow2` };
+  const bufferDir = bufferDirOf(c, s.name);
+  const buffers = { active: path.join(bufferDir, 'active.qcow2'), hidden: path.join(bufferDir, 'hidden.qcow2') };
   const machine = (n: ResolvedConfig['nodes'][number], role: 'primary' | 'secondary'): MachineSpec => ({
     name: `${c.name}-${n.name}`,
     accel: rt.accel,
@@ -121,6 +150,7 @@ export function planPair(c: ResolvedConfig, rt: Runtime, primary: string = c.nod
     args,
     netns: n.netns,
     tap: net.mode === 'tap' ? { tap: net.taps[n.name]!, bridge: net.bridge, netns: n.netns } : undefined,
+    localSockets: role === 'primary' ? [localSockets.compare0, localSockets.compareOut] : [],
   });
   const replica = replicaPath(c, s);
   const primaryDisk = o.alone?.disk ?? c.vm.disk.image;

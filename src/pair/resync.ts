@@ -25,6 +25,8 @@ import type { ResolvedConfig } from '../config/load.js';
 import { QmpClient } from '../qmp/client.js';
 import { QemuProcess, isOurQemu, stopPid } from '../qemu/process.js';
 import { createImage, imageInfo } from '../qemu/images.js';
+import { createBuffers, removeBuffers } from './buffers.js';
+import { ensurePrivateDir } from '../util/files.js';
 import { detachTap } from '../qemu/tap.js';
 import { secondaryEnterColo, waitColoMode, firstCheckpoint, queryColoStatus } from '../colo/startup.js';
 import { resumeReplication, abortResume, type MirrorProgress, type ResumeResult } from '../colo/resume.js';
@@ -76,11 +78,11 @@ export async function prepareSecondary(c: ResolvedConfig, s: PairState, primary:
   if (!(sizeBytes > 0)) throw new LockstepError(`the survivor ${primary} asked for a replica of ${sizeBytes} bytes: it does not know its disk's size`, { hint: "see the survivor's agent log" });
   const plan = planPair(c, s.runtime, primary);
   const tp = plan.secondary;
-  fs.mkdirSync(tp.dataDir, { recursive: true });
+  ensurePrivateDir(tp.dataDir, { parents: true });
   fs.rmSync(tp.serialLog, { force: true });
   step(`new replica and buffers for ${tp.name} (${(sizeBytes / 2 ** 20).toFixed(0)} MiB disk)`);
   await createImage(tp.disk, sizeBytes, { format: c.vm.disk.format, overwrite: true });
-  for (const b of [plan.buffers.active, plan.buffers.hidden]) await createImage(b, sizeBytes, { overwrite: true });
+  await createBuffers(plan.buffers, sizeBytes);
   if (tp.tap) await detachTap(tp.tap);
   step(`starting a new secondary on ${tp.name}`);
   let launched: { proc: QemuProcess; qmp: QmpClient } | undefined;
@@ -92,7 +94,7 @@ export async function prepareSecondary(c: ResolvedConfig, s: PairState, primary:
   } catch (err) {
     launched?.qmp.destroy();
     if (launched) await dropSecondary({ proc: launched.proc, plan });
-    else for (const b of [plan.buffers.active, plan.buffers.hidden]) fs.rmSync(b, { force: true });
+    else removeBuffers([plan.buffers.active, plan.buffers.hidden]);
     throw err;
   }
 }
@@ -100,7 +102,7 @@ export async function prepareSecondary(c: ResolvedConfig, s: PairState, primary:
 /** Ends a prepared secondary that will not be used, and removes its buffers. */
 export async function dropSecondary(p: { proc: QemuProcess; plan: PairPlan }): Promise<void> {
   await p.proc.stop(2000);
-  for (const b of [p.plan.buffers.active, p.plan.buffers.hidden]) fs.rmSync(b, { force: true });
+  removeBuffers([p.plan.buffers.active, p.plan.buffers.hidden]);
 }
 
 /**

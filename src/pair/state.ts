@@ -1,6 +1,10 @@
 /**
  * What `lockstep up` leaves for `status` and `down`: the PIDs, sockets and
- * files of both nodes. Written atomically (write + rename).
+ * files of both nodes. Written like the other records that must survive a
+ * power loss (write, fsync, rename, fsync of the directory): a reader sees
+ * the old file or the new one, never half of one, before or after a crash.
+ * Every write, and every read-modify-write, holds the file's lock
+ * (state.json.lock): the agents, the CLI and a daemon share it.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -9,7 +13,7 @@ import type { ResolvedConfig } from '../config/load.js';
 import type { ColoEndpoints, HostForward } from '../qemu/cmdline.js';
 import type { TapPlace } from '../qemu/tap.js';
 import { isOurQemu } from '../qemu/process.js';
-import { writeFileAtomic } from '../util/files.js';
+import { withFileLock, writeFileAtomic, type AtomicWriteFs } from '../util/files.js';
 
 export interface NodeState {
   name: string;
@@ -94,18 +98,28 @@ export function readState(stateDir: string): PairState | undefined {
   }
 }
 
-export function writeState(stateDir: string, s: PairState): void {
-  fs.mkdirSync(stateDir, { recursive: true });
-  writeFileAtomic(stateFile(stateDir), JSON.stringify(s, null, 2) + '\n');
+function writeUnlocked(stateDir: string, s: PairState, o: { fs?: AtomicWriteFs } = {}): void {
+  writeFileAtomic(stateFile(stateDir), JSON.stringify(s, null, 2) + '\n', { durable: true, ...(o.fs ? { fs: o.fs } : {}) });
 }
 
-/** Read-modify-write of the state file (the agents and the CLI share it). */
+function locked<T>(stateDir: string, fn: () => T): T {
+  return withFileLock(`${stateFile(stateDir)}.lock`, fn);
+}
+
+export function writeState(stateDir: string, s: PairState, o: { fs?: AtomicWriteFs } = {}): void {
+  fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+  locked(stateDir, () => writeUnlocked(stateDir, s, o));
+}
+
+/** Read-modify-write of the state file (the agents and the CLI share it), under its lock. */
 export function updateState(stateDir: string, fn: (s: PairState) => PairState): PairState | undefined {
-  const s = readState(stateDir);
-  if (!s) return undefined;
-  const next = fn(s);
-  writeState(stateDir, next);
-  return next;
+  return locked(stateDir, () => {
+    const s = readState(stateDir);
+    if (!s) return undefined;
+    const next = fn(s);
+    writeUnlocked(stateDir, next);
+    return next;
+  });
 }
 
 /** Records a takeover: the survivor is now the (unprotected) primary and its disk the newest data. */

@@ -12,6 +12,8 @@ import type { ResolvedConfig } from '../config/load.js';
 import { QmpClient, type QmpEvent } from '../qmp/client.js';
 import { QemuProcess } from '../qemu/process.js';
 import { createImage, imageInfo } from '../qemu/images.js';
+import { createBuffers, removeBuffers } from './buffers.js';
+import { ensurePrivateDir } from '../util/files.js';
 import { secondaryEnterColo, primaryEnterColo, waitColoMode, firstCheckpoint } from '../colo/startup.js';
 import { LockstepError } from '../util/errors.js';
 import { portFree } from '../util/net.js';
@@ -329,12 +331,12 @@ export async function up(c: ResolvedConfig, o: UpOptions = {}): Promise<UpResult
   const plan = planPair(c, rt);
   const virtualSize = await preflight(c, plan, step, o.adoptNewest === true);
   for (const n of [plan.primary, plan.secondary]) {
-    fs.mkdirSync(n.dataDir, { recursive: true });
-    for (const f of [n.qmpSocket, n.qmpSocket2, n.serialLog, n.qemuLog]) fs.rmSync(f, { force: true });
+    ensurePrivateDir(n.dataDir, { parents: true });
+    for (const f of [n.qmpSocket, n.qmpSocket2, n.serialLog, n.qemuLog, ...n.localSockets]) fs.rmSync(f, { force: true });
   }
   step(`copying the disk to the secondary's replica (${plan.secondary.disk})`);
   fs.copyFileSync(c.vm.disk.image, plan.secondary.disk);
-  for (const b of [plan.buffers.active, plan.buffers.hidden]) await createImage(b, virtualSize, { overwrite: true });
+  await createBuffers(plan.buffers, virtualSize);
 
   if (plan.primary.tap && plan.secondary.tap) {
     step(`bridge ${plan.primary.tap.bridge}: ${plan.primary.tap.tap} (primary) on it, ${plan.secondary.tap.tap} (secondary) off it`);
@@ -346,7 +348,7 @@ export async function up(c: ResolvedConfig, o: UpOptions = {}): Promise<UpResult
   const cleanup = async () => {
     for (const q of clients) q.destroy();
     await Promise.all(started.map((p) => p.stop(2000)));
-    for (const b of [plan.buffers.active, plan.buffers.hidden]) fs.rmSync(b, { force: true });
+    removeBuffers([plan.buffers.active, plan.buffers.hidden]);
   };
   try {
     prepareDataPlaneKey(c);

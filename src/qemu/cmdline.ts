@@ -44,6 +44,9 @@ export const IDS = {
   tlsClient: 'lstls-client',
 } as const;
 
+/** The chardev ids of the QMP monitors: lsqmp0, lsqmp1. */
+export const QMP_CHARDEV_PREFIX = 'lsqmp';
+
 /** The PSK identity both ends of a pair use (keys.psk holds "lockstep:HEXKEY"). */
 export const TLS_PSK_USERNAME = 'lockstep';
 
@@ -83,8 +86,16 @@ export interface ColoEndpoints {
   primaryHost: string;
   /** Where the secondary listens (migration, NBD). */
   secondaryHost: string;
-  /** Primary-local loopback for the compare/redirect chardev pairs. */
+  /**
+   * Primary-local loopback for the compare/redirect chardev pairs, when they are TCP (`localSockets` absent: a
+   * record of an earlier version; the chardevs a takeover adds, until its procedure uses localProxyAddress).
+   */
   primaryLocal: string;
+  /**
+   * The primary's local compare/redirect chardev pairs as unix sockets in the primary's own directory (0700):
+   * no TCP port on loopback that a local process could connect to before QEMU's own client does.
+   */
+  localSockets?: { compare0: string; compareOut: string };
   mirrorPort: number; // 9003
   compareSecondaryPort: number; // 9004
   comparePrimaryPort: number; // 9001
@@ -158,7 +169,9 @@ function common(m: MachineSpec): string[] {
   a.push('-m', String(m.memoryMiB), '-smp', String(m.cpus), '-nodefaults', '-display', 'none');
   for (const d of m.dataDirs ?? []) a.push('-L', d);
   a.push('-serial', `file:${m.serialLog}`);
-  for (const s of m.qmpSockets) a.push('-qmp', opts(`unix:${s}`, { server: true, wait: false }));
+  // Each QMP monitor as a chardev whose path is a value (commas in it doubled), never -qmp's unix: shorthand, whose
+  // head QEMU parses as options (qemu_chr_parse_compat: a comma in the path would begin another option).
+  m.qmpSockets.forEach((s, i) => a.push('-chardev', opts('socket', { id: `${QMP_CHARDEV_PREFIX}${i}`, path: s, server: true, wait: false }), '-mon', opts(undefined, { chardev: `${QMP_CHARDEV_PREFIX}${i}`, mode: 'control' })));
   if (m.kernel) {
     a.push('-kernel', m.kernel);
     if (m.initrd) a.push('-initrd', m.initrd);
@@ -173,6 +186,23 @@ function nicDevice(mac: string | undefined): string[] {
 
 function socketChardev(id: string, host: string, port: number, extra: Record<string, string | number | boolean>): string[] {
   return ['-chardev', opts('socket', { id, host, port, ...extra })];
+}
+
+/**
+ * Where the primary's local chardev pair `which` meets, as QMP's
+ * SocketAddressLegacy (chardev-add): the unix socket of `localSockets`, else
+ * TCP on `primaryLocal`. The only description of those sockets besides the
+ * command line, for a procedure that adds them (a takeover).
+ */
+export function localProxyAddress(e: ColoEndpoints, which: 'compare0' | 'compareOut'): { type: 'unix'; data: { path: string } } | { type: 'inet'; data: { host: string; port: string } } {
+  if (e.localSockets) return { type: 'unix', data: { path: e.localSockets[which] } };
+  return { type: 'inet', data: { host: e.primaryLocal, port: String(which === 'compare0' ? e.comparePrimaryPort : e.compareOutPort) } };
+}
+
+/** A chardev of the primary's local pair `which` (server or client end). */
+function localChardev(e: ColoEndpoints, id: string, which: 'compare0' | 'compareOut', extra: Record<string, string | number | boolean>): string[] {
+  if (e.localSockets) return ['-chardev', opts('socket', { id, path: e.localSockets[which], ...extra })];
+  return socketChardev(id, e.primaryLocal, which === 'compare0' ? e.comparePrimaryPort : e.compareOutPort, extra);
 }
 
 /**
@@ -216,10 +246,10 @@ export function primaryArgs(m: MachineSpec, e: ColoEndpoints, disk: PrimaryDisk,
   a.push(
     ...peerChardev(e, IDS.mirrorChardev, e.primaryHost, e.mirrorPort, { server: true, wait: false }),
     ...peerChardev(e, IDS.compare1, e.primaryHost, e.compareSecondaryPort, { server: true, wait: !o.alone }),
-    ...socketChardev(IDS.compare0, e.primaryLocal, e.comparePrimaryPort, { server: true, wait: false }),
-    ...socketChardev(IDS.compare0Client, e.primaryLocal, e.comparePrimaryPort, {}),
-    ...socketChardev(IDS.compareOut, e.primaryLocal, e.compareOutPort, { server: true, wait: false }),
-    ...socketChardev(IDS.compareOutClient, e.primaryLocal, e.compareOutPort, {}),
+    ...localChardev(e, IDS.compare0, 'compare0', { server: true, wait: false }),
+    ...localChardev(e, IDS.compare0Client, 'compare0', {}),
+    ...localChardev(e, IDS.compareOut, 'compareOut', { server: true, wait: false }),
+    ...localChardev(e, IDS.compareOutClient, 'compareOut', {}),
   );
   if (!o.alone) a.push(...primaryProxyObjects(e).flatMap((x) => ['-object', x]));
   a.push(

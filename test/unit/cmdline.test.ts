@@ -13,6 +13,7 @@ const e: ColoEndpoints = {
   migrationPort: 9998,
   nbdPort: 9999,
   reconnectMs: false,
+  localSockets: { compare0: 'R/p-compare0.sock', compareOut: 'R/p-compare-out.sock' },
 };
 
 const m = (name: string): MachineSpec => ({
@@ -50,10 +51,10 @@ test('primary command line matches the documented topology', () => {
     '-device virtio-net-pci,id=e0,netdev=hn0',
     '-chardev socket,id=mirror0,host=127.0.0.1,port=9003,server=on,wait=off',
     '-chardev socket,id=compare1,host=127.0.0.1,port=9004,server=on,wait=on',
-    '-chardev socket,id=compare0,host=127.0.0.1,port=9001,server=on,wait=off',
-    '-chardev socket,id=compare0-0,host=127.0.0.1,port=9001',
-    '-chardev socket,id=compare_out,host=127.0.0.1,port=9005,server=on,wait=off',
-    '-chardev socket,id=compare_out0,host=127.0.0.1,port=9005',
+    '-chardev socket,id=compare0,path=R/p-compare0.sock,server=on,wait=off',
+    '-chardev socket,id=compare0-0,path=R/p-compare0.sock',
+    '-chardev socket,id=compare_out,path=R/p-compare-out.sock,server=on,wait=off',
+    '-chardev socket,id=compare_out0,path=R/p-compare-out.sock',
     '-object filter-mirror,id=m0,netdev=hn0,queue=tx,outdev=mirror0',
     '-object filter-redirector,netdev=hn0,id=redire0,queue=rx,indev=compare_out',
     '-object filter-redirector,netdev=hn0,id=redire1,queue=rx,outdev=compare0',
@@ -67,7 +68,25 @@ test('primary command line matches the documented topology', () => {
   assert.ok(start > 0, 'netdev present');
   assert.deepEqual(got.slice(start), expected);
   assert.ok(got.includes('-accel tcg'));
-  assert.ok(got.includes('-qmp unix:R/p-qmp.sock,server=on,wait=off'));
+  assert.ok(got.includes('-chardev socket,id=lsqmp0,path=R/p-qmp.sock,server=on,wait=off'));
+  assert.ok(got.includes('-mon chardev=lsqmp0,mode=control'));
+});
+
+test("the primary's local proxy sockets are unix sockets in its own directory: no TCP port on loopback that a local process could reach", () => {
+  const args = primaryArgs(m('primary'), e, { image: 'R/primary.qcow2', format: 'qcow2' });
+  const local = args.filter((a) => /^socket,id=(compare0|compare0-0|compare_out|compare_out0),/.test(a));
+  assert.equal(local.length, 4);
+  for (const c of local) assert.match(c, /,path=R\/p-compare(0|-out)\.sock(,|$)/, c);
+  assert.ok(!args.some((a) => a.includes('host=127.0.0.1,port=9001') || a.includes('port=9005')), 'no loopback TCP port');
+  // The peer-facing ones stay TCP on the replication address.
+  assert.ok(args.includes('socket,id=mirror0,host=127.0.0.1,port=9003,server=on,wait=off'));
+});
+
+test('QMP monitors are chardevs with their path as a value: a comma in it cannot add an option or a monitor', () => {
+  const args = primaryArgs({ ...m('primary'), qmpSockets: ['/var/lib/x,server=on,wait=off,id=evil/qmp.sock'] }, e, { image: 'R/p.qcow2', format: 'qcow2' });
+  assert.ok(!args.includes('-qmp'), 'no -qmp with its unix: shorthand (its head is parsed as options)');
+  assert.ok(args.includes('socket,id=lsqmp0,path=/var/lib/x,,server=on,,wait=off,,id=evil/qmp.sock,server=on,wait=off'));
+  assert.equal(args.filter((a) => a === '-mon').length, 1);
 });
 
 test('secondary command line matches the documented topology', () => {
@@ -135,10 +154,10 @@ test('with the pair\'s TLS, every socket between the hosts takes it: both creden
   for (const args of [p, s]) {
     assert.ok(args.includes(`-object tls-creds-psk,id=lstls-server,endpoint=server,dir=${tls.dir}`));
     assert.ok(args.includes(`-object tls-creds-psk,id=lstls-client,endpoint=client,dir=${tls.dir},username=lockstep`));
-    const toPeer = args.filter((a) => a.startsWith('-chardev socket') && !a.includes(`host=${et.primaryLocal},`));
+    const toPeer = args.filter((a) => a.startsWith('-chardev socket') && a.includes('host='));
     assert.equal(toPeer.length, 2, 'mirror0 and compare1 on the primary, red0 and red1 on the secondary');
     for (const c of toPeer) assert.match(c, c.includes('server=on') ? /,tls-creds=lstls-server(,|$)/ : /,tls-creds=lstls-client(,|$)/, c);
-    for (const c of args.filter((a) => a.includes(`host=${et.primaryLocal},`))) assert.doesNotMatch(c, /tls-creds/, 'primary-local sockets stay plain');
+    for (const c of args.filter((a) => a.startsWith('-chardev socket') && a.includes('path='))) assert.doesNotMatch(c, /tls-creds/, 'local sockets stay plain');
   }
   const incoming = s.indexOf('-incoming tcp:10.0.0.2:9998');
   assert.ok(incoming > 0 && s.indexOf(`-global migration.tls-creds=lstls-server`) === incoming - 1);

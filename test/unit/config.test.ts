@@ -53,7 +53,7 @@ test('sizes accept units', () => {
 
 test('errors name the field and what is allowed', () => {
   assert.deepEqual(problems(minimal.replace('disk: { image: disk.qcow2 }', 'memory: lots\n  disk: { image: disk.qcow2 }')), [
-    'vm.memory: expected a memory size like 512M or 2G, got "lots"',
+    'vm.memory: expected a memory size from 16M to 1T like 512M or 2G, got "lots"',
   ]);
   assert.deepEqual(problems(minimal + 'qemu: { accel: fast }\n'), ['qemu.accel: expected one of "auto", "kvm", "tcg"']);
   assert.deepEqual(problems(minimal.replace('vm:\n  disk: { image: disk.qcow2 }\n', 'vm: {}\n')), ['vm.disk: missing (expected object)']);
@@ -95,4 +95,42 @@ test('agents: the secret must be long enough, and timings must make sense', () =
 test('broken YAML and a missing file say so', () => {
   assert.match(problems('vm: [unclosed\n')[0]!, /not valid YAML/);
   assert.throws(() => loadConfig('/nonexistent/lockstep.yaml'), /cannot read config \/nonexistent\/lockstep.yaml: no such file/);
+});
+
+test('every number a user gives is bounded: memory, disk sizes, ports, IPv4 addresses', () => {
+  const withVm = (vm: string) => minimal.replace('  disk: { image: disk.qcow2 }', vm);
+  const one = (yaml: string) => problems(yaml).join('\n');
+  // -m 1e29, and 1000 bytes becoming -m 0: refused.
+  assert.match(one(withVm('  memory: 1e29\n  disk: { image: disk.qcow2 }')), /vm\.memory: expected a memory size from 16M to 1T/);
+  assert.match(one(withVm('  memory: 100000000000000000000000000000\n  disk: { image: disk.qcow2 }')), /vm\.memory: expected a memory size/);
+  assert.match(one(withVm('  memory: 1000\n  disk: { image: disk.qcow2 }')), /vm\.memory: expected a memory size from 16M to 1T/);
+  assert.match(one(withVm('  memory: 100M1\n  disk: { image: disk.qcow2 }')), /vm\.memory/);
+  assert.match(one(withVm('  memory: 1536K\n  disk: { image: disk.qcow2 }')), /vm\.memory: expected a memory size from 16M/);
+  assert.match(one(withVm('  memory: 16777217\n  disk: { image: disk.qcow2 }')), /vm\.memory: expected a memory size in whole 1M/);
+  assert.match(one(withVm('  disk: { image: disk.qcow2, create: true, size: 99999999999999999999T }')), /vm\.disk\.size: expected a disk size from 1M to 64T/);
+  assert.match(one(withVm('  disk: { image: disk.qcow2, create: true, size: 100 }')), /vm\.disk\.size: expected a disk size from 1M to 64T/);
+  assert.equal(parseSize('99999999999999999999T'), undefined, 'beyond a safe integer: no size');
+  assert.equal(parseSize(1e29), undefined);
+  // IPv4 parts of 0-255, ports up to 65535.
+  assert.match(one(minimal.replace('127.0.0.2', '999.999.999.999')), /nodes\[1\]\.address: expected an IPv4 address/);
+  assert.match(one(minimal.replace('127.0.0.2', '127.0.0.02')), /nodes\[1\]\.address: expected an IPv4 address/);
+  assert.match(one(`${minimal}agents: { secret: sixteen-characters-or-more, witness: "10.0.0.3:99999" }\n`), /agents\.witness: expected ADDRESS:PORT/);
+  assert.match(one(`${minimal}agents: { secret: sixteen-characters-or-more, witness: "10.0.0.300:7900" }\n`), /agents\.witness: expected ADDRESS:PORT/);
+  assert.match(one(`${minimal}ports: { nbd: 99999 }\n`), /ports\.nbd/);
+});
+
+test("names the wire refuses are refused here too: a VM or node named constructor or prototype", () => {
+  for (const n of ['constructor', 'prototype']) {
+    assert.match(problems(`name: ${n}\n${minimal}`).join('\n'), /^name: a reserved name/m, n);
+    assert.match(problems(minimal.replace('name: b,', `name: ${n},`)).join('\n'), /nodes\[1\]\.name: a reserved name/, n);
+  }
+});
+
+test('a comma in a path QEMU is given is refused (it would start another option: a second QMP monitor, chardev options)', () => {
+  const p = problems(`stateDir: "/var/lib/x,server=on,wait=off,id=evil"\n${minimal}`);
+  assert.ok(p.some((x) => /^stateDir: "\/var\/lib\/x,server=on,wait=off,id=evil" contains a comma, which QEMU reads as the start of another option/.test(x)), p.join('\n'));
+  assert.ok(p.some((x) => /^nodes\[0\]\.dataDir: .* contains a comma/.test(x)), 'the data directories under it too');
+  // The directory of the config file counts: relative paths resolve against it.
+  assert.throws(() => parseConfig(minimal, '/home/u/my,dir/test.yaml'), /vm\.disk\.image: "\/home\/u\/my,dir\/disk\.qcow2" contains a comma/);
+  assert.match(problems(minimal.replace('disk.qcow2', '"disk\\nx.qcow2"')).join('\n'), /vm\.disk\.image: .* contains a control character/s);
 });

@@ -67,9 +67,11 @@ const artifacts = (() => {
 })();
 
 /** Host a's daemon alone (b is named in definitions only), started, with its local client; stopped after the test. */
-async function daemonOfA(t: TestContext, o: { memoryForVms?: number; qemuBinary?: string | null } = {}): Promise<{ h: HostConfig; d: Daemon; c: ApiClient }> {
+async function daemonOfA(t: TestContext, o: { memoryForVms?: number; qemuBinary?: string | null; kernels?: string[] } = {}): Promise<{ h: HostConfig; d: Daemon; c: ApiClient }> {
   const files = await hosts(tmp(), ['a'], []);
-  const loaded = { ...loadHostFile(files.a!), qemu: o.qemuBinary === null ? {} : { binary: o.qemuBinary ?? artifacts.binary } };
+  // The test's images (/srv) and kernels (a directory of its own) are allowed on this host.
+  const allow = { images: ['/srv'], kernels: [path.dirname(artifacts.kernel), ...(o.kernels ?? [])] };
+  const loaded = { ...loadHostFile(files.a!), qemu: o.qemuBinary === null ? {} : { binary: o.qemuBinary ?? artifacts.binary }, allow };
   const h = o.memoryForVms === undefined ? loaded : { ...loaded, memory: { forVms: o.memoryForVms } };
   const d = new Daemon(h);
   await d.start();
@@ -184,6 +186,47 @@ test('the API over TLS: hosts that pinned each other talk; an unpinned host, a w
   assert.match(await plain({ key: fs.readFileSync(selfMade.tls.key), cert: fs.readFileSync(selfMade.tls.cert) }), /^error/);
 });
 
+test('the API over TLS: 300 idle connections from one address lock no trusted host out, are closed after the handshake timeout, and a refused connection is not blamed on the certificate', async (t) => {
+  const dir = tmp();
+  const files = await hosts(dir, ['a', 'b'], [['a', 'b'], ['b', 'a']]);
+  const h: Record<string, HostConfig> = Object.fromEntries(Object.entries(files).map(([n, f]) => [n, loadHostFile(f)]));
+  const logs: string[] = [];
+  const b = new Daemon(h.b!, { log: (_level, msg, detail) => logs.push(`${msg} ${JSON.stringify(detail ?? {})}`) });
+  await b.start();
+  t.after(() => b.stop());
+  const [host, port] = h.b!.api.listen!.split(':');
+  const idle: net.Socket[] = [];
+  t.after(() => idle.forEach((s) => s.destroy()));
+  for (let i = 0; i < 300; i++) {
+    idle.push(
+      await new Promise<net.Socket>((resolve) => {
+        const s = net.createConnection({ host, port: Number(port), localAddress: '127.0.0.2' }, () => resolve(s));
+        s.on('error', () => {});
+      }),
+    );
+  }
+  const t0 = performance.now();
+  const info = await ApiClient.remote(h.a!, 'b').host();
+  assert.equal(info.caller, 'a', 'the trusted host gets its answer at once');
+  assert.ok(performance.now() - t0 < 2000);
+  const open = () => idle.filter((s) => !s.destroyed && s.readyState === 'open').length;
+  assert.ok(open() <= 8, `${open()} idle connections still held`);
+  await new Promise((r) => setTimeout(r, 3500));
+  assert.equal(open(), 0, 'the share the address kept is closed after the handshake timeout');
+  assert.ok(logs.filter((l) => l.startsWith('refused a TLS connection')).length <= 20, 'refusals logged at a bounded rate');
+  // A listener that takes the TCP connection and closes it at once: the client says so, not "your certificate".
+  const closer = net.createServer((s) => s.destroy());
+  await new Promise<void>((r) => closer.listen(0, '127.0.0.1', () => r()));
+  t.after(() => closer.close());
+  hostTrust({ file: files.a!, name: 'busy', api: `127.0.0.1:${(closer.address() as net.AddressInfo).port}`, certFile: path.join(dir, 'b', 'tls', 'host.crt') });
+  await assert.rejects(ApiClient.remote(loadHostFile(files.a!), 'busy').host(), (e: unknown) => {
+    assert.ok(e instanceof LockstepError);
+    assert.match(e.message, /closed the connection before the TLS handshake was done/);
+    assert.doesNotMatch(e.message, /certificate/);
+    return true;
+  });
+});
+
 test('the local API: root only, errors as JSON with a hint, bodies bounded; one daemon per socket, a stale socket replaced', async (t) => {
   const dir = tmp();
   const files = await hosts(dir, ['a'], []);
@@ -269,7 +312,7 @@ test('a VM whose QEMU or kernel this host lacks is refused when defined, saying 
   process.env.LOCKSTEP_CACHE = cache;
   t.after(() => (saved === undefined ? delete process.env.LOCKSTEP_CACHE : (process.env.LOCKSTEP_CACHE = saved)));
   const refused = (re: RegExp, hint: RegExp) => (e: unknown) => e instanceof ApiCallError && e.status === 409 && re.test(e.message) && hint.test(e.hint ?? '');
-  const { c } = await daemonOfA(t);
+  const { c } = await daemonOfA(t, { kernels: [cache] });
   await assert.rejects(c.defineVm('web', placedVm('web', { base: 9000, kernel: 'demo' })), refused(/boots the demo guest \(vm\.kernel: demo\), which is not built on host a/, /lockstep lab prepare/));
   await assert.rejects(c.defineVm('web', placedVm('web', { base: 9000, kernel: path.join(cache, 'no-such-kernel') })), refused(/vm\.kernel .*no-such-kernel of VM "web" does not exist on host a/, /put it there/));
   const { installedPackages } = await import('../../src/qemu/discover.js');
@@ -279,6 +322,58 @@ test('a VM whose QEMU or kernel this host lacks is refused when defined, saying 
   }
   assert.deepEqual((await c.vms()).map((v) => v.name), [], 'nothing kept of the refused ones');
   assert.deepEqual(fs.readdirSync(cache), [], 'nothing built or downloaded into the cache');
+});
+
+test("a trusted host's definition is confined by the host file: QEMU binaries, image, kernel and buffer directories, taps lockstep made; each refusal names the host file line that allows it", async (t) => {
+  const { h, c } = await daemonOfA(t);
+  const base = placedVm('web', { base: 9000 });
+  const with_ = (vm: Record<string, unknown>) => ({ ...base, vm: { ...base.vm, ...vm } });
+  const refused = (status: number, re: RegExp, hint?: RegExp) => (e: unknown) => {
+    assert.ok(e instanceof ApiCallError, String(e));
+    assert.equal(e.status, status, e.message);
+    assert.match(e.message, re);
+    if (hint) assert.match(e.hint ?? '', hint);
+    return true;
+  };
+  const line = (kind: string) => new RegExp(`allow: \\{ ${kind}: \\[.*\\] \\} in ${h.file.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}`);
+  // Any executable as root: only the binaries the host file allows.
+  await assert.rejects(c.defineVm('web', with_({ qemu: { ...base.vm.qemu, binary: '/bin/sh' } })), refused(403, /qemu\.binary: \/bin\/sh is not among the QEMU binaries host a allows/, line('qemu')));
+  // An image outside the image directories, the way there written or not.
+  await assert.rejects(c.defineVm('web', with_({ vm: { ...base.vm.vm, disk: { ...base.vm.vm.disk, image: '../../../../dev/sda' } } })), refused(400, /vm\.disk\.image: "\.\.\/\.\.\/\.\.\/\.\.\/dev\/sda" must be an absolute path/));
+  await assert.rejects(c.defineVm('web', with_({ vm: { ...base.vm.vm, disk: { ...base.vm.vm.disk, image: '/srv/../dev/sda' } } })), refused(400, /must be a plain absolute path/));
+  await assert.rejects(c.defineVm('web', with_({ vm: { ...base.vm.vm, disk: { ...base.vm.vm.disk, image: '/dev/sda' } } })), refused(403, /vm\.disk\.image: \/dev\/sda is not among the image directories/, line('images')));
+  // disk.create only inside them, and a symbolic link inside one that leads out is out.
+  await assert.rejects(c.defineVm('web', with_({ vm: { ...base.vm.vm, disk: { image: '/etc/web.qcow2', format: 'qcow2', create: true, size: 2 ** 26 } } })), refused(403, /\/etc\/web\.qcow2 is not among the image directories/));
+  const kdir = path.dirname(artifacts.kernel);
+  const link = path.join(kdir, 'to-etc');
+  fs.symlinkSync('/etc', link);
+  t.after(() => fs.rmSync(link));
+  await assert.rejects(c.defineVm('web', with_({ vm: { ...base.vm.vm, kernel: path.join(link, 'shadow') } })), refused(403, /vm\.kernel: .*to-etc\/shadow is not among the kernel directories/, line('kernels')));
+  await assert.rejects(c.defineVm('web', with_({ replication: { ...base.vm.replication, bufferDir: '/root' } })), refused(403, /replication\.bufferDir: \/root is not among the buffer directories/, line('buffers')));
+  // A tap that exists and that lockstep did not make (here the loopback device: a real NIC's name would do as well).
+  await assert.rejects(c.defineVm('web', with_({ vm: { ...base.vm.vm, network: { mode: 'tap', bridge: 'br0', taps: { a: 'lo' }, announce: true } } })), refused(403, /vm\.network\.taps\.a: interface lo exists on host a and lockstep did not make it/, line('taps')));
+  assert.deepEqual((await c.vms()).map((v) => v.name), [], 'nothing kept of the refused ones');
+  assert.equal((await c.defineVm('web', base)).outcome, 'created', 'what the host allows is kept');
+});
+
+test('a definition cannot replace a VM while its start runs', async (t) => {
+  const cache = tmp();
+  const saved = process.env.LOCKSTEP_CACHE;
+  process.env.LOCKSTEP_CACHE = cache;
+  t.after(() => (saved === undefined ? delete process.env.LOCKSTEP_CACHE : (process.env.LOCKSTEP_CACHE = saved)));
+  // A QEMU that takes 3 s to answer anything: the start stays in its first steps meanwhile.
+  const slow = path.join(tmp(), 'qemu-system-x86_64');
+  fs.writeFileSync(slow, '#!/bin/sh\nsleep 3\nexit 1\n', { mode: 0o755 });
+  const { c } = await daemonOfA(t, { qemuBinary: slow });
+  const placed = placedVm('web', { base: 9000 });
+  const tcg = { ...placed, vm: { ...placed.vm, qemu: { ...placed.vm.qemu, accel: 'tcg' as const } } };
+  await c.defineVm('web', tcg);
+  const st = await c.startVm('web');
+  assert.equal(st.phase, 'starting');
+  await assert.rejects(c.defineVm('web', { ...tcg, run: 'run-web-another-01' }), (e: unknown) => e instanceof ApiCallError && e.status === 409 && /is starting on this host: its definition cannot be replaced now/.test(e.message));
+  assert.equal((await c.defineVm('web', tcg)).outcome, 'unchanged', 'the same definition again is fine');
+  for (let i = 0; i < 100 && (await c.vm('web'))?.phase === 'starting'; i++) await new Promise((r) => setTimeout(r, 100));
+  assert.equal((await c.vm('web'))?.phase, 'failed', 'the start failed on its own (no real QEMU), with the definition it began with');
 });
 
 test('memory: a VM that would go over what the host gives its VMs is refused, saying what is left and whose the rest is', async (t) => {
@@ -305,4 +400,18 @@ test('bridge mode without a tap named for this host: the daemon names one per VM
   t.after(() => d2.stop());
   await c.defineVm('cache', placed('cache', 9014));
   assert.equal(local('cache').tap, 'lstap2', 'the taps recorded before the restart stay taken');
+});
+
+test('the host file: no 0.0.0.0 nor out-of-range address or port, no reserved host name, no comma in its state directory', () => {
+  const base = 'name: a\naddresses: { replication: 10.0.1.1 }\n';
+  const refused = (text: string, re: RegExp) => assert.throws(() => parseHostFile(text, '/etc/lockstep/host.yaml'), re, text);
+  refused('name: a\naddresses: { replication: 0.0.0.0 }\n', /addresses\.replication: expected one address of this host, not 0\.0\.0\.0/);
+  refused('name: a\naddresses: { replication: 10.0.1.1, heartbeat: [0.0.0.0] }\n', /addresses\.heartbeat\[0\]: expected one address of this host/);
+  refused(`${base}api: { listen: "0.0.0.0:7700" }\n`, /api\.listen: expected one address of this host, not 0\.0\.0\.0/);
+  refused(`${base}api: { listen: "10.0.1.1:99999" }\n`, /api\.listen: expected ADDRESS:PORT/);
+  refused('name: a\naddresses: { replication: 256.0.0.1 }\n', /addresses\.replication: expected an IPv4 address/);
+  refused('name: constructor\naddresses: { replication: 10.0.1.1 }\n', /name: a reserved name/);
+  refused(`${base}stateDir: "/var/lib/lock,step"\n`, /stateDir: "\/var\/lib\/lock,step" contains a comma/);
+  refused(`${base}allow: { images: [relative/dir] }\n`, /allow\.images\[0\]: expected an absolute path/);
+  assert.deepEqual(parseHostFile(`${base}allow: { images: [/srv/images], taps: [tap-web] }\n`, '/etc/lockstep/host.yaml').allow, { images: ['/srv/images'], taps: ['tap-web'] });
 });

@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import crypto from 'node:crypto';
+import { spawn } from 'node:child_process';
 import { writeFileAtomic, type AtomicWriteFs } from '../../src/util/files.js';
 import { readPskKey, writePskDir } from '../../src/qemu/tls.js';
 import { deriveDataPlaneKey } from '../../src/pair/keys.js';
@@ -163,4 +164,82 @@ test('the data plane\'s key files: keys.psk and dh-params.pem private to their o
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('COLO buffers: in a directory of their own, made 0700 and exclusively, each file created anew (0600, never through a link); a directory another user planted is refused and left alone', async (t) => {
+  const { createBuffers, removeBuffers } = await import('../../src/pair/buffers.js');
+  const shm = fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-shm-'));
+  fs.chmodSync(shm, 0o1777); // world-writable and sticky, as /dev/shm
+  t.after(() => fs.rmSync(shm, { recursive: true, force: true }));
+  const made: string[] = [];
+  const create = async (f: string) => {
+    made.push(f);
+    fs.appendFileSync(f, 'QFI'); // what qemu-img writes: into the file created for it
+  };
+  const b = (name: string) => ({ active: path.join(shm, name, 'active.qcow2'), hidden: path.join(shm, name, 'hidden.qcow2') });
+  await createBuffers(b('lockstep-web-b'), 2 ** 20, { create });
+  assert.equal(fs.statSync(path.join(shm, 'lockstep-web-b')).mode & 0o7777, 0o700);
+  for (const f of Object.values(b('lockstep-web-b'))) assert.equal(fs.statSync(f).mode & 0o777, 0o600, f);
+  assert.equal(made.length, 2);
+  // Again (a new secondary): ours, replaced.
+  await createBuffers(b('lockstep-web-b'), 2 ** 20, { create });
+  assert.equal(fs.readFileSync(b('lockstep-web-b').active, 'latin1'), 'QFI', 'a fresh file, not appended to');
+  removeBuffers(Object.values(b('lockstep-web-b')));
+  assert.deepEqual(fs.readdirSync(path.join(shm, 'lockstep-web-b')), [], 'the buffers go; their directory stays ours (its name taken by nobody else)');
+  // A symbolic link planted where the directory goes: refused, its target untouched.
+  const target = fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-target-'));
+  t.after(() => fs.rmSync(target, { recursive: true, force: true }));
+  fs.writeFileSync(path.join(target, 'active.qcow2'), 'precious');
+  fs.symlinkSync(target, path.join(shm, 'lockstep-web-a'));
+  await assert.rejects(createBuffers(b('lockstep-web-a'), 2 ** 20, { create }), /lockstep-web-a is a symbolic link, where lockstep keeps files only it may read/);
+  assert.equal(fs.readFileSync(path.join(target, 'active.qcow2'), 'utf8'), 'precious');
+  assert.ok(fs.lstatSync(path.join(shm, 'lockstep-web-a')).isSymbolicLink(), 'left alone');
+  // A directory another user made there (as root here: chown to nobody): refused, left alone.
+  if (process.getuid?.() === 0) {
+    const theirs = path.join(shm, 'lockstep-db-b');
+    fs.mkdirSync(theirs, { mode: 0o777 });
+    fs.chownSync(theirs, 65534, 65534);
+    fs.writeFileSync(path.join(theirs, 'active.qcow2'), 'planted');
+    await assert.rejects(createBuffers(b('lockstep-db-b'), 2 ** 20, { create }), /belongs to user 65534, not to lockstep's user \(0\)/);
+    assert.equal(fs.readFileSync(path.join(theirs, 'active.qcow2'), 'utf8'), 'planted', 'not followed, not removed');
+  }
+  assert.equal(made.length, 4, 'qemu-img was never run on a refused path');
+});
+
+test("a pair's state file is written durably (fsync of the file before the rename, of its directory after) and under its lock", async (t) => {
+  const { writeState, updateState, readState } = await import('../../src/pair/state.js');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-state-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const s = { version: 1, name: 'web', configFile: '/x', runtime: {}, endpoints: {}, forwards: [], buffers: { active: 'a', hidden: 'h' }, nodes: [], startedAt: 'then' } as never;
+  const { ops, calls } = recordingFs();
+  writeState(dir, s, { fs: ops });
+  const tmpName = `state.json.tmp-${process.pid}`;
+  assert.deepEqual(calls.filter((c) => !c.startsWith('close') && !c.startsWith('rm')), [`open ${tmpName} w`, `write ${tmpName}`, `fsync ${tmpName}`, `rename ${tmpName} state.json`, `open ${path.basename(dir)} r`, `fsync ${path.basename(dir)}`]);
+  assert.equal(fs.existsSync(path.join(dir, 'state.json.lock')), false, 'the lock is given back');
+  // Another process holds the lock: a write waits for it (here: it is held past the bound, and the error names it).
+  const holder = spawn('sleep', ['30']);
+  t.after(() => holder.kill());
+  fs.writeFileSync(path.join(dir, 'state.json.lock'), `${holder.pid}\n`);
+  const t0 = performance.now();
+  assert.throws(() => updateState(dir, (x) => x), new RegExp(`state\\.json\\.lock has been held by process ${holder.pid} for over 5000 ms`));
+  assert.ok(performance.now() - t0 >= 5000);
+  // Its holder died holding it: taken over.
+  holder.kill();
+  await new Promise((r) => holder.once('exit', r));
+  assert.equal(updateState(dir, (x) => ({ ...x, stoppedAt: 'now' }))?.stoppedAt, 'now');
+  assert.equal(readState(dir)?.stoppedAt, 'now');
+  assert.equal(fs.existsSync(path.join(dir, 'state.json.lock')), false);
+});
+
+test('a log budget: at most N lines a window, the rest counted and said with the next line logged', async () => {
+  const { LogBudget, budgeted } = await import('../../src/util/log-budget.js');
+  let now = 0;
+  const lines: string[] = [];
+  const log = budgeted(new LogBudget({ perWindow: 3, windowMs: 1000, now: () => now }), (l) => lines.push(l));
+  for (let i = 0; i < 1000; i++) log(`refused ${i}`);
+  assert.deepEqual(lines, ['refused 0', 'refused 1', 'refused 2']);
+  now = 1000;
+  log('refused again');
+  assert.deepEqual(lines.at(-1), 'refused again (997 more like it not logged)');
+  assert.throws(() => new LogBudget({ perWindow: 0, windowMs: 1, now: () => 0 }), RangeError);
 });

@@ -159,27 +159,78 @@ test('a session lost takes every VM on it down at once; the hosts dial it again'
   await waitFor('both up again', () => onB.every((x) => x.up[0]));
 });
 
-test("a host without the pair's secret gets no session; a trusted host reaches only the VMs it shares", async (t) => {
+test("a host without the pair's secret gets no session; a trusted host reaches only the VMs it shares, and only from a peer's address", async (t) => {
   const port = await freePort();
   const [a, b] = [hostSessions(t, 'a', port), hostSessions(t, 'b', port)];
   const webB = await agent(b, 'web', 'b', 'a', port);
   await agent(a, 'web', 'a', 'b', port);
   await waitFor('web up', () => webB.up[0]!);
-  // c shares a secret with b, and no VM: it joins web and sends as if it were web's peer agent.
-  const link = await connectLink<SessionMessage, SessionMessage>({ name: 'c', secret: secretOf('b', 'c')!, host: ADDR.b, port, localAddress: ADDR.c, inbound: sessionMessageSchema, outbound: sessionMessageSchema });
-  t.after(() => link.close());
+  const trusted = { name: 'c', secret: secretOf('b', 'c')!, host: ADDR.b, port, inbound: sessionMessageSchema, outbound: sessionMessageSchema };
+  // c shares a secret with b, and no VM: from its own address it gets no handshake at all (not even a hello).
+  await assert.rejects(connectLink<SessionMessage, SessionMessage>({ ...trusted, localAddress: ADDR.c }), /is not a lockstep agent or witness/);
+  // From a's address (a path of web's), with its own name: the handshake succeeds, the session does not.
+  const link = await connectLink<SessionMessage, SessionMessage>({ ...trusted, localAddress: ADDR.a });
+  const closed: string[] = [];
+  link.on('close', (why) => closed.push(why));
   link.send({ t: 'join', vm: 'web' });
   link.send({ t: 'vm', vm: 'web', m: { t: 'hback', seq: 666 } });
-  await sleep(300);
+  await waitFor('closed by b', () => closed.length === 1);
+  await sleep(100);
   assert.deepEqual(webB.got, [], "web's agent on b hears nothing from c, which is not web's peer");
   // c claiming to be a, with c's secret: refused at the handshake.
   await assert.rejects(
-    connectLink({ name: 'a', secret: secretOf('b', 'c')!, host: ADDR.b, port, localAddress: ADDR.c, inbound: sessionMessageSchema }),
+    connectLink({ name: 'a', secret: secretOf('b', 'c')!, host: ADDR.b, port, localAddress: ADDR.a, inbound: sessionMessageSchema }),
     /could not prove|refused our proof/,
   );
-  // A host b does not trust at all.
-  await assert.rejects(connectLink({ name: 'd', secret: 'a secret of its own, 0123456', host: ADDR.b, port, inbound: sessionMessageSchema }), /refused our proof/);
+  // A host b does not trust at all, from a's address.
+  await assert.rejects(connectLink({ name: 'd', secret: 'a secret of its own, 0123456', host: ADDR.b, port, localAddress: ADDR.a, inbound: sessionMessageSchema }), /refused our proof/);
   assert.equal(webB.up[0], true);
+});
+
+test('a cut session comes back within a second while another address holds every handshake slot it can, and refusals are logged at a bounded rate', async (t) => {
+  const port = await freePort();
+  const lines: string[] = [];
+  const log = pino({ level: 'warn' }, { write: (l: string) => lines.push(l) });
+  const a = hostSessions(t, 'a', port);
+  const b = new HostSessions({ host: 'b', port, secretFor: (peer) => secretOf('b', peer), log });
+  t.after(() => b.close());
+  const webA = await agent(a, 'web', 'a', 'b', port);
+  const webB = await agent(b, 'web', 'b', 'a', port);
+  await waitFor('web up', () => webA.up[0]! && webB.up[0]!);
+  // A hostile process on host c keeps 200 silent connections open to b's session port, reopening each at once.
+  let stop = false;
+  const open = new Set<net.Socket>();
+  const hammer = () => {
+    if (stop) return;
+    const s = net.createConnection({ host: ADDR.b, port, localAddress: ADDR.c });
+    open.add(s);
+    s.on('error', () => {});
+    s.on('close', () => {
+      open.delete(s);
+      setImmediate(hammer);
+    });
+  };
+  for (let i = 0; i < 200; i++) hammer();
+  t.after(() => {
+    stop = true;
+    for (const s of open) s.destroy();
+  });
+  await sleep(500);
+  // The session is cut (its link closed by b's side, as an idle timeout would), and must come back.
+  const t0 = performance.now();
+  const st = (b as unknown as { sessions: Map<string, { link?: { close(why: string): void } }> }).sessions;
+  for (const s of st.values()) s.link?.close('cut by the test');
+  await waitFor('down', () => !webA.up[0]);
+  await waitFor('back', () => webA.up[0]! && webB.up[0]!, 5000);
+  const backMs = performance.now() - t0;
+  assert.ok(backMs < 1500, `back after ${Math.round(backMs)} ms`);
+  t.diagnostic(`session back ${Math.round(backMs)} ms after the cut`);
+  webA.channel.send('all', ack(7));
+  await waitFor('a message through', () => webB.got.length === 1);
+  // Thousands refused; at most 20 lines per 10 s, the first after a gap saying how many were not logged.
+  const refusals = lines.filter((l) => l.includes('heartbeat session: refused'));
+  assert.ok(refusals.length <= 20, `${refusals.length} lines`);
+  assert.ok(refusals.some((l) => l.includes('is no peer host') ), refusals[0]);
 });
 
 test('pairSecret: the same on both hosts of a pair, different for every other pair', async () => {

@@ -12,6 +12,9 @@ import {
   newNonce,
   PROTOCOL,
   MAX_HANDSHAKES,
+  MAX_HANDSHAKES_PER_SOURCE,
+  SERVER_HANDSHAKE_TIMEOUT_MS,
+  HandshakeAdmission,
   type Link,
   type LinkServerOptions,
 } from '../../src/node/link.js';
@@ -77,19 +80,19 @@ async function server(opts: Partial<LinkServerOptions<PeerMessage, PeerMessage>>
 }
 
 /** A client link, recording what it receives. */
-async function client(port: number, name = 'a', secret = SECRET) {
+async function client(port: number, name = 'a', secret = SECRET, localAddress?: string) {
   const got: PeerMessage[] = [];
   const closes: string[] = [];
   const refusals: string[] = [];
-  const link = await connectLink({ name, secret, host: HOST, port, inbound: peerMessageSchema, outbound: peerMessageSchema, onRefuse: (_r, why) => refusals.push(why) });
+  const link = await connectLink({ name, secret, host: HOST, port, localAddress, inbound: peerMessageSchema, outbound: peerMessageSchema, onRefuse: (_r, why) => refusals.push(why) });
   link.on('message', (m) => got.push(m));
   link.on('close', (why) => closes.push(why));
   return { link, got, closes, refusals };
 }
 
 /** A raw TCP connection that records the lines it receives. */
-async function raw(port: number) {
-  const sock = net.createConnection({ host: HOST, port });
+async function raw(port: number, localAddress?: string) {
+  const sock = net.createConnection({ host: HOST, port, ...(localAddress ? { localAddress } : {}) });
   sock.on('error', () => {});
   const st = { sock, buf: '', lines: [] as string[], closed: false, local: '' };
   sock.on('data', (d: Buffer) => {
@@ -427,29 +430,68 @@ test('Link.send throws on an invalid message and the link carries on', async () 
   }
 });
 
-test(`at most ${MAX_HANDSHAKES} connections in the handshake at once`, async () => {
+test(`one address's silent connections never keep another's out: ${MAX_HANDSHAKES_PER_SOURCE} per address (a newer drops its oldest), ${MAX_HANDSHAKES} in all (a newer drops the heaviest address's oldest)`, async () => {
   const s = await server({ handshakeTimeoutMs: 10_000 });
-  const pending: Awaited<ReturnType<typeof raw>>[] = [];
+  const hostile: Awaited<ReturnType<typeof raw>>[] = [];
   try {
-    for (let i = 0; i < MAX_HANDSHAKES; i++) pending.push(await raw(s.port));
-    await waitFor('all greeted', () => pending.every((r) => r.lines.length === 1));
-    const extra = await raw(s.port);
-    await waitFor('extra closed', () => extra.closed);
-    assert.equal(extra.lines.length, 0, 'no hello for the extra connection');
-    assert.deepEqual(s.refusalsFrom(extra.local), [`too many connections in the handshake (${MAX_HANDSHAKES})`]);
-    assert.ok(pending.every((r) => !r.closed));
-    // Once they are gone, a client gets through again.
-    for (const r of pending) r.sock.destroy();
-    await waitFor('handshakes over', () => s.refusals.length === MAX_HANDSHAKES + 1);
-    assert.ok(s.refusals.filter((r) => r.remote !== extra.local).every((r) => r.why === 'handshake: connection closed'));
-    const c = await client(s.port);
+    // 64 silent connections from one address: it keeps its share only, the newest.
+    for (let i = 0; i < MAX_HANDSHAKES; i++) hostile.push(await raw(s.port, '127.0.0.2'));
+    await waitFor('all but the share dropped', () => hostile.filter((r) => !r.closed).length === MAX_HANDSHAKES_PER_SOURCE);
+    assert.ok(hostile.slice(-MAX_HANDSHAKES_PER_SOURCE).every((r) => !r.closed), 'the newest kept');
+    assert.equal(s.refusals.filter((r) => r.why === `dropped: a newer connection from 127.0.0.2, which may hold ${MAX_HANDSHAKES_PER_SOURCE} in the handshake`).length, MAX_HANDSHAKES - MAX_HANDSHAKES_PER_SOURCE);
+    // The peer, from its own address, gets through at once.
+    const c = await client(s.port, 'a', SECRET, '127.0.0.1');
     c.link.send(ack(1));
     await waitFor('message', () => s.got.length === 1);
     c.link.close();
+    // Many addresses, each its share: past the total, the newest still gets a slot, taken from the heaviest.
+    for (let host = 3; host <= 10; host++) for (let i = 0; i < MAX_HANDSHAKES_PER_SOURCE; i++) hostile.push(await raw(s.port, `127.0.0.${host}`));
+    await waitFor('the total held', () => hostile.filter((r) => !r.closed).length === MAX_HANDSHAKES);
+    const d = await client(s.port, 'a', SECRET, '127.0.0.1');
+    d.link.send(ack(2));
+    await waitFor('message', () => s.got.length === 2);
+    d.link.close();
+    assert.ok(s.refusals.some((r) => /^dropped: 64 connections in the handshake, 127\.0\.0\.\d+ holding the most$/.test(r.why)), JSON.stringify(s.refusals.slice(-3)));
   } finally {
-    for (const r of pending) r.sock.destroy();
+    for (const r of hostile) r.sock.destroy();
     await s.close();
   }
+});
+
+test(`a silent connection is closed ${SERVER_HANDSHAKE_TIMEOUT_MS} ms after accept; a source the server does not admit gets nothing, not even a hello`, async () => {
+  const s = await server({ admit: (a) => (a === '127.0.0.3' ? 'not a trusted peer address' : undefined) });
+  try {
+    const t0 = performance.now();
+    const silent = await raw(s.port, '127.0.0.2');
+    await waitFor('closed', () => silent.closed, SERVER_HANDSHAKE_TIMEOUT_MS + 1000);
+    const ms = performance.now() - t0;
+    assert.ok(ms >= SERVER_HANDSHAKE_TIMEOUT_MS - 50 && ms < SERVER_HANDSHAKE_TIMEOUT_MS + 500, `closed after ${ms} ms`);
+    assert.equal(silent.lines.length, 1, 'its hello only');
+    const stranger = await raw(s.port, '127.0.0.3');
+    await waitFor('closed', () => stranger.closed);
+    assert.deepEqual(stranger.lines, []);
+    assert.deepEqual(s.refusalsFrom(stranger.local), ['not a trusted peer address']);
+    await assert.rejects(client(s.port, 'a', SECRET, '127.0.0.3'), LinkAuthError);
+  } finally {
+    await s.close();
+  }
+});
+
+test('HandshakeAdmission: the share of a source, the total, and who is dropped', () => {
+  const dropped: string[] = [];
+  const adm = new HandshakeAdmission(4, 2);
+  const take = (src: string, tag: string) => adm.admit(src, (why) => dropped.push(`${tag}: ${why}`));
+  take('x', 'x1');
+  const x2 = take('x', 'x2');
+  take('x', 'x3');
+  assert.deepEqual(dropped, ['x1: dropped: a newer connection from x, which may hold 2 in the handshake']);
+  take('y', 'y1');
+  take('y', 'y2');
+  assert.equal(adm.size, 4);
+  take('z', 'z1');
+  assert.equal(dropped.at(-1), 'x2: dropped: 4 connections in the handshake, x holding the most', 'a tie: the older oldest');
+  x2(); // a connection already dropped: its release is harmless
+  assert.deepEqual([adm.size, adm.of('x'), adm.of('y'), adm.of('z')], [4, 1, 2, 1]);
 });
 
 /** A fake server that runs `script` on each accepted socket. */
@@ -527,4 +569,25 @@ test('the client side refuses a forged line from the server too', async () => {
   } finally {
     await fake.close();
   }
+});
+
+test("an agent's own links (pairs without daemons): only the peer, from its address on the path, gets a handshake", async (t) => {
+  const { OwnLinks } = await import('../../src/node/peer-channel.js');
+  const pino = (await import('pino')).default;
+  const port = await new Promise<number>((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.31', () => {
+      const p = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(p));
+    });
+  });
+  const b = new OwnLinks({ name: 'b', peer: 'a', secret: SECRET, port, paths: [{ local: '127.0.0.31', remote: '127.0.0.32' }], heartbeatIntervalMs: 100, heartbeatTimeoutMs: 500, log: pino({ level: 'silent' }) });
+  const up: boolean[] = [];
+  await b.open({ link: (_i, u) => up.push(u), message: () => {} });
+  t.after(() => b.close());
+  // With the agents' secret, from another address: not even a hello.
+  await assert.rejects(connectLink({ name: 'a', secret: SECRET, host: '127.0.0.31', port, localAddress: '127.0.0.33', inbound: peerMessageSchema }), /is not a lockstep agent or witness/);
+  // The peer, from its own address: a link.
+  const l = await connectLink({ name: 'a', secret: SECRET, host: '127.0.0.31', port, localAddress: '127.0.0.32', inbound: peerMessageSchema });
+  await waitFor('b sees its peer', () => up.includes(true));
+  l.close();
 });

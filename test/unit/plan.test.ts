@@ -23,7 +23,7 @@ test('the first node is the primary with the user\'s image; the second gets a re
   assert.equal(plan.primary.name, 'a');
   assert.equal(plan.primary.disk, '/data/web.qcow2');
   assert.equal(plan.secondary.disk, '/etc/lockstep/.lockstep/web/b/replica.qcow2');
-  assert.deepEqual(plan.buffers, { active: '/dev/shm/lockstep-web-b-active.qcow2', hidden: '/dev/shm/lockstep-web-b-hidden.qcow2' });
+  assert.deepEqual(plan.buffers, { active: '/dev/shm/lockstep-web-b/active.qcow2', hidden: '/dev/shm/lockstep-web-b/hidden.qcow2' }, 'in a directory of their own (made 0700, exclusively)');
   const p = plan.primary.args.join(' ');
   const s = plan.secondary.args.join(' ');
   assert.match(p, /-m 256 /);
@@ -31,9 +31,19 @@ test('the first node is the primary with the user\'s image; the second gets a re
   assert.match(p, /hostfwd=tcp:127\.0\.0\.1:8080-:80/);
   assert.match(s, /socket,id=red0,host=10\.0\.0\.1,port=9003,reconnect=1/);
   assert.match(s, /-incoming tcp:10\.0\.0\.2:9998/);
-  assert.match(s, /file\.file\.filename=\/dev\/shm\/lockstep-web-b-active\.qcow2/);
+  assert.match(s, /file\.file\.filename=\/dev\/shm\/lockstep-web-b\/active\.qcow2/);
+  assert.match(p, /socket,id=compare0,path=\/etc\/lockstep\/\.lockstep\/web\/a\/compare0\.sock,server=on,wait=off/, "the primary's local sockets in its data directory");
+  assert.deepEqual(plan.primary.localSockets, ['/etc/lockstep/.lockstep/web/a/compare0.sock', '/etc/lockstep/.lockstep/web/a/compare-out.sock']);
   assert.doesNotMatch(s, /hostfwd/, 'the secondary forwards nothing while in COLO');
-  assert.match(p, /-qmp unix:\/etc\/lockstep\/\.lockstep\/web\/a\/qmp\.sock,server=on,wait=off -qmp unix:\/etc\/lockstep\/\.lockstep\/web\/a\/qmp2\.sock/);
+  assert.match(p, /-chardev socket,id=lsqmp0,path=\/etc\/lockstep\/\.lockstep\/web\/a\/qmp\.sock,server=on,wait=off -mon chardev=lsqmp0,mode=control -chardev socket,id=lsqmp1,path=\/etc\/lockstep\/\.lockstep\/web\/a\/qmp2\.sock/);
+});
+
+test("with agents, the buffers' directory has a tag from the agents' secret: another user of the host cannot take its name first", () => {
+  const withAgents = (secret: string) => planPair(parseConfig(`${yaml('{ mode: user }')}agents: { secret: ${secret} }\n`, '/etc/lockstep/web.yaml'), rt);
+  const one = withAgents('sixteen-characters-at-least');
+  assert.match(one.buffers.active, /^\/dev\/shm\/lockstep-web-b-[0-9a-f]{16}\/active\.qcow2$/);
+  assert.equal(withAgents('sixteen-characters-at-least').buffers.active, one.buffers.active, 'the same on every plan of the pair');
+  assert.notEqual(withAgents('another-secret-of-sixteen').buffers.active, one.buffers.active);
 });
 
 test('bridge mode: each node gets its own tap, always with vnet_hdr=off', () => {
@@ -53,7 +63,7 @@ test('a resync plans the other way round: b primary, a new secondary on a with i
   assert.deepEqual([plan.endpoints.primaryHost, plan.endpoints.secondaryHost], ['10.0.0.2', '10.0.0.1']);
   // The target's old disk (the user's image, when a was the first primary) is never the resync target.
   assert.equal(plan.secondary.disk, '/etc/lockstep/.lockstep/web/a/replica.qcow2');
-  assert.deepEqual(plan.buffers, { active: '/dev/shm/lockstep-web-a-active.qcow2', hidden: '/dev/shm/lockstep-web-a-hidden.qcow2' });
+  assert.deepEqual(plan.buffers, { active: '/dev/shm/lockstep-web-a/active.qcow2', hidden: '/dev/shm/lockstep-web-a/hidden.qcow2' });
   const s = plan.secondary.args.join(' ');
   assert.match(s, /socket,id=red0,host=10\.0\.0\.2,port=9003/, 'the new secondary connects to b');
   assert.match(s, /-incoming tcp:10\.0\.0\.1:9998/);

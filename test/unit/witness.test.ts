@@ -59,6 +59,7 @@ test('one lease at a time: the holder renews, the other is refused (with holder 
   const b = s.client('b');
   const disk = E('r1', 1);
   try {
+    await b.query('r1', 1000, disk); // b holds the run too: a run not on record is granted on the word of both nodes
     const first = await a.acquire(400, disk);
     assert.deepEqual([first.granted, first.holder, first.ttlMs], [true, 'a', 400]);
     const denied = await b.acquire(400, disk);
@@ -89,6 +90,7 @@ test('a released lease can be taken at once; a release by another node releases 
   const b = s.client('b');
   const disk = E('r1', 1);
   try {
+    await b.query('r1', 1000, disk);
     assert.equal((await a.acquire(5000, disk)).granted, true);
     await b.release();
     assert.equal((s.w.state().leases.vm?.holder ?? null), 'a', 'b cannot release a\'s lease');
@@ -111,6 +113,7 @@ test('a (re)started witness grants nothing during its grace period', async () =>
   const started = performance.now();
   const a = s.client('a');
   try {
+    await s.client('b').query('r1', 1000, E('r1', 1));
     const r = await a.acquire(1000, E('r1', 1));
     assert.equal(r.granted, false);
     assert.match(r.reason!, /grace/);
@@ -142,14 +145,15 @@ test('epochs: a stale disk (older generation, or the same one begun by another n
   const a = s.client('a');
   const b = s.client('b');
   try {
+    await b.query('r1', 1000, E('r1', 1));
     const first = await a.acquire(200, E('r1', 1));
     assert.equal(first.granted, true);
-    assert.deepEqual(first.newest, E('r1', 1), 'a disk the witness did not know of is recorded');
+    assert.deepEqual(first.newest, E('r1', 1), 'a run the witness did not know of is recorded once both nodes spoke');
     // a writes alone: it records its new epoch with the grant.
     const alone = await a.acquire(200, E('r1', 1), E('r1', 2, 'a'));
     assert.equal(alone.granted, true);
     assert.deepEqual(alone.newest, E('r1', 2, 'a'));
-    assert.deepEqual(s.w.state().newest, { r1: E('r1', 2, 'a') });
+    assert.deepEqual(s.w.state().records, { vm: { r1: E('r1', 2, 'a') } });
     await a.release();
     for (const disk of [E('r1', 1), E('r1', 2, 'b'), E('r1', 2, 'up')]) {
       const r = await b.acquire(200, disk);
@@ -164,7 +168,7 @@ test('epochs: a stale disk (older generation, or the same one begun by another n
     await sleep(250);
     assert.equal((await b.acquire(200, E('r1', 1))).granted, false, 'still stale with nobody holding the lease');
     assert.equal((s.w.state().leases.vm?.holder ?? null), null);
-    assert.deepEqual(s.w.state().newest, { r1: E('r1', 2, 'a') }, 'refusals record nothing');
+    assert.deepEqual(s.w.state().records, { vm: { r1: E('r1', 2, 'a') } }, 'refusals record nothing');
     // A disk that caught up (resynced from a) is fine.
     assert.equal((await b.acquire(200, E('r1', 2, 'a'))).granted, true);
   } finally {
@@ -177,15 +181,16 @@ test('epochs: `next` is recorded with the grant and granted again for the same n
   const a = s.client('a');
   const b = s.client('b');
   try {
+    await b.query('r1', 1000, E('r1', 1));
     assert.equal((await a.acquire(200, E('r1', 1))).granted, true);
     const next = E('r1', 2, 'a');
     assert.equal((await a.acquire(200, E('r1', 1), next)).granted, true);
-    const logged = s.logs.filter((l) => l.includes('newest epoch of run r1: 2/a')).length;
+    const logged = s.logs.filter((l) => l.includes("newest epoch of vm's run r1: 2/a")).length;
     assert.equal(logged, 1);
     // The answer was lost; a asks again for exactly that epoch, from its old disk.
     const again = await a.acquire(200, E('r1', 1), next);
     assert.deepEqual([again.granted, again.newest], [true, next]);
-    assert.equal(s.logs.filter((l) => l.includes('newest epoch of run r1: 2/a')).length, 1, 'nothing new recorded');
+    assert.equal(s.logs.filter((l) => l.includes("newest epoch of vm's run r1: 2/a")).length, 1, 'nothing new recorded');
     await a.release();
 
     const refusals: [string, Epoch, Epoch, RegExp][] = [
@@ -201,7 +206,7 @@ test('epochs: `next` is recorded with the grant and granted again for the same n
       assert.match(r.reason!, reason, what);
     }
     assert.equal((s.w.state().leases.vm?.holder ?? null), null);
-    assert.deepEqual(s.w.state().newest, { r1: next }, 'refusals record nothing');
+    assert.deepEqual(s.w.state().records, { vm: { r1: next } }, 'refusals record nothing');
     const ok = await b.acquire(200, E('r1', 2, 'a'), E('r1', 3, 'b'));
     assert.deepEqual([ok.granted, ok.newest], [true, E('r1', 3, 'b')]);
   } finally {
@@ -214,87 +219,161 @@ test('epochs: runs are apart', async () => {
   const a = s.client('a');
   const b = s.client('b');
   try {
+    await b.query('r1', 1000, E('r1', 1));
     assert.equal((await a.acquire(200, E('r1', 1), E('r1', 2, 'a'))).granted, true);
     await a.release();
     assert.equal((await b.acquire(200, E('r1', 1))).granted, false);
+    await a.query('r2', 1000, E('r2', 1));
     const other = await b.acquire(200, E('r2', 1));
     assert.deepEqual([other.granted, other.newest], [true, E('r2', 1)], 'a new run of the pair starts its own count');
-    assert.deepEqual(s.w.state().newest, { r1: E('r1', 2, 'a'), r2: E('r2', 1) });
+    assert.deepEqual(s.w.state().records, { vm: { r1: E('r1', 2, 'a'), r2: E('r2', 1) } });
   } finally {
     await s.done();
   }
 });
 
-test('epochs: the newest survive a restart of the witness (state file)', async () => {
+test('epochs: the newest survive a restart of the witness (its own record, and one small file per VM)', async () => {
   const dir = tmpDir();
   const stateFile = path.join(dir, 'witness.json');
+  const vmFile = (vm: string) => path.join(dir, 'witness.json.d', `${vm}.json`);
   try {
     let s = await setup({ stateFile });
+    const instance = s.w.state().instance;
     try {
-      assert.equal(fs.existsSync(stateFile), false, 'a first start writes nothing');
+      const own = JSON.parse(fs.readFileSync(stateFile, 'utf8')) as { format: number; instance: string };
+      assert.deepEqual([own.format, own.instance], [2, instance], 'a first start writes its own record: which witness it is');
+      assert.ok(s.logs.some((l) => l.includes('a new witness') && l.includes('vouches for no run yet')), s.logs.join('\n'));
+      await s.client('b').query('r1', 1000, E('r1', 1));
       assert.equal((await s.client('a').acquire(200, E('r1', 1), E('r1', 2, 'a'))).granted, true);
-      assert.deepEqual(JSON.parse(fs.readFileSync(stateFile, 'utf8')), { newest: { r1: E('r1', 2, 'a') } }, 'on disk with the grant');
+      assert.deepEqual(JSON.parse(fs.readFileSync(vmFile('vm'), 'utf8')), { vm: 'vm', runs: { r1: E('r1', 2, 'a') } }, 'on disk with the grant');
       await s.client('a').release();
+      await s.client('a').query('r2', 1000, E('r2', 1));
       assert.equal((await s.client('b').acquire(200, E('r2', 1))).granted, true);
     } finally {
       await s.done();
     }
-    assert.deepEqual(JSON.parse(fs.readFileSync(stateFile, 'utf8')), { newest: { r1: E('r1', 2, 'a'), r2: E('r2', 1) } });
+    assert.deepEqual(JSON.parse(fs.readFileSync(vmFile('vm'), 'utf8')), { vm: 'vm', runs: { r1: E('r1', 2, 'a'), r2: E('r2', 1) } });
     s = await setup({ stateFile });
     try {
-      assert.deepEqual(s.w.state().newest, { r1: E('r1', 2, 'a'), r2: E('r2', 1) });
+      assert.equal(s.w.state().instance, instance, 'the same witness');
+      assert.deepEqual(s.w.state().records, { vm: { r1: E('r1', 2, 'a'), r2: E('r2', 1) } });
       const r = await s.client('b').acquire(200, E('r1', 1));
       assert.equal(r.granted, false, 'still stale after the witness restarted');
       assert.match(r.reason!, /^stale disk: epoch 1\/up, the newest of its run is 2\/a/);
-      assert.ok(s.logs.some((l) => l.includes('2 run(s) on record')), s.logs.join('\n'));
+      assert.ok(s.logs.some((l) => l.includes('2 run(s) of 1 VM(s) on record')), s.logs.join('\n'));
     } finally {
       await s.done();
     }
-    assert.deepEqual(fs.readdirSync(dir), ['witness.json'], 'no temporary files left');
+    assert.deepEqual(fs.readdirSync(dir).sort(), ['witness.json', 'witness.json.d'], 'no temporary files left');
+    assert.deepEqual(fs.readdirSync(path.join(dir, 'witness.json.d')), ['vm.json']);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
 
-test('epochs: the state file of earlier versions ({ generations }) is read as epochs begun by up', async () => {
+test("a witness that lost its record knows it: it grants nothing on one node's word (a runs alone at 2/a, the witness restarts empty, a loses power, b asks)", async () => {
   const dir = tmpDir();
   const stateFile = path.join(dir, 'witness.json');
-  fs.writeFileSync(stateFile, JSON.stringify({ generations: { r1: 3, r2: 1 } }));
-  const s = await setup({ stateFile });
   try {
-    assert.deepEqual(s.w.state().newest, { r1: E('r1', 3), r2: E('r2', 1) });
-    const b = s.client('b');
-    const stale = await b.acquire(200, E('r1', 2));
-    assert.deepEqual([stale.granted, stale.newest], [false, E('r1', 3)]);
-    assert.equal((await b.acquire(200, E('r1', 3))).granted, true);
-    assert.equal((await b.acquire(200, E('r1', 3), E('r1', 4, 'b'))).granted, true);
-    assert.deepEqual(JSON.parse(fs.readFileSync(stateFile, 'utf8')), { newest: { r2: E('r2', 1), r1: E('r1', 4, 'b') } }, 'rewritten in the new format');
+    let s = await setup({ stateFile });
+    const first = s.w.state().instance;
+    try {
+      await s.client('b').query('r1', 1000, E('r1', 1));
+      // a carries on alone in a new epoch, recorded (acknowledged write 37 goes to its disk only).
+      assert.equal((await s.client('a').acquire(1000, E('r1', 1), E('r1', 2, 'a'))).granted, true);
+    } finally {
+      await s.done();
+    }
+    // The witness's disk is lost.
+    fs.rmSync(stateFile);
+    fs.rmSync(`${stateFile}.d`, { recursive: true });
+    s = await setup({ stateFile });
+    try {
+      assert.notEqual(s.w.state().instance, first, 'a new witness: it vouches for no run');
+      // a has lost power: it says nothing. b, whose disk misses a's epoch, asks to write alone.
+      const b = s.client('b');
+      const r = await b.acquire(1000, E('r1', 1), E('r1', 2, 'b'));
+      assert.equal(r.granted, false, 'not granted: b might miss acknowledged writes');
+      assert.match(r.reason!, /no record of run r1 of vm .*waiting for it/);
+      await sleep(50);
+      assert.equal((await b.acquire(1000, E('r1', 1), E('r1', 2, 'b'))).granted, false, 'nor later');
+      assert.deepEqual(s.w.state().records, {}, 'nothing recorded');
+      // a comes back and says which disk it holds: b is stale, a is granted.
+      const a = s.client('a');
+      const q = await a.query('r1', 1000, E('r1', 2, 'a'));
+      assert.equal(q.newest, null);
+      const stale = await b.acquire(1000, E('r1', 1), E('r1', 2, 'b'));
+      assert.equal(stale.granted, false);
+      assert.match(stale.reason!, /^stale disk: epoch 1\/up, and a holds 2\/a/);
+      const ok = await a.acquire(1000, E('r1', 2, 'a'), E('r1', 3, 'a'));
+      assert.deepEqual([ok.granted, ok.newest], [true, E('r1', 3, 'a')]);
+      assert.deepEqual(s.w.state().records, { vm: { r1: E('r1', 3, 'a') } });
+    } finally {
+      await s.done();
+    }
   } finally {
-    await s.done();
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
 
-test('an unusable state file stops the witness at start, with what to do', async () => {
+test('epochs: the state files of earlier versions ({ newest }, { generations }) are kept as a floor and rewritten in the new format', async () => {
   const dir = tmpDir();
   const stateFile = path.join(dir, 'witness.json');
-  const cases: [string, string | null, RegExp][] = [
-    ['empty', '', /is not JSON/],
-    ['not JSON', '{"newest": {', /is not JSON/],
-    ['JSON null', 'null', /is not a witness record/],
-    ['an array', '[]', /is not a witness record/],
-    ['no known key', '{"lease": 1}', /is not a witness record/],
-    ['a bad epoch', JSON.stringify({ newest: { r1: { run: 'r1', gen: -1, by: 'a' } } }), /is not a witness record \(newest\.r1\.gen/],
-    ['an epoch under another run', JSON.stringify({ newest: { r1: E('r2', 1) } }), /is not a witness record/],
-    ['a bad old generation', JSON.stringify({ generations: { r1: 'two' } }), /is not a witness record/],
-    ['a reserved run name', '{"newest":{"__proto__":{"run":"__proto__","gen":1,"by":"a"}}}', /the run name "__proto__" is reserved/],
-    ['a directory', null, /cannot be read \(EISDIR/],
+  try {
+    for (const old of [{ generations: { r1: 3, r2: 1 } }, { newest: { r1: E('r1', 3), r2: E('r2', 1) } }]) {
+      fs.rmSync(`${stateFile}.d`, { recursive: true, force: true });
+      fs.writeFileSync(stateFile, JSON.stringify(old));
+      const s = await setup({ stateFile });
+      try {
+        assert.deepEqual(s.w.state().records, {}, 'whose runs they were, the old file did not say');
+        const b = s.client('b');
+        const stale = await b.acquire(200, E('r1', 2));
+        assert.deepEqual([stale.granted, stale.newest], [false, E('r1', 3)], 'older than the floor: stale for any VM');
+        assert.equal((await b.acquire(200, E('r1', 3))).granted, true);
+        assert.equal((await b.acquire(200, E('r1', 3), E('r1', 4, 'b'))).granted, true);
+        assert.deepEqual(s.w.state().records, { vm: { r1: E('r1', 4, 'b') } });
+        const own = JSON.parse(fs.readFileSync(stateFile, 'utf8')) as { format: number; legacy: unknown };
+        assert.deepEqual([own.format, own.legacy], [2, { r1: E('r1', 3), r2: E('r2', 1) }], 'rewritten in the new format, the floor kept');
+      } finally {
+        await s.done();
+      }
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('an unusable record stops the witness at start, with what to do', async () => {
+  const dir = tmpDir();
+  const stateFile = path.join(dir, 'witness.json');
+  const own = JSON.stringify({ format: 2, instance: '0123abcd-0000-4000-8000-000000000000', createdAt: '2026-01-01T00:00:00.000Z' });
+  const cases: [string, string | null, Record<string, string> | null, RegExp][] = [
+    ['empty', '', null, /is not JSON/],
+    ['not JSON', '{"newest": {', null, /is not JSON/],
+    ['JSON null', 'null', null, /is not a witness record/],
+    ['an array', '[]', null, /is not a witness record/],
+    ['no known key', '{"lease": 1}', null, /is not a witness record/],
+    ['a bad epoch', JSON.stringify({ newest: { r1: { run: 'r1', gen: -1, by: 'a' } } }), null, /is not a witness record/],
+    ['an epoch under another run', JSON.stringify({ newest: { r1: E('r2', 1) } }), null, /is not a witness record/],
+    ['a bad old generation', JSON.stringify({ generations: { r1: 'two' } }), null, /is not a witness record/],
+    ['a reserved run name', '{"newest":{"__proto__":{"run":"__proto__","gen":1,"by":"a"}}}', null, /the run name "__proto__" is reserved/],
+    ['a directory', null, null, /cannot be read \(EISDIR/],
+    ["the VMs' records without the witness's own", 'MISSING', { 'web.json': JSON.stringify({ vm: 'web', runs: {} }) }, /is missing, but its VMs' records are in/],
+    ["a VM's record that is not JSON", own, { 'web.json': '{' }, /web\.json that is not JSON/],
+    ["a VM's record of another VM", own, { 'web.json': JSON.stringify({ vm: 'db', runs: {} }) }, /web\.json of VM "db"/],
+    ["a VM's record with a bad epoch", own, { 'web.json': JSON.stringify({ vm: 'web', runs: { r1: E('r2', 1) } }) }, /web\.json that is not one/],
+    ["a VM's record with a reserved run", own, { 'web.json': '{"vm":"web","runs":{"__proto__":{"run":"__proto__","gen":1,"by":"a"}}}' }, /reserved run name/],
   ];
   try {
-    for (const [what, text, msg] of cases) {
+    for (const [what, text, vms, msg] of cases) {
       fs.rmSync(stateFile, { recursive: true, force: true });
+      fs.rmSync(`${stateFile}.d`, { recursive: true, force: true });
       if (text === null) fs.mkdirSync(stateFile);
-      else fs.writeFileSync(stateFile, text);
+      else if (text !== 'MISSING') fs.writeFileSync(stateFile, text);
+      if (vms) {
+        fs.mkdirSync(`${stateFile}.d`);
+        for (const [n, t] of Object.entries(vms)) fs.writeFileSync(path.join(`${stateFile}.d`, n), t);
+      }
       const logs: string[] = [];
       const w = new Witness({ secret: SECRET, host: HOST, port: 0, graceMs: 0, stateFile, log: (m) => logs.push(m) });
       await assert.rejects(
@@ -304,14 +383,14 @@ test('an unusable state file stops the witness at start, with what to do', async
           assert.ok(err.message.startsWith(`the witness's record ${stateFile} `), `${what}: ${err.message}`);
           assert.match(err.message, msg, what);
           assert.match(err.hint!, /inspect/);
-          assert.match(err.hint!, /only if every pair this witness serves is re-created with `lockstep up`/);
+          assert.match(err.hint!, /grants the lease of a VM only once both of its nodes have spoken/);
           return true;
         },
         what,
       );
       assert.equal(w.port, 0, `${what}: not listening`);
       assert.deepEqual(logs, [], what);
-      if (text !== null) assert.equal(fs.readFileSync(stateFile, 'utf8'), text, `${what}: left as it was`);
+      if (text !== null && text !== 'MISSING') assert.equal(fs.readFileSync(stateFile, 'utf8'), text, `${what}: left as it was`);
       await w.stop();
     }
   } finally {
@@ -319,37 +398,37 @@ test('an unusable state file stops the witness at start, with what to do', async
   }
 });
 
-test('a failed write of the state file: no grant goes out, nothing changes', async () => {
+test("a failed write of a VM's record: no grant goes out, nothing changes", async () => {
   const dir = tmpDir();
-  const sub = path.join(dir, 'sub');
-  fs.mkdirSync(sub);
-  const stateFile = path.join(sub, 'witness.json');
-  fs.writeFileSync(stateFile, JSON.stringify({ newest: { r1: E('r1', 1) } }));
+  const stateFile = path.join(dir, 'witness.json');
+  const vmsDir = `${stateFile}.d`;
   const s = await setup({ stateFile });
   const a = s.client('a');
   const b = s.client('b');
   try {
-    assert.equal((await a.acquire(5000, E('r1', 1))).granted, true, 'nothing to record: granted');
-    // The directory of the state file is replaced by a file: the write fails (ENOTDIR), even as root.
-    fs.rmSync(sub, { recursive: true });
-    fs.writeFileSync(sub, 'not a directory');
+    await b.query('r1', 1000, E('r1', 1));
+    assert.equal((await a.acquire(5000, E('r1', 1))).granted, true, 'recorded');
+    // The directory of the VMs' records is replaced by a file: the write fails (ENOTDIR), even as root.
+    fs.rmSync(vmsDir, { recursive: true });
+    fs.writeFileSync(vmsDir, 'not a directory');
     const r = await a.acquire(5000, E('r1', 1), E('r1', 2, 'a'));
     assert.equal(r.granted, false);
     assert.match(r.reason!, /^witness cannot record: .*ENOTDIR/);
     assert.deepEqual(r.newest, E('r1', 1));
-    assert.deepEqual(s.w.state().newest, { r1: E('r1', 1) }, 'nothing recorded');
+    assert.deepEqual(s.w.state().records, { vm: { r1: E('r1', 1) } }, 'nothing recorded');
     assert.equal((s.w.state().leases.vm?.holder ?? null), 'a', 'the earlier lease stands, not extended');
     assert.ok((s.w.state().leases.vm?.remainingMs ?? 0) < 5000);
     assert.ok(s.logs.some((l) => /refused a's acquire c\d+: witness cannot record/.test(l)), s.logs.join('\n'));
     await a.release();
+    await a.query('r9', 1000, E('r9', 1));
     const c = await b.acquire(5000, E('r9', 1));
     assert.deepEqual([c.granted, c.holder], [false, null], 'a first record of a run cannot be written either: no lease');
     assert.equal((s.w.state().leases.vm?.holder ?? null), null);
     // Repaired: granted, and on disk.
-    fs.rmSync(sub);
-    fs.mkdirSync(sub);
+    fs.rmSync(vmsDir);
+    fs.mkdirSync(vmsDir);
     assert.equal((await a.acquire(5000, E('r1', 1), E('r1', 2, 'a'))).granted, true);
-    assert.deepEqual(JSON.parse(fs.readFileSync(stateFile, 'utf8')), { newest: { r1: E('r1', 2, 'a') } });
+    assert.deepEqual(JSON.parse(fs.readFileSync(path.join(vmsDir, 'vm.json'), 'utf8')), { vm: 'vm', runs: { r1: E('r1', 2, 'a') } });
   } finally {
     await s.done();
     fs.rmSync(dir, { recursive: true, force: true });
@@ -365,7 +444,7 @@ test('a client with the wrong secret gets nothing', async () => {
     await assert.rejects(m.acquire(1000, E('r1', 1)), (err: unknown) => err instanceof LockstepError && /could not prove the shared secret|refused our proof/.test(err.message));
     assert.equal(m.refusals.length, 1);
     assert.equal((s.w.state().leases.vm?.holder ?? null), null);
-    assert.deepEqual(s.w.state().newest, {});
+    assert.deepEqual(s.w.state().records, {});
     await waitFor('the witness logs it', () => s.logs.some((l) => /^refused 127\.0\.0\.1:\d+: authentication failed/.test(l)));
   } finally {
     await s.done();
@@ -449,7 +528,8 @@ test('hostile input: the witness refuses it, logs it, stays up, and still grants
       assert.equal(r.lines.length, 2, `${what}: no answer past the handshake`);
     }
     assert.equal((s.w.state().leases.vm?.holder ?? null), null);
-    assert.deepEqual(s.w.state().newest, {});
+    assert.deepEqual(s.w.state().records, {});
+    await s.client('b').query('r1', 1000, E('r1', 1));
     const ok = await s.client('a').acquire(1000, E('r1', 1));
     assert.deepEqual([ok.granted, ok.holder], [true, 'a'], 'a normal client still gets the lease');
   } finally {
@@ -465,10 +545,11 @@ test('runs named like Object.prototype properties are refused at the wire: never
       await assert.rejects(a.acquire(200, E(run, 1), E(run, 2, 'a')), `${run}: not a request the wire carries`);
       assert.equal((s.w.state().leases.vm?.holder ?? null), null, `${run}: no lease`);
     }
-    assert.deepEqual(s.w.state().newest, {});
+    assert.deepEqual(s.w.state().records, {});
+    await s.client('c').query('r1', 1000, E('r1', 1));
     const ok = await s.client('b').acquire(1000, E('r1', 1));
     assert.equal(ok.granted, true, 'the witness still grants the lease');
-    assert.deepEqual(s.w.state().newest, { r1: E('r1', 1) });
+    assert.deepEqual(s.w.state().records, { vm: { r1: E('r1', 1) } });
   } finally {
     await s.done();
   }
@@ -505,6 +586,7 @@ test('WitnessConnection queues requests while connecting (the newest 8) and send
       'the oldest two were dropped',
     );
     assert.equal(conn.connected, true);
+    await s.client('b').query('r1', 1000, E('r1', 1));
     conn.send({ t: 'acquire', id: 'l1', lease: 'vm', ttlMs: 500, disk: E('r1', 1), next: null });
     await waitFor('the lease', () => rec.replies.length === 9);
     const lease = rec.replies[8]!;
@@ -643,7 +725,7 @@ test('WitnessClient: a request times out without an answer, and close() fails wh
 
 test('no lease outlasts the grace period: a restarted witness outwaits every lease of its previous life', async () => {
   const { initWitness, witnessStep } = await import('../../src/node/witness-core.js');
-  const s = initWitness(0, 300);
+  const s = witnessStep(initWitness(0, 300), 10, 'b', { t: 'query', id: 'q', lease: 'vm', run: 'r1', disk: E('r1', 1) }).state;
   const r = witnessStep(s, 400, 'a', { t: 'acquire', id: 'x', lease: 'vm', ttlMs: 5000, disk: E('r1', 1), next: null });
   assert.equal(r.reply.t === 'lease' && r.reply.granted, true);
   assert.equal(r.reply.t === 'lease' ? r.reply.ttlMs : -1, 300);
@@ -653,6 +735,8 @@ test('one lease per VM: hosts a and b each hold the lease of a different VM at o
   const { initWitness, witnessStep, LEASES_MAX } = await import('../../src/node/witness-core.js');
   let s = initWitness(0, 0);
   const ask = (from: string, lease: string, disk: Epoch, now = 10) => {
+    // The other node of the VM names the run first: a run not on record is granted on the word of both.
+    s = witnessStep(s, now, `${from}-peer`, { t: 'query', id: 'p', lease, run: disk.run, disk }).state;
     const r = witnessStep(s, now, from, { t: 'acquire', id: `${from}-${lease}`, lease, ttlMs: 1000, disk, next: null });
     s = r.state;
     return r.reply;
@@ -678,8 +762,11 @@ test('one lease per VM: hosts a and b each hold the lease of a different VM at o
   const full = ask('a', 'one-more', E('rx', 1), t);
   assert.ok(full.t === 'lease' && !full.granted && /holds 1024 leases/.test(full.reason ?? ''), JSON.stringify(full));
   t += 2000;
-  const later = ask('a', 'one-more', E('rx', 1), t);
+  const later = ask('a', 'vm0', E('rx', 1), t);
   assert.ok(later.t === 'lease' && later.granted, 'room again once the others ran out');
+  // The VMs on record are bounded too: a new VM beyond VMS_MAX is refused, no other VM's record is dropped for it.
+  const none = ask('a', 'one-more', E('rx', 1), t);
+  assert.ok(none.t === 'lease' && !none.granted && /keeps the record of 1024 VMs/.test(none.reason ?? ''), JSON.stringify(none));
 });
 
 test("a VM's own key: its agents (\"VM.NODE\") may touch that VM's lease only; another VM's name with it, or a name that is neither, gets nothing", async () => {
@@ -694,6 +781,8 @@ test("a VM's own key: its agents (\"VM.NODE\") may touch that VM's lease only; a
   try {
     assert.match(key('web'), /^[0-9a-f]{64}$/);
     assert.notEqual(key('web'), key('db'));
+    await own(witnessClientName('web', 'b'), key('web'), 'web').query('r1', 1000, E('r1', 1));
+    await own('db.a', key('db'), 'db').query('r2', 1000, E('r2', 1));
     const web = await own(witnessClientName('web', 'a'), key('web'), 'web').acquire(1000, E('r1', 1));
     assert.deepEqual([web.granted, web.holder], [true, 'a'], 'granted, to node a');
     const db = await own('db.b', key('db'), 'db').acquire(1000, E('r2', 1));
