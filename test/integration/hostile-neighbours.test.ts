@@ -212,9 +212,12 @@ test('a local unprivileged user reads no guest data, and plants nothing that a r
   const stA = readState(path.join(lab.dirs('a').state, 'vms', 'web'))!;
   const buffers = stB.buffers;
   const bufferDir = path.dirname(buffers.active);
+  // b's /dev/shm is a RAM disk of b's own mount namespace: seen from here through its daemon's root.
+  const daemonB = await lab.daemonPid('b');
+  const onB = (p: string) => `/proc/${daemonB}/root${p}`;
   assert.match(bufferDir, /^\/dev\/shm\/lockstep-web-b-[0-9a-f]{16}$/, 'the buffers in a directory of their own, its name not guessable');
-  assert.equal(fs.statSync(bufferDir).mode & 0o7777, 0o700);
-  for (const b of [buffers.active, buffers.hidden]) assert.equal(fs.statSync(b).mode & 0o777, 0o600, b);
+  assert.equal(fs.statSync(onB(bufferDir)).mode & 0o7777, 0o700);
+  for (const b of [buffers.active, buffers.hidden]) assert.equal(fs.statSync(onB(b)).mode & 0o777, 0o600, b);
 
   // Reads, as nobody, of every place guest data or a way into a QEMU lives.
   const reads: Array<['a' | 'b', string]> = [
@@ -247,12 +250,12 @@ test('a local unprivileged user reads no guest data, and plants nothing that a r
   // (What is already there under those names, a run's leftovers, is left alone: only what nobody planted here goes after.)
   const precious = `/dev/shm/lockstep-test-precious-${process.pid}`;
   const names = ['/dev/shm/lockstep-web-b-active.qcow2', '/dev/shm/lockstep-web-b-hidden.qcow2', '/dev/shm/lockstep-web-b'];
-  const planted = names.filter((p) => !fs.existsSync(p) && !isLink(p));
+  const planted = names.filter((p) => !fs.existsSync(onB(p)) && !isLink(onB(p)));
   assert.ok(planted.length > 0, 'something to plant');
   t.after(() => {
-    for (const p of [precious, ...planted]) if (fs.existsSync(p) || isLink(p)) if (p === precious || fs.lstatSync(p).uid === 65534) fs.rmSync(p, { recursive: true, force: true });
+    for (const p of [precious, ...planted].map(onB)) if (fs.existsSync(p) || isLink(p)) if (p === onB(precious) || fs.lstatSync(p).uid === 65534) fs.rmSync(p, { recursive: true, force: true });
   });
-  fs.writeFileSync(precious, 'precious', { mode: 0o644 });
+  fs.writeFileSync(onB(precious), 'precious', { mode: 0o644 });
   const plantOne = (p: string) => (p.endsWith('.qcow2') ? `ln -s ${precious} ${p}` : `mkdir ${p} && echo planted > ${p}/active.qcow2 && chmod 777 ${p}`);
   const plant = await nobody('b', planted.map(plantOne).join(' && '));
   assert.equal(plant.code, 0, plant.stderr);
@@ -260,7 +263,6 @@ test('a local unprivileged user reads no guest data, and plants nothing that a r
   assert.match(inside.stderr, /Permission denied/);
 
   // b's QEMU dies: a's agent makes a new secondary on b (new replica, new buffers) and resyncs it.
-  const daemonB = await lab.daemonPid('b');
   const qemuB = (await lab.processes('b')).filter((p) => p !== daemonB && isQemu(p));
   assert.equal(qemuB.length, 1);
   process.kill(qemuB[0]!, 'SIGKILL');
@@ -272,12 +274,12 @@ test('a local unprivileged user reads no guest data, and plants nothing that a r
   const cmdline = fs.readFileSync(`/proc/${newQemu[0]}/cmdline`, 'utf8');
   assert.ok(cmdline.includes(`${bufferDir}/active.qcow2`), "the new secondary's buffers are in the private directory");
   for (const p of planted) assert.ok(!cmdline.includes(`${p}\0`) && !cmdline.includes(`${p}/`) && !cmdline.includes(`${p},`), `${p}, planted, is not used`);
-  assert.equal(fs.readFileSync(precious, 'utf8'), 'precious', 'the link target untouched');
+  assert.equal(fs.readFileSync(onB(precious), 'utf8'), 'precious', 'the link target untouched');
   for (const p of planted) {
-    if (p.endsWith('.qcow2')) assert.ok(fs.lstatSync(p).isSymbolicLink(), `${p} left as it was`);
-    else assert.equal(fs.readFileSync(path.join(p, 'active.qcow2'), 'utf8'), 'planted\n', "nobody's own file untouched");
+    if (p.endsWith('.qcow2')) assert.ok(fs.lstatSync(onB(p)).isSymbolicLink(), `${p} left as it was`);
+    else assert.equal(fs.readFileSync(onB(path.join(p, 'active.qcow2')), 'utf8'), 'planted\n', "nobody's own file untouched");
   }
-  assert.equal(fs.statSync(bufferDir).mode & 0o7777, 0o700);
-  assert.equal(fs.statSync(bufferDir).uid, 0);
-  for (const b of [buffers.active, buffers.hidden]) assert.equal(fs.statSync(b).mode & 0o777, 0o600, `${b}: made anew, 0600`);
+  assert.equal(fs.statSync(onB(bufferDir)).mode & 0o7777, 0o700);
+  assert.equal(fs.statSync(onB(bufferDir)).uid, 0);
+  for (const b of [buffers.active, buffers.hidden]) assert.equal(fs.statSync(onB(b)).mode & 0o777, 0o600, `${b}: made anew, 0600`);
 });

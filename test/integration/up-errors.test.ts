@@ -52,7 +52,7 @@ test('a broken config: the error names the file and the field, nothing starts', 
   fs.writeFileSync(file, 'vm:\n  memory: lots\n  disk: { image: x.qcow2 }\nnodes:\n  - { name: a, address: 127.0.0.1 }\n  - { name: b, address: 127.0.0.2 }\n');
   const r = await lockstep(['up', '-c', file]);
   assert.equal(r.code, 1);
-  assert.match(r.stderr, new RegExp(`${file}: vm\\.memory: expected a memory size like 512M or 2G, got "lots"`));
+  assert.match(r.stderr, new RegExp(`${file}: vm\\.memory: expected a memory size from 16M to 1T like 512M or 2G, got "lots"`));
   assert.deepEqual(qemusInDir(), []);
 });
 
