@@ -7,7 +7,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { initCore, step, statusOf, isProtected, InvariantError, WATCHDOG_INTERVAL_MS } from '../../src/node/core/core.js';
 import type { CoreConfig, CoreState, Effect, InputBody, QemuFound } from '../../src/node/core/types.js';
-import type { Heartbeat, LeaseReply } from '../../src/node/wire.js';
+import { peerMessageSchema, type Heartbeat, type LeaseReply } from '../../src/node/wire.js';
+import { Rng } from '../../src/sim/rng.js';
 import type { Epoch } from '../../src/pair/epoch.js';
 
 const E = (gen: number, by = 'up'): Epoch => ({ run: 'r1', gen, by });
@@ -477,4 +478,63 @@ test('a checkpoint under way when every heartbeat path goes silent: the secondar
   slow.in({ t: 'qemu-event', event: 'RESUME' });
   slow.run(500, { heartbeats: true, answer: grantAll(slow) });
   assert.equal(isProtected(slow.s), true);
+});
+
+test('a schema-valid resync-done that carries an older epoch than our disk is refused as invalid, never an assertion (the agent exited 70)', () => {
+  const b = new Node({ name: 'b', peer: 'a' }, { epoch: E(2, 'a') });
+  b.peer = { ...b.peer, boot: 'boot-a', role: 'alone', busy: 'reprotect', disk: E(2, 'a') };
+  b.found({ running: false });
+  b.heartbeat();
+  b.in({ t: 'peer-message', path: 0, msg: { t: 'req', id: 'r1', body: { k: 'resync-prepare', primary: 'a', disk: E(2, 'a'), sizeBytes: 1 } } });
+  b.in({ t: 'proc-done', id: b.runs().at(-1)!.id, pid: 4242 });
+  assert.equal(b.s.work?.kind === 'join' && b.s.work.phase, 'ready');
+  // The survivor (or anyone who holds the secret) says the resync is done, at an epoch older than our own disk's.
+  b.in({ t: 'peer-message', path: 0, msg: { t: 'req', id: 'r2', body: { k: 'resync-done', disk: E(1) } } });
+  const rep = b.last('send-peer')!;
+  assert.ok(rep.msg.t === 'rep' && rep.msg.re === 'r2' && rep.msg.ok === false && /older/.test(rep.msg.why ?? ''), 'refused, saying why');
+  assert.deepEqual(b.s.disk.epoch, E(2, 'a'), 'our record is not taken back');
+  assert.equal(b.s.work?.kind === 'join' && b.s.work.phase, 'ready', 'still waits for a valid word');
+  assert.ok(b.fx.some((e) => e.t === 'log' && e.level === 'warn' && /refused/.test(e.msg)), 'logged');
+  // The valid word is still taken.
+  b.in({ t: 'peer-message', path: 0, msg: { t: 'req', id: 'r3', body: { k: 'resync-done', disk: E(2, 'a') } } });
+  assert.equal(b.s.work?.kind === 'join' && b.s.work.phase, 'persisting');
+});
+
+test('no schema-valid peer message stops the agent: 20,000 random ones, in every phase of a resync and a failover', () => {
+  const rng = new Rng(21);
+  const epochs = [E(1), E(2, 'a'), E(2, 'b'), E(3, 'a'), { run: 'r0', gen: 9, by: 'b' }, null];
+  const roles = ['primary', 'secondary', 'alone', 'fenced', 'down'] as const;
+  const message = (n: Node): unknown => {
+    const pendingIds = n.s.pending.map((p) => p.id);
+    const id = rng.chance(0.5) && pendingIds.length ? rng.pick(pendingIds) : `x${rng.int(1, 5)}`;
+    switch (rng.int(0, 5)) {
+      case 0:
+        return { t: 'hb', boot: rng.pick(['boot-b', 'boot-b2']), seq: rng.int(0, 50), role: rng.pick(roles), qemu: rng.pick(['alive', 'dead', 'unknown']), colo: rng.pick(['ok', 'exited']), hearsPeer: rng.chance(0.5), disk: rng.pick(epochs), checkpointAgeMs: rng.chance(0.5) ? null : rng.int(0, 20_000), busy: rng.pick([null, 'join', 'reprotect', 'takeover', 'fence']) };
+      case 1:
+        return { t: 'hback', seq: rng.int(0, 50) };
+      case 2:
+        return { t: 'req', id, body: { k: 'resync-prepare', primary: 'b', disk: rng.pick(epochs.filter((e) => e !== null)), sizeBytes: rng.int(0, 1 << 20) } };
+      case 3:
+        return { t: 'req', id, body: { k: 'resync-done', disk: rng.pick(epochs.filter((e) => e !== null)) } };
+      case 4:
+        return { t: 'req', id, body: { k: 'resync-abort', why: 'x' } };
+      default:
+        return { t: 'rep', re: id, ok: rng.chance(0.5), ...(rng.chance(0.5) ? { pid: rng.int(1, 99999) } : {}) };
+    }
+  };
+  for (let run = 0; run < 200; run++) {
+    const n = new Node({ witness: rng.chance(0.7) }, { epoch: rng.pick([E(2, 'a'), E(1), undefined]) });
+    n.found(rng.pick([{ colo: 'primary' as const }, { colo: 'secondary' as const }, { colo: 'none' as const }, { running: false }, { runState: 'paused' as const }]));
+    for (let i = 0; i < 100; i++) {
+      const msg = peerMessageSchema.parse(message(n));
+      n.in({ t: 'peer-message', path: 0, msg });
+      // Let the work it started go on: its procedures succeed or fail, its records are written.
+      for (const e of n.fx.splice(0)) {
+        if (e.t === 'run') n.in(rng.chance(0.8) ? { t: 'proc-done', id: e.id, pid: 77 } : { t: 'proc-failed', id: e.id, stepsDone: 0, error: 'x' });
+        else if (e.t === 'persist-disk') n.in({ t: 'disk-persisted', id: e.id, ok: rng.chance(0.9) });
+      }
+      n.now += rng.int(0, 400);
+      n.in({ t: 'tick' });
+    }
+  }
 });

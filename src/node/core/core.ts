@@ -1457,7 +1457,14 @@ function peerRequest(ctx: Ctx, id: string, body: PeerRequestBody): void {
     if (w?.kind === 'join' && (w.phase === 'persisting' || w.phase === 'adopting')) return;
     if (!w && s.role === 'secondary' && epochEquals(s.disk.epoch, body.disk)) return reply(ctx, id, true);
     if (w?.kind !== 'join' || w.phase !== 'ready') return reply(ctx, id, false, 'no new secondary here');
-    invariant(mayResyncTowards(body.disk, s.disk.epoch) || compareEpochs(body.disk, s.disk.epoch) === 'unknown' || compareEpochs(body.disk, s.disk.epoch) === 'other-run', 'a resynced disk takes an epoch not older than its own');
+    // A peer's message is input, not our logic: one that would take our disk's epoch back is refused as invalid (the
+    // resync-prepare we accepted carried an epoch not older than ours), and the resync waits for a valid word or ends.
+    const order = compareEpochs(body.disk, s.disk.epoch);
+    if (order === 'older' || order === 'divergent') {
+      const why = `refused resync-done: its epoch ${formatEpoch(body.disk)} is ${order} than/to our disk's ${formatEpoch(s.disk.epoch)}`;
+      log(ctx, 'warn', `${s.cfg.peer}: ${why}`);
+      return reply(ctx, id, false, why);
+    }
     w.phase = 'persisting';
     w.reqId = id;
     w.epoch = body.disk;
