@@ -35,7 +35,7 @@ import { WitnessArbiter, witnessClientName } from './witness.js';
 import type { Arbiter } from './arbiter.js';
 import type { WitnessReply } from './wire.js';
 import { initCore, step, statusOf, InvariantError } from './core/core.js';
-import type { CoreConfig, CoreState, Effect, InputBody, Procedure, QemuFound } from './core/types.js';
+import type { CoreConfig, CoreState, Effect, InputBody, PeerLinks, Procedure, QemuFound } from './core/types.js';
 import { sleep } from '../util/time.js';
 import { LockstepError, errorMessage } from '../util/errors.js';
 
@@ -141,10 +141,7 @@ export class Agent {
     });
     await this.channel.open({
       link: (path, up) => this.input({ t: 'peer-link', path, up }),
-      message: (path, msg) => {
-        if (msg.t === 'rep' && msg.pid !== undefined) this.peerNewPid = msg.pid;
-        this.input({ t: 'peer-message', path, msg });
-      },
+      message: (path, msg) => this.input({ t: 'peer-message', path, msg }),
     });
     if (this.a.witness) {
       const [host, port] = this.a.witness.split(':');
@@ -252,13 +249,11 @@ export class Agent {
   /**
    * Attaches to our QEMU (if it runs) and tells the core what it found. A
    * QEMU whose main loop does not answer (a checkpoint stuck on a silent link
-   * holds the big lock; QMP's negotiation needs it) is waited for as long as a
-   * checkpoint may take, then ended: unattached, it could neither be watched
-   * nor stopped, and might come back as a second writer.
+   * holds the big lock; QMP's negotiation needs it) is tried again every
+   * 0.5 s while the core waits (core.ts, attachBoundMs); past that bound the
+   * core ends it, and the next try finds none.
    */
   private async attach(): Promise<void> {
-    const cfg = this.core.cfg;
-    const deadline = performance.now() + cfg.checkpointTimeoutMs + cfg.hungMs;
     for (let attempt = 1; !this.stopped; attempt++) {
       if (!isOurQemu(this.me.pid, this.me.qmpSocket)) {
         this.log.warn({ pid: this.me.pid }, 'our QEMU is not running');
@@ -276,12 +271,6 @@ export class Agent {
           throw err;
         }
       } catch (err) {
-        if (performance.now() > deadline) {
-          this.log.error({ pid: this.me.pid, err: errorMessage(err), attempts: attempt }, 'our QEMU cannot be attached: ending it so that it can never come back as a second writer');
-          if (isOurQemu(this.me.pid, this.me.qmpSocket)) process.kill(this.me.pid, 'SIGKILL');
-          await sleep(200);
-          return this.input({ t: 'qemu-found', found: notRunning() });
-        }
         if (attempt === 1) this.log.warn({ err: errorMessage(err) }, 'cannot attach to our QEMU yet');
         await sleep(500);
       }
@@ -379,7 +368,7 @@ export class Agent {
       case 'fence': {
         const qmp = this.needQmp();
         if (p.yank) {
-          const yanked = await this.yankPeer(qmp);
+          const yanked = await this.yankPeer(qmp, p.yank);
           // A checkpoint would start a stopped VM again (colo.c: vm_start at its end): the stream must be broken first.
           const mig = await qmp.execute<{ status?: string }>('query-migrate', undefined, { timeoutMs: 5000 }).catch(() => ({ status: undefined }));
           if (mig.status === 'colo' && !yanked.includes('migration')) throw new LockstepError(`fencing: the COLO stream could not be yanked (yanked: ${yanked.join(', ') || 'nothing'}), so a checkpoint could start our VM again`);
@@ -392,7 +381,7 @@ export class Agent {
         await this.needQmp().execute('cont', undefined, { timeoutMs: 5000 });
         return;
       case 'yank':
-        await this.yankPeer(this.needQmp());
+        await this.yankPeer(this.needQmp(), p.links);
         return;
       case 'restart': {
         await this.endOurQemu('replaced by a restart from our disk');
@@ -420,7 +409,7 @@ export class Agent {
             this.input({ t: 'proc-progress', id, stepsDone: 0, step: 'mirroring our disk', mirror: { offset: m.offset, len: m.len } });
           },
         });
-        recordResync(this.c, plan, this.peerNewPid ?? 0, { ms: performance.now() - t0, mirrorMs: r.mirrorMs, mirrorBytes: r.mirrorBytes, stoppedMs: r.stoppedMs });
+        recordResync(this.c, plan, p.targetPid, { ms: performance.now() - t0, mirrorMs: r.mirrorMs, mirrorBytes: r.mirrorBytes, stoppedMs: r.stoppedMs });
         this.reloadPair();
         return;
       }
@@ -460,16 +449,12 @@ export class Agent {
     }
   }
 
-  /** Yanks our QEMU's links to the peer (out of band): to the secondary if we are (or were) a primary, else to the primary. */
-  private async yankPeer(qmp: QmpClient): Promise<string[]> {
-    const secondary = this.core.role === 'secondary' || this.core.fence?.from === 'secondary';
-    const yanked = await (secondary ? yankLinksToPrimary(qmp) : yankLinksToSecondary(qmp));
-    this.log.warn({ yanked }, 'yanked the links to the peer');
+  /** Yanks our QEMU's links to the peer (out of band), those the core named. */
+  private async yankPeer(qmp: QmpClient, links: PeerLinks): Promise<string[]> {
+    const yanked = await (links === 'to-primary' ? yankLinksToPrimary(qmp) : yankLinksToSecondary(qmp));
+    this.log.warn({ yanked, links }, 'yanked the links to the peer');
     return yanked;
   }
-
-  /** The pid of the peer's new secondary, from its reply to our resync request (seen on the wire). */
-  private peerNewPid: number | undefined;
 
   /** Ends our own QEMU on purpose (no re-attach): a restart or a resync replaces it. */
   private async endOurQemu(why: string): Promise<void> {

@@ -100,8 +100,6 @@ export const PROTECT_BOUND_MS = 90_000;
 const STABLE_MS = 10_000;
 
 const TICK_MS = 50;
-/** As agent.ts: the checkpoint bound plus the hung bound. */
-const ATTACH_TIMEOUT_MS = 12_500 + 3000;
 const CHECKPOINT_DELAY_MS = 2000;
 const STEP_TIMEOUT_MS = 5000;
 
@@ -525,15 +523,11 @@ export class World {
     };
     n.agent = agent;
     this.trace(`${name}: agent starts (${boot.slice(0, 8)})`);
-    // Attaching needs QMP answered (its main loop); one that cannot be attached within the bound is ended (agent.ts).
-    const started = this.now;
+    // Attaching needs QMP answered (its main loop): tried again until it answers, or the core ends it (attachBoundMs).
     const attach = () => {
       if (n.agent?.boot !== boot) return;
       const q = n.qemu;
-      if (q?.alive && !this.responsive(q, false)) {
-        if (this.now - started < ATTACH_TIMEOUT_MS) return void this.after(200, attach);
-        this.endQemu(q, n.hostUp, 'could not be attached');
-      }
+      if (q?.alive && !this.responsive(q, false)) return void this.after(200, attach);
       if (q?.alive) n.agent.attached = q.pid;
       this.input(name, { t: 'qemu-found', found: this.foundOf(q?.alive ? q : null) });
     };
@@ -607,8 +601,9 @@ export class World {
         return;
       }
       case 'kill-qemu': {
+        // By its pid, attached or not (agent.ts: the pid in the pair's record).
         const q = n.qemu;
-        if (q?.alive && ag.attached === q.pid) this.endQemu(q, true, `killed by its agent: ${e.why}`);
+        if (q?.alive) this.endQemu(q, true, `killed by its agent: ${e.why}`);
         return;
       }
       case 'persist-disk': {

@@ -147,7 +147,7 @@ test('the replication cable alone cut (heartbeats fine): the primary carries on 
   b.peer = { ...b.peer, role: 'alone', disk: E(2, 'a') };
   b.run(300, { heartbeats: true, answer: grantAll(b) });
   assert.deepEqual(b.decisions(), ['fence']);
-  assert.deepEqual(b.runs().at(-1)!.procedure, { kind: 'fence', yank: true });
+  assert.deepEqual(b.runs().at(-1)!.procedure, { kind: 'fence', yank: 'to-primary' }, 'the links to its primary');
 });
 
 test('status: PROTECTED only after a checkpoint was seen, never on the word of an attach alone', () => {
@@ -309,7 +309,7 @@ test('the watchdog lets a long checkpoint finish, yanks a stuck one, and ends a 
   assert.deepEqual(b.decisions(), [], 'no kill within the checkpoint bound (the 3 s watchdog killed a healthy QEMU here)');
   b.run(1500, { heartbeats: true, answer: oobOnly(b) });
   assert.deepEqual(b.decisions(), ['yank'], 'past the bound: its links to the peer are yanked, out of band');
-  assert.deepEqual(b.runs().at(-1)!.procedure, { kind: 'yank' });
+  assert.deepEqual(b.runs().at(-1)!.procedure, { kind: 'yank', links: 'to-primary' }, 'a secondary yanks its links to the primary');
   b.run(3500, { heartbeats: true, answer: oobOnly(b) });
   assert.deepEqual(b.decisions(), ['yank', 'kill'], 'still stuck after the yank: ended');
 
@@ -536,5 +536,64 @@ test('no schema-valid peer message stops the agent: 20,000 random ones, in every
       n.now += rng.int(0, 400);
       n.in({ t: 'tick' });
     }
+  }
+});
+
+test('a QEMU that cannot be attached within the checkpoint and hung bounds is ended by the core, which says why', () => {
+  const a = new Node();
+  // The runtime keeps trying to attach: QMP's negotiation needs the main loop, which a stuck checkpoint holds.
+  a.run(12_500 + 3000);
+  assert.deepEqual(a.decisions(), [], 'waited as long as a checkpoint may hold the main loop');
+  a.run(100);
+  assert.deepEqual(a.decisions(), ['kill']);
+  assert.match(a.last('kill-qemu')!.why, /could not be attached in \d+ ms/);
+  a.run(1000);
+  assert.equal(a.fx.filter((e) => e.t === 'kill-qemu').length, 1, 'once');
+  // The next try finds no QEMU: down, and the agent speaks again.
+  a.found({ running: false });
+  assert.equal(a.s.role, 'down');
+  // A connection lost later (the process still there) starts the clock again.
+  const b = new Node();
+  b.found({ colo: 'primary' });
+  b.run(20_000, { heartbeats: true, answer: grantAll(b) });
+  b.in({ t: 'qemu-lost', processGone: false });
+  b.run(12_500 + 3000, { heartbeats: true, answer: grantAll(b) });
+  assert.ok(!b.decisions().includes('kill'), 'not before the bound, counted from the loss');
+  b.run(200, { heartbeats: true, answer: grantAll(b) });
+  assert.ok(b.decisions().includes('kill'));
+});
+
+test('the core names the links a yank shuts: a primary its links to the secondary, a former secondary (fenced) its links to the primary', () => {
+  const a = new Node();
+  a.found({ colo: 'primary' });
+  a.run(1000, { heartbeats: true, answer: grantAll(a) });
+  a.heartbeat({ role: 'alone', disk: E(2, 'b') });
+  a.run(100, { answer: grantAll(a) });
+  assert.deepEqual(a.runs().at(-1)!.procedure, { kind: 'fence', yank: 'to-secondary' });
+  // A former secondary, fenced, whose main loop then sticks: the watchdog's yank is towards its primary.
+  const b = new Node({ name: 'b', peer: 'a' });
+  b.peer = { ...b.peer, boot: 'boot-a', role: 'primary' };
+  b.found({ colo: 'secondary' });
+  b.run(1000, { heartbeats: true, answer: grantAll(b) });
+  b.peer = { ...b.peer, role: 'alone', disk: E(2, 'a') };
+  b.run(300, { heartbeats: true, answer: grantAll(b) });
+  b.in({ t: 'proc-done', id: b.runs().at(-1)!.id });
+  assert.equal(b.s.role, 'fenced');
+  b.run(4000, { heartbeats: true, answer: (e) => (e.t === 'query-qemu' && !e.oob ? undefined : grantAll(b)(e)) });
+  assert.deepEqual(b.runs().at(-1)!.procedure, { kind: 'yank', links: 'to-primary' });
+});
+
+test('a resync records the new secondary by the pid its agent gave in answer to our request, and 0 when it gave none', () => {
+  for (const pid of [4242, undefined]) {
+    const a = new Node({}, { epoch: E(2, 'a') });
+    a.peer = { ...a.peer, role: 'down', qemu: 'dead', disk: E(1) };
+    a.found({ colo: 'none' });
+    a.run(500, { heartbeats: true, answer: grantAll(a) });
+    const ask = a.fx.find((e): e is Extract<Effect, { t: 'send-peer' }> => e.t === 'send-peer' && e.msg.t === 'req')!;
+    assert.ok(ask.msg.t === 'req' && ask.msg.body.k === 'resync-prepare');
+    // Another answer that carries a pid, to a request that is not ours, counts for nothing.
+    a.in({ t: 'peer-message', path: 0, msg: { t: 'rep', re: 'not-ours', ok: true, pid: 999 } });
+    a.in({ t: 'peer-message', path: 0, msg: { t: 'rep', re: ask.msg.id, ok: true, ...(pid !== undefined ? { pid } : {}) } });
+    assert.deepEqual(a.runs().at(-1)!.procedure, { kind: 'resume', targetPid: pid ?? 0 });
   }
 });

@@ -36,7 +36,7 @@
 import type { Epoch } from '../../pair/epoch.js';
 import { compareEpochs, epochEquals, formatEpoch, mayResyncTowards, nextEpoch } from '../../pair/epoch.js';
 import type { Heartbeat, LeaseReply, PeerReply, PeerRequestBody } from '../wire.js';
-import type { Attempts, CoreConfig, CoreState, CoreStatus, Effect, Input, Pending, Procedure, QemuFound, Role, Transition, Work } from './types.js';
+import type { Attempts, CoreConfig, CoreState, CoreStatus, Effect, Input, PeerLinks, Pending, Procedure, QemuFound, Role, Transition, Work } from './types.js';
 
 /** A broken invariant: the core's own logic is wrong. The runtime stops the agent (the QEMUs run on); the simulator reports the seed. */
 export class InvariantError extends Error {
@@ -88,6 +88,16 @@ export function restartSilenceMs(cfg: CoreConfig): number {
   return cfg.stallMs + 2 * cfg.leaseMs + cfg.heartbeatTimeoutMs + 1000;
 }
 
+/**
+ * How long we try to attach to our QEMU before we end it. QMP's negotiation
+ * needs QEMU's main loop, which a checkpoint on a silent link holds for up to
+ * the checkpoint bound; past that and the hung bound, a QEMU we cannot attach
+ * can be neither watched nor stopped, and might come back as a second writer.
+ */
+export function attachBoundMs(cfg: CoreConfig): number {
+  return cfg.checkpointTimeoutMs + cfg.hungMs;
+}
+
 // ---- construction ----
 
 export function initCore(cfg: CoreConfig, now: number, boot: string, disk: { epoch: Epoch | undefined; pending: Epoch | undefined }): CoreState {
@@ -103,6 +113,7 @@ export function initCore(cfg: CoreConfig, now: number, boot: string, disk: { epo
     fence: null,
     qemu: {
       state: 'attaching',
+      attachingSince: now,
       oob: false,
       coloExitAt: null,
       lastCheckpointAt: now,
@@ -511,6 +522,7 @@ function qemuLost(ctx: Ctx, processGone: boolean): void {
   q.inband = null;
   q.oobProbe = null;
   if (!processGone) {
+    if (q.state !== 'attaching') q.attachingSince = s.now;
     q.state = 'attaching';
     return;
   }
@@ -659,6 +671,7 @@ function periodic(ctx: Ctx): void {
   // Taking over: ask again until the holder's lease runs out (or the deadline passes); recording: ask once a renewal is out of the way.
   if (ww && !leaseOutstanding(s) && ((ww.phase === 'lease' && s.now >= s.lease.nextAskAt) || ww.phase === 'record')) advanceWriter(ctx);
   renewLease(ctx);
+  attachWatch(ctx);
   watchdog(ctx);
   const w = s.work;
   if (w?.kind === 'reprotect' && w.phase === 'asking' && s.now > w.deadline) {
@@ -761,11 +774,28 @@ function watchdog(ctx: Ctx): void {
   if (q.oob && inColo && q.yankedAt === null) {
     q.yankedAt = s.now;
     decide(ctx, 'yank', `our QEMU's main loop has not answered for ${Math.round(stuckMs)} ms${q.checkpointSince !== null ? ' (in a checkpoint)' : ''}: yanking its links to ${s.cfg.peer}`);
-    emit(ctx, { t: 'run', id: newId(s), procedure: { kind: 'yank' }, fromStep: 0 });
+    emit(ctx, { t: 'run', id: newId(s), procedure: { kind: 'yank', links: peerLinks(s) }, fromStep: 0 });
     return;
   }
   if (q.yankedAt !== null && s.now - q.yankedAt <= hung) return;
   killQemu(ctx, `our QEMU's main loop has not answered for ${Math.round(stuckMs)} ms${q.yankedAt !== null ? ', not even after the yank' : ''}`);
+}
+
+/**
+ * Which of our QEMU's links to the peer a yank shuts: to the primary if we are
+ * (or were, before a fence) its secondary, else to the secondary.
+ */
+export function peerLinks(s: CoreState): PeerLinks {
+  return s.role === 'secondary' || s.fence?.from === 'secondary' ? 'to-primary' : 'to-secondary';
+}
+
+/** A QEMU we cannot attach to within attachBoundMs is ended (the runtime keeps trying until then, and then finds none). */
+function attachWatch(ctx: Ctx): void {
+  const s = ctx.s;
+  const q = s.qemu;
+  if (q.state !== 'attaching' || q.killedAt !== null) return;
+  const ms = s.now - q.attachingSince;
+  if (ms > attachBoundMs(s.cfg)) killQemu(ctx, `our QEMU could not be attached in ${Math.round(ms)} ms (its main loop does not answer)`);
 }
 
 function killQemu(ctx: Ctx, why: string): void {
@@ -821,12 +851,12 @@ function act(ctx: Ctx): void {
     case 'restart':
       return beginWriter(ctx, 'restart', a.why, { kind: 'restart' }, 2000, false);
     case 'fence':
-      return beginSimple(ctx, 'fence', a.why, { kind: 'fence', yank: a.yank });
+      return beginSimple(ctx, 'fence', a.why, { kind: 'fence', yank: a.yank ? peerLinks(s) : null });
     case 'unfence':
       return beginSimple(ctx, 'unfence', a.why, { kind: 'unfence' });
     case 'abort-resume': {
       const id = newId(s);
-      s.work = { kind: 'reprotect', phase: 'aborting', why: a.why, startedAt: s.now, reqId: null, procId: id, step: null, mirror: null, error: null, deadline: Infinity };
+      s.work = { kind: 'reprotect', phase: 'aborting', why: a.why, startedAt: s.now, reqId: null, procId: id, step: null, mirror: null, error: null, deadline: Infinity, targetPid: null };
       emit(ctx, { t: 'run', id, procedure: { kind: 'abort-resume' }, fromStep: 0 });
       return;
     }
@@ -1173,7 +1203,7 @@ function writerFailed(ctx: Ctx, error: string): void {
   // granted anything; our VM is no writer yet (a COLO primary holds its answers, a secondary is off the LAN): retry.
   if (s.cfg.witness && (w.kind === 'primary-failover' || (w.kind === 'takeover' && !w.stalled && s.role === 'secondary'))) {
     decide(ctx, 'fence', `${w.kind} impossible (${error}): stopping our VM so that it cannot be a second writer`);
-    beginSimple(ctx, 'fence', error, { kind: 'fence', yank: true });
+    beginSimple(ctx, 'fence', error, { kind: 'fence', yank: peerLinks(s) });
   } else if (w.kind === 'takeover' && w.stalled) {
     // Ask again, but not before the primary's lease could have run out again.
     const a = attemptsOf(s, 'takeover');
@@ -1314,7 +1344,7 @@ function beginReprotect(ctx: Ctx, why: string): void {
   const s = ctx.s;
   invariant(s.role === 'alone' && s.disk.epoch !== undefined, 'only a node running the VM alone resyncs its peer');
   const id = newId(s);
-  s.work = { kind: 'reprotect', phase: 'asking', why, startedAt: s.now, reqId: id, procId: null, step: `asking ${s.cfg.peer} for a new secondary`, mirror: null, error: null, deadline: s.now + PREPARE_TIMEOUT_MS };
+  s.work = { kind: 'reprotect', phase: 'asking', why, startedAt: s.now, reqId: id, procId: null, step: `asking ${s.cfg.peer} for a new secondary`, mirror: null, error: null, deadline: s.now + PREPARE_TIMEOUT_MS, targetPid: null };
   addPending(ctx, { id, to: 'peer', what: 'resync-prepare', sentAt: s.now, deadline: s.now + PREPARE_TIMEOUT_MS });
   emit(ctx, { t: 'send-peer', path: 'any', msg: { t: 'req', id, body: { k: 'resync-prepare', primary: s.cfg.name, disk: s.disk.epoch, sizeBytes: s.disk.sizeBytes } } });
 }
@@ -1337,8 +1367,11 @@ function peerReply(ctx: Ctx, r: PeerReply): void {
     w.phase = 'resuming';
     w.step = 'the new secondary waits: mirroring our disk to it';
     w.procId = newId(s);
+    w.targetPid = r.pid ?? null;
     log(ctx, 'info', `${s.cfg.peer}'s new secondary waits (pid ${r.pid ?? '?'}): resuming replication`);
-    emit(ctx, { t: 'run', id: w.procId, procedure: { kind: 'resume' }, fromStep: 0 });
+    // The pair's record names the new secondary's QEMU by the pid its agent gave in answer to this request; without
+    // one, 0: the record then names no process for it (its own agent records it once it adopts it).
+    emit(ctx, { t: 'run', id: w.procId, procedure: { kind: 'resume', targetPid: w.targetPid ?? 0 }, fromStep: 0 });
   }
 }
 

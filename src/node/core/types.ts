@@ -40,6 +40,8 @@ export interface CoreConfig {
 export interface QemuView {
   /** 'attaching': the runtime is still connecting to it; 'gone': no process. */
   state: 'attaching' | 'alive' | 'gone';
+  /** Since when we try to attach (a QEMU whose main loop never answers is ended: attachBoundMs). */
+  attachingSince: number;
   /** Its QMP monitor supports out-of-band commands (the watchdog's liveness probe and yank). */
   oob: boolean;
   /** A COLO_EXIT arrived since COLO last started. */
@@ -126,19 +128,30 @@ export interface Pending {
   expired?: boolean;
 }
 
+/**
+ * Which of our QEMU's links to the peer a yank shuts (QMP yank, out of band):
+ * those to the primary (we are, or were, its secondary: the incoming stream,
+ * the proxy's sockets) or those to the secondary (the migration stream, the
+ * proxy's sockets, the NBD client).
+ */
+export type PeerLinks = 'to-primary' | 'to-secondary';
+
 export type Procedure =
   /** The secondary is gone: carry on alone ("Primary Failover"). */
   | { kind: 'primary-failover'; yank: boolean }
   /** The primary is gone: take the VM over ("Secondary Failover"); `resume`: the VM was stopped (fenced). */
   | { kind: 'takeover'; yank: boolean; resume: boolean }
   /** Stop our VM so that it cannot be a second writer (yank the links to the peer first if in COLO). */
-  | { kind: 'fence'; yank: boolean }
+  | { kind: 'fence'; yank: PeerLinks | null }
   /** Let our stopped VM run again. */
   | { kind: 'unfence' }
   /** The whole pair is down: start the VM alone from our disk (ending a stopped QEMU of ours first). */
   | { kind: 'restart' }
-  /** Resume replication towards the peer's new secondary ("Primary/Secondary resume replication"). */
-  | { kind: 'resume' }
+  /**
+   * Resume replication towards the peer's new secondary ("Primary/Secondary resume replication").
+   * `targetPid`: the new secondary's QEMU as its agent reported it, for the pair's record (0: not reported).
+   */
+  | { kind: 'resume'; targetPid: number }
   /** Take a failed resume back on our QEMU. */
   | { kind: 'abort-resume' }
   /** Resync target: end our old QEMU, start a new secondary waiting for the survivor. */
@@ -148,7 +161,7 @@ export type Procedure =
   /** Resync target: the survivor is in COLO with our new secondary: own it from now on. */
   | { kind: 'adopt-secondary' }
   /** Watchdog: our QEMU's main loop is stuck: yank its links to the peer, out of band. */
-  | { kind: 'yank' };
+  | { kind: 'yank'; links: PeerLinks };
 
 export type ProcedureKind = Procedure['kind'];
 
@@ -201,6 +214,8 @@ export type Work =
       error: string | null;
       /** Asking: given up if the peer has not answered by then. */
       deadline: number;
+      /** The new secondary's QEMU, as the peer's answer to our request named it. */
+      targetPid: number | null;
     }
   | {
       /** As the target of the peer's resync. */
