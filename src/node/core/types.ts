@@ -6,6 +6,7 @@
  * happened back as inputs. Time is an input (`now`, monotonic ms).
  */
 import type { Epoch } from '../../pair/epoch.js';
+import type { PeerLinks } from '../../colo/failover.js';
 import type { Heartbeat, PeerRequestBody, PeerReply, WitnessReply } from '../wire.js';
 
 export type Role = 'primary' | 'secondary' | 'alone' | 'fenced' | 'down';
@@ -132,9 +133,9 @@ export interface Pending {
  * Which of our QEMU's links to the peer a yank shuts (QMP yank, out of band):
  * those to the primary (we are, or were, its secondary: the incoming stream,
  * the proxy's sockets) or those to the secondary (the migration stream, the
- * proxy's sockets, the NBD client).
+ * proxy's sockets, the NBD client). colo/failover.ts names them.
  */
-export type PeerLinks = 'to-primary' | 'to-secondary';
+export type { PeerLinks };
 
 export type Procedure =
   /** The secondary is gone: carry on alone ("Primary Failover"). */
