@@ -32,36 +32,12 @@ import { WitnessArbiter, witnessClientName } from './witness.js';
 import type { Arbiter } from './arbiter.js';
 import type { WitnessReply } from './wire.js';
 import { initCore, statusOf } from './core/core.js';
-import type { CoreConfig, CoreState, Effect, InputBody, Procedure, QemuFound } from './core/types.js';
+import type { CoreState, Effect, InputBody, Procedure, QemuFound } from './core/types.js';
 import { AgentDriver, TICK_MS, type AgentIo } from './driver.js';
+import { coreConfig } from './timings.js';
 import type { Epoch } from '../pair/epoch.js';
 import { sleep } from '../util/time.js';
 import { LockstepError, errorMessage } from '../util/errors.js';
-
-/** The core's configuration from the pair's config. */
-export function coreConfig(c: ResolvedConfig, name: string, peer: string, diskSizeBytes: number): CoreConfig {
-  const a = c.agents;
-  if (!a) throw new LockstepError(`${c.file}: no agents section`, { hint: 'add agents: { secret: ... } to run node agents' });
-  const mine = a.links?.[name]?.length ?? 1;
-  const theirs = a.links?.[peer]?.length ?? 1;
-  return {
-    name,
-    peer,
-    paths: Math.max(1, Math.min(mine, theirs)),
-    heartbeatIntervalMs: a.heartbeatIntervalMs,
-    heartbeatTimeoutMs: a.heartbeatTimeoutMs,
-    witness: a.witness !== undefined,
-    leaseMs: a.leaseMs,
-    reprotect: a.reprotect,
-    // The periodic checkpoint interval twice, a checkpoint's own time, and the heartbeat timeout.
-    stallMs: 2 * c.replication.checkpointDelayMs + a.heartbeatTimeoutMs + 1000,
-    // A checkpoint holds the big lock while the dirty RAM goes over: allow the whole RAM at 50 MiB/s.
-    checkpointTimeoutMs: 10_000 + Math.round((c.vm.memory / (50 * 2 ** 20)) * 1000),
-    hungMs: Math.max(3000, 3 * a.heartbeatTimeoutMs),
-    joinTimeoutMs: c.replication.resyncTimeoutMs + 120_000,
-    diskSizeBytes,
-  };
-}
 
 /** What a channel to the peer agent is made from: the VM, the two nodes, their paths, the agents' settings. */
 export interface ChannelSpec {

@@ -1,21 +1,26 @@
 /**
- * A schedule of faults from one seed: which configuration (witness or not,
- * one or two heartbeat paths, how often QMP steps fail, slow checkpoints),
- * and which faults, when, for how long. After the last fault everything is
- * healed and the world is left alone: that is when liveness is judged.
+ * The schedule generator: from a seed, a configuration (a witness or none,
+ * one or two heartbeat paths, the hosts' clock rates, how often a QMP step
+ * fails, slow checkpoints) and up to six faults within a minute. After the
+ * last fault everything is healed (but a host gone for good) and the world is
+ * left alone. A schedule is data (schedule-types.ts): a failing one is
+ * stored as such and replays whatever this generator becomes.
  */
 import { Rng } from './rng.js';
-import type { Fault, LinkName, NodeName, SimOptions } from './model.js';
+import { CLOCK_DRIFT_MAX } from '../node/core/core.js';
+import { faultMs, type Fault, type FaultKind, type LinkName, type NodeName, type Schedule, type End } from './schedule-types.js';
 
 /** The pair runs this long before the first fault. */
 const SETTLE_MS = 3000;
 
-const weights: Array<[Fault['kind'], number]> = [
+const weights: Array<[FaultKind, number]> = [
   ['kill-qemu', 3],
   ['freeze-qemu', 1],
   ['kill-agent', 2],
   ['power-loss', 1.5],
   ['reboot', 1],
+  ['host-gone', 0.4],
+  ['host-pause', 1],
   ['cut', 4],
   ['garbage', 1],
   ['slow-link', 1],
@@ -24,6 +29,9 @@ const weights: Array<[Fault['kind'], number]> = [
   ['witness-slow', 1],
   ['witness-lossy', 1],
   ['reset-replication', 1],
+  ['disk-errors', 1.5],
+  ['record-lost', 0.5],
+  ['qmp-late', 1],
 ];
 
 const cuts: LinkName[][] = [
@@ -40,7 +48,7 @@ const cuts: LinkName[][] = [
   ['heartbeat', 'witness-b'],
 ];
 
-function pickKind(rng: Rng): Fault['kind'] {
+function pickKind(rng: Rng): FaultKind {
   const total = weights.reduce((a, [, w]) => a + w, 0);
   let x = rng.range(0, total);
   for (const [k, w] of weights) {
@@ -50,11 +58,14 @@ function pickKind(rng: Rng): Fault['kind'] {
   return 'kill-qemu';
 }
 
-export function scheduleFor(seed: number): SimOptions {
+/** A clock rate within the drift the agents allow for (core.ts, CLOCK_DRIFT_MAX). */
+function clockRate(rng: Rng): number {
+  return 1 + rng.range(-CLOCK_DRIFT_MAX, CLOCK_DRIFT_MAX);
+}
+
+export function scheduleFor(seed: number): Schedule {
   const rng = new Rng((seed * 2654435761) ^ 0x5eed);
-  const witness = rng.chance(0.85);
-  // Without a witness the pair survives crashes, not partitions (README): no cut that separates the agents.
-  const allowed = (f: Fault): boolean => witness || f.kind !== 'cut' || f.links.every((l) => l === 'lan-a' || l === 'lan-b' || l === 'witness-a' || l === 'witness-b');
+  const witness = rng.chance(0.8);
   const windowMs = rng.range(5000, 60_000);
   const count = rng.int(1, 6);
   const faults: Fault[] = [];
@@ -80,9 +91,21 @@ export function scheduleFor(seed: number): SimOptions {
       case 'reboot':
         f = { at, kind, node: node(), ms: Math.round(rng.range(1000, 20_000)) };
         break;
-      case 'cut':
-        f = { at, kind, links: rng.pick(cuts), ms: Math.round(rng.chance(0.3) ? rng.range(200, 2000) : rng.range(2000, 40_000)) };
+      case 'host-gone':
+        f = { at, kind, node: node() };
         break;
+      case 'host-pause':
+        f = { at, kind, node: node(), ms: Math.round(rng.chance(0.5) ? rng.range(100, 3000) : rng.range(3000, 30_000)) };
+        break;
+      case 'cut': {
+        const links = rng.pick(cuts);
+        const oneWay = rng.chance(0.25);
+        const ms = Math.round(rng.chance(0.3) ? rng.range(200, 2000) : rng.range(2000, 40_000));
+        // One way: what leaves one end of the first link (a node, or the witness or the client on its own links).
+        const ends: End[] = links[0]!.startsWith('witness') ? [links[0] === 'witness-a' ? 'a' : 'b', 'w'] : links[0]!.startsWith('lan') ? [links[0] === 'lan-a' ? 'a' : 'b', 'c'] : ['a', 'b'];
+        f = oneWay ? { at, kind, links: [links[0]!], ms, from: rng.pick(ends) } : { at, kind, links, ms };
+        break;
+      }
       case 'garbage':
         f = { at, kind, link: rng.pick<LinkName>(['heartbeat', 'replication', 'witness-a', 'witness-b']) };
         break;
@@ -93,6 +116,8 @@ export function scheduleFor(seed: number): SimOptions {
         f = { at, kind, ms: Math.round(rng.range(1000, 30_000)) };
         break;
       case 'witness-restart':
+      case 'witness-amnesia':
+      case 'reset-replication':
         f = { at, kind };
         break;
       case 'witness-slow':
@@ -101,32 +126,40 @@ export function scheduleFor(seed: number): SimOptions {
       case 'witness-lossy':
         f = { at, kind, ms: Math.round(rng.range(1000, 20_000)) };
         break;
-      case 'reset-replication':
-        f = { at, kind };
+      case 'disk-errors':
+        f = { at, kind, node: node(), ms: Math.round(rng.range(1000, 30_000)), p: Math.round(rng.range(0.02, 0.3) * 100) / 100 };
+        break;
+      case 'record-lost':
+        f = { at, kind, node: node(), how: rng.chance(0.5) ? 'missing' : 'unreadable' };
+        break;
+      case 'qmp-late':
+        f = { at, kind, node: node(), ms: Math.round(rng.range(2000, 20_000)) };
         break;
     }
-    if (!allowed(f)) continue;
     faults.push(f);
-    quietAt = Math.max(quietAt, at + ('ms' in f ? f.ms : 0) + 100);
+    const ms = faultMs(f);
+    quietAt = Math.max(quietAt, at + (ms === Infinity ? 0 : ms) + 100);
   }
   faults.sort((x, y) => x.at - y.at);
+  const drift = rng.chance(0.3);
   return {
+    version: 2,
     seed,
     witness,
     paths: rng.chance(0.3) ? 2 : 1,
-    faults,
-    quietAt,
+    clocks: drift ? { a: clockRate(rng), b: clockRate(rng), w: clockRate(rng) } : { a: 1, b: 1, w: 1 },
     stepFailP: rng.pick([0, 0, 0.01, 0.03, 0.08]),
     slowCheckpoints: rng.chance(0.15),
+    faults,
     operatorResyncs: operatorResyncsFor(seed, faults),
+    quietAt,
   };
 }
 
 /**
  * Now and then an operator asks for a resync (lockstep resync NAME), as one
  * would: a little after a fault, when a node may run the VM alone. Drawn
- * from a generator of their own, so that every seed keeps the faults it
- * always had.
+ * from a generator of its own, so that every seed keeps its faults.
  */
 function operatorResyncsFor(seed: number, faults: Fault[]): Array<{ at: number; node: NodeName }> {
   const rng = new Rng((seed * 40503) ^ 0x0e5c);

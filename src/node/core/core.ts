@@ -36,6 +36,7 @@
 import type { Epoch } from '../../pair/epoch.js';
 import { compareEpochs, epochEquals, formatEpoch, mayResyncTowards, nextEpoch } from '../../pair/epoch.js';
 import type { Heartbeat, LeaseReply, PeerReply, PeerRequestBody } from '../wire.js';
+import { planted } from '../mutants.js';
 import type { Attempts, CoreConfig, CoreState, CoreStatus, Effect, Input, PeerLinks, Pending, Procedure, QemuFound, Role, Transition, Work } from './types.js';
 
 /** A broken invariant: the core's own logic is wrong. The runtime stops the agent (the QEMUs run on); the simulator reports the seed. */
@@ -71,6 +72,14 @@ const BACKOFF = {
   reprotect: { firstMs: 2_000, maxMs: 30_000 },
   restart: { firstMs: 2_000, maxMs: 30_000 },
 } as const;
+
+/**
+ * How far two hosts' monotonic clocks may drift apart, as a rate (each may run
+ * up to this much fast or slow: NTP slews a clock by at most 500 ppm). A
+ * lease is counted from when we asked, and shortened by the drift of both
+ * clocks, so that our view of it ends before the witness's.
+ */
+export const CLOCK_DRIFT_MAX = 0.001;
 
 // ---- derived timings ----
 
@@ -370,6 +379,8 @@ function absorb(ctx: Ctx, input: Input): void {
       return qemuEvent(ctx, input.event);
     case 'qemu-lost':
       return qemuLost(ctx, input.processGone);
+    case 'quorum-bad':
+      return;
     case 'qemu-answer':
       if (s.qemu.inband?.id === input.id) {
         s.qemu.inband = null;
@@ -1141,13 +1152,13 @@ function advanceWriter(ctx: Ctx): void {
         continue;
       case 'procedure':
         if (w.procId) return;
-        if (!leaseValid(s)) {
+        if (!leaseValid(s) && !planted('write-alone-without-lease')) {
           // The lease lapsed while we recorded our epoch (a slow witness): get it again first.
           w.phase = 'lease';
           continue;
         }
         // Only a lease holder begins to write alone, and only in an epoch of its own.
-        invariant(leaseValid(s), `${w.kind} begins only while holding the lease`);
+        invariant(leaseValid(s) || planted('write-alone-without-lease'), `${w.kind} begins only while holding the lease`);
         invariant(s.disk.epoch !== undefined && s.disk.epoch.by === s.cfg.name, `${w.kind} begins only once a new epoch of ours is on our disk`);
         w.procId = newId(s);
         emit(ctx, { t: 'run', id: w.procId, procedure: w.procedure, fromStep: attemptsOf(s, w.kind).stepsDone });

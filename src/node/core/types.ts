@@ -11,7 +11,7 @@ import type { Heartbeat, PeerRequestBody, PeerReply, WitnessReply } from '../wir
 
 export type Role = 'primary' | 'secondary' | 'alone' | 'fenced' | 'down';
 
-/** Fixed for the life of an agent; derived from the pair's config (coreConfig in ../agent.ts). */
+/** Fixed for the life of an agent; derived from the pair's config (coreConfig in ../timings.ts). */
 export interface CoreConfig {
   name: string;
   peer: string;
@@ -302,6 +302,12 @@ export type Input = { now: number } & (
   | { t: 'tick' }
   | { t: 'qemu-found'; found: QemuFound }
   | { t: 'qemu-event'; event: 'STOP' | 'RESUME' | 'COLO_EXIT' | 'SHUTDOWN' }
+  /**
+   * QUORUM_REPORT_BAD: a child of our VM's disk quorum failed a write (block/quorum.c). With vote-threshold=1 the
+   * write still completed on the other child: `replica`, the replication child (the secondary's replica missed it),
+   * or `local`, our own disk.
+   */
+  | { t: 'quorum-bad'; child: 'replica' | 'local'; error: string }
   /** The QMP connection to our QEMU is gone; `processGone`: so is the process. */
   | { t: 'qemu-lost'; processGone: boolean }
   | { t: 'qemu-answer'; id: string }
