@@ -307,8 +307,9 @@ async function migrating(qmp: QmpCommands): Promise<boolean> {
  * resume had stopped it. Each step that undid something adds its name to
  * `undone`.
  */
-export function abortResumeSteps(qmp: QmpCommands, undone: string[] = []): Step[] {
+export function abortResumeSteps(qmp: QmpCommands, undone: string[] = [], o: { cont?: boolean } = {}): Step[] {
   const did = (what: string) => undone.push(what);
+  const cont = o.cont ?? true;
   return [
     {
       // Their I/O to a vanished secondary may never return (a cut link): shut those connections first.
@@ -354,15 +355,25 @@ export function abortResumeSteps(qmp: QmpCommands, undone: string[] = []): Step[
         did('x-colo off');
       },
     },
-    {
-      name: 'cont',
-      timeoutMs: STEP_MS,
-      done: async () => (await qmp.execute<{ status: string }>('query-status', undefined, { timeoutMs: 5000 })).status !== 'paused',
-      run: async () => {
-        await qmp.execute('cont');
-        did('cont');
-      },
-    },
+    cont
+      ? {
+          name: 'cont',
+          timeoutMs: STEP_MS,
+          done: async () => (await qmp.execute<{ status: string }>('query-status', undefined, { timeoutMs: 5000 })).status !== 'paused',
+          run: async () => {
+            await qmp.execute('cont');
+            did('cont');
+          },
+        }
+      : {
+          // The caller may not let the VM run (its lease ran out): stopped, whether or not the resume had stopped it.
+          name: 'stop',
+          timeoutMs: STEP_MS,
+          run: async () => {
+            await qmp.execute('stop');
+            did('stop');
+          },
+        },
   ];
 }
 
@@ -392,8 +403,8 @@ export async function abortResume(qmp: QmpCommands, o: AbortOptions = {}): Promi
  * is reported through onFailure and does not fail the list, so the parts
  * after it (above all letting the VM run again) are still undone.
  */
-export function abortResumeTolerantSteps(qmp: QmpCommands, undone: string[], onFailure?: (step: string, error: unknown) => void): Step[] {
-  return abortResumeSteps(qmp, undone).map(
+export function abortResumeTolerantSteps(qmp: QmpCommands, undone: string[], onFailure?: (step: string, error: unknown) => void, o: { cont?: boolean } = {}): Step[] {
+  return abortResumeSteps(qmp, undone, o).map(
     (s): Step => ({
       name: s.name,
       // The inner bounds below keep a failure from reaching runSteps; this one is only a backstop.

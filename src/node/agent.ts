@@ -235,6 +235,12 @@ export class Agent {
     qmp.on('event', (e) => {
       if (this.qmp !== qmp) return;
       if (e.event === 'STOP' || e.event === 'RESUME' || e.event === 'COLO_EXIT' || e.event === 'SHUTDOWN') this.input({ t: 'qemu-event', event: e.event });
+      if (e.event === 'QUORUM_REPORT_BAD') {
+        // block/quorum.c: a child of our disk's quorum failed an operation (its node-name, the error); a read is
+        // served by the next child, a failed write completed on the other one.
+        const d = (e.data ?? {}) as { type?: string; 'node-name'?: string; error?: string };
+        if (d.type !== 'read') this.input({ t: 'quorum-bad', child: d['node-name'] === IDS.replicationNode ? 'replica' : 'local', error: d.error ?? `${d.type ?? 'write'} failed` });
+      }
     });
     qmp.on('disconnect', () => {
       if (this.stopped || this.qmp !== qmp) return;
@@ -449,6 +455,12 @@ function notRunning(): QemuFound {
   return { running: false, colo: 'none', runState: 'other', replicationChild: false, secondaryFilters: false, resumeLeftovers: false, oob: false };
 }
 
+/** The writes the replication child failed since it was added (query-blockstats of the node; 0 when it cannot be read). */
+async function replicationWriteErrors(qmp: QmpClient): Promise<number> {
+  const stats = await qmp.execute<Array<{ 'node-name'?: string; stats?: { failed_wr_operations?: number } }>>('query-blockstats', { 'query-nodes': true }, { timeoutMs: 5000 }).catch(() => []);
+  return stats.find((x) => x['node-name'] === IDS.replicationNode)?.stats?.failed_wr_operations ?? 0;
+}
+
 /** What our QEMU is: COLO mode, run state, and what is left of the COLO procedures on it. */
 async function describeQemu(qmp: QmpClient): Promise<QemuFound> {
   const [colo, st, mig, jobs] = await Promise.all([
@@ -465,6 +477,8 @@ async function describeQemu(qmp: QmpClient): Promise<QemuFound> {
     colo: mode,
     runState,
     replicationChild: mode === 'none' && (await hasBlockNode(qmp, IDS.replicationNode)),
+    // Writes the replica missed while no agent heard QUORUM_REPORT_BAD (one restarted meanwhile).
+    ...(mode === 'primary' ? { replicaWriteErrors: await replicationWriteErrors(qmp) } : {}),
     secondaryFilters: mode === 'none' && (await hasObject(qmp, IDS.secRedirectorIn)),
     // A resync of ours stopped half-way: its mirror job, or its migration into COLO.
     resumeLeftovers: mode === 'none' && (jobs.some((j) => j.device === RESYNC_JOB) || migrating),

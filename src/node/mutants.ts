@@ -8,6 +8,9 @@
  */
 export const MUTANTS = {
   'write-alone-without-lease': 'a node begins to write alone (takeover, primary failover, restart) without holding the lease (and the core\'s own assertion of it removed)',
+  'take-back-runs-vm-without-lease': 'the take-back of a failed resync lets the VM it had stopped run again although the lease ran out meanwhile',
+  'ignore-replica-write-errors': 'the core ignores QUORUM_REPORT_BAD and the replication child\'s failed writes: the secondary\'s replica is still called exact',
+  'takeover-with-unknown-epoch': 'a node whose disk epoch is unknown keeps trying to take over (asking for a lease it cannot use), so the node with the newest disk waits for it for ever',
 } as const;
 
 export type MutantName = keyof typeof MUTANTS;

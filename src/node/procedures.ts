@@ -158,7 +158,7 @@ export function procedurePlan(p: Procedure, h: ProcedureHost, ev: ProcedureEvent
       );
     }
     case 'abort-resume':
-      return plan(TAKE_BACK_RESUME, takeBackResumeSteps(h.qmp()));
+      return plan(TAKE_BACK_RESUME, takeBackResumeSteps(h.qmp(), [], { cont: p.cont }));
     case 'prepare-secondary': {
       const { s } = nodesOf(h);
       const prep = prepareSecondaryProcedure(h.config, s, p.primary, p.sizeBytes);

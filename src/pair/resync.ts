@@ -259,9 +259,10 @@ const PRIMARY_FAILOVER_MS = 50_000;
  * COLO thread waits for a failover (colo.c, colo_exit_sem), which only
  * x-colo-lost-heartbeat gives it: so "Primary Failover" first (yanking the
  * links to the new secondary), then whatever else the resume left (best
- * effort: abortResumeTolerantSteps). `undone` gets what was undone.
+ * effort: abortResumeTolerantSteps), ending with the VM let run again
+ * (`cont`, the default) or stopped. `undone` gets what was undone.
  */
-export function takeBackResumeSteps(qmp: QmpCommands, undone: string[] = []): Step[] {
+export function takeBackResumeSteps(qmp: QmpCommands, undone: string[] = [], o: { cont?: boolean } = {}): Step[] {
   return [
     {
       name: 'primary failover, if the resume reached COLO',
@@ -273,7 +274,7 @@ export function takeBackResumeSteps(qmp: QmpCommands, undone: string[] = []): St
         undone.push('primary failover (the resume had reached COLO)');
       },
     },
-    ...abortResumeTolerantSteps(qmp, undone),
+    ...abortResumeTolerantSteps(qmp, undone, undefined, o),
   ];
 }
 

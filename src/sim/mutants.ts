@@ -17,6 +17,9 @@ export interface MutantCheck {
 
 export const MUTANT_CHECKS: Record<MutantName, MutantCheck> = {
   'write-alone-without-lease': { caughtBy: ['lease-before-writing-alone'] },
+  'take-back-runs-vm-without-lease': { caughtBy: ['lease-before-writing-alone'] },
+  'ignore-replica-write-errors': { caughtBy: ['acked-write-kept', 'replica-exact'] },
+  'takeover-with-unknown-epoch': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'] },
 };
 
 /** The schedules a mutant is checked with. */

@@ -198,7 +198,17 @@ const MODELS: Array<[RegExp, StepModel]> = [
       },
     },
   ],
-  [/^drive_add replication child$/, { on: 'ours', done: (q) => q.replication !== 'none', run: (q) => void (q!.replication = 'node') }],
+  [
+    /^drive_add replication child$/,
+    {
+      on: 'ours',
+      done: (q) => q.replication !== 'none',
+      run: (q) => {
+        q!.replication = 'node';
+        q!.replicationFailedWrites = 0;
+      },
+    },
+  ],
   [/^x-blockdev-change attach replication child$/, { on: 'ours', done: (q) => q.replication === 'child', run: (q) => void (q!.replication = 'child') }],
   [/^object-add \S+ \S+$/, { on: 'ours', done: (q, c) => q.objects.has(lastWord(c)), run: (q, c) => void q!.objects.add(lastWord(c)) }],
   [/^migrate-set-parameters tls-creds \S+$/, { on: 'ours', done: (q) => q.migrationTlsClient, run: (q) => void (q!.migrationTlsClient = true) }],

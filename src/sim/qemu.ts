@@ -79,6 +79,8 @@ export interface SimQemu {
   chardevs: Set<string>;
   /** The primary's replication child: absent, a block node, or attached to the quorum. */
   replication: 'none' | 'node' | 'child';
+  /** Writes the replication child failed since it was added (query-blockstats, failed_wr_operations). */
+  replicationFailedWrites: number;
   /** A secondary's NBD server exporting its replica. */
   nbdServer: boolean;
   xColo: boolean;
@@ -146,6 +148,7 @@ export class Qemus {
       objects: new Set(kind === 'colo-primary' ? PROXY_OBJECTS : secondary ? SECONDARY_OBJECTS : []),
       chardevs: new Set(secondary ? SECONDARY_CHARDEVS : PRIMARY_CHARDEVS),
       replication: kind === 'colo-primary' ? 'child' : 'none',
+      replicationFailedWrites: 0,
       nbdServer: kind === 'colo-secondary',
       xColo: kind === 'colo-primary' || kind === 'colo-secondary',
       migrationTlsClient: kind === 'colo-primary',
@@ -486,11 +489,16 @@ export class Qemus {
     const replicaDead = s.over || q.broken || !s.sq.alive;
     // A silent NBD child blocks the write; a checkpoint's transfer stops the VM ([colo.c]).
     if (!replicaDead && (this.silent(s) || s.phase === 'sending')) return 'blocked';
-    const localOk = !this.diskFails(h);
+    // The primary's own disk does not fail writes in COLO here: the agent ends such a QEMU when it hears of it
+    // (core.ts, quorumBad), but while no agent hears, the guest would read stale data (see README).
+    const localOk = true;
     if (!localOk) this.event(q, { t: 'quorum-bad', child: 'local', error: 'Input/output error' });
     const sh = this.w.hosts[s.s];
     const replicaOk = !replicaDead && !this.diskFails(sh);
-    if (!replicaOk) this.event(q, { t: 'quorum-bad', child: 'replica', error: replicaDead ? 'Connection reset by peer' : 'No space left on device' });
+    if (!replicaOk) {
+      q.replicationFailedWrites++;
+      this.event(q, { t: 'quorum-bad', child: 'replica', error: replicaDead ? 'Connection reset by peer' : 'No space left on device' });
+    }
     if (!localOk && !replicaOk) return 'error';
     const id = this.w.nextWriteId();
     if (localOk) h.disk.add(id);

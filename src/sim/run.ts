@@ -1,7 +1,7 @@
 /**
  * npm run sim -- [--seeds N] [--from S] [--jobs J]
  * npm run sim -- --seed S [--trace] [--store FILE]
- * npm run sim -- --replay FILE [--trace]
+ * npm run sim -- --replay FILE [--planted] [--trace]
  * npm run sim -- --mutants [NAME,...] [--budget N] [--jobs J]
  *
  * Runs N schedules (seeds S .. S+N-1) of the simulated pair, each a fault
@@ -151,7 +151,7 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(
       'npm run sim -- [--seeds N] [--from S] [--jobs J]        run N fault schedules (default 2000 from seed 1)\n' +
         'npm run sim -- --seed S [--trace] [--store FILE]       one schedule; --trace prints every event; --store keeps it as data\n' +
-        'npm run sim -- --replay FILE [--trace]                 a stored schedule (its "mutants", if any, planted)\n' +
+        'npm run sim -- --replay FILE [--planted] [--trace]     a stored schedule; --planted puts its bug back (its mutants)\n' +
         'npm run sim -- --mutants [A,B] [--budget N] [--jobs J] each kept mutant planted in turn: which invariant catches it\n',
     );
     return 0;
@@ -171,12 +171,13 @@ async function main(argv: string[]): Promise<number> {
   if (replay !== undefined || one !== undefined) {
     const stored = replay !== undefined ? (JSON.parse(fs.readFileSync(replay, 'utf8')) as { schedule: Schedule; mutants?: MutantName[] }) : null;
     const sched = stored ? stored.schedule : scheduleFor(Number(one));
-    plant(stored?.mutants ?? []);
+    // A stored regression replays against the code as it is; --planted puts its bug back (its mutants).
+    plant(argv.includes('--planted') ? (stored?.mutants ?? []) : []);
     const trace = argv.includes('--trace');
     const r = runSchedule(sched, { traceAll: trace });
     const store = arg('--store');
     if (store) fs.writeFileSync(store, JSON.stringify({ name: `seed ${sched.seed}`, why: r.outcome.violations.map((v) => v.kind).join(', '), schedule: sched }, null, 2) + '\n');
-    process.stdout.write(`schedule ${sched.seed}: witness ${sched.witness}, paths ${sched.paths}, clocks ${JSON.stringify(sched.clocks)}, step failures ${sched.stepFailP}, slow checkpoints ${sched.slowCheckpoints}${stored?.mutants?.length ? `, mutants ${stored.mutants.join(', ')}` : ''}\n`);
+    process.stdout.write(`schedule ${sched.seed}: witness ${sched.witness}, paths ${sched.paths}, clocks ${JSON.stringify(sched.clocks)}, step failures ${sched.stepFailP}, slow checkpoints ${sched.slowCheckpoints}${argv.includes('--planted') && stored?.mutants?.length ? `, mutants ${stored.mutants.join(', ')} planted` : ''}\n`);
     for (const f of sched.faults) process.stdout.write(`  fault ${JSON.stringify(f)}\n`);
     process.stdout.write(`  quiet from ${(sched.quietAt / 1000).toFixed(1)} s\n`);
     if (trace || r.outcome.violations.length) process.stdout.write(r.result.trace.join('\n') + '\n');

@@ -597,3 +597,26 @@ test('a resync records the new secondary by the pid its agent gave in answer to 
     assert.deepEqual(a.runs().at(-1)!.procedure, { kind: 'resume', targetPid: pid ?? 0 });
   }
 });
+
+test('a resync taken back after the lease ran out leaves the VM stopped until the lease is ours again (simulator: the take-back let it run without the lease)', () => {
+  const a = new Node({}, { epoch: E(2, 'a') });
+  a.peer = { ...a.peer, role: 'down', qemu: 'dead', disk: E(1) };
+  a.found({ colo: 'none' });
+  a.run(500, { heartbeats: true, answer: grantAll(a) });
+  const ask = a.fx.find((e): e is Extract<Effect, { t: 'send-peer' }> => e.t === 'send-peer' && e.msg.t === 'req')!;
+  assert.ok(ask.msg.t === 'req');
+  a.in({ t: 'peer-message', path: 0, msg: { t: 'rep', re: ask.msg.id, ok: true, pid: 7 } });
+  const resume = a.runs().at(-1)!;
+  assert.equal(resume.procedure.kind, 'resume');
+  // The witness and the peer fall silent while the resume runs (it stopped the VM for the switch): the lease runs out.
+  a.run(1500, { answer: (e) => (e.t === 'query-qemu' ? { t: 'qemu-answer', id: e.id } : undefined) });
+  a.in({ t: 'proc-failed', id: resume.id, stepsDone: 13, error: 'the migration to the new secondary failed' });
+  const takeBack = a.runs().at(-1)!;
+  assert.deepEqual(takeBack.procedure, { kind: 'abort-resume', cont: false }, 'the take-back stops the VM instead of letting it run');
+  a.in({ t: 'proc-done', id: takeBack.id });
+  assert.equal(a.s.role, 'fenced');
+  assert.equal(a.s.qemu.paused, true);
+  // The lease again: the VM runs again.
+  a.run(500, { answer: grantAll(a) });
+  assert.ok(a.decisions().includes('unfence'));
+});

@@ -9,7 +9,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import os from 'node:os';
-import { runSeeds, runSeed, summarize } from '../../src/sim/run.js';
+import fs from 'node:fs';
+import path from 'node:path';
+import { runSeeds, runSeed, runSchedule, summarize } from '../../src/sim/run.js';
+import { plant, MUTANTS, type MutantName } from '../../src/node/mutants.js';
+import type { Schedule } from '../../src/sim/schedule-types.js';
+import type { ViolationKind } from '../../src/sim/invariants.js';
+import { packageRoot } from '../../src/util/paths.js';
 import { simSetup, unaskedHost } from '../../src/sim/setup.js';
 import { stepModel } from '../../src/sim/procedures.js';
 import { procedurePlan } from '../../src/node/procedures.js';
@@ -30,7 +36,8 @@ export const EVERY_PROCEDURE: Procedure[] = [
   { kind: 'yank', links: 'to-secondary' },
   { kind: 'restart' },
   { kind: 'resume', targetPid: 0 },
-  { kind: 'abort-resume' },
+  { kind: 'abort-resume', cont: true },
+  { kind: 'abort-resume', cont: false },
   { kind: 'prepare-secondary', primary: 'b', sizeBytes: 1 << 20 },
   { kind: 'drop-secondary' },
   { kind: 'adopt-secondary' },
@@ -70,6 +77,49 @@ test(`${SEEDS} simulated fault schedules: never two writers, no acknowledged wri
   process.stderr.write(lines.map((l) => `# ${l}`).join('\n') + '\n');
   assert.equal(outcomes.length, SEEDS);
   assert.deepEqual(outcomes.filter((o) => o.violations.length).map((o) => `seed ${o.seed}: ${o.violations.map((v) => `${v.kind}: ${v.detail}`).join('; ')}`), []);
+});
+
+/**
+ * Stored regressions (test/sim-regressions/*.json): schedules that once made
+ * a violation, kept as data, so that they replay whatever the generator
+ * becomes. Each names the mutant that puts its bug back: with it planted the
+ * schedule must still fail, by the invariant of its rule (else the schedule
+ * no longer reproduces the bug and must be found again); without, it passes.
+ */
+interface StoredRegression {
+  name: string;
+  found: string;
+  mutants: MutantName[];
+  caughtBy: ViolationKind[];
+  schedule: Schedule;
+}
+
+const REGRESSIONS = path.join(packageRoot(), 'test', 'sim-regressions');
+
+export function storedRegressions(): Array<{ file: string; r: StoredRegression }> {
+  return fs
+    .readdirSync(REGRESSIONS)
+    .filter((f) => f.endsWith('.json'))
+    .sort()
+    .map((f) => ({ file: f, r: JSON.parse(fs.readFileSync(path.join(REGRESSIONS, f), 'utf8')) as StoredRegression }));
+}
+
+test('every stored regression replays: it passes, and fails again, by the invariant of its rule, with its bug put back', () => {
+  const all = storedRegressions();
+  assert.ok(all.length > 0);
+  try {
+    for (const { file, r } of all) {
+      assert.ok(r.mutants.length > 0 && r.mutants.every((m) => m in MUTANTS), `${file}: names the mutant that puts its bug back`);
+      plant([]);
+      const ok = runSchedule(r.schedule).outcome.violations;
+      assert.deepEqual(ok.map((v) => `${v.kind}: ${v.detail}`), [], `${file}: passes`);
+      plant(r.mutants);
+      const bad = runSchedule(r.schedule, { stopAtFirst: true }).outcome.violations;
+      assert.ok(bad.length > 0 && r.caughtBy.includes(bad[0]!.kind), `${file}: with ${r.mutants.join(', ')} planted it fails by ${r.caughtBy.join(' or ')} (got ${bad.map((v) => v.kind).join(', ') || 'nothing'})`);
+    }
+  } finally {
+    plant([]);
+  }
 });
 
 test('a schedule replays exactly from its seed', () => {

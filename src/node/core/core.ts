@@ -136,6 +136,7 @@ export function initCore(cfg: CoreConfig, now: number, boot: string, disk: { epo
       yankedAt: null,
       killedAt: null,
       leftovers: false,
+      replicaBadAt: null,
     },
     disk: { epoch: disk.epoch, pending: disk.pending, persisting: null, sizeBytes: cfg.diskSizeBytes },
     peer: { paths: Array.from({ length: cfg.paths }, () => ({ up: false, lastHeardAt: null })), boot: null, seq: 0, hb: null, hbAt: null, since: null, rttMs: null, probe: null, probeResult: null },
@@ -280,6 +281,15 @@ export function leaseValid(s: CoreState): boolean {
 }
 
 /**
+ * Our VM may run alone now (a stopped one be let run again): with a witness,
+ * only while the lease is ours. A VM that a procedure stopped and that would
+ * run again without it begins to write alone without the lease.
+ */
+function mayRunAlone(s: CoreState): boolean {
+  return leaseValid(s) || planted('take-back-runs-vm-without-lease');
+}
+
+/**
  * Our QEMU's checkpoint stream stalled: no checkpoint for too long, or one
  * that takes too long. A checkpoint may take up to checkpointTimeoutMs (all
  * of RAM the first time) while the peer's agent is heard; with every
@@ -380,7 +390,7 @@ function absorb(ctx: Ctx, input: Input): void {
     case 'qemu-lost':
       return qemuLost(ctx, input.processGone);
     case 'quorum-bad':
-      return;
+      return quorumBad(ctx, input.child, input.error);
     case 'qemu-answer':
       if (s.qemu.inband?.id === input.id) {
         s.qemu.inband = null;
@@ -456,6 +466,9 @@ function found(ctx: Ctx, f: QemuFound): void {
   }
   q.state = 'alive';
   q.paused = f.runState === 'paused';
+  // A replica that failed writes in this COLO session is no exact copy, whether or not we heard QUORUM_REPORT_BAD.
+  q.replicaBadAt = f.colo === 'primary' && (f.replicaWriteErrors ?? 0) > 0 && !planted('ignore-replica-write-errors') ? s.now : null;
+  if (q.replicaBadAt !== null) log(ctx, 'error', `our replication child failed ${f.replicaWriteErrors} writes: the secondary's replica is no exact copy`);
   // We do not know when its last checkpoint was: the stall clock starts now, and protection waits for one.
   q.lastCheckpointAt = s.now;
   q.checkpointSeen = false;
@@ -524,6 +537,43 @@ function qemuEvent(ctx: Ctx, event: 'STOP' | 'RESUME' | 'COLO_EXIT' | 'SHUTDOWN'
       log(ctx, 'warn', 'COLO_EXIT: our checkpoint stream is gone');
     }
     q.checkpointSince = null;
+  }
+}
+
+/**
+ * QUORUM_REPORT_BAD (block/quorum.c): with vote-threshold=1 a write that
+ * failed on one child of our disk's quorum still completed on the other, and
+ * the guest may have acknowledged it.
+ * - the replication child (the secondary's replica: ENOSPC, EIO, a broken
+ *   NBD connection): the secondary's disk is no longer an exact copy, so it
+ *   must never take over. The links to it are yanked at once, so that no
+ *   checkpoint makes the missing write the secondary's state for good (until
+ *   a checkpoint its own VM's write covers it), and we carry on alone under
+ *   a new epoch (primaryFailoverReason), which makes its disk stale at the
+ *   witness; the resync then makes it exact again;
+ * - our own disk, while the replica took the write: the secondary's disk is
+ *   the exact one; our QEMU is ended and the secondary takes over.
+ * Either way we stop calling the pair protected. Outside COLO there is one
+ * child: the write failed, and the guest got the error.
+ */
+function quorumBad(ctx: Ctx, child: 'replica' | 'local', error: string): void {
+  const s = ctx.s;
+  const q = s.qemu;
+  // Our quorum has a replication child as a primary, and from the migration on in a resume of ours.
+  const resuming = s.work?.kind === 'reprotect' && s.work.phase === 'resuming';
+  if (q.state !== 'alive' || !(s.role === 'primary' || resuming)) return log(ctx, 'warn', `QUORUM_REPORT_BAD of our ${child === 'replica' ? 'replication child' : 'disk'}: ${error}`);
+  if (child === 'local') {
+    // A new secondary not yet ours to hand the VM to (its agent takes it over at the end of the resume): later.
+    if (resuming) return log(ctx, 'error', `our disk failed a write during a resync: ${error}`);
+    if (q.coloExitAt !== null || q.replicaBadAt !== null || planted('ignore-replica-write-errors')) return log(ctx, 'error', `our disk failed a write: ${error}`);
+    return killQemu(ctx, `our disk failed a write (${error}) that the secondary's replica took: the secondary's disk is the exact one`);
+  }
+  if (q.replicaBadAt !== null || planted('ignore-replica-write-errors')) return;
+  q.replicaBadAt = s.now;
+  log(ctx, 'error', `QUORUM_REPORT_BAD: the secondary's replica failed a write (${error}): it is no exact copy any more`);
+  if (q.coloExitAt === null && q.oob) {
+    decide(ctx, 'yank', `the secondary's replica failed a write (${error}): yanking our links to it before a checkpoint makes that its state`);
+    emit(ctx, { t: 'run', id: newId(s), procedure: { kind: 'yank', links: 'to-secondary' }, fromStep: 0 });
   }
 }
 
@@ -867,8 +917,8 @@ function act(ctx: Ctx): void {
       return beginSimple(ctx, 'unfence', a.why, { kind: 'unfence' });
     case 'abort-resume': {
       const id = newId(s);
-      s.work = { kind: 'reprotect', phase: 'aborting', why: a.why, startedAt: s.now, reqId: null, procId: id, step: null, mirror: null, error: null, deadline: Infinity, targetPid: null };
-      emit(ctx, { t: 'run', id, procedure: { kind: 'abort-resume' }, fromStep: 0 });
+      s.work = { kind: 'reprotect', phase: 'aborting', why: a.why, startedAt: s.now, reqId: null, procId: id, step: null, mirror: null, error: null, deadline: Infinity, targetPid: null, cont: mayRunAlone(s) };
+      emit(ctx, { t: 'run', id, procedure: { kind: 'abort-resume', cont: mayRunAlone(s) }, fromStep: 0 });
       return;
     }
     case 'reprotect':
@@ -906,6 +956,7 @@ function choosePrimary(s: CoreState): Action {
   const failover = primaryFailoverReason(s, peer, fresh);
   if (failover && 'probe' in failover) return { action: 'probe', why: failover.probe };
   if (failover) {
+    if (s.disk.epoch === undefined && !planted('takeover-with-unknown-epoch')) return { action: 'fence', why: `${failover.why}, but our disk's epoch is unknown (its record is missing or unreadable): we cannot carry on alone`, yank: true };
     // Never carry on alone with a disk older than the peer's (it wrote alone where we could not hear it).
     const behind = peerAhead(s);
     if (behind) return { action: 'fence', why: `${behind}: we may only be resynced`, yank: true };
@@ -925,6 +976,9 @@ function choosePrimary(s: CoreState): Action {
 function primaryFailoverReason(s: CoreState, peer: Heartbeat | null, fresh: boolean): { why: string; yank: boolean } | { probe: string } | null {
   // A new secondary of ours being taken over by the peer's agent: its heartbeat does not speak for it yet.
   const joining = peer?.busy === 'join';
+  // Never fail over to a replica that missed a write: we carry on alone under a new epoch (the witness then refuses
+  // the secondary's disk for good), and resync it.
+  if (s.qemu.replicaBadAt !== null) return { why: 'the secondary\'s replica missed a write (QUORUM_REPORT_BAD): its disk is no exact copy any more', yank: true };
   if (!joining && (peer?.qemu === 'dead' || peer?.role === 'down')) return { why: 'the secondary reports its QEMU dead', yank: s.qemu.coloExitAt === null };
   if (s.qemu.coloExitAt !== null) return { why: 'COLO_EXIT: the checkpoint stream to the secondary broke', yank: true };
   const st = stalled(s);
@@ -943,6 +997,12 @@ function chooseSecondary(s: CoreState, fenced: boolean): Action {
   const fresh = peerFresh(s);
   const resume = fenced || s.qemu.paused;
   const a = secondaryAction(s, peer, fresh, fenced, resume);
+  // A disk whose epoch we do not know never writes alone: rather than ask for a lease we cannot use (and keep the
+  // other node waiting for us), we stop our VM and wait; the node with the newest known disk then restarts the VM.
+  if (a.action === 'takeover' && s.disk.epoch === undefined && !planted('takeover-with-unknown-epoch')) {
+    const why = 'our disk\'s epoch is unknown (its record is missing or unreadable): we cannot take over';
+    return fenced ? wait(`fenced: ${why}; waiting to be resynced`) : { action: 'fence', why: `${why}; stopping our VM`, yank: true };
+  }
   // Never take over with a disk older than the peer's (as it last told us): its acknowledged writes would be lost.
   const behind = a.action === 'takeover' ? peerAhead(s) : null;
   if (behind) return fenced ? wait(`fenced: ${behind}; waiting to be resynced`) : { action: 'fence', why: `${behind}: we may only be resynced`, yank: true };
@@ -1272,6 +1332,7 @@ function procDone(ctx: Ctx, id: string, pid?: number): void {
       s.work = null;
       succeeded(s, w.kind);
       s.qemu.coloExitAt = null;
+      s.qemu.replicaBadAt = null;
       s.qemu.paused = false;
       s.qemu.checkpointSince = null;
       setRole(s, 'alone');
@@ -1355,7 +1416,7 @@ function beginReprotect(ctx: Ctx, why: string): void {
   const s = ctx.s;
   invariant(s.role === 'alone' && s.disk.epoch !== undefined, 'only a node running the VM alone resyncs its peer');
   const id = newId(s);
-  s.work = { kind: 'reprotect', phase: 'asking', why, startedAt: s.now, reqId: id, procId: null, step: `asking ${s.cfg.peer} for a new secondary`, mirror: null, error: null, deadline: s.now + PREPARE_TIMEOUT_MS, targetPid: null };
+  s.work = { kind: 'reprotect', phase: 'asking', why, startedAt: s.now, reqId: id, procId: null, step: `asking ${s.cfg.peer} for a new secondary`, mirror: null, error: null, deadline: s.now + PREPARE_TIMEOUT_MS, targetPid: null, cont: true };
   addPending(ctx, { id, to: 'peer', what: 'resync-prepare', sentAt: s.now, deadline: s.now + PREPARE_TIMEOUT_MS });
   emit(ctx, { t: 'send-peer', path: 'any', msg: { t: 'req', id, body: { k: 'resync-prepare', primary: s.cfg.name, disk: s.disk.epoch, sizeBytes: s.disk.sizeBytes } } });
 }
@@ -1379,6 +1440,8 @@ function peerReply(ctx: Ctx, r: PeerReply): void {
     w.step = 'the new secondary waits: mirroring our disk to it';
     w.procId = newId(s);
     w.targetPid = r.pid ?? null;
+    // A new replica: what the last one missed does not count against it.
+    s.qemu.replicaBadAt = null;
     log(ctx, 'info', `${s.cfg.peer}'s new secondary waits (pid ${r.pid ?? '?'}): resuming replication`);
     // The pair's record names the new secondary's QEMU by the pid its agent gave in answer to this request; without
     // one, 0: the record then names no process for it (its own agent records it once it adopts it).
@@ -1391,15 +1454,22 @@ function reprotectProcDone(ctx: Ctx, w: Extract<Work, { kind: 'reprotect' }>): v
   if (w.phase === 'aborting') {
     s.work = null;
     s.qemu.leftovers = false;
+    if (w.error) failed(ctx, 'reprotect', w.error);
+    if (!w.cont) {
+      // The take-back stopped our VM: the lease ran out during the resync; it runs again once the lease is ours.
+      s.qemu.paused = true;
+      fenceAs(s, 'alone', 'the lease ran out while a resync was taken back');
+      emit(ctx, { t: 'record', event: 'fence', detail: { node: s.cfg.name, from: 'alone', reason: s.fence!.why } });
+      log(ctx, 'warn', `resync given up (${w.error ?? 'taken back'}): our VM is stopped until the lease is ours again`);
+      sendHeartbeat(ctx);
+      return;
+    }
     // abort-resume lets a VM the resume had stopped run again.
     s.qemu.paused = false;
-    if (w.error) {
-      failed(ctx, 'reprotect', w.error);
-      log(ctx, 'warn', `resync given up (${w.error}): running on alone`);
-    }
+    if (w.error) log(ctx, 'warn', `resync given up (${w.error}): running on alone`);
     return;
   }
-  // In COLO again, as the primary: protected.
+  // In COLO again, as the primary: protected, unless the new replica already missed a write (replicaBadAt).
   succeeded(s, 'reprotect');
   s.qemu.coloExitAt = null;
   // The resume waited for the first checkpoint; COLO runs the VM again.
@@ -1456,7 +1526,8 @@ function reprotectFailed(ctx: Ctx, error: string): void {
   w.reqId = null;
   w.procId = newId(s);
   w.step = 'taking the resync back';
-  emit(ctx, { t: 'run', id: w.procId, procedure: { kind: 'abort-resume' }, fromStep: 0 });
+  w.cont = mayRunAlone(s);
+  emit(ctx, { t: 'run', id: w.procId, procedure: { kind: 'abort-resume', cont: w.cont }, fromStep: 0 });
 }
 
 // ---- re-protection (the target's side) ----
@@ -1610,7 +1681,7 @@ function joinFailed(ctx: Ctx, error: string): void {
  */
 export function isProtected(s: CoreState): boolean {
   const q = s.qemu;
-  if (!(s.role === 'primary' || s.role === 'secondary') || q.state !== 'alive' || q.coloExitAt !== null || q.paused || s.work !== null || !q.checkpointSeen) return false;
+  if (!(s.role === 'primary' || s.role === 'secondary') || q.state !== 'alive' || q.coloExitAt !== null || q.paused || s.work !== null || !q.checkpointSeen || q.replicaBadAt !== null) return false;
   if (stalled(s) !== null) return false;
   const probe = s.peer.probeResult;
   return s.role === 'secondary' || peerFresh(s) || (probe !== null && probe.alive && s.now - probe.at < 2000);
@@ -1630,6 +1701,7 @@ export function statusOf(s: CoreState): CoreStatus {
   if (s.role === 'down') degraded.push(q.state === 'attaching' ? 'attaching to our QEMU' : 'our QEMU is not running');
   if (st) degraded.push(st.inCheckpoint ? `replication stalled: a checkpoint has not completed for ${ms(st.ms)}` : `replication stalled: no checkpoint for ${ms(st.ms)}`);
   if (q.coloExitAt !== null && (s.role === 'primary' || s.role === 'secondary')) degraded.push(`COLO ended ${ms(now - q.coloExitAt)} ago`);
+  if (q.replicaBadAt !== null && s.role === 'primary') degraded.push(`the secondary's replica missed a write ${ms(now - q.replicaBadAt)} ago: it is no exact copy`);
   if (!fresh) degraded.push(`no heartbeat from ${s.cfg.peer} for ${lastHeard(s) === null ? 'ever' : ms(now - lastHeard(s)!)}`);
   else {
     s.peer.paths.forEach((p, i) => {

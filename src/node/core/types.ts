@@ -65,6 +65,12 @@ export interface QemuView {
   killedAt: number | null;
   /** A resync left things behind on our QEMU (found at attach): to be taken back. */
   leftovers: boolean;
+  /**
+   * A primary: since when the secondary's replica misses a write of this COLO
+   * session (QUORUM_REPORT_BAD of the replication child, or its failed writes
+   * found at attach): the secondary's disk is no longer an exact copy.
+   */
+  replicaBadAt: number | null;
 }
 
 export interface DiskView {
@@ -153,8 +159,11 @@ export type Procedure =
    * `targetPid`: the new secondary's QEMU as its agent reported it, for the pair's record (0: not reported).
    */
   | { kind: 'resume'; targetPid: number }
-  /** Take a failed resume back on our QEMU. */
-  | { kind: 'abort-resume' }
+  /**
+   * Take a failed resume back on our QEMU; `cont`: let the VM run again (the resume may have stopped it), else stop
+   * it (the lease ran out meanwhile: a VM may begin to run alone only while we hold it).
+   */
+  | { kind: 'abort-resume'; cont: boolean }
   /** Resync target: end our old QEMU, start a new secondary waiting for the survivor. */
   | { kind: 'prepare-secondary'; primary: string; sizeBytes: number }
   /** Resync target: end the prepared secondary (the resync was given up). */
@@ -183,6 +192,8 @@ export interface QemuFound {
   oob: boolean;
   /** The size of the disk our VM uses, when the runtime could read it (a replica made after the agent started). */
   diskSizeBytes?: number;
+  /** A primary: writes its replication child failed (query-blockstats), when the runtime could read them. */
+  replicaWriteErrors?: number;
 }
 
 /** The work under way: at most one at a time. */
@@ -217,6 +228,8 @@ export type Work =
       deadline: number;
       /** The new secondary's QEMU, as the peer's answer to our request named it. */
       targetPid: number | null;
+      /** Aborting: whether the take-back lets the VM run again (else it stops it). */
+      cont: boolean;
     }
   | {
       /** As the target of the peer's resync. */
