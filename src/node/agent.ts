@@ -260,8 +260,13 @@ export class Agent {
       if (oob) {
         if (!qmp.oobEnabled) return;
         await qmp.execute('query-yank', undefined, { oob: true, timeoutMs: 60_000 });
-      } else await qmp.execute('query-status', undefined, { timeoutMs: 60_000 });
-      if (this.qmp === qmp) this.input({ t: 'qemu-answer', id });
+        if (this.qmp === qmp) this.input({ t: 'qemu-answer', id });
+        return;
+      }
+      const st = await qmp.execute<{ status: string }>('query-status', undefined, { timeoutMs: 60_000 });
+      // Only what says for sure whether the VM runs: a checkpoint ('colo'), a migration and the like say nothing.
+      const paused = st.status === 'paused' ? true : st.status === 'running' ? false : undefined;
+      if (this.qmp === qmp) this.input({ t: 'qemu-answer', id, ...(paused !== undefined ? { paused } : {}) });
     } catch {
       // No answer: the core's watchdog counts the silence.
     }
@@ -455,12 +460,6 @@ function notRunning(): QemuFound {
   return { running: false, colo: 'none', runState: 'other', replicationChild: false, secondaryFilters: false, resumeLeftovers: false, oob: false };
 }
 
-/** The writes the replication child failed since it was added (query-blockstats of the node; 0 when it cannot be read). */
-async function replicationWriteErrors(qmp: QmpClient): Promise<number> {
-  const stats = await qmp.execute<Array<{ 'node-name'?: string; stats?: { failed_wr_operations?: number } }>>('query-blockstats', { 'query-nodes': true }, { timeoutMs: 5000 }).catch(() => []);
-  return stats.find((x) => x['node-name'] === IDS.replicationNode)?.stats?.failed_wr_operations ?? 0;
-}
-
 /** What our QEMU is: COLO mode, run state, and what is left of the COLO procedures on it. */
 async function describeQemu(qmp: QmpClient): Promise<QemuFound> {
   const [colo, st, mig, jobs] = await Promise.all([
@@ -477,8 +476,6 @@ async function describeQemu(qmp: QmpClient): Promise<QemuFound> {
     colo: mode,
     runState,
     replicationChild: mode === 'none' && (await hasBlockNode(qmp, IDS.replicationNode)),
-    // Writes the replica missed while no agent heard QUORUM_REPORT_BAD (one restarted meanwhile).
-    ...(mode === 'primary' ? { replicaWriteErrors: await replicationWriteErrors(qmp) } : {}),
     secondaryFilters: mode === 'none' && (await hasObject(qmp, IDS.secRedirectorIn)),
     // A resync of ours stopped half-way: its mirror job, or its migration into COLO.
     resumeLeftovers: mode === 'none' && (jobs.some((j) => j.device === RESYNC_JOB) || migrating),

@@ -11,6 +11,9 @@ export const MUTANTS = {
   'take-back-runs-vm-without-lease': 'the take-back of a failed resync lets the VM it had stopped run again although the lease ran out meanwhile',
   'ignore-replica-write-errors': 'the core ignores QUORUM_REPORT_BAD and the replication child\'s failed writes: the secondary\'s replica is still called exact',
   'takeover-with-unknown-epoch': 'a node whose disk epoch is unknown keeps trying to take over (asking for a lease it cannot use), so the node with the newest disk waits for it for ever',
+  'unfence-with-unknown-epoch': 'a fenced node whose disk epoch is unknown lets its VM run again (without a witness, on the peer\'s word alone)',
+  'trust-timed-out-commands': 'the core believes a stop or cont that timed out did nothing, and never checks the run state QEMU reports',
+  'take-back-leaves-colo-running': 'a take-back that may not let the VM run stops it only at its end, after its Primary Failover made it write alone',
 } as const;
 
 export type MutantName = keyof typeof MUTANTS;

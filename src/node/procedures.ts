@@ -26,6 +26,7 @@ import { planPair } from '../pair/plan.js';
 import type { NodeState, PairState } from '../pair/state.js';
 import type { MirrorProgress } from '../colo/resume.js';
 import type { Procedure } from './core/types.js';
+import { planted } from './mutants.js';
 
 const QMP_STEP_MS = 5_000;
 /** Ending a QEMU: SIGTERM, 1 s, SIGKILL, then up to 5 s for it to go (qemu/process.ts, stopPid). */
@@ -158,7 +159,7 @@ export function procedurePlan(p: Procedure, h: ProcedureHost, ev: ProcedureEvent
       );
     }
     case 'abort-resume':
-      return plan(TAKE_BACK_RESUME, takeBackResumeSteps(h.qmp(), [], { cont: p.cont }));
+      return plan(TAKE_BACK_RESUME, takeBackResumeSteps(h.qmp(), [], { cont: p.cont, stopFirst: !planted('take-back-leaves-colo-running') }));
     case 'prepare-secondary': {
       const { s } = nodesOf(h);
       const prep = prepareSecondaryProcedure(h.config, s, p.primary, p.sizeBytes);

@@ -29,7 +29,7 @@ import { detachTap } from '../qemu/tap.js';
 import { secondaryEnterColoSteps, waitColoMode, firstCheckpoint, queryColoStatus } from '../colo/startup.js';
 import { resumeReplicationProcedure, abortResumeTolerantSteps, type MirrorProgress, type ResumeResult } from '../colo/resume.js';
 import { runSteps, type Step } from '../colo/steps.js';
-import { primaryFailover } from '../colo/failover.js';
+import { primaryFailover, yankStep } from '../colo/failover.js';
 import { LockstepError, errorMessage } from '../util/errors.js';
 import { waitFor } from '../util/time.js';
 import { planPair, type PairPlan } from './plan.js';
@@ -251,6 +251,8 @@ export async function resumeOnSurvivor(
   }
 }
 
+const STOP_STEP_MS = 5_000;
+
 /** The bound of "Primary Failover" run inside the take-back (9 steps of 5 s at most). */
 const PRIMARY_FAILOVER_MS = 50_000;
 
@@ -262,8 +264,10 @@ const PRIMARY_FAILOVER_MS = 50_000;
  * effort: abortResumeTolerantSteps), ending with the VM let run again
  * (`cont`, the default) or stopped. `undone` gets what was undone.
  */
-export function takeBackResumeSteps(qmp: QmpCommands, undone: string[] = [], o: { cont?: boolean } = {}): Step[] {
+export function takeBackResumeSteps(qmp: QmpCommands, undone: string[] = [], o: { cont?: boolean; stopFirst?: boolean } = {}): Step[] {
   return [
+    // Not to be let run: stopped before it leaves COLO (after the yank, so that no checkpoint starts it again).
+    ...(o.cont === false && o.stopFirst !== false ? [yankStep(qmp, 'to-secondary'), { name: 'stop', timeoutMs: STOP_STEP_MS, run: () => qmp.execute('stop', undefined, { timeoutMs: STOP_STEP_MS }) }] : []),
     {
       name: 'primary failover, if the resume reached COLO',
       timeoutMs: PRIMARY_FAILOVER_MS,

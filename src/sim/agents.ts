@@ -88,7 +88,6 @@ export class Agents {
       secondaryFilters: q.colo === 'none' && q.objects.has('f1'),
       resumeLeftovers: q.colo === 'none' && (q.mirror !== null || q.migration === 'active'),
       oob: true,
-      ...(q.replication !== 'none' ? { replicaWriteErrors: q.replicationFailedWrites } : {}),
     };
   }
 

@@ -261,6 +261,9 @@ export class Invariants {
     const hs = Object.values(w.hosts);
     if (!w.sched.witness && hs.some((h) => h.gone)) return 'without a witness, a host gone for good leaves the VM to an operator';
     if (!w.sched.witness && hs.some((h) => h.record.state !== 'ok')) return 'without a witness, a lost disk record leaves the VM to an operator';
+    const [ra, rb] = [w.hosts.a.record, w.hosts.b.record];
+    // Both began an epoch of the same generation where neither heard the other (README: only possible without a witness).
+    if (ra.state === 'ok' && rb.state === 'ok' && compareEpochs(ra.epoch, rb.epoch) === 'divergent') return 'without a witness, disks whose epochs diverged leave the VM to an operator';
     const able = hs.some((h) => {
       if (h.gone || h.record.state !== 'ok' || [...w.acked].some((x) => !h.disk.has(x))) return false;
       const newest = w.sched.witness ? w.witness.newest(h.record.epoch.run) : undefined;

@@ -20,6 +20,9 @@ export const MUTANT_CHECKS: Record<MutantName, MutantCheck> = {
   'take-back-runs-vm-without-lease': { caughtBy: ['lease-before-writing-alone'] },
   'ignore-replica-write-errors': { caughtBy: ['acked-write-kept', 'replica-exact'] },
   'takeover-with-unknown-epoch': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'] },
+  'unfence-with-unknown-epoch': { caughtBy: ['epoch-before-writing-alone'] },
+  'trust-timed-out-commands': { caughtBy: ['liveness-during-faults', 'liveness-after-faults', 'single-writer', 'lease-before-writing-alone'] },
+  'take-back-leaves-colo-running': { caughtBy: ['lease-before-writing-alone'] },
 };
 
 /** The schedules a mutant is checked with. */

@@ -203,10 +203,7 @@ const MODELS: Array<[RegExp, StepModel]> = [
     {
       on: 'ours',
       done: (q) => q.replication !== 'none',
-      run: (q) => {
-        q!.replication = 'node';
-        q!.replicationFailedWrites = 0;
-      },
+      run: (q) => void (q!.replication = 'node'),
     },
   ],
   [/^x-blockdev-change attach replication child$/, { on: 'ours', done: (q) => q.replication === 'child', run: (q) => void (q!.replication = 'child') }],

@@ -79,8 +79,6 @@ export interface SimQemu {
   chardevs: Set<string>;
   /** The primary's replication child: absent, a block node, or attached to the quorum. */
   replication: 'none' | 'node' | 'child';
-  /** Writes the replication child failed since it was added (query-blockstats, failed_wr_operations). */
-  replicationFailedWrites: number;
   /** A secondary's NBD server exporting its replica. */
   nbdServer: boolean;
   xColo: boolean;
@@ -148,7 +146,6 @@ export class Qemus {
       objects: new Set(kind === 'colo-primary' ? PROXY_OBJECTS : secondary ? SECONDARY_OBJECTS : []),
       chardevs: new Set(secondary ? SECONDARY_CHARDEVS : PRIMARY_CHARDEVS),
       replication: kind === 'colo-primary' ? 'child' : 'none',
-      replicationFailedWrites: 0,
       nbdServer: kind === 'colo-secondary',
       xColo: kind === 'colo-primary' || kind === 'colo-secondary',
       migrationTlsClient: kind === 'colo-primary',
@@ -190,8 +187,10 @@ export class Qemus {
       if (!this.responsive(q, x.oob)) continue;
       if (!x.oob) this.runLate(q);
       q.queries.splice(q.queries.indexOf(x), 1);
+      // query-status: 'paused' or 'running' (a new secondary waits 'inmigrate': no word on it).
+      const paused = x.oob || q.incoming ? undefined : q.paused;
       this.w.after(this.w.rng.qemu.range(0.5, 3), () => {
-        if (h.agent?.boot === x.boot && h.agent.attached === q.pid && q.alive) this.w.agents.input(h.name, { t: 'qemu-answer', id: x.id });
+        if (h.agent?.boot === x.boot && h.agent.attached === q.pid && q.alive) this.w.agents.input(h.name, { t: 'qemu-answer', id: x.id, ...(paused !== undefined ? { paused } : {}) });
       });
     }
   }
@@ -495,10 +494,7 @@ export class Qemus {
     if (!localOk) this.event(q, { t: 'quorum-bad', child: 'local', error: 'Input/output error' });
     const sh = this.w.hosts[s.s];
     const replicaOk = !replicaDead && !this.diskFails(sh);
-    if (!replicaOk) {
-      q.replicationFailedWrites++;
-      this.event(q, { t: 'quorum-bad', child: 'replica', error: replicaDead ? 'Connection reset by peer' : 'No space left on device' });
-    }
+    if (!replicaOk) this.event(q, { t: 'quorum-bad', child: 'replica', error: replicaDead ? 'Connection reset by peer' : 'No space left on device' });
     if (!localOk && !replicaOk) return 'error';
     const id = this.w.nextWriteId();
     if (localOk) h.disk.add(id);

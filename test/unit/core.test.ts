@@ -620,3 +620,32 @@ test('a resync taken back after the lease ran out leaves the VM stopped until th
   a.run(500, { answer: grantAll(a) });
   assert.ok(a.decisions().includes('unfence'));
 });
+
+test('QUORUM_REPORT_BAD of the replica: the links to the secondary are yanked at once, PROTECTED ends, and the primary carries on alone under a new epoch (simulator: a replica that missed a write took over)', () => {
+  const a = new Node();
+  a.found({ colo: 'primary' });
+  a.run(1000, { heartbeats: true, answer: grantAll(a) });
+  a.checkpoint();
+  assert.equal(isProtected(a.s), true);
+  const pendingFx = a.in({ t: 'quorum-bad', child: 'replica', error: 'No space left on device' });
+  assert.equal(isProtected(a.s), false, 'the replica is no exact copy: not protected');
+  // Its record and the witness answer (as grantAll would, had they come within run()).
+  const answer = grantAll(a);
+  for (let todo = [...pendingFx]; todo.length; ) {
+    const r = answer(todo.shift()!);
+    if (r) todo.push(...a.in(r));
+  }
+  assert.deepEqual(a.runs()[0]!.procedure, { kind: 'yank', links: 'to-secondary' }, 'yanked before any checkpoint makes the short replica its state');
+  a.run(100, { heartbeats: true, answer: grantAll(a) });
+  assert.deepEqual(a.decisions(), ['yank', 'primary-failover']);
+  assert.deepEqual(a.s.disk.epoch, E(2, 'a'), 'a new epoch at the witness: the secondary\'s disk is stale for good');
+  assert.ok(statusOf(a.s).degraded.some((d) => /replica missed a write/.test(d)));
+
+  // Our own disk failed a write the replica took: the secondary's disk is the exact one; our QEMU is ended.
+  const c = new Node();
+  c.found({ colo: 'primary' });
+  c.run(1000, { heartbeats: true, answer: grantAll(c) });
+  c.in({ t: 'quorum-bad', child: 'local', error: 'Input/output error' });
+  assert.deepEqual(c.decisions(), ['kill']);
+  assert.match(c.last('kill-qemu')!.why, /secondary's replica took/);
+});

@@ -129,6 +129,7 @@ export function initCore(cfg: CoreConfig, now: number, boot: string, disk: { epo
       checkpointSeen: false,
       checkpointSince: null,
       paused: false,
+      procedureEndedAt: now,
       inband: null,
       oobProbe: null,
       lastInbandAt: now,
@@ -393,8 +394,10 @@ function absorb(ctx: Ctx, input: Input): void {
       return quorumBad(ctx, input.child, input.error);
     case 'qemu-answer':
       if (s.qemu.inband?.id === input.id) {
+        const sentAt = s.qemu.inband.sentAt;
         s.qemu.inband = null;
         s.qemu.lastInbandAt = s.now;
+        if (input.paused !== undefined) runState(ctx, input.paused, sentAt);
       } else if (s.qemu.oobProbe?.id === input.id) {
         s.qemu.oobProbe = null;
         s.qemu.lastOobAt = s.now;
@@ -466,9 +469,9 @@ function found(ctx: Ctx, f: QemuFound): void {
   }
   q.state = 'alive';
   q.paused = f.runState === 'paused';
-  // A replica that failed writes in this COLO session is no exact copy, whether or not we heard QUORUM_REPORT_BAD.
-  q.replicaBadAt = f.colo === 'primary' && (f.replicaWriteErrors ?? 0) > 0 && !planted('ignore-replica-write-errors') ? s.now : null;
-  if (q.replicaBadAt !== null) log(ctx, 'error', `our replication child failed ${f.replicaWriteErrors} writes: the secondary's replica is no exact copy`);
+  // QUORUM_REPORT_BAD is said once, to the monitors connected then: what a replica missed while no agent was attached
+  // is not known here (QEMU keeps no count of a quorum child's failures: query-blockstats counts per device).
+  q.replicaBadAt = null;
   // We do not know when its last checkpoint was: the stall clock starts now, and protection waits for one.
   q.lastCheckpointAt = s.now;
   q.checkpointSeen = false;
@@ -517,6 +520,35 @@ function found(ctx: Ctx, f: QemuFound): void {
 function fenceAs(s: CoreState, from: 'primary' | 'secondary' | 'alone', why: string): void {
   setRole(s, 'fenced');
   s.fence = { why, from, at: s.now };
+}
+
+/**
+ * What QEMU says of our VM's run state (the watchdog's query-status), against
+ * what we believe. A stop or cont whose reply never came (its step timed out,
+ * so we took the step as not done) may take effect later: a VM we believe
+ * running is found stopped, or one we stopped runs. Believed only while no
+ * procedure of ours is under way and the query went out after the last one
+ * ended.
+ * - stopped, out of COLO: as good as fenced; the fence's rules let it run again;
+ * - running while we are fenced: stopped again at once (a second writer otherwise).
+ */
+function runState(ctx: Ctx, paused: boolean, sentAt: number): void {
+  const s = ctx.s;
+  const q = s.qemu;
+  if (s.work !== null || sentAt <= q.procedureEndedAt || paused === q.paused || planted('trust-timed-out-commands')) return;
+  if (paused) {
+    if (!(s.role === 'alone' || (s.role === 'primary' && q.coloExitAt !== null))) return;
+    log(ctx, 'warn', 'our VM is stopped although we let it run (a stop that took effect after its step gave up)');
+    q.paused = true;
+    fenceAs(s, s.role, 'our VM was found stopped');
+    emit(ctx, { t: 'record', event: 'fence', detail: { node: s.cfg.name, from: s.fence!.from, reason: s.fence!.why } });
+    sendHeartbeat(ctx);
+    return;
+  }
+  if (s.role !== 'fenced') return;
+  const why = 'our VM runs although we stopped it (a cont that took effect after its step gave up): stopping it again';
+  decide(ctx, 'fence', why);
+  beginSimple(ctx, 'fence', why, { kind: 'fence', yank: null });
 }
 
 function qemuEvent(ctx: Ctx, event: 'STOP' | 'RESUME' | 'COLO_EXIT' | 'SHUTDOWN'): void {
@@ -1084,6 +1116,8 @@ function chooseAlone(s: CoreState): Action {
 function chooseFenced(s: CoreState): Action {
   const f = s.fence!;
   if (f.from === 'secondary') return chooseSecondary(s, true);
+  // A disk whose epoch we do not know never runs the VM again on a guess: only a resync makes it known.
+  if (s.disk.epoch === undefined && !planted('unfence-with-unknown-epoch')) return wait(`fenced (${f.why}): our disk's epoch is unknown (its record is missing or unreadable); waiting to be resynced`);
   if (staleDisk(s)) return wait(`fenced (${f.why}): the witness knows a newer disk; waiting to be resynced`);
   const peer = peerWord(s);
   if (peer && (peer.role === 'alone' || peer.role === 'primary')) return wait(`fenced (${f.why}): ${s.cfg.peer} runs the VM; waiting to be resynced`);
@@ -1319,6 +1353,7 @@ function procDone(ctx: Ctx, id: string, pid?: number): void {
   const s = ctx.s;
   const w = s.work;
   if (!w || !('procId' in w) || w.procId !== id) return;
+  s.qemu.procedureEndedAt = s.now;
   // A procedure on our QEMU that ended as the QEMU died did nothing that counts: we are down.
   const onOurQemu = w.kind === 'primary-failover' || w.kind === 'takeover' || w.kind === 'fence' || w.kind === 'unfence' || (w.kind === 'reprotect' && w.phase === 'resuming');
   if (onOurQemu && s.qemu.state !== 'alive') {
@@ -1389,6 +1424,7 @@ function procFailed(ctx: Ctx, id: string, stepsDone: number, error: string): voi
     log(ctx, 'warn', `a procedure no longer awaited failed: ${error}`);
     return;
   }
+  s.qemu.procedureEndedAt = s.now;
   switch (w.kind) {
     case 'primary-failover':
     case 'takeover':

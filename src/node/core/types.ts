@@ -55,6 +55,8 @@ export interface QemuView {
   checkpointSince: number | null;
   /** We stopped it (fenced); it does not run guest code. */
   paused: boolean;
+  /** When a procedure on it last ended: what a query sent before says of its run state counts for nothing. */
+  procedureEndedAt: number;
   /** The watchdog's probes: an in-band query-status, and an out-of-band query-yank. */
   inband: { id: string; sentAt: number } | null;
   oobProbe: { id: string; sentAt: number } | null;
@@ -67,8 +69,8 @@ export interface QemuView {
   leftovers: boolean;
   /**
    * A primary: since when the secondary's replica misses a write of this COLO
-   * session (QUORUM_REPORT_BAD of the replication child, or its failed writes
-   * found at attach): the secondary's disk is no longer an exact copy.
+   * session (QUORUM_REPORT_BAD of the replication child): the secondary's disk
+   * is no longer an exact copy.
    */
   replicaBadAt: number | null;
 }
@@ -192,8 +194,6 @@ export interface QemuFound {
   oob: boolean;
   /** The size of the disk our VM uses, when the runtime could read it (a replica made after the agent started). */
   diskSizeBytes?: number;
-  /** A primary: writes its replication child failed (query-blockstats), when the runtime could read them. */
-  replicaWriteErrors?: number;
 }
 
 /** The work under way: at most one at a time. */
@@ -323,7 +323,8 @@ export type Input = { now: number } & (
   | { t: 'quorum-bad'; child: 'replica' | 'local'; error: string }
   /** The QMP connection to our QEMU is gone; `processGone`: so is the process. */
   | { t: 'qemu-lost'; processGone: boolean }
-  | { t: 'qemu-answer'; id: string }
+  /** An answer to a query-qemu; in band, whether QEMU says the VM is stopped ('paused'; absent: another state). */
+  | { t: 'qemu-answer'; id: string; paused?: boolean }
   | { t: 'peer-link'; path: number; up: boolean }
   | { t: 'peer-message'; path: number; msg: Heartbeat | { t: 'hback'; seq: number } | { t: 'req'; id: string; body: PeerRequestBody } | PeerReply }
   | { t: 'witness-reply'; reply: WitnessReply }
