@@ -20,6 +20,7 @@
 import type { Epoch } from '../pair/epoch.js';
 import { compareEpochs, epochEquals, formatEpoch } from '../pair/epoch.js';
 import type { WitnessReply, WitnessRequest } from './wire.js';
+import { planted } from './mutants.js';
 
 /**
  * Runs remembered, the most recently recorded kept: one per VM protected
@@ -112,12 +113,12 @@ export function witnessStep(s: WitnessState, now: number, from: string, req: Wit
     if (next.run !== disk.run || compareEpochs(next, disk) !== 'newer') return refuse(`bad request: a new epoch ${formatEpoch(next)} must be a later one of the disk's run`);
     if (next.by !== from) return refuse(`bad request: ${from} cannot begin an epoch for ${next.by}`);
   }
-  if (!again && newest !== undefined) {
+  if (!again && newest !== undefined && !planted('witness-grants-stale-disk')) {
     const o = compareEpochs(disk, newest);
     if (o === 'older' || o === 'divergent') return refuse(`stale disk: epoch ${formatEpoch(disk)}, the newest of its run is ${formatEpoch(newest)}`);
     if (next !== null && next.gen <= newest.gen) return refuse(`stale disk: epoch ${formatEpoch(next)} is not above the newest, ${formatEpoch(newest)}`);
   }
-  if (now - s.startedAt < s.graceMs && cur?.node !== from) return refuse('witness just started (grace period)');
+  if (now - s.startedAt < s.graceMs && cur?.node !== from && !planted('witness-no-grace')) return refuse('witness just started (grace period)');
   if (cur && cur.node !== from) return refuse(`held by ${cur.node}`, { remainingMs: Math.round(cur.remainingMs) });
   const holders = withHolder(s, now, req.lease, { node: from, until: now });
   if (Object.keys(holders).length > LEASES_MAX) return refuse(`the witness holds ${LEASES_MAX} leases, its most: no room for ${req.lease}'s`);

@@ -21,6 +21,8 @@ const ATTACH_RETRY_MS = 500;
 
 export interface SimAgent {
   boot: string;
+  /** Its event loop is blocked until then (agent.ts writes its disk record synchronously: a slow disk stalls it). */
+  blockedUntil: number;
   driver: AgentDriver;
   /** The pid of the QEMU it is attached to. */
   attached: number | null;
@@ -43,7 +45,7 @@ export class Agents {
     const rec = h.record;
     const disk = rec.state === 'ok' ? { epoch: rec.epoch, pending: rec.pending } : { epoch: undefined, pending: undefined };
     const core = initCore(w.setup.core[name], this.local(h), boot, disk);
-    const ag: SimAgent = { boot, driver: undefined as unknown as AgentDriver, attached: null, arbiter: undefined as unknown as Arbiter };
+    const ag: SimAgent = { boot, blockedUntil: 0, driver: undefined as unknown as AgentDriver, attached: null, arbiter: undefined as unknown as Arbiter };
     ag.arbiter = w.witness.arbiter(h, ag);
     ag.driver = new AgentDriver(core, this.io(h, ag), (err, invariant) => {
       w.check.violation(invariant ? 'core-invariant' : 'core-error', `${name}: ${(err as Error).message}`);
@@ -105,6 +107,7 @@ export class Agents {
     const ag = h.agent;
     if (!ag) return;
     if (h.paused) return void h.onResume.push(() => h.agent === ag && this.input(name, input));
+    if (this.w.now < ag.blockedUntil) return void this.w.at(ag.blockedUntil, () => h.agent === ag && this.input(name, input));
     this.w.steps++;
     ag.driver.input(input);
     if (input.t === 'tick' && h.agent === ag) this.w.check.ticked(h);
@@ -130,7 +133,10 @@ export class Agents {
         if (q?.alive) w.qemu.end(q, true, `killed by its agent: ${why}`);
       },
       persistDisk: (id, epoch, pending, why) => {
-        w.after(w.rng.agent.range(1, 8), () => {
+        // Written synchronously (write, fsync, rename, fsync): the agent does nothing else meanwhile.
+        const ms = w.rng.agent.range(1, 8) + (h.slowDisk !== null && w.now < h.slowDisk.until ? w.rng.agent.range(h.slowDisk.delayMs / 2, h.slowDisk.delayMs) : 0);
+        ag.blockedUntil = Math.max(ag.blockedUntil, w.now + ms);
+        w.after(ms, () => {
           // Written only if the host still runs (a power loss in between loses it).
           if (!h.up || !mine()) return;
           if (h.paused) return void h.onResume.push(() => mine() && this.input(h.name, { t: 'disk-persisted', id, ok: false, error: 'interrupted' }));

@@ -143,6 +143,9 @@ export class Faults {
       case 'qmp-late':
         w.hosts[f.node].qmpLate = { until: w.now + f.ms };
         return;
+      case 'slow-disk':
+        w.hosts[f.node].slowDisk = { until: w.now + f.ms, delayMs: f.delayMs };
+        return;
     }
   }
 }

@@ -72,7 +72,7 @@ export const PROTECT_BOUND_MS = 90_000;
 export const RUN_DURING_FAULTS_MS = 45_000;
 /** And stay protected this long, at the end. */
 export const STABLE_MS = 10_000;
-/** A COLO_EXIT reaches the agent (≤ 2 ms) and is seen at its next tick. */
+/** A QMP event (COLO_EXIT, RESUME) reaches the agent (≤ 2 ms) and is seen at its next tick (TICK_MS, and a little jitter). */
 const EVENT_SEEN_MS = TICK_MS + 10;
 /** Once the secondary's disk lacks an acknowledged write, the agents stop saying PROTECTED within this long (QUORUM_REPORT_BAD, a yank, COLO_EXIT). */
 const REPLICA_REACT_MS = 500;
@@ -134,15 +134,25 @@ export class Invariants {
     if (this.w.now >= this.w.sched.quietAt && this.runAgainAt === null && this.w.client.serving().length) this.runAgainAt = this.w.now;
   }
 
-  /** A node begins to write alone: the lease is its, and a new epoch of its own is on its disk and recorded. */
+  /**
+   * A node begins to write alone: the lease was its when it decided (when the
+   * procedure that makes it write began, or now), by the witness's own grants,
+   * and is nobody else's now; and a new epoch of its own is on its disk and
+   * recorded as the newest.
+   */
   private beginsAlone(q: SimQemu): void {
     const h = this.w.hosts[q.node];
     const wit = this.w.witness;
     if (this.w.sched.witness) {
-      const holder = wit.holderAt(this.w.now);
-      if (holder !== q.node) this.violation('lease-before-writing-alone', `${q.node} begins to write alone, but the witness's lease is ${holder ? `${holder}'s` : 'nobody\'s'}`);
+      const decided = h.procedure?.startedAt ?? this.w.now;
+      const then = wit.holderAt(decided);
+      const now = wit.holderAt(this.w.now);
+      if (then !== q.node || (now !== null && now !== q.node)) {
+        this.violation('lease-before-writing-alone', `${q.node} begins to write alone${h.procedure ? ` (${h.procedure.kind}, begun ${Math.round(this.w.now - decided)} ms ago)` : ''}, but the witness's lease was ${then ? `${then}'s` : 'nobody\'s'} then${now !== then ? ` and is ${now ? `${now}'s` : 'nobody\'s'} now` : ''}`);
+      }
     }
-    const rec = h.record;
+    // As it was when the node decided (a record lost since is another fault).
+    const rec = h.procedure?.record ?? h.record;
     const own = rec.state === 'ok' && rec.epoch.by === q.node;
     const newest = rec.state === 'ok' ? wit.newest(rec.epoch.run) : undefined;
     const recorded = !this.w.sched.witness || (rec.state === 'ok' && compareEpochs(rec.epoch, newest) === 'same');
@@ -189,7 +199,7 @@ export class Invariants {
       const mine = !!s && !!q && (s.pq === q || s.sq === q);
       const endBroken = !!q && q.broken && q.brokenAt < now - EVENT_SEEN_MS;
       const justEnded = !q && now - h.qemuEndedAt <= EVENT_SEEN_MS;
-      const flowing = mine && (now - s.lastCheckpointAt <= cfg.stallMs + TICK_MS || (s.phase === 'sending' && now - s.phaseSince <= cfg.checkpointTimeoutMs + TICK_MS));
+      const flowing = mine && (now - s.lastCheckpointAt <= cfg.stallMs + EVENT_SEEN_MS || (s.phase === 'sending' && now - s.phaseSince <= cfg.checkpointTimeoutMs + EVENT_SEEN_MS));
       if (!justEnded && (!flowing || endBroken)) {
         this.violation('status-truth', `${h.name}: status says PROTECTED, but ${!mine ? 'its QEMU is in no COLO session' : endBroken ? 'its COLO stream broke' : `no checkpoint for ${Math.round(now - s!.lastCheckpointAt)} ms`}`);
       }
@@ -198,7 +208,6 @@ export class Invariants {
         this.violation('replica-exact', `${h.name}: status says PROTECTED, but ${s.s}'s disk lacks acknowledged write ${missing} (a replica write failed, ${Math.round(now - this.replicaShortSince)} ms ago)`);
       }
     }
-    this.duringFaults();
     // Liveness bookkeeping: protected again = a healthy session that both agents call protected.
     if (now >= this.w.sched.quietAt) {
       const both = (['a', 'b'] as const).every((x) => this.w.hosts[x].agent && isProtected(this.w.hosts[x].agent!.driver.core));
@@ -232,7 +241,8 @@ export class Invariants {
     return null;
   }
 
-  private duringFaults(): void {
+  /** Every TICK_MS of the world (whether any agent runs or not). */
+  duringFaults(): void {
     const why = this.ableToRun();
     const now = this.w.now;
     const ran = this.ranSinceAble;

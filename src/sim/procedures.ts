@@ -323,14 +323,21 @@ export class Procedures {
     }
     w.trace(`${h.name}: run ${p.kind}${fromStep ? ` from step ${fromStep + 1}` : ''}`);
     const mine = () => h.agent === ag && h.up;
+    const running = { kind: p.kind, startedAt: w.now, record: h.record };
+    h.procedure = running;
+    const over = () => {
+      if (h.procedure === running) h.procedure = null;
+    };
     const fail = (error: string) => {
+      over();
       w.trace(`${h.name}: ${p.kind} failed at step ${i + 1}/${steps.length} "${steps[i]?.name}": ${error}`);
       if (h.agent === ag) w.agents.input(h.name, { t: 'proc-failed', id, stepsDone: i, error });
     };
     const next = () => {
-      if (!mine()) return; // the agent died: the procedure stops where it is
+      if (!mine()) return over(); // the agent died: the procedure stops where it is
       if (h.paused) return void h.onResume.push(next);
       if (i >= steps.length) {
+        over();
         const pid = p.kind === 'prepare-secondary' ? h.prepared?.pid : p.kind === 'restart' || p.kind === 'adopt-secondary' ? h.qemu?.pid : undefined;
         return w.agents.input(h.name, { t: 'proc-done', id, ...(pid !== undefined ? { pid } : {}) });
       }
@@ -343,8 +350,9 @@ export class Procedures {
       const failP = w.faultsOn() ? w.sched.stepFailP : 0;
       const failBefore = r < failP / 2;
       const failAfter = !failBefore && r < failP;
-      // qmp-late: the command takes effect only after the runtime gave up on it.
-      const late = m.on !== 'none' && h.qmpLate !== null && w.now < h.qmpLate.until && w.rng.proc.chance(0.5);
+      // qmp-late: an in-band command takes effect only after the runtime gave up on it (out of band, the monitor's own
+      // thread answers at once).
+      const late = m.on !== 'none' && !m.oob && h.qmpLate !== null && w.now < h.qmpLate.until && w.rng.proc.chance(0.5);
       const attempt = () => {
         // A command already sent still runs in QEMU when its agent dies meanwhile; the next step is never sent.
         if (!h.up || (h.agent !== ag && w.now - started > 5)) return;

@@ -166,8 +166,9 @@ export class Qemus {
     return q.frozen || h.paused || !h.up;
   }
 
+  /** It answers a command now: in band, only while its main loop is free and no command sent before is still stuck (qmp-late). */
   responsive(q: SimQemu, oob: boolean): boolean {
-    return q.alive && !this.stopped(q) && (oob || q.bqlUntil <= this.w.now);
+    return q.alive && !this.stopped(q) && (oob || (q.bqlUntil <= this.w.now && q.late.length === 0));
   }
 
   /** The VM runs guest code (it may write and answer). */

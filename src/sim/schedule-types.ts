@@ -51,7 +51,9 @@ export type Fault =
   /** The node's disk record (generation.json) is lost or damaged, and its agent restarted (it reads the record again). */
   | { at: number; kind: 'record-lost'; node: NodeName; how: 'missing' | 'unreadable' }
   /** QMP commands on the node take effect only after the runtime gave up on them (their step timed out). */
-  | { at: number; kind: 'qmp-late'; node: NodeName; ms: number };
+  | { at: number; kind: 'qmp-late'; node: NodeName; ms: number }
+  /** The node's disk record takes this long to write (fsync stalls on a loaded disk). */
+  | { at: number; kind: 'slow-disk'; node: NodeName; ms: number; delayMs: number };
 
 export type FaultKind = Fault['kind'];
 

@@ -32,6 +32,7 @@ const weights: Array<[FaultKind, number]> = [
   ['disk-errors', 1.5],
   ['record-lost', 0.5],
   ['qmp-late', 1],
+  ['slow-disk', 1],
 ];
 
 const cuts: LinkName[][] = [
@@ -48,10 +49,19 @@ const cuts: LinkName[][] = [
   ['heartbeat', 'witness-b'],
 ];
 
-function pickKind(rng: Rng): FaultKind {
-  const total = weights.reduce((a, [, w]) => a + w, 0);
+/** What a schedule stresses: the mutation check draws schedules around the situation each rule exists for. */
+export interface Focus {
+  witness?: boolean;
+  /** Weights of fault kinds, instead of the usual ones (kinds left out keep theirs). */
+  weights?: Partial<Record<FaultKind, number>>;
+  stepFailP?: number;
+}
+
+function pickKind(rng: Rng, focus: Focus): FaultKind {
+  const ws = weights.map(([k, w]): [FaultKind, number] => [k, focus.weights?.[k] ?? w]);
+  const total = ws.reduce((a, [, w]) => a + w, 0);
   let x = rng.range(0, total);
-  for (const [k, w] of weights) {
+  for (const [k, w] of ws) {
     x -= w;
     if (x < 0) return k;
   }
@@ -63,9 +73,9 @@ function clockRate(rng: Rng): number {
   return 1 + rng.range(-CLOCK_DRIFT_MAX, CLOCK_DRIFT_MAX);
 }
 
-export function scheduleFor(seed: number): Schedule {
+export function scheduleFor(seed: number, focus: Focus = {}): Schedule {
   const rng = new Rng((seed * 2654435761) ^ 0x5eed);
-  const witness = rng.chance(0.8);
+  const witness = focus.witness ?? rng.chance(0.8);
   const windowMs = rng.range(5000, 60_000);
   const count = rng.int(1, 6);
   const faults: Fault[] = [];
@@ -73,7 +83,7 @@ export function scheduleFor(seed: number): Schedule {
   let quietAt = SETTLE_MS;
   for (let i = 0; i < count; i++) {
     const at = Math.round(SETTLE_MS + rng.range(0, windowMs));
-    const kind = pickKind(rng);
+    const kind = pickKind(rng, focus);
     let f: Fault;
     switch (kind) {
       case 'kill-qemu':
@@ -135,6 +145,9 @@ export function scheduleFor(seed: number): Schedule {
       case 'qmp-late':
         f = { at, kind, node: node(), ms: Math.round(rng.range(2000, 20_000)) };
         break;
+      case 'slow-disk':
+        f = { at, kind, node: node(), ms: Math.round(rng.range(2000, 30_000)), delayMs: Math.round(rng.range(200, 3000)) };
+        break;
     }
     faults.push(f);
     const ms = faultMs(f);
@@ -149,7 +162,7 @@ export function scheduleFor(seed: number): Schedule {
     witness,
     paths: rng.chance(0.3) ? 2 : 1,
     clocks: drift ? { a: clockRate(rng), b: clockRate(rng), w: clockRate(rng) } : { a: 1, b: 1, w: 1 },
-    stepFailP: rng.pick([0, 0, 0.01, 0.03, 0.08]),
+    stepFailP: focus.stepFailP ?? rng.pick([0, 0, 0.01, 0.03, 0.08]),
     slowCheckpoints: rng.chance(0.15),
     faults,
     operatorResyncs: operatorResyncsFor(seed, faults),

@@ -26,6 +26,7 @@ import { Faults } from './faults.js';
 import { Client } from './client.js';
 import { Invariants, PROTECT_BOUND_MS, STABLE_MS, type Violation } from './invariants.js';
 import { statusOf } from '../node/core/core.js';
+import { TICK_MS } from '../node/driver.js';
 import type { Epoch } from '../pair/epoch.js';
 import type { NodeName, Schedule } from './schedule-types.js';
 
@@ -54,6 +55,9 @@ export interface Host {
   qemuEndedAt: number;
   diskErrors: { until: number; p: number } | null;
   qmpLate: { until: number } | null;
+  slowDisk: { until: number; delayMs: number } | null;
+  /** The procedure its agent runs now, since when (the decision to run it was taken then), and its disk record then. */
+  procedure: { kind: string; startedAt: number; record: Host['record'] } | null;
 }
 
 export interface RunOptions {
@@ -120,6 +124,8 @@ export class World {
       qemuEndedAt: -1e9,
       diskErrors: null,
       qmpLate: null,
+      slowDisk: null,
+      procedure: null,
     });
     this.hosts = { a: mk('a'), b: mk('b') };
     this.qemu = new Qemus(this);
@@ -146,6 +152,11 @@ export class World {
       });
     }
     this.client.start();
+    const live = () => {
+      this.check.duringFaults();
+      this.after(TICK_MS, live);
+    };
+    this.after(TICK_MS, live);
   }
 
   run(): SimResult {

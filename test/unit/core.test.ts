@@ -5,7 +5,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { initCore, step, statusOf, isProtected, InvariantError, WATCHDOG_INTERVAL_MS } from '../../src/node/core/core.js';
+import { initCore, step, statusOf, isProtected, InvariantError, WATCHDOG_INTERVAL_MS, CLOCK_DRIFT_MAX } from '../../src/node/core/core.js';
 import type { CoreConfig, CoreState, Effect, InputBody, QemuFound } from '../../src/node/core/types.js';
 import { peerMessageSchema, type Heartbeat, type LeaseReply } from '../../src/node/wire.js';
 import { Rng } from '../../src/sim/rng.js';
@@ -648,4 +648,45 @@ test('QUORUM_REPORT_BAD of the replica: the links to the secondary are yanked at
   c.in({ t: 'quorum-bad', child: 'local', error: 'Input/output error' });
   assert.deepEqual(c.decisions(), ['kill']);
   assert.match(c.last('kill-qemu')!.why, /secondary's replica took/);
+});
+
+test('the lease ends in our view before it ends at the witness, with both clocks drifting the most they may, the wrong ways', () => {
+  const a = new Node();
+  a.found({ colo: 'primary' });
+  let ask: Extract<Effect, { t: 'ask-witness' }> | undefined;
+  a.run(100, { heartbeats: true, answer: (e) => (e.t === 'ask-witness' ? void (ask ??= e) : e.t === 'query-qemu' ? { t: 'qemu-answer', id: e.id } : undefined) });
+  assert.ok(ask);
+  const sentAt = a.s.pending.find((p) => p.id === ask!.id)!.sentAt;
+  a.in({ t: 'witness-reply', reply: { t: 'lease', re: ask.id, granted: true, holder: 'a', ttlMs: 1000, newest: E(1) } });
+  // Our clock runs slow, the witness's fast, and the request reaches the witness at once.
+  const ours = 1 - CLOCK_DRIFT_MAX;
+  const witness = 1 + CLOCK_DRIFT_MAX;
+  const oursEndsRealMs = (a.s.lease.until - sentAt) / ours;
+  const witnessEndsRealMs = 1000 / witness;
+  assert.ok(oursEndsRealMs < witnessEndsRealMs, `our view ends ${oursEndsRealMs.toFixed(3)} ms after we asked, the witness's ${witnessEndsRealMs.toFixed(3)} ms`);
+  assert.ok(a.s.lease.until - sentAt > 990, 'and not much earlier');
+});
+
+test('the run state QEMU reports wins over a stop or cont whose reply was lost: a VM found stopped while alone is fenced, one found running while fenced is stopped again', () => {
+  const a = new Node();
+  a.found({ colo: 'none' });
+  a.run(500, { answer: grantAll(a) });
+  assert.equal(a.s.role, 'alone');
+  // A stop that took effect after its step gave up: the watchdog's query-status says paused.
+  a.run(600, { answer: (e) => (e.t === 'query-qemu' && !e.oob ? { t: 'qemu-answer', id: e.id, paused: true } : grantAll(a)(e)) });
+  assert.ok(a.fx.some((e) => e.t === 'record' && e.event === 'fence' && e.detail.reason === 'our VM was found stopped'), 'taken as fenced');
+  assert.ok(a.decisions().includes('unfence'), 'then let run again by the fence\'s rules (the lease is ours)');
+
+  // Fenced (no lease, no peer); a cont that took effect late makes the VM run: it is stopped again.
+  const b = new Node();
+  b.found({ colo: 'none' });
+  b.run(500, { answer: grantAll(b) });
+  const silent = (e: Effect): InputBody | undefined => (e.t === 'persist-disk' ? grantAll(b)(e) : e.t === 'query-qemu' && !e.oob ? { t: 'qemu-answer', id: e.id, paused: b.s.qemu.paused } : e.t === 'query-qemu' ? { t: 'qemu-answer', id: e.id } : undefined);
+  b.run(3000, { answer: silent });
+  assert.deepEqual(b.decisions(), ['fence']);
+  b.in({ t: 'proc-done', id: b.runs().at(-1)!.id });
+  assert.equal(b.s.role, 'fenced');
+  b.run(1000, { answer: (e) => (e.t === 'query-qemu' && !e.oob ? { t: 'qemu-answer', id: e.id, paused: false } : silent(e)) });
+  assert.deepEqual(b.decisions(), ['fence', 'fence'], 'stopped again');
+  assert.match(b.fx.filter((e): e is Extract<Effect, { t: 'decision' }> => e.t === 'decision').at(-1)!.why, /runs although we stopped it/);
 });

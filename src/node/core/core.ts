@@ -283,11 +283,12 @@ export function leaseValid(s: CoreState): boolean {
 
 /**
  * Our VM may run alone now (a stopped one be let run again): with a witness,
- * only while the lease is ours. A VM that a procedure stopped and that would
- * run again without it begins to write alone without the lease.
+ * only while the lease is ours, and never while our disk's epoch is unknown.
+ * A VM that a procedure stopped and that would run again otherwise begins to
+ * write alone without the lease, or on a disk nobody can vouch for.
  */
 function mayRunAlone(s: CoreState): boolean {
-  return leaseValid(s) || planted('take-back-runs-vm-without-lease');
+  return (leaseValid(s) && s.disk.epoch !== undefined) || planted('take-back-runs-vm-without-lease');
 }
 
 /**
@@ -304,9 +305,13 @@ export function stalled(s: CoreState): { ms: number; inCheckpoint: boolean } | n
   if (s.qemu.checkpointSince !== null) {
     const ms = s.now - s.qemu.checkpointSince;
     if (ms > s.cfg.checkpointTimeoutMs) return { ms, inCheckpoint: true };
-    return !peerFresh(s) && sinceLast > s.cfg.stallMs ? { ms, inCheckpoint: true } : null;
+    return !peerFresh(s) && sinceLast > stallMs(s) ? { ms, inCheckpoint: true } : null;
   }
-  return sinceLast > s.cfg.stallMs ? { ms: sinceLast, inCheckpoint: false } : null;
+  return sinceLast > stallMs(s) ? { ms: sinceLast, inCheckpoint: false } : null;
+}
+
+function stallMs(s: CoreState): number {
+  return planted('stall-bound-x3') ? 3 * s.cfg.stallMs : s.cfg.stallMs;
 }
 
 function attemptsOf(s: CoreState, kind: string): Attempts {
@@ -535,7 +540,7 @@ function fenceAs(s: CoreState, from: 'primary' | 'secondary' | 'alone', why: str
 function runState(ctx: Ctx, paused: boolean, sentAt: number): void {
   const s = ctx.s;
   const q = s.qemu;
-  if (s.work !== null || sentAt <= q.procedureEndedAt || paused === q.paused || planted('trust-timed-out-commands')) return;
+  if (s.work !== null || sentAt <= q.procedureEndedAt || paused === q.paused) return;
   if (paused) {
     if (!(s.role === 'alone' || (s.role === 'primary' && q.coloExitAt !== null))) return;
     log(ctx, 'warn', 'our VM is stopped although we let it run (a stop that took effect after its step gave up)');
@@ -556,7 +561,9 @@ function qemuEvent(ctx: Ctx, event: 'STOP' | 'RESUME' | 'COLO_EXIT' | 'SHUTDOWN'
   const q = s.qemu;
   if (q.state !== 'alive') return;
   if (event === 'STOP') {
-    if ((s.role === 'primary' || s.role === 'secondary') && q.coloExitAt === null) q.checkpointSince = s.now;
+    // In COLO, or entering it again (a resume waits for its first checkpoint): when a checkpoint began.
+    const resuming = s.work?.kind === 'reprotect' && s.work.phase === 'resuming';
+    if (((s.role === 'primary' || s.role === 'secondary') && q.coloExitAt === null) || resuming) q.checkpointSince = s.now;
   } else if (event === 'RESUME') {
     if (q.checkpointSince !== null) {
       q.lastCheckpointAt = s.now;
@@ -682,7 +689,7 @@ function peerMessage(ctx: Ctx, path: number, msg: Extract<Input, { t: 'peer-mess
  */
 function askLease(ctx: Ctx, deadlineMs: number, nextOrNull: Epoch | null): void {
   const s = ctx.s;
-  const next = nextOrNull ?? s.disk.pending ?? null;
+  const next = nextOrNull ?? (planted('pending-epoch-not-carried') ? null : s.disk.pending) ?? null;
   const id = newId(s);
   addPending(ctx, { id, to: 'witness', what: 'lease', sentAt: s.now, deadline: s.now + deadlineMs, next });
   emit(ctx, { t: 'ask-witness', id, ttlMs: s.cfg.leaseMs, disk: s.disk.epoch ?? null, next });
@@ -699,10 +706,11 @@ function leaseReply(ctx: Ctx, r: LeaseReply): void {
   s.lease.lastAnswerAt = s.now;
   s.lease.newest = r.newest;
   if (r.granted) {
-    // Counted from when we asked: our view always ends before the witness's. A request sent before we released the
-    // lease is answered with a grant the release has ended already.
+    // Counted from when we asked, and shortened by the drift both clocks may have: our view always ends before the
+    // witness's. A request sent before we released the lease is answered with a grant the release has ended already.
     const ttl = r.ttlMs ?? s.cfg.leaseMs;
-    if (p.sentAt > s.lease.releasedAt) s.lease.until = Math.max(s.lease.until, p.sentAt + ttl);
+    const from = planted('lease-from-reply') ? s.now : p.sentAt;
+    if (p.sentAt > s.lease.releasedAt || planted('grant-before-release-counts')) s.lease.until = Math.max(s.lease.until, from + ttl * (1 - 2 * CLOCK_DRIFT_MAX));
     s.lease.lastRefusal = null;
     // A grant with `next` means the witness recorded that epoch: commit it (if not already), also after a restart.
     if (p.next && !epochEquals(s.disk.epoch, p.next) && compareEpochs(p.next, s.disk.epoch) !== 'older') commitEpoch(ctx, p.next, 'recorded at the witness');
@@ -711,7 +719,7 @@ function leaseReply(ctx: Ctx, r: LeaseReply): void {
     // Not recorded, and another epoch is the newest: the one we had asked for is void (unless another request for it
     // is still out). A refusal that says nothing of it (a witness in its grace period, which may well have recorded it
     // in its previous life) leaves it pending.
-    if (p.next && r.newest && !epochEquals(r.newest, p.next) && epochEquals(s.disk.pending, p.next) && !s.pending.some((x) => x.what === 'lease' && epochEquals(x.next ?? undefined, p.next ?? undefined))) {
+    if (p.next && (r.newest || planted('refusal-drops-pending-epoch')) && !epochEquals(r.newest ?? undefined, p.next) && epochEquals(s.disk.pending, p.next) && !s.pending.some((x) => x.what === 'lease' && epochEquals(x.next ?? undefined, p.next ?? undefined))) {
       persist(ctx, s.disk.epoch, undefined, 'the witness did not record our new epoch');
     }
   }
@@ -813,7 +821,7 @@ function pendingExpired(ctx: Ctx, p: Pending): void {
 function renewLease(ctx: Ctx): void {
   const s = ctx.s;
   if (!s.cfg.witness || s.qemu.state === 'attaching') return;
-  const writing = writerWork(s)?.phase === 'procedure';
+  const writing = writerWork(s)?.phase === 'procedure' && !planted('lease-not-renewed-while-taking-over');
   const renews = s.role === 'primary' || s.role === 'alone' || (s.role === 'fenced' && s.fence?.from !== 'secondary' && !staleDisk(s)) || writing;
   if (!renews) {
     // The others only ask how things stand (asking for the lease could take it from a primary between two renewals).
@@ -886,7 +894,7 @@ export function peerLinks(s: CoreState): PeerLinks {
 function attachWatch(ctx: Ctx): void {
   const s = ctx.s;
   const q = s.qemu;
-  if (q.state !== 'attaching' || q.killedAt !== null) return;
+  if (q.state !== 'attaching' || q.killedAt !== null || planted('unattachable-qemu-left-running')) return;
   const ms = s.now - q.attachingSince;
   if (ms > attachBoundMs(s.cfg)) killQemu(ctx, `our QEMU could not be attached in ${Math.round(ms)} ms (its main loop does not answer)`);
 }
@@ -1036,7 +1044,7 @@ function chooseSecondary(s: CoreState, fenced: boolean): Action {
     return fenced ? wait(`fenced: ${why}; waiting to be resynced`) : { action: 'fence', why: `${why}; stopping our VM`, yank: true };
   }
   // Never take over with a disk older than the peer's (as it last told us): its acknowledged writes would be lost.
-  const behind = a.action === 'takeover' ? peerAhead(s) : null;
+  const behind = a.action === 'takeover' && !planted('takeover-with-older-disk') ? peerAhead(s) : null;
   if (behind) return fenced ? wait(`fenced: ${behind}; waiting to be resynced`) : { action: 'fence', why: `${behind}: we may only be resynced`, yank: true };
   if (a.action === 'takeover' && !mayTry(s, 'takeover')) return wait(`takeover (${a.why}): waiting before the next attempt`);
   return a;
@@ -1050,7 +1058,8 @@ function secondaryAction(s: CoreState, peer: Heartbeat | null, fresh: boolean, f
   if (exited) {
     if (!fresh) {
       // Silence is no proof of a dead primary: only the witness can say that it no longer writes.
-      if (!s.cfg.witness) return wait('COLO ended and the primary is silent: without a witness a partition cannot be told from a dead primary; staying out of the way (lockstep failover --to NODE moves the VM by hand)');
+      if (!s.cfg.witness && !planted('takeover-on-silence-without-witness')) return wait('COLO ended and the primary is silent: without a witness a partition cannot be told from a dead primary; staying out of the way (lockstep failover --to NODE moves the VM by hand)');
+      if (planted('never-take-over-on-silence')) return wait('the primary is silent: waiting for its word');
       if (fenced && s.now - (lastHeard(s) ?? s.startedAt) < restartSilenceMs(s.cfg)) return wait(`fenced (${s.fence!.why}): waiting to be resynced`);
       return { action: 'takeover', why: fenced ? 'fenced, and the primary has been silent for long' : 'COLO_EXIT and no heartbeat from the primary', yank: true, stalled: fenced, resume };
     }
@@ -1075,7 +1084,8 @@ function secondaryAction(s: CoreState, peer: Heartbeat | null, fresh: boolean, f
   if (fresh) return wait(null);
   if (!st) return wait('no heartbeat, but checkpoints continue: the primary\'s agent is down, not its VM');
   // Without a witness a partition cannot be told from a dead primary.
-  if (!s.cfg.witness) return wait('no heartbeat and no checkpoints, but no witness to decide: staying secondary');
+  if (!s.cfg.witness && !planted('takeover-on-silence-without-witness')) return wait('no heartbeat and no checkpoints, but no witness to decide: staying secondary');
+  if (planted('never-take-over-on-silence')) return wait('no heartbeat and no checkpoints: waiting for the primary\'s word');
   return { action: 'takeover', why: `no heartbeat and no checkpoint for ${ms(st.ms)}: the primary is unreachable`, yank: true, stalled: true, resume };
 }
 
@@ -1094,7 +1104,7 @@ function chooseAlone(s: CoreState): Action {
   const peer = peerWord(s);
   const fresh = peerFresh(s);
   if (s.cfg.witness && staleDisk(s)) return { action: 'fence', why: 'the witness knows a newer disk than ours', yank: false };
-  if (s.cfg.witness && !starting(s) && !leaseValid(s) && !fresh) return { action: 'fence', why: 'running alone without the lease and without word from the peer', yank: false };
+  if (s.cfg.witness && !starting(s) && !leaseValid(s) && !fresh && !planted('alone-without-lease-runs-on')) return { action: 'fence', why: 'running alone without the lease and without word from the peer', yank: false };
   if (s.cfg.witness && peer && (peer.role === 'alone' || peer.role === 'primary') && !leaseValid(s)) {
     return { action: 'fence', why: `${s.cfg.peer} also runs the VM and we do not hold the lease`, yank: false };
   }
@@ -1104,7 +1114,12 @@ function chooseAlone(s: CoreState): Action {
   if (!mayTry(s, 'reprotect')) return wait(`running alone, unprotected: waiting before the next resync attempt`);
   // Only ever towards an older or identical disk. With a witness, holding the lease proves ours is the newest
   // recorded, so a peer whose record was lost cannot hold newer data.
-  const ok = mayResyncTowards(s.disk.epoch, peer.disk ?? undefined) || (s.cfg.witness && leaseValid(s) && !staleDisk(s) && peer.disk === null && s.disk.epoch !== undefined);
+  const unknown = peer.disk === null && s.disk.epoch !== undefined;
+  const ok =
+    mayResyncTowards(s.disk.epoch, peer.disk ?? undefined) ||
+    (s.cfg.witness && leaseValid(s) && !staleDisk(s) && unknown) ||
+    (planted('resync-towards-newer') && s.disk.epoch !== undefined && peer.disk !== null) ||
+    (planted('resync-unknown-epoch') && unknown);
   if (!ok) {
     return wait(`running alone, unprotected: not resyncing ${s.cfg.peer}, its disk (${formatEpoch(peer.disk ?? undefined)}) is ${compareEpochs(peer.disk ?? undefined, s.disk.epoch)} than/to ours (${formatEpoch(s.disk.epoch)})`);
   }
@@ -1121,11 +1136,12 @@ function chooseFenced(s: CoreState): Action {
   if (staleDisk(s)) return wait(`fenced (${f.why}): the witness knows a newer disk; waiting to be resynced`);
   const peer = peerWord(s);
   if (peer && (peer.role === 'alone' || peer.role === 'primary')) return wait(`fenced (${f.why}): ${s.cfg.peer} runs the VM; waiting to be resynced`);
-  const behind = peerAhead(s);
+  const behind = planted('fenced-returns-over-newer-disk') ? null : peerAhead(s);
   if (behind) return wait(`fenced (${f.why}): ${behind}; waiting to be resynced`);
   if (peer && peer.busy !== null) return wait(`fenced (${f.why}): ${s.cfg.peer} is busy (${peer.busy})`);
   if (!mayTry(s, 'unfence')) return wait(`fenced (${f.why}): waiting before the next attempt`);
-  if (s.cfg.witness && leaseValid(s)) return { action: 'unfence', why: 'the lease is ours again' };
+  if (planted('never-unfence')) return wait(`fenced (${f.why})`);
+  if (s.cfg.witness && (leaseValid(s) || planted('unfence-without-lease'))) return { action: 'unfence', why: 'the lease is ours again' };
   if (!s.cfg.witness && peerFresh(s) && peer?.hearsPeer) return { action: 'unfence', why: `${s.cfg.peer} hears us again` };
   return wait(`fenced (${f.why}): waiting for the lease`);
 }
@@ -1169,7 +1185,7 @@ function chooseDown(s: CoreState): Action {
   // The peer is silent: it may run the VM where we cannot hear it. Only the witness can tell.
   if (!s.cfg.witness) return wait('our QEMU is gone and the peer is silent: without a witness we cannot know it does not run the VM');
   const silentMs = s.now - (lastHeard(s) ?? s.startedAt);
-  if (silentMs < restartSilenceMs(s.cfg)) return wait(`our QEMU is gone and the peer is silent for ${ms(silentMs)}`);
+  if (silentMs < restartSilenceMs(s.cfg) || planted('never-restart-on-silence')) return wait(`our QEMU is gone and the peer is silent for ${ms(silentMs)}`);
   return { action: 'restart', why: `our QEMU is gone and the peer has been silent for ${ms(silentMs)}: restarting from our disk if the witness agrees` };
 }
 
@@ -1306,7 +1322,7 @@ function writerFailed(ctx: Ctx, error: string): void {
   failed(ctx, w.kind, error);
   // With a witness a failure may mean someone else holds the lease: stop our VM. Without one nobody else can have been
   // granted anything; our VM is no writer yet (a COLO primary holds its answers, a secondary is off the LAN): retry.
-  if (s.cfg.witness && (w.kind === 'primary-failover' || (w.kind === 'takeover' && !w.stalled && s.role === 'secondary'))) {
+  if ((s.cfg.witness || planted('failed-failover-fences-without-witness')) && (w.kind === 'primary-failover' || (w.kind === 'takeover' && !w.stalled && s.role === 'secondary'))) {
     decide(ctx, 'fence', `${w.kind} impossible (${error}): stopping our VM so that it cannot be a second writer`);
     beginSimple(ctx, 'fence', error, { kind: 'fence', yank: peerLinks(s) });
   } else if (w.kind === 'takeover' && w.stalled) {
@@ -1344,7 +1360,7 @@ function procProgress(ctx: Ctx, id: string, stepsDone: number, stepName: string,
     return;
   }
   // A restart starts a new QEMU each time: it always begins at its first step.
-  if (w.kind === 'join' || w.kind === 'restart') return;
+  if (w.kind === 'join' || (w.kind === 'restart' && !planted('restart-resumes-at-its-step'))) return;
   const a = attemptsOf(s, w.kind);
   s.attempts[w.kind] = { ...a, stepsDone };
 }
@@ -1356,7 +1372,7 @@ function procDone(ctx: Ctx, id: string, pid?: number): void {
   s.qemu.procedureEndedAt = s.now;
   // A procedure on our QEMU that ended as the QEMU died did nothing that counts: we are down.
   const onOurQemu = w.kind === 'primary-failover' || w.kind === 'takeover' || w.kind === 'fence' || w.kind === 'unfence' || (w.kind === 'reprotect' && w.phase === 'resuming');
-  if (onOurQemu && s.qemu.state !== 'alive') {
+  if (onOurQemu && s.qemu.state !== 'alive' && !planted('procedure-after-qemu-died-counts')) {
     s.work = null;
     log(ctx, 'warn', `${w.kind} ended, but our QEMU is gone`);
     return;
@@ -1432,7 +1448,7 @@ function procFailed(ctx: Ctx, id: string, stepsDone: number, error: string): voi
     case 'fence':
     case 'unfence':
       s.work = null;
-      failed(ctx, w.kind, error, w.kind === 'restart' ? 0 : stepsDone);
+      failed(ctx, w.kind, error, w.kind === 'restart' && !planted('restart-resumes-at-its-step') ? 0 : stepsDone);
       return;
     case 'reprotect':
       if (w.phase === 'resuming') return reprotectFailed(ctx, error);
@@ -1508,9 +1524,9 @@ function reprotectProcDone(ctx: Ctx, w: Extract<Work, { kind: 'reprotect' }>): v
   // In COLO again, as the primary: protected, unless the new replica already missed a write (replicaBadAt).
   succeeded(s, 'reprotect');
   s.qemu.coloExitAt = null;
-  // The resume waited for the first checkpoint; COLO runs the VM again.
+  // The resume waited for the first checkpoint (when we saw it complete, else now); COLO runs the VM again.
   s.qemu.paused = false;
-  s.qemu.lastCheckpointAt = s.now;
+  if (!(s.qemu.lastCheckpointAt > w.startedAt)) s.qemu.lastCheckpointAt = s.now;
   s.qemu.checkpointSeen = true;
   s.qemu.checkpointSince = null;
   setRole(s, 'primary');
@@ -1541,7 +1557,7 @@ function handOver(ctx: Ctx): void {
     s.handover = null;
     return;
   }
-  if (!s.pending.some((p) => p.what === 'resync-done' && !p.expired)) tellResyncDone(ctx);
+  if (!s.pending.some((p) => p.what === 'resync-done' && !p.expired) && !planted('resync-done-said-once')) tellResyncDone(ctx);
 }
 
 function reprotectFailed(ctx: Ctx, error: string): void {
@@ -1634,7 +1650,7 @@ function peerRequest(ctx: Ctx, id: string, body: PeerRequestBody): void {
 /** The survivor no longer resyncs us (its agent restarted, or it is in no state to), though its word of it was lost. */
 function survivorGaveUp(s: CoreState, w: Extract<Work, { kind: 'join' }>): string | null {
   const hb = peerWord(s);
-  if (!hb) return null;
+  if (!hb || planted('join-waits-for-a-gone-survivor')) return null;
   if (w.peerBoot !== null && hb.boot !== w.peerBoot) return `${s.cfg.peer}'s agent restarted: it knows nothing of this resync`;
   // Only what it said after it asked counts.
   if (hb.boot === w.peerBoot && hb.seq <= w.peerSeq) return null;
@@ -1717,8 +1733,9 @@ function joinFailed(ctx: Ctx, error: string): void {
  */
 export function isProtected(s: CoreState): boolean {
   const q = s.qemu;
-  if (!(s.role === 'primary' || s.role === 'secondary') || q.state !== 'alive' || q.coloExitAt !== null || q.paused || s.work !== null || !q.checkpointSeen || q.replicaBadAt !== null) return false;
-  if (stalled(s) !== null) return false;
+  if (!(s.role === 'primary' || s.role === 'secondary') || q.state !== 'alive' || q.paused || s.work !== null || !q.checkpointSeen || q.replicaBadAt !== null) return false;
+  if (q.coloExitAt !== null && !planted('protected-after-colo-exit')) return false;
+  if (stalled(s) !== null && !planted('protected-despite-stall')) return false;
   const probe = s.peer.probeResult;
   return s.role === 'secondary' || peerFresh(s) || (probe !== null && probe.alive && s.now - probe.at < 2000);
 }
