@@ -30,7 +30,9 @@ import { LockstepError } from '../util/errors.js';
 import { sleep, withTimeout } from '../util/time.js';
 import { yankLinksToSecondary, objectDelStep, detachReplicationSteps } from './failover.js';
 
-const STEP_MS = 10_000;
+/** The bound of one QMP command of the resume (and of most of its steps). */
+export const RESUME_STEP_MS = 10_000;
+const STEP_MS = RESUME_STEP_MS;
 export const RESYNC_JOB = 'resync';
 export const RESUME_REPLICATION = 'resume replication';
 export const ABORT_RESUME = 'take back a resume';

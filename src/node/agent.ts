@@ -33,7 +33,7 @@ import type { Arbiter } from './arbiter.js';
 import type { WitnessReply } from './wire.js';
 import { initCore, statusOf } from './core/core.js';
 import type { CoreState, Effect, InputBody, Procedure, QemuFound } from './core/types.js';
-import { AgentDriver, TICK_MS, type AgentIo } from './driver.js';
+import { AgentDriver, ATTACH_RETRY_MS, TICK_MS, type AgentIo } from './driver.js';
 import { coreConfig } from './timings.js';
 import type { Epoch } from '../pair/epoch.js';
 import { sleep } from '../util/time.js';
@@ -218,7 +218,7 @@ export class Agent {
         }
       } catch (err) {
         if (attempt === 1) this.log.warn({ err: errorMessage(err) }, 'cannot attach to our QEMU yet');
-        await sleep(500);
+        await sleep(ATTACH_RETRY_MS);
       }
     }
   }

@@ -21,6 +21,8 @@ import type { Epoch } from '../pair/epoch.js';
 export const TICK_MS = 50;
 /** Inputs waiting to be stepped; more means the core cannot keep up (it never should). */
 export const INBOX_MAX = 10_000;
+/** The runtime tries again to attach to its QEMU this often (until the core ends a QEMU that never answers). */
+export const ATTACH_RETRY_MS = 500;
 
 /** What the driver does the core's effects with. Every call returns at once; outcomes come back as inputs. */
 export interface AgentIo {

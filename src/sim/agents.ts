@@ -8,7 +8,7 @@
  */
 import { initCore } from '../node/core/core.js';
 import type { InputBody, QemuFound } from '../node/core/types.js';
-import { AgentDriver, TICK_MS, type AgentIo } from '../node/driver.js';
+import { AgentDriver, ATTACH_RETRY_MS, TICK_MS, type AgentIo } from '../node/driver.js';
 import type { Arbiter } from '../node/arbiter.js';
 import type { World, Host } from './world.js';
 import type { SimQemu } from './qemu.js';
@@ -16,8 +16,6 @@ import type { NodeName } from './schedule-types.js';
 
 /** A supervisor (systemd's Restart=) starts an agent that ended on its own logic again after this long. */
 const SUPERVISOR_RESTART_MS = 1000;
-/** The runtime tries again to attach every this long (agent.ts). */
-const ATTACH_RETRY_MS = 500;
 
 export interface SimAgent {
   boot: string;

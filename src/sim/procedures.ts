@@ -17,14 +17,15 @@ import { procedurePlan } from '../node/procedures.js';
 import type { Procedure } from '../node/core/types.js';
 import type { Step } from '../colo/steps.js';
 import { MIRROR_STALL_MS } from '../pair/resync.js';
+import { RESUME_STEP_MS } from '../colo/resume.js';
 import { unaskedHost } from './setup.js';
 import type { World, Host } from './world.js';
 import type { SimQemu } from './qemu.js';
 import type { SimAgent } from './agents.js';
 import type { NodeName } from './schedule-types.js';
 
-/** The longest the runtime waits for one QMP command's reply within a step (colo/resume.ts STEP_MS; the failover's steps wait 5 s). */
-const QMP_COMMAND_MS = 10_000;
+/** The longest the runtime waits for one QMP command's reply within a step (the resume's; a failover's steps are bounded at 5 s). */
+const QMP_COMMAND_MS = RESUME_STEP_MS;
 
 export interface StepContext {
   w: World;

@@ -2,7 +2,8 @@
  * npm run sim -- [--seeds N] [--from S] [--jobs J]
  * npm run sim -- --seed S [--trace] [--store FILE]
  * npm run sim -- --replay FILE [--planted] [--trace]
- * npm run sim -- --mutants [NAME,...] [--budget N] [--jobs J]
+ * npm run sim -- --mutants [NAME,...] [--budget N] [--jobs J] [--store DIR]
+ * npm run sim -- --amnesia [--seeds N]
  *
  * Runs N schedules (seeds S .. S+N-1) of the simulated pair, each a fault
  * schedule from its seed, checking safety, liveness and status truthfulness
@@ -13,6 +14,7 @@
  */
 import fs from 'node:fs';
 import os from 'node:os';
+import path from 'node:path';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { World, type SimResult } from './world.js';
@@ -61,6 +63,8 @@ interface WorkerTask {
   /** Schedules for a mutant check (mutantSchedule), else the generator's. */
   forMutant: MutantName | null;
   stopAtFirst: boolean;
+  /** Schedules with the witness losing its state (--amnesia). */
+  amnesia: boolean;
 }
 
 /** Runs seeds [from, from+count) on `jobs` worker threads, with `mutants` planted; `stop` ends the run early. */
@@ -68,7 +72,7 @@ export async function runSeeds(
   from: number,
   count: number,
   jobs: number,
-  o: { mutants?: MutantName[]; forMutant?: MutantName | null; stopAtFirst?: boolean; onOutcome?: (o: Outcome) => boolean | void } = {},
+  o: { mutants?: MutantName[]; forMutant?: MutantName | null; stopAtFirst?: boolean; amnesia?: boolean; onOutcome?: (o: Outcome) => boolean | void } = {},
 ): Promise<Outcome[]> {
   const file = fileURLToPath(import.meta.url);
   const outcomes: Outcome[] = [];
@@ -81,7 +85,7 @@ export async function runSeeds(
       const n = Math.max(0, Math.min(per, from + count - start));
       if (n === 0) return Promise.resolve();
       return new Promise<void>((resolve, reject) => {
-        const task: WorkerTask = { start, n, mutants: o.mutants ?? [], forMutant: o.forMutant ?? null, stopAtFirst: o.stopAtFirst ?? false };
+        const task: WorkerTask = { start, n, mutants: o.mutants ?? [], forMutant: o.forMutant ?? null, stopAtFirst: o.stopAtFirst ?? false, amnesia: o.amnesia ?? false };
         const w = new Worker(file, { workerData: task });
         workers.push(w);
         w.on('message', (m: Outcome) => {
@@ -119,7 +123,13 @@ export function summarize(outcomes: Outcome[], ms: number): string[] {
 }
 
 /** The mutation check: each mutant planted alone, schedules run until the invariant of its rule catches it (or the budget ends). */
-export async function checkMutants(names: MutantName[], budget: number, jobs: number, log: (line: string) => void): Promise<Array<{ mutant: MutantName; caughtBy: ViolationKind | null; schedules: number | null; seed: number | null; expected: ViolationKind[]; ms: number }>> {
+export async function checkMutants(
+  names: MutantName[],
+  budget: number,
+  jobs: number,
+  log: (line: string) => void,
+  storeDir?: string,
+): Promise<Array<{ mutant: MutantName; caughtBy: ViolationKind | null; schedules: number | null; seed: number | null; expected: ViolationKind[]; ms: number }>> {
   const rows = [];
   for (const m of names) {
     const check = MUTANT_CHECKS[m];
@@ -140,10 +150,27 @@ export async function checkMutants(names: MutantName[], budget: number, jobs: nu
     const v = first?.violations.find((x) => check.caughtBy.includes(x.kind)) ?? null;
     const row = { mutant: m, caughtBy: v?.kind ?? null, schedules: first ? first.seed : null, seed: first?.seed ?? null, expected: check.caughtBy, ms: performance.now() - t0 };
     rows.push(row);
+    if (first && storeDir) storeCatch(storeDir, m, first, check.caughtBy);
     const other = wrong?.violations[0];
     log(`${v ? 'caught' : 'NOT CAUGHT'}  ${m}${check.alongside ? ` (with ${check.alongside.mutants.join(', ')})` : ''}: ${v ? `${v.kind} after ${first!.seed} schedules (${v.detail.slice(0, 160)})` : `not in ${seen} schedules${other ? `; seen instead: ${other.kind} (seed ${wrong!.seed})` : ''}`} (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
   }
   return rows;
+}
+
+/** Keeps a mutant's first catch as a stored regression (test/sim-regressions/), unless one for it is there already. */
+function storeCatch(dir: string, m: MutantName, o: Outcome, caughtBy: ViolationKind[]): void {
+  const file = path.join(dir, `mutant-${m}.json`);
+  if (fs.existsSync(file)) return;
+  const check = MUTANT_CHECKS[m];
+  const v = o.violations.find((x) => caughtBy.includes(x.kind))!;
+  const entry = {
+    name: MUTANTS[m],
+    found: `npm run sim -- --mutants ${m}: schedule ${o.seed} of its focus; ${v.kind} at ${(v.at / 1000).toFixed(3)} s: ${v.detail}`,
+    mutants: [m, ...(check.alongside?.mutants ?? [])],
+    caughtBy,
+    schedule: mutantSchedule(m, o.seed),
+  };
+  fs.writeFileSync(file, JSON.stringify(entry, null, 2) + '\n');
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -156,7 +183,9 @@ async function main(argv: string[]): Promise<number> {
       'npm run sim -- [--seeds N] [--from S] [--jobs J]        run N fault schedules (default 2000 from seed 1)\n' +
         'npm run sim -- --seed S [--trace] [--store FILE]       one schedule; --trace prints every event; --store keeps it as data\n' +
         'npm run sim -- --replay FILE [--planted] [--trace]     a stored schedule; --planted puts its bug back (its mutants)\n' +
-        'npm run sim -- --mutants [A,B] [--budget N] [--jobs J] each kept mutant planted in turn: which invariant catches it\n',
+        'npm run sim -- --mutants [A,B] [--budget N] [--store DIR] each kept mutant planted in turn: which invariant catches it, after how many\n' +
+        '                                                    schedules; --store keeps each first catch as a stored regression\n' +
+        'npm run sim -- --amnesia [--seeds N]               schedules where the witness restarts with nothing on record (not in the generator)\n',
     );
     return 0;
   }
@@ -165,7 +194,7 @@ async function main(argv: string[]): Promise<number> {
     const list = arg('--mutants');
     const names = (list && !list.startsWith('--') ? list.split(',') : Object.keys(MUTANTS)) as MutantName[];
     for (const n of names) if (!(n in MUTANTS)) throw new Error(`no mutant named ${n}; the kept ones: ${Object.keys(MUTANTS).join(', ')}`);
-    const rows = await checkMutants(names, Number(arg('--budget') ?? 2000), jobs, (l) => process.stdout.write(l + '\n'));
+    const rows = await checkMutants(names, Number(arg('--budget') ?? 2000), jobs, (l) => process.stdout.write(l + '\n'), arg('--store'));
     const missed = rows.filter((r) => r.caughtBy === null || !r.expected.includes(r.caughtBy));
     process.stdout.write(`${rows.length} mutants, ${rows.length - missed.length} caught by the invariant of their rule\n`);
     return missed.length ? 1 : 0;
@@ -193,6 +222,12 @@ async function main(argv: string[]): Promise<number> {
   }
   const count = Number(arg('--seeds') ?? 2000);
   const from = Number(arg('--from') ?? 1);
+  if (argv.includes('--amnesia')) {
+    // The witness restarting with nothing on record, as often as other faults: what it costs today.
+    const outs = await runSeeds(from, count, jobs, { amnesia: true });
+    process.stdout.write(summarize(outs, 0).join('\n') + '\n');
+    return outs.some((o) => o.violations.length) ? 1 : 0;
+  }
   const t0 = performance.now();
   let last = 0;
   let done = 0;
@@ -214,7 +249,7 @@ if (!isMainThread) {
   const t = workerData as WorkerTask;
   plant(t.mutants);
   for (let s = t.start; s < t.start + t.n; s++) {
-    const sched = t.forMutant ? mutantSchedule(t.forMutant, s) : scheduleFor(s);
+    const sched = t.forMutant ? mutantSchedule(t.forMutant, s) : scheduleFor(s, t.amnesia ? { witness: true, weights: { 'witness-amnesia': 1 } } : {});
     const o = runSchedule(sched, { stopAtFirst: t.stopAtFirst }).outcome;
     parentPort!.postMessage(o);
     if (t.stopAtFirst && o.violations.length) break;

@@ -26,6 +26,9 @@ const weights: Array<[FaultKind, number]> = [
   ['slow-link', 1],
   ['witness-down', 1],
   ['witness-restart', 0.5],
+  // The witness losing its state is not generated: the witness must first know that it forgot (README, "What is not
+  // there yet"); `npm run sim -- --amnesia` draws it.
+  ['witness-amnesia', 0],
   ['witness-slow', 1],
   ['witness-lossy', 1],
   ['reset-replication', 1],
