@@ -56,6 +56,7 @@ export const VIOLATION_KINDS = [
   'liveness-during-faults',
   'liveness-after-faults',
   'protected-after-faults',
+  'livelock',
 ] as const;
 export type ViolationKind = (typeof VIOLATION_KINDS)[number];
 
@@ -72,6 +73,8 @@ export const PROTECT_BOUND_MS = 90_000;
 export const RUN_DURING_FAULTS_MS = 45_000;
 /** And stay protected this long, at the end. */
 export const STABLE_MS = 10_000;
+/** Events at one instant of simulated time, at most: more is a livelock (an agent or a model answering itself forever). */
+export const EVENTS_PER_INSTANT_MAX = 10_000;
 /** A QMP event (COLO_EXIT, RESUME) reaches the agent (≤ 2 ms) and is seen at its next tick (TICK_MS, and a little jitter). */
 const EVENT_SEEN_MS = TICK_MS + 10;
 /** Once the secondary's disk lacks an acknowledged write, the agents stop saying PROTECTED within this long (QUORUM_REPORT_BAD, a yank, COLO_EXIT). */
@@ -91,6 +94,8 @@ export class Invariants {
   private ableSince: number | null = null;
   private ableWhy = '';
   private ranSinceAble = false;
+  /** The longest the VM took to run again while some node could run it (during faults or not), for the report. */
+  longestDownWhileAbleMs = 0;
   /** Since when the secondary's disk lacks an acknowledged write (committed at a checkpoint). */
   private replicaShortSince: number | null = null;
 
@@ -230,10 +235,10 @@ export class Invariants {
         const newest = w.witness.newest(h.record.epoch.run);
         if (newest && compareEpochs(h.record.epoch, newest) !== 'same' && compareEpochs(h.record.epoch, newest) !== 'newer') continue;
         if (!w.witness.up || !w.net.up(h.name === 'a' ? 'witness-a' : 'witness-b')) continue;
-      } else {
-        // Without a witness the other agent's word is the arbiter: it must be heard, and its disk not be newer.
+      } else if (!(h.qemu?.alive && !h.qemu.incoming && h.qemu.colo !== 'secondary' && this.w.hosts[h.peer].record.state === 'ok')) {
+        // Without a witness a primary carries on alone on its own authority; anything else needs the other agent's
+        // word, the arbiter: it must be heard, and its disk be known and not newer (nobody vouches for a lost record).
         if (!peer.up || peer.paused || !peer.agent || ![0, 1].slice(0, w.sched.paths).some((p) => w.net.up(w.net.pathLink(p)))) continue;
-        // ... and its disk known and not newer (nobody can vouch for a disk whose record is lost).
         if (peer.record.state !== 'ok' || (compareEpochs(peer.record.epoch, h.record.epoch) !== 'older' && compareEpochs(peer.record.epoch, h.record.epoch) !== 'same')) continue;
       }
       return `${h.name} holds every acknowledged write and the newest epoch and reaches the ${w.sched.witness ? 'witness' : 'other agent'}`;
@@ -247,6 +252,7 @@ export class Invariants {
     const now = this.w.now;
     const ran = this.ranSinceAble;
     this.ranSinceAble = false;
+    if (ran && this.ableSince !== null) this.longestDownWhileAbleMs = Math.max(this.longestDownWhileAbleMs, now - this.ableSince);
     if (why === null || ran) {
       this.ableSince = null;
       return;

@@ -27,13 +27,21 @@ export const MUTANT_CHECKS: Record<MutantName, MutantCheck> = {
   // ---- the lease ----
   'write-alone-without-lease': { caughtBy: ['lease-before-writing-alone'], focus: { witness: true, weights: { 'slow-disk': 8, 'kill-qemu': 4, 'power-loss': 2, 'host-pause': 2 } } },
   'unfence-without-lease': { caughtBy: ['lease-before-writing-alone'], focus: { witness: true, weights: partitions } },
-  'alone-without-lease-runs-on': { caughtBy: ['single-writer'], focus: { witness: true, weights: partitions } },
+  'alone-without-lease-runs-on': {
+    caughtBy: ['single-writer'],
+    // A paused host cannot fence itself, whatever the rule: only the epochs keep the other node out then.
+    focus: { witness: true, weights: { cut: 8, 'kill-qemu': 6, 'power-loss': 2, 'host-pause': 0 } },
+    alongside: { mutants: ['witness-grants-stale-disk'], why: 'a node runs alone under an epoch of its own, so the witness refuses the peer\'s older disk the lease until it is resynced: its stale-disk checks cover this rule' },
+  },
   'lease-from-reply': { caughtBy: ['single-writer', 'lease-before-writing-alone'], focus: { witness: true, weights: { 'witness-slow': 8, 'slow-link': 4, cut: 6, 'kill-qemu': 3 } } },
-  'grant-before-release-counts': { caughtBy: ['lease-before-writing-alone', 'single-writer'], focus: { witness: true, weights: { 'kill-qemu': 6, 'witness-slow': 6, 'slow-link': 3 } } },
   'lease-not-renewed-while-taking-over': { caughtBy: ['lease-before-writing-alone'], focus: { witness: true, stepFailP: 0.08, weights: { 'kill-qemu': 6, 'qmp-late': 4, 'power-loss': 2 } } },
   'take-back-runs-vm-without-lease': { caughtBy: ['lease-before-writing-alone', 'epoch-before-writing-alone'], focus: { witness: true, stepFailP: 0.08, weights: { 'kill-qemu': 4, cut: 6, 'witness-down': 4 } } },
   'take-back-leaves-colo-running': { caughtBy: ['lease-before-writing-alone'], focus: { witness: true, stepFailP: 0.08, weights: { 'kill-qemu': 4, 'witness-down': 6, 'qmp-late': 3 } } },
-  'witness-no-grace': { caughtBy: ['single-writer', 'lease-before-writing-alone'], focus: { witness: true, weights: { 'witness-restart': 8, 'witness-down': 4, cut: 6, 'kill-qemu': 3 } } },
+  'witness-no-grace': {
+    caughtBy: ['single-writer', 'lease-before-writing-alone'],
+    focus: { witness: true, weights: { 'witness-restart': 8, 'witness-down': 4, cut: 6, 'kill-qemu': 3 } },
+    alongside: { mutants: ['witness-grants-stale-disk'], why: 'whoever held the lease before the restart runs alone under the newest epoch, so the other node\'s disk is stale and refused anyway: the stale-disk checks cover the grace period' },
+  },
   // ---- disk epochs ----
   'witness-grants-stale-disk': { caughtBy: ['acked-write-kept', 'single-writer'], focus: { witness: true, weights: partitions } },
   'resync-towards-newer': {
@@ -47,25 +55,21 @@ export const MUTANT_CHECKS: Record<MutantName, MutantCheck> = {
     alongside: { mutants: ['takeover-with-older-disk'], why: 'without a witness a node never takes over from a peer whose epoch is unknown (peerAhead), and with one only the lease holder resyncs: that rule covers this one' },
   },
   'takeover-with-older-disk': { caughtBy: ['acked-write-kept'], focus: { witness: false, weights: { cut: 8, 'kill-qemu': 6, 'power-loss': 2 } } },
-  'fenced-returns-over-newer-disk': { caughtBy: ['single-writer', 'acked-write-kept'], focus: { witness: false, weights: { cut: 8, 'kill-qemu': 4, 'power-loss': 2 } } },
   'takeover-with-unknown-epoch': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: true, weights: { 'record-lost': 6, 'power-loss': 4, cut: 4 } } },
   'unfence-with-unknown-epoch': { caughtBy: ['epoch-before-writing-alone'], focus: { witness: false, stepFailP: 0.08, weights: { 'record-lost': 6, 'kill-qemu': 4, cut: 4 } } },
   'pending-epoch-not-carried': { caughtBy: ['liveness-during-faults', 'liveness-after-faults', 'protected-after-faults'], focus: { witness: true, weights: { 'witness-lossy': 8, 'kill-agent': 4, 'kill-qemu': 4 } } },
-  'refusal-drops-pending-epoch': { caughtBy: ['liveness-during-faults', 'liveness-after-faults', 'protected-after-faults'], focus: { witness: true, weights: { 'witness-restart': 6, 'witness-lossy': 6, 'kill-qemu': 4, 'kill-agent': 3 } } },
   // ---- without a witness ----
   'takeover-on-silence-without-witness': { caughtBy: ['single-writer'], focus: { witness: false, weights: { cut: 10, 'kill-qemu': 2 } } },
-  'failed-failover-fences-without-witness': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: false, stepFailP: 0.08, weights: { 'kill-qemu': 8 } } },
+  'failed-failover-fences-without-witness': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: false, stepFailP: 0.08, weights: { 'host-gone': 6, 'power-loss': 4, 'kill-qemu': 2 } } },
   // ---- what QEMU did ----
   'ignore-replica-write-errors': { caughtBy: ['acked-write-kept', 'replica-exact'], focus: { weights: { 'disk-errors': 10, 'kill-qemu': 3, 'power-loss': 2 } } },
-  'procedure-after-qemu-died-counts': { caughtBy: ['liveness-during-faults', 'liveness-after-faults', 'protected-after-faults', 'status-truth'], focus: { stepFailP: 0.03, weights: { 'kill-qemu': 10, 'qmp-late': 2 } } },
-  'restart-resumes-at-its-step': { caughtBy: ['liveness-during-faults', 'liveness-after-faults', 'procedure-steps'], focus: { witness: true, stepFailP: 0.08, weights: { 'power-loss': 6, 'kill-qemu': 6 } } },
-  'unattachable-qemu-left-running': { caughtBy: ['liveness-during-faults', 'liveness-after-faults', 'protected-after-faults'], focus: { weights: { 'kill-agent': 6, cut: 6, 'freeze-qemu': 4 } } },
+  'unattachable-qemu-left-running': { caughtBy: ['liveness-during-faults', 'liveness-after-faults', 'protected-after-faults'], focus: { witness: false, weights: { 'kill-agent': 6, cut: 8, 'freeze-qemu': 2 } } },
   // ---- liveness ----
   'never-take-over-on-silence': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: true, weights: { 'host-gone': 6, 'power-loss': 6, cut: 4 } } },
   'never-restart-on-silence': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: true, weights: { 'host-gone': 6, 'power-loss': 6, 'kill-qemu': 4 } } },
   'never-unfence': { caughtBy: ['liveness-during-faults', 'liveness-after-faults', 'protected-after-faults'], focus: { weights: partitions } },
   'join-waits-for-a-gone-survivor': { caughtBy: ['protected-after-faults', 'liveness-after-faults', 'liveness-during-faults'], focus: { weights: { 'kill-agent': 8, 'power-loss': 4, 'kill-qemu': 6 } } },
-  'resync-done-said-once': { caughtBy: ['protected-after-faults'], focus: { weights: { garbage: 8, 'kill-qemu': 6, cut: 4 } } },
+  'resync-done-said-once': { caughtBy: ['protected-after-faults', 'liveness-during-faults'], focus: { weights: { garbage: 10, 'kill-qemu': 8, cut: 4, 'slow-link': 4 } } },
   // ---- status ----
   'protected-despite-stall': { caughtBy: ['status-truth'], focus: { weights: { cut: 8 } } },
   'protected-after-colo-exit': { caughtBy: ['status-truth'], focus: { weights: { 'reset-replication': 6, 'kill-qemu': 6 } } },

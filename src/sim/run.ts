@@ -19,7 +19,7 @@ import { Worker, isMainThread, parentPort, workerData } from 'node:worker_thread
 import { fileURLToPath } from 'node:url';
 import { World, type SimResult } from './world.js';
 import { scheduleFor } from './schedule.js';
-import { RUN_BOUND_MS, PROTECT_BOUND_MS, type ViolationKind } from './invariants.js';
+import { RUN_BOUND_MS, PROTECT_BOUND_MS, RUN_DURING_FAULTS_MS, type ViolationKind } from './invariants.js';
 import type { Schedule } from './schedule-types.js';
 import { plant, MUTANTS, type MutantName } from '../node/mutants.js';
 import { MUTANT_CHECKS, mutantSchedule } from './mutants.js';
@@ -30,6 +30,7 @@ export interface Outcome {
   violations: Array<{ kind: ViolationKind; detail: string; at: number }>;
   runAgainMs: number | null;
   protectedAgainMs: number | null;
+  longestDownWhileAbleMs: number;
   steps: number;
 }
 
@@ -39,7 +40,7 @@ export function runSchedule(sched: Schedule, o: { traceAll?: boolean; stopAtFirs
   const firsts = new Map<ViolationKind, { kind: ViolationKind; detail: string; at: number }>();
   for (const v of r.violations) if (!firsts.has(v.kind)) firsts.set(v.kind, { kind: v.kind, detail: v.detail, at: v.at });
   return {
-    outcome: { seed: sched.seed, violations: [...firsts.values()], runAgainMs: r.runAgainMs, protectedAgainMs: r.protectedAgainMs, steps: r.steps },
+    outcome: { seed: sched.seed, violations: [...firsts.values()], runAgainMs: r.runAgainMs, protectedAgainMs: r.protectedAgainMs, longestDownWhileAbleMs: r.longestDownWhileAbleMs, steps: r.steps },
     result: r,
     describe: w.describe(),
   };
@@ -117,6 +118,10 @@ export function summarize(outcomes: Outcome[], ms: number): string[] {
     `after the last fault: VM runs again p50 ${s(percentile(run, 50))} s, p99 ${s(percentile(run, 99))} s, max ${s(Math.max(...run))} s (bound ${RUN_BOUND_MS / 1000} s); ` +
       `protected again p50 ${s(percentile(prot, 50))} s, p99 ${s(percentile(prot, 99))} s, max ${s(Math.max(...prot))} s (bound ${PROTECT_BOUND_MS / 1000} s)`,
   );
+  const down = outcomes.map((o) => o.longestDownWhileAbleMs).filter((x) => x > 0);
+  lines.push(
+    `while a node could run it (the newest disk, the arbiter reachable), the VM ran again within p50 ${s(percentile(down, 50))} s, p99 ${s(percentile(down, 99))} s, max ${s(Math.max(...down))} s (bound ${RUN_DURING_FAULTS_MS / 1000} s; ${down.length} schedules had such a wait)`,
+  );
   lines.push(`${(ms / 1000).toFixed(1)} s, ${outcomes.reduce((a, o) => a + o.steps, 0)} agent steps`);
   lines.push(`${outcomes.length} schedules, ${bad.length} violations`);
   return lines;
@@ -144,7 +149,7 @@ export async function checkMutants(
       const count = Math.min(jobs * 25, budget - from + 1);
       const outs = await runSeeds(from, count, jobs, { mutants: [m, ...(check.alongside?.mutants ?? [])], forMutant: m });
       seen += outs.length;
-      first = outs.find((o) => o.violations.some((v) => check.caughtBy.includes(v.kind))) ?? null;
+      first = outs.find((o) => o.violations.some((v) => check.caughtBy.includes(v.kind)) && controlHolds(m, o.seed)) ?? null;
       wrong ??= outs.find((o) => o.violations.length) ?? null;
     }
     const v = first?.violations.find((x) => check.caughtBy.includes(x.kind)) ?? null;
@@ -155,6 +160,22 @@ export async function checkMutants(
     log(`${v ? 'caught' : 'NOT CAUGHT'}  ${m}${check.alongside ? ` (with ${check.alongside.mutants.join(', ')})` : ''}: ${v ? `${v.kind} after ${first!.seed} schedules (${v.detail.slice(0, 160)})` : `not in ${seen} schedules${other ? `; seen instead: ${other.kind} (seed ${wrong!.seed})` : ''}`} (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
   }
   return rows;
+}
+
+/**
+ * A catch counts for the rule only if, with the covering rule planted away
+ * alone (the control), the same schedule does not meet the rule's invariant:
+ * then it is the rule that kept it away.
+ */
+export function controlHolds(m: MutantName, seed: number): boolean {
+  const control = MUTANT_CHECKS[m].alongside?.mutants;
+  if (!control) return true;
+  try {
+    plant(control);
+    return !runSchedule(mutantSchedule(m, seed)).outcome.violations.some((v) => MUTANT_CHECKS[m].caughtBy.includes(v.kind));
+  } finally {
+    plant([]);
+  }
 }
 
 /** Keeps a mutant's first catch as a stored regression (test/sim-regressions/), unless one for it is there already. */
@@ -168,6 +189,7 @@ function storeCatch(dir: string, m: MutantName, o: Outcome, caughtBy: ViolationK
     found: `npm run sim -- --mutants ${m}: schedule ${o.seed} of its focus; ${v.kind} at ${(v.at / 1000).toFixed(3)} s: ${v.detail}`,
     mutants: [m, ...(check.alongside?.mutants ?? [])],
     caughtBy,
+    ...(check.alongside ? { control: check.alongside.mutants, why: check.alongside.why } : {}),
     schedule: mutantSchedule(m, o.seed),
   };
   fs.writeFileSync(file, JSON.stringify(entry, null, 2) + '\n');

@@ -24,7 +24,7 @@ import { Agents, type SimAgent } from './agents.js';
 import { Procedures } from './procedures.js';
 import { Faults } from './faults.js';
 import { Client } from './client.js';
-import { Invariants, PROTECT_BOUND_MS, STABLE_MS, type Violation } from './invariants.js';
+import { Invariants, PROTECT_BOUND_MS, STABLE_MS, EVENTS_PER_INSTANT_MAX, type Violation } from './invariants.js';
 import { statusOf } from '../node/core/core.js';
 import { TICK_MS } from '../node/driver.js';
 import type { Epoch } from '../pair/epoch.js';
@@ -72,6 +72,8 @@ export interface SimResult {
   /** ms after the faults stopped until the VM ran again, and until it was protected again (null: never). */
   runAgainMs: number | null;
   protectedAgainMs: number | null;
+  /** The longest the VM was not running while a node could have run it (liveness during faults). */
+  longestDownWhileAbleMs: number;
   endedAt: number;
   acked: number;
   steps: number;
@@ -161,19 +163,30 @@ export class World {
 
   run(): SimResult {
     const end = this.sched.quietAt + PROTECT_BOUND_MS + STABLE_MS;
+    let atThisInstant = 0;
     while (!this.check.stable || this.now < this.sched.quietAt) {
       const e = this.q.pop();
       if (!e || e.at > end) break;
+      atThisInstant = e.at === this.now ? atThisInstant + 1 : 0;
+      if (atThisInstant > EVENTS_PER_INSTANT_MAX) {
+        this.check.violation('livelock', `more than ${EVENTS_PER_INSTANT_MAX} events at ${(this.now / 1000).toFixed(3)} s: simulated time no longer moves`);
+        return this.result();
+      }
       this.now = e.at;
       e.fn();
       this.check.afterEvent();
       if (this.opts.stopAtFirst && this.check.violations.length) break;
     }
     if (!(this.opts.stopAtFirst && this.check.violations.length)) this.check.finish(end);
+    return this.result();
+  }
+
+  private result(): SimResult {
     return {
       violations: this.check.violations,
       runAgainMs: this.check.runAgainAt === null ? null : this.check.runAgainAt - this.sched.quietAt,
       protectedAgainMs: this.check.protectedAgainAt === null ? null : this.check.protectedAgainAt - this.sched.quietAt,
+      longestDownWhileAbleMs: this.check.longestDownWhileAbleMs,
       endedAt: this.now,
       acked: this.acked.size,
       steps: this.steps,

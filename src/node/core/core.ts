@@ -282,13 +282,28 @@ export function leaseValid(s: CoreState): boolean {
 }
 
 /**
+ * The lease is ours for a while yet: for a stop margin (a quarter of a lease)
+ * more. A VM that writes alone is stopped once less is left, so that it has
+ * stopped (a tick, a QMP stop) before the lease can be anybody else's; and
+ * one is let write alone only with more than that left. A renewed lease
+ * always has three quarters left.
+ */
+export function leaseAhead(s: CoreState): boolean {
+  return !s.cfg.witness || s.lease.until - s.now > leaseStopMarginMs(s.cfg);
+}
+
+export function leaseStopMarginMs(cfg: CoreConfig): number {
+  return cfg.leaseMs / 4;
+}
+
+/**
  * Our VM may run alone now (a stopped one be let run again): with a witness,
  * only while the lease is ours, and never while our disk's epoch is unknown.
  * A VM that a procedure stopped and that would run again otherwise begins to
  * write alone without the lease, or on a disk nobody can vouch for.
  */
 function mayRunAlone(s: CoreState): boolean {
-  return (leaseValid(s) && s.disk.epoch !== undefined) || planted('take-back-runs-vm-without-lease');
+  return (leaseAhead(s) && s.disk.epoch !== undefined) || planted('take-back-runs-vm-without-lease');
 }
 
 /**
@@ -708,9 +723,11 @@ function leaseReply(ctx: Ctx, r: LeaseReply): void {
   if (r.granted) {
     // Counted from when we asked, and shortened by the drift both clocks may have: our view always ends before the
     // witness's. A request sent before we released the lease is answered with a grant the release has ended already.
+    // (No simulated schedule needs this rule: we release only as our QEMU dies, and whatever we then write alone first
+    // records a new epoch, which the witness grants only to the lease holder.)
     const ttl = r.ttlMs ?? s.cfg.leaseMs;
     const from = planted('lease-from-reply') ? s.now : p.sentAt;
-    if (p.sentAt > s.lease.releasedAt || planted('grant-before-release-counts')) s.lease.until = Math.max(s.lease.until, from + ttl * (1 - 2 * CLOCK_DRIFT_MAX));
+    if (p.sentAt > s.lease.releasedAt) s.lease.until = Math.max(s.lease.until, from + ttl * (1 - 2 * CLOCK_DRIFT_MAX));
     s.lease.lastRefusal = null;
     // A grant with `next` means the witness recorded that epoch: commit it (if not already), also after a restart.
     if (p.next && !epochEquals(s.disk.epoch, p.next) && compareEpochs(p.next, s.disk.epoch) !== 'older') commitEpoch(ctx, p.next, 'recorded at the witness');
@@ -719,7 +736,9 @@ function leaseReply(ctx: Ctx, r: LeaseReply): void {
     // Not recorded, and another epoch is the newest: the one we had asked for is void (unless another request for it
     // is still out). A refusal that says nothing of it (a witness in its grace period, which may well have recorded it
     // in its previous life) leaves it pending.
-    if (p.next && (r.newest || planted('refusal-drops-pending-epoch')) && !epochEquals(r.newest ?? undefined, p.next) && epochEquals(s.disk.pending, p.next) && !s.pending.some((x) => x.what === 'lease' && epochEquals(x.next ?? undefined, p.next ?? undefined))) {
+    // (No simulated schedule needs this rule unless the witness forgets what it recorded: its durable record always says
+    // which epoch is the newest, README "What is not there yet".)
+    if (p.next && r.newest && !epochEquals(r.newest, p.next) && epochEquals(s.disk.pending, p.next) && !s.pending.some((x) => x.what === 'lease' && epochEquals(x.next ?? undefined, p.next ?? undefined))) {
       persist(ctx, s.disk.epoch, undefined, 'the witness did not record our new epoch');
     }
   }
@@ -1004,7 +1023,7 @@ function choosePrimary(s: CoreState): Action {
     if (!(s.cfg.witness && !leaseValid(s))) return wait(`primary failover (${failover.why}): waiting before the next attempt`);
   }
   if (s.cfg.witness && staleDisk(s)) return { action: 'fence', why: 'the witness knows a newer disk than ours', yank: true };
-  if (s.cfg.witness && !starting(s) && !leaseValid(s) && !(fresh && peer?.hearsPeer)) {
+  if (s.cfg.witness && !starting(s) && !leaseAhead(s) && !(fresh && peer?.hearsPeer)) {
     return { action: 'fence', why: 'the lease ran out and the secondary cannot vouch for us', yank: true };
   }
   if (failover) return wait(`primary failover (${failover.why}): waiting before the next attempt`);
@@ -1104,8 +1123,10 @@ function chooseAlone(s: CoreState): Action {
   const peer = peerWord(s);
   const fresh = peerFresh(s);
   if (s.cfg.witness && staleDisk(s)) return { action: 'fence', why: 'the witness knows a newer disk than ours', yank: false };
-  if (s.cfg.witness && !starting(s) && !leaseValid(s) && !fresh && !planted('alone-without-lease-runs-on')) return { action: 'fence', why: 'running alone without the lease and without word from the peer', yank: false };
-  if (s.cfg.witness && peer && (peer.role === 'alone' || peer.role === 'primary') && !leaseValid(s)) {
+  // Covered, as long as the witness refuses stale disks: we became alone under a new epoch, so the peer cannot be
+  // granted the lease until it is resynced from us. Without that check, this rule alone keeps a second writer away.
+  if (s.cfg.witness && !starting(s) && !leaseAhead(s) && !fresh && !planted('alone-without-lease-runs-on')) return { action: 'fence', why: 'running alone without the lease (or about to lose it) and without word from the peer', yank: false };
+  if (s.cfg.witness && peer && (peer.role === 'alone' || peer.role === 'primary') && !leaseAhead(s)) {
     return { action: 'fence', why: `${s.cfg.peer} also runs the VM and we do not hold the lease`, yank: false };
   }
   if (!s.cfg.reprotect && s.resyncAskedAt === null) return wait('running alone, unprotected (re-protection is off: lockstep resync NAME protects it again)');
@@ -1136,12 +1157,14 @@ function chooseFenced(s: CoreState): Action {
   if (staleDisk(s)) return wait(`fenced (${f.why}): the witness knows a newer disk; waiting to be resynced`);
   const peer = peerWord(s);
   if (peer && (peer.role === 'alone' || peer.role === 'primary')) return wait(`fenced (${f.why}): ${s.cfg.peer} runs the VM; waiting to be resynced`);
-  const behind = planted('fenced-returns-over-newer-disk') ? null : peerAhead(s);
+  // (No simulated schedule needs this rule: without a witness the peer writes alone only on our word that our VM is
+  // gone, with one the lease and the stale-disk checks keep us away first.)
+  const behind = peerAhead(s);
   if (behind) return wait(`fenced (${f.why}): ${behind}; waiting to be resynced`);
   if (peer && peer.busy !== null) return wait(`fenced (${f.why}): ${s.cfg.peer} is busy (${peer.busy})`);
   if (!mayTry(s, 'unfence')) return wait(`fenced (${f.why}): waiting before the next attempt`);
   if (planted('never-unfence')) return wait(`fenced (${f.why})`);
-  if (s.cfg.witness && (leaseValid(s) || planted('unfence-without-lease'))) return { action: 'unfence', why: 'the lease is ours again' };
+  if (s.cfg.witness && (leaseAhead(s) || planted('unfence-without-lease'))) return { action: 'unfence', why: 'the lease is ours again' };
   if (!s.cfg.witness && peerFresh(s) && peer?.hearsPeer) return { action: 'unfence', why: `${s.cfg.peer} hears us again` };
   return wait(`fenced (${f.why}): waiting for the lease`);
 }
@@ -1206,14 +1229,20 @@ function writerWork(s: CoreState): WriterWork | null {
 }
 
 /** Moves the writer work on as far as it can go without waiting for an answer. */
+/** lease → persist-pending → record/commit → procedure, and once back to lease: more passes at one step is a loop. */
+const WRITER_PASSES_MAX = 8;
+
 function advanceWriter(ctx: Ctx): void {
   const s = ctx.s;
   const w = writerWork(s);
   if (!w) return;
-  for (;;) {
+  // Each pass moves the work one phase on, or returns: a handful of passes at most (a loop here is a bug).
+  for (let pass = 0; ; pass++) {
+    invariant(pass < WRITER_PASSES_MAX, `${w.kind}: the writer's phases went round ${pass} times without waiting (at ${w.phase})`);
     switch (w.phase) {
       case 'lease':
-        if (leaseValid(s)) {
+        // With a stop margin ahead, as the procedure's start asks below (else the two would send each other round).
+        if (leaseAhead(s)) {
           w.phase = 'persist-pending';
           continue;
         }
@@ -1262,7 +1291,7 @@ function advanceWriter(ctx: Ctx): void {
         continue;
       case 'procedure':
         if (w.procId) return;
-        if (!leaseValid(s) && !planted('write-alone-without-lease')) {
+        if (!leaseAhead(s) && !planted('write-alone-without-lease')) {
           // The lease lapsed while we recorded our epoch (a slow witness): get it again first.
           w.phase = 'lease';
           continue;
@@ -1360,7 +1389,7 @@ function procProgress(ctx: Ctx, id: string, stepsDone: number, stepName: string,
     return;
   }
   // A restart starts a new QEMU each time: it always begins at its first step.
-  if (w.kind === 'join' || (w.kind === 'restart' && !planted('restart-resumes-at-its-step'))) return;
+  if (w.kind === 'join' || w.kind === 'restart') return;
   const a = attemptsOf(s, w.kind);
   s.attempts[w.kind] = { ...a, stepsDone };
 }
@@ -1372,7 +1401,8 @@ function procDone(ctx: Ctx, id: string, pid?: number): void {
   s.qemu.procedureEndedAt = s.now;
   // A procedure on our QEMU that ended as the QEMU died did nothing that counts: we are down.
   const onOurQemu = w.kind === 'primary-failover' || w.kind === 'takeover' || w.kind === 'fence' || w.kind === 'unfence' || (w.kind === 'reprotect' && w.phase === 'resuming');
-  if (onOurQemu && s.qemu.state !== 'alive' && !planted('procedure-after-qemu-died-counts')) {
+  // (Also covered: a node whose QEMU is gone decides as one that is down, whatever its role says.)
+  if (onOurQemu && s.qemu.state !== 'alive') {
     s.work = null;
     log(ctx, 'warn', `${w.kind} ended, but our QEMU is gone`);
     return;
@@ -1448,7 +1478,7 @@ function procFailed(ctx: Ctx, id: string, stepsDone: number, error: string): voi
     case 'fence':
     case 'unfence':
       s.work = null;
-      failed(ctx, w.kind, error, w.kind === 'restart' && !planted('restart-resumes-at-its-step') ? 0 : stepsDone);
+      failed(ctx, w.kind, error, w.kind === 'restart' ? 0 : stepsDone);
       return;
     case 'reprotect':
       if (w.phase === 'resuming') return reprotectFailed(ctx, error);
@@ -1609,7 +1639,7 @@ function peerRequest(ctx: Ctx, id: string, body: PeerRequestBody): void {
     if (w) return reply(ctx, id, false, `${s.cfg.name} is busy (${w.kind})`);
     if (!(s.role === 'down' || s.role === 'fenced')) return reply(ctx, id, false, `${s.cfg.name} is ${s.role}`);
     const order = compareEpochs(s.disk.epoch, body.disk);
-    if (order === 'newer' || order === 'divergent') {
+    if ((order === 'newer' || order === 'divergent') && !planted('resync-towards-newer')) {
       decide(ctx, 'refuse-resync', `refusing to be resynced from ${body.primary}: our disk (${formatEpoch(s.disk.epoch)}) is ${order} than/to theirs (${formatEpoch(body.disk)})`);
       return reply(ctx, id, false, `the disk of ${s.cfg.name} (${formatEpoch(s.disk.epoch)}) is ${order}, not older than ${formatEpoch(body.disk)}`);
     }
