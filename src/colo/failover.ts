@@ -12,7 +12,7 @@
  * left COLO) as done; hostfwd_add looks for the same forward in `info
  * usernet`; yank is harmless to repeat (instances that are gone are skipped).
  */
-import type { QmpClient } from '../qmp/client.js';
+import type { QmpCommands } from '../qmp/client.js';
 import { QmpCommandError } from '../qmp/errors.js';
 import { IDS, peerTlsCreds, type ColoEndpoints, type HostForward } from '../qemu/cmdline.js';
 import { runSteps, hasObject, hasChardev, hasBlockNode, hasHostForward, isQuorumChild, type Step, type StepRecord } from './steps.js';
@@ -23,7 +23,7 @@ export const SECONDARY_FAILOVER = 'secondary failover';
 export const PRIMARY_FAILOVER = 'primary failover';
 
 /** x-colo-lost-heartbeat, tolerating a node that already left COLO (by itself, or by an earlier run of this step). */
-async function lostHeartbeat(qmp: QmpClient): Promise<void> {
+async function lostHeartbeat(qmp: QmpCommands): Promise<void> {
   try {
     await qmp.execute('x-colo-lost-heartbeat');
   } catch (err) {
@@ -34,7 +34,7 @@ async function lostHeartbeat(qmp: QmpClient): Promise<void> {
 }
 
 /** nbd-server-stop, tolerating a server that is stopped already (QEMU 7.2 blockdev-nbd.c: "NBD server not running"). */
-async function nbdServerStop(qmp: QmpClient): Promise<void> {
+async function nbdServerStop(qmp: QmpCommands): Promise<void> {
   try {
     await qmp.execute('nbd-server-stop');
   } catch (err) {
@@ -44,15 +44,15 @@ async function nbdServerStop(qmp: QmpClient): Promise<void> {
 }
 
 /** object-del of `id`, skipped when it is gone already. */
-export function objectDelStep(qmp: QmpClient, id: string, timeoutMs: number): Step {
+export function objectDelStep(qmp: QmpCommands, id: string, timeoutMs: number): Step {
   return { name: `object-del ${id}`, timeoutMs, done: async () => !(await hasObject(qmp, id)), run: () => qmp.execute('object-del', { id }) };
 }
 
-function chardevRemoveStep(qmp: QmpClient, id: string, timeoutMs: number): Step {
+function chardevRemoveStep(qmp: QmpCommands, id: string, timeoutMs: number): Step {
   return { name: `chardev-remove ${id}`, timeoutMs, done: async () => !(await hasChardev(qmp, id)), run: () => qmp.execute('chardev-remove', { id }) };
 }
 
-function chardevAddStep(qmp: QmpClient, id: string, host: string, port: number, server: boolean, timeoutMs: number, tls: { 'tls-creds'?: string } = {}): Step {
+function chardevAddStep(qmp: QmpCommands, id: string, host: string, port: number, server: boolean, timeoutMs: number, tls: { 'tls-creds'?: string } = {}): Step {
   return {
     name: `chardev-add ${id}`,
     timeoutMs,
@@ -70,7 +70,7 @@ function chardevAddStep(qmp: QmpClient, id: string, host: string, port: number, 
  * deleted (Primary Failover; also taking a resume back). Skipped when the
  * replication node is no quorum child any more / gone.
  */
-export function detachReplicationSteps(qmp: QmpClient, timeoutMs: number): Step[] {
+export function detachReplicationSteps(qmp: QmpCommands, timeoutMs: number): Step[] {
   return [
     {
       name: 'x-blockdev-change remove replication child',
@@ -116,7 +116,7 @@ function yankLabel(i: YankInstance): string {
  * NBD requests). Yanks the migration stream, the given chardevs and every NBD
  * client node; instances that do not exist are skipped. Returns what it yanked.
  */
-async function yankPeerLinks(qmp: QmpClient, chardevs: string[]): Promise<string[]> {
+async function yankPeerLinks(qmp: QmpCommands, chardevs: string[]): Promise<string[]> {
   let instances: YankInstance[] = [{ type: 'migration' }, ...chardevs.map((id) => ({ type: 'chardev' as const, id }))];
   try {
     const all = await qmp.execute<YankInstance[]>('query-yank', undefined, { timeoutMs: 1000 });
@@ -138,13 +138,28 @@ async function yankPeerLinks(qmp: QmpClient, chardevs: string[]): Promise<string
 }
 
 /** On a primary: the migration stream, the proxy's sockets to the secondary, the NBD client. */
-export function yankLinksToSecondary(qmp: QmpClient): Promise<string[]> {
+export function yankLinksToSecondary(qmp: QmpCommands): Promise<string[]> {
   return yankPeerLinks(qmp, [IDS.mirrorChardev, IDS.compare1]);
 }
 
 /** On a secondary: the incoming stream and the proxy's sockets to the primary. */
-export function yankLinksToPrimary(qmp: QmpClient): Promise<string[]> {
+export function yankLinksToPrimary(qmp: QmpCommands): Promise<string[]> {
   return yankPeerLinks(qmp, [IDS.secChardevIn, IDS.secChardevOut]);
+}
+
+/**
+ * Which of a node's links to its peer a yank shuts: those to the primary (the
+ * node is, or was, a secondary) or those to the secondary.
+ */
+export type PeerLinks = 'to-primary' | 'to-secondary';
+
+export function yankLinks(qmp: QmpCommands, links: PeerLinks): Promise<string[]> {
+  return links === 'to-primary' ? yankLinksToPrimary(qmp) : yankLinksToSecondary(qmp);
+}
+
+/** The step that yanks `links` (harmless to repeat: instances that are gone are skipped). */
+export function yankStep(qmp: QmpCommands, links: PeerLinks, timeoutMs = STEP_MS): Step {
+  return { name: `yank the links ${links === 'to-primary' ? 'to the primary' : 'to the secondary'}`, timeoutMs, run: () => yankLinks(qmp, links) };
 }
 
 export interface SecondaryFailoverOptions {
@@ -164,9 +179,9 @@ export interface ProcedureRunOptions {
 }
 
 /** The steps of "Secondary Failover" (the same list for the same options). */
-export function secondaryFailoverSteps(qmp: QmpClient, o: SecondaryFailoverOptions = {}): Step[] {
+export function secondaryFailoverSteps(qmp: QmpCommands, o: SecondaryFailoverOptions = {}): Step[] {
   const steps: Step[] = [
-    ...(o.yank ? [{ name: 'yank the links to the primary', timeoutMs: STEP_MS, run: () => yankLinksToPrimary(qmp) }] : []),
+    ...(o.yank ? [yankStep(qmp, 'to-primary')] : []),
     { name: 'nbd-server-stop', timeoutMs: STEP_MS, run: () => nbdServerStop(qmp) },
     { name: 'x-colo-lost-heartbeat', timeoutMs: STEP_MS, run: () => lostHeartbeat(qmp) },
     objectDelStep(qmp, IDS.secRedirectorOut, STEP_MS),
@@ -203,7 +218,7 @@ export function secondaryFailoverSteps(qmp: QmpClient, o: SecondaryFailoverOptio
 
 /** The primary died: resume on the secondary. */
 export function secondaryFailover(
-  qmp: QmpClient,
+  qmp: QmpCommands,
   o: SecondaryFailoverOptions & ProcedureRunOptions = {},
   onStep?: (name: string, index: number, total: number) => void,
 ): Promise<StepRecord[]> {
@@ -211,9 +226,9 @@ export function secondaryFailover(
 }
 
 /** The steps of "Primary Failover" (the same list for the same options). */
-export function primaryFailoverSteps(qmp: QmpClient, o: { yank?: boolean } = {}): Step[] {
+export function primaryFailoverSteps(qmp: QmpCommands, o: { yank?: boolean } = {}): Step[] {
   return [
-    ...(o.yank ? [{ name: 'yank the links to the secondary', timeoutMs: STEP_MS, run: () => yankLinksToSecondary(qmp) }] : []),
+    ...(o.yank ? [yankStep(qmp, 'to-secondary')] : []),
     ...detachReplicationSteps(qmp, STEP_MS),
     ...[IDS.compare, IDS.iothread, IDS.filterMirror, IDS.redirectorIn, IDS.redirectorOut].map((id) => objectDelStep(qmp, id, STEP_MS)),
     { name: 'x-colo-lost-heartbeat', timeoutMs: STEP_MS, run: () => lostHeartbeat(qmp) },
@@ -222,7 +237,7 @@ export function primaryFailoverSteps(qmp: QmpClient, o: { yank?: boolean } = {})
 
 /** The secondary died: carry on, unprotected, on the primary. */
 export function primaryFailover(
-  qmp: QmpClient,
+  qmp: QmpCommands,
   onStep?: (name: string, index: number, total: number) => void,
   o: { yank?: boolean } & ProcedureRunOptions = {},
 ): Promise<StepRecord[]> {

@@ -22,7 +22,7 @@
  * whether its final pass completed, so a retry from that step fails when
  * the job is gone (the resume is then taken back and started again).
  */
-import type { QmpClient } from '../qmp/client.js';
+import type { QmpCommands } from '../qmp/client.js';
 import { IDS, peerTlsCreds, primaryProxyObjectSpecs, type ColoEndpoints } from '../qemu/cmdline.js';
 import { runSteps, hasObject, capabilityOn, type Step, type StepRecord } from './steps.js';
 import { attachReplicationSteps, migrateIntoColoSteps, queryColoStatus } from './startup.js';
@@ -30,7 +30,9 @@ import { LockstepError } from '../util/errors.js';
 import { sleep, withTimeout } from '../util/time.js';
 import { yankLinksToSecondary, objectDelStep, detachReplicationSteps } from './failover.js';
 
-const STEP_MS = 10_000;
+/** The bound of one QMP command of the resume (and of most of its steps). */
+export const RESUME_STEP_MS = 10_000;
+const STEP_MS = RESUME_STEP_MS;
 export const RESYNC_JOB = 'resync';
 export const RESUME_REPLICATION = 'resume replication';
 export const ABORT_RESUME = 'take back a resume';
@@ -96,7 +98,7 @@ interface BlockJob {
   status?: string;
 }
 
-async function resyncJob(qmp: QmpClient): Promise<BlockJob | undefined> {
+async function resyncJob(qmp: QmpCommands): Promise<BlockJob | undefined> {
   const jobs = await qmp.execute<BlockJob[]>('query-block-jobs', undefined, { timeoutMs: 5000 });
   return jobs.find((j) => j.device === RESYNC_JOB);
 }
@@ -110,7 +112,7 @@ function jobReady(j: BlockJob | undefined): boolean {
  * ready (in sync, mirroring new writes). A mirror job of an earlier attempt
  * (its drive-mirror reply lost) is waited for, not started again.
  */
-async function mirrorUntilReady(qmp: QmpClient, t: ResumeTarget, o: ResumeOptions): Promise<{ ms: number; bytes: number }> {
+async function mirrorUntilReady(qmp: QmpCommands, t: ResumeTarget, o: ResumeOptions): Promise<{ ms: number; bytes: number }> {
   const ready = qmp.listen((e) => e.event === 'BLOCK_JOB_READY' && (e.data as { device?: string } | undefined)?.device === RESYNC_JOB);
   const t0 = performance.now();
   try {
@@ -164,7 +166,7 @@ interface JobEndEvent {
  * with `error` (the final copy failed) and BLOCK_JOB_CANCELLED (the job
  * was cancelled before it was in sync) leave the target out of sync.
  */
-export async function finishMirror(qmp: QmpClient, timeoutMs: number): Promise<void> {
+export async function finishMirror(qmp: QmpCommands, timeoutMs: number): Promise<void> {
   const ended = qmp.listen((ev) => ['BLOCK_JOB_COMPLETED', 'BLOCK_JOB_CANCELLED'].includes(ev.event) && (ev.data as JobEndEvent | undefined)?.device === RESYNC_JOB);
   try {
     const job = await resyncJob(qmp);
@@ -191,7 +193,7 @@ export async function finishMirror(qmp: QmpClient, timeoutMs: number): Promise<v
 }
 
 /** Whether this node runs the VM in COLO as a primary again (the migration into COLO is over). */
-async function runningInColo(qmp: QmpClient): Promise<boolean> {
+async function runningInColo(qmp: QmpCommands): Promise<boolean> {
   if ((await queryColoStatus(qmp)).mode !== 'primary') return false;
   const mig = await qmp.execute<{ status?: string }>('query-migrate', undefined, { timeoutMs: 5000 });
   if (mig.status !== 'colo') return false;
@@ -201,8 +203,8 @@ async function runningInColo(qmp: QmpClient): Promise<boolean> {
 
 export interface ResumeProcedure {
   steps: Step[];
-  /** Whether the filters go before the filter-rewriter (this node used to be a secondary). */
-  afterRewriter: boolean;
+  /** Whether the filters went before the filter-rewriter (this node used to be a secondary); known once they were added. */
+  afterRewriter(): boolean;
   /** The figures the steps gathered so far. */
   figures(): { mirrorMs: number; mirrorBytes: number; stoppedMs: number };
   /** Releases its event listener: call once the steps are run, whatever the outcome. */
@@ -212,14 +214,19 @@ export interface ResumeProcedure {
 /**
  * The steps of resume replication towards a new secondary that waits
  * (steps 2 and 3 done), for runSteps(RESUME_REPLICATION, p.steps, { fromStep }).
- * The list is the same on every call for the same node and target.
+ * The list is the same on every call for the same target, and building it
+ * asks QEMU nothing (what depends on QEMU's state is asked when a step runs).
  */
-export async function resumeReplicationProcedure(qmp: QmpClient, e: ColoEndpoints, t: ResumeTarget, o: ResumeOptions): Promise<ResumeProcedure> {
-  const afterRewriter = await hasObject(qmp, IDS.rewriter);
+export function resumeReplicationProcedure(qmp: QmpCommands, e: ColoEndpoints, t: ResumeTarget, o: ResumeOptions): ResumeProcedure {
+  // Whether this node used to be a secondary (it still has the filter-rewriter): asked once, by the first object-add.
+  let afterRewriter: boolean | undefined;
+  const rewriterHere = async (): Promise<boolean> => (afterRewriter ??= await hasObject(qmp, IDS.rewriter));
   const mirror = { ms: 0, bytes: 0 };
   let stoppedAt = 0;
   let stoppedMs = 0;
-  const resumed = qmp.listen('RESUME');
+  // The RESUME that ends the migration: listened for from the stop on (or from whichever later step a retry starts at).
+  let resumed: ReturnType<QmpCommands['listen']> | undefined;
+  const listenResume = () => (resumed ??= qmp.listen('RESUME'));
   const steps: Step[] = [
     {
       name: `drive-mirror to nbd://${t.host}:${t.nbdPort}/${IDS.secondaryParent}${t.tls ? ' (TLS)' : ''}, until in sync`,
@@ -232,6 +239,7 @@ export async function resumeReplicationProcedure(qmp: QmpClient, e: ColoEndpoint
       name: 'stop',
       timeoutMs: STEP_MS,
       run: async () => {
+        listenResume();
         await qmp.execute('stop');
         stoppedAt = performance.now();
       },
@@ -244,43 +252,42 @@ export async function resumeReplicationProcedure(qmp: QmpClient, e: ColoEndpoint
     ...attachReplicationSteps(qmp, t.host, t.nbdPort, t.tls, STEP_MS),
     ...primaryProxyObjectSpecs(e).map(
       (spec): Step => ({
-        name: `object-add ${spec.qomType} ${spec.props.id}${afterRewriter && spec.qomType.startsWith('filter-') ? ` before ${IDS.rewriter}` : ''}`,
+        name: `object-add ${spec.qomType} ${spec.props.id}`,
         timeoutMs: STEP_MS,
         done: () => hasObject(qmp, String(spec.props.id)),
-        run: () =>
-          qmp.execute('object-add', {
-            'qom-type': spec.qomType,
-            ...spec.props,
-            ...(afterRewriter && spec.qomType.startsWith('filter-') ? { insert: 'before', position: `id=${IDS.rewriter}` } : {}),
-          }),
+        run: async () => {
+          listenResume();
+          const before = spec.qomType.startsWith('filter-') && (await rewriterHere());
+          await qmp.execute('object-add', { 'qom-type': spec.qomType, ...spec.props, ...(before ? { insert: 'before', position: `id=${IDS.rewriter}` } : {}) });
+        },
       }),
     ),
-    ...migrateIntoColoSteps(qmp, t.host, t.migrationPort, t.tls, STEP_MS),
+    ...migrateIntoColoSteps(qmp, t.host, t.migrationPort, t.tls, STEP_MS).map((s): Step => ({ ...s, run: () => (listenResume(), s.run()) })),
     {
       // The migration runs with the VM stopped; COLO starts the VM again once the new secondary has its state.
       name: 'migration to the new secondary, until the VM runs again in COLO',
       timeoutMs: o.migrationTimeoutMs,
       done: () => runningInColo(qmp),
       run: async () => {
-        await resumed.next(o.migrationTimeoutMs, 'the VM to run again in COLO after the migration');
+        await listenResume().next(o.migrationTimeoutMs, 'the VM to run again in COLO after the migration');
         if (stoppedAt) stoppedMs = performance.now() - stoppedAt;
       },
     },
   ];
   return {
     steps,
-    afterRewriter,
+    afterRewriter: () => afterRewriter ?? false,
     figures: () => ({ mirrorMs: mirror.ms, mirrorBytes: mirror.bytes, stoppedMs }),
-    close: () => resumed.close(),
+    close: () => resumed?.close(),
   };
 }
 
 /** Resume replication on the node that runs the VM alone, towards a new secondary that waits (steps 2 and 3 done). */
-export async function resumeReplication(qmp: QmpClient, e: ColoEndpoints, t: ResumeTarget, o: ResumeOptions): Promise<ResumeResult> {
-  const p = await resumeReplicationProcedure(qmp, e, t, o);
+export async function resumeReplication(qmp: QmpCommands, e: ColoEndpoints, t: ResumeTarget, o: ResumeOptions): Promise<ResumeResult> {
+  const p = resumeReplicationProcedure(qmp, e, t, o);
   try {
     const steps = await runSteps(RESUME_REPLICATION, p.steps, { fromStep: o.fromStep, onStep: o.onStep, onProgress: o.onProgress });
-    return { steps, ...p.figures(), afterRewriter: p.afterRewriter };
+    return { steps, ...p.figures(), afterRewriter: p.afterRewriter() };
   } finally {
     p.close();
   }
@@ -288,7 +295,7 @@ export async function resumeReplication(qmp: QmpClient, e: ColoEndpoints, t: Res
 
 const MIGRATION_ENDED = ['completed', 'failed', 'cancelled', 'none'];
 
-async function migrating(qmp: QmpClient): Promise<boolean> {
+async function migrating(qmp: QmpCommands): Promise<boolean> {
   const mig = await qmp.execute<{ status?: string }>('query-migrate', undefined, { timeoutMs: 5000 });
   return mig.status !== undefined && !MIGRATION_ENDED.includes(mig.status);
 }
@@ -302,8 +309,9 @@ async function migrating(qmp: QmpClient): Promise<boolean> {
  * resume had stopped it. Each step that undid something adds its name to
  * `undone`.
  */
-export function abortResumeSteps(qmp: QmpClient, undone: string[] = []): Step[] {
+export function abortResumeSteps(qmp: QmpCommands, undone: string[] = [], o: { cont?: boolean } = {}): Step[] {
   const did = (what: string) => undone.push(what);
+  const cont = o.cont ?? true;
   return [
     {
       // Their I/O to a vanished secondary may never return (a cut link): shut those connections first.
@@ -349,15 +357,25 @@ export function abortResumeSteps(qmp: QmpClient, undone: string[] = []): Step[] 
         did('x-colo off');
       },
     },
-    {
-      name: 'cont',
-      timeoutMs: STEP_MS,
-      done: async () => (await qmp.execute<{ status: string }>('query-status', undefined, { timeoutMs: 5000 })).status !== 'paused',
-      run: async () => {
-        await qmp.execute('cont');
-        did('cont');
-      },
-    },
+    cont
+      ? {
+          name: 'cont',
+          timeoutMs: STEP_MS,
+          done: async () => (await qmp.execute<{ status: string }>('query-status', undefined, { timeoutMs: 5000 })).status !== 'paused',
+          run: async () => {
+            await qmp.execute('cont');
+            did('cont');
+          },
+        }
+      : {
+          // The caller may not let the VM run (its lease ran out): stopped, whether or not the resume had stopped it.
+          name: 'stop',
+          timeoutMs: STEP_MS,
+          run: async () => {
+            await qmp.execute('stop');
+            did('stop');
+          },
+        },
   ];
 }
 
@@ -376,9 +394,19 @@ export interface AbortOptions {
  * not checked) does not keep the others, above all letting the VM run again,
  * from being undone; it is reported through onFailure. Returns what it undid.
  */
-export async function abortResume(qmp: QmpClient, o: AbortOptions = {}): Promise<string[]> {
+export async function abortResume(qmp: QmpCommands, o: AbortOptions = {}): Promise<string[]> {
   const undone: string[] = [];
-  const tolerant = abortResumeSteps(qmp, undone).map(
+  await runSteps(ABORT_RESUME, abortResumeTolerantSteps(qmp, undone, o.onFailure), { fromStep: o.fromStep, onStep: o.onStep, onProgress: o.onProgress });
+  return undone;
+}
+
+/**
+ * abortResumeSteps, best effort: a part that cannot be undone (or checked)
+ * is reported through onFailure and does not fail the list, so the parts
+ * after it (above all letting the VM run again) are still undone.
+ */
+export function abortResumeTolerantSteps(qmp: QmpCommands, undone: string[], onFailure?: (step: string, error: unknown) => void, o: { cont?: boolean } = {}): Step[] {
+  return abortResumeSteps(qmp, undone, o).map(
     (s): Step => ({
       name: s.name,
       // The inner bounds below keep a failure from reaching runSteps; this one is only a backstop.
@@ -388,12 +416,10 @@ export async function abortResume(qmp: QmpClient, o: AbortOptions = {}): Promise
           if (s.done && (await withTimeout(s.done(), s.timeoutMs, `${ABORT_RESUME}: is "${s.name}" needed?`))) return;
           await withTimeout(s.run(), s.timeoutMs, `${ABORT_RESUME}: ${s.name}`);
         } catch (err) {
-          o.onFailure?.(s.name, err);
+          onFailure?.(s.name, err);
         }
       },
     }),
   );
-  await runSteps(ABORT_RESUME, tolerant, { fromStep: o.fromStep, onStep: o.onStep, onProgress: o.onProgress });
-  return undone;
 }
 

@@ -4,7 +4,7 @@
  * the primary attaches the replication child to its quorum and migrates
  * with x-colo. Both then run the guest in COLO mode.
  */
-import type { QmpClient } from '../qmp/client.js';
+import type { QmpCommands } from '../qmp/client.js';
 import { IDS, peerTlsCreds, type ColoEndpoints } from '../qemu/cmdline.js';
 import { runSteps, hasBlockNode, isQuorumChild, capabilityOn, type Step, type StepRecord } from './steps.js';
 import { waitFor } from '../util/time.js';
@@ -25,29 +25,30 @@ export interface PrimaryStartup {
   tls: ColoEndpoints['tls'];
 }
 
-function xColo(qmp: QmpClient) {
+function xColo(qmp: QmpCommands) {
   return qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-colo', state: true }] });
 }
 
+/** The steps of step 3, on a secondary that was just started (run once, on a fresh QEMU). */
+export function secondaryEnterColoSteps(qmp: QmpCommands, s: SecondaryStartup): Step[] {
+  return [
+    { name: 'migrate-set-capabilities x-colo', timeoutMs: QMP_STEP_MS, run: () => xColo(qmp) },
+    {
+      name: 'nbd-server-start',
+      timeoutMs: QMP_STEP_MS,
+      run: () => qmp.execute('nbd-server-start', { addr: { type: 'inet', data: { host: s.nbdHost, port: String(s.nbdPort) } }, ...peerTlsCreds(s, 'server') }),
+    },
+    {
+      name: `nbd-server-add ${IDS.secondaryParent}`,
+      timeoutMs: QMP_STEP_MS,
+      run: () => qmp.execute('nbd-server-add', { device: IDS.secondaryParent, writable: true }),
+    },
+  ];
+}
+
 /** Step 3, on the secondary. Must complete before the primary's step 4. */
-export function secondaryEnterColo(qmp: QmpClient, s: SecondaryStartup, onStep?: (name: string, index: number, total: number) => void): Promise<StepRecord[]> {
-  return runSteps(
-    'secondary start-up',
-    [
-      { name: 'migrate-set-capabilities x-colo', timeoutMs: QMP_STEP_MS, run: () => xColo(qmp) },
-      {
-        name: 'nbd-server-start',
-        timeoutMs: QMP_STEP_MS,
-        run: () => qmp.execute('nbd-server-start', { addr: { type: 'inet', data: { host: s.nbdHost, port: String(s.nbdPort) } }, ...peerTlsCreds(s, 'server') }),
-      },
-      {
-        name: `nbd-server-add ${IDS.secondaryParent}`,
-        timeoutMs: QMP_STEP_MS,
-        run: () => qmp.execute('nbd-server-add', { device: IDS.secondaryParent, writable: true }),
-      },
-    ],
-    { onStep },
-  );
+export function secondaryEnterColo(qmp: QmpCommands, s: SecondaryStartup, onStep?: (name: string, index: number, total: number) => void): Promise<StepRecord[]> {
+  return runSteps('secondary start-up', secondaryEnterColoSteps(qmp, s), { onStep });
 }
 
 /** The drive_add line that creates the primary's replication child (an NBD client to the secondary). */
@@ -66,7 +67,7 @@ export function replicationDriveAdd(secondaryHost: string, nbdPort: number, tls:
  * child of the quorum: attaching it twice would give the quorum a second
  * replication child).
  */
-export function attachReplicationSteps(qmp: QmpClient, secondaryHost: string, nbdPort: number, tls: ColoEndpoints['tls'], timeoutMs = QMP_STEP_MS): Step[] {
+export function attachReplicationSteps(qmp: QmpCommands, secondaryHost: string, nbdPort: number, tls: ColoEndpoints['tls'], timeoutMs = QMP_STEP_MS): Step[] {
   return [
     {
       name: 'drive_add replication child',
@@ -95,7 +96,7 @@ const MIGRATING = ['setup', 'active', 'device', 'pre-switchover', 'wait-unplug',
  * ("completed" does not count: a primary that failed over once reports the
  * migration of its earlier COLO run as completed.)
  */
-export async function migrationIntoColoStarted(qmp: QmpClient): Promise<boolean> {
+export async function migrationIntoColoStarted(qmp: QmpCommands): Promise<boolean> {
   const mig = await qmp.execute<{ status?: string }>('query-migrate', undefined, { timeoutMs: 5000 });
   if (mig.status && MIGRATING.includes(mig.status)) return true;
   if (mig.status !== 'colo') return false;
@@ -103,7 +104,7 @@ export async function migrationIntoColoStarted(qmp: QmpClient): Promise<boolean>
 }
 
 /** The migration's TLS credentials as QEMU has them ("" when none). */
-async function migrationTlsCreds(qmp: QmpClient): Promise<string> {
+async function migrationTlsCreds(qmp: QmpCommands): Promise<string> {
   const p = await qmp.execute<{ 'tls-creds'?: string }>('query-migrate-parameters', undefined, { timeoutMs: 5000 });
   return p['tls-creds'] ?? '';
 }
@@ -114,7 +115,7 @@ async function migrationTlsCreds(qmp: QmpClient): Promise<string> {
  * takes the client credentials (a node that was a secondary had the
  * server's, for its incoming migration).
  */
-export function migrateIntoColoSteps(qmp: QmpClient, secondaryHost: string, migrationPort: number, tls: ColoEndpoints['tls'], timeoutMs = QMP_STEP_MS): Step[] {
+export function migrateIntoColoSteps(qmp: QmpCommands, secondaryHost: string, migrationPort: number, tls: ColoEndpoints['tls'], timeoutMs = QMP_STEP_MS): Step[] {
   const creds = peerTlsCreds({ tls }, 'client')['tls-creds'];
   const tlsSteps: Step[] = creds
     ? [
@@ -134,7 +135,7 @@ export function migrateIntoColoSteps(qmp: QmpClient, secondaryHost: string, migr
 }
 
 /** Step 4, on the primary. */
-export function primaryEnterColo(qmp: QmpClient, p: PrimaryStartup, onStep?: (name: string, index: number, total: number) => void): Promise<StepRecord[]> {
+export function primaryEnterColo(qmp: QmpCommands, p: PrimaryStartup, onStep?: (name: string, index: number, total: number) => void): Promise<StepRecord[]> {
   return runSteps(
     'primary start-up',
     [...attachReplicationSteps(qmp, p.secondaryHost, p.nbdPort, p.tls), ...migrateIntoColoSteps(qmp, p.secondaryHost, p.migrationPort, p.tls)],
@@ -148,12 +149,12 @@ export interface ColoStatus {
   reason: string;
 }
 
-export function queryColoStatus(qmp: QmpClient, timeoutMs = 5000): Promise<ColoStatus> {
+export function queryColoStatus(qmp: QmpCommands, timeoutMs = 5000): Promise<ColoStatus> {
   return qmp.execute<ColoStatus>('query-colo-status', undefined, { timeoutMs });
 }
 
 /** Waits until a node reports the given COLO mode and migration status "colo". */
-export async function waitColoMode(qmp: QmpClient, mode: 'primary' | 'secondary', timeoutMs: number): Promise<void> {
+export async function waitColoMode(qmp: QmpCommands, mode: 'primary' | 'secondary', timeoutMs: number): Promise<void> {
   await waitFor(
     `${mode} to enter COLO`,
     async () => {
@@ -167,7 +168,7 @@ export async function waitColoMode(qmp: QmpClient, mode: 'primary' | 'secondary'
 }
 
 /** Idle checkpoint period; QEMU 7.2 also takes a checkpoint at once when it is set. */
-export function setCheckpointDelay(qmp: QmpClient, ms: number): Promise<unknown> {
+export function setCheckpointDelay(qmp: QmpCommands, ms: number): Promise<unknown> {
   return qmp.execute('migrate-set-parameters', { 'x-checkpoint-delay': ms });
 }
 
@@ -180,7 +181,7 @@ export function setCheckpointDelay(qmp: QmpClient, ms: number): Promise<unknown>
  * the secondary still lagged behind (e.g. was still booting) stay slow, each
  * packet waiting for colo-compare's timeout.
  */
-export async function checkpointNow(qmp: QmpClient, delayMs: number): Promise<void> {
+export async function checkpointNow(qmp: QmpCommands, delayMs: number): Promise<void> {
   const resumes = qmp.listen('RESUME');
   try {
     await setCheckpointDelay(qmp, delayMs);
@@ -195,7 +196,7 @@ export async function checkpointNow(qmp: QmpClient, delayMs: number): Promise<vo
  * until a checkpoint has completed on the primary: STOP, then RESUME. That a
  * checkpoint completes is what "protected" means. Throws TimeoutError.
  */
-export async function firstCheckpoint(qmp: QmpClient, delayMs: number): Promise<void> {
+export async function firstCheckpoint(qmp: QmpCommands, delayMs: number): Promise<void> {
   const stops = qmp.listen('STOP');
   const resumes = qmp.listen('RESUME');
   try {

@@ -15,7 +15,7 @@
  * same step again (the builders in failover.ts, resume.ts and startup.ts
  * are deterministic for given options).
  */
-import type { QmpClient } from '../qmp/client.js';
+import type { QmpCommands } from '../qmp/client.js';
 import { LockstepError, describeError } from '../util/errors.js';
 import { withTimeout } from '../util/time.js';
 
@@ -120,19 +120,19 @@ export async function runSteps(procedure: string, steps: Step[], o: RunStepsOpti
 const CHECK_MS = 5_000;
 
 /** Whether a QOM object with this id exists under /objects (object-add / object-del). */
-export async function hasObject(qmp: QmpClient, id: string): Promise<boolean> {
+export async function hasObject(qmp: QmpCommands, id: string): Promise<boolean> {
   const list = await qmp.execute<Array<{ name: string }>>('qom-list', { path: '/objects' }, { timeoutMs: CHECK_MS });
   return list.some((o) => o.name === id);
 }
 
 /** Whether a chardev with this id exists (chardev-add / chardev-remove). */
-export async function hasChardev(qmp: QmpClient, id: string): Promise<boolean> {
+export async function hasChardev(qmp: QmpCommands, id: string): Promise<boolean> {
   const list = await qmp.execute<Array<{ label: string }>>('query-chardev', undefined, { timeoutMs: CHECK_MS });
   return list.some((c) => c.label === id);
 }
 
 /** Whether a block node with this node-name exists (drive_add -n / drive_del). */
-export async function hasBlockNode(qmp: QmpClient, nodeName: string): Promise<boolean> {
+export async function hasBlockNode(qmp: QmpCommands, nodeName: string): Promise<boolean> {
   const nodes = await qmp.execute<Array<{ 'node-name': string }>>('query-named-block-nodes', { flat: true }, { timeoutMs: CHECK_MS });
   return nodes.some((n) => n['node-name'] === nodeName);
 }
@@ -150,7 +150,7 @@ interface BlockGraph {
  * node above it while it runs). Throws when the graph cannot be read or
  * the backend is not in it.
  */
-export async function quorumChildren(qmp: QmpClient, backend: string): Promise<Array<{ edge: string; node: string }>> {
+export async function quorumChildren(qmp: QmpCommands, backend: string): Promise<Array<{ edge: string; node: string }>> {
   const g = await qmp.execute<BlockGraph>('x-debug-query-block-graph', undefined, { timeoutMs: CHECK_MS });
   const blk = g.nodes.find((n) => n.type === 'block-backend' && n.name === backend);
   if (!blk) throw new LockstepError(`the block graph has no backend ${backend}`);
@@ -173,12 +173,12 @@ export async function quorumChildren(qmp: QmpClient, backend: string): Promise<A
 }
 
 /** Whether node `nodeName` is a quorum child of backend `backend`'s disk (x-blockdev-change attach / remove). */
-export async function isQuorumChild(qmp: QmpClient, backend: string, nodeName: string): Promise<boolean> {
+export async function isQuorumChild(qmp: QmpCommands, backend: string, nodeName: string): Promise<boolean> {
   return (await quorumChildren(qmp, backend)).some((c) => c.node === nodeName);
 }
 
 /** Whether a migration capability is on (migrate-set-capabilities). */
-export async function capabilityOn(qmp: QmpClient, capability: string): Promise<boolean> {
+export async function capabilityOn(qmp: QmpCommands, capability: string): Promise<boolean> {
   const caps = await qmp.execute<Array<{ capability: string; state: boolean }>>('query-migrate-capabilities', undefined, { timeoutMs: CHECK_MS });
   return caps.some((c) => c.capability === capability && c.state);
 }
@@ -231,7 +231,7 @@ export function parseUsernetForwards(text: string, netdev: string): UsernetForwa
  * be understood: the step then runs, and QEMU's own answer decides.
  */
 export async function hasHostForward(
-  qmp: QmpClient,
+  qmp: QmpCommands,
   netdev: string,
   f: { proto?: 'tcp' | 'udp'; hostAddr: string; hostPort: number; guestPort: number },
 ): Promise<boolean> {

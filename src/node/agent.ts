@@ -18,56 +18,26 @@ import type { ResolvedConfig } from '../config/load.js';
 import { QmpClient } from '../qmp/client.js';
 import { isOurQemu, stopPid } from '../qemu/process.js';
 import { IDS } from '../qemu/cmdline.js';
-import { primaryFailover, yankLinksToPrimary, yankLinksToSecondary } from '../colo/failover.js';
 import { queryColoStatus } from '../colo/startup.js';
 import { RESYNC_JOB } from '../colo/resume.js';
-import { ColoStepError, hasBlockNode, hasObject } from '../colo/steps.js';
+import { ColoStepError, hasBlockNode, hasObject, runSteps } from '../colo/steps.js';
 import { readState, recordFailover, recordOwnQemu, type NodeState, type PairState } from '../pair/state.js';
-import { secondaryTakeover } from '../pair/failover.js';
 import { readDiskRecord, writeDiskRecord } from '../pair/generation.js';
-import { prepareSecondary, dropSecondary, resumeOnSurvivor, recordResync, takeBackResume, type PreparedSecondary } from '../pair/resync.js';
-import { restartAlone } from '../pair/restart.js';
-import { planPair } from '../pair/plan.js';
+import { dropSecondary, type PreparedSecondary } from '../pair/resync.js';
+import { procedurePlan, type ProcedureHost, type ProcedurePlan } from './procedures.js';
 import { imageInfo } from '../qemu/images.js';
 import { agentSocket, type AgentStatus } from '../pair/agents.js';
 import { OwnLinks, pairPaths, type PeerChannel } from './peer-channel.js';
 import { WitnessArbiter, witnessClientName } from './witness.js';
 import type { Arbiter } from './arbiter.js';
 import type { WitnessReply } from './wire.js';
-import { initCore, step, statusOf, InvariantError } from './core/core.js';
-import type { CoreConfig, CoreState, CoreStatus, Effect, Input, InputBody, Procedure, QemuFound } from './core/types.js';
+import { initCore, statusOf } from './core/core.js';
+import type { CoreState, CoreStatus, Effect, Input, InputBody, Procedure, QemuFound } from './core/types.js';
+import { AgentDriver, ATTACH_RETRY_MS, TICK_MS, type AgentIo } from './driver.js';
+import { coreConfig } from './timings.js';
+import type { Epoch } from '../pair/epoch.js';
 import { sleep } from '../util/time.js';
 import { LockstepError, errorMessage } from '../util/errors.js';
-
-/** The core is stepped this often (heartbeats, timeouts and the watchdog are counted in its ticks). */
-const TICK_MS = 50;
-/** Inputs waiting to be stepped; more means the core cannot keep up (it never should). */
-const INBOX_MAX = 10_000;
-
-/** The core's configuration from the pair's config. */
-export function coreConfig(c: ResolvedConfig, name: string, peer: string, diskSizeBytes: number): CoreConfig {
-  const a = c.agents;
-  if (!a) throw new LockstepError(`${c.file}: no agents section`, { hint: 'add agents: { secret: ... } to run node agents' });
-  const mine = a.links?.[name]?.length ?? 1;
-  const theirs = a.links?.[peer]?.length ?? 1;
-  return {
-    name,
-    peer,
-    paths: Math.max(1, Math.min(mine, theirs)),
-    heartbeatIntervalMs: a.heartbeatIntervalMs,
-    heartbeatTimeoutMs: a.heartbeatTimeoutMs,
-    witness: a.witness !== undefined,
-    leaseMs: a.leaseMs,
-    reprotect: a.reprotect,
-    // The periodic checkpoint interval twice, a checkpoint's own time, and the heartbeat timeout.
-    stallMs: 2 * c.replication.checkpointDelayMs + a.heartbeatTimeoutMs + 1000,
-    // A checkpoint holds the big lock while the dirty RAM goes over: allow the whole RAM at 50 MiB/s.
-    checkpointTimeoutMs: 10_000 + Math.round((c.vm.memory / (50 * 2 ** 20)) * 1000),
-    hungMs: Math.max(3000, 3 * a.heartbeatTimeoutMs),
-    joinTimeoutMs: c.replication.resyncTimeoutMs + 120_000,
-    diskSizeBytes,
-  };
-}
 
 /** What a channel to the peer agent is made from: the VM, the two nodes, their paths, the agents' settings. */
 export interface ChannelSpec {
@@ -103,9 +73,7 @@ export class Agent {
   private pair: PairState;
   private me: NodeState;
   private peer: NodeState;
-  private core!: CoreState;
-  private readonly inbox: InputBody[] = [];
-  private stepping = false;
+  private driver!: AgentDriver;
   private qmp: QmpClient | undefined;
   private prepared: PreparedSecondary | undefined;
   private readonly channel: PeerChannel;
@@ -149,16 +117,9 @@ export class Agent {
     const rec = readDiskRecord(this.dataDir);
     if (rec.state !== 'ok') this.log.error({ file: path.join(this.dataDir, 'generation.json'), ...(rec.state === 'unreadable' ? { error: rec.error } : {}) }, `our disk's record is ${rec.state}: its epoch is unknown`);
     const size = await imageInfo(this.me.disk).then((i) => i['virtual-size'], () => 0);
-    this.core = initCore(coreConfig(this.c, this.name, this.peer.name, size), performance.now(), crypto.randomUUID(), {
+    const core = initCore(coreConfig(this.c, this.name, this.peer.name, size), performance.now(), crypto.randomUUID(), {
       epoch: rec.state === 'ok' ? rec.record.epoch : undefined,
       pending: rec.state === 'ok' ? rec.record.pending : undefined,
-    });
-    await this.channel.open({
-      link: (path, up) => this.input({ t: 'peer-link', path, up }),
-      message: (path, msg) => {
-        if (msg.t === 'rep' && msg.pid !== undefined) this.peerNewPid = msg.pid;
-        this.input({ t: 'peer-message', path, msg });
-      },
     });
     if (this.a.witness) {
       const [host, port] = this.a.witness.split(':');
@@ -173,37 +134,27 @@ export class Agent {
         onRefuse: (why) => this.log.warn({ why }, 'witness link refused'),
       });
     }
+    this.driver = new AgentDriver(core, this.io(), (err, invariant) => this.fatal(err, invariant));
+    await this.channel.open({
+      link: (path, up) => this.input({ t: 'peer-link', path, up }),
+      message: (path, msg) => this.input({ t: 'peer-message', path, msg }),
+    });
     await this.startControl();
     this.tick = setInterval(() => this.onTick(), TICK_MS);
     this.log.info({ paths: this.channel.paths, witness: this.a.witness ?? null, epoch: this.core.disk.epoch ?? null }, 'agent started');
     void this.attach();
   }
 
-  // ---- the core ----
+  // ---- the core, through the driver ----
 
-  /** Feeds one input to the core (now) and carries out its effects; inputs that arrive meanwhile wait their turn. */
+  private get core(): CoreState {
+    return this.driver.core;
+  }
+
+  /** Feeds one input to the core (now) and carries out its effects (driver.ts). */
   private input(i: InputBody): void {
     if (this.stopped) return;
-    if (this.inbox.length >= INBOX_MAX) {
-      this.log.fatal({ input: i.t }, 'the agent core cannot keep up with its inputs');
-      return void this.fatal(new LockstepError('agent inbox overflow'));
-    }
-    this.inbox.push(i);
-    if (this.stepping) return;
-    this.stepping = true;
-    try {
-      for (let x = this.inbox.shift(); x; x = this.inbox.shift()) {
-        const input = { ...x, now: performance.now() } as Input;
-        const t = step(this.core, input);
-        this.core = t.state;
-        for (const e of t.effects) this.perform(e);
-        if (this.observer) this.tell(() => this.observer!.stepped(input, t.effects, () => statusOf(t.state)));
-      }
-    } catch (err) {
-      this.fatal(err);
-    } finally {
-      this.stepping = false;
-    }
+    this.driver.input(i);
   }
 
   /** Tells the observer something; its failure is its own, never the agent's. */
@@ -216,8 +167,8 @@ export class Agent {
   }
 
   /** A broken invariant or a bug: the agent stops (its QEMU runs on; a supervisor restarts the agent, which re-attaches). */
-  private fatal(err: unknown): void {
-    this.log.fatal({ err: errorMessage(err), stack: (err as Error).stack, invariant: err instanceof InvariantError }, 'agent stops: its own logic failed');
+  private fatal(err: unknown, invariant: boolean): void {
+    this.log.fatal({ err: errorMessage(err), stack: (err as Error).stack, invariant }, 'agent stops: its own logic failed');
     void this.stop().finally(() => this.onFatal(err));
   }
 
@@ -227,49 +178,40 @@ export class Agent {
     this.input({ t: 'tick' });
   }
 
-  private perform(e: Effect): void {
-    switch (e.t) {
-      case 'send-peer':
-        return this.channel.send(e.path, e.msg);
-      case 'ask-witness':
-        return this.arbiter?.acquire(e.id, e.ttlMs, e.disk, e.next);
-      case 'release-lease':
-        return this.arbiter?.release(e.id);
-      case 'query-witness':
-        return this.arbiter?.query(e.id, e.run);
-      case 'run':
-        return void this.run(e.id, e.procedure, e.fromStep);
-      case 'query-qemu':
-        return void this.query(e.id, e.oob);
-      case 'kill-qemu':
+  /** The driver's I/O: what the core's effects become on this host. */
+  private io(): AgentIo {
+    return {
+      now: () => performance.now(),
+      channel: this.channel,
+      arbiter: this.arbiter,
+      runProcedure: (id, p, fromStep) => void this.run(id, p, fromStep),
+      queryQemu: (id, oob) => void this.query(id, oob),
+      killQemu: (why) => {
         if (isOurQemu(this.me.pid, this.me.qmpSocket)) {
-          this.log.error({ pid: this.me.pid, why: e.why }, 'ending our QEMU (SIGKILL)');
+          this.log.error({ pid: this.me.pid, why }, 'ending our QEMU (SIGKILL)');
           process.kill(this.me.pid, 'SIGKILL');
         }
-        return;
-      case 'persist-disk': {
-        let ok = true;
-        let error: string | undefined;
-        try {
-          if (!e.epoch) throw new Error('no epoch to write');
-          writeDiskRecord(this.dataDir, { epoch: e.epoch, ...(e.pending ? { pending: e.pending } : {}), at: new Date().toISOString(), why: e.why });
-        } catch (err) {
-          ok = false;
-          error = errorMessage(err);
-        }
-        return this.input({ t: 'disk-persisted', id: e.id, ok, ...(error ? { error } : {}) });
-      }
-      case 'probe-peer-qemu':
-        return void this.probePeer().then((alive) => this.input({ t: 'probe-result', id: e.id, alive }));
-      case 'record':
-        return this.record(e.event, e.detail);
-      case 'decision':
-        this.log.warn({ action: e.action, why: e.why }, `decision: ${e.action}`);
-        return;
-      case 'log':
-        this.log[e.level](e.fields ?? {}, e.msg);
-        return;
+      },
+      persistDisk: (id, epoch, pending, why) => this.persistDisk(id, epoch, pending, why),
+      probePeerQemu: (id) => void this.probePeer().then((alive) => this.input({ t: 'probe-result', id, alive })),
+      record: (event, detail) => this.record(event, detail),
+      decision: (action, why) => this.log.warn({ action, why }, `decision: ${action}`),
+      log: (level, msg, fields) => this.log[level](fields ?? {}, msg),
+      ...(this.observer ? { stepped: (input: Input, effects: readonly Effect[], core: CoreState) => this.tell(() => this.observer!.stepped(input, effects, () => statusOf(core))) } : {}),
+    };
+  }
+
+  private persistDisk(id: string, epoch: Epoch | undefined, pending: Epoch | undefined, why: string): void {
+    let ok = true;
+    let error: string | undefined;
+    try {
+      if (!epoch) throw new Error('no epoch to write');
+      writeDiskRecord(this.dataDir, { epoch, ...(pending ? { pending } : {}), at: new Date().toISOString(), why });
+    } catch (err) {
+      ok = false;
+      error = errorMessage(err);
     }
+    this.input({ t: 'disk-persisted', id, ok, ...(error ? { error } : {}) });
   }
 
   // ---- QEMU ----
@@ -277,13 +219,11 @@ export class Agent {
   /**
    * Attaches to our QEMU (if it runs) and tells the core what it found. A
    * QEMU whose main loop does not answer (a checkpoint stuck on a silent link
-   * holds the big lock; QMP's negotiation needs it) is waited for as long as a
-   * checkpoint may take, then ended: unattached, it could neither be watched
-   * nor stopped, and might come back as a second writer.
+   * holds the big lock; QMP's negotiation needs it) is tried again every
+   * 0.5 s while the core waits (core.ts, attachBoundMs); past that bound the
+   * core ends it, and the next try finds none.
    */
   private async attach(): Promise<void> {
-    const cfg = this.core.cfg;
-    const deadline = performance.now() + cfg.checkpointTimeoutMs + cfg.hungMs;
     for (let attempt = 1; !this.stopped; attempt++) {
       if (!isOurQemu(this.me.pid, this.me.qmpSocket)) {
         this.log.warn({ pid: this.me.pid }, 'our QEMU is not running');
@@ -301,14 +241,8 @@ export class Agent {
           throw err;
         }
       } catch (err) {
-        if (performance.now() > deadline) {
-          this.log.error({ pid: this.me.pid, err: errorMessage(err), attempts: attempt }, 'our QEMU cannot be attached: ending it so that it can never come back as a second writer');
-          if (isOurQemu(this.me.pid, this.me.qmpSocket)) process.kill(this.me.pid, 'SIGKILL');
-          await sleep(200);
-          return this.input({ t: 'qemu-found', found: notRunning() });
-        }
         if (attempt === 1) this.log.warn({ err: errorMessage(err) }, 'cannot attach to our QEMU yet');
-        await sleep(500);
+        await sleep(ATTACH_RETRY_MS);
       }
     }
   }
@@ -326,6 +260,12 @@ export class Agent {
       if (this.qmp !== qmp) return;
       if (this.observer) this.tell(() => this.observer!.qemuEvent(e.event, e.data));
       if (e.event === 'STOP' || e.event === 'RESUME' || e.event === 'COLO_EXIT' || e.event === 'SHUTDOWN') this.input({ t: 'qemu-event', event: e.event });
+      if (e.event === 'QUORUM_REPORT_BAD') {
+        // block/quorum.c: a child of our disk's quorum failed an operation (its node-name, the error); a read is
+        // served by the next child, a failed write completed on the other one.
+        const d = (e.data ?? {}) as { type?: string; 'node-name'?: string; error?: string };
+        if (d.type !== 'read') this.input({ t: 'quorum-bad', child: d['node-name'] === IDS.replicationNode ? 'replica' : 'local', error: d.error ?? `${d.type ?? 'write'} failed` });
+      }
     });
     qmp.on('disconnect', () => {
       if (this.stopped || this.qmp !== qmp) return;
@@ -345,8 +285,13 @@ export class Agent {
       if (oob) {
         if (!qmp.oobEnabled) return;
         await qmp.execute('query-yank', undefined, { oob: true, timeoutMs: 60_000 });
-      } else await qmp.execute('query-status', undefined, { timeoutMs: 60_000 });
-      if (this.qmp === qmp) this.input({ t: 'qemu-answer', id });
+        if (this.qmp === qmp) this.input({ t: 'qemu-answer', id });
+        return;
+      }
+      const st = await qmp.execute<{ status: string }>('query-status', undefined, { timeoutMs: 60_000 });
+      // Only what says for sure whether the VM runs: a checkpoint ('colo'), a migration and the like say nothing.
+      const paused = st.status === 'paused' ? true : st.status === 'running' ? false : undefined;
+      if (this.qmp === qmp) this.input({ t: 'qemu-answer', id, ...(paused !== undefined ? { paused } : {}) });
     } catch {
       // No answer: the core's watchdog counts the silence.
     }
@@ -370,16 +315,42 @@ export class Agent {
 
   // ---- procedures ----
 
+  /**
+   * Runs procedure `p` from `fromStep`: its steps (procedures.ts), reported to
+   * the core as they are done; a failure says how many were done.
+   */
   private async run(id: string, p: Procedure, fromStep: number): Promise<void> {
-    const onProgress = (stepsDone: number) => this.input({ t: 'proc-progress', id, stepsDone, step: `${stepsDone} steps done` });
-    const onStep = (name: string) => this.log.info({ procedure: p.kind, step: name }, 'step');
+    let mirrorPct = -1;
+    let plan: ProcedurePlan | undefined;
     try {
-      const pid = await this.procedure(p, fromStep, onStep, onProgress, id);
+      plan = procedurePlan(p, this.procedureHost(), {
+        onUpdate: (what) => this.log.info({ procedure: p.kind, what }, 'procedure'),
+        onMirror: (m) => {
+          const pct = Math.floor((100 * m.offset) / Math.max(1, m.len) / 10) * 10;
+          if (pct !== mirrorPct) this.log.info({ offset: m.offset, len: m.len }, `mirror ${pct}%`);
+          mirrorPct = pct;
+          this.input({ t: 'proc-progress', id, stepsDone: fromStep, step: 'mirroring our disk', mirror: { offset: m.offset, len: m.len } });
+        },
+      });
+      let current = '';
+      await runSteps(plan.name, plan.steps, {
+        fromStep,
+        onStep: (name) => {
+          current = name;
+          this.log.info({ procedure: p.kind, step: name }, 'step');
+        },
+        onProgress: (stepsDone) => this.input({ t: 'proc-progress', id, stepsDone, step: `${stepsDone} steps done${current ? ` (${current})` : ''}` }),
+      });
+      const pid = plan.pid();
+      this.reloadPair();
       this.input({ t: 'proc-done', id, ...(pid !== undefined ? { pid } : {}) });
     } catch (err) {
+      await plan?.cleanup().catch((e: unknown) => this.log.error({ err: errorMessage(e) }, `${p.kind}: cleaning up after the failure failed`));
       // A step of the procedure failed: the retry continues from there; anything else: from where this attempt began.
       const stepsDone = err instanceof ColoStepError ? err.stepsDone : fromStep;
       this.input({ t: 'proc-failed', id, stepsDone, error: errorMessage(err) });
+    } finally {
+      plan?.close();
     }
   }
 
@@ -388,91 +359,32 @@ export class Agent {
     return this.qmp;
   }
 
-  /** Runs one procedure on this node; returns a pid where the procedure starts a QEMU. */
-  private async procedure(p: Procedure, fromStep: number, onStep: (n: string) => void, onProgress: (n: number) => void, id: string): Promise<number | undefined> {
-    switch (p.kind) {
-      case 'primary-failover':
-        await primaryFailover(this.needQmp(), onStep, { yank: p.yank, fromStep, onProgress });
-        return;
-      case 'takeover': {
-        const qmp = this.needQmp();
+  /** What the procedures' steps need of this agent (procedures.ts). */
+  private procedureHost(): ProcedureHost {
+    return {
+      config: this.c,
+      name: this.name,
+      pair: () => {
         this.reloadPair();
-        await secondaryTakeover(qmp, this.pair, this.me, this.peer, onStep, { yank: p.yank, fromStep, onProgress });
-        // A VM we had stopped (fenced) runs again as the only one.
-        if (p.resume) await qmp.execute('cont', undefined, { timeoutMs: 5000 });
-        return;
-      }
-      case 'fence': {
-        const qmp = this.needQmp();
-        if (p.yank) {
-          const yanked = await this.yankPeer(qmp);
-          // A checkpoint would start a stopped VM again (colo.c: vm_start at its end): the stream must be broken first.
-          const mig = await qmp.execute<{ status?: string }>('query-migrate', undefined, { timeoutMs: 5000 }).catch(() => ({ status: undefined }));
-          if (mig.status === 'colo' && !yanked.includes('migration')) throw new LockstepError(`fencing: the COLO stream could not be yanked (yanked: ${yanked.join(', ') || 'nothing'}), so a checkpoint could start our VM again`);
-          onProgress(1);
-        }
-        await qmp.execute('stop', undefined, { timeoutMs: 5000 });
-        return;
-      }
-      case 'unfence':
-        await this.needQmp().execute('cont', undefined, { timeoutMs: 5000 });
-        return;
-      case 'yank':
-        await this.yankPeer(this.needQmp());
-        return;
-      case 'restart': {
-        await this.endOurQemu('replaced by a restart from our disk');
-        const s = readState(this.c.stateDir) ?? this.pair;
-        await restartAlone(this.c, s, this.name, onStep);
-        this.reloadPair();
-        await this.attach();
-        return this.me.pid;
-      }
-      case 'resume': {
-        const qmp = this.needQmp();
-        this.reloadPair();
-        const plan = planPair(this.c, this.pair.runtime, this.name);
-        const t0 = performance.now();
-        let lastPct = -1;
-        const r = await resumeOnSurvivor(this.c, qmp, plan, {
-          onUpdate: (n) => {
-            this.log.info({ step: n }, 'resume replication step');
-            this.input({ t: 'proc-progress', id, stepsDone: 0, step: n });
-          },
-          onMirror: (m) => {
-            const pct = Math.floor((100 * m.offset) / Math.max(1, m.len) / 10) * 10;
-            if (pct !== lastPct) this.log.info({ offset: m.offset, len: m.len }, `mirror ${pct}%`);
-            lastPct = pct;
-            this.input({ t: 'proc-progress', id, stepsDone: 0, step: 'mirroring our disk', mirror: { offset: m.offset, len: m.len } });
-          },
-        });
-        recordResync(this.c, plan, this.peerNewPid ?? 0, { ms: performance.now() - t0, mirrorMs: r.mirrorMs, mirrorBytes: r.mirrorBytes, stoppedMs: r.stoppedMs });
-        this.reloadPair();
-        return;
-      }
-      case 'abort-resume': {
-        const undone = await takeBackResume(this.needQmp());
-        if (undone.length) this.log.warn({ undone }, 'took a resync back');
-        return;
-      }
-      case 'prepare-secondary': {
-        await this.endOurQemu('its disk is replaced by a resync');
-        if (this.prepared) await this.dropPrepared();
-        const s = readState(this.c.stateDir) ?? this.pair;
-        this.prepared = await prepareSecondary(this.c, s, p.primary, p.sizeBytes, (x) => this.log.info({ step: x }, 'new secondary'));
-        return this.prepared.proc.pid;
-      }
-      case 'drop-secondary':
-        await this.dropPrepared();
-        return;
-      case 'adopt-secondary': {
+        return this.pair;
+      },
+      qmp: () => this.needQmp(),
+      endOurQemu: (why) => this.endOurQemu(why),
+      prepared: () => this.prepared,
+      setPrepared: (p) => void (this.prepared = p),
+      dropPrepared: () => this.dropPrepared(),
+      checkPreparedInColo: async () => {
         const prep = this.prepared;
         if (!prep) throw new LockstepError('no new secondary here');
         const found = await describeQemu(prep.qmp).catch((err: unknown) => {
           throw new LockstepError(`the new secondary does not answer: ${errorMessage(err)}`);
         });
         if (found.colo !== 'secondary') throw new LockstepError(`the new secondary is not in COLO (${found.colo})`);
-        // (On failure above it stays prepared: the core drops it.)
+      },
+      adoptPrepared: async () => {
+        const prep = this.prepared;
+        if (!prep) throw new LockstepError('no new secondary here');
+        const found = await describeQemu(prep.qmp);
         this.prepared = undefined;
         // Our own record knows our new QEMU before anything else happens (a restarted agent attaches by it).
         const sp = prep.plan.secondary;
@@ -482,20 +394,13 @@ export class Agent {
         this.own(prep.qmp);
         this.input({ t: 'qemu-found', found: { ...found, ...(await this.diskSize()) } });
         return prep.proc.pid;
-      }
-    }
+      },
+      attach: async () => {
+        this.reloadPair();
+        await this.attach();
+      },
+    };
   }
-
-  /** Yanks our QEMU's links to the peer (out of band): to the secondary if we are (or were) a primary, else to the primary. */
-  private async yankPeer(qmp: QmpClient): Promise<string[]> {
-    const secondary = this.core.role === 'secondary' || this.core.fence?.from === 'secondary';
-    const yanked = await (secondary ? yankLinksToPrimary(qmp) : yankLinksToSecondary(qmp));
-    this.log.warn({ yanked }, 'yanked the links to the peer');
-    return yanked;
-  }
-
-  /** The pid of the peer's new secondary, from its reply to our resync request (seen on the wire). */
-  private peerNewPid: number | undefined;
 
   /** Ends our own QEMU on purpose (no re-attach): a restart or a resync replaces it. */
   private async endOurQemu(why: string): Promise<void> {
@@ -530,7 +435,7 @@ export class Agent {
     this.peer = peer;
   }
 
-  private record(event: string, detail: Record<string, string | number | boolean | null>): void {
+  private record(event: Extract<Effect, { t: 'record' }>['event'], detail: Record<string, string | number | boolean | null>): void {
     this.log.warn({ event, ...detail }, `record: ${event}`);
     if (event === 'failover') {
       recordFailover(this.c.stateDir, { from: String(detail.from), to: String(detail.to), reason: String(detail.reason), ms: Number(detail.ms), ...(typeof detail.sinceCheckpointMs === 'number' ? { sinceCheckpointMs: detail.sinceCheckpointMs } : {}) });
@@ -564,6 +469,7 @@ export class Agent {
     if (this.stopped) return;
     this.stopped = true;
     clearInterval(this.tick);
+    this.driver?.stop();
     // A new secondary nobody will use: it is in no state file, so nothing else would end it.
     await this.dropPrepared().catch(() => undefined);
     this.channel.close();

@@ -65,6 +65,7 @@
 import type { Epoch } from '../pair/epoch.js';
 import { compareEpochs, epochEquals, formatEpoch } from '../pair/epoch.js';
 import type { WitnessReply, WitnessRequest } from './wire.js';
+import { planted } from './mutants.js';
 
 /** Runs on record per VM: one for each `up` of it; the oldest evicted first (never a held lease's). */
 export const RUNS_PER_VM = 8;
@@ -268,7 +269,7 @@ export function witnessStep(s: WitnessState, now: number, from: string, req: Wit
     if (next.run !== disk.run || compareEpochs(next, disk) !== 'newer') return refuse(`bad request: a new epoch ${formatEpoch(next)} must be a later one of the disk's run`);
     if (next.by !== from) return refuse(`bad request: ${from} cannot begin an epoch for ${next.by}`);
   }
-  if (!again && newest !== undefined) {
+  if (!again && newest !== undefined && !planted('witness-grants-stale-disk')) {
     const o = compareEpochs(disk, newest);
     if (o === 'older' || o === 'divergent') return refuse(`stale disk: epoch ${formatEpoch(disk)}, the newest of its run is ${formatEpoch(newest)}`);
     if (next !== null && next.gen <= newest.gen) return refuse(`stale disk: epoch ${formatEpoch(next)} is not above the newest, ${formatEpoch(newest)}`);
@@ -283,7 +284,7 @@ export function witnessStep(s: WitnessState, now: number, from: string, req: Wit
       if (o === 'older' || o === 'divergent') return refuse(`stale disk: epoch ${formatEpoch(disk)}, and ${node} holds ${formatEpoch(e ?? undefined)} (${unvouched})`);
     }
   }
-  if (now - s.startedAt < s.graceMs && cur?.node !== from) return refuse('witness just started (grace period)');
+  if (now - s.startedAt < s.graceMs && cur?.node !== from && !planted('witness-no-grace')) return refuse('witness just started (grace period)');
   if (cur && cur.node !== from) return refuse(`held by ${cur.node}`, { remainingMs: Math.round(cur.remainingMs) });
   const holders = withHolder(s, now, vm, { node: from, until: now, run: disk.run });
   if (Object.keys(holders).length > LEASES_MAX) return refuse(`the witness holds ${LEASES_MAX} leases, its most: no room for ${vm}'s`);

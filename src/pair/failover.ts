@@ -9,9 +9,10 @@ import path from 'node:path';
 import type { ResolvedConfig } from '../config/load.js';
 import { generationFile, readDiskRecord, writeEpoch } from './generation.js';
 import { formatEpoch, nextEpoch, type Epoch } from './epoch.js';
-import { QmpClient } from '../qmp/client.js';
+import { QmpClient, type QmpCommands } from '../qmp/client.js';
 import { stopPid } from '../qemu/process.js';
-import { secondaryFailover, primaryFailover, type ProcedureRunOptions } from '../colo/failover.js';
+import { secondaryFailoverSteps, primaryFailover, SECONDARY_FAILOVER, type ProcedureRunOptions } from '../colo/failover.js';
+import { runSteps, type Step } from '../colo/steps.js';
 import { LockstepError } from '../util/errors.js';
 import { attachTap, detachTap } from '../qemu/tap.js';
 import { readState, recordFailover, liveNodes, type NodeState, type PairState } from './state.js';
@@ -32,39 +33,49 @@ export interface FailoverOptions {
   onStep?: (msg: string) => void;
 }
 
+const TAP_STEP_MS = 5_000;
+
 /**
  * The primary is gone: the survivor's tap joins the bridge (the dead
  * primary's leaves it, where it lives on this host), then "Secondary
- * Failover", which also readies the survivor's listeners for a later resync.
- * Used by `lockstep failover` and by the agents.
+ * Failover", which also readies the survivor's listeners for a later resync,
+ * then the announcement of where the VM is now. One list (the same for the
+ * same pair record): a retry continues at its step.
  */
+export function secondaryTakeoverSteps(qmp: QmpCommands, s: PairState, survivor: NodeState, lost: NodeState, o: { yank?: boolean; onStep?: (msg: string) => void } = {}): Step[] {
+  const tap = survivor.tap;
+  return [
+    // Attaching a tap that is on the bridge already, detaching one that is off it: both harmless to repeat.
+    ...(tap
+      ? [
+          {
+            name: `tap ${tap.tap} on bridge ${tap.bridge}${lost.tap ? `, ${lost.tap.tap} off` : ''}`,
+            timeoutMs: TAP_STEP_MS,
+            run: async () => {
+              if (lost.tap) await detachTap(lost.tap);
+              await attachTap(tap);
+            },
+          },
+        ]
+      : []),
+    ...secondaryFailoverSteps(qmp, { yank: o.yank, forwards: s.forwards, prepareAsPrimary: { ...s.endpoints, primaryHost: survivor.address, secondaryHost: lost.address } }),
+    ...(tap && s.announce !== false ? [{ name: 'announce-self', timeoutMs: ANNOUNCE_MS + 1000, run: () => announce(qmp, o.onStep ?? (() => {})) }] : []),
+  ];
+}
+
+/** The primary is gone: secondaryTakeoverSteps, run. Used by `lockstep failover`. */
 export async function secondaryTakeover(
-  qmp: QmpClient,
+  qmp: QmpCommands,
   s: PairState,
   survivor: NodeState,
   lost: NodeState,
   onStep: (msg: string) => void,
   o: { yank?: boolean } & ProcedureRunOptions = {},
 ): Promise<void> {
-  // Attaching a tap that is on the bridge already, detaching one that is off it: both harmless to repeat.
-  if (survivor.tap) {
-    onStep(`bridge ${survivor.tap.bridge}: ${survivor.tap.tap} on, ${lost.tap?.tap ?? '-'} off`);
-    if (lost.tap) await detachTap(lost.tap);
-    await attachTap(survivor.tap);
-  }
-  await secondaryFailover(
-    qmp,
-    {
-      yank: o.yank,
-      forwards: s.forwards,
-      prepareAsPrimary: { ...s.endpoints, primaryHost: survivor.address, secondaryHost: lost.address },
-      fromStep: o.fromStep,
-      onProgress: o.onProgress,
-    },
-    onStep,
-  );
-  if (survivor.tap && s.announce !== false) await announce(qmp, onStep);
+  await runSteps(SECONDARY_FAILOVER, secondaryTakeoverSteps(qmp, s, survivor, lost, { yank: o.yank, onStep }), { fromStep: o.fromStep, onProgress: o.onProgress, onStep });
 }
+
+const ANNOUNCE_MS = 2000;
 
 /**
  * Tells the switches and neighbours where the VM is now: QEMU sends
@@ -77,9 +88,9 @@ export async function secondaryTakeover(
  * takeovers with and without it. Best effort: the VM runs on either way,
  * found again at its next packet.
  */
-export async function announce(qmp: QmpClient, onStep: (msg: string) => void): Promise<void> {
+export async function announce(qmp: QmpCommands, onStep: (msg: string) => void): Promise<void> {
   onStep('announce-self: telling the network where the VM is now');
-  await qmp.execute('announce-self', { initial: 50, max: 550, rounds: 5, step: 100 }, { timeoutMs: 2000 }).catch((err: unknown) => onStep(`announce-self failed (the VM runs on): ${err instanceof Error ? err.message : String(err)}`));
+  await qmp.execute('announce-self', { initial: 50, max: 550, rounds: 5, step: 100 }, { timeoutMs: ANNOUNCE_MS }).catch((err: unknown) => onStep(`announce-self failed (the VM runs on): ${err instanceof Error ? err.message : String(err)}`));
 }
 
 /**

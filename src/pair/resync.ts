@@ -22,15 +22,16 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { ResolvedConfig } from '../config/load.js';
-import { QmpClient } from '../qmp/client.js';
+import { QmpClient, type QmpCommands } from '../qmp/client.js';
 import { QemuProcess, isOurQemu, stopPid } from '../qemu/process.js';
 import { createImage, imageInfo } from '../qemu/images.js';
 import { createBuffers, removeBuffers } from './buffers.js';
 import { ensurePrivateDir } from '../util/files.js';
 import { detachTap } from '../qemu/tap.js';
-import { secondaryEnterColo, waitColoMode, firstCheckpoint, queryColoStatus } from '../colo/startup.js';
-import { resumeReplication, abortResume, type MirrorProgress, type ResumeResult } from '../colo/resume.js';
-import { primaryFailover } from '../colo/failover.js';
+import { secondaryEnterColoSteps, waitColoMode, firstCheckpoint, queryColoStatus } from '../colo/startup.js';
+import { resumeReplicationProcedure, abortResumeTolerantSteps, type MirrorProgress, type ResumeResult } from '../colo/resume.js';
+import { runSteps, type Step } from '../colo/steps.js';
+import { primaryFailover, yankStep } from '../colo/failover.js';
 import { LockstepError, errorMessage } from '../util/errors.js';
 import { waitFor } from '../util/time.js';
 import { planPair, type PairPlan } from './plan.js';
@@ -68,33 +69,115 @@ export interface PreparedSecondary {
   plan: PairPlan;
 }
 
+export const PREPARE_SECONDARY = 'prepare a new secondary';
+export const RESUME_ON_SURVIVOR = 'resume replication on the survivor';
+export const TAKE_BACK_RESUME = 'take back a resume';
+
+/** A resync's mirror that makes no progress for this long is given up (a cut link to the new secondary). */
+export const MIRROR_STALL_MS = 10_000;
+/** COLO reported running as primary after the migration: waited for this long. */
+const COLO_MODE_MS = 30_000;
+/** Images and buffers of a new secondary (qemu-img create). */
+const IMAGES_STEP_MS = 30_000;
+/** Starting a QEMU: its QMP socket within 15 s, or it is ended again (launch.ts). */
+const LAUNCH_STEP_MS = 20_000;
+const TAP_STEP_MS = 5_000;
+
+/**
+ * The migration of the VM's RAM over the replication link (a resync's switch into COLO, with the VM stopped; a
+ * checkpoint's first, full one): 10 s plus the RAM at 50 MiB/s.
+ */
+export function ramTransferBoundMs(memoryBytes: number): number {
+  return 10_000 + Math.round((memoryBytes / (50 * 2 ** 20)) * 1000);
+}
+
+/**
+ * A QMP connection that a step of the same list makes (the new secondary's):
+ * the steps that use it are built before it exists, and ask it only when they run.
+ */
+function lateQmp(get: () => QmpClient | undefined, what: string): QmpCommands {
+  const need = (): QmpClient => {
+    const q = get();
+    if (!q) throw new LockstepError(`${what} is not started`);
+    return q;
+  };
+  return {
+    execute: (command, args, opts) => need().execute(command, args, opts),
+    hmp: (line, opts) => need().hmp(line, opts),
+    listen: (filter) => need().listen(filter),
+    get oobEnabled() {
+      return need().oobEnabled;
+    },
+  };
+}
+
+export interface PrepareSecondaryProcedure {
+  steps: Step[];
+  /** The new secondary, once the list ran to its end. */
+  prepared(): PreparedSecondary | undefined;
+  /** After a failed step: ends what the list started, so that nothing of it is left. */
+  cleanup(): Promise<void>;
+}
+
 /**
  * On the target's host: a new secondary for the pair whose primary is
  * `primary`: a fresh replica of `sizeBytes` and buffers, the tap off the
  * bridge, QEMU started and waiting in COLO's incoming state with its replica
- * exported over NBD. On failure nothing of it is left.
+ * exported over NBD ("Startup qemu" steps 2 and 3). Always run from its
+ * first step; after a failure, cleanup() leaves nothing of it.
  */
-export async function prepareSecondary(c: ResolvedConfig, s: PairState, primary: string, sizeBytes: number, step: (m: string) => void = () => {}): Promise<PreparedSecondary> {
-  if (!(sizeBytes > 0)) throw new LockstepError(`the survivor ${primary} asked for a replica of ${sizeBytes} bytes: it does not know its disk's size`, { hint: "see the survivor's agent log" });
+export function prepareSecondaryProcedure(c: ResolvedConfig, s: PairState, primary: string, sizeBytes: number): PrepareSecondaryProcedure {
   const plan = planPair(c, s.runtime, primary);
   const tp = plan.secondary;
-  ensurePrivateDir(tp.dataDir, { parents: true });
-  fs.rmSync(tp.serialLog, { force: true });
-  step(`new replica and buffers for ${tp.name} (${(sizeBytes / 2 ** 20).toFixed(0)} MiB disk)`);
-  await createImage(tp.disk, sizeBytes, { format: c.vm.disk.format, overwrite: true });
-  await createBuffers(plan.buffers, sizeBytes);
-  if (tp.tap) await detachTap(tp.tap);
-  step(`starting a new secondary on ${tp.name}`);
   let launched: { proc: QemuProcess; qmp: QmpClient } | undefined;
+  let done = false;
+  const tap = tp.tap;
+  const steps: Step[] = [
+    {
+      name: `new replica and buffers for ${tp.name}`,
+      timeoutMs: IMAGES_STEP_MS,
+      run: async () => {
+        if (!(sizeBytes > 0)) throw new LockstepError(`the survivor ${primary} asked for a replica of ${sizeBytes} bytes: it does not know its disk's size`, { hint: "see the survivor's agent log" });
+        ensurePrivateDir(tp.dataDir, { parents: true });
+        fs.rmSync(tp.serialLog, { force: true });
+        await createImage(tp.disk, sizeBytes, { format: c.vm.disk.format, overwrite: true });
+        await createBuffers(plan.buffers, sizeBytes);
+      },
+    },
+    ...(tap ? [{ name: `tap ${tap.tap} off bridge ${tap.bridge}`, timeoutMs: TAP_STEP_MS, run: () => detachTap(tap) }] : []),
+    {
+      name: `start a new secondary on ${tp.name}`,
+      timeoutMs: LAUNCH_STEP_MS,
+      run: async () => {
+        prepareDataPlaneKey(c);
+        launched = await launchNode(tp, s.runtime.binary, `secondary ${tp.name}`);
+      },
+    },
+    ...secondaryEnterColoSteps(lateQmp(() => launched?.qmp, 'the new secondary'), { nbdHost: plan.endpoints.secondaryHost, nbdPort: plan.endpoints.nbdPort, tls: plan.endpoints.tls }).map(
+      (st, i, all): Step => (i === all.length - 1 ? { ...st, run: async () => (await st.run(), (done = true)) } : st),
+    ),
+  ];
+  return {
+    steps,
+    prepared: () => (done && launched ? { ...launched, plan } : undefined),
+    cleanup: async () => {
+      const l = launched;
+      launched = undefined;
+      l?.qmp.destroy();
+      if (l) await dropSecondary({ proc: l.proc, plan });
+      else removeBuffers([plan.buffers.active, plan.buffers.hidden]);
+    },
+  };
+}
+
+/** prepareSecondaryProcedure, run; on failure nothing of it is left. */
+export async function prepareSecondary(c: ResolvedConfig, s: PairState, primary: string, sizeBytes: number, step: (m: string) => void = () => {}): Promise<PreparedSecondary> {
+  const p = prepareSecondaryProcedure(c, s, primary, sizeBytes);
   try {
-    prepareDataPlaneKey(c);
-    launched = await launchNode(tp, s.runtime.binary, `secondary ${tp.name}`);
-    await secondaryEnterColo(launched.qmp, { nbdHost: plan.endpoints.secondaryHost, nbdPort: plan.endpoints.nbdPort, tls: plan.endpoints.tls }, (n) => step(`${tp.name}: ${n}`));
-    return { ...launched, plan };
+    await runSteps(PREPARE_SECONDARY, p.steps, { onStep: step });
+    return p.prepared()!;
   } catch (err) {
-    launched?.qmp.destroy();
-    if (launched) await dropSecondary({ proc: launched.proc, plan });
-    else removeBuffers([plan.buffers.active, plan.buffers.hidden]);
+    await p.cleanup();
     throw err;
   }
 }
@@ -105,58 +188,106 @@ export async function dropSecondary(p: { proc: QemuProcess; plan: PairPlan }): P
   removeBuffers([p.plan.buffers.active, p.plan.buffers.hidden]);
 }
 
+export interface ResumeOnSurvivorProcedure {
+  steps: Step[];
+  figures(): { mirrorMs: number; mirrorBytes: number; stoppedMs: number };
+  /** Releases the procedure's event listener: call once its steps are run, whatever the outcome. */
+  close(): void;
+}
+
 /**
- * On the survivor, once the new secondary waits: resume replication, wait
- * until this node reports COLO running as primary, and see a first
- * checkpoint complete. On failure the half-done resume is taken back and
- * the VM runs on alone.
+ * On the survivor, once the new secondary waits: resume replication
+ * (colo/resume.ts), then wait until this node reports COLO running as
+ * primary and a first checkpoint completes. Always run from its first step
+ * (a failure is taken back: takeBackResumeSteps).
  */
+export function resumeOnSurvivorProcedure(
+  c: ResolvedConfig,
+  qmp: QmpCommands,
+  plan: PairPlan,
+  o: { onUpdate?: (m: string) => void; onMirror?: (p: MirrorProgress) => void } = {},
+): ResumeOnSurvivorProcedure {
+  const r = resumeReplicationProcedure(
+    qmp,
+    plan.endpoints,
+    { host: plan.endpoints.secondaryHost, nbdPort: plan.endpoints.nbdPort, migrationPort: plan.endpoints.migrationPort, tls: plan.endpoints.tls },
+    {
+      onStep: o.onUpdate,
+      onMirror: o.onMirror,
+      mirrorTimeoutMs: c.replication.resyncTimeoutMs,
+      mirrorStallMs: MIRROR_STALL_MS,
+      // The VM is stopped while its RAM goes over.
+      migrationTimeoutMs: ramTransferBoundMs(c.vm.memory),
+    },
+  );
+  const delayMs = c.replication.checkpointDelayMs;
+  return {
+    steps: [
+      ...r.steps,
+      { name: 'COLO running as primary', timeoutMs: COLO_MODE_MS + 1000, run: () => waitColoMode(qmp, 'primary', COLO_MODE_MS) },
+      // firstCheckpoint waits delayMs + 15 s for the STOP, then 15 s for the RESUME.
+      { name: 'first checkpoint', timeoutMs: delayMs + 31_000, run: () => firstCheckpoint(qmp, delayMs) },
+    ],
+    figures: r.figures,
+    close: r.close,
+  };
+}
+
+/** resumeOnSurvivorProcedure, run; on failure the half-done resume is taken back and the VM runs on alone. */
 export async function resumeOnSurvivor(
   c: ResolvedConfig,
   qmp: QmpClient,
   plan: PairPlan,
-  o: { onUpdate?: (m: string) => void; onMirror?: (p: MirrorProgress) => void; fromStep?: number; onProgress?: (stepsDone: number) => void } = {},
-): Promise<ResumeResult> {
+  o: { onUpdate?: (m: string) => void; onMirror?: (p: MirrorProgress) => void } = {},
+): Promise<Omit<ResumeResult, 'steps' | 'afterRewriter'>> {
+  const p = resumeOnSurvivorProcedure(c, qmp, plan, o);
   try {
-    const r = await resumeReplication(
-      qmp,
-      plan.endpoints,
-      { host: plan.endpoints.secondaryHost, nbdPort: plan.endpoints.nbdPort, migrationPort: plan.endpoints.migrationPort, tls: plan.endpoints.tls },
-      {
-        onStep: o.onUpdate,
-        onMirror: o.onMirror,
-        mirrorTimeoutMs: c.replication.resyncTimeoutMs,
-        mirrorStallMs: 10_000,
-        // The VM is stopped while its RAM goes over: 10 s plus the RAM at 50 MiB/s.
-        migrationTimeoutMs: 10_000 + (c.vm.memory / (50 * 2 ** 20)) * 1000,
-        fromStep: o.fromStep,
-        onProgress: o.onProgress,
-      },
-    );
-    await waitColoMode(qmp, 'primary', 30_000);
-    await firstCheckpoint(qmp, c.replication.checkpointDelayMs);
-    return r;
+    await runSteps(RESUME_ON_SURVIVOR, p.steps, { onStep: o.onUpdate });
+    return p.figures();
   } catch (err) {
     const undone = await takeBackResume(qmp).catch(() => []);
     if (undone.length) o.onUpdate?.(`took back: ${undone.join(', ')}`);
     throw err;
+  } finally {
+    p.close();
   }
 }
+
+const STOP_STEP_MS = 5_000;
+
+/** The bound of "Primary Failover" run inside the take-back (9 steps of 5 s at most). */
+const PRIMARY_FAILOVER_MS = 50_000;
 
 /**
  * Takes a failed resume back on the survivor. If it got as far as COLO, the
  * COLO thread waits for a failover (colo.c, colo_exit_sem), which only
  * x-colo-lost-heartbeat gives it: so "Primary Failover" first (yanking the
- * links to the new secondary), then whatever else the resume left.
+ * links to the new secondary), then whatever else the resume left (best
+ * effort: abortResumeTolerantSteps), ending with the VM let run again
+ * (`cont`, the default) or stopped. `undone` gets what was undone.
  */
-export async function takeBackResume(qmp: QmpClient): Promise<string[]> {
+export function takeBackResumeSteps(qmp: QmpCommands, undone: string[] = [], o: { cont?: boolean; stopFirst?: boolean } = {}): Step[] {
+  return [
+    // Not to be let run: stopped before it leaves COLO (after the yank, so that no checkpoint starts it again).
+    ...(o.cont === false && o.stopFirst !== false ? [yankStep(qmp, 'to-secondary'), { name: 'stop', timeoutMs: STOP_STEP_MS, run: () => qmp.execute('stop', undefined, { timeoutMs: STOP_STEP_MS }) }] : []),
+    {
+      name: 'primary failover, if the resume reached COLO',
+      timeoutMs: PRIMARY_FAILOVER_MS,
+      run: async () => {
+        const colo = await queryColoStatus(qmp).catch(() => undefined);
+        if (colo?.mode !== 'primary') return;
+        await primaryFailover(qmp, undefined, { yank: true });
+        undone.push('primary failover (the resume had reached COLO)');
+      },
+    },
+    ...abortResumeTolerantSteps(qmp, undone, undefined, o),
+  ];
+}
+
+export async function takeBackResume(qmp: QmpCommands): Promise<string[]> {
   const undone: string[] = [];
-  const colo = await queryColoStatus(qmp).catch(() => undefined);
-  if (colo?.mode === 'primary') {
-    await primaryFailover(qmp, undefined, { yank: true });
-    undone.push('primary failover (the resume had reached COLO)');
-  }
-  return [...undone, ...(await abortResume(qmp))];
+  await runSteps(TAKE_BACK_RESUME, takeBackResumeSteps(qmp, undone));
+  return undone;
 }
 
 /** Records a finished resync: the survivor primary, the target its secondary with the new QEMU, and the figures. */

@@ -61,6 +61,13 @@ function matches(filter: EventFilter, e: QmpEvent): boolean {
 }
 
 /**
+ * What the COLO procedures use of a QMP connection: commands, HMP and events.
+ * A QmpClient, or a stand-in (the simulator builds the procedures' step lists
+ * with one that is never asked anything, to read their names).
+ */
+export type QmpCommands = Pick<QmpClient, 'execute' | 'hmp' | 'listen' | 'oobEnabled'>;
+
+/**
  * A scoped event listener: it buffers matching events from the moment it is
  * created until it is closed, so an event cannot slip by between issuing a
  * command and starting to wait for its effect.

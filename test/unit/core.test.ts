@@ -5,9 +5,10 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { initCore, step, statusOf, isProtected, InvariantError, WATCHDOG_INTERVAL_MS } from '../../src/node/core/core.js';
+import { initCore, step, statusOf, isProtected, InvariantError, WATCHDOG_INTERVAL_MS, CLOCK_DRIFT_MAX } from '../../src/node/core/core.js';
 import type { CoreConfig, CoreState, Effect, InputBody, QemuFound } from '../../src/node/core/types.js';
-import type { Heartbeat, LeaseReply } from '../../src/node/wire.js';
+import { peerMessageSchema, type Heartbeat, type LeaseReply } from '../../src/node/wire.js';
+import { Rng } from '../../src/sim/rng.js';
 import type { Epoch } from '../../src/pair/epoch.js';
 
 const E = (gen: number, by = 'up'): Epoch => ({ run: 'r1', gen, by });
@@ -146,7 +147,7 @@ test('the replication cable alone cut (heartbeats fine): the primary carries on 
   b.peer = { ...b.peer, role: 'alone', disk: E(2, 'a') };
   b.run(300, { heartbeats: true, answer: grantAll(b) });
   assert.deepEqual(b.decisions(), ['fence']);
-  assert.deepEqual(b.runs().at(-1)!.procedure, { kind: 'fence', yank: true });
+  assert.deepEqual(b.runs().at(-1)!.procedure, { kind: 'fence', yank: 'to-primary' }, 'the links to its primary');
 });
 
 test('status: PROTECTED only after a checkpoint was seen, never on the word of an attach alone', () => {
@@ -308,7 +309,7 @@ test('the watchdog lets a long checkpoint finish, yanks a stuck one, and ends a 
   assert.deepEqual(b.decisions(), [], 'no kill within the checkpoint bound (the 3 s watchdog killed a healthy QEMU here)');
   b.run(1500, { heartbeats: true, answer: oobOnly(b) });
   assert.deepEqual(b.decisions(), ['yank'], 'past the bound: its links to the peer are yanked, out of band');
-  assert.deepEqual(b.runs().at(-1)!.procedure, { kind: 'yank' });
+  assert.deepEqual(b.runs().at(-1)!.procedure, { kind: 'yank', links: 'to-primary' }, 'a secondary yanks its links to the primary');
   b.run(3500, { heartbeats: true, answer: oobOnly(b) });
   assert.deepEqual(b.decisions(), ['yank', 'kill'], 'still stuck after the yank: ended');
 
@@ -477,4 +478,215 @@ test('a checkpoint under way when every heartbeat path goes silent: the secondar
   slow.in({ t: 'qemu-event', event: 'RESUME' });
   slow.run(500, { heartbeats: true, answer: grantAll(slow) });
   assert.equal(isProtected(slow.s), true);
+});
+
+test('a schema-valid resync-done that carries an older epoch than our disk is refused as invalid, never an assertion (the agent exited 70)', () => {
+  const b = new Node({ name: 'b', peer: 'a' }, { epoch: E(2, 'a') });
+  b.peer = { ...b.peer, boot: 'boot-a', role: 'alone', busy: 'reprotect', disk: E(2, 'a') };
+  b.found({ running: false });
+  b.heartbeat();
+  b.in({ t: 'peer-message', path: 0, msg: { t: 'req', id: 'r1', body: { k: 'resync-prepare', primary: 'a', disk: E(2, 'a'), sizeBytes: 1 } } });
+  b.in({ t: 'proc-done', id: b.runs().at(-1)!.id, pid: 4242 });
+  assert.equal(b.s.work?.kind === 'join' && b.s.work.phase, 'ready');
+  // The survivor (or anyone who holds the secret) says the resync is done, at an epoch older than our own disk's.
+  b.in({ t: 'peer-message', path: 0, msg: { t: 'req', id: 'r2', body: { k: 'resync-done', disk: E(1) } } });
+  const rep = b.last('send-peer')!;
+  assert.ok(rep.msg.t === 'rep' && rep.msg.re === 'r2' && rep.msg.ok === false && /older/.test(rep.msg.why ?? ''), 'refused, saying why');
+  assert.deepEqual(b.s.disk.epoch, E(2, 'a'), 'our record is not taken back');
+  assert.equal(b.s.work?.kind === 'join' && b.s.work.phase, 'ready', 'still waits for a valid word');
+  assert.ok(b.fx.some((e) => e.t === 'log' && e.level === 'warn' && /refused/.test(e.msg)), 'logged');
+  // The valid word is still taken.
+  b.in({ t: 'peer-message', path: 0, msg: { t: 'req', id: 'r3', body: { k: 'resync-done', disk: E(2, 'a') } } });
+  assert.equal(b.s.work?.kind === 'join' && b.s.work.phase, 'persisting');
+});
+
+test('no schema-valid peer message stops the agent: 20,000 random ones, in every phase of a resync and a failover', () => {
+  const rng = new Rng(21);
+  const epochs = [E(1), E(2, 'a'), E(2, 'b'), E(3, 'a'), { run: 'r0', gen: 9, by: 'b' }, null];
+  const roles = ['primary', 'secondary', 'alone', 'fenced', 'down'] as const;
+  const message = (n: Node): unknown => {
+    const pendingIds = n.s.pending.map((p) => p.id);
+    const id = rng.chance(0.5) && pendingIds.length ? rng.pick(pendingIds) : `x${rng.int(1, 5)}`;
+    switch (rng.int(0, 5)) {
+      case 0:
+        return { t: 'hb', boot: rng.pick(['boot-b', 'boot-b2']), seq: rng.int(0, 50), role: rng.pick(roles), qemu: rng.pick(['alive', 'dead', 'unknown']), colo: rng.pick(['ok', 'exited']), hearsPeer: rng.chance(0.5), disk: rng.pick(epochs), checkpointAgeMs: rng.chance(0.5) ? null : rng.int(0, 20_000), busy: rng.pick([null, 'join', 'reprotect', 'takeover', 'fence']) };
+      case 1:
+        return { t: 'hback', seq: rng.int(0, 50) };
+      case 2:
+        return { t: 'req', id, body: { k: 'resync-prepare', primary: 'b', disk: rng.pick(epochs.filter((e) => e !== null)), sizeBytes: rng.int(0, 1 << 20) } };
+      case 3:
+        return { t: 'req', id, body: { k: 'resync-done', disk: rng.pick(epochs.filter((e) => e !== null)) } };
+      case 4:
+        return { t: 'req', id, body: { k: 'resync-abort', why: 'x' } };
+      default:
+        return { t: 'rep', re: id, ok: rng.chance(0.5), ...(rng.chance(0.5) ? { pid: rng.int(1, 99999) } : {}) };
+    }
+  };
+  for (let run = 0; run < 200; run++) {
+    const n = new Node({ witness: rng.chance(0.7) }, { epoch: rng.pick([E(2, 'a'), E(1), undefined]) });
+    n.found(rng.pick([{ colo: 'primary' as const }, { colo: 'secondary' as const }, { colo: 'none' as const }, { running: false }, { runState: 'paused' as const }]));
+    for (let i = 0; i < 100; i++) {
+      const msg = peerMessageSchema.parse(message(n));
+      n.in({ t: 'peer-message', path: 0, msg });
+      // Let the work it started go on: its procedures succeed or fail, its records are written.
+      for (const e of n.fx.splice(0)) {
+        if (e.t === 'run') n.in(rng.chance(0.8) ? { t: 'proc-done', id: e.id, pid: 77 } : { t: 'proc-failed', id: e.id, stepsDone: 0, error: 'x' });
+        else if (e.t === 'persist-disk') n.in({ t: 'disk-persisted', id: e.id, ok: rng.chance(0.9) });
+      }
+      n.now += rng.int(0, 400);
+      n.in({ t: 'tick' });
+    }
+  }
+});
+
+test('a QEMU that cannot be attached within the checkpoint and hung bounds is ended by the core, which says why', () => {
+  const a = new Node();
+  // The runtime keeps trying to attach: QMP's negotiation needs the main loop, which a stuck checkpoint holds.
+  a.run(12_500 + 3000);
+  assert.deepEqual(a.decisions(), [], 'waited as long as a checkpoint may hold the main loop');
+  a.run(100);
+  assert.deepEqual(a.decisions(), ['kill']);
+  assert.match(a.last('kill-qemu')!.why, /could not be attached in \d+ ms/);
+  a.run(1000);
+  assert.equal(a.fx.filter((e) => e.t === 'kill-qemu').length, 1, 'once');
+  // The next try finds no QEMU: down, and the agent speaks again.
+  a.found({ running: false });
+  assert.equal(a.s.role, 'down');
+  // A connection lost later (the process still there) starts the clock again.
+  const b = new Node();
+  b.found({ colo: 'primary' });
+  b.run(20_000, { heartbeats: true, answer: grantAll(b) });
+  b.in({ t: 'qemu-lost', processGone: false });
+  b.run(12_500 + 3000, { heartbeats: true, answer: grantAll(b) });
+  assert.ok(!b.decisions().includes('kill'), 'not before the bound, counted from the loss');
+  b.run(200, { heartbeats: true, answer: grantAll(b) });
+  assert.ok(b.decisions().includes('kill'));
+});
+
+test('the core names the links a yank shuts: a primary its links to the secondary, a former secondary (fenced) its links to the primary', () => {
+  const a = new Node();
+  a.found({ colo: 'primary' });
+  a.run(1000, { heartbeats: true, answer: grantAll(a) });
+  a.heartbeat({ role: 'alone', disk: E(2, 'b') });
+  a.run(100, { answer: grantAll(a) });
+  assert.deepEqual(a.runs().at(-1)!.procedure, { kind: 'fence', yank: 'to-secondary' });
+  // A former secondary, fenced, whose main loop then sticks: the watchdog's yank is towards its primary.
+  const b = new Node({ name: 'b', peer: 'a' });
+  b.peer = { ...b.peer, boot: 'boot-a', role: 'primary' };
+  b.found({ colo: 'secondary' });
+  b.run(1000, { heartbeats: true, answer: grantAll(b) });
+  b.peer = { ...b.peer, role: 'alone', disk: E(2, 'a') };
+  b.run(300, { heartbeats: true, answer: grantAll(b) });
+  b.in({ t: 'proc-done', id: b.runs().at(-1)!.id });
+  assert.equal(b.s.role, 'fenced');
+  b.run(4000, { heartbeats: true, answer: (e) => (e.t === 'query-qemu' && !e.oob ? undefined : grantAll(b)(e)) });
+  assert.deepEqual(b.runs().at(-1)!.procedure, { kind: 'yank', links: 'to-primary' });
+});
+
+test('a resync records the new secondary by the pid its agent gave in answer to our request, and 0 when it gave none', () => {
+  for (const pid of [4242, undefined]) {
+    const a = new Node({}, { epoch: E(2, 'a') });
+    a.peer = { ...a.peer, role: 'down', qemu: 'dead', disk: E(1) };
+    a.found({ colo: 'none' });
+    a.run(500, { heartbeats: true, answer: grantAll(a) });
+    const ask = a.fx.find((e): e is Extract<Effect, { t: 'send-peer' }> => e.t === 'send-peer' && e.msg.t === 'req')!;
+    assert.ok(ask.msg.t === 'req' && ask.msg.body.k === 'resync-prepare');
+    // Another answer that carries a pid, to a request that is not ours, counts for nothing.
+    a.in({ t: 'peer-message', path: 0, msg: { t: 'rep', re: 'not-ours', ok: true, pid: 999 } });
+    a.in({ t: 'peer-message', path: 0, msg: { t: 'rep', re: ask.msg.id, ok: true, ...(pid !== undefined ? { pid } : {}) } });
+    assert.deepEqual(a.runs().at(-1)!.procedure, { kind: 'resume', targetPid: pid ?? 0 });
+  }
+});
+
+test('a resync taken back after the lease ran out leaves the VM stopped until the lease is ours again (simulator: the take-back let it run without the lease)', () => {
+  const a = new Node({}, { epoch: E(2, 'a') });
+  a.peer = { ...a.peer, role: 'down', qemu: 'dead', disk: E(1) };
+  a.found({ colo: 'none' });
+  a.run(500, { heartbeats: true, answer: grantAll(a) });
+  const ask = a.fx.find((e): e is Extract<Effect, { t: 'send-peer' }> => e.t === 'send-peer' && e.msg.t === 'req')!;
+  assert.ok(ask.msg.t === 'req');
+  a.in({ t: 'peer-message', path: 0, msg: { t: 'rep', re: ask.msg.id, ok: true, pid: 7 } });
+  const resume = a.runs().at(-1)!;
+  assert.equal(resume.procedure.kind, 'resume');
+  // The witness and the peer fall silent while the resume runs (it stopped the VM for the switch): the lease runs out.
+  a.run(1500, { answer: (e) => (e.t === 'query-qemu' ? { t: 'qemu-answer', id: e.id } : undefined) });
+  a.in({ t: 'proc-failed', id: resume.id, stepsDone: 13, error: 'the migration to the new secondary failed' });
+  const takeBack = a.runs().at(-1)!;
+  assert.deepEqual(takeBack.procedure, { kind: 'abort-resume', cont: false }, 'the take-back stops the VM instead of letting it run');
+  a.in({ t: 'proc-done', id: takeBack.id });
+  assert.equal(a.s.role, 'fenced');
+  assert.equal(a.s.qemu.paused, true);
+  // The lease again: the VM runs again.
+  a.run(500, { answer: grantAll(a) });
+  assert.ok(a.decisions().includes('unfence'));
+});
+
+test('QUORUM_REPORT_BAD of the replica: the links to the secondary are yanked at once, PROTECTED ends, and the primary carries on alone under a new epoch (simulator: a replica that missed a write took over)', () => {
+  const a = new Node();
+  a.found({ colo: 'primary' });
+  a.run(1000, { heartbeats: true, answer: grantAll(a) });
+  a.checkpoint();
+  assert.equal(isProtected(a.s), true);
+  const pendingFx = a.in({ t: 'quorum-bad', child: 'replica', error: 'No space left on device' });
+  assert.equal(isProtected(a.s), false, 'the replica is no exact copy: not protected');
+  // Its record and the witness answer (as grantAll would, had they come within run()).
+  const answer = grantAll(a);
+  for (let todo = [...pendingFx]; todo.length; ) {
+    const r = answer(todo.shift()!);
+    if (r) todo.push(...a.in(r));
+  }
+  assert.deepEqual(a.runs()[0]!.procedure, { kind: 'yank', links: 'to-secondary' }, 'yanked before any checkpoint makes the short replica its state');
+  a.run(100, { heartbeats: true, answer: grantAll(a) });
+  assert.deepEqual(a.decisions(), ['yank', 'primary-failover']);
+  assert.deepEqual(a.s.disk.epoch, E(2, 'a'), 'a new epoch at the witness: the secondary\'s disk is stale for good');
+  assert.ok(statusOf(a.s).degraded.some((d) => /replica missed a write/.test(d)));
+
+  // Our own disk failed a write the replica took: the secondary's disk is the exact one; our QEMU is ended.
+  const c = new Node();
+  c.found({ colo: 'primary' });
+  c.run(1000, { heartbeats: true, answer: grantAll(c) });
+  c.in({ t: 'quorum-bad', child: 'local', error: 'Input/output error' });
+  assert.deepEqual(c.decisions(), ['kill']);
+  assert.match(c.last('kill-qemu')!.why, /secondary's replica took/);
+});
+
+test('the lease ends in our view before it ends at the witness, with both clocks drifting the most they may, the wrong ways', () => {
+  const a = new Node();
+  a.found({ colo: 'primary' });
+  let ask: Extract<Effect, { t: 'ask-witness' }> | undefined;
+  a.run(100, { heartbeats: true, answer: (e) => (e.t === 'ask-witness' ? void (ask ??= e) : e.t === 'query-qemu' ? { t: 'qemu-answer', id: e.id } : undefined) });
+  assert.ok(ask);
+  const sentAt = a.s.pending.find((p) => p.id === ask!.id)!.sentAt;
+  a.in({ t: 'witness-reply', reply: { t: 'lease', re: ask.id, granted: true, holder: 'a', ttlMs: 1000, newest: E(1) } });
+  // Our clock runs slow, the witness's fast, and the request reaches the witness at once.
+  const ours = 1 - CLOCK_DRIFT_MAX;
+  const witness = 1 + CLOCK_DRIFT_MAX;
+  const oursEndsRealMs = (a.s.lease.until - sentAt) / ours;
+  const witnessEndsRealMs = 1000 / witness;
+  assert.ok(oursEndsRealMs < witnessEndsRealMs, `our view ends ${oursEndsRealMs.toFixed(3)} ms after we asked, the witness's ${witnessEndsRealMs.toFixed(3)} ms`);
+  assert.ok(a.s.lease.until - sentAt > 990, 'and not much earlier');
+});
+
+test('the run state QEMU reports wins over a stop or cont whose reply was lost: a VM found stopped while alone is fenced, one found running while fenced is stopped again', () => {
+  const a = new Node();
+  a.found({ colo: 'none' });
+  a.run(500, { answer: grantAll(a) });
+  assert.equal(a.s.role, 'alone');
+  // A stop that took effect after its step gave up: the watchdog's query-status says paused.
+  a.run(600, { answer: (e) => (e.t === 'query-qemu' && !e.oob ? { t: 'qemu-answer', id: e.id, paused: true } : grantAll(a)(e)) });
+  assert.ok(a.fx.some((e) => e.t === 'record' && e.event === 'fence' && e.detail.reason === 'our VM was found stopped'), 'taken as fenced');
+  assert.ok(a.decisions().includes('unfence'), 'then let run again by the fence\'s rules (the lease is ours)');
+
+  // Fenced (no lease, no peer); a cont that took effect late makes the VM run: it is stopped again.
+  const b = new Node();
+  b.found({ colo: 'none' });
+  b.run(500, { answer: grantAll(b) });
+  const silent = (e: Effect): InputBody | undefined => (e.t === 'persist-disk' ? grantAll(b)(e) : e.t === 'query-qemu' && !e.oob ? { t: 'qemu-answer', id: e.id, paused: b.s.qemu.paused } : e.t === 'query-qemu' ? { t: 'qemu-answer', id: e.id } : undefined);
+  b.run(3000, { answer: silent });
+  assert.deepEqual(b.decisions(), ['fence']);
+  b.in({ t: 'proc-done', id: b.runs().at(-1)!.id });
+  assert.equal(b.s.role, 'fenced');
+  b.run(1000, { answer: (e) => (e.t === 'query-qemu' && !e.oob ? { t: 'qemu-answer', id: e.id, paused: false } : silent(e)) });
+  assert.deepEqual(b.decisions(), ['fence', 'fence'], 'stopped again');
+  assert.match(b.fx.filter((e): e is Extract<Effect, { t: 'decision' }> => e.t === 'decision').at(-1)!.why, /runs although we stopped it/);
 });

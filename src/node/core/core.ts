@@ -36,7 +36,8 @@
 import type { Epoch } from '../../pair/epoch.js';
 import { compareEpochs, epochEquals, formatEpoch, mayResyncTowards, nextEpoch } from '../../pair/epoch.js';
 import type { Heartbeat, LeaseReply, PeerReply, PeerRequestBody } from '../wire.js';
-import type { Attempts, CoreConfig, CoreState, CoreStatus, Effect, Input, Pending, Procedure, QemuFound, Role, Transition, Work } from './types.js';
+import { planted } from '../mutants.js';
+import type { Attempts, CoreConfig, CoreState, CoreStatus, Effect, Input, PeerLinks, Pending, Procedure, QemuFound, Role, Transition, Work } from './types.js';
 
 /** A broken invariant: the core's own logic is wrong. The runtime stops the agent (the QEMUs run on); the simulator reports the seed. */
 export class InvariantError extends Error {
@@ -72,6 +73,14 @@ const BACKOFF = {
   restart: { firstMs: 2_000, maxMs: 30_000 },
 } as const;
 
+/**
+ * How far two hosts' monotonic clocks may drift apart, as a rate (each may run
+ * up to this much fast or slow: NTP slews a clock by at most 500 ppm). A
+ * lease is counted from when we asked, and shortened by the drift of both
+ * clocks, so that our view of it ends before the witness's.
+ */
+export const CLOCK_DRIFT_MAX = 0.001;
+
 // ---- derived timings ----
 
 /** After start, how long the absence of the peer's word and of a lease answer is no evidence. */
@@ -86,6 +95,16 @@ export function startGraceMs(cfg: CoreConfig): number {
  */
 export function restartSilenceMs(cfg: CoreConfig): number {
   return cfg.stallMs + 2 * cfg.leaseMs + cfg.heartbeatTimeoutMs + 1000;
+}
+
+/**
+ * How long we try to attach to our QEMU before we end it. QMP's negotiation
+ * needs QEMU's main loop, which a checkpoint on a silent link holds for up to
+ * the checkpoint bound; past that and the hung bound, a QEMU we cannot attach
+ * can be neither watched nor stopped, and might come back as a second writer.
+ */
+export function attachBoundMs(cfg: CoreConfig): number {
+  return cfg.checkpointTimeoutMs + cfg.hungMs;
 }
 
 // ---- construction ----
@@ -103,12 +122,14 @@ export function initCore(cfg: CoreConfig, now: number, boot: string, disk: { epo
     fence: null,
     qemu: {
       state: 'attaching',
+      attachingSince: now,
       oob: false,
       coloExitAt: null,
       lastCheckpointAt: now,
       checkpointSeen: false,
       checkpointSince: null,
       paused: false,
+      procedureEndedAt: now,
       inband: null,
       oobProbe: null,
       lastInbandAt: now,
@@ -116,6 +137,7 @@ export function initCore(cfg: CoreConfig, now: number, boot: string, disk: { epo
       yankedAt: null,
       killedAt: null,
       leftovers: false,
+      replicaBadAt: null,
     },
     disk: { epoch: disk.epoch, pending: disk.pending, persisting: null, sizeBytes: cfg.diskSizeBytes },
     peer: { paths: Array.from({ length: cfg.paths }, () => ({ up: false, lastHeardAt: null })), boot: null, seq: 0, hb: null, hbAt: null, since: null, rttMs: null, probe: null, probeResult: null },
@@ -260,6 +282,31 @@ export function leaseValid(s: CoreState): boolean {
 }
 
 /**
+ * The lease is ours for a while yet: for a stop margin (a quarter of a lease)
+ * more. A VM that writes alone is stopped once less is left, so that it has
+ * stopped (a tick, a QMP stop) before the lease can be anybody else's; and
+ * one is let write alone only with more than that left. A renewed lease
+ * always has three quarters left.
+ */
+export function leaseAhead(s: CoreState): boolean {
+  return !s.cfg.witness || s.lease.until - s.now > leaseStopMarginMs(s.cfg);
+}
+
+export function leaseStopMarginMs(cfg: CoreConfig): number {
+  return cfg.leaseMs / 4;
+}
+
+/**
+ * Our VM may run alone now (a stopped one be let run again): with a witness,
+ * only while the lease is ours, and never while our disk's epoch is unknown.
+ * A VM that a procedure stopped and that would run again otherwise begins to
+ * write alone without the lease, or on a disk nobody can vouch for.
+ */
+function mayRunAlone(s: CoreState): boolean {
+  return (leaseAhead(s) && s.disk.epoch !== undefined) || planted('take-back-runs-vm-without-lease');
+}
+
+/**
  * Our QEMU's checkpoint stream stalled: no checkpoint for too long, or one
  * that takes too long. A checkpoint may take up to checkpointTimeoutMs (all
  * of RAM the first time) while the peer's agent is heard; with every
@@ -273,9 +320,13 @@ export function stalled(s: CoreState): { ms: number; inCheckpoint: boolean } | n
   if (s.qemu.checkpointSince !== null) {
     const ms = s.now - s.qemu.checkpointSince;
     if (ms > s.cfg.checkpointTimeoutMs) return { ms, inCheckpoint: true };
-    return !peerFresh(s) && sinceLast > s.cfg.stallMs ? { ms, inCheckpoint: true } : null;
+    return !peerFresh(s) && sinceLast > stallMs(s) ? { ms, inCheckpoint: true } : null;
   }
-  return sinceLast > s.cfg.stallMs ? { ms: sinceLast, inCheckpoint: false } : null;
+  return sinceLast > stallMs(s) ? { ms: sinceLast, inCheckpoint: false } : null;
+}
+
+function stallMs(s: CoreState): number {
+  return planted('stall-bound-x3') ? 3 * s.cfg.stallMs : s.cfg.stallMs;
 }
 
 function attemptsOf(s: CoreState, kind: string): Attempts {
@@ -359,10 +410,14 @@ function absorb(ctx: Ctx, input: Input): void {
       return qemuEvent(ctx, input.event);
     case 'qemu-lost':
       return qemuLost(ctx, input.processGone);
+    case 'quorum-bad':
+      return quorumBad(ctx, input.child, input.error);
     case 'qemu-answer':
       if (s.qemu.inband?.id === input.id) {
+        const sentAt = s.qemu.inband.sentAt;
         s.qemu.inband = null;
         s.qemu.lastInbandAt = s.now;
+        if (input.paused !== undefined) runState(ctx, input.paused, sentAt);
       } else if (s.qemu.oobProbe?.id === input.id) {
         s.qemu.oobProbe = null;
         s.qemu.lastOobAt = s.now;
@@ -434,6 +489,9 @@ function found(ctx: Ctx, f: QemuFound): void {
   }
   q.state = 'alive';
   q.paused = f.runState === 'paused';
+  // QUORUM_REPORT_BAD is said once, to the monitors connected then: what a replica missed while no agent was attached
+  // is not known here (QEMU keeps no count of a quorum child's failures: query-blockstats counts per device).
+  q.replicaBadAt = null;
   // We do not know when its last checkpoint was: the stall clock starts now, and protection waits for one.
   q.lastCheckpointAt = s.now;
   q.checkpointSeen = false;
@@ -484,12 +542,43 @@ function fenceAs(s: CoreState, from: 'primary' | 'secondary' | 'alone', why: str
   s.fence = { why, from, at: s.now };
 }
 
+/**
+ * What QEMU says of our VM's run state (the watchdog's query-status), against
+ * what we believe. A stop or cont whose reply never came (its step timed out,
+ * so we took the step as not done) may take effect later: a VM we believe
+ * running is found stopped, or one we stopped runs. Believed only while no
+ * procedure of ours is under way and the query went out after the last one
+ * ended.
+ * - stopped, out of COLO: as good as fenced; the fence's rules let it run again;
+ * - running while we are fenced: stopped again at once (a second writer otherwise).
+ */
+function runState(ctx: Ctx, paused: boolean, sentAt: number): void {
+  const s = ctx.s;
+  const q = s.qemu;
+  if (s.work !== null || sentAt <= q.procedureEndedAt || paused === q.paused) return;
+  if (paused) {
+    if (!(s.role === 'alone' || (s.role === 'primary' && q.coloExitAt !== null))) return;
+    log(ctx, 'warn', 'our VM is stopped although we let it run (a stop that took effect after its step gave up)');
+    q.paused = true;
+    fenceAs(s, s.role, 'our VM was found stopped');
+    emit(ctx, { t: 'record', event: 'fence', detail: { node: s.cfg.name, from: s.fence!.from, reason: s.fence!.why } });
+    sendHeartbeat(ctx);
+    return;
+  }
+  if (s.role !== 'fenced') return;
+  const why = 'our VM runs although we stopped it (a cont that took effect after its step gave up): stopping it again';
+  decide(ctx, 'fence', why);
+  beginSimple(ctx, 'fence', why, { kind: 'fence', yank: null });
+}
+
 function qemuEvent(ctx: Ctx, event: 'STOP' | 'RESUME' | 'COLO_EXIT' | 'SHUTDOWN'): void {
   const s = ctx.s;
   const q = s.qemu;
   if (q.state !== 'alive') return;
   if (event === 'STOP') {
-    if ((s.role === 'primary' || s.role === 'secondary') && q.coloExitAt === null) q.checkpointSince = s.now;
+    // In COLO, or entering it again (a resume waits for its first checkpoint): when a checkpoint began.
+    const resuming = s.work?.kind === 'reprotect' && s.work.phase === 'resuming';
+    if (((s.role === 'primary' || s.role === 'secondary') && q.coloExitAt === null) || resuming) q.checkpointSince = s.now;
   } else if (event === 'RESUME') {
     if (q.checkpointSince !== null) {
       q.lastCheckpointAt = s.now;
@@ -505,12 +594,50 @@ function qemuEvent(ctx: Ctx, event: 'STOP' | 'RESUME' | 'COLO_EXIT' | 'SHUTDOWN'
   }
 }
 
+/**
+ * QUORUM_REPORT_BAD (block/quorum.c): with vote-threshold=1 a write that
+ * failed on one child of our disk's quorum still completed on the other, and
+ * the guest may have acknowledged it.
+ * - the replication child (the secondary's replica: ENOSPC, EIO, a broken
+ *   NBD connection): the secondary's disk is no longer an exact copy, so it
+ *   must never take over. The links to it are yanked at once, so that no
+ *   checkpoint makes the missing write the secondary's state for good (until
+ *   a checkpoint its own VM's write covers it), and we carry on alone under
+ *   a new epoch (primaryFailoverReason), which makes its disk stale at the
+ *   witness; the resync then makes it exact again;
+ * - our own disk, while the replica took the write: the secondary's disk is
+ *   the exact one; our QEMU is ended and the secondary takes over.
+ * Either way we stop calling the pair protected. Outside COLO there is one
+ * child: the write failed, and the guest got the error.
+ */
+function quorumBad(ctx: Ctx, child: 'replica' | 'local', error: string): void {
+  const s = ctx.s;
+  const q = s.qemu;
+  // Our quorum has a replication child as a primary, and from the migration on in a resume of ours.
+  const resuming = s.work?.kind === 'reprotect' && s.work.phase === 'resuming';
+  if (q.state !== 'alive' || !(s.role === 'primary' || resuming)) return log(ctx, 'warn', `QUORUM_REPORT_BAD of our ${child === 'replica' ? 'replication child' : 'disk'}: ${error}`);
+  if (child === 'local') {
+    // A new secondary not yet ours to hand the VM to (its agent takes it over at the end of the resume): later.
+    if (resuming) return log(ctx, 'error', `our disk failed a write during a resync: ${error}`);
+    if (q.coloExitAt !== null || q.replicaBadAt !== null || planted('ignore-replica-write-errors')) return log(ctx, 'error', `our disk failed a write: ${error}`);
+    return killQemu(ctx, `our disk failed a write (${error}) that the secondary's replica took: the secondary's disk is the exact one`);
+  }
+  if (q.replicaBadAt !== null || planted('ignore-replica-write-errors')) return;
+  q.replicaBadAt = s.now;
+  log(ctx, 'error', `QUORUM_REPORT_BAD: the secondary's replica failed a write (${error}): it is no exact copy any more`);
+  if (q.coloExitAt === null && q.oob) {
+    decide(ctx, 'yank', `the secondary's replica failed a write (${error}): yanking our links to it before a checkpoint makes that its state`);
+    emit(ctx, { t: 'run', id: newId(s), procedure: { kind: 'yank', links: 'to-secondary' }, fromStep: 0 });
+  }
+}
+
 function qemuLost(ctx: Ctx, processGone: boolean): void {
   const s = ctx.s;
   const q = s.qemu;
   q.inband = null;
   q.oobProbe = null;
   if (!processGone) {
+    if (q.state !== 'attaching') q.attachingSince = s.now;
     q.state = 'attaching';
     return;
   }
@@ -577,7 +704,7 @@ function peerMessage(ctx: Ctx, path: number, msg: Extract<Input, { t: 'peer-mess
  */
 function askLease(ctx: Ctx, deadlineMs: number, nextOrNull: Epoch | null): void {
   const s = ctx.s;
-  const next = nextOrNull ?? s.disk.pending ?? null;
+  const next = nextOrNull ?? (planted('pending-epoch-not-carried') ? null : s.disk.pending) ?? null;
   const id = newId(s);
   addPending(ctx, { id, to: 'witness', what: 'lease', sentAt: s.now, deadline: s.now + deadlineMs, next });
   emit(ctx, { t: 'ask-witness', id, ttlMs: s.cfg.leaseMs, disk: s.disk.epoch ?? null, next });
@@ -594,10 +721,13 @@ function leaseReply(ctx: Ctx, r: LeaseReply): void {
   s.lease.lastAnswerAt = s.now;
   s.lease.newest = r.newest;
   if (r.granted) {
-    // Counted from when we asked: our view always ends before the witness's. A request sent before we released the
-    // lease is answered with a grant the release has ended already.
+    // Counted from when we asked, and shortened by the drift both clocks may have: our view always ends before the
+    // witness's. A request sent before we released the lease is answered with a grant the release has ended already.
+    // (No simulated schedule needs this rule: we release only as our QEMU dies, and whatever we then write alone first
+    // records a new epoch, which the witness grants only to the lease holder.)
     const ttl = r.ttlMs ?? s.cfg.leaseMs;
-    if (p.sentAt > s.lease.releasedAt) s.lease.until = Math.max(s.lease.until, p.sentAt + ttl);
+    const from = planted('lease-from-reply') ? s.now : p.sentAt;
+    if (p.sentAt > s.lease.releasedAt) s.lease.until = Math.max(s.lease.until, from + ttl * (1 - 2 * CLOCK_DRIFT_MAX));
     s.lease.lastRefusal = null;
     // A grant with `next` means the witness recorded that epoch: commit it (if not already), also after a restart.
     if (p.next && !epochEquals(s.disk.epoch, p.next) && compareEpochs(p.next, s.disk.epoch) !== 'older') commitEpoch(ctx, p.next, 'recorded at the witness');
@@ -606,6 +736,8 @@ function leaseReply(ctx: Ctx, r: LeaseReply): void {
     // Not recorded, and another epoch is the newest: the one we had asked for is void (unless another request for it
     // is still out). A refusal that says nothing of it (a witness in its grace period, which may well have recorded it
     // in its previous life) leaves it pending.
+    // (No simulated schedule needs this rule unless the witness forgets what it recorded: its durable record always says
+    // which epoch is the newest, README "What is not there yet".)
     if (p.next && r.newest && !epochEquals(r.newest, p.next) && epochEquals(s.disk.pending, p.next) && !s.pending.some((x) => x.what === 'lease' && epochEquals(x.next ?? undefined, p.next ?? undefined))) {
       persist(ctx, s.disk.epoch, undefined, 'the witness did not record our new epoch');
     }
@@ -659,6 +791,7 @@ function periodic(ctx: Ctx): void {
   // Taking over: ask again until the holder's lease runs out (or the deadline passes); recording: ask once a renewal is out of the way.
   if (ww && !leaseOutstanding(s) && ((ww.phase === 'lease' && s.now >= s.lease.nextAskAt) || ww.phase === 'record')) advanceWriter(ctx);
   renewLease(ctx);
+  attachWatch(ctx);
   watchdog(ctx);
   const w = s.work;
   if (w?.kind === 'reprotect' && w.phase === 'asking' && s.now > w.deadline) {
@@ -707,7 +840,7 @@ function pendingExpired(ctx: Ctx, p: Pending): void {
 function renewLease(ctx: Ctx): void {
   const s = ctx.s;
   if (!s.cfg.witness || s.qemu.state === 'attaching') return;
-  const writing = writerWork(s)?.phase === 'procedure';
+  const writing = writerWork(s)?.phase === 'procedure' && !planted('lease-not-renewed-while-taking-over');
   const renews = s.role === 'primary' || s.role === 'alone' || (s.role === 'fenced' && s.fence?.from !== 'secondary' && !staleDisk(s)) || writing;
   if (!renews) {
     // The others only ask how things stand (asking for the lease could take it from a primary between two renewals).
@@ -761,11 +894,28 @@ function watchdog(ctx: Ctx): void {
   if (q.oob && inColo && q.yankedAt === null) {
     q.yankedAt = s.now;
     decide(ctx, 'yank', `our QEMU's main loop has not answered for ${Math.round(stuckMs)} ms${q.checkpointSince !== null ? ' (in a checkpoint)' : ''}: yanking its links to ${s.cfg.peer}`);
-    emit(ctx, { t: 'run', id: newId(s), procedure: { kind: 'yank' }, fromStep: 0 });
+    emit(ctx, { t: 'run', id: newId(s), procedure: { kind: 'yank', links: peerLinks(s) }, fromStep: 0 });
     return;
   }
   if (q.yankedAt !== null && s.now - q.yankedAt <= hung) return;
   killQemu(ctx, `our QEMU's main loop has not answered for ${Math.round(stuckMs)} ms${q.yankedAt !== null ? ', not even after the yank' : ''}`);
+}
+
+/**
+ * Which of our QEMU's links to the peer a yank shuts: to the primary if we are
+ * (or were, before a fence) its secondary, else to the secondary.
+ */
+export function peerLinks(s: CoreState): PeerLinks {
+  return s.role === 'secondary' || s.fence?.from === 'secondary' ? 'to-primary' : 'to-secondary';
+}
+
+/** A QEMU we cannot attach to within attachBoundMs is ended (the runtime keeps trying until then, and then finds none). */
+function attachWatch(ctx: Ctx): void {
+  const s = ctx.s;
+  const q = s.qemu;
+  if (q.state !== 'attaching' || q.killedAt !== null || planted('unattachable-qemu-left-running')) return;
+  const ms = s.now - q.attachingSince;
+  if (ms > attachBoundMs(s.cfg)) killQemu(ctx, `our QEMU could not be attached in ${Math.round(ms)} ms (its main loop does not answer)`);
 }
 
 function killQemu(ctx: Ctx, why: string): void {
@@ -821,13 +971,13 @@ function act(ctx: Ctx): void {
     case 'restart':
       return beginWriter(ctx, 'restart', a.why, { kind: 'restart' }, 2000, false);
     case 'fence':
-      return beginSimple(ctx, 'fence', a.why, { kind: 'fence', yank: a.yank });
+      return beginSimple(ctx, 'fence', a.why, { kind: 'fence', yank: a.yank ? peerLinks(s) : null });
     case 'unfence':
       return beginSimple(ctx, 'unfence', a.why, { kind: 'unfence' });
     case 'abort-resume': {
       const id = newId(s);
-      s.work = { kind: 'reprotect', phase: 'aborting', why: a.why, startedAt: s.now, reqId: null, procId: id, step: null, mirror: null, error: null, deadline: Infinity };
-      emit(ctx, { t: 'run', id, procedure: { kind: 'abort-resume' }, fromStep: 0 });
+      s.work = { kind: 'reprotect', phase: 'aborting', why: a.why, startedAt: s.now, reqId: null, procId: id, step: null, mirror: null, error: null, deadline: Infinity, targetPid: null, cont: mayRunAlone(s) };
+      emit(ctx, { t: 'run', id, procedure: { kind: 'abort-resume', cont: mayRunAlone(s) }, fromStep: 0 });
       return;
     }
     case 'reprotect':
@@ -865,6 +1015,7 @@ function choosePrimary(s: CoreState): Action {
   const failover = primaryFailoverReason(s, peer, fresh);
   if (failover && 'probe' in failover) return { action: 'probe', why: failover.probe };
   if (failover) {
+    if (s.disk.epoch === undefined && !planted('takeover-with-unknown-epoch')) return { action: 'fence', why: `${failover.why}, but our disk's epoch is unknown (its record is missing or unreadable): we cannot carry on alone`, yank: true };
     // Never carry on alone with a disk older than the peer's (it wrote alone where we could not hear it).
     const behind = peerAhead(s);
     if (behind) return { action: 'fence', why: `${behind}: we may only be resynced`, yank: true };
@@ -872,7 +1023,7 @@ function choosePrimary(s: CoreState): Action {
     if (!(s.cfg.witness && !leaseValid(s))) return wait(`primary failover (${failover.why}): waiting before the next attempt`);
   }
   if (s.cfg.witness && staleDisk(s)) return { action: 'fence', why: 'the witness knows a newer disk than ours', yank: true };
-  if (s.cfg.witness && !starting(s) && !leaseValid(s) && !(fresh && peer?.hearsPeer)) {
+  if (s.cfg.witness && !starting(s) && !leaseAhead(s) && !(fresh && peer?.hearsPeer)) {
     return { action: 'fence', why: 'the lease ran out and the secondary cannot vouch for us', yank: true };
   }
   if (failover) return wait(`primary failover (${failover.why}): waiting before the next attempt`);
@@ -884,6 +1035,9 @@ function choosePrimary(s: CoreState): Action {
 function primaryFailoverReason(s: CoreState, peer: Heartbeat | null, fresh: boolean): { why: string; yank: boolean } | { probe: string } | null {
   // A new secondary of ours being taken over by the peer's agent: its heartbeat does not speak for it yet.
   const joining = peer?.busy === 'join';
+  // Never fail over to a replica that missed a write: we carry on alone under a new epoch (the witness then refuses
+  // the secondary's disk for good), and resync it.
+  if (s.qemu.replicaBadAt !== null) return { why: 'the secondary\'s replica missed a write (QUORUM_REPORT_BAD): its disk is no exact copy any more', yank: true };
   if (!joining && (peer?.qemu === 'dead' || peer?.role === 'down')) return { why: 'the secondary reports its QEMU dead', yank: s.qemu.coloExitAt === null };
   if (s.qemu.coloExitAt !== null) return { why: 'COLO_EXIT: the checkpoint stream to the secondary broke', yank: true };
   const st = stalled(s);
@@ -902,8 +1056,14 @@ function chooseSecondary(s: CoreState, fenced: boolean): Action {
   const fresh = peerFresh(s);
   const resume = fenced || s.qemu.paused;
   const a = secondaryAction(s, peer, fresh, fenced, resume);
+  // A disk whose epoch we do not know never writes alone: rather than ask for a lease we cannot use (and keep the
+  // other node waiting for us), we stop our VM and wait; the node with the newest known disk then restarts the VM.
+  if (a.action === 'takeover' && s.disk.epoch === undefined && !planted('takeover-with-unknown-epoch')) {
+    const why = 'our disk\'s epoch is unknown (its record is missing or unreadable): we cannot take over';
+    return fenced ? wait(`fenced: ${why}; waiting to be resynced`) : { action: 'fence', why: `${why}; stopping our VM`, yank: true };
+  }
   // Never take over with a disk older than the peer's (as it last told us): its acknowledged writes would be lost.
-  const behind = a.action === 'takeover' ? peerAhead(s) : null;
+  const behind = a.action === 'takeover' && !planted('takeover-with-older-disk') ? peerAhead(s) : null;
   if (behind) return fenced ? wait(`fenced: ${behind}; waiting to be resynced`) : { action: 'fence', why: `${behind}: we may only be resynced`, yank: true };
   if (a.action === 'takeover' && !mayTry(s, 'takeover')) return wait(`takeover (${a.why}): waiting before the next attempt`);
   return a;
@@ -917,7 +1077,8 @@ function secondaryAction(s: CoreState, peer: Heartbeat | null, fresh: boolean, f
   if (exited) {
     if (!fresh) {
       // Silence is no proof of a dead primary: only the witness can say that it no longer writes.
-      if (!s.cfg.witness) return wait('COLO ended and the primary is silent: without a witness a partition cannot be told from a dead primary; staying out of the way (lockstep failover --to NODE moves the VM by hand)');
+      if (!s.cfg.witness && !planted('takeover-on-silence-without-witness')) return wait('COLO ended and the primary is silent: without a witness a partition cannot be told from a dead primary; staying out of the way (lockstep failover --to NODE moves the VM by hand)');
+      if (planted('never-take-over-on-silence')) return wait('the primary is silent: waiting for its word');
       if (fenced && s.now - (lastHeard(s) ?? s.startedAt) < restartSilenceMs(s.cfg)) return wait(`fenced (${s.fence!.why}): waiting to be resynced`);
       return { action: 'takeover', why: fenced ? 'fenced, and the primary has been silent for long' : 'COLO_EXIT and no heartbeat from the primary', yank: true, stalled: fenced, resume };
     }
@@ -942,7 +1103,8 @@ function secondaryAction(s: CoreState, peer: Heartbeat | null, fresh: boolean, f
   if (fresh) return wait(null);
   if (!st) return wait('no heartbeat, but checkpoints continue: the primary\'s agent is down, not its VM');
   // Without a witness a partition cannot be told from a dead primary.
-  if (!s.cfg.witness) return wait('no heartbeat and no checkpoints, but no witness to decide: staying secondary');
+  if (!s.cfg.witness && !planted('takeover-on-silence-without-witness')) return wait('no heartbeat and no checkpoints, but no witness to decide: staying secondary');
+  if (planted('never-take-over-on-silence')) return wait('no heartbeat and no checkpoints: waiting for the primary\'s word');
   return { action: 'takeover', why: `no heartbeat and no checkpoint for ${ms(st.ms)}: the primary is unreachable`, yank: true, stalled: true, resume };
 }
 
@@ -961,8 +1123,10 @@ function chooseAlone(s: CoreState): Action {
   const peer = peerWord(s);
   const fresh = peerFresh(s);
   if (s.cfg.witness && staleDisk(s)) return { action: 'fence', why: 'the witness knows a newer disk than ours', yank: false };
-  if (s.cfg.witness && !starting(s) && !leaseValid(s) && !fresh) return { action: 'fence', why: 'running alone without the lease and without word from the peer', yank: false };
-  if (s.cfg.witness && peer && (peer.role === 'alone' || peer.role === 'primary') && !leaseValid(s)) {
+  // Covered, as long as the witness refuses stale disks: we became alone under a new epoch, so the peer cannot be
+  // granted the lease until it is resynced from us. Without that check, this rule alone keeps a second writer away.
+  if (s.cfg.witness && !starting(s) && !leaseAhead(s) && !fresh && !planted('alone-without-lease-runs-on')) return { action: 'fence', why: 'running alone without the lease (or about to lose it) and without word from the peer', yank: false };
+  if (s.cfg.witness && peer && (peer.role === 'alone' || peer.role === 'primary') && !leaseAhead(s)) {
     return { action: 'fence', why: `${s.cfg.peer} also runs the VM and we do not hold the lease`, yank: false };
   }
   if (!s.cfg.reprotect && s.resyncAskedAt === null) return wait('running alone, unprotected (re-protection is off: lockstep resync NAME protects it again)');
@@ -971,7 +1135,12 @@ function chooseAlone(s: CoreState): Action {
   if (!mayTry(s, 'reprotect')) return wait(`running alone, unprotected: waiting before the next resync attempt`);
   // Only ever towards an older or identical disk. With a witness, holding the lease proves ours is the newest
   // recorded, so a peer whose record was lost cannot hold newer data.
-  const ok = mayResyncTowards(s.disk.epoch, peer.disk ?? undefined) || (s.cfg.witness && leaseValid(s) && !staleDisk(s) && peer.disk === null && s.disk.epoch !== undefined);
+  const unknown = peer.disk === null && s.disk.epoch !== undefined;
+  const ok =
+    mayResyncTowards(s.disk.epoch, peer.disk ?? undefined) ||
+    (s.cfg.witness && leaseValid(s) && !staleDisk(s) && unknown) ||
+    (planted('resync-towards-newer') && s.disk.epoch !== undefined && peer.disk !== null) ||
+    (planted('resync-unknown-epoch') && unknown);
   if (!ok) {
     return wait(`running alone, unprotected: not resyncing ${s.cfg.peer}, its disk (${formatEpoch(peer.disk ?? undefined)}) is ${compareEpochs(peer.disk ?? undefined, s.disk.epoch)} than/to ours (${formatEpoch(s.disk.epoch)})`);
   }
@@ -983,14 +1152,19 @@ function chooseAlone(s: CoreState): Action {
 function chooseFenced(s: CoreState): Action {
   const f = s.fence!;
   if (f.from === 'secondary') return chooseSecondary(s, true);
+  // A disk whose epoch we do not know never runs the VM again on a guess: only a resync makes it known.
+  if (s.disk.epoch === undefined && !planted('unfence-with-unknown-epoch')) return wait(`fenced (${f.why}): our disk's epoch is unknown (its record is missing or unreadable); waiting to be resynced`);
   if (staleDisk(s)) return wait(`fenced (${f.why}): the witness knows a newer disk; waiting to be resynced`);
   const peer = peerWord(s);
   if (peer && (peer.role === 'alone' || peer.role === 'primary')) return wait(`fenced (${f.why}): ${s.cfg.peer} runs the VM; waiting to be resynced`);
+  // (No simulated schedule needs this rule: without a witness the peer writes alone only on our word that our VM is
+  // gone, with one the lease and the stale-disk checks keep us away first.)
   const behind = peerAhead(s);
   if (behind) return wait(`fenced (${f.why}): ${behind}; waiting to be resynced`);
   if (peer && peer.busy !== null) return wait(`fenced (${f.why}): ${s.cfg.peer} is busy (${peer.busy})`);
   if (!mayTry(s, 'unfence')) return wait(`fenced (${f.why}): waiting before the next attempt`);
-  if (s.cfg.witness && leaseValid(s)) return { action: 'unfence', why: 'the lease is ours again' };
+  if (planted('never-unfence')) return wait(`fenced (${f.why})`);
+  if (s.cfg.witness && (leaseAhead(s) || planted('unfence-without-lease'))) return { action: 'unfence', why: 'the lease is ours again' };
   if (!s.cfg.witness && peerFresh(s) && peer?.hearsPeer) return { action: 'unfence', why: `${s.cfg.peer} hears us again` };
   return wait(`fenced (${f.why}): waiting for the lease`);
 }
@@ -1034,7 +1208,7 @@ function chooseDown(s: CoreState): Action {
   // The peer is silent: it may run the VM where we cannot hear it. Only the witness can tell.
   if (!s.cfg.witness) return wait('our QEMU is gone and the peer is silent: without a witness we cannot know it does not run the VM');
   const silentMs = s.now - (lastHeard(s) ?? s.startedAt);
-  if (silentMs < restartSilenceMs(s.cfg)) return wait(`our QEMU is gone and the peer is silent for ${ms(silentMs)}`);
+  if (silentMs < restartSilenceMs(s.cfg) || planted('never-restart-on-silence')) return wait(`our QEMU is gone and the peer is silent for ${ms(silentMs)}`);
   return { action: 'restart', why: `our QEMU is gone and the peer has been silent for ${ms(silentMs)}: restarting from our disk if the witness agrees` };
 }
 
@@ -1055,14 +1229,20 @@ function writerWork(s: CoreState): WriterWork | null {
 }
 
 /** Moves the writer work on as far as it can go without waiting for an answer. */
+/** lease → persist-pending → record/commit → procedure, and once back to lease: more passes at one step is a loop. */
+const WRITER_PASSES_MAX = 8;
+
 function advanceWriter(ctx: Ctx): void {
   const s = ctx.s;
   const w = writerWork(s);
   if (!w) return;
-  for (;;) {
+  // Each pass moves the work one phase on, or returns: a handful of passes at most (a loop here is a bug).
+  for (let pass = 0; ; pass++) {
+    invariant(pass < WRITER_PASSES_MAX, `${w.kind}: the writer's phases went round ${pass} times without waiting (at ${w.phase})`);
     switch (w.phase) {
       case 'lease':
-        if (leaseValid(s)) {
+        // With a stop margin ahead, as the procedure's start asks below (else the two would send each other round).
+        if (leaseAhead(s)) {
           w.phase = 'persist-pending';
           continue;
         }
@@ -1111,13 +1291,13 @@ function advanceWriter(ctx: Ctx): void {
         continue;
       case 'procedure':
         if (w.procId) return;
-        if (!leaseValid(s)) {
+        if (!leaseAhead(s) && !planted('write-alone-without-lease')) {
           // The lease lapsed while we recorded our epoch (a slow witness): get it again first.
           w.phase = 'lease';
           continue;
         }
         // Only a lease holder begins to write alone, and only in an epoch of its own.
-        invariant(leaseValid(s), `${w.kind} begins only while holding the lease`);
+        invariant(leaseValid(s) || planted('write-alone-without-lease'), `${w.kind} begins only while holding the lease`);
         invariant(s.disk.epoch !== undefined && s.disk.epoch.by === s.cfg.name, `${w.kind} begins only once a new epoch of ours is on our disk`);
         w.procId = newId(s);
         emit(ctx, { t: 'run', id: w.procId, procedure: w.procedure, fromStep: attemptsOf(s, w.kind).stepsDone });
@@ -1171,9 +1351,9 @@ function writerFailed(ctx: Ctx, error: string): void {
   failed(ctx, w.kind, error);
   // With a witness a failure may mean someone else holds the lease: stop our VM. Without one nobody else can have been
   // granted anything; our VM is no writer yet (a COLO primary holds its answers, a secondary is off the LAN): retry.
-  if (s.cfg.witness && (w.kind === 'primary-failover' || (w.kind === 'takeover' && !w.stalled && s.role === 'secondary'))) {
+  if ((s.cfg.witness || planted('failed-failover-fences-without-witness')) && (w.kind === 'primary-failover' || (w.kind === 'takeover' && !w.stalled && s.role === 'secondary'))) {
     decide(ctx, 'fence', `${w.kind} impossible (${error}): stopping our VM so that it cannot be a second writer`);
-    beginSimple(ctx, 'fence', error, { kind: 'fence', yank: true });
+    beginSimple(ctx, 'fence', error, { kind: 'fence', yank: peerLinks(s) });
   } else if (w.kind === 'takeover' && w.stalled) {
     // Ask again, but not before the primary's lease could have run out again.
     const a = attemptsOf(s, 'takeover');
@@ -1218,8 +1398,10 @@ function procDone(ctx: Ctx, id: string, pid?: number): void {
   const s = ctx.s;
   const w = s.work;
   if (!w || !('procId' in w) || w.procId !== id) return;
+  s.qemu.procedureEndedAt = s.now;
   // A procedure on our QEMU that ended as the QEMU died did nothing that counts: we are down.
   const onOurQemu = w.kind === 'primary-failover' || w.kind === 'takeover' || w.kind === 'fence' || w.kind === 'unfence' || (w.kind === 'reprotect' && w.phase === 'resuming');
+  // (Also covered: a node whose QEMU is gone decides as one that is down, whatever its role says.)
   if (onOurQemu && s.qemu.state !== 'alive') {
     s.work = null;
     log(ctx, 'warn', `${w.kind} ended, but our QEMU is gone`);
@@ -1231,6 +1413,7 @@ function procDone(ctx: Ctx, id: string, pid?: number): void {
       s.work = null;
       succeeded(s, w.kind);
       s.qemu.coloExitAt = null;
+      s.qemu.replicaBadAt = null;
       s.qemu.paused = false;
       s.qemu.checkpointSince = null;
       setRole(s, 'alone');
@@ -1287,6 +1470,7 @@ function procFailed(ctx: Ctx, id: string, stepsDone: number, error: string): voi
     log(ctx, 'warn', `a procedure no longer awaited failed: ${error}`);
     return;
   }
+  s.qemu.procedureEndedAt = s.now;
   switch (w.kind) {
     case 'primary-failover':
     case 'takeover':
@@ -1314,7 +1498,7 @@ function beginReprotect(ctx: Ctx, why: string): void {
   const s = ctx.s;
   invariant(s.role === 'alone' && s.disk.epoch !== undefined, 'only a node running the VM alone resyncs its peer');
   const id = newId(s);
-  s.work = { kind: 'reprotect', phase: 'asking', why, startedAt: s.now, reqId: id, procId: null, step: `asking ${s.cfg.peer} for a new secondary`, mirror: null, error: null, deadline: s.now + PREPARE_TIMEOUT_MS };
+  s.work = { kind: 'reprotect', phase: 'asking', why, startedAt: s.now, reqId: id, procId: null, step: `asking ${s.cfg.peer} for a new secondary`, mirror: null, error: null, deadline: s.now + PREPARE_TIMEOUT_MS, targetPid: null, cont: true };
   addPending(ctx, { id, to: 'peer', what: 'resync-prepare', sentAt: s.now, deadline: s.now + PREPARE_TIMEOUT_MS });
   emit(ctx, { t: 'send-peer', path: 'any', msg: { t: 'req', id, body: { k: 'resync-prepare', primary: s.cfg.name, disk: s.disk.epoch, sizeBytes: s.disk.sizeBytes } } });
 }
@@ -1337,8 +1521,13 @@ function peerReply(ctx: Ctx, r: PeerReply): void {
     w.phase = 'resuming';
     w.step = 'the new secondary waits: mirroring our disk to it';
     w.procId = newId(s);
+    w.targetPid = r.pid ?? null;
+    // A new replica: what the last one missed does not count against it.
+    s.qemu.replicaBadAt = null;
     log(ctx, 'info', `${s.cfg.peer}'s new secondary waits (pid ${r.pid ?? '?'}): resuming replication`);
-    emit(ctx, { t: 'run', id: w.procId, procedure: { kind: 'resume' }, fromStep: 0 });
+    // The pair's record names the new secondary's QEMU by the pid its agent gave in answer to this request; without
+    // one, 0: the record then names no process for it (its own agent records it once it adopts it).
+    emit(ctx, { t: 'run', id: w.procId, procedure: { kind: 'resume', targetPid: w.targetPid ?? 0 }, fromStep: 0 });
   }
 }
 
@@ -1347,20 +1536,27 @@ function reprotectProcDone(ctx: Ctx, w: Extract<Work, { kind: 'reprotect' }>): v
   if (w.phase === 'aborting') {
     s.work = null;
     s.qemu.leftovers = false;
+    if (w.error) failed(ctx, 'reprotect', w.error);
+    if (!w.cont) {
+      // The take-back stopped our VM: the lease ran out during the resync; it runs again once the lease is ours.
+      s.qemu.paused = true;
+      fenceAs(s, 'alone', 'the lease ran out while a resync was taken back');
+      emit(ctx, { t: 'record', event: 'fence', detail: { node: s.cfg.name, from: 'alone', reason: s.fence!.why } });
+      log(ctx, 'warn', `resync given up (${w.error ?? 'taken back'}): our VM is stopped until the lease is ours again`);
+      sendHeartbeat(ctx);
+      return;
+    }
     // abort-resume lets a VM the resume had stopped run again.
     s.qemu.paused = false;
-    if (w.error) {
-      failed(ctx, 'reprotect', w.error);
-      log(ctx, 'warn', `resync given up (${w.error}): running on alone`);
-    }
+    if (w.error) log(ctx, 'warn', `resync given up (${w.error}): running on alone`);
     return;
   }
-  // In COLO again, as the primary: protected.
+  // In COLO again, as the primary: protected, unless the new replica already missed a write (replicaBadAt).
   succeeded(s, 'reprotect');
   s.qemu.coloExitAt = null;
-  // The resume waited for the first checkpoint; COLO runs the VM again.
+  // The resume waited for the first checkpoint (when we saw it complete, else now); COLO runs the VM again.
   s.qemu.paused = false;
-  s.qemu.lastCheckpointAt = s.now;
+  if (!(s.qemu.lastCheckpointAt > w.startedAt)) s.qemu.lastCheckpointAt = s.now;
   s.qemu.checkpointSeen = true;
   s.qemu.checkpointSince = null;
   setRole(s, 'primary');
@@ -1391,7 +1587,7 @@ function handOver(ctx: Ctx): void {
     s.handover = null;
     return;
   }
-  if (!s.pending.some((p) => p.what === 'resync-done' && !p.expired)) tellResyncDone(ctx);
+  if (!s.pending.some((p) => p.what === 'resync-done' && !p.expired) && !planted('resync-done-said-once')) tellResyncDone(ctx);
 }
 
 function reprotectFailed(ctx: Ctx, error: string): void {
@@ -1412,7 +1608,8 @@ function reprotectFailed(ctx: Ctx, error: string): void {
   w.reqId = null;
   w.procId = newId(s);
   w.step = 'taking the resync back';
-  emit(ctx, { t: 'run', id: w.procId, procedure: { kind: 'abort-resume' }, fromStep: 0 });
+  w.cont = mayRunAlone(s);
+  emit(ctx, { t: 'run', id: w.procId, procedure: { kind: 'abort-resume', cont: w.cont }, fromStep: 0 });
 }
 
 // ---- re-protection (the target's side) ----
@@ -1442,7 +1639,7 @@ function peerRequest(ctx: Ctx, id: string, body: PeerRequestBody): void {
     if (w) return reply(ctx, id, false, `${s.cfg.name} is busy (${w.kind})`);
     if (!(s.role === 'down' || s.role === 'fenced')) return reply(ctx, id, false, `${s.cfg.name} is ${s.role}`);
     const order = compareEpochs(s.disk.epoch, body.disk);
-    if (order === 'newer' || order === 'divergent') {
+    if ((order === 'newer' || order === 'divergent') && !planted('resync-towards-newer')) {
       decide(ctx, 'refuse-resync', `refusing to be resynced from ${body.primary}: our disk (${formatEpoch(s.disk.epoch)}) is ${order} than/to theirs (${formatEpoch(body.disk)})`);
       return reply(ctx, id, false, `the disk of ${s.cfg.name} (${formatEpoch(s.disk.epoch)}) is ${order}, not older than ${formatEpoch(body.disk)}`);
     }
@@ -1457,7 +1654,14 @@ function peerRequest(ctx: Ctx, id: string, body: PeerRequestBody): void {
     if (w?.kind === 'join' && (w.phase === 'persisting' || w.phase === 'adopting')) return;
     if (!w && s.role === 'secondary' && epochEquals(s.disk.epoch, body.disk)) return reply(ctx, id, true);
     if (w?.kind !== 'join' || w.phase !== 'ready') return reply(ctx, id, false, 'no new secondary here');
-    invariant(mayResyncTowards(body.disk, s.disk.epoch) || compareEpochs(body.disk, s.disk.epoch) === 'unknown' || compareEpochs(body.disk, s.disk.epoch) === 'other-run', 'a resynced disk takes an epoch not older than its own');
+    // A peer's message is input, not our logic: one that would take our disk's epoch back is refused as invalid (the
+    // resync-prepare we accepted carried an epoch not older than ours), and the resync waits for a valid word or ends.
+    const order = compareEpochs(body.disk, s.disk.epoch);
+    if (order === 'older' || order === 'divergent') {
+      const why = `refused resync-done: its epoch ${formatEpoch(body.disk)} is ${order} than/to our disk's ${formatEpoch(s.disk.epoch)}`;
+      log(ctx, 'warn', `${s.cfg.peer}: ${why}`);
+      return reply(ctx, id, false, why);
+    }
     w.phase = 'persisting';
     w.reqId = id;
     w.epoch = body.disk;
@@ -1476,7 +1680,7 @@ function peerRequest(ctx: Ctx, id: string, body: PeerRequestBody): void {
 /** The survivor no longer resyncs us (its agent restarted, or it is in no state to), though its word of it was lost. */
 function survivorGaveUp(s: CoreState, w: Extract<Work, { kind: 'join' }>): string | null {
   const hb = peerWord(s);
-  if (!hb) return null;
+  if (!hb || planted('join-waits-for-a-gone-survivor')) return null;
   if (w.peerBoot !== null && hb.boot !== w.peerBoot) return `${s.cfg.peer}'s agent restarted: it knows nothing of this resync`;
   // Only what it said after it asked counts.
   if (hb.boot === w.peerBoot && hb.seq <= w.peerSeq) return null;
@@ -1559,8 +1763,9 @@ function joinFailed(ctx: Ctx, error: string): void {
  */
 export function isProtected(s: CoreState): boolean {
   const q = s.qemu;
-  if (!(s.role === 'primary' || s.role === 'secondary') || q.state !== 'alive' || q.coloExitAt !== null || q.paused || s.work !== null || !q.checkpointSeen) return false;
-  if (stalled(s) !== null) return false;
+  if (!(s.role === 'primary' || s.role === 'secondary') || q.state !== 'alive' || q.paused || s.work !== null || !q.checkpointSeen || q.replicaBadAt !== null) return false;
+  if (q.coloExitAt !== null && !planted('protected-after-colo-exit')) return false;
+  if (stalled(s) !== null && !planted('protected-despite-stall')) return false;
   const probe = s.peer.probeResult;
   return s.role === 'secondary' || peerFresh(s) || (probe !== null && probe.alive && s.now - probe.at < 2000);
 }
@@ -1579,6 +1784,7 @@ export function statusOf(s: CoreState): CoreStatus {
   if (s.role === 'down') degraded.push(q.state === 'attaching' ? 'attaching to our QEMU' : 'our QEMU is not running');
   if (st) degraded.push(st.inCheckpoint ? `replication stalled: a checkpoint has not completed for ${ms(st.ms)}` : `replication stalled: no checkpoint for ${ms(st.ms)}`);
   if (q.coloExitAt !== null && (s.role === 'primary' || s.role === 'secondary')) degraded.push(`COLO ended ${ms(now - q.coloExitAt)} ago`);
+  if (q.replicaBadAt !== null && s.role === 'primary') degraded.push(`the secondary's replica missed a write ${ms(now - q.replicaBadAt)} ago: it is no exact copy`);
   if (!fresh) degraded.push(`no heartbeat from ${s.cfg.peer} for ${lastHeard(s) === null ? 'ever' : ms(now - lastHeard(s)!)}`);
   else {
     s.peer.paths.forEach((p, i) => {

@@ -6,11 +6,12 @@
  * happened back as inputs. Time is an input (`now`, monotonic ms).
  */
 import type { Epoch } from '../../pair/epoch.js';
+import type { PeerLinks } from '../../colo/failover.js';
 import type { Heartbeat, PeerRequestBody, PeerReply, WitnessReply } from '../wire.js';
 
 export type Role = 'primary' | 'secondary' | 'alone' | 'fenced' | 'down';
 
-/** Fixed for the life of an agent; derived from the pair's config (coreConfig in ../agent.ts). */
+/** Fixed for the life of an agent; derived from the pair's config (coreConfig in ../timings.ts). */
 export interface CoreConfig {
   name: string;
   peer: string;
@@ -40,6 +41,8 @@ export interface CoreConfig {
 export interface QemuView {
   /** 'attaching': the runtime is still connecting to it; 'gone': no process. */
   state: 'attaching' | 'alive' | 'gone';
+  /** Since when we try to attach (a QEMU whose main loop never answers is ended: attachBoundMs). */
+  attachingSince: number;
   /** Its QMP monitor supports out-of-band commands (the watchdog's liveness probe and yank). */
   oob: boolean;
   /** A COLO_EXIT arrived since COLO last started. */
@@ -52,6 +55,8 @@ export interface QemuView {
   checkpointSince: number | null;
   /** We stopped it (fenced); it does not run guest code. */
   paused: boolean;
+  /** When a procedure on it last ended: what a query sent before says of its run state counts for nothing. */
+  procedureEndedAt: number;
   /** The watchdog's probes: an in-band query-status, and an out-of-band query-yank. */
   inband: { id: string; sentAt: number } | null;
   oobProbe: { id: string; sentAt: number } | null;
@@ -62,6 +67,12 @@ export interface QemuView {
   killedAt: number | null;
   /** A resync left things behind on our QEMU (found at attach): to be taken back. */
   leftovers: boolean;
+  /**
+   * A primary: since when the secondary's replica misses a write of this COLO
+   * session (QUORUM_REPORT_BAD of the replication child): the secondary's disk
+   * is no longer an exact copy.
+   */
+  replicaBadAt: number | null;
 }
 
 export interface DiskView {
@@ -126,21 +137,35 @@ export interface Pending {
   expired?: boolean;
 }
 
+/**
+ * Which of our QEMU's links to the peer a yank shuts (QMP yank, out of band):
+ * those to the primary (we are, or were, its secondary: the incoming stream,
+ * the proxy's sockets) or those to the secondary (the migration stream, the
+ * proxy's sockets, the NBD client). colo/failover.ts names them.
+ */
+export type { PeerLinks };
+
 export type Procedure =
   /** The secondary is gone: carry on alone ("Primary Failover"). */
   | { kind: 'primary-failover'; yank: boolean }
   /** The primary is gone: take the VM over ("Secondary Failover"); `resume`: the VM was stopped (fenced). */
   | { kind: 'takeover'; yank: boolean; resume: boolean }
   /** Stop our VM so that it cannot be a second writer (yank the links to the peer first if in COLO). */
-  | { kind: 'fence'; yank: boolean }
+  | { kind: 'fence'; yank: PeerLinks | null }
   /** Let our stopped VM run again. */
   | { kind: 'unfence' }
   /** The whole pair is down: start the VM alone from our disk (ending a stopped QEMU of ours first). */
   | { kind: 'restart' }
-  /** Resume replication towards the peer's new secondary ("Primary/Secondary resume replication"). */
-  | { kind: 'resume' }
-  /** Take a failed resume back on our QEMU. */
-  | { kind: 'abort-resume' }
+  /**
+   * Resume replication towards the peer's new secondary ("Primary/Secondary resume replication").
+   * `targetPid`: the new secondary's QEMU as its agent reported it, for the pair's record (0: not reported).
+   */
+  | { kind: 'resume'; targetPid: number }
+  /**
+   * Take a failed resume back on our QEMU; `cont`: let the VM run again (the resume may have stopped it), else stop
+   * it (the lease ran out meanwhile: a VM may begin to run alone only while we hold it).
+   */
+  | { kind: 'abort-resume'; cont: boolean }
   /** Resync target: end our old QEMU, start a new secondary waiting for the survivor. */
   | { kind: 'prepare-secondary'; primary: string; sizeBytes: number }
   /** Resync target: end the prepared secondary (the resync was given up). */
@@ -148,7 +173,7 @@ export type Procedure =
   /** Resync target: the survivor is in COLO with our new secondary: own it from now on. */
   | { kind: 'adopt-secondary' }
   /** Watchdog: our QEMU's main loop is stuck: yank its links to the peer, out of band. */
-  | { kind: 'yank' };
+  | { kind: 'yank'; links: PeerLinks };
 
 export type ProcedureKind = Procedure['kind'];
 
@@ -201,6 +226,10 @@ export type Work =
       error: string | null;
       /** Asking: given up if the peer has not answered by then. */
       deadline: number;
+      /** The new secondary's QEMU, as the peer's answer to our request named it. */
+      targetPid: number | null;
+      /** Aborting: whether the take-back lets the VM run again (else it stops it). */
+      cont: boolean;
     }
   | {
       /** As the target of the peer's resync. */
@@ -286,9 +315,16 @@ export type Input = { now: number } & (
   | { t: 'tick' }
   | { t: 'qemu-found'; found: QemuFound }
   | { t: 'qemu-event'; event: 'STOP' | 'RESUME' | 'COLO_EXIT' | 'SHUTDOWN' }
+  /**
+   * QUORUM_REPORT_BAD: a child of our VM's disk quorum failed a write (block/quorum.c). With vote-threshold=1 the
+   * write still completed on the other child: `replica`, the replication child (the secondary's replica missed it),
+   * or `local`, our own disk.
+   */
+  | { t: 'quorum-bad'; child: 'replica' | 'local'; error: string }
   /** The QMP connection to our QEMU is gone; `processGone`: so is the process. */
   | { t: 'qemu-lost'; processGone: boolean }
-  | { t: 'qemu-answer'; id: string }
+  /** An answer to a query-qemu; in band, whether QEMU says the VM is stopped ('paused'; absent: another state). */
+  | { t: 'qemu-answer'; id: string; paused?: boolean }
   | { t: 'peer-link'; path: number; up: boolean }
   | { t: 'peer-message'; path: number; msg: Heartbeat | { t: 'hback'; seq: number } | { t: 'req'; id: string; body: PeerRequestBody } | PeerReply }
   | { t: 'witness-reply'; reply: WitnessReply }

@@ -1,0 +1,57 @@
+/**
+ * Planted bugs, for the simulator's mutation check (npm run sim -- --mutants):
+ * each switches off one rule of the agent core or the witness core, at the
+ * one place that rule is decided, and says which rule and where it came
+ * from. None is ever planted in a lockstep process: only the simulator plants
+ * them, to show that it catches the absence of each rule by the invariant
+ * that names the rule (sim/mutants.ts says which, and which schedules).
+ */
+export const MUTANTS = {
+  // ---- the lease: only its holder writes alone ----
+  'write-alone-without-lease': 'a node begins to write alone (takeover, primary failover, restart) although the lease ran out while its epoch was recorded (and the core\'s own assertion of it removed); seed 34 of the first generator',
+  'unfence-without-lease': 'a fenced node lets its VM run again without the lease',
+  'alone-without-lease-runs-on': 'a node running alone keeps running after its lease ran out while it hears nobody',
+  'lease-from-reply': 'the lease is counted from the witness\'s reply instead of from the request',
+  'lease-not-renewed-while-taking-over': 'the lease is not renewed while a takeover or restart runs its procedure (review of the first core)',
+  'take-back-runs-vm-without-lease': 'the take-back of a failed resync lets the VM it had stopped run again although the lease ran out meanwhile (or its disk\'s epoch is unknown)',
+  'take-back-leaves-colo-running': 'a take-back that may not let the VM run stops it only at its end, after its Primary Failover made it write alone',
+  'witness-no-grace': 'a restarted witness grants the lease at once, without waiting for the leases of its previous life to run out',
+  // ---- disk epochs: never the wrong way ----
+  'witness-grants-stale-disk': 'the witness grants the lease (and records a new epoch) for a disk older than the newest of its run: both of its stale-disk checks removed',
+  'resync-towards-newer': 'a node running alone resyncs a peer whose disk is newer or divergent, and the peer lets it (both sides\' checks off)',
+  'resync-unknown-epoch': 'a node running alone resyncs a peer whose disk epoch is unknown, without the lease to prove its own the newest',
+  'takeover-with-older-disk': 'a secondary takes over with a disk older than its peer\'s (as the peer last said); seed 1243 of the first generator',
+  'takeover-with-unknown-epoch': 'a node whose disk epoch is unknown keeps trying to take over (asking for a lease it cannot use), so the node with the newest disk waits for it for ever',
+  'unfence-with-unknown-epoch': 'a fenced node whose disk epoch is unknown lets its VM run again (without a witness, on the peer\'s word alone)',
+  'pending-epoch-not-carried': 'a lease request does not carry the epoch we asked the witness to record and never heard back about',
+  // ---- without a witness ----
+  'takeover-on-silence-without-witness': 'without a witness, a secondary takes over when its primary falls silent',
+  'failed-failover-fences-without-witness': 'without a witness, a failover that fails fences the VM (nobody else can have been granted anything)',
+  // ---- what QEMU did ----
+  'ignore-replica-write-errors': 'the core ignores QUORUM_REPORT_BAD: the secondary\'s replica is still called exact after it missed a write',
+  'unattachable-qemu-left-running': 'a QEMU that cannot be attached is never ended (it can be neither watched nor stopped)',
+  // ---- liveness ----
+  'never-take-over-on-silence': 'a secondary never takes over while its primary is silent, witness or not',
+  'never-restart-on-silence': 'a node whose QEMU is gone never restarts the VM while its peer is silent',
+  'never-unfence': 'a fenced node never lets its VM run again',
+  'join-waits-for-a-gone-survivor': 'a resync\'s target keeps its new secondary for a survivor whose agent restarted or gave the resync up; seed 21 of the first generator',
+  'resync-done-said-once': 'the survivor tells its new secondary\'s agent once that the resync is done, and not again when that word is lost (review of the first core)',
+  // ---- status ----
+  'protected-despite-stall': 'status says PROTECTED while checkpoints have stalled',
+  'protected-after-colo-exit': 'status says PROTECTED after COLO_EXIT',
+  'stall-bound-x3': 'a stream counts as stalled only after three times the stall bound',
+} as const;
+
+export type MutantName = keyof typeof MUTANTS;
+
+let active: ReadonlySet<string> = new Set();
+
+/** Whether mutant `m` is planted (never, outside the simulator's mutation check). */
+export function planted(m: MutantName): boolean {
+  return active.size > 0 && active.has(m);
+}
+
+/** Plants exactly these mutants (the simulator's mutation check only). */
+export function plant(ms: readonly MutantName[]): void {
+  active = new Set(ms);
+}

@@ -1,0 +1,37 @@
+/**
+ * Every timing of an agent, from the pair's config: the runtime (agent.ts)
+ * and the simulator (../sim/) both take the core's configuration from here,
+ * so that the simulated agents wait exactly as long as real ones.
+ */
+import type { ResolvedConfig } from '../config/load.js';
+import { LockstepError } from '../util/errors.js';
+import { ramTransferBoundMs } from '../pair/resync.js';
+import type { CoreConfig } from './core/types.js';
+
+/** How long a resync's new secondary may wait for its survivor beyond the mirror's own bound: the stop, the migration, the first checkpoint. */
+const JOIN_SLACK_MS = 120_000;
+
+/** The core's configuration for node `name` of the pair (its peer `peer`), whose disk is `diskSizeBytes` long. */
+export function coreConfig(c: Pick<ResolvedConfig, 'file' | 'agents' | 'replication' | 'vm'>, name: string, peer: string, diskSizeBytes: number): CoreConfig {
+  const a = c.agents;
+  if (!a) throw new LockstepError(`${c.file}: no agents section`, { hint: 'add agents: { secret: ... } to run node agents' });
+  const mine = a.links?.[name]?.length ?? 1;
+  const theirs = a.links?.[peer]?.length ?? 1;
+  return {
+    name,
+    peer,
+    paths: Math.max(1, Math.min(mine, theirs)),
+    heartbeatIntervalMs: a.heartbeatIntervalMs,
+    heartbeatTimeoutMs: a.heartbeatTimeoutMs,
+    witness: a.witness !== undefined,
+    leaseMs: a.leaseMs,
+    reprotect: a.reprotect,
+    // The periodic checkpoint interval twice, a checkpoint's own time, and the heartbeat timeout.
+    stallMs: 2 * c.replication.checkpointDelayMs + a.heartbeatTimeoutMs + 1000,
+    // A checkpoint holds the big lock while the dirty RAM goes over: at most the whole RAM.
+    checkpointTimeoutMs: ramTransferBoundMs(c.vm.memory),
+    hungMs: Math.max(3000, 3 * a.heartbeatTimeoutMs),
+    joinTimeoutMs: c.replication.resyncTimeoutMs + JOIN_SLACK_MS,
+    diskSizeBytes,
+  };
+}

@@ -1,0 +1,306 @@
+/**
+ * What the simulator checks, each a rule with a name (a violation names the
+ * rule it breaks, and a planted bug must be caught by the invariant of its
+ * own rule: mutants.ts):
+ *
+ * safety, after every event
+ * - single-writer: never two writers of the VM;
+ * - lease-before-writing-alone: with a witness, a node begins to write alone
+ *   (a takeover, a failover, a restart, an unfence) only while the witness's
+ *   lease is its, by the witness's own clock;
+ * - epoch-before-writing-alone: ... and only once a new epoch of its own is
+ *   on its disk and (with a witness) recorded as the newest at the witness;
+ * - acked-write-kept: no acknowledged write is missing from the disk of
+ *   whichever node runs the VM;
+ * - resync-direction: a resync never overwrites a disk that holds an
+ *   acknowledged write its source lacks;
+ * - procedure-steps: a retried procedure never skips a step that is not done;
+ * - core-invariant: the core's own assertions (an epoch never goes back, ...);
+ *
+ * status, at every agent tick
+ * - status-truth: an agent says PROTECTED only while its QEMU is in a COLO
+ *   session whose checkpoints flow: one completed within stallMs, or one under
+ *   way for less than checkpointTimeoutMs (the core's own bounds, plus one tick);
+ * - replica-exact: nobody says PROTECTED once the secondary's disk lacks an
+ *   acknowledged write (a replica write that failed before a checkpoint), past
+ *   the time to react;
+ *
+ * liveness
+ * - liveness-during-faults: while a node holds every acknowledged write and
+ *   the newest epoch, runs its agent, and reaches the arbiter (the witness;
+ *   without one, the other agent, whose word is the arbiter), the VM runs
+ *   within RUN_DURING_FAULTS_MS, fault or no fault;
+ * - liveness-after-faults: once the faults stop, the VM runs again within
+ *   RUN_BOUND_MS;
+ * - protected-after-faults: ... and is protected again within
+ *   PROTECT_BOUND_MS, and stays so (unless a host is gone for good).
+ */
+import { isProtected } from '../node/core/core.js';
+import { TICK_MS } from '../node/driver.js';
+import { compareEpochs } from '../pair/epoch.js';
+import type { World, Host } from './world.js';
+import type { SimQemu, Session } from './qemu.js';
+import type { NodeName } from './schedule-types.js';
+
+export const VIOLATION_KINDS = [
+  'single-writer',
+  'lease-before-writing-alone',
+  'epoch-before-writing-alone',
+  'acked-write-kept',
+  'resync-direction',
+  'procedure-steps',
+  'core-invariant',
+  'core-error',
+  'status-truth',
+  'replica-exact',
+  'liveness-during-faults',
+  'liveness-after-faults',
+  'protected-after-faults',
+  'livelock',
+] as const;
+export type ViolationKind = (typeof VIOLATION_KINDS)[number];
+
+export interface Violation {
+  kind: ViolationKind;
+  at: number;
+  detail: string;
+}
+
+/** How long after the faults stop the VM must run again, and be protected again. */
+export const RUN_BOUND_MS = 45_000;
+export const PROTECT_BOUND_MS = 90_000;
+/** While faults last: the VM runs within this long of a node being able to run it (the newest disk, the arbiter reachable). */
+export const RUN_DURING_FAULTS_MS = 45_000;
+/** And stay protected this long, at the end. */
+export const STABLE_MS = 10_000;
+/** Events at one instant of simulated time, at most: more is a livelock (an agent or a model answering itself forever). */
+export const EVENTS_PER_INSTANT_MAX = 10_000;
+/** A QMP event (COLO_EXIT, RESUME) reaches the agent (≤ 2 ms) and is seen at its next tick (TICK_MS, and a little jitter). */
+const EVENT_SEEN_MS = TICK_MS + 10;
+/** Once the secondary's disk lacks an acknowledged write, the agents stop saying PROTECTED within this long (QUORUM_REPORT_BAD, a yank, COLO_EXIT). */
+const REPLICA_REACT_MS = 500;
+
+export class Invariants {
+  readonly violations: Violation[] = [];
+  private readonly kinds = new Set<ViolationKind>();
+  /** QEMUs writing alone now (by pid), to see when one begins. */
+  private alone = new Set<number>();
+  private lastWriter: SimQemu | null = null;
+  runAgainAt: number | null = null;
+  protectedAgainAt: number | null = null;
+  private protectedSince: number | null = null;
+  stable = false;
+  /** Liveness during faults: since when some node could run the VM, and whether it ran since. */
+  private ableSince: number | null = null;
+  private ableWhy = '';
+  private ranSinceAble = false;
+  /** The longest the VM took to run again while some node could run it (during faults or not), for the report. */
+  longestDownWhileAbleMs = 0;
+  /** Since when the secondary's disk lacks an acknowledged write (committed at a checkpoint). */
+  private replicaShortSince: number | null = null;
+
+  constructor(private readonly w: World) {}
+
+  violation(kind: ViolationKind, detail: string): void {
+    if (this.kinds.has(kind) && this.violations.filter((v) => v.kind === kind).length >= 3) return;
+    this.kinds.add(kind);
+    this.w.trace(`VIOLATION ${kind}: ${detail}`);
+    this.violations.push({ kind, at: this.w.now, detail });
+  }
+
+  has(kind: ViolationKind): boolean {
+    return this.kinds.has(kind);
+  }
+
+  // ---- after every event ----
+
+  /** The VM's writers: QEMUs that run it (or will when thawed) and may acknowledge writes. */
+  writers(): SimQemu[] {
+    const out: SimQemu[] = [];
+    for (const h of Object.values(this.w.hosts)) if (h.qemu && this.w.qemu.writer(h.qemu)) out.push(h.qemu);
+    return out;
+  }
+
+  afterEvent(): void {
+    const ws = this.writers();
+    if (ws.length > 1) this.violation('single-writer', `two writers: ${ws.map((q) => `${q.node} (${q.colo}, pid ${q.pid})`).join(' and ')}`);
+    const wr = ws[0] ?? null;
+    if (wr && wr !== this.lastWriter) this.diskHoldsAcked(wr, 'becoming the writer');
+    this.lastWriter = wr;
+    const now = new Set<number>();
+    for (const q of ws) {
+      if (!this.w.qemu.writesAlone(q)) continue;
+      now.add(q.pid);
+      if (!this.alone.has(q.pid)) this.beginsAlone(q);
+    }
+    this.alone = now;
+    const running = ws.some((q) => !this.w.qemu.stopped(q));
+    if (running) this.ranSinceAble = true;
+    if (this.w.now >= this.w.sched.quietAt && this.runAgainAt === null && this.w.client.serving().length) this.runAgainAt = this.w.now;
+  }
+
+  /**
+   * A node begins to write alone: the lease was its when it decided (when the
+   * procedure that makes it write began, or now), by the witness's own grants,
+   * and is nobody else's now; and a new epoch of its own is on its disk and
+   * recorded as the newest.
+   */
+  private beginsAlone(q: SimQemu): void {
+    const h = this.w.hosts[q.node];
+    const wit = this.w.witness;
+    if (this.w.sched.witness) {
+      const decided = h.procedure?.startedAt ?? this.w.now;
+      const then = wit.holderAt(decided);
+      const now = wit.holderAt(this.w.now);
+      if (then !== q.node || (now !== null && now !== q.node)) {
+        this.violation('lease-before-writing-alone', `${q.node} begins to write alone${h.procedure ? ` (${h.procedure.kind}, begun ${Math.round(this.w.now - decided)} ms ago)` : ''}, but the witness's lease was ${then ? `${then}'s` : 'nobody\'s'} then${now !== then ? ` and is ${now ? `${now}'s` : 'nobody\'s'} now` : ''}`);
+      }
+    }
+    // As it was when the node decided (a record lost since is another fault).
+    const rec = h.procedure?.record ?? h.record;
+    const own = rec.state === 'ok' && rec.epoch.by === q.node;
+    const newest = rec.state === 'ok' ? wit.newest(rec.epoch.run) : undefined;
+    const recorded = !this.w.sched.witness || (rec.state === 'ok' && compareEpochs(rec.epoch, newest) === 'same');
+    if (!own || !recorded) {
+      this.violation('epoch-before-writing-alone', `${q.node} begins to write alone with ${rec.state === 'ok' ? `epoch ${rec.epoch.gen}/${rec.epoch.by}` : `its record ${rec.state}`}${this.w.sched.witness ? `, the witness's newest ${newest ? `${newest.gen}/${newest.by}` : 'none'}` : ''}`);
+    }
+  }
+
+  /** No acknowledged write is missing from the disk of the node that runs the VM. */
+  diskHoldsAcked(q: SimQemu, when: string): void {
+    const disk = this.w.hosts[q.node].disk;
+    for (const x of this.w.acked) if (!disk.has(x)) return this.violation('acked-write-kept', `${q.node} runs the VM without acknowledged write ${x} (${when})`);
+  }
+
+  acknowledged(q: SimQemu, write: number): void {
+    this.diskHoldsAcked(q, `acknowledging write ${write}`);
+  }
+
+  /** A resync of `target` from `source` is about to replace the target's disk. */
+  resyncTowards(target: Host, source: NodeName): void {
+    const src = this.w.hosts[source];
+    for (const x of target.disk) if (this.w.acked.has(x) && !src.disk.has(x)) return this.violation('resync-direction', `resync of ${target.name} from ${source} overwrites acknowledged write ${x} that ${source} lacks`);
+  }
+
+  /** A checkpoint completed: the secondary's disk is its replica from now on ([replication]). */
+  checkpointed(s: Session): void {
+    const disk = this.w.hosts[s.s].disk;
+    let short = false;
+    for (const x of this.w.acked) if (!disk.has(x)) short = true;
+    if (short) this.replicaShortSince ??= this.w.now;
+    else this.replicaShortSince = null;
+  }
+
+  // ---- at every agent tick ----
+
+  ticked(h: Host): void {
+    const core = h.agent!.driver.core;
+    const s = this.w.qemu.session;
+    const q = h.qemu;
+    const now = this.w.now;
+    if (isProtected(core)) {
+      // Within the core's own bounds, plus the tick that sees it.
+      const cfg = core.cfg;
+      const mine = !!s && !!q && (s.pq === q || s.sq === q);
+      const endBroken = !!q && q.broken && q.brokenAt < now - EVENT_SEEN_MS;
+      const justEnded = !q && now - h.qemuEndedAt <= EVENT_SEEN_MS;
+      const flowing = mine && (now - s.lastCheckpointAt <= cfg.stallMs + EVENT_SEEN_MS || (s.phase === 'sending' && now - s.phaseSince <= cfg.checkpointTimeoutMs + EVENT_SEEN_MS));
+      if (!justEnded && (!flowing || endBroken)) {
+        this.violation('status-truth', `${h.name}: status says PROTECTED, but ${!mine ? 'its QEMU is in no COLO session' : endBroken ? 'its COLO stream broke' : `no checkpoint for ${Math.round(now - s!.lastCheckpointAt)} ms`}`);
+      }
+      if (this.replicaShortSince !== null && s && !s.over && now - this.replicaShortSince > REPLICA_REACT_MS) {
+        const missing = [...this.w.acked].find((x) => !this.w.hosts[s.s].disk.has(x));
+        this.violation('replica-exact', `${h.name}: status says PROTECTED, but ${s.s}'s disk lacks acknowledged write ${missing} (a replica write failed, ${Math.round(now - this.replicaShortSince)} ms ago)`);
+      }
+    }
+    // Liveness bookkeeping: protected again = a healthy session that both agents call protected.
+    if (now >= this.w.sched.quietAt) {
+      const both = (['a', 'b'] as const).every((x) => this.w.hosts[x].agent && isProtected(this.w.hosts[x].agent!.driver.core));
+      if (both && this.w.qemu.healthy()) {
+        this.protectedSince ??= now;
+        this.protectedAgainAt ??= now;
+        if (now - this.protectedSince >= STABLE_MS) this.stable = true;
+      } else this.protectedSince = null;
+    }
+  }
+
+  /** Some node could run the VM now: why, or null. */
+  private ableToRun(): string | null {
+    const w = this.w;
+    for (const h of Object.values(w.hosts)) {
+      if (!h.up || h.paused || !h.agent || h.record.state !== 'ok') continue;
+      if ([...w.acked].some((x) => !h.disk.has(x))) continue;
+      const peer = w.hosts[h.peer];
+      if (w.sched.witness) {
+        const newest = w.witness.newest(h.record.epoch.run);
+        if (newest && compareEpochs(h.record.epoch, newest) !== 'same' && compareEpochs(h.record.epoch, newest) !== 'newer') continue;
+        if (!w.witness.up || !w.net.up(h.name === 'a' ? 'witness-a' : 'witness-b')) continue;
+      } else if (!(h.qemu?.alive && !h.qemu.incoming && h.qemu.colo !== 'secondary' && this.w.hosts[h.peer].record.state === 'ok')) {
+        // Without a witness a primary carries on alone on its own authority; anything else needs the other agent's
+        // word, the arbiter: it must be heard, and its disk be known and not newer (nobody vouches for a lost record).
+        if (!peer.up || peer.paused || !peer.agent || ![0, 1].slice(0, w.sched.paths).some((p) => w.net.up(w.net.pathLink(p)))) continue;
+        if (peer.record.state !== 'ok' || (compareEpochs(peer.record.epoch, h.record.epoch) !== 'older' && compareEpochs(peer.record.epoch, h.record.epoch) !== 'same')) continue;
+      }
+      return `${h.name} holds every acknowledged write and the newest epoch and reaches the ${w.sched.witness ? 'witness' : 'other agent'}`;
+    }
+    return null;
+  }
+
+  /** Every TICK_MS of the world (whether any agent runs or not). */
+  duringFaults(): void {
+    const why = this.ableToRun();
+    const now = this.w.now;
+    const ran = this.ranSinceAble;
+    this.ranSinceAble = false;
+    if (ran && this.ableSince !== null) this.longestDownWhileAbleMs = Math.max(this.longestDownWhileAbleMs, now - this.ableSince);
+    if (why === null || ran) {
+      this.ableSince = null;
+      return;
+    }
+    this.ableSince ??= now;
+    this.ableWhy = why;
+    if (now - this.ableSince > RUN_DURING_FAULTS_MS) {
+      this.violation('liveness-during-faults', `the VM has not run for ${Math.round((now - this.ableSince) / 1000)} s while ${this.ableWhy} (${this.w.describe()})`);
+      this.ableSince = now;
+    }
+  }
+
+  /**
+   * Whether the pair can run the VM again by itself once the faults stop:
+   * a node that is up holds every acknowledged write under a known epoch that
+   * is the newest; without a witness, also both hosts are there and both
+   * records known (nobody else can say that a disk is the newest). Otherwise
+   * only an operator can (never an epoch guessed): say why.
+   */
+  private unrecoverable(): string | null {
+    const w = this.w;
+    const hs = Object.values(w.hosts);
+    if (!w.sched.witness && hs.some((h) => h.gone)) return 'without a witness, a host gone for good leaves the VM to an operator';
+    if (!w.sched.witness && hs.some((h) => h.record.state !== 'ok')) return 'without a witness, a lost disk record leaves the VM to an operator';
+    const [ra, rb] = [w.hosts.a.record, w.hosts.b.record];
+    // Both began an epoch of the same generation where neither heard the other (README: only possible without a witness).
+    if (ra.state === 'ok' && rb.state === 'ok' && compareEpochs(ra.epoch, rb.epoch) === 'divergent') return 'without a witness, disks whose epochs diverged leave the VM to an operator';
+    const able = hs.some((h) => {
+      if (h.gone || h.record.state !== 'ok' || [...w.acked].some((x) => !h.disk.has(x))) return false;
+      const newest = w.sched.witness ? w.witness.newest(h.record.epoch.run) : undefined;
+      return !newest || compareEpochs(h.record.epoch, newest) === 'same' || compareEpochs(h.record.epoch, newest) === 'newer';
+    });
+    return able ? null : 'no node that is left holds every acknowledged write under a known, newest epoch';
+  }
+
+  /** At the end of the run. */
+  finish(end: number): void {
+    const quiet = this.w.sched.quietAt;
+    const gone = Object.values(this.w.hosts).some((h) => h.gone);
+    const why = this.unrecoverable();
+    if (why) return void this.w.trace(`liveness after the faults not judged: ${why}`);
+    if (this.runAgainAt === null || this.runAgainAt - quiet > RUN_BOUND_MS) {
+      return this.violation('liveness-after-faults', `the VM did not run again within ${RUN_BOUND_MS / 1000} s after the faults stopped (${this.w.describe()})`);
+    }
+    if (gone) return;
+    if (this.protectedAgainAt === null || this.protectedAgainAt - quiet > PROTECT_BOUND_MS) {
+      return this.violation('protected-after-faults', `not protected again within ${PROTECT_BOUND_MS / 1000} s after the faults stopped (${this.w.describe()})`);
+    }
+    if (!this.stable && this.w.now >= end) this.violation('protected-after-faults', `protection did not hold for ${STABLE_MS / 1000} s at the end (${this.w.describe()})`);
+  }
+}

@@ -1,0 +1,82 @@
+/**
+ * The kept mutants (node/mutants.ts) and how the simulator catches each: by
+ * the invariant that names its rule (invariants.ts), within the budget of
+ * schedules of `npm run sim -- --mutants`, drawn around the situation the
+ * rule exists for (a focus on the faults that make it). Where another rule
+ * covers a rule, so that its absence alone loses nothing, the covering rule
+ * is planted away too (`alongside`) and the rule is tested alone there.
+ * Each mutant's first catch is kept as a stored schedule
+ * (test/sim-regressions/), which `npm test` replays.
+ */
+import type { MutantName } from '../node/mutants.js';
+import type { ViolationKind } from './invariants.js';
+import type { Schedule } from './schedule-types.js';
+import { scheduleFor, type Focus } from './schedule.js';
+
+export interface MutantCheck {
+  /** The invariants that name the rule the mutant removes. */
+  caughtBy: ViolationKind[];
+  focus: Focus;
+  /** Rules that cover this one, planted away with it so that it is tested alone, and why. */
+  alongside?: { mutants: MutantName[]; why: string };
+}
+
+const partitions: Focus['weights'] = { cut: 8, 'kill-qemu': 3, 'power-loss': 2, 'witness-down': 2, 'witness-slow': 2 };
+
+export const MUTANT_CHECKS: Record<MutantName, MutantCheck> = {
+  // ---- the lease ----
+  'write-alone-without-lease': { caughtBy: ['lease-before-writing-alone'], focus: { witness: true, weights: { 'slow-disk': 8, 'kill-qemu': 4, 'power-loss': 2, 'host-pause': 2 } } },
+  'unfence-without-lease': { caughtBy: ['lease-before-writing-alone'], focus: { witness: true, weights: partitions } },
+  'alone-without-lease-runs-on': {
+    caughtBy: ['single-writer'],
+    // A paused host cannot fence itself, whatever the rule: only the epochs keep the other node out then.
+    focus: { witness: true, weights: { cut: 8, 'kill-qemu': 6, 'power-loss': 2, 'host-pause': 0 } },
+    alongside: { mutants: ['witness-grants-stale-disk'], why: 'a node runs alone under an epoch of its own, so the witness refuses the peer\'s older disk the lease until it is resynced: its stale-disk checks cover this rule' },
+  },
+  'lease-from-reply': { caughtBy: ['single-writer', 'lease-before-writing-alone'], focus: { witness: true, weights: { 'witness-slow': 8, 'slow-link': 4, cut: 6, 'kill-qemu': 3 } } },
+  'lease-not-renewed-while-taking-over': { caughtBy: ['lease-before-writing-alone'], focus: { witness: true, stepFailP: 0.08, weights: { 'kill-qemu': 6, 'qmp-late': 4, 'power-loss': 2 } } },
+  'take-back-runs-vm-without-lease': { caughtBy: ['lease-before-writing-alone', 'epoch-before-writing-alone'], focus: { witness: true, stepFailP: 0.08, weights: { 'kill-qemu': 4, cut: 6, 'witness-down': 4 } } },
+  'take-back-leaves-colo-running': { caughtBy: ['lease-before-writing-alone'], focus: { witness: true, stepFailP: 0.08, weights: { 'kill-qemu': 4, 'witness-down': 6, 'qmp-late': 3 } } },
+  'witness-no-grace': {
+    caughtBy: ['single-writer', 'lease-before-writing-alone'],
+    focus: { witness: true, weights: { 'witness-restart': 8, 'witness-down': 4, cut: 6, 'kill-qemu': 3 } },
+    alongside: { mutants: ['witness-grants-stale-disk'], why: 'whoever held the lease before the restart runs alone under the newest epoch, so the other node\'s disk is stale and refused anyway: the stale-disk checks cover the grace period' },
+  },
+  // ---- disk epochs ----
+  'witness-grants-stale-disk': { caughtBy: ['acked-write-kept', 'single-writer'], focus: { witness: true, weights: partitions } },
+  'resync-towards-newer': {
+    caughtBy: ['resync-direction'],
+    focus: { witness: true, weights: partitions },
+    alongside: { mutants: ['witness-grants-stale-disk'], why: 'with a witness a node only runs alone while its epoch is the newest on record, so its peer never holds a newer disk: the witness\'s stale-disk checks cover this rule' },
+  },
+  'resync-unknown-epoch': {
+    caughtBy: ['resync-direction'],
+    focus: { witness: false, weights: { 'record-lost': 6, 'kill-qemu': 4, 'power-loss': 3, cut: 3 } },
+    alongside: { mutants: ['takeover-with-older-disk'], why: 'without a witness a node never takes over from a peer whose epoch is unknown (peerAhead), and with one only the lease holder resyncs: that rule covers this one' },
+  },
+  'takeover-with-older-disk': { caughtBy: ['acked-write-kept'], focus: { witness: false, weights: { cut: 8, 'kill-qemu': 6, 'power-loss': 2 } } },
+  'takeover-with-unknown-epoch': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: true, weights: { 'record-lost': 6, 'power-loss': 4, cut: 4 } } },
+  'unfence-with-unknown-epoch': { caughtBy: ['epoch-before-writing-alone'], focus: { witness: false, stepFailP: 0.08, weights: { 'record-lost': 6, 'kill-qemu': 4, cut: 4 } } },
+  'pending-epoch-not-carried': { caughtBy: ['liveness-during-faults', 'liveness-after-faults', 'protected-after-faults'], focus: { witness: true, weights: { 'witness-lossy': 8, 'kill-agent': 4, 'kill-qemu': 4 } } },
+  // ---- without a witness ----
+  'takeover-on-silence-without-witness': { caughtBy: ['single-writer'], focus: { witness: false, weights: { cut: 10, 'kill-qemu': 2 } } },
+  'failed-failover-fences-without-witness': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: false, stepFailP: 0.08, weights: { 'host-gone': 6, 'power-loss': 4, 'kill-qemu': 2 } } },
+  // ---- what QEMU did ----
+  'ignore-replica-write-errors': { caughtBy: ['acked-write-kept', 'replica-exact'], focus: { weights: { 'disk-errors': 10, 'kill-qemu': 3, 'power-loss': 2 } } },
+  'unattachable-qemu-left-running': { caughtBy: ['liveness-during-faults', 'liveness-after-faults', 'protected-after-faults'], focus: { witness: false, weights: { 'kill-agent': 6, cut: 8, 'freeze-qemu': 2 } } },
+  // ---- liveness ----
+  'never-take-over-on-silence': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: true, weights: { 'host-gone': 6, 'power-loss': 6, cut: 4 } } },
+  'never-restart-on-silence': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: true, weights: { 'host-gone': 6, 'power-loss': 6, 'kill-qemu': 4 } } },
+  'never-unfence': { caughtBy: ['liveness-during-faults', 'liveness-after-faults', 'protected-after-faults'], focus: { weights: partitions } },
+  'join-waits-for-a-gone-survivor': { caughtBy: ['protected-after-faults', 'liveness-after-faults', 'liveness-during-faults'], focus: { weights: { 'kill-agent': 8, 'power-loss': 4, 'kill-qemu': 6 } } },
+  'resync-done-said-once': { caughtBy: ['protected-after-faults', 'liveness-during-faults'], focus: { weights: { garbage: 10, 'kill-qemu': 8, cut: 4, 'slow-link': 4 } } },
+  // ---- status ----
+  'protected-despite-stall': { caughtBy: ['status-truth'], focus: { weights: { cut: 8 } } },
+  'protected-after-colo-exit': { caughtBy: ['status-truth'], focus: { weights: { 'reset-replication': 6, 'kill-qemu': 6 } } },
+  'stall-bound-x3': { caughtBy: ['status-truth'], focus: { weights: { cut: 8 } } },
+};
+
+/** The schedules mutant `m` is checked with: the generator's, drawn around its rule's situation. */
+export function mutantSchedule(m: MutantName, seed: number): Schedule {
+  return scheduleFor(seed, MUTANT_CHECKS[m].focus);
+}
