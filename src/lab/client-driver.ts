@@ -44,9 +44,11 @@ export class NetnsClient {
     });
   }
 
-  static start(netns: string, host: string, intervalMs = 100): NetnsClient {
+  /** o.httpTimeoutMs: when a counter request gives up (15 s); o.load: 'mixed' adds the two load clients (netns-client.ts). */
+  static start(netns: string, host: string, intervalMs = 100, o: { httpTimeoutMs?: number; load?: 'none' | 'mixed' } = {}): NetnsClient {
     const script = path.join(packageRoot(), 'dist', 'src', 'lab', 'netns-client.js');
-    return new NetnsClient(spawn('ip', ['netns', 'exec', netns, process.execPath, script, host, String(intervalMs)], { stdio: 'pipe' }));
+    const args = [host, String(intervalMs), String(o.httpTimeoutMs ?? 15_000), o.load ?? 'none'];
+    return new NetnsClient(spawn('ip', ['netns', 'exec', netns, process.execPath, script, ...args], { stdio: 'pipe' }));
   }
 
   get latest(): Tick {
