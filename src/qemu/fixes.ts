@@ -14,14 +14,15 @@
  */
 import { LockstepError } from '../util/errors.js';
 
-export type FixId = 'P1' | 'P2' | 'P3' | 'U1';
+export type FixId = 'P1' | 'P2' | 'P3' | 'P4' | 'U1';
 
 export interface Fix {
   id: FixId;
   title: string;
   /** What happens without it, for the error and the README. */
   without: string;
-  neededUnder: 'tcg' | 'any';
+  /** Under which accelerator COLO needs it; 'none': not needed for safety, only for something faster (P4). */
+  neededUnder: 'tcg' | 'any' | 'none';
   origin: string;
 }
 
@@ -48,6 +49,13 @@ export const FIXES: readonly Fix[] = [
     origin: 'lockstep patch 0003 (not upstream)',
   },
   {
+    id: 'P4',
+    title: 'migration: enter COLO after a pause before switchover',
+    without: 'each re-protection stops the VM while its whole memory goes to the new secondary (about a second per 128 MiB) instead of only for the last pass',
+    neededUnder: 'none',
+    origin: 'lockstep patch 0004 for 7.2 (upstream enters COLO from the device state since; 10.0 has it)',
+  },
+  {
     id: 'U1',
     title: 'migration: Fix transition to COLO state from precopy (upstream 0b5bf4ea76, Li Zhijian)',
     without: 'the migration completes as a plain one and the pair never gets into COLO (the secondary logs "Can\'t receive COLO message")',
@@ -66,7 +74,7 @@ export function fixIdsOfPatches(patches: readonly string[]): FixId[] {
   return patches.map((p) => {
     const n = /^(\d{4})-/.exec(p)?.[1];
     const id = `P${Number(n)}`;
-    if (!n || !FIXES.some((f) => f.id === id)) throw new LockstepError(`patch ${p} is no fix lockstep knows (expected 0001-... to 0003-...)`);
+    if (!n || !FIXES.some((f) => f.id === id)) throw new LockstepError(`patch ${p} is no fix lockstep knows (expected 0001-... to 0004-...)`);
     return id as FixId;
   });
 }
@@ -79,6 +87,7 @@ interface Version {
 
 /** Whether an upstream fix is in this release (or the bug is not). */
 function upstreamHas(id: FixId, v: Version): boolean | undefined {
+  if (id === 'P4') return v.major >= 10 ? true : undefined; // 10.0 enters COLO from the device state (migration_completion)
   if (id !== 'U1') return undefined;
   if (v.major < 10) return true; // the bug came with 10.0
   if (v.major === 10 && v.minor === 0) return v.micro >= 7;
@@ -108,7 +117,7 @@ export function fixesOf(info: { version: Version; package: string }, accel?: 'kv
       id: f.id,
       title: f.title,
       without: f.without,
-      needed: f.neededUnder === 'any' || accel !== 'kvm',
+      needed: f.neededUnder === 'any' || (f.neededUnder === 'tcg' && accel !== 'kvm'),
       present,
       how: marked.has(f.id) ? 'marker' : release !== undefined ? 'release' : 'no marker',
     };

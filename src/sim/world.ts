@@ -106,7 +106,7 @@ export class World {
   ) {
     const streams = ['net', 'qemu', 'proc', 'client', 'agent', 'disk', 'witness', 'setup'] as const;
     this.rng = Object.fromEntries(streams.map((k, i) => [k, new Rng((sched.seed * 7919 + i * 104_729) >>> 0)])) as World['rng'];
-    this.setup = simSetup({ witness: sched.witness, paths: sched.paths });
+    this.setup = simSetup({ witness: sched.witness, paths: sched.paths, ...(sched.pauseIntoColo ? { pauseIntoColo: sched.pauseIntoColo } : {}) });
     const run = `run-${this.rng.setup.hex(8)}`;
     const epoch: Epoch = { run, gen: 1, by: 'up' };
     const mk = (name: NodeName): Host => ({

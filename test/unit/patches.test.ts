@@ -29,9 +29,11 @@ for (const line of QEMU_LINES) {
     assert.match(p2, /03bfc2188f/);
   });
 
-  test(`QEMU ${line}: the same fixes, in the same order, as the other lines (P1-P3: the tests name them so)`, () => {
+  test(`QEMU ${line}: the same fixes, in the same order, as the other lines (P1-P3: the tests name them so); 7.2 has P4 too`, () => {
     const strip = (p: string) => p.replace(/^\d{4}-/, '');
-    assert.deepEqual(patchSeries(line).map(strip), patchSeries('7.2').map(strip));
+    // P4 is 7.2's alone: later lines enter COLO from the device state by themselves.
+    assert.deepEqual(patchSeries(line).slice(0, 3).map(strip), patchSeries('7.2').slice(0, 3).map(strip));
+    assert.equal(patchSeries(line).length, line === '7.2' ? 4 : 3);
   });
 }
 
