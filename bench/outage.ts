@@ -13,7 +13,10 @@
  * - whether an application that waits 2 s for an echo would have given up;
  * - every re-protection's stop of the VM (its state file's record);
  * - with no fault at all, STEADY_S seconds of the same load: the counter's
- *   latency percentiles up to p99.9.
+ *   latency percentiles up to p99.9, side by side for colo-compare's
+ *   settings (lockstep's compare_timeout 300 / expired_scan_cycle 100 ms
+ *   against QEMU's defaults 3000 / 1000), alternating every minute on the
+ *   running VM (qom-set on its compare object).
  * The counter checker runs on the whole record: no acknowledged write lost.
  * Written to bench/results/outage.json.
  *
@@ -25,6 +28,7 @@ import path from 'node:path';
 import { DaemonVmLab, LAB_GUEST_IPS } from '../src/lab/daemon-vm.js';
 import { NetnsClient, counterGaps, roundInterruption, type ClientSummary } from '../src/lab/client-driver.js';
 import { sleep } from '../src/util/time.js';
+import { QmpClient } from '../src/qmp/client.js';
 import { percentile, summarize, table, writeResult, type Summary } from './stats.js';
 
 const ROUNDS = Number(process.env.LOCKSTEP_BENCH_OUTAGE_ROUNDS ?? 5);
@@ -58,7 +62,9 @@ interface FaultClass {
 const d = await DaemonVmLab.create('bench-outage', { onStep: log });
 let client: NetnsClient | undefined;
 const rounds: Round[] = [];
-let steady: { from: number; until: number } | undefined;
+/** The steady state's windows, each with colo-compare's settings of its time. */
+const steadyWindows: Array<{ settings: 'lockstep' | 'qemu'; from: number; until: number }> = [];
+const COMPARE_SETTINGS = { lockstep: { compare_timeout: 300, expired_scan_cycle: 100 }, qemu: { compare_timeout: 3000, expired_scan_cycle: 1000 } } as const;
 const resyncStops: number[] = [];
 let record: ClientSummary | undefined;
 
@@ -205,6 +211,16 @@ const classes: FaultClass[] = [
   },
 ];
 
+/** colo-compare's settings on host h's running primary, through its second QMP monitor (the agent holds the first). */
+async function setCompare(h: Host, props: { compare_timeout: number; expired_scan_cycle: number }): Promise<void> {
+  const qmp = await QmpClient.connect(path.join(d.lab.dirs(h).state, 'vms', d.vm, h, 'qmp2.sock'), { timeoutMs: 5000 });
+  try {
+    for (const [property, value] of Object.entries(props)) await qmp.execute('qom-set', { path: '/objects/comp0', property, value });
+  } finally {
+    qmp.destroy();
+  }
+}
+
 /** Re-protections recorded on the hosts since `t` (their state files): the VM's stop for the switch into COLO. */
 function resyncStopsSince(t: number): number[] {
   const out: number[] = [];
@@ -225,10 +241,17 @@ try {
   client = NetnsClient.start(d.hosts.ns.client, LAB_GUEST_IPS.web!, 20, { httpTimeoutMs: 10_000, load: 'mixed' });
   await client.until((x) => x.httpOk >= 50 && x.echoOk >= 20, 240_000, 'traffic through COLO');
   if (STEADY_S > 0) {
-    log(`steady state: ${STEADY_S} s of the mixed load, no fault`);
-    const from = Date.now();
-    await sleep(STEADY_S * 1000);
-    steady = { from, until: Date.now() };
+    log(`steady state: ${STEADY_S} s of the mixed load, no fault, colo-compare's settings alternating every minute`);
+    const p = await writer();
+    const windows = Math.max(2, Math.round(STEADY_S / 60));
+    for (let w = 0; w < windows; w++) {
+      const settings = w % 2 === 0 ? 'qemu' : 'lockstep';
+      await setCompare(p, COMPARE_SETTINGS[settings]);
+      const from = Date.now();
+      await sleep((STEADY_S * 1000) / windows);
+      steadyWindows.push({ settings, from, until: Date.now() });
+    }
+    await setCompare(p, COMPARE_SETTINGS.lockstep);
   }
   for (const c of classes.filter((x) => !ONLY || ONLY.includes(x.id))) {
     for (let i = 1; i <= ROUNDS; i++) {
@@ -269,22 +292,19 @@ const perClass = classes
       echoSessionsBrokenAt2s: echoBroken,
     };
   });
-const steadyLatency = steady ? rec.http.answers.filter(([sent]) => sent >= steady!.from && sent <= steady!.until).map(([sent, got]) => got - sent) : [];
+const latencyIn = (settings: 'lockstep' | 'qemu') =>
+  rec.http.answers.filter(([sent]) => steadyWindows.some((w) => w.settings === settings && sent >= w.from && sent <= w.until)).map(([sent, got]) => got - sent);
+const steadyOf = (settings: 'lockstep' | 'qemu') => {
+  const l = latencyIn(settings);
+  return { settings: COMPARE_SETTINGS[settings], seconds: Math.round(steadyWindows.filter((w) => w.settings === settings).reduce((n, w) => n + w.until - w.from, 0) / 1000), requests: l.length, p50Ms: percentile(l, 50), p99Ms: percentile(l, 99), p999Ms: percentile(l, 99.9), maxMs: Math.max(...l), overOneSecond: l.filter((x) => x > 1000).length };
+};
 const result = {
   when: new Date().toISOString(),
   roundsPerFault: ROUNDS,
   client: { counterEveryMs: 20, counterTimeoutMs: 10_000, echoPatienceMs: ECHO_PATIENCE_MS, load: 'counter read every 50 ms, a differing page every 1 s' },
   faults: perClass,
   resyncStopMs: summarize(resyncStops),
-  steady: steady && {
-    seconds: Math.round((steady.until - steady.from) / 1000),
-    requests: steadyLatency.length,
-    p50Ms: percentile(steadyLatency, 50),
-    p99Ms: percentile(steadyLatency, 99),
-    p999Ms: percentile(steadyLatency, 99.9),
-    maxMs: Math.max(...steadyLatency),
-    overOneSecond: steadyLatency.filter((x) => x > 1000).length,
-  },
+  steady: steadyWindows.length ? { lockstep: steadyOf('lockstep'), qemu: steadyOf('qemu') } : undefined,
   acknowledgedWritesLost: lost ?? null,
   echoClosed: rec.echo.closed,
 };
@@ -297,7 +317,17 @@ process.stdout.write(
       ...perClass.map((f) => [f.label, ms(f.counterLongestGapMs), ms(f.echoLongestGapMs), ms(f.firstAnswerAfterFaultMs), `${f.echoSessionsBrokenAt2s} of ${f.rounds}`]),
     ]) +
     `\nre-protection: the VM stopped ${ms(result.resyncStopMs)} ms (${result.resyncStopMs.n} resyncs)\n` +
-    (result.steady ? `no fault, ${result.steady.seconds} s of the load: counter latency p50 ${result.steady.p50Ms} ms, p99 ${result.steady.p99Ms} ms, p99.9 ${result.steady.p999Ms} ms, max ${result.steady.maxMs} ms (${result.steady.overOneSecond} of ${result.steady.requests} over 1 s)\n` : '') +
+    (result.steady
+      ? `\nNo fault: the counter's latency under the load, colo-compare's settings alternating every minute on the same VM\n` +
+        table([
+          ['compare_timeout / expired_scan_cycle', 'seconds', 'requests', 'p50 ms', 'p99 ms', 'p99.9 ms', 'max ms', 'over 1 s'],
+          ...(['lockstep', 'qemu'] as const).map((k) => {
+            const x = result.steady![k];
+            return [`${x.settings.compare_timeout} / ${x.settings.expired_scan_cycle} ms (${k === 'lockstep' ? "lockstep's" : "QEMU's defaults"})`, String(x.seconds), String(x.requests), x.p50Ms.toFixed(0), x.p99Ms.toFixed(0), x.p999Ms.toFixed(0), x.maxMs.toFixed(0), String(x.overOneSecond)];
+          }),
+        ]) +
+        `\np99.9 QEMU's defaults / lockstep's: ×${(result.steady.qemu.p999Ms / result.steady.lockstep.p999Ms).toFixed(2)}\n`
+      : '') +
     `acknowledged writes lost: ${lost ?? 'none'}; the echo session ${rec.echo.closed ? 'CLOSED' : 'stayed open'}\n` +
     `written to ${path.relative(process.cwd(), file)}\n`,
 );

@@ -36,12 +36,20 @@ export class NetnsClient {
   private readonly summary: Promise<ClientSummary>;
   private constructor(private readonly child: ChildProcessWithoutNullStreams) {
     let resolve!: (s: ClientSummary) => void;
-    this.summary = new Promise((r) => (resolve = r));
+    let reject!: (e: Error) => void;
+    this.summary = new Promise((res, rej) => ((resolve = res), (reject = rej)));
     readline.createInterface({ input: child.stdout }).on('line', (l) => {
-      const m = JSON.parse(l) as Tick | ClientSummary;
+      let m: Tick | ClientSummary;
+      try {
+        m = JSON.parse(l) as Tick | ClientSummary;
+      } catch (err) {
+        reject(new Error(`the lab client sent a line that is not JSON (${l.length} bytes, ${(err as Error).message})`));
+        return;
+      }
       if (m.type === 'tick') this.last = m;
       else resolve(m);
     });
+    child.once('close', (code) => reject(new Error(`the lab client ended (${code}) without its summary`)));
   }
 
   /** o.httpTimeoutMs: when a counter request gives up (15 s); o.load: 'mixed' adds the two load clients (netns-client.ts). */
