@@ -17,6 +17,8 @@ import { LockstepError } from '../util/errors.js';
 import { attachTap, detachTap } from '../qemu/tap.js';
 import { readState, recordFailover, liveNodes, type NodeState, type PairState } from './state.js';
 import { agentsRunning } from './agents.js';
+import { localSocketsIn } from './plan.js';
+import type { ColoEndpoints } from '../qemu/cmdline.js';
 import { waitFor } from '../util/time.js';
 
 export interface FailoverResult {
@@ -58,9 +60,19 @@ export function secondaryTakeoverSteps(qmp: QmpCommands, s: PairState, survivor:
           },
         ]
       : []),
-    ...secondaryFailoverSteps(qmp, { yank: o.yank, forwards: s.forwards, prepareAsPrimary: { ...s.endpoints, primaryHost: survivor.address, secondaryHost: lost.address } }),
+    ...secondaryFailoverSteps(qmp, { yank: o.yank, forwards: s.forwards, prepareAsPrimary: survivorEndpoints(s, survivor, lost) }),
     ...(tap && s.announce !== false ? [{ name: 'announce-self', timeoutMs: ANNOUNCE_MS + 1000, run: () => announce(qmp, o.onStep ?? (() => {})) }] : []),
   ];
+}
+
+/**
+ * The endpoints the survivor listens on as the next primary: the pair's, from
+ * the survivor's side, with its local proxy's unix sockets in its own data
+ * directory (private to root, as planPair makes them for a primary), never
+ * the old primary's (a directory of another host) nor loopback TCP.
+ */
+export function survivorEndpoints(s: PairState, survivor: NodeState, lost: NodeState): ColoEndpoints {
+  return { ...s.endpoints, primaryHost: survivor.address, secondaryHost: lost.address, localSockets: localSocketsIn(path.dirname(survivor.qmpSocket)) };
 }
 
 /** The primary is gone: secondaryTakeoverSteps, run. Used by `lockstep failover`. */

@@ -282,4 +282,23 @@ test('a local unprivileged user reads no guest data, and plants nothing that a r
   assert.equal(fs.statSync(onB(bufferDir)).mode & 0o7777, 0o700);
   assert.equal(fs.statSync(onB(bufferDir)).uid, 0);
   for (const b of [buffers.active, buffers.hidden]) assert.equal(fs.statSync(onB(b)).mode & 0o777, 0o600, `${b}: made anew, 0600`);
+
+  // a's QEMU dies: b takes over and readies its own local proxy for the next secondary, as unix sockets in its
+  // private data directory too (not loopback TCP, not a's directory), which the resync then uses.
+  const daemonA = await lab.daemonPid('a');
+  const qemuA = (await lab.processes('a')).filter((p) => p !== daemonA && isQemu(p));
+  assert.equal(qemuA.length, 1);
+  process.kill(qemuA[0]!, 'SIGKILL');
+  const taken = await d.untilProtected('re-protection after the primary was killed', 120_000);
+  assert.equal(taken.s.of('b')?.agent?.role, 'primary', 'b took over');
+  process.stderr.write(`# protected again ${(taken.ms / 1000).toFixed(1)} s after the primary's QEMU was killed (b primary)\n`);
+  for (const sock of [`${vmDir('b')}/compare0.sock`, `${vmDir('b')}/compare-out.sock`, `${vmDir('b')}/qmp.sock`]) {
+    assert.ok(fs.statSync(onB(sock)).isSocket(), `${sock} is b's socket`);
+    const r = await connect('b', JSON.stringify({ path: sock }));
+    assert.equal(r.stdout.trim(), 'EACCES', `nobody connected to ${sock} on b: ${r.stdout}${r.stderr}`);
+  }
+  for (const port of [stA.endpoints.comparePrimaryPort, stA.endpoints.compareOutPort]) {
+    const r = await connect('b', JSON.stringify({ host: '127.0.0.1', port }));
+    assert.equal(r.stdout.trim(), 'ECONNREFUSED', `port ${port} on b's loopback after the takeover: ${r.stdout}`);
+  }
 });
