@@ -77,8 +77,14 @@ export const STABLE_MS = 10_000;
 export const EVENTS_PER_INSTANT_MAX = 10_000;
 /** A QMP event (COLO_EXIT, RESUME) reaches the agent (≤ 2 ms) and is seen at its next tick (TICK_MS, and a little jitter). */
 const EVENT_SEEN_MS = TICK_MS + 10;
-/** Once the secondary's disk lacks an acknowledged write, the agents stop saying PROTECTED within this long (QUORUM_REPORT_BAD, a yank, COLO_EXIT). */
-const REPLICA_REACT_MS = 500;
+/**
+ * Once the secondary's disk lacks an acknowledged write, the agents stop saying PROTECTED within this long: the
+ * primary at its next tick after QUORUM_REPORT_BAD, the secondary once its primary's word says so or falls silent
+ * (its heartbeat timeout after the last word, which may have been on its way when the write failed).
+ */
+function replicaReactMs(heartbeatTimeoutMs: number): number {
+  return heartbeatTimeoutMs + 2 * EVENT_SEEN_MS;
+}
 
 export class Invariants {
   readonly violations: Violation[] = [];
@@ -213,7 +219,7 @@ export class Invariants {
       if (!justEnded && !justUnblocked && (!flowing || endBroken)) {
         this.violation('status-truth', `${h.name}: status says PROTECTED, but ${!mine ? 'its QEMU is in no COLO session' : endBroken ? 'its COLO stream broke' : `no checkpoint for ${Math.round(now - s!.lastCheckpointAt)} ms`}`);
       }
-      if (this.replicaShortSince !== null && s && !s.over && now - this.replicaShortSince > REPLICA_REACT_MS) {
+      if (this.replicaShortSince !== null && s && !s.over && now - this.replicaShortSince > replicaReactMs(cfg.heartbeatTimeoutMs)) {
         const missing = [...this.w.acked].find((x) => !this.w.hosts[s.s].disk.has(x));
         this.violation('replica-exact', `${h.name}: status says PROTECTED, but ${s.s}'s disk lacks acknowledged write ${missing} (a replica write failed, ${Math.round(now - this.replicaShortSince)} ms ago)`);
       }
