@@ -14,7 +14,7 @@
  */
 import type { QmpCommands } from '../qmp/client.js';
 import { QmpCommandError } from '../qmp/errors.js';
-import { IDS, peerTlsCreds, type ColoEndpoints, type HostForward } from '../qemu/cmdline.js';
+import { IDS, localProxyAddress, peerTlsCreds, type ColoEndpoints, type HostForward } from '../qemu/cmdline.js';
 import { runSteps, hasObject, hasChardev, hasBlockNode, hasHostForward, isQuorumChild, type Step, type StepRecord } from './steps.js';
 
 const STEP_MS = 5_000;
@@ -53,15 +53,16 @@ function chardevRemoveStep(qmp: QmpCommands, id: string, timeoutMs: number): Ste
 }
 
 function chardevAddStep(qmp: QmpCommands, id: string, host: string, port: number, server: boolean, timeoutMs: number, tls: { 'tls-creds'?: string } = {}): Step {
+  return socketChardevAddStep(qmp, id, { type: 'inet', data: { host, port: String(port) } }, server, timeoutMs, tls);
+}
+
+/** chardev-add of a socket chardev at `addr` (SocketAddressLegacy: inet, or the unix socket of the primary's local proxy). */
+function socketChardevAddStep(qmp: QmpCommands, id: string, addr: ReturnType<typeof localProxyAddress>, server: boolean, timeoutMs: number, tls: { 'tls-creds'?: string } = {}): Step {
   return {
     name: `chardev-add ${id}`,
     timeoutMs,
     done: () => hasChardev(qmp, id),
-    run: () =>
-      qmp.execute('chardev-add', {
-        id,
-        backend: { type: 'socket', data: { addr: { type: 'inet', data: { host, port: String(port) } }, server, ...(server ? { wait: false } : {}), ...tls } },
-      }),
+    run: () => qmp.execute('chardev-add', { id, backend: { type: 'socket', data: { addr, server, ...(server ? { wait: false } : {}), ...tls } } }),
   };
 }
 
@@ -207,10 +208,11 @@ export function secondaryFailoverSteps(qmp: QmpCommands, o: SecondaryFailoverOpt
       // The two the next secondary connects to, from its host: with the pair's TLS.
       chardevAddStep(qmp, IDS.mirrorChardev, e.primaryHost, e.mirrorPort, true, STEP_MS, peerTlsCreds(e, 'server')),
       chardevAddStep(qmp, IDS.compare1, e.primaryHost, e.compareSecondaryPort, true, STEP_MS, peerTlsCreds(e, 'server')),
-      chardevAddStep(qmp, IDS.compare0, e.primaryLocal, e.comparePrimaryPort, true, STEP_MS),
-      chardevAddStep(qmp, IDS.compare0Client, e.primaryLocal, e.comparePrimaryPort, false, STEP_MS),
-      chardevAddStep(qmp, IDS.compareOut, e.primaryLocal, e.compareOutPort, true, STEP_MS),
-      chardevAddStep(qmp, IDS.compareOutClient, e.primaryLocal, e.compareOutPort, false, STEP_MS),
+      // The primary's local proxy pairs: unix sockets in its private data directory, as on a primary's command line.
+      socketChardevAddStep(qmp, IDS.compare0, localProxyAddress(e, 'compare0'), true, STEP_MS),
+      socketChardevAddStep(qmp, IDS.compare0Client, localProxyAddress(e, 'compare0'), false, STEP_MS),
+      socketChardevAddStep(qmp, IDS.compareOut, localProxyAddress(e, 'compareOut'), true, STEP_MS),
+      socketChardevAddStep(qmp, IDS.compareOutClient, localProxyAddress(e, 'compareOut'), false, STEP_MS),
     );
   }
   return steps;

@@ -84,28 +84,21 @@ export class DaemonMetrics implements VmCounters {
     this.coloExitsTotal = new Counter({ name: 'lockstep_colo_exits_total', help: "COLO_EXIT events of this host's QEMU, by QEMU's reason (request, error)", labelNames: ['vm', 'reason'], registers });
     this.droppedTotal = new Counter({ name: 'lockstep_journal_records_dropped_total', help: 'Records of changes seen left out of the journal (more than a burst allows)', labelNames: ['vm'], registers });
     // The journal keeps its own counts; each scrape moves these counters by what changed since the last.
-    let recordsSeen = 0;
-    new Counter({
-      name: 'lockstep_journal_records_total',
-      help: 'Records appended to the event journal since the daemon started',
-      registers,
-      collect() {
-        const n = src.journal().records;
-        if (n > recordsSeen) this.inc(n - recordsSeen);
-        recordsSeen = n;
-      },
-    });
-    let errorsSeen = 0;
-    new Counter({
-      name: 'lockstep_journal_write_errors_total',
-      help: 'Journal writes and flushes to disk that failed since the daemon started',
-      registers,
-      collect() {
-        const n = src.journal().writeErrors;
-        if (n > errorsSeen) this.inc(n - errorsSeen);
-        errorsSeen = n;
-      },
-    });
+    const countedElsewhere = (name: string, help: string, read: () => number) => {
+      let seen = 0;
+      new Counter({
+        name,
+        help,
+        registers,
+        collect() {
+          const n = read();
+          if (n > seen) this.inc(n - seen);
+          seen = n;
+        },
+      });
+    };
+    countedElsewhere('lockstep_journal_records_total', 'Records appended to the event journal since the daemon started', () => src.journal().records);
+    countedElsewhere('lockstep_journal_write_errors_total', 'Journal writes and flushes to disk that failed since the daemon started', () => src.journal().writeErrors);
     this.operatorTotal = new Counter({ name: 'lockstep_operator_commands_total', help: "Operators' commands through the API, by command and the answer's HTTP status", labelNames: ['command', 'code'], registers });
 
     // ---- gauges, read from the VMs' status at each scrape ----
@@ -197,26 +190,19 @@ export class DaemonMetrics implements VmCounters {
         for (const p of PHASES) this.set({ phase: p }, vms.filter((v) => v.status.phase === p).length);
       },
     });
-    new Gauge({
-      name: 'lockstep_heartbeat_session_up',
-      help: "This host's heartbeat session with a peer host on one path is connected",
-      labelNames: ['peer', 'path'],
-      registers,
-      collect() {
-        this.reset();
-        for (const x of src.sessions()) this.set({ peer: x.peer, path: x.path }, x.up ? 1 : 0);
-      },
-    });
-    new Gauge({
-      name: 'lockstep_heartbeat_session_vms',
-      help: 'The VMs a heartbeat session carries now',
-      labelNames: ['peer', 'path'],
-      registers,
-      collect() {
-        this.reset();
-        for (const x of src.sessions()) this.set({ peer: x.peer, path: x.path }, x.vms.length);
-      },
-    });
+    const perSession = (name: string, help: string, value: (x: ReturnType<MetricsSource['sessions']>[number]) => number) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: ['peer', 'path'],
+        registers,
+        collect() {
+          this.reset();
+          for (const x of src.sessions()) this.set({ peer: x.peer, path: x.path }, value(x));
+        },
+      });
+    perSession('lockstep_heartbeat_session_up', "This host's heartbeat session with a peer host on one path is connected", (x) => (x.up ? 1 : 0));
+    perSession('lockstep_heartbeat_session_vms', 'The VMs a heartbeat session carries now', (x) => x.vms.length);
     new Gauge({
       name: 'lockstep_journal_size_bytes',
       help: "The event journal's files, in bytes (bounded: rotated by size)",

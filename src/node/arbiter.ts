@@ -3,7 +3,7 @@
  * one lease per VM, with the disk epoch as the fencing token, so that the
  * agent core does not care what grants it: the built-in witness
  * (witness.ts, WitnessArbiter) is the first implementation, the simulator
- * drives its own (sim/model.ts), and an existing engine (etcd's leases and
+ * drives its own (sim/witness.ts), and an existing engine (etcd's leases and
  * transactions) can serve fleets of hosts next.
  *
  * What any implementation must keep (the core relies on it):

@@ -111,7 +111,7 @@ export class AgentDriver {
       case 'release-lease':
         return io.arbiter?.release(e.id);
       case 'query-witness':
-        return io.arbiter?.query(e.id, e.run);
+        return io.arbiter?.query(e.id, e.run, e.disk);
       case 'run':
         return io.runProcedure(e.id, e.procedure, e.fromStep);
       case 'query-qemu':

@@ -12,7 +12,6 @@ export const MUTANTS = {
   'unfence-without-lease': 'a fenced node lets its VM run again without the lease',
   'alone-without-lease-runs-on': 'a node running alone keeps running after its lease ran out while it hears nobody',
   'lease-from-reply': 'the lease is counted from the witness\'s reply instead of from the request',
-  'lease-not-renewed-while-taking-over': 'the lease is not renewed while a takeover or restart runs its procedure (review of the first core)',
   'take-back-runs-vm-without-lease': 'the take-back of a failed resync lets the VM it had stopped run again although the lease ran out meanwhile (or its disk\'s epoch is unknown)',
   'take-back-leaves-colo-running': 'a take-back that may not let the VM run stops it only at its end, after its Primary Failover made it write alone',
   'live-switchover-without-lease': 'a live resume lets its switchover into COLO go on while the VM may not run alone, and a switchover that fails makes QEMU run the VM again alone',
@@ -21,10 +20,12 @@ export const MUTANTS = {
   // ---- disk epochs: never the wrong way ----
   'witness-grants-stale-disk': 'the witness grants the lease (and records a new epoch) for a disk older than the newest of its run: both of its stale-disk checks removed',
   'resync-towards-newer': 'a node running alone resyncs a peer whose disk is newer or divergent, and the peer lets it (both sides\' checks off)',
-  'resync-unknown-epoch': 'a node running alone resyncs a peer whose disk epoch is unknown, without the lease to prove its own the newest',
   'takeover-with-older-disk': 'a secondary takes over with a disk older than its peer\'s (as the peer last said); seed 1243 of the first generator',
+  'takeover-with-short-replica': 'a secondary takes over with a disk its primary said missed a write it acknowledged; focus schedule 1,641 of unfence-before-recorded-epoch-on-disk',
+  'short-replica-on-first-word': 'a secondary told that its replica failed a write refuses to take over at once, before any checkpoint made that write part of its disk (with the primary\'s disk record lost, nobody runs the VM); focus schedule 86 of unfence-before-recorded-epoch-on-disk',
   'takeover-with-unknown-epoch': 'a node whose disk epoch is unknown keeps trying to take over (asking for a lease it cannot use), so the node with the newest disk waits for it for ever',
   'unfence-with-unknown-epoch': 'a fenced node whose disk epoch is unknown lets its VM run again (without a witness, on the peer\'s word alone)',
+  'unfence-before-recorded-epoch-on-disk': 'a fenced node whose disk failed to take the epoch the witness recorded for it lets its VM run again under its older epoch; seed 1,014,094 of the soak',
   'pending-epoch-not-carried': 'a lease request does not carry the epoch we asked the witness to record and never heard back about',
   // ---- without a witness ----
   'takeover-on-silence-without-witness': 'without a witness, a secondary takes over when its primary falls silent',
@@ -35,11 +36,15 @@ export const MUTANTS = {
   // ---- liveness ----
   'never-take-over-on-silence': 'a secondary never takes over while its primary is silent, witness or not',
   'never-restart-on-silence': 'a node whose QEMU is gone never restarts the VM while its peer is silent',
+  'found-stopped-waits-for-peer': 'without a witness, a node writing alone whose VM was found stopped (a stop that took effect late) waits for its peer\'s word to let it run again, for ever if the peer is gone; focus schedule 1,480 of take-back-retried-as-resync',
   'never-unfence': 'a fenced node never lets its VM run again',
   'join-waits-for-a-gone-survivor': 'a resync\'s target keeps its new secondary for a survivor whose agent restarted or gave the resync up; seed 21 of the first generator',
+  'resync-target-ignores-survivor-boot': 'a resync\'s target knows the survivor\'s agent only from heartbeats, so a survivor that asked before any heartbeat arrived and then restarted goes unnoticed; focus schedule 513 of pending-epoch-not-carried',
+  'take-back-retried-as-resync': 'a take-back of a failed resync that failed is tried again with a resync\'s back-off (up to 30 s) while the VM it stopped waits; focus schedule 1,473 of resync-done-said-once',
   'resync-done-said-once': 'the survivor tells its new secondary\'s agent once that the resync is done, and not again when that word is lost (review of the first core)',
   // ---- status ----
   'protected-despite-stall': 'status says PROTECTED while checkpoints have stalled',
+  'secondary-protected-without-primary-word': 'a secondary says PROTECTED without its primary\'s current word that the replica missed no write; seed 1,019,804 of the soak',
   'protected-after-colo-exit': 'status says PROTECTED after COLO_EXIT',
   'stall-bound-x3': 'a stream counts as stalled only after three times the stall bound',
 } as const;

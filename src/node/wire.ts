@@ -43,6 +43,17 @@ export const heartbeatSchema = z.object({
   checkpointAgeMs: ms.nullable(),
   /** The procedure the sender runs right now, if any (e.g. 'takeover'). */
   busy: z.string().max(64).nullable(),
+  /**
+   * A primary's word that its secondary's replica has missed no write (no QUORUM_REPORT_BAD since the COLO session
+   * began): only the primary's QEMU sees a replica write fail, so the secondary calls the pair protected only on it.
+   * Absent from an agent older than this field (read as the old rule: exact).
+   */
+  replicaExact: z.boolean().optional(),
+  /**
+   * A primary's word that a checkpoint completed after its secondary's replica failed a write: the secondary's disk
+   * lacks that write for good and must never take over before a resync. Absent from an older agent.
+   */
+  replicaShort: z.boolean().optional(),
 });
 
 export const heartbeatAckSchema = z.object({ t: z.literal('hback'), seq: count });
@@ -55,6 +66,11 @@ export const resyncPrepareSchema = z.object({
   disk: epochSchema,
   /** The disk's size: a replica of it is made (at most 64 TiB, qcow2's bound). */
   sizeBytes: z.number().int().min(1).max(64 * 1024 ** 4),
+  /**
+   * The survivor agent's incarnation (its heartbeats' boot): the target drops its new secondary once the survivor's
+   * agent restarts, even when it asked before the target heard a heartbeat of it. Absent from an older agent.
+   */
+  boot: id.optional(),
 });
 export const resyncDoneSchema = z.object({ k: z.literal('resync-done'), disk: epochSchema });
 export const resyncAbortSchema = z.object({ k: z.literal('resync-abort'), why: z.string().max(500) });

@@ -46,11 +46,10 @@
  *   most HEARD_NODES_MAX nodes and HEARD_RUNS_PER_VM runs per VM (the oldest
  *   forgotten first: forgetting what a node said only withholds grants), and
  *   is dropped once the run is on record.
- *   A query that names the run but carries no disk (agents that do not send
- *   their disk with their queries) counts for (1) but says nothing for (2):
- *   until every node sends its disk with its queries, a node whose agent
- *   runs but whose VM does not (and whose disk may be the newest) is taken
- *   at its word that it holds the run, not at its disk.
+ *   A query that names the run but carries no disk (an agent older than
+ *   the ones that send their disk with their queries) counts for (1) but
+ *   says nothing for (2): such a node is taken at its word that it holds
+ *   the run, not at its disk.
  * - Bounds, and what they never drop: at most RUNS_PER_VM runs per VM on
  *   record (one per `up` of the VM; the oldest evicted first, never the run
  *   of a lease that is held, nor the one being recorded); at most VMS_MAX

@@ -14,9 +14,11 @@ import { stopPid } from '../qemu/process.js';
 import { secondaryFailoverSteps, primaryFailover, SECONDARY_FAILOVER, type ProcedureRunOptions } from '../colo/failover.js';
 import { runSteps, type Step } from '../colo/steps.js';
 import { LockstepError } from '../util/errors.js';
-import { attachTap, detachTap } from '../qemu/tap.js';
+import { attachTap, detachTap, type TapPlace } from '../qemu/tap.js';
 import { readState, recordFailover, liveNodes, type NodeState, type PairState } from './state.js';
 import { agentsRunning } from './agents.js';
+import { localSocketsIn } from './plan.js';
+import type { ColoEndpoints } from '../qemu/cmdline.js';
 import { waitFor } from '../util/time.js';
 
 export interface FailoverResult {
@@ -36,6 +38,23 @@ export interface FailoverOptions {
 const TAP_STEP_MS = 5_000;
 
 /**
+ * The step that puts the tap of the node that runs the VM now onto the bridge, and the other node's off it (where
+ * it lives on this host). Attaching a tap that is on the bridge already, detaching one that is off it: both
+ * harmless to repeat. `detachMayFail`: a restart alone carries on whatever the other tap's state (its node may be
+ * half gone); a takeover's retry tries both again.
+ */
+export function tapStep(tap: TapPlace, off: TapPlace | undefined, o: { detachMayFail?: boolean } = {}): Step {
+  return {
+    name: `tap ${tap.tap} on bridge ${tap.bridge}${off ? `, ${off.tap} off` : ''}`,
+    timeoutMs: TAP_STEP_MS,
+    run: async () => {
+      if (off) await (o.detachMayFail ? detachTap(off).catch(() => undefined) : detachTap(off));
+      await attachTap(tap);
+    },
+  };
+}
+
+/**
  * The primary is gone: the survivor's tap joins the bridge (the dead
  * primary's leaves it, where it lives on this host), then "Secondary
  * Failover", which also readies the survivor's listeners for a later resync,
@@ -45,22 +64,20 @@ const TAP_STEP_MS = 5_000;
 export function secondaryTakeoverSteps(qmp: QmpCommands, s: PairState, survivor: NodeState, lost: NodeState, o: { yank?: boolean; onStep?: (msg: string) => void } = {}): Step[] {
   const tap = survivor.tap;
   return [
-    // Attaching a tap that is on the bridge already, detaching one that is off it: both harmless to repeat.
-    ...(tap
-      ? [
-          {
-            name: `tap ${tap.tap} on bridge ${tap.bridge}${lost.tap ? `, ${lost.tap.tap} off` : ''}`,
-            timeoutMs: TAP_STEP_MS,
-            run: async () => {
-              if (lost.tap) await detachTap(lost.tap);
-              await attachTap(tap);
-            },
-          },
-        ]
-      : []),
-    ...secondaryFailoverSteps(qmp, { yank: o.yank, forwards: s.forwards, prepareAsPrimary: { ...s.endpoints, primaryHost: survivor.address, secondaryHost: lost.address } }),
+    ...(tap ? [tapStep(tap, lost.tap)] : []),
+    ...secondaryFailoverSteps(qmp, { yank: o.yank, forwards: s.forwards, prepareAsPrimary: survivorEndpoints(s, survivor, lost) }),
     ...(tap && s.announce !== false ? [{ name: 'announce-self', timeoutMs: ANNOUNCE_MS + 1000, run: () => announce(qmp, o.onStep ?? (() => {})) }] : []),
   ];
+}
+
+/**
+ * The endpoints the survivor listens on as the next primary: the pair's, from
+ * the survivor's side, with its local proxy's unix sockets in its own data
+ * directory (private to root, as planPair makes them for a primary), never
+ * the old primary's (a directory of another host) nor loopback TCP.
+ */
+export function survivorEndpoints(s: PairState, survivor: NodeState, lost: NodeState): ColoEndpoints {
+  return { ...s.endpoints, primaryHost: survivor.address, secondaryHost: lost.address, localSockets: localSocketsIn(path.dirname(survivor.qmpSocket)) };
 }
 
 /** The primary is gone: secondaryTakeoverSteps, run. Used by `lockstep failover`. */

@@ -93,11 +93,16 @@ export function bufferDirOf(c: ResolvedConfig, secondary: string): string {
   return path.join(c.replication.bufferDir, `lockstep-${c.name}-${secondary}${tag}`);
 }
 
+/** The primary's local proxy sockets, in its private data directory (whoever the primary is: also a survivor's). */
+export function localSocketsIn(dataDir: string): { compare0: string; compareOut: string } {
+  return { compare0: path.join(dataDir, 'compare0.sock'), compareOut: path.join(dataDir, 'compare-out.sock') };
+}
+
 export function planPair(c: ResolvedConfig, rt: Runtime, primary: string = c.nodes[0]!.name, o: { alone?: { disk: string } } = {}): PairPlan {
   const [first, second] = c.nodes as [ResolvedConfig['nodes'][number], ResolvedConfig['nodes'][number]];
   const [p, s] = first.name === primary ? [first, second] : [second, first];
   const tlsDir = dataPlaneTlsDir(c);
-  const localSockets = { compare0: path.join(p.dataDir, 'compare0.sock'), compareOut: path.join(p.dataDir, 'compare-out.sock') };
+  const localSockets = localSocketsIn(p.dataDir);
   for (const sock of [...Object.values(localSockets), path.join(p.dataDir, 'qmp2.sock'), path.join(s.dataDir, 'qmp2.sock')]) {
     if (Buffer.byteLength(sock) > UNIX_PATH_MAX) {
       throw new LockstepError(`the unix socket ${sock} would be longer than ${UNIX_PATH_MAX} bytes, the most a socket path may be`, { hint: 'give the VM a shorter stateDir (or nodes[].dataDir)' });

@@ -8,7 +8,7 @@
  * after any failover. The agents decide when (src/node/core/core.ts).
  */
 import type { ResolvedConfig } from '../config/load.js';
-import { attachTap, detachTap } from '../qemu/tap.js';
+import { tapStep } from './failover.js';
 import { runSteps, type Step } from '../colo/steps.js';
 import { planPair } from './plan.js';
 import { launchAlone } from './launch.js';
@@ -19,7 +19,6 @@ export const RESTART = 'restart alone';
 
 /** Starting a QEMU: its QMP socket within 15 s, then cont (launch.ts), and ending it again if that fails. */
 const LAUNCH_STEP_MS = 25_000;
-const TAP_STEP_MS = 5_000;
 
 /**
  * The steps of a restart alone on `node`: its tap onto the bridge (the
@@ -33,18 +32,7 @@ export function restartAloneSteps(c: ResolvedConfig, s: PairState, node: string,
   const p = plan.primary;
   const tap = p.tap;
   return [
-    ...(tap
-      ? [
-          {
-            name: `tap ${tap.tap} on bridge ${tap.bridge}${peer.tap ? `, ${peer.tap.tap} off` : ''}`,
-            timeoutMs: TAP_STEP_MS,
-            run: async () => {
-              if (peer.tap) await detachTap(peer.tap).catch(() => undefined);
-              await attachTap(tap);
-            },
-          },
-        ]
-      : []),
+    ...(tap ? [tapStep(tap, peer.tap, { detachMayFail: true })] : []),
     {
       name: `start the VM alone from ${me.disk}`,
       timeoutMs: LAUNCH_STEP_MS,

@@ -77,8 +77,14 @@ export const STABLE_MS = 10_000;
 export const EVENTS_PER_INSTANT_MAX = 10_000;
 /** A QMP event (COLO_EXIT, RESUME) reaches the agent (≤ 2 ms) and is seen at its next tick (TICK_MS, and a little jitter). */
 const EVENT_SEEN_MS = TICK_MS + 10;
-/** Once the secondary's disk lacks an acknowledged write, the agents stop saying PROTECTED within this long (QUORUM_REPORT_BAD, a yank, COLO_EXIT). */
-const REPLICA_REACT_MS = 500;
+/**
+ * Once the secondary's disk lacks an acknowledged write, the agents stop saying PROTECTED within this long: the
+ * primary at its next tick after QUORUM_REPORT_BAD, the secondary once its primary's word says so or falls silent
+ * (its heartbeat timeout after the last word, which may have been on its way when the write failed).
+ */
+function replicaReactMs(heartbeatTimeoutMs: number): number {
+  return heartbeatTimeoutMs + 2 * EVENT_SEEN_MS;
+}
 
 export class Invariants {
   readonly violations: Violation[] = [];
@@ -148,16 +154,18 @@ export class Invariants {
   private beginsAlone(q: SimQemu): void {
     const h = this.w.hosts[q.node];
     const wit = this.w.witness;
+    // The procedure whose step made it write alone (a late command's: its agent may have given up on it, or died).
+    const by = (h.effectAt === this.w.now ? h.effectOf : null) ?? h.procedure;
     if (this.w.sched.witness) {
-      const decided = h.procedure?.startedAt ?? this.w.now;
+      const decided = by?.startedAt ?? this.w.now;
       const then = wit.holderAt(decided);
       const now = wit.holderAt(this.w.now);
       if (then !== q.node || (now !== null && now !== q.node)) {
-        this.violation('lease-before-writing-alone', `${q.node} begins to write alone${h.procedure ? ` (${h.procedure.kind}, begun ${Math.round(this.w.now - decided)} ms ago)` : ''}, but the witness's lease was ${then ? `${then}'s` : 'nobody\'s'} then${now !== then ? ` and is ${now ? `${now}'s` : 'nobody\'s'} now` : ''}`);
+        this.violation('lease-before-writing-alone', `${q.node} begins to write alone${by ? ` (${by.kind}, begun ${Math.round(this.w.now - decided)} ms ago)` : ''}, but the witness's lease was ${then ? `${then}'s` : 'nobody\'s'} then${now !== then ? ` and is ${now ? `${now}'s` : 'nobody\'s'} now` : ''}`);
       }
     }
     // As it was when the node decided (a record lost since is another fault).
-    const rec = h.procedure?.record ?? h.record;
+    const rec = by?.record ?? h.record;
     const own = rec.state === 'ok' && rec.epoch.by === q.node;
     const newest = rec.state === 'ok' ? wit.newest(rec.epoch.run) : undefined;
     const recorded = !this.w.sched.witness || (rec.state === 'ok' && compareEpochs(rec.epoch, newest) === 'same');
@@ -204,11 +212,14 @@ export class Invariants {
       const mine = !!s && !!q && (s.pq === q || s.sq === q);
       const endBroken = !!q && q.broken && q.brokenAt < now - EVENT_SEEN_MS;
       const justEnded = !q && now - h.qemuEndedAt <= EVENT_SEEN_MS;
+      // An agent whose event loop was blocked (a slow disk under its synchronous record write) answers no status query
+      // meanwhile, and sees what it missed at its next tick after: judged from then (seed 1,001,005 of the soak).
+      const justUnblocked = now - h.agent!.blockedUntil <= EVENT_SEEN_MS;
       const flowing = mine && (now - s.lastCheckpointAt <= cfg.stallMs + EVENT_SEEN_MS || (s.phase === 'sending' && now - s.phaseSince <= cfg.checkpointTimeoutMs + EVENT_SEEN_MS));
-      if (!justEnded && (!flowing || endBroken)) {
+      if (!justEnded && !justUnblocked && (!flowing || endBroken)) {
         this.violation('status-truth', `${h.name}: status says PROTECTED, but ${!mine ? 'its QEMU is in no COLO session' : endBroken ? 'its COLO stream broke' : `no checkpoint for ${Math.round(now - s!.lastCheckpointAt)} ms`}`);
       }
-      if (this.replicaShortSince !== null && s && !s.over && now - this.replicaShortSince > REPLICA_REACT_MS) {
+      if (this.replicaShortSince !== null && s && !s.over && now - this.replicaShortSince > replicaReactMs(cfg.heartbeatTimeoutMs)) {
         const missing = [...this.w.acked].find((x) => !this.w.hosts[s.s].disk.has(x));
         this.violation('replica-exact', `${h.name}: status says PROTECTED, but ${s.s}'s disk lacks acknowledged write ${missing} (a replica write failed, ${Math.round(now - this.replicaShortSince)} ms ago)`);
       }
@@ -235,6 +246,9 @@ export class Invariants {
         const newest = w.witness.newest(h.record.epoch.run);
         if (newest && compareEpochs(h.record.epoch, newest) !== 'same' && compareEpochs(h.record.epoch, newest) !== 'newer') continue;
         if (!w.witness.up || !w.net.up(h.name === 'a' ? 'witness-a' : 'witness-b')) continue;
+        // A witness with no record of the run (it lost it) grants only on the other node's word: that node must
+        // be there, know its disk and reach the witness too (node/witness-core.ts, runs not on record).
+        if (!newest && !(peer.up && !peer.paused && peer.agent && peer.record.state === 'ok' && w.net.up(peer.name === 'a' ? 'witness-a' : 'witness-b'))) continue;
       } else if (!(h.qemu?.alive && !h.qemu.incoming && h.qemu.colo !== 'secondary' && this.w.hosts[h.peer].record.state === 'ok')) {
         // Without a witness a primary carries on alone on its own authority; anything else needs the other agent's
         // word, the arbiter: it must be heard, and its disk be known and not newer (nobody vouches for a lost record).
@@ -278,6 +292,10 @@ export class Invariants {
     if (!w.sched.witness && hs.some((h) => h.gone)) return 'without a witness, a host gone for good leaves the VM to an operator';
     if (!w.sched.witness && hs.some((h) => h.record.state !== 'ok')) return 'without a witness, a lost disk record leaves the VM to an operator';
     const [ra, rb] = [w.hosts.a.record, w.hosts.b.record];
+    // A witness that lost its record vouches for no disk, and a node that lost its own cannot say whether it is newer.
+    if (w.sched.witness && hs.some((h) => h.record.state !== 'ok' || h.gone) && hs.every((h) => h.record.state !== 'ok' || !w.witness.newest(h.record.epoch.run))) {
+      return 'the witness has no record of the run and a node\'s disk record is lost (or its host gone): only an operator can say which disk is the newest';
+    }
     // Both began an epoch of the same generation where neither heard the other (README: only possible without a witness).
     if (ra.state === 'ok' && rb.state === 'ok' && compareEpochs(ra.epoch, rb.epoch) === 'divergent') return 'without a witness, disks whose epochs diverged leave the VM to an operator';
     const able = hs.some((h) => {

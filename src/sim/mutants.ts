@@ -34,7 +34,6 @@ export const MUTANT_CHECKS: Record<MutantName, MutantCheck> = {
     alongside: { mutants: ['witness-grants-stale-disk'], why: 'a node runs alone under an epoch of its own, so the witness refuses the peer\'s older disk the lease until it is resynced: its stale-disk checks cover this rule' },
   },
   'lease-from-reply': { caughtBy: ['single-writer', 'lease-before-writing-alone'], focus: { witness: true, weights: { 'witness-slow': 8, 'slow-link': 4, cut: 6, 'kill-qemu': 3 } } },
-  'lease-not-renewed-while-taking-over': { caughtBy: ['lease-before-writing-alone'], focus: { witness: true, stepFailP: 0.08, weights: { 'kill-qemu': 6, 'qmp-late': 4, 'power-loss': 2 } } },
   'take-back-runs-vm-without-lease': { caughtBy: ['lease-before-writing-alone', 'epoch-before-writing-alone'], focus: { witness: true, stepFailP: 0.08, weights: { 'kill-qemu': 4, cut: 6, 'witness-down': 4 } } },
   'take-back-leaves-colo-running': { caughtBy: ['lease-before-writing-alone'], focus: { witness: true, stepFailP: 0.08, weights: { 'kill-qemu': 4, 'witness-down': 6, 'qmp-late': 3 } } },
   // Both only in the live order of a resume: every QEMU able to pause before its switchover.
@@ -58,14 +57,12 @@ export const MUTANT_CHECKS: Record<MutantName, MutantCheck> = {
     focus: { witness: true, weights: partitions },
     alongside: { mutants: ['witness-grants-stale-disk'], why: 'with a witness a node only runs alone while its epoch is the newest on record, so its peer never holds a newer disk: the witness\'s stale-disk checks cover this rule' },
   },
-  'resync-unknown-epoch': {
-    caughtBy: ['resync-direction'],
-    focus: { witness: false, weights: { 'record-lost': 6, 'kill-qemu': 4, 'power-loss': 3, cut: 3 } },
-    alongside: { mutants: ['takeover-with-older-disk'], why: 'without a witness a node never takes over from a peer whose epoch is unknown (peerAhead), and with one only the lease holder resyncs: that rule covers this one' },
-  },
   'takeover-with-older-disk': { caughtBy: ['acked-write-kept'], focus: { witness: false, weights: { cut: 8, 'kill-qemu': 6, 'power-loss': 2 } } },
+  'takeover-with-short-replica': { caughtBy: ['acked-write-kept'], focus: { witness: true, stepFailP: 0.08, weights: { 'disk-errors': 8, 'witness-down': 8, 'witness-lossy': 4 } } },
+  'short-replica-on-first-word': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: true, stepFailP: 0.08, weights: { 'disk-errors': 8, 'record-lost': 6, 'host-pause': 4, 'kill-qemu': 2 } } },
   'takeover-with-unknown-epoch': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: true, weights: { 'record-lost': 6, 'power-loss': 4, cut: 4 } } },
   'unfence-with-unknown-epoch': { caughtBy: ['epoch-before-writing-alone'], focus: { witness: false, stepFailP: 0.08, weights: { 'record-lost': 6, 'kill-qemu': 4, cut: 4 } } },
+  'unfence-before-recorded-epoch-on-disk': { caughtBy: ['epoch-before-writing-alone'], focus: { witness: true, stepFailP: 0.08, weights: { 'disk-errors': 10, 'kill-qemu': 8, 'power-loss': 2 } } },
   'pending-epoch-not-carried': { caughtBy: ['liveness-during-faults', 'liveness-after-faults', 'protected-after-faults'], focus: { witness: true, weights: { 'witness-lossy': 8, 'kill-agent': 4, 'kill-qemu': 4 } } },
   // ---- without a witness ----
   'takeover-on-silence-without-witness': { caughtBy: ['single-writer'], focus: { witness: false, weights: { cut: 10, 'kill-qemu': 2 } } },
@@ -76,11 +73,15 @@ export const MUTANT_CHECKS: Record<MutantName, MutantCheck> = {
   // ---- liveness ----
   'never-take-over-on-silence': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: true, weights: { 'host-gone': 6, 'power-loss': 6, cut: 4 } } },
   'never-restart-on-silence': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: true, weights: { 'host-gone': 6, 'power-loss': 6, 'kill-qemu': 4 } } },
+  'found-stopped-waits-for-peer': { caughtBy: ['liveness-during-faults'], focus: { witness: false, stepFailP: 0.15, weights: { 'host-gone': 6, 'kill-qemu': 8, 'qmp-late': 6, cut: 4 } } },
   'never-unfence': { caughtBy: ['liveness-during-faults', 'liveness-after-faults', 'protected-after-faults'], focus: { weights: partitions } },
   'join-waits-for-a-gone-survivor': { caughtBy: ['protected-after-faults', 'liveness-after-faults', 'liveness-during-faults'], focus: { weights: { 'kill-agent': 8, 'power-loss': 4, 'kill-qemu': 6 } } },
-  'resync-done-said-once': { caughtBy: ['protected-after-faults', 'liveness-during-faults'], focus: { weights: { garbage: 10, 'kill-qemu': 8, cut: 4, 'slow-link': 4 } } },
+  'resync-target-ignores-survivor-boot': { caughtBy: ['protected-after-faults', 'liveness-after-faults'], focus: { weights: { 'kill-agent': 10, 'power-loss': 6, 'kill-qemu': 4 } } },
+  'take-back-retried-as-resync': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: false, stepFailP: 0.15, weights: { 'kill-qemu': 8, cut: 6, garbage: 4 } } },
+  'resync-done-said-once': { caughtBy: ['protected-after-faults', 'liveness-during-faults'], focus: { weights: { cut: 10, garbage: 8, 'kill-qemu': 8 } } },
   // ---- status ----
   'protected-despite-stall': { caughtBy: ['status-truth'], focus: { weights: { cut: 8 } } },
+  'secondary-protected-without-primary-word': { caughtBy: ['replica-exact'], focus: { stepFailP: 0.15, weights: { 'disk-errors': 10, 'slow-disk': 10 } } },
   'protected-after-colo-exit': { caughtBy: ['status-truth'], focus: { weights: { 'reset-replication': 6, 'kill-qemu': 6 } } },
   'stall-bound-x3': { caughtBy: ['status-truth'], focus: { weights: { cut: 8 } } },
 };

@@ -476,6 +476,8 @@ export class Procedures {
           const effect = () => {
             if (q.alive && !(m.done && m.done(q, c))) {
               w.trace(`${h.name}: step "${st.name}" of ${p.kind} takes effect now, after its timeout`);
+              h.effectOf = running;
+              h.effectAt = w.now;
               m.run(q, c);
             }
           };
@@ -490,6 +492,8 @@ export class Procedures {
         if (!(m.done && q && m.done(q, c))) {
           let res: string | void | 'wait';
           try {
+            h.effectOf = running;
+            h.effectAt = w.now;
             res = m.run(q ?? null, c);
           } catch (err) {
             res = (err as Error).message;

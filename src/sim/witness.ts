@@ -51,7 +51,7 @@ export class SimWitness {
     return {
       acquire: (id, ttlMs, disk, next) => this.request(h, ag, { t: 'acquire', id, lease: SIM_LEASE, ttlMs, disk, next }),
       release: (id) => this.request(h, ag, { t: 'release', id, lease: SIM_LEASE }),
-      query: (id, run) => this.request(h, ag, { t: 'query', id, lease: SIM_LEASE, run }),
+      query: (id, run, disk) => this.request(h, ag, { t: 'query', id, lease: SIM_LEASE, run, ...(disk === undefined ? {} : { disk }) }),
       close: () => {},
     };
   }

@@ -58,6 +58,10 @@ export interface Host {
   slowDisk: { until: number; delayMs: number } | null;
   /** The procedure its agent runs now, since when (the decision to run it was taken then), and its disk record then. */
   procedure: { kind: string; startedAt: number; record: Host['record'] } | null;
+  /** The procedure whose step took effect on this host last: a late QMP command's, after its agent gave up or died, too. */
+  effectOf: Host['procedure'];
+  /** When (a step's effect lands within one event: only then is effectOf what made a change). */
+  effectAt: number;
 }
 
 export interface RunOptions {
@@ -128,6 +132,8 @@ export class World {
       qmpLate: null,
       slowDisk: null,
       procedure: null,
+      effectOf: null,
+      effectAt: -1,
     });
     this.hosts = { a: mk('a'), b: mk('b') };
     this.qemu = new Qemus(this);

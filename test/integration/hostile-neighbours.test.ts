@@ -60,6 +60,19 @@ function isLink(p: string): boolean {
   }
 }
 
+/** The QEMU processes on lab host `h` (its daemon's children, the daemon left out). */
+async function qemusOn(lab: { daemonPid(h: 'a' | 'b'): Promise<number | undefined>; processes(h: 'a' | 'b'): Promise<number[]> }, h: 'a' | 'b'): Promise<number[]> {
+  const daemon = await lab.daemonPid(h);
+  return (await lab.processes(h)).filter((p) => p !== daemon && isQemu(p));
+}
+
+/** Kills (SIGKILL) the one QEMU on lab host `h`. */
+async function killQemuOn(lab: Parameters<typeof qemusOn>[0], h: 'a' | 'b'): Promise<void> {
+  const qemus = await qemusOn(lab, h);
+  assert.equal(qemus.length, 1, `one QEMU on ${h}`);
+  process.kill(qemus[0]!, 'SIGKILL');
+}
+
 function isQemu(pid: number): boolean {
   try {
     return fs.readFileSync(`/proc/${pid}/comm`, 'utf8').startsWith('qemu');
@@ -121,10 +134,7 @@ test("a third host that web's hosts trust, holding another VM's witness key, can
     assert.equal((await d.status()).protected, true, 'web still protected');
 
     // 4. web loses its primary's QEMU: b takes over (its disk is not stale at the witness), then it is protected again.
-    const daemonA = await lab.daemonPid('a');
-    const qemuA = (await lab.processes('a')).filter((p) => p !== daemonA && isQemu(p));
-    assert.equal(qemuA.length, 1);
-    process.kill(qemuA[0]!, 'SIGKILL');
+    await killQemuOn(lab, 'a');
     const again = await d.untilProtected('after the primary QEMU was killed', 120_000);
     assert.equal(again.s.of('b')?.agent?.role, 'primary', 'b took over');
     assert.ok(!again.s.hosts.some((h) => h.status?.agent?.lease.stale), 'no node of web is stale at the witness');
@@ -263,13 +273,11 @@ test('a local unprivileged user reads no guest data, and plants nothing that a r
   assert.match(inside.stderr, /Permission denied/);
 
   // b's QEMU dies: a's agent makes a new secondary on b (new replica, new buffers) and resyncs it.
-  const qemuB = (await lab.processes('b')).filter((p) => p !== daemonB && isQemu(p));
-  assert.equal(qemuB.length, 1);
-  process.kill(qemuB[0]!, 'SIGKILL');
+  await killQemuOn(lab, 'b');
   await sleep(2000);
   const { ms } = await d.untilProtected('re-protection after the secondary was killed', 120_000);
   process.stderr.write(`# protected again ${(ms / 1000).toFixed(1)} s after the secondary's QEMU was killed\n`);
-  const newQemu = (await lab.processes('b')).filter((p) => p !== daemonB && isQemu(p));
+  const newQemu = await qemusOn(lab, 'b');
   assert.equal(newQemu.length, 1);
   const cmdline = fs.readFileSync(`/proc/${newQemu[0]}/cmdline`, 'utf8');
   assert.ok(cmdline.includes(`${bufferDir}/active.qcow2`), "the new secondary's buffers are in the private directory");
@@ -282,4 +290,20 @@ test('a local unprivileged user reads no guest data, and plants nothing that a r
   assert.equal(fs.statSync(onB(bufferDir)).mode & 0o7777, 0o700);
   assert.equal(fs.statSync(onB(bufferDir)).uid, 0);
   for (const b of [buffers.active, buffers.hidden]) assert.equal(fs.statSync(onB(b)).mode & 0o777, 0o600, `${b}: made anew, 0600`);
+
+  // a's QEMU dies: b takes over and readies its own local proxy for the next secondary, as unix sockets in its
+  // private data directory too (not loopback TCP, not a's directory), which the resync then uses.
+  await killQemuOn(lab, 'a');
+  const taken = await d.untilProtected('re-protection after the primary was killed', 120_000);
+  assert.equal(taken.s.of('b')?.agent?.role, 'primary', 'b took over');
+  process.stderr.write(`# protected again ${(taken.ms / 1000).toFixed(1)} s after the primary's QEMU was killed (b primary)\n`);
+  for (const sock of [`${vmDir('b')}/compare0.sock`, `${vmDir('b')}/compare-out.sock`, `${vmDir('b')}/qmp.sock`]) {
+    assert.ok(fs.statSync(onB(sock)).isSocket(), `${sock} is b's socket`);
+    const r = await connect('b', JSON.stringify({ path: sock }));
+    assert.equal(r.stdout.trim(), 'EACCES', `nobody connected to ${sock} on b: ${r.stdout}${r.stderr}`);
+  }
+  for (const port of [stA.endpoints.comparePrimaryPort, stA.endpoints.compareOutPort]) {
+    const r = await connect('b', JSON.stringify({ host: '127.0.0.1', port }));
+    assert.equal(r.stdout.trim(), 'ECONNREFUSED', `port ${port} on b's loopback after the takeover: ${r.stdout}`);
+  }
 });

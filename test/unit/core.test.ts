@@ -206,7 +206,7 @@ test('a witness reply that arrives after the wait: the epoch it recorded becomes
   });
   assert.ok(recordAsk, 'asked the witness to record a new epoch');
   assert.deepEqual(recordAsk.next, E(2, 'b'));
-  assert.deepEqual(b.s.disk, { epoch: E(1), pending: E(2, 'b'), persisting: null, sizeBytes: 64 << 20 }, 'the asked-for epoch stays pending on our disk');
+  assert.deepEqual(b.s.disk, { epoch: E(1), pending: E(2, 'b'), persisting: null, sizeBytes: 64 << 20, missedWriteAt: null }, 'the asked-for epoch stays pending on our disk');
   assert.ok(b.fx.some((e) => e.t === 'log' && /did not answer whether it recorded/.test(e.msg)));
   // The late grant: the witness did record it: it is ours now, not a newer epoch nobody holds.
   b.in({ t: 'witness-reply', reply: { t: 'lease', re: recordAsk.id, granted: true, holder: 'b', ttlMs: 1000, newest: E(2, 'b') } });
@@ -294,6 +294,21 @@ test('both hosts lost power: the node with the newest disk restarts the VM; of t
   first.found({ running: false });
   first.run(300, { heartbeats: true, answer: grantAll(first) });
   assert.deepEqual(first.decisions(), ['restart']);
+});
+
+test('a takeover or restart renews the lease while its procedure runs', () => {
+  const a = new Node({}, { epoch: E(2) });
+  a.peer = { ...a.peer, role: 'down', qemu: 'dead', disk: E(2) };
+  a.found({ running: false });
+  a.run(300, { heartbeats: true, answer: grantAll(a) });
+  assert.deepEqual(a.decisions(), ['restart']);
+  const restart = a.runs().at(-1)!;
+  const asked = a.fx.filter((e) => e.t === 'ask-witness').length;
+  // A slow procedure: 3 s, three leases' worth.
+  a.run(3000, { heartbeats: true, answer: grantAll(a) });
+  assert.ok(a.fx.filter((e) => e.t === 'ask-witness').length - asked >= 4, 'renewed while the procedure ran');
+  assert.ok(a.s.lease.until > a.now + 500, 'the lease is still ours');
+  assert.equal(a.runs().at(-1), restart, 'the procedure still runs');
 });
 
 test('the watchdog lets a long checkpoint finish, yanks a stuck one, and ends a frozen QEMU', () => {
@@ -598,8 +613,9 @@ test('a resync records the new secondary by the pid its agent gave in answer to 
   }
 });
 
-test('a resync taken back after the lease ran out leaves the VM stopped until the lease is ours again (simulator: the take-back let it run without the lease)', () => {
-  const a = new Node({}, { epoch: E(2, 'a') });
+/** Node a running alone at 2/a, whose resync of b (down, at 1/up) has reached its resume: the node and the resume. */
+function resuming(o: Partial<CoreConfig> = {}): { a: Node; resume: Extract<Effect, { t: 'run' }> } {
+  const a = new Node(o, { epoch: E(2, 'a') });
   a.peer = { ...a.peer, role: 'down', qemu: 'dead', disk: E(1) };
   a.found({ colo: 'none' });
   a.run(500, { heartbeats: true, answer: grantAll(a) });
@@ -608,6 +624,11 @@ test('a resync taken back after the lease ran out leaves the VM stopped until th
   a.in({ t: 'peer-message', path: 0, msg: { t: 'rep', re: ask.msg.id, ok: true, pid: 7 } });
   const resume = a.runs().at(-1)!;
   assert.equal(resume.procedure.kind, 'resume');
+  return { a, resume };
+}
+
+test('a resync taken back after the lease ran out leaves the VM stopped until the lease is ours again (simulator: the take-back let it run without the lease)', () => {
+  const { a, resume } = resuming();
   // The witness and the peer fall silent while the resume runs (it stopped the VM for the switch): the lease runs out.
   a.run(1500, { answer: (e) => (e.t === 'query-qemu' ? { t: 'qemu-answer', id: e.id } : undefined) });
   a.in({ t: 'proc-failed', id: resume.id, stepsDone: 13, error: 'the migration to the new secondary failed' });
@@ -689,4 +710,114 @@ test('the run state QEMU reports wins over a stop or cont whose reply was lost: 
   b.run(1000, { answer: (e) => (e.t === 'query-qemu' && !e.oob ? { t: 'qemu-answer', id: e.id, paused: false } : silent(e)) });
   assert.deepEqual(b.decisions(), ['fence', 'fence'], 'stopped again');
   assert.match(b.fx.filter((e): e is Extract<Effect, { t: 'decision' }> => e.t === 'decision').at(-1)!.why, /runs although we stopped it/);
+});
+
+test('a fenced primary whose disk failed to take the epoch the witness recorded writes it there before its VM runs again (soak, seed 1,014,094)', () => {
+  const a = new Node();
+  a.found({ colo: 'primary' });
+  a.run(1000, { heartbeats: true, answer: grantAll(a) });
+  a.checkpoint();
+  // The replica missed a write: a fails over alone under a new epoch; the witness records 2/a, our disk fails to say so.
+  let commitFailures = 1;
+  const grant = grantAll(a);
+  const flaky = (e: Effect): InputBody | undefined => {
+    if (e.t === 'persist-disk' && e.pending === undefined && commitFailures > 0) {
+      commitFailures--;
+      return { t: 'disk-persisted', id: e.id, ok: false, error: 'Input/output error' };
+    }
+    return grant(e);
+  };
+  a.run(200, { heartbeats: true, answer: flaky });
+  for (let todo = a.in({ t: 'quorum-bad', child: 'replica', error: 'No space left on device' }); todo.length; ) {
+    const r = flaky(todo.shift()!);
+    if (r) todo.push(...a.in(r));
+  }
+  for (const r of a.runs().filter((x) => x.procedure.kind === 'yank')) a.in({ t: 'proc-done', id: r.id });
+  assert.ok(a.decisions().includes('fence'), `the writer gave up and fenced us (${a.decisions().join(', ')})`);
+  assert.deepEqual(a.s.lease.newest, E(2, 'a'), 'the witness recorded 2/a');
+  // The lease is still ours (no renewal answered meanwhile, whose grant would write 2/a too): before the VM runs
+  // again, 2/a is written on our disk.
+  const noRenewal = (e: Effect) => (e.t === 'ask-witness' ? undefined : grant(e));
+  assert.deepEqual([a.s.disk.epoch, a.s.disk.pending], [E(1), E(2, 'a')], 'our disk says 1/up, with 2/a pending');
+  for (let i = 0; i < 20 && !a.decisions().includes('unfence'); i++) {
+    for (const r of a.runs().filter((x) => x.procedure.kind === 'fence')) a.in({ t: 'proc-done', id: r.id });
+    a.run(50, { heartbeats: true, answer: a.decisions().includes('commit-recorded') ? grant : noRenewal });
+  }
+  const d = a.decisions();
+  assert.ok(d.indexOf('fence') < d.indexOf('commit-recorded') && d.indexOf('commit-recorded') < d.indexOf('unfence'), `fenced, committed, then un-fenced (${d.join(', ')})`);
+  assert.deepEqual(a.s.disk.epoch, E(2, 'a'));
+});
+
+test('a secondary says PROTECTED only on its primary\'s current word that the replica missed no write (soak, seed 1,019,804)', () => {
+  const b = new Node({ name: 'b', peer: 'a' });
+  b.peer = { ...b.peer, boot: 'boot-a', role: 'primary', replicaExact: true };
+  b.found({ colo: 'secondary' });
+  b.run(500, { heartbeats: true, answer: grantAll(b) });
+  b.checkpoint();
+  assert.equal(isProtected(b.s), true);
+  b.peer = { ...b.peer, replicaExact: false };
+  b.run(200, { heartbeats: true, answer: grantAll(b) });
+  assert.equal(isProtected(b.s), false, 'the primary says our replica missed a write');
+  assert.ok(statusOf(b.s).degraded.some((x) => /replica missed a write/.test(x)));
+  assert.equal(b.s.disk.missedWriteAt, null, 'no checkpoint since: our VM, which goes on from the last one, lacks nothing');
+  // A checkpoint made it our disk's state: short for good.
+  b.peer = { ...b.peer, replicaShort: true };
+  b.run(200, { heartbeats: true, answer: grantAll(b) });
+  assert.notEqual(b.s.disk.missedWriteAt, null);
+  // A primary whose agent restarted no longer knows: our disk stays short until a resync, and never takes over.
+  b.peer = { ...b.peer, boot: 'boot-a2', replicaExact: true, replicaShort: false, role: 'fenced' };
+  b.run(200, { heartbeats: true, answer: grantAll(b) });
+  b.checkpoint();
+  assert.equal(isProtected(b.s), false, 'still short');
+  assert.ok(!b.decisions().includes('takeover'), `no takeover with a short replica (${b.decisions().join(', ')})`);
+
+  // The primary's agent falls silent while checkpoints go on: nobody watches the replica's writes.
+  const c = new Node({ name: 'b', peer: 'a' });
+  c.peer = { ...c.peer, boot: 'boot-a', role: 'primary', replicaExact: true };
+  c.found({ colo: 'secondary' });
+  c.run(500, { heartbeats: true, answer: grantAll(c) });
+  c.checkpoint();
+  assert.equal(isProtected(c.s), true);
+  for (let i = 0; i < 12; i++) {
+    c.run(100, { answer: grantAll(c) });
+    c.checkpoint();
+  }
+  assert.equal(isProtected(c.s), false, 'no word from the primary: not protected, although checkpoints flow');
+});
+
+test('the agent sends its disk epoch with its queries to the witness (a witness with no record of the run learns which disk it holds)', () => {
+  const b = new Node({ name: 'b', peer: 'a' });
+  b.peer = { ...b.peer, boot: 'boot-a', role: 'primary' };
+  b.found({ colo: 'secondary' });
+  b.run(3000, { heartbeats: true, answer: grantAll(b) });
+  const q = b.last('query-witness');
+  assert.ok(q, 'a secondary queries the witness');
+  assert.deepEqual(q.disk, E(1));
+  assert.equal(q.run, 'r1');
+});
+
+test('a resync target drops its new secondary when the survivor\'s agent restarts, even if it asked before the target heard it (mutation check, schedule 513)', () => {
+  const b = new Node({ name: 'b', peer: 'a' });
+  b.found({ running: false });
+  // No heartbeat of a yet: the request says which agent of a asks.
+  b.in({ t: 'peer-message', path: 0, msg: { t: 'req', id: 'r1', body: { k: 'resync-prepare', primary: 'a', disk: E(2, 'a'), sizeBytes: 1, boot: 'boot-a' } } });
+  const prep = b.runs().at(-1)!;
+  b.in({ t: 'proc-done', id: prep.id, pid: 4242 });
+  assert.equal(b.s.work?.kind === 'join' && b.s.work.phase, 'ready');
+  // a's agent restarted and says it is the primary of a COLO session it knows nothing of.
+  b.peer = { ...b.peer, boot: 'boot-a2', role: 'primary', busy: null, disk: E(2, 'a') };
+  b.run(200, { heartbeats: true });
+  assert.equal(b.runs().at(-1)!.procedure.kind, 'drop-secondary');
+});
+
+test('a take-back of a failed resync that fails is tried again within a failover\'s back-off, not a resync\'s (mutation check, schedule 1,473)', () => {
+  const { a, resume } = resuming({ witness: false });
+  a.in({ t: 'proc-failed', id: resume.id, stepsDone: 7, error: 'object-add filter-redirector: injected' });
+  const takeBack = a.runs().at(-1)!;
+  assert.equal(takeBack.procedure.kind, 'abort-resume');
+  a.in({ t: 'proc-failed', id: takeBack.id, stepsDone: 0, error: 'primary failover: reply lost' });
+  a.found({ colo: 'none', resumeLeftovers: true, runState: 'paused' });
+  const before = a.runs().length;
+  a.run(1000, { heartbeats: true, answer: grantAll(a) });
+  assert.ok(a.runs().slice(before).some((r) => r.procedure.kind === 'abort-resume'), 'the take-back is tried again within a second');
 });

@@ -73,6 +73,13 @@ export interface QemuView {
    * is no longer an exact copy.
    */
   replicaBadAt: number | null;
+  /**
+   * A checkpoint completed (its RESUME seen) after the replica failed a write: the secondary's disk lacks that write
+   * for good. Until then a failover to it loses nothing, as its VM goes on from the last checkpoint, which the
+   * failed write is not part of (QEMU says QUORUM_REPORT_BAD as the write completes, and a checkpoint drains every
+   * write before its RESUME, on the same monitor, in order).
+   */
+  replicaShort: boolean;
 }
 
 export interface DiskView {
@@ -84,15 +91,20 @@ export interface DiskView {
   persisting: { id: string; epoch: Epoch | undefined; pending: Epoch | undefined } | null;
   /** Our disk's size, as last seen (a new secondary of a resync gets a replica of this size). */
   sizeBytes: number;
+  /**
+   * When our primary said our disk, its replica, missed a write it acknowledged (QUORUM_REPORT_BAD on its side):
+   * such a disk never takes over, until a resync makes it whole. Kept in memory only (an agent that restarts forgets).
+   */
+  missedWriteAt: number | null;
 }
 
 export interface PathView {
-  up: boolean;
-  lastHeardAt: number | null;
+  readonly up: boolean;
+  readonly lastHeardAt: number | null;
 }
 
 export interface PeerView {
-  paths: PathView[];
+  paths: readonly PathView[];
   /** The peer agent's incarnation and the last heartbeat number taken from it. */
   boot: string | null;
   seq: number;
@@ -289,15 +301,15 @@ export interface CoreState {
   peer: PeerView;
   lease: LeaseView;
   work: Work | null;
-  attempts: Partial<Record<string, Attempts>>;
-  pending: Pending[];
+  attempts: Readonly<Partial<Record<string, Attempts>>>;
+  pending: readonly Pending[];
   /** Our heartbeats: the next number, and when the recent ones were sent (for the round trip). */
   hbSeq: number;
-  hbSent: Array<{ seq: number; at: number }>;
+  hbSent: ReadonlyArray<{ readonly seq: number; readonly at: number }>;
   nextHeartbeatAt: number;
   nextId: number;
   /** The newest decisions, newest last (bounded). */
-  decisions: Decision[];
+  decisions: readonly Decision[];
   /** Why we wait, when nothing is to be done (for status; a decision is recorded when it changes). */
   waiting: string | null;
   /** After a resync: the new secondary's agent must learn our epoch (resync-done), told again until it answers. */
@@ -345,7 +357,7 @@ export type Effect =
   | { t: 'ask-witness'; id: string; ttlMs: number; disk: Epoch | null; next: Epoch | null }
   | { t: 'release-lease'; id: string }
   /** A node that does not hold the lease asks the witness how things stand (it is reachable; the newest epoch). */
-  | { t: 'query-witness'; id: string; run: string | null }
+  | { t: 'query-witness'; id: string; run: string | null; disk: Epoch | null }
   | { t: 'run'; id: string; procedure: Procedure; fromStep: number }
   | { t: 'query-qemu'; id: string; oob: boolean }
   | { t: 'kill-qemu'; why: string }
