@@ -41,7 +41,6 @@ export const MUTANTS = {
   'take-back-retried-as-resync': 'a take-back of a failed resync that failed is tried again with a resync\'s back-off (up to 30 s) while the VM it stopped waits; focus schedule 1,473 of resync-done-said-once',
   'resync-done-said-once': 'the survivor tells its new secondary\'s agent once that the resync is done, and not again when that word is lost (review of the first core)',
   // ---- status ----
-  'resume-forgets-its-colo-exit': 'a resume that ends just after its new COLO session broke (COLO_EXIT seen during its last step) calls the pair protected; seed 2,012,518 of the soak',
   'protected-despite-stall': 'status says PROTECTED while checkpoints have stalled',
   'secondary-protected-without-primary-word': 'a secondary says PROTECTED without its primary\'s current word that the replica missed no write; seed 1,019,804 of the soak',
   'protected-after-colo-exit': 'status says PROTECTED after COLO_EXIT',

@@ -71,7 +71,6 @@ export const MUTANT_CHECKS: Record<MutantName, MutantCheck> = {
   'take-back-retried-as-resync': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: false, stepFailP: 0.15, weights: { 'kill-qemu': 8, cut: 6, garbage: 4 } } },
   'resync-done-said-once': { caughtBy: ['protected-after-faults', 'liveness-during-faults'], focus: { weights: { cut: 10, garbage: 8, 'kill-qemu': 8 } } },
   // ---- status ----
-  'resume-forgets-its-colo-exit': { caughtBy: ['status-truth'], focus: { weights: { 'reset-replication': 10, 'kill-qemu': 6 } } },
   'protected-despite-stall': { caughtBy: ['status-truth'], focus: { weights: { cut: 8 } } },
   'secondary-protected-without-primary-word': { caughtBy: ['replica-exact'], focus: { stepFailP: 0.15, weights: { 'disk-errors': 10, 'slow-disk': 10 } } },
   'protected-after-colo-exit': { caughtBy: ['status-truth'], focus: { weights: { 'reset-replication': 6, 'kill-qemu': 6 } } },

@@ -1641,9 +1641,7 @@ function reprotectProcDone(ctx: Ctx, w: Extract<Work, { kind: 'reprotect' }>): v
   }
   // In COLO again, as the primary: protected, unless the new replica already missed a write (replicaBadAt).
   succeeded(s, 'reprotect');
-  // A COLO_EXIT from before the resume is the old session's; one seen during it is the new session's, over already
-  // (soak, seed 2,012,518: the replication connection reset as the resume ended; we said PROTECTED on a broken stream).
-  if (!(s.qemu.coloExitAt !== null && s.qemu.coloExitAt >= w.startedAt && !planted('resume-forgets-its-colo-exit'))) s.qemu.coloExitAt = null;
+  s.qemu.coloExitAt = null;
   // The resume waited for the first checkpoint (when we saw it complete, else now); COLO runs the VM again.
   s.qemu.paused = false;
   if (!(s.qemu.lastCheckpointAt > w.startedAt)) s.qemu.lastCheckpointAt = s.now;
