@@ -748,13 +748,19 @@ test('a fenced primary whose disk failed to take the epoch the witness recorded 
   assert.deepEqual(a.s.disk.epoch, E(2, 'a'));
 });
 
-test('a secondary says PROTECTED only on its primary\'s current word that the replica missed no write (soak, seed 1,019,804)', () => {
+/** Node b, a secondary in COLO whose primary a says its replica is exact, after a checkpoint: protected. */
+function protectedSecondary(): Node {
   const b = new Node({ name: 'b', peer: 'a' });
   b.peer = { ...b.peer, boot: 'boot-a', role: 'primary', replicaExact: true };
   b.found({ colo: 'secondary' });
   b.run(500, { heartbeats: true, answer: grantAll(b) });
   b.checkpoint();
   assert.equal(isProtected(b.s), true);
+  return b;
+}
+
+test('a secondary says PROTECTED only on its primary\'s current word that the replica missed no write (soak, seed 1,019,804)', () => {
+  const b = protectedSecondary();
   b.peer = { ...b.peer, replicaExact: false };
   b.run(200, { heartbeats: true, answer: grantAll(b) });
   assert.equal(isProtected(b.s), false, 'the primary says our replica missed a write');
@@ -772,12 +778,7 @@ test('a secondary says PROTECTED only on its primary\'s current word that the re
   assert.ok(!b.decisions().includes('takeover'), `no takeover with a short replica (${b.decisions().join(', ')})`);
 
   // The primary's agent falls silent while checkpoints go on: nobody watches the replica's writes.
-  const c = new Node({ name: 'b', peer: 'a' });
-  c.peer = { ...c.peer, boot: 'boot-a', role: 'primary', replicaExact: true };
-  c.found({ colo: 'secondary' });
-  c.run(500, { heartbeats: true, answer: grantAll(c) });
-  c.checkpoint();
-  assert.equal(isProtected(c.s), true);
+  const c = protectedSecondary();
   for (let i = 0; i < 12; i++) {
     c.run(100, { answer: grantAll(c) });
     c.checkpoint();

@@ -570,16 +570,16 @@ function found(ctx: Ctx, f: QemuFound): void {
     if (q.paused) fenceAs(s, f.replicationChild ? 'primary' : 'secondary', 'found our VM stopped out of COLO');
     else setRole(s, f.replicationChild ? 'primary' : 'secondary');
   } else if (q.paused) {
-    fenceAs(s, was === 'primary' || was === 'secondary' ? was : 'alone', FOUND_STOPPED_AT_ATTACH);
+    fenceAs(s, was === 'primary' || was === 'secondary' ? was : 'alone', 'found our VM stopped', { foundStopped: true });
   } else {
     q.coloExitAt = null;
     setRole(s, 'alone');
   }
 }
 
-function fenceAs(s: CoreState, from: 'primary' | 'secondary' | 'alone', why: string): void {
+function fenceAs(s: CoreState, from: 'primary' | 'secondary' | 'alone', why: string, o: { foundStopped?: boolean } = {}): void {
   setRole(s, 'fenced');
-  s.fence = { why, from, at: s.now };
+  s.fence = { why, from, at: s.now, foundStopped: o.foundStopped ?? false };
 }
 
 /**
@@ -592,9 +592,6 @@ function fenceAs(s: CoreState, from: 'primary' | 'secondary' | 'alone', why: str
  * - stopped, out of COLO: as good as fenced; the fence's rules let it run again;
  * - running while we are fenced: stopped again at once (a second writer otherwise).
  */
-const FOUND_STOPPED = 'our VM was found stopped';
-const FOUND_STOPPED_AT_ATTACH = 'found our VM stopped';
-
 function runState(ctx: Ctx, paused: boolean, sentAt: number): void {
   const s = ctx.s;
   const q = s.qemu;
@@ -603,7 +600,7 @@ function runState(ctx: Ctx, paused: boolean, sentAt: number): void {
     if (!(s.role === 'alone' || (s.role === 'primary' && q.coloExitAt !== null))) return;
     log(ctx, 'warn', 'our VM is stopped although we let it run (a stop that took effect after its step gave up)');
     q.paused = true;
-    fenceAs(s, s.role, FOUND_STOPPED);
+    fenceAs(s, s.role, 'our VM was found stopped', { foundStopped: true });
     emit(ctx, { t: 'record', event: 'fence', detail: { node: s.cfg.name, from: s.fence!.from, reason: s.fence!.why } });
     sendHeartbeat(ctx);
     return;
@@ -869,9 +866,8 @@ function expirePending(ctx: Ctx): void {
     }
   }
   // Lease replies are useful late (a grant counts from when we asked); other replies are not.
-  if (s.pending.some((p) => s.now >= (p.what === 'lease' ? p.deadline + LATE_REPLY_MS : p.deadline))) {
-    s.pending = s.pending.filter((p) => s.now < (p.what === 'lease' ? p.deadline + LATE_REPLY_MS : p.deadline));
-  }
+  const kept = s.pending.filter((p) => s.now < (p.what === 'lease' ? p.deadline + LATE_REPLY_MS : p.deadline));
+  if (kept.length !== s.pending.length) s.pending = kept;
 }
 
 /** The work waiting for this reply gives up at the request's deadline. */
@@ -1247,7 +1243,7 @@ function chooseFenced(s: CoreState): Action {
   // Without a witness a node that writes alone does so on its own authority (under an epoch of its own): a VM of ours
   // only found stopped (a stop that took effect late) runs again on that authority, whether the peer is heard or not
   // (focus schedule 1,480 of take-back-retried-as-resync: its peer's host gone for good, it waited for its word for ever).
-  if (!s.cfg.witness && (f.why === FOUND_STOPPED || f.why === FOUND_STOPPED_AT_ATTACH) && s.disk.epoch?.by === s.cfg.name && !planted('found-stopped-waits-for-peer')) {
+  if (!s.cfg.witness && f.foundStopped && s.disk.epoch?.by === s.cfg.name && !planted('found-stopped-waits-for-peer')) {
     return { action: 'unfence', why: 'our VM was only found stopped, and we write under an epoch of our own' };
   }
   return wait(`fenced (${f.why}): waiting for the lease`);

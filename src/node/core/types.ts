@@ -295,7 +295,8 @@ export interface CoreState {
   role: Role;
   roleSince: number;
   /** Why we fenced, and what we were before. */
-  fence: { why: string; from: 'primary' | 'secondary' | 'alone'; at: number } | null;
+  /** `foundStopped`: nothing was decided, our VM was only found stopped (a stop that took effect late, or at attach). */
+  fence: { why: string; from: 'primary' | 'secondary' | 'alone'; at: number; foundStopped: boolean } | null;
   qemu: QemuView;
   disk: DiskView;
   peer: PeerView;
