@@ -210,7 +210,8 @@ export class Invariants {
       // Within the core's own bounds, plus the tick that sees it.
       const cfg = core.cfg;
       const mine = !!s && !!q && (s.pq === q || s.sq === q);
-      const endBroken = !!q && q.broken && q.brokenAt < now - EVENT_SEEN_MS;
+      // From its COLO_EXIT on ([late-exit]: before it, the stall is what an agent can see).
+      const endBroken = !!q && q.broken && q.exitAt < now - EVENT_SEEN_MS;
       const justEnded = !q && now - h.qemuEndedAt <= EVENT_SEEN_MS;
       // An agent whose event loop was blocked (a slow disk under its synchronous record write) answers no status query
       // meanwhile, and sees what it missed at its next tick after: judged from then (seed 1,001,005 of the soak).

@@ -51,12 +51,17 @@ export const MUTANT_CHECKS: Record<MutantName, MutantCheck> = {
   'takeover-with-older-disk': { caughtBy: ['acked-write-kept'], focus: { witness: false, weights: { cut: 8, 'kill-qemu': 6, 'power-loss': 2 } } },
   'takeover-with-short-replica': { caughtBy: ['acked-write-kept'], focus: { witness: true, stepFailP: 0.08, weights: { 'disk-errors': 8, 'witness-down': 8, 'witness-lossy': 4 } } },
   'short-replica-on-first-word': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: true, stepFailP: 0.08, weights: { 'disk-errors': 8, 'record-lost': 6, 'host-pause': 4, 'kill-qemu': 2 } } },
-  'takeover-with-unknown-epoch': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: true, weights: { 'record-lost': 6, 'power-loss': 4, cut: 4 } } },
+  'takeover-with-unknown-epoch': {
+    caughtBy: ['liveness-during-faults', 'liveness-after-faults'],
+    focus: { witness: true, weights: { 'record-lost': 6, 'power-loss': 4, cut: 4 } },
+    alongside: { mutants: ['peer-stuck-from-its-last-attempt'], why: 'the node with the newest disk gives a peer whose VM has not run for long up and asks the witness itself, however often the peer tries: that covers a peer that tries in vain' },
+  },
   'unfence-with-unknown-epoch': { caughtBy: ['epoch-before-writing-alone'], focus: { witness: false, stepFailP: 0.08, weights: { 'record-lost': 6, 'kill-qemu': 4, cut: 4 } } },
   'unfence-before-recorded-epoch-on-disk': { caughtBy: ['epoch-before-writing-alone'], focus: { witness: true, stepFailP: 0.08, weights: { 'disk-errors': 10, 'kill-qemu': 8, 'power-loss': 2 } } },
   'pending-epoch-not-carried': { caughtBy: ['liveness-during-faults', 'liveness-after-faults', 'protected-after-faults'], focus: { witness: true, weights: { 'witness-lossy': 8, 'kill-agent': 4, 'kill-qemu': 4 } } },
   // ---- without a witness ----
   'takeover-on-silence-without-witness': { caughtBy: ['single-writer'], focus: { witness: false, weights: { cut: 10, 'kill-qemu': 2 } } },
+  'begun-takeover-waits-for-peer': { caughtBy: ['liveness-during-faults'], focus: { witness: false, stepFailP: 0.15, weights: { 'kill-qemu': 6, 'host-gone': 4, 'qmp-late': 3 } } },
   'failed-failover-fences-without-witness': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: false, stepFailP: 0.08, weights: { 'host-gone': 6, 'power-loss': 4, 'kill-qemu': 2 } } },
   // ---- what QEMU did ----
   'ignore-replica-write-errors': { caughtBy: ['acked-write-kept', 'replica-exact'], focus: { weights: { 'disk-errors': 10, 'kill-qemu': 3, 'power-loss': 2 } } },
@@ -65,6 +70,7 @@ export const MUTANT_CHECKS: Record<MutantName, MutantCheck> = {
   'never-take-over-on-silence': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: true, weights: { 'host-gone': 6, 'power-loss': 6, cut: 4 } } },
   'never-restart-on-silence': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: true, weights: { 'host-gone': 6, 'power-loss': 6, 'kill-qemu': 4 } } },
   'found-stopped-waits-for-peer': { caughtBy: ['liveness-during-faults'], focus: { witness: false, stepFailP: 0.15, weights: { 'host-gone': 6, 'kill-qemu': 8, 'qmp-late': 6, cut: 4 } } },
+  'peer-stuck-from-its-last-attempt': { caughtBy: ['liveness-during-faults'], focus: { witness: true, weights: { cut: 8, 'kill-qemu': 6, 'kill-agent': 3 } } },
   'never-unfence': { caughtBy: ['liveness-during-faults', 'liveness-after-faults', 'protected-after-faults'], focus: { weights: partitions } },
   'join-waits-for-a-gone-survivor': { caughtBy: ['protected-after-faults', 'liveness-after-faults', 'liveness-during-faults'], focus: { weights: { 'kill-agent': 8, 'power-loss': 4, 'kill-qemu': 6 } } },
   'resync-target-ignores-survivor-boot': { caughtBy: ['protected-after-faults', 'liveness-after-faults'], focus: { weights: { 'kill-agent': 10, 'power-loss': 6, 'kill-qemu': 4 } } },
@@ -74,6 +80,8 @@ export const MUTANT_CHECKS: Record<MutantName, MutantCheck> = {
   'protected-despite-stall': { caughtBy: ['status-truth'], focus: { weights: { cut: 8 } } },
   'secondary-protected-without-primary-word': { caughtBy: ['replica-exact'], focus: { stepFailP: 0.15, weights: { 'disk-errors': 10, 'slow-disk': 10 } } },
   'protected-after-colo-exit': { caughtBy: ['status-truth'], focus: { weights: { 'reset-replication': 6, 'kill-qemu': 6 } } },
+  'resume-forgets-its-colo-exit': { caughtBy: ['status-truth'], focus: { weights: { 'reset-replication': 6, 'kill-qemu': 6, cut: 3 } } },
+  'event-dated-when-read': { caughtBy: ['status-truth'], focus: { weights: { 'host-pause': 8, 'slow-disk': 4 } } },
   'stall-bound-x3': { caughtBy: ['status-truth'], focus: { weights: { cut: 8 } } },
 };
 

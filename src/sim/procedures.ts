@@ -98,8 +98,8 @@ const MODELS: Array<[RegExp, StepModel]> = [
   [/^chardev-add \S+$/, { on: 'ours', done: (q, c) => q.chardevs.has(lastWord(c)), run: (q, c) => void q!.chardevs.add(lastWord(c)) }],
   [/^announce-self$/, { on: 'ours', run: () => {} }],
   // ---- fence, unfence ----
-  [/^cont$/, { on: 'ours', run: (q) => void (q!.paused = false) }],
-  [/^stop$/, { on: 'ours', run: (q) => void (q!.paused = true) }],
+  [/^cont$/, { on: 'ours', run: (q, c) => c.w.qemu.runState(q!, false) }],
+  [/^stop$/, { on: 'ours', run: (q, c) => c.w.qemu.runState(q!, true) }],
   // ---- restart ----
   [/^end our QEMU \(.*\)$/, { on: 'none', run: (_q, c) => void (c.h.qemu && c.w.qemu.end(c.h.qemu, true, 'ended by its agent for a restart or resync')) }],
   [
@@ -218,6 +218,7 @@ const MODELS: Array<[RegExp, StepModel]> = [
       done: (q) => q.migration === 'active' || (q.migration === 'colo' && q.colo === 'primary'),
       run: (q, c) => {
         const t = c.w.hosts[c.h.peer].prepared;
+        if (c.w.qemu.migrationBusy(q!)) return 'There\'s a migration process in progress';
         if (!t?.alive || !t.incoming || !c.w.net.up('replication')) return 'migration to the new secondary failed';
         q!.migration = 'active';
         const pq = q!;
@@ -228,8 +229,9 @@ const MODELS: Array<[RegExp, StepModel]> = [
             pq.migration = 'cancelled';
             return;
           }
-          pq.paused = false;
-          t.paused = false;
+          // [colo.c] the first checkpoint's vm_start: RESUME on both ends.
+          c.w.qemu.runState(pq, false);
+          c.w.qemu.runState(t, false);
           c.w.qemu.startSession(pq.node, t.node, pq, t);
         });
       },

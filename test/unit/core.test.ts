@@ -642,6 +642,42 @@ test('a resync taken back after the lease ran out leaves the VM stopped until th
   assert.ok(a.decisions().includes('unfence'));
 });
 
+test('during a resync, a COLO_EXIT before the new session ran the VM is the old session\'s and does not count; one after it does (real VMs: the old one came after the resync began; soak seed 2,012,518: the new one during the last step)', () => {
+  const ev = (a: Node, event: 'STOP' | 'RESUME' | 'COLO_EXIT') => a.in({ t: 'qemu-event', event });
+  // The old session's COLO thread ends late: its COLO_EXIT comes during the mirror, before the resume stops the VM.
+  {
+    const { a, resume } = resuming();
+    ev(a, 'COLO_EXIT');
+    ev(a, 'STOP');
+    ev(a, 'RESUME');
+    // The target's agent is taking its new secondary over.
+    a.peer = { ...a.peer, busy: 'join' };
+    a.heartbeat();
+    a.in({ t: 'proc-done', id: resume.id });
+    assert.equal(a.s.role, 'primary');
+    assert.equal(a.s.qemu.coloExitAt, null, 'the old session\'s COLO_EXIT is forgotten');
+    // The target took its new secondary over.
+    a.peer = { ...a.peer, role: 'secondary', qemu: 'alive', disk: E(2, 'a'), busy: null };
+    a.run(300, { heartbeats: true, answer: grantAll(a) });
+    assert.ok(!a.decisions().includes('primary-failover'), `no failover (${JSON.stringify(a.fx.filter((e) => e.t === 'decision'))})`);
+  }
+  // The new session's stream breaks before the resume's last step is done: its COLO_EXIT stands.
+  {
+    const { a, resume } = resuming();
+    ev(a, 'STOP');
+    ev(a, 'RESUME');
+    ev(a, 'COLO_EXIT');
+    a.peer = { ...a.peer, busy: 'join' };
+    a.heartbeat();
+    a.in({ t: 'proc-done', id: resume.id });
+    assert.equal(isProtected(a.s), false, 'not protected: the new session ended');
+    assert.notEqual(a.s.qemu.coloExitAt, null);
+    a.peer = { ...a.peer, role: 'secondary', qemu: 'alive', disk: E(2, 'a'), busy: null };
+    a.run(300, { heartbeats: true, answer: grantAll(a) });
+    assert.ok(a.decisions().includes('primary-failover'), `it fails over (${a.decisions().join(', ')})`);
+  }
+});
+
 test('QUORUM_REPORT_BAD of the replica: the links to the secondary are yanked at once, PROTECTED ends, and the primary carries on alone under a new epoch (simulator: a replica that missed a write took over)', () => {
   const a = new Node();
   a.found({ colo: 'primary' });

@@ -143,7 +143,7 @@ export function initCore(cfg: CoreConfig, now: number, boot: string, disk: { epo
       replicaShort: false,
     },
     disk: { epoch: disk.epoch, pending: disk.pending, persisting: null, sizeBytes: cfg.diskSizeBytes, missedWriteAt: null },
-    peer: { paths: Array.from({ length: cfg.paths }, () => ({ up: false, lastHeardAt: null })), boot: null, seq: 0, hb: null, hbAt: null, since: null, rttMs: null, probe: null, probeResult: null },
+    peer: { paths: Array.from({ length: cfg.paths }, () => ({ up: false, lastHeardAt: null })), boot: null, seq: 0, hb: null, hbAt: null, since: null, vmStoppedSince: null, rttMs: null, probe: null, probeResult: null },
     lease: { until: 0, nextAskAt: now, nextQueryAt: now, lastAnswerAt: null, lastRefusal: null, newest: null, releasedAt: -Infinity },
     work: null,
     attempts: {},
@@ -447,7 +447,7 @@ function absorb(ctx: Ctx, input: Input): void {
     case 'qemu-found':
       return found(ctx, input.found);
     case 'qemu-event':
-      return qemuEvent(ctx, input.event);
+      return qemuEvent(ctx, input.event, input.ageMs ?? 0);
     case 'qemu-lost':
       return qemuLost(ctx, input.processGone);
     case 'quorum-bad':
@@ -611,22 +611,37 @@ function runState(ctx: Ctx, paused: boolean, sentAt: number): void {
   beginSimple(ctx, 'fence', why, { kind: 'fence', yank: null });
 }
 
-function qemuEvent(ctx: Ctx, event: 'STOP' | 'RESUME' | 'COLO_EXIT' | 'SHUTDOWN'): void {
+/** The oldest a QMP event is taken to be: a clock that jumped does not date a checkpoint back further. */
+const EVENT_AGE_MAX_MS = 60_000;
+
+function qemuEvent(ctx: Ctx, event: 'STOP' | 'RESUME' | 'COLO_EXIT' | 'SHUTDOWN', ageMs: number): void {
   const s = ctx.s;
   const q = s.qemu;
   if (q.state !== 'alive') return;
+  // When QEMU sent it, not when we read it: a checkpoint that began before our host paused whole is no checkpoint
+  // under way now (soak seed 2,072,347: read at the resume, such a STOP made a stream stalled for 17.9 s look alive).
+  const at = planted('event-dated-when-read') ? s.now : s.now - Math.min(Math.max(0, ageMs), EVENT_AGE_MAX_MS);
   if (event === 'STOP') {
     // In COLO, or entering it again (a resume waits for its first checkpoint): when a checkpoint began.
     const resuming = s.work?.kind === 'reprotect' && s.work.phase === 'resuming';
-    if (((s.role === 'primary' || s.role === 'secondary') && q.coloExitAt === null) || resuming) q.checkpointSince = s.now;
+    if (((s.role === 'primary' || s.role === 'secondary') && q.coloExitAt === null) || resuming) q.checkpointSince = at;
   } else if (event === 'RESUME') {
+    // The resume stopped our VM; the new COLO session runs it again.
+    if (s.work?.kind === 'reprotect' && s.work.phase === 'resuming' && q.checkpointSince !== null) s.work.coloSince ??= at;
     if (q.checkpointSince !== null) {
-      q.lastCheckpointAt = s.now;
+      q.lastCheckpointAt = Math.max(at, q.checkpointSince);
       q.checkpointSeen = true;
       if (q.replicaBadAt !== null && s.role === 'primary') q.replicaShort = true;
     }
     q.checkpointSince = null;
   } else if (event === 'COLO_EXIT') {
+    // QEMU sends COLO_EXIT as a COLO thread ends, which a yank or x-colo-lost-heartbeat only asks for: after a failover,
+    // the old session's can come once a resync began (seen on real VMs). No migration starts before it is sent, and a
+    // monitor sends its events in order: during a resync, only one after the new session's RESUME is the new session's.
+    const w = s.work;
+    if (w?.kind === 'reprotect' && !(w.phase === 'resuming' && w.coloSince !== null)) {
+      return log(ctx, 'info', 'COLO_EXIT of the COLO session before this resync (its thread ended late): not the new session\'s');
+    }
     if (q.coloExitAt === null) {
       q.coloExitAt = s.now;
       log(ctx, 'warn', 'COLO_EXIT: our checkpoint stream is gone');
@@ -726,6 +741,8 @@ function peerMessage(ctx: Ctx, path: number, msg: Extract<Input, { t: 'peer-mess
     }
     s.peer.hbAt = s.now;
     if (!before || before.role !== msg.role || before.qemu !== msg.qemu || before.busy !== msg.busy) s.peer.since = s.now;
+    if (msg.qemu === 'alive' && msg.role !== 'fenced' && msg.role !== 'down') s.peer.vmStoppedSince = null;
+    else s.peer.vmStoppedSince ??= s.now;
     if (before && (before.role !== msg.role || before.qemu !== msg.qemu)) {
       // The peer's situation changed: what failed before may work now.
       forget(s, 'reprotect', 'restart');
@@ -1035,7 +1052,7 @@ function act(ctx: Ctx): void {
       return;
     case 'abort-resume': {
       const id = newId(s);
-      s.work = { kind: 'reprotect', phase: 'aborting', why: a.why, startedAt: s.now, reqId: null, procId: id, step: null, mirror: null, error: null, deadline: Infinity, targetPid: null, cont: mayRunAlone(s) };
+      s.work = { kind: 'reprotect', phase: 'aborting', why: a.why, startedAt: s.now, coloSince: null, reqId: null, procId: id, step: null, mirror: null, error: null, deadline: Infinity, targetPid: null, cont: mayRunAlone(s) };
       emit(ctx, { t: 'run', id, procedure: { kind: 'abort-resume', cont: mayRunAlone(s) }, fromStep: 0 });
       return;
     }
@@ -1143,7 +1160,17 @@ function secondaryAction(s: CoreState, peer: Heartbeat | null, fresh: boolean, f
   if (exited) {
     if (!fresh) {
       // Silence is no proof of a dead primary: only the witness can say that it no longer writes.
-      if (!s.cfg.witness && !planted('takeover-on-silence-without-witness')) return wait('COLO ended and the primary is silent: without a witness a partition cannot be told from a dead primary; staying out of the way (lockstep failover --to NODE moves the VM by hand)');
+      if (!s.cfg.witness && !planted('takeover-on-silence-without-witness')) {
+        // A takeover the primary's word began (its QEMU dead) goes on when the primary then falls silent: our disk
+        // already carries an epoch of ours, newer than the primary's, and its agent restarts no VM while we are silent
+        // or taking over (focus schedule 1,642 of found-stopped-waits-for-peer: a's host gone for good just after it
+        // said its QEMU died, b's takeover failed half-way and b waited for a's word for ever).
+        const ours = s.disk.epoch;
+        if (ours?.by === s.cfg.name && compareEpochs(ours, s.peer.hb?.disk ?? undefined) === 'newer' && !planted('begun-takeover-waits-for-peer')) {
+          return { action: 'takeover', why: `finishing the takeover the primary's word began (our disk is ${formatEpoch(ours)} already)`, yank: true, stalled: fenced, resume };
+        }
+        return wait('COLO ended and the primary is silent: without a witness a partition cannot be told from a dead primary; staying out of the way (lockstep failover --to NODE moves the VM by hand)');
+      }
       if (planted('never-take-over-on-silence')) return wait('the primary is silent: waiting for its word');
       if (fenced && s.now - (lastHeard(s) ?? s.startedAt) < restartSilenceMs(s.cfg)) return wait(`fenced (${s.fence!.why}): waiting to be resynced`);
       return { action: 'takeover', why: fenced ? 'fenced, and the primary has been silent for long' : 'COLO_EXIT and no heartbeat from the primary', yank: true, stalled: fenced, resume };
@@ -1263,12 +1290,17 @@ function chooseDown(s: CoreState): Action {
     return { action: 'restart', why: `our QEMU is gone and our new epoch ${formatEpoch(s.disk.pending)} may be the newest the witness knows` };
   }
   if (peer) {
-    if (peer.busy !== null) return wait(`our QEMU is gone; ${s.cfg.peer} is busy (${peer.busy})`);
     const order = compareEpochs(ours, peer.disk ?? undefined);
-    if (peer.qemu === 'alive' && peer.role !== 'fenced') return wait(`our QEMU is gone; ${s.cfg.peer} runs the VM (${peer.role})`);
-    // A peer that should act and has not for long (it may be stale where only the witness knows): the witness decides.
-    const stuckMs = s.now - (s.peer.since ?? s.now);
+    // A peer that should act and has not for long (it may be stale where only the witness knows, or its takeover keeps
+    // failing, each attempt a new "busy"): the witness decides. Soak seed 2,012,113: a takeover failed for 37 s on
+    // end, its witness replies lost, while we held the newest disk and reached the witness.
+    const stuckMs = s.now - ((planted('peer-stuck-from-its-last-attempt') ? s.peer.since : s.peer.vmStoppedSince) ?? s.now);
     const giveUp = s.cfg.witness && stuckMs > restartSilenceMs(s.cfg) && order !== 'older' && order !== 'divergent';
+    if (peer.busy !== null) {
+      if (giveUp) return { action: 'restart', why: `${s.cfg.peer}'s VM has not run for ${ms(stuckMs)}, its ${peer.busy} not done: the witness decides` };
+      return wait(`our QEMU is gone; ${s.cfg.peer} is busy (${peer.busy})`);
+    }
+    if (peer.qemu === 'alive' && peer.role !== 'fenced') return wait(`our QEMU is gone; ${s.cfg.peer} runs the VM (${peer.role})`);
     if (peer.role === 'fenced') {
       // Its VM is stopped: it takes over itself if its disk is as new as ours; if ours is newer, we restart.
       if (order === 'newer') return { action: 'restart', why: `${s.cfg.peer}'s VM is stopped and our disk is newer (${formatEpoch(ours)} > ${formatEpoch(peer.disk ?? undefined)})` };
@@ -1580,7 +1612,7 @@ function beginReprotect(ctx: Ctx, why: string): void {
   const s = ctx.s;
   invariant(s.role === 'alone' && s.disk.epoch !== undefined, 'only a node running the VM alone resyncs its peer');
   const id = newId(s);
-  s.work = { kind: 'reprotect', phase: 'asking', why, startedAt: s.now, reqId: id, procId: null, step: `asking ${s.cfg.peer} for a new secondary`, mirror: null, error: null, deadline: s.now + PREPARE_TIMEOUT_MS, targetPid: null, cont: true };
+  s.work = { kind: 'reprotect', phase: 'asking', why, startedAt: s.now, coloSince: null, reqId: id, procId: null, step: `asking ${s.cfg.peer} for a new secondary`, mirror: null, error: null, deadline: s.now + PREPARE_TIMEOUT_MS, targetPid: null, cont: true };
   addPending(ctx, { id, to: 'peer', what: 'resync-prepare', sentAt: s.now, deadline: s.now + PREPARE_TIMEOUT_MS });
   emit(ctx, { t: 'send-peer', path: 'any', msg: { t: 'req', id, body: { k: 'resync-prepare', primary: s.cfg.name, disk: s.disk.epoch, sizeBytes: s.disk.sizeBytes, boot: s.boot } } });
 }
@@ -1635,9 +1667,10 @@ function reprotectProcDone(ctx: Ctx, w: Extract<Work, { kind: 'reprotect' }>): v
     if (w.error) log(ctx, 'warn', `resync given up (${w.error}): running on alone`);
     return;
   }
-  // In COLO again, as the primary: protected, unless the new replica already missed a write (replicaBadAt).
+  // In COLO again, as the primary: protected, unless the new replica already missed a write (replicaBadAt) or the new
+  // session already ended (its COLO_EXIT, kept: the primary then fails over as from any COLO_EXIT).
   succeeded(s, 'reprotect');
-  s.qemu.coloExitAt = null;
+  if (s.qemu.coloExitAt !== null && (w.coloSince === null || s.qemu.coloExitAt < w.coloSince || planted('resume-forgets-its-colo-exit'))) s.qemu.coloExitAt = null;
   // The resume waited for the first checkpoint (when we saw it complete, else now); COLO runs the VM again.
   s.qemu.paused = false;
   if (!(s.qemu.lastCheckpointAt > w.startedAt)) s.qemu.lastCheckpointAt = s.now;
@@ -1645,7 +1678,8 @@ function reprotectProcDone(ctx: Ctx, w: Extract<Work, { kind: 'reprotect' }>): v
   s.qemu.checkpointSince = null;
   setRole(s, 'primary');
   emit(ctx, { t: 'record', event: 'resync', detail: { from: s.cfg.name, to: s.cfg.peer, ms: Math.round(s.now - w.startedAt) } });
-  log(ctx, 'warn', `protected again in ${ms(s.now - w.startedAt)}`);
+  if (s.qemu.coloExitAt === null) log(ctx, 'warn', `protected again in ${ms(s.now - w.startedAt)}`);
+  else log(ctx, 'error', `resync done in ${ms(s.now - w.startedAt)}, but its new COLO session ended already (COLO_EXIT): failing over again`);
   // The target takes the new secondary over once it knows our epoch is on its disk: told until it answers.
   s.work = null;
   s.handover = { epoch: s.disk.epoch!, until: s.now + HANDOVER_TIMEOUT_MS };
