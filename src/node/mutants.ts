@@ -47,7 +47,6 @@ export const MUTANTS = {
   'secondary-protected-without-primary-word': 'a secondary says PROTECTED without its primary\'s current word that the replica missed no write; seed 1,019,804 of the soak',
   'protected-after-colo-exit': 'status says PROTECTED after COLO_EXIT',
   'resume-forgets-its-colo-exit': 'a resume that ends just after its new COLO session broke forgets that COLO_EXIT and calls the pair protected; seeds 2,012,518 and 2,041,753 of the soak',
-  'event-dated-when-read': 'a QMP event is dated when the agent read it, not when QEMU sent it: a checkpoint that began before the host paused whole looks under way when it resumes; seed 2,072,347 of the soak',
   'stall-bound-x3': 'a stream counts as stalled only after three times the stall bound',
 } as const;
 

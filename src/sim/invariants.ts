@@ -213,8 +213,9 @@ export class Invariants {
       // From its COLO_EXIT on ([late-exit]: before it, the stall is what an agent can see).
       const endBroken = !!q && q.broken && q.exitAt < now - EVENT_SEEN_MS;
       const justEnded = !q && now - h.qemuEndedAt <= EVENT_SEEN_MS;
-      // An agent whose event loop was blocked (a slow disk under its synchronous record write) answers no status query
-      // meanwhile, and sees what it missed at its next tick after: judged from then (seed 1,001,005 of the soak).
+      // An agent whose event loop was blocked (a slow disk under its synchronous record write, its host paused whole)
+      // answers no status query meanwhile, and sees what it missed at its next tick after: judged from then (seeds
+      // 1,001,005 and 2,039,339 of the soak).
       const justUnblocked = now - h.agent!.blockedUntil <= EVENT_SEEN_MS;
       const flowing = mine && (now - s.lastCheckpointAt <= cfg.stallMs + EVENT_SEEN_MS || (s.phase === 'sending' && now - s.phaseSince <= cfg.checkpointTimeoutMs + EVENT_SEEN_MS));
       if (!justEnded && !justUnblocked && (!flowing || endBroken)) {

@@ -81,7 +81,6 @@ export const MUTANT_CHECKS: Record<MutantName, MutantCheck> = {
   'secondary-protected-without-primary-word': { caughtBy: ['replica-exact'], focus: { stepFailP: 0.15, weights: { 'disk-errors': 10, 'slow-disk': 10 } } },
   'protected-after-colo-exit': { caughtBy: ['status-truth'], focus: { weights: { 'reset-replication': 6, 'kill-qemu': 6 } } },
   'resume-forgets-its-colo-exit': { caughtBy: ['status-truth'], focus: { weights: { 'reset-replication': 6, 'kill-qemu': 6, cut: 3 } } },
-  'event-dated-when-read': { caughtBy: ['status-truth'], focus: { weights: { 'host-pause': 8, 'slow-disk': 4 } } },
   'stall-bound-x3': { caughtBy: ['status-truth'], focus: { weights: { cut: 8 } } },
 };
 

@@ -795,6 +795,17 @@ function protectedSecondary(): Node {
   return b;
 }
 
+test('a QMP event is dated when QEMU sent it: a checkpoint\'s STOP read 17 s late (the host paused whole) is no checkpoint under way', () => {
+  const fresh = protectedSecondary();
+  fresh.in({ t: 'qemu-event', event: 'STOP', ageMs: 1 });
+  assert.equal(isProtected(fresh.s), true, 'a checkpoint that just began');
+  const late = protectedSecondary();
+  late.now += 17_000;
+  late.in({ t: 'qemu-event', event: 'STOP', ageMs: 17_000 });
+  assert.equal(isProtected(late.s), false, 'under way for 17 s, past the checkpoint bound');
+  assert.ok(late.s.qemu.checkpointSince !== null && late.s.qemu.checkpointSince <= late.now - 17_000);
+});
+
 test('a secondary says PROTECTED only on its primary\'s current word that the replica missed no write (soak, seed 1,019,804)', () => {
   const b = protectedSecondary();
   b.peer = { ...b.peer, replicaExact: false };

@@ -149,6 +149,11 @@ const SOAK_MODEL_SEEDS: Array<[number, string]> = [
   // b's agent was blocked 2.1 s by a slow disk under its synchronous record write while COLO ended: its status was judged
   // before its first tick after the block, when it had not seen COLO_EXIT yet (and answered no query meanwhile).
   [1001005, 'status-truth judged from the blocked agent\'s first tick after its block'],
+  // a's host paused whole 2.5 s while b's QEMU died; as it resumed, a's agent ticked (a timer) before it read the
+  // COLO_EXIT that came meanwhile: judged, as a blocked agent is, from its first tick after it read what it missed.
+  [2039339, 'status-truth judged from a paused host\'s agent\'s first tick after the pause'],
+  // Likewise: b's host paused 17.9 s; as it resumed, b's agent ticked before it read its stream's end.
+  [2072347, 'status-truth judged from a paused host\'s agent\'s first tick after the pause'],
 ];
 
 test('schedules of the soak that the model once judged wrongly replay clean', () => {
