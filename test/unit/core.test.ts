@@ -678,6 +678,21 @@ test('during a resync, a COLO_EXIT before the new session ran the VM is the old 
   }
 });
 
+test('attached again while its own resync runs, a node takes that resync\'s objects for its own, not for the leftovers of one stopped half-way (soak seed 3,092,485: a resync that had just protected the pair was taken back)', () => {
+  const { a, resume } = resuming();
+  a.found({ resumeLeftovers: true });
+  assert.equal(a.s.qemu.leftovers, false);
+  a.in({ t: 'qemu-event', event: 'STOP' });
+  a.in({ t: 'qemu-event', event: 'RESUME' });
+  a.peer = { ...a.peer, busy: 'join' };
+  a.heartbeat();
+  a.in({ t: 'proc-done', id: resume.id });
+  a.peer = { ...a.peer, role: 'secondary', qemu: 'alive', disk: E(2, 'a'), busy: null };
+  a.run(300, { heartbeats: true, answer: grantAll(a) });
+  assert.ok(!a.decisions().includes('abort-resume'), `not taken back (${a.decisions().join(', ')})`);
+  assert.equal(a.s.role, 'primary');
+});
+
 test('QUORUM_REPORT_BAD of the replica: the links to the secondary are yanked at once, PROTECTED ends, and the primary carries on alone under a new epoch (simulator: a replica that missed a write took over)', () => {
   const a = new Node();
   a.found({ colo: 'primary' });

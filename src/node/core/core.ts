@@ -560,9 +560,11 @@ function found(ctx: Ctx, f: QemuFound): void {
     q.coloExitAt = null;
     setRole(s, 'secondary');
   } else if (f.resumeLeftovers) {
-    // A resync of ours stopped half-way: the VM is ours alone; take the rest back.
+    // A resync of ours stopped half-way: the VM is ours alone; take the rest back. Found while a resync of ours runs
+    // (attached again during it), they are that resync's, under way (soak seed 3,092,485: taken for leftovers, a
+    // resync that had just protected the pair was taken back).
     q.coloExitAt = null;
-    q.leftovers = true;
+    q.leftovers = s.work?.kind !== 'reprotect';
     setRole(s, 'alone');
   } else if (f.replicationChild || f.secondaryFilters) {
     // Out of COLO with the failover procedure still to run (or half-run).
@@ -641,7 +643,7 @@ function qemuEvent(ctx: Ctx, event: 'STOP' | 'RESUME' | 'COLO_EXIT' | 'SHUTDOWN'
     // the old session's can come once a resync began (seen on real VMs). No migration starts before it is sent, and a
     // monitor sends its events in order: during a resync, only one after the new session's RESUME is the new session's.
     const w = s.work;
-    if (w?.kind === 'reprotect' && !(w.phase === 'resuming' && w.coloSince !== null)) {
+    if (w?.kind === 'reprotect' && (w.phase === 'asking' || (w.phase === 'resuming' && w.coloSince === null))) {
       return log(ctx, 'info', 'COLO_EXIT of the COLO session before this resync (its thread ended late): not the new session\'s');
     }
     if (q.coloExitAt === null) {
