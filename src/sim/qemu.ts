@@ -245,6 +245,13 @@ export class Qemus {
     return this.w.rng.events.chance(0.5) ? 0 : this.w.rng.events.range(20, 2500);
   }
 
+  /** This end's stream broke now; its COLO thread ends, and sends COLO_EXIT, `laterMs` after ([late-exit]). */
+  private markBroken(q: SimQemu, laterMs: number): void {
+    q.broken = true;
+    q.brokenAt = this.w.now;
+    q.exitAt = this.w.now + laterMs;
+  }
+
   /** A COLO thread still winding down holds the migration state: no new migration yet ([migration.c]). */
   migrationBusy(q: SimQemu): boolean {
     return q.broken && q.exitAt > this.w.now;
@@ -383,11 +390,9 @@ export class Qemus {
     if (q.broken || !q.alive || this.session !== s) return;
     // A stopped QEMU (frozen, its host paused) sees the reset once it runs again.
     if (this.stopped(q)) return void this.w.after(50, () => this.breakEnd(s, q, why));
-    q.broken = true;
-    q.brokenAt = this.w.now;
     // Asked to end, or a primary between checkpoints (its thread reads nothing then): it may end late ([late-exit]).
     const laterMs = asked || (q === s.pq && s.phase === 'idle') ? this.lateExitMs() : 0;
-    q.exitAt = this.w.now + laterMs;
+    this.markBroken(q, laterMs);
     this.w.trace(`${q.node}: COLO_EXIT (${why})${laterMs ? `, sent ${Math.round(laterMs)} ms later` : ''}`);
     if (q === s.pq) {
       q.bqlUntil = Math.min(q.bqlUntil, this.w.now);
@@ -458,9 +463,7 @@ export class Qemus {
     if (s && !s.over && (s.pq === q || s.sq === q)) this.breakEnd(s, q, 'yanked', true);
     else if (s && (s.pq === q || s.sq === q) && !q.broken) {
       const laterMs = this.lateExitMs();
-      q.broken = true;
-      q.brokenAt = this.w.now;
-      q.exitAt = this.w.now + laterMs;
+      this.markBroken(q, laterMs);
       this.event(q, { t: 'qemu-event', event: 'COLO_EXIT' }, { laterMs });
     }
     if (q.mirror) q.mirror.stalledSince ??= -Infinity;
@@ -482,11 +485,7 @@ export class Qemus {
       h.ownSinceCheckpoint.clear();
     }
     q.colo = 'none';
-    if (!q.broken) {
-      q.brokenAt = this.w.now;
-      q.exitAt = this.w.now;
-    }
-    q.broken = true;
+    if (!q.broken) this.markBroken(q, 0);
     if (q.migration === 'colo') q.migration = 'completed';
     // [compare] held answers leave once the node is out of COLO.
     this.w.client.released(q);

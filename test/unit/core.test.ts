@@ -627,6 +627,18 @@ function resuming(o: Partial<CoreConfig> = {}): { a: Node; resume: Extract<Effec
   return { a, resume };
 }
 
+/** The resume's procedure ends while the target's agent takes its new secondary over (its heartbeat says so). */
+function resumeDone(a: Node, resume: Extract<Effect, { t: 'run' }>): void {
+  a.peer = { ...a.peer, busy: 'join' };
+  a.heartbeat();
+  a.in({ t: 'proc-done', id: resume.id });
+}
+
+/** The target has taken its new secondary over: a secondary in COLO, on our disk's epoch. */
+function targetJoined(a: Node): void {
+  a.peer = { ...a.peer, role: 'secondary', qemu: 'alive', disk: E(2, 'a'), busy: null };
+}
+
 test('a resync taken back after the lease ran out leaves the VM stopped until the lease is ours again (simulator: the take-back let it run without the lease)', () => {
   const { a, resume } = resuming();
   // The witness and the peer fall silent while the resume runs (it stopped the VM for the switch): the lease runs out.
@@ -643,36 +655,28 @@ test('a resync taken back after the lease ran out leaves the VM stopped until th
 });
 
 test('during a resync, a COLO_EXIT before the new session ran the VM is the old session\'s and does not count; one after it does (real VMs: the old one came after the resync began; soak seed 2,012,518: the new one during the last step)', () => {
-  const ev = (a: Node, event: 'STOP' | 'RESUME' | 'COLO_EXIT') => a.in({ t: 'qemu-event', event });
   // The old session's COLO thread ends late: its COLO_EXIT comes during the mirror, before the resume stops the VM.
   {
     const { a, resume } = resuming();
-    ev(a, 'COLO_EXIT');
-    ev(a, 'STOP');
-    ev(a, 'RESUME');
-    // The target's agent is taking its new secondary over.
-    a.peer = { ...a.peer, busy: 'join' };
-    a.heartbeat();
-    a.in({ t: 'proc-done', id: resume.id });
+    a.in({ t: 'qemu-event', event: 'COLO_EXIT' });
+    // The resume's stop, and the new session's first checkpoint running the VM again.
+    a.checkpoint();
+    resumeDone(a, resume);
     assert.equal(a.s.role, 'primary');
     assert.equal(a.s.qemu.coloExitAt, null, 'the old session\'s COLO_EXIT is forgotten');
-    // The target took its new secondary over.
-    a.peer = { ...a.peer, role: 'secondary', qemu: 'alive', disk: E(2, 'a'), busy: null };
+    targetJoined(a);
     a.run(300, { heartbeats: true, answer: grantAll(a) });
     assert.ok(!a.decisions().includes('primary-failover'), `no failover (${JSON.stringify(a.fx.filter((e) => e.t === 'decision'))})`);
   }
   // The new session's stream breaks before the resume's last step is done: its COLO_EXIT stands.
   {
     const { a, resume } = resuming();
-    ev(a, 'STOP');
-    ev(a, 'RESUME');
-    ev(a, 'COLO_EXIT');
-    a.peer = { ...a.peer, busy: 'join' };
-    a.heartbeat();
-    a.in({ t: 'proc-done', id: resume.id });
+    a.checkpoint();
+    a.in({ t: 'qemu-event', event: 'COLO_EXIT' });
+    resumeDone(a, resume);
     assert.equal(isProtected(a.s), false, 'not protected: the new session ended');
     assert.notEqual(a.s.qemu.coloExitAt, null);
-    a.peer = { ...a.peer, role: 'secondary', qemu: 'alive', disk: E(2, 'a'), busy: null };
+    targetJoined(a);
     a.run(300, { heartbeats: true, answer: grantAll(a) });
     assert.ok(a.decisions().includes('primary-failover'), `it fails over (${a.decisions().join(', ')})`);
   }
@@ -682,12 +686,9 @@ test('attached again while its own resync runs, a node takes that resync\'s obje
   const { a, resume } = resuming();
   a.found({ resumeLeftovers: true });
   assert.equal(a.s.qemu.leftovers, false);
-  a.in({ t: 'qemu-event', event: 'STOP' });
-  a.in({ t: 'qemu-event', event: 'RESUME' });
-  a.peer = { ...a.peer, busy: 'join' };
-  a.heartbeat();
-  a.in({ t: 'proc-done', id: resume.id });
-  a.peer = { ...a.peer, role: 'secondary', qemu: 'alive', disk: E(2, 'a'), busy: null };
+  a.checkpoint();
+  resumeDone(a, resume);
+  targetJoined(a);
   a.run(300, { heartbeats: true, answer: grantAll(a) });
   assert.ok(!a.decisions().includes('abort-resume'), `not taken back (${a.decisions().join(', ')})`);
   assert.equal(a.s.role, 'primary');

@@ -625,13 +625,13 @@ function qemuEvent(ctx: Ctx, event: 'STOP' | 'RESUME' | 'COLO_EXIT' | 'SHUTDOWN'
   // resume, such a STOP made a stream stalled for 17.9 s look alive, but its COLO_EXIT follows at once), so a unit
   // test holds it instead of a mutant.
   const at = s.now - Math.min(Math.max(0, ageMs), EVENT_AGE_MAX_MS);
+  const resync = s.work?.kind === 'reprotect' ? s.work : null;
   if (event === 'STOP') {
     // In COLO, or entering it again (a resume waits for its first checkpoint): when a checkpoint began.
-    const resuming = s.work?.kind === 'reprotect' && s.work.phase === 'resuming';
-    if (((s.role === 'primary' || s.role === 'secondary') && q.coloExitAt === null) || resuming) q.checkpointSince = at;
+    if (((s.role === 'primary' || s.role === 'secondary') && q.coloExitAt === null) || resync?.phase === 'resuming') q.checkpointSince = at;
   } else if (event === 'RESUME') {
     // The resume stopped our VM; the new COLO session runs it again.
-    if (s.work?.kind === 'reprotect' && s.work.phase === 'resuming' && q.checkpointSince !== null) s.work.coloSince ??= at;
+    if (resync?.phase === 'resuming' && q.checkpointSince !== null) resync.coloSince ??= at;
     if (q.checkpointSince !== null) {
       q.lastCheckpointAt = Math.max(at, q.checkpointSince);
       q.checkpointSeen = true;
@@ -642,8 +642,7 @@ function qemuEvent(ctx: Ctx, event: 'STOP' | 'RESUME' | 'COLO_EXIT' | 'SHUTDOWN'
     // QEMU sends COLO_EXIT as a COLO thread ends, which a yank or x-colo-lost-heartbeat only asks for: after a failover,
     // the old session's can come once a resync began (seen on real VMs). No migration starts before it is sent, and a
     // monitor sends its events in order: during a resync, only one after the new session's RESUME is the new session's.
-    const w = s.work;
-    if (w?.kind === 'reprotect' && (w.phase === 'asking' || (w.phase === 'resuming' && w.coloSince === null))) {
+    if (resync && (resync.phase === 'asking' || (resync.phase === 'resuming' && resync.coloSince === null))) {
       return log(ctx, 'info', 'COLO_EXIT of the COLO session before this resync (its thread ended late): not the new session\'s');
     }
     if (q.coloExitAt === null) {
