@@ -25,6 +25,7 @@ export const MUTANTS = {
   'unfence-with-unknown-epoch': 'a fenced node whose disk epoch is unknown lets its VM run again (without a witness, on the peer\'s word alone)',
   'unfence-before-recorded-epoch-on-disk': 'a fenced node whose disk failed to take the epoch the witness recorded for it lets its VM run again under its older epoch; seed 1,014,094 of the soak',
   'pending-epoch-not-carried': 'a lease request does not carry the epoch we asked the witness to record and never heard back about',
+  'recorded-epoch-never-committed': 'a fenced node whose pending epoch the witness says it recorded does not write it on its disk, and waits for a lease its older disk cannot get (unless the lease request carries that epoch)',
   // ---- without a witness ----
   'takeover-on-silence-without-witness': 'without a witness, a secondary takes over when its primary falls silent',
   'begun-takeover-waits-for-peer': 'without a witness, a secondary whose takeover (begun on the primary\'s word that its QEMU died) failed half-way waits for the primary\'s word again once it falls silent, for ever if its host is gone; focus schedule 1,642 of found-stopped-waits-for-peer',

@@ -122,6 +122,9 @@ export class Faults {
         w.witness.lossy = true;
         w.after(f.ms, () => (w.witness.lossy = false));
         return;
+      case 'client-idle':
+        w.client.idleUntil = Math.max(w.client.idleUntil, w.now + f.ms);
+        return;
       case 'reset-replication': {
         const s = w.qemu.session;
         if (s && !s.over && w.net.up('replication')) {

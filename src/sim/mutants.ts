@@ -58,7 +58,22 @@ export const MUTANT_CHECKS: Record<MutantName, MutantCheck> = {
   },
   'unfence-with-unknown-epoch': { caughtBy: ['epoch-before-writing-alone'], focus: { witness: false, stepFailP: 0.08, weights: { 'record-lost': 6, 'kill-qemu': 4, cut: 4 } } },
   'unfence-before-recorded-epoch-on-disk': { caughtBy: ['epoch-before-writing-alone'], focus: { witness: true, stepFailP: 0.08, weights: { 'disk-errors': 10, 'kill-qemu': 8, 'power-loss': 2 } } },
-  'pending-epoch-not-carried': { caughtBy: ['liveness-during-faults', 'liveness-after-faults', 'protected-after-faults'], focus: { witness: true, weights: { 'witness-lossy': 8, 'kill-agent': 4, 'kill-qemu': 4 } } },
+  'pending-epoch-not-carried': {
+    caughtBy: ['liveness-during-faults', 'liveness-after-faults'],
+    focus: { witness: true, weights: { 'witness-lossy': 8, 'kill-agent': 4, 'kill-qemu': 4 } },
+    alongside: {
+      mutants: ['recorded-epoch-never-committed'],
+      why: 'a writer whose record request went unanswered fences itself; the witness\'s refusal of its older disk then names the pending epoch as the newest, and the fenced node writes it on its disk (commit-recorded) and asks again: that covers a lease request without it',
+    },
+  },
+  'recorded-epoch-never-committed': {
+    caughtBy: ['liveness-during-faults', 'liveness-after-faults'],
+    focus: { witness: true, weights: { 'witness-lossy': 8, 'kill-agent': 4, 'kill-qemu': 4 } },
+    alongside: {
+      mutants: ['pending-epoch-not-carried'],
+      why: 'the fenced node\'s lease request carries its pending epoch, which the witness confirms with the grant, and the grant commits it: that covers a fenced node that does not write it itself',
+    },
+  },
   // ---- without a witness ----
   'takeover-on-silence-without-witness': { caughtBy: ['single-writer'], focus: { witness: false, weights: { cut: 10, 'kill-qemu': 2 } } },
   'begun-takeover-waits-for-peer': { caughtBy: ['liveness-during-faults'], focus: { witness: false, stepFailP: 0.15, weights: { 'kill-qemu': 6, 'host-gone': 4, 'qmp-late': 3 } } },
@@ -80,7 +95,8 @@ export const MUTANT_CHECKS: Record<MutantName, MutantCheck> = {
   'protected-despite-stall': { caughtBy: ['status-truth'], focus: { weights: { cut: 8 } } },
   'secondary-protected-without-primary-word': { caughtBy: ['replica-exact'], focus: { stepFailP: 0.15, weights: { 'disk-errors': 10, 'slow-disk': 10 } } },
   'protected-after-colo-exit': { caughtBy: ['status-truth'], focus: { weights: { 'reset-replication': 6, 'kill-qemu': 6 } } },
-  'resume-forgets-its-colo-exit': { caughtBy: ['status-truth'], focus: { weights: { 'reset-replication': 6, 'kill-qemu': 6, cut: 3 } } },
+  // Only while the guest writes nothing: a write to the broken replica says the same (QUORUM_REPORT_BAD).
+  'resume-forgets-its-colo-exit': { caughtBy: ['status-truth'], focus: { weights: { 'reset-replication': 6, 'kill-qemu': 6, cut: 3, 'client-idle': 6 } } },
   'stall-bound-x3': { caughtBy: ['status-truth'], focus: { weights: { cut: 8 } } },
 };
 

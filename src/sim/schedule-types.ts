@@ -44,6 +44,8 @@ export type Fault =
   | { at: number; kind: 'witness-slow'; ms: number; delayMs: number }
   /** The witness records, but its answers get lost (it crashes between its write and its reply, a link that drops). */
   | { at: number; kind: 'witness-lossy'; ms: number }
+  /** The client asks nothing for `ms` (a guest that neither writes nor answers: its disk and network are idle). */
+  | { at: number; kind: 'client-idle'; ms: number }
   /** The replication connections are reset (a firewall, a restarted switch): both ends see COLO_EXIT. */
   | { at: number; kind: 'reset-replication' }
   /** The node's disk fails writes (EIO, ENOSPC) with probability `p`: a secondary's replica, a primary's own disk. */

@@ -614,10 +614,12 @@ test('a resync records the new secondary by the pid its agent gave in answer to 
 });
 
 /** Node a running alone at 2/a, whose resync of b (down, at 1/up) has reached its resume: the node and the resume. */
-function resuming(o: Partial<CoreConfig> = {}): { a: Node; resume: Extract<Effect, { t: 'run' }> } {
+function resuming(o: Partial<CoreConfig> = {}, coloExitBefore = false): { a: Node; resume: Extract<Effect, { t: 'run' }> } {
   const a = new Node(o, { epoch: E(2, 'a') });
   a.peer = { ...a.peer, role: 'down', qemu: 'dead', disk: E(1) };
   a.found({ colo: 'none' });
+  // The COLO_EXIT of the session whose failover left us alone, read before the resync began.
+  if (coloExitBefore) a.in({ t: 'qemu-event', event: 'COLO_EXIT' });
   a.run(500, { heartbeats: true, answer: grantAll(a) });
   const ask = a.fx.find((e): e is Extract<Effect, { t: 'send-peer' }> => e.t === 'send-peer' && e.msg.t === 'req')!;
   assert.ok(ask.msg.t === 'req');
@@ -676,6 +678,21 @@ test('during a resync, a COLO_EXIT before the new session ran the VM is the old 
     resumeDone(a, resume);
     assert.equal(isProtected(a.s), false, 'not protected: the new session ended');
     assert.notEqual(a.s.qemu.coloExitAt, null);
+    targetJoined(a);
+    a.run(300, { heartbeats: true, answer: grantAll(a) });
+    assert.ok(a.decisions().includes('primary-failover'), `it fails over (${a.decisions().join(', ')})`);
+  }
+  // Both: the old session's exit was read before the resync began, then the new session's came (a guest idle on the
+  // disk, so no QUORUM_REPORT_BAD says it: hand-written schedule of resume-forgets-its-colo-exit). The new one is
+  // recorded, not kept out by the old one.
+  {
+    const { a, resume } = resuming({}, true);
+    assert.notEqual(a.s.qemu.coloExitAt, null, 'the old session\'s COLO_EXIT is on record');
+    a.checkpoint();
+    a.run(50, { heartbeats: true, answer: grantAll(a) });
+    a.in({ t: 'qemu-event', event: 'COLO_EXIT' });
+    resumeDone(a, resume);
+    assert.equal(isProtected(a.s), false, 'not protected: the new session ended');
     targetJoined(a);
     a.run(300, { heartbeats: true, answer: grantAll(a) });
     assert.ok(a.decisions().includes('primary-failover'), `it fails over (${a.decisions().join(', ')})`);

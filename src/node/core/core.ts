@@ -645,7 +645,11 @@ function qemuEvent(ctx: Ctx, event: 'STOP' | 'RESUME' | 'COLO_EXIT' | 'SHUTDOWN'
     if (resync && (resync.phase === 'asking' || (resync.phase === 'resuming' && resync.coloSince === null))) {
       return log(ctx, 'info', 'COLO_EXIT of the COLO session before this resync (its thread ended late): not the new session\'s');
     }
-    if (q.coloExitAt === null) {
+    // The first exit counts; but one the old session left (before this resync's new session began) is not this one's
+    // (hand-written schedule of resume-forgets-its-colo-exit, a guest idle on the disk: the new session's exit, kept
+    // out by the old one's, went unrecorded, and the resume's end, dropping the old one, said PROTECTED).
+    const oldSessions = resync?.coloSince !== null && resync?.coloSince !== undefined && q.coloExitAt !== null && q.coloExitAt < resync.coloSince;
+    if (q.coloExitAt === null || oldSessions) {
       q.coloExitAt = s.now;
       log(ctx, 'warn', 'COLO_EXIT: our checkpoint stream is gone');
     }
@@ -1257,6 +1261,7 @@ function chooseFenced(s: CoreState): Action {
   // The witness recorded the new epoch we asked for, but writing it on our disk failed (our writer gave up and fenced
   // us): on our disk first, else our VM would run again under an epoch older than the witness's newest.
   if (recordedNotOnDisk(s)) {
+    if (planted('recorded-epoch-never-committed')) return wait(`fenced (${f.why}): waiting for the lease`);
     return { action: 'commit-recorded', why: `the witness recorded our epoch ${formatEpoch(s.disk.pending)} and our disk still says ${formatEpoch(s.disk.epoch)}: writing it there before our VM may run again` };
   }
   const peer = peerWord(s);
