@@ -12,7 +12,6 @@ import os from 'node:os';
 import fs from 'node:fs';
 import path from 'node:path';
 import { runSeeds, runSeed, runSchedule, summarize } from '../../src/sim/run.js';
-import { scheduleFor } from '../../src/sim/schedule.js';
 import { plant, MUTANTS, type MutantName } from '../../src/node/mutants.js';
 import type { Schedule } from '../../src/sim/schedule-types.js';
 import type { ViolationKind } from '../../src/sim/invariants.js';
@@ -138,27 +137,17 @@ test('a schedule replays exactly from its seed', () => {
 });
 
 /**
- * Schedules of the 200,000-schedule soak (seeds from 1,000,000) that the
- * model itself got wrong, each kept with what was wrong: they must replay
- * clean, and the model's fix must not drift away.
+ * Schedules of the soaks that the model itself got wrong, each kept as data
+ * with what was wrong (test/sim-model-regressions/): they must replay clean,
+ * and the model's fix must not drift away.
  */
-const SOAK_MODEL_SEEDS: Array<[number, string]> = [
-  // A takeover's late QMP command (qmp-late) took effect after its agent had died and the restarted agent found its
-  // disk record lost: the write alone was judged against the record of now, not of the procedure that made it.
-  [1008066, 'epoch-before-writing-alone judged by the procedure whose step took effect'],
-  // b's agent was blocked 2.1 s by a slow disk under its synchronous record write while COLO ended: its status was judged
-  // before its first tick after the block, when it had not seen COLO_EXIT yet (and answered no query meanwhile).
-  [1001005, 'status-truth judged from the blocked agent\'s first tick after its block'],
-  // a's host paused whole 2.5 s while b's QEMU died; as it resumed, a's agent ticked (a timer) before it read the
-  // COLO_EXIT that came meanwhile: judged, as a blocked agent is, from its first tick after it read what it missed.
-  [2039339, 'status-truth judged from a paused host\'s agent\'s first tick after the pause'],
-  // Likewise: b's host paused 17.9 s; as it resumed, b's agent ticked before it read its stream's end.
-  [2072347, 'status-truth judged from a paused host\'s agent\'s first tick after the pause'],
-];
-
 test('schedules of the soak that the model once judged wrongly replay clean', () => {
-  for (const [seed, why] of SOAK_MODEL_SEEDS) {
-    const { violations } = runSchedule(scheduleFor(seed)).outcome;
-    assert.deepEqual(violations.map((v) => `${v.kind}: ${v.detail}`), [], `seed ${seed} (${why})`);
+  const dir = path.join(packageRoot(), 'test', 'sim-model-regressions');
+  const files = fs.readdirSync(dir).filter((f) => f.endsWith('.json')).sort();
+  assert.ok(files.length > 0);
+  for (const f of files) {
+    const r = JSON.parse(fs.readFileSync(path.join(dir, f), 'utf8')) as { name: string; schedule: Schedule };
+    const { violations } = runSchedule(r.schedule).outcome;
+    assert.deepEqual(violations.map((v) => `${v.kind}: ${v.detail}`), [], `${f} (${r.name})`);
   }
 });
