@@ -376,9 +376,13 @@ export async function ensureLabQemu(opts: BuildOptions = {}): Promise<LabQemu> {
     const pkgversion = [`lockstep ${line} build`, fixesMarker(fixIdsOfPatches(patches))].join(', ');
     try {
       let st = readWorkState(work);
+      // A patch the tree carries that this checkout does not have (another branch's series) cannot be reversed.
+      const foreign = st?.applied.filter((p) => !fs.existsSync(path.join(patchesDir(line), p))) ?? [];
+      if (foreign.length) step(`the ${line} tree carries ${foreign.join(', ')}, which this checkout does not have: making it anew`);
       const reuse =
         st !== undefined &&
         st.recipe === recipeKey &&
+        foreign.length === 0 &&
         fs.existsSync(path.join(build, 'build.ninja')) &&
         fs.existsSync(tree) &&
         (!recipe.mesonFromBackports || fs.existsSync(path.join(backportedMesonSite(), 'mesonbuild')));

@@ -29,7 +29,7 @@ for (const line of QEMU_LINES) {
     assert.match(p2, /03bfc2188f/);
   });
 
-  test(`QEMU ${line}: the same fixes, in the same order, as the other lines (P1-P3: the tests name them so)`, () => {
+  test(`QEMU ${line}: the same fixes, in the same order, as the other lines (P1-P3 and P5: the tests name them so)`, () => {
     const strip = (p: string) => p.replace(/^\d{4}-/, '');
     assert.deepEqual(patchSeries(line).map(strip), patchSeries('7.2').map(strip));
   });
