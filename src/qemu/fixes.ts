@@ -49,7 +49,7 @@ export const FIXES: readonly Fix[] = [
   },
   {
     id: 'P5',
-    title: "replication: fail a primary's checkpoint after a write forwarded to the secondary failed",
+    title: "replication: report a primary's failed forwarded write, and fail its next checkpoint",
     without: "a write the secondary's disk failed (full, failing) is reported done and silently missing there; the next checkpoint releases the output that depends on it, and a failover to the secondary loses that acknowledged write",
     neededUnder: 'any',
     origin: 'lockstep patch 0005 (not upstream)',

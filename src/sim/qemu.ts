@@ -22,6 +22,17 @@
  *             and succeeds if one did; each child that failed is reported
  *             with QUORUM_REPORT_BAD (its node-name, the error). A dead NBD
  *             child (reset, yanked) fails fast; a silent one blocks the write.
+ * - [P5]      block/replication.c with lockstep's patch 0005 (stock QEMU
+ *             reports a forwarded write the secondary's disk failed as done,
+ *             and says nothing: test/integration/p5-replica-write-errors):
+ *             the error is returned, so quorum says QUORUM_REPORT_BAD for the
+ *             replica at once, and recorded (s->error), so the primary's next
+ *             checkpoint fails after the VM stopped and before anything is
+ *             sent or released (replication_do_checkpoint_all): COLO ends on
+ *             the primary (COLO_EXIT). Its secondary, stopped for the
+ *             checkpoint, hears of it when the primary's end is shut (its
+ *             failover); here at once, as for any end that breaks. Schedules
+ *             of replicaErrors 'reported' leave the checkpoint half out.
  * - [replication] block/replication.c and the block replication design
  *             (docs/block-replication.txt): the secondary's VM writes to its
  *             active disk; the primary's writes land in the replica, the old
@@ -127,6 +138,8 @@ export interface Session {
   /** The stream broke (an end gone or yanked): no more checkpoints. */
   over: boolean;
   overAt: number;
+  /** A write forwarded to the secondary failed since the session began ([replication-err]: s->error). */
+  replicaFailed: boolean;
 }
 
 const PROXY_OBJECTS = [IDS.filterMirror, IDS.redirectorIn, IDS.redirectorOut, IDS.iothread, IDS.compare];
@@ -288,7 +301,7 @@ export class Qemus {
   // ---- the COLO session ----
 
   startSession(p: NodeName, s: NodeName, pq: SimQemu, sq: SimQemu): void {
-    const sess: Session = { id: this.nextSession++, p, s, pq, sq, phase: 'idle', phaseSince: this.w.now, lastCheckpointAt: this.w.now, startedAt: this.w.now, over: false, overAt: 0 };
+    const sess: Session = { id: this.nextSession++, p, s, pq, sq, phase: 'idle', phaseSince: this.w.now, lastCheckpointAt: this.w.now, startedAt: this.w.now, over: false, overAt: 0, replicaFailed: false };
     this.session = sess;
     pq.colo = 'primary';
     sq.colo = 'secondary';
@@ -341,6 +354,8 @@ export class Qemus {
       s.pq.bqlUntil = this.w.now + d;
       this.event(s.pq, { t: 'qemu-event', event: 'STOP' });
       this.event(s.sq, { t: 'qemu-event', event: 'STOP' });
+      // [P5] the replication's checkpoint fails before anything is sent: COLO ends on the primary.
+      if (s.replicaFailed && this.w.sched.replicaErrors === 'p5') return this.breakEnd(s, s.pq, 'a checkpoint failed: a write to the secondary\'s disk had failed [P5]');
       this.w.after(d, () => this.finishCheckpoint(s));
     });
   }
@@ -551,7 +566,11 @@ export class Qemus {
     if (!localOk) this.event(q, { t: 'quorum-bad', child: 'local', error: 'Input/output error' });
     const sh = this.w.hosts[s.s];
     const replicaOk = !replicaDead && !this.diskFails(sh);
-    if (!replicaOk) this.event(q, { t: 'quorum-bad', child: 'replica', error: replicaDead ? 'Connection reset by peer' : 'No space left on device' });
+    if (!replicaOk) {
+      // [P5] said at once, and remembered for the next checkpoint.
+      s.replicaFailed = true;
+      this.event(q, { t: 'quorum-bad', child: 'replica', error: replicaDead ? 'Connection reset by peer' : 'No space left on device' });
+    }
     if (!localOk && !replicaOk) return 'error';
     const id = this.w.nextWriteId();
     if (localOk) h.disk.add(id);

@@ -2,7 +2,8 @@
  * P5: on the COLO primary, a write forwarded to the secondary's disk that
  * fails there is reported done (block/replication.c,
  * replication_return_value), and nothing says so: quorum sees a success, and
- * QUORUM_REPORT_BAD comes only if a later flush fails too. Here the
+ * QUORUM_REPORT_BAD comes only if a later flush fails too. With patch 0005
+ * it is said at once, and the next checkpoint fails. Here the
  * secondary's replica sits on a small RAM disk of its own that is then
  * filled: the first write to a cluster of the replica that no write had
  * allocated fails with ENOSPC while every connection stays up, and flushes
@@ -40,6 +41,8 @@ interface Outcome {
   checkpoint: 'completed' | 'colo-exit';
   /** query-xen-replication-status on the primary after the write: a forwarded write failed. */
   replicationError: boolean;
+  /** The primary's QEMU said QUORUM_REPORT_BAD (of the replication child) after the write. */
+  reported: boolean;
   /** The counter's next value on whichever VM carries on after the failover. */
   next: number;
   survivor: 'primary' | 'secondary';
@@ -80,6 +83,7 @@ async function scenario(binary: string, allowMissingFixes: boolean): Promise<Out
     const exitsBefore = exits();
     await waitFor('the answer, or the end of COLO on the primary', () => told !== null || exits() > exitsBefore, { timeoutMs: 20_000, intervalMs: 50 });
     const status = await p.primary.qmp.execute<{ error: boolean; desc?: string }>('query-xen-replication-status');
+    const reported = p.primary.events.some((e) => e.event === 'QUORUM_REPORT_BAD');
     // The next checkpoint, at once.
     const resumesBefore = p.primary.events.filter((e) => e.event === 'RESUME').length;
     await setCheckpointDelay(p.primary.qmp, 100);
@@ -88,19 +92,19 @@ async function scenario(binary: string, allowMissingFixes: boolean): Promise<Out
       () => (exits() > exitsBefore ? ('colo-exit' as const) : p.primary.events.filter((e) => e.event === 'RESUME').length > resumesBefore ? ('completed' as const) : undefined),
       { timeoutMs: 20_000, intervalMs: 50 },
     );
-    process.stderr.write(`# before ${before}, told ${told}, replication status ${JSON.stringify(status)}, checkpoint: ${checkpoint}\n`);
+    process.stderr.write(`# before ${before}, told ${told}, replication status ${JSON.stringify(status)}, QUORUM_REPORT_BAD ${reported}, checkpoint: ${checkpoint}\n`);
     fs.rmSync(path.join(replicaDir, 'filler'));
     if (checkpoint === 'completed') {
       // COLO goes on: the primary dies, the secondary takes over as documented.
       p.primary.proc.signal('SIGKILL');
       await p.primary.proc.wait();
       await secondaryFailover(p.secondary.qmp, { forwards: p.forwards });
-      return { before, told, checkpoint, replicationError: status.error, next: await bumpCounter(p.httpBase, 30_000), survivor: 'secondary' };
+      return { before, told, checkpoint, replicationError: status.error, reported, next: await bumpCounter(p.httpBase, 30_000), survivor: 'secondary' };
     }
     // COLO ended on the primary: it carries on alone (its agent's Primary Failover).
     await primaryFailover(p.primary.qmp);
     await request.catch(() => {});
-    return { before, told, checkpoint, replicationError: status.error, next: await bumpCounter(p.httpBase, 30_000), survivor: 'primary' };
+    return { before, told, checkpoint, replicationError: status.error, reported, next: await bumpCounter(p.httpBase, 30_000), survivor: 'primary' };
   } finally {
     await pair?.stop();
     await run('umount', ['-l', replicaDir], { timeoutMs: 10_000, allowFailure: true });
@@ -119,6 +123,7 @@ test("the secondary's replica fails a write with every connection up: without pa
   const bug = await scenario(without.binary, true);
   process.stderr.write(`# without 0005: ${JSON.stringify(bug)}\n`);
   assert.equal(bug.replicationError, true, 'the primary\'s replication recorded the failed write');
+  assert.equal(bug.reported, false, 'and nothing said so: no QUORUM_REPORT_BAD');
   assert.equal(bug.told, bug.before + 1, 'the client was told the new value');
   assert.equal(bug.checkpoint, 'completed', 'without 0005 the checkpoint completes');
   assert.equal(bug.next, bug.before + 1, 'the bug reproduces: after the failover the secondary lacks the value its client was told, and counts it again');
@@ -126,6 +131,7 @@ test("the secondary's replica fails a write with every connection up: without pa
   const fixed = await scenario(rt.binary, false);
   process.stderr.write(`# with 0005: ${JSON.stringify(fixed)}\n`);
   assert.equal(fixed.replicationError, true);
+  assert.equal(fixed.reported, true, 'QUORUM_REPORT_BAD said it at once');
   assert.equal(fixed.checkpoint, 'colo-exit', 'the checkpoint failed: COLO ended on the primary');
   assert.equal(fixed.next, fixed.before + 2, 'the primary kept the write and goes on from it');
 });

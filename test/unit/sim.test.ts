@@ -151,3 +151,36 @@ test('schedules of the soak that the model once judged wrongly replay clean', ()
     assert.deepEqual(violations.map((v) => `${v.kind}: ${v.detail}`), [], `${f} (${r.name})`);
   }
 });
+
+/**
+ * A replica that fails writes, with the primary's host lost after them:
+ * lockstep's QEMU (P5) reports each (QUORUM_REPORT_BAD) and fails the next
+ * checkpoint, which ends COLO; without the checkpoint half the agents' rules
+ * alone keep the short replica out. Both keep every acknowledged write.
+ */
+test('a write the replica failed: QUORUM_REPORT_BAD, and with P5 the next checkpoint ends COLO; no acknowledged write is lost either way', () => {
+  const base: Schedule = {
+    version: 2,
+    seed: 7,
+    witness: true,
+    paths: 1,
+    clocks: { a: 1, b: 1, w: 1 },
+    stepFailP: 0,
+    slowCheckpoints: false,
+    faults: [
+      { at: 4000, kind: 'disk-errors', node: 'b', ms: 1500, p: 1 },
+      { at: 9000, kind: 'power-loss', node: 'a', ms: 5000 },
+    ],
+    operatorResyncs: [],
+    quietAt: 14_100,
+  };
+  // The primary's agent is away, so that only QEMU acts on the failed write.
+  const away = { ...base, faults: [{ at: 3900, kind: 'kill-agent' as const, node: 'a' as const, ms: 2500 }, ...base.faults] };
+  const p5 = runSchedule({ ...away, replicaErrors: 'p5' }, { traceAll: true });
+  assert.deepEqual(p5.outcome.violations, []);
+  assert.ok(p5.result.trace.some((l) => /a checkpoint failed: a write to the secondary's disk had failed \[P5\]/.test(l)), 'the checkpoint after the failed write ended COLO');
+  const reported = runSchedule({ ...base, replicaErrors: 'reported' }, { traceAll: true });
+  assert.deepEqual(reported.outcome.violations, []);
+  assert.ok(reported.result.trace.some((l) => /QUORUM_REPORT_BAD/.test(l)), 'the agent heard of the failed write');
+  assert.ok(!reported.result.trace.some((l) => /\[P5\]/.test(l)));
+});

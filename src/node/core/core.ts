@@ -672,6 +672,14 @@ function qemuEvent(ctx: Ctx, event: 'STOP' | 'RESUME' | 'COLO_EXIT' | 'SHUTDOWN'
  *   the exact one; our QEMU is ended and the secondary takes over.
  * Either way we stop calling the pair protected. Outside COLO there is one
  * child: the write failed, and the guest got the error.
+ *
+ * Stock QEMU's replication reports a replica's failed write done, so this
+ * comes only from a flush that fails too; lockstep's QEMU (patch 0005)
+ * reports the write itself at once, and also fails the next checkpoint,
+ * which ends COLO (COLO_EXIT) before a replica can be made short. The
+ * short-replica rules that follow from this one are thus defence in depth
+ * (their mutants are caught without the checkpoint half: the simulator's
+ * replicaErrors 'reported').
  */
 function quorumBad(ctx: Ctx, child: 'replica' | 'local', error: string): void {
   const s = ctx.s;
