@@ -23,6 +23,12 @@ export interface MutantCheck {
 
 const partitions: Focus['weights'] = { cut: 8, 'kill-qemu': 3, 'power-loss': 2, 'witness-down': 2, 'witness-slow': 2 };
 
+/** The two rules that cover each other for a pending epoch the witness recorded: one check, each planted with the other. */
+const pendingEpochCheck: Omit<MutantCheck, 'alongside'> = {
+  caughtBy: ['liveness-during-faults', 'liveness-after-faults'],
+  focus: { witness: true, weights: { 'witness-lossy': 8, 'kill-agent': 4, 'kill-qemu': 4 } },
+};
+
 export const MUTANT_CHECKS: Record<MutantName, MutantCheck> = {
   // ---- the lease ----
   'write-alone-without-lease': { caughtBy: ['lease-before-writing-alone'], focus: { witness: true, weights: { 'slow-disk': 8, 'kill-qemu': 4, 'power-loss': 2, 'host-pause': 2 } } },
@@ -62,16 +68,14 @@ export const MUTANT_CHECKS: Record<MutantName, MutantCheck> = {
   'unfence-with-unknown-epoch': { caughtBy: ['epoch-before-writing-alone'], focus: { witness: false, stepFailP: 0.08, weights: { 'record-lost': 6, 'kill-qemu': 4, cut: 4 } } },
   'unfence-before-recorded-epoch-on-disk': { caughtBy: ['epoch-before-writing-alone'], focus: { witness: true, stepFailP: 0.08, weights: { 'disk-errors': 10, 'kill-qemu': 8, 'power-loss': 2 } } },
   'pending-epoch-not-carried': {
-    caughtBy: ['liveness-during-faults', 'liveness-after-faults'],
-    focus: { witness: true, weights: { 'witness-lossy': 8, 'kill-agent': 4, 'kill-qemu': 4 } },
+    ...pendingEpochCheck,
     alongside: {
       mutants: ['recorded-epoch-never-committed'],
       why: 'a writer whose record request went unanswered fences itself; the witness\'s refusal of its older disk then names the pending epoch as the newest, and the fenced node writes it on its disk (commit-recorded) and asks again: that covers a lease request without it',
     },
   },
   'recorded-epoch-never-committed': {
-    caughtBy: ['liveness-during-faults', 'liveness-after-faults'],
-    focus: { witness: true, weights: { 'witness-lossy': 8, 'kill-agent': 4, 'kill-qemu': 4 } },
+    ...pendingEpochCheck,
     alongside: {
       mutants: ['pending-epoch-not-carried'],
       why: 'the fenced node\'s lease request carries its pending epoch, which the witness confirms with the grant, and the grant commits it: that covers a fenced node that does not write it itself',
