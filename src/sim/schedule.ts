@@ -165,7 +165,7 @@ export function scheduleFor(seed: number, focus: Focus = {}): Schedule {
   }
   faults.sort((x, y) => x.at - y.at);
   const replicaErrors = focus.replicaErrors ?? replicaErrorsFor(seed);
-  dropUnheardReplicaErrors(faults);
+  dropUnheardReplicaErrors(faults, replicaErrors);
   const drift = rng.chance(0.3);
   return {
     version: 2,
@@ -196,22 +196,38 @@ function replicaErrorsFor(seed: number): 'p5' | 'reported' {
  * QUORUM_REPORT_BAD is said once, to the QMP monitors connected then: a
  * replica write that fails while the primary's agent is not attached (killed,
  * restarting) goes unheard, and nothing in QEMU keeps count of it (README,
- * "What is not there yet"). Such a schedule shows that limit, not a bug: a
- * disk's errors never overlap the other node's agent being away. P5 narrows
- * the limit (the next checkpoint fails, whoever listens) but does not close
- * it: soak seed 5,057,581, where the secondary then took over, its QEMU hung
- * and was killed before its own copy of the write was committed, and it
- * restarted from the replica that had failed the write.
+ * "What is not there yet"). P5 narrows that limit: the primary's next
+ * checkpoint fails whoever listens, so its VM stops with every acknowledged
+ * write on its disk, and the secondary's VM holds its own copy of the write in
+ * its active buffer, which its takeover commits. What is left is the buffer
+ * lost before that commit: soak seed 5,057,581, where the secondary took
+ * over, its QEMU hung and was killed before its failover, and it restarted
+ * from the replica that had failed the write. Such a schedule shows that
+ * limit, not a bug: a disk's errors never overlap the other node's agent being
+ * away where the disk's node may then lose its QEMU (or, without P5, at all).
  */
-function dropUnheardReplicaErrors(faults: Fault[]): void {
-  const away = (f: Fault): [NodeName, number, number] | null =>
-    f.kind === 'kill-agent' ? [f.node, f.at, f.at + f.ms + 1000] : f.kind === 'record-lost' ? [f.node, f.at, f.at + 3000] : null;
-  const windows = faults.map(away).filter((x): x is [NodeName, number, number] => x !== null);
+function dropUnheardReplicaErrors(faults: Fault[], replicaErrors: 'p5' | 'reported'): void {
   for (let i = faults.length - 1; i >= 0; i--) {
     const f = faults[i]!;
-    if (f.kind !== 'disk-errors') continue;
-    if (windows.some(([n, from, to]) => n !== f.node && from < f.at + f.ms && f.at < to)) faults.splice(i, 1);
+    if (f.kind === 'disk-errors' && unheardReplicaErrors(faults, f) && (replicaErrors !== 'p5' || mayLoseQemu(faults, f.node))) faults.splice(i, 1);
   }
+}
+
+/** Whether a replica's errors overlap the other node's agent being away (killed and restarting, or its disk record lost). */
+export function unheardReplicaErrors(faults: readonly Fault[], f: Extract<Fault, { kind: 'disk-errors' }>): boolean {
+  return faults.some((g) => {
+    if (g.kind !== 'kill-agent' && g.kind !== 'record-lost') return false;
+    const to = g.kind === 'kill-agent' ? g.at + g.ms + 1000 : g.at + 3000;
+    return g.node !== f.node && g.at < f.at + f.ms && f.at < to;
+  });
+}
+
+/** Faults after which a node's QEMU may be gone: killed by the fault or by its agent, or with its host. */
+const QEMU_ENDING: ReadonlySet<FaultKind> = new Set<FaultKind>(['kill-qemu', 'freeze-qemu', 'qmp-late', 'power-loss', 'reboot', 'host-gone', 'host-pause', 'slow-disk']);
+
+/** Whether a schedule has a fault that may end this node's QEMU. */
+export function mayLoseQemu(faults: readonly Fault[], node: NodeName): boolean {
+  return faults.some((g) => QEMU_ENDING.has(g.kind) && 'node' in g && g.node === node);
 }
 
 /**
