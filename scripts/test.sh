@@ -50,12 +50,13 @@ rm -f "$log10"
 # ... and on QEMU 10.0: up/status/down, a failover by hand, both failovers by the agents,
 # 4 failover → re-protection cycles with each node dying in turn (both resumes), the
 # client's TCP connection and disk counter checked throughout, and the tests that show
-# 10.0 needs patches 0001 and 0003, and its .deb installed on a fresh Debian 12.
+# 10.0 needs patches 0001, 0003 and 0005, and its .deb installed on a fresh Debian 12.
 echo "# QEMU 10.0: the version matrix"
 LOCKSTEP_LAB_QEMU=10.0 LOCKSTEP_RESYNC_CYCLES=4 node --test --test-concurrency=1 \
-  --test-name-pattern='^(up → |the service answers|a second up|down stops|kill -9 the primary, failover|failover to a node|after the failover|kill -9 the primary QEMU|kill -9 the secondary QEMU|[0-9]+ failover → automatic re-protection cycles|stock QEMU|a flag the secondary|the \\.deb of QEMU|a second run refuses|on a fresh Debian 12)' \
+  --test-name-pattern='^(up → |the service answers|a second up|down stops|kill -9 the primary, failover|failover to a node|after the failover|kill -9 the primary QEMU|kill -9 the secondary QEMU|[0-9]+ failover → automatic re-protection cycles|stock QEMU|a flag the secondary|the secondary.s replica fails a write|the \\.deb of QEMU|a second run refuses|on a fresh Debian 12)' \
   dist/test/integration/up-status-down.test.js dist/test/integration/failover-cli.test.js \
   dist/test/integration/agent-failover.test.js dist/test/integration/resync.test.js \
   dist/test/integration/p1-checkpoint-deadlock.test.js dist/test/integration/p3-virtio-flags.test.js \
+  dist/test/integration/p5-replica-write-errors.test.js \
   dist/test/integration/qemu-package.test.js || status=$?
 exit $status

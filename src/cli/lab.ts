@@ -51,9 +51,9 @@ export function registerLabCommands(program: Command): void {
       });
       if (opts.testBuilds && rt.accel === 'tcg') {
         const series = patchSeries(line);
-        // 7.2: every partial set (P2's test runs P1 alone); other lines: the set without P3, for P3's test.
-        for (let n = line === '7.2' ? 1 : series.length - 1; n < series.length; n++) {
-          await ensureLabQemu({ line, patches: series.slice(0, n), onStep: (m) => progress.step(`[${line}, patches 1-${n} only] ${m}`), onUpdate: (m) => progress.update(m) });
+        // The sets the patch tests compare against: P1 alone (P2's test, 7.2), P1-P2 (P3's), P1-P3 (P5's).
+        for (const n of line === '7.2' ? [1, 2, 3] : [2, 3]) {
+          await ensureLabQemu({ line, patches: series.slice(0, n), onStep: (m) => progress.step(`[${line}, patches ${series.slice(0, n).map((p) => p.slice(0, 4)).join(', ')} only] ${m}`), onUpdate: (m) => progress.update(m) });
         }
         // The P1 test's stock QEMU where the distribution's is not of this line (Debian 12 has 7.2).
         if (line !== '7.2') await ensureLabQemu({ line, patches: [], onStep: (m) => progress.step(`[${line}, no patches] ${m}`), onUpdate: (m) => progress.update(m) });

@@ -41,6 +41,8 @@ export interface PairOptions {
   compareTimeoutMs?: number;
   /** The data plane's TLS (replication.tls; default on). */
   tls?: boolean;
+  /** A node's data directory (its replica and logs), per node name. */
+  dataDirs?: Record<string, string>;
   /** Wait for the guest's services to be ready (default true). */
   waitGuest?: boolean;
   log?: (msg: string) => void;
@@ -62,6 +64,8 @@ export interface LabConfigOptions {
   addresses?: { a: string; b: string };
   /** Disk: default an image created in the config's directory. */
   disk?: string;
+  /** A node's data directory (its replica and logs), per node name; default the pair's state directory's. */
+  dataDirs?: Record<string, string>;
   replication?: { checkpointDelayMs?: number; compareTimeoutMs?: number; bufferDir?: string; tls?: boolean };
   /** The agents section, as in the config (written as a JSON flow mapping). */
   agents?: Record<string, unknown>;
@@ -74,7 +78,8 @@ export function labConfigYaml(o: LabConfigOptions): string {
   const network = o.tap
     ? `{ mode: tap, bridge: ${o.tap.bridge}, taps: { ${Object.entries(o.tap.taps).map(([k, v]) => `${k}: ${v}`).join(', ')} }${o.tap.announce === false ? ', announce: false' : ''} }`
     : `{ mode: user, forwards: [${(o.forwards ?? []).map(([h, g]) => `{ port: ${h}, guestPort: ${g} }`).join(', ')}] }`;
-  const node = (name: string, address: string) => `  - { name: ${name}, address: ${address}${o.netns?.[name] ? `, netns: ${o.netns[name]}` : ''} }`;
+  const node = (name: string, address: string) =>
+    `  - { name: ${name}, address: ${address}${o.netns?.[name] ? `, netns: ${o.netns[name]}` : ''}${o.dataDirs?.[name] ? `, dataDir: ${JSON.stringify(o.dataDirs[name])}` : ''} }`;
   const r = o.replication ?? {};
   const repl = [
     r.checkpointDelayMs !== undefined && `checkpointDelayMs: ${r.checkpointDelayMs}`,
@@ -135,6 +140,7 @@ export class OneHostPair {
           [base + 7, 7],
         ],
         replication: { checkpointDelayMs: o.checkpointDelayMs ?? 20000, compareTimeoutMs: o.compareTimeoutMs ?? 3000, bufferDir: runtimeBase(), tls: o.tls },
+        dataDirs: o.dataDirs,
       }),
     );
     const config = loadConfig(file);

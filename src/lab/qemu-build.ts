@@ -296,6 +296,15 @@ interface WorkState {
   recipe: string;
   sourceVersion: string;
   applied: string[];
+  /** Each applied patch's code as it was applied (a hash of patchCode): a patch edited since cannot be reversed. */
+  codes?: Record<string, string>;
+}
+
+/** The hash of a patch file's code, as it is now in this checkout (undefined: the checkout has no such patch). */
+function patchCodeHash(line: QemuLine, p: string): string | undefined {
+  const file = path.join(patchesDir(line), p);
+  if (!fs.existsSync(file)) return undefined;
+  return crypto.createHash('sha256').update(patchCode(fs.readFileSync(file, 'utf8'))).digest('hex').slice(0, 16);
 }
 
 /**
@@ -376,9 +385,14 @@ export async function ensureLabQemu(opts: BuildOptions = {}): Promise<LabQemu> {
     const pkgversion = [`lockstep ${line} build`, fixesMarker(fixIdsOfPatches(patches))].join(', ');
     try {
       let st = readWorkState(work);
+      // A patch the tree carries that this checkout does not have (another branch's series), or has with other code
+      // (edited since it was applied), cannot be reversed.
+      const foreign = st?.applied.filter((p) => { const h = patchCodeHash(line, p); return h === undefined || st?.codes?.[p] !== h; }) ?? [];
+      if (foreign.length) step(`the ${line} tree's patches are not this checkout's (${foreign.join(', ')}: missing here, or edited since): making it anew`);
       const reuse =
         st !== undefined &&
         st.recipe === recipeKey &&
+        foreign.length === 0 &&
         fs.existsSync(path.join(build, 'build.ninja')) &&
         fs.existsSync(tree) &&
         (!recipe.mesonFromBackports || fs.existsSync(path.join(backportedMesonSite(), 'mesonbuild')));
@@ -397,12 +411,14 @@ export async function ensureLabQemu(opts: BuildOptions = {}): Promise<LabQemu> {
         step(`reversing ${p}`);
         await run('patch', ['-p1', '-R', '--batch', '-i', path.join(patchesDir(line), p)], { cwd: tree, logFile: log, what: `patch -R ${p}` }).catch((e) => fail(`reversing ${p}`, e));
         state.applied.pop();
+        if (state.codes) delete state.codes[p];
         writeWorkState(work, state);
       }
       for (const p of steps.apply) {
         step(`applying ${p}`);
         await run('patch', ['-p1', '--forward', '--batch', '-i', path.join(patchesDir(line), p)], { cwd: tree, logFile: log, what: `patch ${p}` }).catch((e) => fail(`applying ${p}`, e));
         state.applied.push(p);
+        state.codes = { ...state.codes, [p]: patchCodeHash(line, p)! };
         writeWorkState(work, state);
       }
       if (reuse) {

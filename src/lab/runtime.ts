@@ -2,7 +2,7 @@
  * Getting this machine ready to run lab VMs, on its own network, before any
  * lab host exists (a lab host's namespace has no way out, and its daemon
  * never builds anything): the demo guest, and the lab QEMU (lockstep's fixes,
- * P1-P3: the distribution's lacks them, and P3 matters under KVM too), each
+ * P1-P3 and P5: the distribution's lacks them, and P3 and P5 matter under KVM too), each
  * built once and cached, then published where the daemons and `up` find them
  * (qemu/builds.ts). The accelerator: KVM where KVM works (decided by booting
  * a boot sector with the lab QEMU), else TCG.

@@ -262,7 +262,8 @@ export class Agent {
     qmp.on('event', (e) => {
       if (this.qmp !== qmp) return;
       if (this.observer) this.tell(() => this.observer!.qemuEvent(e.event, e.data));
-      if (e.event === 'STOP' || e.event === 'RESUME' || e.event === 'COLO_EXIT' || e.event === 'SHUTDOWN') this.input({ t: 'qemu-event', event: e.event });
+      // Its age by QEMU's timestamp (the same host's wall clock): what we read late was sent earlier.
+      if (e.event === 'STOP' || e.event === 'RESUME' || e.event === 'COLO_EXIT' || e.event === 'SHUTDOWN') this.input({ t: 'qemu-event', event: e.event, ageMs: Math.max(0, Date.now() - e.time) });
       if (e.event === 'QUORUM_REPORT_BAD') {
         // block/quorum.c: a child of our disk's quorum failed an operation (its node-name, the error); a read is
         // served by the next child, a failed write completed on the other one.

@@ -27,8 +27,10 @@ export const MUTANTS = {
   'unfence-with-unknown-epoch': 'a fenced node whose disk epoch is unknown lets its VM run again (without a witness, on the peer\'s word alone)',
   'unfence-before-recorded-epoch-on-disk': 'a fenced node whose disk failed to take the epoch the witness recorded for it lets its VM run again under its older epoch; seed 1,014,094 of the soak',
   'pending-epoch-not-carried': 'a lease request does not carry the epoch we asked the witness to record and never heard back about',
+  'recorded-epoch-never-committed': 'a fenced node whose pending epoch the witness says it recorded does not write it on its disk, and waits for a lease its older disk cannot get (unless the lease request carries that epoch)',
   // ---- without a witness ----
   'takeover-on-silence-without-witness': 'without a witness, a secondary takes over when its primary falls silent',
+  'begun-takeover-waits-for-peer': 'without a witness, a secondary whose takeover (begun on the primary\'s word that its QEMU died) failed half-way waits for the primary\'s word again once it falls silent, for ever if its host is gone; focus schedule 1,642 of found-stopped-waits-for-peer',
   'failed-failover-fences-without-witness': 'without a witness, a failover that fails fences the VM (nobody else can have been granted anything)',
   // ---- what QEMU did ----
   'ignore-replica-write-errors': 'the core ignores QUORUM_REPORT_BAD: the secondary\'s replica is still called exact after it missed a write',
@@ -37,6 +39,7 @@ export const MUTANTS = {
   'never-take-over-on-silence': 'a secondary never takes over while its primary is silent, witness or not',
   'never-restart-on-silence': 'a node whose QEMU is gone never restarts the VM while its peer is silent',
   'found-stopped-waits-for-peer': 'without a witness, a node writing alone whose VM was found stopped (a stop that took effect late) waits for its peer\'s word to let it run again, for ever if the peer is gone; focus schedule 1,480 of take-back-retried-as-resync',
+  'peer-stuck-from-its-last-attempt': 'a node whose QEMU is gone measures how long its peer has not run the VM from the peer\'s last change of state, which each new takeover attempt resets: it waits for ever while the attempts keep failing; soak seed 2,012,113',
   'never-unfence': 'a fenced node never lets its VM run again',
   'join-waits-for-a-gone-survivor': 'a resync\'s target keeps its new secondary for a survivor whose agent restarted or gave the resync up; seed 21 of the first generator',
   'resync-target-ignores-survivor-boot': 'a resync\'s target knows the survivor\'s agent only from heartbeats, so a survivor that asked before any heartbeat arrived and then restarted goes unnoticed; focus schedule 513 of pending-epoch-not-carried',
@@ -46,6 +49,7 @@ export const MUTANTS = {
   'protected-despite-stall': 'status says PROTECTED while checkpoints have stalled',
   'secondary-protected-without-primary-word': 'a secondary says PROTECTED without its primary\'s current word that the replica missed no write; seed 1,019,804 of the soak',
   'protected-after-colo-exit': 'status says PROTECTED after COLO_EXIT',
+  'resume-forgets-its-colo-exit': 'a resume that ends just after its new COLO session broke forgets that COLO_EXIT and calls the pair protected; seeds 2,012,518 and 2,041,753 of the soak',
   'stall-bound-x3': 'a stream counts as stalled only after three times the stall bound',
 } as const;
 

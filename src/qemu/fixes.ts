@@ -1,7 +1,7 @@
 /**
  * The fixes COLO needs in QEMU, and which of them a binary has.
  *
- * lockstep's own (P1-P3, patches/qemu-LINE/, one series per QEMU line) are not
+ * lockstep's own (P1-P3 and P5, patches/qemu-LINE/, one series per QEMU line) are not
  * upstream: a build that carries them names them in its package string
  * (configure --with-pkgversion; `-version` and query-version show it), as
  * "lockstep-fixes=P1,P2,P3". A C fix cannot be seen from outside any other
@@ -10,11 +10,11 @@
  *
  * Which fixes a binary needs depends on the accelerator it runs with: P1 and
  * P2 are TCG's (KVM neither deadlocks there nor tracks dirty pages that way),
- * P3 and the upstream COLO transition fix are needed whatever runs the guest.
+ * P3, P5 and the upstream COLO transition fix are needed whatever runs the guest.
  */
 import { LockstepError } from '../util/errors.js';
 
-export type FixId = 'P1' | 'P2' | 'P3' | 'P4' | 'U1';
+export type FixId = 'P1' | 'P2' | 'P3' | 'P4' | 'P5' | 'U1';
 
 export interface Fix {
   id: FixId;
@@ -56,6 +56,13 @@ export const FIXES: readonly Fix[] = [
     origin: 'lockstep patch 0004 for 7.2 (upstream enters COLO from the device state since; 10.0 has it)',
   },
   {
+    id: 'P5',
+    title: "replication: report a primary's failed forwarded write, and fail its next checkpoint",
+    without: "a write the secondary's disk failed (full, failing) is reported done and silently missing there; the next checkpoint releases the output that depends on it, and a failover to the secondary loses that acknowledged write",
+    neededUnder: 'any',
+    origin: 'lockstep patch 0005 (not upstream)',
+  },
+  {
     id: 'U1',
     title: 'migration: Fix transition to COLO state from precopy (upstream 0b5bf4ea76, Li Zhijian)',
     without: 'the migration completes as a plain one and the pair never gets into COLO (the secondary logs "Can\'t receive COLO message")',
@@ -74,7 +81,7 @@ export function fixIdsOfPatches(patches: readonly string[]): FixId[] {
   return patches.map((p) => {
     const n = /^(\d{4})-/.exec(p)?.[1];
     const id = `P${Number(n)}`;
-    if (!n || !FIXES.some((f) => f.id === id)) throw new LockstepError(`patch ${p} is no fix lockstep knows (expected 0001-... to 0004-...)`);
+    if (!n || !FIXES.some((f) => f.id === id)) throw new LockstepError(`patch ${p} is no fix lockstep knows (expected one of ${FIXES.filter((f) => f.id.startsWith('P')).map((f) => `${f.id.slice(1).padStart(4, '0')}-...`).join(', ')})`);
     return id as FixId;
   });
 }

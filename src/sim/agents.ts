@@ -100,15 +100,18 @@ export class Agents {
     h.agent = null;
   }
 
-  /** Feeds one input to a node's agent (through its driver); while its host is paused, when it resumes. */
-  input(name: NodeName, input: InputBody): void {
+  /**
+   * Feeds one input to a node's agent (through its driver); while its host is paused, when it resumes. `sentAtLocal`:
+   * a QMP event's timestamp (the host's clock when QEMU sent it), from which the agent gets its age as it reads it.
+   */
+  input(name: NodeName, input: InputBody, sentAtLocal?: number): void {
     const h = this.w.hosts[name];
     const ag = h.agent;
     if (!ag) return;
-    if (h.paused) return void h.onResume.push(() => h.agent === ag && this.input(name, input));
-    if (this.w.now < ag.blockedUntil) return void this.w.at(ag.blockedUntil, () => h.agent === ag && this.input(name, input));
+    if (h.paused) return void h.onResume.push(() => h.agent === ag && this.input(name, input, sentAtLocal));
+    if (this.w.now < ag.blockedUntil) return void this.w.at(ag.blockedUntil, () => h.agent === ag && this.input(name, input, sentAtLocal));
     this.w.steps++;
-    ag.driver.input(input);
+    ag.driver.input(input.t === 'qemu-event' && sentAtLocal !== undefined ? { ...input, ageMs: Math.max(0, this.local(h) - sentAtLocal) } : input);
     if (input.t === 'tick' && h.agent === ag) this.w.check.ticked(h);
   }
 

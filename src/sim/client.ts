@@ -27,6 +27,8 @@ export class Client {
   private request: Request | null = null;
   private nextRequest = 1;
   failed = 0;
+  /** No new request before this (the client-idle fault): the guest's disk and network are idle. */
+  idleUntil = -Infinity;
 
   constructor(private readonly w: World) {}
 
@@ -47,6 +49,7 @@ export class Client {
   }
 
   private tick(): void {
+    if (!this.request && this.w.now < this.idleUntil) return void this.w.after(100, () => this.tick());
     if (!this.request) this.request = { n: this.nextRequest++, startedAt: this.w.now, write: null, on: null, state: 'routing' };
     const r = this.request;
     if (r.state === 'routing') {

@@ -73,6 +73,9 @@ export class Faults {
         w.after(f.ms, () => {
           if (!h.up || !h.paused) return;
           h.paused = false;
+          // Its agent's event loop ran nothing meanwhile, as if blocked: it sees what it missed from its next tick on
+          // (a timer may fire before the QMP data is read), and is judged from then, as a blocked agent is.
+          if (h.agent) h.agent.blockedUntil = Math.max(h.agent.blockedUntil, w.now);
           for (const fn of h.onResume.splice(0)) fn();
           for (const q of [h.qemu, h.prepared]) if (q) w.qemu.answerQueries(q);
           w.qemu.resumeStalled(f.ms);
@@ -118,6 +121,9 @@ export class Faults {
       case 'witness-lossy':
         w.witness.lossy = true;
         w.after(f.ms, () => (w.witness.lossy = false));
+        return;
+      case 'client-idle':
+        w.client.idleUntil = Math.max(w.client.idleUntil, w.now + f.ms);
         return;
       case 'reset-replication': {
         const s = w.qemu.session;

@@ -37,7 +37,7 @@
  */
 import { isProtected } from '../node/core/core.js';
 import { TICK_MS } from '../node/driver.js';
-import { compareEpochs } from '../pair/epoch.js';
+import { compareEpochs, type Epoch } from '../pair/epoch.js';
 import type { World, Host } from './world.js';
 import type { SimQemu, Session } from './qemu.js';
 import type { NodeName } from './schedule-types.js';
@@ -84,6 +84,16 @@ const EVENT_SEEN_MS = TICK_MS + 10;
  */
 function replicaReactMs(heartbeatTimeoutMs: number): number {
   return heartbeatTimeoutMs + 2 * EVENT_SEEN_MS;
+}
+
+/**
+ * A disk record is the newest the witness knows: its epoch is, or the epoch
+ * its node asked the witness to record (pending) is, which the witness did:
+ * that node may write it on its disk and run (core.ts, commit-recorded).
+ */
+function holdsNewest(record: { epoch: Epoch; pending: Epoch | undefined }, newest: Epoch): boolean {
+  const o = compareEpochs(record.epoch, newest);
+  return o === 'same' || o === 'newer' || (record.pending !== undefined && compareEpochs(record.pending, newest) === 'same');
 }
 
 export class Invariants {
@@ -210,10 +220,12 @@ export class Invariants {
       // Within the core's own bounds, plus the tick that sees it.
       const cfg = core.cfg;
       const mine = !!s && !!q && (s.pq === q || s.sq === q);
-      const endBroken = !!q && q.broken && q.brokenAt < now - EVENT_SEEN_MS;
+      // From its COLO_EXIT on ([late-exit]: before it, the stall is what an agent can see).
+      const endBroken = !!q && q.broken && q.exitAt < now - EVENT_SEEN_MS;
       const justEnded = !q && now - h.qemuEndedAt <= EVENT_SEEN_MS;
-      // An agent whose event loop was blocked (a slow disk under its synchronous record write) answers no status query
-      // meanwhile, and sees what it missed at its next tick after: judged from then (seed 1,001,005 of the soak).
+      // An agent whose event loop was blocked (a slow disk under its synchronous record write, its host paused whole)
+      // answers no status query meanwhile, and sees what it missed at its next tick after: judged from then (seeds
+      // 1,001,005 and 2,039,339 of the soak).
       const justUnblocked = now - h.agent!.blockedUntil <= EVENT_SEEN_MS;
       const flowing = mine && (now - s.lastCheckpointAt <= cfg.stallMs + EVENT_SEEN_MS || (s.phase === 'sending' && now - s.phaseSince <= cfg.checkpointTimeoutMs + EVENT_SEEN_MS));
       if (!justEnded && !justUnblocked && (!flowing || endBroken)) {
@@ -244,7 +256,7 @@ export class Invariants {
       const peer = w.hosts[h.peer];
       if (w.sched.witness) {
         const newest = w.witness.newest(h.record.epoch.run);
-        if (newest && compareEpochs(h.record.epoch, newest) !== 'same' && compareEpochs(h.record.epoch, newest) !== 'newer') continue;
+        if (newest && !holdsNewest(h.record, newest)) continue;
         if (!w.witness.up || !w.net.up(h.name === 'a' ? 'witness-a' : 'witness-b')) continue;
         // A witness with no record of the run (it lost it) grants only on the other node's word: that node must
         // be there, know its disk and reach the witness too (node/witness-core.ts, runs not on record).
@@ -282,7 +294,7 @@ export class Invariants {
   /**
    * Whether the pair can run the VM again by itself once the faults stop:
    * a node that is up holds every acknowledged write under a known epoch that
-   * is the newest; without a witness, also both hosts are there and both
+   * is the newest (or that it asked the witness to record, which did); without a witness, also both hosts are there and both
    * records known (nobody else can say that a disk is the newest). Otherwise
    * only an operator can (never an epoch guessed): say why.
    */
@@ -301,7 +313,7 @@ export class Invariants {
     const able = hs.some((h) => {
       if (h.gone || h.record.state !== 'ok' || [...w.acked].some((x) => !h.disk.has(x))) return false;
       const newest = w.sched.witness ? w.witness.newest(h.record.epoch.run) : undefined;
-      return !newest || compareEpochs(h.record.epoch, newest) === 'same' || compareEpochs(h.record.epoch, newest) === 'newer';
+      return !newest || holdsNewest(h.record, newest);
     });
     return able ? null : 'no node that is left holds every acknowledged write under a known, newest epoch';
   }

@@ -23,6 +23,12 @@ export interface MutantCheck {
 
 const partitions: Focus['weights'] = { cut: 8, 'kill-qemu': 3, 'power-loss': 2, 'witness-down': 2, 'witness-slow': 2 };
 
+/** The two rules that cover each other for a pending epoch the witness recorded: one check, each planted with the other. */
+const pendingEpochCheck: Omit<MutantCheck, 'alongside'> = {
+  caughtBy: ['liveness-during-faults', 'liveness-after-faults'],
+  focus: { witness: true, weights: { 'witness-lossy': 8, 'kill-agent': 4, 'kill-qemu': 4 } },
+};
+
 export const MUTANT_CHECKS: Record<MutantName, MutantCheck> = {
   // ---- the lease ----
   'write-alone-without-lease': { caughtBy: ['lease-before-writing-alone'], focus: { witness: true, weights: { 'slow-disk': 8, 'kill-qemu': 4, 'power-loss': 2, 'host-pause': 2 } } },
@@ -58,22 +64,45 @@ export const MUTANT_CHECKS: Record<MutantName, MutantCheck> = {
     alongside: { mutants: ['witness-grants-stale-disk'], why: 'with a witness a node only runs alone while its epoch is the newest on record, so its peer never holds a newer disk: the witness\'s stale-disk checks cover this rule' },
   },
   'takeover-with-older-disk': { caughtBy: ['acked-write-kept'], focus: { witness: false, weights: { cut: 8, 'kill-qemu': 6, 'power-loss': 2 } } },
-  'takeover-with-short-replica': { caughtBy: ['acked-write-kept'], focus: { witness: true, stepFailP: 0.08, weights: { 'disk-errors': 8, 'witness-down': 8, 'witness-lossy': 4 } } },
-  'short-replica-on-first-word': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: true, stepFailP: 0.08, weights: { 'disk-errors': 8, 'record-lost': 6, 'host-pause': 4, 'kill-qemu': 2 } } },
-  'takeover-with-unknown-epoch': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: true, weights: { 'record-lost': 6, 'power-loss': 4, cut: 4 } } },
+  // The four rules of a replica a checkpoint made short: with lockstep's QEMU (P5) no checkpoint follows a write the
+  // replica failed, so no replica is ever short and these rules carry no weight; each is tested where P5 is absent, with
+  // a QEMU that reports the failed write at once and checkpoints on (replicaErrors 'reported').
+  'takeover-with-short-replica': { caughtBy: ['acked-write-kept'], focus: { witness: true, stepFailP: 0.08, replicaErrors: 'reported', weights: { 'disk-errors': 8, 'witness-down': 8, 'witness-lossy': 4 } } },
+  'short-replica-on-first-word': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: true, stepFailP: 0.08, replicaErrors: 'reported', weights: { 'disk-errors': 8, 'record-lost': 6, 'host-pause': 4, 'kill-qemu': 2 } } },
+  'takeover-with-unknown-epoch': {
+    caughtBy: ['liveness-during-faults', 'liveness-after-faults'],
+    focus: { witness: true, weights: { 'record-lost': 6, 'power-loss': 4, cut: 4 } },
+    alongside: { mutants: ['peer-stuck-from-its-last-attempt'], why: 'the node with the newest disk gives a peer whose VM has not run for long up and asks the witness itself, however often the peer tries: that covers a peer that tries in vain' },
+  },
   'unfence-with-unknown-epoch': { caughtBy: ['epoch-before-writing-alone'], focus: { witness: false, stepFailP: 0.08, weights: { 'record-lost': 6, 'kill-qemu': 4, cut: 4 } } },
   'unfence-before-recorded-epoch-on-disk': { caughtBy: ['epoch-before-writing-alone'], focus: { witness: true, stepFailP: 0.08, weights: { 'disk-errors': 10, 'kill-qemu': 8, 'power-loss': 2 } } },
-  'pending-epoch-not-carried': { caughtBy: ['liveness-during-faults', 'liveness-after-faults', 'protected-after-faults'], focus: { witness: true, weights: { 'witness-lossy': 8, 'kill-agent': 4, 'kill-qemu': 4 } } },
+  'pending-epoch-not-carried': {
+    ...pendingEpochCheck,
+    alongside: {
+      mutants: ['recorded-epoch-never-committed'],
+      why: 'a writer whose record request went unanswered fences itself; the witness\'s refusal of its older disk then names the pending epoch as the newest, and the fenced node writes it on its disk (commit-recorded) and asks again: that covers a lease request without it',
+    },
+  },
+  'recorded-epoch-never-committed': {
+    ...pendingEpochCheck,
+    alongside: {
+      mutants: ['pending-epoch-not-carried'],
+      why: 'the fenced node\'s lease request carries its pending epoch, which the witness confirms with the grant, and the grant commits it: that covers a fenced node that does not write it itself',
+    },
+  },
   // ---- without a witness ----
   'takeover-on-silence-without-witness': { caughtBy: ['single-writer'], focus: { witness: false, weights: { cut: 10, 'kill-qemu': 2 } } },
+  'begun-takeover-waits-for-peer': { caughtBy: ['liveness-during-faults'], focus: { witness: false, stepFailP: 0.15, weights: { 'kill-qemu': 6, 'host-gone': 4, 'qmp-late': 3 } } },
   'failed-failover-fences-without-witness': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: false, stepFailP: 0.08, weights: { 'host-gone': 6, 'power-loss': 4, 'kill-qemu': 2 } } },
   // ---- what QEMU did ----
-  'ignore-replica-write-errors': { caughtBy: ['acked-write-kept', 'replica-exact'], focus: { weights: { 'disk-errors': 10, 'kill-qemu': 3, 'power-loss': 2 } } },
+  // Where P5 is absent (see takeover-with-short-replica).
+  'ignore-replica-write-errors': { caughtBy: ['acked-write-kept', 'replica-exact'], focus: { replicaErrors: 'reported', weights: { 'disk-errors': 10, 'kill-qemu': 3, 'power-loss': 2 } } },
   'unattachable-qemu-left-running': { caughtBy: ['liveness-during-faults', 'liveness-after-faults', 'protected-after-faults'], focus: { witness: false, weights: { 'kill-agent': 6, cut: 8, 'freeze-qemu': 2 } } },
   // ---- liveness ----
   'never-take-over-on-silence': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: true, weights: { 'host-gone': 6, 'power-loss': 6, cut: 4 } } },
   'never-restart-on-silence': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: true, weights: { 'host-gone': 6, 'power-loss': 6, 'kill-qemu': 4 } } },
   'found-stopped-waits-for-peer': { caughtBy: ['liveness-during-faults'], focus: { witness: false, stepFailP: 0.15, weights: { 'host-gone': 6, 'kill-qemu': 8, 'qmp-late': 6, cut: 4 } } },
+  'peer-stuck-from-its-last-attempt': { caughtBy: ['liveness-during-faults'], focus: { witness: true, weights: { cut: 8, 'kill-qemu': 6, 'kill-agent': 3 } } },
   'never-unfence': { caughtBy: ['liveness-during-faults', 'liveness-after-faults', 'protected-after-faults'], focus: { weights: partitions } },
   'join-waits-for-a-gone-survivor': { caughtBy: ['protected-after-faults', 'liveness-after-faults', 'liveness-during-faults'], focus: { weights: { 'kill-agent': 8, 'power-loss': 4, 'kill-qemu': 6 } } },
   'resync-target-ignores-survivor-boot': { caughtBy: ['protected-after-faults', 'liveness-after-faults'], focus: { weights: { 'kill-agent': 10, 'power-loss': 6, 'kill-qemu': 4 } } },
@@ -81,8 +110,11 @@ export const MUTANT_CHECKS: Record<MutantName, MutantCheck> = {
   'resync-done-said-once': { caughtBy: ['protected-after-faults', 'liveness-during-faults'], focus: { weights: { cut: 10, garbage: 8, 'kill-qemu': 8 } } },
   // ---- status ----
   'protected-despite-stall': { caughtBy: ['status-truth'], focus: { weights: { cut: 8 } } },
-  'secondary-protected-without-primary-word': { caughtBy: ['replica-exact'], focus: { stepFailP: 0.15, weights: { 'disk-errors': 10, 'slow-disk': 10 } } },
+  // Where P5 is absent (see takeover-with-short-replica).
+  'secondary-protected-without-primary-word': { caughtBy: ['replica-exact'], focus: { stepFailP: 0.15, replicaErrors: 'reported', weights: { 'disk-errors': 10, 'slow-disk': 10 } } },
   'protected-after-colo-exit': { caughtBy: ['status-truth'], focus: { weights: { 'reset-replication': 6, 'kill-qemu': 6 } } },
+  // Only while the guest writes nothing: a write to the broken replica says the same (QUORUM_REPORT_BAD).
+  'resume-forgets-its-colo-exit': { caughtBy: ['status-truth'], focus: { weights: { 'reset-replication': 6, 'kill-qemu': 6, cut: 3, 'client-idle': 6 } } },
   'stall-bound-x3': { caughtBy: ['status-truth'], focus: { weights: { cut: 8 } } },
 };
 

@@ -84,10 +84,10 @@ function switchIntoColo(c: StepContext, pq: SimQemu, t: SimQemu): void {
     if (pq.migration !== 'active' || !pq.alive) return;
     if (!t.alive || !t.incoming || !c.w.net.up('replication')) return c.w.qemu.migrationFailed(pq, 'the switchover into COLO failed');
     pq.lastPass = null;
-    pq.paused = false;
-    t.paused = false;
+    // [colo.c] the first checkpoint's vm_start: RESUME on both ends.
+    c.w.qemu.runState(pq, false);
+    c.w.qemu.runState(t, false);
     c.w.qemu.startSession(pq.node, t.node, pq, t);
-    c.w.qemu.event(pq, { t: 'qemu-event', event: 'RESUME' });
   });
 }
 
@@ -137,8 +137,8 @@ const MODELS: Array<[RegExp, StepModel]> = [
   [/^announce-self$/, { on: 'ours', run: () => {} }],
   // ---- fence, unfence ----
   // [live] refused during a migration's last pass (qmp_cont: "Migration is not finalized yet").
-  [/^cont$/, { on: 'ours', run: (q) => (q!.lastPass ? 'Migration is not finalized yet' : void (q!.paused = false)) }],
-  [/^stop$/, { on: 'ours', run: (q) => void (q!.paused = true) }],
+  [/^cont$/, { on: 'ours', run: (q, c) => (q!.lastPass ? 'Migration is not finalized yet' : c.w.qemu.runState(q!, false)) }],
+  [/^stop$/, { on: 'ours', run: (q, c) => c.w.qemu.runState(q!, true) }],
   // ---- restart ----
   [/^end our QEMU \(.*\)$/, { on: 'none', run: (_q, c) => void (c.h.qemu && c.w.qemu.end(c.h.qemu, true, 'ended by its agent for a restart or resync')) }],
   [
@@ -263,6 +263,7 @@ const MODELS: Array<[RegExp, StepModel]> = [
       done: (q) => q.migration === 'active' || q.migration === 'pre-switchover' || (q.migration === 'colo' && q.colo === 'primary'),
       run: (q, c) => {
         const t = c.w.hosts[c.h.peer].prepared;
+        if (c.w.qemu.migrationBusy(q!)) return 'There\'s a migration process in progress';
         if (!t?.alive || !t.incoming || !c.w.net.up('replication')) return 'migration to the new secondary failed';
         q!.migration = 'active';
         const pq = q!;
@@ -271,8 +272,8 @@ const MODELS: Array<[RegExp, StepModel]> = [
           if (pq.migration !== 'active' || !pq.alive) return;
           if (!t.alive || !t.incoming || !c.w.net.up('replication')) return c.w.qemu.migrationFailed(pq, 'the new secondary cannot be reached');
           pq.lastPass = { ranBefore: !pq.paused };
-          pq.paused = true;
-          c.w.qemu.event(pq, { t: 'qemu-event', event: 'STOP' });
+          // [migration.c] vm_stop_force_state: STOP only where the VM ran.
+          c.w.qemu.runState(pq, true);
           if (pq.pauseBeforeSwitchover) {
             pq.migration = 'pre-switchover';
             return;
@@ -317,6 +318,7 @@ const MODELS: Array<[RegExp, StepModel]> = [
       done: (q) => q.migration === 'active' || (q.migration === 'colo' && q.colo === 'primary'),
       run: (q, c) => {
         const t = c.w.hosts[c.h.peer].prepared;
+        if (c.w.qemu.migrationBusy(q!)) return 'There\'s a migration process in progress';
         if (!t?.alive || !t.incoming || !c.w.net.up('replication')) return 'migration to the new secondary failed';
         q!.migration = 'active';
         const pq = q!;
@@ -327,8 +329,9 @@ const MODELS: Array<[RegExp, StepModel]> = [
             pq.migration = 'cancelled';
             return;
           }
-          pq.paused = false;
-          t.paused = false;
+          // [colo.c] the first checkpoint's vm_start: RESUME on both ends.
+          c.w.qemu.runState(pq, false);
+          c.w.qemu.runState(t, false);
           c.w.qemu.startSession(pq.node, t.node, pq, t);
         });
       },

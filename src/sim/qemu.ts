@@ -22,6 +22,17 @@
  *             and succeeds if one did; each child that failed is reported
  *             with QUORUM_REPORT_BAD (its node-name, the error). A dead NBD
  *             child (reset, yanked) fails fast; a silent one blocks the write.
+ * - [P5]      block/replication.c with lockstep's patch 0005 (stock QEMU
+ *             reports a forwarded write the secondary's disk failed as done,
+ *             and says nothing: test/integration/p5-replica-write-errors):
+ *             the error is returned, so quorum says QUORUM_REPORT_BAD for the
+ *             replica at once, and recorded (s->error), so the primary's next
+ *             checkpoint fails after the VM stopped and before anything is
+ *             sent or released (replication_do_checkpoint_all): COLO ends on
+ *             the primary (COLO_EXIT). Its secondary, stopped for the
+ *             checkpoint, hears of it when the primary's end is shut (its
+ *             failover); here at once, as for any end that breaks. Schedules
+ *             of replicaErrors 'reported' leave the checkpoint half out.
  * - [replication] block/replication.c and the block replication design
  *             (docs/block-replication.txt): the secondary's VM writes to its
  *             active disk; the primary's writes land in the replica, the old
@@ -40,6 +51,16 @@
  *             driven by the stall, 4.6-5.6 s after the cut).
  * - [resync]  test/integration/resync.test.ts: a cut cable stalls a mirror,
  *             given up after MIRROR_STALL_MS; the VM is stopped ~0.8 s for the switch.
+ * - [late-exit] test/integration/resync.test.ts (the 10-cycle test, with a
+ *             COLO_EXIT that counted for the resume): after a failover, the old
+ *             session's COLO_EXIT reached the agent after its resync began
+ *             (the secondary's QEMU had been killed); migration/colo.c sends
+ *             it as the COLO thread ends, which a yank or
+ *             x-colo-lost-heartbeat only asks for, and a primary's thread
+ *             waiting between checkpoints reads nothing from the stream.
+ * - [migration.c] migrate_prepare: no migration starts while one runs (the
+ *             old COLO thread's, until it ends); a stopped VM that a
+ *             migration or cont runs again sends RESUME, stop sends STOP.
  * - [live]    migration.c (migration_completion, migration_maybe_pause,
  *             migration_iteration_finish) and the live resume's lab runs: with
  *             pause-before-switchover the RAM goes over while the VM runs; QEMU
@@ -59,6 +80,7 @@
  */
 import { IDS } from '../qemu/cmdline.js';
 import type { World, Host } from './world.js';
+import type { Rng } from './rng.js';
 import type { NodeName } from './schedule-types.js';
 
 export interface MirrorJob {
@@ -83,9 +105,16 @@ export interface SimQemu {
   paused: boolean;
   /** SIGSTOP: nothing runs, nothing answers. */
   frozen: boolean;
-  /** Its COLO thread ended (COLO_EXIT sent), and when. */
+  /** Its COLO stream broke at this end, and when. */
   broken: boolean;
   brokenAt: number;
+  /**
+   * When its COLO thread ended and sent COLO_EXIT (≥ brokenAt): asked to end (a yank, x-colo-lost-heartbeat), the
+   * thread may take a while ([late-exit]); until then no new migration starts ([migration.c]).
+   */
+  exitAt: number;
+  /** QMP events leave a monitor in order: none of this QEMU's reaches its agent before this time. */
+  eventsFrom: number;
   /** Its main loop holds the big lock until then (Infinity: stuck on a silent link). */
   bqlUntil: number;
   /** QOM objects (qom-list /objects) and chardevs (query-chardev) that the procedures add and delete. */
@@ -131,6 +160,8 @@ export interface Session {
   /** The stream broke (an end gone or yanked): no more checkpoints. */
   over: boolean;
   overAt: number;
+  /** A write forwarded to the secondary failed since the session began ([replication-err]: s->error). */
+  replicaFailed: boolean;
 }
 
 const PROXY_OBJECTS = [IDS.filterMirror, IDS.redirectorIn, IDS.redirectorOut, IDS.iothread, IDS.compare];
@@ -164,6 +195,8 @@ export class Qemus {
       frozen: false,
       broken: false,
       brokenAt: 0,
+      exitAt: 0,
+      eventsFrom: 0,
       bqlUntil: 0,
       objects: new Set(kind === 'colo-primary' ? PROXY_OBJECTS : secondary ? SECONDARY_OBJECTS : []),
       chardevs: new Set(secondary ? SECONDARY_CHARDEVS : PRIMARY_CHARDEVS),
@@ -221,13 +254,45 @@ export class Qemus {
     }
   }
 
-  /** A QMP event, to the agent attached to this QEMU. */
-  event(q: SimQemu, e: { t: 'qemu-event'; event: 'STOP' | 'RESUME' | 'COLO_EXIT' } | { t: 'quorum-bad'; child: 'replica' | 'local'; error: string }): void {
+  /**
+   * A QMP event, to the agent attached to this QEMU, after the ones it sent before (a monitor sends in order).
+   * `laterMs`: it leaves QEMU that much later (a COLO thread winding down). `rng`: the stream its delay is drawn from.
+   */
+  event(q: SimQemu, e: { t: 'qemu-event'; event: 'STOP' | 'RESUME' | 'COLO_EXIT' } | { t: 'quorum-bad'; child: 'replica' | 'local'; error: string }, o: { laterMs?: number; rng?: Rng } = {}): void {
     const h = this.host(q);
     const boot = h.agent?.boot;
-    this.w.after(this.w.rng.qemu.range(0.2, 2), () => {
-      if (h.agent && h.agent.boot === boot && h.agent.attached === q.pid && q.alive) this.w.agents.input(h.name, e);
+    const sentAt = this.w.now + (o.laterMs ?? 0);
+    const at = Math.max(sentAt + (o.rng ?? this.w.rng.qemu).range(0.2, 2), q.eventsFrom);
+    q.eventsFrom = at;
+    this.w.after(at - this.w.now, () => {
+      // Its QMP timestamp, on the host's clock (read here, a moment after it was sent).
+      const sentAtLocal = this.w.agents.local(h) - (this.w.now - sentAt);
+      if (h.agent && h.agent.boot === boot && h.agent.attached === q.pid && q.alive) this.w.agents.input(h.name, e, e.t === 'qemu-event' ? sentAtLocal : undefined);
     });
+  }
+
+  /** The VM stops or runs again (stop, cont, a migration's end): QEMU says so (STOP, RESUME). */
+  runState(q: SimQemu, paused: boolean): void {
+    if (q.paused === paused) return;
+    q.paused = paused;
+    this.event(q, { t: 'qemu-event', event: paused ? 'STOP' : 'RESUME' }, { rng: this.w.rng.events });
+  }
+
+  /** How long a COLO thread asked to end takes before its COLO_EXIT ([late-exit]): half the time at once. */
+  private lateExitMs(): number {
+    return this.w.rng.events.chance(0.5) ? 0 : this.w.rng.events.range(20, 2500);
+  }
+
+  /** This end's stream broke now; its COLO thread ends, and sends COLO_EXIT, `laterMs` after ([late-exit]). */
+  private markBroken(q: SimQemu, laterMs: number): void {
+    q.broken = true;
+    q.brokenAt = this.w.now;
+    q.exitAt = this.w.now + laterMs;
+  }
+
+  /** A COLO thread still winding down holds the migration state: no new migration yet ([migration.c]). */
+  migrationBusy(q: SimQemu): boolean {
+    return q.broken && q.exitAt > this.w.now;
   }
 
   /** The process ends. `reset`: its host is up and resets its connections (kill -9); not after a power loss. */
@@ -261,7 +326,7 @@ export class Qemus {
   // ---- the COLO session ----
 
   startSession(p: NodeName, s: NodeName, pq: SimQemu, sq: SimQemu): void {
-    const sess: Session = { id: this.nextSession++, p, s, pq, sq, phase: 'idle', phaseSince: this.w.now, lastCheckpointAt: this.w.now, startedAt: this.w.now, over: false, overAt: 0 };
+    const sess: Session = { id: this.nextSession++, p, s, pq, sq, phase: 'idle', phaseSince: this.w.now, lastCheckpointAt: this.w.now, startedAt: this.w.now, over: false, overAt: 0, replicaFailed: false };
     this.session = sess;
     pq.colo = 'primary';
     sq.colo = 'secondary';
@@ -314,6 +379,8 @@ export class Qemus {
       s.pq.bqlUntil = this.w.now + d;
       this.event(s.pq, { t: 'qemu-event', event: 'STOP' });
       this.event(s.sq, { t: 'qemu-event', event: 'STOP' });
+      // [P5] the replication's checkpoint fails before anything is sent: COLO ends on the primary.
+      if (s.replicaFailed && this.w.sched.replicaErrors === 'p5') return this.breakEnd(s, s.pq, 'a checkpoint failed: a write to the secondary\'s disk had failed [P5]');
       this.w.after(d, () => this.finishCheckpoint(s));
     });
   }
@@ -353,21 +420,26 @@ export class Qemus {
     });
   }
 
-  /** One end of the stream broke by itself (yank, failover) or errored: COLO_EXIT there. */
-  breakEnd(s: Session, q: SimQemu, why: string): void {
+  /**
+   * One end of the stream broke by itself (yank, failover) or errored: COLO_EXIT there. `asked`: by its agent (a yank,
+   * x-colo-lost-heartbeat), whose command returns before the COLO thread has ended ([late-exit]); a primary's thread
+   * waiting for its next checkpoint may also notice a reset late.
+   */
+  breakEnd(s: Session, q: SimQemu, why: string, asked = false): void {
     // A reset or close that belongs to an earlier session's connection does not touch a later one.
     if (q.broken || !q.alive || this.session !== s) return;
     // A stopped QEMU (frozen, its host paused) sees the reset once it runs again.
     if (this.stopped(q)) return void this.w.after(50, () => this.breakEnd(s, q, why));
-    q.broken = true;
-    q.brokenAt = this.w.now;
-    this.w.trace(`${q.node}: COLO_EXIT (${why})`);
+    // Asked to end, or a primary between checkpoints (its thread reads nothing then): it may end late ([late-exit]).
+    const laterMs = asked || (q === s.pq && s.phase === 'idle') ? this.lateExitMs() : 0;
+    this.markBroken(q, laterMs);
+    this.w.trace(`${q.node}: COLO_EXIT (${why})${laterMs ? `, sent ${Math.round(laterMs)} ms later` : ''}`);
     if (q === s.pq) {
       q.bqlUntil = Math.min(q.bqlUntil, this.w.now);
       this.answerQueries(q);
       this.w.client.replicaGone(q);
     }
-    this.event(q, { t: 'qemu-event', event: 'COLO_EXIT' });
+    this.event(q, { t: 'qemu-event', event: 'COLO_EXIT' }, { laterMs });
     this.endSession(s, `${q.node}'s end broke`);
     // The other end hears of it now (link up) or when the link returns.
     const other = q === s.pq ? s.sq : s.pq;
@@ -428,11 +500,11 @@ export class Qemus {
   /** Yank (out of band): the links to the peer are shut; the stream breaks at this end; a mirror to the peer fails. */
   yank(q: SimQemu): void {
     const s = this.session;
-    if (s && !s.over && (s.pq === q || s.sq === q)) this.breakEnd(s, q, 'yanked');
+    if (s && !s.over && (s.pq === q || s.sq === q)) this.breakEnd(s, q, 'yanked', true);
     else if (s && (s.pq === q || s.sq === q) && !q.broken) {
-      q.broken = true;
-      q.brokenAt = this.w.now;
-      this.event(q, { t: 'qemu-event', event: 'COLO_EXIT' });
+      const laterMs = this.lateExitMs();
+      this.markBroken(q, laterMs);
+      this.event(q, { t: 'qemu-event', event: 'COLO_EXIT' }, { laterMs });
     }
     if (q.mirror) q.mirror.stalledSince ??= -Infinity;
     // A migration paused before its switchover waits on ([live]).
@@ -450,9 +522,7 @@ export class Qemus {
     this.w.trace(`${q.node}: the migration to the new secondary ends (${why})`);
     const ranBefore = q.lastPass?.ranBefore === true;
     q.lastPass = null;
-    if (!ranBefore) return;
-    q.paused = false;
-    this.event(q, { t: 'qemu-event', event: 'RESUME' });
+    if (ranBefore) this.runState(q, false);
   }
 
   /** A write-blocking mirror whose target does not answer (a silent link, the target's host stopped): writes wait ([live]). */
@@ -466,7 +536,7 @@ export class Qemus {
     // Out of COLO already: QEMU answers "The feature 'colo' is not enabled", which the runtime takes as done.
     if (q.colo === 'none') return;
     const s = this.session;
-    if (s && (s.pq === q || s.sq === q) && !q.broken) this.breakEnd(s, q, 'failover requested');
+    if (s && (s.pq === q || s.sq === q) && !q.broken) this.breakEnd(s, q, 'failover requested', true);
     if (q.colo === 'secondary') {
       // [replication] failover: the active disk (what its VM wrote since the last checkpoint) over the replica.
       const h = this.host(q);
@@ -474,8 +544,7 @@ export class Qemus {
       h.ownSinceCheckpoint.clear();
     }
     q.colo = 'none';
-    if (!q.broken) q.brokenAt = this.w.now;
-    q.broken = true;
+    if (!q.broken) this.markBroken(q, 0);
     if (q.migration === 'colo') q.migration = 'completed';
     // [compare] held answers leave once the node is out of COLO.
     this.w.client.released(q);
@@ -542,7 +611,11 @@ export class Qemus {
     if (!localOk) this.event(q, { t: 'quorum-bad', child: 'local', error: 'Input/output error' });
     const sh = this.w.hosts[s.s];
     const replicaOk = !replicaDead && !this.diskFails(sh);
-    if (!replicaOk) this.event(q, { t: 'quorum-bad', child: 'replica', error: replicaDead ? 'Connection reset by peer' : 'No space left on device' });
+    if (!replicaOk) {
+      // [P5] said at once, and remembered for the next checkpoint.
+      s.replicaFailed = true;
+      this.event(q, { t: 'quorum-bad', child: 'replica', error: replicaDead ? 'Connection reset by peer' : 'No space left on device' });
+    }
     if (!localOk && !replicaOk) return 'error';
     const id = this.w.nextWriteId();
     if (localOk) h.disk.add(id);

@@ -44,6 +44,8 @@ export type Fault =
   | { at: number; kind: 'witness-slow'; ms: number; delayMs: number }
   /** The witness records, but its answers get lost (it crashes between its write and its reply, a link that drops). */
   | { at: number; kind: 'witness-lossy'; ms: number }
+  /** The client asks nothing for `ms` (a guest that neither writes nor answers: its disk and network are idle). */
+  | { at: number; kind: 'client-idle'; ms: number }
   /** The replication connections are reset (a firewall, a restarted switch): both ends see COLO_EXIT. */
   | { at: number; kind: 'reset-replication' }
   /** The node's disk fails writes (EIO, ENOSPC) with probability `p`: a secondary's replica, a primary's own disk. */
@@ -69,6 +71,15 @@ export interface Schedule {
   stepFailP: number;
   /** Checkpoints that hold the big lock for seconds (large RAM, slow link). */
   slowCheckpoints: boolean;
+  /**
+   * What QEMU does when the secondary's replica fails a write forwarded to it
+   * (qemu.ts, [P5]). 'p5': lockstep's QEMU: QUORUM_REPORT_BAD at once, and
+   * the primary's next checkpoint fails, which ends COLO. 'reported': the
+   * report alone, checkpoints go on, so that only the agents' rules keep a
+   * replica a checkpoint made short out; absent (schedules stored before P5):
+   * 'reported'.
+   */
+  replicaErrors?: 'p5' | 'reported';
   faults: Fault[];
   /** An operator's `lockstep resync NAME` reaching a node's agent (it counts only where the VM runs alone). */
   operatorResyncs: Array<{ at: number; node: NodeName }>;

@@ -88,7 +88,7 @@ export class World {
   readonly q = new EventQueue();
   now = 0;
   /** One stream per concern: a change in one part of the model moves as little as possible elsewhere. */
-  readonly rng: Record<'net' | 'qemu' | 'proc' | 'client' | 'agent' | 'disk' | 'witness' | 'setup', Rng>;
+  readonly rng: Record<'net' | 'qemu' | 'proc' | 'client' | 'agent' | 'disk' | 'witness' | 'setup' | 'events', Rng>;
   readonly setup: SimSetup;
   readonly hosts: Record<NodeName, Host>;
   readonly qemu: Qemus;
@@ -108,7 +108,8 @@ export class World {
     readonly sched: Schedule,
     readonly opts: RunOptions = {},
   ) {
-    const streams = ['net', 'qemu', 'proc', 'client', 'agent', 'disk', 'witness', 'setup'] as const;
+    // New streams go last: the draws of the others, and so every stored schedule, stay as they were.
+    const streams = ['net', 'qemu', 'proc', 'client', 'agent', 'disk', 'witness', 'setup', 'events'] as const;
     this.rng = Object.fromEntries(streams.map((k, i) => [k, new Rng((sched.seed * 7919 + i * 104_729) >>> 0)])) as World['rng'];
     this.setup = simSetup({ witness: sched.witness, paths: sched.paths, ...(sched.pauseIntoColo ? { pauseIntoColo: sched.pauseIntoColo } : {}) });
     const run = `run-${this.rng.setup.hex(8)}`;

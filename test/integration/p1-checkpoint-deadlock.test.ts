@@ -69,7 +69,7 @@ test(`stock QEMU ${defaultQemuLine()} deadlocks in a checkpoint; the patched one
   const stock = `${info.version.major}.${info.version.minor}` === line ? system : { binary: (await ensureLabQemu({ line, patches: [], onStep: (m) => process.stderr.write(`# ${m}\n`) })).binary };
   process.stderr.write(`# stock QEMU ${line}: ${stock.binary}\n`);
   // lockstep refuses it, naming the fixes it lacks; told to run anyway, it shows why.
-  await assert.rejects(OneHostPair.start({ qemu: { binary: stock.binary, accel: 'tcg' }, waitGuest: false }), /lacks 3 fixes COLO needs under TCG:\n  P1 .*deadlocks/);
+  await assert.rejects(OneHostPair.start({ qemu: { binary: stock.binary, accel: 'tcg' }, waitGuest: false }), /lacks 4 fixes COLO needs under TCG:\n  P1 .*deadlocks/);
   const stockRun = await checkpointsFor(stock.binary, 60_000, true);
   process.stderr.write(`# stock: deadlocked=${stockRun.deadlocked} after ${stockRun.completed} completed checkpoints\n`);
   assert.equal(stockRun.deadlocked, true, 'stock: the primary hangs in a checkpoint');

@@ -614,10 +614,12 @@ test('a resync records the new secondary by the pid its agent gave in answer to 
 });
 
 /** Node a running alone at 2/a, whose resync of b (down, at 1/up) has reached its resume: the node and the resume. */
-function resuming(o: Partial<CoreConfig> = {}): { a: Node; resume: Extract<Effect, { t: 'run' }> } {
+function resuming(o: Partial<CoreConfig> = {}, coloExitBefore = false): { a: Node; resume: Extract<Effect, { t: 'run' }> } {
   const a = new Node(o, { epoch: E(2, 'a') });
   a.peer = { ...a.peer, role: 'down', qemu: 'dead', disk: E(1) };
   a.found({ colo: 'none' });
+  // The COLO_EXIT of the session whose failover left us alone, read before the resync began.
+  if (coloExitBefore) a.in({ t: 'qemu-event', event: 'COLO_EXIT' });
   a.run(500, { heartbeats: true, answer: grantAll(a) });
   const ask = a.fx.find((e): e is Extract<Effect, { t: 'send-peer' }> => e.t === 'send-peer' && e.msg.t === 'req')!;
   assert.ok(ask.msg.t === 'req');
@@ -625,6 +627,18 @@ function resuming(o: Partial<CoreConfig> = {}): { a: Node; resume: Extract<Effec
   const resume = a.runs().at(-1)!;
   assert.equal(resume.procedure.kind, 'resume');
   return { a, resume };
+}
+
+/** The resume's procedure ends while the target's agent takes its new secondary over (its heartbeat says so). */
+function resumeDone(a: Node, resume: Extract<Effect, { t: 'run' }>): void {
+  a.peer = { ...a.peer, busy: 'join' };
+  a.heartbeat();
+  a.in({ t: 'proc-done', id: resume.id });
+}
+
+/** The target has taken its new secondary over: a secondary in COLO, on our disk's epoch. */
+function targetJoined(a: Node): void {
+  a.peer = { ...a.peer, role: 'secondary', qemu: 'alive', disk: E(2, 'a'), busy: null };
 }
 
 test('a resync taken back after the lease ran out leaves the VM stopped until the lease is ours again (simulator: the take-back let it run without the lease)', () => {
@@ -640,6 +654,61 @@ test('a resync taken back after the lease ran out leaves the VM stopped until th
   // The lease again: the VM runs again.
   a.run(500, { answer: grantAll(a) });
   assert.ok(a.decisions().includes('unfence'));
+});
+
+test('during a resync, a COLO_EXIT before the new session ran the VM is the old session\'s and does not count; one after it does (real VMs: the old one came after the resync began; soak seed 2,012,518: the new one during the last step)', () => {
+  // The old session's COLO thread ends late: its COLO_EXIT comes during the mirror, before the resume stops the VM.
+  {
+    const { a, resume } = resuming();
+    a.in({ t: 'qemu-event', event: 'COLO_EXIT' });
+    // The resume's stop, and the new session's first checkpoint running the VM again.
+    a.checkpoint();
+    resumeDone(a, resume);
+    assert.equal(a.s.role, 'primary');
+    assert.equal(a.s.qemu.coloExitAt, null, 'the old session\'s COLO_EXIT is forgotten');
+    targetJoined(a);
+    a.run(300, { heartbeats: true, answer: grantAll(a) });
+    assert.ok(!a.decisions().includes('primary-failover'), `no failover (${JSON.stringify(a.fx.filter((e) => e.t === 'decision'))})`);
+  }
+  // The new session's stream breaks before the resume's last step is done: its COLO_EXIT stands.
+  {
+    const { a, resume } = resuming();
+    a.checkpoint();
+    a.in({ t: 'qemu-event', event: 'COLO_EXIT' });
+    resumeDone(a, resume);
+    assert.equal(isProtected(a.s), false, 'not protected: the new session ended');
+    assert.notEqual(a.s.qemu.coloExitAt, null);
+    targetJoined(a);
+    a.run(300, { heartbeats: true, answer: grantAll(a) });
+    assert.ok(a.decisions().includes('primary-failover'), `it fails over (${a.decisions().join(', ')})`);
+  }
+  // Both: the old session's exit was read before the resync began, then the new session's came (a guest idle on the
+  // disk, so no QUORUM_REPORT_BAD says it: hand-written schedule of resume-forgets-its-colo-exit). The new one is
+  // recorded, not kept out by the old one.
+  {
+    const { a, resume } = resuming({}, true);
+    assert.notEqual(a.s.qemu.coloExitAt, null, 'the old session\'s COLO_EXIT is on record');
+    a.checkpoint();
+    a.run(50, { heartbeats: true, answer: grantAll(a) });
+    a.in({ t: 'qemu-event', event: 'COLO_EXIT' });
+    resumeDone(a, resume);
+    assert.equal(isProtected(a.s), false, 'not protected: the new session ended');
+    targetJoined(a);
+    a.run(300, { heartbeats: true, answer: grantAll(a) });
+    assert.ok(a.decisions().includes('primary-failover'), `it fails over (${a.decisions().join(', ')})`);
+  }
+});
+
+test('attached again while its own resync runs, a node takes that resync\'s objects for its own, not for the leftovers of one stopped half-way (soak seed 3,092,485: a resync that had just protected the pair was taken back)', () => {
+  const { a, resume } = resuming();
+  a.found({ resumeLeftovers: true });
+  assert.equal(a.s.qemu.leftovers, false);
+  a.checkpoint();
+  resumeDone(a, resume);
+  targetJoined(a);
+  a.run(300, { heartbeats: true, answer: grantAll(a) });
+  assert.ok(!a.decisions().includes('abort-resume'), `not taken back (${a.decisions().join(', ')})`);
+  assert.equal(a.s.role, 'primary');
 });
 
 test('QUORUM_REPORT_BAD of the replica: the links to the secondary are yanked at once, PROTECTED ends, and the primary carries on alone under a new epoch (simulator: a replica that missed a write took over)', () => {
@@ -748,13 +817,30 @@ test('a fenced primary whose disk failed to take the epoch the witness recorded 
   assert.deepEqual(a.s.disk.epoch, E(2, 'a'));
 });
 
-test('a secondary says PROTECTED only on its primary\'s current word that the replica missed no write (soak, seed 1,019,804)', () => {
+/** Node b, a secondary in COLO whose primary a says its replica is exact, after a checkpoint: protected. */
+function protectedSecondary(): Node {
   const b = new Node({ name: 'b', peer: 'a' });
   b.peer = { ...b.peer, boot: 'boot-a', role: 'primary', replicaExact: true };
   b.found({ colo: 'secondary' });
   b.run(500, { heartbeats: true, answer: grantAll(b) });
   b.checkpoint();
   assert.equal(isProtected(b.s), true);
+  return b;
+}
+
+test('a QMP event is dated when QEMU sent it: a checkpoint\'s STOP read 17 s late (the host paused whole) is no checkpoint under way', () => {
+  const fresh = protectedSecondary();
+  fresh.in({ t: 'qemu-event', event: 'STOP', ageMs: 1 });
+  assert.equal(isProtected(fresh.s), true, 'a checkpoint that just began');
+  const late = protectedSecondary();
+  late.now += 17_000;
+  late.in({ t: 'qemu-event', event: 'STOP', ageMs: 17_000 });
+  assert.equal(isProtected(late.s), false, 'under way for 17 s, past the checkpoint bound');
+  assert.ok(late.s.qemu.checkpointSince !== null && late.s.qemu.checkpointSince <= late.now - 17_000);
+});
+
+test('a secondary says PROTECTED only on its primary\'s current word that the replica missed no write (soak, seed 1,019,804)', () => {
+  const b = protectedSecondary();
   b.peer = { ...b.peer, replicaExact: false };
   b.run(200, { heartbeats: true, answer: grantAll(b) });
   assert.equal(isProtected(b.s), false, 'the primary says our replica missed a write');
@@ -772,12 +858,7 @@ test('a secondary says PROTECTED only on its primary\'s current word that the re
   assert.ok(!b.decisions().includes('takeover'), `no takeover with a short replica (${b.decisions().join(', ')})`);
 
   // The primary's agent falls silent while checkpoints go on: nobody watches the replica's writes.
-  const c = new Node({ name: 'b', peer: 'a' });
-  c.peer = { ...c.peer, boot: 'boot-a', role: 'primary', replicaExact: true };
-  c.found({ colo: 'secondary' });
-  c.run(500, { heartbeats: true, answer: grantAll(c) });
-  c.checkpoint();
-  assert.equal(isProtected(c.s), true);
+  const c = protectedSecondary();
   for (let i = 0; i < 12; i++) {
     c.run(100, { answer: grantAll(c) });
     c.checkpoint();

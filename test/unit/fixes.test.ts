@@ -19,41 +19,42 @@ const missing = (info: Parameters<typeof fixesOf>[0], accel: 'kvm' | 'tcg') =>
     .filter((f) => f.needed && !f.present)
     .map((f) => f.id);
 
-test("stock QEMU: lacks lockstep's three fixes; under KVM only P3 matters", () => {
-  assert.deepEqual(missing(stock72, 'tcg'), ['P1', 'P2', 'P3']);
-  assert.deepEqual(missing(stock72, 'kvm'), ['P3']);
+test("stock QEMU: lacks lockstep's four fixes; under KVM only P3 and P5 matter", () => {
+  assert.deepEqual(missing(stock72, 'tcg'), ['P1', 'P2', 'P3', 'P5']);
+  assert.deepEqual(missing(stock72, 'kvm'), ['P3', 'P5']);
   assert.throws(() => assertColoFixes(stock72, 'tcg', false), (err: Error & { hint?: string }) => {
-    assert.match(err.message, /lacks 3 fixes COLO needs under TCG:\n  P1 .*deadlocks.*\n  P2 .*diverges.*\n  P3 .*NIC can die/);
+    assert.match(err.message, /lacks 4 fixes COLO needs under TCG:\n  P1 .*deadlocks.*\n  P2 .*diverges.*\n  P3 .*NIC can die.*\n  P5 .*loses that acknowledged write/);
     assert.match(err.hint ?? '', /lockstep lab build-qemu.*qemu.allowMissingFixes: true/);
     return true;
   });
-  assert.throws(() => assertColoFixes(stock72, 'kvm', false), /lacks a fix COLO needs under KVM:\n  P3 /);
+  assert.throws(() => assertColoFixes(stock72, 'kvm', false), /lacks 2 fixes COLO needs under KVM:\n  P3 .*\n  P5 /);
   const warnings = assertColoFixes(stock72, 'kvm', true);
-  assert.equal(warnings.length, 1);
+  assert.equal(warnings.length, 2);
   assert.match(warnings[0]!, /lacks P3 .*running anyway \(qemu.allowMissingFixes\)/);
 });
 
 test('the upstream COLO transition fix is known by release: 10.0.0-10.0.6 and 10.1 lack it', () => {
-  assert.deepEqual(missing(ours('10.0.2', ['P1', 'P2', 'P3']), 'tcg'), ['U1']);
-  assert.deepEqual(missing(ours('10.0.13', ['P1', 'P2', 'P3']), 'tcg'), []);
-  assert.deepEqual(missing(ours('10.1.1', ['P1', 'P2', 'P3']), 'kvm'), ['U1']);
-  assert.deepEqual(missing(ours('10.2.0', ['P1', 'P2', 'P3']), 'kvm'), []);
-  assert.deepEqual(missing({ ...stock72, version: v('10.0.2') }, 'kvm'), ['P3', 'U1']);
-  assert.throws(() => assertColoFixes(ours('10.0.2', ['P1', 'P2', 'P3']), 'tcg', false), /U1 .*never gets into COLO/);
+  assert.deepEqual(missing(ours('10.0.2', ['P1', 'P2', 'P3', 'P5']), 'tcg'), ['U1']);
+  assert.deepEqual(missing(ours('10.0.13', ['P1', 'P2', 'P3', 'P5']), 'tcg'), []);
+  assert.deepEqual(missing(ours('10.1.1', ['P1', 'P2', 'P3', 'P5']), 'kvm'), ['U1']);
+  assert.deepEqual(missing(ours('10.2.0', ['P1', 'P2', 'P3', 'P5']), 'kvm'), []);
+  assert.deepEqual(missing({ ...stock72, version: v('10.0.2') }, 'kvm'), ['P3', 'P5', 'U1']);
+  assert.throws(() => assertColoFixes(ours('10.0.2', ['P1', 'P2', 'P3', 'P5']), 'tcg', false), /U1 .*never gets into COLO/);
 });
 
 test("lockstep's builds: the marker names the fixes of the patches applied, a partial build lacks the rest", () => {
-  for (const line of QEMU_LINES) assert.deepEqual(fixIdsOfPatches(patchSeries(line)), line === '7.2' ? ['P1', 'P2', 'P3', 'P4'] : ['P1', 'P2', 'P3']);
+  for (const line of QEMU_LINES) assert.deepEqual(fixIdsOfPatches(patchSeries(line)), line === '7.2' ? ['P1', 'P2', 'P3', 'P4', 'P5'] : ['P1', 'P2', 'P3', 'P5']);
   assert.deepEqual(fixIdsOfPatches(patchSeries('7.2').slice(0, 2)), ['P1', 'P2']);
   assert.throws(() => fixIdsOfPatches(['0009-something.patch']), /no fix lockstep knows/);
-  assert.deepEqual(missing(ours('7.2.22', ['P1', 'P2']), 'tcg'), ['P3']);
-  assert.deepEqual(missing(ours('7.2.22', ['P1', 'P2']), 'kvm'), ['P3']);
-  assert.deepEqual(missing(ours('7.2.22', ['P1', 'P2', 'P3']), 'tcg'), []);
-  assert.deepEqual(missing(ours('7.2.22', []), 'tcg'), ['P1', 'P2', 'P3']);
+  assert.deepEqual(missing(ours('7.2.22', ['P1', 'P2']), 'tcg'), ['P3', 'P5']);
+  assert.deepEqual(missing(ours('7.2.22', ['P1', 'P2']), 'kvm'), ['P3', 'P5']);
+  assert.deepEqual(missing(ours('7.2.22', ['P1', 'P2', 'P3']), 'kvm'), ['P5']);
+  assert.deepEqual(missing(ours('7.2.22', ['P1', 'P2', 'P3', 'P5']), 'tcg'), []);
+  assert.deepEqual(missing(ours('7.2.22', []), 'tcg'), ['P1', 'P2', 'P3', 'P5']);
   // P4 is never needed (only faster re-protection): 7.2 has it by its marker, 10.0 by its release.
   const p4 = (i: { version: { major: number; minor: number; micro: number }; package: string }) => fixesOf(i).find((f) => f.id === 'P4')!;
-  assert.deepEqual([p4(ours('7.2.22', ['P1', 'P2', 'P3', 'P4'])).present, p4(ours('7.2.22', ['P1', 'P2', 'P3'])).present, p4(ours('10.0.13', ['P1', 'P2', 'P3'])).present], [true, false, true]);
+  assert.deepEqual([p4(ours('7.2.22', ['P1', 'P2', 'P3', 'P4', 'P5'])).present, p4(ours('7.2.22', ['P1', 'P2', 'P3', 'P5'])).present, p4(ours('10.0.13', ['P1', 'P2', 'P3', 'P5'])).present], [true, false, true]);
   assert.ok(fixesOf(ours('7.2.22', []), 'tcg').every((f) => f.id !== 'P4' || !f.needed));
   // Only the marker counts: a package string that merely mentions a fix does not.
-  assert.deepEqual(missing({ ...stock72, package: 'Debian, with P1 P2 P3' }, 'tcg'), ['P1', 'P2', 'P3']);
+  assert.deepEqual(missing({ ...stock72, package: 'Debian, with P1 P2 P3 P5' }, 'tcg'), ['P1', 'P2', 'P3', 'P5']);
 });

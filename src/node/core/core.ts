@@ -143,7 +143,7 @@ export function initCore(cfg: CoreConfig, now: number, boot: string, disk: { epo
       replicaShort: false,
     },
     disk: { epoch: disk.epoch, pending: disk.pending, persisting: null, sizeBytes: cfg.diskSizeBytes, missedWriteAt: null },
-    peer: { paths: Array.from({ length: cfg.paths }, () => ({ up: false, lastHeardAt: null })), boot: null, seq: 0, hb: null, hbAt: null, since: null, rttMs: null, probe: null, probeResult: null },
+    peer: { paths: Array.from({ length: cfg.paths }, () => ({ up: false, lastHeardAt: null })), boot: null, seq: 0, hb: null, hbAt: null, since: null, vmStoppedSince: null, rttMs: null, probe: null, probeResult: null },
     lease: { until: 0, nextAskAt: now, nextQueryAt: now, lastAnswerAt: null, lastRefusal: null, newest: null, releasedAt: -Infinity },
     work: null,
     attempts: {},
@@ -452,7 +452,7 @@ function absorb(ctx: Ctx, input: Input): void {
     case 'qemu-found':
       return found(ctx, input.found);
     case 'qemu-event':
-      return qemuEvent(ctx, input.event);
+      return qemuEvent(ctx, input.event, input.ageMs ?? 0);
     case 'qemu-lost':
       return qemuLost(ctx, input.processGone);
     case 'quorum-bad':
@@ -565,9 +565,11 @@ function found(ctx: Ctx, f: QemuFound): void {
     q.coloExitAt = null;
     setRole(s, 'secondary');
   } else if (f.resumeLeftovers) {
-    // A resync of ours stopped half-way: the VM is ours alone; take the rest back.
+    // A resync of ours stopped half-way: the VM is ours alone; take the rest back. Found while a resync of ours runs
+    // (attached again during it), they are that resync's, under way (soak seed 3,092,485: taken for leftovers, a
+    // resync that had just protected the pair was taken back).
     q.coloExitAt = null;
-    q.leftovers = true;
+    q.leftovers = s.work?.kind !== 'reprotect';
     setRole(s, 'alone');
   } else if (f.replicationChild || f.secondaryFilters) {
     // Out of COLO with the failover procedure still to run (or half-run).
@@ -575,16 +577,16 @@ function found(ctx: Ctx, f: QemuFound): void {
     if (q.paused) fenceAs(s, f.replicationChild ? 'primary' : 'secondary', 'found our VM stopped out of COLO');
     else setRole(s, f.replicationChild ? 'primary' : 'secondary');
   } else if (q.paused) {
-    fenceAs(s, was === 'primary' || was === 'secondary' ? was : 'alone', FOUND_STOPPED_AT_ATTACH);
+    fenceAs(s, was === 'primary' || was === 'secondary' ? was : 'alone', 'found our VM stopped', { foundStopped: true });
   } else {
     q.coloExitAt = null;
     setRole(s, 'alone');
   }
 }
 
-function fenceAs(s: CoreState, from: 'primary' | 'secondary' | 'alone', why: string): void {
+function fenceAs(s: CoreState, from: 'primary' | 'secondary' | 'alone', why: string, o: { foundStopped?: boolean } = {}): void {
   setRole(s, 'fenced');
-  s.fence = { why, from, at: s.now };
+  s.fence = { why, from, at: s.now, foundStopped: o.foundStopped ?? false };
 }
 
 /**
@@ -597,9 +599,6 @@ function fenceAs(s: CoreState, from: 'primary' | 'secondary' | 'alone', why: str
  * - stopped, out of COLO: as good as fenced; the fence's rules let it run again;
  * - running while we are fenced: stopped again at once (a second writer otherwise).
  */
-const FOUND_STOPPED = 'our VM was found stopped';
-const FOUND_STOPPED_AT_ATTACH = 'found our VM stopped';
-
 function runState(ctx: Ctx, paused: boolean, sentAt: number): void {
   const s = ctx.s;
   const q = s.qemu;
@@ -608,7 +607,7 @@ function runState(ctx: Ctx, paused: boolean, sentAt: number): void {
     if (!(s.role === 'alone' || (s.role === 'primary' && q.coloExitAt !== null))) return;
     log(ctx, 'warn', 'our VM is stopped although we let it run (a stop that took effect after its step gave up)');
     q.paused = true;
-    fenceAs(s, s.role, FOUND_STOPPED);
+    fenceAs(s, s.role, 'our VM was found stopped', { foundStopped: true });
     emit(ctx, { t: 'record', event: 'fence', detail: { node: s.cfg.name, from: s.fence!.from, reason: s.fence!.why } });
     sendHeartbeat(ctx);
     return;
@@ -619,23 +618,43 @@ function runState(ctx: Ctx, paused: boolean, sentAt: number): void {
   beginSimple(ctx, 'fence', why, { kind: 'fence', yank: null });
 }
 
-function qemuEvent(ctx: Ctx, event: 'STOP' | 'RESUME' | 'COLO_EXIT' | 'SHUTDOWN'): void {
+/** The oldest a QMP event is taken to be: a clock that jumped does not date a checkpoint back further. */
+const EVENT_AGE_MAX_MS = 60_000;
+
+function qemuEvent(ctx: Ctx, event: 'STOP' | 'RESUME' | 'COLO_EXIT' | 'SHUTDOWN', ageMs: number): void {
   const s = ctx.s;
   const q = s.qemu;
   if (q.state !== 'alive') return;
+  // When QEMU sent it, not when we read it: a checkpoint that began before our host paused whole is no checkpoint
+  // under way now. No simulated schedule needs this alone (soak seed 2,072,347 first looked like one: read at the
+  // resume, such a STOP made a stream stalled for 17.9 s look alive, but its COLO_EXIT follows at once), so a unit
+  // test holds it instead of a mutant.
+  const at = s.now - Math.min(Math.max(0, ageMs), EVENT_AGE_MAX_MS);
+  const resync = s.work?.kind === 'reprotect' ? s.work : null;
   if (event === 'STOP') {
     // In COLO, or entering it again (a resume waits for its first checkpoint): when a checkpoint began.
-    const resuming = s.work?.kind === 'reprotect' && s.work.phase === 'resuming';
-    if (((s.role === 'primary' || s.role === 'secondary') && q.coloExitAt === null) || resuming) q.checkpointSince = s.now;
+    if (((s.role === 'primary' || s.role === 'secondary') && q.coloExitAt === null) || resync?.phase === 'resuming') q.checkpointSince = at;
   } else if (event === 'RESUME') {
+    // The resume stopped our VM; the new COLO session runs it again.
+    if (resync?.phase === 'resuming' && q.checkpointSince !== null) resync.coloSince ??= at;
     if (q.checkpointSince !== null) {
-      q.lastCheckpointAt = s.now;
+      q.lastCheckpointAt = Math.max(at, q.checkpointSince);
       q.checkpointSeen = true;
       if (q.replicaBadAt !== null && s.role === 'primary') q.replicaShort = true;
     }
     q.checkpointSince = null;
   } else if (event === 'COLO_EXIT') {
-    if (q.coloExitAt === null) {
+    // QEMU sends COLO_EXIT as a COLO thread ends, which a yank or x-colo-lost-heartbeat only asks for: after a failover,
+    // the old session's can come once a resync began (seen on real VMs). No migration starts before it is sent, and a
+    // monitor sends its events in order: during a resync, only one after the new session's RESUME is the new session's.
+    if (resync && (resync.phase === 'asking' || (resync.phase === 'resuming' && resync.coloSince === null))) {
+      return log(ctx, 'info', 'COLO_EXIT of the COLO session before this resync (its thread ended late): not the new session\'s');
+    }
+    // The first exit counts; but one the old session left (before this resync's new session began) is not this one's
+    // (hand-written schedule of resume-forgets-its-colo-exit, a guest idle on the disk: the new session's exit, kept
+    // out by the old one's, went unrecorded, and the resume's end, dropping the old one, said PROTECTED).
+    const oldSessions = resync?.coloSince !== null && resync?.coloSince !== undefined && q.coloExitAt !== null && q.coloExitAt < resync.coloSince;
+    if (q.coloExitAt === null || oldSessions) {
       q.coloExitAt = s.now;
       log(ctx, 'warn', 'COLO_EXIT: our checkpoint stream is gone');
     }
@@ -658,6 +677,14 @@ function qemuEvent(ctx: Ctx, event: 'STOP' | 'RESUME' | 'COLO_EXIT' | 'SHUTDOWN'
  *   the exact one; our QEMU is ended and the secondary takes over.
  * Either way we stop calling the pair protected. Outside COLO there is one
  * child: the write failed, and the guest got the error.
+ *
+ * Stock QEMU's replication reports a replica's failed write done, so this
+ * comes only from a flush that fails too; lockstep's QEMU (patch 0005)
+ * reports the write itself at once, and also fails the next checkpoint,
+ * which ends COLO (COLO_EXIT) before a replica can be made short. The
+ * short-replica rules that follow from this one are thus defence in depth
+ * (their mutants are caught without the checkpoint half: the simulator's
+ * replicaErrors 'reported').
  */
 function quorumBad(ctx: Ctx, child: 'replica' | 'local', error: string): void {
   const s = ctx.s;
@@ -734,6 +761,8 @@ function peerMessage(ctx: Ctx, path: number, msg: Extract<Input, { t: 'peer-mess
     }
     s.peer.hbAt = s.now;
     if (!before || before.role !== msg.role || before.qemu !== msg.qemu || before.busy !== msg.busy) s.peer.since = s.now;
+    if (msg.qemu === 'alive' && msg.role !== 'fenced' && msg.role !== 'down') s.peer.vmStoppedSince = null;
+    else s.peer.vmStoppedSince ??= s.now;
     if (before && (before.role !== msg.role || before.qemu !== msg.qemu)) {
       // The peer's situation changed: what failed before may work now.
       forget(s, 'reprotect', 'restart');
@@ -874,9 +903,8 @@ function expirePending(ctx: Ctx): void {
     }
   }
   // Lease replies are useful late (a grant counts from when we asked); other replies are not.
-  if (s.pending.some((p) => s.now >= (p.what === 'lease' ? p.deadline + LATE_REPLY_MS : p.deadline))) {
-    s.pending = s.pending.filter((p) => s.now < (p.what === 'lease' ? p.deadline + LATE_REPLY_MS : p.deadline));
-  }
+  const kept = s.pending.filter((p) => s.now < (p.what === 'lease' ? p.deadline + LATE_REPLY_MS : p.deadline));
+  if (kept.length !== s.pending.length) s.pending = kept;
 }
 
 /** The work waiting for this reply gives up at the request's deadline. */
@@ -1044,7 +1072,7 @@ function act(ctx: Ctx): void {
       return;
     case 'abort-resume': {
       const id = newId(s);
-      s.work = { kind: 'reprotect', phase: 'aborting', why: a.why, startedAt: s.now, reqId: null, procId: id, step: null, mirror: null, error: null, deadline: Infinity, targetPid: null, cont: mayRunAlone(s) };
+      s.work = { kind: 'reprotect', phase: 'aborting', why: a.why, startedAt: s.now, coloSince: null, reqId: null, procId: id, step: null, mirror: null, error: null, deadline: Infinity, targetPid: null, cont: mayRunAlone(s) };
       emit(ctx, { t: 'run', id, procedure: { kind: 'abort-resume', cont: mayRunAlone(s) }, fromStep: 0 });
       return;
     }
@@ -1152,7 +1180,17 @@ function secondaryAction(s: CoreState, peer: Heartbeat | null, fresh: boolean, f
   if (exited) {
     if (!fresh) {
       // Silence is no proof of a dead primary: only the witness can say that it no longer writes.
-      if (!s.cfg.witness && !planted('takeover-on-silence-without-witness')) return wait('COLO ended and the primary is silent: without a witness a partition cannot be told from a dead primary; staying out of the way (lockstep failover --to NODE moves the VM by hand)');
+      if (!s.cfg.witness && !planted('takeover-on-silence-without-witness')) {
+        // A takeover the primary's word began (its QEMU dead) goes on when the primary then falls silent: our disk
+        // already carries an epoch of ours, newer than the primary's, and its agent restarts no VM while we are silent
+        // or taking over (focus schedule 1,642 of found-stopped-waits-for-peer: a's host gone for good just after it
+        // said its QEMU died, b's takeover failed half-way and b waited for a's word for ever).
+        const ours = s.disk.epoch;
+        if (ours?.by === s.cfg.name && compareEpochs(ours, s.peer.hb?.disk ?? undefined) === 'newer' && !planted('begun-takeover-waits-for-peer')) {
+          return { action: 'takeover', why: `finishing the takeover the primary's word began (our disk is ${formatEpoch(ours)} already)`, yank: true, stalled: fenced, resume };
+        }
+        return wait('COLO ended and the primary is silent: without a witness a partition cannot be told from a dead primary; staying out of the way (lockstep failover --to NODE moves the VM by hand)');
+      }
       if (planted('never-take-over-on-silence')) return wait('the primary is silent: waiting for its word');
       if (fenced && s.now - (lastHeard(s) ?? s.startedAt) < restartSilenceMs(s.cfg)) return wait(`fenced (${s.fence!.why}): waiting to be resynced`);
       return { action: 'takeover', why: fenced ? 'fenced, and the primary has been silent for long' : 'COLO_EXIT and no heartbeat from the primary', yank: true, stalled: fenced, resume };
@@ -1236,6 +1274,7 @@ function chooseFenced(s: CoreState): Action {
   // The witness recorded the new epoch we asked for, but writing it on our disk failed (our writer gave up and fenced
   // us): on our disk first, else our VM would run again under an epoch older than the witness's newest.
   if (recordedNotOnDisk(s)) {
+    if (planted('recorded-epoch-never-committed')) return wait(`fenced (${f.why}): waiting for the lease`);
     return { action: 'commit-recorded', why: `the witness recorded our epoch ${formatEpoch(s.disk.pending)} and our disk still says ${formatEpoch(s.disk.epoch)}: writing it there before our VM may run again` };
   }
   const peer = peerWord(s);
@@ -1252,7 +1291,7 @@ function chooseFenced(s: CoreState): Action {
   // Without a witness a node that writes alone does so on its own authority (under an epoch of its own): a VM of ours
   // only found stopped (a stop that took effect late) runs again on that authority, whether the peer is heard or not
   // (focus schedule 1,480 of take-back-retried-as-resync: its peer's host gone for good, it waited for its word for ever).
-  if (!s.cfg.witness && (f.why === FOUND_STOPPED || f.why === FOUND_STOPPED_AT_ATTACH) && s.disk.epoch?.by === s.cfg.name && !planted('found-stopped-waits-for-peer')) {
+  if (!s.cfg.witness && f.foundStopped && s.disk.epoch?.by === s.cfg.name && !planted('found-stopped-waits-for-peer')) {
     return { action: 'unfence', why: 'our VM was only found stopped, and we write under an epoch of our own' };
   }
   return wait(`fenced (${f.why}): waiting for the lease`);
@@ -1272,12 +1311,17 @@ function chooseDown(s: CoreState): Action {
     return { action: 'restart', why: `our QEMU is gone and our new epoch ${formatEpoch(s.disk.pending)} may be the newest the witness knows` };
   }
   if (peer) {
-    if (peer.busy !== null) return wait(`our QEMU is gone; ${s.cfg.peer} is busy (${peer.busy})`);
     const order = compareEpochs(ours, peer.disk ?? undefined);
-    if (peer.qemu === 'alive' && peer.role !== 'fenced') return wait(`our QEMU is gone; ${s.cfg.peer} runs the VM (${peer.role})`);
-    // A peer that should act and has not for long (it may be stale where only the witness knows): the witness decides.
-    const stuckMs = s.now - (s.peer.since ?? s.now);
+    // A peer that should act and has not for long (it may be stale where only the witness knows, or its takeover keeps
+    // failing, each attempt a new "busy"): the witness decides. Soak seed 2,012,113: a takeover failed for 37 s on
+    // end, its witness replies lost, while we held the newest disk and reached the witness.
+    const stuckMs = s.now - ((planted('peer-stuck-from-its-last-attempt') ? s.peer.since : s.peer.vmStoppedSince) ?? s.now);
     const giveUp = s.cfg.witness && stuckMs > restartSilenceMs(s.cfg) && order !== 'older' && order !== 'divergent';
+    if (peer.busy !== null) {
+      if (giveUp) return { action: 'restart', why: `${s.cfg.peer}'s VM has not run for ${ms(stuckMs)}, its ${peer.busy} not done: the witness decides` };
+      return wait(`our QEMU is gone; ${s.cfg.peer} is busy (${peer.busy})`);
+    }
+    if (peer.qemu === 'alive' && peer.role !== 'fenced') return wait(`our QEMU is gone; ${s.cfg.peer} runs the VM (${peer.role})`);
     if (peer.role === 'fenced') {
       // Its VM is stopped: it takes over itself if its disk is as new as ours; if ours is newer, we restart.
       if (order === 'newer') return { action: 'restart', why: `${s.cfg.peer}'s VM is stopped and our disk is newer (${formatEpoch(ours)} > ${formatEpoch(peer.disk ?? undefined)})` };
@@ -1589,7 +1633,7 @@ function beginReprotect(ctx: Ctx, why: string): void {
   const s = ctx.s;
   invariant(s.role === 'alone' && s.disk.epoch !== undefined, 'only a node running the VM alone resyncs its peer');
   const id = newId(s);
-  s.work = { kind: 'reprotect', phase: 'asking', why, startedAt: s.now, reqId: id, procId: null, step: `asking ${s.cfg.peer} for a new secondary`, mirror: null, error: null, deadline: s.now + PREPARE_TIMEOUT_MS, targetPid: null, cont: true };
+  s.work = { kind: 'reprotect', phase: 'asking', why, startedAt: s.now, coloSince: null, reqId: id, procId: null, step: `asking ${s.cfg.peer} for a new secondary`, mirror: null, error: null, deadline: s.now + PREPARE_TIMEOUT_MS, targetPid: null, cont: true };
   addPending(ctx, { id, to: 'peer', what: 'resync-prepare', sentAt: s.now, deadline: s.now + PREPARE_TIMEOUT_MS });
   emit(ctx, { t: 'send-peer', path: 'any', msg: { t: 'req', id, body: { k: 'resync-prepare', primary: s.cfg.name, disk: s.disk.epoch, sizeBytes: s.disk.sizeBytes, boot: s.boot } } });
 }
@@ -1644,9 +1688,10 @@ function reprotectProcDone(ctx: Ctx, w: Extract<Work, { kind: 'reprotect' }>): v
     if (w.error) log(ctx, 'warn', `resync given up (${w.error}): running on alone`);
     return;
   }
-  // In COLO again, as the primary: protected, unless the new replica already missed a write (replicaBadAt).
+  // In COLO again, as the primary: protected, unless the new replica already missed a write (replicaBadAt) or the new
+  // session already ended (its COLO_EXIT, kept: the primary then fails over as from any COLO_EXIT).
   succeeded(s, 'reprotect');
-  s.qemu.coloExitAt = null;
+  if (s.qemu.coloExitAt !== null && (w.coloSince === null || s.qemu.coloExitAt < w.coloSince || planted('resume-forgets-its-colo-exit'))) s.qemu.coloExitAt = null;
   // The resume waited for the first checkpoint (when we saw it complete, else now); COLO runs the VM again.
   s.qemu.paused = false;
   if (!(s.qemu.lastCheckpointAt > w.startedAt)) s.qemu.lastCheckpointAt = s.now;
@@ -1654,7 +1699,8 @@ function reprotectProcDone(ctx: Ctx, w: Extract<Work, { kind: 'reprotect' }>): v
   s.qemu.checkpointSince = null;
   setRole(s, 'primary');
   emit(ctx, { t: 'record', event: 'resync', detail: { from: s.cfg.name, to: s.cfg.peer, ms: Math.round(s.now - w.startedAt) } });
-  log(ctx, 'warn', `protected again in ${ms(s.now - w.startedAt)}`);
+  if (s.qemu.coloExitAt === null) log(ctx, 'warn', `protected again in ${ms(s.now - w.startedAt)}`);
+  else log(ctx, 'error', `resync done in ${ms(s.now - w.startedAt)}, but its new COLO session ended already (COLO_EXIT): failing over again`);
   // The target takes the new secondary over once it knows our epoch is on its disk: told until it answers.
   s.work = null;
   s.handover = { epoch: s.disk.epoch!, until: s.now + HANDOVER_TIMEOUT_MS };

@@ -113,6 +113,11 @@ export interface PeerView {
   hbAt: number | null;
   /** Since when the peer has said the same of itself (role, QEMU, work): how long it has not moved. */
   since: number | null;
+  /**
+   * Since when the peer has said that its VM does not run (its QEMU gone, or fenced), whatever it tried meanwhile: a
+   * takeover that keeps failing changes `since` at each attempt, not this.
+   */
+  vmStoppedSince: number | null;
   rttMs: number | null;
   /** Primary: a direct probe of the secondary's QEMU (its NBD port), when the peer agent is silent. */
   probe: { id: string; sentAt: number } | null;
@@ -231,6 +236,11 @@ export type Work =
       phase: 'asking' | 'resuming' | 'aborting';
       why: string;
       startedAt: number;
+      /**
+       * When the new COLO session ran our VM again (the RESUME after the resume stopped it). A COLO_EXIT from then on
+       * is the new session's; one before is the old session's, whose COLO thread ended late.
+       */
+      coloSince: number | null;
       reqId: string | null;
       procId: string | null;
       step: string | null;
@@ -295,7 +305,8 @@ export interface CoreState {
   role: Role;
   roleSince: number;
   /** Why we fenced, and what we were before. */
-  fence: { why: string; from: 'primary' | 'secondary' | 'alone'; at: number } | null;
+  /** `foundStopped`: nothing was decided, our VM was only found stopped (a stop that took effect late, or at attach). */
+  fence: { why: string; from: 'primary' | 'secondary' | 'alone'; at: number; foundStopped: boolean } | null;
   qemu: QemuView;
   disk: DiskView;
   peer: PeerView;
@@ -326,7 +337,11 @@ export interface CoreState {
 export type Input = { now: number } & (
   | { t: 'tick' }
   | { t: 'qemu-found'; found: QemuFound }
-  | { t: 'qemu-event'; event: 'STOP' | 'RESUME' | 'COLO_EXIT' | 'SHUTDOWN' }
+  /**
+   * A QMP event; `ageMs`: how long before this input QEMU sent it (its QMP timestamp against the host's clock), which
+   * is more than a moment when the agent could not read it (its host paused whole, its event loop blocked).
+   */
+  | { t: 'qemu-event'; event: 'STOP' | 'RESUME' | 'COLO_EXIT' | 'SHUTDOWN'; ageMs?: number }
   /**
    * QUORUM_REPORT_BAD: a child of our VM's disk quorum failed a write (block/quorum.c). With vote-threshold=1 the
    * write still completed on the other child: `replica`, the replication child (the secondary's replica missed it),
