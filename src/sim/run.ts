@@ -19,7 +19,7 @@ import { Worker, isMainThread, parentPort, workerData } from 'node:worker_thread
 import { fileURLToPath } from 'node:url';
 import { World, type SimResult } from './world.js';
 import { scheduleFor } from './schedule.js';
-import { RUN_BOUND_MS, PROTECT_BOUND_MS, RUN_DURING_FAULTS_MS, type ViolationKind } from './invariants.js';
+import { RUN_BOUND_MS, PROTECT_BOUND_MS, RUN_DURING_FAULTS_MS, type ViolationKind, type Violation } from './invariants.js';
 import type { Schedule } from './schedule-types.js';
 import { plant, MUTANTS, type MutantName } from '../node/mutants.js';
 import { MUTANT_CHECKS, mutantSchedule } from './mutants.js';
@@ -170,34 +170,65 @@ export async function checkMutants(
 }
 
 /**
- * The first stored regression (test/sim-regressions/) whose first mutant is
- * `m` and that catches it as `npm test` checks: clean as it is, failing by
- * the rule's invariant with its mutants planted, and clean of that invariant
- * with its control alone.
+ * A schedule that once broke the core (or a mutant's first catch), kept as
+ * data in test/sim-regressions/ so that it replays whatever the generator
+ * becomes. It names the mutant that puts its bug back: with it planted the
+ * schedule must still fail, by the invariant of its rule (else it no longer
+ * reproduces the bug and must be found again); without, it passes.
  */
-function storedCatch(m: MutantName): { file: string; kind: ViolationKind } | null {
-  const dir = path.join(packageRoot(), 'test', 'sim-regressions');
-  if (!fs.existsSync(dir)) return null;
-  const caughtBy = MUTANT_CHECKS[m].caughtBy;
+export interface StoredRegression {
+  name: string;
+  found: string;
+  mutants: MutantName[];
+  caughtBy: ViolationKind[];
+  /** The covering rules planted away with the mutant; planted alone, the rule itself keeps the schedule clean. */
+  control?: MutantName[];
+  schedule: Schedule;
+}
+
+/** The stored regressions, by file name. */
+export function storedRegressions(dir = path.join(packageRoot(), 'test', 'sim-regressions')): Array<{ file: string; r: StoredRegression }> {
+  if (!fs.existsSync(dir)) return [];
+  return fs
+    .readdirSync(dir)
+    .filter((f) => f.endsWith('.json'))
+    .sort()
+    .map((file) => ({ file, r: JSON.parse(fs.readFileSync(path.join(dir, file), 'utf8')) as StoredRegression }));
+}
+
+/**
+ * Replays a stored regression three ways, as `npm test` and `--mutants`
+ * check it: clean as the code is; with its mutants planted (`caught`: the
+ * first violation by an invariant of `caughtBy`); with its control alone
+ * (`controlMeets`: whether that still meets such an invariant, which it must
+ * not).
+ */
+export function replayStored(r: StoredRegression, caughtBy: readonly ViolationKind[] = r.caughtBy): { clean: Violation[]; planted: Violation[]; caught: Violation | null; controlMeets: boolean } {
   try {
-    for (const file of fs.readdirSync(dir).filter((f) => f.endsWith('.json')).sort()) {
-      const r = JSON.parse(fs.readFileSync(path.join(dir, file), 'utf8')) as { mutants: MutantName[]; control?: MutantName[]; schedule: Schedule };
-      if (r.mutants[0] !== m) continue;
-      plant([]);
-      if (runSchedule(r.schedule).outcome.violations.length) continue;
-      plant(r.mutants);
-      const v = runSchedule(r.schedule).outcome.violations.find((x) => caughtBy.includes(x.kind));
-      if (!v) continue;
-      if (r.control) {
-        plant(r.control);
-        if (runSchedule(r.schedule).outcome.violations.some((x) => caughtBy.includes(x.kind))) continue;
-      }
-      return { file, kind: v.kind };
+    plant([]);
+    const clean = runSchedule(r.schedule).outcome.violations;
+    plant(r.mutants);
+    const planted = runSchedule(r.schedule).outcome.violations;
+    const caught = planted.find((x) => caughtBy.includes(x.kind)) ?? null;
+    let controlMeets = false;
+    if (r.control) {
+      plant(r.control);
+      controlMeets = runSchedule(r.schedule).outcome.violations.some((x) => caughtBy.includes(x.kind));
     }
-    return null;
+    return { clean, planted, caught, controlMeets };
   } finally {
     plant([]);
   }
+}
+
+/** The first stored regression whose first mutant is `m` and that catches it as `npm test` checks. */
+function storedCatch(m: MutantName): { file: string; kind: ViolationKind } | null {
+  for (const { file, r } of storedRegressions()) {
+    if (r.mutants[0] !== m) continue;
+    const x = replayStored(r, MUTANT_CHECKS[m].caughtBy);
+    if (x.clean.length === 0 && x.caught && !x.controlMeets) return { file, kind: x.caught.kind };
+  }
+  return null;
 }
 
 /**
