@@ -105,6 +105,13 @@ export async function runSeeds(
   return outcomes.sort((a, b) => a.seed - b.seed);
 }
 
+/** The largest of many numbers (Math.max(...xs) overflows the stack past about 120,000 of them: a 200,000-schedule soak did). */
+function maxOf(xs: readonly number[]): number {
+  let m = -Infinity;
+  for (const x of xs) m = Math.max(m, x);
+  return m;
+}
+
 export function summarize(outcomes: Outcome[], ms: number): string[] {
   const bad = outcomes.filter((o) => o.violations.length);
   const run = outcomes.map((o) => o.runAgainMs).filter((x): x is number => x !== null);
@@ -116,12 +123,12 @@ export function summarize(outcomes: Outcome[], ms: number): string[] {
   if (kinds.size) lines.push(`violations by kind: ${[...kinds].map(([k, n]) => `${k} ${n}`).join(', ')}`);
   const s = (x: number) => (x / 1000).toFixed(1);
   lines.push(
-    `after the last fault: VM runs again p50 ${s(percentile(run, 50))} s, p99 ${s(percentile(run, 99))} s, max ${s(Math.max(...run))} s (bound ${RUN_BOUND_MS / 1000} s); ` +
-      `protected again p50 ${s(percentile(prot, 50))} s, p99 ${s(percentile(prot, 99))} s, max ${s(Math.max(...prot))} s (bound ${PROTECT_BOUND_MS / 1000} s)`,
+    `after the last fault: VM runs again p50 ${s(percentile(run, 50))} s, p99 ${s(percentile(run, 99))} s, max ${s(maxOf(run))} s (bound ${RUN_BOUND_MS / 1000} s); ` +
+      `protected again p50 ${s(percentile(prot, 50))} s, p99 ${s(percentile(prot, 99))} s, max ${s(maxOf(prot))} s (bound ${PROTECT_BOUND_MS / 1000} s)`,
   );
   const down = outcomes.map((o) => o.longestDownWhileAbleMs).filter((x) => x > 0);
   lines.push(
-    `while a node could run it (the newest disk, the arbiter reachable), the VM ran again within p50 ${s(percentile(down, 50))} s, p99 ${s(percentile(down, 99))} s, max ${s(Math.max(...down))} s (bound ${RUN_DURING_FAULTS_MS / 1000} s; ${down.length} schedules had such a wait)`,
+    `while a node could run it (the newest disk, the arbiter reachable), the VM ran again within p50 ${s(percentile(down, 50))} s, p99 ${s(percentile(down, 99))} s, max ${s(maxOf(down))} s (bound ${RUN_DURING_FAULTS_MS / 1000} s; ${down.length} schedules had such a wait)`,
   );
   lines.push(`${(ms / 1000).toFixed(1)} s, ${outcomes.reduce((a, o) => a + o.steps, 0)} agent steps`);
   lines.push(`${outcomes.length} schedules, ${bad.length} violations`);
@@ -328,11 +335,15 @@ async function main(argv: string[]): Promise<number> {
   let last = 0;
   let done = 0;
   const outcomes = await runSeeds(from, count, jobs, {
-    onOutcome: () => {
+    onOutcome: (o) => {
       done++;
+      // A long soak says each failing seed as it is found, and how far it got, so that nothing is lost if it ends early.
+      if (o.violations.length) process.stderr.write(`${process.stderr.isTTY ? '\n' : ''}seed ${o.seed}: ${o.violations.map((v) => v.kind).join(', ')}\n`);
       if (process.stderr.isTTY && performance.now() - last > 500) {
         last = performance.now();
         process.stderr.write(`\r${done}/${count} schedules`);
+      } else if (!process.stderr.isTTY && done % 10_000 === 0) {
+        process.stderr.write(`${done}/${count} schedules, ${((performance.now() - t0) / 1000).toFixed(0)} s\n`);
       }
     },
   });
