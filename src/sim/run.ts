@@ -19,7 +19,7 @@ import { Worker, isMainThread, parentPort, workerData } from 'node:worker_thread
 import { fileURLToPath } from 'node:url';
 import { World, type SimResult } from './world.js';
 import { scheduleFor } from './schedule.js';
-import { RUN_BOUND_MS, PROTECT_BOUND_MS, RUN_DURING_FAULTS_MS, type ViolationKind } from './invariants.js';
+import { RUN_BOUND_MS, PROTECT_BOUND_MS, RUN_DURING_FAULTS_MS, type ViolationKind, type Violation } from './invariants.js';
 import type { Schedule } from './schedule-types.js';
 import { plant, MUTANTS, type MutantName } from '../node/mutants.js';
 import { MUTANT_CHECKS, mutantSchedule } from './mutants.js';
@@ -105,6 +105,13 @@ export async function runSeeds(
   return outcomes.sort((a, b) => a.seed - b.seed);
 }
 
+/** The largest of many numbers (Math.max(...xs) overflows the stack past about 120,000 of them: a 200,000-schedule soak did). */
+function maxOf(xs: readonly number[]): number {
+  let m = -Infinity;
+  for (const x of xs) m = Math.max(m, x);
+  return m;
+}
+
 export function summarize(outcomes: Outcome[], ms: number): string[] {
   const bad = outcomes.filter((o) => o.violations.length);
   const run = outcomes.map((o) => o.runAgainMs).filter((x): x is number => x !== null);
@@ -116,12 +123,12 @@ export function summarize(outcomes: Outcome[], ms: number): string[] {
   if (kinds.size) lines.push(`violations by kind: ${[...kinds].map(([k, n]) => `${k} ${n}`).join(', ')}`);
   const s = (x: number) => (x / 1000).toFixed(1);
   lines.push(
-    `after the last fault: VM runs again p50 ${s(percentile(run, 50))} s, p99 ${s(percentile(run, 99))} s, max ${s(Math.max(...run))} s (bound ${RUN_BOUND_MS / 1000} s); ` +
-      `protected again p50 ${s(percentile(prot, 50))} s, p99 ${s(percentile(prot, 99))} s, max ${s(Math.max(...prot))} s (bound ${PROTECT_BOUND_MS / 1000} s)`,
+    `after the last fault: VM runs again p50 ${s(percentile(run, 50))} s, p99 ${s(percentile(run, 99))} s, max ${s(maxOf(run))} s (bound ${RUN_BOUND_MS / 1000} s); ` +
+      `protected again p50 ${s(percentile(prot, 50))} s, p99 ${s(percentile(prot, 99))} s, max ${s(maxOf(prot))} s (bound ${PROTECT_BOUND_MS / 1000} s)`,
   );
   const down = outcomes.map((o) => o.longestDownWhileAbleMs).filter((x) => x > 0);
   lines.push(
-    `while a node could run it (the newest disk, the arbiter reachable), the VM ran again within p50 ${s(percentile(down, 50))} s, p99 ${s(percentile(down, 99))} s, max ${s(Math.max(...down))} s (bound ${RUN_DURING_FAULTS_MS / 1000} s; ${down.length} schedules had such a wait)`,
+    `while a node could run it (the newest disk, the arbiter reachable), the VM ran again within p50 ${s(percentile(down, 50))} s, p99 ${s(percentile(down, 99))} s, max ${s(maxOf(down))} s (bound ${RUN_DURING_FAULTS_MS / 1000} s; ${down.length} schedules had such a wait)`,
   );
   lines.push(`${(ms / 1000).toFixed(1)} s, ${outcomes.reduce((a, o) => a + o.steps, 0)} agent steps`);
   lines.push(`${outcomes.length} schedules, ${bad.length} violations`);
@@ -170,34 +177,65 @@ export async function checkMutants(
 }
 
 /**
- * The first stored regression (test/sim-regressions/) whose first mutant is
- * `m` and that catches it as `npm test` checks: clean as it is, failing by
- * the rule's invariant with its mutants planted, and clean of that invariant
- * with its control alone.
+ * A schedule that once broke the core (or a mutant's first catch), kept as
+ * data in test/sim-regressions/ so that it replays whatever the generator
+ * becomes. It names the mutant that puts its bug back: with it planted the
+ * schedule must still fail, by the invariant of its rule (else it no longer
+ * reproduces the bug and must be found again); without, it passes.
  */
-function storedCatch(m: MutantName): { file: string; kind: ViolationKind } | null {
-  const dir = path.join(packageRoot(), 'test', 'sim-regressions');
-  if (!fs.existsSync(dir)) return null;
-  const caughtBy = MUTANT_CHECKS[m].caughtBy;
+export interface StoredRegression {
+  name: string;
+  found: string;
+  mutants: MutantName[];
+  caughtBy: ViolationKind[];
+  /** The covering rules planted away with the mutant; planted alone, the rule itself keeps the schedule clean. */
+  control?: MutantName[];
+  schedule: Schedule;
+}
+
+/** The stored regressions, by file name. */
+export function storedRegressions(dir = path.join(packageRoot(), 'test', 'sim-regressions')): Array<{ file: string; r: StoredRegression }> {
+  if (!fs.existsSync(dir)) return [];
+  return fs
+    .readdirSync(dir)
+    .filter((f) => f.endsWith('.json'))
+    .sort()
+    .map((file) => ({ file, r: JSON.parse(fs.readFileSync(path.join(dir, file), 'utf8')) as StoredRegression }));
+}
+
+/**
+ * Replays a stored regression three ways, as `npm test` and `--mutants`
+ * check it: clean as the code is; with its mutants planted (`caught`: the
+ * first violation by an invariant of `caughtBy`); with its control alone
+ * (`controlMeets`: whether that still meets such an invariant, which it must
+ * not).
+ */
+export function replayStored(r: StoredRegression, caughtBy: readonly ViolationKind[] = r.caughtBy): { clean: Violation[]; planted: Violation[]; caught: Violation | null; controlMeets: boolean } {
   try {
-    for (const file of fs.readdirSync(dir).filter((f) => f.endsWith('.json')).sort()) {
-      const r = JSON.parse(fs.readFileSync(path.join(dir, file), 'utf8')) as { mutants: MutantName[]; control?: MutantName[]; schedule: Schedule };
-      if (r.mutants[0] !== m) continue;
-      plant([]);
-      if (runSchedule(r.schedule).outcome.violations.length) continue;
-      plant(r.mutants);
-      const v = runSchedule(r.schedule).outcome.violations.find((x) => caughtBy.includes(x.kind));
-      if (!v) continue;
-      if (r.control) {
-        plant(r.control);
-        if (runSchedule(r.schedule).outcome.violations.some((x) => caughtBy.includes(x.kind))) continue;
-      }
-      return { file, kind: v.kind };
+    plant([]);
+    const clean = runSchedule(r.schedule).outcome.violations;
+    plant(r.mutants);
+    const planted = runSchedule(r.schedule).outcome.violations;
+    const caught = planted.find((x) => caughtBy.includes(x.kind)) ?? null;
+    let controlMeets = false;
+    if (r.control) {
+      plant(r.control);
+      controlMeets = runSchedule(r.schedule).outcome.violations.some((x) => caughtBy.includes(x.kind));
     }
-    return null;
+    return { clean, planted, caught, controlMeets };
   } finally {
     plant([]);
   }
+}
+
+/** The first stored regression whose first mutant is `m` and that catches it as `npm test` checks. */
+function storedCatch(m: MutantName): { file: string; kind: ViolationKind } | null {
+  for (const { file, r } of storedRegressions()) {
+    if (r.mutants[0] !== m) continue;
+    const x = replayStored(r, MUTANT_CHECKS[m].caughtBy);
+    if (x.clean.length === 0 && x.caught && !x.controlMeets) return { file, kind: x.caught.kind };
+  }
+  return null;
 }
 
 /**
@@ -297,11 +335,15 @@ async function main(argv: string[]): Promise<number> {
   let last = 0;
   let done = 0;
   const outcomes = await runSeeds(from, count, jobs, {
-    onOutcome: () => {
+    onOutcome: (o) => {
       done++;
+      // A long soak says each failing seed as it is found, and how far it got, so that nothing is lost if it ends early.
+      if (o.violations.length) process.stderr.write(`${process.stderr.isTTY ? '\n' : ''}seed ${o.seed}: ${o.violations.map((v) => v.kind).join(', ')}\n`);
       if (process.stderr.isTTY && performance.now() - last > 500) {
         last = performance.now();
         process.stderr.write(`\r${done}/${count} schedules`);
+      } else if (!process.stderr.isTTY && done % 10_000 === 0) {
+        process.stderr.write(`${done}/${count} schedules, ${((performance.now() - t0) / 1000).toFixed(0)} s\n`);
       }
     },
   });

@@ -11,11 +11,10 @@ import assert from 'node:assert/strict';
 import os from 'node:os';
 import fs from 'node:fs';
 import path from 'node:path';
-import { runSeeds, runSeed, runSchedule, summarize } from '../../src/sim/run.js';
-import { plant, MUTANTS, type MutantName } from '../../src/node/mutants.js';
+import { runSeeds, runSeed, runSchedule, summarize, storedRegressions, replayStored } from '../../src/sim/run.js';
+import { MUTANTS } from '../../src/node/mutants.js';
 import type { Schedule } from '../../src/sim/schedule-types.js';
 import { scheduleFor, unheardReplicaErrors, mayLoseQemu } from '../../src/sim/schedule.js';
-import type { ViolationKind } from '../../src/sim/invariants.js';
 import { packageRoot } from '../../src/util/paths.js';
 import { simSetup, unaskedHost } from '../../src/sim/setup.js';
 import { stepModel } from '../../src/sim/procedures.js';
@@ -81,53 +80,16 @@ test(`${SEEDS} simulated fault schedules: never two writers, no acknowledged wri
   assert.deepEqual(outcomes.filter((o) => o.violations.length).map((o) => `seed ${o.seed}: ${o.violations.map((v) => `${v.kind}: ${v.detail}`).join('; ')}`), []);
 });
 
-/**
- * Stored regressions (test/sim-regressions/*.json): schedules that once made
- * a violation, kept as data, so that they replay whatever the generator
- * becomes. Each names the mutant that puts its bug back: with it planted the
- * schedule must still fail, by the invariant of its rule (else the schedule
- * no longer reproduces the bug and must be found again); without, it passes.
- */
-interface StoredRegression {
-  name: string;
-  found: string;
-  mutants: MutantName[];
-  caughtBy: ViolationKind[];
-  /** The covering rules planted away with the mutant; planted alone, the rule itself keeps the schedule clean. */
-  control?: MutantName[];
-  schedule: Schedule;
-}
-
-const REGRESSIONS = path.join(packageRoot(), 'test', 'sim-regressions');
-
-export function storedRegressions(): Array<{ file: string; r: StoredRegression }> {
-  return fs
-    .readdirSync(REGRESSIONS)
-    .filter((f) => f.endsWith('.json'))
-    .sort()
-    .map((f) => ({ file: f, r: JSON.parse(fs.readFileSync(path.join(REGRESSIONS, f), 'utf8')) as StoredRegression }));
-}
-
+/** The stored regressions (src/sim/run.ts, StoredRegression): each passes, and fails again with its bug put back. */
 test('every stored regression replays: it passes, and fails again, by the invariant of its rule, with its bug put back', () => {
   const all = storedRegressions();
   assert.ok(all.length > 0);
-  try {
-    for (const { file, r } of all) {
-      assert.ok(r.mutants.length > 0 && r.mutants.every((m) => m in MUTANTS), `${file}: names the mutant that puts its bug back`);
-      plant([]);
-      const ok = runSchedule(r.schedule).outcome.violations;
-      assert.deepEqual(ok.map((v) => `${v.kind}: ${v.detail}`), [], `${file}: passes`);
-      plant(r.mutants);
-      const bad = runSchedule(r.schedule).outcome.violations;
-      assert.ok(bad.some((v) => r.caughtBy.includes(v.kind)), `${file}: with ${r.mutants.join(', ')} planted it fails by ${r.caughtBy.join(' or ')} (got ${bad.map((v) => v.kind).join(', ') || 'nothing'})`);
-      if (r.control) {
-        plant(r.control);
-        const control = runSchedule(r.schedule).outcome.violations;
-        assert.ok(!control.some((v) => r.caughtBy.includes(v.kind)), `${file}: with only ${r.control.join(', ')} planted, the rule itself keeps ${r.caughtBy.join(' and ')} away`);
-      }
-    }
-  } finally {
-    plant([]);
+  for (const { file, r } of all) {
+    assert.ok(r.mutants.length > 0 && r.mutants.every((m) => m in MUTANTS), `${file}: names the mutant that puts its bug back`);
+    const x = replayStored(r);
+    assert.deepEqual(x.clean.map((v) => `${v.kind}: ${v.detail}`), [], `${file}: passes`);
+    assert.ok(x.caught, `${file}: with ${r.mutants.join(', ')} planted it fails by ${r.caughtBy.join(' or ')} (got ${x.planted.map((v) => v.kind).join(', ') || 'nothing'})`);
+    assert.ok(!x.controlMeets, `${file}: with only ${r.control?.join(', ')} planted, the rule itself keeps ${r.caughtBy.join(' and ')} away`);
   }
 });
 
