@@ -206,7 +206,7 @@ const MODELS: Array<[RegExp, StepModel]> = [
         const t = c.w.hosts[c.h.peer].prepared;
         if (!q!.mirror) {
           if (!t?.alive || !t.incoming || !t.nbdServer) return 'the new secondary\'s NBD export cannot be reached';
-          q!.mirror = { target: t, startedAt: c.w.now, ready: false, stalledSince: null, writeBlocking: / \(write-blocking\), until in sync$/.test(c.name) };
+          q!.mirror = { target: t, startedAt: c.w.now, ready: false, stalledSince: null };
         }
         const m = q!.mirror;
         if (!m.target.alive) return 'the disk mirror ended before it was in sync (the new secondary\'s NBD export went away?)';

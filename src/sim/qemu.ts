@@ -69,10 +69,9 @@
  *             waits in pre-switchover for migrate-continue or migrate_cancel;
  *             a yank does not end that wait. A migration that fails or is
  *             cancelled after that stop runs the VM again (RESUME) if it ran
- *             before. A write-blocking mirror (block/mirror.c, active
- *             mirroring) completes a guest write only once its target has it:
- *             on a silent link the write waits, until the mirror is yanked or
- *             ended. The VM was stopped 0.1-0.3 s per switch in the lab.
+ *             before. The mirror copies in the background (block/mirror.c,
+ *             copy-mode background): a guest write never waits for its
+ *             target. The VM was stopped 0.1-0.3 s per switch in the lab.
  * - [freeze]  SIGSTOP stops every thread, the monitor's too: neither in-band
  *             nor out-of-band commands are answered; the kernel still accepts
  *             TCP connections to its listening sockets (the NBD probe says
@@ -89,8 +88,6 @@ export interface MirrorJob {
   ready: boolean;
   /** Since when it made no progress (its link cut). */
   stalledSince: number | null;
-  /** copy-mode write-blocking: a guest write completes once the target has it too ([live]). */
-  writeBlocking: boolean;
 }
 
 export interface SimQemu {
@@ -525,12 +522,6 @@ export class Qemus {
     if (ranBefore) this.runState(q, false);
   }
 
-  /** A write-blocking mirror whose target does not answer (a silent link, the target's host stopped): writes wait ([live]). */
-  private mirrorBlocks(q: SimQemu): boolean {
-    const m = q.mirror;
-    return !!m && m.writeBlocking && m.stalledSince !== -Infinity && m.target.alive && (this.w.net.cutEitherWay('replication') || this.stopped(m.target));
-  }
-
   /** x-colo-lost-heartbeat: this end leaves COLO and runs on its own. */
   leaveColo(q: SimQemu): void {
     // Out of COLO already: QEMU answers "The feature 'colo' is not enabled", which the runtime takes as done.
@@ -593,7 +584,6 @@ export class Qemus {
     const h = this.host(q);
     const s = this.session;
     const inSession = !!s && (s.pq === q) && q.colo === 'primary';
-    if (this.mirrorBlocks(q)) return 'blocked';
     if (q.replication !== 'child' || !inSession) {
       // One child (alone; the replication child detached): it must succeed.
       if (this.diskFails(h)) {
