@@ -9,3 +9,4 @@ node dist/bench/colo.js
 node dist/bench/takeover.js
 node dist/bench/resync.js
 node dist/bench/host-loss.js
+node dist/bench/outage.js

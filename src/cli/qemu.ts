@@ -33,7 +33,7 @@ export function registerQemuCommands(program: Command): void {
       const f = info.features;
       const yes = (b: boolean) => (b ? 'yes' : 'NO');
       const fixes = fixesOf(info);
-      const under = (id: string) => (FIXES.find((x) => x.id === id)!.neededUnder === 'tcg' ? 'needed under TCG' : 'needed under KVM and TCG');
+      const under = (id: string) => ({ tcg: 'needed under TCG', any: 'needed under KVM and TCG', none: 'not needed, faster with it' } as const)[FIXES.find((x) => x.id === id)!.neededUnder];
       print(opts.json, { ...info, fixes }, () =>
         [
           `${info.binary} (from ${FROM[info.source]})`,

@@ -237,7 +237,13 @@ export const configSchema = z
     replication: z
       .object({
         checkpointDelayMs: z.number().int().min(100).max(3_600_000).default(2000),
+        /**
+         * How long colo-compare holds a packet that the other VM has not produced yet before it asks for a checkpoint
+         * (which releases it), and how often it looks for such packets (its expired_scan_cycle): together they bound
+         * that wait whatever checkpointDelayMs is. QEMU's defaults; `npm run bench` compares them with 300 / 100 ms.
+         */
         compareTimeoutMs: z.number().int().min(10).max(600_000).default(3000),
+        compareScanMs: z.number().int().min(10).max(60_000).default(1000),
         /** Active and hidden buffers of the secondary: a RAM disk is best. */
         bufferDir: z.string().default('/dev/shm'),
         /** How long a resync's disk mirror may take to catch up with the running VM. */
@@ -250,7 +256,7 @@ export const configSchema = z
         tls: z.boolean().default(true),
       })
       .strict()
-      .default({ checkpointDelayMs: 2000, compareTimeoutMs: 3000, bufferDir: '/dev/shm', resyncTimeoutMs: 600_000, tls: true }),
+      .default({ checkpointDelayMs: 2000, compareTimeoutMs: 3000, compareScanMs: 1000, bufferDir: '/dev/shm', resyncTimeoutMs: 600_000, tls: true }),
   })
   .strict();
 

@@ -36,17 +36,27 @@ export class NetnsClient {
   private readonly summary: Promise<ClientSummary>;
   private constructor(private readonly child: ChildProcessWithoutNullStreams) {
     let resolve!: (s: ClientSummary) => void;
-    this.summary = new Promise((r) => (resolve = r));
+    let reject!: (e: Error) => void;
+    this.summary = new Promise((res, rej) => ((resolve = res), (reject = rej)));
     readline.createInterface({ input: child.stdout }).on('line', (l) => {
-      const m = JSON.parse(l) as Tick | ClientSummary;
+      let m: Tick | ClientSummary;
+      try {
+        m = JSON.parse(l) as Tick | ClientSummary;
+      } catch (err) {
+        reject(new Error(`the lab client sent a line that is not JSON (${l.length} bytes, ${(err as Error).message})`));
+        return;
+      }
       if (m.type === 'tick') this.last = m;
       else resolve(m);
     });
+    child.once('close', (code) => reject(new Error(`the lab client ended (${code}) without its summary`)));
   }
 
-  static start(netns: string, host: string, intervalMs = 100): NetnsClient {
+  /** o.httpTimeoutMs: when a counter request gives up (15 s); o.load: 'mixed' adds the two load clients (netns-client.ts). */
+  static start(netns: string, host: string, intervalMs = 100, o: { httpTimeoutMs?: number; load?: 'none' | 'mixed' } = {}): NetnsClient {
     const script = path.join(packageRoot(), 'dist', 'src', 'lab', 'netns-client.js');
-    return new NetnsClient(spawn('ip', ['netns', 'exec', netns, process.execPath, script, host, String(intervalMs)], { stdio: 'pipe' }));
+    const args = [host, String(intervalMs), String(o.httpTimeoutMs ?? 15_000), o.load ?? 'none'];
+    return new NetnsClient(spawn('ip', ['netns', 'exec', netns, process.execPath, script, ...args], { stdio: 'pipe' }));
   }
 
   get latest(): Tick {

@@ -1,7 +1,11 @@
 /**
  * A client that runs inside a lab network namespace (ip netns exec NS node
- * netns-client.js HOST [INTERVAL_MS]) and talks to the guest directly over the bridge: one
- * persistent TCP connection to the echo service, and an HTTP counter loop.
+ * netns-client.js HOST [INTERVAL_MS [HTTP_TIMEOUT_MS [LOAD]]]) and talks to the guest directly over the bridge: one
+ * persistent TCP connection to the echo service, and an HTTP counter loop
+ * whose requests give up after HTTP_TIMEOUT_MS (default 15 s). LOAD=mixed adds
+ * two load clients whose answers are not recorded: one reading the counter
+ * without counting every 50 ms (answers the two VMs agree on), one asking a
+ * page that differs on every call every second (each forces a checkpoint).
  * Prints a JSON line per second, and a summary when stdin closes.
  */
 import net from 'node:net';
@@ -9,6 +13,8 @@ import readline from 'node:readline';
 
 const host = process.argv[2] ?? '10.0.2.15';
 const intervalMs = Number(process.argv[3] ?? 100);
+const httpTimeoutMs = Number(process.argv[4] ?? 15_000);
+const load = process.argv[5] ?? 'none';
 
 /** answers: [sent at, answered at] of each good answer, wall-clock ms (the faults are timed by another process). */
 const echo = { sent: 0, ok: 0, errors: [] as string[], maxMs: 0, closed: false, answers: [] as Array<[number, number]> };
@@ -65,7 +71,7 @@ async function httpLoop(): Promise<void> {
     const sentAt = Date.now();
     try {
       // The id is ignored by the guest; it names the request in captures and logs.
-      const r = await fetch(`http://${host}/cgi-bin/cnt?r=${id}`, { signal: AbortSignal.timeout(15_000) });
+      const r = await fetch(`http://${host}/cgi-bin/cnt?r=${id}`, { signal: AbortSignal.timeout(httpTimeoutMs) });
       const m = /count=(\d+)/.exec(await r.text());
       if (!m) throw new Error(`status ${r.status}`);
       http.counts.push(Number(m[1]));
@@ -86,11 +92,28 @@ const tick = setInterval(() => {
   process.stdout.write(JSON.stringify({ type: 'tick', echoOk: echo.ok, httpOk: http.ok, lastCount: http.counts.at(-1) ?? null, lastAnswerSentAt: http.answers.at(-1)?.[0] ?? null, errors: echo.errors.length + http.errors.length }) + '\n');
 }, 1000);
 
-const loops = Promise.all([echoLoop().catch((e: Error) => echo.errors.push(`connect: ${e.message}`)), httpLoop()]);
+/** A load client: `path` every `everyMs`, its answers and errors not recorded (a request may wait out a fault). */
+async function loadLoop(path: string, everyMs: number): Promise<void> {
+  while (running) {
+    try {
+      await (await fetch(`http://${host}${path}`, { signal: AbortSignal.timeout(httpTimeoutMs) })).text();
+    } catch {
+      /* not measured */
+    }
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+const loops = Promise.all([
+  echoLoop().catch((e: Error) => echo.errors.push(`connect: ${e.message}`)),
+  httpLoop(),
+  ...(load === 'mixed' ? [loadLoop('/cgi-bin/get', 50), loadLoop('/cgi-bin/info', 1000)] : []),
+]);
 readline.createInterface({ input: process.stdin }).on('close', async () => {
   running = false;
   await loops;
   clearInterval(tick);
-  process.stdout.write(JSON.stringify({ type: 'summary', echo, http }) + '\n');
-  process.exit(0);
+  // Exit only once the summary is out: stdout is a pipe, written asynchronously, and an exit before it drained cut a
+  // long summary short (seen: a 10-minute record cut at 219 KB).
+  process.stdout.write(JSON.stringify({ type: 'summary', echo, http }) + '\n', () => process.exit(0));
 });

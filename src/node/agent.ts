@@ -19,7 +19,7 @@ import { QmpClient } from '../qmp/client.js';
 import { isOurQemu, stopPid } from '../qemu/process.js';
 import { IDS } from '../qemu/cmdline.js';
 import { queryColoStatus } from '../colo/startup.js';
-import { RESYNC_JOB } from '../colo/resume.js';
+import { RESYNC_JOB, canPauseIntoColo } from '../colo/resume.js';
 import { ColoStepError, hasBlockNode, hasObject, runSteps } from '../colo/steps.js';
 import { readState, recordFailover, recordOwnQemu, type NodeState, type PairState } from '../pair/state.js';
 import { readDiskRecord, writeDiskRecord } from '../pair/generation.js';
@@ -31,7 +31,7 @@ import { OwnLinks, pairPaths, type PeerChannel } from './peer-channel.js';
 import { WitnessArbiter, witnessClientName } from './witness.js';
 import type { Arbiter } from './arbiter.js';
 import type { WitnessReply } from './wire.js';
-import { initCore, statusOf } from './core/core.js';
+import { initCore, statusOf, mayBeginAlone } from './core/core.js';
 import type { CoreState, CoreStatus, Effect, Input, InputBody, Procedure, QemuFound } from './core/types.js';
 import { AgentDriver, ATTACH_RETRY_MS, TICK_MS, type AgentIo } from './driver.js';
 import { coreConfig } from './timings.js';
@@ -75,6 +75,8 @@ export class Agent {
   private peer: NodeState;
   private driver!: AgentDriver;
   private qmp: QmpClient | undefined;
+  /** Our QEMU can pause before its switchover into COLO (its resume goes live): asked when we attach to it. */
+  private pauseIntoColo = false;
   private prepared: PreparedSecondary | undefined;
   private readonly channel: PeerChannel;
   /** Who grants this VM's writer lease (the witness), when the pair has one. */
@@ -233,6 +235,7 @@ export class Agent {
         const qmp = await QmpClient.connect(this.me.qmpSocket, { timeoutMs: 3000 });
         try {
           const found = { ...(await describeQemu(qmp)), ...(await this.diskSize()) };
+          this.pauseIntoColo = await pausesIntoColo(qmp);
           this.own(qmp);
           this.log.info({ found }, 'attached to our QEMU');
           return this.input({ t: 'qemu-found', found });
@@ -370,6 +373,8 @@ export class Agent {
         return this.pair;
       },
       qmp: () => this.needQmp(),
+      canPauseIntoColo: () => this.pauseIntoColo,
+      mayRunAlone: () => mayBeginAlone(this.core),
       endOurQemu: (why) => this.endOurQemu(why),
       prepared: () => this.prepared,
       setPrepared: (p) => void (this.prepared = p),
@@ -386,12 +391,14 @@ export class Agent {
         const prep = this.prepared;
         if (!prep) throw new LockstepError('no new secondary here');
         const found = await describeQemu(prep.qmp);
+        const pause = await pausesIntoColo(prep.qmp);
         this.prepared = undefined;
         // Our own record knows our new QEMU before anything else happens (a restarted agent attaches by it).
         const sp = prep.plan.secondary;
         recordOwnQemu(this.c.stateDir, this.name, { pid: prep.proc.pid, role: 'secondary', disk: sp.disk, serialLog: sp.serialLog, qemuLog: sp.qemuLog });
         this.reloadPair();
         this.me = { ...this.me, pid: prep.proc.pid };
+        this.pauseIntoColo = pause;
         this.own(prep.qmp);
         this.input({ t: 'qemu-found', found: { ...found, ...(await this.diskSize()) } });
         return prep.proc.pid;
@@ -484,6 +491,11 @@ export class Agent {
 
 function notRunning(): QemuFound {
   return { running: false, colo: 'none', runState: 'other', replicationChild: false, secondaryFilters: false, resumeLeftovers: false, oob: false };
+}
+
+/** Whether a QEMU can pause before its switchover into COLO; a QEMU that does not say takes the documented order. */
+async function pausesIntoColo(qmp: QmpClient): Promise<boolean> {
+  return canPauseIntoColo(qmp).catch(() => false);
 }
 
 /** What our QEMU is: COLO mode, run state, and what is left of the COLO procedures on it. */

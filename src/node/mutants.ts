@@ -14,6 +14,8 @@ export const MUTANTS = {
   'lease-from-reply': 'the lease is counted from the witness\'s reply instead of from the request',
   'take-back-runs-vm-without-lease': 'the take-back of a failed resync lets the VM it had stopped run again although the lease ran out meanwhile (or its disk\'s epoch is unknown)',
   'take-back-leaves-colo-running': 'a take-back that may not let the VM run stops it only at its end, after its Primary Failover made it write alone',
+  'live-switchover-without-lease': 'a live resume lets its switchover into COLO go on while the VM may not run alone, and a switchover that fails makes QEMU run the VM again alone',
+  'take-back-cancels-paused-migration': 'a take-back that may not let the VM run cancels a live resume\'s migration paused before its switchover, and QEMU runs the VM it had stopped for the last pass again; seed 360 of the generator that first drew live resumes',
   'witness-no-grace': 'a restarted witness grants the lease at once, without waiting for the leases of its previous life to run out',
   // ---- disk epochs: never the wrong way ----
   'witness-grants-stale-disk': 'the witness grants the lease (and records a new epoch) for a disk older than the newest of its run: both of its stale-disk checks removed',

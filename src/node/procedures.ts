@@ -24,7 +24,7 @@ import { restartAloneSteps, RESTART } from '../pair/restart.js';
 import { prepareSecondaryProcedure, resumeOnSurvivorProcedure, takeBackResumeSteps, recordResync, PREPARE_SECONDARY, RESUME_ON_SURVIVOR, TAKE_BACK_RESUME, type PreparedSecondary } from '../pair/resync.js';
 import { planPair } from '../pair/plan.js';
 import type { NodeState, PairState } from '../pair/state.js';
-import type { MirrorProgress } from '../colo/resume.js';
+import { cancelPausedMigrationStep, type MirrorProgress } from '../colo/resume.js';
 import type { Procedure } from './core/types.js';
 import { planted } from './mutants.js';
 
@@ -43,6 +43,13 @@ export interface ProcedureHost {
   pair(): PairState;
   /** Our QEMU's monitor (throws when we are not attached to it). */
   qmp(): QmpCommands;
+  /**
+   * Whether our QEMU can pause before its switchover into COLO (colo/resume.ts, canPauseIntoColo), as found when we
+   * attached to it: its resume then takes the live order.
+   */
+  canPauseIntoColo(): boolean;
+  /** Whether our VM may run alone now (the core's word: its lease ahead, its disk's epoch known). */
+  mayRunAlone(): boolean;
   /** Ends our own QEMU on purpose (a restart or a resync replaces it): no re-attach. */
   endOurQemu(why: string): Promise<void>;
   /** The new secondary this node prepared for its peer's resync, if any. */
@@ -122,8 +129,11 @@ export function procedurePlan(p: Procedure, h: ProcedureHost, ev: ProcedureEvent
         { name: 'stop', timeoutMs: QMP_STEP_MS, run: () => qmp.execute('stop', undefined, { timeoutMs: QMP_STEP_MS }) },
       ]);
     }
-    case 'unfence':
-      return plan('unfence', [contStep(h.qmp())]);
+    case 'unfence': {
+      // A take-back that could not let the VM run left a live resume's migration paused (colo/resume.ts).
+      const qmp = h.qmp();
+      return plan('unfence', [cancelPausedMigrationStep(qmp), contStep(qmp)]);
+    }
     case 'yank':
       return plan('yank', [yankStep(h.qmp(), p.links)]);
     case 'restart': {
@@ -144,7 +154,7 @@ export function procedurePlan(p: Procedure, h: ProcedureHost, ev: ProcedureEvent
       const qmp = h.qmp();
       const pp = planPair(h.config, s.runtime, h.name);
       const t0 = performance.now();
-      const r = resumeOnSurvivorProcedure(h.config, qmp, pp, ev);
+      const r = resumeOnSurvivorProcedure(h.config, qmp, pp, { ...ev, live: h.canPauseIntoColo(), mayRunAlone: () => planted('live-switchover-without-lease') || h.mayRunAlone() });
       return plan(
         RESUME_ON_SURVIVOR,
         [
@@ -159,7 +169,10 @@ export function procedurePlan(p: Procedure, h: ProcedureHost, ev: ProcedureEvent
       );
     }
     case 'abort-resume':
-      return plan(TAKE_BACK_RESUME, takeBackResumeSteps(h.qmp(), [], { cont: p.cont, stopFirst: !planted('take-back-leaves-colo-running') }));
+      return plan(
+        TAKE_BACK_RESUME,
+        takeBackResumeSteps(h.qmp(), [], { cont: p.cont, stopFirst: !planted('take-back-leaves-colo-running'), leavePaused: !planted('take-back-cancels-paused-migration') }),
+      );
     case 'prepare-secondary': {
       const { s } = nodesOf(h);
       const prep = prepareSecondaryProcedure(h.config, s, p.primary, p.sizeBytes);

@@ -120,6 +120,7 @@ export function planPair(c: ResolvedConfig, rt: Runtime, primary: string = c.nod
     nbdPort: c.ports.nbd,
     reconnectMs: rt.reconnectMs,
     compareTimeoutMs: c.replication.compareTimeoutMs,
+    compareScanMs: c.replication.compareScanMs,
     localSockets,
     ...(tlsDir ? { tls: { dir: tlsDir } } : {}),
   };

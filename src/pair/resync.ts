@@ -29,7 +29,7 @@ import { createBuffers, removeBuffers } from './buffers.js';
 import { ensurePrivateDir } from '../util/files.js';
 import { detachTap } from '../qemu/tap.js';
 import { secondaryEnterColoSteps, waitColoMode, firstCheckpoint, queryColoStatus } from '../colo/startup.js';
-import { resumeReplicationProcedure, abortResumeTolerantSteps, type MirrorProgress, type ResumeResult } from '../colo/resume.js';
+import { resumeReplicationProcedure, abortResumeTolerantSteps, canPauseIntoColo, type MirrorProgress, type ResumeResult } from '../colo/resume.js';
 import { runSteps, type Step } from '../colo/steps.js';
 import { primaryFailover, yankStep } from '../colo/failover.js';
 import { LockstepError, errorMessage } from '../util/errors.js';
@@ -84,8 +84,8 @@ const LAUNCH_STEP_MS = 20_000;
 const TAP_STEP_MS = 5_000;
 
 /**
- * The migration of the VM's RAM over the replication link (a resync's switch into COLO, with the VM stopped; a
- * checkpoint's first, full one): 10 s plus the RAM at 50 MiB/s.
+ * The migration of the VM's RAM over the replication link (a resync's switch into COLO, with the VM stopped, or
+ * running in the live order; a checkpoint's first, full one): 10 s plus the RAM at 50 MiB/s.
  */
 export function ramTransferBoundMs(memoryBytes: number): number {
   return 10_000 + Math.round((memoryBytes / (50 * 2 ** 20)) * 1000);
@@ -190,8 +190,8 @@ export async function dropSecondary(p: { proc: QemuProcess; plan: PairPlan }): P
 
 export interface ResumeOnSurvivorProcedure {
   steps: Step[];
-  figures(): { mirrorMs: number; mirrorBytes: number; stoppedMs: number };
-  /** Releases the procedure's event listener: call once its steps are run, whatever the outcome. */
+  figures(): { mirrorMs: number; mirrorBytes: number; stoppedMs: number; live: boolean };
+  /** Releases the procedure's event listeners: call once its steps are run, whatever the outcome. */
   close(): void;
 }
 
@@ -199,13 +199,16 @@ export interface ResumeOnSurvivorProcedure {
  * On the survivor, once the new secondary waits: resume replication
  * (colo/resume.ts), then wait until this node reports COLO running as
  * primary and a first checkpoint completes. Always run from its first step
- * (a failure is taken back: takeBackResumeSteps).
+ * (a failure is taken back: takeBackResumeSteps). `live`: the RAM goes over
+ * while the VM runs (our QEMU can pause before its switchover into COLO:
+ * canPauseIntoColo, asked by the caller), else the documented order;
+ * `mayRunAlone`: the agent's word before a live switchover.
  */
 export function resumeOnSurvivorProcedure(
   c: ResolvedConfig,
   qmp: QmpCommands,
   plan: PairPlan,
-  o: { onUpdate?: (m: string) => void; onMirror?: (p: MirrorProgress) => void } = {},
+  o: { onUpdate?: (m: string) => void; onMirror?: (p: MirrorProgress) => void; live?: boolean; mayRunAlone?: () => boolean } = {},
 ): ResumeOnSurvivorProcedure {
   const r = resumeReplicationProcedure(
     qmp,
@@ -216,8 +219,10 @@ export function resumeOnSurvivorProcedure(
       onMirror: o.onMirror,
       mirrorTimeoutMs: c.replication.resyncTimeoutMs,
       mirrorStallMs: MIRROR_STALL_MS,
-      // The VM is stopped while its RAM goes over.
+      // The RAM goes over at 50 MiB/s or more (while the VM runs where QEMU allows: live), with 10 s to spare.
       migrationTimeoutMs: ramTransferBoundMs(c.vm.memory),
+      live: o.live,
+      mayRunAlone: o.mayRunAlone,
     },
   );
   const delayMs = c.replication.checkpointDelayMs;
@@ -233,14 +238,17 @@ export function resumeOnSurvivorProcedure(
   };
 }
 
-/** resumeOnSurvivorProcedure, run; on failure the half-done resume is taken back and the VM runs on alone. */
+/**
+ * resumeOnSurvivorProcedure, run (live where our QEMU can pause before its switchover into COLO); on failure the
+ * half-done resume is taken back and the VM runs on alone.
+ */
 export async function resumeOnSurvivor(
   c: ResolvedConfig,
   qmp: QmpClient,
   plan: PairPlan,
   o: { onUpdate?: (m: string) => void; onMirror?: (p: MirrorProgress) => void } = {},
 ): Promise<Omit<ResumeResult, 'steps' | 'afterRewriter'>> {
-  const p = resumeOnSurvivorProcedure(c, qmp, plan, o);
+  const p = resumeOnSurvivorProcedure(c, qmp, plan, { ...o, live: await canPauseIntoColo(qmp) });
   try {
     await runSteps(RESUME_ON_SURVIVOR, p.steps, { onStep: o.onUpdate });
     return p.figures();
@@ -264,9 +272,11 @@ const PRIMARY_FAILOVER_MS = 50_000;
  * x-colo-lost-heartbeat gives it: so "Primary Failover" first (yanking the
  * links to the new secondary), then whatever else the resume left (best
  * effort: abortResumeTolerantSteps), ending with the VM let run again
- * (`cont`, the default) or stopped. `undone` gets what was undone.
+ * (`cont`, the default) or stopped; stopped, a live resume's migration paused
+ * before its switchover stays paused (its cancel would let QEMU run the VM:
+ * `leavePaused`, the default). `undone` gets what was undone.
  */
-export function takeBackResumeSteps(qmp: QmpCommands, undone: string[] = [], o: { cont?: boolean; stopFirst?: boolean } = {}): Step[] {
+export function takeBackResumeSteps(qmp: QmpCommands, undone: string[] = [], o: { cont?: boolean; stopFirst?: boolean; leavePaused?: boolean } = {}): Step[] {
   return [
     // Not to be let run: stopped before it leaves COLO (after the yank, so that no checkpoint starts it again).
     ...(o.cont === false && o.stopFirst !== false ? [yankStep(qmp, 'to-secondary'), { name: 'stop', timeoutMs: STOP_STEP_MS, run: () => qmp.execute('stop', undefined, { timeoutMs: STOP_STEP_MS }) }] : []),

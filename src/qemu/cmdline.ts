@@ -106,6 +106,8 @@ export interface ColoEndpoints {
   reconnectMs: boolean;
   /** colo-compare's compare_timeout in ms (QEMU default 3000). */
   compareTimeoutMs?: number;
+  /** colo-compare's expired_scan_cycle in ms (QEMU default 1000): how often it looks for packets held that long. */
+  compareScanMs?: number;
   /**
    * The data plane's TLS: every connection between the two hosts (migration,
    * NBD, mirror0, compare1) runs TLS with the pair's pre-shared key, read by
@@ -291,6 +293,7 @@ export function primaryProxyObjectSpecs(e: ColoEndpoints): ObjectSpec[] {
         outdev: IDS.compareOutClient,
         iothread: IDS.iothread,
         compare_timeout: e.compareTimeoutMs,
+        expired_scan_cycle: e.compareScanMs,
       },
     },
   ];

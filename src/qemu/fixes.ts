@@ -14,14 +14,15 @@
  */
 import { LockstepError } from '../util/errors.js';
 
-export type FixId = 'P1' | 'P2' | 'P3' | 'P5' | 'U1';
+export type FixId = 'P1' | 'P2' | 'P3' | 'P4' | 'P5' | 'U1';
 
 export interface Fix {
   id: FixId;
   title: string;
   /** What happens without it, for the error and the README. */
   without: string;
-  neededUnder: 'tcg' | 'any';
+  /** Under which accelerator COLO needs it; 'none': not needed for safety, only for something faster (P4). */
+  neededUnder: 'tcg' | 'any' | 'none';
   origin: string;
 }
 
@@ -46,6 +47,13 @@ export const FIXES: readonly Fix[] = [
     without: "a flag set once (e.g. disabled while the guest resets the NIC) stays set on the secondary across checkpoints: its NIC can die for good, about one start in eight",
     neededUnder: 'any',
     origin: 'lockstep patch 0003 (not upstream)',
+  },
+  {
+    id: 'P4',
+    title: 'migration: enter COLO after a pause before switchover',
+    without: 'each re-protection stops the VM while its whole memory goes to the new secondary (about a second per 128 MiB) instead of only for the last pass',
+    neededUnder: 'none',
+    origin: 'lockstep patch 0004 for 7.2 (upstream enters COLO from the device state since; 10.0 has it)',
   },
   {
     id: 'P5',
@@ -86,6 +94,7 @@ interface Version {
 
 /** Whether an upstream fix is in this release (or the bug is not). */
 function upstreamHas(id: FixId, v: Version): boolean | undefined {
+  if (id === 'P4') return v.major >= 10 ? true : undefined; // 10.0 enters COLO from the device state (migration_completion)
   if (id !== 'U1') return undefined;
   if (v.major < 10) return true; // the bug came with 10.0
   if (v.major === 10 && v.minor === 0) return v.micro >= 7;
@@ -115,7 +124,7 @@ export function fixesOf(info: { version: Version; package: string }, accel?: 'kv
       id: f.id,
       title: f.title,
       without: f.without,
-      needed: f.neededUnder === 'any' || accel !== 'kvm',
+      needed: f.neededUnder === 'any' || (f.neededUnder === 'tcg' && accel !== 'kvm'),
       present,
       how: marked.has(f.id) ? 'marker' : release !== undefined ? 'release' : 'no marker',
     };

@@ -83,10 +83,11 @@ export class Agents {
     return {
       running: true,
       colo: q.colo,
-      runState: q.incoming ? 'inmigrate' : q.paused ? 'paused' : 'running',
+      // A migration's last pass: 'finish-migrate' ([live] in qemu.ts).
+      runState: q.incoming ? 'inmigrate' : q.lastPass ? 'other' : q.paused ? 'paused' : 'running',
       replicationChild: q.colo === 'none' && q.replication !== 'none',
       secondaryFilters: q.colo === 'none' && q.objects.has('f1'),
-      resumeLeftovers: q.colo === 'none' && (q.mirror !== null || q.migration === 'active'),
+      resumeLeftovers: q.colo === 'none' && (q.mirror !== null || q.migration === 'active' || q.migration === 'pre-switchover'),
       oob: true,
     };
   }

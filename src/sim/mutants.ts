@@ -42,6 +42,15 @@ export const MUTANT_CHECKS: Record<MutantName, MutantCheck> = {
   'lease-from-reply': { caughtBy: ['single-writer', 'lease-before-writing-alone'], focus: { witness: true, weights: { 'witness-slow': 8, 'slow-link': 4, cut: 6, 'kill-qemu': 3 } } },
   'take-back-runs-vm-without-lease': { caughtBy: ['lease-before-writing-alone', 'epoch-before-writing-alone'], focus: { witness: true, stepFailP: 0.08, weights: { 'kill-qemu': 4, cut: 6, 'witness-down': 4 } } },
   'take-back-leaves-colo-running': { caughtBy: ['lease-before-writing-alone'], focus: { witness: true, stepFailP: 0.08, weights: { 'kill-qemu': 4, 'witness-down': 6, 'qmp-late': 3 } } },
+  // Both only in the live order of a resume: every QEMU able to pause before its switchover.
+  'live-switchover-without-lease': {
+    caughtBy: ['lease-before-writing-alone', 'epoch-before-writing-alone'],
+    focus: { witness: true, stepFailP: 0.08, pauseIntoColo: { a: true, b: true }, weights: { 'witness-down': 8, 'witness-lossy': 4, cut: 8, 'reset-replication': 4, 'kill-qemu': 3, 'host-pause': 3 } },
+  },
+  'take-back-cancels-paused-migration': {
+    caughtBy: ['lease-before-writing-alone', 'epoch-before-writing-alone'],
+    focus: { witness: true, stepFailP: 0.08, pauseIntoColo: { a: true, b: true }, weights: { 'record-lost': 4, 'kill-agent': 4, 'witness-down': 6, 'kill-qemu': 3 } },
+  },
   'witness-no-grace': {
     caughtBy: ['single-writer', 'lease-before-writing-alone'],
     focus: { witness: true, weights: { 'witness-restart': 8, 'witness-down': 4, cut: 6, 'kill-qemu': 3 } },

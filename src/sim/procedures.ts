@@ -19,6 +19,8 @@ import type { Step } from '../colo/steps.js';
 import { MIRROR_STALL_MS } from '../pair/resync.js';
 import { RESUME_STEP_MS } from '../colo/resume.js';
 import { unaskedHost } from './setup.js';
+import { planted } from '../node/mutants.js';
+import { mayBeginAlone } from '../node/core/core.js';
 import type { World, Host } from './world.js';
 import type { SimQemu } from './qemu.js';
 import type { SimAgent } from './agents.js';
@@ -42,6 +44,8 @@ export interface StepModel {
   oob?: boolean;
   /** The runtime's check before the step: its effect is already in place. */
   done?: (q: SimQemu, c: StepContext) => boolean;
+  /** The runtime's own check before it sends anything (not QEMU's): a string fails the step, nothing sent. */
+  precheck?: (c: StepContext) => string | undefined;
   /** Takes effect. A string: QEMU's error; 'wait': not yet, asked again within the step's bound. */
   run: (q: SimQemu | null, c: StepContext) => string | void | 'wait';
   /** How long the step takes in the model beyond QMP's round trip, at most (ms). */
@@ -59,16 +63,38 @@ const objectDel: StepModel = {
   },
 };
 
+/** A take-back that may not let the VM run: it leaves a live resume's migration paused before its switchover (colo/resume.ts). */
+function leavesPaused(c: StepContext): boolean {
+  return c.procedure.kind === 'abort-resume' && !c.procedure.cont && !planted('take-back-cancels-paused-migration');
+}
+
 /** The object, chardev or node a step names (its last word). */
 function lastWord(c: StepContext): string {
   return c.name.split(' ').at(-1)!;
 }
 const objectId = lastWord;
 
+/**
+ * [live] The switchover of a migration whose last pass QEMU has made (the VM stopped): the device state goes over and
+ * COLO starts, the VM running again in it; or, the new secondary gone or cut off, the migration fails and the VM runs
+ * again alone.
+ */
+function switchIntoColo(c: StepContext, pq: SimQemu, t: SimQemu): void {
+  c.w.after(c.w.rng.proc.range(5, 50), () => {
+    if (pq.migration !== 'active' || !pq.alive) return;
+    if (!t.alive || !t.incoming || !c.w.net.up('replication')) return c.w.qemu.migrationFailed(pq, 'the switchover into COLO failed');
+    pq.lastPass = null;
+    // [colo.c] the first checkpoint's vm_start: RESUME on both ends.
+    c.w.qemu.runState(pq, false);
+    c.w.qemu.runState(t, false);
+    c.w.qemu.startSession(pq.node, t.node, pq, t);
+  });
+}
+
 /** The models, by step name. Order matters: the first that matches is the step's. */
 const MODELS: Array<[RegExp, StepModel]> = [
   // ---- yank ([freeze]: out of band) ----
-  [/^yank the links to the new secondary$/, { on: 'ours', oob: true, done: (q) => q.mirror === null && q.migration !== 'active', run: (q, c) => c.w.qemu.yank(q!) }],
+  [/^yank the links to the new secondary$/, { on: 'ours', oob: true, done: (q) => q.mirror === null && q.migration !== 'active' && q.migration !== 'pre-switchover', run: (q, c) => c.w.qemu.yank(q!) }],
   [/^yank the links to the (primary|secondary)(, the COLO stream among them)?$/, { on: 'ours', oob: true, run: (q, c) => c.w.qemu.yank(q!) }],
   // ---- Primary Failover and the take-back ----
   [/^x-blockdev-change remove replication child$/, { on: 'ours', done: (q) => q.replication !== 'child', run: (q) => void (q!.replication = 'node') }],
@@ -89,8 +115,20 @@ const MODELS: Array<[RegExp, StepModel]> = [
     },
   ],
   [/^block-job-cancel$/, { on: 'ours', run: (q) => void (q!.mirror = null) }],
-  [/^migrate_cancel$/, { on: 'ours', run: (q) => void (q!.migration === 'active' && (q!.migration = 'cancelled')) }],
-  [/^x-colo off$/, { on: 'ours', run: (q) => void (q!.xColo = false) }],
+  // [live] a migration paused before its switchover is let go and cancelled: a VM QEMU stopped for the last pass runs
+  // again. A take-back that may not let the VM run leaves it paused (and its capabilities on: QEMU changes none then).
+  [
+    /^migrate_cancel$/,
+    {
+      on: 'ours',
+      run: (q, c) => {
+        if (q!.migration === 'pre-switchover' && leavesPaused(c)) return;
+        if (q!.migration === 'active' || q!.migration === 'pre-switchover') c.w.qemu.migrationFailed(q!, 'migrate_cancel');
+      },
+    },
+  ],
+  [/^x-colo and pause-before-switchover off$/, { on: 'ours', run: (q, c) => void ((q!.migration === 'pre-switchover' && leavesPaused(c)) || ((q!.xColo = false), (q!.pauseBeforeSwitchover = false))) }],
+  [/^migrate_cancel of a migration paused before its switchover$/, { on: 'ours', done: (q) => q.migration !== 'pre-switchover', run: (q, c) => c.w.qemu.migrationFailed(q!, 'migrate_cancel') }],
   // ---- Secondary Failover ----
   [/^tap \S+ on bridge \S+(, \S+ off)?$/, { on: 'none', run: (_q, c) => void (c.h.tapOn = true) }],
   [/^nbd-server-stop$/, { on: 'ours', run: (q) => void (q!.nbdServer = false) }],
@@ -98,7 +136,8 @@ const MODELS: Array<[RegExp, StepModel]> = [
   [/^chardev-add \S+$/, { on: 'ours', done: (q, c) => q.chardevs.has(lastWord(c)), run: (q, c) => void q!.chardevs.add(lastWord(c)) }],
   [/^announce-self$/, { on: 'ours', run: () => {} }],
   // ---- fence, unfence ----
-  [/^cont$/, { on: 'ours', run: (q, c) => c.w.qemu.runState(q!, false) }],
+  // [live] refused during a migration's last pass (qmp_cont: "Migration is not finalized yet").
+  [/^cont$/, { on: 'ours', run: (q, c) => (q!.lastPass ? 'Migration is not finalized yet' : c.w.qemu.runState(q!, false)) }],
   [/^stop$/, { on: 'ours', run: (q, c) => c.w.qemu.runState(q!, true) }],
   // ---- restart ----
   [/^end our QEMU \(.*\)$/, { on: 'none', run: (_q, c) => void (c.h.qemu && c.w.qemu.end(c.h.qemu, true, 'ended by its agent for a restart or resync')) }],
@@ -211,6 +250,67 @@ const MODELS: Array<[RegExp, StepModel]> = [
   [/^object-add \S+ \S+$/, { on: 'ours', done: (q, c) => q.objects.has(lastWord(c)), run: (q, c) => void q!.objects.add(lastWord(c)) }],
   [/^migrate-set-parameters tls-creds \S+$/, { on: 'ours', done: (q) => q.migrationTlsClient, run: (q) => void (q!.migrationTlsClient = true) }],
   [/^migrate-set-capabilities x-colo$/, { on: 'ours', done: (q) => q.xColo, run: (q) => void (q!.xColo = true) }],
+  // ---- the live order of resume replication ([live] in qemu.ts) ----
+  [/^migrate-set-parameters (tls-creds \S+, )?max-bandwidth \d+, downtime-limit \d+$/, { on: 'ours', run: (q, c) => void (c.name.includes(' tls-creds ') && (q!.migrationTlsClient = true)) }],
+  [
+    /^migrate-set-capabilities x-colo, pause-before-switchover$/,
+    { on: 'ours', done: (q) => q.xColo && q.pauseBeforeSwitchover, run: (q) => void ((q!.xColo = true), (q!.pauseBeforeSwitchover = true)) },
+  ],
+  [
+    /^migrate, the VM running$/,
+    {
+      on: 'ours',
+      done: (q) => q.migration === 'active' || q.migration === 'pre-switchover' || (q.migration === 'colo' && q.colo === 'primary'),
+      run: (q, c) => {
+        const t = c.w.hosts[c.h.peer].prepared;
+        if (c.w.qemu.migrationBusy(q!)) return 'There\'s a migration process in progress';
+        if (!t?.alive || !t.incoming || !c.w.net.up('replication')) return 'migration to the new secondary failed';
+        q!.migration = 'active';
+        const pq = q!;
+        // The RAM goes over while the VM runs (and dirties some of it again); then QEMU stops the VM for the last pass.
+        c.w.after(c.w.rng.proc.range(500, 3000), () => {
+          if (pq.migration !== 'active' || !pq.alive) return;
+          if (!t.alive || !t.incoming || !c.w.net.up('replication')) return c.w.qemu.migrationFailed(pq, 'the new secondary cannot be reached');
+          pq.lastPass = { ranBefore: !pq.paused };
+          // [migration.c] vm_stop_force_state: STOP only where the VM ran.
+          c.w.qemu.runState(pq, true);
+          if (pq.pauseBeforeSwitchover) {
+            pq.migration = 'pre-switchover';
+            return;
+          }
+          // Without the pause: straight on into COLO.
+          switchIntoColo(c, pq, t);
+        });
+      },
+    },
+  ],
+  [
+    /^the RAM copied while the VM runs, until QEMU stops it for the last pass and pauses before the switchover$/,
+    {
+      on: 'ours',
+      done: (q) => q.migration === 'pre-switchover',
+      run: (q) => (q!.migration === 'pre-switchover' ? undefined : q!.migration === 'active' ? 'wait' : `the migration to the new secondary ended (${q!.migration}) before its switchover into COLO`),
+    },
+  ],
+  [
+    /^migrate-continue pre-switchover: the switchover into COLO$/,
+    {
+      on: 'ours',
+      done: (q) => q.migration !== 'pre-switchover' && (q.migration === 'active' || (q.migration === 'colo' && q.colo === 'primary')),
+      // The runtime asks its core first: the VM may run alone now (colo/resume.ts).
+      precheck: (c) => {
+        const core = c.h.agent?.driver.core;
+        return core && !mayBeginAlone(core) && !planted('live-switchover-without-lease') ? 'the VM may not run alone now: the switchover waits' : undefined;
+      },
+      run: (q, c) => {
+        if (q!.migration !== 'pre-switchover') return `Migration not in expected state: ${q!.migration}`;
+        q!.migration = 'active';
+        const t = c.w.hosts[c.h.peer].prepared;
+        if (!t) return void c.w.after(1, () => q!.migration === 'active' && c.w.qemu.migrationFailed(q!, 'the new secondary is gone'));
+        switchIntoColo(c, q!, t);
+      },
+    },
+  ],
   [
     /^migrate$/,
     {
@@ -369,6 +469,10 @@ export class Procedures {
         // In-band commands sent before this one, whose replies never came, take effect first.
         if (q && !m.oob) w.qemu.runLate(q);
         if (failBefore && !tolerant(p, i)) return fail(`step "${st.name}": injected error`);
+        if (m.precheck && !(m.done && q && m.done(q, c))) {
+          const refused = m.precheck(c);
+          if (refused !== undefined) return fail(refused);
+        }
         if (late && q) {
           // The reply does not come within the command's bound; the effect lands later, or before the next command.
           const boundMs = Math.min(st.timeoutMs, QMP_COMMAND_MS);

@@ -61,6 +61,17 @@
  * - [migration.c] migrate_prepare: no migration starts while one runs (the
  *             old COLO thread's, until it ends); a stopped VM that a
  *             migration or cont runs again sends RESUME, stop sends STOP.
+ * - [live]    migration.c (migration_completion, migration_maybe_pause,
+ *             migration_iteration_finish) and the live resume's lab runs: with
+ *             pause-before-switchover the RAM goes over while the VM runs; QEMU
+ *             stops the VM for the last pass (STOP; run state finish-migrate,
+ *             which query-status reports as neither running nor paused) and
+ *             waits in pre-switchover for migrate-continue or migrate_cancel;
+ *             a yank does not end that wait. A migration that fails or is
+ *             cancelled after that stop runs the VM again (RESUME) if it ran
+ *             before. The mirror copies in the background (block/mirror.c,
+ *             copy-mode background): a guest write never waits for its
+ *             target. The VM was stopped 0.1-0.3 s per switch in the lab.
  * - [freeze]  SIGSTOP stops every thread, the monitor's too: neither in-band
  *             nor out-of-band commands are answered; the kernel still accepts
  *             TCP connections to its listening sockets (the NBD probe says
@@ -113,7 +124,15 @@ export interface SimQemu {
   xColo: boolean;
   /** The outgoing migration has the client's TLS credentials (migrate-set-parameters). */
   migrationTlsClient: boolean;
-  migration: 'none' | 'active' | 'colo' | 'completed' | 'cancelled';
+  /** pause-before-switchover (migrate-set-capabilities): a migration waits before its switchover ([live]). */
+  pauseBeforeSwitchover: boolean;
+  /** 'pre-switchover': stopped for the last pass, waiting for migrate-continue ([live]). */
+  migration: 'none' | 'active' | 'pre-switchover' | 'colo' | 'completed' | 'cancelled';
+  /**
+   * QEMU stopped the VM for the migration's last pass (run state finish-migrate, until COLO or the migration's end),
+   * and whether the VM ran before: a failed migration then runs it again ([live]).
+   */
+  lastPass: { ranBefore: boolean } | null;
   mirror: MirrorJob | null;
   /** The watchdog's queries waiting for an answer. */
   queries: Array<{ id: string; oob: boolean; boot: string }>;
@@ -182,7 +201,9 @@ export class Qemus {
       nbdServer: kind === 'colo-secondary',
       xColo: kind === 'colo-primary' || kind === 'colo-secondary',
       migrationTlsClient: kind === 'colo-primary',
+      pauseBeforeSwitchover: false,
       migration: kind === 'colo-primary' || kind === 'colo-secondary' ? 'colo' : 'none',
+      lastPass: null,
       mirror: null,
       queries: [],
       late: [],
@@ -221,8 +242,9 @@ export class Qemus {
       if (!this.responsive(q, x.oob)) continue;
       if (!x.oob) this.runLate(q);
       q.queries.splice(q.queries.indexOf(x), 1);
-      // query-status: 'paused' or 'running' (a new secondary waits 'inmigrate': no word on it).
-      const paused = x.oob || q.incoming ? undefined : q.paused;
+      // query-status: 'paused' or 'running' (a new secondary waits 'inmigrate', a migration's last pass 'finish-migrate':
+      // no word on either).
+      const paused = x.oob || q.incoming || q.lastPass ? undefined : q.paused;
       this.w.after(this.w.rng.qemu.range(0.5, 3), () => {
         if (h.agent?.boot === x.boot && h.agent.attached === q.pid && q.alive) this.w.agents.input(h.name, { t: 'qemu-answer', id: x.id, ...(paused !== undefined ? { paused } : {}) });
       });
@@ -482,9 +504,22 @@ export class Qemus {
       this.event(q, { t: 'qemu-event', event: 'COLO_EXIT' }, { laterMs });
     }
     if (q.mirror) q.mirror.stalledSince ??= -Infinity;
-    if (q.migration === 'active') q.migration = 'cancelled';
+    // A migration paused before its switchover waits on ([live]).
+    if (q.migration === 'active') this.migrationFailed(q, 'yanked');
     q.bqlUntil = Math.min(q.bqlUntil, this.w.now);
     this.answerQueries(q);
+  }
+
+  /**
+   * The outgoing migration fails or is cancelled: a VM that QEMU stopped for its last pass, and that ran before, runs
+   * again ([live]); one stopped by a `stop` stays stopped.
+   */
+  migrationFailed(q: SimQemu, why: string): void {
+    q.migration = 'cancelled';
+    this.w.trace(`${q.node}: the migration to the new secondary ends (${why})`);
+    const ranBefore = q.lastPass?.ranBefore === true;
+    q.lastPass = null;
+    if (ranBefore) this.runState(q, false);
   }
 
   /** x-colo-lost-heartbeat: this end leaves COLO and runs on its own. */

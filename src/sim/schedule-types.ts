@@ -85,6 +85,11 @@ export interface Schedule {
   operatorResyncs: Array<{ at: number; node: NodeName }>;
   /** When the last fault is over: everything healed, but for hosts gone for good. */
   quietAt: number;
+  /**
+   * Which nodes' QEMUs can pause before their switchover into COLO (QEMU 10.0; 7.2 with patch 0004): a resync from
+   * such a node takes the live order (colo/resume.ts). Absent: neither (the documented order).
+   */
+  pauseIntoColo?: { a: boolean; b: boolean };
 }
 
 /** How long a fault lasts (0: an instant; Infinity: for good). */

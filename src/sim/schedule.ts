@@ -61,6 +61,8 @@ export interface Focus {
   /** Weights of fault kinds, instead of the usual ones (kinds left out keep theirs). */
   weights?: Partial<Record<FaultKind, number>>;
   stepFailP?: number;
+  /** Which nodes' QEMUs can pause before their switchover into COLO, instead of the drawn ones. */
+  pauseIntoColo?: { a: boolean; b: boolean };
   replicaErrors?: 'p5' | 'reported';
 }
 
@@ -179,7 +181,17 @@ export function scheduleFor(seed: number, focus: Focus = {}): Schedule {
     faults,
     operatorResyncs: operatorResyncsFor(seed, faults),
     quietAt,
+    pauseIntoColo: focus.pauseIntoColo ?? pauseIntoColoFor(seed),
   };
+}
+
+/**
+ * Which nodes' QEMUs can pause before their switchover into COLO (their resync goes live), each one half the time:
+ * from a generator of its own, so that every seed keeps its faults.
+ */
+function pauseIntoColoFor(seed: number): { a: boolean; b: boolean } {
+  const rng = new Rng((seed * 69069) ^ 0x7a05e);
+  return { a: rng.chance(0.5), b: rng.chance(0.5) };
 }
 
 /**

@@ -35,14 +35,21 @@ export interface SimSetup {
   /** The pair's record as `up` made it (a primary, b secondary). */
   pair: PairState;
   core: Record<NodeName, CoreConfig>;
+  /** Whether each node's QEMU can pause before its switchover into COLO (its resume takes the live order). */
+  pauseIntoColo: Record<NodeName, boolean>;
 }
 
-export function simSetup(o: { witness: boolean; paths: 1 | 2 }): SimSetup {
+export function simSetup(o: { witness: boolean; paths: 1 | 2; pauseIntoColo?: { a: boolean; b: boolean } }): SimSetup {
   const config = parseConfig(simConfigText(o), '/sim/sim.yaml', { separateHosts: true });
   const runtime: Runtime = { binary: '/sim/qemu-system-x86_64', accel: 'kvm', dataDirs: [], reconnectMs: true };
   const plan = planPair(config, runtime, 'a');
   const pair = newPairState(config, runtime, plan, [nodeStateOf(plan.primary, 100), nodeStateOf(plan.secondary, 101)], new Date(0));
-  return { config, pair, core: { a: coreConfig(config, 'a', 'b', DISK_SIZE_BYTES), b: coreConfig(config, 'b', 'a', DISK_SIZE_BYTES) } };
+  return {
+    config,
+    pair,
+    core: { a: coreConfig(config, 'a', 'b', DISK_SIZE_BYTES), b: coreConfig(config, 'b', 'a', DISK_SIZE_BYTES) },
+    pauseIntoColo: { a: o.pauseIntoColo?.a ?? false, b: o.pauseIntoColo?.b ?? false },
+  };
 }
 
 function never(what: string): never {
@@ -66,6 +73,8 @@ export function unaskedHost(setup: SimSetup, name: NodeName): ProcedureHost {
     name,
     pair: () => setup.pair,
     qmp: () => unaskedQmp,
+    canPauseIntoColo: () => setup.pauseIntoColo[name],
+    mayRunAlone: () => never('mayRunAlone'),
     endOurQemu: () => never('endOurQemu'),
     prepared: () => undefined,
     setPrepared: () => never('setPrepared'),

@@ -111,7 +111,7 @@ export class World {
     // New streams go last: the draws of the others, and so every stored schedule, stay as they were.
     const streams = ['net', 'qemu', 'proc', 'client', 'agent', 'disk', 'witness', 'setup', 'events'] as const;
     this.rng = Object.fromEntries(streams.map((k, i) => [k, new Rng((sched.seed * 7919 + i * 104_729) >>> 0)])) as World['rng'];
-    this.setup = simSetup({ witness: sched.witness, paths: sched.paths });
+    this.setup = simSetup({ witness: sched.witness, paths: sched.paths, ...(sched.pauseIntoColo ? { pauseIntoColo: sched.pauseIntoColo } : {}) });
     const run = `run-${this.rng.setup.hex(8)}`;
     const epoch: Epoch = { run, gen: 1, by: 'up' };
     const mk = (name: NodeName): Host => ({

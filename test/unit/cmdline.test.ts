@@ -141,9 +141,9 @@ test('commas inside values are escaped so a path cannot add options', () => {
   assert.equal(opts('if=none', { file: '/a,b/disk.qcow2', readonly: true }), 'if=none,file=/a,,b/disk.qcow2,readonly=on');
 });
 
-test('colo-compare timeout is passed when configured', () => {
-  const args = primaryArgs(m('primary'), { ...e, compareTimeoutMs: 1500 }, { image: 'x', format: 'qcow2' }).join(' ');
-  assert.match(args, /colo-compare,id=comp0,.*,compare_timeout=1500/);
+test('colo-compare timeout and scan cycle are passed when configured', () => {
+  const args = primaryArgs(m('primary'), { ...e, compareTimeoutMs: 1500, compareScanMs: 100 }, { image: 'x', format: 'qcow2' }).join(' ');
+  assert.match(args, /colo-compare,id=comp0,.*,compare_timeout=1500,expired_scan_cycle=100/);
 });
 
 test('with the pair\'s TLS, every socket between the hosts takes it: both credential objects, the chardevs to and from the peer, the incoming migration before it listens', () => {

@@ -29,9 +29,12 @@ for (const line of QEMU_LINES) {
     assert.match(p2, /03bfc2188f/);
   });
 
-  test(`QEMU ${line}: the same fixes, in the same order, as the other lines (P1-P3 and P5: the tests name them so)`, () => {
+  test(`QEMU ${line}: the same fixes, in the same order, as the other lines (P1-P3 and P5: the tests name them so); 7.2 has P4 too`, () => {
     const strip = (p: string) => p.replace(/^\d{4}-/, '');
-    assert.deepEqual(patchSeries(line).map(strip), patchSeries('7.2').map(strip));
+    // P4 is 7.2's alone: later lines enter COLO from the device state by themselves.
+    const shared = (l: typeof line) => patchSeries(l).filter((p) => !p.startsWith('0004-')).map(strip);
+    assert.deepEqual(shared(line), shared('7.2'));
+    assert.deepEqual(patchSeries(line).map((p) => p.slice(0, 4)), line === '7.2' ? ['0001', '0002', '0003', '0004', '0005'] : ['0001', '0002', '0003', '0005']);
   });
 }
 

@@ -10,7 +10,7 @@ import { QmpClient } from '../../src/qmp/client.js';
 import { IDS, type ColoEndpoints } from '../../src/qemu/cmdline.js';
 import { runSteps, ColoStepError, parseUsernetForwards, type Step } from '../../src/colo/steps.js';
 import { primaryFailover, primaryFailoverSteps, secondaryFailover, secondaryFailoverSteps, PRIMARY_FAILOVER, SECONDARY_FAILOVER } from '../../src/colo/failover.js';
-import { resumeReplication, abortResume, RESYNC_JOB } from '../../src/colo/resume.js';
+import { resumeReplication, abortResume, abortResumeTolerantSteps, cancelPausedMigrationStep, RESYNC_JOB, ABORT_RESUME } from '../../src/colo/resume.js';
 import { FakeQmp, type FakeCommand, type FakeConn } from '../helpers/fake-qmp.js';
 
 // ---------------------------------------------------------------------------
@@ -179,6 +179,14 @@ class QemuModel {
     return `Hub -1 (${IDS.netdev}):\n${head}${lines.join('')}`;
   }
 
+  /** The switchover into COLO: this node its primary, the VM running again. */
+  private enterColo(conn: FakeConn): void {
+    this.migration = 'colo';
+    this.colo = 'primary';
+    this.status = 'running';
+    setImmediate(() => conn.event('RESUME'));
+  }
+
   private mutation(key: string, conn: FakeConn, cmd: FakeCommand, apply: () => Reply): void {
     this.log.push(key);
     const r = apply();
@@ -247,7 +255,7 @@ class QemuModel {
       case 'migrate-set-parameters':
         return this.mutation('migrate-set-parameters', conn, cmd, () => ((this.tlsCreds = String(a['tls-creds'] ?? this.tlsCreds)), { ret: {} }));
       case 'query-migrate-capabilities':
-        return conn.reply(cmd, ['x-colo', 'events'].map((c) => ({ capability: c, state: this.caps.has(c) })));
+        return conn.reply(cmd, ['x-colo', 'events', 'pause-before-switchover'].map((c) => ({ capability: c, state: this.caps.has(c) })));
       case 'query-migrate':
         return conn.reply(cmd, this.migration ? { status: this.migration } : {});
       case 'query-colo-status':
@@ -300,7 +308,7 @@ class QemuModel {
         });
       case 'migrate-set-capabilities':
         return this.mutation('migrate-set-capabilities', conn, cmd, () => {
-          if (this.migration === 'active' || this.migration === 'colo') return { error: "There's a migration process in progress" };
+          if (this.migration === 'active' || this.migration === 'pre-switchover' || this.migration === 'colo') return { error: "There's a migration process in progress" };
           for (const c of a.capabilities as Array<{ capability: string; state: boolean }>) {
             if (c.state) this.caps.add(c.capability);
             else this.caps.delete(c.capability);
@@ -312,19 +320,49 @@ class QemuModel {
           // As QEMU's migration_tls_get_creds: an outgoing migration with the listening side's credentials fails.
           if (this.tlsCreds === IDS.tlsServer) return { error: 'Expected TLS credentials for a client endpoint' };
           this.peerArgs.push(`migrate tls-creds=${this.tlsCreds}`);
-          if (this.migration === 'active' || (this.migration === 'colo' && this.colo === 'primary')) return { error: "There's a migration process in progress" };
-          this.migration = 'colo';
-          this.colo = 'primary';
-          this.status = 'running';
-          setImmediate(() => conn.event('RESUME'));
+          if (['active', 'pre-switchover'].includes(this.migration ?? '') || (this.migration === 'colo' && this.colo === 'primary')) return { error: "There's a migration process in progress" };
+          if (this.caps.has('pause-before-switchover')) {
+            // As migration.c: the RAM goes over, then the VM is stopped for the last pass and the migration pauses.
+            this.migration = 'pre-switchover';
+            if (this.status === 'running') {
+              this.status = 'finish-migrate';
+              setImmediate(() => conn.event('STOP'));
+            }
+            return { ret: {} };
+          }
+          this.enterColo(conn);
+          return { ret: {} };
+        });
+      case 'migrate-continue':
+        return this.mutation('migrate-continue', conn, cmd, () => {
+          if (this.migration !== 'pre-switchover' || a.state !== 'pre-switchover') return { error: `Migration not in expected state: ${this.migration}` };
+          this.enterColo(conn);
           return { ret: {} };
         });
       case 'migrate_cancel':
-        return this.mutation('migrate_cancel', conn, cmd, () => ((this.migration = 'cancelled'), { ret: {} }));
+        return this.mutation('migrate_cancel', conn, cmd, () => {
+          // A migration paused before its switchover is let go and cancelled; the VM it stopped runs again (migration.c).
+          if (this.migration === 'pre-switchover') {
+            this.status = 'running';
+            setImmediate(() => conn.event('RESUME'));
+          }
+          this.migration = 'cancelled';
+          return { ret: {} };
+        });
       case 'stop':
-        return this.mutation('stop', conn, cmd, () => ((this.status = 'paused'), { ret: {} }));
+        return this.mutation('stop', conn, cmd, () => {
+          // As vm_stop: a VM that does not run keeps its run state (a migration's last pass: finish-migrate).
+          if (this.status !== 'running') return { ret: {} };
+          setImmediate(() => conn.event('STOP'));
+          this.status = 'paused';
+          return { ret: {} };
+        });
       case 'cont':
-        return this.mutation('cont', conn, cmd, () => ((this.status = 'running'), { ret: {} }));
+        return this.mutation('cont', conn, cmd, () => {
+          if (this.status === 'finish-migrate') return { error: 'Migration is not finalized yet' };
+          this.status = 'running';
+          return { ret: {} };
+        });
       case 'drive-mirror':
         return this.mutation('drive-mirror', conn, cmd, () => {
           if (this.job) return { error: `Job ID '${a['job-id']}' already in use` };
@@ -553,6 +591,126 @@ async function oldCancelStep(qmp: QmpClient): Promise<void> {
     done.close();
   }
 }
+
+test('live resume replication: the RAM goes over while the VM runs; the mirror ends, the replication child and the proxy come while QEMU is paused before its switchover; the VM stopped only from its last pass to COLO', async () => {
+  const m = QemuModel.primaryAlone();
+  const r = await withModel(m, (qmp) => resumeReplication(qmp, endpoints, target, { ...resumeOpts, live: true }));
+  assert.equal(r.live, true);
+  const s = m.snapshot();
+  assert.deepEqual([s.colo, s.migration, s.status, s.job], ['primary', 'colo', 'running', undefined]);
+  assert.deepEqual(s.quorum, [['children.0', 'disk-file'], ['children.1', IDS.replicationNode]]);
+  // The order that keeps the new secondary exact: the migration starts with the mirror running, nothing of the
+  // replication or the proxy exists before the pause, and the switchover comes last.
+  const at = (k: string) => m.log.indexOf(k);
+  assert.ok(at('drive-mirror') < at('migrate'), 'the mirror runs during the migration');
+  assert.ok(at('migrate') < at('block-job-cancel'), 'the mirror ends only at the pause');
+  assert.ok(at('hmp drive_add replication0') < at('migrate') && at('object-add comp0') < at('migrate'), 'what redirects nothing is made while the VM runs');
+  assert.ok(at('block-job-cancel') < at('x-blockdev-change attach'), 'the replication child is attached only once the mirror ended, at the pause');
+  assert.ok(at('block-job-cancel') < at('object-add m0') && at('object-add redire1') < at('migrate-continue'), 'the filters come at the pause, before the switchover into COLO');
+  assert.ok(!m.log.includes('stop'), 'lockstep never stops the VM itself: QEMU does, for the last pass');
+  assert.ok(r.stoppedMs >= 0 && r.stoppedMs < 1000, `stopped ${r.stoppedMs} ms, from QEMU's STOP to its RESUME`);
+  // Each reply after the mirror lost in turn: retried from where it stopped, to the same end.
+  for (const lose of ['hmp drive_add replication0', 'object-add comp0', 'migrate-set-capabilities', 'migrate', 'block-job-cancel', 'x-blockdev-change attach', 'object-add m0', 'migrate-continue']) {
+    const n = QemuModel.primaryAlone();
+    n.lose = lose;
+    await withModel(n, async (qmp) => {
+      const err = await resumeReplication(qmp, endpoints, target, { ...resumeOpts, live: true }).catch((e: unknown) => e);
+      assert.ok(err instanceof ColoStepError, `${lose}: ${String(err)}`);
+      if (lose === 'block-job-cancel') {
+        // Its outcome unknown once the job is gone: the retry fails, and the resume is taken back (below).
+        await assert.rejects(resumeReplication(qmp, endpoints, target, { ...resumeOpts, live: true, fromStep: err.stepsDone }), /mirror job is gone/);
+        await abortResume(qmp);
+        assert.deepEqual([n.status, n.migration], ['running', 'cancelled'], 'taken back from the pause: the migration cancelled, the VM running');
+        return;
+      }
+      await resumeReplication(qmp, endpoints, target, { ...resumeOpts, live: true, fromStep: err.stepsDone });
+    });
+    if (lose !== 'block-job-cancel') assert.deepEqual(n.snapshot(), { ...s, caps: n.snapshot().caps }, `${lose}: the same end state`);
+  }
+});
+
+test('live resume taken back while paused before its switchover: the migration cancelled, the VM running, its capabilities off', async () => {
+  const m = QemuModel.primaryAlone();
+  m.lose = 'object-add m0';
+  await withModel(m, async (qmp) => {
+    await assert.rejects(resumeReplication(qmp, endpoints, target, { ...resumeOpts, live: true }), ColoStepError);
+    assert.deepEqual([m.migration, m.status], ['pre-switchover', 'finish-migrate']);
+    const undone = await abortResume(qmp);
+    assert.ok(undone.includes('migrate_cancel') && undone.includes('x-colo off'), undone.join(', '));
+  });
+  const s = m.snapshot();
+  assert.deepEqual([s.objects, s.quorum, s.status, s.caps], [[], [['children.0', 'disk-file']], 'running', []]);
+});
+
+test('live resume taken back at its pause where the VM may not run: the migration is left paused, the VM stopped in it; cancelled before the VM may run again, QEMU runs it', async () => {
+  const m = QemuModel.primaryAlone();
+  m.lose = 'object-add m0';
+  await withModel(m, async (qmp) => {
+    await assert.rejects(resumeReplication(qmp, endpoints, target, { ...resumeOpts, live: true }), ColoStepError);
+    const undone: string[] = [];
+    const failures: string[] = [];
+    await runSteps(ABORT_RESUME, abortResumeTolerantSteps(qmp, undone, (step) => failures.push(step), { cont: false }));
+    assert.deepEqual(failures, []);
+    // migrate_cancel would let QEMU run the VM again (it ran before the last pass): not done, nor the capabilities.
+    assert.ok(!undone.includes('migrate_cancel') && !undone.includes('x-colo off'), undone.join(', '));
+    assert.deepEqual([m.migration, m.status, m.objects.size, m.quorum.size], ['pre-switchover', 'finish-migrate', 0, 1]);
+    // Until the VM may run again (unfence): the migration cancelled, QEMU runs the VM; then cont is harmless.
+    await runSteps('unfence', [cancelPausedMigrationStep(qmp)]);
+    assert.deepEqual([m.migration, m.status], ['cancelled', 'running']);
+    const again = await runSteps('unfence', [cancelPausedMigrationStep(qmp)]);
+    assert.equal(again[0]?.alreadyDone, true, 'no migration waits: skipped');
+    // The rest of the take-back now goes through.
+    assert.ok((await abortResume(qmp)).includes('x-colo off'));
+  });
+  assert.deepEqual(m.snapshot().caps, []);
+});
+
+test('live resume: the switchover waits while the VM may not run alone (a failed switchover would let QEMU run it again): the step fails, the VM stays stopped in the pause', async () => {
+  const m = QemuModel.primaryAlone();
+  let may = false;
+  await withModel(m, async (qmp) => {
+    const err = await resumeReplication(qmp, endpoints, target, { ...resumeOpts, live: true, mayRunAlone: () => may }).catch((e: unknown) => e);
+    assert.ok(err instanceof ColoStepError, String(err));
+    assert.equal(err.step, 'migrate-continue pre-switchover: the switchover into COLO');
+    assert.match(err.message, /may not run alone/);
+    assert.ok(!m.log.includes('migrate-continue'), 'nothing sent');
+    assert.deepEqual([m.migration, m.status], ['pre-switchover', 'finish-migrate']);
+    // Once it may (the lease ours again), a retry from there goes on into COLO.
+    may = true;
+    await resumeReplication(qmp, endpoints, target, { ...resumeOpts, live: true, mayRunAlone: () => may, fromStep: err.stepsDone });
+  });
+  assert.deepEqual([m.colo, m.migration, m.status], ['primary', 'colo', 'running']);
+});
+
+test('resume replication (documented order): a lost stop reply is retried, stopping the stopped VM again, without waiting for a STOP that does not come', async () => {
+  const m = QemuModel.primaryAlone();
+  m.lose = 'stop';
+  await withModel(m, async (qmp) => {
+    const err = await resumeReplication(qmp, endpoints, target, resumeOpts).catch((e: unknown) => e);
+    assert.ok(err instanceof ColoStepError && err.step === 'stop', String(err));
+    assert.equal(m.status, 'paused');
+    const r = await resumeReplication(qmp, endpoints, target, { ...resumeOpts, fromStep: err.stepsDone });
+    assert.equal(r.live, false);
+    assert.equal(r.stoppedMs, 0, 'the STOP came before this attempt listened: not timed');
+  });
+  assert.deepEqual([m.colo, m.migration, m.status], ['primary', 'colo', 'running']);
+});
+
+test('resume replication: a migration that ends instead of entering COLO fails the last step even though the VM runs again', async () => {
+  const m = QemuModel.primaryAlone();
+  const orig = m.handle.bind(m);
+  // The switchover fails after QEMU stopped the VM for the last pass: QEMU runs the VM again (RESUME), out of COLO.
+  m.handle = (c, conn) =>
+    c.execute === 'migrate-continue'
+      ? ((m.migration = 'failed'), (m.status = 'running'), setImmediate(() => conn.event('RESUME')), conn.reply(c, {}))
+      : orig(c, conn);
+  await withModel(m, async (qmp) => {
+    const err = await resumeReplication(qmp, endpoints, target, { ...resumeOpts, live: true }).catch((e: unknown) => e);
+    assert.ok(err instanceof ColoStepError, String(err));
+    assert.equal(err.step, 'migration to the new secondary, until the VM runs again in COLO');
+    assert.match(err.message, /ended \(failed\) instead of entering COLO/);
+  });
+});
 
 test('resume replication: a final mirror pass that ends with an error, or a cancelled mirror, fails the block-job-cancel step', async () => {
   for (const end of ['error', 'cancelled'] as const) {

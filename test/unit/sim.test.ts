@@ -45,8 +45,9 @@ export const EVERY_PROCEDURE: Procedure[] = [
 
 test('the simulator models every step of every procedure the runtime runs, by name, with the same checks of what QEMU already did', () => {
   const seen = new Set<string>();
-  for (const witness of [true, false]) {
-    const setup = simSetup({ witness, paths: 2 });
+  // A node whose QEMU can pause before its switchover into COLO resumes in the live order (other steps).
+  for (const [witness, pause] of [true, false].flatMap((w) => [true, false].map((p) => [w, p] as const))) {
+    const setup = simSetup({ witness, paths: 2, pauseIntoColo: { a: pause, b: pause } });
     for (const p of EVERY_PROCEDURE) {
       const steps = procedurePlan(p, unaskedHost(setup, 'a')).steps;
       assert.ok(steps.length > 0, p.kind);

@@ -326,7 +326,12 @@ export function leaseStopMarginMs(cfg: CoreConfig): number {
  * write alone without the lease, or on a disk nobody can vouch for.
  */
 function mayRunAlone(s: CoreState): boolean {
-  return (leaseAhead(s) && s.disk.epoch !== undefined) || planted('take-back-runs-vm-without-lease');
+  return mayBeginAlone(s) || planted('take-back-runs-vm-without-lease');
+}
+
+/** mayRunAlone, as the procedures' runtime asks it (node/procedures.ts: a live resume's switchover). */
+export function mayBeginAlone(s: CoreState): boolean {
+  return leaseAhead(s) && s.disk.epoch !== undefined;
 }
 
 /**
