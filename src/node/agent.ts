@@ -32,8 +32,8 @@ import { WitnessArbiter, witnessClientName } from './witness.js';
 import type { Arbiter } from './arbiter.js';
 import type { WitnessReply } from './wire.js';
 import { initCore, statusOf, mayBeginAlone } from './core/core.js';
-import type { CoreState, CoreStatus, Effect, Input, InputBody, Procedure, QemuFound } from './core/types.js';
-import { AgentDriver, ATTACH_RETRY_MS, TICK_MS, type AgentIo } from './driver.js';
+import type { CoreState, CoreStatus, Effect, Input, InputBody, ProbeWhat, Procedure, QemuFound } from './core/types.js';
+import { AgentDriver, ATTACH_RETRY_MS, PROBE_TIMEOUT_MS, TICK_MS, type AgentIo } from './driver.js';
 import { coreConfig } from './timings.js';
 import type { Epoch } from '../pair/epoch.js';
 import { sleep } from '../util/time.js';
@@ -195,7 +195,7 @@ export class Agent {
         }
       },
       persistDisk: (id, epoch, pending, why) => this.persistDisk(id, epoch, pending, why),
-      probePeerQemu: (id) => void this.probePeer().then((alive) => this.input({ t: 'probe-result', id, alive })),
+      probePeer: (id, what) => void this.probePeer(what).then((alive) => this.input({ t: 'probe-result', id, alive })),
       record: (event, detail) => this.record(event, detail),
       decision: (action, why) => this.log.warn({ action, why }, `decision: ${action}`),
       log: (level, msg, fields) => this.log[level](fields ?? {}, msg),
@@ -301,10 +301,16 @@ export class Agent {
     }
   }
 
-  /** The primary's probe of the secondary's QEMU when its agent is silent: does its NBD port accept? */
-  private probePeer(): Promise<boolean> {
+  /**
+   * A probe of the peer when its agent is silent on every path, a TCP connect to the VM's NBD port on the peer's
+   * replication address, bounded by PROBE_TIMEOUT_MS:
+   * - `qemu` (a primary): does the secondary's QEMU answer? Only an accept says yes;
+   * - `host` (a secondary): does the primary's host answer? An accept, or a refusal from its kernel (nothing listens
+   *   there on a primary), says yes; no answer in time, or no route, says no.
+   */
+  private probePeer(what: ProbeWhat): Promise<boolean> {
     return new Promise((resolve) => {
-      const sock = net.createConnection({ host: this.peer.address, port: this.pair.endpoints.nbdPort, localAddress: this.me.address, timeout: 300 });
+      const sock = net.createConnection({ host: this.peer.address, port: this.pair.endpoints.nbdPort, localAddress: this.me.address, timeout: PROBE_TIMEOUT_MS });
       sock.once('connect', () => {
         sock.destroy();
         resolve(true);
@@ -313,7 +319,7 @@ export class Agent {
         sock.destroy();
         resolve(false);
       });
-      sock.once('error', () => resolve(false));
+      sock.once('error', (err: NodeJS.ErrnoException) => resolve(what === 'host' && err.code === 'ECONNREFUSED'));
     });
   }
 

@@ -14,7 +14,7 @@
 import type { Arbiter } from './arbiter.js';
 import type { PeerChannel } from './peer-channel.js';
 import { step, InvariantError } from './core/core.js';
-import type { CoreState, Effect, Input, InputBody, Procedure } from './core/types.js';
+import type { CoreState, Effect, Input, InputBody, Procedure, ProbeWhat } from './core/types.js';
 import type { Epoch } from '../pair/epoch.js';
 
 /** The core is stepped this often (heartbeats, timeouts and the watchdog are counted in its ticks). */
@@ -23,6 +23,13 @@ export const TICK_MS = 50;
 export const INBOX_MAX = 10_000;
 /** The runtime tries again to attach to its QEMU this often (until the core ends a QEMU that never answers). */
 export const ATTACH_RETRY_MS = 500;
+/**
+ * A probe of the peer (a TCP connect) that has no answer in this time says "no answer". A host that is up answers a
+ * connect on the same link in well under a millisecond (an accept, or a reset from its kernel); 300 ms leaves room
+ * for a loaded host and a lost SYN is retransmitted only after 1 s, so a probe on a lossy link may say "no answer":
+ * a secondary then only asks the witness for the lease early, which it grants only once the primary's has run out.
+ */
+export const PROBE_TIMEOUT_MS = 300;
 
 /** What the driver does the core's effects with. Every call returns at once; outcomes come back as inputs. */
 export interface AgentIo {
@@ -40,8 +47,8 @@ export interface AgentIo {
   killQemu(why: string): void;
   /** Writes our disk's record durably; reports disk-persisted. */
   persistDisk(id: string, epoch: Epoch | undefined, pending: Epoch | undefined, why: string): void;
-  /** Does the peer's QEMU answer (its NBD port)? Reports probe-result. */
-  probePeerQemu(id: string): void;
+  /** Does the peer's QEMU (its NBD port), or its host, answer? Reports probe-result within PROBE_TIMEOUT_MS. */
+  probePeer(id: string, what: ProbeWhat): void;
   /** For the pair's record (state file) and the event journal. */
   record(event: Extract<Effect, { t: 'record' }>['event'], detail: Extract<Effect, { t: 'record' }>['detail']): void;
   /** Every decision, with its reason. */
@@ -120,8 +127,8 @@ export class AgentDriver {
         return io.killQemu(e.why);
       case 'persist-disk':
         return io.persistDisk(e.id, e.epoch, e.pending, e.why);
-      case 'probe-peer-qemu':
-        return io.probePeerQemu(e.id);
+      case 'probe-peer':
+        return io.probePeer(e.id, e.what);
       case 'record':
         return io.record(e.event, e.detail);
       case 'decision':

@@ -8,7 +8,7 @@
  */
 import { initCore } from '../node/core/core.js';
 import type { InputBody, QemuFound } from '../node/core/types.js';
-import { AgentDriver, ATTACH_RETRY_MS, TICK_MS, type AgentIo } from '../node/driver.js';
+import { AgentDriver, ATTACH_RETRY_MS, PROBE_TIMEOUT_MS, TICK_MS, type AgentIo } from '../node/driver.js';
 import type { Arbiter } from '../node/arbiter.js';
 import type { World, Host } from './world.js';
 import type { SimQemu } from './qemu.js';
@@ -149,17 +149,22 @@ export class Agents {
           this.input(h.name, { t: 'disk-persisted', id, ok: true });
         });
       },
-      probePeerQemu: (id) => {
+      probePeer: (id, what) => {
         const peer = w.hosts[h.peer];
         const pq = peer.qemu;
-        // [freeze] a frozen QEMU's kernel still accepts the connection; a paused host's does not.
-        const alive = peer.up && !peer.paused && w.net.up('replication') && !!pq?.alive && pq.nbdServer;
-        w.after(alive ? w.rng.agent.range(0.5, 3) : 300, () => {
+        // A host that runs answers a connect (an accept, or its kernel's refusal); a paused or powered-off one does
+        // not, nor one we are cut off from. [freeze] a frozen QEMU's kernel still accepts the connection.
+        const hostAnswers = peer.up && !peer.paused && w.net.up('replication');
+        const alive = what === 'host' ? hostAnswers : hostAnswers && !!pq?.alive && pq.nbdServer;
+        w.after(alive ? w.rng.agent.range(0.5, 3) : PROBE_TIMEOUT_MS, () => {
           if (mine()) this.input(h.name, { t: 'probe-result', id, alive });
         });
       },
       record: (event, detail) => w.trace(`${h.name}: record ${event} ${JSON.stringify(detail)}`),
-      decision: (action, why) => w.trace(`${h.name}: DECIDE ${action}: ${why}`),
+      decision: (action, why) => {
+        w.trace(`${h.name}: DECIDE ${action}: ${why}`);
+        w.check.decided(h.name, action);
+      },
       log: (level, msg) => {
         if (level !== 'info' || msg.startsWith('waiting')) w.trace(`${h.name}: ${level}: ${msg}`);
       },

@@ -18,6 +18,7 @@ export class Faults {
   private apply(f: Fault): void {
     const w = this.w;
     w.trace(`FAULT ${JSON.stringify(f)}`);
+    w.check.faultApplied(f);
     switch (f.kind) {
       case 'kill-qemu': {
         const h = w.hosts[f.node];

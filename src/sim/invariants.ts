@@ -25,6 +25,15 @@
  *   acknowledged write (a replica write that failed before a checkpoint), past
  *   the time to react;
  *
+ * promptness
+ * - prompt-takeover: with a witness, when the host of a protected primary is
+ *   lost alone (power, reboot, gone, or paused for longer than this bound),
+ *   while its secondary's host, agent and disk are fine and it reaches the
+ *   witness, the secondary decides to take over within promptTakeoverMs:
+ *   the heartbeat timeout, the host probe, and a second's slack (no waiting
+ *   for the checkpoint stream to stall). Judged only where no other fault
+ *   lasts into that window;
+ *
  * liveness
  * - liveness-during-faults: while a node holds every acknowledged write and
  *   the newest epoch, runs its agent, and reaches the arbiter (the witness;
@@ -36,11 +45,11 @@
  *   PROTECT_BOUND_MS, and stays so (unless a host is gone for good).
  */
 import { isProtected } from '../node/core/core.js';
-import { TICK_MS } from '../node/driver.js';
+import { PROBE_TIMEOUT_MS, TICK_MS } from '../node/driver.js';
 import { compareEpochs, type Epoch } from '../pair/epoch.js';
 import type { World, Host } from './world.js';
 import type { SimQemu, Session } from './qemu.js';
-import type { NodeName } from './schedule-types.js';
+import { faultMs, type Fault, type NodeName } from './schedule-types.js';
 
 export const VIOLATION_KINDS = [
   'single-writer',
@@ -53,6 +62,7 @@ export const VIOLATION_KINDS = [
   'core-error',
   'status-truth',
   'replica-exact',
+  'prompt-takeover',
   'liveness-during-faults',
   'liveness-after-faults',
   'protected-after-faults',
@@ -86,6 +96,18 @@ function replicaReactMs(heartbeatTimeoutMs: number): number {
   return heartbeatTimeoutMs + 2 * EVENT_SEEN_MS;
 }
 
+/** The faults after which a secondary must decide to take over promptly: its primary's host stops answering anything. */
+const HOST_LOSSES: ReadonlySet<Fault['kind']> = new Set(['power-loss', 'reboot', 'host-gone', 'host-pause']);
+
+/**
+ * A protected primary's host lost alone: its secondary decides to take over within this long. Its last heartbeat
+ * came at most a heartbeat timeout before it counts as silent; then the host probe (PROBE_TIMEOUT_MS), and a second
+ * for the ticks that see both, an agent busy for a moment and a probe's resend.
+ */
+export function promptTakeoverMs(heartbeatTimeoutMs: number): number {
+  return heartbeatTimeoutMs + PROBE_TIMEOUT_MS + 1000;
+}
+
 /**
  * A disk record is the newest the witness knows: its epoch is, or the epoch
  * its node asked the witness to record (pending) is, which the witness did:
@@ -114,6 +136,11 @@ export class Invariants {
   longestDownWhileAbleMs = 0;
   /** Since when the secondary's disk lacks an acknowledged write (committed at a checkpoint). */
   private replicaShortSince: number | null = null;
+  /** A protected primary's host lost alone: its secondary must decide to take over by `by`. */
+  private hostLoss: { secondary: NodeName; at: number; by: number; kind: Fault['kind'] } | null = null;
+  /** For the report: host losses judged by prompt-takeover, and the slowest decision among them. */
+  hostLossesJudged = 0;
+  slowestTakeoverMs = 0;
 
   constructor(private readonly w: World) {}
 
@@ -209,6 +236,48 @@ export class Invariants {
     else this.replicaShortSince = null;
   }
 
+  // ---- promptness ----
+
+  /** A fault is about to be applied: a host loss that prompt-takeover judges begins its window. */
+  faultApplied(f: Fault): void {
+    if (!HOST_LOSSES.has(f.kind) || !('node' in f) || this.hostLoss) return;
+    const w = this.w;
+    const primary = w.hosts[f.node];
+    const secondary = w.hosts[primary.peer];
+    const pc = primary.agent?.driver.core;
+    const sc = secondary.agent?.driver.core;
+    if (!w.sched.witness || !primary.up || primary.paused || !pc || !sc || pc.role !== 'primary' || sc.role !== 'secondary') return;
+    const boundMs = promptTakeoverMs(sc.cfg.heartbeatTimeoutMs);
+    // Paused or powered off for less than the bound, the host may answer again before the secondary decides.
+    if (faultMs(f) <= boundMs) return;
+    // Only a fault alone: none other lasts into the window (soak seed 10,006,251: a cut of the witness link that
+    // began before the host loss and healed in the window).
+    const others = w.sched.faults.some((g) => g !== f && g.at <= f.at + boundMs && g.at + faultMs(g) >= f.at);
+    if (others) return;
+    // Both protected, the secondary fine: its host, its agent, its disk's record and epoch, its replica exact, and
+    // the witness up and reachable.
+    if (!isProtected(pc) || !isProtected(sc)) return;
+    if (!secondary.up || secondary.paused || secondary.record.state !== 'ok' || sc.disk.epoch === undefined || sc.disk.missedWriteAt !== null) return;
+    if (!w.witness.up || !w.net.up(secondary.name === 'a' ? 'witness-a' : 'witness-b')) return;
+    this.hostLoss = { secondary: secondary.name, at: w.now, by: w.now + boundMs, kind: f.kind };
+    this.hostLossesJudged++;
+  }
+
+  /** An agent decided (action, with its reason): a judged takeover ends its window. */
+  decided(node: NodeName, action: string): void {
+    const l = this.hostLoss;
+    if (!l || node !== l.secondary || action !== 'takeover') return;
+    this.slowestTakeoverMs = Math.max(this.slowestTakeoverMs, this.w.now - l.at);
+    this.hostLoss = null;
+  }
+
+  private promptness(): void {
+    const l = this.hostLoss;
+    if (!l || this.w.now <= l.by) return;
+    this.hostLoss = null;
+    this.violation('prompt-takeover', `${l.secondary} did not decide to take over within ${Math.round(l.by - l.at)} ms of its primary's host loss (${l.kind}) (${this.w.describe()})`);
+  }
+
   // ---- at every agent tick ----
 
   ticked(h: Host): void {
@@ -274,6 +343,7 @@ export class Invariants {
 
   /** Every TICK_MS of the world (whether any agent runs or not). */
   duringFaults(): void {
+    this.promptness();
     const why = this.ableToRun();
     const now = this.w.now;
     const ran = this.ranSinceAble;

@@ -19,7 +19,7 @@ import { Worker, isMainThread, parentPort, workerData } from 'node:worker_thread
 import { fileURLToPath } from 'node:url';
 import { World, type SimResult } from './world.js';
 import { scheduleFor } from './schedule.js';
-import { RUN_BOUND_MS, PROTECT_BOUND_MS, RUN_DURING_FAULTS_MS, type ViolationKind, type Violation } from './invariants.js';
+import { RUN_BOUND_MS, PROTECT_BOUND_MS, RUN_DURING_FAULTS_MS, promptTakeoverMs, type ViolationKind, type Violation } from './invariants.js';
 import type { Schedule } from './schedule-types.js';
 import { plant, MUTANTS, type MutantName } from '../node/mutants.js';
 import { MUTANT_CHECKS, mutantSchedule } from './mutants.js';
@@ -32,6 +32,8 @@ export interface Outcome {
   runAgainMs: number | null;
   protectedAgainMs: number | null;
   longestDownWhileAbleMs: number;
+  hostLossesJudged: number;
+  slowestTakeoverMs: number;
   steps: number;
 }
 
@@ -41,7 +43,7 @@ export function runSchedule(sched: Schedule, o: { traceAll?: boolean; stopAtFirs
   const firsts = new Map<ViolationKind, { kind: ViolationKind; detail: string; at: number }>();
   for (const v of r.violations) if (!firsts.has(v.kind)) firsts.set(v.kind, { kind: v.kind, detail: v.detail, at: v.at });
   return {
-    outcome: { seed: sched.seed, violations: [...firsts.values()], runAgainMs: r.runAgainMs, protectedAgainMs: r.protectedAgainMs, longestDownWhileAbleMs: r.longestDownWhileAbleMs, steps: r.steps },
+    outcome: { seed: sched.seed, violations: [...firsts.values()], runAgainMs: r.runAgainMs, protectedAgainMs: r.protectedAgainMs, longestDownWhileAbleMs: r.longestDownWhileAbleMs, hostLossesJudged: r.hostLossesJudged, slowestTakeoverMs: r.slowestTakeoverMs, steps: r.steps },
     result: r,
     describe: w.describe(),
   };
@@ -130,6 +132,11 @@ export function summarize(outcomes: Outcome[], ms: number): string[] {
   lines.push(
     `while a node could run it (the newest disk, the arbiter reachable), the VM ran again within p50 ${s(percentile(down, 50))} s, p99 ${s(percentile(down, 99))} s, max ${s(maxOf(down))} s (bound ${RUN_DURING_FAULTS_MS / 1000} s; ${down.length} schedules had such a wait)`,
   );
+  const losses = outcomes.reduce((a, o) => a + (o.hostLossesJudged ?? 0), 0);
+  if (losses) {
+    const slowest = maxOf(outcomes.filter((o) => (o.hostLossesJudged ?? 0) > 0).map((o) => o.slowestTakeoverMs ?? 0));
+    lines.push(`a primary's host lost alone (prompt-takeover judged ${losses}): the secondary decided to take over within ${s(slowest)} s at the slowest (bound: the heartbeat timeout + ${s(promptTakeoverMs(0))} s)`);
+  }
   lines.push(`${(ms / 1000).toFixed(1)} s, ${outcomes.reduce((a, o) => a + o.steps, 0)} agent steps`);
   lines.push(`${outcomes.length} schedules, ${bad.length} violations`);
   return lines;

@@ -78,6 +78,9 @@ export interface SimResult {
   protectedAgainMs: number | null;
   /** The longest the VM was not running while a node could have run it (liveness during faults). */
   longestDownWhileAbleMs: number;
+  /** Host losses prompt-takeover judged, and the slowest takeover decision among them (ms after the loss). */
+  hostLossesJudged: number;
+  slowestTakeoverMs: number;
   endedAt: number;
   acked: number;
   steps: number;
@@ -194,6 +197,8 @@ export class World {
       runAgainMs: this.check.runAgainAt === null ? null : this.check.runAgainAt - this.sched.quietAt,
       protectedAgainMs: this.check.protectedAgainAt === null ? null : this.check.protectedAgainAt - this.sched.quietAt,
       longestDownWhileAbleMs: this.check.longestDownWhileAbleMs,
+      hostLossesJudged: this.check.hostLossesJudged,
+      slowestTakeoverMs: this.check.slowestTakeoverMs,
       endedAt: this.now,
       acked: this.acked.size,
       steps: this.steps,

@@ -208,7 +208,7 @@ test('metrics, the dashboard and the journal of a running pair across a host los
     );
     const text = await lab.cli('mgmt', ['events', 'web', '--since', iso(lost.deadAt - 2000)]);
     assert.equal(text.code, 0, text.stderr);
-    assert.match(text.stdout, /failover +took the VM over from a: no heartbeat and no checkpoint/);
+    assert.match(text.stdout, /failover +took the VM over from a: no heartbeat, and the primary's host answers nothing \(gone or cut off\): the primary is unreachable/);
     process.stderr.write(`# lockstep events web --since (${story.length} records of web in all since the lab started ${((Date.now() - startedAt) / 1000).toFixed(0)} s ago):\n${text.stdout.split('\n').slice(0, 80).map((l) => `#   ${l}`).join('\n')}\n`);
     assert.equal(sum.echo.closed, false, 'the TCP connection stayed open');
     assert.equal(counterGaps(sum.http.requests), undefined, 'no acknowledged write lost');

@@ -902,3 +902,83 @@ test('a take-back of a failed resync that fails is tried again within a failover
   a.run(1000, { heartbeats: true, answer: grantAll(a) });
   assert.ok(a.runs().slice(before).some((r) => r.procedure.kind === 'abort-resume'), 'the take-back is tried again within a second');
 });
+
+/** Answers as `grantAll`, and every probe of the peer with `alive`. */
+function probing(n: Node, alive: boolean): (e: Effect) => InputBody | undefined {
+  const grant = grantAll(n);
+  return (e) => (e.t === 'probe-peer' ? { t: 'probe-result', id: e.id, alive } : grant(e));
+}
+
+test('a secondary whose primary\'s host answers nothing takes over at once (through the lease); one whose host answers waits for the stall', () => {
+  const gone = protectedSecondary();
+  const silentAt = gone.now;
+  gone.run(1000, { answer: probing(gone, false) });
+  const probes = gone.fx.filter((e): e is Extract<Effect, { t: 'probe-peer' }> => e.t === 'probe-peer');
+  assert.ok(probes.length >= 1 && probes.every((p) => p.what === 'host'), 'the secondary probes the primary\'s host');
+  assert.deepEqual(gone.decisions(), ['takeover']);
+  const decided = gone.fx.find((e): e is Extract<Effect, { t: 'decision' }> => e.t === 'decision')!;
+  assert.match(decided.why, /the primary's host answers nothing/);
+  assert.ok(gone.s.work?.kind === 'takeover' && gone.s.work.stalled, 'taken as a stall: a failed attempt does not fence our VM');
+  const first = gone.fx.findIndex((e) => e.t === 'probe-peer');
+  assert.ok(first >= 0 && gone.fx.findIndex((e) => e.t === 'decision') > first, 'decided after the probe');
+  assert.ok(gone.s.work!.startedAt - silentAt <= 500 + 100, `decided ${gone.s.work!.startedAt - silentAt} ms after the last heartbeat`);
+
+  const up = protectedSecondary();
+  up.run(5000, { answer: probing(up, true) });
+  assert.deepEqual(up.decisions(), [], 'the host answers: its VM may still checkpoint to us; no takeover before the stall');
+  assert.match(up.s.waiting ?? '', /primary's host answers|checkpoints continue/);
+  up.run(1000, { answer: probing(up, true) });
+  assert.deepEqual(up.decisions(), ['takeover'], 'the stall decides, as before');
+  assert.match(up.fx.find((e): e is Extract<Effect, { t: 'decision' }> => e.t === 'decision')!.why, /no heartbeat and no checkpoint/);
+
+  // Without a witness, silence is never enough: no probe is even sent.
+  const b = new Node({ name: 'b', peer: 'a', witness: false });
+  b.peer = { ...b.peer, boot: 'boot-a', role: 'primary', replicaExact: true };
+  b.found({ colo: 'secondary' });
+  b.run(500, { heartbeats: true, answer: grantAll(b) });
+  b.checkpoint();
+  b.run(3000, { answer: probing(b, false) });
+  assert.equal(b.fx.filter((e) => e.t === 'probe-peer').length, 0);
+  assert.deepEqual(b.decisions(), []);
+});
+
+test('a probe of the peer whose result never comes is sent again', () => {
+  const b = protectedSecondary();
+  b.run(3000, { answer: grantAll(b) });
+  const probes = b.fx.filter((e) => e.t === 'probe-peer').length;
+  assert.ok(probes >= 2 && probes <= 6, `${probes} probes in 2.5 s of silence`);
+  assert.deepEqual(b.decisions(), [], 'no answer is no evidence');
+});
+
+test('a primary cut off from its secondary and the witness stops its VM before its lease can be anyone else\'s (the lab\'s isolation test: two running VMs)', () => {
+  const a = new Node();
+  a.found({ colo: 'primary' });
+  a.run(1000, { heartbeats: true, answer: grantAll(a) });
+  a.checkpoint();
+  a.run(100, { heartbeats: true, answer: grantAll(a) });
+  assert.equal(isProtected(a.s), true);
+  // The heartbeats stop first; the witness answers 400 ms longer (its cable cut a moment later), then nothing.
+  const cutAt = a.now;
+  let lastGrantAskedAt = -1;
+  const base = probing(a, false);
+  const answer = (e: Effect): InputBody | undefined => {
+    if (e.t === 'ask-witness' || e.t === 'query-witness') {
+      if (a.now - cutAt >= 400) return undefined;
+      if (e.t === 'ask-witness') lastGrantAskedAt = a.now;
+    }
+    return base(e);
+  };
+  let fencedAt: number | null = null;
+  const end = a.now + 4000;
+  while (a.now < end) {
+    a.run(50, { answer });
+    if (fencedAt === null && a.decisions().includes('fence')) fencedAt = a.now;
+  }
+  // The witness's lease, by its clock, ends leaseMs after the last request it granted.
+  const leaseEndsAt = lastGrantAskedAt + 1000;
+  assert.ok(fencedAt !== null, `fenced (${a.decisions().join(', ')})`);
+  assert.ok(fencedAt < leaseEndsAt, `fenced at +${fencedAt - cutAt} ms, before the witness's lease ended at +${leaseEndsAt - cutAt} ms`);
+  const fence = a.runs().find((r) => r.procedure.kind === 'fence');
+  assert.ok(fence, 'its VM is stopped (the fence procedure)');
+  assert.ok(!a.runs().some((r) => r.procedure.kind === 'primary-failover'), 'no failover procedure without the lease');
+});

@@ -237,6 +237,7 @@ test('reasons as labels: the core\'s words for failovers, fences and restarts ma
   assert.equal(failoverReason('COLO_EXIT: the checkpoint stream to the secondary broke'), 'colo-exit');
   assert.equal(failoverReason('no heartbeat and no checkpoint for 5512 ms: the primary is unreachable'), 'peer-unreachable');
   assert.equal(failoverReason("no heartbeat, and the secondary's QEMU does not answer"), 'peer-unreachable');
+  assert.equal(failoverReason("no heartbeat, and the primary's host answers nothing (gone or cut off): the primary is unreachable"), 'peer-unreachable');
   assert.equal(failoverReason('replication stalled: no checkpoint for 5600 ms'), 'replication-stalled');
   assert.equal(failoverReason('the primary fenced itself'), 'peer-fenced');
   assert.equal(failoverReason('something new'), 'other');

@@ -37,7 +37,7 @@ import type { Epoch } from '../../pair/epoch.js';
 import { compareEpochs, epochEquals, formatEpoch, mayResyncTowards, nextEpoch } from '../../pair/epoch.js';
 import type { Heartbeat, LeaseReply, PeerReply, PeerRequestBody } from '../wire.js';
 import { planted } from '../mutants.js';
-import type { Attempts, CoreConfig, CoreState, CoreStatus, Effect, Input, PeerLinks, Pending, Procedure, QemuFound, Role, Transition, Work } from './types.js';
+import type { Attempts, CoreConfig, CoreState, CoreStatus, Effect, Input, PeerLinks, Pending, ProbeWhat, Procedure, QemuFound, Role, Transition, Work } from './types.js';
 
 /** A broken invariant: the core's own logic is wrong. The runtime stops the agent (the QEMUs run on); the simulator reports the seed. */
 export class InvariantError extends Error {
@@ -61,6 +61,11 @@ const PENDING_MAX = 32;
 const HB_SENT_KEPT = 64;
 /** The watchdog probes our QEMU this often. */
 export const WATCHDOG_INTERVAL_MS = 500;
+/**
+ * A probe of the peer whose result never came (its I/O answers within the driver's PROBE_TIMEOUT_MS, so one was
+ * lost: an agent restarted under it, a bug) is sent again after this; a result is believed for as long.
+ */
+const PROBE_ANSWER_MS = 1000;
 /** A lease reply this late still tells us something (the grant counts from when we asked). */
 const LATE_REPLY_MS = 10_000;
 /** How long the survivor waits for the peer to start a new secondary, and to take it over. */
@@ -305,6 +310,27 @@ export function leaseValid(s: CoreState): boolean {
 }
 
 /**
+ * A VM of ours in COLO (a primary's) must stop: the lease is not ours for a stop margin more, and the secondary does
+ * not vouch for us (it hears us, so it does not take over). Past the start's grace only.
+ */
+export function leaseLostUnvouched(s: CoreState): boolean {
+  if (!s.cfg.witness || starting(s) || leaseAhead(s)) return false;
+  return !(peerFresh(s) && s.peer.hb?.hearsPeer === true);
+}
+
+/** A probe of ours that asks `what` is out, and its result may still come. */
+function probeUnderWay(s: CoreState, what: ProbeWhat): boolean {
+  const p = s.peer.probe;
+  return p !== null && p.what === what && s.now - p.sentAt < PROBE_ANSWER_MS;
+}
+
+/** The result of our newest probe that asked `what`, if it is recent enough to go by. */
+function probeResult(s: CoreState, what: ProbeWhat): { alive: boolean } | null {
+  const r = s.peer.probeResult;
+  return r !== null && r.what === what && s.now - r.at < PROBE_ANSWER_MS ? r : null;
+}
+
+/**
  * The lease is ours for a while yet: for a stop margin (a quarter of a lease)
  * more. A VM that writes alone is stopped once less is left, so that it has
  * stopped (a tick, a QMP stop) before the lease can be anybody else's; and
@@ -498,8 +524,8 @@ function absorb(ctx: Ctx, input: Input): void {
       return diskPersisted(ctx, input.id, input.ok, input.error);
     case 'probe-result':
       if (s.peer.probe?.id === input.id) {
+        s.peer.probeResult = { alive: input.alive, at: s.now, what: s.peer.probe.what };
         s.peer.probe = null;
-        s.peer.probeResult = { alive: input.alive, at: s.now };
       }
       return;
     case 'operator-resync':
@@ -872,6 +898,11 @@ function diskPersisted(ctx: Ctx, id: string, ok: boolean, error?: string): void 
 function periodic(ctx: Ctx): void {
   const s = ctx.s;
   expirePending(ctx);
+  // A primary failover not yet at its procedure gives up once the lease is no longer ahead and the secondary cannot
+  // vouch for us: the secondary takes over as soon as the lease is free, and a VM of ours must not run then (the
+  // failover's fence stops it). At its procedure it holds the lease, renewed: it carries on.
+  const giving = writerWork(s);
+  if (giving?.kind === 'primary-failover' && giving.procId === null && leaseLostUnvouched(s)) writerFailed(ctx, 'the lease ran out before our failover could begin, and the secondary cannot vouch for us');
   const ww = writerWork(s);
   // Taking over: ask again until the holder's lease runs out (or the deadline passes); recording: ask once a renewal is out of the way.
   if (ww && !leaseOutstanding(s) && ((ww.phase === 'lease' && s.now >= s.lease.nextAskAt) || ww.phase === 'record')) advanceWriter(ctx);
@@ -1027,7 +1058,7 @@ type Action =
   | { action: 'commit-recorded'; why: string }
   | { action: 'reprotect'; why: string }
   | { action: 'restart'; why: string }
-  | { action: 'probe'; why: string }
+  | { action: 'probe'; what: ProbeWhat; why: string }
   | { action: 'abort-resume'; why: string }
   | { action: 'wait'; why: string | null };
 
@@ -1044,8 +1075,10 @@ function act(ctx: Ctx): void {
   }
   if (a.action === 'probe') {
     const id = newId(s);
-    s.peer.probe = { id, sentAt: s.now };
-    emit(ctx, { t: 'probe-peer-qemu', id });
+    s.peer.probe = { id, sentAt: s.now, what: a.what };
+    if ((a.why ?? '') !== (s.waiting ?? '')) log(ctx, 'info', `probing: ${a.why}`);
+    s.waiting = a.why;
+    emit(ctx, { t: 'probe-peer', id, what: a.what });
     return;
   }
   // Whatever failed a moment ago waits for its back-off before it is tried again.
@@ -1108,8 +1141,12 @@ function choosePrimary(s: CoreState): Action {
   const peer = peerWord(s);
   const fresh = peerFresh(s);
   if (peer?.role === 'alone') return { action: 'fence', why: `${s.cfg.peer} runs the VM alone: ours must not write`, yank: true };
+  // First, whatever else is wrong: a secondary that cannot hear us takes over as soon as our lease runs out (sooner
+  // where our host looks gone to it), so a primary failover that would begin now could not finish before then
+  // (the lab's isolation test found two running VMs: the old primary's, in a failover waiting for the witness, and the survivor's).
+  if (leaseLostUnvouched(s)) return { action: 'fence', why: 'the lease ran out and the secondary cannot vouch for us', yank: true };
   const failover = primaryFailoverReason(s, peer, fresh);
-  if (failover && 'probe' in failover) return { action: 'probe', why: failover.probe };
+  if (failover && 'probe' in failover) return { action: 'probe', what: 'qemu', why: failover.probe };
   if (failover) {
     if (s.disk.epoch === undefined && !planted('takeover-with-unknown-epoch')) return { action: 'fence', why: `${failover.why}, but our disk's epoch is unknown (its record is missing or unreadable): we cannot carry on alone`, yank: true };
     // Never carry on alone with a disk older than the peer's (it wrote alone where we could not hear it).
@@ -1119,9 +1156,7 @@ function choosePrimary(s: CoreState): Action {
     if (!(s.cfg.witness && !leaseValid(s))) return wait(`primary failover (${failover.why}): waiting before the next attempt`);
   }
   if (s.cfg.witness && staleDisk(s)) return { action: 'fence', why: 'the witness knows a newer disk than ours', yank: true };
-  if (s.cfg.witness && !starting(s) && !leaseAhead(s) && !(fresh && peer?.hearsPeer)) {
-    return { action: 'fence', why: 'the lease ran out and the secondary cannot vouch for us', yank: true };
-  }
+  if (leaseLostUnvouched(s)) return { action: 'fence', why: 'the lease ran out and the secondary cannot vouch for us', yank: true };
   if (failover) return wait(`primary failover (${failover.why}): waiting before the next attempt`);
   if (!fresh) return wait('no heartbeat from the secondary\'s agent, but its QEMU answers');
   return wait(null);
@@ -1139,9 +1174,9 @@ function primaryFailoverReason(s: CoreState, peer: Heartbeat | null, fresh: bool
   const st = stalled(s);
   if (st) return { why: st.inCheckpoint ? `replication stalled: a checkpoint has not completed in ${ms(st.ms)}` : `replication stalled: no checkpoint for ${ms(st.ms)}`, yank: true };
   if (!fresh) {
-    const pr = s.peer.probeResult;
-    if (pr && s.now - pr.at < 1000) return pr.alive ? null : { why: 'no heartbeat, and the secondary\'s QEMU does not answer', yank: true };
-    return s.peer.probe ? null : { probe: 'no heartbeat from the secondary\'s agent' };
+    const pr = probeResult(s, 'qemu');
+    if (pr) return pr.alive ? null : { why: 'no heartbeat, and the secondary\'s QEMU does not answer', yank: true };
+    return probeUnderWay(s, 'qemu') ? null : { probe: 'no heartbeat from the secondary\'s agent: does its QEMU answer?' };
   }
   return null;
 }
@@ -1214,7 +1249,16 @@ function secondaryAction(s: CoreState, peer: Heartbeat | null, fresh: boolean, f
     return wait(null);
   }
   if (fresh) return wait(null);
-  if (!st) return wait('no heartbeat, but checkpoints continue: the primary\'s agent is down, not its VM');
+  // Every heartbeat path is silent. With a witness, we need not wait for the stream to stall if the primary's host
+  // answers nothing at all (not even a refusal from its kernel): it is gone, or cut off from us, and either way only
+  // the lease decides (it is granted to us once the primary's ran out, and the primary stops its VM before then:
+  // choosePrimary). A host that answers may hold a VM that still checkpoints to us: the stall decides, as before.
+  if (s.cfg.witness && !planted('never-take-over-on-silence') && !planted('takeover-waits-for-stall')) {
+    const host = probeResult(s, 'host');
+    if (host && !host.alive) return { action: 'takeover', why: 'no heartbeat, and the primary\'s host answers nothing (gone or cut off): the primary is unreachable', yank: true, stalled: true, resume };
+    if (!host && !st && !probeUnderWay(s, 'host')) return { action: 'probe', what: 'host', why: 'no heartbeat from the primary: does its host answer?' };
+  }
+  if (!st) return wait('no heartbeat, but checkpoints continue (or the primary\'s host answers): the primary\'s agent is down, not its VM');
   // Without a witness a partition cannot be told from a dead primary.
   if (!s.cfg.witness && !planted('takeover-on-silence-without-witness')) return wait('no heartbeat and no checkpoints, but no witness to decide: staying secondary');
   if (planted('never-take-over-on-silence')) return wait('no heartbeat and no checkpoints: waiting for the primary\'s word');
@@ -1918,7 +1962,7 @@ export function isProtected(s: CoreState): boolean {
   if (stalled(s) !== null && !planted('protected-despite-stall')) return false;
   if (s.role === 'secondary') return primaryVouchesForReplica(s);
   const probe = s.peer.probeResult;
-  return peerFresh(s) || (probe !== null && probe.alive && s.now - probe.at < 2000);
+  return peerFresh(s) || (probe !== null && probe.what === 'qemu' && probe.alive && s.now - probe.at < 2000);
 }
 
 /**

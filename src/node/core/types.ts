@@ -119,10 +119,21 @@ export interface PeerView {
    */
   vmStoppedSince: number | null;
   rttMs: number | null;
-  /** Primary: a direct probe of the secondary's QEMU (its NBD port), when the peer agent is silent. */
-  probe: { id: string; sentAt: number } | null;
-  probeResult: { alive: boolean; at: number } | null;
+  /**
+   * A direct probe, when every heartbeat path is silent: a primary asks whether the secondary's QEMU answers (its NBD
+   * port accepts), a secondary with a witness whether the primary's host answers at all (ProbeWhat).
+   */
+  probe: { id: string; sentAt: number; what: ProbeWhat } | null;
+  probeResult: { alive: boolean; at: number; what: ProbeWhat } | null;
 }
+
+/**
+ * What a probe of the peer asks, with a TCP connect to the VM's NBD port on the peer's replication address:
+ * - `qemu`: does the secondary's QEMU answer (its NBD server accepts)?
+ * - `host`: does the primary's host answer anything (an accept, or a refusal from its kernel)? No answer at all
+ *   means the host is gone, or cut off from us.
+ */
+export type ProbeWhat = 'qemu' | 'host';
 
 export interface LeaseView {
   /** Our own view: the lease is ours while now < until (counted from when we asked). */
@@ -377,7 +388,8 @@ export type Effect =
   | { t: 'query-qemu'; id: string; oob: boolean }
   | { t: 'kill-qemu'; why: string }
   | { t: 'persist-disk'; id: string; epoch: Epoch | undefined; pending: Epoch | undefined; why: string }
-  | { t: 'probe-peer-qemu'; id: string }
+  /** Probes the peer (ProbeWhat); reports probe-result, alive or not, within the driver's PROBE_TIMEOUT_MS. */
+  | { t: 'probe-peer'; id: string; what: ProbeWhat }
   /** For the pair's record (state file) and the event journal. */
   | { t: 'record'; event: 'failover' | 'resync' | 'restart' | 'fence' | 'unfence'; detail: Record<string, string | number | boolean | null> }
   /** Every decision, with its reason: for logs, `status`, and the event journal. */
