@@ -666,7 +666,12 @@ function qemuEvent(ctx: Ctx, event: 'STOP' | 'RESUME' | 'COLO_EXIT' | 'SHUTDOWN'
     if (q.checkpointSince !== null) {
       q.lastCheckpointAt = Math.max(at, q.checkpointSince);
       q.checkpointSeen = true;
-      if (q.replicaBadAt !== null && s.role === 'primary') q.replicaShort = true;
+      // A checkpoint after a replica write failed makes the secondary's disk short of it: ours as a primary, or our
+      // resume's once its COLO session runs (soak seed 12,002,203, without P5: a write failed on the new secondary's
+      // replica during the resume, a checkpoint followed, and the resume ended as the primary fenced (the witness
+      // down); the secondary, never told its disk was short, took over without the write).
+      const ours = s.role === 'primary' || (resync?.phase === 'resuming' && resync.coloSince !== null && !planted('resume-checkpoint-not-short'));
+      if (q.replicaBadAt !== null && ours) q.replicaShort = true;
     }
     q.checkpointSince = null;
   } else if (event === 'COLO_EXIT') {
