@@ -1161,7 +1161,6 @@ function choosePrimary(s: CoreState): Action {
     if (!(s.cfg.witness && !leaseValid(s))) return wait(`primary failover (${failover.why}): waiting before the next attempt`);
   }
   if (s.cfg.witness && staleDisk(s)) return { action: 'fence', why: 'the witness knows a newer disk than ours', yank: true };
-  if (leaseLostUnvouched(s)) return { action: 'fence', why: 'the lease ran out and the secondary cannot vouch for us', yank: true };
   if (failover) return wait(`primary failover (${failover.why}): waiting before the next attempt`);
   if (!fresh) return wait('no heartbeat from the secondary\'s agent, but its QEMU answers');
   return wait(null);
