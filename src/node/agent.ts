@@ -78,6 +78,8 @@ export class Agent {
   /** Our QEMU can pause before its switchover into COLO (its resume goes live): asked when we attach to it. */
   private pauseIntoColo = false;
   private prepared: PreparedSecondary | undefined;
+  /** Procedures under way: stop() lets them end (bounded) before it drops a new secondary one of them may start. */
+  private readonly running = new Set<Promise<void>>();
   private readonly channel: PeerChannel;
   /** Who grants this VM's writer lease (the witness), when the pair has one. */
   private arbiter: Arbiter | undefined;
@@ -186,7 +188,10 @@ export class Agent {
       now: () => performance.now(),
       channel: this.channel,
       arbiter: this.arbiter,
-      runProcedure: (id, p, fromStep) => void this.run(id, p, fromStep),
+      runProcedure: (id, p, fromStep) => {
+        const run = this.run(id, p, fromStep).finally(() => this.running.delete(run));
+        this.running.add(run);
+      },
       queryQemu: (id, oob) => void this.query(id, oob),
       killQemu: (why) => {
         if (isOurQemu(this.me.pid, this.me.qmpSocket)) {
@@ -383,7 +388,11 @@ export class Agent {
       mayRunAlone: () => mayBeginAlone(this.core),
       endOurQemu: (why) => this.endOurQemu(why),
       prepared: () => this.prepared,
-      setPrepared: (p) => void (this.prepared = p),
+      setPrepared: (p) => {
+        this.prepared = p;
+        // Started while we stop: nobody will use it.
+        if (this.stopped) void this.dropPrepared().catch(() => undefined);
+      },
       dropPrepared: () => this.dropPrepared(),
       checkPreparedInColo: async () => {
         const prep = this.prepared;
@@ -484,6 +493,9 @@ export class Agent {
     this.stopped = true;
     clearInterval(this.tick);
     this.driver?.stop();
+    // A procedure under way may still start a new secondary (a resync's target): let it end first, within the time
+    // the agent is given to stop (pair/agents.ts: SIGKILL after 3 s).
+    if (this.running.size) await Promise.race([Promise.allSettled([...this.running]), sleep(STOP_PROCEDURES_WAIT_MS)]);
     // A new secondary nobody will use: it is in no state file, so nothing else would end it.
     await this.dropPrepared().catch(() => undefined);
     this.channel.close();
@@ -494,6 +506,9 @@ export class Agent {
     this.log.info('agent stopped');
   }
 }
+
+/** How long stop() waits for procedures under way before it drops what they left. */
+const STOP_PROCEDURES_WAIT_MS = 2000;
 
 function notRunning(): QemuFound {
   return { running: false, colo: 'none', runState: 'other', replicationChild: false, secondaryFilters: false, resumeLeftovers: false, oob: false };

@@ -35,12 +35,15 @@ export interface DownResult {
 }
 
 export async function down(c: ResolvedConfig, onStep: (m: string) => void = () => {}): Promise<DownResult> {
-  const s = readState(c.stateDir);
-  if (!s) return { nodes: [] };
-  if (s.agents) {
+  const before = readState(c.stateDir);
+  if (!before) return { nodes: [] };
+  if (before.agents) {
     onStep('stopping the node agents');
-    await stopAgents(s);
+    await stopAgents(before);
   }
+  // Read again: an agent may have replaced its QEMU (a resync's new secondary, a restart) and recorded it while it
+  // was being stopped; the QEMUs to stop are the ones on record now.
+  const s = readState(c.stateDir) ?? before;
   const order = [...s.nodes.filter((n) => n.role === 'secondary'), ...s.nodes.filter((n) => n.role !== 'secondary')];
   const out: DownResult = { nodes: [] };
   for (const n of order) out.nodes.push({ name: n.name, role: n.role, result: await quitNode(n, onStep) });
