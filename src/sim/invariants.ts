@@ -250,8 +250,8 @@ export class Invariants {
     const boundMs = promptTakeoverMs(sc.cfg.heartbeatTimeoutMs);
     // Paused or powered off for less than the bound, the host may answer again before the secondary decides.
     if (faultMs(f) <= boundMs) return;
-    // Only a fault alone: none other lasts into the window (soak seed 10,006,251: a cut of the witness link that
-    // began before the host loss and healed in the window).
+    // Only a fault alone: none other lasts into the window (soak seed 10,006,251: disk errors on the lost host and a
+    // slow replication link, both begun before the host loss, lasted into the window).
     const others = w.sched.faults.some((g) => g !== f && g.at <= f.at + boundMs && g.at + faultMs(g) >= f.at);
     if (others) return;
     // Both protected, the secondary fine: its host, its agent, its disk's record and epoch, its replica exact, and

@@ -132,9 +132,9 @@ export function summarize(outcomes: Outcome[], ms: number): string[] {
   lines.push(
     `while a node could run it (the newest disk, the arbiter reachable), the VM ran again within p50 ${s(percentile(down, 50))} s, p99 ${s(percentile(down, 99))} s, max ${s(maxOf(down))} s (bound ${RUN_DURING_FAULTS_MS / 1000} s; ${down.length} schedules had such a wait)`,
   );
-  const losses = outcomes.reduce((a, o) => a + (o.hostLossesJudged ?? 0), 0);
+  const losses = outcomes.reduce((a, o) => a + o.hostLossesJudged, 0);
   if (losses) {
-    const slowest = maxOf(outcomes.filter((o) => (o.hostLossesJudged ?? 0) > 0).map((o) => o.slowestTakeoverMs ?? 0));
+    const slowest = maxOf(outcomes.map((o) => o.slowestTakeoverMs));
     lines.push(`a primary's host lost alone (prompt-takeover judged ${losses}): the secondary decided to take over within ${s(slowest)} s at the slowest (bound: the heartbeat timeout + ${s(promptTakeoverMs(0))} s)`);
   }
   lines.push(`${(ms / 1000).toFixed(1)} s, ${outcomes.reduce((a, o) => a + o.steps, 0)} agent steps`);
