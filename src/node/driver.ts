@@ -23,13 +23,8 @@ export const TICK_MS = 50;
 export const INBOX_MAX = 10_000;
 /** The runtime tries again to attach to its QEMU this often (until the core ends a QEMU that never answers). */
 export const ATTACH_RETRY_MS = 500;
-/**
- * A probe of the peer (a TCP connect) that has no answer in this time says "no answer". A host that is up answers a
- * connect on the same link in well under a millisecond (an accept, or a reset from its kernel); 300 ms leaves room
- * for a loaded host and a lost SYN is retransmitted only after 1 s, so a probe on a lossy link may say "no answer":
- * a secondary then only asks the witness for the lease early, which it grants only once the primary's has run out.
- */
-export const PROBE_TIMEOUT_MS = 300;
+/** The probe's bound is part of the core's contract with its I/O (core/types.ts). */
+export { PROBE_TIMEOUT_MS } from './core/types.js';
 
 /** What the driver does the core's effects with. Every call returns at once; outcomes come back as inputs. */
 export interface AgentIo {

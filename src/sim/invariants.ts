@@ -30,9 +30,10 @@
  *   lost alone (power, reboot, gone, or paused for longer than this bound),
  *   while its secondary's host, agent and disk are fine and it reaches the
  *   witness, the secondary decides to take over within promptTakeoverMs:
- *   the heartbeat timeout, the host probe, and a second's slack (no waiting
- *   for the checkpoint stream to stall). Judged only where no other fault
- *   lasts into that window;
+ *   the heartbeat timeout (the host probe, sent ahead of it, has answered by
+ *   then) and a few ticks' slack (no waiting for the checkpoint stream to
+ *   stall, nor for a probe sent late). Judged only where no other fault lasts
+ *   into that window;
  *
  * liveness
  * - liveness-during-faults: while a node holds every acknowledged write and
@@ -44,7 +45,8 @@
  * - protected-after-faults: ... and is protected again within
  *   PROTECT_BOUND_MS, and stays so (unless a host is gone for good).
  */
-import { isProtected } from '../node/core/core.js';
+import { isProtected, probeSilenceMs } from '../node/core/core.js';
+import type { CoreConfig } from '../node/core/types.js';
 import { PROBE_TIMEOUT_MS, TICK_MS } from '../node/driver.js';
 import { compareEpochs, type Epoch } from '../pair/epoch.js';
 import type { World, Host } from './world.js';
@@ -101,12 +103,16 @@ const HOST_LOSSES: ReadonlySet<Fault['kind']> = new Set(['power-loss', 'reboot',
 
 /**
  * A protected primary's host lost alone: its secondary decides to take over within this long. Its last heartbeat
- * came at most a heartbeat timeout before it counts as silent; then the host probe (PROBE_TIMEOUT_MS), and a second
- * for the ticks that see both, an agent busy for a moment and a probe's resend.
+ * came just before the loss; the host probe goes out a probe's bound before the heartbeat timeout (core.ts,
+ * probeSilenceMs), so its answer is in when the primary counts as silent; then a few ticks for the agent to see each
+ * of these. A probe sent only at the heartbeat timeout is a probe's bound late (mutant probe-at-heartbeat-timeout).
  */
-export function promptTakeoverMs(heartbeatTimeoutMs: number): number {
-  return heartbeatTimeoutMs + PROBE_TIMEOUT_MS + 1000;
+export function promptTakeoverMs(cfg: CoreConfig): number {
+  return Math.max(cfg.heartbeatTimeoutMs, probeSilenceMs(cfg) + PROBE_TIMEOUT_MS) + PROMPT_SLACK_MS;
 }
+
+/** promptTakeoverMs's room for the ticks that see the silence, the probe's answer and the decision (TICK_MS each). */
+export const PROMPT_SLACK_MS = 5 * TICK_MS;
 
 /**
  * A disk record is the newest the witness knows: its epoch is, or the epoch
@@ -247,7 +253,7 @@ export class Invariants {
     const pc = primary.agent?.driver.core;
     const sc = secondary.agent?.driver.core;
     if (!w.sched.witness || !primary.up || primary.paused || !pc || !sc || pc.role !== 'primary' || sc.role !== 'secondary') return;
-    const boundMs = promptTakeoverMs(sc.cfg.heartbeatTimeoutMs);
+    const boundMs = promptTakeoverMs(sc.cfg);
     // Paused or powered off for less than the bound, the host may answer again before the secondary decides.
     if (faultMs(f) <= boundMs) return;
     // Only a fault alone: none other lasts into the window (soak seed 10,006,251: disk errors on the lost host and a

@@ -101,6 +101,7 @@ export const MUTANT_CHECKS: Record<MutantName, MutantCheck> = {
   'unattachable-qemu-left-running': { caughtBy: ['liveness-during-faults', 'liveness-after-faults', 'protected-after-faults'], focus: { witness: false, weights: { 'kill-agent': 6, cut: 8, 'freeze-qemu': 2 } } },
   // ---- liveness ----
   'never-take-over-on-silence': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: true, weights: { 'host-gone': 6, 'power-loss': 6, cut: 4 } } },
+  'probe-at-heartbeat-timeout': { caughtBy: ['prompt-takeover'], focus: { witness: true, weights: { 'power-loss': 6, 'host-gone': 4, 'host-pause': 4, reboot: 2 } } },
   'takeover-waits-for-stall': { caughtBy: ['prompt-takeover'], focus: { witness: true, weights: { 'power-loss': 6, 'host-gone': 4, 'host-pause': 4, reboot: 2 } } },
   'never-restart-on-silence': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: true, weights: { 'host-gone': 6, 'power-loss': 6, 'kill-qemu': 4 } } },
   'found-stopped-waits-for-peer': { caughtBy: ['liveness-during-faults'], focus: { witness: false, stepFailP: 0.15, weights: { 'host-gone': 6, 'kill-qemu': 8, 'qmp-late': 6, cut: 4 } } },

@@ -19,7 +19,7 @@ import { Worker, isMainThread, parentPort, workerData } from 'node:worker_thread
 import { fileURLToPath } from 'node:url';
 import { World, type SimResult } from './world.js';
 import { scheduleFor } from './schedule.js';
-import { RUN_BOUND_MS, PROTECT_BOUND_MS, RUN_DURING_FAULTS_MS, promptTakeoverMs, type ViolationKind, type Violation } from './invariants.js';
+import { RUN_BOUND_MS, PROTECT_BOUND_MS, RUN_DURING_FAULTS_MS, PROMPT_SLACK_MS, type ViolationKind, type Violation } from './invariants.js';
 import type { Schedule } from './schedule-types.js';
 import { plant, MUTANTS, type MutantName } from '../node/mutants.js';
 import { MUTANT_CHECKS, mutantSchedule } from './mutants.js';
@@ -135,7 +135,7 @@ export function summarize(outcomes: Outcome[], ms: number): string[] {
   const losses = outcomes.reduce((a, o) => a + o.hostLossesJudged, 0);
   if (losses) {
     const slowest = maxOf(outcomes.map((o) => o.slowestTakeoverMs));
-    lines.push(`a primary's host lost alone (prompt-takeover judged ${losses}): the secondary decided to take over within ${s(slowest)} s at the slowest (bound: the heartbeat timeout + ${s(promptTakeoverMs(0))} s)`);
+    lines.push(`a primary's host lost alone (prompt-takeover judged ${losses}): the secondary decided to take over within ${s(slowest)} s at the slowest (bound: the heartbeat timeout + ${PROMPT_SLACK_MS} ms)`);
   }
   lines.push(`${(ms / 1000).toFixed(1)} s, ${outcomes.reduce((a, o) => a + o.steps, 0)} agent steps`);
   lines.push(`${outcomes.length} schedules, ${bad.length} violations`);

@@ -5,8 +5,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { initCore, step, statusOf, isProtected, InvariantError, WATCHDOG_INTERVAL_MS, CLOCK_DRIFT_MAX } from '../../src/node/core/core.js';
-import type { CoreConfig, CoreState, Effect, InputBody, QemuFound } from '../../src/node/core/types.js';
+import { initCore, step, statusOf, isProtected, probeSilenceMs, InvariantError, WATCHDOG_INTERVAL_MS, CLOCK_DRIFT_MAX } from '../../src/node/core/core.js';
+import { PROBE_TIMEOUT_MS, type CoreConfig, type CoreState, type Effect, type InputBody, type QemuFound } from '../../src/node/core/types.js';
 import { peerMessageSchema, type Heartbeat, type LeaseReply } from '../../src/node/wire.js';
 import { Rng } from '../../src/sim/rng.js';
 import type { Epoch } from '../../src/pair/epoch.js';
@@ -981,4 +981,77 @@ test('a primary cut off from its secondary and the witness stops its VM before i
   const fence = a.runs().find((r) => r.procedure.kind === 'fence');
   assert.ok(fence, 'its VM is stopped (the fence procedure)');
   assert.ok(!a.runs().some((r) => r.procedure.kind === 'primary-failover'), 'no failover procedure without the lease');
+});
+
+/** Runs `n` silent for `ms`, answering its probes `PROBE_TIMEOUT_MS` after each was sent; returns when each decision came. */
+function silentWithSlowProbes(n: Node, ms: number, alive: boolean): Array<{ action: string; at: number }> {
+  const grant = grantAll(n);
+  const out: Array<{ id: string; at: number }> = [];
+  const decided: Array<{ action: string; at: number }> = [];
+  const end = n.now + ms;
+  while (n.now < end) {
+    const before = n.fx.length;
+    n.run(10, {
+      answer: (e) => {
+        if (e.t === 'probe-peer') {
+          out.push({ id: e.id, at: n.now + PROBE_TIMEOUT_MS });
+          return undefined;
+        }
+        return grant(e);
+      },
+    });
+    for (const p of out.filter((x) => x.at <= n.now)) {
+      out.splice(out.indexOf(p), 1);
+      n.in({ t: 'probe-result', id: p.id, alive });
+    }
+    for (const e of n.fx.slice(before)) if (e.t === 'decision') decided.push({ action: e.action, at: n.now });
+  }
+  return decided;
+}
+
+test('a silent primary\'s host is probed ahead of the heartbeat timeout, so that the takeover is decided as the timeout passes, not a probe\'s bound later', () => {
+  const b = protectedSecondary();
+  const lastHeardAt = b.s.peer.paths[0]!.lastHeardAt!;
+  const decided = silentWithSlowProbes(b, 1500, false);
+  const probe = b.fx.find((e): e is Extract<Effect, { t: 'probe-peer' }> => e.t === 'probe-peer');
+  assert.ok(probe, 'a probe');
+  assert.equal(probe.what, 'host');
+  const takeover = decided.find((d) => d.action === 'takeover');
+  assert.ok(takeover, `a takeover (${decided.map((d) => d.action).join(', ')})`);
+  // The probe went out 200 ms into the silence (500 - PROBE_TIMEOUT_MS), its "no answer" came 300 ms later: the
+  // takeover is decided when the heartbeat timeout has passed, within a tick or two (a probe sent at the timeout
+  // would have decided at 800 ms or more).
+  const afterMs = takeover.at - lastHeardAt;
+  assert.ok(afterMs >= 500 && afterMs <= 500 + 60, `decided ${afterMs} ms after the last heartbeat`);
+  assert.equal(probeSilenceMs(b.s.cfg), 200);
+  assert.equal(probeSilenceMs({ ...b.s.cfg, heartbeatTimeoutMs: 300 }), 200, 'never before two heartbeats were missed');
+});
+
+test('a probe speaks only for the silence it was sent in: an "alive" from a moment of lag does not hold off the probe of a host lost just after', () => {
+  const b = protectedSecondary();
+  // Heartbeats pause for 450 ms (a loaded host): the probe goes out and the primary's host answers.
+  silentWithSlowProbes(b, 450, true);
+  assert.equal(b.fx.filter((e) => e.t === 'probe-peer').length, 1, 'probed once in the pause');
+  assert.equal(b.s.peer.probeResult?.alive, true);
+  // Then heartbeats again, and then the host is lost: a fresh probe, and the takeover as the timeout passes.
+  b.heartbeat();
+  const lastHeardAt = b.now;
+  const decided = silentWithSlowProbes(b, 1200, false);
+  assert.equal(b.fx.filter((e) => e.t === 'probe-peer').length, 2, 'a second probe for the new silence');
+  const takeover = decided.find((d) => d.action === 'takeover');
+  assert.ok(takeover && takeover.at - lastHeardAt <= 560, `the takeover ${takeover ? takeover.at - lastHeardAt : 'never'} ms after the last heartbeat`);
+});
+
+test('a primary probes a silent secondary\'s QEMU ahead of the heartbeat timeout, and carries on alone as the timeout passes', () => {
+  const a = new Node();
+  a.found({ colo: 'primary' });
+  a.run(1000, { heartbeats: true, answer: grantAll(a) });
+  a.checkpoint();
+  a.run(100, { heartbeats: true, answer: grantAll(a) });
+  const lastHeardAt = a.s.peer.paths[0]!.lastHeardAt!;
+  const decided = silentWithSlowProbes(a, 1500, false);
+  assert.equal(a.fx.find((e): e is Extract<Effect, { t: 'probe-peer' }> => e.t === 'probe-peer')?.what, 'qemu');
+  const failover = decided.find((d) => d.action === 'primary-failover');
+  assert.ok(failover, `a primary failover (${decided.map((d) => d.action).join(', ')})`);
+  assert.ok(failover.at - lastHeardAt <= 560, `decided ${failover.at - lastHeardAt} ms after the last heartbeat`);
 });

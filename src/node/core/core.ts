@@ -37,7 +37,7 @@ import type { Epoch } from '../../pair/epoch.js';
 import { compareEpochs, epochEquals, formatEpoch, mayResyncTowards, nextEpoch } from '../../pair/epoch.js';
 import type { Heartbeat, LeaseReply, PeerReply, PeerRequestBody } from '../wire.js';
 import { planted } from '../mutants.js';
-import type { Attempts, CoreConfig, CoreState, CoreStatus, Effect, Input, PeerLinks, Pending, ProbeWhat, Procedure, QemuFound, Role, Transition, Work } from './types.js';
+import { PROBE_TIMEOUT_MS, type Attempts, type CoreConfig, type CoreState, type CoreStatus, type Effect, type Input, type PeerLinks, type Pending, type ProbeWhat, type Procedure, type QemuFound, type Role, type Transition, type Work } from './types.js';
 
 /** A broken invariant: the core's own logic is wrong. The runtime stops the agent (the QEMUs run on); the simulator reports the seed. */
 export class InvariantError extends Error {
@@ -66,6 +66,8 @@ export const WATCHDOG_INTERVAL_MS = 500;
  * lost: an agent restarted under it, a bug) is sent again after this; a result is believed for as long.
  */
 const PROBE_ANSWER_MS = 1000;
+/** A silent secondary whose QEMU answered a probe this recently still counts as protected (isProtected). */
+const PROTECTED_PROBE_MS = 2000;
 /** A lease reply this late still tells us something (the grant counts from when we asked). */
 const LATE_REPLY_MS = 10_000;
 /** How long the survivor waits for the peer to start a new secondary, and to take it over. */
@@ -318,16 +320,46 @@ export function leaseLostUnvouched(s: CoreState): boolean {
   return !(peerFresh(s) && s.peer.hb?.hearsPeer === true);
 }
 
-/** A probe of ours that asks `what` is out, and its result may still come. */
-function probeUnderWay(s: CoreState, what: ProbeWhat): boolean {
-  const p = s.peer.probe;
-  return p !== null && p.what === what && s.now - p.sentAt < PROBE_ANSWER_MS;
+/**
+ * A probe speaks only for the silence it was sent in: one sent before the peer's newest heartbeat says nothing of
+ * the silence since (an "alive" from a moment of lag would otherwise hold off the probe of a host lost just after).
+ */
+function probeInSilence(s: CoreState, sentAt: number): boolean {
+  const heard = lastHeard(s);
+  return heard === null || sentAt >= heard;
 }
 
-/** The result of our newest probe that asked `what`, if it is recent enough to go by. */
-function probeResult(s: CoreState, what: ProbeWhat): { alive: boolean } | null {
+/** A probe of ours that asks `what` is out, for the current silence, and its result may still come. */
+function probeUnderWay(s: CoreState, what: ProbeWhat): boolean {
+  const p = s.peer.probe;
+  return p !== null && p.what === what && s.now - p.sentAt < PROBE_ANSWER_MS && probeInSilence(s, p.sentAt);
+}
+
+/** The result of our newest probe that asked `what`, if it is of the current silence and recent enough to go by. */
+function probeResult(s: CoreState, what: ProbeWhat, withinMs = PROBE_ANSWER_MS): { alive: boolean } | null {
   const r = s.peer.probeResult;
-  return r !== null && r.what === what && s.now - r.at < PROBE_ANSWER_MS ? r : null;
+  return r !== null && r.what === what && s.now - r.at < withinMs && probeInSilence(s, r.sentAt) ? r : null;
+}
+
+/**
+ * The silence after which we probe the peer: a probe's bound before the heartbeat timeout, so that its answer is in
+ * when the peer counts as silent (and we act on it then, not a probe's bound later); never before two heartbeats
+ * were missed.
+ */
+export function probeSilenceMs(cfg: CoreConfig): number {
+  return Math.max(cfg.heartbeatTimeoutMs - PROBE_TIMEOUT_MS, 2 * cfg.heartbeatIntervalMs);
+}
+
+/**
+ * While the peer still counts as heard: probe it ahead of the heartbeat timeout once its heartbeats have paused
+ * for probeSilenceMs, unless a probe of this silence is out or answered. Nothing is decided on the answer until
+ * the peer is silent (primaryFailoverReason, secondaryAction).
+ */
+function probeAhead(s: CoreState, what: ProbeWhat, why: string): Action | null {
+  const heard = lastHeard(s);
+  if (heard === null || s.now - heard < probeSilenceMs(s.cfg) || planted('probe-at-heartbeat-timeout')) return null;
+  if (probeUnderWay(s, what) || probeResult(s, what)) return null;
+  return { action: 'probe', what, why: `${why} (no heartbeat for ${ms(s.now - heard)}: probing ahead of the heartbeat timeout)` };
 }
 
 /**
@@ -524,7 +556,7 @@ function absorb(ctx: Ctx, input: Input): void {
       return diskPersisted(ctx, input.id, input.ok, input.error);
     case 'probe-result':
       if (s.peer.probe?.id === input.id) {
-        s.peer.probeResult = { alive: input.alive, at: s.now, what: s.peer.probe.what };
+        s.peer.probeResult = { alive: input.alive, at: s.now, sentAt: s.peer.probe.sentAt, what: s.peer.probe.what };
         s.peer.probe = null;
       }
       return;
@@ -1163,7 +1195,7 @@ function choosePrimary(s: CoreState): Action {
   if (s.cfg.witness && staleDisk(s)) return { action: 'fence', why: 'the witness knows a newer disk than ours', yank: true };
   if (failover) return wait(`primary failover (${failover.why}): waiting before the next attempt`);
   if (!fresh) return wait('no heartbeat from the secondary\'s agent, but its QEMU answers');
-  return wait(null);
+  return probeAhead(s, 'qemu', 'does the secondary\'s QEMU answer?') ?? wait(null);
 }
 
 /** Why the primary should carry on alone, if it should (or that it should look at the secondary's QEMU first). */
@@ -1250,9 +1282,9 @@ function secondaryAction(s: CoreState, peer: Heartbeat | null, fresh: boolean, f
     if (peer.role === 'alone') return { action: 'fence', why: 'the primary carries on alone: our VM is out of date; waiting to be resynced', yank: true };
     if (s.cfg.witness && peer.role === 'fenced' && peer.busy === null) return { action: 'takeover', why: 'the primary fenced itself', yank: true, stalled: true, resume };
     if (st) return wait(`replication stalled for ${ms(st.ms)}: the primary decides`);
-    return wait(null);
+    return hostProbeAhead(s) ?? wait(null);
   }
-  if (fresh) return wait(null);
+  if (fresh) return hostProbeAhead(s) ?? wait(null);
   // Every heartbeat path is silent. With a witness, we need not wait for the stream to stall if the primary's host
   // answers nothing at all (not even a refusal from its kernel): it is gone, or cut off from us, and either way only
   // the lease decides (it is granted to us once the primary's ran out, and the primary stops its VM before then:
@@ -1267,6 +1299,12 @@ function secondaryAction(s: CoreState, peer: Heartbeat | null, fresh: boolean, f
   if (!s.cfg.witness && !planted('takeover-on-silence-without-witness')) return wait('no heartbeat and no checkpoints, but no witness to decide: staying secondary');
   if (planted('never-take-over-on-silence')) return wait('no heartbeat and no checkpoints: waiting for the primary\'s word');
   return { action: 'takeover', why: `no heartbeat and no checkpoint for ${ms(st.ms)}: the primary is unreachable`, yank: true, stalled: true, resume };
+}
+
+/** A secondary with a witness probes the primary's host ahead of the heartbeat timeout (secondaryAction). */
+function hostProbeAhead(s: CoreState): Action | null {
+  if (!s.cfg.witness || planted('never-take-over-on-silence') || planted('takeover-waits-for-stall')) return null;
+  return probeAhead(s, 'host', 'does the primary\'s host answer?');
 }
 
 /** The peer's disk, as it last told us, is newer than ours (or began its own epoch beside ours): we must not write alone. */
@@ -1965,8 +2003,7 @@ export function isProtected(s: CoreState): boolean {
   if (q.coloExitAt !== null && !planted('protected-after-colo-exit')) return false;
   if (stalled(s) !== null && !planted('protected-despite-stall')) return false;
   if (s.role === 'secondary') return primaryVouchesForReplica(s);
-  const probe = s.peer.probeResult;
-  return peerFresh(s) || (probe !== null && probe.what === 'qemu' && probe.alive && s.now - probe.at < 2000);
+  return peerFresh(s) || probeResult(s, 'qemu', PROTECTED_PROBE_MS)?.alive === true;
 }
 
 /**

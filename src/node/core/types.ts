@@ -124,8 +124,18 @@ export interface PeerView {
    * port accepts), a secondary with a witness whether the primary's host answers at all (ProbeWhat).
    */
   probe: { id: string; sentAt: number; what: ProbeWhat } | null;
-  probeResult: { alive: boolean; at: number; what: ProbeWhat } | null;
+  /** `sentAt`: when its probe went out (a result speaks only for a silence it was sent in: core.ts, probeResult). */
+  probeResult: { alive: boolean; at: number; sentAt: number; what: ProbeWhat } | null;
 }
+
+/**
+ * A probe of the peer (a TCP connect) that has no answer in this time says "no answer". A host that is up answers a
+ * connect on the same link in well under a millisecond (an accept, or a reset from its kernel); 300 ms leaves room
+ * for a loaded host and a lost SYN is retransmitted only after 1 s, so a probe on a lossy link may say "no answer":
+ * a secondary then only asks the witness for the lease early, which it grants only once the primary's has run out.
+ * The core sends its probe this long before the peer counts as silent, so that the answer is in by then.
+ */
+export const PROBE_TIMEOUT_MS = 300;
 
 /**
  * What a probe of the peer asks, with a TCP connect to the VM's NBD port on the peer's replication address:
