@@ -30,6 +30,8 @@ import { NetnsClient, counterGaps, roundInterruption, type ClientSummary } from 
 import { sleep } from '../src/util/time.js';
 import { QmpClient } from '../src/qmp/client.js';
 import { percentile, summarize, table, writeResult, type Summary } from './stats.js';
+import { addHistograms, getOverSocket, histogram, journalRecords, quantileBoundMs, tail, type Histogram } from './lab-figures.js';
+import type { JournalRecord } from '../src/daemon/api-types.js';
 
 const ROUNDS = Number(process.env.LOCKSTEP_BENCH_OUTAGE_ROUNDS ?? 5);
 const STEADY_S = Number(process.env.LOCKSTEP_BENCH_STEADY_S ?? 600);
@@ -67,6 +69,12 @@ const steadyWindows: Array<{ settings: 'lockstep' | 'qemu'; from: number; until:
 const COMPARE_SETTINGS = { lockstep: { compare_timeout: 300, expired_scan_cycle: 100 }, qemu: { compare_timeout: 3000, expired_scan_cycle: 1000 } } as const;
 const resyncStops: number[] = [];
 let record: ClientSummary | undefined;
+/** Both hosts' journals, read at the end. */
+const journal: JournalRecord[] = [];
+/** When the VM was up (the daemons' metrics count from about then). */
+let upAt = Date.now();
+/** The daemons' heartbeat gaps and witness round trips under the load, scraped before the first fault (since they started). */
+let timings: { heartbeatGap: Histogram; witnessRoundTrip: Histogram; seconds: number } | undefined;
 
 const writer = async (): Promise<Host> => {
   const w = await d.writer();
@@ -238,6 +246,7 @@ function resyncStopsSince(t: number): number[] {
 try {
   log('up -f of web through the daemons of the lab hosts');
   await d.up();
+  upAt = Date.now();
   client = NetnsClient.start(d.hosts.ns.client, LAB_GUEST_IPS.web!, 20, { httpTimeoutMs: 10_000, load: 'mixed' });
   await client.until((x) => x.httpOk >= 50 && x.echoOk >= 20, 240_000, 'traffic through COLO');
   if (STEADY_S > 0) {
@@ -252,6 +261,14 @@ try {
       steadyWindows.push({ settings, from, until: Date.now() });
     }
     await setCompare(p, COMPARE_SETTINGS.lockstep);
+  }
+  {
+    const scrapes = await Promise.all((['a', 'b'] as const).map((h) => getOverSocket(path.join(d.lab.dirs(h).run, 'api.sock'), '/metrics')));
+    timings = {
+      heartbeatGap: addHistograms(scrapes.map((x) => histogram(x, 'lockstep_heartbeat_gap_seconds'))),
+      witnessRoundTrip: addHistograms(scrapes.map((x) => histogram(x, 'lockstep_witness_round_trip_seconds'))),
+      seconds: Math.round((Date.now() - upAt) / 1000),
+    };
   }
   for (const c of classes.filter((x) => !ONLY || ONLY.includes(x.id))) {
     for (let i = 1; i <= ROUNDS; i++) {
@@ -268,6 +285,7 @@ try {
   }
 } finally {
   record = await client?.finish();
+  for (const h of ['a', 'b'] as const) journal.push(...journalRecords(d.lab.dirs(h).state));
   await d.end();
   fs.rmSync(d.root, { recursive: true, force: true });
 }
@@ -290,8 +308,26 @@ const perClass = classes
       echoLongestGapMs: summarize(echo.map((x) => x.longestGapMs)),
       firstAnswerAfterFaultMs: summarize(counter.flatMap((x) => (x.firstAfterFaultMs === undefined ? [] : [x.firstAfterFaultMs]))),
       echoSessionsBrokenAt2s: echoBroken,
+      timeline: timelineOf(mine),
     };
   });
+/**
+ * Where each round's time went, from the survivor's journal: the fault to its failover decision (detection), the
+ * decision to its QMP procedure (the lease, the new epoch recorded), the procedure (to the VM carried on); and the
+ * client's first answer to a request sent after the fault. Rounds whose journal records were not found are left out.
+ */
+function timelineOf(mine: Round[]) {
+  const wall = (r: JournalRecord) => Date.parse(r.at);
+  const rows = mine.flatMap((r) => {
+    const decision = journal.find((x) => x.vm === 'web' && x.kind === 'decision' && (x.figures.action === 'takeover' || x.figures.action === 'primary-failover') && wall(x) >= r.at && wall(x) <= r.until);
+    const done = decision && journal.find((x) => x.vm === 'web' && x.kind === 'failover' && x.host === decision.host && wall(x) >= wall(decision) && wall(x) <= r.until);
+    if (!decision || !done) return [];
+    const toProcedureMs = typeof done.figures.toProcedureMs === 'number' ? done.figures.toProcedureMs : null;
+    return [{ decidedMs: wall(decision) - r.at, carriedOnMs: wall(done) - r.at, toProcedureMs, procedureMs: toProcedureMs === null ? null : wall(done) - wall(decision) - toProcedureMs }];
+  });
+  const of = (xs: Array<number | null>) => summarize(xs.filter((x): x is number => x !== null));
+  return { rounds: rows.length, decidedMs: of(rows.map((x) => x.decidedMs)), toProcedureMs: of(rows.map((x) => x.toProcedureMs)), procedureMs: of(rows.map((x) => x.procedureMs)), carriedOnMs: of(rows.map((x) => x.carriedOnMs)) };
+}
 const latencyIn = (settings: 'lockstep' | 'qemu') =>
   rec.http.answers.filter(([sent]) => steadyWindows.some((w) => w.settings === settings && sent >= w.from && sent <= w.until)).map(([sent, got]) => got - sent);
 const steadyOf = (settings: 'lockstep' | 'qemu') => {
@@ -305,6 +341,15 @@ const result = {
   faults: perClass,
   resyncStopMs: summarize(resyncStops),
   steady: steadyWindows.length ? { lockstep: steadyOf('lockstep'), qemu: steadyOf('qemu') } : undefined,
+  timings: timings && {
+    seconds: timings.seconds,
+    heartbeatGaps: timings.heartbeatGap.count,
+    heartbeatGapOverMs: tail(timings.heartbeatGap),
+    heartbeatGapP999BoundMs: quantileBoundMs(timings.heartbeatGap, 0.999),
+    witnessRoundTrips: timings.witnessRoundTrip.count,
+    witnessRoundTripOverMs: tail(timings.witnessRoundTrip),
+    witnessRoundTripP999BoundMs: quantileBoundMs(timings.witnessRoundTrip, 0.999),
+  },
   acknowledgedWritesLost: lost ?? null,
   echoClosed: rec.echo.closed,
 };
@@ -316,7 +361,17 @@ process.stdout.write(
       ['fault', 'counter: longest without an answer', 'echo: longest without an answer', 'first answer to a request sent after it', `echo sessions a ${ECHO_PATIENCE_MS / 1000} s timeout breaks`],
       ...perClass.map((f) => [f.label, ms(f.counterLongestGapMs), ms(f.echoLongestGapMs), ms(f.firstAnswerAfterFaultMs), `${f.echoSessionsBrokenAt2s} of ${f.rounds}`]),
     ]) +
+    `\nWhere the time went (the survivor's journal; ms after the fault, p50 / p99 / max)\n` +
+    table([
+      ['fault', 'rounds', 'failover decided', 'decision → QMP procedure (lease, epoch)', 'QMP procedure', 'VM carried on', 'first answer (client)'],
+      ...perClass.map((f) => [f.label, String(f.timeline.rounds), ms(f.timeline.decidedMs), ms(f.timeline.toProcedureMs), ms(f.timeline.procedureMs), ms(f.timeline.carriedOnMs), ms(f.firstAnswerAfterFaultMs)]),
+    ]) +
     `\nre-protection: the VM stopped ${ms(result.resyncStopMs)} ms (${result.resyncStopMs.n} resyncs)\n` +
+    (result.timings
+      ? `\nUnder the load, before the first fault (${result.timings.seconds} s, both hosts): ${result.timings.heartbeatGaps} heartbeat gaps, ` +
+        `over ${result.timings.heartbeatGapOverMs.filter((x) => [150, 200, 300, 500].includes(x.overMs)).map((x) => `${x.overMs} ms: ${x.n}`).join(', ')}; ` +
+        `${result.timings.witnessRoundTrips} witness round trips, over ${result.timings.witnessRoundTripOverMs.filter((x) => [50, 100, 250].includes(x.overMs)).map((x) => `${x.overMs} ms: ${x.n}`).join(', ')}\n`
+      : '') +
     (result.steady
       ? `\nNo fault: the counter's latency under the load, colo-compare's settings alternating every minute on the same VM\n` +
         table([

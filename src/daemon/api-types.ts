@@ -91,7 +91,7 @@ export const JOURNAL_KINDS = [
   'decision',
   /** What the agent waits for, when that changes (why it does not act yet). */
   'waiting',
-  /** A failover done: the VM carried on by this host (figures: from, to, procedure, detectionMs, procedureMs). */
+  /** A failover done: the VM carried on by this host (figures: from, to, procedure, detectionMs, procedureMs, toProcedureMs: the lease and the new epoch, before the QMP procedure). */
   'failover',
   'fence',
   'unfence',

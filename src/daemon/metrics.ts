@@ -50,6 +50,8 @@ export class DaemonMetrics implements VmCounters {
   private readonly decisionsTotal: Counter<'vm' | 'action'>;
   private readonly coloExitsTotal: Counter<'vm' | 'reason'>;
   private readonly droppedTotal: Counter<'vm'>;
+  private readonly heartbeatGapSeconds: Histogram<'vm'>;
+  private readonly witnessRoundTripSeconds: Histogram<'vm'>;
   private readonly operatorTotal: Counter<'command' | 'code'>;
 
   constructor(src: MetricsSource) {
@@ -82,6 +84,23 @@ export class DaemonMetrics implements VmCounters {
     this.resyncSeconds = new Histogram({ name: 'lockstep_resync_duration_seconds', help: 'From the decision to resync until protected again', labelNames: ['vm'], buckets: [1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800], registers });
     this.decisionsTotal = new Counter({ name: 'lockstep_decisions_total', help: "The agent's decisions, by action", labelNames: ['vm', 'action'], registers });
     this.coloExitsTotal = new Counter({ name: 'lockstep_colo_exits_total', help: "COLO_EXIT events of this host's QEMU, by QEMU's reason (request, error)", labelNames: ['vm', 'reason'], registers });
+    // What the agents' timings must allow for, measured where they run: the heartbeat timeout (default 500 ms) must
+    // exceed the longest gap between two heartbeats, and the lease's stop margin (a quarter of the lease) the witness's
+    // round trip.
+    this.heartbeatGapSeconds = new Histogram({
+      name: 'lockstep_heartbeat_gap_seconds',
+      help: "The time between two heartbeats heard from the peer's agent, on any path (sent every heartbeatIntervalMs; silent after heartbeatTimeoutMs)",
+      labelNames: ['vm'],
+      buckets: [0.11, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1, 2, 5],
+      registers,
+    });
+    this.witnessRoundTripSeconds = new Histogram({
+      name: 'lockstep_witness_round_trip_seconds',
+      help: 'From a request to the witness (the lease, or how things stand) to its answer',
+      labelNames: ['vm'],
+      buckets: [0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2],
+      registers,
+    });
     this.droppedTotal = new Counter({ name: 'lockstep_journal_records_dropped_total', help: 'Records of changes seen left out of the journal (more than a burst allows)', labelNames: ['vm'], registers });
     // The journal keeps its own counts; each scrape moves these counters by what changed since the last.
     const countedElsewhere = (name: string, help: string, read: () => number) => {
@@ -262,6 +281,14 @@ export class DaemonMetrics implements VmCounters {
 
   recordsDropped(vm: string, n: number): void {
     this.droppedTotal.inc({ vm }, n);
+  }
+
+  heartbeatGap(vm: string, gapMs: number): void {
+    this.heartbeatGapSeconds.observe({ vm }, s(gapMs));
+  }
+
+  witnessRoundTrip(vm: string, ms: number): void {
+    this.witnessRoundTripSeconds.observe({ vm }, s(ms));
   }
 
   operatorCommand(command: string, code: number): void {

@@ -69,7 +69,14 @@ export interface VmCounters {
   decision(vm: string, action: string): void;
   coloExit(vm: string, reason: string): void;
   recordsDropped(vm: string, n: number): void;
+  /** The time between two heartbeats heard from the peer's agent (on any path): what the heartbeat timeout must exceed. */
+  heartbeatGap(vm: string, gapMs: number): void;
+  /** A request to the witness (lease or query) to its answer: what the lease's stop margin must exceed. */
+  witnessRoundTrip(vm: string, ms: number): void;
 }
+
+/** Witness requests remembered for their round trip (a few leases' worth of renewals). */
+const WITNESS_ASKS_KEPT = 32;
 
 export interface VmWatchOptions {
   vm: string;
@@ -132,6 +139,10 @@ export class VmWatch implements AgentObserver {
   private tokens = SEEN_BURST;
   private tokensAt: number | null = null;
   private dropped = 0;
+  /** When the peer's newest heartbeat was heard (core time), to measure the gaps between them. */
+  private heardAt: number | null = null;
+  /** Witness requests out: id → when asked (core time); bounded. */
+  private readonly witnessAsks = new Map<string, number>();
 
   constructor(private readonly o: VmWatchOptions) {
     this.vm = o.vm;
@@ -160,6 +171,8 @@ export class VmWatch implements AgentObserver {
   agentStarted(): void {
     this.seen = null;
     this.stopAt = null;
+    this.heardAt = null;
+    this.witnessAsks.clear();
   }
 
   qemuEvent(event: string, data: Record<string, unknown> | undefined): void {
@@ -171,8 +184,22 @@ export class VmWatch implements AgentObserver {
   }
 
   stepped(input: Input, effects: readonly Effect[], status: () => CoreStatus): void {
-    for (const e of effects) this.effect(e);
+    for (const e of effects) this.effect(e, input.now);
     switch (input.t) {
+      case 'peer-message':
+        if (input.msg.t === 'hb') {
+          if (this.heardAt !== null) this.o.counters.heartbeatGap(this.vm, Math.max(0, input.now - this.heardAt));
+          this.heardAt = input.now;
+        }
+        return;
+      case 'witness-reply': {
+        const askedAt = this.witnessAsks.get(input.reply.re);
+        if (askedAt !== undefined) {
+          this.witnessAsks.delete(input.reply.re);
+          this.o.counters.witnessRoundTrip(this.vm, Math.max(0, input.now - askedAt));
+        }
+        return;
+      }
       case 'qemu-event':
         return this.checkpointEvent(input.event, input.now, status);
       case 'qemu-lost':
@@ -226,9 +253,14 @@ export class VmWatch implements AgentObserver {
     this.seenRecord('resync-step', input.step, { runningMs: s.work.runningMs });
   }
 
-  private effect(e: Effect): void {
+  private effect(e: Effect, now: number): void {
     const vm = this.vm;
     switch (e.t) {
+      case 'ask-witness':
+      case 'query-witness':
+        if (this.witnessAsks.size >= WITNESS_ASKS_KEPT) this.witnessAsks.delete(this.witnessAsks.keys().next().value!);
+        this.witnessAsks.set(e.id, now);
+        return;
       case 'decision':
         this.decided.set(e.action, e.why);
         this.o.counters.decision(vm, e.action);
@@ -262,7 +294,7 @@ export class VmWatch implements AgentObserver {
           vm,
           kind: 'failover',
           reason: `${what}: ${why}`,
-          figures: { from: d.from, to: d.to, procedure: kind, label: failoverReason(why), detectionMs: detectionMs === null ? null : r0(detectionMs), procedureMs: r0(procedureMs) },
+          figures: { from: d.from, to: d.to, procedure: kind, label: failoverReason(why), detectionMs: detectionMs === null ? null : r0(detectionMs), procedureMs: r0(procedureMs), toProcedureMs: num(d.toProcedureMs) },
         });
       }
       case 'resync':

@@ -157,6 +157,14 @@ class Counted implements VmCounters {
     this.calls.push(`colo-exit ${vm} ${reason}`);
   }
   recordsDropped() {}
+  gaps: number[] = [];
+  heartbeatGap(_vm: string, ms: number) {
+    this.gaps.push(ms);
+  }
+  witnessTrips: number[] = [];
+  witnessRoundTrip(_vm: string, ms: number) {
+    this.witnessTrips.push(ms);
+  }
 }
 
 test('the core of a secondary whose primary vanishes, watched: each decision and the takeover in the journal, the counters moved, pauses measured', () => {
@@ -493,4 +501,29 @@ test('lockstep events --follow prints records as they come, until Ctrl-C (exit 0
   } finally {
     await d.stop();
   }
+});
+
+test('the gaps between heartbeats and the witness\'s round trips are measured where the agent runs (the timings\' evidence)', () => {
+  const counters = new Counted();
+  const watch = new VmWatch({ vm: 'web', heartbeatTimeoutMs: () => 500, leaseMs: () => 1000, record: () => {}, counters });
+  let s: CoreState = initCore(coreConfig(), 0, 'boot-b-00000000', { epoch: { run: 'r', gen: 2, by: 'a' }, pending: undefined });
+  const feed = (now: number, i: InputBody): Effect[] => {
+    const input = { ...i, now } as Input;
+    const t = step(s, input);
+    s = t.state;
+    watch.stepped(input, t.effects, () => statusOf(s));
+    return t.effects;
+  };
+  feed(0, { t: 'qemu-found', found: { running: true, colo: 'secondary', runState: 'running', replicationChild: false, secondaryFilters: true, resumeLeftovers: false, oob: true } });
+  let seq = 0;
+  const hb = (now: number) => feed(now, { t: 'peer-message', path: 0, msg: { t: 'hb', seq: ++seq, boot: 'boot-a', role: 'primary', qemu: 'alive', colo: 'ok', hearsPeer: true, disk: { run: 'r', gen: 2, by: 'a' }, checkpointAgeMs: 100, busy: null } });
+  for (const at of [100, 200, 300, 620, 720]) hb(at);
+  assert.deepEqual(counters.gaps, [100, 100, 320, 100]);
+  // The witness: asked at a tick, answered 40 ms later.
+  let asked: Extract<Effect, { t: 'query-witness' | 'ask-witness' }> | undefined;
+  for (let now = 750; now < 4000 && !asked; now += 50) asked = feed(now, { t: 'tick' }).find((e): e is Extract<Effect, { t: 'query-witness' | 'ask-witness' }> => e.t === 'query-witness' || e.t === 'ask-witness');
+  assert.ok(asked, 'the secondary asks the witness how things stand');
+  const askedAt = s.now;
+  feed(askedAt + 40, { t: 'witness-reply', reply: { t: 'state', re: asked.id, holder: 'a', remainingMs: 900, newest: { run: 'r', gen: 2, by: 'a' } } });
+  assert.deepEqual(counters.witnessTrips, [40]);
 });

@@ -1436,7 +1436,7 @@ function chooseDown(s: CoreState): Action {
 function beginWriter(ctx: Ctx, kind: 'primary-failover' | 'takeover' | 'restart', why: string, fresh: Procedure, leaseWaitMs: number, isStalled: boolean): void {
   const s = ctx.s;
   const procedure = sameProcedure(s, kind, fresh);
-  s.work = { kind, phase: 'lease', why, startedAt: s.now, leaseDeadline: s.now + leaseWaitMs, stalled: isStalled, procedure, procId: null, next: null };
+  s.work = { kind, phase: 'lease', why, startedAt: s.now, leaseDeadline: s.now + leaseWaitMs, stalled: isStalled, procedure, procId: null, procedureAt: null, next: null };
   advanceWriter(ctx);
 }
 
@@ -1519,6 +1519,7 @@ function advanceWriter(ctx: Ctx): void {
         invariant(leaseValid(s) || planted('write-alone-without-lease'), `${w.kind} begins only while holding the lease`);
         invariant(s.disk.epoch !== undefined && s.disk.epoch.by === s.cfg.name, `${w.kind} begins only once a new epoch of ours is on our disk`);
         w.procId = newId(s);
+        w.procedureAt = s.now;
         emit(ctx, { t: 'run', id: w.procId, procedure: w.procedure, fromStep: attemptsOf(s, w.kind).stepsDone });
         return;
     }
@@ -1637,9 +1638,12 @@ function procDone(ctx: Ctx, id: string, pid?: number): void {
       s.qemu.paused = false;
       s.qemu.checkpointSince = null;
       setRole(s, 'alone');
-      // ms: the procedure; sinceCheckpointMs: from the VM's last checkpoint to the decision (detection). Neither is what a
-      // client felt (only a client can tell that), but together they bound the part of it that the agents spent.
-      emit(ctx, { t: 'record', event: 'failover', detail: { from: s.cfg.peer, to: s.cfg.name, reason: `agent: ${w.why}`, ms: Math.round(s.now - w.startedAt), sinceCheckpointMs: Math.max(0, Math.round(w.startedAt - s.qemu.lastCheckpointAt)), procedure: w.kind } });
+      // ms: from the decision to the VM carried on, of which toProcedureMs before its QMP procedure began (the lease,
+      // the new epoch recorded at the witness and on our disk); sinceCheckpointMs: from the VM's last checkpoint to the
+      // decision (detection). None is what a client felt (only a client can tell that), but together they bound the
+      // part of it that the agents spent.
+      const toProcedureMs = w.procedureAt === null ? null : Math.round(w.procedureAt - w.startedAt);
+      emit(ctx, { t: 'record', event: 'failover', detail: { from: s.cfg.peer, to: s.cfg.name, reason: `agent: ${w.why}`, ms: Math.round(s.now - w.startedAt), toProcedureMs, sinceCheckpointMs: Math.max(0, Math.round(w.startedAt - s.qemu.lastCheckpointAt)), procedure: w.kind } });
       log(ctx, 'warn', `${w.kind} done in ${ms(s.now - w.startedAt)}: running alone, unprotected`);
       sendHeartbeat(ctx);
       return;

@@ -248,6 +248,8 @@ export type Work =
       stalled: boolean;
       procedure: Procedure;
       procId: string | null;
+      /** When its procedure (last) began: the lease and the new epoch's record took until then. */
+      procedureAt: number | null;
       /** The epoch this work records and commits before its procedure. */
       next: Epoch | null;
     }
