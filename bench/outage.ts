@@ -75,6 +75,15 @@ const journal: JournalRecord[] = [];
 let upAt = Date.now();
 /** The daemons' heartbeat gaps and witness round trips under the load, scraped before the first fault (since they started). */
 let timings: { heartbeatGap: Histogram; witnessRoundTrip: Histogram; seconds: number } | undefined;
+/** The same at the end, from the daemons running then (a host that lost power starts its daemon, and its counts, afresh). */
+let timingsAtEnd: { heartbeatGap: Histogram; witnessRoundTrip: Histogram } | undefined;
+const scrapeTimings = async () => {
+  const scrapes = await Promise.all((['a', 'b'] as const).map((h) => getOverSocket(path.join(d.lab.dirs(h).run, 'api.sock'), '/metrics')));
+  return {
+    heartbeatGap: addHistograms(scrapes.map((x) => histogram(x, 'lockstep_heartbeat_gap_seconds'))),
+    witnessRoundTrip: addHistograms(scrapes.map((x) => histogram(x, 'lockstep_witness_round_trip_seconds'))),
+  };
+};
 
 const writer = async (): Promise<Host> => {
   const w = await d.writer();
@@ -262,14 +271,7 @@ try {
     }
     await setCompare(p, COMPARE_SETTINGS.lockstep);
   }
-  {
-    const scrapes = await Promise.all((['a', 'b'] as const).map((h) => getOverSocket(path.join(d.lab.dirs(h).run, 'api.sock'), '/metrics')));
-    timings = {
-      heartbeatGap: addHistograms(scrapes.map((x) => histogram(x, 'lockstep_heartbeat_gap_seconds'))),
-      witnessRoundTrip: addHistograms(scrapes.map((x) => histogram(x, 'lockstep_witness_round_trip_seconds'))),
-      seconds: Math.round((Date.now() - upAt) / 1000),
-    };
-  }
+  timings = { ...(await scrapeTimings()), seconds: Math.round((Date.now() - upAt) / 1000) };
   for (const c of classes.filter((x) => !ONLY || ONLY.includes(x.id))) {
     for (let i = 1; i <= ROUNDS; i++) {
       await d.untilProtected(`before ${c.id} round ${i}`, 300_000);
@@ -280,6 +282,7 @@ try {
       rounds.push({ fault: c.id, at, until: Date.now() });
       const stops = resyncStopsSince(at);
       resyncStops.push(...stops);
+      timingsAtEnd = await scrapeTimings().catch(() => timingsAtEnd);
       log(`${c.id} ${i}/${ROUNDS}: protected again ${(back.ms / 1000).toFixed(1)} s after the service was back${stops.length ? `; re-protection stopped the VM ${stops.map((s) => `${s.toFixed(0)} ms`).join(', ')}` : ''}`);
     }
   }
@@ -350,6 +353,12 @@ const result = {
     witnessRoundTripOverMs: tail(timings.witnessRoundTrip),
     witnessRoundTripP999BoundMs: quantileBoundMs(timings.witnessRoundTrip, 0.999),
   },
+  timingsAtEnd: timingsAtEnd && {
+    heartbeatGaps: timingsAtEnd.heartbeatGap.count,
+    heartbeatGapOverMs: tail(timingsAtEnd.heartbeatGap),
+    witnessRoundTrips: timingsAtEnd.witnessRoundTrip.count,
+    witnessRoundTripOverMs: tail(timingsAtEnd.witnessRoundTrip),
+  },
   acknowledgedWritesLost: lost ?? null,
   echoClosed: rec.echo.closed,
 };
@@ -371,6 +380,11 @@ process.stdout.write(
       ? `\nUnder the load, before the first fault (${result.timings.seconds} s, both hosts): ${result.timings.heartbeatGaps} heartbeat gaps, ` +
         `over ${result.timings.heartbeatGapOverMs.filter((x) => [150, 200, 300, 500].includes(x.overMs)).map((x) => `${x.overMs} ms: ${x.n}`).join(', ')}; ` +
         `${result.timings.witnessRoundTrips} witness round trips, over ${result.timings.witnessRoundTripOverMs.filter((x) => [50, 100, 250].includes(x.overMs)).map((x) => `${x.overMs} ms: ${x.n}`).join(', ')}\n`
+      : '') +
+    (result.timingsAtEnd
+      ? `At the end, the daemons running then (faults and resyncs included, since each started): ${result.timingsAtEnd.heartbeatGaps} heartbeat gaps, ` +
+        `over ${result.timingsAtEnd.heartbeatGapOverMs.filter((x) => [150, 200, 300, 500].includes(x.overMs)).map((x) => `${x.overMs} ms: ${x.n}`).join(', ')}; ` +
+        `${result.timingsAtEnd.witnessRoundTrips} witness round trips, over ${result.timingsAtEnd.witnessRoundTripOverMs.filter((x) => [50, 100, 250].includes(x.overMs)).map((x) => `${x.overMs} ms: ${x.n}`).join(', ')}\n`
       : '') +
     (result.steady
       ? `\nNo fault: the counter's latency under the load, colo-compare's settings alternating every minute on the same VM\n` +

@@ -28,7 +28,7 @@ import { ApiClient } from './client.js';
 import { portList, vmFileProblems } from '../config/vm.js';
 import { confinementProblems } from './confine.js';
 import { interfaceExists } from '../qemu/tap.js';
-import { nodeName } from '../config/schema.js';
+import { DEFAULT_LEASE_MS, nodeName } from '../config/schema.js';
 import { checkKeyFile, fingerprint, pairSecret } from './identity.js';
 import { HostSessions } from '../node/host-sessions.js';
 import { HandshakeAdmission, sourceAddress } from '../node/link.js';
@@ -143,7 +143,7 @@ export class Daemon implements DaemonView {
       version: lockstepVersion(),
       startedAtMs: this.wallNow(),
       healthProblems: () => this.healthProblems(),
-      vms: () => [...this.vmHosts.values()].map((v) => ({ status: v.status(), heartbeatTimeoutMs: v.config.agents?.heartbeatTimeoutMs ?? 500, leaseMs: v.config.agents?.leaseMs ?? 1000 })),
+      vms: () => [...this.vmHosts.values()].map((v) => ({ status: v.status(), heartbeatTimeoutMs: v.config.agents?.heartbeatTimeoutMs ?? 500, leaseMs: v.config.agents?.leaseMs ?? DEFAULT_LEASE_MS })),
       sessions: () => this.sessions?.status() ?? [],
       journal: () => ({ bytes: this.journal?.bytes ?? 0, records: this.journal?.appended ?? 0, writeErrors: this.journal?.writeErrors.count ?? 0 }),
       dashboardClients: () => this.liveHub.clients,
@@ -174,7 +174,7 @@ export class Daemon implements DaemonView {
     let w = this.watches.get(name);
     if (!w) {
       const heartbeatTimeoutMs = () => this.vmHosts.get(name)?.config.agents?.heartbeatTimeoutMs ?? 500;
-      const leaseMs = () => this.vmHosts.get(name)?.config.agents?.leaseMs ?? 1000;
+      const leaseMs = () => this.vmHosts.get(name)?.config.agents?.leaseMs ?? DEFAULT_LEASE_MS;
       w = new VmWatch({ vm: name, heartbeatTimeoutMs, leaseMs, record: (d) => this.record(d), counters: this.metrics, wallNow: this.wallNow });
       this.watches.set(name, w);
       this.metrics.initVm(name);
@@ -388,7 +388,7 @@ export class Daemon implements DaemonView {
         return {
           ...v.status(),
           heartbeatTimeoutMs: v.config.agents?.heartbeatTimeoutMs ?? 500,
-          leaseMs: v.config.agents?.leaseMs ?? 1000,
+          leaseMs: v.config.agents?.leaseMs ?? DEFAULT_LEASE_MS,
           checkpoints: w?.checkpoints ?? 0,
           pauseStats: w?.pauseStats() ?? { count: 0, p50Ms: null, p99Ms: null, maxMs: null },
           pauses: w?.pauses(pausesSinceMs) ?? [],

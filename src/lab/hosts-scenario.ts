@@ -63,7 +63,6 @@ export class HostsLab {
           links: { a: [h.addr.heartbeat.a], b: [h.addr.heartbeat.b] },
           heartbeatIntervalMs: 100,
           heartbeatTimeoutMs: 500,
-          leaseMs: 1000,
           reprotect: o.reprotect ?? true,
         },
       }),

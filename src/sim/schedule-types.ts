@@ -90,7 +90,15 @@ export interface Schedule {
    * such a node takes the live order (colo/resume.ts). Absent: neither (the documented order).
    */
   pauseIntoColo?: { a: boolean; b: boolean };
+  /**
+   * The agents' writer lease (agents.leaseMs). Absent (schedules stored before its default became 500 ms): 1000, the
+   * lease they were found with.
+   */
+  leaseMs?: number;
 }
+
+/** The lease of a schedule stored without one (schedule-types.ts, Schedule.leaseMs). */
+export const STORED_LEASE_MS = 1000;
 
 /** How long a fault lasts (0: an instant; Infinity: for good). */
 export function faultMs(f: Fault): number {

@@ -8,6 +8,7 @@
  */
 import { Rng } from './rng.js';
 import { CLOCK_DRIFT_MAX } from '../node/core/core.js';
+import { DEFAULT_LEASE_MS } from '../config/schema.js';
 import { faultMs, type Fault, type FaultKind, type LinkName, type NodeName, type Schedule, type End } from './schedule-types.js';
 
 /** The pair runs this long before the first fault. */
@@ -182,7 +183,17 @@ export function scheduleFor(seed: number, focus: Focus = {}): Schedule {
     operatorResyncs: operatorResyncsFor(seed, faults),
     quietAt,
     pauseIntoColo: focus.pauseIntoColo ?? pauseIntoColoFor(seed),
+    leaseMs: leaseMsFor(seed),
   };
+}
+
+/**
+ * The agents' lease: the default (500 ms) three schedules in four, else 1000 ms (the default before, which a pair may
+ * still be given). From a generator of its own, so that every seed keeps its faults.
+ */
+function leaseMsFor(seed: number): number {
+  const rng = new Rng((seed * 40503) ^ 0x1ea5e);
+  return rng.chance(0.75) ? DEFAULT_LEASE_MS : 1000;
 }
 
 /**

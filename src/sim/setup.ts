@@ -18,7 +18,7 @@ import type { NodeName } from './schedule-types.js';
 export const DISK_SIZE_BYTES = 64 * 2 ** 20;
 
 /** The simulated pair's config: tap networking on a bridge, the agents' defaults, a witness or not, one or two heartbeat paths. */
-export function simConfigText(o: { witness: boolean; paths: 1 | 2 }): string {
+export function simConfigText(o: { witness: boolean; paths: 1 | 2; leaseMs?: number }): string {
   const links = o.paths === 2 ? `  links: { a: [10.0.1.1, 10.0.2.1], b: [10.0.1.2, 10.0.2.2] }\n` : '';
   return (
     'name: sim\n' +
@@ -26,6 +26,7 @@ export function simConfigText(o: { witness: boolean; paths: 1 | 2 }): string {
     'nodes:\n  - { name: a, address: 10.0.1.1 }\n  - { name: b, address: 10.0.1.2 }\n' +
     'agents:\n  secret: simulated-pair-secret-0123456789\n' +
     (o.witness ? '  witness: 10.0.3.3:7900\n' : '') +
+    (o.leaseMs !== undefined ? `  leaseMs: ${o.leaseMs}\n` : '') +
     links
   );
 }
@@ -39,7 +40,7 @@ export interface SimSetup {
   pauseIntoColo: Record<NodeName, boolean>;
 }
 
-export function simSetup(o: { witness: boolean; paths: 1 | 2; pauseIntoColo?: { a: boolean; b: boolean } }): SimSetup {
+export function simSetup(o: { witness: boolean; paths: 1 | 2; leaseMs?: number; pauseIntoColo?: { a: boolean; b: boolean } }): SimSetup {
   const config = parseConfig(simConfigText(o), '/sim/sim.yaml', { separateHosts: true });
   const runtime: Runtime = { binary: '/sim/qemu-system-x86_64', accel: 'kvm', dataDirs: [], reconnectMs: true };
   const plan = planPair(config, runtime, 'a');

@@ -28,7 +28,7 @@ import { Invariants, PROTECT_BOUND_MS, STABLE_MS, EVENTS_PER_INSTANT_MAX, type V
 import { statusOf } from '../node/core/core.js';
 import { TICK_MS } from '../node/driver.js';
 import type { Epoch } from '../pair/epoch.js';
-import type { NodeName, Schedule } from './schedule-types.js';
+import { STORED_LEASE_MS, type NodeName, type Schedule } from './schedule-types.js';
 
 export interface Host {
   name: NodeName;
@@ -114,7 +114,7 @@ export class World {
     // New streams go last: the draws of the others, and so every stored schedule, stay as they were.
     const streams = ['net', 'qemu', 'proc', 'client', 'agent', 'disk', 'witness', 'setup', 'events'] as const;
     this.rng = Object.fromEntries(streams.map((k, i) => [k, new Rng((sched.seed * 7919 + i * 104_729) >>> 0)])) as World['rng'];
-    this.setup = simSetup({ witness: sched.witness, paths: sched.paths, ...(sched.pauseIntoColo ? { pauseIntoColo: sched.pauseIntoColo } : {}) });
+    this.setup = simSetup({ witness: sched.witness, paths: sched.paths, leaseMs: sched.leaseMs ?? STORED_LEASE_MS, ...(sched.pauseIntoColo ? { pauseIntoColo: sched.pauseIntoColo } : {}) });
     const run = `run-${this.rng.setup.hex(8)}`;
     const epoch: Epoch = { run, gen: 1, by: 'up' };
     const mk = (name: NodeName): Host => ({

@@ -89,7 +89,7 @@ test('agents: the secret must be long enough, and timings must make sense', () =
   const two = parseConfig(minimal + 'agents: { secret: a-long-enough-secret, links: { a: [10.0.0.1, 10.1.0.1], b: [10.0.0.2, 10.1.0.2] } }\n', '/x/y.yaml');
   assert.deepEqual(two.agents?.links, { a: ['10.0.0.1', '10.1.0.1'], b: ['10.0.0.2', '10.1.0.2'] });
   const c = parseConfig(minimal + 'agents: { secret: a-long-enough-secret }\n', '/x/y.yaml');
-  assert.deepEqual([c.agents?.port, c.agents?.heartbeatIntervalMs, c.agents?.heartbeatTimeoutMs, c.agents?.leaseMs], [7800, 100, 500, 1000]);
+  assert.deepEqual([c.agents?.port, c.agents?.heartbeatIntervalMs, c.agents?.heartbeatTimeoutMs, c.agents?.leaseMs], [7800, 100, 500, 500]);
 });
 
 test('broken YAML and a missing file say so', () => {
