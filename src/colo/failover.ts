@@ -116,11 +116,18 @@ function yankLabel(i: YankInstance): string {
  * chardev write that stalls the main loop, and with it every other command;
  * NBD requests). Yanks the migration stream, the given chardevs and every NBD
  * client node; instances that do not exist are skipped. Returns what it yanked.
+ * Which instances there are is asked out of band too: the main loop is stuck
+ * when we yank, and the NBD client's node has a name QEMU made up
+ * (`drive_add`), which only query-yank tells. Asked in band, the question
+ * timed out, the NBD client was left alone, and a checkpoint that waited for
+ * its requests (the replication cable cut in the middle of one: bdrv_drain_all
+ * in vm_stop, under the big lock) held the main loop until the watchdog ended
+ * QEMU and the VM restarted from its disk (outage bench, a replication cut).
  */
 async function yankPeerLinks(qmp: QmpCommands, chardevs: string[]): Promise<string[]> {
   let instances: YankInstance[] = [{ type: 'migration' }, ...chardevs.map((id) => ({ type: 'chardev' as const, id }))];
   try {
-    const all = await qmp.execute<YankInstance[]>('query-yank', undefined, { timeoutMs: 1000 });
+    const all = await qmp.execute<YankInstance[]>('query-yank', undefined, { oob: qmp.oobEnabled, timeoutMs: 1000 });
     const present = new Set(all.map(yankLabel));
     instances = [...instances.filter((i) => present.has(yankLabel(i))), ...all.filter((i) => i.type === 'block-node')];
   } catch {

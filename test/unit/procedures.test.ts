@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { QmpClient } from '../../src/qmp/client.js';
 import { IDS, type ColoEndpoints } from '../../src/qemu/cmdline.js';
 import { runSteps, ColoStepError, parseUsernetForwards, type Step } from '../../src/colo/steps.js';
-import { primaryFailover, primaryFailoverSteps, secondaryFailover, secondaryFailoverSteps, PRIMARY_FAILOVER, SECONDARY_FAILOVER } from '../../src/colo/failover.js';
+import { yankLinksToSecondary, primaryFailover, primaryFailoverSteps, secondaryFailover, secondaryFailoverSteps, PRIMARY_FAILOVER, SECONDARY_FAILOVER } from '../../src/colo/failover.js';
 import { resumeReplication, abortResume, abortResumeTolerantSteps, cancelPausedMigrationStep, RESYNC_JOB, ABORT_RESUME } from '../../src/colo/resume.js';
 import { FakeQmp, type FakeCommand, type FakeConn } from '../helpers/fake-qmp.js';
 
@@ -775,4 +775,27 @@ test('abortResume takes a half-done resume back, best effort, and is safe to run
   await withModel(b, (qmp) => abortResume(qmp, { onFailure: (step) => failures.push(step) }));
   assert.deepEqual(failures, [`object-del ${IDS.compare}`]);
   assert.equal(b.status, 'running');
+});
+
+test('a yank while the main loop is stuck finds the NBD client\'s node out of band and shuts it too (a replication cut in the middle of a checkpoint: the drain waited for its requests)', async () => {
+  // A QEMU whose main loop never answers: in-band commands time out; out-of-band ones are answered by the monitor's thread.
+  const sent: Array<{ cmd: string; oob: boolean; args?: unknown }> = [];
+  const qmp = {
+    oobEnabled: true,
+    async execute<T>(cmd: string, args?: Record<string, unknown>, o: { oob?: boolean; timeoutMs?: number } = {}): Promise<T> {
+      sent.push({ cmd, oob: !!o.oob, args });
+      if (!o.oob) {
+        await new Promise((r) => setTimeout(r, Math.min(o.timeoutMs ?? 10, 10)));
+        throw new Error(`${cmd}: no answer within ${o.timeoutMs} ms`);
+      }
+      if (cmd === 'query-yank') return [{ type: 'migration' }, { type: 'chardev', id: IDS.mirrorChardev }, { type: 'chardev', id: IDS.compare1 }, { type: 'block-node', 'node-name': '#block412' }] as T;
+      return {} as T;
+    },
+    hmp: async () => '',
+    listen: () => () => {},
+  } as unknown as Parameters<typeof yankLinksToSecondary>[0];
+  const yanked = await yankLinksToSecondary(qmp);
+  assert.ok(yanked.includes('block-node #block412'), `the NBD client's node is yanked (${yanked.join(', ')})`);
+  assert.deepEqual(sent.filter((s) => !s.oob).map((s) => s.cmd), [], 'nothing asked in band of a stuck main loop');
+  assert.deepEqual(yanked.sort(), ['block-node #block412', `chardev ${IDS.compare1}`, `chardev ${IDS.mirrorChardev}`, 'migration'].sort());
 });
