@@ -31,6 +31,9 @@ export function coreConfig(c: Pick<ResolvedConfig, 'file' | 'agents' | 'replicat
     // A checkpoint holds the big lock while the dirty RAM goes over: at most the whole RAM.
     checkpointTimeoutMs: ramTransferBoundMs(c.vm.memory),
     hungMs: Math.max(3000, 3 * a.heartbeatTimeoutMs),
+    // The monitor's own thread answers an out-of-band query within milliseconds even while a checkpoint holds the main
+    // loop: a second without it is a stopped process (the outage bench's SIGSTOP: 3.3 s to decide with hungMs).
+    frozenMs: Math.max(1000, 2 * a.heartbeatTimeoutMs),
     joinTimeoutMs: c.replication.resyncTimeoutMs + JOIN_SLACK_MS,
     diskSizeBytes,
   };

@@ -26,6 +26,7 @@ function config(o: Partial<CoreConfig> = {}): CoreConfig {
     stallMs: 5500,
     checkpointTimeoutMs: 12_500,
     hungMs: 3000,
+    frozenMs: 1000,
     joinTimeoutMs: 60_000,
     diskSizeBytes: 64 << 20,
     ...o,
@@ -328,13 +329,22 @@ test('the watchdog lets a long checkpoint finish, yanks a stuck one, and ends a 
   b.run(3500, { heartbeats: true, answer: oobOnly(b) });
   assert.deepEqual(b.decisions(), ['yank', 'kill'], 'still stuck after the yank: ended');
 
-  // Frozen: nothing answers, not even out of band.
+  // Frozen: nothing answers, not even out of band. Ended within frozenMs of the first unanswered out-of-band query, not
+  // at the hung bound (the outage bench's SIGSTOP took 3.3 s to decide that way).
   const f = new Node();
   f.found({ colo: 'primary' });
   f.run(1000, { heartbeats: true, answer: grantAll(f) });
-  f.run(3000 + 2 * WATCHDOG_INTERVAL_MS, { heartbeats: true, answer: (e) => (e.t === 'query-qemu' ? undefined : grantAll(f)(e)) });
+  const frozenAt = f.now;
+  const silent = (e: Effect) => (e.t === 'query-qemu' ? undefined : grantAll(f)(e));
+  let killedAt: number | null = null;
+  while (f.now < frozenAt + 3000 && killedAt === null) {
+    f.run(50, { heartbeats: true, answer: silent });
+    if (f.decisions().includes('kill')) killedAt = f.now;
+  }
   assert.deepEqual(f.decisions(), ['kill']);
   assert.ok(f.fx.some((e) => e.t === 'kill-qemu'));
+  assert.ok(killedAt !== null && killedAt - frozenAt <= f.s.cfg.frozenMs + WATCHDOG_INTERVAL_MS + 100, `ended ${killedAt! - frozenAt} ms after it froze`);
+  assert.match(f.fx.find((e): e is Extract<Effect, { t: 'decision' }> => e.t === 'decision')!.why, /not even out of band/);
 });
 
 test('a peer whose disk epoch is unknown is resynced only on the witness\'s word, never taken for generation 0', () => {

@@ -31,6 +31,11 @@ export interface CoreConfig {
   checkpointTimeoutMs: number;
   /** QEMU leaving a query unanswered this long (outside a checkpoint) counts as hung. */
   hungMs: number;
+  /**
+   * QEMU leaving an out-of-band query unanswered this long counts as frozen (its monitor's own thread answers those,
+   * whatever the main loop does: only a stopped process, or a host that stopped it, does not).
+   */
+  frozenMs: number;
   /** How long a prepared new secondary waits for the survivor's word before it is dropped. */
   joinTimeoutMs: number;
   /** The size of the VM's disk (for a new secondary's replica). */
