@@ -146,8 +146,9 @@ const classes: FaultClass[] = [
     label: "primary's host isolated (every cable)",
     async inject() {
       const p = await writer();
-      await d.hosts.isolate(p);
+      // From before the first cable goes: what the client felt is never counted short.
       const at = Date.now();
+      await d.hosts.isolate(p);
       await answeredAfter(at, 'answers after the isolation');
       await d.hosts.heal();
       return at;
@@ -322,8 +323,9 @@ const perClass = classes
 function timelineOf(mine: Round[]) {
   const wall = (r: JournalRecord) => Date.parse(r.at);
   const rows = mine.flatMap((r) => {
-    const decision = journal.find((x) => x.vm === 'web' && x.kind === 'decision' && (x.figures.action === 'takeover' || x.figures.action === 'primary-failover') && wall(x) >= r.at && wall(x) <= r.until);
-    const done = decision && journal.find((x) => x.vm === 'web' && x.kind === 'failover' && x.host === decision.host && wall(x) >= wall(decision) && wall(x) <= r.until);
+    // The survivor's: an isolated primary decides a failover too (which its lease then refuses), sometimes first.
+    const done = journal.find((x) => x.vm === 'web' && x.kind === 'failover' && wall(x) >= r.at && wall(x) <= r.until);
+    const decision = done && journal.find((x) => x.vm === 'web' && x.host === done.host && x.kind === 'decision' && (x.figures.action === 'takeover' || x.figures.action === 'primary-failover') && wall(x) >= r.at && wall(x) <= wall(done));
     if (!decision || !done) return [];
     const toProcedureMs = typeof done.figures.toProcedureMs === 'number' ? done.figures.toProcedureMs : null;
     return [{ decidedMs: wall(decision) - r.at, carriedOnMs: wall(done) - r.at, toProcedureMs, procedureMs: toProcedureMs === null ? null : wall(done) - wall(decision) - toProcedureMs }];
