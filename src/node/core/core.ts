@@ -1295,6 +1295,9 @@ function secondaryAction(s: CoreState, peer: Heartbeat | null, fresh: boolean, f
     const host = probeResult(s, 'host');
     if (host && !host.alive) return { action: 'takeover', why: 'no heartbeat, and the primary\'s host answers nothing (gone or cut off): the primary is unreachable', yank: true, stalled: true, resume };
     if (!host && !st && !probeUnderWay(s, 'host')) return { action: 'probe', what: 'host', why: 'no heartbeat from the primary: does its host answer?' };
+    // (The journal said "checkpoints continue (or the primary's host answers)" here, 6 ms before the probe's answer
+    // and the takeover: the observe test's power loss.)
+    if (!host && !st) return wait(`no heartbeat from the primary: waiting for the probe of its host (at most ${PROBE_TIMEOUT_MS} ms)`);
   }
   if (!st) return wait('no heartbeat, but checkpoints continue (or the primary\'s host answers): the primary\'s agent is down, not its VM');
   // Without a witness a partition cannot be told from a dead primary.
