@@ -257,8 +257,11 @@ export class Invariants {
     // Paused or powered off for less than the bound, the host may answer again before the secondary decides.
     if (faultMs(f) <= boundMs) return;
     // Only a fault alone: none other lasts into the window (soak seed 10,006,251: disk errors on the lost host and a
-    // slow replication link, both begun before the host loss, lasted into the window).
-    const others = w.sched.faults.some((g) => g !== f && g.at <= f.at + boundMs && g.at + faultMs(g) >= f.at);
+    // slow replication link, both begun before the host loss, lasted into the window). A slow link's or disk's effects
+    // last its delay longer than the fault (soak seed 12,230,593: a's heartbeats sent on the slow replication path
+    // before its host paused came up to 526 ms late, after the slow link had ended; b heard a until then).
+    const lastsUntil = (g: Fault) => g.at + faultMs(g) + ('delayMs' in g ? g.delayMs : 0);
+    const others = w.sched.faults.some((g) => g !== f && g.at <= f.at + boundMs && lastsUntil(g) >= f.at);
     if (others) return;
     // Both protected, the secondary fine: its host, its agent, its disk's record and epoch, its replica exact, and
     // the witness up and reachable.
