@@ -5,10 +5,10 @@
  * the API's local socket). For the benchmarks only; every read is bounded.
  */
 import fs from 'node:fs';
-import http from 'node:http';
 import path from 'node:path';
 import { journalRecordSchema, type JournalRecord } from '../src/daemon/api-types.js';
 import { JOURNAL_FILE } from '../src/daemon/journal.js';
+import { getOverSocket, samples } from '../src/lab/scrape.js';
 
 /** Every record of a host's journal (its current file and the rotated ones), oldest first; unreadable lines left out. */
 export function journalRecords(stateDir: string): JournalRecord[] {
@@ -29,18 +29,11 @@ export function journalRecords(stateDir: string): JournalRecord[] {
   return out.sort((a, b) => Date.parse(a.at) - Date.parse(b.at) || a.seq - b.seq);
 }
 
-/** GET `urlPath` on the daemon whose API listens on unix socket `socket`. */
-export function getOverSocket(socket: string, urlPath: string, timeoutMs = 10_000): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const req = http.get({ socketPath: socket, path: urlPath, timeout: timeoutMs }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (d: string) => (body += d));
-      res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new Error(`GET ${urlPath} on ${socket}: HTTP ${res.statusCode}`))));
-    });
-    req.on('timeout', () => req.destroy(new Error(`GET ${urlPath} on ${socket}: no answer within ${timeoutMs} ms`)));
-    req.on('error', reject);
-  });
+/** The metrics' exposition text of the daemon whose API listens on unix socket `socket`. */
+export async function scrapeMetrics(socket: string): Promise<string> {
+  const r = await getOverSocket(socket, '/metrics');
+  if (r.status !== 200) throw new Error(`GET /metrics on ${socket}: HTTP ${r.status}`);
+  return r.body;
 }
 
 /** A histogram of the exposition text, its series summed over labels: cumulative counts by upper bound (seconds). */
@@ -55,17 +48,14 @@ export function histogram(text: string, name: string): Histogram {
   const byLe = new Map<number, number>();
   let count = 0;
   let sum = 0;
-  for (const line of text.split('\n')) {
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)$/.exec(line);
-    if (!m) continue;
-    const v = Number(m[4]);
-    if (m[1] === `${name}_count`) count += v;
-    else if (m[1] === `${name}_sum`) sum += v;
-    else if (m[1] === `${name}_bucket`) {
-      const le = /le="([^"]+)"/.exec(m[3] ?? '')?.[1];
+  for (const s of samples(text)) {
+    if (s.name === `${name}_count`) count += s.value;
+    else if (s.name === `${name}_sum`) sum += s.value;
+    else if (s.name === `${name}_bucket`) {
+      const le = s.labels.get('le');
       if (le === undefined) continue;
       const bound = le === '+Inf' ? Infinity : Number(le);
-      byLe.set(bound, (byLe.get(bound) ?? 0) + v);
+      byLe.set(bound, (byLe.get(bound) ?? 0) + s.value);
     }
   }
   return { count, sum, buckets: [...byLe.entries()].sort((a, b) => a[0] - b[0]) };

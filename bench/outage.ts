@@ -30,7 +30,7 @@ import { NetnsClient, counterGaps, roundInterruption, type ClientSummary } from 
 import { sleep } from '../src/util/time.js';
 import { QmpClient } from '../src/qmp/client.js';
 import { percentile, summarize, table, writeResult, type Summary } from './stats.js';
-import { addHistograms, getOverSocket, histogram, journalRecords, quantileBoundMs, tail, type Histogram } from './lab-figures.js';
+import { addHistograms, histogram, journalRecords, quantileBoundMs, scrapeMetrics, tail, type Histogram } from './lab-figures.js';
 import type { JournalRecord } from '../src/daemon/api-types.js';
 
 const ROUNDS = Number(process.env.LOCKSTEP_BENCH_OUTAGE_ROUNDS ?? 5);
@@ -73,12 +73,17 @@ let record: ClientSummary | undefined;
 const journal: JournalRecord[] = [];
 /** When the VM was up (the daemons' metrics count from about then). */
 let upAt = Date.now();
-/** The daemons' heartbeat gaps and witness round trips under the load, scraped before the first fault (since they started). */
-let timings: { heartbeatGap: Histogram; witnessRoundTrip: Histogram; seconds: number } | undefined;
+/** The daemons' heartbeat gaps and witness round trips, both hosts together. */
+interface Timings {
+  heartbeatGap: Histogram;
+  witnessRoundTrip: Histogram;
+}
+/** Under the load, scraped before the first fault (since the daemons started). */
+let timings: (Timings & { seconds: number }) | undefined;
 /** The same at the end, from the daemons running then (a host that lost power starts its daemon, and its counts, afresh). */
-let timingsAtEnd: { heartbeatGap: Histogram; witnessRoundTrip: Histogram } | undefined;
-const scrapeTimings = async () => {
-  const scrapes = await Promise.all((['a', 'b'] as const).map((h) => getOverSocket(path.join(d.lab.dirs(h).run, 'api.sock'), '/metrics')));
+let timingsAtEnd: Timings | undefined;
+const scrapeTimings = async (): Promise<Timings> => {
+  const scrapes = await Promise.all((['a', 'b'] as const).map((h) => scrapeMetrics(path.join(d.lab.dirs(h).run, 'api.sock'))));
   return {
     heartbeatGap: addHistograms(scrapes.map((x) => histogram(x, 'lockstep_heartbeat_gap_seconds'))),
     witnessRoundTrip: addHistograms(scrapes.map((x) => histogram(x, 'lockstep_witness_round_trip_seconds'))),
@@ -333,6 +338,25 @@ function timelineOf(mine: Round[]) {
   const of = (xs: Array<number | null>) => summarize(xs.filter((x): x is number => x !== null));
   return { rounds: rows.length, decidedMs: of(rows.map((x) => x.decidedMs)), toProcedureMs: of(rows.map((x) => x.toProcedureMs)), procedureMs: of(rows.map((x) => x.procedureMs)), carriedOnMs: of(rows.map((x) => x.carriedOnMs)) };
 }
+/** The timings' figures for the result: how many, how many over each bound, and the bound below which 99.9 % fell. */
+function timingFigures(t: Timings) {
+  return {
+    heartbeatGaps: t.heartbeatGap.count,
+    heartbeatGapOverMs: tail(t.heartbeatGap),
+    heartbeatGapP999BoundMs: quantileBoundMs(t.heartbeatGap, 0.999),
+    witnessRoundTrips: t.witnessRoundTrip.count,
+    witnessRoundTripOverMs: tail(t.witnessRoundTrip),
+    witnessRoundTripP999BoundMs: quantileBoundMs(t.witnessRoundTrip, 0.999),
+  };
+}
+function describeTimings(f: ReturnType<typeof timingFigures>): string {
+  const over = (xs: Array<{ overMs: number; n: number }>, bounds: number[]) =>
+    xs
+      .filter((x) => bounds.includes(x.overMs))
+      .map((x) => `${x.overMs} ms: ${x.n}`)
+      .join(', ');
+  return `${f.heartbeatGaps} heartbeat gaps, over ${over(f.heartbeatGapOverMs, [150, 200, 300, 500])}; ${f.witnessRoundTrips} witness round trips, over ${over(f.witnessRoundTripOverMs, [50, 100, 250])}`;
+}
 const latencyIn = (settings: 'lockstep' | 'qemu') =>
   rec.http.answers.filter(([sent]) => steadyWindows.some((w) => w.settings === settings && sent >= w.from && sent <= w.until)).map(([sent, got]) => got - sent);
 const steadyOf = (settings: 'lockstep' | 'qemu') => {
@@ -346,21 +370,8 @@ const result = {
   faults: perClass,
   resyncStopMs: summarize(resyncStops),
   steady: steadyWindows.length ? { lockstep: steadyOf('lockstep'), qemu: steadyOf('qemu') } : undefined,
-  timings: timings && {
-    seconds: timings.seconds,
-    heartbeatGaps: timings.heartbeatGap.count,
-    heartbeatGapOverMs: tail(timings.heartbeatGap),
-    heartbeatGapP999BoundMs: quantileBoundMs(timings.heartbeatGap, 0.999),
-    witnessRoundTrips: timings.witnessRoundTrip.count,
-    witnessRoundTripOverMs: tail(timings.witnessRoundTrip),
-    witnessRoundTripP999BoundMs: quantileBoundMs(timings.witnessRoundTrip, 0.999),
-  },
-  timingsAtEnd: timingsAtEnd && {
-    heartbeatGaps: timingsAtEnd.heartbeatGap.count,
-    heartbeatGapOverMs: tail(timingsAtEnd.heartbeatGap),
-    witnessRoundTrips: timingsAtEnd.witnessRoundTrip.count,
-    witnessRoundTripOverMs: tail(timingsAtEnd.witnessRoundTrip),
-  },
+  timings: timings && { seconds: timings.seconds, ...timingFigures(timings) },
+  timingsAtEnd: timingsAtEnd && timingFigures(timingsAtEnd),
   acknowledgedWritesLost: lost ?? null,
   echoClosed: rec.echo.closed,
 };
@@ -378,16 +389,8 @@ process.stdout.write(
       ...perClass.map((f) => [f.label, String(f.timeline.rounds), ms(f.timeline.decidedMs), ms(f.timeline.toProcedureMs), ms(f.timeline.procedureMs), ms(f.timeline.carriedOnMs), ms(f.firstAnswerAfterFaultMs)]),
     ]) +
     `\nre-protection: the VM stopped ${ms(result.resyncStopMs)} ms (${result.resyncStopMs.n} resyncs)\n` +
-    (result.timings
-      ? `\nUnder the load, before the first fault (${result.timings.seconds} s, both hosts): ${result.timings.heartbeatGaps} heartbeat gaps, ` +
-        `over ${result.timings.heartbeatGapOverMs.filter((x) => [150, 200, 300, 500].includes(x.overMs)).map((x) => `${x.overMs} ms: ${x.n}`).join(', ')}; ` +
-        `${result.timings.witnessRoundTrips} witness round trips, over ${result.timings.witnessRoundTripOverMs.filter((x) => [50, 100, 250].includes(x.overMs)).map((x) => `${x.overMs} ms: ${x.n}`).join(', ')}\n`
-      : '') +
-    (result.timingsAtEnd
-      ? `At the end, the daemons running then (faults and resyncs included, since each started): ${result.timingsAtEnd.heartbeatGaps} heartbeat gaps, ` +
-        `over ${result.timingsAtEnd.heartbeatGapOverMs.filter((x) => [150, 200, 300, 500].includes(x.overMs)).map((x) => `${x.overMs} ms: ${x.n}`).join(', ')}; ` +
-        `${result.timingsAtEnd.witnessRoundTrips} witness round trips, over ${result.timingsAtEnd.witnessRoundTripOverMs.filter((x) => [50, 100, 250].includes(x.overMs)).map((x) => `${x.overMs} ms: ${x.n}`).join(', ')}\n`
-      : '') +
+    (result.timings ? `\nUnder the load, before the first fault (${result.timings.seconds} s, both hosts): ${describeTimings(result.timings)}\n` : '') +
+    (result.timingsAtEnd ? `At the end, the daemons running then (faults and resyncs included, since each started): ${describeTimings(result.timingsAtEnd)}\n` : '') +
     (result.steady
       ? `\nNo fault: the counter's latency under the load, colo-compare's settings alternating every minute on the same VM\n` +
         table([

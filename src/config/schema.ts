@@ -23,10 +23,10 @@ const MiB = 1024 ** 2;
 const GiB = 1024 ** 3;
 const TiB = 1024 ** 4;
 
-/** A size in bytes between `min` and `max` (and a multiple of `multiple`), said with units in errors. */
 /** agents.leaseMs's default (the reasoning is at the field). */
 export const DEFAULT_LEASE_MS = 500;
 
+/** A size in bytes between `min` and `max` (and a multiple of `multiple`), said with units in errors. */
 export const size = (what: string, o: { min?: number; max?: number; multiple?: number } = {}) =>
   z.union([z.string(), z.number()]).transform((v, ctx) => {
     const n = parseSize(v);

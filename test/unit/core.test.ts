@@ -120,12 +120,8 @@ function grantAll(n: Node, o: { newest?: () => Epoch | null } = {}): (e: Effect)
 }
 
 test('the replication cable alone cut (heartbeats fine): the primary carries on alone and status stops saying PROTECTED', () => {
-  const a = new Node();
-  a.found({ colo: 'primary' });
+  const a = protectedPrimary();
   const answer = grantAll(a);
-  a.run(1000, { heartbeats: true, answer });
-  a.checkpoint();
-  a.run(100, { heartbeats: true, answer });
   assert.equal(isProtected(a.s), true, 'protected while checkpoints flow');
   // No checkpoint from now on: the stream stalled (no COLO_EXIT comes on a silent link).
   a.run(5000, { heartbeats: true, answer });
@@ -827,6 +823,16 @@ test('a fenced primary whose disk failed to take the epoch the witness recorded 
   assert.deepEqual(a.s.disk.epoch, E(2, 'a'));
 });
 
+/** Node a, a primary in COLO hearing its secondary, 100 ms after a checkpoint: protected. */
+function protectedPrimary(): Node {
+  const a = new Node();
+  a.found({ colo: 'primary' });
+  a.run(1000, { heartbeats: true, answer: grantAll(a) });
+  a.checkpoint();
+  a.run(100, { heartbeats: true, answer: grantAll(a) });
+  return a;
+}
+
 /** Node b, a secondary in COLO whose primary a says its replica is exact, after a checkpoint: protected. */
 function protectedSecondary(): Node {
   const b = new Node({ name: 'b', peer: 'a' });
@@ -961,11 +967,7 @@ test('a probe of the peer whose result never comes is sent again', () => {
 });
 
 test('a primary cut off from its secondary and the witness stops its VM before its lease can be anyone else\'s (the lab\'s isolation test: two running VMs)', () => {
-  const a = new Node();
-  a.found({ colo: 'primary' });
-  a.run(1000, { heartbeats: true, answer: grantAll(a) });
-  a.checkpoint();
-  a.run(100, { heartbeats: true, answer: grantAll(a) });
+  const a = protectedPrimary();
   assert.equal(isProtected(a.s), true);
   // The heartbeats stop first; the witness answers 400 ms longer (its cable cut a moment later), then nothing.
   const cutAt = a.now;
@@ -1053,11 +1055,7 @@ test('a probe speaks only for the silence it was sent in: an "alive" from a mome
 });
 
 test('a primary probes a silent secondary\'s QEMU ahead of the heartbeat timeout, and carries on alone as the timeout passes', () => {
-  const a = new Node();
-  a.found({ colo: 'primary' });
-  a.run(1000, { heartbeats: true, answer: grantAll(a) });
-  a.checkpoint();
-  a.run(100, { heartbeats: true, answer: grantAll(a) });
+  const a = protectedPrimary();
   const lastHeardAt = a.s.peer.paths[0]!.lastHeardAt!;
   const decided = silentWithSlowProbes(a, 1500, false);
   assert.equal(a.fx.find((e): e is Extract<Effect, { t: 'probe-peer' }> => e.t === 'probe-peer')?.what, 'qemu');

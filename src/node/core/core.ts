@@ -1291,7 +1291,7 @@ function secondaryAction(s: CoreState, peer: Heartbeat | null, fresh: boolean, f
   // answers nothing at all (not even a refusal from its kernel): it is gone, or cut off from us, and either way only
   // the lease decides (it is granted to us once the primary's ran out, and the primary stops its VM before then:
   // choosePrimary). A host that answers may hold a VM that still checkpoints to us: the stall decides, as before.
-  if (s.cfg.witness && !planted('never-take-over-on-silence') && !planted('takeover-waits-for-stall')) {
+  if (probesHost(s)) {
     const host = probeResult(s, 'host');
     if (host && !host.alive) return { action: 'takeover', why: 'no heartbeat, and the primary\'s host answers nothing (gone or cut off): the primary is unreachable', yank: true, stalled: true, resume };
     if (!host && !st && !probeUnderWay(s, 'host')) return { action: 'probe', what: 'host', why: 'no heartbeat from the primary: does its host answer?' };
@@ -1306,10 +1306,14 @@ function secondaryAction(s: CoreState, peer: Heartbeat | null, fresh: boolean, f
   return { action: 'takeover', why: `no heartbeat and no checkpoint for ${ms(st.ms)}: the primary is unreachable`, yank: true, stalled: true, resume };
 }
 
-/** A secondary with a witness probes the primary's host ahead of the heartbeat timeout (secondaryAction). */
+/** A secondary with a witness probes its primary's host when the primary falls silent (secondaryAction). */
+function probesHost(s: CoreState): boolean {
+  return s.cfg.witness && !planted('never-take-over-on-silence') && !planted('takeover-waits-for-stall');
+}
+
+/** ... and does so ahead of the heartbeat timeout. */
 function hostProbeAhead(s: CoreState): Action | null {
-  if (!s.cfg.witness || planted('never-take-over-on-silence') || planted('takeover-waits-for-stall')) return null;
-  return probeAhead(s, 'host', 'does the primary\'s host answer?');
+  return probesHost(s) ? probeAhead(s, 'host', 'does the primary\'s host answer?') : null;
 }
 
 /** The peer's disk, as it last told us, is newer than ours (or began its own epoch beside ours): we must not write alone. */
