@@ -184,6 +184,11 @@ export class VmWatch implements AgentObserver {
   }
 
   stepped(input: Input, effects: readonly Effect[], status: () => CoreStatus): void {
+    // A heartbeat path falling silent (or heard again) is what this input brought, not what a decision did: recorded
+    // before the decisions it led to. (With the host probe answered ahead of the timeout, the takeover is decided in
+    // the very tick the primary falls silent; the journal said "decision takeover" first, then "silent".)
+    const ticked = input.t === 'tick' ? status() : null;
+    if (ticked) this.comparePaths(ticked, input.now);
     for (const e of effects) this.effect(e, input.now);
     switch (input.t) {
       case 'peer-message':
@@ -208,7 +213,7 @@ export class VmWatch implements AgentObserver {
       case 'proc-progress':
         return this.resyncProgress(input, status());
       case 'tick':
-        return this.compare(status(), input.now);
+        return this.compare(ticked!, input.now);
       default:
         return;
     }
@@ -337,6 +342,18 @@ export class VmWatch implements AgentObserver {
         remainingMs: s.lease.remainingMs,
       });
     }
+    const w0 = witnessReachable(prev, this.o.leaseMs());
+    const w1 = witnessReachable(s, this.o.leaseMs());
+    if (w0 !== null && w1 !== null && w0 !== w1) {
+      this.seenRecord('witness', w1 ? 'the witness answers again' : `the witness does not answer (its last answer ${s.lease.witnessAnswerMs === null ? 'never came' : `${s.lease.witnessAnswerMs} ms ago`})`, { reachable: w1, lastAnswerMs: s.lease.witnessAnswerMs });
+    }
+  }
+
+  /** The heartbeat paths that fell silent or were heard again since the status last seen (compare sees the rest). */
+  private comparePaths(s: CoreStatus, now: number): void {
+    const prev = this.seen;
+    if (!prev) return;
+    this.refill(now);
     s.peer.paths.forEach((p, i) => {
       const before = prev.peer.paths[i];
       if (!before) return;
@@ -350,11 +367,6 @@ export class VmWatch implements AgentObserver {
         lastHeardMs: p.lastHeardMs,
       });
     });
-    const w0 = witnessReachable(prev, this.o.leaseMs());
-    const w1 = witnessReachable(s, this.o.leaseMs());
-    if (w0 !== null && w1 !== null && w0 !== w1) {
-      this.seenRecord('witness', w1 ? 'the witness answers again' : `the witness does not answer (its last answer ${s.lease.witnessAnswerMs === null ? 'never came' : `${s.lease.witnessAnswerMs} ms ago`})`, { reachable: w1, lastAnswerMs: s.lease.witnessAnswerMs });
-    }
   }
 
   /** A record of a change seen, within the burst allowance (decisions and outcomes are never left out). */

@@ -527,3 +527,39 @@ test('the gaps between heartbeats and the witness\'s round trips are measured wh
   feed(askedAt + 40, { t: 'witness-reply', reply: { t: 'state', re: asked.id, holder: 'a', remainingMs: 900, newest: { run: 'r', gen: 2, by: 'a' } } });
   assert.deepEqual(counters.witnessTrips, [40]);
 });
+
+test('a takeover decided in the very tick its primary falls silent (the host probe answered ahead of the timeout) is journaled after the silence that led to it', () => {
+  const records: JournalDraft[] = [];
+  const watch = new VmWatch({ vm: 'web', heartbeatTimeoutMs: () => 500, leaseMs: () => 1000, record: (d) => records.push(d), counters: new Counted() });
+  let s: CoreState = initCore(coreConfig({ paths: 1 }), 0, 'boot-b-00000000', { epoch: { run: 'r', gen: 2, by: 'a' }, pending: undefined });
+  let now = 0;
+  let seq = 0;
+  const feed = (i: InputBody): void => {
+    const input = { ...i, now } as Input;
+    const t = step(s, input);
+    s = t.state;
+    watch.stepped(input, t.effects, () => statusOf(s));
+    for (const e of t.effects) {
+      if (e.t === 'ask-witness') feed({ t: 'witness-reply', reply: { t: 'lease', re: e.id, granted: true, holder: 'b', ttlMs: e.ttlMs, newest: e.next ?? e.disk } });
+      if (e.t === 'persist-disk') feed({ t: 'disk-persisted', id: e.id, ok: true });
+      if (e.t === 'query-qemu') feed({ t: 'qemu-answer', id: e.id });
+      // The primary's host is gone: the probe's connect gets no answer (at once here, within its bound in life).
+      if (e.t === 'probe-peer') feed({ t: 'probe-result', id: e.id, alive: false });
+    }
+  };
+  watch.agentStarted();
+  feed({ t: 'qemu-found', found: { running: true, colo: 'secondary', runState: 'running', replicationChild: false, secondaryFilters: true, resumeLeftovers: false, oob: true } });
+  for (; now < 1500; now += 50) {
+    if (now % 100 === 0) feed({ t: 'peer-message', path: 0, msg: { t: 'hb', boot: 'boot-a', seq: ++seq, role: 'primary', qemu: 'alive', colo: 'ok', hearsPeer: true, replicaExact: true, disk: { run: 'r', gen: 2, by: 'a' }, checkpointAgeMs: 100, busy: null } });
+    if (now === 1000) {
+      feed({ t: 'qemu-event', event: 'STOP' });
+      feed({ t: 'qemu-event', event: 'RESUME' });
+    }
+    feed({ t: 'tick' });
+  }
+  const from = records.length;
+  for (; now < 2500 && s.work?.kind !== 'takeover'; now += 50) feed({ t: 'tick' });
+  const kinds = records.slice(from).map((r) => `${r.kind}${r.kind === 'decision' ? `:${r.figures?.action}` : ''}`);
+  assert.ok(kinds.includes('decision:takeover'), `a takeover (${kinds.join(', ')})`);
+  assert.ok(kinds.indexOf('heartbeat') >= 0 && kinds.indexOf('heartbeat') < kinds.indexOf('decision:takeover'), `the silence first, then the takeover (${kinds.join(', ')})`);
+});
