@@ -61,7 +61,7 @@ export function registerHostCommands(program: Command): void {
     )
     .requiredOption('--name <name>', 'this host\'s name, as VM files will name it (a, b, node1, ...)')
     .requiredOption('--replication <address>', 'its address on the replication network (COLO\'s data plane listens there)')
-    .option('--heartbeat <addresses>', 'its heartbeat addresses, comma-separated, a dedicated network first (default: the replication address)', list)
+    .option('--heartbeat <addresses>', 'its heartbeat addresses, comma-separated: a dedicated network first, then the replication address (a cut replication link is then seen in half a second, not at the stall bound); default: the replication address alone', list)
     .option('--api <address[:port]>', 'serve the API to the other hosts here, over TLS (port 7700 unless given)')
     .option('--state-dir <dir>', 'where the daemon keeps its state (default /var/lib/lockstep)')
     .option('--api-socket <file>', 'the local API\'s socket (default /run/lockstep/api.sock)')

@@ -40,7 +40,11 @@ export const hostSchema = z
       .object({
         /** The replication network: COLO's proxy, migration and NBD listen here, never on 0.0.0.0. */
         replication: hostIpv4,
-        /** The heartbeat paths, one address each; list a dedicated network first. Default: the replication address. */
+        /**
+         * The heartbeat paths, one address each; list a dedicated network first and the replication address second
+         * (a path over the replication network whose silence, while the other is heard, is a cut replication link).
+         * Default: the replication address.
+         */
         heartbeat: z.array(hostIpv4).min(1).max(8).optional(),
         /** Where the daemon listens, on each heartbeat address, for the heartbeat sessions of the hosts it shares VMs with. */
         heartbeatPort: port.default(DEFAULT_HEARTBEAT_PORT),

@@ -213,8 +213,9 @@ export const configSchema = z
         /**
          * The heartbeat paths: per node name, the addresses its agent uses, one path per
          * position (a's first with b's first, ...). Default: one path between the nodes'
-         * addresses. List a dedicated network first and the replication network second to
-         * survive the loss of either.
+         * addresses. List a dedicated network first and the replication network second (the
+         * nodes' addresses) to survive the loss of either, and to see a cut replication link within
+         * a heartbeat timeout: the path over it falls silent while the other is heard.
          */
         links: z.record(z.string(), z.array(ipv4).min(1, 'expected at least one address')).optional(),
         heartbeatIntervalMs: z.number().int().min(10).max(10_000).default(100),

@@ -39,7 +39,7 @@ export class HostsLab {
   }
 
   /** Writes the config of a new pair (nodes a and b on their hosts) into a directory of its own; returns its path. */
-  writePairConfig(o: { reprotect?: boolean; diskImage?: string; announce?: boolean } = {}): string {
+  writePairConfig(o: { reprotect?: boolean; diskImage?: string; announce?: boolean; replicationHeartbeat?: boolean } = {}): string {
     const h = this.hosts;
     // A directory of its own, after those of earlier labs in the same place (their logs and disks stay).
     let n = this.started.length + 1;
@@ -60,7 +60,9 @@ export class HostsLab {
         agents: {
           secret: LAB_SECRET,
           witness: `${h.addr.mgmt.witness}:${WITNESS_PORT}`,
-          links: { a: [h.addr.heartbeat.a], b: [h.addr.heartbeat.b] },
+          links: o.replicationHeartbeat
+            ? { a: [h.addr.heartbeat.a, h.addr.replication.a], b: [h.addr.heartbeat.b, h.addr.replication.b] }
+            : { a: [h.addr.heartbeat.a], b: [h.addr.heartbeat.b] },
           heartbeatIntervalMs: 100,
           heartbeatTimeoutMs: 500,
           reprotect: o.reprotect ?? true,

@@ -59,6 +59,11 @@ export interface RunOptions {
   minTraffic?: number;
   /** Bridge mode: announce-self after a takeover (vm.network.announce; default true). */
   announce?: boolean;
+  /**
+   * The separate hosts' pairs: a second heartbeat path over the replication network, after the heartbeat cable's (as
+   * the README advises, and as the daemons' lab hosts have it); default: the heartbeat cable alone.
+   */
+  replicationHeartbeat?: boolean;
 }
 
 /**

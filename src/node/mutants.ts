@@ -40,6 +40,7 @@ export const MUTANTS = {
   'never-take-over-on-silence': 'a secondary never takes over while its primary is silent, witness or not',
   'probe-at-heartbeat-timeout': 'a silent peer is probed only once the heartbeat timeout has passed, so that the takeover (or a primary\'s failover) is decided a probe\'s bound later',
   'takeover-waits-for-stall': 'a secondary whose primary is silent on every path waits for the checkpoint stream to stall (5.5 s after the last checkpoint by default) although the primary\'s host answers nothing',
+  'cut-waits-for-stall': 'a primary whose replication link alone is cut (the heartbeat over it silent, the peer heard on another path) waits for the checkpoint stream to stall (5.5 s after the last checkpoint by default, or a checkpoint\'s own bound) before it carries on alone',
   'never-restart-on-silence': 'a node whose QEMU is gone never restarts the VM while its peer is silent',
   'found-stopped-waits-for-peer': 'without a witness, a node writing alone whose VM was found stopped (a stop that took effect late) waits for its peer\'s word to let it run again, for ever if the peer is gone; focus schedule 1,480 of take-back-retried-as-resync',
   'peer-stuck-from-its-last-attempt': 'a node whose QEMU is gone measures how long its peer has not run the VM from the peer\'s last change of state, which each new takeover attempt resets: it waits for ever while the attempts keep failing; soak seed 2,012,113',

@@ -11,16 +11,31 @@ import type { CoreConfig } from './core/types.js';
 /** How long a resync's new secondary may wait for its survivor beyond the mirror's own bound: the stop, the migration, the first checkpoint. */
 const JOIN_SLACK_MS = 120_000;
 
+/**
+ * The heartbeat path whose two ends are the nodes' replication addresses (the README's advice: a dedicated network
+ * first, the replication network second), when there is another path to hear the peer on; otherwise null.
+ */
+function replicationPathOf(c: Pick<ResolvedConfig, 'agents' | 'nodes'>, name: string, peer: string, paths: number): number | null {
+  const links = c.agents?.links;
+  const ours = c.nodes.find((n) => n.name === name)?.address;
+  const theirs = c.nodes.find((n) => n.name === peer)?.address;
+  if (!links || paths < 2 || ours === undefined || theirs === undefined) return null;
+  for (let i = 0; i < paths; i++) if (links[name]?.[i] === ours && links[peer]?.[i] === theirs) return i;
+  return null;
+}
+
 /** The core's configuration for node `name` of the pair (its peer `peer`), whose disk is `diskSizeBytes` long. */
-export function coreConfig(c: Pick<ResolvedConfig, 'file' | 'agents' | 'replication' | 'vm'>, name: string, peer: string, diskSizeBytes: number): CoreConfig {
+export function coreConfig(c: Pick<ResolvedConfig, 'file' | 'agents' | 'replication' | 'vm' | 'nodes'>, name: string, peer: string, diskSizeBytes: number): CoreConfig {
   const a = c.agents;
   if (!a) throw new LockstepError(`${c.file}: no agents section`, { hint: 'add agents: { secret: ... } to run node agents' });
   const mine = a.links?.[name]?.length ?? 1;
   const theirs = a.links?.[peer]?.length ?? 1;
+  const paths = Math.max(1, Math.min(mine, theirs));
   return {
     name,
     peer,
-    paths: Math.max(1, Math.min(mine, theirs)),
+    paths,
+    replicationPath: replicationPathOf(c, name, peer, paths),
     heartbeatIntervalMs: a.heartbeatIntervalMs,
     heartbeatTimeoutMs: a.heartbeatTimeoutMs,
     witness: a.witness !== undefined,

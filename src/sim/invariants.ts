@@ -34,6 +34,12 @@
  *   then) and a few ticks' slack (no waiting for the checkpoint stream to
  *   stall, nor for a probe sent late). Judged only where no other fault lasts
  *   into that window;
+ * - prompt-cut: when the replication link alone is cut both ways (longer
+ *   than this bound) between a protected primary and its secondary, and a
+ *   heartbeat path runs over it while another runs elsewhere, the primary
+ *   decides to carry on alone within promptCutMs: the heartbeat timeout and
+ *   a few ticks (no waiting for the checkpoint stream to stall). Judged only
+ *   where no other fault lasts into that window;
  *
  * liveness
  * - liveness-during-faults: while a node holds every acknowledged write and
@@ -65,6 +71,7 @@ export const VIOLATION_KINDS = [
   'status-truth',
   'replica-exact',
   'prompt-takeover',
+  'prompt-cut',
   'liveness-during-faults',
   'liveness-after-faults',
   'protected-after-faults',
@@ -111,6 +118,16 @@ export function promptTakeoverMs(cfg: CoreConfig): number {
   return Math.max(cfg.heartbeatTimeoutMs, probeSilenceMs(cfg) + PROBE_TIMEOUT_MS) + PROMPT_SLACK_MS;
 }
 
+/**
+ * The replication link alone cut under a protected primary that hears its secondary on another path: it decides to
+ * carry on alone within this long. The path over the link falls silent at the cut (its last heartbeat came before),
+ * and no checkpoint completes after it; the heartbeat timeout later both have lasted long enough (core.ts,
+ * replicationCut), then a few ticks. Waiting for the stall bound is seconds late (mutant cut-waits-for-stall).
+ */
+export function promptCutMs(cfg: CoreConfig): number {
+  return cfg.heartbeatTimeoutMs + PROMPT_SLACK_MS;
+}
+
 /** promptTakeoverMs's room for the ticks that see the silence, the probe's answer and the decision (TICK_MS each). */
 export const PROMPT_SLACK_MS = 5 * TICK_MS;
 
@@ -122,6 +139,18 @@ export const PROMPT_SLACK_MS = 5 * TICK_MS;
 function holdsNewest(record: { epoch: Epoch; pending: Epoch | undefined }, newest: Epoch): boolean {
   const o = compareEpochs(record.epoch, newest);
   return o === 'same' || o === 'newer' || (record.pending !== undefined && compareEpochs(record.pending, newest) === 'same');
+}
+
+/**
+ * Another fault lasts into the window of fault `f` (`boundMs` long): `f` is not alone (soak seed 10,006,251: disk
+ * errors on the lost host and a slow replication link, both begun before the host loss, lasted into the window). A
+ * slow link's or disk's effects last its delay longer than the fault (soak seed 12,230,593: a's heartbeats sent on the
+ * slow replication path before its host paused came up to 526 ms late, after the slow link had ended; b heard a until
+ * then).
+ */
+function othersInWindow(faults: readonly Fault[], f: Fault, boundMs: number): boolean {
+  const lastsUntil = (g: Fault) => g.at + faultMs(g) + ('delayMs' in g ? g.delayMs : 0);
+  return faults.some((g) => g !== f && g.at <= f.at + boundMs && lastsUntil(g) >= f.at);
 }
 
 export class Invariants {
@@ -147,6 +176,11 @@ export class Invariants {
   /** For the report: host losses judged by prompt-takeover, and the slowest decision among them. */
   hostLossesJudged = 0;
   slowestTakeoverMs = 0;
+  /** A protected primary's replication link alone cut: it must decide to carry on alone by `by`. */
+  private cut: { primary: NodeName; at: number; by: number } | null = null;
+  /** For the report: replication cuts prompt-cut judged, and the slowest decision among them. */
+  cutsJudged = 0;
+  slowestCutMs = 0;
 
   constructor(private readonly w: World) {}
 
@@ -246,6 +280,7 @@ export class Invariants {
 
   /** A fault is about to be applied: a host loss that prompt-takeover judges begins its window. */
   faultApplied(f: Fault): void {
+    if (f.kind === 'cut') return this.cutApplied(f);
     if (!HOST_LOSSES.has(f.kind) || !('node' in f) || this.hostLoss) return;
     const w = this.w;
     const primary = w.hosts[f.node];
@@ -260,9 +295,7 @@ export class Invariants {
     // slow replication link, both begun before the host loss, lasted into the window). A slow link's or disk's effects
     // last its delay longer than the fault (soak seed 12,230,593: a's heartbeats sent on the slow replication path
     // before its host paused came up to 526 ms late, after the slow link had ended; b heard a until then).
-    const lastsUntil = (g: Fault) => g.at + faultMs(g) + ('delayMs' in g ? g.delayMs : 0);
-    const others = w.sched.faults.some((g) => g !== f && g.at <= f.at + boundMs && lastsUntil(g) >= f.at);
-    if (others) return;
+    if (othersInWindow(w.sched.faults, f, boundMs)) return;
     // Both protected, the secondary fine: its host, its agent, its disk's record and epoch, its replica exact, and
     // the witness up and reachable.
     if (!isProtected(pc) || !isProtected(sc)) return;
@@ -272,8 +305,33 @@ export class Invariants {
     this.hostLossesJudged++;
   }
 
-  /** An agent decided (action, with its reason): a judged takeover ends its window. */
+  /** A cut of the replication link alone, both ways, under a protected pair with a heartbeat path over it and another. */
+  private cutApplied(f: Extract<Fault, { kind: 'cut' }>): void {
+    if (f.links.length !== 1 || f.links[0] !== 'replication' || f.from !== undefined || this.cut) return;
+    const w = this.w;
+    const primary = Object.values(w.hosts).find((h) => h.agent?.driver.core.role === 'primary');
+    if (!primary) return;
+    const secondary = w.hosts[primary.peer];
+    const pc = primary.agent?.driver.core;
+    const sc = secondary.agent?.driver.core;
+    if (!pc || !sc || pc.role !== 'primary' || sc.role !== 'secondary' || pc.cfg.replicationPath === null) return;
+    const boundMs = promptCutMs(pc.cfg);
+    if (faultMs(f) <= boundMs || othersInWindow(w.sched.faults, f, boundMs)) return;
+    if (!isProtected(pc) || !isProtected(sc)) return;
+    // The primary fine: its host, its disk's record and epoch (else it fences rather than carry on), the witness.
+    if (!primary.up || primary.paused || primary.record.state !== 'ok' || pc.disk.epoch === undefined) return;
+    if (w.sched.witness && (!w.witness.up || !w.net.up(primary.name === 'a' ? 'witness-a' : 'witness-b'))) return;
+    this.cut = { primary: primary.name, at: w.now, by: w.now + boundMs };
+    this.cutsJudged++;
+  }
+
+  /** An agent decided (action, with its reason): a judged takeover, or a judged cut's failover, ends its window. */
   decided(node: NodeName, action: string): void {
+    const c = this.cut;
+    if (c && node === c.primary && action === 'primary-failover') {
+      this.slowestCutMs = Math.max(this.slowestCutMs, this.w.now - c.at);
+      this.cut = null;
+    }
     const l = this.hostLoss;
     if (!l || node !== l.secondary || action !== 'takeover') return;
     this.slowestTakeoverMs = Math.max(this.slowestTakeoverMs, this.w.now - l.at);
@@ -281,6 +339,11 @@ export class Invariants {
   }
 
   private promptness(): void {
+    const c = this.cut;
+    if (c && this.w.now > c.by) {
+      this.cut = null;
+      this.violation('prompt-cut', `${c.primary} did not decide to carry on alone within ${Math.round(c.by - c.at)} ms of its replication link alone being cut (${this.w.describe()})`);
+    }
     const l = this.hostLoss;
     if (!l || this.w.now <= l.by) return;
     this.hostLoss = null;

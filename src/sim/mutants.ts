@@ -103,6 +103,7 @@ export const MUTANT_CHECKS: Record<MutantName, MutantCheck> = {
   'never-take-over-on-silence': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: true, weights: { 'host-gone': 6, 'power-loss': 6, cut: 4 } } },
   'probe-at-heartbeat-timeout': { caughtBy: ['prompt-takeover'], focus: { witness: true, weights: { 'power-loss': 6, 'host-gone': 4, 'host-pause': 4, reboot: 2 } } },
   'takeover-waits-for-stall': { caughtBy: ['prompt-takeover'], focus: { witness: true, weights: { 'power-loss': 6, 'host-gone': 4, 'host-pause': 4, reboot: 2 } } },
+  'cut-waits-for-stall': { caughtBy: ['prompt-cut'], focus: { witness: true, paths: 2, weights: { cut: 12, 'kill-qemu': 2 } } },
   'never-restart-on-silence': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: true, weights: { 'host-gone': 6, 'power-loss': 6, 'kill-qemu': 4 } } },
   'found-stopped-waits-for-peer': { caughtBy: ['liveness-during-faults'], focus: { witness: false, stepFailP: 0.15, weights: { 'host-gone': 6, 'kill-qemu': 8, 'qmp-late': 6, cut: 4 } } },
   'peer-stuck-from-its-last-attempt': { caughtBy: ['liveness-during-faults'], focus: { witness: true, weights: { cut: 8, 'kill-qemu': 6, 'kill-agent': 3 } } },

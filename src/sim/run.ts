@@ -34,6 +34,8 @@ export interface Outcome {
   longestDownWhileAbleMs: number;
   hostLossesJudged: number;
   slowestTakeoverMs: number;
+  cutsJudged: number;
+  slowestCutMs: number;
   steps: number;
 }
 
@@ -43,7 +45,7 @@ export function runSchedule(sched: Schedule, o: { traceAll?: boolean; stopAtFirs
   const firsts = new Map<ViolationKind, { kind: ViolationKind; detail: string; at: number }>();
   for (const v of r.violations) if (!firsts.has(v.kind)) firsts.set(v.kind, { kind: v.kind, detail: v.detail, at: v.at });
   return {
-    outcome: { seed: sched.seed, violations: [...firsts.values()], runAgainMs: r.runAgainMs, protectedAgainMs: r.protectedAgainMs, longestDownWhileAbleMs: r.longestDownWhileAbleMs, hostLossesJudged: r.hostLossesJudged, slowestTakeoverMs: r.slowestTakeoverMs, steps: r.steps },
+    outcome: { seed: sched.seed, violations: [...firsts.values()], runAgainMs: r.runAgainMs, protectedAgainMs: r.protectedAgainMs, longestDownWhileAbleMs: r.longestDownWhileAbleMs, hostLossesJudged: r.hostLossesJudged, slowestTakeoverMs: r.slowestTakeoverMs, cutsJudged: r.cutsJudged, slowestCutMs: r.slowestCutMs, steps: r.steps },
     result: r,
     describe: w.describe(),
   };
@@ -136,6 +138,11 @@ export function summarize(outcomes: Outcome[], ms: number): string[] {
   if (losses) {
     const slowest = maxOf(outcomes.map((o) => o.slowestTakeoverMs));
     lines.push(`a primary's host lost alone (prompt-takeover judged ${losses}): the secondary decided to take over within ${s(slowest)} s at the slowest (bound: the heartbeat timeout + ${PROMPT_SLACK_MS} ms)`);
+  }
+  const cuts = outcomes.reduce((a, o) => a + o.cutsJudged, 0);
+  if (cuts) {
+    const slowest = maxOf(outcomes.map((o) => o.slowestCutMs));
+    lines.push(`the replication link alone cut (prompt-cut judged ${cuts}): the primary decided to carry on alone within ${s(slowest)} s at the slowest (bound: the heartbeat timeout + ${PROMPT_SLACK_MS} ms)`);
   }
   lines.push(`${(ms / 1000).toFixed(1)} s, ${outcomes.reduce((a, o) => a + o.steps, 0)} agent steps`);
   lines.push(`${outcomes.length} schedules, ${bad.length} violations`);

@@ -65,6 +65,8 @@ export interface Focus {
   /** Which nodes' QEMUs can pause before their switchover into COLO, instead of the drawn ones. */
   pauseIntoColo?: { a: boolean; b: boolean };
   replicaErrors?: 'p5' | 'reported';
+  /** Heartbeat paths, instead of the drawn number. */
+  paths?: 1 | 2;
 }
 
 function pickKind(rng: Rng, focus: Focus): FaultKind {
@@ -170,11 +172,12 @@ export function scheduleFor(seed: number, focus: Focus = {}): Schedule {
   const replicaErrors = focus.replicaErrors ?? replicaErrorsFor(seed);
   dropUnheardReplicaErrors(faults, replicaErrors);
   const drift = rng.chance(0.3);
+  const paths = rng.chance(0.3) ? 2 : 1;
   return {
     version: 2,
     seed,
     witness,
-    paths: rng.chance(0.3) ? 2 : 1,
+    paths: focus.paths ?? paths,
     clocks: drift ? { a: clockRate(rng), b: clockRate(rng), w: clockRate(rng) } : { a: 1, b: 1, w: 1 },
     stepFailP: focus.stepFailP ?? rng.pick([0, 0, 0.01, 0.03, 0.08]),
     slowCheckpoints: rng.chance(0.15),

@@ -19,7 +19,9 @@ export const DISK_SIZE_BYTES = 64 * 2 ** 20;
 
 /** The simulated pair's config: tap networking on a bridge, the agents' defaults, a witness or not, one or two heartbeat paths. */
 export function simConfigText(o: { witness: boolean; paths: 1 | 2; leaseMs?: number }): string {
-  const links = o.paths === 2 ? `  links: { a: [10.0.1.1, 10.0.2.1], b: [10.0.1.2, 10.0.2.2] }\n` : '';
+  // Two paths: the heartbeat network first, the replication network (the nodes' addresses) second, as the README
+  // advises and as the model routes them (network.ts, pathLink): so the core's replicationPath is path 1.
+  const links = o.paths === 2 ? `  links: { a: [10.0.2.1, 10.0.1.1], b: [10.0.2.2, 10.0.1.2] }\n` : '';
   return (
     'name: sim\n' +
     'vm:\n  memory: 128M\n  disk: { image: /sim/disk.qcow2 }\n  network: { mode: tap, bridge: br0, taps: { a: tap-a, b: tap-b } }\n' +

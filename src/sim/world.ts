@@ -81,6 +81,9 @@ export interface SimResult {
   /** Host losses prompt-takeover judged, and the slowest takeover decision among them (ms after the loss). */
   hostLossesJudged: number;
   slowestTakeoverMs: number;
+  /** Replication cuts prompt-cut judged, and the slowest decision to carry on alone among them (ms after the cut). */
+  cutsJudged: number;
+  slowestCutMs: number;
   endedAt: number;
   acked: number;
   steps: number;
@@ -199,6 +202,8 @@ export class World {
       longestDownWhileAbleMs: this.check.longestDownWhileAbleMs,
       hostLossesJudged: this.check.hostLossesJudged,
       slowestTakeoverMs: this.check.slowestTakeoverMs,
+      cutsJudged: this.check.cutsJudged,
+      slowestCutMs: this.check.slowestCutMs,
       endedAt: this.now,
       acked: this.acked.size,
       steps: this.steps,

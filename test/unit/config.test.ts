@@ -4,6 +4,7 @@ import path from 'node:path';
 import { loadConfig, parseConfig, ConfigError } from '../../src/config/load.js';
 import { parseSize } from '../../src/config/schema.js';
 import { packageRoot } from '../../src/util/paths.js';
+import { coreConfig } from '../../src/node/timings.js';
 
 const minimal = `
 vm:
@@ -90,6 +91,15 @@ test('agents: the secret must be long enough, and timings must make sense', () =
   assert.deepEqual(two.agents?.links, { a: ['10.0.0.1', '10.1.0.1'], b: ['10.0.0.2', '10.1.0.2'] });
   const c = parseConfig(minimal + 'agents: { secret: a-long-enough-secret }\n', '/x/y.yaml');
   assert.deepEqual([c.agents?.port, c.agents?.heartbeatIntervalMs, c.agents?.heartbeatTimeoutMs, c.agents?.leaseMs], [7800, 100, 500, 500]);
+});
+
+test('the heartbeat path over the replication network is the one whose two ends are the nodes\' addresses, when another path runs elsewhere', () => {
+  const pathOf = (links: string) => coreConfig(parseConfig(minimal + `agents: { secret: a-long-enough-secret${links} }\n`, '/x/y.yaml'), 'a', 'b', 1 << 20).replicationPath;
+  assert.equal(pathOf(', links: { a: [10.0.0.1, 127.0.0.1], b: [10.0.0.2, 127.0.0.2] }'), 1, 'a dedicated network first, the replication network second');
+  assert.equal(pathOf(', links: { a: [127.0.0.1, 10.0.0.1], b: [127.0.0.2, 10.0.0.2] }'), 0);
+  assert.equal(pathOf(''), null, 'one path, over the replication network: no other path to hear the peer on');
+  assert.equal(pathOf(', links: { a: [10.0.0.1, 10.1.0.1], b: [10.0.0.2, 10.1.0.2] }'), null, 'no path runs over it');
+  assert.equal(pathOf(', links: { a: [10.0.0.1, 127.0.0.1], b: [10.0.0.2, 10.1.0.2] }'), null, 'only one end on it');
 });
 
 test('broken YAML and a missing file say so', () => {

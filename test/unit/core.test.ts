@@ -18,6 +18,7 @@ function config(o: Partial<CoreConfig> = {}): CoreConfig {
     name: 'a',
     peer: 'b',
     paths: 1,
+    replicationPath: null,
     heartbeatIntervalMs: 100,
     heartbeatTimeoutMs: 500,
     witness: true,
@@ -56,15 +57,21 @@ class Node {
   }
 
   /** Lets `ms` pass in ticks; the peer's heartbeat arrives every 100 ms if `heartbeats`, and every request is answered by `answer`. */
-  run(ms: number, o: { heartbeats?: boolean; answer?: (e: Effect) => InputBody | undefined } = {}): void {
+  run(ms: number, o: { heartbeats?: boolean; paths?: number[]; checkpointEveryMs?: number; answer?: (e: Effect) => InputBody | undefined } = {}): void {
     const end = this.now + ms;
     let nextHb = this.now;
+    let nextCheckpoint = this.now + (o.checkpointEveryMs ?? Infinity);
     while (this.now < end) {
       this.now = Math.min(end, this.now + 50);
       const before = this.fx.length;
       if (o.heartbeats && this.now >= nextHb) {
-        this.heartbeat();
+        // The same heartbeat on each path (o.paths: which ones; path 0 alone by default).
+        this.heartbeat({}, o.paths ?? [0]);
         nextHb = this.now + 100;
+      }
+      if (this.now >= nextCheckpoint) {
+        this.checkpoint();
+        nextCheckpoint = this.now + o.checkpointEveryMs!;
       }
       this.in({ t: 'tick' });
       if (o.answer) for (const e of this.fx.slice(before)) this.answer(e, o.answer);
@@ -79,8 +86,9 @@ class Node {
     for (const x of this.fx.slice(before)) this.answer(x, answer);
   }
 
-  heartbeat(o: Partial<Heartbeat> = {}): void {
-    this.in({ t: 'peer-message', path: 0, msg: { t: 'hb', seq: ++this.peerSeq, ...this.peer, ...o } });
+  heartbeat(o: Partial<Heartbeat> = {}, paths: number[] = [0]): void {
+    const msg = { t: 'hb' as const, seq: ++this.peerSeq, ...this.peer, ...o };
+    for (const path of paths) this.in({ t: 'peer-message', path, msg });
   }
 
   found(f: Partial<QemuFound>): void {
@@ -118,6 +126,41 @@ function grantAll(n: Node, o: { newest?: () => Epoch | null } = {}): (e: Effect)
     return undefined;
   };
 }
+
+/** Node a, a protected primary that hears b on two heartbeat paths, the second over the replication network. */
+function protectedPrimaryOnTwoPaths(replicationPath: number | null): Node {
+  const a = new Node({ paths: 2, replicationPath });
+  a.found({ colo: 'primary' });
+  a.run(1000, { heartbeats: true, paths: [0, 1], answer: grantAll(a) });
+  a.checkpoint();
+  a.run(100, { heartbeats: true, paths: [0, 1], answer: grantAll(a) });
+  assert.equal(isProtected(a.s), true);
+  return a;
+}
+
+test('the replication cable alone cut, a heartbeat path over it and another elsewhere: the primary carries on alone after a heartbeat timeout, not the stall bound', () => {
+  const a = protectedPrimaryOnTwoPaths(1);
+  const answer = grantAll(a);
+  // The cable is cut: the heartbeats over it stop, the others go on, and no checkpoint completes any more.
+  a.run(400, { heartbeats: true, paths: [0], answer });
+  assert.deepEqual(a.decisions(), [], 'nothing before a heartbeat timeout');
+  a.run(200, { heartbeats: true, paths: [0], answer });
+  assert.deepEqual(a.decisions(), ['primary-failover'], 'decided within a heartbeat timeout and a tick of the last heartbeat over the cable');
+  const d = a.fx.filter((e) => e.t === 'decision').at(-1) as Extract<Effect, { t: 'decision' }>;
+  assert.match(d.why, /the replication link is cut: no heartbeat over it for \d+ ms while b is heard on another path, and no checkpoint for \d+ ms/);
+  assert.deepEqual(a.runs().at(-1)!.procedure, { kind: 'primary-failover', yank: true }, 'yanks the stuck links first');
+});
+
+test('a heartbeat path over the replication network silent while checkpoints complete is no cut; nor is a silent second path that does not run over it', () => {
+  const flows = protectedPrimaryOnTwoPaths(1);
+  flows.run(3000, { heartbeats: true, paths: [0], checkpointEveryMs: 300, answer: grantAll(flows) });
+  assert.deepEqual(flows.decisions(), [], 'the stream flows: the path is silent for another reason');
+  const elsewhere = protectedPrimaryOnTwoPaths(null);
+  elsewhere.run(5000, { heartbeats: true, paths: [0], answer: grantAll(elsewhere) });
+  assert.deepEqual(elsewhere.decisions(), [], 'no path runs over the replication network: only the stall bound says the stream is stuck');
+  elsewhere.run(600, { heartbeats: true, paths: [0], answer: grantAll(elsewhere) });
+  assert.deepEqual(elsewhere.decisions(), ['primary-failover']);
+});
 
 test('the replication cable alone cut (heartbeats fine): the primary carries on alone and status stops saying PROTECTED', () => {
   const a = protectedPrimary();

@@ -129,7 +129,7 @@ test('journal: rotated within its bound (files × size) while flushes are under 
 // ---- the agent core's steps, watched ----
 
 function coreConfig(o: Partial<CoreConfig> = {}): CoreConfig {
-  return { name: 'b', peer: 'a', paths: 2, heartbeatIntervalMs: 100, heartbeatTimeoutMs: 500, witness: true, leaseMs: 1000, reprotect: true, stallMs: 5500, checkpointTimeoutMs: 12_500, hungMs: 3000, frozenMs: 1000, joinTimeoutMs: 60_000, diskSizeBytes: 64 << 20, ...o };
+  return { name: 'b', peer: 'a', paths: 2, replicationPath: null, heartbeatIntervalMs: 100, heartbeatTimeoutMs: 500, witness: true, leaseMs: 1000, reprotect: true, stallMs: 5500, checkpointTimeoutMs: 12_500, hungMs: 3000, frozenMs: 1000, joinTimeoutMs: 60_000, diskSizeBytes: 64 << 20, ...o };
 }
 
 class Counted implements VmCounters {

@@ -17,6 +17,9 @@
  *   without a reset, where 7.2's COLO threads wait for ever and no COLO_EXIT
  *   comes (migration/colo.c, colo_do_checkpoint_transaction);
  * - the peer agent's word: its heartbeats say what its QEMU is doing;
+ * - one heartbeat path silent while another is heard: with a path over the
+ *   replication network, its silence (and no checkpoint meanwhile) is a cut
+ *   replication link, which no COLO_EXIT would report (replicationCut);
  * - silence: no heartbeat within the timeout. Silence alone never makes a
  *   failover: a dead agent next to a healthy VM is not a dead VM;
  * - the witness: only the holder of its lease may begin to write alone, and
@@ -1211,12 +1214,38 @@ function primaryFailoverReason(s: CoreState, peer: Heartbeat | null, fresh: bool
   if (s.qemu.coloExitAt !== null) return { why: 'COLO_EXIT: the checkpoint stream to the secondary broke', yank: true };
   const st = stalled(s);
   if (st) return { why: st.inCheckpoint ? `replication stalled: a checkpoint has not completed in ${ms(st.ms)}` : `replication stalled: no checkpoint for ${ms(st.ms)}`, yank: true };
+  const cut = joining ? null : replicationCut(s);
+  if (cut) return { why: cut, yank: true };
   if (!fresh) {
     const pr = probeResult(s, 'qemu');
     if (pr) return pr.alive ? null : { why: 'no heartbeat, and the secondary\'s QEMU does not answer', yank: true };
     return probeUnderWay(s, 'qemu') ? null : { probe: 'no heartbeat from the secondary\'s agent: does its QEMU answer?' };
   }
   return null;
+}
+
+/**
+ * The replication link is cut while the peer is heard on another path: the heartbeat path over the replication
+ * network has been silent for a heartbeat timeout and no checkpoint has completed since it fell silent. Then the
+ * stream is stuck, and so is what waits on it: the secondary's packets for colo-compare (the primary's output is
+ * held), the primary's checkpoint request (colo.c waits for the reply with the VM running) and the replica's writes
+ * (quorum waits for every child): the client waits until we yank and carry on alone. Waiting for the stall bound
+ * instead (2 x checkpoint delay + heartbeat timeout + 1 s after the last checkpoint, or a checkpoint's own bound
+ * when the cut came inside one) held the client 5.4-12.5 s in the lab. Safe as any primary failover: we hold the
+ * lease, and the secondary, which hears us, fences itself when we say we run alone. A path silent for another reason
+ * while checkpoints complete (the stream flows) is no cut; a checkpoint may have completed just before the cut, after
+ * the path's last heartbeat, so it is the checkpoint's own age that counts, not whether it came after that heartbeat.
+ */
+function replicationCut(s: CoreState): string | null {
+  const i = s.cfg.replicationPath;
+  if (i === null || s.qemu.state !== 'alive' || planted('cut-waits-for-stall')) return null;
+  const silentSince = s.peer.paths[i]?.lastHeardAt ?? null;
+  // Never heard on it (a peer that does not listen there, or not yet): no word either way; the stall bound decides.
+  if (silentSince === null || !peerFresh(s)) return null;
+  const silentMs = s.now - silentSince;
+  const sinceCheckpointMs = s.now - s.qemu.lastCheckpointAt;
+  if (silentMs < s.cfg.heartbeatTimeoutMs || sinceCheckpointMs < s.cfg.heartbeatTimeoutMs) return null;
+  return `the replication link is cut: no heartbeat over it for ${ms(silentMs)} while ${s.cfg.peer} is heard on another path, and no checkpoint for ${ms(sinceCheckpointMs)}`;
 }
 
 /** `fenced`: our VM is stopped after COLO broke (called for a fenced secondary too). */

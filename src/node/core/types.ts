@@ -17,6 +17,11 @@ export interface CoreConfig {
   peer: string;
   /** Heartbeat paths to the peer (≥ 1). */
   paths: number;
+  /**
+   * The heartbeat path that runs over the replication network (both ends on the nodes' replication addresses), if
+   * another path runs elsewhere: its silence while the peer is heard on another path is a cut replication link.
+   */
+  replicationPath: number | null;
   heartbeatIntervalMs: number;
   /** No heartbeat on any path for this long: the peer is silent. */
   heartbeatTimeoutMs: number;
