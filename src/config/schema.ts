@@ -25,6 +25,8 @@ const TiB = 1024 ** 4;
 
 /** agents.leaseMs's default (the reasoning is at the field). */
 export const DEFAULT_LEASE_MS = 500;
+/** agents.heartbeatTimeoutMs's default. */
+export const DEFAULT_HEARTBEAT_TIMEOUT_MS = 500;
 
 /** A size in bytes between `min` and `max` (and a multiple of `multiple`), said with units in errors. */
 export const size = (what: string, o: { min?: number; max?: number; multiple?: number } = {}) =>
@@ -219,7 +221,7 @@ export const configSchema = z
          */
         links: z.record(z.string(), z.array(ipv4).min(1, 'expected at least one address')).optional(),
         heartbeatIntervalMs: z.number().int().min(10).max(10_000).default(100),
-        heartbeatTimeoutMs: z.number().int().min(50).max(60_000).default(500),
+        heartbeatTimeoutMs: z.number().int().min(50).max(60_000).default(DEFAULT_HEARTBEAT_TIMEOUT_MS),
         /** The witness that grants the writer lease (split-brain safety). */
         witness: endpoint.optional(),
         /**

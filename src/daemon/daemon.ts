@@ -28,7 +28,8 @@ import { ApiClient } from './client.js';
 import { portList, vmFileProblems } from '../config/vm.js';
 import { confinementProblems } from './confine.js';
 import { interfaceExists } from '../qemu/tap.js';
-import { DEFAULT_LEASE_MS, nodeName } from '../config/schema.js';
+import { DEFAULT_HEARTBEAT_TIMEOUT_MS, DEFAULT_LEASE_MS, nodeName } from '../config/schema.js';
+import type { ResolvedConfig } from '../config/load.js';
 import { checkKeyFile, fingerprint, pairSecret } from './identity.js';
 import { HostSessions } from '../node/host-sessions.js';
 import { HandshakeAdmission, sourceAddress } from '../node/link.js';
@@ -102,6 +103,11 @@ function memoryOf(placed: PlacedVm): number {
   return placed.vm.vm.memory + QEMU_OVERHEAD_BYTES;
 }
 
+/** A VM's agent timings as its config gives them (the config's defaults where it has no agents section). */
+function agentTimings(c: ResolvedConfig | undefined): { heartbeatTimeoutMs: number; leaseMs: number } {
+  return { heartbeatTimeoutMs: c?.agents?.heartbeatTimeoutMs ?? DEFAULT_HEARTBEAT_TIMEOUT_MS, leaseMs: c?.agents?.leaseMs ?? DEFAULT_LEASE_MS };
+}
+
 export class Daemon implements DaemonView {
   private readonly now: () => number;
   private readonly log: NonNullable<DaemonOptions['log']>;
@@ -143,7 +149,7 @@ export class Daemon implements DaemonView {
       version: lockstepVersion(),
       startedAtMs: this.wallNow(),
       healthProblems: () => this.healthProblems(),
-      vms: () => [...this.vmHosts.values()].map((v) => ({ status: v.status(), heartbeatTimeoutMs: v.config.agents?.heartbeatTimeoutMs ?? 500, leaseMs: v.config.agents?.leaseMs ?? DEFAULT_LEASE_MS })),
+      vms: () => [...this.vmHosts.values()].map((v) => ({ status: v.status(), ...agentTimings(v.config) })),
       sessions: () => this.sessions?.status() ?? [],
       journal: () => ({ bytes: this.journal?.bytes ?? 0, records: this.journal?.appended ?? 0, writeErrors: this.journal?.writeErrors.count ?? 0 }),
       dashboardClients: () => this.liveHub.clients,
@@ -173,8 +179,9 @@ export class Daemon implements DaemonView {
   private observing(name: string): VmObserving {
     let w = this.watches.get(name);
     if (!w) {
-      const heartbeatTimeoutMs = () => this.vmHosts.get(name)?.config.agents?.heartbeatTimeoutMs ?? 500;
-      const leaseMs = () => this.vmHosts.get(name)?.config.agents?.leaseMs ?? DEFAULT_LEASE_MS;
+      const timings = () => agentTimings(this.vmHosts.get(name)?.config);
+      const heartbeatTimeoutMs = () => timings().heartbeatTimeoutMs;
+      const leaseMs = () => timings().leaseMs;
       w = new VmWatch({ vm: name, heartbeatTimeoutMs, leaseMs, record: (d) => this.record(d), counters: this.metrics, wallNow: this.wallNow });
       this.watches.set(name, w);
       this.metrics.initVm(name);
@@ -387,8 +394,7 @@ export class Daemon implements DaemonView {
         const v = this.vmHosts.get(n)!;
         return {
           ...v.status(),
-          heartbeatTimeoutMs: v.config.agents?.heartbeatTimeoutMs ?? 500,
-          leaseMs: v.config.agents?.leaseMs ?? DEFAULT_LEASE_MS,
+          ...agentTimings(v.config),
           checkpoints: w?.checkpoints ?? 0,
           pauseStats: w?.pauseStats() ?? { count: 0, p50Ms: null, p99Ms: null, maxMs: null },
           pauses: w?.pauses(pausesSinceMs) ?? [],

@@ -44,7 +44,10 @@
  * - [compare] net/colo-compare.c: a primary packet leaves only when the
  *             secondary sent the same, or after a checkpoint: with the stream
  *             stalled or broken, answers are held until colo-compare is gone
- *             (object-del flushes them) or the node leaves COLO.
+ *             (object-del: colo_compare_finalize flushes them, though in 7.2 and
+ *             10.0 only after detaching its output chardev, so that the flush
+ *             drops them; the model releases them, the stricter reading) or the
+ *             node leaves COLO.
  * - [agents]  test/integration/agent-failover.test.ts: kill -9 of a QEMU on a
  *             live host resets its connections; a host that loses power or a
  *             pulled cable does not (partition-hosts.test.ts: the takeover is

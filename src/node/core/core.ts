@@ -1226,7 +1226,7 @@ function primaryFailoverReason(s: CoreState, peer: Heartbeat | null, fresh: bool
 
 /**
  * The replication link is cut while the peer is heard on another path: the heartbeat path over the replication
- * network has been silent for a heartbeat timeout and no checkpoint has completed since it fell silent. Then the
+ * network has been silent for a heartbeat timeout, and no checkpoint has completed for as long. Then the
  * stream is stuck, and so is what waits on it: the secondary's packets for colo-compare (the primary's output is
  * held), the primary's checkpoint request (colo.c waits for the reply with the VM running) and the replica's writes
  * (quorum waits for every child): the client waits until we yank and carry on alone. Waiting for the stall bound
