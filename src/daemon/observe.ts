@@ -126,6 +126,8 @@ export class VmWatch implements AgentObserver {
   private readonly wallNow: () => number;
   /** The status seen at the last tick: what changes are measured against. */
   private seen: CoreStatus | null = null;
+  /** Whether each heartbeat path was heard, as last compared (at every input: stepped). */
+  private pathsHeard: boolean[] | null = null;
   /** A checkpoint began (STOP) at this core time, while the VM was in COLO. */
   private stopAt: number | null = null;
   /** Recent pauses: [wall-clock ms when the checkpoint ended, pause ms], oldest first. */
@@ -170,6 +172,7 @@ export class VmWatch implements AgentObserver {
   /** The agent (re)started: its status is seen afresh (nothing before it is compared with what it says). */
   agentStarted(): void {
     this.seen = null;
+    this.pathsHeard = null;
     this.stopAt = null;
     this.heardAt = null;
     this.witnessAsks.clear();
@@ -185,10 +188,12 @@ export class VmWatch implements AgentObserver {
 
   stepped(input: Input, effects: readonly Effect[], status: () => CoreStatus): void {
     // A heartbeat path falling silent (or heard again) is what this input brought, not what a decision did: recorded
-    // before the decisions it led to. (With the host probe answered ahead of the timeout, the takeover is decided in
-    // the very tick the primary falls silent; the journal said "decision takeover" first, then "silent".)
-    const ticked = input.t === 'tick' ? status() : null;
-    if (ticked) this.comparePaths(ticked, input.now);
+    // before the decisions it led to, whatever the input. (With the host probe answered ahead of the timeout, the
+    // takeover is decided in the very tick the primary falls silent; the journal said "decision takeover" first, then
+    // "silent". Compared at ticks only, it said so again when the takeover came on the probe's answer, the input just
+    // after the timeout: the observe test's power loss in CI.) The status is read once per input.
+    const st = status();
+    this.comparePaths(st, input.now);
     for (const e of effects) this.effect(e, input.now);
     switch (input.t) {
       case 'peer-message':
@@ -206,27 +211,26 @@ export class VmWatch implements AgentObserver {
         return;
       }
       case 'qemu-event':
-        return this.checkpointEvent(input.event, input.now, status);
+        return this.checkpointEvent(input.event, input.now, st);
       case 'qemu-lost':
         this.stopAt = null;
         return this.seenRecord('qemu', input.processGone ? 'lost our QEMU: its process is gone' : 'lost the QMP connection to our QEMU (its process runs: attaching again)', { processGone: input.processGone });
       case 'proc-progress':
-        return this.resyncProgress(input, status());
+        return this.resyncProgress(input, st);
       case 'tick':
-        return this.compare(ticked!, input.now);
+        return this.compare(st, input.now);
       default:
         return;
     }
   }
 
   /** STOP then RESUME while in COLO, with no work under way: a checkpoint, and how long the VM was stopped. */
-  private checkpointEvent(event: string, now: number, status: () => CoreStatus): void {
+  private checkpointEvent(event: string, now: number, s: CoreStatus): void {
     if (event !== 'STOP' && event !== 'RESUME') {
       this.stopAt = null;
       if (event === 'SHUTDOWN') this.seenRecord('qemu', 'our QEMU shut down', {});
       return;
     }
-    const s = status();
     const inColo = (s.role === 'primary' || s.role === 'secondary') && s.qemu.state === 'alive' && !s.qemu.coloExited && s.work === null;
     if (event === 'STOP') {
       this.stopAt = inColo ? now : null;
@@ -351,15 +355,18 @@ export class VmWatch implements AgentObserver {
 
   /** The heartbeat paths that fell silent or were heard again since the status last seen (compare sees the rest). */
   private comparePaths(s: CoreStatus, now: number): void {
-    const prev = this.seen;
+    const timeoutMs = this.o.heartbeatTimeoutMs();
+    const heard = s.peer.paths.map((p) => pathHeard(p, timeoutMs));
+    // Compared from the first tick's status on, as the rest of the status (compare): a path first heard after the
+    // agent started is no news.
+    const prev = this.seen ? this.pathsHeard : null;
+    this.pathsHeard = heard;
     if (!prev) return;
     this.refill(now);
-    s.peer.paths.forEach((p, i) => {
-      const before = prev.peer.paths[i];
-      if (!before) return;
-      const was = pathHeard(before, this.o.heartbeatTimeoutMs());
-      const is = pathHeard(p, this.o.heartbeatTimeoutMs());
-      if (was === is) return;
+    heard.forEach((is, i) => {
+      const was = prev[i];
+      if (was === undefined || was === is) return;
+      const p = s.peer.paths[i]!;
       this.seenRecord('heartbeat', is ? `heartbeat path ${i + 1} from ${s.peer.name}: heard again` : `heartbeat path ${i + 1} from ${s.peer.name}: silent (last heard ${p.lastHeardMs === null ? 'never' : `${p.lastHeardMs} ms ago`})`, {
         path: i + 1,
         peer: s.peer.name,
