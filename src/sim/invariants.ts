@@ -57,7 +57,7 @@ import { PROBE_TIMEOUT_MS, TICK_MS } from '../node/driver.js';
 import { compareEpochs, type Epoch } from '../pair/epoch.js';
 import type { World, Host } from './world.js';
 import type { SimQemu, Session } from './qemu.js';
-import { faultMs, type Fault, type NodeName } from './schedule-types.js';
+import { faultMs, witnessLink, type Fault, type NodeName } from './schedule-types.js';
 
 export const VIOLATION_KINDS = [
   'single-writer',
@@ -299,16 +299,13 @@ export class Invariants {
     const boundMs = promptTakeoverMs(sc.cfg);
     // Paused or powered off for less than the bound, the host may answer again before the secondary decides.
     if (faultMs(f) <= boundMs) return;
-    // Only a fault alone: none other lasts into the window (soak seed 10,006,251: disk errors on the lost host and a
-    // slow replication link, both begun before the host loss, lasted into the window). A slow link's or disk's effects
-    // last its delay longer than the fault (soak seed 12,230,593: a's heartbeats sent on the slow replication path
-    // before its host paused came up to 526 ms late, after the slow link had ended; b heard a until then).
+    // Only a fault alone: none other lasts into the window (othersInWindow says which soak seeds taught what).
     if (othersInWindow(w.sched.faults, f, boundMs)) return;
     // Both protected, the secondary fine: its host, its agent, its disk's record and epoch, its replica exact, and
     // the witness up and reachable.
     if (!isProtected(pc) || !isProtected(sc)) return;
     if (!secondary.up || secondary.paused || secondary.record.state !== 'ok' || sc.disk.epoch === undefined || sc.disk.missedWriteAt !== null) return;
-    if (!w.witness.up || !w.net.up(secondary.name === 'a' ? 'witness-a' : 'witness-b')) return;
+    if (!w.witness.up || !w.net.up(witnessLink(secondary.name))) return;
     this.hostLoss = { secondary: secondary.name, at: w.now, by: w.now + boundMs, kind: f.kind };
     this.hostLossesJudged++;
   }
@@ -322,13 +319,13 @@ export class Invariants {
     const secondary = w.hosts[primary.peer];
     const pc = primary.agent?.driver.core;
     const sc = secondary.agent?.driver.core;
-    if (!pc || !sc || pc.role !== 'primary' || sc.role !== 'secondary' || pc.cfg.replicationPath === null) return;
+    if (!pc || !sc || sc.role !== 'secondary' || pc.cfg.replicationPath === null) return;
     const boundMs = promptCutMs(pc.cfg);
     if (faultMs(f) <= boundMs || othersInWindow(w.sched.faults, f, boundMs)) return;
     if (!isProtected(pc) || !isProtected(sc)) return;
     // The primary fine: its host, its disk's record and epoch (else it fences rather than carry on), the witness.
     if (!primary.up || primary.paused || primary.record.state !== 'ok' || pc.disk.epoch === undefined) return;
-    if (w.sched.witness && (!w.witness.up || !w.net.up(primary.name === 'a' ? 'witness-a' : 'witness-b'))) return;
+    if (w.sched.witness && (!w.witness.up || !w.net.up(witnessLink(primary.name)))) return;
     this.cut = { primary: primary.name, at: w.now, by: w.now + boundMs };
     this.cutsJudged++;
   }
@@ -406,14 +403,14 @@ export class Invariants {
       if (w.sched.witness) {
         const newest = w.witness.newest(h.record.epoch.run);
         if (newest && !holdsNewest(h.record, newest)) continue;
-        if (!w.witness.up || !w.net.up(h.name === 'a' ? 'witness-a' : 'witness-b')) continue;
+        if (!w.witness.up || !w.net.up(witnessLink(h.name))) continue;
         // A witness so slow that even its quickest grant comes when the lease has less than its stop margin left
         // grants nothing a node may write under (soak seed 12,455,694: answers 1.2-2.4 s late to requests for a
         // 500 ms lease, counted from the request): it is not reached, for the lease.
         if (h.agent && w.witness.slowMs / 2 >= usableLeaseMs(h.agent.driver.core.cfg)) continue;
         // A witness with no record of the run (it lost it) grants only on the other node's word: that node must
         // be there, know its disk and reach the witness too (node/witness-core.ts, runs not on record).
-        if (!newest && !(peer.up && !peer.paused && peer.agent && peer.record.state === 'ok' && w.net.up(peer.name === 'a' ? 'witness-a' : 'witness-b'))) continue;
+        if (!newest && !(peer.up && !peer.paused && peer.agent && peer.record.state === 'ok' && w.net.up(witnessLink(peer.name)))) continue;
       } else if (!(h.qemu?.alive && !h.qemu.incoming && h.qemu.colo !== 'secondary' && this.w.hosts[h.peer].record.state === 'ok')) {
         // Without a witness a primary carries on alone on its own authority; anything else needs the other agent's
         // word, the arbiter: it must be heard, and its disk be known and not newer (nobody vouches for a lost record).

@@ -12,6 +12,10 @@ export type NodeName = 'a' | 'b';
 export type End = NodeName | 'w' | 'c';
 export type LinkName = 'heartbeat' | 'replication' | 'witness-a' | 'witness-b' | 'lan-a' | 'lan-b';
 export const LINKS: LinkName[] = ['heartbeat', 'replication', 'witness-a', 'witness-b', 'lan-a', 'lan-b'];
+/** The link between node `n` and the witness. */
+export function witnessLink(n: NodeName): LinkName {
+  return n === 'a' ? 'witness-a' : 'witness-b';
+}
 /** Each link's two ends. */
 export const LINK_ENDS: Record<LinkName, readonly [End, End]> = {
   heartbeat: ['a', 'b'],

@@ -12,7 +12,7 @@ import type { WitnessRequest } from '../node/wire.js';
 import type { Epoch } from '../pair/epoch.js';
 import type { World, Host } from './world.js';
 import type { SimAgent } from './agents.js';
-import type { LinkName, NodeName } from './schedule-types.js';
+import { witnessLink, type NodeName } from './schedule-types.js';
 
 /** The VM's lease at the simulated witness. */
 export const SIM_LEASE = 'vm';
@@ -58,7 +58,7 @@ export class SimWitness {
 
   private request(h: Host, ag: SimAgent, req: WitnessRequest): void {
     if (!this.w.sched.witness || !h.up) return;
-    const link: LinkName = h.name === 'a' ? 'witness-a' : 'witness-b';
+    const link = witnessLink(h.name);
     const inc = this.incarnation;
     this.w.net.transmit(link, h.name, 'w', () => {
       if (!this.up || this.incarnation !== inc) return;

@@ -167,28 +167,38 @@ class Counted implements VmCounters {
   }
 }
 
+/**
+ * Node b's core, a secondary of a's (disk 2/a), fed input by input at the time `now()` says and watched by `watch`,
+ * beside a witness that grants, a disk that persists and a QEMU that answers; `answer` may answer other effects.
+ */
+function watchedSecondary(watch: VmWatch, cfg: CoreConfig, now: () => number, answer: (e: Effect, feed: (i: InputBody) => Effect[]) => void = () => {}) {
+  let s: CoreState = initCore(cfg, 0, 'boot-b-00000000', { epoch: { run: 'r', gen: 2, by: 'a' }, pending: undefined });
+  const feed = (i: InputBody): Effect[] => {
+    const input = { ...i, now: now() } as Input;
+    const t = step(s, input);
+    s = t.state;
+    watch.stepped(input, t.effects, () => statusOf(s));
+    for (const e of t.effects) {
+      if (e.t === 'ask-witness') feed({ t: 'witness-reply', reply: { t: 'lease', re: e.id, granted: true, holder: 'b', ttlMs: e.ttlMs, newest: e.next ?? e.disk } });
+      if (e.t === 'persist-disk') feed({ t: 'disk-persisted', id: e.id, ok: true });
+      if (e.t === 'query-qemu') feed({ t: 'qemu-answer', id: e.id });
+      answer(e, feed);
+    }
+    return t.effects;
+  };
+  return { feed, state: () => s };
+}
+
 test('the core of a secondary whose primary vanishes, watched: each decision and the takeover in the journal, the counters moved, pauses measured', () => {
   const records: JournalDraft[] = [];
   const counters = new Counted();
   let wall = 1_000_000;
   const watch = new VmWatch({ vm: 'web', heartbeatTimeoutMs: () => 500, leaseMs: () => 1000, record: (d) => records.push(d), counters, wallNow: () => wall });
-  let s: CoreState = initCore(coreConfig(), 0, 'boot-b-00000000', { epoch: { run: 'r', gen: 2, by: 'a' }, pending: undefined });
   let now = 0;
   let hbSeq = 0;
   let nextHbAt = 0;
-  const feed = (i: InputBody): Effect[] => {
-    const input = { ...i, now } as Input;
-    const t = step(s, input);
-    s = t.state;
-    watch.stepped(input, t.effects, () => statusOf(s));
-    // A witness that grants, a disk that persists, a QEMU that answers.
-    for (const e of t.effects) {
-      if (e.t === 'ask-witness') feed({ t: 'witness-reply', reply: { t: 'lease', re: e.id, granted: true, holder: 'b', ttlMs: e.ttlMs, newest: e.next ?? e.disk } });
-      if (e.t === 'persist-disk') feed({ t: 'disk-persisted', id: e.id, ok: true });
-      if (e.t === 'query-qemu') feed({ t: 'qemu-answer', id: e.id });
-    }
-    return t.effects;
-  };
+  const core = watchedSecondary(watch, coreConfig(), () => now);
+  const feed = core.feed;
   const tick = (ms: number, heartbeats: boolean) => {
     for (const end = now + ms; now < end; ) {
       now += 50;
@@ -213,7 +223,7 @@ test('the core of a secondary whose primary vanishes, watched: each decision and
     checkpoint(40 + 10 * i);
   }
   tick(500, true);
-  assert.equal(statusOf(s).protected, true);
+  assert.equal(statusOf(core.state()).protected, true);
   assert.deepEqual(counters.pauses, [40, 50, 60, 70], 'each checkpoint with its pause');
   assert.equal(watch.checkpoints, 4);
   assert.deepEqual(watch.pauseStats(), { count: 4, p50Ms: 50, p99Ms: 70, maxMs: 70 });
@@ -221,7 +231,7 @@ test('the core of a secondary whose primary vanishes, watched: each decision and
 
   // The primary's host vanishes: no heartbeat, no checkpoint.
   tick(7000, false);
-  const takeover = s.work;
+  const takeover = core.state().work;
   assert.equal(takeover?.kind, 'takeover');
   const run = takeover && 'procId' in takeover ? takeover.procId : null;
   assert.ok(run, 'the takeover procedure runs');
@@ -533,25 +543,15 @@ for (const probe of ['answered ahead of the timeout', 'answered as its own input
   const records: JournalDraft[] = [];
   let probeOut: string | null = null;
   const watch = new VmWatch({ vm: 'web', heartbeatTimeoutMs: () => 500, leaseMs: () => 1000, record: (d) => records.push(d), counters: new Counted() });
-  let s: CoreState = initCore(coreConfig({ paths: 1 }), 0, 'boot-b-00000000', { epoch: { run: 'r', gen: 2, by: 'a' }, pending: undefined });
   let now = 0;
   let seq = 0;
-  const feed = (i: InputBody): void => {
-    const input = { ...i, now } as Input;
-    const t = step(s, input);
-    s = t.state;
-    watch.stepped(input, t.effects, () => statusOf(s));
-    for (const e of t.effects) {
-      if (e.t === 'ask-witness') feed({ t: 'witness-reply', reply: { t: 'lease', re: e.id, granted: true, holder: 'b', ttlMs: e.ttlMs, newest: e.next ?? e.disk } });
-      if (e.t === 'persist-disk') feed({ t: 'disk-persisted', id: e.id, ok: true });
-      if (e.t === 'query-qemu') feed({ t: 'qemu-answer', id: e.id });
-      // The primary's host is gone: the probe's connect gets no answer (at once here, within its bound in life).
-      if (e.t === 'probe-peer') {
-        if (late) probeOut = e.id;
-        else feed({ t: 'probe-result', id: e.id, alive: false });
-      }
-    }
-  };
+  const core = watchedSecondary(watch, coreConfig({ paths: 1 }), () => now, (e, feed) => {
+    // The primary's host is gone: the probe's connect gets no answer (at once here, within its bound in life).
+    if (e.t !== 'probe-peer') return;
+    if (late) probeOut = e.id;
+    else feed({ t: 'probe-result', id: e.id, alive: false });
+  });
+  const feed = core.feed;
   watch.agentStarted();
   feed({ t: 'qemu-found', found: { running: true, colo: 'secondary', runState: 'running', replicationChild: false, secondaryFilters: true, resumeLeftovers: false, oob: true } });
   for (; now < 1500; now += 50) {
@@ -566,7 +566,7 @@ for (const probe of ['answered ahead of the timeout', 'answered as its own input
   now = 1520;
   feed({ t: 'peer-message', path: 0, msg: { t: 'hb', boot: 'boot-a', seq: ++seq, role: 'primary', qemu: 'alive', colo: 'ok', hearsPeer: true, replicaExact: true, disk: { run: 'r', gen: 2, by: 'a' }, checkpointAgeMs: 100, busy: null } });
   const from = records.length;
-  for (now = 1550; now < 2600 && s.work?.kind !== 'takeover'; now += 50) {
+  for (now = 1550; now < 2600 && core.state().work?.kind !== 'takeover'; now += 50) {
     feed({ t: 'tick' });
     // The probe's answer between two ticks: after the tick at which the primary was still heard (480 ms), just past
     // the timeout (505 ms), before the next tick (the observe test's power loss in CI: the takeover was decided on it,
