@@ -191,9 +191,11 @@ export class VmWatch implements AgentObserver {
     // before the decisions it led to, whatever the input. (With the host probe answered ahead of the timeout, the
     // takeover is decided in the very tick the primary falls silent; the journal said "decision takeover" first, then
     // "silent". Compared at ticks only, it said so again when the takeover came on the probe's answer, the input just
-    // after the timeout: the observe test's power loss in CI.) The status is read once per input.
-    const st = status();
-    this.comparePaths(st, input.now);
+    // after the timeout: the observe test's power loss in CI.) Compared at every tick and at every step that did
+    // something (a heartbeat that changes nothing, the busiest input, reads no status); the status is read at most once.
+    let read: CoreStatus | undefined;
+    const st = () => (read ??= status());
+    if (input.t === 'tick' || effects.length > 0) this.comparePaths(st(), input.now);
     for (const e of effects) this.effect(e, input.now);
     switch (input.t) {
       case 'peer-message':
@@ -211,14 +213,14 @@ export class VmWatch implements AgentObserver {
         return;
       }
       case 'qemu-event':
-        return this.checkpointEvent(input.event, input.now, st);
+        return this.checkpointEvent(input.event, input.now, st());
       case 'qemu-lost':
         this.stopAt = null;
         return this.seenRecord('qemu', input.processGone ? 'lost our QEMU: its process is gone' : 'lost the QMP connection to our QEMU (its process runs: attaching again)', { processGone: input.processGone });
       case 'proc-progress':
-        return this.resyncProgress(input, st);
+        return this.resyncProgress(input, st());
       case 'tick':
-        return this.compare(st, input.now);
+        return this.compare(st(), input.now);
       default:
         return;
     }
