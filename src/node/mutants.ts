@@ -40,6 +40,8 @@ export const MUTANTS = {
   'never-take-over-on-silence': 'a secondary never takes over while its primary is silent, witness or not',
   'probe-at-heartbeat-timeout': 'a silent peer is probed only once the heartbeat timeout has passed, so that the takeover (or a primary\'s failover) is decided a probe\'s bound later',
   'takeover-waits-for-stall': 'a secondary whose primary is silent on every path waits for the checkpoint stream to stall (5.5 s after the last checkpoint by default) although the primary\'s host answers nothing',
+  'slow-checkpoint-of-a-silent-primary-taken-for-its-loss': 'a secondary whose primary is silent takes over once a checkpoint has been under way for the stall bound, though the primary\'s host answers (its agent may only be restarting, its checkpoint slow), instead of waiting for the checkpoint\'s own bound',
+  'cut-from-before-the-peer-was-back': 'a primary takes a silence on the heartbeat path over the replication network that began before its secondary was heard again (its agent restarted, or every path silent) for a cut, while that path\'s session is not back yet',
   'cut-waits-for-stall': 'a primary whose replication link alone is cut (the heartbeat over it silent, the peer heard on another path) waits for the checkpoint stream to stall (5.5 s after the last checkpoint by default, or a checkpoint\'s own bound) before it carries on alone',
   'never-restart-on-silence': 'a node whose QEMU is gone never restarts the VM while its peer is silent',
   'found-stopped-waits-for-peer': 'without a witness, a node writing alone whose VM was found stopped (a stop that took effect late) waits for its peer\'s word to let it run again, for ever if the peer is gone; focus schedule 1,480 of take-back-retried-as-resync',

@@ -40,6 +40,10 @@
  *   decides to carry on alone within promptCutMs: the heartbeat timeout and
  *   a few ticks (no waiting for the checkpoint stream to stall). Judged only
  *   where no other fault lasts into that window;
+ * - restart-kept: an agent of a protected pair killed and started again (a
+ *   daemon restart: its QEMU runs on) breaks nothing: until RESTART_KEPT_MS
+ *   after it is back, neither agent decides to fail over, take over or fence.
+ *   Judged only where no other fault lasts into that window;
  *
  * liveness
  * - liveness-during-faults: while a node holds every acknowledged write and
@@ -72,6 +76,7 @@ export const VIOLATION_KINDS = [
   'replica-exact',
   'prompt-takeover',
   'prompt-cut',
+  'restart-kept',
   'liveness-during-faults',
   'liveness-after-faults',
   'protected-after-faults',
@@ -136,6 +141,16 @@ function usableLeaseMs(cfg: CoreConfig): number {
   return cfg.leaseMs * (1 - 2 * CLOCK_DRIFT_MAX) - leaseStopMarginMs(cfg);
 }
 
+/**
+ * How long after a killed agent is started again restart-kept watches: its heartbeats resume on every path (one may be
+ * back before another: the lab's daemon restart, where the primary took the replication path's silence from before
+ * the restart for a cut), it attaches to its QEMU again, then a heartbeat timeout and a little more.
+ */
+export const RESTART_KEPT_MS = 3000;
+
+/** What restart-kept forbids while it watches: a decision that ends the pair. */
+const PAIR_ENDING: ReadonlySet<string> = new Set(['primary-failover', 'takeover', 'fence']);
+
 /** promptTakeoverMs's room for the ticks that see the silence, the probe's answer and the decision (TICK_MS each). */
 export const PROMPT_SLACK_MS = 5 * TICK_MS;
 
@@ -189,6 +204,10 @@ export class Invariants {
   /** For the report: replication cuts prompt-cut judged, and the slowest decision among them. */
   cutsJudged = 0;
   slowestCutMs = 0;
+  /** A protected pair's agent killed and started again: no decision that ends the pair until `until`. */
+  private restart: { node: NodeName; at: number; until: number } | null = null;
+  /** For the report: agent restarts restart-kept judged. */
+  restartsJudged = 0;
 
   constructor(private readonly w: World) {}
 
@@ -289,6 +308,7 @@ export class Invariants {
   /** A fault is about to be applied: a host loss that prompt-takeover judges begins its window. */
   faultApplied(f: Fault): void {
     if (f.kind === 'cut') return this.cutApplied(f);
+    if (f.kind === 'kill-agent') return this.restartApplied(f);
     if (!HOST_LOSSES.has(f.kind) || !('node' in f) || this.hostLoss) return;
     const w = this.w;
     const primary = w.hosts[f.node];
@@ -330,8 +350,32 @@ export class Invariants {
     this.cutsJudged++;
   }
 
+  /** An agent of a protected pair killed and started again, nothing else in the window: the pair must stay one. */
+  private restartApplied(f: Extract<Fault, { kind: 'kill-agent' }>): void {
+    if (this.restart) return;
+    const w = this.w;
+    const h = w.hosts[f.node];
+    const peer = w.hosts[h.peer];
+    const hc = h.agent?.driver.core;
+    const pc = peer.agent?.driver.core;
+    if (!hc || !pc || !isProtected(hc) || !isProtected(pc)) return;
+    const windowMs = f.ms + RESTART_KEPT_MS;
+    if (othersInWindow(w.sched.faults, f, windowMs)) return;
+    // Both hosts fine, their disks' records too (an agent that cannot read its record may rightly fence).
+    if (!h.up || h.paused || !peer.up || peer.paused || h.record.state !== 'ok' || peer.record.state !== 'ok') return;
+    if (w.sched.witness && !w.witness.up) return;
+    this.restart = { node: f.node, at: w.now, until: w.now + windowMs };
+    this.restartsJudged++;
+  }
+
   /** An agent decided (action, with its reason): a judged takeover, or a judged cut's failover, ends its window. */
   decided(node: NodeName, action: string): void {
+    const r = this.restart;
+    if (r && this.w.now > r.until) this.restart = null;
+    else if (r && PAIR_ENDING.has(action)) {
+      this.restart = null;
+      this.violation('restart-kept', `${node} decided ${action} ${Math.round(this.w.now - r.at)} ms after ${r.node}'s agent was killed to be started again, nothing else wrong (${this.w.describe()})`);
+    }
     const c = this.cut;
     if (c && node === c.primary && action === 'primary-failover') {
       this.slowestCutMs = Math.max(this.slowestCutMs, this.w.now - c.at);

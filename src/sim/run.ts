@@ -36,6 +36,7 @@ export interface Outcome {
   slowestTakeoverMs: number;
   cutsJudged: number;
   slowestCutMs: number;
+  restartsJudged: number;
   steps: number;
 }
 
@@ -45,7 +46,7 @@ export function runSchedule(sched: Schedule, o: { traceAll?: boolean; stopAtFirs
   const firsts = new Map<ViolationKind, { kind: ViolationKind; detail: string; at: number }>();
   for (const v of r.violations) if (!firsts.has(v.kind)) firsts.set(v.kind, { kind: v.kind, detail: v.detail, at: v.at });
   return {
-    outcome: { seed: sched.seed, violations: [...firsts.values()], runAgainMs: r.runAgainMs, protectedAgainMs: r.protectedAgainMs, longestDownWhileAbleMs: r.longestDownWhileAbleMs, hostLossesJudged: r.hostLossesJudged, slowestTakeoverMs: r.slowestTakeoverMs, cutsJudged: r.cutsJudged, slowestCutMs: r.slowestCutMs, steps: r.steps },
+    outcome: { seed: sched.seed, violations: [...firsts.values()], runAgainMs: r.runAgainMs, protectedAgainMs: r.protectedAgainMs, longestDownWhileAbleMs: r.longestDownWhileAbleMs, hostLossesJudged: r.hostLossesJudged, slowestTakeoverMs: r.slowestTakeoverMs, cutsJudged: r.cutsJudged, slowestCutMs: r.slowestCutMs, restartsJudged: r.restartsJudged, steps: r.steps },
     result: r,
     describe: w.describe(),
   };
@@ -144,6 +145,8 @@ export function summarize(outcomes: Outcome[], ms: number): string[] {
     const slowest = maxOf(outcomes.map((o) => o.slowestCutMs));
     lines.push(`the replication link alone cut (prompt-cut judged ${cuts}): the primary decided to carry on alone within ${s(slowest)} s at the slowest (bound: the heartbeat timeout + ${PROMPT_SLACK_MS} ms)`);
   }
+  const restarts = outcomes.reduce((a, o) => a + o.restartsJudged, 0);
+  if (restarts) lines.push(`an agent of a protected pair restarted alone (restart-kept judged ${restarts}): the pair stayed one`);
   lines.push(`${(ms / 1000).toFixed(1)} s, ${outcomes.reduce((a, o) => a + o.steps, 0)} agent steps`);
   lines.push(`${outcomes.length} schedules, ${bad.length} violations`);
   return lines;

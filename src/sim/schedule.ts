@@ -67,6 +67,8 @@ export interface Focus {
   replicaErrors?: 'p5' | 'reported';
   /** Heartbeat paths, instead of the drawn number. */
   paths?: 1 | 2;
+  /** Whether some checkpoints take seconds, instead of the drawn choice. */
+  slowCheckpoints?: boolean;
 }
 
 function pickKind(rng: Rng, focus: Focus): FaultKind {
@@ -180,7 +182,7 @@ export function scheduleFor(seed: number, focus: Focus = {}): Schedule {
     paths: focus.paths ?? paths,
     clocks: drift ? { a: clockRate(rng), b: clockRate(rng), w: clockRate(rng) } : { a: 1, b: 1, w: 1 },
     stepFailP: focus.stepFailP ?? rng.pick([0, 0, 0.01, 0.03, 0.08]),
-    slowCheckpoints: rng.chance(0.15),
+    slowCheckpoints: focus.slowCheckpoints ?? rng.chance(0.15),
     replicaErrors,
     faults,
     operatorResyncs: operatorResyncsFor(seed, faults),

@@ -84,6 +84,8 @@ export interface SimResult {
   /** Replication cuts prompt-cut judged, and the slowest decision to carry on alone among them (ms after the cut). */
   cutsJudged: number;
   slowestCutMs: number;
+  /** Agent restarts restart-kept judged. */
+  restartsJudged: number;
   endedAt: number;
   acked: number;
   steps: number;
@@ -204,6 +206,7 @@ export class World {
       slowestTakeoverMs: this.check.slowestTakeoverMs,
       cutsJudged: this.check.cutsJudged,
       slowestCutMs: this.check.slowestCutMs,
+      restartsJudged: this.check.restartsJudged,
       endedAt: this.now,
       acked: this.acked.size,
       steps: this.steps,

@@ -162,6 +162,23 @@ test('a heartbeat path over the replication network silent while checkpoints com
   assert.deepEqual(elsewhere.decisions(), ['primary-failover']);
 });
 
+test('the secondary\'s daemon restarted (its QEMU runs on): a path that comes back before the one over the replication network is no cut', () => {
+  // The lab's daemon test, in CI: b's daemon restarted, a heard b again on the dedicated path a moment before the
+  // replication path's session was back, and took the old silence on it for a cut: a carried on alone, and b's
+  // QEMU, which had run on, was replaced by a new secondary.
+  const a = protectedPrimaryOnTwoPaths(1);
+  const answer = grantAll(a);
+  a.run(2000, { paths: [], checkpointEveryMs: 2000, answer });
+  a.peer = { ...a.peer, boot: 'boot-b-2' };
+  a.run(1000, { heartbeats: true, paths: [0], checkpointEveryMs: 2000, answer });
+  a.run(3000, { heartbeats: true, paths: [0, 1], checkpointEveryMs: 2000, answer });
+  assert.deepEqual(a.decisions(), [], 'the silence on the replication path began before b was heard again: no word on it yet');
+  assert.equal(isProtected(a.s), true);
+  // Once heard there again, its silence is a cut as before.
+  a.run(600, { heartbeats: true, paths: [0], answer });
+  assert.deepEqual(a.decisions(), ['primary-failover']);
+});
+
 test('the replication cable alone cut (heartbeats fine): the primary carries on alone and status stops saying PROTECTED', () => {
   const a = protectedPrimary();
   const answer = grantAll(a);
@@ -514,7 +531,7 @@ test('a survivor whose disk was made after its agent started (a first sync by th
   assert.equal(req.msg.body.sizeBytes, 64 << 20, 'not the 0 bytes known when the agent started');
 });
 
-test('a checkpoint under way when every heartbeat path goes silent: the secondary takes over at the stall bound, not the checkpoint bound (two-VM test, 1 run in 5)', () => {
+test('a checkpoint under way when every heartbeat path goes silent: a host lost takes no checkpoint bound (two-VM test, 1 run in 5), a restarted agent\'s slow checkpoint gets it (simulator: restart-kept)', () => {
   const secondary = (): Node => {
     const b = new Node();
     b.peer = { ...b.peer, role: 'primary' };
@@ -529,11 +546,29 @@ test('a checkpoint under way when every heartbeat path goes silent: the secondar
   const lost = secondary();
   lost.in({ t: 'qemu-event', event: 'STOP' });
   const t0 = lost.now;
-  lost.run(lost.s.cfg.stallMs + lost.s.cfg.heartbeatTimeoutMs + 200, { answer: grantAll(lost) });
-  assert.deepEqual(lost.decisions(), ['takeover'], 'taken over within the stall bound of a silent peer');
-  assert.ok(lost.now - t0 < lost.s.cfg.checkpointTimeoutMs, 'before the bound of a long checkpoint');
+  lost.run(lost.s.cfg.heartbeatTimeoutMs + 200, { answer: probing(lost, false) });
+  assert.deepEqual(lost.decisions(), ['takeover'], 'taken over as the heartbeat timeout passes: the host answers nothing');
+  assert.ok(lost.now - t0 < lost.s.cfg.stallMs, 'before the stall bound, and far before that of a long checkpoint');
   const takeover = lost.runs().at(-1)?.procedure;
   assert.ok(takeover?.kind === 'takeover' && takeover.yank, 'yanking the dead stream first');
+  // The primary's agent restarted during a slow checkpoint: its host answers, its VM may still be checkpointing.
+  const restarting = secondary();
+  restarting.in({ t: 'qemu-event', event: 'STOP' });
+  restarting.run(restarting.s.cfg.stallMs + 1500, { answer: probing(restarting, true) });
+  assert.deepEqual(restarting.decisions(), [], 'past the stall bound, a checkpoint under way with the host answering is left to finish');
+  assert.match(restarting.s.waiting ?? '', /a checkpoint under way for .*, but the primary's host answers/);
+  restarting.in({ t: 'qemu-event', event: 'RESUME' });
+  restarting.heartbeat({ boot: 'boot-b-2' });
+  restarting.run(1000, { heartbeats: true, answer: probing(restarting, true) });
+  assert.deepEqual(restarting.decisions(), []);
+  assert.equal(isProtected(restarting.s), true, 'the pair is one again with the restarted agent');
+  // ... but no longer than the checkpoint's own bound.
+  const stuck = secondary();
+  stuck.in({ t: 'qemu-event', event: 'STOP' });
+  stuck.run(stuck.s.cfg.checkpointTimeoutMs - 200, { answer: probing(stuck, true) });
+  assert.deepEqual(stuck.decisions(), []);
+  stuck.run(400, { answer: probing(stuck, true) });
+  assert.deepEqual(stuck.decisions(), ['takeover'], 'a checkpoint past its own bound is a stall, the host answering or not');
   // The same long checkpoint while the primary's agent is heard: it may take up to the checkpoint bound.
   const slow = secondary();
   slow.in({ t: 'qemu-event', event: 'STOP' });

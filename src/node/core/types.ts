@@ -130,6 +130,11 @@ export interface PeerView {
   vmStoppedSince: number | null;
   rttMs: number | null;
   /**
+   * When the peer was heard again after being silent on every path, or first heard from a new incarnation of its agent
+   * (a restarted daemon): what a path said before then says nothing of it now, since its session may not be back yet.
+   */
+  heardAgainAt: number | null;
+  /**
    * A direct probe, when every heartbeat path is silent: a primary asks whether the secondary's QEMU answers (its NBD
    * port accepts), a secondary with a witness whether the primary's host answers at all (ProbeWhat).
    */
