@@ -36,6 +36,13 @@ export interface LabHosts {
   bridge: string;
   cut(link: LinkName): Promise<void>;
   restore(link: LinkName): Promise<void>;
+  /**
+   * A cable between the nodes cut one way: what `from` sends over it is lost, what comes to it still arrives. A
+   * blackhole route on `from` to the other end's address: dropped before it leaves, without a reset or an error the
+   * peer could see (a dead transmitter, a filter that drops).
+   */
+  cutFrom(link: 'replication' | 'heartbeat', from: 'a' | 'b'): Promise<void>;
+  restoreFrom(link: 'replication' | 'heartbeat', from: 'a' | 'b'): Promise<void>;
   /** Cuts every link of a node (replication, heartbeat, witness, LAN). */
   isolate(node: 'a' | 'b'): Promise<void>;
   /** Reconnects every link. */
@@ -80,6 +87,12 @@ export function labHosts(ns: LabHosts['ns']): LabHosts {
     async restore(link) {
       const e = linkEnd(h, link);
       await ip(['-n', e.ns, 'link', 'set', e.dev, 'up']);
+    },
+    async cutFrom(link, from) {
+      await ip(['-n', ns[from], 'route', 'add', 'blackhole', `${h.addr[link][from === 'a' ? 'b' : 'a']}/32`]);
+    },
+    async restoreFrom(link, from) {
+      await ip(['-n', ns[from], 'route', 'del', 'blackhole', `${h.addr[link][from === 'a' ? 'b' : 'a']}/32`]);
     },
     async isolate(node) {
       for (const l of ['replication', 'heartbeat', `witness-${node}`, `lan-${node}`] as LinkName[]) await h.cut(l);

@@ -34,8 +34,8 @@
  *   then) and a few ticks' slack (no waiting for the checkpoint stream to
  *   stall, nor for a probe sent late). Judged only where no other fault lasts
  *   into that window;
- * - prompt-cut: when the replication link alone is cut both ways (longer
- *   than this bound) between a protected primary and its secondary, and a
+ * - prompt-cut: when the replication link alone is cut, both ways or one
+ *   way (longer than this bound), between a protected primary and its secondary, and a
  *   heartbeat path runs over it while another runs elsewhere, the primary
  *   decides to carry on alone within promptCutMs: the heartbeat timeout and
  *   a few ticks (no waiting for the checkpoint stream to stall). Judged only
@@ -61,7 +61,7 @@ import { PROBE_TIMEOUT_MS, TICK_MS } from '../node/driver.js';
 import { compareEpochs, type Epoch } from '../pair/epoch.js';
 import type { World, Host } from './world.js';
 import type { SimQemu, Session } from './qemu.js';
-import { faultMs, witnessLink, type Fault, type NodeName } from './schedule-types.js';
+import { faultMs, witnessLink, type End, type Fault, type NodeName } from './schedule-types.js';
 
 export const VIOLATION_KINDS = [
   'single-writer',
@@ -200,7 +200,7 @@ export class Invariants {
   hostLossesJudged = 0;
   slowestTakeoverMs = 0;
   /** A protected primary's replication link alone cut: it must decide to carry on alone by `by`. */
-  private cut: { primary: NodeName; at: number; by: number } | null = null;
+  private cut: { primary: NodeName; at: number; by: number; from: End | undefined } | null = null;
   /** For the report: replication cuts prompt-cut judged, and the slowest decision among them. */
   cutsJudged = 0;
   slowestCutMs = 0;
@@ -330,9 +330,12 @@ export class Invariants {
     this.hostLossesJudged++;
   }
 
-  /** A cut of the replication link alone, both ways, under a protected pair with a heartbeat path over it and another. */
+  /**
+   * A cut of the replication link alone, both ways or one way (what the primary sends is lost, or what the secondary
+   * sends), under a protected pair with a heartbeat path over it and another.
+   */
   private cutApplied(f: Extract<Fault, { kind: 'cut' }>): void {
-    if (f.links.length !== 1 || f.links[0] !== 'replication' || f.from !== undefined || this.cut) return;
+    if (f.links.length !== 1 || f.links[0] !== 'replication' || this.cut) return;
     const w = this.w;
     const primary = Object.values(w.hosts).find((h) => h.agent?.driver.core.role === 'primary');
     if (!primary) return;
@@ -346,7 +349,7 @@ export class Invariants {
     // The primary fine: its host, its disk's record and epoch (else it fences rather than carry on), the witness.
     if (!primary.up || primary.paused || primary.record.state !== 'ok' || pc.disk.epoch === undefined) return;
     if (w.sched.witness && (!w.witness.up || !w.net.up(witnessLink(primary.name)))) return;
-    this.cut = { primary: primary.name, at: w.now, by: w.now + boundMs };
+    this.cut = { primary: primary.name, at: w.now, by: w.now + boundMs, from: f.from };
     this.cutsJudged++;
   }
 
@@ -391,7 +394,7 @@ export class Invariants {
     const c = this.cut;
     if (c && this.w.now > c.by) {
       this.cut = null;
-      this.violation('prompt-cut', `${c.primary} did not decide to carry on alone within ${Math.round(c.by - c.at)} ms of its replication link alone being cut (${this.w.describe()})`);
+      this.violation('prompt-cut', `${c.primary} did not decide to carry on alone within ${Math.round(c.by - c.at)} ms of its replication link alone being cut${c.from ? ` one way (what ${c.from} sends lost)` : ''} (${this.w.describe()})`);
     }
     const l = this.hostLoss;
     if (!l || this.w.now <= l.by) return;

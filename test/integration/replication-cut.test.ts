@@ -12,7 +12,10 @@
  * README's advice): its silence while the heartbeat cable's path is heard is
  * the cut, seen after a heartbeat timeout (0.5 s); the primary must carry on
  * alone within 1.5 s of the cut, and the client wait at most 3 s (its own TCP
- * retransmissions included). One round with the heartbeat cable's path alone:
+ * retransmissions included). In the second, the cable is cut one way: what the
+ * primary sends is lost, what the secondary sends still arrives; the primary
+ * sees it in its heartbeats over the cable going unacked while the
+ * secondary's still come. One round with the heartbeat cable's path alone:
  * only the stall says the stream is stuck, after 2 x checkpointDelayMs +
  * heartbeatTimeoutMs + 1 s (5.5 s with the lab's settings); the VM must answer
  * again within 9 s of the cut.
@@ -28,8 +31,8 @@ import { waitFor, sleep } from '../../src/util/time.js';
 import { loadConfig } from '../../src/config/load.js';
 
 const isRoot = process.getuid?.() === 0;
-/** Each round: whether a heartbeat path runs over the replication network too. */
-const ROUNDS = [true, true, false];
+/** Each round: whether a heartbeat path runs over the replication network too, and whether the cut is one way (what a sends is lost). */
+const ROUNDS = [{ overIt: true, oneWay: false }, { overIt: true, oneWay: true }, { overIt: false, oneWay: false }];
 /** With a path over it: the primary alone within this long of the cut, and the client's longest wait. */
 const PATH_ALONE_MS = 1500;
 const PATH_CLIENT_MS = 3000;
@@ -37,9 +40,10 @@ const PATH_CLIENT_MS = 3000;
 const STALL_BOUND_MS = 9000;
 const labOf = hostsLabForTests('rc');
 
-test(`pull the replication cable alone, ${ROUNDS.length} times: with a heartbeat path over it the primary carries on alone within ${PATH_ALONE_MS / 1000} s (without, within ${STALL_BOUND_MS / 1000} s), status says so, protected again after healing`, { skip: !isRoot && 'needs root for network namespaces', timeout: 20 * 60_000 }, async () => {
-  for (const [k, overIt] of ROUNDS.entries()) {
+test(`pull the replication cable alone, ${ROUNDS.length} times (once one way): with a heartbeat path over it the primary carries on alone within ${PATH_ALONE_MS / 1000} s (without, within ${STALL_BOUND_MS / 1000} s), status says so, protected again after healing`, { skip: !isRoot && 'needs root for network namespaces', timeout: 20 * 60_000 }, async () => {
+  for (const [k, { overIt, oneWay }] of ROUNDS.entries()) {
     const i = k + 1;
+    const hosts = () => labOf().hosts;
     await runRound(() => labOf().startPair({ replicationHeartbeat: overIt }), `replication cut, round ${i}`, async (p) => {
       const c = loadConfig(p.cfg);
       const stallMs = 2 * c.replication.checkpointDelayMs + c.agents!.heartbeatTimeoutMs + 1000;
@@ -47,7 +51,8 @@ test(`pull the replication cable alone, ${ROUNDS.length} times: with a heartbeat
       const noticeableMs = overIt ? c.agents!.heartbeatTimeoutMs : stallMs;
       await waitFor('the pair to be protected', async () => (await p.status()).protected, { timeoutMs: 30_000, intervalMs: 200 });
       const before = p.client.latest;
-      await labOf().hosts.cut('replication');
+      if (oneWay) await hosts().cutFrom('replication', 'a');
+      else await hosts().cut('replication');
       const cutAt = Date.now();
       let protectedLate = 0;
       try {
@@ -65,7 +70,7 @@ test(`pull the replication cable alone, ${ROUNDS.length} times: with a heartbeat
           { timeoutMs: 30_000, intervalMs: 100 },
         );
         const tookMs = Date.parse(st.lastFailover!.at) - cutAt;
-        assert.match(st.lastFailover!.reason, overIt ? /the replication link is cut: no heartbeat over it/ : /replication stalled/, `round ${i}: the reason says what happened`);
+        assert.match(st.lastFailover!.reason, oneWay ? /the replication link is cut one way, from us: none of our heartbeats over it acked/ : overIt ? /the replication link is cut: no heartbeat over it/ : /replication stalled/, `round ${i}: the reason says what happened`);
         if (overIt) assert.ok(tookMs <= PATH_ALONE_MS, `round ${i}: a alone ${tookMs} ms after the cut (bound ${PATH_ALONE_MS} ms: the heartbeat timeout, the failover)`);
         assert.deepEqual([st.lastFailover!.from, st.lastFailover!.to], ['b', 'a']);
         assert.equal(st.protected, false, `round ${i}: status no longer says PROTECTED`);
@@ -85,10 +90,11 @@ test(`pull the replication cable alone, ${ROUNDS.length} times: with a heartbeat
         const s2 = await p.status();
         assert.ok(s2.nodes.find((n) => n.name === 'a')!.agent!.degraded.some((d) => /running alone/.test(d)), `round ${i}: status says the VM runs alone`);
         assert.equal(protectedLate, 0, `round ${i}: status said PROTECTED after the stall was noticeable`);
-        process.stderr.write(`# replication cut, round ${i} (${overIt ? 'a heartbeat path over the cable' : 'no heartbeat path over the cable'}): a alone ${tookMs} ms after the cut\n`);
+        process.stderr.write(`# replication cut, round ${i} (${oneWay ? 'one way, what a sends lost; ' : ''}${overIt ? 'a heartbeat path over the cable' : 'no heartbeat path over the cable'}): a alone ${tookMs} ms after the cut\n`);
         await sleep(1000);
       } finally {
-        await labOf().hosts.restore('replication');
+        if (oneWay) await hosts().restoreFrom('replication', 'a');
+        else await hosts().restore('replication');
       }
       const healedAt = Date.now();
       const st = await waitFor('the pair to be protected again', async () => {

@@ -57,7 +57,7 @@ class Node {
   }
 
   /** Lets `ms` pass in ticks; the peer's heartbeat arrives every 100 ms if `heartbeats`, and every request is answered by `answer`. */
-  run(ms: number, o: { heartbeats?: boolean; paths?: number[]; checkpointEveryMs?: number; answer?: (e: Effect) => InputBody | undefined } = {}): void {
+  run(ms: number, o: { heartbeats?: boolean; paths?: number[]; acks?: number[]; checkpointEveryMs?: number; answer?: (e: Effect) => InputBody | undefined } = {}): void {
     const end = this.now + ms;
     let nextHb = this.now;
     let nextCheckpoint = this.now + (o.checkpointEveryMs ?? Infinity);
@@ -75,6 +75,11 @@ class Node {
       }
       this.in({ t: 'tick' });
       if (o.answer) for (const e of this.fx.slice(before)) this.answer(e, o.answer);
+      // The peer acks each of our heartbeats on the path it came by (o.acks: the paths where ours arrive).
+      for (const e of this.fx.slice(before)) {
+        if (e.t !== 'send-peer' || e.msg.t !== 'hb') continue;
+        for (const path of o.acks ?? []) this.in({ t: 'peer-message', path, msg: { t: 'hback', seq: e.msg.seq } });
+      }
     }
   }
 
@@ -128,12 +133,12 @@ function grantAll(n: Node, o: { newest?: () => Epoch | null } = {}): (e: Effect)
 }
 
 /** Node a, a protected primary that hears b on two heartbeat paths, the second over the replication network. */
-function protectedPrimaryOnTwoPaths(replicationPath: number | null): Node {
+function protectedPrimaryOnTwoPaths(replicationPath: number | null, acks: number[] = []): Node {
   const a = new Node({ paths: 2, replicationPath });
   a.found({ colo: 'primary' });
-  a.run(1000, { heartbeats: true, paths: [0, 1], answer: grantAll(a) });
+  a.run(1000, { heartbeats: true, paths: [0, 1], acks, answer: grantAll(a) });
   a.checkpoint();
-  a.run(100, { heartbeats: true, paths: [0, 1], answer: grantAll(a) });
+  a.run(100, { heartbeats: true, paths: [0, 1], acks, answer: grantAll(a) });
   assert.equal(isProtected(a.s), true);
   return a;
 }
@@ -149,6 +154,24 @@ test('the replication cable alone cut, a heartbeat path over it and another else
   const d = a.fx.filter((e) => e.t === 'decision').at(-1) as Extract<Effect, { t: 'decision' }>;
   assert.match(d.why, /the replication link is cut: no heartbeat over it for \d+ ms while b is heard on another path, and no checkpoint for \d+ ms/);
   assert.deepEqual(a.runs().at(-1)!.procedure, { kind: 'primary-failover', yank: true }, 'yanks the stuck links first');
+});
+
+test('the replication cable cut one way, from the primary: the secondary\'s heartbeats still come over it, ours go unacked; the primary carries on alone after a heartbeat timeout', () => {
+  const a = protectedPrimaryOnTwoPaths(1, [0, 1]);
+  const answer = grantAll(a);
+  a.run(2000, { heartbeats: true, paths: [0, 1], acks: [0, 1], checkpointEveryMs: 300, answer });
+  assert.deepEqual(a.decisions(), [], 'both ways fine');
+  // What a sends over the replication network is lost: b hears nothing there, so acks nothing there.
+  a.run(400, { heartbeats: true, paths: [0, 1], acks: [0], answer });
+  assert.deepEqual(a.decisions(), [], 'nothing before a heartbeat timeout');
+  a.run(200, { heartbeats: true, paths: [0, 1], acks: [0], answer });
+  assert.deepEqual(a.decisions(), ['primary-failover']);
+  const d = a.fx.filter((e) => e.t === 'decision').at(-1) as Extract<Effect, { t: 'decision' }>;
+  assert.match(d.why, /the replication link is cut one way, from us: none of our heartbeats over it acked for \d+ ms while b's come, and no checkpoint for \d+ ms/);
+  // The same unacked heartbeats while checkpoints complete: no cut.
+  const flows = protectedPrimaryOnTwoPaths(1, [0, 1]);
+  flows.run(3000, { heartbeats: true, paths: [0, 1], acks: [0], checkpointEveryMs: 300, answer: grantAll(flows) });
+  assert.deepEqual(flows.decisions(), []);
 });
 
 test('a heartbeat path over the replication network silent while checkpoints complete is no cut; nor is a silent second path that does not run over it', () => {

@@ -153,7 +153,7 @@ export function initCore(cfg: CoreConfig, now: number, boot: string, disk: { epo
       replicaShort: false,
     },
     disk: { epoch: disk.epoch, pending: disk.pending, persisting: null, sizeBytes: cfg.diskSizeBytes, missedWriteAt: null },
-    peer: { paths: Array.from({ length: cfg.paths }, () => ({ up: false, lastHeardAt: null })), boot: null, seq: 0, hb: null, hbAt: null, since: null, vmStoppedSince: null, rttMs: null, heardAgainAt: null, probe: null, probeResult: null },
+    peer: { paths: Array.from({ length: cfg.paths }, () => ({ up: false, lastHeardAt: null, lastAckAt: null })), boot: null, seq: 0, hb: null, hbAt: null, since: null, vmStoppedSince: null, rttMs: null, heardAgainAt: null, probe: null, probeResult: null },
     lease: { until: 0, nextAskAt: now, nextQueryAt: now, lastAnswerAt: null, lastRefusal: null, newest: null, releasedAt: -Infinity },
     work: null,
     attempts: {},
@@ -807,7 +807,7 @@ function peerMessage(ctx: Ctx, path: number, msg: Extract<Input, { t: 'peer-mess
   if (!p) return;
   if (msg.t === 'hb') {
     if (!peerFresh(s) || msg.boot !== s.peer.boot) s.peer.heardAgainAt = s.now;
-    s.peer.paths = s.peer.paths.map((x, i) => (i === path ? { up: true, lastHeardAt: s.now } : x));
+    s.peer.paths = s.peer.paths.map((x, i) => (i === path ? { ...x, up: true, lastHeardAt: s.now } : x));
     emit(ctx, { t: 'send-peer', path, msg: { t: 'hback', seq: msg.seq } });
     if (msg.boot !== s.peer.boot) {
       // A restarted agent numbers its heartbeats from 1 again.
@@ -836,7 +836,10 @@ function peerMessage(ctx: Ctx, path: number, msg: Extract<Input, { t: 'peer-mess
     }
   } else if (msg.t === 'hback') {
     const sent = s.hbSent.find((x) => x.seq === msg.seq);
-    if (sent) s.peer.rttMs = s.now - sent.at;
+    if (sent) {
+      s.peer.rttMs = s.now - sent.at;
+      if (!planted('cut-from-us-unseen')) s.peer.paths = s.peer.paths.map((x, i) => (i === path ? { ...x, lastAckAt: s.now } : x));
+    }
   } else if (msg.t === 'req') {
     peerRequest(ctx, msg.id, msg.body);
   } else {
@@ -1226,30 +1229,41 @@ function primaryFailoverReason(s: CoreState, peer: Heartbeat | null, fresh: bool
 }
 
 /**
- * The replication link is cut while the peer is heard on another path: the heartbeat path over the replication
- * network has been silent for a heartbeat timeout, and no checkpoint has completed for as long. Then the
- * stream is stuck, and so is what waits on it: the secondary's packets for colo-compare (the primary's output is
- * held), the primary's checkpoint request (colo.c waits for the reply with the VM running) and the replica's writes
- * (quorum waits for every child): the client waits until we yank and carry on alone. Waiting for the stall bound
- * instead (2 x checkpoint delay + heartbeat timeout + 1 s after the last checkpoint, or a checkpoint's own bound
- * when the cut came inside one) held the client 5.4-12.5 s in the lab. Safe as any primary failover: we hold the
- * lease, and the secondary, which hears us, fences itself when we say we run alone. A path silent for another reason
- * while checkpoints complete (the stream flows) is no cut; a checkpoint may have completed just before the cut, after
- * the path's last heartbeat, so it is the checkpoint's own age that counts, not whether it came after that heartbeat.
+ * The replication link is cut while the peer is heard: the heartbeat path over the replication network has carried
+ * nothing one way or the other for a heartbeat timeout (no heartbeat of the peer's came over it, or none of ours
+ * was acked over it: the peer acks each on the path it came by), and no checkpoint has completed for as long. Then
+ * the stream is stuck, and so is what waits on it: the secondary's packets for colo-compare (the primary's output
+ * is held), the primary's checkpoint request (colo.c waits for the reply with the VM running) and the replica's
+ * writes (quorum waits for every child): the client waits until we yank and carry on alone. Waiting for the stall
+ * bound instead (2 x checkpoint delay + heartbeat timeout + 1 s after the last checkpoint, or a checkpoint's own
+ * bound when the cut came inside one) held the client 5.4-12.5 s in the lab. Safe as any primary failover: we hold
+ * the lease, and the secondary, which hears us on another path, fences itself when we say we run alone. A path
+ * silent for another reason while checkpoints complete (the stream flows) is no cut; a checkpoint may have completed
+ * just before the cut, after the path's last heartbeat, so it is the checkpoint's own age that counts, not whether
+ * it came after that heartbeat.
  */
 function replicationCut(s: CoreState): string | null {
   const i = s.cfg.replicationPath;
   if (i === null || s.qemu.state !== 'alive' || planted('cut-waits-for-stall')) return null;
-  const silentSince = s.peer.paths[i]?.lastHeardAt ?? null;
-  // Never heard on it (a peer that does not listen there, or not yet), or not since the peer was heard again after a
-  // silence on every path or restarted its agent (that path's session may not be back yet: the lab's daemon restart,
-  // heard again on the dedicated path first): no word either way; the stall bound decides.
-  if (silentSince === null || !peerFresh(s)) return null;
+  const p = s.peer.paths[i];
+  const heardAt = p?.lastHeardAt ?? null;
+  // Never heard on it (a peer that does not listen there, or not yet): no word either way; the stall bound decides.
+  if (!p || heardAt === null || !peerFresh(s)) return null;
+  // Our heartbeats over it no longer acked while the peer's still come, long after the acks stopped: what we send is
+  // lost (a cut one way, from us). A peer that merely fell silent (its agent killed) stopped both within a heartbeat
+  // of each other, and is judged by its silence, not here (simulator, restart-kept: seed 1,001, a one-way "cut"
+  // decided 440 ms after the secondary's agent was killed). A peer that never acked on it says nothing of that way.
+  const heardMs = s.now - heardAt;
+  const oneWay = p.lastAckAt !== null && heardMs <= (s.now - p.lastAckAt) / 2;
+  const silentSince = oneWay ? p.lastAckAt! : heardAt;
+  // Not since the peer was heard again after a silence on every path or restarted its agent: that path's session
+  // may not be back yet (the lab's daemon restart, heard again on the dedicated path first): no word either way.
   if (s.peer.heardAgainAt !== null && silentSince < s.peer.heardAgainAt && !planted('cut-from-before-the-peer-was-back')) return null;
   const silentMs = s.now - silentSince;
   const sinceCheckpointMs = s.now - s.qemu.lastCheckpointAt;
   if (silentMs < s.cfg.heartbeatTimeoutMs || sinceCheckpointMs < s.cfg.heartbeatTimeoutMs) return null;
-  return `the replication link is cut: no heartbeat over it for ${ms(silentMs)} while ${s.cfg.peer} is heard on another path, and no checkpoint for ${ms(sinceCheckpointMs)}`;
+  const what = oneWay ? `none of our heartbeats over it acked for ${ms(silentMs)} while ${s.cfg.peer}'s come` : `no heartbeat over it for ${ms(silentMs)} while ${s.cfg.peer} is heard on another path`;
+  return `the replication link is cut${oneWay ? ' one way, from us' : ''}: ${what}, and no checkpoint for ${ms(sinceCheckpointMs)}`;
 }
 
 /** `fenced`: our VM is stopped after COLO broke (called for a fenced secondary too). */
@@ -2093,6 +2107,7 @@ export function statusOf(s: CoreState): CoreStatus {
   else {
     s.peer.paths.forEach((p, i) => {
       if (p.lastHeardAt === null || now - p.lastHeardAt >= s.cfg.heartbeatTimeoutMs) degraded.push(`heartbeat path ${i + 1} down`);
+      else if (p.lastAckAt !== null && now - p.lastAckAt >= s.cfg.heartbeatTimeoutMs) degraded.push(`heartbeat path ${i + 1} down one way: ours unacked for ${ms(now - p.lastAckAt)}`);
     });
   }
   if (s.cfg.witness) {

@@ -111,6 +111,11 @@ export interface DiskView {
 export interface PathView {
   readonly up: boolean;
   readonly lastHeardAt: number | null;
+  /**
+   * The last ack of one of our heartbeats that came back on this path (the peer acks each on the path it came by):
+   * what we send over it arrives. Acks that stop while the peer is heard on it: the path is cut one way, from us.
+   */
+  readonly lastAckAt: number | null;
 }
 
 export interface PeerView {
