@@ -104,6 +104,7 @@ export const MUTANT_CHECKS: Record<MutantName, MutantCheck> = {
   'probe-at-heartbeat-timeout': { caughtBy: ['prompt-takeover'], focus: { witness: true, weights: { 'power-loss': 6, 'host-gone': 4, 'host-pause': 4, reboot: 2 } } },
   'takeover-waits-for-stall': { caughtBy: ['prompt-takeover'], focus: { witness: true, weights: { 'power-loss': 6, 'host-gone': 4, 'host-pause': 4, reboot: 2 } } },
   'slow-checkpoint-of-a-silent-primary-taken-for-its-loss': { caughtBy: ['restart-kept'], focus: { witness: true, slowCheckpoints: true, weights: { 'kill-agent': 12, 'kill-qemu': 1 } } },
+  'slow-checkpoint-of-a-silent-secondary-taken-for-its-loss': { caughtBy: ['restart-kept'], focus: { witness: true, slowCheckpoints: true, weights: { 'kill-agent': 12, 'kill-qemu': 1 } } },
   'cut-from-before-the-peer-was-back': { caughtBy: ['restart-kept'], focus: { witness: true, paths: 2, weights: { 'kill-agent': 12, 'kill-qemu': 1 } } },
   'cut-from-us-unseen': { caughtBy: ['prompt-cut'], focus: { witness: true, paths: 2, weights: { cut: 12, 'kill-qemu': 1 } } },
   'cut-waits-for-stall': { caughtBy: ['prompt-cut'], focus: { witness: true, paths: 2, weights: { cut: 12, 'kill-qemu': 2 } } },

@@ -1164,3 +1164,28 @@ test('a primary probes a silent secondary\'s QEMU ahead of the heartbeat timeout
   assert.ok(failover, `a primary failover (${decided.map((d) => d.action).join(', ')})`);
   assert.ok(failover.at - lastHeardAt <= 560, `decided ${failover.at - lastHeardAt} ms after the last heartbeat`);
 });
+
+test('a checkpoint under way while the secondary is silent: a QEMU that answers gets the checkpoint\'s own bound, one that answers nothing is left at once (simulator: restart-kept, soak seeds 12,501,500 and 12,601,061)', () => {
+  // The secondary's daemon restarts in the middle of a slow checkpoint: its QEMU answers, and takes the checkpoint.
+  const restarting = protectedPrimary();
+  restarting.in({ t: 'qemu-event', event: 'STOP' });
+  restarting.run(restarting.s.cfg.stallMs + 1500, { answer: probing(restarting, true) });
+  assert.deepEqual(restarting.decisions(), [], 'past the stall bound, a checkpoint under way with the secondary\'s QEMU answering is left to finish');
+  restarting.in({ t: 'qemu-event', event: 'RESUME' });
+  restarting.peer = { ...restarting.peer, boot: 'boot-b-2' };
+  restarting.run(1000, { heartbeats: true, answer: probing(restarting, true) });
+  assert.deepEqual(restarting.decisions(), []);
+  assert.equal(isProtected(restarting.s), true, 'the pair is one again with the restarted agent');
+  // ... but no longer than the checkpoint's own bound.
+  const stuck = protectedPrimary();
+  stuck.in({ t: 'qemu-event', event: 'STOP' });
+  stuck.run(stuck.s.cfg.checkpointTimeoutMs - 200, { answer: probing(stuck, true) });
+  assert.deepEqual(stuck.decisions(), []);
+  stuck.run(400, { answer: probing(stuck, true) });
+  assert.deepEqual(stuck.decisions(), ['primary-failover'], 'a checkpoint past its own bound is a stall');
+  // The secondary's host lost in the middle of the checkpoint: its QEMU answers nothing, and we go on alone at once.
+  const lost = protectedPrimary();
+  lost.in({ t: 'qemu-event', event: 'STOP' });
+  lost.run(lost.s.cfg.heartbeatTimeoutMs + 200, { answer: probing(lost, false) });
+  assert.deepEqual(lost.decisions(), ['primary-failover']);
+});
