@@ -58,6 +58,7 @@
 import { CLOCK_DRIFT_MAX, isProtected, leaseStopMarginMs, probeSilenceMs } from '../node/core/core.js';
 import type { CoreConfig } from '../node/core/types.js';
 import { PROBE_TIMEOUT_MS, TICK_MS } from '../node/driver.js';
+import { DEFAULT_GRACE_MS } from '../node/witness.js';
 import { compareEpochs, type Epoch } from '../pair/epoch.js';
 import type { World, Host } from './world.js';
 import type { SimQemu, Session } from './qemu.js';
@@ -164,15 +165,19 @@ function holdsNewest(record: { epoch: Epoch; pending: Epoch | undefined }, newes
   return o === 'same' || o === 'newer' || (record.pending !== undefined && compareEpochs(record.pending, newest) === 'same');
 }
 
+/** Faults after which the witness starts again, and grants nothing for its grace period (node/witness.ts). */
+const WITNESS_STARTS: ReadonlySet<Fault['kind']> = new Set(['witness-down', 'witness-restart', 'witness-amnesia']);
+
 /**
  * Another fault lasts into the window of fault `f` (`boundMs` long): `f` is not alone (soak seed 10,006,251: disk
  * errors on the lost host and a slow replication link, both begun before the host loss, lasted into the window). A
  * slow link's or disk's effects last its delay longer than the fault (soak seed 12,230,593: a's heartbeats sent on the
  * slow replication path before its host paused came up to 526 ms late, after the slow link had ended; b heard a until
- * then).
+ * then). A witness started again grants nothing for its grace period (soak seed 12,601,316: restarted 0.8 s before
+ * b's agent was killed, it let a's lease run out, and with nobody to vouch for it a fenced).
  */
 function othersInWindow(faults: readonly Fault[], f: Fault, boundMs: number): boolean {
-  const lastsUntil = (g: Fault) => g.at + faultMs(g) + ('delayMs' in g ? g.delayMs : 0);
+  const lastsUntil = (g: Fault) => g.at + faultMs(g) + ('delayMs' in g ? g.delayMs : 0) + (WITNESS_STARTS.has(g.kind) ? DEFAULT_GRACE_MS : 0);
   return faults.some((g) => g !== f && g.at <= f.at + boundMs && lastsUntil(g) >= f.at);
 }
 
