@@ -128,6 +128,7 @@ export function initCore(cfg: CoreConfig, now: number, boot: string, disk: { epo
     cfg,
     now,
     startedAt: now,
+    firstFoundAt: null,
     boot,
     role: 'down',
     roleSince: now,
@@ -177,6 +178,7 @@ function draft(p: CoreState): CoreState {
     cfg: p.cfg,
     now: p.now,
     startedAt: p.startedAt,
+    firstFoundAt: p.firstFoundAt,
     boot: p.boot,
     role: p.role,
     roleSince: p.roleSince,
@@ -268,8 +270,16 @@ function setRole(s: CoreState, role: Role): void {
   else s.resyncAskedAt = null;
 }
 
+/**
+ * Within the start's grace: after the agent started, and again after it first attached to its QEMU, since it says
+ * nothing before it knows what that QEMU is. An attach that took long (a QEMU in a slow checkpoint answers no QMP)
+ * left no time for the peer to hear us or for a lease: the simulator's restart-kept (soak seed 12,607,131: attached
+ * 2.1 s after its start, the restarted primary fenced at once, its lease run out and the secondary not yet hearing it).
+ */
 export function starting(s: CoreState): boolean {
-  return s.now - s.startedAt < startGraceMs(s.cfg);
+  const graceMs = startGraceMs(s.cfg);
+  if (s.now - s.startedAt < graceMs) return true;
+  return s.firstFoundAt !== null && s.now - s.firstFoundAt < graceMs && !planted('grace-from-start-only');
 }
 
 /** The peer was heard on some path within the heartbeat timeout (or we just started and never heard it). */
@@ -576,6 +586,7 @@ function absorb(ctx: Ctx, input: Input): void {
 function found(ctx: Ctx, f: QemuFound): void {
   const s = ctx.s;
   const q = s.qemu;
+  s.firstFoundAt ??= s.now;
   q.inband = null;
   q.oobProbe = null;
   q.lastInbandAt = s.now;
@@ -1056,7 +1067,12 @@ function watchdog(ctx: Ctx): void {
   // checkpoint finish, yanks a stuck one, and ends a frozen QEMU".)
   if (q.oobProbe && s.now - q.oobProbe.sentAt > s.cfg.frozenMs) return killQemu(ctx, `our QEMU answers nothing, not even out of band, for ${Math.round(s.now - q.oobProbe.sentAt)} ms: frozen`);
   if (!q.inband) return;
-  const stuckMs = s.now - q.inband.sentAt;
+  // A query sent during a checkpoint that has ended since waits only from that end: the checkpoint held the main
+  // loop (its bound allowed that), and the answer comes once the loop is free. Judged from when it was sent, a
+  // checkpoint longer than the hung bound was yanked as it ended (simulator, restart-kept: soak seed 12,505,990, an
+  // 8 s checkpoint's RESUME read before the answer to a query sent at its start: a yank, the replica's write failed,
+  // and a primary failover).
+  const stuckMs = s.now - (planted('hung-from-a-query-across-a-checkpoint') ? q.inband.sentAt : Math.max(q.inband.sentAt, q.lastCheckpointAt));
   const allowedMs = q.checkpointSince !== null ? Math.max(hung, s.cfg.checkpointTimeoutMs) : hung;
   if (stuckMs <= allowedMs) return;
   const inColo = s.role === 'primary' || s.role === 'secondary' || s.fence?.from === 'primary' || s.fence?.from === 'secondary';
@@ -1259,7 +1275,7 @@ function replicationCut(s: CoreState): string | null {
   // of each other, and is judged by its silence, not here (simulator, restart-kept: seed 1,001, a one-way "cut"
   // decided 440 ms after the secondary's agent was killed). A peer that never acked on it says nothing of that way.
   const heardMs = s.now - heardAt;
-  const oneWay = p.lastAckAt !== null && heardMs <= (s.now - p.lastAckAt) / 2;
+  const oneWay = p.lastAckAt !== null && (heardMs <= (s.now - p.lastAckAt) / 2 || planted('cut-when-the-peer-falls-silent'));
   const silentSince = oneWay ? p.lastAckAt! : heardAt;
   // Not since the peer was heard again after a silence on every path or restarted its agent: that path's session
   // may not be back yet (the lab's daemon restart, heard again on the dedicated path first): no word either way.
@@ -1267,6 +1283,13 @@ function replicationCut(s: CoreState): string | null {
   const silentMs = s.now - silentSince;
   const sinceCheckpointMs = s.now - s.qemu.lastCheckpointAt;
   if (silentMs < s.cfg.heartbeatTimeoutMs || sinceCheckpointMs < s.cfg.heartbeatTimeoutMs) return null;
+  // The peer still heard long after the path fell silent (within half that silence): over the path itself one way,
+  // or over another. A peer that merely fell silent went quiet on every path within a heartbeat's jitter of each
+  // other, and is judged by its silence (soak seed 12,606,826: the secondary's agent killed, its last heartbeat over
+  // the replication path came 100 ms before its last over the other, and a took that for a cut 400 ms later).
+  let elsewhereAt: number | null = oneWay ? heardAt : null;
+  if (!oneWay) for (const [j, q] of s.peer.paths.entries()) if (j !== i && q.lastHeardAt !== null && (elsewhereAt === null || q.lastHeardAt > elsewhereAt)) elsewhereAt = q.lastHeardAt;
+  if (elsewhereAt === null || (s.now - elsewhereAt > silentMs / 2 && !planted('cut-when-the-peer-falls-silent'))) return null;
   const what = oneWay ? `none of our heartbeats over it acked for ${ms(silentMs)} while ${s.cfg.peer}'s come` : `no heartbeat over it for ${ms(silentMs)} while ${s.cfg.peer} is heard on another path`;
   return `the replication link is cut${oneWay ? ' one way, from us' : ''}: ${what}, and no checkpoint for ${ms(sinceCheckpointMs)}`;
 }

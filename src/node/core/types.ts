@@ -343,6 +343,11 @@ export interface CoreState {
   readonly cfg: CoreConfig;
   now: number;
   startedAt: number;
+  /**
+   * When this agent first knew what its QEMU is (attached to it): it says nothing before then (no heartbeat, no
+   * lease request), so the start's grace counts from here too.
+   */
+  firstFoundAt: number | null;
   /** This agent's incarnation (heartbeats carry it). */
   boot: string;
   role: Role;
