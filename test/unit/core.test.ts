@@ -1189,3 +1189,50 @@ test('a checkpoint under way while the secondary is silent: a QEMU that answers 
   lost.run(lost.s.cfg.heartbeatTimeoutMs + 200, { answer: probing(lost, false) });
   assert.deepEqual(lost.decisions(), ['primary-failover']);
 });
+
+test('a restarted primary whose attach took long (its QEMU in a slow checkpoint answers no QMP) does not fence at once: the start\'s grace runs from its first attach too (soak seed 12,607,131)', () => {
+  const a = new Node();
+  // The secondary is heard, but does not hear us: we say nothing before we know what our QEMU is.
+  a.peer = { ...a.peer, hearsPeer: false };
+  a.run(2500, { heartbeats: true, answer: grantAll(a) });
+  a.found({ colo: 'primary' });
+  assert.deepEqual(a.decisions(), [], 'no fence as it attaches, past the start\'s grace counted from the start');
+  a.run(150, { heartbeats: true, answer: grantAll(a) });
+  a.peer = { ...a.peer, hearsPeer: true };
+  a.checkpoint();
+  a.run(1000, { heartbeats: true, answer: grantAll(a) });
+  assert.deepEqual(a.decisions(), []);
+  assert.equal(isProtected(a.s), true, 'the lease is ours again, and the secondary hears us');
+});
+
+test('the secondary\'s agent killed, its last heartbeat over the replication path a little before its last over the other: no cut, its silence decides (soak seed 12,606,826)', () => {
+  const a = protectedPrimaryOnTwoPaths(1);
+  a.run(100, { heartbeats: true, paths: [0], answer: probing(a, true) });
+  a.run(1500, { answer: probing(a, true) });
+  assert.deepEqual(a.decisions(), [], 'its QEMU answers: not a cut, and no failover before the stall');
+  assert.match(a.s.waiting ?? '', /no heartbeat from the secondary's agent, but its QEMU answers/);
+});
+
+test('a QMP query sent as a long checkpoint began waits only from the checkpoint\'s end: no yank as an 8 s checkpoint ends (soak seed 12,505,990)', () => {
+  const a = protectedPrimary();
+  const grant = grantAll(a);
+  let held = true;
+  const pending: string[] = [];
+  // The main loop is held by the checkpoint: in-band queries wait for it; out-of-band ones are answered.
+  const answer = (e: Effect): InputBody | undefined => {
+    if (e.t === 'query-qemu' && !e.oob && held) {
+      pending.push(e.id);
+      return undefined;
+    }
+    return grant(e);
+  };
+  a.in({ t: 'qemu-event', event: 'STOP' });
+  a.run(8000, { heartbeats: true, answer });
+  a.in({ t: 'qemu-event', event: 'RESUME' });
+  a.run(50, { heartbeats: true, answer });
+  held = false;
+  for (const id of pending) a.in({ t: 'qemu-answer', id });
+  a.run(1000, { heartbeats: true, answer });
+  assert.deepEqual(a.decisions(), [], 'the checkpoint ended within its bound, and the main loop answers');
+  assert.equal(isProtected(a.s), true);
+});
