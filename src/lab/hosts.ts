@@ -70,6 +70,9 @@ function linkEnd(h: LabHosts, link: LinkName): { ns: string; dev: string } {
 
 /** The lab hosts behind these namespace names (made by createLabHosts, possibly by another process). */
 export function labHosts(ns: LabHosts['ns']): LabHosts {
+  /** The blackhole route on `from` to the other node's address on `link` (cutFrom). */
+  const blackhole = (op: 'add' | 'del', link: 'replication' | 'heartbeat', from: 'a' | 'b') =>
+    ip(['-n', ns[from], 'route', op, 'blackhole', `${h.addr[link][from === 'a' ? 'b' : 'a']}/32`]);
   const h: LabHosts = {
     ns,
     addr: {
@@ -89,10 +92,10 @@ export function labHosts(ns: LabHosts['ns']): LabHosts {
       await ip(['-n', e.ns, 'link', 'set', e.dev, 'up']);
     },
     async cutFrom(link, from) {
-      await ip(['-n', ns[from], 'route', 'add', 'blackhole', `${h.addr[link][from === 'a' ? 'b' : 'a']}/32`]);
+      await blackhole('add', link, from);
     },
     async restoreFrom(link, from) {
-      await ip(['-n', ns[from], 'route', 'del', 'blackhole', `${h.addr[link][from === 'a' ? 'b' : 'a']}/32`]);
+      await blackhole('del', link, from);
     },
     async isolate(node) {
       for (const l of ['replication', 'heartbeat', `witness-${node}`, `lan-${node}`] as LinkName[]) await h.cut(l);

@@ -21,6 +21,9 @@ export interface MutantCheck {
   alongside?: { mutants: MutantName[]; why: string };
 }
 
+/** Agent restarts, with checkpoints that may take seconds, or with two heartbeat paths (restart-kept's mutants). */
+const restartsSlowCheckpoints: Focus = { witness: true, slowCheckpoints: true, weights: { 'kill-agent': 12, 'kill-qemu': 1 } };
+const restartsTwoPaths: Focus = { witness: true, paths: 2, weights: { 'kill-agent': 12, 'kill-qemu': 1 } };
 const partitions: Focus['weights'] = { cut: 8, 'kill-qemu': 3, 'power-loss': 2, 'witness-down': 2, 'witness-slow': 2 };
 
 /** The two rules that cover each other for a pending epoch the witness recorded: one check, each planted with the other. */
@@ -103,12 +106,12 @@ export const MUTANT_CHECKS: Record<MutantName, MutantCheck> = {
   'never-take-over-on-silence': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: true, weights: { 'host-gone': 6, 'power-loss': 6, cut: 4 } } },
   'probe-at-heartbeat-timeout': { caughtBy: ['prompt-takeover'], focus: { witness: true, weights: { 'power-loss': 6, 'host-gone': 4, 'host-pause': 4, reboot: 2 } } },
   'takeover-waits-for-stall': { caughtBy: ['prompt-takeover'], focus: { witness: true, weights: { 'power-loss': 6, 'host-gone': 4, 'host-pause': 4, reboot: 2 } } },
-  'slow-checkpoint-of-a-silent-primary-taken-for-its-loss': { caughtBy: ['restart-kept'], focus: { witness: true, slowCheckpoints: true, weights: { 'kill-agent': 12, 'kill-qemu': 1 } } },
-  'slow-checkpoint-of-a-silent-secondary-taken-for-its-loss': { caughtBy: ['restart-kept'], focus: { witness: true, slowCheckpoints: true, weights: { 'kill-agent': 12, 'kill-qemu': 1 } } },
-  'grace-from-start-only': { caughtBy: ['restart-kept'], focus: { witness: true, slowCheckpoints: true, weights: { 'kill-agent': 12, 'kill-qemu': 1 } } },
-  'cut-when-the-peer-falls-silent': { caughtBy: ['restart-kept'], focus: { witness: true, paths: 2, weights: { 'kill-agent': 12, 'kill-qemu': 1 } } },
-  'hung-from-a-query-across-a-checkpoint': { caughtBy: ['restart-kept'], focus: { witness: true, slowCheckpoints: true, weights: { 'kill-agent': 12, 'kill-qemu': 1 } } },
-  'cut-from-before-the-peer-was-back': { caughtBy: ['restart-kept'], focus: { witness: true, paths: 2, weights: { 'kill-agent': 12, 'kill-qemu': 1 } } },
+  'slow-checkpoint-of-a-silent-primary-taken-for-its-loss': { caughtBy: ['restart-kept'], focus: restartsSlowCheckpoints },
+  'slow-checkpoint-of-a-silent-secondary-taken-for-its-loss': { caughtBy: ['restart-kept'], focus: restartsSlowCheckpoints },
+  'grace-from-start-only': { caughtBy: ['restart-kept'], focus: restartsSlowCheckpoints },
+  'cut-when-the-peer-falls-silent': { caughtBy: ['restart-kept'], focus: restartsTwoPaths },
+  'hung-from-a-query-across-a-checkpoint': { caughtBy: ['restart-kept'], focus: restartsSlowCheckpoints },
+  'cut-from-before-the-peer-was-back': { caughtBy: ['restart-kept'], focus: restartsTwoPaths },
   'cut-from-us-unseen': { caughtBy: ['prompt-cut'], focus: { witness: true, paths: 2, weights: { cut: 12, 'kill-qemu': 1 } } },
   'cut-waits-for-stall': { caughtBy: ['prompt-cut'], focus: { witness: true, paths: 2, weights: { cut: 12, 'kill-qemu': 2 } } },
   'never-restart-on-silence': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: true, weights: { 'host-gone': 6, 'power-loss': 6, 'kill-qemu': 4 } } },

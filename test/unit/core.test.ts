@@ -574,24 +574,9 @@ test('a checkpoint under way when every heartbeat path goes silent: a host lost 
   assert.ok(lost.now - t0 < lost.s.cfg.stallMs, 'before the stall bound, and far before that of a long checkpoint');
   const takeover = lost.runs().at(-1)?.procedure;
   assert.ok(takeover?.kind === 'takeover' && takeover.yank, 'yanking the dead stream first');
-  // The primary's agent restarted during a slow checkpoint: its host answers, its VM may still be checkpointing.
-  const restarting = secondary();
-  restarting.in({ t: 'qemu-event', event: 'STOP' });
-  restarting.run(restarting.s.cfg.stallMs + 1500, { answer: probing(restarting, true) });
-  assert.deepEqual(restarting.decisions(), [], 'past the stall bound, a checkpoint under way with the host answering is left to finish');
-  assert.match(restarting.s.waiting ?? '', /a checkpoint under way for .*, but the primary's host answers/);
-  restarting.in({ t: 'qemu-event', event: 'RESUME' });
-  restarting.heartbeat({ boot: 'boot-b-2' });
-  restarting.run(1000, { heartbeats: true, answer: probing(restarting, true) });
-  assert.deepEqual(restarting.decisions(), []);
-  assert.equal(isProtected(restarting.s), true, 'the pair is one again with the restarted agent');
-  // ... but no longer than the checkpoint's own bound.
-  const stuck = secondary();
-  stuck.in({ t: 'qemu-event', event: 'STOP' });
-  stuck.run(stuck.s.cfg.checkpointTimeoutMs - 200, { answer: probing(stuck, true) });
-  assert.deepEqual(stuck.decisions(), []);
-  stuck.run(400, { answer: probing(stuck, true) });
-  assert.deepEqual(stuck.decisions(), ['takeover'], 'a checkpoint past its own bound is a stall, the host answering or not');
+  // The primary's agent restarted during a slow checkpoint: its host answers, its VM may still be checkpointing; but
+  // no longer than the checkpoint's own bound.
+  slowCheckpointWhileThePeerRestarts(secondary, 'takeover', 'the host', /a checkpoint under way for .*, but the primary's host answers/);
   // The same long checkpoint while the primary's agent is heard: it may take up to the checkpoint bound.
   const slow = secondary();
   slow.in({ t: 'qemu-event', event: 'STOP' });
@@ -1020,6 +1005,30 @@ test('a take-back of a failed resync that fails is tried again within a failover
   assert.ok(a.runs().slice(before).some((r) => r.procedure.kind === 'abort-resume'), 'the take-back is tried again within a second');
 });
 
+/**
+ * A checkpoint under way while the peer's agent restarts (silent, but its host or QEMU answers the probe, as `who`
+ * says): left to finish past the stall bound, and the pair is one again once it ends and the new agent is heard;
+ * `waiting` says why meanwhile. A checkpoint past its own bound is a stall: `decision` follows.
+ */
+function slowCheckpointWhileThePeerRestarts(make: () => Node, decision: string, who: string, waiting: RegExp): void {
+  const restarting = make();
+  restarting.in({ t: 'qemu-event', event: 'STOP' });
+  restarting.run(restarting.s.cfg.stallMs + 1500, { answer: probing(restarting, true) });
+  assert.deepEqual(restarting.decisions(), [], `past the stall bound, a checkpoint under way with ${who} answering is left to finish`);
+  assert.match(restarting.s.waiting ?? '', waiting);
+  restarting.in({ t: 'qemu-event', event: 'RESUME' });
+  restarting.peer = { ...restarting.peer, boot: `${restarting.peer.boot}-2` };
+  restarting.run(1000, { heartbeats: true, answer: probing(restarting, true) });
+  assert.deepEqual(restarting.decisions(), []);
+  assert.equal(isProtected(restarting.s), true, 'the pair is one again with the restarted agent');
+  const stuck = make();
+  stuck.in({ t: 'qemu-event', event: 'STOP' });
+  stuck.run(stuck.s.cfg.checkpointTimeoutMs - 200, { answer: probing(stuck, true) });
+  assert.deepEqual(stuck.decisions(), []);
+  stuck.run(400, { answer: probing(stuck, true) });
+  assert.deepEqual(stuck.decisions(), [decision], `a checkpoint past its own bound is a stall, ${who} answering or not`);
+}
+
 /** Answers as `grantAll`, and every probe of the peer with `alive`. */
 function probing(n: Node, alive: boolean): (e: Effect) => InputBody | undefined {
   const grant = grantAll(n);
@@ -1166,23 +1175,9 @@ test('a primary probes a silent secondary\'s QEMU ahead of the heartbeat timeout
 });
 
 test('a checkpoint under way while the secondary is silent: a QEMU that answers gets the checkpoint\'s own bound, one that answers nothing is left at once (simulator: restart-kept, soak seeds 12,501,500 and 12,601,061)', () => {
-  // The secondary's daemon restarts in the middle of a slow checkpoint: its QEMU answers, and takes the checkpoint.
-  const restarting = protectedPrimary();
-  restarting.in({ t: 'qemu-event', event: 'STOP' });
-  restarting.run(restarting.s.cfg.stallMs + 1500, { answer: probing(restarting, true) });
-  assert.deepEqual(restarting.decisions(), [], 'past the stall bound, a checkpoint under way with the secondary\'s QEMU answering is left to finish');
-  restarting.in({ t: 'qemu-event', event: 'RESUME' });
-  restarting.peer = { ...restarting.peer, boot: 'boot-b-2' };
-  restarting.run(1000, { heartbeats: true, answer: probing(restarting, true) });
-  assert.deepEqual(restarting.decisions(), []);
-  assert.equal(isProtected(restarting.s), true, 'the pair is one again with the restarted agent');
-  // ... but no longer than the checkpoint's own bound.
-  const stuck = protectedPrimary();
-  stuck.in({ t: 'qemu-event', event: 'STOP' });
-  stuck.run(stuck.s.cfg.checkpointTimeoutMs - 200, { answer: probing(stuck, true) });
-  assert.deepEqual(stuck.decisions(), []);
-  stuck.run(400, { answer: probing(stuck, true) });
-  assert.deepEqual(stuck.decisions(), ['primary-failover'], 'a checkpoint past its own bound is a stall');
+  // The secondary's daemon restarts in the middle of a slow checkpoint: its QEMU answers, and takes the checkpoint;
+  // but no longer than the checkpoint's own bound.
+  slowCheckpointWhileThePeerRestarts(protectedPrimary, 'primary-failover', 'the secondary\'s QEMU', /no heartbeat from the secondary's agent, but its QEMU answers/);
   // The secondary's host lost in the middle of the checkpoint: its QEMU answers nothing, and we go on alone at once.
   const lost = protectedPrimary();
   lost.in({ t: 'qemu-event', event: 'STOP' });

@@ -424,6 +424,15 @@ export function stalled(s: CoreState): { ms: number; inCheckpoint: boolean } | n
   return sinceLast > stallMs(s) ? { ms: sinceLast, inCheckpoint: false } : null;
 }
 
+/**
+ * Stalled only by the rule for a silent peer: a checkpoint under way past the stall bound, but within its own. A
+ * peer whose host (or QEMU) still answers may only be restarting its agent while the checkpoint is slow; each side
+ * then gives the checkpoint its own bound (secondaryAction, primaryFailoverReason).
+ */
+function slowCheckpointOfSilentPeer(s: CoreState, st: ReturnType<typeof stalled>): st is NonNullable<ReturnType<typeof stalled>> {
+  return st !== null && st.inCheckpoint && st.ms <= s.cfg.checkpointTimeoutMs;
+}
+
 function stallMs(s: CoreState): number {
   return planted('stall-bound-x3') ? 3 * s.cfg.stallMs : s.cfg.stallMs;
 }
@@ -1237,7 +1246,7 @@ function primaryFailoverReason(s: CoreState, peer: Heartbeat | null, fresh: bool
   // be slow to take it while its agent is down (a daemon restart; the simulator's restart-kept, soak seeds
   // 12,501,500 and 12,601,061: a failover 4.7 s into a slow checkpoint). A host gone in the middle of it answers
   // nothing (below); one whose QEMU answers gets the checkpoint's own bound, as a heard secondary does (stalled).
-  const slowCheckpoint = st !== null && st.inCheckpoint && st.ms <= s.cfg.checkpointTimeoutMs && !fresh && !planted('slow-checkpoint-of-a-silent-secondary-taken-for-its-loss');
+  const slowCheckpoint = slowCheckpointOfSilentPeer(s, st) && !planted('slow-checkpoint-of-a-silent-secondary-taken-for-its-loss');
   if (st && !slowCheckpoint) return { why: st.inCheckpoint ? `replication stalled: a checkpoint has not completed in ${ms(st.ms)}` : `replication stalled: no checkpoint for ${ms(st.ms)}`, yank: true };
   const cut = joining ? null : replicationCut(s);
   if (cut) return { why: cut, yank: true };
@@ -1284,12 +1293,11 @@ function replicationCut(s: CoreState): string | null {
   const sinceCheckpointMs = s.now - s.qemu.lastCheckpointAt;
   if (silentMs < s.cfg.heartbeatTimeoutMs || sinceCheckpointMs < s.cfg.heartbeatTimeoutMs) return null;
   // The peer still heard long after the path fell silent (within half that silence): over the path itself one way,
-  // or over another. A peer that merely fell silent went quiet on every path within a heartbeat's jitter of each
-  // other, and is judged by its silence (soak seed 12,606,826: the secondary's agent killed, its last heartbeat over
-  // the replication path came 100 ms before its last over the other, and a took that for a cut 400 ms later).
-  let elsewhereAt: number | null = oneWay ? heardAt : null;
-  if (!oneWay) for (const [j, q] of s.peer.paths.entries()) if (j !== i && q.lastHeardAt !== null && (elsewhereAt === null || q.lastHeardAt > elsewhereAt)) elsewhereAt = q.lastHeardAt;
-  if (elsewhereAt === null || (s.now - elsewhereAt > silentMs / 2 && !planted('cut-when-the-peer-falls-silent'))) return null;
+  // or over another (the newest heartbeat on any path: one over this path is as old as the silence, too old). A peer
+  // that merely fell silent went quiet on every path within a heartbeat's jitter of each other, and is judged by its
+  // silence (soak seed 12,606,826: the secondary's agent killed, its last heartbeat over the replication path came
+  // 100 ms before its last over the other, and a took that for a cut 400 ms later).
+  if (s.now - lastHeard(s)! > silentMs / 2 && !planted('cut-when-the-peer-falls-silent')) return null;
   const what = oneWay ? `none of our heartbeats over it acked for ${ms(silentMs)} while ${s.cfg.peer}'s come` : `no heartbeat over it for ${ms(silentMs)} while ${s.cfg.peer} is heard on another path`;
   return `the replication link is cut${oneWay ? ' one way, from us' : ''}: ${what}, and no checkpoint for ${ms(sinceCheckpointMs)}`;
 }
@@ -1373,7 +1381,7 @@ function secondaryAction(s: CoreState, peer: Heartbeat | null, fresh: boolean, f
     // whose checkpoint is only slow while its agent is down (a daemon restart; the simulator's restart-kept, soak
     // seeds 1,625 and 2,037: taken over 3.5 s into a slow checkpoint). A host gone in the middle of it answers nothing
     // (above); one that answers gets the checkpoint's own bound, as a heard primary does (stalled).
-    const slowCheckpoint = st !== null && st.inCheckpoint && st.ms <= s.cfg.checkpointTimeoutMs && !planted('slow-checkpoint-of-a-silent-primary-taken-for-its-loss');
+    const slowCheckpoint = slowCheckpointOfSilentPeer(s, st) && !planted('slow-checkpoint-of-a-silent-primary-taken-for-its-loss');
     const waitForHost = !host && (!st || slowCheckpoint);
     if (waitForHost && !probeUnderWay(s, 'host')) return { action: 'probe', what: 'host', why: 'no heartbeat from the primary: does its host answer?' };
     // (The journal said "checkpoints continue (or the primary's host answers)" here, 6 ms before the probe's answer
