@@ -286,7 +286,7 @@ test('a witness reply that arrives after the wait: the epoch it recorded becomes
   });
   assert.ok(recordAsk, 'asked the witness to record a new epoch');
   assert.deepEqual(recordAsk.next, E(2, 'b'));
-  assert.deepEqual(b.s.disk, { epoch: E(1), pending: E(2, 'b'), persisting: null, sizeBytes: 64 << 20, missedWriteAt: null }, 'the asked-for epoch stays pending on our disk');
+  assert.deepEqual(b.s.disk, { epoch: E(1), pending: E(2, 'b'), persisting: null, sizeBytes: 64 << 20, missedWriteAt: null, forwardedWriteFailedAt: null }, 'the asked-for epoch stays pending on our disk');
   assert.ok(b.fx.some((e) => e.t === 'log' && /did not answer whether it recorded/.test(e.msg)));
   // The late grant: the witness did record it: it is ours now, not a newer epoch nobody holds.
   b.in({ t: 'witness-reply', reply: { t: 'lease', re: recordAsk.id, granted: true, holder: 'b', ttlMs: 1000, newest: E(2, 'b') } });
@@ -966,6 +966,37 @@ test('a secondary says PROTECTED only on its primary\'s current word that the re
     c.checkpoint();
   }
   assert.equal(isProtected(c.s), false, 'no word from the primary: not protected, although checkpoints flow');
+});
+
+test('a replica whose primary said a forwarded write failed restarts no VM from its disk before a resync, yet its running VM may take over (soak, seed 12,624,199)', () => {
+  // No checkpoint since the write failed: our VM made that write, our disk may lack it.
+  const b = protectedSecondary();
+  b.peer = { ...b.peer, replicaExact: false };
+  b.run(200, { heartbeats: true, answer: grantAll(b) });
+  assert.equal(b.s.disk.missedWriteAt, null, 'no checkpoint since: not short for a takeover');
+  assert.notEqual(b.s.disk.forwardedWriteFailedAt, null);
+  // The primary fenced without a new epoch (the witness was down), and our QEMU ended.
+  b.peer = { ...b.peer, role: 'fenced', qemu: 'alive', replicaExact: false, disk: E(1) };
+  b.in({ t: 'qemu-lost', processGone: true });
+  b.run(30_000, { heartbeats: true, answer: grantAll(b) });
+  assert.ok(!b.decisions().includes('restart'), `no restart from our disk (${b.decisions().join(', ')})`);
+  assert.match(statusOf(b.s).waiting ?? '', /a write to our disk failed .*not restarting from it/);
+  assert.ok(statusOf(b.s).degraded.some((x) => /forwarded to our disk failed/.test(x)));
+  // A fenced old primary's word about its last replica is no word about ours after we took over: only a primary's.
+  const c = new Node({ name: 'b', peer: 'a' }, { epoch: E(2, 'b') });
+  c.peer = { ...c.peer, boot: 'boot-a', role: 'fenced', qemu: 'alive', replicaExact: false, disk: E(1) };
+  c.found({ running: false });
+  c.run(300, { heartbeats: true, answer: grantAll(c) });
+  assert.equal(c.s.disk.forwardedWriteFailedAt, null);
+  assert.deepEqual(c.decisions(), ['restart'], 'our disk is newer: we restart');
+
+  // Our VM still runs: it takes over, with the write it made itself.
+  const d = protectedSecondary();
+  d.peer = { ...d.peer, replicaExact: false };
+  d.run(200, { heartbeats: true, answer: grantAll(d) });
+  d.peer = { ...d.peer, role: 'fenced', qemu: 'alive', replicaExact: false };
+  d.run(300, { heartbeats: true, answer: grantAll(d) });
+  assert.ok(d.decisions().includes('takeover'), `our running VM takes over (${d.decisions().join(', ')})`);
 });
 
 test('the agent sends its disk epoch with its queries to the witness (a witness with no record of the run learns which disk it holds)', () => {

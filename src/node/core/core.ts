@@ -153,7 +153,7 @@ export function initCore(cfg: CoreConfig, now: number, boot: string, disk: { epo
       replicaBadAt: null,
       replicaShort: false,
     },
-    disk: { epoch: disk.epoch, pending: disk.pending, persisting: null, sizeBytes: cfg.diskSizeBytes, missedWriteAt: null },
+    disk: { epoch: disk.epoch, pending: disk.pending, persisting: null, sizeBytes: cfg.diskSizeBytes, missedWriteAt: null, forwardedWriteFailedAt: null },
     peer: { paths: Array.from({ length: cfg.paths }, () => ({ up: false, lastHeardAt: null, lastAckAt: null })), boot: null, seq: 0, hb: null, hbAt: null, since: null, vmStoppedSince: null, rttMs: null, heardAgainAt: null, probe: null, probeResult: null },
     lease: { until: 0, nextAskAt: now, nextQueryAt: now, lastAnswerAt: null, lastRefusal: null, newest: null, releasedAt: -Infinity },
     work: null,
@@ -846,6 +846,14 @@ function peerMessage(ctx: Ctx, path: number, msg: Extract<Input, { t: 'peer-mess
       s.disk.missedWriteAt = s.now;
       log(ctx, 'warn', `${s.cfg.peer} says our disk, its replica, missed a write: it never takes over before a resync`);
     }
+    // Its word, as a primary, that a write it forwarded to us failed, before any checkpoint: our VM made that write
+    // itself, our disk may not have (soak seed 12,624,199: the write failed while the witness was down, the primary
+    // fenced without a new epoch, our QEMU ended, and we restarted the VM from our disk without it). Only a primary's
+    // word: a fenced old primary still says what its last replica missed after we took over and wrote on (seed 279).
+    if (msg.replicaExact === false && msg.role === 'primary' && replicaOfPeer(s) && s.disk.forwardedWriteFailedAt === null) {
+      s.disk.forwardedWriteFailedAt = s.now;
+      log(ctx, 'warn', `${s.cfg.peer} says a write it forwarded to our disk failed: our disk restarts no VM before a resync`);
+    }
     s.peer.hbAt = s.now;
     if (!before || before.role !== msg.role || before.qemu !== msg.qemu || before.busy !== msg.busy) s.peer.since = s.now;
     if (msg.qemu === 'alive' && msg.role !== 'fenced' && msg.role !== 'down') s.peer.vmStoppedSince = null;
@@ -1488,6 +1496,9 @@ function chooseDown(s: CoreState): Action {
   if (!mayTry(s, 'restart')) return wait(`our QEMU is gone: waiting before the next restart attempt`);
   const ours = s.disk.epoch;
   if (!ours) return wait('our QEMU is gone and our disk\'s epoch is unknown: not restarting from it');
+  // A replica that may lack a write its primary acknowledged never starts the VM: only a resync makes it whole.
+  const short = s.disk.missedWriteAt ?? s.disk.forwardedWriteFailedAt;
+  if (short !== null && !planted('restart-from-short-replica')) return wait(`our QEMU is gone and ${s.cfg.peer} said a write to our disk failed ${ms(s.now - short)} ago: not restarting from it; waiting to be resynced`);
   if (staleDisk(s)) return wait('our QEMU is gone and our disk is stale: waiting to be resynced');
   const peer = peerWord(s);
   // An epoch we asked the witness to record and never heard back about may be the newest it knows: only we can
@@ -1735,6 +1746,8 @@ function procDone(ctx: Ctx, id: string, pid?: number): void {
       s.qemu.replicaBadAt = null;
       s.qemu.replicaShort = false;
       s.qemu.paused = false;
+      // Taken over, our running VM's writes are on our disk now, the one it failed included.
+      s.disk.forwardedWriteFailedAt = null;
       s.qemu.checkpointSince = null;
       setRole(s, 'alone');
       // ms: from the decision to the VM carried on, of which toProcedureMs before its QMP procedure began (the lease,
@@ -2062,6 +2075,7 @@ function joinProcDone(ctx: Ctx, w: Extract<Work, { kind: 'join' }>, pid?: number
       }
       s.qemu.lastCheckpointAt = s.now;
       s.disk.missedWriteAt = null;
+      s.disk.forwardedWriteFailedAt = null;
       reply(ctx, w.reqId, true);
       log(ctx, 'warn', `resynced from ${w.primary}: secondary again, disk ${formatEpoch(s.disk.epoch)}`);
       sendHeartbeat(ctx);
@@ -2115,6 +2129,11 @@ export function isProtected(s: CoreState): boolean {
  * of the soak: the primary's agent blocked by a slow disk, its yank failed, and the secondary said PROTECTED
  * for a replica that lacked an acknowledged write).
  */
+/** Our disk is our peer's replica, or was its last one: we are its secondary, or stopped since. */
+function replicaOfPeer(s: CoreState): boolean {
+  return s.role === 'secondary' || s.role === 'down' || (s.role === 'fenced' && s.fence?.from === 'secondary');
+}
+
 function primaryVouchesForReplica(s: CoreState): boolean {
   if (planted('secondary-protected-without-primary-word')) return true;
   const peer = peerWord(s);
@@ -2137,6 +2156,7 @@ export function statusOf(s: CoreState): CoreStatus {
   if (q.coloExitAt !== null && (s.role === 'primary' || s.role === 'secondary')) degraded.push(`COLO ended ${ms(now - q.coloExitAt)} ago`);
   if (q.replicaBadAt !== null && s.role === 'primary') degraded.push(`the secondary's replica missed a write ${ms(now - q.replicaBadAt)} ago: it is no exact copy`);
   if (s.role === 'secondary' && fresh && peer?.replicaExact === false && s.disk.missedWriteAt === null) degraded.push(`${s.cfg.peer} says our replica missed a write: it is no exact copy`);
+  if (s.disk.missedWriteAt === null && s.disk.forwardedWriteFailedAt !== null && s.role !== 'primary' && s.role !== 'alone') degraded.push(`${s.cfg.peer} said a write it forwarded to our disk failed ${ms(now - s.disk.forwardedWriteFailedAt)} ago: our disk starts no VM before a resync`);
   if (s.role === 'secondary' && s.disk.missedWriteAt !== null) degraded.push(`${s.cfg.peer} said our replica missed a write ${ms(now - s.disk.missedWriteAt)} ago: it is no exact copy`);
   if (s.role === 'secondary' && fresh && peer && peer.role !== 'primary') degraded.push(`${s.cfg.peer} is ${peer.role}, not our primary`);
   if (!fresh) degraded.push(`no heartbeat from ${s.cfg.peer} for ${lastHeard(s) === null ? 'ever' : ms(now - lastHeard(s)!)}`);

@@ -106,6 +106,12 @@ export interface DiskView {
    * such a disk never takes over, until a resync makes it whole. Kept in memory only (an agent that restarts forgets).
    */
   missedWriteAt: number | null;
+  /**
+   * When our primary said a write it forwarded to our disk failed (replicaExact false), checkpoint or not: our running
+   * VM made that write itself and may take over, but our disk may lack it, so it restarts no VM before a resync. Kept
+   * in memory only, like missedWriteAt.
+   */
+  forwardedWriteFailedAt: number | null;
 }
 
 export interface PathView {
