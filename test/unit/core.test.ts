@@ -982,6 +982,15 @@ test('a replica whose primary said a forwarded write failed restarts no VM from 
   assert.ok(!b.decisions().includes('restart'), `no restart from our disk (${b.decisions().join(', ')})`);
   assert.match(statusOf(b.s).waiting ?? '', /a write to our disk failed .*not restarting from it/);
   assert.ok(statusOf(b.s).degraded.some((x) => /forwarded to our disk failed/.test(x)));
+  // Our own epoch on our disk: our takeover began and made us the writer (its QEMU ended before it finished).
+  const e = protectedSecondary();
+  e.peer = { ...e.peer, replicaExact: false };
+  e.run(200, { heartbeats: true, answer: grantAll(e) });
+  e.s.disk.epoch = E(2, 'b');
+  e.peer = { ...e.peer, role: 'fenced', qemu: 'alive', replicaExact: false, disk: E(1) };
+  e.in({ t: 'qemu-lost', processGone: true });
+  e.run(3000, { heartbeats: true, answer: grantAll(e) });
+  assert.deepEqual(e.decisions(), ['restart'], 'the writer restarts (soak seed 12,705,157)');
   // A fenced old primary's word about its last replica is no word about ours after we took over: only a primary's.
   const c = new Node({ name: 'b', peer: 'a' }, { epoch: E(2, 'b') });
   c.peer = { ...c.peer, boot: 'boot-a', role: 'fenced', qemu: 'alive', replicaExact: false, disk: E(1) };

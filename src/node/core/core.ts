@@ -1496,9 +1496,13 @@ function chooseDown(s: CoreState): Action {
   if (!mayTry(s, 'restart')) return wait(`our QEMU is gone: waiting before the next restart attempt`);
   const ours = s.disk.epoch;
   if (!ours) return wait('our QEMU is gone and our disk\'s epoch is unknown: not restarting from it');
-  // A replica that may lack a write its primary acknowledged never starts the VM: only a resync makes it whole.
+  // A replica that may lack a write its primary acknowledged never starts the VM: only a resync makes it whole; the
+  // primary's disk holds the write. Unless our disk carries an epoch of our own: then our takeover began (after or
+  // before that word) and made us the writer, and the primary's disk is stale (soak seeds 12,704,353, 12,705,157: a
+  // takeover whose QEMU hung and was ended; waiting there, nobody ran the VM. What that takeover's lost buffer held is
+  // in README "What is not there yet").
   const short = s.disk.missedWriteAt ?? s.disk.forwardedWriteFailedAt;
-  if (short !== null && !planted('restart-from-short-replica')) return wait(`our QEMU is gone and ${s.cfg.peer} said a write to our disk failed ${ms(s.now - short)} ago: not restarting from it; waiting to be resynced`);
+  if (short !== null && ours.by !== s.cfg.name && !planted('restart-from-short-replica')) return wait(`our QEMU is gone and ${s.cfg.peer} said a write to our disk failed ${ms(s.now - short)} ago: not restarting from it; waiting to be resynced`);
   if (staleDisk(s)) return wait('our QEMU is gone and our disk is stale: waiting to be resynced');
   const peer = peerWord(s);
   // An epoch we asked the witness to record and never heard back about may be the newest it knows: only we can
