@@ -24,6 +24,7 @@ export const MUTANTS = {
   'takeover-with-short-replica': 'a secondary takes over with a disk its primary said missed a write it acknowledged; focus schedule 1,641 of unfence-before-recorded-epoch-on-disk',
   'resume-checkpoint-not-short': 'a checkpoint of a resume\'s new COLO session after the new secondary\'s replica failed a write does not make the primary say that replica is short; soak seed 12,002,203',
   'restart-from-short-replica': 'a replica whose primary said a forwarded write failed restarts the VM from its disk once its QEMU is gone, without that write (the witness was down, so the primary had fenced without a new epoch); soak seed 12,624,199',
+  'short-replica-after-own-takeover': 'a replica told that a forwarded write failed never restarts, even under the epoch of a takeover of its own that began (and committed its VM\'s writes) before its QEMU ended: the primary\'s disk stale, nobody runs the VM; soak seed 12,705,157',
   'short-replica-on-first-word': 'a secondary told that its replica failed a write refuses to take over at once, before any checkpoint made that write part of its disk (with the primary\'s disk record lost, nobody runs the VM); focus schedule 86 of unfence-before-recorded-epoch-on-disk',
   'takeover-with-unknown-epoch': 'a node whose disk epoch is unknown keeps trying to take over (asking for a lease it cannot use), so the node with the newest disk waits for it for ever',
   'unfence-with-unknown-epoch': 'a fenced node whose disk epoch is unknown lets its VM run again (without a witness, on the peer\'s word alone)',

@@ -160,6 +160,22 @@ export const PROMPT_SLACK_MS = 5 * TICK_MS;
  * its node asked the witness to record (pending) is, which the witness did:
  * that node may write it on its disk and run (core.ts, commit-recorded).
  */
+/**
+ * The node's QEMU is gone and its disk lacks a write its primary forwarded to it, which failed there and which the
+ * other disk holds: such a disk holds every acknowledged write only by luck. Its agent, told by the primary that a
+ * forwarded write failed, cannot know whether that write was acknowledged (it was, in soak seed 12,624,199: the
+ * secondary's VM had made it itself and answered), so it waits for the other disk rather than restart from its own
+ * (core.ts, chooseDown) and is not required to run the VM (soak seeds 12,710,479 and 12,812,470: the primary's disk
+ * record lost, nobody ran the VM, an operator's call). A secondary's running VM is no such gamble: it goes on from
+ * the last checkpoint, and made any write of the primary's that could be acknowledged since (its active disk).
+ */
+function lacksAFailedForward(w: World, h: Host): boolean {
+  if (h.qemu?.alive && !h.qemu.incoming) return false;
+  const other = w.hosts[h.peer];
+  for (const x of h.forwardFailed) if (!h.disk.has(x) && other.disk.has(x)) return true;
+  return false;
+}
+
 function holdsNewest(record: { epoch: Epoch; pending: Epoch | undefined }, newest: Epoch): boolean {
   const o = compareEpochs(record.epoch, newest);
   return o === 'same' || o === 'newer' || (record.pending !== undefined && compareEpochs(record.pending, newest) === 'same');
@@ -451,6 +467,7 @@ export class Invariants {
     for (const h of Object.values(w.hosts)) {
       if (!h.up || h.paused || !h.agent || h.record.state !== 'ok') continue;
       if ([...w.acked].some((x) => !h.disk.has(x))) continue;
+      if (lacksAFailedForward(w, h)) continue;
       const peer = w.hosts[h.peer];
       if (w.sched.witness) {
         const newest = w.witness.newest(h.record.epoch.run);
@@ -514,7 +531,7 @@ export class Invariants {
     // Both began an epoch of the same generation where neither heard the other (README: only possible without a witness).
     if (ra.state === 'ok' && rb.state === 'ok' && compareEpochs(ra.epoch, rb.epoch) === 'divergent') return 'without a witness, disks whose epochs diverged leave the VM to an operator';
     const able = hs.some((h) => {
-      if (h.gone || h.record.state !== 'ok' || [...w.acked].some((x) => !h.disk.has(x))) return false;
+      if (h.gone || h.record.state !== 'ok' || [...w.acked].some((x) => !h.disk.has(x)) || lacksAFailedForward(w, h)) return false;
       const newest = w.sched.witness ? w.witness.newest(h.record.epoch.run) : undefined;
       return !newest || holdsNewest(h.record, newest);
     });

@@ -613,6 +613,7 @@ export class Qemus {
     const id = this.w.nextWriteId();
     if (localOk) h.disk.add(id);
     if (replicaOk) sh.disk.add(id);
+    else sh.forwardFailed.add(id);
     // The secondary's VM executed the same request (its active disk), while the stream is healthy.
     if (!replicaDead && this.healthy(s)) sh.ownSinceCheckpoint.add(id);
     this.w.trace(`write ${id} on ${q.node}${localOk ? '' : ' (its own disk failed it)'}${replicaOk ? '' : replicaDead ? '' : ` (${sh.name}'s replica failed it)`}`);

@@ -48,6 +48,8 @@ export interface Host {
   disk: Set<number>;
   /** A secondary: what its VM wrote since the last checkpoint (its active disk). */
   ownSinceCheckpoint: Set<number>;
+  /** Writes forwarded to this node's disk, as a replica, that failed there (its disk error, or its QEMU gone). */
+  forwardFailed: Set<number>;
   /** generation.json: durable. */
   record: { state: 'ok'; epoch: Epoch; pending: Epoch | undefined } | { state: 'missing' } | { state: 'unreadable' };
   tapOn: boolean;
@@ -134,6 +136,7 @@ export class World {
       prepared: null,
       disk: new Set(),
       ownSinceCheckpoint: new Set(),
+      forwardFailed: new Set(),
       record: { state: 'ok', epoch, pending: undefined },
       tapOn: name === 'a',
       qemuEndedAt: -1e9,

@@ -982,7 +982,8 @@ test('a replica whose primary said a forwarded write failed restarts no VM from 
   assert.ok(!b.decisions().includes('restart'), `no restart from our disk (${b.decisions().join(', ')})`);
   assert.match(statusOf(b.s).waiting ?? '', /a write to our disk failed .*not restarting from it/);
   assert.ok(statusOf(b.s).degraded.some((x) => /forwarded to our disk failed/.test(x)));
-  // Our own epoch on our disk: our takeover began and made us the writer (its QEMU ended before it finished).
+  // Our own epoch on our disk: our takeover began (it commits our VM's own writes to our disk) and made us the
+  // writer; the primary's disk is stale at the witness (soak seed 12,705,157).
   const e = protectedSecondary();
   e.peer = { ...e.peer, replicaExact: false };
   e.run(200, { heartbeats: true, answer: grantAll(e) });
@@ -990,7 +991,7 @@ test('a replica whose primary said a forwarded write failed restarts no VM from 
   e.peer = { ...e.peer, role: 'fenced', qemu: 'alive', replicaExact: false, disk: E(1) };
   e.in({ t: 'qemu-lost', processGone: true });
   e.run(3000, { heartbeats: true, answer: grantAll(e) });
-  assert.deepEqual(e.decisions(), ['restart'], 'the writer restarts (soak seed 12,705,157)');
+  assert.deepEqual(e.decisions(), ['restart'], 'the writer restarts');
   // A fenced old primary's word about its last replica is no word about ours after we took over: only a primary's.
   const c = new Node({ name: 'b', peer: 'a' }, { epoch: E(2, 'b') });
   c.peer = { ...c.peer, boot: 'boot-a', role: 'fenced', qemu: 'alive', replicaExact: false, disk: E(1) };

@@ -1497,12 +1497,13 @@ function chooseDown(s: CoreState): Action {
   const ours = s.disk.epoch;
   if (!ours) return wait('our QEMU is gone and our disk\'s epoch is unknown: not restarting from it');
   // A replica that may lack a write its primary acknowledged never starts the VM: only a resync makes it whole; the
-  // primary's disk holds the write. Unless our disk carries an epoch of our own: then our takeover began (after or
-  // before that word) and made us the writer, and the primary's disk is stale (soak seeds 12,704,353, 12,705,157: a
-  // takeover whose QEMU hung and was ended; waiting there, nobody ran the VM. What that takeover's lost buffer held is
-  // in README "What is not there yet").
+  // primary's disk holds the write. Whether the write was acknowledged we cannot know (in soak seed 12,624,199 it was:
+  // our VM had made it itself and answered). Unless our disk carries an epoch of our own: our takeover began, which
+  // commits our VM's own writes (that one included) to our disk, and the primary's disk is stale at the witness
+  // (soak seeds 12,704,353 and 12,705,157: a takeover whose QEMU hung and was ended; waiting, nobody ran the VM).
+  // A takeover whose QEMU ends before that commit is done loses them: README "What is not there yet".
   const short = s.disk.missedWriteAt ?? s.disk.forwardedWriteFailedAt;
-  if (short !== null && ours.by !== s.cfg.name && !planted('restart-from-short-replica')) return wait(`our QEMU is gone and ${s.cfg.peer} said a write to our disk failed ${ms(s.now - short)} ago: not restarting from it; waiting to be resynced`);
+  if (short !== null && (ours.by !== s.cfg.name || planted('short-replica-after-own-takeover')) && !planted('restart-from-short-replica')) return wait(`our QEMU is gone and ${s.cfg.peer} said a write to our disk failed ${ms(s.now - short)} ago: not restarting from it; waiting to be resynced`);
   if (staleDisk(s)) return wait('our QEMU is gone and our disk is stale: waiting to be resynced');
   const peer = peerWord(s);
   // An epoch we asked the witness to record and never heard back about may be the newest it knows: only we can
