@@ -2128,17 +2128,17 @@ export function isProtected(s: CoreState): boolean {
   return peerFresh(s) || probeResult(s, 'qemu', PROTECTED_PROBE_MS)?.alive === true;
 }
 
+/** Our disk is our peer's replica, or was its last one: we are its secondary, or stopped since. */
+function replicaOfPeer(s: CoreState): boolean {
+  return s.role === 'secondary' || s.role === 'down' || (s.role === 'fenced' && s.fence?.from === 'secondary');
+}
+
 /**
  * A secondary's replica is exact only on its primary's current word: a replica write that fails is seen by the
  * primary's QEMU alone (QUORUM_REPORT_BAD), so while the primary's agent is silent nobody knows it (seed 1,019,804
  * of the soak: the primary's agent blocked by a slow disk, its yank failed, and the secondary said PROTECTED
  * for a replica that lacked an acknowledged write).
  */
-/** Our disk is our peer's replica, or was its last one: we are its secondary, or stopped since. */
-function replicaOfPeer(s: CoreState): boolean {
-  return s.role === 'secondary' || s.role === 'down' || (s.role === 'fenced' && s.fence?.from === 'secondary');
-}
-
 function primaryVouchesForReplica(s: CoreState): boolean {
   if (planted('secondary-protected-without-primary-word')) return true;
   const peer = peerWord(s);
@@ -2161,7 +2161,7 @@ export function statusOf(s: CoreState): CoreStatus {
   if (q.coloExitAt !== null && (s.role === 'primary' || s.role === 'secondary')) degraded.push(`COLO ended ${ms(now - q.coloExitAt)} ago`);
   if (q.replicaBadAt !== null && s.role === 'primary') degraded.push(`the secondary's replica missed a write ${ms(now - q.replicaBadAt)} ago: it is no exact copy`);
   if (s.role === 'secondary' && fresh && peer?.replicaExact === false && s.disk.missedWriteAt === null) degraded.push(`${s.cfg.peer} says our replica missed a write: it is no exact copy`);
-  if (s.disk.missedWriteAt === null && s.disk.forwardedWriteFailedAt !== null && s.role !== 'primary' && s.role !== 'alone') degraded.push(`${s.cfg.peer} said a write it forwarded to our disk failed ${ms(now - s.disk.forwardedWriteFailedAt)} ago: our disk starts no VM before a resync`);
+  if (s.disk.missedWriteAt === null && s.disk.forwardedWriteFailedAt !== null && s.role !== 'primary' && s.role !== 'alone' && s.disk.epoch?.by !== s.cfg.name) degraded.push(`${s.cfg.peer} said a write it forwarded to our disk failed ${ms(now - s.disk.forwardedWriteFailedAt)} ago: our disk starts no VM before a resync`);
   if (s.role === 'secondary' && s.disk.missedWriteAt !== null) degraded.push(`${s.cfg.peer} said our replica missed a write ${ms(now - s.disk.missedWriteAt)} ago: it is no exact copy`);
   if (s.role === 'secondary' && fresh && peer && peer.role !== 'primary') degraded.push(`${s.cfg.peer} is ${peer.role}, not our primary`);
   if (!fresh) degraded.push(`no heartbeat from ${s.cfg.peer} for ${lastHeard(s) === null ? 'ever' : ms(now - lastHeard(s)!)}`);
