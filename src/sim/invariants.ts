@@ -370,6 +370,9 @@ export class Invariants {
     // The primary fine: its host, its disk's record and epoch (else it fences rather than carry on), the witness.
     if (!primary.up || primary.paused || primary.record.state !== 'ok' || pc.disk.epoch === undefined) return;
     if (w.sched.witness && (!w.witness.up || !w.net.up(witnessLink(primary.name)))) return;
+    // Without a witness, the secondary's disk epoch known too: else the primary may only fence (soak seed 12,840,927:
+    // b's disk record lost 4 s before the cut).
+    if (!w.sched.witness && (secondary.record.state !== 'ok' || sc.disk.epoch === undefined)) return;
     this.cut = { primary: primary.name, at: w.now, by: w.now + boundMs, from: f.from };
     this.cutsJudged++;
   }
