@@ -40,7 +40,7 @@ const PATH_CLIENT_MS = 3000;
 const STALL_BOUND_MS = 9000;
 const labOf = hostsLabForTests('rc');
 
-test(`pull the replication cable alone, ${ROUNDS.length} times (once one way): with a heartbeat path over it the primary carries on alone within ${PATH_ALONE_MS / 1000} s (without, within ${STALL_BOUND_MS / 1000} s), status says so, protected again after healing`, { skip: !isRoot && 'needs root for network namespaces', timeout: 20 * 60_000 }, async () => {
+test(`pull the replication cable alone, ${ROUNDS.length} times (once one way): with a heartbeat path over it the primary carries on alone within ${PATH_ALONE_MS / 1000} s (without, within ${STALL_BOUND_MS / 1000} s), status says so, protected again after healing`, { skip: !isRoot && 'needs root for network namespaces', timeout: 20 * 60_000 }, async (t) => {
   for (const [k, { overIt, oneWay }] of ROUNDS.entries()) {
     const i = k + 1;
     const hosts = () => labOf().hosts;
@@ -70,7 +70,11 @@ test(`pull the replication cable alone, ${ROUNDS.length} times (once one way): w
           { timeoutMs: 30_000, intervalMs: 100 },
         );
         const tookMs = Date.parse(st.lastFailover!.at) - cutAt;
-        assert.match(st.lastFailover!.reason, oneWay ? /the replication link is cut one way, from us: none of our heartbeats over it acked/ : overIt ? /the replication link is cut: no heartbeat over it/ : /replication stalled/, `round ${i}: the reason says what happened`);
+        // Cut one way, a sees that way alone only while b's heartbeats over the path still come: b's TCP stops sending
+        // new data at its first retransmission timeout (at least 200 ms) with nothing acked, and a fresh-clone run saw
+        // them stop at the cut itself (no heartbeat for 507 ms, acks as old). Either reason says the truth of what a saw.
+        assert.match(st.lastFailover!.reason, oneWay ? /the replication link is cut(?: one way, from us: none of our heartbeats over it acked|: no heartbeat over it)/ : overIt ? /the replication link is cut: no heartbeat over it/ : /replication stalled/, `round ${i}: the reason says what happened`);
+        if (oneWay) t.diagnostic(`round ${i}: ${/one way/.test(st.lastFailover!.reason) ? 'seen one way (b still heard over the path)' : 'seen both ways (b no longer heard over the path either)'}`);
         if (overIt) assert.ok(tookMs <= PATH_ALONE_MS, `round ${i}: a alone ${tookMs} ms after the cut (bound ${PATH_ALONE_MS} ms: the heartbeat timeout, the failover)`);
         assert.deepEqual([st.lastFailover!.from, st.lastFailover!.to], ['b', 'a']);
         assert.equal(st.protected, false, `round ${i}: status no longer says PROTECTED`);
