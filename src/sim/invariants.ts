@@ -160,6 +160,11 @@ export const PROMPT_SLACK_MS = 5 * TICK_MS;
  * its node asked the witness to record (pending) is, which the witness did:
  * that node may write it on its disk and run (core.ts, commit-recorded).
  */
+function holdsNewest(record: { epoch: Epoch; pending: Epoch | undefined }, newest: Epoch): boolean {
+  const o = compareEpochs(record.epoch, newest);
+  return o === 'same' || o === 'newer' || (record.pending !== undefined && compareEpochs(record.pending, newest) === 'same');
+}
+
 /**
  * The node's QEMU is gone and its disk lacks a write its primary forwarded to it, which failed there and which the
  * other disk holds: such a disk holds every acknowledged write only by luck. Its agent, told by the primary that a
@@ -176,13 +181,13 @@ function lacksAFailedForward(w: World, h: Host): boolean {
   return false;
 }
 
-function holdsNewest(record: { epoch: Epoch; pending: Epoch | undefined }, newest: Epoch): boolean {
-  const o = compareEpochs(record.epoch, newest);
-  return o === 'same' || o === 'newer' || (record.pending !== undefined && compareEpochs(record.pending, newest) === 'same');
-}
-
 /** Faults after which the witness starts again, and grants nothing for its grace period (node/witness.ts). */
 const WITNESS_STARTS: ReadonlySet<Fault['kind']> = new Set(['witness-down', 'witness-restart', 'witness-amnesia']);
+
+/** Until when a fault lasts, for the judgment of a fault alone (a witness started again grants nothing for its grace). */
+function lastsUntil(g: Fault): number {
+  return g.at + faultMs(g) + ('delayMs' in g ? g.delayMs : 0) + (WITNESS_STARTS.has(g.kind) ? DEFAULT_GRACE_MS : 0);
+}
 
 /**
  * Another fault lasts into the window of fault `f` (`boundMs` long): `f` is not alone (soak seed 10,006,251: disk
@@ -192,11 +197,6 @@ const WITNESS_STARTS: ReadonlySet<Fault['kind']> = new Set(['witness-down', 'wit
  * then). A witness started again grants nothing for its grace period (soak seed 12,601,316: restarted 0.8 s before
  * b's agent was killed, it let a's lease run out, and with nobody to vouch for it a fenced).
  */
-/** Until when a fault lasts, for the judgment of a fault alone (a witness started again grants nothing for its grace). */
-function lastsUntil(g: Fault): number {
-  return g.at + faultMs(g) + ('delayMs' in g ? g.delayMs : 0) + (WITNESS_STARTS.has(g.kind) ? DEFAULT_GRACE_MS : 0);
-}
-
 function othersInWindow(faults: readonly Fault[], f: Fault, boundMs: number): boolean {
   return faults.some((g) => g !== f && g.at <= f.at + boundMs && lastsUntil(g) >= f.at);
 }
