@@ -1502,8 +1502,8 @@ function chooseDown(s: CoreState): Action {
   // commits our VM's own writes (that one included) to our disk, and the primary's disk is stale at the witness
   // (soak seeds 12,704,353 and 12,705,157: a takeover whose QEMU hung and was ended; waiting, nobody ran the VM).
   // A takeover whose QEMU ends before that commit is done loses them: README "What is not there yet".
-  const short = s.disk.missedWriteAt ?? s.disk.forwardedWriteFailedAt;
-  if (short !== null && (ours.by !== s.cfg.name || planted('short-replica-after-own-takeover')) && !planted('restart-from-short-replica')) return wait(`our QEMU is gone and ${s.cfg.peer} said a write to our disk failed ${ms(s.now - short)} ago: not restarting from it; waiting to be resynced`);
+  const short = shortReplicaSince(s);
+  if (short !== null && !planted('restart-from-short-replica')) return wait(`our QEMU is gone and ${s.cfg.peer} said a write to our disk failed ${ms(s.now - short)} ago: not restarting from it; waiting to be resynced`);
   if (staleDisk(s)) return wait('our QEMU is gone and our disk is stale: waiting to be resynced');
   const peer = peerWord(s);
   // An epoch we asked the witness to record and never heard back about may be the newest it knows: only we can
@@ -2128,6 +2128,15 @@ export function isProtected(s: CoreState): boolean {
   return peerFresh(s) || probeResult(s, 'qemu', PROTECTED_PROBE_MS)?.alive === true;
 }
 
+/**
+ * Since when our primary's word says our disk may lack a write it acknowledged (a checkpoint made it short, or a
+ * write it forwarded failed), where that bars a restart from it: not under an epoch of our own (chooseDown).
+ */
+function shortReplicaSince(s: CoreState): number | null {
+  const short = s.disk.missedWriteAt ?? s.disk.forwardedWriteFailedAt;
+  return short !== null && (s.disk.epoch?.by !== s.cfg.name || planted('short-replica-after-own-takeover')) ? short : null;
+}
+
 /** Our disk is our peer's replica, or was its last one: we are its secondary, or stopped since. */
 function replicaOfPeer(s: CoreState): boolean {
   return s.role === 'secondary' || s.role === 'down' || (s.role === 'fenced' && s.fence?.from === 'secondary');
@@ -2161,7 +2170,8 @@ export function statusOf(s: CoreState): CoreStatus {
   if (q.coloExitAt !== null && (s.role === 'primary' || s.role === 'secondary')) degraded.push(`COLO ended ${ms(now - q.coloExitAt)} ago`);
   if (q.replicaBadAt !== null && s.role === 'primary') degraded.push(`the secondary's replica missed a write ${ms(now - q.replicaBadAt)} ago: it is no exact copy`);
   if (s.role === 'secondary' && fresh && peer?.replicaExact === false && s.disk.missedWriteAt === null) degraded.push(`${s.cfg.peer} says our replica missed a write: it is no exact copy`);
-  if (s.disk.missedWriteAt === null && s.disk.forwardedWriteFailedAt !== null && s.role !== 'primary' && s.role !== 'alone' && s.disk.epoch?.by !== s.cfg.name) degraded.push(`${s.cfg.peer} said a write it forwarded to our disk failed ${ms(now - s.disk.forwardedWriteFailedAt)} ago: our disk starts no VM before a resync`);
+  const forwardFailedAt = s.disk.missedWriteAt === null && s.role !== 'primary' && s.role !== 'alone' ? shortReplicaSince(s) : null;
+  if (forwardFailedAt !== null) degraded.push(`${s.cfg.peer} said a write it forwarded to our disk failed ${ms(now - forwardFailedAt)} ago: our disk starts no VM before a resync`);
   if (s.role === 'secondary' && s.disk.missedWriteAt !== null) degraded.push(`${s.cfg.peer} said our replica missed a write ${ms(now - s.disk.missedWriteAt)} ago: it is no exact copy`);
   if (s.role === 'secondary' && fresh && peer && peer.role !== 'primary') degraded.push(`${s.cfg.peer} is ${peer.role}, not our primary`);
   if (!fresh) degraded.push(`no heartbeat from ${s.cfg.peer} for ${lastHeard(s) === null ? 'ever' : ms(now - lastHeard(s)!)}`);
