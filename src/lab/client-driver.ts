@@ -13,6 +13,8 @@ export interface Tick {
   lastAnswerSentAt: number | null;
   /** Echo and HTTP errors so far. */
   errors: number;
+  /** The echo's newest error, else the counter's, as the client saw it (e.g. `connect: connect ECONNREFUSED 10.0.2.15:7`). */
+  lastError?: string;
 }
 export interface ClientSummary {
   type: 'summary';
@@ -31,10 +33,24 @@ export interface ClientSummary {
   };
 }
 
+/** Clients started and not yet ended: a test that fails between start and finish must not leave one running. */
+const running = new Set<NetnsClient>();
+
+/**
+ * A lab client. Every client is ended by finish(), by a failed until() or
+ * finish(), or by NetnsClient.endAll() (a test's after hook): a client left
+ * running keeps the test's process alive, and the test runner waits for it
+ * without bound (a CI run hung so after a failed until()).
+ */
 export class NetnsClient {
   private last: Tick = { type: 'tick', echoOk: 0, httpOk: 0, lastCount: null, lastAnswerSentAt: null, errors: 0 };
   private readonly summary: Promise<ClientSummary>;
+  private stderrTail = '';
   private constructor(private readonly child: ChildProcessWithoutNullStreams) {
+    running.add(this);
+    child.once('close', () => running.delete(this));
+    child.stderr.setEncoding('utf8');
+    child.stderr.on('data', (d: string) => (this.stderrTail = (this.stderrTail + d).slice(-2000)));
     let resolve!: (s: ClientSummary) => void;
     let reject!: (e: Error) => void;
     this.summary = new Promise((res, rej) => ((resolve = res), (reject = rej)));
@@ -63,18 +79,49 @@ export class NetnsClient {
     return this.last;
   }
 
+  /** Waits for `pred` on the newest report; on timeout the client is ended and the error says its last report. */
   async until(pred: (t: Tick) => boolean, timeoutMs: number, what: string): Promise<Tick> {
     const deadline = Date.now() + timeoutMs;
     while (!pred(this.last)) {
-      if (Date.now() > deadline) throw new Error(`client: ${what} not reached in ${timeoutMs} ms (last ${JSON.stringify(this.last)})`);
+      if (Date.now() > deadline) {
+        this.end();
+        throw new Error(`client: ${what} not reached in ${timeoutMs} ms (last ${JSON.stringify(this.last)})${this.stderrTail ? `; its stderr: ${this.stderrTail.trim()}` : ''}`);
+      }
       await new Promise((r) => setTimeout(r, 100));
     }
     return this.last;
   }
 
-  async finish(): Promise<ClientSummary> {
+  /**
+   * Asks the client to stop and returns its summary. It stops once its
+   * requests in flight end (each bounded by its own timeout); past `timeoutMs`
+   * it is ended and this fails.
+   */
+  async finish(timeoutMs = 60_000): Promise<ClientSummary> {
     this.child.stdin.end();
-    return this.summary;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, rej) => {
+      timer = setTimeout(() => {
+        this.end();
+        rej(new Error(`the lab client sent no summary within ${timeoutMs} ms of being asked to stop; ended it`));
+      }, timeoutMs);
+    });
+    try {
+      return await Promise.race([this.summary, late]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Ends the client at once (its summary is lost). */
+  end(): void {
+    this.summary.catch(() => undefined); // nobody may wait for it any more
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGKILL');
+  }
+
+  /** Ends every client still running; for a test's after hook. */
+  static endAll(): void {
+    for (const c of running) c.end();
   }
 }
 

@@ -89,7 +89,7 @@ async function httpLoop(): Promise<void> {
 }
 
 const tick = setInterval(() => {
-  process.stdout.write(JSON.stringify({ type: 'tick', echoOk: echo.ok, httpOk: http.ok, lastCount: http.counts.at(-1) ?? null, lastAnswerSentAt: http.answers.at(-1)?.[0] ?? null, errors: echo.errors.length + http.errors.length }) + '\n');
+  process.stdout.write(JSON.stringify({ type: 'tick', echoOk: echo.ok, httpOk: http.ok, lastCount: http.counts.at(-1) ?? null, lastAnswerSentAt: http.answers.at(-1)?.[0] ?? null, errors: echo.errors.length + http.errors.length, lastError: echo.errors.at(-1) ?? http.errors.at(-1) }) + '\n');
 }, 1000);
 
 /** A load client: `path` every `everyMs`, its answers and errors not recorded (a request may wait out a fault). */

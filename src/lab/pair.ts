@@ -184,11 +184,14 @@ export class OneHostPair {
     return out;
   }
 
-  /** Ends both QEMUs (by PID) and removes the RAM-disk buffers. Keeps the directory's logs unless `removeDir`. */
+  /** Ends both QEMUs (by PID) and removes the RAM-disk buffers and their directory. Keeps the directory's logs unless `removeDir`. */
   async stop(opts: { removeDir?: boolean } = {}): Promise<void> {
     for (const n of [this.primary, this.secondary]) n.qmp.destroy();
     await Promise.all([this.primary.proc.stop(2000), this.secondary.proc.stop(2000)]);
     removeBuffers([this.buffers.active, this.buffers.hidden]);
+    // Their directory too, unlike a real secondary's (buffers.ts): the lab's name for it is new with every pair, and
+    // each one left behind stayed in the RAM disk.
+    fs.rmSync(path.dirname(this.buffers.active), { recursive: true, force: true });
     if (opts.removeDir) fs.rmSync(this.dir, { recursive: true, force: true });
   }
 }

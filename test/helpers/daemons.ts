@@ -1,20 +1,20 @@
 /**
  * A VM on the daemons of two lab hosts (src/lab/daemon-vm.ts) for one test:
  * the lab QEMU and guest built first, everything ended after the test, the
- * logs kept.
+ * logs kept if it failed.
  */
 import type { TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { counterGaps, roundInterruption, type ClientSummary } from '../../src/lab/client-driver.js';
 import { DaemonVmLab } from '../../src/lab/daemon-vm.js';
-import { runtime, keepLogsOnly } from './lab.js';
+import { runtime, endLabDir, testPassed } from './lab.js';
 
 export async function daemonLab(t: TestContext, prefix: string, o: { reprotect?: boolean } = {}): Promise<DaemonVmLab> {
   await runtime(); // the lab QEMU and the demo guest, built before the test's own clock matters
   const d = await DaemonVmLab.create(prefix, o);
   t.after(async () => {
     await d.end();
-    keepLogsOnly(d.root);
+    endLabDir(d.root, !testPassed(t));
   });
   return d;
 }

@@ -44,6 +44,7 @@ before(async () => {
 
 after(async () => {
   if (!isRoot) return;
+  NetnsClient.endAll();
   await lockstep(['down', '-c', cfg]);
   await ns?.remove();
   fs.rmSync(dir, { recursive: true, force: true });

@@ -21,7 +21,7 @@ import { packageRoot } from '../../src/util/paths.js';
 import { DaemonVmLab } from '../../src/lab/daemon-vm.js';
 import { roundInterruption, type ClientSummary } from '../../src/lab/client-driver.js';
 import { findOwnQemu } from '../../src/qemu/builds.js';
-import { runtime, keepLogsOnly } from '../helpers/lab.js';
+import { runtime, endLabDir, testPassed } from '../helpers/lab.js';
 
 const isRoot = process.getuid?.() === 0;
 
@@ -47,7 +47,7 @@ test('lockstep demo on the daemons of the lab hosts, then the lab verbs, then la
   t.after(async () => {
     // Whatever the test left (a failed assertion before lab down).
     await (await DaemonVmLab.open(dir).catch(() => undefined))?.end();
-    keepLogsOnly(dir);
+    endLabDir(dir, !testPassed(t));
     fs.rmSync(cache, { recursive: true, force: true });
   });
   const demo = await cli(['demo', '--dir', dir, '--seconds', '2', '--after', '2'], 400_000);

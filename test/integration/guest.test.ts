@@ -23,7 +23,7 @@ after(async () => {
 });
 
 test('boots to its services and says so on the serial console', () => {
-  assert.match(readSerial(vm.serialLog), /LOCKSTEP-GUEST-READY ip=10\.0\.2\.15\/24 disk=vda/);
+  assert.match(readSerial(vm.serialLog), /LOCKSTEP-GUEST-READY ip=10\.0\.2\.15\/24 disk=vda services=listening/);
   process.stderr.write(`# plain VM boot to ready: ${vm.bootMs} ms\n`);
 });
 
