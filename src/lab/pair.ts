@@ -145,7 +145,15 @@ export class OneHostPair {
     );
     const config = loadConfig(file);
     o.log?.(`starting a protected pair in ${dir}`);
-    const r = await up(config, { keepQmp: true, onStep: o.log });
+    let r: Awaited<ReturnType<typeof up>>;
+    try {
+      r = await up(config, { keepQmp: true, onStep: o.log });
+    } catch (err) {
+      // up ended what it started and its error says what failed; a directory of our own making goes too (tests that
+      // expect the refusal, or the stock QEMU's deadlock, left one behind each run).
+      if (o.dir === undefined) fs.rmSync(dir, { recursive: true, force: true });
+      throw err;
+    }
     const live = r.live!;
     const node = (role: 'primary' | 'secondary'): PairNode => {
       const st = r.state.nodes.find((n) => n.role === role)!;

@@ -22,7 +22,7 @@ import { queryColoStatus } from '../colo/startup.js';
 import { RESYNC_JOB, canPauseIntoColo } from '../colo/resume.js';
 import { ColoStepError, hasBlockNode, hasObject, runSteps } from '../colo/steps.js';
 import { readState, recordFailover, recordOwnQemu, type NodeState, type PairState } from '../pair/state.js';
-import { readDiskRecord, writeDiskRecord } from '../pair/generation.js';
+import { readDiskRecord, readReplicaNote, replicaNoteFile, writeDiskRecord, writeReplicaNote } from '../pair/generation.js';
 import { dropSecondary, type PreparedSecondary } from '../pair/resync.js';
 import { procedurePlan, type ProcedureHost, type ProcedurePlan } from './procedures.js';
 import { imageInfo } from '../qemu/images.js';
@@ -121,9 +121,13 @@ export class Agent {
     const rec = readDiskRecord(this.dataDir);
     if (rec.state !== 'ok') this.log.error({ file: path.join(this.dataDir, 'generation.json'), ...(rec.state === 'unreadable' ? { error: rec.error } : {}) }, `our disk's record is ${rec.state}: its epoch is unknown`);
     const size = await imageInfo(this.me.disk).then((i) => i['virtual-size'], () => 0);
+    const note = readReplicaNote(this.dataDir);
+    if (note.error) this.log.error({ file: replicaNoteFile(this.dataDir), error: note.error }, 'the note of what our disk lacks cannot be read: taken to say it lacks a write (it restarts no VM and takes over nothing before a resync)');
+    else if (note.note && (note.note.missedWrite || note.note.forwardedWriteFailed)) this.log.warn({ note: note.note }, `our disk lacks a write, said our primary (${note.note.why}, ${note.note.at}): until a resync`);
     const core = initCore(coreConfig(this.c, this.name, this.peer.name, size), performance.now(), crypto.randomUUID(), {
       epoch: rec.state === 'ok' ? rec.record.epoch : undefined,
       pending: rec.state === 'ok' ? rec.record.pending : undefined,
+      ...(note.note ? { note: { missedWrite: note.note.missedWrite, forwardedWriteFailed: note.note.forwardedWriteFailed } } : {}),
     });
     if (this.a.witness) {
       const [host, port] = this.a.witness.split(':');
@@ -200,6 +204,13 @@ export class Agent {
         }
       },
       persistDisk: (id, epoch, pending, why) => this.persistDisk(id, epoch, pending, why),
+      noteReplica: (note, why) => {
+        try {
+          writeReplicaNote(this.dataDir, { ...note, why });
+        } catch (err) {
+          this.log.error({ file: replicaNoteFile(this.dataDir), error: errorMessage(err) }, 'could not write the note of what our disk lacks: an agent started again would not know it');
+        }
+      },
       probePeer: (id, what) => void this.probePeer(what).then((alive) => this.input({ t: 'probe-result', id, alive })),
       record: (event, detail) => this.record(event, detail),
       decision: (action, why) => this.log.warn({ action, why }, `decision: ${action}`),

@@ -14,7 +14,7 @@
 import type { Arbiter } from './arbiter.js';
 import type { PeerChannel } from './peer-channel.js';
 import { step, InvariantError } from './core/core.js';
-import type { CoreState, Effect, Input, InputBody, Procedure, ProbeWhat } from './core/types.js';
+import type { CoreState, Effect, Input, InputBody, Procedure, ProbeWhat, ReplicaNote } from './core/types.js';
 import type { Epoch } from '../pair/epoch.js';
 
 /** The core is stepped this often (heartbeats, timeouts and the watchdog are counted in its ticks). */
@@ -42,6 +42,8 @@ export interface AgentIo {
   killQemu(why: string): void;
   /** Writes our disk's record durably; reports disk-persisted. */
   persistDisk(id: string, epoch: Epoch | undefined, pending: Epoch | undefined, why: string): void;
+  /** Writes the note of what our disk lacks (ReplicaNote) durably; reports nothing (a failure is logged). */
+  noteReplica(note: ReplicaNote, why: string): void;
   /** Does the peer's QEMU (its NBD port), or its host, answer? Reports probe-result within PROBE_TIMEOUT_MS. */
   probePeer(id: string, what: ProbeWhat): void;
   /** For the pair's record (state file) and the event journal. */
@@ -122,6 +124,8 @@ export class AgentDriver {
         return io.killQemu(e.why);
       case 'persist-disk':
         return io.persistDisk(e.id, e.epoch, e.pending, e.why);
+      case 'note-replica':
+        return io.noteReplica(e.note, e.why);
       case 'probe-peer':
         return io.probePeer(e.id, e.what);
       case 'record':

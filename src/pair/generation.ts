@@ -69,9 +69,64 @@ export function writeDiskRecord(dataDir: string, rec: DiskRecord): void {
   writeFileAtomic(generationFile(dataDir), JSON.stringify(rec) + '\n', { durable: true });
 }
 
-/** Commits `epoch` as the disk's epoch (and clears any pending one). */
+/**
+ * Commits `epoch` as the disk's epoch (and clears any pending one). Written by
+ * `up`, a resync and a failover by hand, each of which makes the disk whole
+ * or the writer's: any note of what it lacked goes too.
+ */
 export function writeEpoch(dataDir: string, e: Epoch, why: string): DiskRecord {
   const rec: DiskRecord = { epoch: e, at: new Date().toISOString(), why };
   writeDiskRecord(dataDir, rec);
+  if (fs.existsSync(replicaNoteFile(dataDir))) writeReplicaNote(dataDir, { missedWrite: false, forwardedWriteFailed: false, why });
   return rec;
+}
+
+/**
+ * What a replica's primary said its disk lacks (a missed write, a failed
+ * forwarded write), beside the record: `<dataDir>/replica-note.json`, written
+ * durably by the agent whenever it changes, so that an agent started again
+ * still knows. A file of its own, so that it never races the record's epoch.
+ */
+export interface ReplicaNoteRecord {
+  missedWrite: boolean;
+  forwardedWriteFailed: boolean;
+  at: string;
+  why: string;
+}
+
+const noteSchema = z.object({ missedWrite: z.boolean(), forwardedWriteFailed: z.boolean(), at: z.string(), why: z.string() });
+
+export function replicaNoteFile(dataDir: string): string {
+  return path.join(dataDir, 'replica-note.json');
+}
+
+/**
+ * The note, if there is one. A note that cannot be read says the disk lacks
+ * both (the safe side: a disk that may lack an acknowledged write restarts no
+ * VM and takes over nothing before a resync); its error is given.
+ */
+export function readReplicaNote(dataDir: string): { note: ReplicaNoteRecord | undefined; error?: string } {
+  let text: string;
+  try {
+    text = fs.readFileSync(replicaNoteFile(dataDir), 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { note: undefined };
+    return unreadableNote((err as Error).message);
+  }
+  try {
+    const r = noteSchema.safeParse(JSON.parse(text));
+    return r.success ? { note: r.data } : unreadableNote(r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
+  } catch (err) {
+    return unreadableNote(`not JSON: ${(err as Error).message}`);
+  }
+}
+
+function unreadableNote(error: string): { note: ReplicaNoteRecord; error: string } {
+  return { note: { missedWrite: true, forwardedWriteFailed: true, at: new Date().toISOString(), why: `the note could not be read: ${error}` }, error };
+}
+
+/** Writes the note durably (one that says the disk lacks nothing too: a removal could come back after a power loss). */
+export function writeReplicaNote(dataDir: string, note: Omit<ReplicaNoteRecord, 'at'>): void {
+  fs.mkdirSync(dataDir, { recursive: true });
+  writeFileAtomic(replicaNoteFile(dataDir), JSON.stringify({ ...note, at: new Date().toISOString() }) + '\n', { durable: true });
 }

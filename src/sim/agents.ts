@@ -41,7 +41,9 @@ export class Agents {
     const boot = w.rng.agent.hex(16);
     // What generation.json says; a missing or unreadable record is an unknown epoch (agent.ts, readDiskRecord).
     const rec = h.record;
-    const disk = rec.state === 'ok' ? { epoch: rec.epoch, pending: rec.pending } : { epoch: undefined, pending: undefined };
+    // And replica-note.json, if one was written (agent.ts, readReplicaNote).
+    const note = h.replicaNote ? { note: h.replicaNote } : {};
+    const disk = rec.state === 'ok' ? { epoch: rec.epoch, pending: rec.pending, ...note } : { epoch: undefined, pending: undefined, ...note };
     const core = initCore(w.setup.core[name], this.local(h), boot, disk);
     const ag: SimAgent = { boot, blockedUntil: 0, driver: undefined as unknown as AgentDriver, attached: null, arbiter: undefined as unknown as Arbiter };
     ag.arbiter = w.witness.arbiter(h, ag);
@@ -148,6 +150,19 @@ export class Agents {
           w.trace(`${h.name}: record ${epoch.gen}/${epoch.by}${pending ? ` (pending ${pending.gen}/${pending.by})` : ''}: ${why}`);
           this.input(h.name, { t: 'disk-persisted', id, ok: true });
         });
+      },
+      noteReplica: (note, why) => {
+        // Written synchronously too, and nothing reported. A fixed time (no draw: the schedules' random streams stay
+        // as they were), the slow disk's included; a power loss in between loses it.
+        const ms = 4 + (h.slowDisk !== null && w.now < h.slowDisk.until ? h.slowDisk.delayMs * 0.75 : 0);
+        ag.blockedUntil = Math.max(ag.blockedUntil, w.now + ms);
+        const write = () => {
+          if (!h.up || !mine()) return;
+          if (h.paused) return void h.onResume.push(write);
+          h.replicaNote = { ...note };
+          w.trace(`${h.name}: replica note ${JSON.stringify(note)}: ${why}`);
+        };
+        w.after(ms, write);
       },
       probePeer: (id, what) => {
         const peer = w.hosts[h.peer];

@@ -73,6 +73,7 @@ export const MUTANT_CHECKS: Record<MutantName, MutantCheck> = {
   'takeover-with-short-replica': { caughtBy: ['acked-write-kept'], focus: { witness: true, stepFailP: 0.08, replicaErrors: 'reported', weights: { 'disk-errors': 8, 'witness-down': 8, 'witness-lossy': 4 } } },
   // With P5 too: a write the replica failed before any checkpoint, the primary fenced with the witness down.
   'restart-from-short-replica': { caughtBy: ['acked-write-kept'], focus: { witness: true, stepFailP: 0.08, weights: { 'disk-errors': 12, 'witness-down': 12, 'freeze-qemu': 6, 'kill-qemu': 6 } } },
+  'replica-note-forgotten': { caughtBy: ['acked-write-kept'], focus: { witness: true, stepFailP: 0.08, weights: { 'disk-errors': 12, 'witness-down': 12, 'kill-agent': 10, 'freeze-qemu': 4, 'kill-qemu': 6 } } },
   'short-replica-after-own-takeover': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: true, stepFailP: 0.03, weights: { 'disk-errors': 10, 'qmp-late': 8, 'witness-down': 4, 'record-lost': 4 } } },
   'resume-checkpoint-not-short': { caughtBy: ['acked-write-kept'], focus: { witness: true, stepFailP: 0.08, replicaErrors: 'reported', weights: { 'disk-errors': 10, 'kill-qemu': 6, 'witness-down': 6 } } },
   'short-replica-on-first-word': { caughtBy: ['liveness-during-faults', 'liveness-after-faults'], focus: { witness: true, stepFailP: 0.08, replicaErrors: 'reported', weights: { 'disk-errors': 8, 'record-lost': 6, 'host-pause': 4, 'kill-qemu': 2 } } },

@@ -28,6 +28,7 @@ import { Invariants, PROTECT_BOUND_MS, STABLE_MS, EVENTS_PER_INSTANT_MAX, type V
 import { statusOf } from '../node/core/core.js';
 import { TICK_MS } from '../node/driver.js';
 import type { Epoch } from '../pair/epoch.js';
+import type { ReplicaNote } from '../node/core/types.js';
 import { STORED_LEASE_MS, type NodeName, type Schedule } from './schedule-types.js';
 
 export interface Host {
@@ -52,6 +53,8 @@ export interface Host {
   forwardFailed: Set<number>;
   /** generation.json: durable. */
   record: { state: 'ok'; epoch: Epoch; pending: Epoch | undefined } | { state: 'missing' } | { state: 'unreadable' };
+  /** replica-note.json (what its primary said its disk lacks): durable, read by its agent at start. */
+  replicaNote: ReplicaNote | undefined;
   tapOn: boolean;
   /** When its QEMU last ended (its agent hears of it a moment later). */
   qemuEndedAt: number;
@@ -138,6 +141,7 @@ export class World {
       ownSinceCheckpoint: new Set(),
       forwardFailed: new Set(),
       record: { state: 'ok', epoch, pending: undefined },
+      replicaNote: undefined,
       tapOn: name === 'a',
       qemuEndedAt: -1e9,
       diskErrors: null,

@@ -13,6 +13,7 @@ import path from 'node:path';
 import { createLabHosts } from '../../src/lab/hosts.js';
 import { LabDaemons } from '../../src/lab/daemons.js';
 import { hostInfoSchema } from '../../src/daemon/api-types.js';
+import { endLabDir, testPassed } from '../helpers/lab.js';
 
 const isRoot = process.getuid?.() === 0;
 
@@ -24,6 +25,7 @@ test('lab hosts with their own files and daemons: separation, the API from the m
   t.after(async () => {
     await lab?.remove();
     await hosts.remove();
+    endLabDir(root, !testPassed(t));
   });
   lab = await LabDaemons.create(root, hosts, { tag: path.basename(root) });
 

@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { initCore, step, statusOf, isProtected, probeSilenceMs, InvariantError, WATCHDOG_INTERVAL_MS, CLOCK_DRIFT_MAX } from '../../src/node/core/core.js';
-import { PROBE_TIMEOUT_MS, type CoreConfig, type CoreState, type Effect, type InputBody, type QemuFound } from '../../src/node/core/types.js';
+import { PROBE_TIMEOUT_MS, type CoreConfig, type CoreState, type Effect, type InputBody, type QemuFound, type ReplicaNote } from '../../src/node/core/types.js';
 import { peerMessageSchema, type Heartbeat, type LeaseReply } from '../../src/node/wire.js';
 import { Rng } from '../../src/sim/rng.js';
 import type { Epoch } from '../../src/pair/epoch.js';
@@ -45,8 +45,8 @@ class Node {
   /** The peer's heartbeat as we make it say things. */
   peer: Omit<Heartbeat, 't' | 'seq'> = { boot: 'boot-b', role: 'secondary', qemu: 'alive', colo: 'ok', hearsPeer: true, disk: E(1), checkpointAgeMs: 100, busy: null };
 
-  constructor(o: Partial<CoreConfig> = {}, disk: { epoch?: Epoch; pending?: Epoch } = { epoch: E(1) }) {
-    this.s = initCore(config(o), 0, 'boot-a-000000000', { epoch: disk.epoch, pending: disk.pending });
+  constructor(o: Partial<CoreConfig> = {}, disk: { epoch?: Epoch; pending?: Epoch; note?: ReplicaNote } = { epoch: E(1) }) {
+    this.s = initCore(config(o), 0, 'boot-a-000000000', { epoch: disk.epoch, pending: disk.pending, ...(disk.note ? { note: disk.note } : {}) });
   }
 
   in(i: InputBody): Effect[] {
@@ -1007,6 +1007,47 @@ test('a replica whose primary said a forwarded write failed restarts no VM from 
   d.peer = { ...d.peer, role: 'fenced', qemu: 'alive', replicaExact: false };
   d.run(300, { heartbeats: true, answer: grantAll(d) });
   assert.ok(d.decisions().includes('takeover'), `our running VM takes over (${d.decisions().join(', ')})`);
+});
+
+test('what a replica\'s primary said its disk lacks is written beside its record, and an agent started again keeps it until a resync', () => {
+  const notes = (n: Node) => n.fx.flatMap((e) => (e.t === 'note-replica' ? [e.note] : []));
+  // A failed forwarded write: noted at once.
+  const b = protectedSecondary();
+  b.peer = { ...b.peer, replicaExact: false };
+  b.run(200, { heartbeats: true, answer: grantAll(b) });
+  assert.deepEqual(notes(b), [{ missedWrite: false, forwardedWriteFailed: true }]);
+  // Its agent starts again with the note and finds its QEMU gone; the primary fenced without a new epoch: no restart.
+  const again = new Node({ name: 'b', peer: 'a' }, { epoch: E(1), note: notes(b).at(-1)! });
+  assert.notEqual(again.s.disk.forwardedWriteFailedAt, null, 'remembered');
+  again.peer = { ...again.peer, boot: 'boot-a', role: 'fenced', qemu: 'alive', replicaExact: false, disk: E(1) };
+  again.found({ running: false });
+  again.run(30_000, { heartbeats: true, answer: grantAll(again) });
+  assert.ok(!again.decisions().includes('restart'), `no restart from our disk after our restart (${again.decisions().join(', ')})`);
+  assert.match(statusOf(again.s).waiting ?? '', /not restarting from it/);
+
+  // A missed write (a checkpoint since): noted too, and a restarted agent's running secondary never takes over.
+  const c = protectedSecondary();
+  c.peer = { ...c.peer, replicaExact: false, replicaShort: true };
+  c.run(200, { heartbeats: true, answer: grantAll(c) });
+  assert.deepEqual(notes(c).at(-1), { missedWrite: true, forwardedWriteFailed: true });
+  const c2 = new Node({ name: 'b', peer: 'a' }, { epoch: E(1), note: notes(c).at(-1)! });
+  c2.peer = { ...c2.peer, boot: 'boot-a', role: 'primary', replicaExact: true, replicaShort: false };
+  c2.found({ colo: 'secondary' });
+  c2.run(500, { heartbeats: true, answer: grantAll(c2) });
+  c2.peer = { ...c2.peer, role: 'fenced' };
+  c2.run(3000, { heartbeats: true, answer: grantAll(c2) });
+  assert.ok(!c2.decisions().includes('takeover'), `no takeover with a short replica after our restart (${c2.decisions().join(', ')})`);
+
+  // A takeover that finished clears the failed write: our disk has our VM's writes.
+  const d = protectedSecondary();
+  d.peer = { ...d.peer, replicaExact: false };
+  d.run(200, { heartbeats: true, answer: grantAll(d) });
+  d.peer = { ...d.peer, role: 'fenced', qemu: 'alive', replicaExact: false };
+  d.run(300, { heartbeats: true, answer: grantAll(d) });
+  const run = d.runs().at(-1)!;
+  assert.equal(run.procedure.kind, 'takeover');
+  d.in({ t: 'proc-done', id: run.id });
+  assert.deepEqual(notes(d).at(-1), { missedWrite: false, forwardedWriteFailed: false });
 });
 
 test('the agent sends its disk epoch with its queries to the witness (a witness with no record of the run learns which disk it holds)', () => {

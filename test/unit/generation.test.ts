@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { generationFile, readDiskRecord, readEpoch, writeDiskRecord, writeEpoch } from '../../src/pair/generation.js';
+import { generationFile, readDiskRecord, readEpoch, readReplicaNote, replicaNoteFile, writeDiskRecord, writeEpoch, writeReplicaNote } from '../../src/pair/generation.js';
 import { compareEpochs, epochEquals, formatEpoch, mayResyncTowards, nextEpoch, type Epoch } from '../../src/pair/epoch.js';
 import { counterProblems } from '../../src/lab/client-driver.js';
 
@@ -44,6 +44,30 @@ test('disk records: written durably and read back; writeEpoch clears a pending e
     // The directory is created when needed.
     writeEpoch(path.join(dir, 'sub', 'node'), e, 'up');
     assert.deepEqual(readEpoch(path.join(dir, 'sub', 'node')), e);
+  });
+});
+
+test('replica notes: none until written; written durably and read back; a damaged one says the disk lacks both; a new epoch written by up, a resync or a failover by hand clears it', () => {
+  withDir((dir) => {
+    assert.deepEqual(readReplicaNote(dir), { note: undefined });
+    writeReplicaNote(dir, { missedWrite: false, forwardedWriteFailed: true, why: 'a said a write it forwarded to our disk failed' });
+    const n = readReplicaNote(dir);
+    assert.equal(n.error, undefined);
+    assert.deepEqual(n.note && [n.note.missedWrite, n.note.forwardedWriteFailed, n.note.why], [false, true, 'a said a write it forwarded to our disk failed']);
+    for (const text of ['', 'not json', '{"missedWrite": "no", "forwardedWriteFailed": false, "at": "", "why": ""}']) {
+      fs.writeFileSync(replicaNoteFile(dir), text);
+      const r = readReplicaNote(dir);
+      assert.ok(r.error && r.error.length > 0, text);
+      assert.deepEqual(r.note && [r.note.missedWrite, r.note.forwardedWriteFailed], [true, true], `${text}: taken to lack both`);
+    }
+    writeEpoch(dir, { run: 'r1', gen: 5, by: 'up' }, 'resync from a');
+    const cleared = readReplicaNote(dir);
+    assert.deepEqual(cleared.note && [cleared.note.missedWrite, cleared.note.forwardedWriteFailed], [false, false]);
+    assert.deepEqual(fs.readdirSync(dir).sort(), ['generation.json', 'replica-note.json'], 'no temporary files left');
+  });
+  withDir((dir) => {
+    writeEpoch(dir, { run: 'r1', gen: 1, by: 'up' }, 'up');
+    assert.deepEqual(fs.readdirSync(dir), ['generation.json'], 'no note written where there was none');
   });
 });
 

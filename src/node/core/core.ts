@@ -40,7 +40,7 @@ import type { Epoch } from '../../pair/epoch.js';
 import { compareEpochs, epochEquals, formatEpoch, mayResyncTowards, nextEpoch } from '../../pair/epoch.js';
 import type { Heartbeat, LeaseReply, PeerReply, PeerRequestBody } from '../wire.js';
 import { planted } from '../mutants.js';
-import { PROBE_TIMEOUT_MS, type Attempts, type CoreConfig, type CoreState, type CoreStatus, type Effect, type Input, type PeerLinks, type Pending, type ProbeWhat, type Procedure, type QemuFound, type Role, type Transition, type Work } from './types.js';
+import { PROBE_TIMEOUT_MS, type Attempts, type CoreConfig, type CoreState, type CoreStatus, type Effect, type Input, type PeerLinks, type Pending, type ProbeWhat, type Procedure, type QemuFound, type ReplicaNote, type Role, type Transition, type Work } from './types.js';
 
 /** A broken invariant: the core's own logic is wrong. The runtime stops the agent (the QEMUs run on); the simulator reports the seed. */
 export class InvariantError extends Error {
@@ -121,7 +121,12 @@ export function attachBoundMs(cfg: CoreConfig): number {
 
 // ---- construction ----
 
-export function initCore(cfg: CoreConfig, now: number, boot: string, disk: { epoch: Epoch | undefined; pending: Epoch | undefined }): CoreState {
+/**
+ * `disk`: what our disk's record says (an unknown epoch when it is missing or unreadable), and the note of what our
+ * primary said it lacks (ReplicaNote), if one was written: remembered as said at our start.
+ */
+export function initCore(cfg: CoreConfig, now: number, boot: string, disk: { epoch: Epoch | undefined; pending: Epoch | undefined; note?: ReplicaNote }): CoreState {
+  const note = planted('replica-note-forgotten') ? undefined : disk.note;
   invariant(cfg.paths >= 1, 'at least one heartbeat path');
   invariant(cfg.name !== cfg.peer, 'the peer is another node');
   return {
@@ -153,7 +158,7 @@ export function initCore(cfg: CoreConfig, now: number, boot: string, disk: { epo
       replicaBadAt: null,
       replicaShort: false,
     },
-    disk: { epoch: disk.epoch, pending: disk.pending, persisting: null, sizeBytes: cfg.diskSizeBytes, missedWriteAt: null, forwardedWriteFailedAt: null },
+    disk: { epoch: disk.epoch, pending: disk.pending, persisting: null, sizeBytes: cfg.diskSizeBytes, missedWriteAt: note?.missedWrite ? now : null, forwardedWriteFailedAt: note?.forwardedWriteFailed ? now : null },
     peer: { paths: Array.from({ length: cfg.paths }, () => ({ up: false, lastHeardAt: null, lastAckAt: null })), boot: null, seq: 0, hb: null, hbAt: null, since: null, vmStoppedSince: null, rttMs: null, heardAgainAt: null, probe: null, probeResult: null },
     lease: { until: 0, nextAskAt: now, nextQueryAt: now, lastAnswerAt: null, lastRefusal: null, newest: null, releasedAt: -Infinity },
     work: null,
@@ -845,6 +850,7 @@ function peerMessage(ctx: Ctx, path: number, msg: Extract<Input, { t: 'peer-mess
     if ((msg.replicaShort === true || planted('short-replica-on-first-word')) && msg.replicaExact === false && s.role === 'secondary' && s.disk.missedWriteAt === null) {
       s.disk.missedWriteAt = s.now;
       log(ctx, 'warn', `${s.cfg.peer} says our disk, its replica, missed a write: it never takes over before a resync`);
+      noteReplica(ctx, `${s.cfg.peer} said our disk missed a write`);
     }
     // Its word, as a primary, that a write it forwarded to us failed, before any checkpoint: our VM made that write
     // itself, our disk may not have (soak seed 12,624,199: the write failed while the witness was down, the primary
@@ -853,6 +859,7 @@ function peerMessage(ctx: Ctx, path: number, msg: Extract<Input, { t: 'peer-mess
     if (msg.replicaExact === false && msg.role === 'primary' && replicaOfPeer(s) && s.disk.forwardedWriteFailedAt === null) {
       s.disk.forwardedWriteFailedAt = s.now;
       log(ctx, 'warn', `${s.cfg.peer} says a write it forwarded to our disk failed: our disk restarts no VM before a resync`);
+      noteReplica(ctx, `${s.cfg.peer} said a write it forwarded to our disk failed`);
     }
     s.peer.hbAt = s.now;
     if (!before || before.role !== msg.role || before.qemu !== msg.qemu || before.busy !== msg.busy) s.peer.since = s.now;
@@ -926,6 +933,12 @@ function leaseReply(ctx: Ctx, r: LeaseReply): void {
 }
 
 // ---- our disk's record ----
+
+/** Writes what our disk lacks (ReplicaNote) as it stands now. */
+function noteReplica(ctx: Ctx, why: string): void {
+  const d = ctx.s.disk;
+  emit(ctx, { t: 'note-replica', note: { missedWrite: d.missedWriteAt !== null, forwardedWriteFailed: d.forwardedWriteFailedAt !== null }, why });
+}
 
 function persist(ctx: Ctx, epoch: Epoch | undefined, pending: Epoch | undefined, why: string): string {
   const s = ctx.s;
@@ -1752,7 +1765,10 @@ function procDone(ctx: Ctx, id: string, pid?: number): void {
       s.qemu.replicaShort = false;
       s.qemu.paused = false;
       // Taken over, our running VM's writes are on our disk now, the one it failed included.
-      s.disk.forwardedWriteFailedAt = null;
+      if (s.disk.forwardedWriteFailedAt !== null) {
+        s.disk.forwardedWriteFailedAt = null;
+        noteReplica(ctx, 'our takeover finished: our disk has our VM\'s writes');
+      }
       s.qemu.checkpointSince = null;
       setRole(s, 'alone');
       // ms: from the decision to the VM carried on, of which toProcedureMs before its QMP procedure began (the lease,
@@ -2011,6 +2027,10 @@ function peerRequest(ctx: Ctx, id: string, body: PeerRequestBody): void {
     w.phase = 'persisting';
     w.reqId = id;
     w.epoch = body.disk;
+    // The mirror is done: our disk lacks nothing the primary's has. The note goes first, before the record that makes
+    // the resync ours; an agent started in between forgets it a little early, never wrongly keeps it (which would bar
+    // a whole replica from taking over). In memory, both stay until the new secondary is ours (adopting).
+    if (s.disk.missedWriteAt !== null || s.disk.forwardedWriteFailedAt !== null) emit(ctx, { t: 'note-replica', note: { missedWrite: false, forwardedWriteFailed: false }, why: `resynced from ${w.primary}` });
     persist(ctx, body.disk, undefined, `resync from ${w.primary}`);
     return;
   }
@@ -2079,8 +2099,12 @@ function joinProcDone(ctx: Ctx, w: Extract<Work, { kind: 'join' }>, pid?: number
         return;
       }
       s.qemu.lastCheckpointAt = s.now;
-      s.disk.missedWriteAt = null;
-      s.disk.forwardedWriteFailedAt = null;
+      if (s.disk.missedWriteAt !== null || s.disk.forwardedWriteFailedAt !== null) {
+        // On disk it went at resync-done, unless a word came since.
+        s.disk.missedWriteAt = null;
+        s.disk.forwardedWriteFailedAt = null;
+        noteReplica(ctx, `resynced from ${w.primary}`);
+      }
       reply(ctx, w.reqId, true);
       log(ctx, 'warn', `resynced from ${w.primary}: secondary again, disk ${formatEpoch(s.disk.epoch)}`);
       sendHeartbeat(ctx);

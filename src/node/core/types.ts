@@ -103,15 +103,25 @@ export interface DiskView {
   sizeBytes: number;
   /**
    * When our primary said our disk, its replica, missed a write it acknowledged (QUORUM_REPORT_BAD on its side):
-   * such a disk never takes over, until a resync makes it whole. Kept in memory only (an agent that restarts forgets).
+   * such a disk never takes over, until a resync makes it whole. Kept on disk too (ReplicaNote): an agent started again
+   * remembers it, from its start.
    */
   missedWriteAt: number | null;
   /**
    * When our primary said a write it forwarded to our disk failed (replicaExact false), checkpoint or not: our running
    * VM made that write itself and may take over, but our disk may lack it, so it restarts no VM before a resync. Kept
-   * in memory only, like missedWriteAt.
+   * on disk too, like missedWriteAt.
    */
   forwardedWriteFailedAt: number | null;
+}
+
+/**
+ * What a replica's disk may lack, kept on disk beside its record (disk.missedWriteAt and
+ * disk.forwardedWriteFailedAt, whose times an agent started again takes as its own start).
+ */
+export interface ReplicaNote {
+  missedWrite: boolean;
+  forwardedWriteFailed: boolean;
 }
 
 export interface PathView {
@@ -431,6 +441,11 @@ export type Effect =
   | { t: 'query-qemu'; id: string; oob: boolean }
   | { t: 'kill-qemu'; why: string }
   | { t: 'persist-disk'; id: string; epoch: Epoch | undefined; pending: Epoch | undefined; why: string }
+  /**
+   * Writes, durably, what our primary said our disk, its replica, lacks (ReplicaNote), so that an agent started again
+   * still knows it. Written whenever it changes; nothing is waited for (a write that fails is logged).
+   */
+  | { t: 'note-replica'; note: ReplicaNote; why: string }
   /** Probes the peer (ProbeWhat); reports probe-result, alive or not, within the driver's PROBE_TIMEOUT_MS. */
   | { t: 'probe-peer'; id: string; what: ProbeWhat }
   /** For the pair's record (state file) and the event journal. */
