@@ -40,7 +40,8 @@ export interface PairStatus {
   nodes: NodeStatus[];
 }
 
-async function nodeStatus(n: NodeState, timeoutMs: number): Promise<NodeStatus> {
+/** One node's QEMU as its second monitor answers now (what `status` shows of each node, asked in parallel). */
+export async function nodeStatus(n: NodeState, timeoutMs: number): Promise<NodeStatus> {
   const base: NodeStatus = { name: n.name, role: n.role, pid: n.pid, alive: false, runState: null, colo: null, migration: null };
   if (!isOurQemu(n.pid, n.qmpSocket)) return { ...base, pid: null };
   base.alive = true;

@@ -13,7 +13,7 @@ import { test } from 'node:test';
 import { hostsLabForTests } from '../helpers/lab.js';
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { writers, runRound, assertClientOk, carriesOn } from '../helpers/scenario.js';
+import { runRound, assertClientOk, carriesOn, assertOneWriter } from '../helpers/scenario.js';
 import { waitFor } from '../../src/util/time.js';
 import { readEpoch } from '../../src/pair/generation.js';
 
@@ -28,13 +28,13 @@ test(`isolate the primary's host from everything, ${ROUNDS} times: the secondary
     try {
       await waitFor('b to take over', async () => {
         const st = await p.status();
-        assert.ok(writers(st).length <= 1, `round ${i}: two writers: ${writers(st)}`);
+        await assertOneWriter(p, st, `round ${i}`);
         return st.lastFailover?.to === 'b';
       }, { timeoutMs: 60_000, intervalMs: 200 });
       const tookMs = Date.now() - cutAt;
       await waitFor('a to fence itself', async () => {
         const st = await p.status();
-        assert.ok(writers(st).length <= 1, `round ${i}: two writers: ${writers(st)}`);
+        await assertOneWriter(p, st, `round ${i}`);
         return st.nodes.find((n) => n.name === 'a')?.agent?.role === 'fenced';
       }, { timeoutMs: 30_000, intervalMs: 200 });
       const st = await p.status();
@@ -53,7 +53,7 @@ test(`isolate the primary's host from everything, ${ROUNDS} times: the secondary
     const healedAt = Date.now();
     const st = await waitFor('the pair to be protected again', async () => {
       const s = await p.status();
-      assert.ok(writers(s).length <= 1, `round ${i}: two writers after healing: ${writers(s)}`);
+      await assertOneWriter(p, s, `round ${i} after healing`);
       return s.protected ? s : undefined;
     }, { timeoutMs: 60_000, intervalMs: 200 });
     assert.deepEqual([st.lastResync?.from, st.lastResync?.to], ['b', 'a'], `round ${i}: resynced from b to a`);

@@ -17,7 +17,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { hostsLabForTests } from '../helpers/lab.js';
-import { runRound, assertClientOk, carriesOn, writers } from '../helpers/scenario.js';
+import { runRound, assertClientOk, carriesOn, assertOneWriter } from '../helpers/scenario.js';
 import { readState } from '../../src/pair/state.js';
 import { readEpoch } from '../../src/pair/generation.js';
 import { run } from '../../src/util/exec.js';
@@ -53,7 +53,7 @@ test("the secondary's replica fails writes (its NBD connection reset, again and 
     // The primary stopped calling the replica exact: it carried on alone under a new epoch, never failing over to b.
     const st = await waitFor('a to carry on alone, the replica no exact copy', async () => {
       const s = await p.status();
-      assert.ok(writers(s).length <= 1, `two writers: ${writers(s)}`);
+      await assertOneWriter(p, s, `replica write errors`);
       return s.lastFailover?.to === 'a' ? s : undefined;
     }, { timeoutMs: 30_000, intervalMs: 100 });
     assert.match(st.lastFailover!.reason, /replica missed a write/);
@@ -64,7 +64,7 @@ test("the secondary's replica fails writes (its NBD connection reset, again and 
     // b is resynced (a fresh replica): protected again.
     const again = await waitFor('the pair to be protected again by a resync of b', async () => {
       const s = await p.status();
-      assert.ok(writers(s).length <= 1, `two writers: ${writers(s)}`);
+      await assertOneWriter(p, s, `replica write errors`);
       return s.protected && s.lastResync?.to === 'b' && s.lastResync.at !== before.lastResync?.at ? s : undefined;
     }, { timeoutMs: 90_000, intervalMs: 200 });
     assert.deepEqual(readEpoch(path.join(p.stateDir, 'b')), readEpoch(path.join(p.stateDir, 'a')), 'b holds a\'s epoch after the resync');
