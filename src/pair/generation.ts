@@ -36,25 +36,34 @@ export function generationFile(dataDir: string): string {
   return path.join(dataDir, 'generation.json');
 }
 
-export function readDiskRecord(dataDir: string): ReadDisk {
+/** A small JSON file of ours: missing, unreadable (the error says why), or its parsed content. */
+function readJsonFile(file: string): { state: 'missing' } | { state: 'unreadable'; error: string } | { state: 'ok'; json: unknown } {
   let text: string;
   try {
-    text = fs.readFileSync(generationFile(dataDir), 'utf8');
+    text = fs.readFileSync(file, 'utf8');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { state: 'missing' };
     return { state: 'unreadable', error: (err as Error).message };
   }
-  let json: unknown;
   try {
-    json = JSON.parse(text);
+    return { state: 'ok', json: JSON.parse(text) };
   } catch (err) {
     return { state: 'unreadable', error: `not JSON: ${(err as Error).message}` };
   }
-  const r = recordSchema.safeParse(json);
+}
+
+function issuesOf(e: z.ZodError): string {
+  return e.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ');
+}
+
+export function readDiskRecord(dataDir: string): ReadDisk {
+  const f = readJsonFile(generationFile(dataDir));
+  if (f.state !== 'ok') return f;
+  const r = recordSchema.safeParse(f.json);
   if (r.success) return { state: 'ok', record: r.data };
-  const old = legacySchema.safeParse(json);
+  const old = legacySchema.safeParse(f.json);
   if (old.success) return { state: 'ok', record: { epoch: { run: old.data.pair, gen: old.data.generation, by: 'up' }, at: old.data.at, why: old.data.why } };
-  return { state: 'unreadable', error: r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ') };
+  return { state: 'unreadable', error: issuesOf(r.error) };
 }
 
 /** The node's committed epoch, or undefined when unknown (missing or unreadable record). */
@@ -106,19 +115,11 @@ export function replicaNoteFile(dataDir: string): string {
  * VM and takes over nothing before a resync); its error is given.
  */
 export function readReplicaNote(dataDir: string): { note: ReplicaNoteRecord | undefined; error?: string } {
-  let text: string;
-  try {
-    text = fs.readFileSync(replicaNoteFile(dataDir), 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { note: undefined };
-    return unreadableNote((err as Error).message);
-  }
-  try {
-    const r = noteSchema.safeParse(JSON.parse(text));
-    return r.success ? { note: r.data } : unreadableNote(r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
-  } catch (err) {
-    return unreadableNote(`not JSON: ${(err as Error).message}`);
-  }
+  const f = readJsonFile(replicaNoteFile(dataDir));
+  if (f.state === 'missing') return { note: undefined };
+  if (f.state === 'unreadable') return unreadableNote(f.error);
+  const r = noteSchema.safeParse(f.json);
+  return r.success ? { note: r.data } : unreadableNote(issuesOf(r.error));
 }
 
 function unreadableNote(error: string): { note: ReplicaNoteRecord; error: string } {

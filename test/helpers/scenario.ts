@@ -5,7 +5,7 @@ import path from 'node:path';
 import { counterGaps, counterProblems, type ClientSummary } from '../../src/lab/client-driver.js';
 import type { LabRun } from '../../src/lab/scenario.js';
 import { readState, updateState } from '../../src/pair/state.js';
-import { nodeStatus } from '../../src/pair/status.js';
+import { nodeStatus, type NodeStatus } from '../../src/pair/status.js';
 import { spawnAgent } from '../../src/pair/agents.js';
 import { QmpClient } from '../../src/qmp/client.js';
 
@@ -44,7 +44,11 @@ export async function dumpQemus(p: LabRun, label: string): Promise<void> {
  * writes are buffered.
  */
 export function writers(st: Awaited<ReturnType<LabRun['status']>>): string[] {
-  return st.nodes.filter((n) => (n.runState === 'running' || n.runState === 'colo') && n.colo?.mode !== 'secondary').map((n) => n.name);
+  return st.nodes.filter(isWriter).map((n) => n.name);
+}
+
+function isWriter(n: NodeStatus): boolean {
+  return (n.runState === 'running' || n.runState === 'colo') && n.colo?.mode !== 'secondary';
 }
 
 /**
@@ -63,14 +67,12 @@ export async function assertOneWriter(p: LabRun, st: Awaited<ReturnType<LabRun['
   const w = writers(st);
   if (w.length <= 1) return;
   const nodes = readState(p.stateDir)?.nodes ?? [];
-  const isWriter = async (name: string) => {
+  const writesNow = async (name: string) => {
     const n = nodes.find((x) => x.name === name);
-    if (!n) return false;
-    const s = await nodeStatus(n, 3000);
-    return (s.runState === 'running' || s.runState === 'colo') && s.colo?.mode !== 'secondary';
+    return n !== undefined && isWriter(await nodeStatus(n, 3000));
   };
   const [x, y] = w as [string, string];
-  const proven = (await isWriter(x)) && (await isWriter(y)) && (await isWriter(x));
+  const proven = (await writesNow(x)) && (await writesNow(y)) && (await writesNow(x));
   assert.ok(!proven, `${label}: two writers at once: ${x} and ${y} (asked one after the other: ${x}, ${y}, ${x} again)`);
   process.stderr.write(`# ${label}: one status saw ${w.join(' and ')} as writers, not at one moment (asked again one after the other: not both)\n`);
 }

@@ -934,10 +934,10 @@ function leaseReply(ctx: Ctx, r: LeaseReply): void {
 
 // ---- our disk's record ----
 
-/** Writes what our disk lacks (ReplicaNote) as it stands now. */
-function noteReplica(ctx: Ctx, why: string): void {
+/** Writes what our disk lacks (ReplicaNote): as it stands now, unless `note` says otherwise. */
+function noteReplica(ctx: Ctx, why: string, note?: ReplicaNote): void {
   const d = ctx.s.disk;
-  emit(ctx, { t: 'note-replica', note: { missedWrite: d.missedWriteAt !== null, forwardedWriteFailed: d.forwardedWriteFailedAt !== null }, why });
+  emit(ctx, { t: 'note-replica', note: note ?? { missedWrite: d.missedWriteAt !== null, forwardedWriteFailed: d.forwardedWriteFailedAt !== null }, why });
 }
 
 function persist(ctx: Ctx, epoch: Epoch | undefined, pending: Epoch | undefined, why: string): string {
@@ -2030,7 +2030,7 @@ function peerRequest(ctx: Ctx, id: string, body: PeerRequestBody): void {
     // The mirror is done: our disk lacks nothing the primary's has. The note goes first, before the record that makes
     // the resync ours; an agent started in between forgets it a little early, never wrongly keeps it (which would bar
     // a whole replica from taking over). In memory, both stay until the new secondary is ours (adopting).
-    if (s.disk.missedWriteAt !== null || s.disk.forwardedWriteFailedAt !== null) emit(ctx, { t: 'note-replica', note: { missedWrite: false, forwardedWriteFailed: false }, why: `resynced from ${w.primary}` });
+    if (s.disk.missedWriteAt !== null || s.disk.forwardedWriteFailedAt !== null) noteReplica(ctx, `resynced from ${w.primary}`, { missedWrite: false, forwardedWriteFailed: false });
     persist(ctx, body.disk, undefined, `resync from ${w.primary}`);
     return;
   }
